@@ -1,0 +1,109 @@
+//! The one error type of the store. Every variant names the store, label,
+//! ref or path it concerns, so a message is useful without a backtrace.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Boxed source error, so that no dependency's error type leaks into our API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in a store operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A content ref is not 64 lowercase hex digits (a BLAKE3 digest).
+    #[error("invalid content ref {reference:?}: {reason}")]
+    InvalidRef {
+        /// The ref as given, shortened for display.
+        reference: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A label is empty, too long or contains NUL.
+    #[error("invalid label {label:?}: {reason}")]
+    InvalidLabel {
+        /// The label as given, shortened for display.
+        label: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A store id is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid store id {id:?}: {reason}")]
+    InvalidStoreId {
+        /// The id as given, shortened for display.
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The store holds no content with this ref.
+    #[error("store {store}: content {reference} not found")]
+    NotFound {
+        /// The store that was asked.
+        store: String,
+        /// The ref that is missing.
+        reference: String,
+    },
+    /// The bytes on disk no longer hash to their ref.
+    #[error(
+        "store {store}: content {reference} is corrupted on disk (its bytes hash to {actual}); \
+         run `theater-store verify {store}` to quarantine it"
+    )]
+    Corrupted {
+        /// The store holding the object.
+        store: String,
+        /// The ref the object is filed under.
+        reference: String,
+        /// What the bytes on disk actually hash to.
+        actual: String,
+    },
+    /// A filesystem operation failed.
+    #[error("store {store}: {action} {path} failed: {source}")]
+    Io {
+        /// The store concerned (or `root` for root-wide work).
+        store: String,
+        /// What was being done, e.g. "writing object".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The label index (SQLite) failed.
+    #[error("store root {root}: label index {action} failed: {source}")]
+    Index {
+        /// The root whose index failed.
+        root: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The database's error.
+        #[source]
+        source: BoxError,
+    },
+    /// No root was given and none could be found in the environment.
+    #[error(
+        "no default store root: set THEATER_STORE_ROOT or give a root directory explicitly \
+         (the platform data directory is unknown here)"
+    )]
+    NoDefaultRoot,
+    /// The root's background writer has stopped (the process is shutting down
+    /// or the writer panicked).
+    #[error("store root {root}: the index writer has stopped")]
+    WriterStopped {
+        /// The root whose writer stopped.
+        root: PathBuf,
+    },
+}
+
+/// Shortens caller-supplied text for error messages, so that a 4 KiB label
+/// does not turn into a 4 KiB log line.
+pub(crate) fn shorten(text: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    if text.chars().count() <= MAX_CHARS {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(MAX_CHARS).collect();
+    format!("{head}… ({} bytes)", text.len())
+}

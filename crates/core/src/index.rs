@@ -1,0 +1,370 @@
+//! The label index: one SQLite database per root, in WAL mode.
+//!
+//! It holds, per store, which objects exist (with their sizes), what every
+//! label points at, and running totals kept by triggers, so that lookups are
+//! O(log n) and totals O(1). SQLite gives us atomic multi-row updates, and
+//! locking that works across processes. All writes go through the root's
+//! single writer thread ([`crate::writer`]); reads use a small pool of
+//! read-only connections and never block the writer (WAL).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::error::{Result, StoreError};
+use crate::names::{Digest, StoreId};
+use crate::root::Durability;
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stores (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    object_count INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    label_count INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    store TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    PRIMARY KEY (store, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels (
+    store TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (store, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_by_target ON labels (store, hash);
+CREATE TRIGGER IF NOT EXISTS object_added AFTER INSERT ON objects BEGIN
+    UPDATE stores SET object_count = object_count + 1, total_bytes = total_bytes + NEW.size
+    WHERE id = NEW.store;
+END;
+CREATE TRIGGER IF NOT EXISTS object_removed AFTER DELETE ON objects BEGIN
+    UPDATE stores SET object_count = object_count - 1, total_bytes = total_bytes - OLD.size
+    WHERE id = OLD.store;
+END;
+CREATE TRIGGER IF NOT EXISTS label_added AFTER INSERT ON labels BEGIN
+    UPDATE stores SET label_count = label_count + 1 WHERE id = NEW.store;
+END;
+CREATE TRIGGER IF NOT EXISTS label_removed AFTER DELETE ON labels BEGIN
+    UPDATE stores SET label_count = label_count - 1 WHERE id = OLD.store;
+END;
+PRAGMA user_version = 1;
+";
+
+/// Totals for one store, read in O(1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Distinct objects stored.
+    pub objects: u64,
+    /// Sum of their sizes in bytes, each distinct content counted once.
+    pub bytes: u64,
+    /// Labels defined.
+    pub labels: u64,
+}
+
+/// What a label write requires of the label's current value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect {
+    /// Write unconditionally.
+    Anything,
+    /// Write only if the label currently points at this (or is absent, for `None`).
+    Exactly(Option<Digest>),
+}
+
+/// One change to the index, applied by the writer thread.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    /// Record that an object file has been published. Returns whether it was new.
+    AddObject {
+        store: StoreId,
+        digest: Digest,
+        size: u64,
+    },
+    /// Point `label` at `target`, or remove it for `None`. Returns whether
+    /// the expectation held and the write happened.
+    SetLabel {
+        store: StoreId,
+        label: String,
+        target: Option<Digest>,
+        expect: Expect,
+    },
+    /// Register a store so that it shows in listings before its first write.
+    CreateStore { store: StoreId },
+}
+
+pub(crate) fn open_connection(db: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    let synchronous = match durability {
+        Durability::Synced => "FULL",
+        Durability::Buffered => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    Ok(connection)
+}
+
+pub(crate) fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+}
+
+/// Applies one write inside the writer's open transaction.
+pub(crate) fn apply(connection: &Connection, op: &WriteOp) -> rusqlite::Result<Result<bool>> {
+    match op {
+        WriteOp::CreateStore { store } => ensure_store(connection, store).map(Ok),
+        WriteOp::AddObject {
+            store,
+            digest,
+            size,
+        } => {
+            ensure_store(connection, store)?;
+            let inserted = connection.execute(
+                "INSERT OR IGNORE INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                params![store.as_str(), &digest.0[..], i64::try_from(*size).unwrap_or(i64::MAX), unix_now()],
+            )?;
+            Ok(Ok(inserted == 1))
+        }
+        WriteOp::SetLabel {
+            store,
+            label,
+            target,
+            expect,
+        } => {
+            if let Some(target) = target
+                && !has_object(connection, store, *target)?
+            {
+                return Ok(Err(StoreError::NotFound {
+                    store: store.to_string(),
+                    reference: target.to_hex(),
+                }));
+            }
+            if let Expect::Exactly(expected) = expect
+                && label_target(connection, store, label)? != *expected
+            {
+                return Ok(Ok(false));
+            }
+            match target {
+                Some(target) => {
+                    ensure_store(connection, store)?;
+                    connection.execute(
+                        "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
+                        params![store.as_str(), label, &target.0[..]],
+                    )?;
+                }
+                None => {
+                    connection.execute(
+                        "DELETE FROM labels WHERE store = ?1 AND name = ?2",
+                        params![store.as_str(), label],
+                    )?;
+                }
+            }
+            Ok(Ok(true))
+        }
+    }
+}
+
+fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
+    let inserted = connection.execute(
+        "INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, ?2)",
+        params![store.as_str(), unix_now()],
+    )?;
+    Ok(inserted == 1)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+fn digest_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Digest> {
+    let bytes: Vec<u8> = row.get(column)?;
+    Digest::from_slice(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            "a stored digest is not 32 bytes".into(),
+        )
+    })
+}
+
+pub(crate) fn has_object(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<bool> {
+    connection
+        .prepare_cached("SELECT 1 FROM objects WHERE store = ?1 AND hash = ?2")?
+        .exists(params![store.as_str(), &digest.0[..]])
+}
+
+pub(crate) fn label_target(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+) -> rusqlite::Result<Option<Digest>> {
+    connection
+        .prepare_cached("SELECT hash FROM labels WHERE store = ?1 AND name = ?2")?
+        .query_row(params![store.as_str(), label], |row| digest_column(row, 0))
+        .optional()
+}
+
+/// Up to `limit` labels starting with `prefix`, strictly after `after`, in
+/// byte order. Uses a range scan on the primary key, so a page costs
+/// O(log n + limit) however many labels the store holds.
+pub(crate) fn labels_page(
+    connection: &Connection,
+    store: &StoreId,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Digest)>> {
+    let lower = match after {
+        Some(after) if after >= prefix => after,
+        _ => prefix,
+    };
+    let inclusive = after.is_none_or(|after| after < prefix);
+    let upper = prefix_upper_bound(prefix);
+    let sql = format!(
+        "SELECT name, hash FROM labels WHERE store = ?1 AND name {} ?2 AND (?3 IS NULL OR name < ?3)
+         ORDER BY name LIMIT ?4",
+        if inclusive { ">=" } else { ">" }
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = statement.query_map(params![store.as_str(), lower, upper, limit], |row| {
+        Ok((row.get(0)?, digest_column(row, 1)?))
+    })?;
+    rows.collect()
+}
+
+/// The smallest string greater than every string starting with `prefix`,
+/// or `None` when there is none (empty prefix, or all `char::MAX`).
+/// UTF-8 byte order equals code point order, so this bounds a BINARY range.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+pub(crate) fn objects(connection: &Connection, store: &StoreId) -> rusqlite::Result<Vec<Digest>> {
+    let mut statement =
+        connection.prepare_cached("SELECT hash FROM objects WHERE store = ?1 ORDER BY hash")?;
+    let rows = statement.query_map([store.as_str()], |row| digest_column(row, 0))?;
+    rows.collect()
+}
+
+pub(crate) fn store_stats(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<StoreStats> {
+    connection
+        .prepare_cached("SELECT object_count, total_bytes, label_count FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], stats_columns)
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
+pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT object_count, total_bytes, label_count, id FROM stores ORDER BY id",
+    )?;
+    let rows = statement.query_map([], |row| Ok((row.get(3)?, stats_columns(row)?)))?;
+    rows.collect()
+}
+
+fn stats_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreStats> {
+    let count = |column| {
+        row.get::<_, i64>(column)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    };
+    Ok(StoreStats {
+        objects: count(0)?,
+        bytes: count(1)?,
+        labels: count(2)?,
+    })
+}
+
+/// A pool of read connections, so concurrent readers do not queue on one.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    db: PathBuf,
+    root: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(db: PathBuf, root: PathBuf) -> Self {
+        Self {
+            db,
+            root,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `query` on an idle connection (opening one if none is idle).
+    pub(crate) fn read<T>(
+        &self,
+        action: &'static str,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => open_connection(&self.db, Durability::Buffered)
+                .map_err(|source| index_error(&self.root, "opening", source))?,
+        };
+        let result = query(&connection).map_err(|source| index_error(&self.root, action, source));
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(connection);
+        result
+    }
+}
+
+pub(crate) fn index_error(
+    root: &Path,
+    action: &'static str,
+    source: impl Into<crate::error::BoxError>,
+) -> StoreError {
+    StoreError::Index {
+        root: root.to_owned(),
+        action,
+        source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn prefix_upper_bound_is_the_next_string_after_the_prefix_range() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("log:"), Some("log;".into()));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound("\u{D7FF}"), Some("\u{E000}".into()));
+    }
+}

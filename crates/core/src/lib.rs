@@ -1,0 +1,36 @@
+//! A content-addressed store for Theater actors.
+//!
+//! Content is addressed by its BLAKE3 digest and stored once per store;
+//! labels are mutable names that point at content. Many stores live under
+//! one [`StoreRoot`] directory. This crate knows nothing of WebAssembly: the
+//! wasm host (`theater-store-host`) and the command line build on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), theater_store::StoreError> {
+//! use theater_store::{ContentRef, StoreRoot};
+//!
+//! let root = StoreRoot::new("/tmp/example-root");
+//! let store = root.store("my-store-id")?;
+//! let content_ref = store.store_at_label("app:config", b"{\"debug\":true}".to_vec()).await?;
+//! assert_eq!(store.get_by_label("app:config").await?, Some(content_ref.clone()));
+//! assert_eq!(store.get(&ContentRef::new(content_ref.hash())).await?, b"{\"debug\":true}");
+//! # Ok(()) }
+//! ```
+//!
+//! See ARCHITECTURE.md for the on-disk layout and the durability model.
+
+#![warn(missing_docs)]
+
+mod error;
+mod index;
+mod names;
+mod objects;
+mod root;
+mod store;
+mod writer;
+
+pub use error::{BoxError, Result, StoreError};
+pub use index::StoreStats;
+pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
+pub use root::{Durability, ROOT_ENV_VAR, StoreRoot, StoreSummary};
+pub use store::{ContentStore, LabelEntry};

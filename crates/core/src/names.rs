@@ -1,0 +1,287 @@
+//! Validated names: store ids, labels and content refs.
+//!
+//! Everything a caller hands us is checked here, before it can reach a path
+//! or a query. Store ids are the only caller text that becomes a path
+//! component, and only after passing [`StoreId::parse`]; labels live in the
+//! index, never on the filesystem; refs become paths only as parsed digests.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError, shorten};
+
+/// Longest accepted label, in bytes of UTF-8.
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// Longest accepted store id, in bytes.
+pub const MAX_STORE_ID_BYTES: usize = 128;
+
+/// A validated store id: 1 to [`MAX_STORE_ID_BYTES`] characters from
+/// `[A-Za-z0-9._-]`, starting with a letter or digit. UUIDs and names such as
+/// `my-store-id` qualify; `..`, `/etc` and empty strings do not.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreId(String);
+
+impl StoreId {
+    /// Checks `id` and wraps it.
+    pub fn parse(id: &str) -> Result<Self> {
+        let refuse = |reason| {
+            Err(StoreError::InvalidStoreId {
+                id: shorten(id),
+                reason,
+            })
+        };
+        if id.is_empty() {
+            return refuse("it is empty");
+        }
+        if id.len() > MAX_STORE_ID_BYTES {
+            return refuse("it is longer than 128 bytes");
+        }
+        if !id.as_bytes()[0].is_ascii_alphanumeric() {
+            return refuse("it must start with a letter or digit");
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return refuse("only letters, digits, '.', '_' and '-' are allowed");
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// A fresh random id (UUID v4).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a label: non-empty UTF-8, at most [`MAX_LABEL_BYTES`], no NUL.
+/// Any other character, `/`, `:` and `..` included, is allowed, because
+/// labels are keys in the index and never touch the filesystem.
+pub fn validate_label(label: &str) -> Result<()> {
+    let reason = if label.is_empty() {
+        "it is empty"
+    } else if label.len() > MAX_LABEL_BYTES {
+        "it is longer than 1024 bytes"
+    } else if label.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidLabel {
+        label: shorten(label),
+        reason,
+    })
+}
+
+/// A parsed BLAKE3 digest: the internal form of a content ref.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Digest(pub(crate) [u8; 32]);
+
+impl Digest {
+    pub(crate) fn of(content: &[u8]) -> Self {
+        Self(*blake3::hash(content).as_bytes())
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        let refuse = |reason| {
+            Err(StoreError::InvalidRef {
+                reference: shorten(text),
+                reason,
+            })
+        };
+        if text.len() != 64 {
+            return refuse("a ref is 64 lowercase hex digits (a BLAKE3 digest)");
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            match (hex_value(pair[0]), hex_value(pair[1])) {
+                (Some(high), Some(low)) => *byte = high << 4 | low,
+                _ => return refuse("a ref is 64 lowercase hex digits (a BLAKE3 digest)"),
+            }
+        }
+        Ok(Self(bytes))
+    }
+
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    pub(crate) fn to_hex(self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// A reference to stored content: the lowercase hex BLAKE3 digest of its bytes.
+///
+/// [`ContentRef::new`] accepts any string, as Theater's API does, so that a
+/// ref read back from JSON or received from another actor can be passed
+/// around freely; every store operation validates it before use and answers
+/// [`StoreError::InvalidRef`] for a malformed one. Use [`ContentRef::parse`]
+/// to validate up front.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContentRef {
+    hash: String,
+}
+
+impl ContentRef {
+    /// Wraps a hash string without checking it.
+    pub fn new(hash: impl Into<String>) -> Self {
+        Self { hash: hash.into() }
+    }
+
+    /// Wraps a hash string after checking that it is a well-formed digest.
+    pub fn parse(hash: impl Into<String>) -> Result<Self> {
+        let hash = hash.into();
+        Digest::parse(&hash)?;
+        Ok(Self { hash })
+    }
+
+    /// The ref that `content` would be stored under.
+    pub fn for_content(content: &[u8]) -> Self {
+        Digest::of(content).into()
+    }
+
+    /// The hex digest.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub(crate) fn digest(&self) -> Result<Digest> {
+        Digest::parse(&self.hash)
+    }
+}
+
+impl From<Digest> for ContentRef {
+    fn from(digest: Digest) -> Self {
+        Self {
+            hash: digest.to_hex(),
+        }
+    }
+}
+
+impl fmt::Display for ContentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_ids_accept_uuids_and_simple_names() {
+        for id in [
+            "my-store-id",
+            "7e3f4a21-9c8b-4e5d-a6f7-1b2c3d4e5f6a",
+            "a",
+            "v1.2_x",
+        ] {
+            assert_eq!(StoreId::parse(id).unwrap().as_str(), id);
+        }
+        let generated = StoreId::generate();
+        assert!(uuid::Uuid::parse_str(generated.as_str()).is_ok());
+    }
+
+    #[test]
+    fn store_ids_refuse_path_tricks() {
+        let long = "a".repeat(129);
+        for id in [
+            "",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            ".hidden",
+            "-x",
+            "a b",
+            &long,
+        ] {
+            assert!(
+                matches!(StoreId::parse(id), Err(StoreError::InvalidStoreId { .. })),
+                "{id:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_allow_free_form_text_but_not_nul_or_oversize() {
+        for label in [
+            "actor:1:state",
+            "a/b/../c",
+            "../../etc/passwd",
+            "/abs",
+            "ünïcødé",
+            "x",
+        ] {
+            validate_label(label).unwrap();
+        }
+        validate_label(&"l".repeat(MAX_LABEL_BYTES)).unwrap();
+        for label in [
+            "",
+            "a\0b",
+            &"l".repeat(MAX_LABEL_BYTES + 1),
+            &"x".repeat(4096),
+        ] {
+            assert!(matches!(
+                validate_label(label),
+                Err(StoreError::InvalidLabel { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn refs_round_trip_and_refuse_anything_but_lowercase_hex() {
+        let content_ref = ContentRef::for_content(b"hello");
+        assert_eq!(content_ref.hash(), blake3::hash(b"hello").to_hex().as_str());
+        let digest = content_ref.digest().unwrap();
+        assert_eq!(ContentRef::from(digest), content_ref);
+        assert_eq!(ContentRef::parse(content_ref.hash()).unwrap(), content_ref);
+
+        let upper = content_ref.hash().to_uppercase();
+        let short = &content_ref.hash()[..63];
+        let traversal = format!("../{}", &content_ref.hash()[3..]);
+        for bad in ["", "xyz", "../../etc/passwd", short, &upper, &traversal] {
+            assert!(matches!(
+                ContentRef::parse(bad),
+                Err(StoreError::InvalidRef { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn error_messages_shorten_huge_input() {
+        let err = validate_label(&"x".repeat(5000)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("5000 bytes"));
+    }
+}

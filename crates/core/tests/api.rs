@@ -1,0 +1,512 @@
+//! Behaviour of every public `ContentStore` operation and every error.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tempfile::TempDir;
+use theater_store::{ContentRef, ContentStore, Durability, StoreError, StoreRoot};
+
+fn temp_root() -> (TempDir, StoreRoot) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().join("root"));
+    (dir, root)
+}
+
+fn object_file(
+    root: &StoreRoot,
+    store: &ContentStore,
+    content_ref: &ContentRef,
+) -> std::path::PathBuf {
+    let hash = content_ref.hash();
+    root.path()
+        .unwrap()
+        .join("stores")
+        .join(store.id())
+        .join("objects")
+        .join(&hash[..2])
+        .join(&hash[2..])
+}
+
+/// Every file below `dir`, relative to it.
+fn files_below(dir: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.insert(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn store_and_get_round_trip_with_blake3_refs() {
+    let (_dir, root) = temp_root();
+    let store = root.store("basic").unwrap();
+    let content_ref = store.store("Important information").await.unwrap();
+    assert_eq!(
+        content_ref.hash(),
+        blake3::hash(b"Important information").to_hex().as_str()
+    );
+    assert_eq!(
+        store.get(&content_ref).await.unwrap(),
+        b"Important information"
+    );
+    assert!(store.exists(&content_ref).await.unwrap());
+    let empty = store.store(Vec::new()).await.unwrap();
+    assert_eq!(store.get(&empty).await.unwrap(), Vec::<u8>::new());
+}
+
+#[tokio::test]
+async fn identical_content_is_stored_once() {
+    let (_dir, root) = temp_root();
+    let store = root.store("dedupe").unwrap();
+    let first = store.store("Duplicate content").await.unwrap();
+    let second = store.store("Duplicate content").await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(store.list_all_content().await.unwrap(), vec![first.clone()]);
+    assert_eq!(store.calculate_total_size().await.unwrap(), 17);
+    store.store("other").await.unwrap();
+    assert_eq!(store.calculate_total_size().await.unwrap(), 22);
+    assert_eq!(store.stats().await.unwrap().objects, 2);
+}
+
+#[tokio::test]
+async fn concurrent_identical_writes_end_as_one_object() {
+    let (_dir, root) = temp_root();
+    let store = root.store("race").unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.store(vec![7u8; 4096]).await.unwrap() })
+        })
+        .collect();
+    let mut refs = BTreeSet::new();
+    for writer in writers {
+        refs.insert(writer.await.unwrap());
+    }
+    assert_eq!(refs.len(), 1);
+    assert_eq!(store.stats().await.unwrap().objects, 1);
+    assert_eq!(store.calculate_total_size().await.unwrap(), 4096);
+    let objects = root.path().unwrap().join("stores/race/objects");
+    assert_eq!(files_below(&objects).len(), 1);
+    let tmp = root.path().unwrap().join("stores/race/tmp");
+    assert!(files_below(&tmp).is_empty(), "temporary files left behind");
+}
+
+#[tokio::test]
+async fn labels_point_at_one_ref_and_follow_theater_semantics() {
+    let (_dir, root) = temp_root();
+    let store = root.store("labels").unwrap();
+    assert_eq!(store.get_by_label("app:config").await.unwrap(), None);
+    assert_eq!(
+        store.get_content_by_label("app:config").await.unwrap(),
+        None
+    );
+
+    let v1 = store.store_at_label("app:config", "v1").await.unwrap();
+    assert_eq!(
+        store.get_by_label("app:config").await.unwrap(),
+        Some(v1.clone())
+    );
+    let v2 = store
+        .replace_content_at_label("app:config", "v2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_content_by_label("app:config").await.unwrap(),
+        Some(b"v2".to_vec())
+    );
+
+    store.replace_at_label("app:config", &v1).await.unwrap();
+    assert_eq!(
+        store.get_by_label("app:config").await.unwrap(),
+        Some(v1.clone())
+    );
+    store.label("other", &v2).await.unwrap();
+
+    // remove-from-label only removes a label pointing at the given ref.
+    assert!(!store.remove_from_label("app:config", &v2).await.unwrap());
+    assert_eq!(
+        store.get_by_label("app:config").await.unwrap(),
+        Some(v1.clone())
+    );
+    assert!(store.remove_from_label("app:config", &v1).await.unwrap());
+    assert_eq!(store.get_by_label("app:config").await.unwrap(), None);
+
+    // Removing labels never deletes content, and removing a missing label is fine.
+    store.remove_label("other").await.unwrap();
+    store.remove_label("never-existed").await.unwrap();
+    assert_eq!(store.get(&v1).await.unwrap(), b"v1");
+    assert_eq!(store.get(&v2).await.unwrap(), b"v2");
+    assert_eq!(store.list_labels().await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.stats().await.unwrap().labels, 0);
+}
+
+#[tokio::test]
+async fn labelling_missing_content_fails_and_changes_nothing() {
+    let (_dir, root) = temp_root();
+    let store = root.store("missing").unwrap();
+    let absent = ContentRef::for_content(b"never stored");
+    for result in [
+        store.label("x", &absent).await,
+        store.replace_at_label("x", &absent).await,
+    ] {
+        match result {
+            Err(StoreError::NotFound { store, reference }) => {
+                assert_eq!(store, "missing");
+                assert_eq!(reference, absent.hash());
+            }
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get_by_label("x").await.unwrap(), None);
+    let err = store.get(&absent).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+    assert!(err.to_string().contains(absent.hash()) && err.to_string().contains("missing"));
+    assert!(!store.exists(&absent).await.unwrap());
+}
+
+#[tokio::test]
+async fn compare_and_swap_applies_only_on_the_expected_value() {
+    let (_dir, root) = temp_root();
+    let store = root.store("cas").unwrap();
+    let a = store.store("a").await.unwrap();
+    let b = store.store("b").await.unwrap();
+    assert!(
+        store
+            .compare_and_swap_label("head", None, Some(&a))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap_label("head", None, Some(&b))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap_label("head", Some(&b), Some(&b))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_by_label("head").await.unwrap(), Some(a.clone()));
+    assert!(
+        store
+            .compare_and_swap_label("head", Some(&a), Some(&b))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .compare_and_swap_label("head", Some(&b), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_by_label("head").await.unwrap(), None);
+    let absent = ContentRef::for_content(b"absent");
+    assert!(matches!(
+        store
+            .compare_and_swap_label("head", None, Some(&absent))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_cas_increments_lose_no_update() {
+    let (_dir, root) = temp_root();
+    let store = root.store("counter").unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    loop {
+                        let current = store.get_by_label("count").await.unwrap();
+                        let value: u64 = match &current {
+                            Some(r) => String::from_utf8(store.get(r).await.unwrap())
+                                .unwrap()
+                                .parse()
+                                .unwrap(),
+                            None => 0,
+                        };
+                        let next = store.store((value + 1).to_string()).await.unwrap();
+                        if store
+                            .compare_and_swap_label("count", current.as_ref(), Some(&next))
+                            .await
+                            .unwrap()
+                        {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store.get_content_by_label("count").await.unwrap(),
+        Some(b"200".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn hostile_labels_are_distinct_index_keys_or_clear_errors() {
+    let (dir, root) = temp_root();
+    let store = root.store("hostile").unwrap();
+    let content = store.store("payload").await.unwrap();
+    let odd = [
+        "../x",
+        "/etc/passwd",
+        "a/b",
+        "a:b",
+        "..",
+        ".",
+        "actor:1:state",
+        "ünï",
+        " ",
+    ];
+    for label in odd {
+        store.label(label, &content).await.unwrap();
+    }
+    let listed: BTreeSet<String> = store.list_labels().await.unwrap().into_iter().collect();
+    assert_eq!(listed, odd.iter().map(|l| l.to_string()).collect());
+
+    for bad in ["", "a\0b", &"x".repeat(4096)] {
+        match store.label(bad, &content).await {
+            Err(StoreError::InvalidLabel { .. }) => {}
+            other => panic!(
+                "label {:?}: expected InvalidLabel, got {other:?}",
+                &bad[..bad.len().min(8)]
+            ),
+        }
+        assert!(matches!(
+            store.get_by_label(bad).await,
+            Err(StoreError::InvalidLabel { .. })
+        ));
+        assert!(matches!(
+            store.store_at_label(bad, "x").await,
+            Err(StoreError::InvalidLabel { .. })
+        ));
+    }
+    // Nothing was written outside the root.
+    let outside: BTreeSet<String> = files_below(dir.path())
+        .into_iter()
+        .filter(|path| !path.starts_with("root"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+}
+
+#[tokio::test]
+async fn malformed_refs_are_invalid_ref_errors_before_any_disk_access() {
+    let (_dir, root) = temp_root();
+    let store = root.store("refs").unwrap();
+    store.store("x").await.unwrap();
+    for bad in [
+        "",
+        "../../../../etc/passwd",
+        "/etc/passwd",
+        "ABC",
+        &"g".repeat(64),
+        &"A".repeat(64),
+    ] {
+        let r = ContentRef::new(bad);
+        assert!(matches!(
+            store.get(&r).await,
+            Err(StoreError::InvalidRef { .. })
+        ));
+        assert!(matches!(
+            store.exists(&r).await,
+            Err(StoreError::InvalidRef { .. })
+        ));
+        assert!(matches!(
+            store.label("l", &r).await,
+            Err(StoreError::InvalidRef { .. })
+        ));
+        assert!(matches!(
+            store.remove_from_label("l", &r).await,
+            Err(StoreError::InvalidRef { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn store_ids_are_validated_and_stores_are_isolated() {
+    let (_dir, root) = temp_root();
+    for bad in ["../x", "/etc/passwd", "", "a/b", "a\0b", ".."] {
+        match root.store(bad) {
+            Err(StoreError::InvalidStoreId { .. }) => {}
+            other => panic!("{bad:?}: expected InvalidStoreId, got {other:?}"),
+        }
+    }
+    let a = root.store("a").unwrap();
+    let b = root.store("b").unwrap();
+    let r = a.store_at_label("shared-name", "only in a").await.unwrap();
+    assert!(!b.exists(&r).await.unwrap());
+    assert_eq!(b.get_by_label("shared-name").await.unwrap(), None);
+    assert!(matches!(b.get(&r).await, Err(StoreError::NotFound { .. })));
+    // Another handle to the same id sees the same store.
+    let a_again = root.store("a").unwrap();
+    assert_eq!(
+        a_again.get_content_by_label("shared-name").await.unwrap(),
+        Some(b"only in a".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn created_stores_have_uuid_ids_and_are_listed_with_totals() {
+    let (_dir, root) = temp_root();
+    let created = root.create_store().await.unwrap();
+    assert!(uuid::Uuid::parse_str(created.id()).is_ok());
+    let named = root.store("named").unwrap();
+    named.store_at_label("l", "12345").await.unwrap();
+    let stores = root.stores().await.unwrap();
+    let ids: Vec<&str> = stores.iter().map(|s| s.id.as_str()).collect();
+    assert!(ids.contains(&created.id()) && ids.contains(&"named"));
+    let summary = stores.iter().find(|s| s.id == "named").unwrap();
+    assert_eq!(
+        (
+            summary.stats.objects,
+            summary.stats.bytes,
+            summary.stats.labels
+        ),
+        (1, 5, 1)
+    );
+}
+
+#[tokio::test]
+async fn label_pages_follow_prefix_and_cursor() {
+    let (_dir, root) = temp_root();
+    let store = root.store("pages").unwrap();
+    let content = store.store("x").await.unwrap();
+    for label in ["log:1", "log:2", "log:3", "log:30", "logx", "loh", "a"] {
+        store.label(label, &content).await.unwrap();
+    }
+    let names = |page: Vec<theater_store::LabelEntry>| {
+        page.into_iter().map(|e| e.label).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(store.list_labels_page("log:", None, 2).await.unwrap()),
+        ["log:1", "log:2"]
+    );
+    assert_eq!(
+        names(
+            store
+                .list_labels_page("log:", Some("log:2"), 10)
+                .await
+                .unwrap()
+        ),
+        ["log:3", "log:30"]
+    );
+    assert_eq!(
+        names(
+            store
+                .list_labels_page("log:", Some("log:30"), 10)
+                .await
+                .unwrap()
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(store.list_labels_page("log", None, 10).await.unwrap()),
+        ["log:1", "log:2", "log:3", "log:30", "logx"]
+    );
+    assert_eq!(
+        names(
+            store
+                .list_labels_page("", Some("log:30"), 10)
+                .await
+                .unwrap()
+        ),
+        ["logx", "loh"]
+    );
+    let page = store.list_labels_page("a", None, 10).await.unwrap();
+    assert_eq!(page[0].content_ref, content);
+}
+
+#[tokio::test]
+async fn corrupted_objects_are_reported_never_returned() {
+    let (_dir, root) = temp_root();
+    let store = root.store("corrupt").unwrap();
+    let content_ref = store.store_at_label("doc", "the real bytes").await.unwrap();
+    std::fs::write(object_file(&root, &store, &content_ref), "tampered bytes").unwrap();
+    for result in [
+        store.get(&content_ref).await,
+        store
+            .get_content_by_label("doc")
+            .await
+            .map(Option::unwrap_or_default),
+    ] {
+        match result {
+            Err(StoreError::Corrupted {
+                store: s,
+                reference,
+                actual,
+            }) => {
+                assert_eq!(s, "corrupt");
+                assert_eq!(reference, content_ref.hash());
+                assert_eq!(actual, blake3::hash(b"tampered bytes").to_hex().as_str());
+            }
+            other => panic!("expected Corrupted, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_root_in_both_durability_modes() {
+    for durability in [Durability::Buffered, Durability::Synced] {
+        let dir = tempfile::tempdir().unwrap();
+        let content_ref = {
+            let root = StoreRoot::open(dir.path(), durability).await.unwrap();
+            assert_eq!(root.durability(), durability);
+            root.store("s")
+                .unwrap()
+                .store_at_label("k", "persisted")
+                .await
+                .unwrap()
+        };
+        let reopened = StoreRoot::new(dir.path()).store("s").unwrap();
+        assert_eq!(reopened.get_by_label("k").await.unwrap(), Some(content_ref));
+        assert_eq!(reopened.calculate_total_size().await.unwrap(), 9);
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_root_path_is_an_io_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "x").unwrap();
+    let err = StoreRoot::open(&file, Durability::Buffered)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("not-a-directory"), "{err}");
+}
+
+#[tokio::test]
+async fn the_default_root_comes_from_the_environment() {
+    // Only this test touches the process environment or the global root.
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: no other test in this binary reads or writes the environment.
+    unsafe { std::env::set_var(theater_store::ROOT_ENV_VAR, dir.path()) };
+    assert_eq!(StoreRoot::default_location().as_deref(), Some(dir.path()));
+    let store = ContentStore::new();
+    assert!(uuid::Uuid::parse_str(store.id()).is_ok());
+    let content_ref = store.store_at_label("seed", "global").await.unwrap();
+    let same = ContentStore::from_id(store.id()).unwrap();
+    assert_eq!(same.get(&content_ref).await.unwrap(), b"global");
+    assert!(dir.path().join("stores").join(store.id()).is_dir());
+    assert!(matches!(
+        ContentStore::from_id("../x"),
+        Err(StoreError::InvalidStoreId { .. })
+    ));
+}
