@@ -67,12 +67,7 @@ impl Writer {
     }
 }
 
-fn run(
-    mut connection: Connection,
-    jobs: mpsc::Receiver<Job>,
-    root: &Path,
-    durability: Durability,
-) {
+fn run(mut connection: Connection, jobs: mpsc::Receiver<Job>, root: &Path, durability: Durability) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -85,12 +80,7 @@ fn run(
     }
 }
 
-fn commit_batch(
-    connection: &mut Connection,
-    batch: Vec<Job>,
-    root: &Path,
-    durability: Durability,
-) {
+fn commit_batch(connection: &mut Connection, batch: Vec<Job>, root: &Path, durability: Durability) {
     if durability == Durability::Synced {
         let dirs: BTreeSet<PathBuf> = batch
             .iter()

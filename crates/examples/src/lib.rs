@@ -1,0 +1,12 @@
+//! The actors of `guest-examples/`, compiled for `wasm32-wasip2` by this
+//! crate's build script and embedded here as component bytes.
+
+/// The seed's 15 usage patterns as one actor; its JSON parameter's
+/// `pattern` field picks the pattern (see guest-examples/seed-patterns).
+pub const SEED_PATTERNS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seed_patterns.wasm"));
+
+/// An actor that attacks the host; its parameter names the attack.
+pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm"));
+
+/// An actor built from an unmodified copy of Theater's own WIT.
+pub const THEATER_COMPAT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/theater_compat.wasm"));

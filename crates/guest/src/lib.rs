@@ -1,0 +1,259 @@
+//! The content store for actors built for `wasm32-wasip2`.
+//!
+//! [`ContentStore`] wraps the `theater:simple/store` imports with the same
+//! names the host-side Rust API uses, so code reads the same on both sides.
+//! The raw bindings are in [`bindings`]; implement [`Actor`] and export it
+//! with [`export_actor!`].
+//!
+//! ```no_run
+//! use theater_store_guest::{Actor, ContentStore, log};
+//!
+//! struct Counter;
+//!
+//! impl Actor for Counter {
+//!     fn init(state: Option<Vec<u8>>, (param,): (String,)) -> Result<(Option<Vec<u8>>,), String> {
+//!         let store = match state {
+//!             Some(id) => ContentStore::from_id(String::from_utf8(id).map_err(|e| e.to_string())?),
+//!             None => ContentStore::new()?,
+//!         };
+//!         let count: u64 = store.get_json_by_label("count")?.unwrap_or(0);
+//!         store.store_json_at_label("count", &(count + 1))?;
+//!         log(&format!("{param}: count is now {}", count + 1));
+//!         Ok((Some(store.id().as_bytes().to_vec()),))
+//!     }
+//! }
+//!
+//! theater_store_guest::export_actor!(Counter);
+//! ```
+
+#![warn(missing_docs)]
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bindings generated from `wit/` by wit-bindgen.
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "store-actor",
+        pub_export_macro: true,
+        export_macro_name: "export_actor",
+        default_bindings_module: "theater_store_guest::bindings",
+    });
+}
+
+pub use bindings::export_actor;
+pub use bindings::exports::theater::simple::actor::Guest as Actor;
+pub use bindings::theater::simple::runtime::{log, shutdown};
+
+use bindings::theater::simple::store as wit;
+
+/// An error from the host (its message names the store, label or ref) or
+/// from encoding a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Self {
+        Self(format!("JSON: {error}"))
+    }
+}
+
+impl From<Error> for String {
+    fn from(error: Error) -> Self {
+        error.0
+    }
+}
+
+/// Result of every store call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A reference to stored content: the lowercase hex BLAKE3 digest of its bytes.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ContentRef {
+    hash: String,
+}
+
+impl ContentRef {
+    /// Wraps a hash; the host checks it when it is used.
+    pub fn new(hash: impl Into<String>) -> Self {
+        Self { hash: hash.into() }
+    }
+
+    /// The hex digest.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn to_wit(&self) -> wit::ContentRef {
+        wit::ContentRef {
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+impl From<wit::ContentRef> for ContentRef {
+    fn from(content_ref: wit::ContentRef) -> Self {
+        Self::new(content_ref.hash)
+    }
+}
+
+impl std::fmt::Display for ContentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hash)
+    }
+}
+
+/// A store this actor created or was granted, by id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentStore {
+    id: String,
+}
+
+impl ContentStore {
+    /// Creates a store owned by this actor.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Result<Self> {
+        Ok(Self { id: wit::new()? })
+    }
+
+    /// A handle to store `id`; calls fail unless the host granted it.
+    pub fn from_id(id: impl Into<String>) -> Self {
+        Self { id: id.into() }
+    }
+
+    /// The store id, to hand to other actors.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stores bytes; the same bytes always give the same ref.
+    pub fn store(&self, content: impl AsRef<[u8]>) -> Result<ContentRef> {
+        Ok(wit::store(&self.id, content.as_ref())?.into())
+    }
+
+    /// The bytes behind a ref, verified by the host.
+    pub fn get(&self, content_ref: &ContentRef) -> Result<Vec<u8>> {
+        Ok(wit::get(&self.id, &content_ref.to_wit())?)
+    }
+
+    /// Whether the store holds a ref.
+    pub fn exists(&self, content_ref: &ContentRef) -> Result<bool> {
+        Ok(wit::exists(&self.id, &content_ref.to_wit())?)
+    }
+
+    /// Points a label at stored content.
+    pub fn label(&self, label: &str, content_ref: &ContentRef) -> Result<()> {
+        Ok(wit::label(&self.id, label, &content_ref.to_wit())?)
+    }
+
+    /// Moves a label to stored content.
+    pub fn replace_at_label(&self, label: &str, content_ref: &ContentRef) -> Result<()> {
+        Ok(wit::replace_at_label(
+            &self.id,
+            label,
+            &content_ref.to_wit(),
+        )?)
+    }
+
+    /// What a label points at.
+    pub fn get_by_label(&self, label: &str) -> Result<Option<ContentRef>> {
+        Ok(wit::get_by_label(&self.id, label)?.map(ContentRef::from))
+    }
+
+    /// The content a label points at.
+    pub fn get_content_by_label(&self, label: &str) -> Result<Option<Vec<u8>>> {
+        match self.get_by_label(label)? {
+            Some(content_ref) => self.get(&content_ref).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores bytes and points a label at them.
+    pub fn store_at_label(&self, label: &str, content: impl AsRef<[u8]>) -> Result<ContentRef> {
+        Ok(wit::store_at_label(&self.id, label, content.as_ref())?.into())
+    }
+
+    /// Stores bytes and moves a label to them.
+    pub fn replace_content_at_label(
+        &self,
+        label: &str,
+        content: impl AsRef<[u8]>,
+    ) -> Result<ContentRef> {
+        Ok(wit::replace_content_at_label(&self.id, label, content.as_ref())?.into())
+    }
+
+    /// Deletes a label; the content stays.
+    pub fn remove_label(&self, label: &str) -> Result<()> {
+        Ok(wit::remove_label(&self.id, label)?)
+    }
+
+    /// Deletes a label only while it points at `content_ref`.
+    pub fn remove_from_label(&self, label: &str, content_ref: &ContentRef) -> Result<()> {
+        Ok(wit::remove_from_label(
+            &self.id,
+            label,
+            &content_ref.to_wit(),
+        )?)
+    }
+
+    /// Every label, in byte order.
+    pub fn list_labels(&self) -> Result<Vec<String>> {
+        Ok(wit::list_labels(&self.id)?)
+    }
+
+    /// Every ref the store holds.
+    pub fn list_all_content(&self) -> Result<Vec<ContentRef>> {
+        let refs = wit::list_all_content(&self.id)?;
+        Ok(refs.into_iter().map(ContentRef::from).collect())
+    }
+
+    /// Bytes of distinct content held.
+    pub fn calculate_total_size(&self) -> Result<u64> {
+        Ok(wit::calculate_total_size(&self.id)?)
+    }
+
+    /// Stores a value as JSON.
+    pub fn store_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<ContentRef> {
+        self.store(serde_json::to_vec(value)?)
+    }
+
+    /// Reads a JSON value back by ref.
+    pub fn get_json<T: DeserializeOwned>(&self, content_ref: &ContentRef) -> Result<T> {
+        Ok(serde_json::from_slice(&self.get(content_ref)?)?)
+    }
+
+    /// Stores a value as JSON and points a label at it.
+    pub fn store_json_at_label<T: Serialize + ?Sized>(
+        &self,
+        label: &str,
+        value: &T,
+    ) -> Result<ContentRef> {
+        self.store_at_label(label, serde_json::to_vec(value)?)
+    }
+
+    /// Reads the JSON value a label points at, if the label is defined.
+    pub fn get_json_by_label<T: DeserializeOwned>(&self, label: &str) -> Result<Option<T>> {
+        match self.get_content_by_label(label)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! [`ActorHost`]: loads actor components and runs their `init` under the
+//! grants and limits the embedder chose, one wasmtime `Store` per run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use theater_store::StoreRoot;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::StoreActorPre;
+use crate::ctx::StoreCtx;
+use crate::policy::{Grants, Limits};
+use crate::{StoreView, add_to_linker};
+
+/// How often the deadline clock ticks. A deadline is enforced to within one tick.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How much of an actor's stderr (panic messages, mostly) is kept.
+const STDERR_CAPACITY: usize = 64 << 10;
+
+/// Runs actor components against one store root.
+///
+/// Holds the wasmtime engine (compiled code is shared by every run) and a
+/// linker with WASI p2 (no filesystem, no network, no inherited stdio) plus
+/// the store and runtime imports.
+#[derive(Clone)]
+pub struct ActorHost {
+    engine: Engine,
+    linker: Linker<ActorState>,
+    root: StoreRoot,
+}
+
+/// A compiled, linked actor, ready to be instantiated any number of times.
+#[derive(Clone)]
+pub struct ActorComponent {
+    pre: StoreActorPre<ActorState>,
+}
+
+/// What a run may reach and use.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stores beyond the actor's own that it may use.
+    pub grants: Grants,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// Everything a run of `init` produced.
+#[derive(Debug)]
+pub struct ActorRun {
+    /// The new state, or why there is none.
+    pub outcome: Result<Option<Vec<u8>>, ActorFailure>,
+    /// Lines the actor logged through `runtime.log`.
+    pub logs: Vec<String>,
+    /// Lines logged past [`Limits::max_log_lines`], counted but not kept.
+    pub dropped_log_lines: usize,
+    /// Stores the actor created with `new`.
+    pub created_stores: Vec<String>,
+    /// The data passed to `runtime.shutdown`, if the actor called it.
+    pub shutdown: Option<Option<Vec<u8>>>,
+    /// What the actor wrote to stderr (a panic message, typically), cut at 64 KiB.
+    pub stderr: String,
+}
+
+/// Why a run produced no new state.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorFailure {
+    /// `init` returned `err(message)`.
+    #[error("the actor returned an error: {0}")]
+    Returned(String),
+    /// The actor ran past [`Limits::timeout`] and was stopped.
+    #[error("the actor ran past its {0:?} deadline and was stopped")]
+    TimedOut(Duration),
+    /// The actor tried to grow its memory past [`Limits::max_memory_bytes`].
+    #[error("the actor tried to grow its memory past the {limit} byte limit and trapped: {trap}")]
+    OutOfMemory {
+        /// The limit in force.
+        limit: usize,
+        /// The trap that followed.
+        trap: String,
+    },
+    /// The actor trapped (a panic, an `unreachable`, a bad memory access).
+    #[error("the actor trapped: {0}")]
+    Trapped(String),
+    /// The component could not be instantiated.
+    #[error("the actor could not be instantiated: {0}")]
+    Instantiation(String),
+}
+
+impl ActorHost {
+    /// A host serving stores from `root`.
+    pub fn new(root: StoreRoot) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        spawn_epoch_clock(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        add_to_linker(&mut linker)?;
+        Ok(Self {
+            engine,
+            linker,
+            root,
+        })
+    }
+
+    /// A host over another root that shares this one's engine, so that
+    /// components loaded by either run on both without recompiling.
+    pub fn with_root(&self, root: StoreRoot) -> Self {
+        Self {
+            root,
+            ..self.clone()
+        }
+    }
+
+    /// The root every actor's stores live in.
+    pub fn root(&self) -> &StoreRoot {
+        &self.root
+    }
+
+    /// Compiles and links an actor component from its bytes. Fails when it
+    /// is not a component or imports something this host does not provide.
+    pub fn load(&self, wasm: &[u8]) -> wasmtime::Result<ActorComponent> {
+        let component = Component::new(&self.engine, wasm)?;
+        self.link(component)
+    }
+
+    /// Compiles and links an actor component from a `.wasm` file.
+    pub fn load_file(&self, path: &Path) -> wasmtime::Result<ActorComponent> {
+        let component = Component::from_file(&self.engine, path)?;
+        self.link(component)
+    }
+
+    fn link(&self, component: Component) -> wasmtime::Result<ActorComponent> {
+        let pre = StoreActorPre::new(self.linker.instantiate_pre(&component)?)?;
+        Ok(ActorComponent { pre })
+    }
+
+    /// Instantiates `actor` with a fresh context and calls its `init` with
+    /// the previous `state` and `param`. A trap, timeout or memory overrun
+    /// ends only this run; the host carries on.
+    pub async fn run_init(
+        &self,
+        actor: &ActorComponent,
+        options: RunOptions,
+        state: Option<Vec<u8>>,
+        param: &str,
+    ) -> ActorRun {
+        let limits = options.limits.clone();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let data = ActorState {
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            table: ResourceTable::new(),
+            store: StoreCtx::new(self.root.clone(), options.grants, options.limits),
+            memory: MemoryLimiter {
+                max_bytes: limits.max_memory_bytes,
+                refused: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|data| &mut data.memory);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+
+        let outcome = match actor.pre.instantiate_async(&mut store).await {
+            Err(error) => Err(ActorFailure::Instantiation(format!("{error:#}"))),
+            Ok(instance) => {
+                let call = instance
+                    .theater_simple_actor()
+                    .call_init(&mut store, state.as_deref(), (param,))
+                    .await;
+                match call {
+                    Ok(Ok((new_state,))) => Ok(new_state),
+                    Ok(Err(message)) => Err(ActorFailure::Returned(message)),
+                    Err(trap) => Err(classify_trap(&trap, &store, &limits)),
+                }
+            }
+        };
+        let data = store.data_mut();
+        let (logs, dropped_log_lines) = data.store.take_logs();
+        let mut created_stores: Vec<String> =
+            data.store.created_stores().map(str::to_owned).collect();
+        created_stores.sort();
+        ActorRun {
+            outcome,
+            logs,
+            dropped_log_lines,
+            created_stores,
+            shutdown: data.store.shutdown_requested().cloned(),
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+        }
+    }
+}
+
+fn classify_trap(
+    trap: &wasmtime::Error,
+    store: &Store<ActorState>,
+    limits: &Limits,
+) -> ActorFailure {
+    let message = format!("{trap:#}");
+    if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        ActorFailure::TimedOut(limits.timeout)
+    } else if store.data().memory.refused {
+        ActorFailure::OutOfMemory {
+            limit: limits.max_memory_bytes,
+            trap: message,
+        }
+    } else {
+        ActorFailure::Trapped(message)
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+/// Advances the engine's epoch every tick until the engine is dropped.
+fn spawn_epoch_clock(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("theater-store-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .expect("spawning the epoch clock thread");
+}
+
+/// The data of each run's wasmtime `Store`.
+struct ActorState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    store: StoreCtx,
+    memory: MemoryLimiter,
+}
+
+impl WasiView for ActorState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreView for ActorState {
+    fn store_ctx(&mut self) -> &mut StoreCtx {
+        &mut self.store
+    }
+}
+
+/// Caps linear memory, remembering whether it had to refuse, so that the
+/// trap that follows a refused `memory.grow` can be reported as what it is.
+struct MemoryLimiter {
+    max_bytes: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl std::fmt::Debug for ActorHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorHost")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,368 @@
+//! One actor that runs any of the seed's 15 store usage patterns.
+//!
+//! `init` takes a JSON parameter `{"pattern": NAME, ...}` and returns a JSON
+//! state describing what it stored (store ids, refs, values read back), so
+//! that the host, or the next actor in a two-actor pattern, can check and
+//! continue the work. Patterns that span runs (actor state, cache,
+//! append-only log) read their store id back from the previous state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use theater_store_guest::{Actor, ContentRef, ContentStore, Error, log};
+
+type Outcome = Result<Value, Error>;
+
+struct SeedPatterns;
+
+impl Actor for SeedPatterns {
+    fn init(state: Option<Vec<u8>>, (param,): (String,)) -> Result<(Option<Vec<u8>>,), String> {
+        let params: Value =
+            serde_json::from_str(&param).map_err(|e| format!("bad parameter: {e}"))?;
+        let previous: Value = match state {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("bad state: {e}"))?,
+            None => Value::Null,
+        };
+        let pattern = text(&params, "pattern")?;
+        log(&format!("running pattern {pattern}"));
+        let result = match pattern.as_str() {
+            "stores" => stores(&params),
+            "basic" => basic(),
+            "labels" => labels(),
+            "actor-state" => actor_state(&params, &previous),
+            "versioned" => versioned(),
+            "dedupe" => dedupe(),
+            "share" => share(&params),
+            "linked-list" => linked_list(),
+            "cache" => cache(&params, &previous),
+            "snapshot" => snapshot(&params),
+            "message" => message(&params),
+            "inject" => inject(&params),
+            "append-log" => append_log(&params, &previous),
+            "migrate" => migrate(&params),
+            "sync" => sync(&params),
+            other => return Err(format!("unknown pattern {other:?}")),
+        }?;
+        Ok((Some(result.to_string().into_bytes()),))
+    }
+}
+
+theater_store_guest::export_actor!(SeedPatterns);
+
+fn text(params: &Value, key: &str) -> Result<String, Error> {
+    params[key]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error(format!("parameter {key:?} is missing")))
+}
+
+/// The store named by `key` in `params` or the previous state, or a new one.
+fn store_from(params: &Value, previous: &Value, key: &str) -> Result<ContentStore, Error> {
+    match params[key].as_str().or(previous[key].as_str()) {
+        Some(id) => Ok(ContentStore::from_id(id)),
+        None => ContentStore::new(),
+    }
+}
+
+/// 1. A store of our own, and a store the host granted by name.
+fn stores(params: &Value) -> Outcome {
+    let own = ContentStore::new()?;
+    let named = ContentStore::from_id(text(params, "named")?);
+    own.store_at_label("hello", "from my own store")?;
+    named.store_at_label("hello", "from a named store")?;
+    Ok(json!({"created": own.id(), "named": named.id()}))
+}
+
+/// 2. Store bytes, keep the ref, read them back.
+fn basic() -> Outcome {
+    let store = ContentStore::new()?;
+    let content_ref = store.store("Important information")?;
+    let text = String::from_utf8(store.get(&content_ref)?).map_err(|e| Error(e.to_string()))?;
+    Ok(json!({"store": store.id(), "ref": content_ref, "text": text}))
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Config {
+    url: String,
+    retries: u32,
+}
+
+/// 3. Store under a label; read by label two ways.
+fn labels() -> Outcome {
+    let store = ContentStore::new()?;
+    let config = Config {
+        url: "http://localhost:8080".into(),
+        retries: 3,
+    };
+    let content_ref = store.store_json_at_label("app:config", &config)?;
+    let by_ref: Config = store.get_json(
+        &store
+            .get_by_label("app:config")?
+            .ok_or(Error("label vanished".into()))?,
+    )?;
+    let by_label: Option<Config> = store.get_json_by_label("app:config")?;
+    let same = by_label.as_ref() == Some(&by_ref) && by_ref == config;
+    Ok(json!({"store": store.id(), "ref": content_ref, "same": same}))
+}
+
+/// 4. State under `actor:<id>:state`, carried across runs.
+fn actor_state(params: &Value, previous: &Value) -> Outcome {
+    let store = store_from(params, previous, "store")?;
+    let actor_id = text(params, "actor_id")?;
+    let label = format!("actor:{actor_id}:state");
+    let runs: u64 = store.get_json_by_label(&label)?.unwrap_or(0) + 1;
+    store.store_json_at_label(&label, &runs)?;
+    Ok(json!({"store": store.id(), "label": label, "runs": runs}))
+}
+
+/// 5. Versions under `document:vN`, with `document:latest` moved along.
+fn versioned() -> Outcome {
+    let store = ContentStore::new()?;
+    for version in 1..=3 {
+        let content_ref = store.store_at_label(
+            &format!("document:v{version}"),
+            format!("Version {version} content"),
+        )?;
+        store.replace_at_label("document:latest", &content_ref)?;
+    }
+    let v1 = store
+        .get_content_by_label("document:v1")?
+        .unwrap_or_default();
+    Ok(json!({"store": store.id(), "v1": String::from_utf8_lossy(&v1)}))
+}
+
+/// 6. Identical bytes stored twice share one ref and one copy.
+fn dedupe() -> Outcome {
+    let store = ContentStore::new()?;
+    let ref1 = store.store("Duplicate content")?;
+    let ref2 = store.store("Duplicate content")?;
+    store.label("reference1", &ref1)?;
+    store.label("reference2", &ref2)?;
+    Ok(
+        json!({"store": store.id(), "same_ref": ref1 == ref2, "objects": store.list_all_content()?.len()}),
+    )
+}
+
+/// 7. One actor shares a resource; another, given the store id, reads it.
+fn share(params: &Value) -> Outcome {
+    match text(params, "role")?.as_str() {
+        "owner" => {
+            let store = ContentStore::new()?;
+            let resource = json!({"name": "shared dataset", "rows": [1, 2, 3]});
+            store.store_json_at_label("shared:resource", &resource)?;
+            Ok(json!({"store": store.id()}))
+        }
+        _ => {
+            let store = ContentStore::from_id(text(params, "store")?);
+            let resource: Option<Value> = store.get_json_by_label("shared:resource")?;
+            Ok(json!({"read": resource}))
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Node {
+    value: String,
+    next: Option<String>,
+}
+
+/// 8. A linked list whose links are content refs.
+fn linked_list() -> Outcome {
+    let store = ContentStore::new()?;
+    let mut next = None;
+    for value in ["Node 3", "Node 2", "Node 1"] {
+        let node_ref = store.store_json(&Node {
+            value: value.into(),
+            next: next.take(),
+        })?;
+        next = Some(node_ref.hash().to_owned());
+    }
+    let head = ContentRef::new(next.expect("three nodes were stored"));
+    store.label("list:head", &head)?;
+    let mut values = Vec::new();
+    let mut cursor = store.get_by_label("list:head")?;
+    while let Some(node_ref) = cursor {
+        let node: Node = store.get_json(&node_ref)?;
+        values.push(node.value);
+        cursor = node.next.map(ContentRef::new);
+    }
+    Ok(json!({"store": store.id(), "head": head, "values": values}))
+}
+
+/// 9. Memoise a computation under a label derived from its inputs.
+fn cache(params: &Value, previous: &Value) -> Outcome {
+    let store = store_from(params, previous, "store")?;
+    let input = params["input"].as_u64().unwrap_or(10);
+    let key = format!("cache:fib:{input}");
+    if let Some(result) = store.get_json_by_label::<u64>(&key)? {
+        return Ok(json!({"store": store.id(), "result": result, "computed": false}));
+    }
+    let (mut a, mut b) = (0u64, 1u64);
+    for _ in 0..input {
+        (a, b) = (b, a.wrapping_add(b));
+    }
+    store.store_json_at_label(&key, &a)?;
+    Ok(json!({"store": store.id(), "result": a, "computed": true}))
+}
+
+/// 10. Timestamped snapshots with a `snapshot:latest` pointer; restore the latest.
+fn snapshot(params: &Value) -> Outcome {
+    let store = ContentStore::new()?;
+    let mut state = json!({"counter": 0});
+    for timestamp in params["timestamps"].as_array().cloned().unwrap_or_default() {
+        state["counter"] = json!(state["counter"].as_u64().unwrap_or(0) + 1);
+        let content_ref = store.store_json_at_label(&format!("snapshot:{timestamp}"), &state)?;
+        store.replace_at_label("snapshot:latest", &content_ref)?;
+    }
+    let restored: Option<Value> = store.get_json_by_label("snapshot:latest")?;
+    Ok(json!({"store": store.id(), "restored": restored}))
+}
+
+/// 11. Send a large payload as a store id plus a ref.
+fn message(params: &Value) -> Outcome {
+    match text(params, "role")?.as_str() {
+        "sender" => {
+            let store = ContentStore::new()?;
+            let size = params["size"].as_u64().unwrap_or(1 << 20) as usize;
+            let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let data_ref = store.store(&payload)?;
+            Ok(json!({"store_id": store.id(), "data_ref": data_ref.hash()}))
+        }
+        _ => {
+            let store = ContentStore::from_id(text(params, "store_id")?);
+            let data = store.get(&ContentRef::new(text(params, "data_ref")?))?;
+            let well_formed = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+            Ok(json!({"received_bytes": data.len(), "well_formed": well_formed}))
+        }
+    }
+}
+
+/// 12. A configurator stores per-environment configs; a worker picks its own.
+fn inject(params: &Value) -> Outcome {
+    match text(params, "role")?.as_str() {
+        "configurator" => {
+            let store = ContentStore::new()?;
+            let dev = Config {
+                url: "http://localhost:8080".into(),
+                retries: 1,
+            };
+            let prod = Config {
+                url: "https://production.example.com".into(),
+                retries: 5,
+            };
+            store.store_json_at_label("config:environment:dev", &dev)?;
+            store.store_json_at_label("config:environment:prod", &prod)?;
+            Ok(json!({"store": store.id()}))
+        }
+        _ => {
+            let store = ContentStore::from_id(text(params, "store")?);
+            let label = format!("config:environment:{}", text(params, "environment")?);
+            let config: Config = store
+                .get_json_by_label(&label)?
+                .ok_or_else(|| Error(format!("no configuration under {label}")))?;
+            log(&format!("configured for {}", config.url));
+            Ok(json!({"url": config.url, "retries": config.retries}))
+        }
+    }
+}
+
+/// 13. An append-only log: entries by ref, the ordered index under `log:<name>`.
+fn append_log(params: &Value, previous: &Value) -> Outcome {
+    let store = store_from(params, previous, "store")?;
+    let label = format!("log:{}", text(params, "log")?);
+    let entry_ref = store.store_json(&params["entry"])?;
+    let mut index: Vec<String> = store.get_json_by_label(&label)?.unwrap_or_default();
+    index.push(entry_ref.hash().to_owned());
+    store.replace_content_at_label(&label, serde_json::to_vec(&index)?)?;
+    let mut entries = Vec::new();
+    for hash in &index {
+        entries.push(store.get_json::<Value>(&ContentRef::new(hash))?);
+    }
+    Ok(json!({"store": store.id(), "entries": entries}))
+}
+
+#[derive(Serialize, Deserialize)]
+struct MigrationPackage {
+    actor_id: String,
+    state_ref: String,
+    version: String,
+}
+
+/// 14. The old actor packages its state; the new one adopts it.
+fn migrate(params: &Value) -> Outcome {
+    match text(params, "role")?.as_str() {
+        "old" => {
+            let store = ContentStore::new()?;
+            let actor_id = text(params, "actor_id")?;
+            let state_ref =
+                store.store_json_at_label(&format!("actor:{actor_id}:state"), &params["state"])?;
+            let package = MigrationPackage {
+                actor_id: actor_id.clone(),
+                state_ref: state_ref.hash().into(),
+                version: "1.0".into(),
+            };
+            let package_ref = store.store_json(&package)?;
+            store.label(&format!("migration:{actor_id}:1"), &package_ref)?;
+            Ok(json!({"store": store.id(), "package": package_ref.hash()}))
+        }
+        _ => {
+            let store = ContentStore::from_id(text(params, "store")?);
+            let package_ref = ContentRef::new(text(params, "package")?);
+            let package: MigrationPackage = store.get_json(&package_ref)?;
+            let state = store.get(&ContentRef::new(package.state_ref))?;
+            let new_id = text(params, "actor_id")?;
+            store.store_at_label(&format!("actor:{new_id}:state"), state)?;
+            store.label(&format!("actor:{new_id}:migration-history"), &package_ref)?;
+            Ok(json!({"migrated_from": package.actor_id}))
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct SyncPackage {
+    labels: Vec<(String, String)>,
+    content: Vec<(String, Vec<u8>)>,
+}
+
+/// 15. Export labels under a prefix with their content; import into another store.
+fn sync(params: &Value) -> Outcome {
+    match text(params, "role")?.as_str() {
+        "source" => {
+            let store = ContentStore::new()?;
+            for (label, body) in [
+                ("sync:a", "alpha"),
+                ("sync:b", "beta"),
+                ("local:c", "not synced"),
+            ] {
+                store.store_at_label(label, body)?;
+            }
+            let prefix = text(params, "prefix")?;
+            let mut package = SyncPackage::default();
+            for label in store
+                .list_labels()?
+                .into_iter()
+                .filter(|l| l.starts_with(&prefix))
+            {
+                if let Some(content_ref) = store.get_by_label(&label)? {
+                    package
+                        .content
+                        .push((content_ref.hash().into(), store.get(&content_ref)?));
+                    package.labels.push((label, content_ref.hash().into()));
+                }
+            }
+            Ok(json!({"store": store.id(), "package": package}))
+        }
+        _ => {
+            let package: SyncPackage = serde_json::from_value(params["package"].clone())?;
+            let store = ContentStore::new()?;
+            for (hash, content) in package.content {
+                if !store.exists(&ContentRef::new(&hash))? && store.store(content)?.hash() != hash {
+                    return Err(Error(format!("content for {hash} did not match its hash")));
+                }
+            }
+            for (label, hash) in package.labels {
+                store.label(&label, &ContentRef::new(hash))?;
+            }
+            Ok(json!({"store": store.id(), "labels": store.list_labels()?}))
+        }
+    }
+}
