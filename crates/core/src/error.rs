@@ -82,6 +82,14 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// An import package is truncated, altered or malformed; nothing was imported.
+    #[error("store {store}: package refused, nothing was imported: {reason}")]
+    InvalidPackage {
+        /// The store the package was being imported into.
+        store: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No root was given and none could be found in the environment.
     #[error(
         "no default store root: set THEATER_STORE_ROOT or give a root directory explicitly \

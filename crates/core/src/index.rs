@@ -7,14 +7,16 @@
 //! single writer thread ([`crate::writer`]); reads use a small pool of
 //! read-only connections and never block the writer (WAL).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
+use crate::objects::{ObjectFiles, io_error};
 use crate::root::Durability;
 
 /// How long a connection waits for another process's lock before failing.
@@ -79,14 +81,18 @@ pub(crate) enum Expect {
     Exactly(Option<Digest>),
 }
 
-/// One change to the index, applied by the writer thread.
+/// One change to the index (and the object files it governs), applied by
+/// the writer thread inside its transaction.
 #[derive(Debug)]
 pub(crate) enum WriteOp {
-    /// Record that an object file has been published. Returns whether it was new.
+    /// Record an object, first renaming its staged temporary file into place
+    /// when there is one. Refreshes `stored_at` when already recorded.
+    /// Returns whether it was new.
     AddObject {
         store: StoreId,
         digest: Digest,
         size: u64,
+        staged: Option<PathBuf>,
     },
     /// Point `label` at `target`, or remove it for `None`. Returns whether
     /// the expectation held and the write happened.
@@ -96,6 +102,27 @@ pub(crate) enum WriteOp {
         target: Option<Digest>,
         expect: Expect,
     },
+    /// Point every label at its target, all or nothing.
+    SetLabels {
+        store: StoreId,
+        labels: Vec<(String, Digest)>,
+    },
+    /// Delete an object (row and file) if no label reaches it and it was
+    /// last stored before `cutoff` (unix milliseconds). Returns whether it did.
+    RemoveObject {
+        store: StoreId,
+        digest: Digest,
+        cutoff: i64,
+    },
+    /// Delete an object file that has no index row, if it was last modified
+    /// before `cutoff`. Returns whether it did.
+    RemoveUnindexedFile {
+        store: StoreId,
+        digest: Digest,
+        cutoff: SystemTime,
+    },
+    /// Move a corrupt object's file to quarantine and forget its row.
+    QuarantineObject { store: StoreId, digest: Digest },
     /// Register a store so that it shows in listings before its first write.
     CreateStore { store: StoreId },
 }
@@ -121,21 +148,48 @@ pub(crate) fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
 }
 
-/// Applies one write inside the writer's open transaction.
-pub(crate) fn apply(connection: &Connection, op: &WriteOp) -> rusqlite::Result<Result<bool>> {
+/// Applies one write inside the writer's open transaction. Directories
+/// whose entries changed are added to `touched`, for fsync in synced mode.
+/// An `Ok(Err(_))` is a refusal: the caller rolls this change back alone.
+pub(crate) fn apply(
+    connection: &Connection,
+    objects: &ObjectFiles,
+    op: WriteOp,
+    touched: &mut BTreeSet<PathBuf>,
+) -> rusqlite::Result<Result<bool>> {
     match op {
-        WriteOp::CreateStore { store } => ensure_store(connection, store).map(Ok),
+        WriteOp::CreateStore { store } => ensure_store(connection, &store).map(Ok),
         WriteOp::AddObject {
             store,
             digest,
             size,
+            staged,
         } => {
-            ensure_store(connection, store)?;
-            let inserted = connection.execute(
-                "INSERT OR IGNORE INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, ?4)",
-                params![store.as_str(), &digest.0[..], i64::try_from(*size).unwrap_or(i64::MAX), unix_now()],
+            ensure_store(connection, &store)?;
+            let new = !has_object(connection, &store, digest)?;
+            connection.execute(
+                "INSERT INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (store, hash) DO UPDATE SET stored_at = excluded.stored_at",
+                params![
+                    store.as_str(),
+                    &digest.0[..],
+                    i64::try_from(size).unwrap_or(i64::MAX),
+                    unix_now()
+                ],
             )?;
-            Ok(Ok(inserted == 1))
+            if let Some(staged) = staged {
+                match objects.publish(&store, &staged, digest) {
+                    Ok(shard) => {
+                        touched.insert(shard);
+                    }
+                    Err(source) => {
+                        let _ = std::fs::remove_file(&staged);
+                        let path = objects.object_path(&store, digest);
+                        return Ok(Err(io_error(&store, "publishing object", &path, source)));
+                    }
+                }
+            }
+            Ok(Ok(new))
         }
         WriteOp::SetLabel {
             store,
@@ -144,27 +198,17 @@ pub(crate) fn apply(connection: &Connection, op: &WriteOp) -> rusqlite::Result<R
             expect,
         } => {
             if let Some(target) = target
-                && !has_object(connection, store, *target)?
+                && !has_object(connection, &store, target)?
             {
-                return Ok(Err(StoreError::NotFound {
-                    store: store.to_string(),
-                    reference: target.to_hex(),
-                }));
+                return Ok(Err(not_found(&store, target)));
             }
             if let Expect::Exactly(expected) = expect
-                && label_target(connection, store, label)? != *expected
+                && label_target(connection, &store, &label)? != expected
             {
                 return Ok(Ok(false));
             }
             match target {
-                Some(target) => {
-                    ensure_store(connection, store)?;
-                    connection.execute(
-                        "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
-                        params![store.as_str(), label, &target.0[..]],
-                    )?;
-                }
+                Some(target) => upsert_label(connection, &store, &label, target)?,
                 None => {
                     connection.execute(
                         "DELETE FROM labels WHERE store = ?1 AND name = ?2",
@@ -174,7 +218,96 @@ pub(crate) fn apply(connection: &Connection, op: &WriteOp) -> rusqlite::Result<R
             }
             Ok(Ok(true))
         }
+        WriteOp::SetLabels { store, labels } => {
+            for (label, target) in &labels {
+                if !has_object(connection, &store, *target)? {
+                    return Ok(Err(not_found(&store, *target)));
+                }
+                upsert_label(connection, &store, label, *target)?;
+            }
+            Ok(Ok(true))
+        }
+        WriteOp::RemoveObject {
+            store,
+            digest,
+            cutoff,
+        } => {
+            let removed = connection.execute(
+                "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
+                 AND NOT EXISTS (SELECT 1 FROM labels WHERE store = ?1 AND hash = ?2)",
+                params![store.as_str(), &digest.0[..], cutoff],
+            )?;
+            if removed == 0 {
+                return Ok(Ok(false));
+            }
+            let path = objects.object_path(&store, digest);
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(Ok(true)),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Ok(true)),
+                Err(source) => Ok(Err(io_error(&store, "removing object", &path, source))),
+            }
+        }
+        WriteOp::RemoveUnindexedFile {
+            store,
+            digest,
+            cutoff,
+        } => {
+            if has_object(connection, &store, digest)? {
+                return Ok(Ok(false));
+            }
+            let path = objects.object_path(&store, digest);
+            let old_enough = std::fs::symlink_metadata(&path)
+                .and_then(|metadata| metadata.modified())
+                .is_ok_and(|modified| modified < cutoff);
+            if !old_enough {
+                return Ok(Ok(false));
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(Ok(true)),
+                Err(source) => Ok(Err(io_error(
+                    &store,
+                    "removing unindexed object",
+                    &path,
+                    source,
+                ))),
+            }
+        }
+        WriteOp::QuarantineObject { store, digest } => {
+            connection.execute(
+                "DELETE FROM objects WHERE store = ?1 AND hash = ?2",
+                params![store.as_str(), &digest.0[..]],
+            )?;
+            match objects.quarantine(&store, digest) {
+                Ok(_) => Ok(Ok(true)),
+                Err(source) => {
+                    let path = objects.object_path(&store, digest);
+                    Ok(Err(io_error(&store, "quarantining object", &path, source)))
+                }
+            }
+        }
     }
+}
+
+fn not_found(store: &StoreId, digest: Digest) -> StoreError {
+    StoreError::NotFound {
+        store: store.to_string(),
+        reference: digest.to_hex(),
+    }
+}
+
+fn upsert_label(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+    target: Digest,
+) -> rusqlite::Result<()> {
+    ensure_store(connection, store)?;
+    connection.execute(
+        "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
+        params![store.as_str(), label, &target.0[..]],
+    )?;
+    Ok(())
 }
 
 fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
@@ -185,10 +318,16 @@ fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bo
     Ok(inserted == 1)
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+/// Milliseconds since the Unix epoch: the unit of `stored_at`.
+pub(crate) fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+pub(crate) fn unix_now() -> i64 {
+    unix_millis(SystemTime::now())
 }
 
 fn digest_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Digest> {
@@ -210,6 +349,49 @@ pub(crate) fn has_object(
     connection
         .prepare_cached("SELECT 1 FROM objects WHERE store = ?1 AND hash = ?2")?
         .exists(params![store.as_str(), &digest.0[..]])
+}
+
+/// When the object was last stored (unix milliseconds), if it is indexed.
+pub(crate) fn object_stored_at(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<Option<i64>> {
+    connection
+        .prepare_cached("SELECT stored_at FROM objects WHERE store = ?1 AND hash = ?2")?
+        .query_row(params![store.as_str(), &digest.0[..]], |row| row.get(0))
+        .optional()
+}
+
+/// Every indexed object of a store with its size and `stored_at`, and
+/// whether any label reaches it.
+pub(crate) fn object_rows(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Vec<ObjectRow>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT o.hash, o.size, o.stored_at,
+                EXISTS (SELECT 1 FROM labels l WHERE l.store = o.store AND l.hash = o.hash)
+         FROM objects o WHERE o.store = ?1 ORDER BY o.hash",
+    )?;
+    let rows = statement.query_map([store.as_str()], |row| {
+        Ok(ObjectRow {
+            digest: digest_column(row, 0)?,
+            size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+            stored_at: row.get(2)?,
+            labelled: row.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// One indexed object, as [`object_rows`] lists it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectRow {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) stored_at: i64,
+    pub(crate) labelled: bool,
 }
 
 pub(crate) fn label_target(

@@ -23,14 +23,18 @@
 
 mod error;
 mod index;
+mod maintenance;
 mod names;
 mod objects;
+mod package;
 mod root;
 mod store;
 mod writer;
 
 pub use error::{BoxError, Result, StoreError};
 pub use index::StoreStats;
+pub use maintenance::{GcOptions, GcReport, Progress, TEMP_FILE_STALE_AFTER, VerifyReport};
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
+pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{Durability, ROOT_ENV_VAR, StoreRoot, StoreSummary};
-pub use store::{ContentStore, LabelEntry};
+pub use store::{ContentStore, LabelEntry, REFRESH_AFTER};

@@ -4,6 +4,9 @@
 //! written to `stores/<store-id>/tmp/` first and renamed into place, so a
 //! reader or a crash sees either no file or the whole file. The shard level
 //! keeps directories small (256 of them, each with 1/256 of the objects).
+//!
+//! Only the index writer renames files into `objects/` or deletes them, and
+//! only while it holds the index's write lock; see [`crate::writer`].
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -14,7 +17,7 @@ use crate::names::{Digest, StoreId};
 use crate::root::Durability;
 
 /// File-level access to the objects of every store under one root.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ObjectFiles {
     stores_dir: PathBuf,
     durability: Durability,
@@ -50,62 +53,138 @@ impl ObjectFiles {
         self.object_path(store, digest).is_file()
     }
 
-    /// Publishes `content` as the object `digest` with write-then-rename.
-    ///
-    /// Returns the shard directory the object was renamed into. In
-    /// [`Durability::Synced`] mode the file itself has been fsync'd; the
-    /// directory entry becomes durable when the caller fsyncs that directory,
-    /// which the index writer does once per batch (group commit).
+    /// Hashes an object file without loading it whole.
+    pub(crate) fn hash_file(&self, store: &StoreId, path: &Path) -> Result<Digest> {
+        let mut hasher = blake3::Hasher::new();
+        File::open(path)
+            .and_then(|file| hasher.update_reader(file).map(drop))
+            .map_err(|source| io_error(store, "reading object", path, source))?;
+        Ok(Digest(*hasher.finalize().as_bytes()))
+    }
+
+    /// Writes `content` to a new temporary file of `store` (fsync'd in
+    /// synced mode) and returns its path. It becomes an object only when the
+    /// index writer renames it into place ([`ObjectFiles::publish`]).
+    pub(crate) fn write_temp(&self, store: &StoreId, content: &[u8]) -> Result<PathBuf> {
+        let tmp_path = self.new_temp_path(store);
+        let written = self.create_with_parents(&tmp_path).and_then(|mut file| {
+            file.write_all(content)?;
+            self.finish_temp(&file)
+        });
+        written.map_err(|source| {
+            let _ = fs::remove_file(&tmp_path);
+            io_error(store, "writing temporary object", &tmp_path, source)
+        })?;
+        Ok(tmp_path)
+    }
+
+    /// A fresh path in the store's temporary directory.
+    pub(crate) fn new_temp_path(&self, store: &StoreId) -> PathBuf {
+        self.tmp_dir(store)
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Creates a new temporary file for streaming into (see [`Self::finish_temp`]).
+    pub(crate) fn create_temp(&self, store: &StoreId) -> Result<(PathBuf, File)> {
+        let tmp_path = self.new_temp_path(store);
+        let file = self
+            .create_with_parents(&tmp_path)
+            .map_err(|source| io_error(store, "creating temporary object", &tmp_path, source))?;
+        Ok((tmp_path, file))
+    }
+
+    /// Makes a fully written temporary file durable in synced mode.
+    pub(crate) fn finish_temp(&self, file: &File) -> io::Result<()> {
+        match self.durability {
+            Durability::Synced => file.sync_data(),
+            Durability::Buffered => Ok(()),
+        }
+    }
+
+    /// Renames a temporary file into place as object `digest` and returns
+    /// the shard directory, whose fsync makes the rename durable. Only the
+    /// index writer calls this, inside its transaction, so that publishing
+    /// and garbage collection never interleave, even across processes.
     pub(crate) fn publish(
         &self,
         store: &StoreId,
+        tmp_path: &Path,
         digest: Digest,
-        content: &[u8],
-    ) -> Result<PathBuf> {
+    ) -> io::Result<PathBuf> {
         let final_path = self.object_path(store, digest);
         let shard_dir = final_path
             .parent()
             .expect("object paths have a shard")
             .to_owned();
-        let tmp_path = self
-            .tmp_dir(store)
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        let io_error = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io {
-                store: store.to_string(),
-                action,
-                path,
-                source,
-            }
-        };
-
-        let mut file = self
-            .create_with_parents(&tmp_path)
-            .map_err(io_error("creating temporary file", &tmp_path))?;
-        let written = file
-            .write_all(content)
-            .and_then(|()| match self.durability {
-                Durability::Synced => file.sync_data(),
-                Durability::Buffered => Ok(()),
-            });
-        drop(file);
-        if let Err(source) = written {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(io_error("writing object", &tmp_path)(source));
-        }
-        let renamed = fs::rename(&tmp_path, &final_path).or_else(|error| {
+        fs::rename(tmp_path, &final_path).or_else(|error| {
             if error.kind() != io::ErrorKind::NotFound {
                 return Err(error);
             }
             self.create_dir(&shard_dir)?;
-            fs::rename(&tmp_path, &final_path)
-        });
-        if let Err(source) = renamed {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(io_error("publishing object", &final_path)(source));
-        }
+            fs::rename(tmp_path, &final_path)
+        })?;
         Ok(shard_dir)
+    }
+
+    /// Moves a damaged object aside into `quarantine/`, for inspection.
+    pub(crate) fn quarantine(&self, store: &StoreId, digest: Digest) -> io::Result<PathBuf> {
+        let dir = self.store_dir(store).join("quarantine");
+        self.create_dir(&dir)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let moved = dir.join(format!("{}-{stamp}", digest.to_hex()));
+        fs::rename(self.object_path(store, digest), &moved)?;
+        Ok(moved)
+    }
+
+    /// Every file under the store's `objects/`: its digest when the name is
+    /// a well-formed object name, and its path and metadata.
+    pub(crate) fn object_files(&self, store: &StoreId) -> Result<Vec<ObjectFile>> {
+        let mut found = Vec::new();
+        for shard in list_dir(store, &self.objects_dir(store))? {
+            let shard_name = shard
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let entries = if shard.is_dir() {
+                list_dir(store, &shard)?
+            } else {
+                vec![shard.clone()]
+            };
+            for path in entries {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let digest = if path == shard {
+                    None
+                } else {
+                    Digest::parse(&format!("{shard_name}{name}")).ok()
+                };
+                let metadata = fs::symlink_metadata(&path)
+                    .map_err(|source| io_error(store, "inspecting", &path, source))?;
+                found.push(ObjectFile {
+                    digest,
+                    path,
+                    metadata,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every file in the store's temporary directory, with its metadata.
+    pub(crate) fn temp_files(&self, store: &StoreId) -> Result<Vec<(PathBuf, fs::Metadata)>> {
+        list_dir(store, &self.tmp_dir(store))?
+            .into_iter()
+            .map(|path| {
+                let metadata = fs::symlink_metadata(&path)
+                    .map_err(|source| io_error(store, "inspecting", &path, source))?;
+                Ok((path, metadata))
+            })
+            .collect()
     }
 
     /// Reads an object and checks that its bytes still hash to `digest`.
@@ -171,6 +250,45 @@ impl ObjectFiles {
             }
         }
         Ok(())
+    }
+}
+
+/// A file found under a store's `objects/` directory.
+#[derive(Debug)]
+pub(crate) struct ObjectFile {
+    /// The object it holds, or `None` for a file whose name is not an object name.
+    pub(crate) digest: Option<Digest>,
+    pub(crate) path: PathBuf,
+    pub(crate) metadata: fs::Metadata,
+}
+
+/// The entries of `dir`, or none when it does not exist.
+fn list_dir(store: &StoreId, dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(io_error(store, "listing", dir, source)),
+    };
+    entries
+        .map(|entry| {
+            entry
+                .map(|e| e.path())
+                .map_err(|source| io_error(store, "listing", dir, source))
+        })
+        .collect()
+}
+
+pub(crate) fn io_error(
+    store: &StoreId,
+    action: &'static str,
+    path: &Path,
+    source: io::Error,
+) -> StoreError {
+    StoreError::Io {
+        store: store.to_string(),
+        action,
+        path: path.to_owned(),
+        source,
     }
 }
 

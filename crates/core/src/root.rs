@@ -135,7 +135,7 @@ impl StoreRoot {
         let op = WriteOp::CreateStore {
             store: store.store_id().clone(),
         };
-        engine.writer.write(op, None).await?;
+        engine.writer.write(op).await?;
         Ok(store)
     }
 
@@ -180,10 +180,11 @@ impl Engine {
             .map_err(|source| index_error(&path, "opening", source))?;
         index::create_schema(&connection)
             .map_err(|source| index_error(&path, "creating schema", source))?;
+        let objects = ObjectFiles::new(&path, durability);
         Ok(Arc::new(Self {
-            objects: ObjectFiles::new(&path, durability),
             readers: Readers::new(db, path.clone()),
-            writer: Writer::spawn(connection, path, durability),
+            writer: Writer::spawn(connection, path, objects.clone(), durability),
+            objects,
         }))
     }
 }

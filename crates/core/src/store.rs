@@ -7,6 +7,10 @@ use crate::index::{self, Expect, StoreStats, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{Engine, StoreRoot, blocking};
 
+/// How old stored content must be before storing it again refreshes its
+/// age. Garbage-collection grace periods should be well above this.
+pub const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One label and the content it names, as listed by
 /// [`ContentStore::list_labels_page`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -73,29 +77,35 @@ impl ContentStore {
         let engine = self.root.engine().await?;
         let store = self.id.clone();
         let size = content.len() as u64;
-        let (digest, published) = blocking({
+        let (digest, staged) = blocking({
             let engine = Arc::clone(&engine);
             move || {
                 let digest = Digest::of(&content);
-                if engine.objects.is_present(&store, digest)
-                    && engine.readers.read("looking up object", |db| {
-                        index::has_object(db, &store, digest)
-                    })?
-                {
-                    return Ok((digest, None));
+                if engine.objects.is_present(&store, digest) {
+                    let stored_at = engine.readers.read("looking up object", |db| {
+                        index::object_stored_at(db, &store, digest)
+                    })?;
+                    // Recently stored content is left alone; older content is
+                    // written again, which refreshes its age, so that a
+                    // garbage collection with a grace period cannot take
+                    // content from under a caller who just stored it.
+                    let fresh_since = index::unix_now() - REFRESH_AFTER.as_millis() as i64;
+                    if stored_at.is_some_and(|at| at >= fresh_since) {
+                        return Ok((digest, None));
+                    }
                 }
-                let shard = engine.objects.publish(&store, digest, &content)?;
-                Ok((digest, Some(shard)))
+                Ok((digest, Some(engine.objects.write_temp(&store, &content)?)))
             }
         })
         .await?;
-        if let Some(shard) = published {
+        if let Some(staged) = staged {
             let op = WriteOp::AddObject {
                 store: self.id.clone(),
                 digest,
                 size,
+                staged: Some(staged),
             };
-            engine.writer.write(op, Some(shard)).await?;
+            engine.writer.write(op).await?;
         }
         Ok(digest.into())
     }
@@ -266,7 +276,7 @@ impl ContentStore {
             target,
             expect,
         };
-        engine.writer.write(op, None).await
+        engine.writer.write(op).await
     }
 
     async fn read<T: Send + 'static>(

@@ -1,11 +1,14 @@
 //! The root's index writer: one thread that owns the write connection and
 //! applies queued writes in batches (group commit).
 //!
-//! Callers publish their object files first, then queue the index change and
+//! Callers write new content to temporary files, then queue the change and
 //! wait for its acknowledgement. The thread takes every queued change at
-//! once, applies each in its own savepoint (so one failing change does not
-//! fail its neighbours), fsyncs the object directories the batch touched
-//! (synced mode only) and commits once. In synced mode that is one WAL fsync
+//! once and applies each in its own savepoint (so one failing change does
+//! not fail its neighbours); publishing renames the temporary file into
+//! place there, under the index's write lock, so that a garbage collection
+//! in this or any other process never interleaves with a publish. Then it
+//! fsyncs the object directories the batch touched (synced mode only) and
+//! commits once. In synced mode that is one WAL fsync
 //! and one fsync per touched directory for the whole batch, instead of per
 //! call: the more concurrent writers, the cheaper each write.
 
@@ -18,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
 use crate::index::{self, WriteOp, index_error};
-use crate::objects::sync_dir;
+use crate::objects::{ObjectFiles, sync_dir};
 use crate::root::Durability;
 
 /// The most changes committed in one transaction.
@@ -26,8 +29,6 @@ const MAX_BATCH: usize = 1024;
 
 struct Job {
     op: WriteOp,
-    /// A directory that must be fsync'd before the commit (synced mode).
-    sync_dir: Option<PathBuf>,
     reply: oneshot::Sender<Result<bool>>,
 }
 
@@ -40,34 +41,62 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(connection: Connection, root: PathBuf, durability: Durability) -> Self {
+    pub(crate) fn spawn(
+        connection: Connection,
+        root: PathBuf,
+        objects: ObjectFiles,
+        durability: Durability,
+    ) -> Self {
         let (queue, jobs) = mpsc::channel();
         let thread_root = root.clone();
         std::thread::Builder::new()
             .name("theater-store-writer".into())
-            .spawn(move || run(connection, jobs, &thread_root, durability))
+            .spawn(move || run(connection, jobs, &thread_root, &objects, durability))
             .expect("spawning the index writer thread");
         Self { queue, root }
     }
 
     /// Queues `op` and waits until it is committed.
-    pub(crate) async fn write(&self, op: WriteOp, sync_dir: Option<PathBuf>) -> Result<bool> {
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<bool> {
+        let acknowledged = self.enqueue(op);
+        self.wait(acknowledged).await
+    }
+
+    /// Queues all of `ops` at once, so they can share commits, and waits for
+    /// each.
+    pub(crate) async fn write_all(&self, ops: Vec<WriteOp>) -> Vec<Result<bool>> {
+        let pending: Vec<_> = ops.into_iter().map(|op| self.enqueue(op)).collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for acknowledged in pending {
+            results.push(self.wait(acknowledged).await);
+        }
+        results
+    }
+
+    fn enqueue(&self, op: WriteOp) -> Option<oneshot::Receiver<Result<bool>>> {
         let (reply, acknowledged) = oneshot::channel();
+        self.queue.send(Job { op, reply }).ok()?;
+        Some(acknowledged)
+    }
+
+    async fn wait(&self, acknowledged: Option<oneshot::Receiver<Result<bool>>>) -> Result<bool> {
         let stopped = || StoreError::WriterStopped {
             root: self.root.clone(),
         };
-        self.queue
-            .send(Job {
-                op,
-                sync_dir,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        acknowledged.await.map_err(|_| stopped())?
+        acknowledged
+            .ok_or_else(stopped)?
+            .await
+            .map_err(|_| stopped())?
     }
 }
 
-fn run(mut connection: Connection, jobs: mpsc::Receiver<Job>, root: &Path, durability: Durability) {
+fn run(
+    mut connection: Connection,
+    jobs: mpsc::Receiver<Job>,
+    root: &Path,
+    objects: &ObjectFiles,
+    durability: Durability,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -76,30 +105,27 @@ fn run(mut connection: Connection, jobs: mpsc::Receiver<Job>, root: &Path, durab
                 Err(_) => break,
             }
         }
-        commit_batch(&mut connection, batch, root, durability);
+        commit_batch(&mut connection, batch, root, objects, durability);
     }
 }
 
-fn commit_batch(connection: &mut Connection, batch: Vec<Job>, root: &Path, durability: Durability) {
-    if durability == Durability::Synced {
-        let dirs: BTreeSet<PathBuf> = batch
-            .iter()
-            .filter_map(|job| job.sync_dir.clone())
-            .collect();
-        for dir in dirs {
-            if let Err(source) = sync_dir(&dir) {
-                let message = format!("fsync of {} failed: {source}", dir.display());
-                return fail_all(batch, root, "syncing object directory", &message);
-            }
-        }
-    }
+fn commit_batch(
+    connection: &mut Connection,
+    batch: Vec<Job>,
+    root: &Path,
+    objects: &ObjectFiles,
+    durability: Durability,
+) {
+    let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+        batch.into_iter().map(|job| (job.op, job.reply)).unzip();
     let outcome = (|| {
         let mut transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for job in &batch {
+        let mut touched = BTreeSet::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
             let savepoint = transaction.savepoint()?;
-            let result = match index::apply(&savepoint, &job.op) {
+            let result = match index::apply(&savepoint, objects, op, &mut touched) {
                 Ok(Ok(applied)) => {
                     savepoint.commit()?;
                     Ok(applied)
@@ -109,23 +135,35 @@ fn commit_batch(connection: &mut Connection, batch: Vec<Job>, root: &Path, durab
             };
             results.push(result);
         }
-        transaction.commit()?;
-        Ok::<_, rusqlite::Error>(results)
-    })();
-    match outcome {
-        Ok(results) => {
-            for (job, result) in batch.into_iter().zip(results) {
-                let _ = job.reply.send(result);
+        if durability == Durability::Synced {
+            for dir in &touched {
+                if let Err(source) = sync_dir(dir) {
+                    let message = format!("fsync of {} failed: {source}", dir.display());
+                    return Ok(Err(message));
+                }
             }
         }
-        Err(source) => fail_all(batch, root, "committing", &source.to_string()),
+        transaction.commit()?;
+        Ok::<_, rusqlite::Error>(Ok(results))
+    })();
+    match outcome {
+        Ok(Ok(results)) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Ok(Err(message)) => fail_all(replies, root, "syncing object directories", &message),
+        Err(source) => fail_all(replies, root, "committing", &source.to_string()),
     }
 }
 
-fn fail_all(batch: Vec<Job>, root: &Path, action: &'static str, message: &str) {
-    for job in batch {
-        let _ = job
-            .reply
-            .send(Err(index_error(root, action, message.to_owned())));
+fn fail_all(
+    replies: Vec<oneshot::Sender<Result<bool>>>,
+    root: &Path,
+    action: &'static str,
+    message: &str,
+) {
+    for reply in replies {
+        let _ = reply.send(Err(index_error(root, action, message.to_owned())));
     }
 }

@@ -1,0 +1,302 @@
+//! Checking and cleaning a store: [`ContentStore::verify`] and
+//! [`ContentStore::collect_garbage`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Result;
+use crate::index::{self, WriteOp};
+use crate::names::{ContentRef, Digest};
+use crate::root::blocking;
+use crate::store::{ContentStore, LabelEntry};
+
+/// Temporary files older than this are leftovers of a crashed writer rather
+/// than writes in progress.
+pub const TEMP_FILE_STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// How many garbage-collection deletions are queued at once.
+const GC_CHUNK: usize = 256;
+
+/// Receives progress of long operations (verify, gc, export, import), so
+/// that a front end can draw a progress bar. Both methods default to nothing.
+pub trait Progress: Send + Sync {
+    /// The amount of work ahead (bytes or items, as the operation says).
+    fn start(&self, _total: u64) {}
+    /// Some of that work is done.
+    fn advance(&self, _done: u64) {}
+}
+
+/// No progress reporting.
+impl Progress for () {}
+
+/// What [`ContentStore::verify`] found. Work is counted in bytes.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// The store checked.
+    pub store: String,
+    /// Object files re-hashed.
+    pub objects_checked: u64,
+    /// Their total size.
+    pub bytes_checked: u64,
+    /// Objects whose bytes did not match their ref; moved to `quarantine/`
+    /// and removed from the index.
+    pub quarantined: Vec<ContentRef>,
+    /// Indexed objects whose file is gone.
+    pub missing: Vec<ContentRef>,
+    /// Labels pointing at content that is missing, corrupt or not indexed.
+    pub dangling_labels: Vec<LabelEntry>,
+    /// Files in `objects/` whose names are not object names.
+    pub stray_files: Vec<PathBuf>,
+    /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] (`gc` removes them).
+    pub leftover_temp_files: Vec<PathBuf>,
+    /// Intact object files that the index does not list: a crash between
+    /// publishing and indexing leaves these. Harmless; `gc` removes them.
+    pub unindexed: Vec<ContentRef>,
+}
+
+impl VerifyReport {
+    /// Whether nothing needs attention (unindexed leftovers do not count).
+    pub fn is_clean(&self) -> bool {
+        self.quarantined.is_empty()
+            && self.missing.is_empty()
+            && self.dangling_labels.is_empty()
+            && self.stray_files.is_empty()
+            && self.leftover_temp_files.is_empty()
+    }
+}
+
+/// How [`ContentStore::collect_garbage`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Content stored more recently than this is kept even when no label
+    /// reaches it, so that a writer that has stored but not yet labelled
+    /// never loses its content. Should be well above [`crate::REFRESH_AFTER`].
+    pub grace: Duration,
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3600),
+            dry_run: false,
+        }
+    }
+}
+
+/// What [`ContentStore::collect_garbage`] removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    /// The store collected.
+    pub store: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Objects no label reaches, removed.
+    pub objects_removed: u64,
+    /// Their total size.
+    pub bytes_freed: u64,
+    /// Objects no label reaches but stored within the grace period, kept.
+    pub kept_recent: u64,
+    /// Objects some label reaches, kept.
+    pub kept_labelled: u64,
+    /// Unindexed object files (crash leftovers) removed.
+    pub unindexed_files_removed: u64,
+    /// Stale temporary files removed.
+    pub temp_files_removed: u64,
+}
+
+impl ContentStore {
+    /// Re-hashes every object, finds labels pointing at missing content and
+    /// leftover temporary files, and quarantines corrupt objects (never
+    /// deletes them). Progress is reported in bytes.
+    pub async fn verify(&self, progress: Arc<dyn Progress>) -> Result<VerifyReport> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let (mut report, corrupt) = blocking({
+            let engine = Arc::clone(&engine);
+            move || {
+                let rows = engine
+                    .readers
+                    .read("listing objects", |db| index::object_rows(db, &store))?;
+                let labels = engine.readers.read("listing labels", |db| {
+                    index::labels_page(db, &store, "", None, usize::MAX)
+                })?;
+                let files = engine.objects.object_files(&store)?;
+                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
+                let mut report = VerifyReport {
+                    store: store.to_string(),
+                    ..VerifyReport::default()
+                };
+                report.leftover_temp_files = engine
+                    .objects
+                    .temp_files(&store)?
+                    .into_iter()
+                    .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
+                    .map(|(path, _)| path)
+                    .collect();
+
+                progress.start(files.iter().map(|file| file.metadata.len()).sum());
+                let indexed: BTreeSet<Digest> = rows.iter().map(|row| row.digest).collect();
+                let mut intact = BTreeSet::new();
+                let mut corrupt = Vec::new();
+                for file in files {
+                    progress.advance(file.metadata.len());
+                    let digest = match file.digest {
+                        Some(digest) if file.metadata.is_file() => digest,
+                        _ => {
+                            report.stray_files.push(file.path);
+                            continue;
+                        }
+                    };
+                    report.objects_checked += 1;
+                    report.bytes_checked += file.metadata.len();
+                    if engine.objects.hash_file(&store, &file.path)? != digest {
+                        corrupt.push(digest);
+                    } else if indexed.contains(&digest) {
+                        intact.insert(digest);
+                    } else {
+                        report.unindexed.push(digest.into());
+                    }
+                }
+                report.missing = indexed
+                    .iter()
+                    .filter(|digest| !intact.contains(digest) && !corrupt.contains(digest))
+                    .map(|&digest| digest.into())
+                    .collect();
+                report.dangling_labels = labels
+                    .into_iter()
+                    .filter(|(_, target)| !intact.contains(target))
+                    .map(|(label, target)| LabelEntry {
+                        label,
+                        content_ref: target.into(),
+                    })
+                    .collect();
+                Ok((report, corrupt))
+            }
+        })
+        .await?;
+        for digest in corrupt {
+            let op = WriteOp::QuarantineObject {
+                store: self.store_id().clone(),
+                digest,
+            };
+            engine.writer.write(op).await?;
+            report.quarantined.push(digest.into());
+        }
+        Ok(report)
+    }
+
+    /// Removes content no label reaches, once it is older than the grace
+    /// period, plus crash leftovers (stale temporary and unindexed files).
+    /// Each removal re-checks, under the index's write lock, that no label
+    /// reaches the object and that it was not stored again meanwhile.
+    /// Progress is reported in objects.
+    pub async fn collect_garbage(
+        &self,
+        options: GcOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GcReport> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let cutoff = SystemTime::now() - options.grace;
+        let cutoff_millis = index::unix_millis(cutoff);
+        let mut report = GcReport {
+            store: store.to_string(),
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        let (rows, unindexed, stale_temps) = blocking({
+            let engine = Arc::clone(&engine);
+            let store = store.clone();
+            move || {
+                let rows = engine
+                    .readers
+                    .read("listing objects", |db| index::object_rows(db, &store))?;
+                let indexed: BTreeSet<Digest> = rows.iter().map(|row| row.digest).collect();
+                let old =
+                    |metadata: &std::fs::Metadata| metadata.modified().is_ok_and(|at| at < cutoff);
+                let unindexed: Vec<Digest> = engine
+                    .objects
+                    .object_files(&store)?
+                    .into_iter()
+                    .filter(|file| old(&file.metadata))
+                    .filter_map(|file| file.digest)
+                    .filter(|digest| !indexed.contains(digest))
+                    .collect();
+                let stale_temps: Vec<PathBuf> = engine
+                    .objects
+                    .temp_files(&store)?
+                    .into_iter()
+                    .filter(|(_, metadata)| old(metadata))
+                    .map(|(path, _)| path)
+                    .collect();
+                Ok((rows, unindexed, stale_temps))
+            }
+        })
+        .await?;
+
+        let mut doomed = Vec::new();
+        for row in rows {
+            if row.labelled {
+                report.kept_labelled += 1;
+            } else if row.stored_at >= cutoff_millis {
+                report.kept_recent += 1;
+            } else {
+                doomed.push(row);
+            }
+        }
+        progress.start((doomed.len() + unindexed.len()) as u64);
+        if options.dry_run {
+            report.objects_removed = doomed.len() as u64;
+            report.bytes_freed = doomed.iter().map(|row| row.size).sum();
+            report.unindexed_files_removed = unindexed.len() as u64;
+            report.temp_files_removed = stale_temps.len() as u64;
+            return Ok(report);
+        }
+        for chunk in doomed.chunks(GC_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|row| WriteOp::RemoveObject {
+                    store: store.clone(),
+                    digest: row.digest,
+                    cutoff: cutoff_millis,
+                })
+                .collect();
+            for (row, removed) in chunk.iter().zip(engine.writer.write_all(ops).await) {
+                if removed? {
+                    report.objects_removed += 1;
+                    report.bytes_freed += row.size;
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+            progress.advance(chunk.len() as u64);
+        }
+        for chunk in unindexed.chunks(GC_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|&digest| WriteOp::RemoveUnindexedFile {
+                    store: store.clone(),
+                    digest,
+                    cutoff,
+                })
+                .collect();
+            for removed in engine.writer.write_all(ops).await {
+                report.unindexed_files_removed += u64::from(removed?);
+            }
+            progress.advance(chunk.len() as u64);
+        }
+        report.temp_files_removed = blocking(move || {
+            let removed = stale_temps
+                .iter()
+                .filter(|path| std::fs::remove_file(path).is_ok())
+                .count();
+            Ok(removed as u64)
+        })
+        .await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,442 @@
+//! Export and import packages: a store's labels and content in one
+//! streamed file. The format is documented in docs/PACKAGE-FORMAT.md.
+//!
+//! Export never holds more than one 64 KiB buffer of content in memory.
+//! Import stages each object in a temporary file while checking its hash,
+//! checks the whole package's checksum, and only then publishes the objects
+//! and, after them, the labels, all together. A truncated or tampered
+//! package is refused with the store unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{Result, StoreError};
+use crate::index::{self, WriteOp};
+use crate::maintenance::Progress;
+use crate::names::{Digest, MAX_LABEL_BYTES, StoreId, validate_label};
+use crate::objects::io_error;
+use crate::root::{Engine, blocking};
+use crate::store::ContentStore;
+
+/// The first bytes of every package.
+pub const PACKAGE_MAGIC: &[u8; 16] = b"THEATER-STORE-PK";
+
+/// The format version this build writes and reads.
+pub const PACKAGE_VERSION: u32 = 1;
+
+const OBJECT: u8 = b'O';
+const LABEL: u8 = b'L';
+const END: u8 = b'E';
+
+/// What an export wrote or an import applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PackageSummary {
+    /// Objects in the package.
+    pub objects: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Labels in the package.
+    pub labels: u64,
+    /// On import: objects the store did not hold before.
+    pub new_objects: u64,
+}
+
+impl ContentStore {
+    /// Writes a package of the labels starting with `prefix` (all labels
+    /// for `None`) and the content they point at, each object once. Without
+    /// a prefix, content no label reaches is included too. Progress is
+    /// reported in bytes of content. Returns the writer when done.
+    pub async fn export_package<W: Write + Send + 'static>(
+        &self,
+        prefix: Option<&str>,
+        out: W,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(PackageSummary, W)> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let prefix = prefix.map(str::to_owned);
+        blocking(move || export(&engine, &store, prefix.as_deref(), out, &*progress)).await
+    }
+
+    /// Reads a package, checks every object's hash and the package's
+    /// checksum, then adds the objects and points the labels at them.
+    /// Nothing is published unless the whole package is sound. Progress is
+    /// reported in bytes of the package.
+    pub async fn import_package<R: Read + Send + 'static>(
+        &self,
+        input: R,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PackageSummary> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let staged = blocking({
+            let engine = Arc::clone(&engine);
+            move || stage(&engine, &store, input, &*progress)
+        })
+        .await?;
+        let Staged {
+            objects,
+            labels,
+            mut summary,
+        } = staged;
+        let ops = objects
+            .into_iter()
+            .map(|(digest, (size, path))| WriteOp::AddObject {
+                store: self.store_id().clone(),
+                digest,
+                size,
+                staged: Some(path),
+            })
+            .collect();
+        for added in engine.writer.write_all(ops).await {
+            summary.new_objects += u64::from(added?);
+        }
+        let op = WriteOp::SetLabels {
+            store: self.store_id().clone(),
+            labels,
+        };
+        engine.writer.write(op).await?;
+        Ok(summary)
+    }
+}
+
+fn export<W: Write>(
+    engine: &Engine,
+    store: &StoreId,
+    prefix: Option<&str>,
+    out: W,
+    progress: &dyn Progress,
+) -> Result<(PackageSummary, W)> {
+    let labels = engine.readers.read("listing labels", |db| {
+        index::labels_page(db, store, prefix.unwrap_or(""), None, usize::MAX)
+    })?;
+    let rows = engine
+        .readers
+        .read("listing objects", |db| index::object_rows(db, store))?;
+    let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
+    let digests: BTreeSet<Digest> = match prefix {
+        None => sizes.keys().copied().collect(),
+        Some(_) => labels.iter().map(|(_, target)| *target).collect(),
+    };
+    progress.start(digests.iter().filter_map(|d| sizes.get(d)).sum());
+
+    let write_error =
+        |source: io::Error| io_error(store, "writing package", &PathBuf::from("<output>"), source);
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 16, out),
+        hasher: blake3::Hasher::new(),
+    };
+    out.write_all(PACKAGE_MAGIC).map_err(write_error)?;
+    out.write_all(&PACKAGE_VERSION.to_le_bytes())
+        .map_err(write_error)?;
+    let mut summary = PackageSummary::default();
+    let mut buffer = vec![0u8; 1 << 16];
+    for digest in &digests {
+        let path = engine.objects.object_path(store, *digest);
+        let read_error = |source| io_error(store, "reading object for export", &path, source);
+        let file = File::open(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound {
+                store: store.to_string(),
+                reference: digest.to_hex(),
+            },
+            _ => read_error(source),
+        })?;
+        let size = file.metadata().map_err(read_error)?.len();
+        out.write_all(&[OBJECT]).map_err(write_error)?;
+        out.write_all(&size.to_le_bytes()).map_err(write_error)?;
+        out.write_all(&digest.0).map_err(write_error)?;
+        let mut object_hasher = blake3::Hasher::new();
+        let mut reader = file.take(size);
+        let mut copied = 0u64;
+        loop {
+            let read = reader.read(&mut buffer).map_err(read_error)?;
+            if read == 0 {
+                break;
+            }
+            object_hasher.update(&buffer[..read]);
+            out.write_all(&buffer[..read]).map_err(write_error)?;
+            copied += read as u64;
+            progress.advance(read as u64);
+        }
+        let actual = Digest(*object_hasher.finalize().as_bytes());
+        if copied != size || actual != *digest {
+            return Err(StoreError::Corrupted {
+                store: store.to_string(),
+                reference: digest.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        summary.objects += 1;
+        summary.bytes += size;
+    }
+    for (label, target) in &labels {
+        out.write_all(&[LABEL]).map_err(write_error)?;
+        out.write_all(&(label.len() as u32).to_le_bytes())
+            .map_err(write_error)?;
+        out.write_all(label.as_bytes()).map_err(write_error)?;
+        out.write_all(&target.0).map_err(write_error)?;
+        summary.labels += 1;
+    }
+    out.write_all(&[END]).map_err(write_error)?;
+    out.write_all(&summary.objects.to_le_bytes())
+        .map_err(write_error)?;
+    out.write_all(&summary.labels.to_le_bytes())
+        .map_err(write_error)?;
+    let checksum = *out.hasher.finalize().as_bytes();
+    let mut inner = out.inner;
+    inner.write_all(&checksum).map_err(write_error)?;
+    let inner = inner
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    Ok((summary, inner))
+}
+
+/// A package read and checked, its objects staged in temporary files.
+struct Staged {
+    objects: BTreeMap<Digest, (u64, PathBuf)>,
+    labels: Vec<(String, Digest)>,
+    summary: PackageSummary,
+}
+
+/// Reads and checks the whole package, staging objects the store lacks.
+/// On any failure the staged files are removed.
+fn stage<R: Read>(
+    engine: &Engine,
+    store: &StoreId,
+    input: R,
+    progress: &dyn Progress,
+) -> Result<Staged> {
+    let mut staged = Staged {
+        objects: BTreeMap::new(),
+        labels: Vec::new(),
+        summary: PackageSummary::default(),
+    };
+    let result = read_package(engine, store, input, progress, &mut staged);
+    if result.is_err() {
+        for (_, path) in staged.objects.values() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result.map(|()| staged)
+}
+
+fn read_package<R: Read>(
+    engine: &Engine,
+    store: &StoreId,
+    input: R,
+    progress: &dyn Progress,
+    staged: &mut Staged,
+) -> Result<()> {
+    let refuse = |reason: String| StoreError::InvalidPackage {
+        store: store.to_string(),
+        reason,
+    };
+    let mut input = HashingReader {
+        inner: BufReader::with_capacity(1 << 16, input),
+        hasher: blake3::Hasher::new(),
+        progress,
+    };
+    let mut magic = [0u8; 16];
+    input.exact(&mut magic, "its header", store)?;
+    if &magic != PACKAGE_MAGIC {
+        return Err(refuse(
+            "this is not a theater-store package (wrong magic bytes)".into(),
+        ));
+    }
+    let version = u32::from_le_bytes(input.array("its version", store)?);
+    if version != PACKAGE_VERSION {
+        return Err(refuse(format!(
+            "package format version {version} is not supported (this build reads version {PACKAGE_VERSION})"
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    loop {
+        let [tag] = input.array("its end record", store)?;
+        match tag {
+            OBJECT => {
+                let size = u64::from_le_bytes(input.array("an object header", store)?);
+                let digest = Digest(input.array("an object header", store)?);
+                if !seen.insert(digest) {
+                    return Err(refuse(format!("object {} appears twice", digest.to_hex())));
+                }
+                let held = engine.readers.read("looking up object", |db| {
+                    index::has_object(db, store, digest)
+                })? && engine.objects.is_present(store, digest);
+                let actual = if held {
+                    input.discard(size, digest, store)?
+                } else {
+                    let (path, mut file) = engine.objects.create_temp(store)?;
+                    staged.objects.insert(digest, (size, path.clone()));
+                    let actual = input.copy_to(&mut file, size, digest, store)?;
+                    engine.objects.finish_temp(&file).map_err(|source| {
+                        io_error(store, "writing staged object", &path, source)
+                    })?;
+                    actual
+                };
+                if actual != digest {
+                    return Err(refuse(format!(
+                        "object {} is damaged: its bytes hash to {} (the package was altered)",
+                        digest.to_hex(),
+                        actual.to_hex()
+                    )));
+                }
+                staged.summary.objects += 1;
+                staged.summary.bytes += size;
+            }
+            LABEL => {
+                let length = u32::from_le_bytes(input.array("a label", store)?) as usize;
+                if length > MAX_LABEL_BYTES {
+                    return Err(refuse(format!(
+                        "a label of {length} bytes is over the {MAX_LABEL_BYTES} byte limit"
+                    )));
+                }
+                let mut name = vec![0u8; length];
+                input.exact(&mut name, "a label", store)?;
+                let label =
+                    String::from_utf8(name).map_err(|_| refuse("a label is not UTF-8".into()))?;
+                validate_label(&label)?;
+                let target = Digest(input.array("a label", store)?);
+                let available = seen.contains(&target)
+                    || engine.readers.read("looking up object", |db| {
+                        index::has_object(db, store, target)
+                    })?;
+                if !available {
+                    return Err(refuse(format!(
+                        "label {label:?} points at {} which is neither in the package nor in the store",
+                        target.to_hex()
+                    )));
+                }
+                staged.labels.push((label, target));
+                staged.summary.labels += 1;
+            }
+            END => {
+                let objects = u64::from_le_bytes(input.array("its end record", store)?);
+                let labels = u64::from_le_bytes(input.array("its end record", store)?);
+                let expected = *input.hasher.finalize().as_bytes();
+                let mut checksum = [0u8; 32];
+                input.exact(&mut checksum, "its checksum", store)?;
+                if checksum != expected {
+                    return Err(refuse("the package checksum does not match its contents (the package was altered)".into()));
+                }
+                if (objects, labels) != (staged.summary.objects, staged.summary.labels) {
+                    return Err(refuse(format!(
+                        "the end record counts {objects} objects and {labels} labels, the package holds {} and {}",
+                        staged.summary.objects, staged.summary.labels
+                    )));
+                }
+                let mut extra = [0u8; 1];
+                if input
+                    .inner
+                    .read(&mut extra)
+                    .map_err(|e| read_failed(store, e))?
+                    != 0
+                {
+                    return Err(refuse("there are bytes after the end record".into()));
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(refuse(format!(
+                    "unknown record type {other:#04x} (the package is damaged)"
+                )));
+            }
+        }
+    }
+}
+
+fn read_failed(store: &StoreId, source: io::Error) -> StoreError {
+    io_error(store, "reading package", &PathBuf::from("<input>"), source)
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the package while hashing everything read and reporting progress.
+struct HashingReader<'p, R: Read> {
+    inner: BufReader<R>,
+    hasher: blake3::Hasher,
+    progress: &'p dyn Progress,
+}
+
+impl<R: Read> HashingReader<'_, R> {
+    /// Fills `buffer`, or fails saying the package ended inside `what`.
+    fn exact(&mut self, buffer: &mut [u8], what: &str, store: &StoreId) -> Result<()> {
+        match self.inner.read_exact(buffer) {
+            Ok(()) => {
+                self.hasher.update(buffer);
+                self.progress.advance(buffer.len() as u64);
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(truncated(store, what))
+            }
+            Err(error) => Err(read_failed(store, error)),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, what: &str, store: &StoreId) -> Result<[u8; N]> {
+        let mut bytes = [0u8; N];
+        self.exact(&mut bytes, what, store)?;
+        Ok(bytes)
+    }
+
+    /// Copies `size` bytes of object content to `out`, returning their hash.
+    fn copy_to(
+        &mut self,
+        out: &mut impl Write,
+        size: u64,
+        digest: Digest,
+        store: &StoreId,
+    ) -> Result<Digest> {
+        let mut object_hasher = blake3::Hasher::new();
+        let mut left = size;
+        let mut buffer = vec![0u8; 1 << 16];
+        while left > 0 {
+            let want = buffer
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let chunk = &mut buffer[..want];
+            self.exact(chunk, &format!("object {}", digest.to_hex()), store)?;
+            object_hasher.update(chunk);
+            out.write_all(chunk).map_err(|source| {
+                io_error(
+                    store,
+                    "writing staged object",
+                    &PathBuf::from("<staging>"),
+                    source,
+                )
+            })?;
+            left -= want as u64;
+        }
+        Ok(Digest(*object_hasher.finalize().as_bytes()))
+    }
+
+    /// Reads and hashes `size` bytes of content the store already holds.
+    fn discard(&mut self, size: u64, digest: Digest, store: &StoreId) -> Result<Digest> {
+        self.copy_to(&mut io::sink(), size, digest, store)
+    }
+}
+
+fn truncated(store: &StoreId, what: &str) -> StoreError {
+    StoreError::InvalidPackage {
+        store: store.to_string(),
+        reason: format!("the package ends in the middle of {what} (it is truncated)"),
+    }
+}

@@ -1,0 +1,368 @@
+//! verify, garbage collection, and export/import packages.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use theater_store::{ContentRef, ContentStore, GcOptions, StoreError, StoreRoot};
+
+fn temp_root() -> (tempfile::TempDir, StoreRoot) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().join("root"));
+    (dir, root)
+}
+
+fn object_path(
+    root: &StoreRoot,
+    store: &ContentStore,
+    content_ref: &ContentRef,
+) -> std::path::PathBuf {
+    let hash = content_ref.hash();
+    root.path()
+        .unwrap()
+        .join("stores")
+        .join(store.id())
+        .join("objects")
+        .join(&hash[..2])
+        .join(&hash[2..])
+}
+
+fn no_progress() -> Arc<dyn theater_store::Progress> {
+    Arc::new(())
+}
+
+fn backdate(path: &std::path::Path, by: Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - by).unwrap();
+}
+
+#[tokio::test]
+async fn verify_passes_a_healthy_store() {
+    let (_dir, root) = temp_root();
+    let store = root.store("healthy").unwrap();
+    store.store_at_label("a", "alpha").await.unwrap();
+    store.store("unlabelled").await.unwrap();
+    let report = store.verify(no_progress()).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.objects_checked, report.bytes_checked), (2, 15));
+}
+
+#[tokio::test]
+async fn verify_quarantines_corruption_and_reports_dangling_labels() {
+    let (_dir, root) = temp_root();
+    let store = root.store("damaged").unwrap();
+    let good = store.store_at_label("good", "fine").await.unwrap();
+    let bad = store
+        .store_at_label("bad", "will be corrupted")
+        .await
+        .unwrap();
+    let gone = store
+        .store_at_label("gone", "will be deleted")
+        .await
+        .unwrap();
+    std::fs::write(object_path(&root, &store, &bad), "flipped bits").unwrap();
+    std::fs::remove_file(object_path(&root, &store, &gone)).unwrap();
+    let tmp = root.path().unwrap().join("stores/damaged/tmp/leftover");
+    std::fs::write(&tmp, "half an object").unwrap();
+    backdate(&tmp, Duration::from_secs(7200));
+
+    let report = store.verify(no_progress()).await.unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.quarantined, [bad.clone()]);
+    assert_eq!(report.missing, [gone.clone()]);
+    let mut dangling: Vec<&str> = report
+        .dangling_labels
+        .iter()
+        .map(|e| e.label.as_str())
+        .collect();
+    dangling.sort();
+    assert_eq!(dangling, ["bad", "gone"]);
+    assert_eq!(report.leftover_temp_files, [tmp]);
+
+    // The corrupt bytes were moved aside, not deleted, and no longer count.
+    let quarantine = root.path().unwrap().join("stores/damaged/quarantine");
+    let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
+    assert_eq!(kept.len(), 1);
+    assert!(!store.exists(&bad).await.unwrap());
+    assert_eq!(store.get(&good).await.unwrap(), b"fine");
+    // Storing the right bytes again repairs the dangling label.
+    store.store("will be corrupted").await.unwrap();
+    assert_eq!(
+        store.get_content_by_label("bad").await.unwrap().unwrap(),
+        b"will be corrupted"
+    );
+}
+
+#[tokio::test]
+async fn gc_removes_only_unreachable_content_past_the_grace_period() {
+    let (_dir, root) = temp_root();
+    let store = root.store("gc").unwrap();
+    let kept = store.store_at_label("keep", "labelled").await.unwrap();
+    let orphan = store.store("orphan").await.unwrap();
+    let relabelled = store.store_at_label("moving", "old version").await.unwrap();
+    store
+        .replace_content_at_label("moving", "new version")
+        .await
+        .unwrap();
+
+    // Within the grace period nothing unlabelled goes.
+    let report = store
+        .collect_garbage(GcOptions::default(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.objects_removed,
+            report.kept_recent,
+            report.kept_labelled
+        ),
+        (0, 2, 2)
+    );
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let options = GcOptions {
+        grace: Duration::from_millis(10),
+        dry_run: true,
+    };
+    let dry = store.collect_garbage(options, no_progress()).await.unwrap();
+    assert_eq!((dry.objects_removed, dry.bytes_freed), (2, 17));
+    assert!(
+        store.exists(&orphan).await.unwrap(),
+        "a dry run removed content"
+    );
+
+    let options = GcOptions {
+        grace: Duration::from_millis(10),
+        dry_run: false,
+    };
+    let report = store.collect_garbage(options, no_progress()).await.unwrap();
+    assert_eq!(
+        (
+            report.objects_removed,
+            report.bytes_freed,
+            report.kept_labelled
+        ),
+        (2, 17, 2)
+    );
+    assert!(!store.exists(&orphan).await.unwrap());
+    assert!(!store.exists(&relabelled).await.unwrap());
+    assert!(matches!(
+        store.get(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.get(&kept).await.unwrap(), b"labelled");
+    assert_eq!(
+        store.get_content_by_label("moving").await.unwrap().unwrap(),
+        b"new version"
+    );
+    assert_eq!(store.calculate_total_size().await.unwrap(), 8 + 11);
+    assert!(store.verify(no_progress()).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn gc_never_takes_content_a_concurrent_writer_is_about_to_label() {
+    let (_dir, root) = temp_root();
+    let store = root.store("race").unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let content_ref = store.store(format!("item {i}")).await.unwrap();
+                tokio::task::yield_now().await;
+                store
+                    .label(&format!("item:{i}"), &content_ref)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let options = GcOptions {
+        grace: Duration::from_secs(5),
+        dry_run: false,
+    };
+    while !writer.is_finished() {
+        store.collect_garbage(options, no_progress()).await.unwrap();
+    }
+    writer.await.unwrap();
+    for i in 0..200 {
+        let content = store
+            .get_content_by_label(&format!("item:{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(content, format!("item {i}").into_bytes());
+    }
+}
+
+#[tokio::test]
+async fn gc_cleans_crash_leftovers() {
+    let (_dir, root) = temp_root();
+    let store = root.store("leftovers").unwrap();
+    store.store_at_label("keep", "kept").await.unwrap();
+    let store_dir = root.path().unwrap().join("stores/leftovers");
+    let tmp = store_dir.join("tmp/crashed-writer");
+    std::fs::write(&tmp, "partial").unwrap();
+    backdate(&tmp, Duration::from_secs(7200));
+    let unindexed = ContentRef::for_content(b"published but never indexed");
+    let unindexed_path = object_path(&root, &store, &unindexed);
+    std::fs::create_dir_all(unindexed_path.parent().unwrap()).unwrap();
+    std::fs::write(&unindexed_path, "published but never indexed").unwrap();
+    backdate(&unindexed_path, Duration::from_secs(7200));
+
+    let report = store
+        .collect_garbage(GcOptions::default(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.temp_files_removed, report.unindexed_files_removed),
+        (1, 1)
+    );
+    assert!(!tmp.exists() && !unindexed_path.exists());
+    assert_eq!(
+        store.get_content_by_label("keep").await.unwrap().unwrap(),
+        b"kept"
+    );
+}
+
+async fn export_bytes(store: &ContentStore, prefix: Option<&str>) -> Vec<u8> {
+    let (_, bytes) = store
+        .export_package(prefix, Vec::new(), no_progress())
+        .await
+        .unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn packages_round_trip_labels_and_content_once_each() {
+    let (_dir, root) = temp_root();
+    let source = root.store("source").unwrap();
+    let shared = source.store_at_label("doc:a", "same bytes").await.unwrap();
+    source.label("doc:b", &shared).await.unwrap();
+    source
+        .store_at_label("doc:c", vec![7u8; 300_000])
+        .await
+        .unwrap();
+    source
+        .store_at_label("other", "not exported with a prefix")
+        .await
+        .unwrap();
+
+    let package = export_bytes(&source, Some("doc:")).await;
+    let (other_dir, other_root) = temp_root();
+    let target = other_root.store("target").unwrap();
+    let summary = target
+        .import_package(std::io::Cursor::new(package), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            summary.objects,
+            summary.labels,
+            summary.new_objects,
+            summary.bytes
+        ),
+        (2, 3, 2, 300_010)
+    );
+    assert_eq!(
+        target.list_labels().await.unwrap(),
+        ["doc:a", "doc:b", "doc:c"]
+    );
+    for label in ["doc:a", "doc:b", "doc:c"] {
+        assert_eq!(
+            target.get_by_label(label).await.unwrap(),
+            source.get_by_label(label).await.unwrap()
+        );
+    }
+    assert_eq!(target.get(&shared).await.unwrap(), b"same bytes");
+
+    // Importing again is idempotent.
+    let again = export_bytes(&source, Some("doc:")).await;
+    let summary = target
+        .import_package(std::io::Cursor::new(again), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(summary.new_objects, 0);
+    assert_eq!(target.stats().await.unwrap().objects, 2);
+    drop(other_dir);
+
+    // Without a prefix, everything goes, unlabelled content included.
+    source.store("unlabelled").await.unwrap();
+    let everything = root.store("everything").unwrap();
+    let package = export_bytes(&source, None).await;
+    let summary = everything
+        .import_package(std::io::Cursor::new(package), no_progress())
+        .await
+        .unwrap();
+    assert_eq!((summary.objects, summary.labels), (4, 4));
+    assert_eq!(
+        everything.calculate_total_size().await.unwrap(),
+        source.calculate_total_size().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn damaged_packages_are_refused_and_change_nothing() {
+    let (_dir, root) = temp_root();
+    let source = root.store("source").unwrap();
+    source.store_at_label("a", "alpha content").await.unwrap();
+    source.store_at_label("b", "beta content").await.unwrap();
+    let package = export_bytes(&source, None).await;
+
+    let target = root.store("target").unwrap();
+    target
+        .store_at_label("existing", "untouched")
+        .await
+        .unwrap();
+    let before = (
+        target.list_labels().await.unwrap(),
+        target.list_all_content().await.unwrap(),
+    );
+
+    let mut tampered = package.clone();
+    let position = tampered.windows(5).position(|w| w == b"alpha").unwrap();
+    tampered[position] = b'A';
+    let mut bad_magic = package.clone();
+    bad_magic[0] = b'X';
+    let mut trailing = package.clone();
+    trailing.push(0);
+    let mut bad_checksum = package.clone();
+    *bad_checksum.last_mut().unwrap() ^= 1;
+    let cases = [
+        (
+            "truncated in an object",
+            package[..40].to_vec(),
+            "truncated",
+        ),
+        (
+            "truncated before the end",
+            package[..package.len() - 10].to_vec(),
+            "truncated",
+        ),
+        ("empty", Vec::new(), "truncated"),
+        ("tampered content", tampered, "altered"),
+        ("bad magic", bad_magic, "not a theater-store package"),
+        ("bytes after the end", trailing, "after the end record"),
+        ("bad checksum", bad_checksum, "checksum"),
+    ];
+    for (case, bytes, expected) in cases {
+        match target
+            .import_package(std::io::Cursor::new(bytes), no_progress())
+            .await
+        {
+            Err(error @ StoreError::InvalidPackage { .. }) => {
+                assert!(error.to_string().contains(expected), "{case}: {error}");
+                assert!(error.to_string().contains("target"), "{case}: {error}");
+            }
+            other => panic!("{case}: expected InvalidPackage, got {other:?}"),
+        }
+        let after = (
+            target.list_labels().await.unwrap(),
+            target.list_all_content().await.unwrap(),
+        );
+        assert_eq!(after, before, "{case} changed the store");
+    }
+    let tmp = root.path().unwrap().join("stores/target/tmp");
+    let staged_left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(staged_left.is_empty(), "staged files were left behind");
+}
