@@ -67,8 +67,8 @@ async fn verify_quarantines_corruption_and_reports_dangling_labels() {
 
     let report = store.verify(no_progress()).await.unwrap();
     assert!(!report.is_clean());
-    assert_eq!(report.quarantined, [bad.clone()]);
-    assert_eq!(report.missing, [gone.clone()]);
+    assert_eq!(report.quarantined, std::slice::from_ref(&bad));
+    assert_eq!(report.missing, std::slice::from_ref(&gone));
     let mut dangling: Vec<&str> = report
         .dangling_labels
         .iter()

@@ -1,0 +1,222 @@
+//! `theater-store`: run actors against a store root, and look after stores.
+//!
+//! Exit status: 0 on success, 1 when an operation fails, an actor fails or
+//! `verify` finds a problem, 2 on usage errors.
+
+mod demo;
+mod parse;
+mod progress;
+mod run;
+mod stores;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use theater_store::{ROOT_ENV_VAR, StoreRoot};
+
+/// Run Theater actors against a content-addressed store, and look after stores.
+#[derive(Parser, Debug)]
+#[command(name = "theater-store", version, about, propagate_version = true)]
+struct Cli {
+    /// The store root directory [default: $THEATER_STORE_ROOT, else the platform data directory]
+    #[arg(long, global = true, value_name = "DIR", env = ROOT_ENV_VAR, hide_env = true)]
+    root: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an actor's init; its new state goes to stdout (or --state FILE), its logs to stderr.
+    Run(RunArgs),
+    /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
+    Demo,
+    /// List every store in the root with its object count, bytes and label count.
+    Stores,
+    /// List a store's labels with the refs they point at.
+    Labels {
+        /// The store id.
+        store: String,
+        /// Only labels starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many labels.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only labels after this one (for paging: pass the last label printed).
+        #[arg(long, value_name = "LABEL")]
+        after: Option<String>,
+    },
+    /// Write content to stdout, verified against its hash.
+    Cat {
+        /// The store id.
+        store: String,
+        /// The content ref (64 hex digits).
+        #[arg(required_unless_present = "label", conflicts_with = "label")]
+        reference: Option<String>,
+        /// Read the content this label points at instead.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Store a file (or stdin) and print its ref.
+    Put {
+        /// The store id.
+        store: String,
+        /// The file to store; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        /// Also point this label at it.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Point a label at content already in the store.
+    Label {
+        /// The store id.
+        store: String,
+        /// The label.
+        label: String,
+        /// The content ref.
+        reference: String,
+    },
+    /// Remove a label (the content stays).
+    Unlabel {
+        /// The store id.
+        store: String,
+        /// The label.
+        label: String,
+    },
+    /// Re-hash every object, find dangling labels and leftovers; quarantine corrupt objects.
+    Verify {
+        /// Only this store [default: every store].
+        store: Option<String>,
+    },
+    /// Remove content that no label reaches and that is older than the grace period.
+    Gc {
+        /// Only this store [default: every store].
+        store: Option<String>,
+        /// Report what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unlabelled content younger than this (e.g. 30s, 10m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = parse::duration)]
+        grace: Duration,
+    },
+    /// Write a package of a store's labels and content (see docs/PACKAGE-FORMAT.md).
+    Export {
+        /// The store id.
+        store: String,
+        /// Only labels starting with this, and the content they point at.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The package file to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Import a package into a store, after checking every hash in it.
+    Import {
+        /// The store id.
+        store: String,
+        /// The package file.
+        file: PathBuf,
+    },
+}
+
+/// Options of `theater-store run`.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The actor component (.wasm, built for wasm32-wasip2).
+    actor: PathBuf,
+    /// The parameter passed to init.
+    #[arg(long, default_value = "")]
+    param: String,
+    /// Read the previous state from FILE (if it exists) and write the new state back to it.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Let the actor use this store; add `:ro` for read-only. Repeatable.
+    #[arg(long = "grant", value_name = "STORE_ID[:ro]", value_parser = parse::grant)]
+    grants: Vec<parse::Grant>,
+    /// Let the actor use any store in the root, read-write (Theater's share-by-id behaviour).
+    #[arg(long)]
+    grant_any: bool,
+    /// The actor's memory limit (e.g. 64MiB, 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    memory_limit: Option<usize>,
+    /// Stop the actor after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse::seconds)]
+    timeout: Option<Duration>,
+}
+
+/// The root the command works on.
+fn resolve_root(root: Option<PathBuf>) -> anyhow::Result<StoreRoot> {
+    let path = root.or_else(StoreRoot::default_location).context(
+        "no store root: pass --root DIR or set THEATER_STORE_ROOT (the platform data directory is unknown)",
+    )?;
+    Ok(StoreRoot::new(path))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = resolve_root(cli.root)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Run(args) => run::run(&root, args, json).await,
+        Command::Demo => demo::demo(&root, json).await,
+        Command::Stores => stores::list_stores(&root, json).await,
+        Command::Labels {
+            store,
+            prefix,
+            limit,
+            after,
+        } => stores::labels(&root, &store, &prefix, limit, after.as_deref(), json).await,
+        Command::Cat {
+            store,
+            reference,
+            label,
+        } => stores::cat(&root, &store, reference.as_deref(), label.as_deref()).await,
+        Command::Put { store, file, label } => {
+            stores::put(&root, &store, file.as_deref(), label.as_deref(), json).await
+        }
+        Command::Label {
+            store,
+            label,
+            reference,
+        } => stores::label(&root, &store, &label, &reference).await,
+        Command::Unlabel { store, label } => stores::unlabel(&root, &store, &label).await,
+        Command::Verify { store } => stores::verify(&root, store.as_deref(), json).await,
+        Command::Gc {
+            store,
+            dry_run,
+            grace,
+        } => stores::gc(&root, store.as_deref(), grace, dry_run, json).await,
+        Command::Export {
+            store,
+            prefix,
+            output,
+        } => stores::export(&root, &store, prefix.as_deref(), &output, json).await,
+        Command::Import { store, file } => stores::import(&root, &store, &file, json).await,
+    }
+}

@@ -1,0 +1,104 @@
+//! Parsers for argument values; clap turns their errors into usage errors (exit 2).
+
+use std::time::Duration;
+
+/// A `--grant STORE_ID[:ro]` value.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub store: String,
+    pub read_only: bool,
+}
+
+pub fn grant(text: &str) -> Result<Grant, String> {
+    let (store, read_only) = match text.strip_suffix(":ro") {
+        Some(store) => (store, true),
+        None => (text, false),
+    };
+    theater_store::StoreId::parse(store).map_err(|e| e.to_string())?;
+    Ok(Grant {
+        store: store.to_owned(),
+        read_only,
+    })
+}
+
+/// Sizes such as `4096`, `64KiB`, `64MiB`, `1GiB` (K, M, G are binary too).
+pub fn size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 64MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+/// Durations such as `0`, `30s`, `10m`, `1h`, `2d`, `500ms`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 10m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+/// A positive number of seconds, fractions allowed.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("{text} is not a positive number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_grants() {
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("64MiB"), Ok(64 << 20));
+        assert_eq!(size("1G"), Ok(1 << 30));
+        assert!(size("12 parsecs").is_err() && size("MiB").is_err());
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(duration("1y").is_err());
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(seconds("0").is_err() && seconds("-1").is_err());
+        let ro = grant("shared:ro").unwrap();
+        assert_eq!((ro.store.as_str(), ro.read_only), ("shared", true));
+        assert!(!grant("mine").unwrap().read_only);
+        assert!(grant("../x").is_err());
+    }
+}

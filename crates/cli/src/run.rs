@@ -1,0 +1,116 @@
+//! `theater-store run`: one actor's init, with its state in a file or on stdout.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+use theater_store::StoreRoot;
+use theater_store_host::{Access, ActorHost, Grants, Limits, RunOptions};
+
+use crate::RunArgs;
+use crate::stores::print_json;
+
+pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let host = ActorHost::new(root.clone())?;
+    let actor = host
+        .load_file(&args.actor)
+        .map_err(|error| anyhow::anyhow!("loading actor {}: {error:#}", args.actor.display()))?;
+    let previous = match &args.state {
+        Some(path) => read_state(path)?,
+        None => None,
+    };
+    let mut grants = Grants::none();
+    for grant in &args.grants {
+        let access = if grant.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        grants = grants.store(grant.store.clone(), access);
+    }
+    if args.grant_any {
+        grants = grants.any_store(Access::ReadWrite);
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_memory_bytes: args.memory_limit.unwrap_or(defaults.max_memory_bytes),
+        timeout: args.timeout.unwrap_or(defaults.timeout),
+        ..defaults
+    };
+    let run = host
+        .run_init(&actor, RunOptions { grants, limits }, previous, &args.param)
+        .await;
+
+    for line in &run.logs {
+        eprintln!("[actor] {line}");
+    }
+    if run.dropped_log_lines > 0 {
+        eprintln!(
+            "[actor] ... {} more log lines dropped",
+            run.dropped_log_lines
+        );
+    }
+    for store in &run.created_stores {
+        eprintln!("created store {store}");
+    }
+    let state = match run.outcome {
+        Ok(state) => state,
+        Err(failure) => {
+            eprintln!("error: actor {}: {failure}", args.actor.display());
+            if !run.stderr.is_empty() {
+                eprintln!("actor stderr:\n{}", run.stderr.trim_end());
+            }
+            if json {
+                print_json(&json!({"ok": false, "error": failure.to_string(), "logs": run.logs}))?;
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match &args.state {
+        Some(path) => write_state(path, state.as_deref())?,
+        None if !json => {
+            if let Some(state) = &state {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(state)?;
+                stdout.flush()?;
+            }
+        }
+        None => {}
+    }
+    if json {
+        print_json(&json!({
+            "ok": true,
+            "state": state.as_deref().map(String::from_utf8_lossy),
+            "logs": run.logs,
+            "created_stores": run.created_stores,
+        }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_state(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading state file {}", path.display())),
+    }
+}
+
+/// Replaces the state file atomically; an actor that returns no state
+/// leaves no state file.
+fn write_state(path: &Path, state: Option<&[u8]>) -> anyhow::Result<()> {
+    let Some(state) = state else {
+        return match std::fs::remove_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(error).with_context(|| format!("removing state file {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    };
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, state)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing state file {}", path.display()))
+}

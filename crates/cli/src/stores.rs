@@ -1,0 +1,342 @@
+//! The store-keeping commands: each parses its arguments, makes one or a few
+//! core calls, and prints the result as text or JSON.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use theater_store::{ContentRef, ContentStore, GcOptions, StoreRoot};
+
+use crate::progress::Bar;
+
+/// Prints `value` as one line of JSON.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn open(root: &StoreRoot, store: &str) -> anyhow::Result<ContentStore> {
+    Ok(root.store(store)?)
+}
+
+fn parse_ref(reference: &str) -> anyhow::Result<ContentRef> {
+    ContentRef::parse(reference)
+        .context("a ref is the 64-digit hex hash printed by `put` or `labels`")
+}
+
+/// The stores to work on: one by id, or every store in the root.
+async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<ContentStore>> {
+    match store {
+        Some(id) => Ok(vec![open(root, id)?]),
+        None => root
+            .stores()
+            .await?
+            .iter()
+            .map(|summary| open(root, &summary.id))
+            .collect(),
+    }
+}
+
+pub async fn list_stores(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
+    let stores = root.stores().await?;
+    if json {
+        print_json(&stores)?;
+    } else if stores.is_empty() {
+        eprintln!(
+            "no stores in {}",
+            root.path().map_or("?".into(), |p| p.display().to_string())
+        );
+    } else {
+        println!(
+            "{:<40} {:>10} {:>14} {:>8}",
+            "STORE", "OBJECTS", "BYTES", "LABELS"
+        );
+        for store in stores {
+            let stats = store.stats;
+            println!(
+                "{:<40} {:>10} {:>14} {:>8}",
+                store.id, stats.objects, stats.bytes, stats.labels
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn labels(
+    root: &StoreRoot,
+    store: &str,
+    prefix: &str,
+    limit: Option<usize>,
+    after: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    let page = store
+        .list_labels_page(prefix, after, limit.unwrap_or(usize::MAX))
+        .await?;
+    if json {
+        print_json(&page)?;
+    } else {
+        for entry in page {
+            println!("{}\t{}", entry.label, entry.content_ref);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cat(
+    root: &StoreRoot,
+    store: &str,
+    reference: Option<&str>,
+    label: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    let content = match (reference, label) {
+        (Some(reference), _) => store.get(&parse_ref(reference)?).await?,
+        (None, Some(label)) => match store.get_content_by_label(label).await? {
+            Some(content) => content,
+            None => bail!(
+                "store {}: no label {label:?} (see `theater-store labels {}`)",
+                store.id(),
+                store.id()
+            ),
+        },
+        (None, None) => unreachable!("clap requires a ref or --label"),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&content).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+pub async fn put(
+    root: &StoreRoot,
+    store: &str,
+    file: Option<&Path>,
+    label: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    let content = match file {
+        Some(path) if path != Path::new("-") => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        _ => {
+            let mut content = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut content)
+                .context("reading stdin")?;
+            content
+        }
+    };
+    let size = content.len();
+    let content_ref = match label {
+        Some(label) => store.store_at_label(label, content).await?,
+        None => store.store(content).await?,
+    };
+    if json {
+        print_json(
+            &json!({"store": store.id(), "ref": content_ref.hash(), "bytes": size, "label": label}),
+        )?;
+    } else {
+        println!("{content_ref}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn label(
+    root: &StoreRoot,
+    store: &str,
+    label: &str,
+    reference: &str,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    store.label(label, &parse_ref(reference)?).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn unlabel(root: &StoreRoot, store: &str, label: &str) -> anyhow::Result<ExitCode> {
+    open(root, store)?.remove_label(label).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for store in selected(root, store).await? {
+        let bar = Bar::new(&format!("verifying {}", store.id()), true);
+        let report = store.verify(bar.clone()).await?;
+        bar.finish();
+        reports.push(report);
+    }
+    let clean = reports.iter().all(|report| report.is_clean());
+    if json {
+        print_json(&json!({"clean": clean, "stores": reports}))?;
+    } else {
+        for report in &reports {
+            let verdict = if report.is_clean() { "ok" } else { "PROBLEMS" };
+            println!(
+                "{}: {verdict} ({} objects, {} bytes checked)",
+                report.store, report.objects_checked, report.bytes_checked
+            );
+            for content_ref in &report.quarantined {
+                println!("  corrupt object {content_ref}: moved to quarantine/");
+            }
+            for content_ref in &report.missing {
+                println!("  missing object {content_ref}: indexed but its file is gone");
+            }
+            for entry in &report.dangling_labels {
+                println!(
+                    "  dangling label {:?} -> {}: its content is missing",
+                    entry.label, entry.content_ref
+                );
+            }
+            for path in &report.stray_files {
+                println!("  stray file {}: not an object name", path.display());
+            }
+            for path in &report.leftover_temp_files {
+                println!(
+                    "  leftover temporary file {}: `theater-store gc` removes it",
+                    path.display()
+                );
+            }
+            if !report.unindexed.is_empty() {
+                println!(
+                    "  {} unindexed object files (crash leftovers, harmless; gc removes them)",
+                    report.unindexed.len()
+                );
+            }
+        }
+        if !clean {
+            eprintln!(
+                "verify found problems; dangling labels can be repaired by storing the same content again"
+            );
+        }
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn gc(
+    root: &StoreRoot,
+    store: Option<&str>,
+    grace: Duration,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for store in selected(root, store).await? {
+        let bar = Bar::new(&format!("collecting {}", store.id()), false);
+        let report = store
+            .collect_garbage(GcOptions { grace, dry_run }, bar.clone())
+            .await?;
+        bar.finish();
+        reports.push(report);
+    }
+    if json {
+        print_json(&reports)?;
+    } else {
+        let verb = if dry_run { "would free" } else { "freed" };
+        for report in &reports {
+            println!(
+                "{}: {verb} {} bytes in {} objects; kept {} labelled and {} within the grace period; \
+                 removed {} temporary and {} unindexed files",
+                report.store,
+                report.bytes_freed,
+                report.objects_removed,
+                report.kept_labelled,
+                report.kept_recent,
+                report.temp_files_removed,
+                report.unindexed_files_removed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(
+    root: &StoreRoot,
+    store: &str,
+    prefix: Option<&str>,
+    output: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    // Write beside the target and rename, so a failed export leaves no partial package.
+    let partial = output.with_extension("partial");
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let bar = Bar::new(&format!("exporting {}", store.id()), true);
+    let exported = store.export_package(prefix, file, bar.clone()).await;
+    bar.finish();
+    let finished = exported
+        .map_err(anyhow::Error::from)
+        .and_then(|(summary, file)| {
+            file.sync_all()?;
+            std::fs::rename(&partial, output)?;
+            Ok(summary)
+        });
+    let summary = match finished {
+        Ok(summary) => summary,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.context(format!(
+                "exporting store {} to {}",
+                store.id(),
+                output.display()
+            )));
+        }
+    };
+    if json {
+        print_json(&summary)?;
+    } else {
+        println!(
+            "exported {} objects ({} bytes) and {} labels from {} to {}",
+            summary.objects,
+            summary.bytes,
+            summary.labels,
+            store.id(),
+            output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn import(
+    root: &StoreRoot,
+    store: &str,
+    file: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    let input =
+        std::fs::File::open(file).with_context(|| format!("opening package {}", file.display()))?;
+    let length = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = Bar::new(&format!("importing into {}", store.id()), true);
+    theater_store::Progress::start(&*bar, length);
+    let summary = store
+        .import_package(input, bar.clone())
+        .await
+        .with_context(|| format!("importing {} into store {}", file.display(), store.id()));
+    bar.finish();
+    let summary = summary?;
+    if json {
+        print_json(&summary)?;
+    } else {
+        println!(
+            "imported {} objects ({} new, {} bytes) and {} labels into {}",
+            summary.objects,
+            summary.new_objects,
+            summary.bytes,
+            summary.labels,
+            store.id()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,581 @@
+//! The real `theater-store` binary, driven against temporary roots.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+use serde_json::Value;
+use tempfile::TempDir;
+
+struct Env {
+    dir: TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.arg("--root")
+            .arg(self.root())
+            .env_remove("THEATER_STORE_ROOT");
+        cmd
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// `put` and return the printed ref.
+    fn put(&self, store: &str, content: &str, label: Option<&str>) -> String {
+        let mut cmd = self.cmd();
+        cmd.args(["put", store, "-"]).write_stdin(content);
+        if let Some(label) = label {
+            cmd.args(["--label", label]);
+        }
+        let out = cmd.assert().success().get_output().stdout.clone();
+        String::from_utf8(out).unwrap().trim().to_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    }
+}
+
+fn object_file(root: &Path, store: &str, hash: &str) -> PathBuf {
+    root.join("stores")
+        .join(store)
+        .join("objects")
+        .join(&hash[..2])
+        .join(&hash[2..])
+}
+
+#[test]
+fn usage_errors_exit_with_status_2() {
+    let env = Env::new();
+    env.cmd().assert().code(2);
+    env.cmd().arg("no-such-command").assert().code(2);
+    env.cmd()
+        .args(["run", "x.wasm", "--grant", "../etc"])
+        .assert()
+        .code(2)
+        .stderr(contains("invalid store id"));
+    env.cmd()
+        .args(["run", "x.wasm", "--memory-limit", "lots"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["run", "x.wasm", "--timeout", "0"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["gc", "--grace", "1 fortnight"])
+        .assert()
+        .code(2);
+    env.cmd().args(["cat", "s"]).assert().code(2);
+}
+
+#[test]
+fn put_cat_label_unlabel_and_labels() {
+    let env = Env::new();
+    let hash = env.put("docs", "hello world", Some("greeting"));
+    assert_eq!(hash, blake3::hash(b"hello world").to_hex().as_str());
+    env.cmd()
+        .args(["cat", "docs", &hash])
+        .assert()
+        .success()
+        .stdout("hello world");
+    env.cmd()
+        .args(["cat", "docs", "--label", "greeting"])
+        .assert()
+        .success()
+        .stdout("hello world");
+
+    let file = env.file("data.bin", &[0, 1, 2, 255]);
+    let out = env
+        .cmd()
+        .args(["put", "docs"])
+        .arg(&file)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let file_hash = String::from_utf8(out).unwrap().trim().to_owned();
+    env.cmd()
+        .args(["label", "docs", "log:2", &file_hash])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["label", "docs", "log:1", &hash])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["labels", "docs"])
+        .assert()
+        .success()
+        .stdout(format!(
+            "greeting\t{hash}\nlog:1\t{hash}\nlog:2\t{file_hash}\n"
+        ));
+    env.cmd()
+        .args(["labels", "docs", "--prefix", "log:", "--limit", "1"])
+        .assert()
+        .success()
+        .stdout(format!("log:1\t{hash}\n"));
+    env.cmd()
+        .args(["labels", "docs", "--prefix", "log:", "--after", "log:1"])
+        .assert()
+        .success()
+        .stdout(format!("log:2\t{file_hash}\n"));
+    let listed = env.json(&["labels", "docs", "--prefix", "log:"]);
+    assert_eq!(listed[1]["label"], "log:2");
+    assert_eq!(listed[1]["content_ref"]["hash"], file_hash.as_str());
+
+    env.cmd()
+        .args(["unlabel", "docs", "greeting"])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["cat", "docs", "--label", "greeting"])
+        .assert()
+        .code(1)
+        .stderr(contains("no label \"greeting\"").and(contains("docs")));
+    // The content is still there after unlabelling.
+    env.cmd()
+        .args(["cat", "docs", &hash])
+        .assert()
+        .success()
+        .stdout("hello world");
+    let put = env.json(&["put", "docs", file.to_str().unwrap(), "--label", "again"]);
+    assert_eq!(put["ref"], file_hash.as_str());
+    assert_eq!(put["bytes"], 4);
+}
+
+#[test]
+fn store_errors_name_what_failed_and_exit_1() {
+    let env = Env::new();
+    let absent = blake3::hash(b"absent").to_hex().to_string();
+    env.cmd()
+        .args(["cat", "docs", "not-a-ref"])
+        .assert()
+        .code(1)
+        .stderr(contains("invalid content ref"));
+    env.cmd()
+        .args(["cat", "docs", &absent])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("store docs: content {absent} not found")));
+    env.cmd()
+        .args(["label", "docs", "l", &absent])
+        .assert()
+        .code(1)
+        .stderr(contains("not found"));
+    env.cmd()
+        .args(["put", "../escape", "-"])
+        .write_stdin("x")
+        .assert()
+        .code(1)
+        .stderr(contains("invalid store id"));
+    env.cmd()
+        .args(["put", "docs", "/no/such/file"])
+        .assert()
+        .code(1)
+        .stderr(contains("/no/such/file"));
+    let oversize = "l".repeat(2000);
+    env.cmd()
+        .args(["label", "docs", &oversize, &absent])
+        .assert()
+        .code(1)
+        .stderr(contains("invalid label"));
+    env.cmd()
+        .args(["import", "docs", "/no/such/package"])
+        .assert()
+        .code(1)
+        .stderr(contains("/no/such/package"));
+}
+
+#[test]
+fn stores_lists_totals() {
+    let env = Env::new();
+    env.put("alpha", "12345", Some("a"));
+    env.put("alpha", "12345", Some("b"));
+    env.put("beta", "xyz", None);
+    env.cmd()
+        .arg("stores")
+        .assert()
+        .success()
+        .stdout(contains("alpha").and(contains("beta")));
+    let stores = env.json(&["stores"]);
+    assert_eq!(stores[0]["id"], "alpha");
+    assert_eq!(
+        (
+            stores[0]["objects"].clone(),
+            stores[0]["bytes"].clone(),
+            stores[0]["labels"].clone()
+        ),
+        (1.into(), 5.into(), 2.into())
+    );
+    assert_eq!(stores[1]["labels"], 0);
+}
+
+#[test]
+fn the_root_comes_from_the_environment_variable() {
+    let env = Env::new();
+    let mut cmd = Command::cargo_bin("theater-store").unwrap();
+    cmd.env("THEATER_STORE_ROOT", env.root())
+        .args(["put", "viaenv", "-"])
+        .write_stdin("x")
+        .assert()
+        .success();
+    assert!(env.root().join("stores/viaenv").is_dir());
+}
+
+#[test]
+fn verify_catches_corruption_and_quarantines_it() {
+    let env = Env::new();
+    let good = env.put("s", "good", Some("good"));
+    let bad = env.put("s", "bad", Some("bad"));
+    env.cmd()
+        .args(["verify"])
+        .assert()
+        .success()
+        .stdout(contains("s: ok (2 objects, 7 bytes checked)"));
+    std::fs::write(object_file(&env.root(), "s", &bad), "evil").unwrap();
+    env.cmd()
+        .args(["verify", "s"])
+        .assert()
+        .code(1)
+        .stdout(contains(format!("corrupt object {bad}")).and(contains("dangling label \"bad\"")));
+    assert_eq!(
+        std::fs::read_dir(env.root().join("stores/s/quarantine"))
+            .unwrap()
+            .count(),
+        1
+    );
+    env.cmd()
+        .args(["cat", "s", &good])
+        .assert()
+        .success()
+        .stdout("good");
+    let report = env
+        .cmd()
+        .args(["--json", "verify"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let report: Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["stores"][0]["dangling_labels"][0]["label"], "bad");
+}
+
+#[test]
+fn gc_keeps_everything_a_label_reaches() {
+    let env = Env::new();
+    let kept = env.put("s", "kept", Some("keep"));
+    let orphan = env.put("s", "orphan", None);
+    env.put("s", "old version", Some("doc"));
+    env.put("s", "new version", Some("doc"));
+    // Within the default grace period nothing goes.
+    env.cmd()
+        .args(["gc", "s"])
+        .assert()
+        .success()
+        .stdout(contains("freed 0 bytes in 0 objects"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    env.cmd()
+        .args(["gc", "--dry-run", "--grace", "10ms"])
+        .assert()
+        .success()
+        .stdout(contains("would free 17 bytes in 2 objects"));
+    env.cmd().args(["cat", "s", &orphan]).assert().success();
+    let report = env.json(&["gc", "s", "--grace", "10ms"]);
+    assert_eq!(
+        (
+            report[0]["objects_removed"].clone(),
+            report[0]["bytes_freed"].clone()
+        ),
+        (2.into(), 17.into())
+    );
+    env.cmd().args(["cat", "s", &orphan]).assert().code(1);
+    env.cmd()
+        .args(["cat", "s", &kept])
+        .assert()
+        .success()
+        .stdout("kept");
+    env.cmd()
+        .args(["cat", "s", "--label", "doc"])
+        .assert()
+        .success()
+        .stdout("new version");
+    env.cmd().args(["verify", "s"]).assert().success();
+}
+
+#[test]
+fn export_and_import_round_trip_into_an_empty_root() {
+    let env = Env::new();
+    env.put("src", "alpha", Some("app:a"));
+    env.put("src", "beta", Some("app:b"));
+    env.put("src", "alpha", Some("app:alias"));
+    env.put("src", "private", Some("other"));
+    let package = env.dir.path().join("app.pkg");
+    env.cmd()
+        .args(["export", "src", "--prefix", "app:", "-o"])
+        .arg(&package)
+        .assert()
+        .success()
+        .stdout(contains("exported 2 objects (9 bytes) and 3 labels"));
+
+    let other = Env::new();
+    other
+        .cmd()
+        .args(["import", "dst"])
+        .arg(&package)
+        .assert()
+        .success()
+        .stdout(contains("imported 2 objects (2 new"));
+    other
+        .cmd()
+        .args(["labels", "dst"])
+        .assert()
+        .success()
+        .stdout(
+            contains("app:a\t")
+                .and(contains("app:alias"))
+                .and(contains("other").not()),
+        );
+    other
+        .cmd()
+        .args(["cat", "dst", "--label", "app:b"])
+        .assert()
+        .success()
+        .stdout("beta");
+    other.cmd().args(["verify"]).assert().success();
+
+    // A truncated package is refused and leaves the target unchanged.
+    let bytes = std::fs::read(&package).unwrap();
+    let truncated = other.file("truncated.pkg", &bytes[..bytes.len() / 2]);
+    other
+        .cmd()
+        .args(["import", "fresh"])
+        .arg(&truncated)
+        .assert()
+        .code(1)
+        .stderr(contains("truncated").and(contains("nothing was imported")));
+    other
+        .cmd()
+        .args(["labels", "fresh"])
+        .assert()
+        .success()
+        .stdout("");
+    let mut tampered = bytes.clone();
+    let at = tampered.windows(4).position(|w| w == b"beta").unwrap();
+    tampered[at] = b'B';
+    let tampered = other.file("tampered.pkg", &tampered);
+    other
+        .cmd()
+        .args(["import", "dst"])
+        .arg(&tampered)
+        .assert()
+        .code(1)
+        .stderr(contains("altered"));
+    let summary = other.json(&[
+        "export",
+        "dst",
+        "-o",
+        other.dir.path().join("again.pkg").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (summary["objects"].clone(), summary["labels"].clone()),
+        (2.into(), 3.into())
+    );
+}
+
+fn actor_file(env: &Env, name: &str, bytes: &[u8]) -> PathBuf {
+    env.file(name, bytes)
+}
+
+#[test]
+fn run_prints_state_logs_and_exit_status() {
+    let env = Env::new();
+    let actor = actor_file(&env, "patterns.wasm", theater_store_examples::SEED_PATTERNS);
+    let out = env
+        .cmd()
+        .arg("run")
+        .arg(&actor)
+        .args(["--param", r#"{"pattern":"basic"}"#])
+        .assert()
+        .success()
+        .stderr(contains("[actor] running pattern basic").and(contains("created store")))
+        .get_output()
+        .stdout
+        .clone();
+    let state: Value = serde_json::from_slice(&out).unwrap();
+    let store = state["store"].as_str().unwrap();
+    let hash = state["ref"]["hash"].as_str().unwrap();
+    env.cmd()
+        .args(["cat", store, hash])
+        .assert()
+        .success()
+        .stdout("Important information");
+
+    // An actor's own error: exit 1 with its message.
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args(["--param", r#"{"pattern":"nope"}"#])
+        .assert()
+        .code(1)
+        .stderr(contains("unknown pattern"));
+    // A store the actor was not granted.
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--param",
+            r#"{"pattern":"share","role":"reader","store":"secret"}"#,
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("access denied: store secret"));
+    // Granted read-only, reading works.
+    env.put("secret", r#"{"x":1}"#, Some("shared:resource"));
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--param",
+            r#"{"pattern":"share","role":"reader","store":"secret"}"#,
+            "--grant",
+            "secret:ro",
+        ])
+        .assert()
+        .success()
+        .stdout(contains(r#""read":{"x":1}"#));
+    // Not a component at all.
+    let junk = env.file("junk.wasm", b"not wasm");
+    env.cmd()
+        .arg("run")
+        .arg(&junk)
+        .assert()
+        .code(1)
+        .stderr(contains("junk.wasm"));
+}
+
+#[test]
+fn run_keeps_state_in_a_file_across_runs() {
+    let env = Env::new();
+    let actor = actor_file(&env, "patterns.wasm", theater_store_examples::SEED_PATTERNS);
+    let state = env.dir.path().join("state.json");
+    let param = r#"{"pattern":"actor-state","actor_id":"a1"}"#;
+    for expected_runs in 1..=3 {
+        env.cmd()
+            .arg("run")
+            .arg(&actor)
+            .args(["--param", param, "--grant-any", "--state"])
+            .arg(&state)
+            .assert()
+            .success()
+            .stdout("");
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved["runs"], expected_runs);
+    }
+    let json = env.json(&[
+        "run",
+        actor.to_str().unwrap(),
+        "--param",
+        r#"{"pattern":"dedupe"}"#,
+    ]);
+    assert_eq!(json["ok"], true);
+    assert!(
+        json["state"]
+            .as_str()
+            .unwrap()
+            .contains("\"same_ref\":true")
+    );
+}
+
+#[test]
+fn run_stops_runaway_actors() {
+    let env = Env::new();
+    let actor = actor_file(&env, "hostile.wasm", theater_store_examples::HOSTILE);
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--param",
+            r#"{"attack":"infinite-loop"}"#,
+            "--timeout",
+            "0.5",
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("deadline"));
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--param",
+            r#"{"attack":"memory-bomb"}"#,
+            "--memory-limit",
+            "32MiB",
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("memory past the 33554432 byte limit"));
+}
+
+#[test]
+fn demo_runs_every_seed_pattern() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .arg("demo")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    for title in [
+        "1. Creating and managing stores",
+        "8. A linked list of refs",
+        "15. Synchronization between stores",
+    ] {
+        assert!(text.contains(title), "{title} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("document:latest") && text.contains("log:events") && text.contains("sync:a")
+    );
+    let report = env.json(&["demo"]);
+    let patterns = report.as_array().unwrap();
+    assert_eq!(patterns.len(), 15);
+    assert_eq!(
+        patterns[8]["result"]["computed"], false,
+        "the second cache run must hit the cache"
+    );
+    assert_eq!(patterns[3]["result"]["runs"], 3);
+    assert_eq!(patterns[10]["result"]["well_formed"], true);
+    env.cmd().arg("verify").assert().success();
+}
