@@ -19,6 +19,10 @@ use crate::names::{Digest, StoreId};
 use crate::objects::{ObjectFiles, io_error};
 use crate::root::Durability;
 
+/// Read connections kept open between reads; bursts beyond this open more
+/// and close them afterwards.
+const MAX_IDLE_READERS: usize = 16;
+
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -127,7 +131,14 @@ pub(crate) enum WriteOp {
     CreateStore { store: StoreId },
 }
 
-pub(crate) fn open_connection(db: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+/// Opens a connection to the index. Only the writer's connection sets WAL
+/// mode (a no-op once set, but one that can meet a lock held by another
+/// process opening the same root at the same moment, hence the retries).
+pub(crate) fn open_connection(
+    db: &Path,
+    durability: Durability,
+    writer: bool,
+) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -135,7 +146,23 @@ pub(crate) fn open_connection(db: &Path, durability: Durability) -> rusqlite::Re
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
-    let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if writer {
+        let mut attempts = 0;
+        loop {
+            match connection.query_row("PRAGMA journal_mode = WAL", [], |row| {
+                row.get::<_, String>(0)
+            }) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy && attempts < 200 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
     let synchronous = match durability {
         Durability::Synced => "FULL",
         Durability::Buffered => "NORMAL",
@@ -513,14 +540,14 @@ impl Readers {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let connection = match pooled {
             Some(connection) => connection,
-            None => open_connection(&self.db, Durability::Buffered)
+            None => open_connection(&self.db, Durability::Buffered, false)
                 .map_err(|source| index_error(&self.root, "opening", source))?,
         };
         let result = query(&connection).map_err(|source| index_error(&self.root, action, source));
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(connection);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(connection);
+        }
         result
     }
 }

@@ -104,7 +104,7 @@ pub struct GcReport {
     pub kept_labelled: u64,
     /// Unindexed object files (crash leftovers) removed.
     pub unindexed_files_removed: u64,
-    /// Stale temporary files removed.
+    /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] removed.
     pub temp_files_removed: u64,
 }
 
@@ -151,9 +151,12 @@ impl ContentStore {
                             continue;
                         }
                     };
+                    let Some(actual) = engine.objects.hash_file(&store, &file.path)? else {
+                        continue;
+                    };
                     report.objects_checked += 1;
                     report.bytes_checked += file.metadata.len();
-                    if engine.objects.hash_file(&store, &file.path)? != digest {
+                    if actual != digest {
                         corrupt.push(digest);
                     } else if indexed.contains(&digest) {
                         intact.insert(digest);
@@ -161,19 +164,44 @@ impl ContentStore {
                         report.unindexed.push(digest.into());
                     }
                 }
-                report.missing = indexed
-                    .iter()
-                    .filter(|digest| !intact.contains(digest) && !corrupt.contains(digest))
-                    .map(|&digest| digest.into())
-                    .collect();
-                report.dangling_labels = labels
-                    .into_iter()
-                    .filter(|(_, target)| !intact.contains(target))
-                    .map(|(label, target)| LabelEntry {
-                        label,
-                        content_ref: target.into(),
-                    })
-                    .collect();
+                // The store may change while it is scanned. Whatever looks
+                // missing or dangling is checked again against the index and
+                // disk as they are now, so concurrent writers and collections
+                // do not show up as damage.
+                let still_missing = |digest: Digest| -> Result<bool> {
+                    let indexed = engine.readers.read("looking up object", |db| {
+                        index::has_object(db, &store, digest)
+                    })?;
+                    Ok(indexed && !engine.objects.is_present(&store, digest))
+                };
+                for &digest in &indexed {
+                    if !intact.contains(&digest)
+                        && !corrupt.contains(&digest)
+                        && still_missing(digest)?
+                    {
+                        report.missing.push(digest.into());
+                    }
+                }
+                for (label, target) in labels {
+                    if intact.contains(&target) {
+                        continue;
+                    }
+                    let now = engine.readers.read("looking up label", |db| {
+                        index::label_target(db, &store, &label)
+                    })?;
+                    let Some(now) = now else { continue };
+                    let healthy = !corrupt.contains(&now)
+                        && (intact.contains(&now)
+                            || engine.readers.read("looking up object", |db| {
+                                index::has_object(db, &store, now)
+                            })? && engine.objects.is_present(&store, now));
+                    if !healthy {
+                        report.dangling_labels.push(LabelEntry {
+                            label,
+                            content_ref: now.into(),
+                        });
+                    }
+                }
                 Ok((report, corrupt))
             }
         })
@@ -226,11 +254,14 @@ impl ContentStore {
                     .filter_map(|file| file.digest)
                     .filter(|digest| !indexed.contains(digest))
                     .collect();
+                // Temporary files belong to writers still at work unless they
+                // are very old, whatever the grace period for content.
+                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
                 let stale_temps: Vec<PathBuf> = engine
                     .objects
                     .temp_files(&store)?
                     .into_iter()
-                    .filter(|(_, metadata)| old(metadata))
+                    .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
                     .map(|(path, _)| path)
                     .collect();
                 Ok((rows, unindexed, stale_temps))

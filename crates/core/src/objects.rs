@@ -53,13 +53,15 @@ impl ObjectFiles {
         self.object_path(store, digest).is_file()
     }
 
-    /// Hashes an object file without loading it whole.
-    pub(crate) fn hash_file(&self, store: &StoreId, path: &Path) -> Result<Digest> {
+    /// Hashes an object file without loading it whole; `None` if the file
+    /// has vanished (a concurrent collection removed it).
+    pub(crate) fn hash_file(&self, store: &StoreId, path: &Path) -> Result<Option<Digest>> {
         let mut hasher = blake3::Hasher::new();
-        File::open(path)
-            .and_then(|file| hasher.update_reader(file).map(drop))
-            .map_err(|source| io_error(store, "reading object", path, source))?;
-        Ok(Digest(*hasher.finalize().as_bytes()))
+        match File::open(path).and_then(|file| hasher.update_reader(file).map(drop)) {
+            Ok(()) => Ok(Some(Digest(*hasher.finalize().as_bytes()))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error(store, "reading object", path, source)),
+        }
     }
 
     /// Writes `content` to a new temporary file of `store` (fsync'd in
@@ -177,14 +179,14 @@ impl ObjectFiles {
 
     /// Every file in the store's temporary directory, with its metadata.
     pub(crate) fn temp_files(&self, store: &StoreId) -> Result<Vec<(PathBuf, fs::Metadata)>> {
-        list_dir(store, &self.tmp_dir(store))?
-            .into_iter()
-            .map(|path| {
-                let metadata = fs::symlink_metadata(&path)
-                    .map_err(|source| io_error(store, "inspecting", &path, source))?;
-                Ok((path, metadata))
-            })
-            .collect()
+        let mut found = Vec::new();
+        for path in list_dir(store, &self.tmp_dir(store))? {
+            // Temporary files vanish as writers publish them.
+            if let Some(metadata) = inspect(store, &path)? {
+                found.push((path, metadata));
+            }
+        }
+        Ok(found)
     }
 
     /// Reads an object and checks that its bytes still hash to `digest`.
@@ -260,6 +262,15 @@ pub(crate) struct ObjectFile {
     pub(crate) digest: Option<Digest>,
     pub(crate) path: PathBuf,
     pub(crate) metadata: fs::Metadata,
+}
+
+/// The metadata of `path`, or `None` if it no longer exists.
+fn inspect(store: &StoreId, path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(io_error(store, "inspecting", path, source)),
+    }
 }
 
 /// The entries of `dir`, or none when it does not exist.

@@ -176,7 +176,7 @@ impl Engine {
             source,
         })?;
         let db = path.join("index.sqlite");
-        let connection = index::open_connection(&db, durability)
+        let connection = index::open_connection(&db, durability, true)
             .map_err(|source| index_error(&path, "opening", source))?;
         index::create_schema(&connection)
             .map_err(|source| index_error(&path, "creating schema", source))?;

@@ -1,0 +1,282 @@
+//! Crash consistency: a child process runs a long random mix of writes and
+//! is killed with SIGKILL at random moments, cycle after cycle. After every
+//! kill the store must verify clean, every acknowledged write must be there,
+//! and every label must hold the value of its last acknowledged write or of
+//! the write in flight when the child died.
+//!
+//! `CRASH_CYCLES` sets the number of cycles (default 200; `just crash` runs 1000).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use theater_store::{ContentRef, ContentStore, Durability, StoreRoot};
+
+const LABELS: usize = 12;
+
+/// A small deterministic generator, so the child needs no extra crates.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The bytes of the `n`th piece of content: sizes from 0 to about 8 KiB.
+fn content(n: u64) -> Vec<u8> {
+    let size = (n * 7919) % 8192;
+    let mut bytes = format!("content {n};").into_bytes();
+    bytes.resize(bytes.len() + size as usize, (n % 251) as u8);
+    bytes
+}
+
+fn label(i: u64) -> String {
+    format!("crash:{i}")
+}
+
+/// The child: random operations forever, each announced in the log before
+/// it starts ("begin") and confirmed after it returns ("ack").
+#[tokio::test]
+#[ignore = "run as a child process by writes_survive_sigkill_at_random_moments"]
+async fn crash_child() {
+    let root = std::env::var("CRASH_ROOT").expect("started by the parent test");
+    let durability = match std::env::var("CRASH_SYNCED").as_deref() {
+        Ok("1") => Durability::Synced,
+        _ => Durability::Buffered,
+    };
+    let seed: u64 = std::env::var("CRASH_SEED").unwrap().parse().unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(std::env::var("CRASH_LOG").unwrap())
+        .unwrap();
+    let store = StoreRoot::with_durability(root, durability)
+        .store("crash")
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+    loop {
+        let n = seed * 1_000_000 + rng.below(1_000_000);
+        let l = rng.below(LABELS as u64);
+        let hash = ContentRef::for_content(&content(n)).hash().to_owned();
+        // Each line: what is about to happen; then "ack" once it has.
+        let line = match rng.below(6) {
+            0 | 1 => format!("store {n} {hash}"),
+            2 => format!("store-at-label {n} {hash} {l}"),
+            3 => format!("remove-label {l}"),
+            4 => format!("cas {n} {hash} {l}"),
+            _ => format!("label-existing {l}"),
+        };
+        writeln!(log, "begin {line}").unwrap();
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts[0] {
+            "store" => {
+                store.store(content(n)).await.unwrap();
+            }
+            "store-at-label" => {
+                store.store_at_label(&label(l), content(n)).await.unwrap();
+            }
+            "remove-label" => store.remove_label(&label(l)).await.unwrap(),
+            "cas" => {
+                let current = store.get_by_label(&label(l)).await.unwrap();
+                let new = store.store(content(n)).await.unwrap();
+                if !store
+                    .compare_and_swap_label(&label(l), current.as_ref(), Some(&new))
+                    .await
+                    .unwrap()
+                {
+                    panic!("no other writer exists, so the swap must succeed");
+                }
+            }
+            _ => {
+                // Point the label at content stored earlier, if any.
+                if let Some(existing) = store.list_all_content().await.unwrap().first() {
+                    writeln!(log, "target {}", existing.hash()).unwrap();
+                    store.label(&label(l), existing).await.unwrap();
+                }
+            }
+        }
+        writeln!(log, "ack").unwrap();
+    }
+}
+
+/// What the parent knows must be in the store.
+#[derive(Default)]
+struct Model {
+    objects: BTreeMap<String, u64>,
+    labels: BTreeMap<u64, Option<String>>,
+}
+
+/// The effect of one logged operation on labels: `(label, new value)`.
+fn label_effect(parts: &[&str], target: Option<&str>) -> Option<(u64, Option<String>)> {
+    match parts[0] {
+        "store-at-label" | "cas" => Some((parts[3].parse().unwrap(), Some(parts[2].to_owned()))),
+        "remove-label" => Some((parts[1].parse().unwrap(), None)),
+        "label-existing" => target.map(|t| (parts[1].parse().unwrap(), Some(t.to_owned()))),
+        _ => None,
+    }
+}
+
+/// Replays one cycle's log into the model; returns the operation that was
+/// in flight at the kill, if any, with its label effect.
+fn replay(log: &str, model: &mut Model) -> Option<(Vec<String>, Option<(u64, Option<String>)>)> {
+    let mut pending: Option<Vec<String>> = None;
+    let mut target: Option<String> = None;
+    for line in log.lines() {
+        if let Some(op) = line.strip_prefix("begin ") {
+            pending = Some(op.split(' ').map(str::to_owned).collect());
+            target = None;
+        } else if let Some(hash) = line.strip_prefix("target ") {
+            target = Some(hash.to_owned());
+        } else if line == "ack" {
+            let parts = pending.take().expect("ack follows begin");
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            if matches!(parts[0], "store" | "store-at-label" | "cas") {
+                model
+                    .objects
+                    .insert(parts[2].to_owned(), parts[1].parse().unwrap());
+            }
+            if let Some((l, value)) = label_effect(&parts, target.as_deref()) {
+                model.labels.insert(l, value);
+            }
+        }
+    }
+    pending.map(|parts| {
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let effect = label_effect(&refs, target.as_deref());
+        (parts, effect)
+    })
+}
+
+/// Checks the store after a kill: it verifies clean, the objects in
+/// `to_read` read back whole, and every label holds an allowed value.
+async fn check_after_kill(
+    store: &ContentStore,
+    model: &mut Model,
+    to_read: &BTreeMap<String, u64>,
+    in_flight: Option<(Vec<String>, Option<(u64, Option<String>)>)>,
+) -> u64 {
+    let report = store.verify(Arc::new(())).await.unwrap();
+    assert!(
+        report.quarantined.is_empty()
+            && report.missing.is_empty()
+            && report.dangling_labels.is_empty(),
+        "{report:?}"
+    );
+    assert!(report.stray_files.is_empty(), "{report:?}");
+    let mut checked = report.objects_checked;
+    for (hash, n) in to_read {
+        let bytes = store
+            .get(&ContentRef::new(hash))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {hash} lost: {e}"));
+        assert_eq!(bytes, content(*n));
+        checked += 1;
+    }
+    let flying_label = in_flight.as_ref().and_then(|(_, effect)| effect.clone());
+    for l in 0..LABELS as u64 {
+        let actual = store
+            .get_by_label(&label(l))
+            .await
+            .unwrap()
+            .map(|r| r.hash().to_owned());
+        let acknowledged = model.labels.get(&l).cloned().flatten();
+        match &flying_label {
+            Some((fl, value)) if *fl == l && actual == *value => {
+                // The in-flight write landed: adopt it.
+                model.labels.insert(l, value.clone());
+            }
+            _ => assert_eq!(
+                actual, acknowledged,
+                "label {l} holds a value nobody wrote last"
+            ),
+        }
+        checked += 1;
+    }
+    // Content of an in-flight store may or may not be there; if it is, it is whole.
+    if let Some((parts, _)) = in_flight
+        && matches!(parts[0].as_str(), "store" | "store-at-label" | "cas")
+    {
+        let r = ContentRef::new(&parts[2]);
+        if store.exists(&r).await.unwrap() {
+            assert_eq!(
+                store.get(&r).await.unwrap(),
+                content(parts[1].parse().unwrap())
+            );
+            model
+                .objects
+                .insert(parts[2].clone(), parts[1].parse().unwrap());
+        }
+    }
+    checked
+}
+
+#[tokio::test]
+async fn writes_survive_sigkill_at_random_moments() {
+    let cycles: u64 = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = StoreRoot::new(&root).store("crash").unwrap();
+    let mut model = Model::default();
+    let mut rng = Rng(0x5eed_cafe);
+    let (mut operations, mut checks, mut in_flight_kills) = (0u64, 0u64, 0u64);
+    for cycle in 1..=cycles {
+        let log_path = dir.path().join(format!("cycle-{cycle}.log"));
+        std::fs::write(&log_path, "").unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--ignored", "--quiet"])
+            .env("CRASH_ROOT", &root)
+            .env("CRASH_LOG", &log_path)
+            .env("CRASH_SEED", cycle.to_string())
+            .env("CRASH_SYNCED", if cycle % 4 == 0 { "1" } else { "0" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(120))).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("cycle {cycle}: the child died by itself ({status}):\n{stderr}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        operations += log.lines().filter(|line| *line == "ack").count() as u64;
+        let before = model.objects.clone();
+        let in_flight = replay(&log, &mut model);
+        in_flight_kills += u64::from(in_flight.is_some());
+        // Verify re-hashes every object each cycle; reading back every
+        // acknowledged object too is done every 25 cycles and at the end,
+        // and the objects acknowledged in this cycle every time.
+        let to_read = if cycle % 25 == 0 || cycle == cycles {
+            model.objects.clone()
+        } else {
+            model
+                .objects
+                .iter()
+                .filter(|(hash, _)| !before.contains_key(*hash))
+                .map(|(h, n)| (h.clone(), *n))
+                .collect()
+        };
+        checks += check_after_kill(&store, &mut model, &to_read, in_flight).await;
+    }
+    assert!(
+        operations > cycles,
+        "the children barely ran ({operations} operations)"
+    );
+    println!(
+        "crash suite: {cycles} cycles, {operations} acknowledged operations, {in_flight_kills} kills mid-operation, {checks} checks"
+    );
+}
