@@ -115,8 +115,14 @@ struct Model {
     labels: BTreeMap<u64, Option<String>>,
 }
 
+/// A label and the value an operation gives it (`None`: removed).
+type LabelEffect = (u64, Option<String>);
+
+/// The operation in flight at a kill: its logged words and label effect.
+type InFlight = (Vec<String>, Option<LabelEffect>);
+
 /// The effect of one logged operation on labels: `(label, new value)`.
-fn label_effect(parts: &[&str], target: Option<&str>) -> Option<(u64, Option<String>)> {
+fn label_effect(parts: &[&str], target: Option<&str>) -> Option<LabelEffect> {
     match parts[0] {
         "store-at-label" | "cas" => Some((parts[3].parse().unwrap(), Some(parts[2].to_owned()))),
         "remove-label" => Some((parts[1].parse().unwrap(), None)),
@@ -127,7 +133,7 @@ fn label_effect(parts: &[&str], target: Option<&str>) -> Option<(u64, Option<Str
 
 /// Replays one cycle's log into the model; returns the operation that was
 /// in flight at the kill, if any, with its label effect.
-fn replay(log: &str, model: &mut Model) -> Option<(Vec<String>, Option<(u64, Option<String>)>)> {
+fn replay(log: &str, model: &mut Model) -> Option<InFlight> {
     let mut pending: Option<Vec<String>> = None;
     let mut target: Option<String> = None;
     for line in log.lines() {
@@ -162,7 +168,7 @@ async fn check_after_kill(
     store: &ContentStore,
     model: &mut Model,
     to_read: &BTreeMap<String, u64>,
-    in_flight: Option<(Vec<String>, Option<(u64, Option<String>)>)>,
+    in_flight: Option<InFlight>,
 ) -> u64 {
     let report = store.verify(Arc::new(())).await.unwrap();
     assert!(
