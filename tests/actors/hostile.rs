@@ -311,3 +311,50 @@ async fn any_store_grants_restore_share_by_id() {
     .await;
     assert_all_mention(&errors, &["read-only"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_storm_is_bounded_by_the_deadline_and_starves_no_one() {
+    let h = std::sync::Arc::new(Harness::start());
+    let storm = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let options = RunOptions {
+                limits: Limits {
+                    timeout: Duration::from_secs(2),
+                    ..Limits::default()
+                },
+                ..RunOptions::default()
+            };
+            h.run_raw(&h.load(HOSTILE), options, &json!({"attack": "call-storm"}))
+                .await
+        })
+    };
+    // Other actors are served while the storm rages.
+    for _ in 0..3 {
+        let out = h
+            .run(
+                &h.load(SEED_PATTERNS),
+                RunOptions::default(),
+                None,
+                &json!({"pattern": "dedupe"}),
+            )
+            .await;
+        assert_eq!(out["same_ref"], true);
+    }
+    let run = storm.await.unwrap();
+    assert!(
+        matches!(run.outcome, Err(ActorFailure::TimedOut(_))),
+        "{:?}",
+        run.outcome
+    );
+    // A bounded storm completes and every call was answered.
+    let out = h
+        .run(
+            &h.load(HOSTILE),
+            RunOptions::default(),
+            None,
+            &json!({"attack": "call-storm", "calls": 20_000}),
+        )
+        .await;
+    assert_eq!(out["attempts"][0]["what"], "20000 calls");
+}

@@ -180,6 +180,18 @@ impl Actor for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
+            "call-storm" => {
+                let own = wit::new()?;
+                let content = wit::store(&own, b"storm")?;
+                let calls = params["calls"].as_u64().unwrap_or(u64::MAX);
+                let mut made = 0u64;
+                while made < calls {
+                    wit::exists(&own, &content)?;
+                    wit::get_by_label(&own, "nothing")?;
+                    made += 2;
+                }
+                attempts.record(format!("{made} calls"), Ok::<_, String>(()));
+            }
             "log-flood" => {
                 for i in 0..50_000 {
                     log(&format!("line {i}"));
