@@ -33,3 +33,7 @@ fuzz seconds="300":
     for target in refs labels package; do \
         RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz --sanitizer none "$target" -- -max_total_time={{seconds}} || exit 1; \
     done
+
+# Theater's own store against ours (a separate workspace: it builds wasmtime 31).
+bench-theater:
+    cargo bench --manifest-path crates/bench/theater-peer/Cargo.toml

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const ACTORS: [&str; 3] = ["seed_patterns", "hostile", "theater_compat"];
+const ACTORS: [&str; 4] = ["seed_patterns", "hostile", "theater_compat", "bench_actor"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -14,25 +14,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum StoreError {
     /// A content ref is not 64 lowercase hex digits (a BLAKE3 digest).
-    #[error("invalid content ref {reference:?}: {reason}")]
+    #[error("invalid content ref \"{reference}\": {reason}")]
     InvalidRef {
-        /// The ref as given, shortened for display.
+        /// The ref as given, escaped and shortened for display.
         reference: String,
         /// Why it was refused.
         reason: &'static str,
     },
     /// A label is empty, too long or contains NUL.
-    #[error("invalid label {label:?}: {reason}")]
+    #[error("invalid label \"{label}\": {reason}")]
     InvalidLabel {
-        /// The label as given, shortened for display.
+        /// The label as given, escaped and shortened for display.
         label: String,
         /// Why it was refused.
         reason: &'static str,
     },
     /// A store id is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
-    #[error("invalid store id {id:?}: {reason}")]
+    #[error("invalid store id \"{id}\": {reason}")]
     InvalidStoreId {
-        /// The id as given, shortened for display.
+        /// The id as given, escaped and shortened for display.
         id: String,
         /// Why it was refused.
         reason: &'static str,
@@ -105,13 +105,18 @@ pub enum StoreError {
     },
 }
 
-/// Shortens caller-supplied text for error messages, so that a 4 KiB label
-/// does not turn into a 4 KiB log line.
+/// Escapes caller-supplied text (control characters, quotes) and shortens
+/// it for error messages, so that a 4 KiB label does not turn into a 4 KiB
+/// log line and a NUL or newline cannot garble one.
 pub(crate) fn shorten(text: &str) -> String {
-    const MAX_CHARS: usize = 80;
-    if text.chars().count() <= MAX_CHARS {
-        return text.to_owned();
+    const MAX_BYTES: usize = 100;
+    let escaped: String = text.escape_debug().collect();
+    if escaped.len() <= MAX_BYTES {
+        return escaped;
     }
-    let head: String = text.chars().take(MAX_CHARS).collect();
-    format!("{head}… ({} bytes)", text.len())
+    let mut cut = MAX_BYTES;
+    while !escaped.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &escaped[..cut], text.len())
 }

@@ -283,5 +283,15 @@ mod tests {
         let message = err.to_string();
         assert!(message.len() < 200, "{message}");
         assert!(message.contains("5000 bytes"));
+        // Control characters are escaped, and escaping does not defeat the cap
+        // (found by the `refs` fuzz target).
+        let controls = format!("8{}", "\u{17}".repeat(46));
+        let message = ContentRef::parse(controls).unwrap_err().to_string();
+        assert!(
+            message.len() < 250 && !message.contains('\u{17}'),
+            "{message}"
+        );
+        let message = validate_label("a\0b").unwrap_err().to_string();
+        assert!(message.contains(r"a\0b"), "{message}");
     }
 }

@@ -10,3 +10,7 @@ pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.was
 
 /// An actor built from an unmodified copy of Theater's own WIT.
 pub const THEATER_COMPAT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/theater_compat.wasm"));
+
+/// Times store calls in a loop from inside the guest, for the benchmarks;
+/// it also imports `theater:bench/probe.noop`, which the benchmark provides.
+pub const BENCH_ACTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_actor.wasm"));

@@ -1,0 +1,312 @@
+//! The host-side Rust API against the hardware floor and a peer CAS:
+//! small objects, large objects, concurrent durable writers, 100k labels.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use theater_store::{ContentStore, Durability, GcOptions, StoreRoot};
+use tokio::runtime::Runtime;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+/// Distinct content of `size` bytes: a counter in the first 8 bytes.
+fn distinct(counter: &AtomicU64, size: usize) -> Vec<u8> {
+    let mut bytes = vec![0xa5u8; size.max(8)];
+    bytes[..8].copy_from_slice(&counter.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    bytes.truncate(size);
+    bytes
+}
+
+fn store_in(dir: &Path, durability: Durability) -> ContentStore {
+    StoreRoot::with_durability(dir.join(format!("{durability:?}")), durability)
+        .store("bench")
+        .unwrap()
+}
+
+/// The floor: BLAKE3, write a temporary file, rename it into place; in
+/// durable mode also fsync the file and the directory.
+fn raw_write(dir: &Path, content: &[u8], durable: bool) {
+    let name = blake3::hash(content).to_hex();
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp).unwrap();
+    file.write_all(content).unwrap();
+    if durable {
+        file.sync_data().unwrap();
+    }
+    std::fs::rename(&tmp, dir.join(name.as_str())).unwrap();
+    if durable {
+        File::open(dir).unwrap().sync_all().unwrap();
+    }
+}
+
+fn small_objects(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = AtomicU64::new(0);
+    let mut group = c.benchmark_group("small_1KiB");
+    group.throughput(Throughput::Elements(1));
+    for durability in [Durability::Buffered, Durability::Synced] {
+        let store = store_in(dir.path(), durability);
+        group.bench_function(format!("store/{durability:?}"), |b| {
+            b.to_async(&runtime).iter_batched(
+                || distinct(&counter, KIB),
+                |c| store.store(c),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let store = store_in(dir.path(), Durability::Buffered);
+    let content_ref = runtime
+        .block_on(store.store(distinct(&counter, KIB)))
+        .unwrap();
+    group.bench_function("get/verified", |b| {
+        b.to_async(&runtime).iter(|| store.get(&content_ref))
+    });
+    group.bench_function("exists", |b| {
+        b.to_async(&runtime).iter(|| store.exists(&content_ref))
+    });
+
+    let floor = dir.path().join("floor");
+    std::fs::create_dir_all(&floor).unwrap();
+    for durable in [false, true] {
+        let name = if durable {
+            "floor/write_rename_fsync"
+        } else {
+            "floor/write_rename"
+        };
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || distinct(&counter, KIB),
+                |c| raw_write(&floor, &c, durable),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let cache = dir.path().join("cacache");
+    group.bench_function("cacache/write_hash", |b| {
+        b.iter_batched(
+            || distinct(&counter, KIB),
+            |c| cacache::write_hash_sync(&cache, c).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    let integrity = cacache::write_hash_sync(&cache, distinct(&counter, KIB)).unwrap();
+    group.bench_function("cacache/read_hash", |b| {
+        b.iter(|| cacache::read_hash_sync(&cache, &integrity).unwrap())
+    });
+    group.finish();
+}
+
+fn large_objects(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = AtomicU64::new(0);
+    let store = store_in(dir.path(), Durability::Buffered);
+    let sweep = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let mut group = c.benchmark_group("large");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for (name, size) in [("1MiB", MIB), ("256MiB", 256 * MIB)] {
+        group.throughput(Throughput::Bytes(size as u64));
+        // Each stored object is collected (untimed) so the disk does not fill.
+        group.bench_function(format!("store/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let content = distinct(&counter, size);
+                    let started = Instant::now();
+                    runtime.block_on(store.store(content)).unwrap();
+                    total += started.elapsed();
+                    runtime
+                        .block_on(store.collect_garbage(sweep, Arc::new(())))
+                        .unwrap();
+                }
+                total
+            })
+        });
+        let content = distinct(&counter, size);
+        let content_ref = runtime
+            .block_on(store.store_at_label("kept", content.clone()))
+            .unwrap();
+        group.bench_function(format!("get_verified/{name}"), |b| {
+            b.iter(|| runtime.block_on(store.get(&content_ref)).unwrap())
+        });
+        group.bench_function(format!("blake3/{name}"), |b| {
+            b.iter(|| blake3::hash(&content))
+        });
+        let plain = dir.path().join("plain");
+        group.bench_function(format!("file_write/{name}"), |b| {
+            b.iter(|| std::fs::write(&plain, &content).unwrap())
+        });
+        group.bench_function(format!("file_read/{name}"), |b| {
+            b.iter(|| std::fs::read(&plain).unwrap())
+        });
+        runtime.block_on(store.remove_label("kept")).unwrap();
+    }
+    group.finish();
+}
+
+fn concurrent_durable_writers(c: &mut Criterion) {
+    const WRITERS: u64 = 8;
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let store = store_in(dir.path(), Durability::Synced);
+    let floor = dir.path().join("floor");
+    std::fs::create_dir_all(&floor).unwrap();
+    let mut group = c.benchmark_group("durable_8_writers");
+    group
+        .throughput(Throughput::Elements(WRITERS))
+        .sample_size(10);
+    // One iteration: each of the 8 writers stores one 1 KiB object.
+    group.bench_function("store/group_commit", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            runtime.block_on(async {
+                let writers: Vec<_> = (0..WRITERS)
+                    .map(|_| {
+                        let (store, counter) = (store.clone(), counter.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                store.store(distinct(&counter, KIB)).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for writer in writers {
+                    writer.await.unwrap();
+                }
+            });
+            started.elapsed()
+        })
+    });
+    group.bench_function("floor/fsync_per_operation", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..WRITERS {
+                    scope.spawn(|| {
+                        for _ in 0..iters {
+                            raw_write(&floor, &distinct(&counter, KIB), true);
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn labels_at_scale(c: &mut Criterion) {
+    const LABELS: usize = 100_000;
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path(), Durability::Buffered);
+    let (a, b) = runtime.block_on(async {
+        let a = store.store("target a").await.unwrap();
+        let b = store.store("target b").await.unwrap();
+        let numbers: Vec<usize> = (0..LABELS).collect();
+        for chunk in numbers.chunks(2000) {
+            let writes: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    let (store, a) = (store.clone(), a.clone());
+                    tokio::spawn(
+                        async move { store.label(&format!("label:{i:06}"), &a).await.unwrap() },
+                    )
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap();
+            }
+        }
+        (a, b)
+    });
+    let mut group = c.benchmark_group("labels_100k");
+    let next = AtomicU64::new(0);
+    let pick = || {
+        format!(
+            "label:{:06}",
+            next.fetch_add(7919, Ordering::Relaxed) % LABELS as u64
+        )
+    };
+    group.bench_function("get_by_label", |bench| {
+        bench
+            .to_async(&runtime)
+            .iter(|| store.get_by_label_owned(pick()))
+    });
+    group.bench_function("label_update", |bench| {
+        let flip = AtomicU64::new(0);
+        bench.to_async(&runtime).iter(|| {
+            let target = if flip.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                &b
+            } else {
+                &a
+            };
+            store.label_owned(pick(), target.clone())
+        })
+    });
+    group.bench_function("prefix_page_100", |bench| {
+        bench
+            .to_async(&runtime)
+            .iter(|| async { store.list_labels_page("label:05", None, 100).await.unwrap() })
+    });
+    group.bench_function("calculate_total_size", |bench| {
+        bench
+            .to_async(&runtime)
+            .iter(|| store.calculate_total_size())
+    });
+    group.finish();
+}
+
+/// Owned-argument helpers so benchmark closures can return futures.
+trait OwnedCalls {
+    fn get_by_label_owned(&self, label: String) -> impl Future<Output = ()>;
+    fn label_owned(
+        &self,
+        label: String,
+        target: theater_store::ContentRef,
+    ) -> impl Future<Output = ()>;
+}
+
+impl OwnedCalls for ContentStore {
+    fn get_by_label_owned(&self, label: String) -> impl Future<Output = ()> {
+        let store = self.clone();
+        async move {
+            store
+                .get_by_label(&label)
+                .await
+                .unwrap()
+                .expect("label exists");
+        }
+    }
+
+    fn label_owned(
+        &self,
+        label: String,
+        target: theater_store::ContentRef,
+    ) -> impl Future<Output = ()> {
+        let store = self.clone();
+        async move { store.label(&label, &target).await.unwrap() }
+    }
+}
+
+criterion_group!(
+    benches,
+    small_objects,
+    large_objects,
+    concurrent_durable_writers,
+    labels_at_scale
+);
+criterion_main!(benches);

@@ -1,0 +1,1 @@
+//! See benches/theater_peer.rs.
