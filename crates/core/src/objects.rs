@@ -189,6 +189,21 @@ impl ObjectFiles {
         Ok(found)
     }
 
+    /// The size of an object's file.
+    pub(crate) fn size(&self, store: &StoreId, digest: Digest) -> Result<u64> {
+        let path = self.object_path(store, digest);
+        fs::metadata(&path).map(|metadata| metadata.len()).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                StoreError::NotFound {
+                    store: store.to_string(),
+                    reference: digest.to_hex(),
+                }
+            } else {
+                io_error(store, "inspecting object", &path, source)
+            }
+        })
+    }
+
     /// Reads an object and checks that its bytes still hash to `digest`.
     pub(crate) fn read_verified(&self, store: &StoreId, digest: Digest) -> Result<Vec<u8>> {
         let path = self.object_path(store, digest);

@@ -7,6 +7,9 @@ use crate::index::{self, Expect, StoreStats, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{Engine, StoreRoot, blocking};
 
+/// Objects up to this size are read without leaving the calling thread.
+const INLINE_READ_MAX: u64 = 64 << 10;
+
 /// How old stored content must be before storing it again refreshes its
 /// age. Garbage-collection grace periods should be well above this.
 pub const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -119,6 +122,11 @@ impl ContentStore {
 
     async fn get_digest(&self, digest: Digest) -> Result<Vec<u8>> {
         let engine = self.root.engine().await?;
+        // Small objects are read on the calling thread: a round trip through
+        // the blocking pool costs more than reading and hashing them.
+        if engine.objects.size(&self.id, digest)? <= INLINE_READ_MAX {
+            return engine.objects.read_verified(&self.id, digest);
+        }
         let store = self.id.clone();
         blocking(move || engine.objects.read_verified(&store, digest)).await
     }
@@ -279,13 +287,15 @@ impl ContentStore {
         engine.writer.write(op).await
     }
 
-    async fn read<T: Send + 'static>(
+    /// Runs an index query on the calling thread. Point queries and pages
+    /// take microseconds (WAL readers never wait for writers), far less than
+    /// a hop to the blocking pool and back.
+    async fn read<T>(
         &self,
         action: &'static str,
-        query: impl FnOnce(&rusqlite::Connection, &StoreId) -> rusqlite::Result<T> + Send + 'static,
+        query: impl FnOnce(&rusqlite::Connection, &StoreId) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let engine: Arc<Engine> = self.root.engine().await?;
-        let store = self.id.clone();
-        blocking(move || engine.readers.read(action, |db| query(db, &store))).await
+        engine.readers.read(action, |db| query(db, &self.id))
     }
 }
