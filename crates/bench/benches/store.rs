@@ -249,7 +249,7 @@ fn labels_at_scale(c: &mut Criterion) {
     group.bench_function("label_update", |bench| {
         let flip = AtomicU64::new(0);
         bench.to_async(&runtime).iter(|| {
-            let target = if flip.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            let target = if flip.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
                 &b
             } else {
                 &a

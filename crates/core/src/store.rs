@@ -7,6 +7,24 @@ use crate::index::{self, Expect, StoreStats, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{Engine, StoreRoot, blocking};
 
+/// Whether the store holds `digest`, stored within [`REFRESH_AFTER`].
+/// Recently stored content is left alone; older content is written again,
+/// which refreshes its age, so that a garbage collection with a grace
+/// period cannot take content from under a caller who just stored it.
+fn recently_stored(engine: &Engine, store: &StoreId, digest: Digest) -> Result<bool> {
+    if !engine.objects.is_present(store, digest) {
+        return Ok(false);
+    }
+    let stored_at = engine.readers.read("looking up object", |db| {
+        index::object_stored_at(db, store, digest)
+    })?;
+    let fresh_since = index::unix_now() - REFRESH_AFTER.as_millis() as i64;
+    Ok(stored_at.is_some_and(|at| at >= fresh_since))
+}
+
+/// Content from this size up is hashed and written in parallel.
+const PARALLEL_WRITE_MIN: usize = 1 << 20;
+
 /// Objects up to this size are read without leaving the calling thread.
 const INLINE_READ_MAX: u64 = 64 << 10;
 
@@ -74,7 +92,8 @@ impl ContentStore {
     }
 
     /// Stores `content` and returns its ref. Storing the same bytes again
-    /// returns the same ref and writes nothing.
+    /// returns the same ref and keeps one copy (large content is written to
+    /// a temporary file while it is hashed, then dropped if already held).
     pub async fn store(&self, content: impl Into<Vec<u8>>) -> Result<ContentRef> {
         let content = content.into();
         let engine = self.root.engine().await?;
@@ -83,19 +102,25 @@ impl ContentStore {
         let (digest, staged) = blocking({
             let engine = Arc::clone(&engine);
             move || {
-                let digest = Digest::of(&content);
-                if engine.objects.is_present(&store, digest) {
-                    let stored_at = engine.readers.read("looking up object", |db| {
-                        index::object_stored_at(db, &store, digest)
-                    })?;
-                    // Recently stored content is left alone; older content is
-                    // written again, which refreshes its age, so that a
-                    // garbage collection with a grace period cannot take
-                    // content from under a caller who just stored it.
-                    let fresh_since = index::unix_now() - REFRESH_AFTER.as_millis() as i64;
-                    if stored_at.is_some_and(|at| at >= fresh_since) {
+                if content.len() >= PARALLEL_WRITE_MIN {
+                    // Large content: hash on a second thread while this one
+                    // writes the temporary file, so the cost is the slower
+                    // of the two rather than their sum.
+                    let (digest, staged) = std::thread::scope(|scope| {
+                        let hashing = scope.spawn(|| Digest::of(&content));
+                        let staged = engine.objects.write_temp(&store, &content);
+                        (hashing.join().expect("hashing does not panic"), staged)
+                    });
+                    let staged = staged?;
+                    if recently_stored(&engine, &store, digest)? {
+                        let _ = std::fs::remove_file(&staged);
                         return Ok((digest, None));
                     }
+                    return Ok((digest, Some(staged)));
+                }
+                let digest = Digest::of(&content);
+                if recently_stored(&engine, &store, digest)? {
+                    return Ok((digest, None));
                 }
                 Ok((digest, Some(engine.objects.write_temp(&store, &content)?)))
             }

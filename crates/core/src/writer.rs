@@ -118,6 +118,26 @@ fn commit_batch(
 ) {
     let (ops, replies): (Vec<WriteOp>, Vec<_>) =
         batch.into_iter().map(|job| (job.op, job.reply)).unzip();
+    // Synced mode: the staged files' contents must be durable before they
+    // are renamed into place, so a crash can never expose a renamed but
+    // empty object. One flush covers the whole batch.
+    let stages_files = ops.iter().any(|op| {
+        matches!(
+            op,
+            WriteOp::AddObject {
+                staged: Some(_),
+                ..
+            }
+        )
+    });
+    if durability == Durability::Synced
+        && stages_files
+        && cfg!(target_os = "linux")
+        && let Err(source) = make_durable(root, &BTreeSet::new())
+    {
+        let message = format!("staged objects could not be made durable: {source}");
+        return fail_all(replies, root, "syncing to disk", &message);
+    }
     let outcome = (|| {
         let mut transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -175,7 +195,9 @@ fn make_durable(root: &Path, touched: &BTreeSet<PathBuf>) -> std::io::Result<()>
     #[cfg(not(target_os = "linux"))]
     {
         let _ = root;
-        touched.iter().try_for_each(|dir| crate::objects::sync_dir(dir))
+        touched
+            .iter()
+            .try_for_each(|dir| crate::objects::sync_dir(dir))
     }
 }
 
