@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::index::{self, WriteOp};
-use crate::names::{ContentRef, Digest};
-use crate::root::blocking;
+use crate::names::{ContentRef, Digest, StoreId};
+use crate::root::{Engine, blocking};
 use crate::store::{ContentStore, LabelEntry};
 
 /// Temporary files older than this are leftovers of a crashed writer rather
@@ -108,6 +108,19 @@ pub struct GcReport {
     pub temp_files_removed: u64,
 }
 
+/// Temporary files older than [`TEMP_FILE_STALE_AFTER`]: leftovers of
+/// writers that crashed, as opposed to writes in progress.
+fn stale_temp_files(engine: &Engine, store: &StoreId) -> Result<Vec<PathBuf>> {
+    let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
+    Ok(engine
+        .objects
+        .temp_files(store)?
+        .into_iter()
+        .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
+        .map(|(path, _)| path)
+        .collect())
+}
+
 impl ContentStore {
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
@@ -125,18 +138,11 @@ impl ContentStore {
                     index::labels_page(db, &store, "", None, usize::MAX)
                 })?;
                 let files = engine.objects.object_files(&store)?;
-                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
                 let mut report = VerifyReport {
                     store: store.to_string(),
+                    leftover_temp_files: stale_temp_files(&engine, &store)?,
                     ..VerifyReport::default()
                 };
-                report.leftover_temp_files = engine
-                    .objects
-                    .temp_files(&store)?
-                    .into_iter()
-                    .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
-                    .map(|(path, _)| path)
-                    .collect();
 
                 progress.start(files.iter().map(|file| file.metadata.len()).sum());
                 let indexed: BTreeSet<Digest> = rows.iter().map(|row| row.digest).collect();
@@ -256,14 +262,7 @@ impl ContentStore {
                     .collect();
                 // Temporary files belong to writers still at work unless they
                 // are very old, whatever the grace period for content.
-                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
-                let stale_temps: Vec<PathBuf> = engine
-                    .objects
-                    .temp_files(&store)?
-                    .into_iter()
-                    .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
-                    .map(|(path, _)| path)
-                    .collect();
+                let stale_temps = stale_temp_files(&engine, &store)?;
                 Ok((rows, unindexed, stale_temps))
             }
         })

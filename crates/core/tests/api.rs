@@ -1,31 +1,12 @@
 //! Behaviour of every public `ContentStore` operation and every error.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use tempfile::TempDir;
+use common::{object_path, temp_root};
 use theater_store::{ContentRef, ContentStore, Durability, StoreError, StoreRoot};
-
-fn temp_root() -> (TempDir, StoreRoot) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::new(dir.path().join("root"));
-    (dir, root)
-}
-
-fn object_file(
-    root: &StoreRoot,
-    store: &ContentStore,
-    content_ref: &ContentRef,
-) -> std::path::PathBuf {
-    let hash = content_ref.hash();
-    root.path()
-        .unwrap()
-        .join("stores")
-        .join(store.id())
-        .join("objects")
-        .join(&hash[..2])
-        .join(&hash[2..])
-}
 
 /// Every file below `dir`, relative to it.
 fn files_below(dir: &Path) -> BTreeSet<String> {
@@ -438,7 +419,7 @@ async fn corrupted_objects_are_reported_never_returned() {
     let (_dir, root) = temp_root();
     let store = root.store("corrupt").unwrap();
     let content_ref = store.store_at_label("doc", "the real bytes").await.unwrap();
-    std::fs::write(object_file(&root, &store, &content_ref), "tampered bytes").unwrap();
+    std::fs::write(object_path(&root, &store, &content_ref), "tampered bytes").unwrap();
     for result in [
         store.get(&content_ref).await,
         store

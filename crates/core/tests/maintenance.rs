@@ -1,30 +1,12 @@
 //! verify, garbage collection, and export/import packages.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use theater_store::{ContentRef, ContentStore, GcOptions, StoreError, StoreRoot};
-
-fn temp_root() -> (tempfile::TempDir, StoreRoot) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::new(dir.path().join("root"));
-    (dir, root)
-}
-
-fn object_path(
-    root: &StoreRoot,
-    store: &ContentStore,
-    content_ref: &ContentRef,
-) -> std::path::PathBuf {
-    let hash = content_ref.hash();
-    root.path()
-        .unwrap()
-        .join("stores")
-        .join(store.id())
-        .join("objects")
-        .join(&hash[..2])
-        .join(&hash[2..])
-}
+use common::{object_path, temp_root};
+use theater_store::{ContentRef, ContentStore, GcOptions, StoreError};
 
 fn no_progress() -> Arc<dyn theater_store::Progress> {
     Arc::new(())
