@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::error::{Result, StoreError};
+use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::objects::{ObjectFiles, io_error};
 use crate::root::Durability;
@@ -26,7 +26,9 @@ const MAX_IDLE_READERS: usize = 16;
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-const SCHEMA: &str = "
+/// The first release's schema. Every root starts from it and is brought up
+/// to date by [`MIGRATIONS`], so new and old roots take the same path.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS stores (
     id TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -62,8 +64,47 @@ END;
 CREATE TRIGGER IF NOT EXISTS label_removed AFTER DELETE ON labels BEGIN
     UPDATE stores SET label_count = label_count - 1 WHERE id = OLD.store;
 END;
-PRAGMA user_version = 1;
 ";
+
+/// Version 2: label bytes are totalled per store, so that quotas can charge
+/// labels for the space they take. (Version 2 also moved store directories
+/// to case-safe names; the writer's open does that part, see root.rs.)
+const MIGRATION_V2: &str = "
+ALTER TABLE stores ADD COLUMN label_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE stores SET label_bytes = (
+    SELECT COALESCE(SUM(length(CAST(name AS BLOB))), 0) FROM labels WHERE labels.store = stores.id
+);
+DROP TRIGGER label_added;
+DROP TRIGGER label_removed;
+CREATE TRIGGER label_added AFTER INSERT ON labels BEGIN
+    UPDATE stores SET label_count = label_count + 1,
+        label_bytes = label_bytes + length(CAST(NEW.name AS BLOB))
+    WHERE id = NEW.store;
+END;
+CREATE TRIGGER label_removed AFTER DELETE ON labels BEGIN
+    UPDATE stores SET label_count = label_count - 1,
+        label_bytes = label_bytes - length(CAST(OLD.name AS BLOB))
+    WHERE id = OLD.store;
+END;
+";
+
+/// Schema changes after version 1, in order; entry `i` brings a root from
+/// version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[MIGRATION_V2];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// Space a store is charged per object on top of its content: the file's
+/// inode and partly used last block, and the object's index row. Small
+/// objects cost a whole file-system block, so a flood of tiny objects is
+/// charged for what it really takes on disk.
+pub const OBJECT_OVERHEAD_BYTES: u64 = 4096;
+
+/// Space a store is charged per label on top of its name, which the index
+/// keeps twice (the label table and the by-target index): the target hash
+/// twice, the store id and b-tree overhead.
+pub const LABEL_OVERHEAD_BYTES: u64 = 160;
 
 /// Totals for one store, read in O(1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -74,6 +115,27 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Labels defined.
     pub labels: u64,
+    /// Sum of the labels' lengths in bytes.
+    pub label_bytes: u64,
+}
+
+impl StoreStats {
+    /// What the store takes on disk, as quotas count it: content, plus
+    /// [`OBJECT_OVERHEAD_BYTES`] per object, plus each label's name twice
+    /// and [`LABEL_OVERHEAD_BYTES`] per label.
+    pub fn footprint(&self) -> u64 {
+        self.bytes
+            .saturating_add(self.objects.saturating_mul(OBJECT_OVERHEAD_BYTES))
+            .saturating_add(label_footprint(self.label_bytes, self.labels))
+    }
+}
+
+/// What `count` labels with names of `bytes` bytes in all cost on disk, as
+/// [`StoreStats::footprint`] counts it.
+pub fn label_footprint(bytes: u64, count: u64) -> u64 {
+    bytes
+        .saturating_mul(2)
+        .saturating_add(count.saturating_mul(LABEL_OVERHEAD_BYTES))
 }
 
 /// What a label write requires of the label's current value.
@@ -90,13 +152,17 @@ pub(crate) enum Expect {
 #[derive(Debug)]
 pub(crate) enum WriteOp {
     /// Record an object, first renaming its staged temporary file into place
-    /// when there is one. Refreshes `stored_at` when already recorded.
-    /// Returns whether it was new.
+    /// when there is one, and point `label` at it in the same transaction.
+    /// Refreshes `stored_at` when already recorded. Without a staged file
+    /// the object must still be indexed, or the op fails with `NotFound`
+    /// (a collection removed it since the caller looked). Returns whether
+    /// the object was new.
     AddObject {
         store: StoreId,
         digest: Digest,
         size: u64,
         staged: Option<PathBuf>,
+        label: Option<String>,
     },
     /// Point `label` at `target`, or remove it for `None`. Returns whether
     /// the expectation held and the write happened.
@@ -125,10 +191,18 @@ pub(crate) enum WriteOp {
         digest: Digest,
         cutoff: SystemTime,
     },
-    /// Move a corrupt object's file to quarantine and forget its row.
+    /// Move a corrupt object's file to quarantine and forget its row, unless
+    /// the file is intact again (stored anew since it was found damaged).
+    /// Returns whether it quarantined.
     QuarantineObject { store: StoreId, digest: Digest },
     /// Register a store so that it shows in listings before its first write.
     CreateStore { store: StoreId },
+    /// Remove up to `limit` labels of the store. Returns whether any were left.
+    RemoveLabels { store: StoreId, limit: usize },
+    /// Forget a store that holds no object and no label and was created
+    /// before `cutoff` (unix milliseconds), and delete its directory.
+    /// Returns whether it did.
+    RemoveEmptyStore { store: StoreId, cutoff: i64 },
 }
 
 /// Opens a connection to the index. Only the writer's connection sets WAL
@@ -173,8 +247,40 @@ pub(crate) fn open_connection(
     Ok(connection)
 }
 
-pub(crate) fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
-    connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+/// Creates the schema in a new index, or brings an older one up to date.
+/// Returns the version the index had before (0 for a new one); the caller
+/// runs `upgrade_layout` inside the same transaction, so the migration of
+/// the database and of the files commit together or not at all.
+pub(crate) fn create_schema(
+    connection: &mut Connection,
+    upgrade_layout: impl FnOnce(&Connection, i64) -> std::result::Result<(), BoxError>,
+) -> std::result::Result<i64, BoxError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "the index has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
+             use a newer theater-store"
+        )
+        .into());
+    }
+    transaction.execute_batch(SCHEMA_V1)?;
+    for migration in MIGRATIONS.iter().skip((version.max(1) - 1) as usize) {
+        transaction.execute_batch(migration)?;
+    }
+    if version < SCHEMA_VERSION {
+        upgrade_layout(&transaction, version)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    transaction.commit()?;
+    Ok(version)
+}
+
+/// Every store id in the index.
+pub(crate) fn store_ids(connection: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare("SELECT id FROM stores ORDER BY id")?;
+    let rows = statement.query_map([], |row| row.get(0))?;
+    rows.collect()
 }
 
 /// Applies one write inside the writer's open transaction. Directories
@@ -193,9 +299,13 @@ pub(crate) fn apply(
             digest,
             size,
             staged,
+            label,
         } => {
             ensure_store(connection, &store)?;
             let new = !has_object(connection, &store, digest)?;
+            if new && staged.is_none() {
+                return Ok(Err(not_found(&store, digest)));
+            }
             connection.execute(
                 "INSERT INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (store, hash) DO UPDATE SET stored_at = excluded.stored_at",
@@ -217,6 +327,9 @@ pub(crate) fn apply(
                         return Ok(Err(io_error(&store, "publishing object", &path, source)));
                     }
                 }
+            }
+            if let Some(label) = label {
+                upsert_label(connection, &store, &label, digest)?;
             }
             Ok(Ok(new))
         }
@@ -302,6 +415,14 @@ pub(crate) fn apply(
             }
         }
         WriteOp::QuarantineObject { store, digest } => {
+            // verify found the file damaged a while ago; someone may have
+            // stored the same bytes since, which rewrote it. Check again,
+            // under the write lock, so healed content is never taken away.
+            match objects.is_intact(&store, digest) {
+                Ok(true) => return Ok(Ok(false)),
+                Ok(false) => {}
+                Err(refused) => return Ok(Err(refused)),
+            }
             connection.execute(
                 "DELETE FROM objects WHERE store = ?1 AND hash = ?2",
                 params![store.as_str(), &digest.0[..]],
@@ -312,6 +433,28 @@ pub(crate) fn apply(
                     let path = objects.object_path(&store, digest);
                     Ok(Err(io_error(&store, "quarantining object", &path, source)))
                 }
+            }
+        }
+        WriteOp::RemoveLabels { store, limit } => {
+            let removed = connection.execute(
+                "DELETE FROM labels WHERE store = ?1 AND name IN
+                 (SELECT name FROM labels WHERE store = ?1 ORDER BY name LIMIT ?2)",
+                params![store.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)],
+            )?;
+            Ok(Ok(removed > 0))
+        }
+        WriteOp::RemoveEmptyStore { store, cutoff } => {
+            let removed = connection.execute(
+                "DELETE FROM stores WHERE id = ?1 AND object_count = 0 AND label_count = 0
+                 AND created_at < ?2",
+                params![store.as_str(), cutoff],
+            )?;
+            if removed == 0 {
+                return Ok(Ok(false));
+            }
+            match objects.remove_store_dir(&store) {
+                Ok(()) => Ok(Ok(true)),
+                Err(refused) => Ok(Err(refused)),
             }
         }
     }
@@ -392,6 +535,32 @@ pub(crate) fn object_stored_at(
         .optional()
 }
 
+/// The size of an indexed object.
+pub(crate) fn object_size(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<Option<u64>> {
+    connection
+        .prepare_cached("SELECT size FROM objects WHERE store = ?1 AND hash = ?2")?
+        .query_row(params![store.as_str(), &digest.0[..]], |row| {
+            row.get::<_, i64>(0)
+        })
+        .optional()
+        .map(|size| size.map(|size| u64::try_from(size).unwrap_or(0)))
+}
+
+/// When the store was registered (unix milliseconds), if it is.
+pub(crate) fn store_created_at(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Option<i64>> {
+    connection
+        .prepare_cached("SELECT created_at FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
+        .optional()
+}
+
 /// Every indexed object of a store with its size and `stored_at`, and
 /// whether any label reaches it.
 pub(crate) fn object_rows(
@@ -412,6 +581,22 @@ pub(crate) fn object_rows(
         })
     })?;
     rows.collect()
+}
+
+/// A label and its target.
+pub(crate) type LabelRow = (String, Digest);
+
+/// The labels starting with `prefix` and every indexed object of the store,
+/// read in one transaction so that they describe one moment.
+pub(crate) fn snapshot(
+    connection: &Connection,
+    store: &StoreId,
+    prefix: &str,
+) -> rusqlite::Result<(Vec<LabelRow>, Vec<ObjectRow>)> {
+    let transaction = connection.unchecked_transaction()?;
+    let labels = labels_page(&transaction, store, prefix, None, usize::MAX)?;
+    let rows = object_rows(&transaction, store)?;
+    Ok((labels, rows))
 }
 
 /// One indexed object, as [`object_rows`] lists it.
@@ -490,7 +675,9 @@ pub(crate) fn store_stats(
     store: &StoreId,
 ) -> rusqlite::Result<StoreStats> {
     connection
-        .prepare_cached("SELECT object_count, total_bytes, label_count FROM stores WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT object_count, total_bytes, label_count, label_bytes FROM stores WHERE id = ?1",
+        )?
         .query_row([store.as_str()], stats_columns)
         .optional()
         .map(Option::unwrap_or_default)
@@ -498,9 +685,9 @@ pub(crate) fn store_stats(
 
 pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
     let mut statement = connection.prepare_cached(
-        "SELECT object_count, total_bytes, label_count, id FROM stores ORDER BY id",
+        "SELECT object_count, total_bytes, label_count, label_bytes, id FROM stores ORDER BY id",
     )?;
-    let rows = statement.query_map([], |row| Ok((row.get(3)?, stats_columns(row)?)))?;
+    let rows = statement.query_map([], |row| Ok((row.get(4)?, stats_columns(row)?)))?;
     rows.collect()
 }
 
@@ -513,6 +700,7 @@ fn stats_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreStats> {
         objects: count(0)?,
         bytes: count(1)?,
         labels: count(2)?,
+        label_bytes: count(3)?,
     })
 }
 

@@ -32,8 +32,10 @@ mod store;
 mod writer;
 
 pub use error::{BoxError, Result, StoreError};
-pub use index::StoreStats;
-pub use maintenance::{GcOptions, GcReport, Progress, TEMP_FILE_STALE_AFTER, VerifyReport};
+pub use index::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
+pub use maintenance::{
+    GcOptions, GcReport, Progress, RemoveStoreReport, TEMP_FILE_STALE_AFTER, VerifyReport,
+};
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{Durability, ROOT_ENV_VAR, StoreRoot, StoreSummary};

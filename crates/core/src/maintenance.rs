@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::Result;
 use crate::index::{self, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId};
+use crate::root::StoreRoot;
 use crate::root::{Engine, blocking};
 use crate::store::{ContentStore, LabelEntry};
 
@@ -106,6 +107,25 @@ pub struct GcReport {
     pub unindexed_files_removed: u64,
     /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] removed.
     pub temp_files_removed: u64,
+    /// Whether the store itself was removed (or would be, in a dry run):
+    /// it was left with no object and no label, and was created before the
+    /// grace period.
+    pub store_removed: bool,
+}
+
+/// What [`StoreRoot::remove_store`] removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RemoveStoreReport {
+    /// The store.
+    pub store: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Labels removed.
+    pub labels_removed: u64,
+    /// Objects removed.
+    pub objects_removed: u64,
+    /// Their total size.
+    pub bytes_freed: u64,
 }
 
 /// Temporary files older than [`TEMP_FILE_STALE_AFTER`]: leftovers of
@@ -217,8 +237,11 @@ impl ContentStore {
                 store: self.store_id().clone(),
                 digest,
             };
-            engine.writer.write(op).await?;
-            report.quarantined.push(digest.into());
+            // The writer re-checks the file first: content stored again
+            // during the scan is whole again and stays.
+            if engine.writer.write(op).await? {
+                report.quarantined.push(digest.into());
+            }
         }
         Ok(report)
     }
@@ -284,6 +307,13 @@ impl ContentStore {
             report.bytes_freed = doomed.iter().map(|row| row.size).sum();
             report.unindexed_files_removed = unindexed.len() as u64;
             report.temp_files_removed = stale_temps.len() as u64;
+            let stats = self.stats().await?;
+            let created_at = self
+                .read("looking up store", index::store_created_at)
+                .await?;
+            report.store_removed = stats.objects == report.objects_removed
+                && stats.labels == 0
+                && created_at.is_some_and(|at| at < cutoff_millis);
             return Ok(report);
         }
         for chunk in doomed.chunks(GC_CHUNK) {
@@ -327,6 +357,72 @@ impl ContentStore {
             Ok(removed as u64)
         })
         .await?;
+        // A store left empty is dropped too, once it is older than the
+        // grace period, so that stores made and abandoned (by `new`, say)
+        // do not pile up. The writer re-checks that it is still empty.
+        let op = WriteOp::RemoveEmptyStore {
+            store,
+            cutoff: cutoff_millis,
+        };
+        report.store_removed = engine.writer.write(op).await?;
+        Ok(report)
+    }
+}
+
+impl StoreRoot {
+    /// Removes store `id` with all its labels and content. A dry run
+    /// reports what would go. Writers using the store meanwhile may
+    /// recreate it; what they add then stays.
+    pub async fn remove_store(&self, id: &str, dry_run: bool) -> Result<RemoveStoreReport> {
+        let store = self.store(id)?;
+        let stats = store.stats().await?;
+        let mut report = RemoveStoreReport {
+            store: id.to_owned(),
+            dry_run,
+            labels_removed: stats.labels,
+            objects_removed: stats.objects,
+            bytes_freed: stats.bytes,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let engine = self.engine().await?;
+        let store_id = store.store_id().clone();
+        // Labels first, in chunks; then every object (none is labelled any
+        // more, and the cutoff lies in the future); then the empty store.
+        loop {
+            let op = WriteOp::RemoveLabels {
+                store: store_id.clone(),
+                limit: GC_CHUNK * 4,
+            };
+            if !engine.writer.write(op).await? {
+                break;
+            }
+        }
+        let forever = i64::MAX;
+        let rows = store.read("listing objects", index::object_rows).await?;
+        (report.objects_removed, report.bytes_freed) = (0, 0);
+        for chunk in rows.chunks(GC_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|row| WriteOp::RemoveObject {
+                    store: store_id.clone(),
+                    digest: row.digest,
+                    cutoff: forever,
+                })
+                .collect();
+            for (row, removed) in chunk.iter().zip(engine.writer.write_all(ops).await) {
+                if removed? {
+                    report.objects_removed += 1;
+                    report.bytes_freed += row.size;
+                }
+            }
+        }
+        let op = WriteOp::RemoveEmptyStore {
+            store: store_id,
+            cutoff: forever,
+        };
+        engine.writer.write(op).await?;
         Ok(report)
     }
 }

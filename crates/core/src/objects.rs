@@ -1,7 +1,10 @@
 //! Object files: where content bytes live on disk.
 //!
-//! `stores/<store-id>/objects/<first 2 hex>/<remaining 62 hex>`. An object is
-//! written to `stores/<store-id>/tmp/` first and renamed into place, so a
+//! `stores/<store dir>/objects/<first 2 hex>/<remaining 62 hex>`, where the
+//! store directory is the store id with each capital letter written as `^`
+//! plus its small letter ([`store_dir_name`]), so that ids differing only in
+//! case never share a directory on a case-insensitive file system. An object
+//! is written to `stores/<store dir>/tmp/` first and renamed into place, so a
 //! reader or a crash sees either no file or the whole file. The shard level
 //! keeps directories small (256 of them, each with 1/256 of the objects).
 //!
@@ -32,7 +35,30 @@ impl ObjectFiles {
     }
 
     pub(crate) fn store_dir(&self, store: &StoreId) -> PathBuf {
-        self.stores_dir.join(store.as_str())
+        self.stores_dir.join(store_dir_name(store.as_str()))
+    }
+
+    /// Where the first release kept store `id`: its id verbatim.
+    pub(crate) fn legacy_store_dir(&self, id: &str) -> PathBuf {
+        self.stores_dir.join(id)
+    }
+
+    /// Whether the object's file holds exactly the bytes of `digest` now
+    /// (`false` when it is missing or damaged).
+    pub(crate) fn is_intact(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        let path = self.object_path(store, digest);
+        Ok(self.hash_file(store, &path)? == Some(digest))
+    }
+
+    /// Removes a store's directory and everything in it; a missing
+    /// directory is not an error.
+    pub(crate) fn remove_store_dir(&self, store: &StoreId) -> Result<()> {
+        let dir = self.store_dir(store);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_error(store, "removing store directory", &dir, source)),
+        }
     }
 
     pub(crate) fn tmp_dir(&self, store: &StoreId) -> PathBuf {
@@ -275,6 +301,23 @@ impl ObjectFiles {
     }
 }
 
+/// The directory name of store `id`: the id, with each ASCII capital letter
+/// written as `^` and its small letter. `^` is not allowed in ids, so the
+/// mapping is one-to-one, and two ids that differ only in case get names
+/// that differ even to a file system that ignores case (macOS, Windows).
+pub(crate) fn store_dir_name(id: &str) -> String {
+    let mut name = String::with_capacity(id.len());
+    for c in id.chars() {
+        if c.is_ascii_uppercase() {
+            name.push('^');
+            name.push(c.to_ascii_lowercase());
+        } else {
+            name.push(c);
+        }
+    }
+    name
+}
+
 /// A file found under a store's `objects/` directory.
 #[derive(Debug)]
 pub(crate) struct ObjectFile {
@@ -326,4 +369,21 @@ pub(crate) fn io_error(
 /// Makes the entries of `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_dir_name;
+
+    #[test]
+    fn store_dir_names_differ_for_ids_that_differ_only_in_case() {
+        assert_eq!(store_dir_name("abc-1.x_y"), "abc-1.x_y");
+        assert_eq!(store_dir_name("ABc"), "^a^bc");
+        let ids = ["abc", "ABC", "Abc", "aBC", "aBc"];
+        let folded: std::collections::BTreeSet<String> = ids
+            .iter()
+            .map(|id| store_dir_name(id).to_lowercase())
+            .collect();
+        assert_eq!(folded.len(), ids.len());
+    }
 }

@@ -27,6 +27,9 @@ pub const PACKAGE_MAGIC: &[u8; 16] = b"THEATER-STORE-PK";
 /// The format version this build writes and reads.
 pub const PACKAGE_VERSION: u32 = 1;
 
+/// Labels applied per index transaction on import.
+const LABELS_PER_TRANSACTION: usize = 1000;
+
 const OBJECT: u8 = b'O';
 const LABEL: u8 = b'L';
 const END: u8 = b'E';
@@ -42,6 +45,10 @@ pub struct PackageSummary {
     pub labels: u64,
     /// On import: objects the store did not hold before.
     pub new_objects: u64,
+    /// On export: objects that a concurrent collection removed before they
+    /// could be copied, left out of the package with any labels that
+    /// pointed at them (labels moved away from them after the snapshot).
+    pub vanished: Vec<crate::ContentRef>,
 }
 
 impl ContentStore {
@@ -89,16 +96,25 @@ impl ContentStore {
                 digest,
                 size,
                 staged: Some(path),
+                label: None,
             })
             .collect();
         for added in engine.writer.write_all(ops).await {
             summary.new_objects += u64::from(added?);
         }
-        let op = WriteOp::SetLabels {
-            store: self.store_id().clone(),
-            labels,
-        };
-        engine.writer.write(op).await?;
+        // Labels go in chunks, so that a package with many labels never
+        // holds the root's write lock for long; a failure part way leaves
+        // some labels applied, and importing again finishes the job.
+        let ops = labels
+            .chunks(LABELS_PER_TRANSACTION)
+            .map(|chunk| WriteOp::SetLabels {
+                store: self.store_id().clone(),
+                labels: chunk.to_vec(),
+            })
+            .collect();
+        for applied in engine.writer.write_all(ops).await {
+            applied?;
+        }
         Ok(summary)
     }
 }
@@ -110,12 +126,11 @@ fn export<W: Write>(
     out: W,
     progress: &dyn Progress,
 ) -> Result<(PackageSummary, W)> {
-    let labels = engine.readers.read("listing labels", |db| {
-        index::labels_page(db, store, prefix.unwrap_or(""), None, usize::MAX)
+    // Labels and objects as of one moment; content a collection removes
+    // after it is left out below, with the labels that pointed at it.
+    let (labels, rows) = engine.readers.read("listing labels and objects", |db| {
+        index::snapshot(db, store, prefix.unwrap_or(""))
     })?;
-    let rows = engine
-        .readers
-        .read("listing objects", |db| index::object_rows(db, store))?;
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
     let digests: BTreeSet<Digest> = match prefix {
         None => sizes.keys().copied().collect(),
@@ -137,13 +152,14 @@ fn export<W: Write>(
     for digest in &digests {
         let path = engine.objects.object_path(store, *digest);
         let read_error = |source| io_error(store, "reading object for export", &path, source);
-        let file = File::open(&path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => StoreError::NotFound {
-                store: store.to_string(),
-                reference: digest.to_hex(),
-            },
-            _ => read_error(source),
-        })?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                summary.vanished.push((*digest).into());
+                continue;
+            }
+            Err(source) => return Err(read_error(source)),
+        };
         let size = file.metadata().map_err(read_error)?.len();
         out.write_all(&[OBJECT]).map_err(write_error)?;
         out.write_all(&size.to_le_bytes()).map_err(write_error)?;
@@ -172,7 +188,12 @@ fn export<W: Write>(
         summary.objects += 1;
         summary.bytes += size;
     }
-    for (label, target) in &labels {
+    let vanished: BTreeSet<Digest> = summary
+        .vanished
+        .iter()
+        .map(|content_ref| content_ref.digest())
+        .collect::<Result<_>>()?;
+    for (label, target) in labels.iter().filter(|(_, t)| !vanished.contains(t)) {
         out.write_all(&[LABEL]).map_err(write_error)?;
         out.write_all(&(label.len() as u32).to_le_bytes())
             .map_err(write_error)?;

@@ -176,17 +176,92 @@ impl Engine {
             source,
         })?;
         let db = path.join("index.sqlite");
-        let connection = index::open_connection(&db, durability, true)
+        let mut connection = index::open_connection(&db, durability, true)
             .map_err(|source| index_error(&path, "opening", source))?;
-        index::create_schema(&connection)
-            .map_err(|source| index_error(&path, "creating schema", source))?;
         let objects = ObjectFiles::new(&path, durability);
+        index::create_schema(&mut connection, |db, version| {
+            if version == 1 {
+                move_stores_to_case_safe_dirs(db, &objects)?;
+            }
+            Ok(())
+        })
+        .map_err(|source| index_error(&path, "creating or upgrading schema", source))?;
         Ok(Arc::new(Self {
             readers: Readers::new(db, path.clone()),
             writer: Writer::spawn(connection, path, objects.clone(), durability),
             objects,
         }))
     }
+}
+
+/// Upgrades a root made by the first release, which named store directories
+/// by the id verbatim, to case-safe names (see `objects::store_dir_name`).
+/// Runs inside the schema upgrade's transaction, so concurrent openers wait
+/// and a crash half way is finished by the next open: moving is idempotent.
+fn move_stores_to_case_safe_dirs(
+    db: &rusqlite::Connection,
+    objects: &ObjectFiles,
+) -> std::result::Result<(), crate::error::BoxError> {
+    let ids = index::store_ids(db)?;
+    for id in ids
+        .iter()
+        .filter(|id| id.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        let store = StoreId::parse(id)?;
+        let (old, new) = (objects.legacy_store_dir(id), objects.store_dir(&store));
+        if !old.exists() || new.exists() {
+            continue;
+        }
+        // On a case-insensitive file system, ids that differ only in case
+        // shared one directory: copy this store's own objects out of it
+        // rather than take the other store's files along.
+        let shares_dir = ids
+            .iter()
+            .any(|other| other != id && other.eq_ignore_ascii_case(id));
+        if shares_dir && !same_dir_name_is_distinct(&old, id) {
+            for digest in index::objects(db, &store)? {
+                let target = objects.object_path(&store, digest);
+                std::fs::create_dir_all(target.parent().expect("objects have a shard"))?;
+                let source = old.join(objects.object_path(&store, digest).strip_prefix(&new)?);
+                std::fs::copy(&source, &target)?;
+            }
+        } else {
+            std::fs::rename(&old, &new)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file system tells the directory `dir` (named `id`) apart
+/// from the same name in other case, i.e. whether it is case-sensitive there.
+fn same_dir_name_is_distinct(dir: &Path, id: &str) -> bool {
+    let flipped: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_uppercase() {
+                c.to_ascii_lowercase()
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
+        .collect();
+    let other = dir.with_file_name(flipped);
+    match (std::fs::metadata(dir), std::fs::metadata(&other)) {
+        (Ok(_), Err(_)) => true,
+        (Ok(a), Ok(b)) => !same_file(&a, &b),
+        _ => true,
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    true
 }
 
 /// Runs blocking filesystem or database work off the async executor.

@@ -1,8 +1,9 @@
 //! [`ContentStore`]: the API that host-side Rust code and the wasm host use.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::index::{self, Expect, StoreStats, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{Engine, StoreRoot, blocking};
@@ -20,6 +21,38 @@ fn recently_stored(engine: &Engine, store: &StoreId, digest: Digest) -> Result<b
     })?;
     let fresh_since = index::unix_now() - REFRESH_AFTER.as_millis() as i64;
     Ok(stored_at.is_some_and(|at| at >= fresh_since))
+}
+
+/// Hashes `content` and writes it to a temporary file of `store`, unless
+/// the store holds it already (and `force_write` is off). Returns the digest
+/// and the staged file, if one was written.
+fn stage(
+    engine: &Engine,
+    store: &StoreId,
+    content: &[u8],
+    force_write: bool,
+) -> Result<(Digest, Option<PathBuf>)> {
+    if content.len() >= PARALLEL_WRITE_MIN {
+        // Large content: hash on a second thread while this one writes the
+        // temporary file, so the cost is the slower of the two rather than
+        // their sum.
+        let (digest, staged) = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| Digest::of(content));
+            let staged = engine.objects.write_temp(store, content);
+            (hashing.join().expect("hashing does not panic"), staged)
+        });
+        let staged = staged?;
+        if !force_write && recently_stored(engine, store, digest)? {
+            let _ = std::fs::remove_file(&staged);
+            return Ok((digest, None));
+        }
+        return Ok((digest, Some(staged)));
+    }
+    let digest = Digest::of(content);
+    if !force_write && recently_stored(engine, store, digest)? {
+        return Ok((digest, None));
+    }
+    Ok((digest, Some(engine.objects.write_temp(store, content)?)))
 }
 
 /// Content from this size up is hashed and written in parallel.
@@ -95,47 +128,58 @@ impl ContentStore {
     /// returns the same ref and keeps one copy (large content is written to
     /// a temporary file while it is hashed, then dropped if already held).
     pub async fn store(&self, content: impl Into<Vec<u8>>) -> Result<ContentRef> {
-        let content = content.into();
+        self.store_labelled(content.into(), None).await
+    }
+
+    /// Stores `content` and, when `label` is given, points it at the
+    /// content in the same index transaction, so that no collection can
+    /// come between the two.
+    async fn store_labelled(&self, content: Vec<u8>, label: Option<&str>) -> Result<ContentRef> {
         let engine = self.root.engine().await?;
-        let store = self.id.clone();
         let size = content.len() as u64;
-        let (digest, staged) = blocking({
-            let engine = Arc::clone(&engine);
-            move || {
-                if content.len() >= PARALLEL_WRITE_MIN {
-                    // Large content: hash on a second thread while this one
-                    // writes the temporary file, so the cost is the slower
-                    // of the two rather than their sum.
-                    let (digest, staged) = std::thread::scope(|scope| {
-                        let hashing = scope.spawn(|| Digest::of(&content));
-                        let staged = engine.objects.write_temp(&store, &content);
-                        (hashing.join().expect("hashing does not panic"), staged)
-                    });
-                    let staged = staged?;
-                    if recently_stored(&engine, &store, digest)? {
-                        let _ = std::fs::remove_file(&staged);
-                        return Ok((digest, None));
-                    }
-                    return Ok((digest, Some(staged)));
-                }
-                let digest = Digest::of(&content);
-                if recently_stored(&engine, &store, digest)? {
-                    return Ok((digest, None));
-                }
-                Ok((digest, Some(engine.objects.write_temp(&store, &content)?)))
+        let content = Arc::new(content);
+        // Content already held is not written again, only re-recorded with
+        // the label. If a collection removes it in between, the writer says
+        // so, and the second attempt writes it.
+        let mut force_write = false;
+        loop {
+            let (digest, staged) = blocking({
+                let engine = Arc::clone(&engine);
+                let store = self.id.clone();
+                let content = Arc::clone(&content);
+                move || stage(&engine, &store, &content, force_write)
+            })
+            .await?;
+            if staged.is_none() && label.is_none() {
+                return Ok(digest.into());
             }
-        })
-        .await?;
-        if let Some(staged) = staged {
             let op = WriteOp::AddObject {
                 store: self.id.clone(),
                 digest,
                 size,
-                staged: Some(staged),
+                staged,
+                label: label.map(str::to_owned),
             };
-            engine.writer.write(op).await?;
+            match engine.writer.write(op).await {
+                Err(StoreError::NotFound { .. }) if !force_write => force_write = true,
+                outcome => return outcome.map(|_| digest.into()),
+            }
         }
-        Ok(digest.into())
+    }
+
+    /// The size of the content behind `content_ref`, without reading it.
+    /// Fails with [`StoreError::NotFound`] when the store does not hold it.
+    pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
+        let digest = content_ref.digest()?;
+        let size = self
+            .read("looking up object", move |db, store| {
+                index::object_size(db, store, digest)
+            })
+            .await?;
+        size.ok_or_else(|| StoreError::NotFound {
+            store: self.id.to_string(),
+            reference: digest.to_hex(),
+        })
     }
 
     /// The content behind `content_ref`, re-hashed on the way out: bytes that
@@ -200,16 +244,14 @@ impl ContentStore {
         }
     }
 
-    /// Stores `content` and points `label` at it.
+    /// Stores `content` and points `label` at it, in one index transaction.
     pub async fn store_at_label(
         &self,
         label: &str,
         content: impl Into<Vec<u8>>,
     ) -> Result<ContentRef> {
         validate_label(label)?;
-        let content_ref = self.store(content).await?;
-        self.label(label, &content_ref).await?;
-        Ok(content_ref)
+        self.store_labelled(content.into(), Some(label)).await
     }
 
     /// Same as [`ContentStore::store_at_label`]; reads better for updates.
@@ -315,7 +357,7 @@ impl ContentStore {
     /// Runs an index query on the calling thread. Point queries and pages
     /// take microseconds (WAL readers never wait for writers), far less than
     /// a hop to the blocking pool and back.
-    async fn read<T>(
+    pub(crate) async fn read<T>(
         &self,
         action: &'static str,
         query: impl FnOnce(&rusqlite::Connection, &StoreId) -> rusqlite::Result<T>,

@@ -2,19 +2,24 @@
 //! applies queued writes in batches (group commit).
 //!
 //! Callers write new content to temporary files, then queue the change and
-//! wait for its acknowledgement. The thread takes every queued change at
-//! once and applies each in its own savepoint (so one failing change does
-//! not fail its neighbours); publishing renames the temporary file into
-//! place there, under the index's write lock, so that a garbage collection
-//! in this or any other process never interleaves with a publish. Then it
-//! fsyncs the object directories the batch touched (synced mode only) and
-//! commits once. In synced mode that is one WAL fsync
-//! and one fsync per touched directory for the whole batch, instead of per
-//! call: the more concurrent writers, the cheaper each write.
+//! wait for its acknowledgement. The thread takes up to [`MAX_BATCH`]
+//! queued changes at once, drops those whose caller has given up, and
+//! applies the rest in transactions of at most [`MAX_TRANSACTION_TIME`]
+//! each, so that no process waits long for the root's write lock. Each
+//! change gets its own savepoint (one failing change does not fail its
+//! neighbours). Publishing renames the temporary file into place inside
+//! the transaction, under the index's write lock, so that a garbage
+//! collection in this or any other process never interleaves with it.
+//!
+//! In synced mode on Linux the order is: one `syncfs` before the
+//! transaction's first rename (the staged files' contents), the renames and
+//! index rows, the commit, then one more `syncfs` (the renames and the
+//! WAL); only then are the callers answered.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -24,8 +29,12 @@ use crate::index::{self, WriteOp, index_error};
 use crate::objects::ObjectFiles;
 use crate::root::Durability;
 
-/// The most changes committed in one transaction.
+/// The most changes taken from the queue at once.
 const MAX_BATCH: usize = 1024;
+
+/// How long one transaction keeps applying changes before it commits and
+/// lets other processes at the root's write lock.
+const MAX_TRANSACTION_TIME: Duration = Duration::from_millis(50);
 
 struct Job {
     op: WriteOp,
@@ -105,45 +114,71 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut connection, batch, root, objects, durability);
+        let mut batch = batch.into_iter().filter_map(drop_abandoned).peekable();
+        while batch.peek().is_some() {
+            commit_some(&mut connection, &mut batch, root, objects, durability);
+        }
     }
 }
 
-fn commit_batch(
+/// Keeps a job whose caller still waits. A caller that gave up (its call
+/// timed out, its task was dropped) was never acknowledged, so its change
+/// is dropped rather than applied behind its back, staged file and all.
+fn drop_abandoned(job: Job) -> Option<Job> {
+    if !job.reply.is_closed() {
+        return Some(job);
+    }
+    if let WriteOp::AddObject {
+        staged: Some(staged),
+        ..
+    } = &job.op
+    {
+        let _ = std::fs::remove_file(staged);
+    }
+    None
+}
+
+/// Applies jobs from `batch` in one transaction until it is empty or the
+/// transaction has run for [`MAX_TRANSACTION_TIME`], commits, makes the
+/// result durable (synced mode) and answers those jobs' callers.
+fn commit_some(
     connection: &mut Connection,
-    batch: Vec<Job>,
+    batch: &mut std::iter::Peekable<impl Iterator<Item = Job>>,
     root: &Path,
     objects: &ObjectFiles,
     durability: Durability,
 ) {
-    let (ops, replies): (Vec<WriteOp>, Vec<_>) =
-        batch.into_iter().map(|job| (job.op, job.reply)).unzip();
-    // Synced mode: the staged files' contents must be durable before they
-    // are renamed into place, so a crash can never expose a renamed but
-    // empty object. One flush covers the whole batch.
-    let stages_files = ops.iter().any(|op| {
-        matches!(
-            op,
-            WriteOp::AddObject {
-                staged: Some(_),
-                ..
-            }
-        )
-    });
-    if durability == Durability::Synced
-        && stages_files
-        && cfg!(target_os = "linux")
-        && let Err(source) = make_durable(root, &BTreeSet::new())
-    {
-        let message = format!("staged objects could not be made durable: {source}");
-        return fail_all(replies, root, "syncing to disk", &message);
-    }
+    let started = Instant::now();
+    let mut replies = Vec::new();
     let outcome = (|| {
         let mut transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut touched = BTreeSet::new();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut results = Vec::new();
+        let mut staged_files_synced = false;
+        while started.elapsed() < MAX_TRANSACTION_TIME
+            && let Some(Job { op, reply }) = batch.next()
+        {
+            // Synced mode: a staged file's content must be durable before
+            // it is renamed into place, so that a crash never exposes a
+            // renamed but empty object.
+            if durability == Durability::Synced
+                && cfg!(target_os = "linux")
+                && matches!(
+                    op,
+                    WriteOp::AddObject {
+                        staged: Some(_),
+                        ..
+                    }
+                )
+                && !std::mem::replace(&mut staged_files_synced, true)
+                && let Err(source) = make_durable(root, &touched)
+            {
+                replies.push(reply);
+                let message = format!("staged objects could not be made durable: {source}");
+                return Ok(Err(message));
+            }
+            replies.push(reply);
             let savepoint = transaction.savepoint()?;
             let result = match index::apply(&savepoint, objects, op, &mut touched) {
                 Ok(Ok(applied)) => {

@@ -2,7 +2,11 @@
 
 use std::collections::HashSet;
 
-use theater_store::{ContentRef, ContentStore, StoreRoot};
+use std::time::Instant;
+
+use theater_store::{
+    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreError, StoreRoot, label_footprint,
+};
 
 use crate::policy::{Access, Grants, Limits};
 
@@ -23,6 +27,8 @@ pub struct StoreCtx {
     logs: Vec<String>,
     dropped_log_lines: usize,
     shutdown: Option<Option<Vec<u8>>>,
+    bytes_added: u64,
+    deadline: Option<Instant>,
 }
 
 impl StoreCtx {
@@ -36,7 +42,22 @@ impl StoreCtx {
             logs: Vec::new(),
             dropped_log_lines: 0,
             shutdown: None,
+            bytes_added: 0,
+            deadline: None,
         }
+    }
+
+    /// Host calls still waiting for the store when `deadline` passes give
+    /// up with a timeout error. [`ActorHost`](crate::ActorHost) sets it from
+    /// [`Limits::timeout`] at the start of each run.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Footprint this actor has added across its stores so far (see
+    /// [`Limits::max_actor_bytes`]).
+    pub fn bytes_added(&self) -> u64 {
+        self.bytes_added
     }
 
     /// The limits in force.
@@ -81,9 +102,18 @@ impl StoreCtx {
         self.shutdown = Some(data);
     }
 
-    /// Makes a new store owned by this actor.
+    /// Makes a new store owned by this actor, up to
+    /// [`Limits::max_stores_created`] per run.
     pub(crate) async fn create_store(&mut self) -> Result<String, String> {
-        let store = self.root.create_store().await.map_err(|e| e.to_string())?;
+        if self.created.len() >= self.limits.max_stores_created {
+            return Err(format!(
+                "this actor has created {} stores, the most one run may create",
+                self.created.len()
+            ));
+        }
+        let store = self
+            .within_deadline(async { self.root.create_store().await.map_err(message) })
+            .await?;
         self.created.insert(store.id().to_owned());
         Ok(store.id().to_owned())
     }
@@ -92,7 +122,7 @@ impl StoreCtx {
     /// explains why not. Checks the id's form, then the grants; touches no
     /// disk either way.
     pub(crate) fn open(&self, id: &str, needed: Access) -> Result<ContentStore, String> {
-        let store = self.root.store(id).map_err(|e| e.to_string())?;
+        let store = self.root.store(id).map_err(message)?;
         let granted = if self.created.contains(id) {
             Some(Access::ReadWrite)
         } else {
@@ -109,40 +139,160 @@ impl StoreCtx {
         }
     }
 
-    /// Checks a write of `content` into `store` against the size limit and
-    /// the store's quota. Content the store already holds costs nothing.
-    pub(crate) async fn admit(&self, store: &ContentStore, content: &[u8]) -> Result<(), String> {
+    /// Runs a host call, giving up with a timeout error once the actor's
+    /// deadline passes (a change whose caller gave up is not applied).
+    /// The actor itself is stopped by the deadline as soon as it runs again.
+    pub(crate) async fn within_deadline<T>(
+        &self,
+        call: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let Some(deadline) = self.deadline else {
+            return call.await;
+        };
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "timed out: the actor's {:?} deadline passed while this call waited for the store",
+                self.limits.timeout
+            )),
+        }
+    }
+
+    /// Checks a write into `store` against the size limit, the store's
+    /// quota and the actor's budget, and charges the budget. `content` is
+    /// the content written, if any; `label` the label set, if any. Content
+    /// the store already holds, and labels it already has, cost nothing.
+    pub(crate) async fn admit(
+        &mut self,
+        store: &ContentStore,
+        content: Option<&[u8]>,
+        label: Option<&str>,
+    ) -> Result<(), String> {
+        let cost = self
+            .within_deadline(self.cost_of(store, content, label))
+            .await?;
+        if cost.bytes == 0 {
+            return Ok(());
+        }
         let limits = &self.limits;
-        if content.len() > limits.max_content_bytes {
+        let stats = self
+            .within_deadline(async { store.stats().await.map_err(message) })
+            .await?;
+        let footprint = stats.footprint();
+        if footprint.saturating_add(cost.bytes) > limits.max_store_bytes
+            || (cost.new_object && stats.objects >= limits.max_store_objects)
+        {
             return Err(format!(
-                "content of {} bytes is over the limit of {} bytes per call (store {})",
-                content.len(),
-                limits.max_content_bytes,
+                "store {} quota exceeded: it takes {footprint} bytes on disk in {} objects and \
+                 {} labels, the quota is {} bytes and {} objects, and this call adds {} bytes",
+                store.id(),
+                stats.objects,
+                stats.labels,
+                limits.max_store_bytes,
+                limits.max_store_objects,
+                cost.bytes
+            ));
+        }
+        if self.bytes_added.saturating_add(cost.bytes) > limits.max_actor_bytes {
+            return Err(format!(
+                "actor quota exceeded: this actor has added {} bytes across its stores in this \
+                 run, the quota is {} bytes, and this call to store {} adds {} bytes",
+                self.bytes_added,
+                limits.max_actor_bytes,
+                store.id(),
+                cost.bytes
+            ));
+        }
+        self.bytes_added += cost.bytes;
+        Ok(())
+    }
+
+    /// What a write would add to the store's footprint.
+    async fn cost_of(
+        &self,
+        store: &ContentStore,
+        content: Option<&[u8]>,
+        label: Option<&str>,
+    ) -> Result<WriteCost, String> {
+        let mut cost = WriteCost::default();
+        if let Some(content) = content {
+            if content.len() > self.limits.max_content_bytes {
+                return Err(format!(
+                    "content of {} bytes is over the limit of {} bytes per call (store {})",
+                    content.len(),
+                    self.limits.max_content_bytes,
+                    store.id()
+                ));
+            }
+            let content_ref = ContentRef::for_content(content);
+            if !store.exists(&content_ref).await.map_err(message)? {
+                cost.new_object = true;
+                cost.bytes = content.len() as u64 + OBJECT_OVERHEAD_BYTES;
+            }
+        }
+        if let Some(label) = label
+            && store.get_by_label(label).await.map_err(message)?.is_none()
+        {
+            cost.bytes += label_footprint(label.len() as u64, 1);
+        }
+        Ok(cost)
+    }
+
+    /// Refuses to read content that the actor could not take in one call,
+    /// before reading it: over [`Limits::max_content_bytes`], or over the
+    /// memory the actor may have.
+    pub(crate) async fn admit_read(
+        &self,
+        store: &ContentStore,
+        content_ref: &ContentRef,
+    ) -> Result<(), String> {
+        let size = self
+            .within_deadline(async { store.content_size(content_ref).await.map_err(message) })
+            .await?;
+        let limit = (self.limits.max_content_bytes as u64).min(self.limits.max_memory_bytes as u64);
+        if size > limit {
+            return Err(format!(
+                "store {}: content {content_ref} is {size} bytes, over the {limit} bytes one call \
+                 may return to this actor; store large content in parts (streamed reads are planned)",
                 store.id()
             ));
         }
-        let stats = store.stats().await.map_err(|e| e.to_string())?;
-        let over_bytes = stats.bytes.saturating_add(content.len() as u64) > limits.max_store_bytes;
-        let over_objects = stats.objects >= limits.max_store_objects;
-        if !(over_bytes || over_objects) {
-            return Ok(());
-        }
-        let already_stored = store
-            .exists(&ContentRef::for_content(content))
-            .await
-            .map_err(|e| e.to_string())?;
-        if already_stored {
-            return Ok(());
-        }
-        Err(format!(
-            "store {} quota exceeded: it holds {} bytes in {} objects, the quota is {} bytes \
-             and {} objects, and this call adds {} bytes",
-            store.id(),
-            stats.bytes,
-            stats.objects,
-            limits.max_store_bytes,
-            limits.max_store_objects,
-            content.len()
-        ))
+        Ok(())
     }
+
+    /// Refuses a listing longer than [`Limits::max_list_entries`] or
+    /// [`Limits::max_list_bytes`].
+    pub(crate) fn admit_listing(
+        &self,
+        store: &ContentStore,
+        entries: usize,
+        bytes: usize,
+        what: &str,
+    ) -> Result<(), String> {
+        let limits = &self.limits;
+        if entries > limits.max_list_entries || bytes > limits.max_list_bytes {
+            return Err(format!(
+                "store {} has too many {what} to list in one call (the limit is {} entries and \
+                 {} bytes); list them page by page from the host (`theater-store labels \
+                 --limit N --after LAST`)",
+                store.id(),
+                limits.max_list_entries,
+                limits.max_list_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a write adds to a store.
+#[derive(Default)]
+struct WriteCost {
+    bytes: u64,
+    new_object: bool,
+}
+
+/// The text a guest gets for a core error: the core's message, which names
+/// the store, label or ref.
+pub(crate) fn message(error: StoreError) -> String {
+    error.to_string()
 }

@@ -48,18 +48,41 @@ impl Grants {
 
 /// Resource limits for one actor. The defaults suit trusted-but-buggy
 /// actors on a small machine; tighten them for untrusted code.
+///
+/// Space is counted as it is taken on disk
+/// ([`theater_store::StoreStats::footprint`]): content, plus a per-object
+/// overhead, plus labels.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest content one `store`-family call may pass.
+    /// Largest content one `store`-family call may pass, and one `get` may return.
     pub max_content_bytes: usize,
-    /// Largest total of distinct content a store may hold once written by
-    /// an actor (checked before each write).
+    /// Largest footprint a store may reach through this actor's writes:
+    /// content, per-object overhead and labels (checked before each write).
     pub max_store_bytes: u64,
     /// Most distinct objects a store may hold once written by an actor.
     pub max_store_objects: u64,
-    /// Largest linear memory the actor may grow to.
+    /// Most footprint the actor may add in one run, across every store it
+    /// writes, so that many stores each under quota cannot fill the disk.
+    pub max_actor_bytes: u64,
+    /// Most stores the actor may create with `new` in one run.
+    pub max_stores_created: usize,
+    /// Most entries one `list-labels` or `list-all-content` may return;
+    /// larger stores must be listed page by page from the host side.
+    pub max_list_entries: usize,
+    /// Most bytes of text one listing may return.
+    pub max_list_bytes: usize,
+    /// Most memory the actor may have: the sum over all its linear memories,
+    /// plus its tables at 8 bytes per element.
     pub max_memory_bytes: usize,
-    /// Wall-clock budget for one call into the actor (`init`), host calls included.
+    /// Most core instances, linear memories and tables the actor may make
+    /// (each count on its own).
+    pub max_instances: usize,
+    /// See [`Limits::max_instances`].
+    pub max_memories: usize,
+    /// See [`Limits::max_instances`].
+    pub max_tables: usize,
+    /// Wall-clock budget for one call into the actor (`init`), host calls
+    /// included: a host call still waiting when it passes gives up.
     pub timeout: Duration,
     /// Most log lines kept per call; further lines are counted, not kept.
     pub max_log_lines: usize,
@@ -71,7 +94,14 @@ impl Default for Limits {
             max_content_bytes: 64 << 20,
             max_store_bytes: 1 << 30,
             max_store_objects: 1_000_000,
+            max_actor_bytes: 1 << 30,
+            max_stores_created: 100,
+            max_list_entries: 10_000,
+            max_list_bytes: 4 << 20,
             max_memory_bytes: 256 << 20,
+            max_instances: 64,
+            max_memories: 16,
+            max_tables: 64,
             timeout: Duration::from_secs(30),
             max_log_lines: 10_000,
         }

@@ -74,7 +74,8 @@ pub enum ActorFailure {
     /// The actor ran past [`Limits::timeout`] and was stopped.
     #[error("the actor ran past its {0:?} deadline and was stopped")]
     TimedOut(Duration),
-    /// The actor tried to grow its memory past [`Limits::max_memory_bytes`].
+    /// The actor tried to grow its memories and tables, all together, past
+    /// [`Limits::max_memory_bytes`].
     #[error("the actor tried to grow its memory past the {limit} byte limit and trapped: {trap}")]
     OutOfMemory {
         /// The limit in force.
@@ -151,14 +152,13 @@ impl ActorHost {
     ) -> ActorRun {
         let limits = options.limits.clone();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
+        store_ctx.set_deadline(std::time::Instant::now().checked_add(limits.timeout));
         let data = ActorState {
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
-            store: StoreCtx::new(self.root.clone(), options.grants, options.limits),
-            memory: MemoryLimiter {
-                max_bytes: limits.max_memory_bytes,
-                refused: false,
-            },
+            store: store_ctx,
+            memory: ActorLimiter::new(&limits),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.memory);
@@ -166,6 +166,10 @@ impl ActorHost {
         store.epoch_deadline_trap();
 
         let outcome = match actor.pre.instantiate_async(&mut store).await {
+            Err(error) if store.data().memory.refused => Err(ActorFailure::OutOfMemory {
+                limit: limits.max_memory_bytes,
+                trap: format!("{error:#}"),
+            }),
             Err(error) => Err(ActorFailure::Instantiation(format!("{error:#}"))),
             Ok(instance) => {
                 let call = instance
@@ -239,7 +243,7 @@ struct ActorState {
     wasi: WasiCtx,
     table: ResourceTable,
     store: StoreCtx,
-    memory: MemoryLimiter,
+    memory: ActorLimiter,
 }
 
 impl WasiView for ActorState {
@@ -257,32 +261,80 @@ impl StoreView for ActorState {
     }
 }
 
-/// Caps linear memory, remembering whether it had to refuse, so that the
-/// trap that follows a refused `memory.grow` can be reported as what it is.
-struct MemoryLimiter {
+/// Bytes charged per table element: a pointer-sized reference.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// Caps what an actor's instances may allocate, all together: every linear
+/// memory and table counts against one [`Limits::max_memory_bytes`], so a
+/// component with many memories gets no more than one with a single
+/// memory. Remembers whether it had to refuse, so that the trap that
+/// follows can be reported as what it is.
+struct ActorLimiter {
     max_bytes: usize,
+    used_bytes: usize,
+    max_instances: usize,
+    max_memories: usize,
+    max_tables: usize,
     refused: bool,
 }
 
-impl ResourceLimiter for MemoryLimiter {
+impl ActorLimiter {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            max_bytes: limits.max_memory_bytes,
+            used_bytes: 0,
+            max_instances: limits.max_instances,
+            max_memories: limits.max_memories,
+            max_tables: limits.max_tables,
+            refused: false,
+        }
+    }
+
+    /// Grows the total by `added` bytes if that stays within the limit.
+    fn charge(&mut self, added: usize) -> bool {
+        match self.used_bytes.checked_add(added) {
+            Some(total) if total <= self.max_bytes => {
+                self.used_bytes = total;
+                true
+            }
+            _ => {
+                self.refused = true;
+                false
+            }
+        }
+    }
+}
+
+impl ResourceLimiter for ActorLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_bytes;
-        self.refused |= !allowed;
-        Ok(allowed)
+        Ok(self.charge(desired.saturating_sub(current)))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let added = desired.saturating_sub(current);
+        Ok(self.charge(added.saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.max_memories
+    }
+
+    fn tables(&self) -> usize {
+        self.max_tables
     }
 }
 
