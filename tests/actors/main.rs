@@ -2,6 +2,7 @@
 //! checked by reading the store back through the core API.
 
 mod compat;
+mod hardening;
 mod hostile;
 mod patterns;
 

@@ -126,6 +126,14 @@ enum Command {
         /// The package file.
         file: PathBuf,
     },
+    /// Remove a store with all its labels and content.
+    RmStore {
+        /// The store id.
+        store: String,
+        /// Report what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Options of `theater-store run`.
@@ -148,9 +156,19 @@ struct RunArgs {
     /// The actor's memory limit (e.g. 64MiB, 1GiB).
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     memory_limit: Option<usize>,
-    /// Stop the actor after this many seconds.
+    /// Stop the actor after this many seconds, host calls included [default: 30].
     #[arg(long, value_name = "SECS", value_parser = parse::seconds)]
     timeout: Option<Duration>,
+    /// Most space a store may take through the actor's writes: content,
+    /// per-object overhead and labels [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    store_quota: Option<usize>,
+    /// Most space the actor may add across all stores in this run [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    actor_quota: Option<usize>,
+    /// Most stores the actor may create [default: 100].
+    #[arg(long, value_name = "N")]
+    max_stores: Option<usize>,
 }
 
 /// The root the command works on.
@@ -218,5 +236,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => stores::export(&root, &store, prefix.as_deref(), &output, json).await,
         Command::Import { store, file } => stores::import(&root, &store, &file, json).await,
+        Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
     }
 }

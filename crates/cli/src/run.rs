@@ -10,7 +10,7 @@ use theater_store::StoreRoot;
 use theater_store_host::{Access, ActorHost, Grants, Limits, RunOptions};
 
 use crate::RunArgs;
-use crate::stores::print_json;
+use crate::stores::{print_json, printable, temp_file_beside};
 
 pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
     let host = ActorHost::new(root.clone())?;
@@ -37,6 +37,13 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
     let limits = Limits {
         max_memory_bytes: args.memory_limit.unwrap_or(defaults.max_memory_bytes),
         timeout: args.timeout.unwrap_or(defaults.timeout),
+        max_store_bytes: args
+            .store_quota
+            .map_or(defaults.max_store_bytes, |q| q as u64),
+        max_actor_bytes: args
+            .actor_quota
+            .map_or(defaults.max_actor_bytes, |q| q as u64),
+        max_stores_created: args.max_stores.unwrap_or(defaults.max_stores_created),
         ..defaults
     };
     let run = host
@@ -44,7 +51,7 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         .await;
 
     for line in &run.logs {
-        eprintln!("[actor] {line}");
+        eprintln!("[actor] {}", printable(line));
     }
     if run.dropped_log_lines > 0 {
         eprintln!(
@@ -60,7 +67,8 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         Err(failure) => {
             eprintln!("error: actor {}: {failure}", args.actor.display());
             if !run.stderr.is_empty() {
-                eprintln!("actor stderr:\n{}", run.stderr.trim_end());
+                let stderr: Vec<_> = run.stderr.trim_end().lines().map(printable).collect();
+                eprintln!("actor stderr:\n{}", stderr.join("\n"));
             }
             if json {
                 print_json(&json!({"ok": false, "error": failure.to_string(), "logs": run.logs}))?;
@@ -109,8 +117,11 @@ fn write_state(path: &Path, state: Option<&[u8]>) -> anyhow::Result<()> {
             _ => Ok(()),
         };
     };
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, state)
-        .and_then(|()| std::fs::rename(&partial, path))
+    let mut partial = temp_file_beside(path)?;
+    partial
+        .write_all(state)
+        .and_then(|()| partial.as_file().sync_all())
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(partial.persist(path).map(drop)?))
         .with_context(|| format!("writing state file {}", path.display()))
 }

@@ -12,6 +12,37 @@ use theater_store::{ContentRef, ContentStore, GcOptions, StoreRoot};
 
 use crate::progress::Bar;
 
+/// `text` with control characters escaped (`\n`, `\t`, `\u{1b}`), so that
+/// text from a label or an actor can neither forge output lines nor steer
+/// the terminal. JSON output escapes them by itself.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// A uniquely named temporary file beside `path`, to be renamed onto it
+/// once whole: a failure leaves no partial file, and concurrent writers of
+/// nearby paths never share a temporary file.
+pub fn temp_file_beside(path: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
 /// Prints `value` as one line of JSON.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
@@ -81,7 +112,7 @@ pub async fn labels(
         print_json(&page)?;
     } else {
         for entry in page {
-            println!("{}\t{}", entry.label, entry.content_ref);
+            println!("{}\t{}", printable(&entry.label), entry.content_ref);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -246,14 +277,19 @@ pub async fn gc(
         for report in &reports {
             println!(
                 "{}: {verb} {} bytes in {} objects; kept {} labelled and {} within the grace period; \
-                 removed {} temporary and {} unindexed files",
+                 removed {} temporary and {} unindexed files{}",
                 report.store,
                 report.bytes_freed,
                 report.objects_removed,
                 report.kept_labelled,
                 report.kept_recent,
                 report.temp_files_removed,
-                report.unindexed_files_removed
+                report.unindexed_files_removed,
+                if report.store_removed {
+                    "; the store was empty and is removed"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -268,10 +304,10 @@ pub async fn export(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
-    // Write beside the target and rename, so a failed export leaves no partial package.
-    let partial = output.with_extension("partial");
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
+    // The core writes on a blocking thread, so it gets its own handle to
+    // the temporary file.
+    let partial = temp_file_beside(output)?;
+    let file = partial.as_file().try_clone()?;
     let bar = Bar::new(&format!("exporting {}", store.id()), true);
     let exported = store.export_package(prefix, file, bar.clone()).await;
     bar.finish();
@@ -279,20 +315,17 @@ pub async fn export(
         .map_err(anyhow::Error::from)
         .and_then(|(summary, file)| {
             file.sync_all()?;
-            std::fs::rename(&partial, output)?;
+            partial.persist(output)?;
             Ok(summary)
         });
-    let summary = match finished {
-        Ok(summary) => summary,
-        Err(error) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(error.context(format!(
-                "exporting store {} to {}",
-                store.id(),
-                output.display()
-            )));
-        }
-    };
+    let summary = finished
+        .with_context(|| format!("exporting store {} to {}", store.id(), output.display()))?;
+    for content_ref in &summary.vanished {
+        eprintln!(
+            "note: content {content_ref} was removed by a concurrent collection during the export \
+             and is not in the package (nor is any label that pointed at it)"
+        );
+    }
     if json {
         print_json(&summary)?;
     } else {
@@ -336,6 +369,25 @@ pub async fn import(
             summary.bytes,
             summary.labels,
             store.id()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rm_store(
+    root: &StoreRoot,
+    store: &str,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = root.remove_store(store, dry_run).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{}: {verb} {} labels and {} objects ({} bytes)",
+            report.store, report.labels_removed, report.objects_removed, report.bytes_freed
         );
     }
     Ok(ExitCode::SUCCESS)

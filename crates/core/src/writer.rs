@@ -114,19 +114,19 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut batch = batch.into_iter().filter_map(drop_abandoned).peekable();
+        let mut batch = batch.into_iter().peekable();
         while batch.peek().is_some() {
             commit_some(&mut connection, &mut batch, root, objects, durability);
         }
     }
 }
 
-/// Keeps a job whose caller still waits. A caller that gave up (its call
-/// timed out, its task was dropped) was never acknowledged, so its change
-/// is dropped rather than applied behind its back, staged file and all.
-fn drop_abandoned(job: Job) -> Option<Job> {
+/// Whether the job's caller gave up (its call timed out, its task was
+/// dropped). Its change was never acknowledged, so it is dropped rather
+/// than applied behind the caller's back, staged file and all.
+fn abandoned(job: &Job) -> bool {
     if !job.reply.is_closed() {
-        return Some(job);
+        return false;
     }
     if let WriteOp::AddObject {
         staged: Some(staged),
@@ -135,7 +135,7 @@ fn drop_abandoned(job: Job) -> Option<Job> {
     {
         let _ = std::fs::remove_file(staged);
     }
-    None
+    true
 }
 
 /// Applies jobs from `batch` in one transaction until it is empty or the
@@ -157,8 +157,12 @@ fn commit_some(
         let mut results = Vec::new();
         let mut staged_files_synced = false;
         while started.elapsed() < MAX_TRANSACTION_TIME
-            && let Some(Job { op, reply }) = batch.next()
+            && let Some(job) = batch.next()
         {
+            if abandoned(&job) {
+                continue;
+            }
+            let Job { op, reply } = job;
             // Synced mode: a staged file's content must be durable before
             // it is renamed into place, so that a crash never exposes a
             // renamed but empty object.

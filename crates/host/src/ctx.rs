@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use theater_store::{
@@ -29,6 +30,7 @@ pub struct StoreCtx {
     shutdown: Option<Option<Vec<u8>>>,
     bytes_added: u64,
     deadline: Option<Instant>,
+    timed_out: AtomicBool,
 }
 
 impl StoreCtx {
@@ -44,6 +46,7 @@ impl StoreCtx {
             shutdown: None,
             bytes_added: 0,
             deadline: None,
+            timed_out: AtomicBool::new(false),
         }
     }
 
@@ -52,6 +55,11 @@ impl StoreCtx {
     /// [`Limits::timeout`] at the start of each run.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    /// Whether a host call gave up because the deadline passed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
     }
 
     /// Footprint this actor has added across its stores so far (see
@@ -151,10 +159,13 @@ impl StoreCtx {
         };
         match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
-                "timed out: the actor's {:?} deadline passed while this call waited for the store",
-                self.limits.timeout
-            )),
+            Err(_) => {
+                self.timed_out.store(true, Ordering::Relaxed);
+                Err(format!(
+                    "timed out: the actor's {:?} deadline passed while this call waited for the store",
+                    self.limits.timeout
+                ))
+            }
         }
     }
 

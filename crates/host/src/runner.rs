@@ -184,6 +184,12 @@ impl ActorHost {
             }
         };
         let data = store.data_mut();
+        // An actor whose host call gave up at the deadline may have carried
+        // on and returned; it still ran out of time.
+        let outcome = match outcome {
+            _ if data.store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            outcome => outcome,
+        };
         let (logs, dropped_log_lines) = data.store.take_logs();
         let mut created_stores: Vec<String> =
             data.store.created_stores().map(str::to_owned).collect();

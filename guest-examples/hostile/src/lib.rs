@@ -192,6 +192,77 @@ impl Actor for Hostile {
                 }
                 attempts.record(format!("{made} calls"), Ok::<_, String>(()));
             }
+            "store-flood" => {
+                let mut created = 0u32;
+                loop {
+                    match wit::new() {
+                        Ok(_) => created += 1,
+                        Err(error) => {
+                            attempts.record(
+                                format!("new after {created} stores"),
+                                Err::<(), _>(error),
+                            );
+                            break;
+                        }
+                    }
+                    if created >= 100_000 {
+                        attempts.record("store creation never limited", Ok::<_, String>(()));
+                        break;
+                    }
+                }
+            }
+            "fill-stores" => {
+                // Many stores, each kept under its quota, to fill the disk.
+                let chunk = params["chunk"].as_u64().unwrap_or(1 << 20) as usize;
+                let mut written = 0u64;
+                'stores: loop {
+                    let own = wit::new()?;
+                    for _ in 0..8 {
+                        let mut content = written.to_le_bytes().to_vec();
+                        content.resize(chunk, 0xEE);
+                        if let Err(error) = wit::store(&own, &content) {
+                            attempts.record(
+                                format!("store after {written} bytes"),
+                                Err::<(), _>(error),
+                            );
+                            break 'stores;
+                        }
+                        written += chunk as u64;
+                    }
+                    if written > 1 << 40 {
+                        attempts.record("never limited", Ok::<_, String>(()));
+                        break;
+                    }
+                }
+            }
+            "label-flood" => {
+                let own = wit::new()?;
+                let content = wit::store(&own, b"x")?;
+                let mut labelled = 0u32;
+                loop {
+                    let label = format!("{labelled:0>1020}");
+                    if let Err(error) = wit::label(&own, &label, &content) {
+                        attempts.record(
+                            format!("label after {labelled} labels"),
+                            Err::<(), _>(error),
+                        );
+                        break;
+                    }
+                    labelled += 1;
+                    if labelled >= 1_000_000 {
+                        attempts.record("labels never limited", Ok::<_, String>(()));
+                        break;
+                    }
+                }
+            }
+            "list-flood" => {
+                attempts.record("list labels", wit::list_labels(target));
+                attempts.record("list content", wit::list_all_content(target));
+            }
+            "get-huge" => {
+                let hash = params["ref"].as_str().unwrap_or_default();
+                attempts.record("get huge content", wit::get(target, &reference(hash)));
+            }
             "log-flood" => {
                 for i in 0..50_000 {
                     log(&format!("line {i}"));

@@ -18,8 +18,29 @@ pub fn object_path(root: &StoreRoot, store: &ContentStore, content_ref: &Content
     root.path()
         .unwrap()
         .join("stores")
-        .join(store.id())
+        .join(store_dir_name(store.id()))
         .join("objects")
         .join(&hash[..2])
         .join(&hash[2..])
+}
+
+/// The directory name the store uses for `id`: capital letters are written
+/// as `^` plus the small letter (see ARCHITECTURE.md).
+pub fn store_dir_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_uppercase() {
+                format!("^{}", c.to_ascii_lowercase())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Makes every object of the root look stored long ago, as if the root
+/// had been in use for a while.
+pub fn age_all_objects(root: &StoreRoot) {
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    db.execute("UPDATE objects SET stored_at = 0", []).unwrap();
 }
