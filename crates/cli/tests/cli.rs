@@ -62,7 +62,10 @@ impl Env {
     }
 }
 
+/// Where an object's file lives, for tests that damage it (store ids used
+/// here are lowercase, so the store directory is the id).
 fn object_file(root: &Path, store: &str, hash: &str) -> PathBuf {
+    assert!(!store.bytes().any(|b| b.is_ascii_uppercase()));
     root.join("stores")
         .join(store)
         .join("objects")
@@ -578,4 +581,183 @@ fn demo_runs_every_seed_pattern() {
     assert_eq!(patterns[3]["result"]["runs"], 3);
     assert_eq!(patterns[10]["result"]["well_formed"], true);
     env.cmd().arg("verify").assert().success();
+}
+
+#[test]
+fn rm_store_removes_one_store_and_dry_run_changes_nothing() {
+    let env = Env::new();
+    let hash = env.put("doomed", "going", Some("a"));
+    env.put("doomed", "unlabelled", None);
+    env.put("kept", "staying", Some("a"));
+    let dry = env.json(&["rm-store", "doomed", "--dry-run"]);
+    assert_eq!(
+        (
+            dry["labels_removed"].clone(),
+            dry["objects_removed"].clone()
+        ),
+        (1.into(), 2.into())
+    );
+    env.cmd()
+        .args(["cat", "doomed", &hash])
+        .assert()
+        .success()
+        .stdout("going");
+    env.cmd()
+        .args(["rm-store", "doomed"])
+        .assert()
+        .success()
+        .stdout(contains("doomed: removed 1 labels and 2 objects"));
+    let stores = env.json(&["stores"]);
+    let ids: Vec<&str> = stores
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["kept"]);
+    env.cmd()
+        .args(["cat", "doomed", &hash])
+        .assert()
+        .code(1)
+        .stderr(contains("not found"));
+    env.cmd()
+        .args(["cat", "kept", "--label", "a"])
+        .assert()
+        .success()
+        .stdout("staying");
+}
+
+#[test]
+fn concurrent_exports_into_one_directory_each_write_a_whole_package() {
+    let env = Env::new();
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    let file = env.file("big.bin", &big);
+    env.cmd()
+        .args(["put", "src", "--label", "big"])
+        .arg(&file)
+        .assert()
+        .success();
+    let out = env.dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for round in 0..3 {
+        let exports: Vec<_> = ["backup.a", "backup.b"]
+            .iter()
+            .map(|name| {
+                let mut cmd =
+                    std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"));
+                cmd.arg("--root")
+                    .arg(env.root())
+                    .args(["export", "src", "-o"])
+                    .arg(out.join(name))
+                    .stdout(std::process::Stdio::null());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        for mut export in exports {
+            assert!(export.wait().unwrap().success(), "round {round}");
+        }
+        for name in ["backup.a", "backup.b"] {
+            let target = Env::new();
+            target
+                .cmd()
+                .args(["import", "dst"])
+                .arg(out.join(name))
+                .assert()
+                .success();
+            target
+                .cmd()
+                .args(["cat", "dst", "--label", "big"])
+                .assert()
+                .success();
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(leftovers.len(), 2, "temporary files left behind");
+}
+
+#[test]
+fn label_text_cannot_forge_lines_or_steer_the_terminal() {
+    let env = Env::new();
+    let hash = env.put("s", "content", None);
+    let forged = format!("innocent\t{hash}\nforged\x1b[2K");
+    env.cmd()
+        .args(["label", "s", &forged, &hash])
+        .assert()
+        .success();
+    let out = env
+        .cmd()
+        .args(["labels", "s"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert!(out.contains(r"innocent\t"), "{out:?}");
+    // JSON keeps the label exact.
+    let labels = env.json(&["labels", "s"]);
+    assert_eq!(labels[0]["label"], forged.as_str());
+}
+
+#[test]
+fn run_takes_store_and_actor_quotas() {
+    let env = Env::new();
+    let actor = actor_file(&env, "hostile.wasm", theater_store_examples::HOSTILE);
+    let out = env
+        .cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--max-stores",
+            "3",
+            "--param",
+            r#"{"attack":"store-flood"}"#,
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let state: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(state["attempts"][0]["what"], "new after 3 stores");
+
+    let out = env
+        .cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--store-quota",
+            "1MiB",
+            "--param",
+            r#"{"attack":"label-flood"}"#,
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let state: Value = serde_json::from_slice(&out).unwrap();
+    let error = state["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("quota is 1048576 bytes"), "{error}");
+
+    let out = env
+        .cmd()
+        .arg("run")
+        .arg(&actor)
+        .args([
+            "--actor-quota",
+            "2MiB",
+            "--param",
+            r#"{"attack":"fill-stores","chunk":262144}"#,
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let state: Value = serde_json::from_slice(&out).unwrap();
+    let error = state["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("actor quota exceeded"), "{error}");
 }

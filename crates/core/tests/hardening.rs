@@ -7,11 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{age_all_objects, object_path, store_dir_name, temp_root};
+use common::{object_path, store_dir_name, temp_root};
 use theater_store::{
     ContentRef, ContentStore, GcOptions, OBJECT_OVERHEAD_BYTES, Progress, StoreRoot,
     label_footprint,
 };
+
+/// Makes every object of the root look stored long ago, as if the root
+/// had been in use for a while.
+fn age_all_objects(root: &StoreRoot) {
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    db.execute("UPDATE objects SET stored_at = 0", []).unwrap();
+}
 
 fn no_progress() -> Arc<dyn Progress> {
     Arc::new(())

@@ -198,10 +198,8 @@ impl Actor for Hostile {
                     match wit::new() {
                         Ok(_) => created += 1,
                         Err(error) => {
-                            attempts.record(
-                                format!("new after {created} stores"),
-                                Err::<(), _>(error),
-                            );
+                            attempts
+                                .record(format!("new after {created} stores"), Err::<(), _>(error));
                             break;
                         }
                     }

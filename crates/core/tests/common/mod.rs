@@ -37,10 +37,3 @@ pub fn store_dir_name(id: &str) -> String {
         })
         .collect()
 }
-
-/// Makes every object of the root look stored long ago, as if the root
-/// had been in use for a while.
-pub fn age_all_objects(root: &StoreRoot) {
-    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
-    db.execute("UPDATE objects SET stored_at = 0", []).unwrap();
-}
