@@ -188,13 +188,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Everything the command waited for is done. What may still run is a
+    // call that gave up at a deadline (say, one waiting for another
+    // process's lock); it was never acknowledged, so do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -66,31 +66,42 @@ CREATE TRIGGER IF NOT EXISTS label_removed AFTER DELETE ON labels BEGIN
 END;
 ";
 
-/// Version 2: label bytes are totalled per store, so that quotas can charge
-/// labels for the space they take. (Version 2 also moved store directories
-/// to case-safe names; the writer's open does that part, see root.rs.)
-const MIGRATION_V2: &str = "
-ALTER TABLE stores ADD COLUMN label_bytes INTEGER NOT NULL DEFAULT 0;
-UPDATE stores SET label_bytes = (
-    SELECT COALESCE(SUM(length(CAST(name AS BLOB))), 0) FROM labels WHERE labels.store = stores.id
+/// Version 2: what labels take in the index is totalled per store (see
+/// [`label_footprint`]), so that quotas can charge labels for their space.
+/// (Version 2 also moved store directories to case-safe names; the
+/// writer's open does that part, see root.rs.)
+fn migration_v2() -> String {
+    let cost = |name: &str| {
+        format!(
+            "CASE WHEN length(CAST({name} AS BLOB)) > {LABEL_SPILL_BYTES} \
+             THEN {LABEL_SPILLED_COST} \
+             ELSE 2 * length(CAST({name} AS BLOB)) + {LABEL_OVERHEAD_BYTES} END"
+        )
+    };
+    let (all, new, old) = (cost("name"), cost("NEW.name"), cost("OLD.name"));
+    format!(
+        "
+ALTER TABLE stores ADD COLUMN label_footprint INTEGER NOT NULL DEFAULT 0;
+UPDATE stores SET label_footprint = (
+    SELECT COALESCE(SUM({all}), 0) FROM labels WHERE labels.store = stores.id
 );
 DROP TRIGGER label_added;
 DROP TRIGGER label_removed;
 CREATE TRIGGER label_added AFTER INSERT ON labels BEGIN
-    UPDATE stores SET label_count = label_count + 1,
-        label_bytes = label_bytes + length(CAST(NEW.name AS BLOB))
+    UPDATE stores SET label_count = label_count + 1, label_footprint = label_footprint + {new}
     WHERE id = NEW.store;
 END;
 CREATE TRIGGER label_removed AFTER DELETE ON labels BEGIN
-    UPDATE stores SET label_count = label_count - 1,
-        label_bytes = label_bytes - length(CAST(OLD.name AS BLOB))
+    UPDATE stores SET label_count = label_count - 1, label_footprint = label_footprint - {old}
     WHERE id = OLD.store;
 END;
-";
+"
+    )
+}
 
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[MIGRATION_V2];
+const MIGRATIONS: &[fn() -> String] = &[migration_v2];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -101,10 +112,30 @@ pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 /// charged for what it really takes on disk.
 pub const OBJECT_OVERHEAD_BYTES: u64 = 4096;
 
-/// Space a store is charged per label on top of its name, which the index
-/// keeps twice (the label table and the by-target index): the target hash
-/// twice, the store id and b-tree overhead.
-pub const LABEL_OVERHEAD_BYTES: u64 = 160;
+/// Space a label takes in the index on top of twice its name (the label
+/// table and the by-target index each hold it): the target hash twice, the
+/// store id and b-tree overhead. Measured on 4 KiB pages.
+pub const LABEL_OVERHEAD_BYTES: u64 = 200;
+
+/// Labels longer than this no longer fit in a b-tree cell: each of their
+/// two index entries spills into an overflow page of its own.
+const LABEL_SPILL_BYTES: u64 = 900;
+
+/// What a spilled label takes: two overflow pages plus the parts kept in
+/// the b-trees (measured: 9.4 KiB per 1,020-byte label).
+const LABEL_SPILLED_COST: u64 = 2 * (4096 + 512) + LABEL_OVERHEAD_BYTES;
+
+/// Space a label of `length` bytes takes in the index, as quotas count it:
+/// twice its name plus [`LABEL_OVERHEAD_BYTES`], or 9.2 KiB for a label
+/// over 900 bytes, which spills into overflow pages.
+pub fn label_footprint(length: usize) -> u64 {
+    let length = length as u64;
+    if length > LABEL_SPILL_BYTES {
+        LABEL_SPILLED_COST
+    } else {
+        2 * length + LABEL_OVERHEAD_BYTES
+    }
+}
 
 /// Totals for one store, read in O(1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -115,27 +146,20 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Labels defined.
     pub labels: u64,
-    /// Sum of the labels' lengths in bytes.
-    pub label_bytes: u64,
+    /// Space the labels take in the index, summed over labels as
+    /// [`label_footprint`] estimates it.
+    pub label_footprint: u64,
 }
 
 impl StoreStats {
     /// What the store takes on disk, as quotas count it: content, plus
-    /// [`OBJECT_OVERHEAD_BYTES`] per object, plus each label's name twice
-    /// and [`LABEL_OVERHEAD_BYTES`] per label.
+    /// [`OBJECT_OVERHEAD_BYTES`] per object, plus its labels'
+    /// [`label_footprint`]s.
     pub fn footprint(&self) -> u64 {
         self.bytes
             .saturating_add(self.objects.saturating_mul(OBJECT_OVERHEAD_BYTES))
-            .saturating_add(label_footprint(self.label_bytes, self.labels))
+            .saturating_add(self.label_footprint)
     }
-}
-
-/// What `count` labels with names of `bytes` bytes in all cost on disk, as
-/// [`StoreStats::footprint`] counts it.
-pub fn label_footprint(bytes: u64, count: u64) -> u64 {
-    bytes
-        .saturating_mul(2)
-        .saturating_add(count.saturating_mul(LABEL_OVERHEAD_BYTES))
 }
 
 /// What a label write requires of the label's current value.
@@ -266,7 +290,7 @@ pub(crate) fn create_schema(
     }
     transaction.execute_batch(SCHEMA_V1)?;
     for migration in MIGRATIONS.iter().skip((version.max(1) - 1) as usize) {
-        transaction.execute_batch(migration)?;
+        transaction.execute_batch(&migration())?;
     }
     if version < SCHEMA_VERSION {
         upgrade_layout(&transaction, version)?;
@@ -676,7 +700,7 @@ pub(crate) fn store_stats(
 ) -> rusqlite::Result<StoreStats> {
     connection
         .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_bytes FROM stores WHERE id = ?1",
+            "SELECT object_count, total_bytes, label_count, label_footprint FROM stores WHERE id = ?1",
         )?
         .query_row([store.as_str()], stats_columns)
         .optional()
@@ -685,7 +709,7 @@ pub(crate) fn store_stats(
 
 pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
     let mut statement = connection.prepare_cached(
-        "SELECT object_count, total_bytes, label_count, label_bytes, id FROM stores ORDER BY id",
+        "SELECT object_count, total_bytes, label_count, label_footprint, id FROM stores ORDER BY id",
     )?;
     let rows = statement.query_map([], |row| Ok((row.get(4)?, stats_columns(row)?)))?;
     rows.collect()
@@ -700,7 +724,7 @@ fn stats_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreStats> {
         objects: count(0)?,
         bytes: count(1)?,
         labels: count(2)?,
-        label_bytes: count(3)?,
+        label_footprint: count(3)?,
     })
 }
 

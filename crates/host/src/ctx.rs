@@ -244,7 +244,7 @@ impl StoreCtx {
         if let Some(label) = label
             && store.get_by_label(label).await.map_err(message)?.is_none()
         {
-            cost.bytes += label_footprint(label.len() as u64, 1);
+            cost.bytes += label_footprint(label.len());
         }
         Ok(cost)
     }
