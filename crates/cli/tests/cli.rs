@@ -701,63 +701,60 @@ fn label_text_cannot_forge_lines_or_steer_the_terminal() {
     assert_eq!(labels[0]["label"], forged.as_str());
 }
 
+/// Runs `actor` with `args`, which must succeed, and parses its state.
+fn run_state(env: &Env, actor: &Path, args: &[&str]) -> Value {
+    let out = env
+        .cmd()
+        .arg("run")
+        .arg(actor)
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
 #[test]
 fn run_takes_store_and_actor_quotas() {
     let env = Env::new();
     let actor = actor_file(&env, "hostile.wasm", theater_store_examples::HOSTILE);
-    let out = env
-        .cmd()
-        .arg("run")
-        .arg(&actor)
-        .args([
+    let state = run_state(
+        &env,
+        &actor,
+        &[
             "--max-stores",
             "3",
             "--param",
             r#"{"attack":"store-flood"}"#,
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let state: Value = serde_json::from_slice(&out).unwrap();
+        ],
+    );
     assert_eq!(state["attempts"][0]["what"], "new after 3 stores");
 
-    let out = env
-        .cmd()
-        .arg("run")
-        .arg(&actor)
-        .args([
+    let state = run_state(
+        &env,
+        &actor,
+        &[
             "--store-quota",
             "1MiB",
             "--param",
             r#"{"attack":"label-flood"}"#,
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let state: Value = serde_json::from_slice(&out).unwrap();
+        ],
+    );
     let error = state["attempts"][0]["error"].as_str().unwrap();
     assert!(error.contains("quota is 1048576 bytes"), "{error}");
 
-    let out = env
-        .cmd()
-        .arg("run")
-        .arg(&actor)
-        .args([
+    let state = run_state(
+        &env,
+        &actor,
+        &[
             "--actor-quota",
             "2MiB",
             "--param",
             r#"{"attack":"fill-stores","chunk":262144}"#,
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let state: Value = serde_json::from_slice(&out).unwrap();
+        ],
+    );
     let error = state["attempts"][0]["error"].as_str().unwrap();
     assert!(error.contains("actor quota exceeded"), "{error}");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
-use crate::index::{self, WriteOp};
+use crate::index::{self, ObjectRow, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId};
 use crate::root::StoreRoot;
 use crate::root::{Engine, blocking};
@@ -316,25 +316,11 @@ impl ContentStore {
                 && created_at.is_some_and(|at| at < cutoff_millis);
             return Ok(report);
         }
-        for chunk in doomed.chunks(GC_CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|row| WriteOp::RemoveObject {
-                    store: store.clone(),
-                    digest: row.digest,
-                    cutoff: cutoff_millis,
-                })
-                .collect();
-            for (row, removed) in chunk.iter().zip(engine.writer.write_all(ops).await) {
-                if removed? {
-                    report.objects_removed += 1;
-                    report.bytes_freed += row.size;
-                } else {
-                    report.kept_recent += 1;
-                }
-            }
-            progress.advance(chunk.len() as u64);
-        }
+        let (removed, freed) =
+            remove_objects(&engine, &store, &doomed, cutoff_millis, &*progress).await?;
+        report.objects_removed = removed;
+        report.bytes_freed = freed;
+        report.kept_recent += doomed.len() as u64 - removed;
         for chunk in unindexed.chunks(GC_CHUNK) {
             let ops = chunk
                 .iter()
@@ -369,6 +355,37 @@ impl ContentStore {
     }
 }
 
+/// Removes `rows`' objects, [`GC_CHUNK`] per queue, each only if no label
+/// reaches it and it was last stored before `cutoff` (checked by the
+/// writer). Returns how many went and their bytes. Progress is in objects.
+async fn remove_objects(
+    engine: &Engine,
+    store: &StoreId,
+    rows: &[ObjectRow],
+    cutoff: i64,
+    progress: &dyn Progress,
+) -> Result<(u64, u64)> {
+    let (mut removed, mut freed) = (0, 0);
+    for chunk in rows.chunks(GC_CHUNK) {
+        let ops = chunk
+            .iter()
+            .map(|row| WriteOp::RemoveObject {
+                store: store.clone(),
+                digest: row.digest,
+                cutoff,
+            })
+            .collect();
+        for (row, gone) in chunk.iter().zip(engine.writer.write_all(ops).await) {
+            if gone? {
+                removed += 1;
+                freed += row.size;
+            }
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    Ok((removed, freed))
+}
+
 impl StoreRoot {
     /// Removes store `id` with all its labels and content. A dry run
     /// reports what would go. Writers using the store meanwhile may
@@ -401,23 +418,8 @@ impl StoreRoot {
         }
         let forever = i64::MAX;
         let rows = store.read("listing objects", index::object_rows).await?;
-        (report.objects_removed, report.bytes_freed) = (0, 0);
-        for chunk in rows.chunks(GC_CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|row| WriteOp::RemoveObject {
-                    store: store_id.clone(),
-                    digest: row.digest,
-                    cutoff: forever,
-                })
-                .collect();
-            for (row, removed) in chunk.iter().zip(engine.writer.write_all(ops).await) {
-                if removed? {
-                    report.objects_removed += 1;
-                    report.bytes_freed += row.size;
-                }
-            }
-        }
+        (report.objects_removed, report.bytes_freed) =
+            remove_objects(&engine, &store_id, &rows, forever, &()).await?;
         let op = WriteOp::RemoveEmptyStore {
             store: store_id,
             cutoff: forever,

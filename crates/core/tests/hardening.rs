@@ -333,6 +333,11 @@ async fn footprints_count_object_overhead_and_label_space() {
     );
 }
 
+async fn store_ids(root: &StoreRoot) -> Vec<String> {
+    let stores = root.stores().await.unwrap();
+    stores.into_iter().map(|summary| summary.id).collect()
+}
+
 #[tokio::test]
 async fn stores_can_be_removed_and_gc_drops_empty_ones() {
     let (_dir, root) = temp_root();
