@@ -353,14 +353,7 @@ async fn stores_can_be_removed_and_gc_drops_empty_ones() {
 
     let report = root.remove_store("doomed", false).await.unwrap();
     assert_eq!((report.labels_removed, report.objects_removed), (1, 2));
-    let ids: Vec<String> = root
-        .stores()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(ids, ["kept"]);
+    assert_eq!(store_ids(&root).await, ["kept"]);
     assert!(!root.path().unwrap().join("stores/doomed").exists());
     assert_eq!(
         kept.get_content_by_label("a").await.unwrap().unwrap(),
@@ -390,13 +383,6 @@ async fn stores_can_be_removed_and_gc_drops_empty_ones() {
         .await
         .unwrap();
     assert!(!report.store_removed);
-    let ids: Vec<String> = root
-        .stores()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(ids, ["kept"]);
+    assert_eq!(store_ids(&root).await, ["kept"]);
     let _: ContentRef = kept.get_by_label("a").await.unwrap().unwrap();
 }
