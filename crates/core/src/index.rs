@@ -224,8 +224,8 @@ pub(crate) enum WriteOp {
     /// Remove up to `limit` labels of the store. Returns whether any were left.
     RemoveLabels { store: StoreId, limit: usize },
     /// Forget a store that holds no object and no label and was created
-    /// before `cutoff` (unix milliseconds), and delete its directory.
-    /// Returns whether it did.
+    /// before `cutoff` (unix milliseconds), and delete its files, keeping
+    /// those of writes in flight. Returns whether it did.
     RemoveEmptyStore { store: StoreId, cutoff: i64 },
 }
 
@@ -476,7 +476,7 @@ pub(crate) fn apply(
             if removed == 0 {
                 return Ok(Ok(false));
             }
-            match objects.remove_store_dir(&store) {
+            match objects.remove_store_files(&store) {
                 Ok(()) => Ok(Ok(true)),
                 Err(refused) => Ok(Err(refused)),
             }

@@ -50,15 +50,24 @@ impl ObjectFiles {
         Ok(self.hash_file(store, &path)? == Some(digest))
     }
 
-    /// Removes a store's directory and everything in it; a missing
-    /// directory is not an error.
-    pub(crate) fn remove_store_dir(&self, store: &StoreId) -> Result<()> {
+    /// Removes what a store with no indexed object leaves on disk: its
+    /// `objects/` (only unindexed leftovers can be there), its quarantine,
+    /// and its directories once empty. Temporary files of writes in flight
+    /// stay, so that those writes still publish (recreating what they
+    /// need). Only the index writer calls this, under the write lock.
+    pub(crate) fn remove_store_files(&self, store: &StoreId) -> Result<()> {
         let dir = self.store_dir(store);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(io_error(store, "removing store directory", &dir, source)),
+        for tree in [self.objects_dir(store), dir.join("quarantine")] {
+            match fs::remove_dir_all(&tree) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(io_error(store, "removing store files", &tree, source)),
+            }
         }
+        // Both fail harmlessly while a write in flight has a file in tmp/.
+        let _ = fs::remove_dir(self.tmp_dir(store));
+        let _ = fs::remove_dir(&dir);
+        Ok(())
     }
 
     pub(crate) fn tmp_dir(&self, store: &StoreId) -> PathBuf {
