@@ -117,11 +117,12 @@ fn write_state(path: &Path, state: Option<&[u8]>) -> anyhow::Result<()> {
             _ => Ok(()),
         };
     };
-    let mut partial = temp_file_beside(path)?;
-    partial
-        .write_all(state)
-        .and_then(|()| partial.as_file().sync_all())
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(partial.persist(path).map(drop)?))
-        .with_context(|| format!("writing state file {}", path.display()))
+    let write = || -> anyhow::Result<()> {
+        let mut partial = temp_file_beside(path)?;
+        partial.write_all(state)?;
+        partial.as_file().sync_all()?;
+        partial.persist(path)?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing state file {}", path.display()))
 }

@@ -39,4 +39,4 @@ pub use maintenance::{
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{Durability, ROOT_ENV_VAR, StoreRoot, StoreSummary};
-pub use store::{ContentStore, LabelEntry, REFRESH_AFTER};
+pub use store::{ContentStore, LabelEntry, REFRESH_AFTER, Stored};

@@ -149,13 +149,14 @@ fn export<W: Write>(
         .map_err(write_error)?;
     let mut summary = PackageSummary::default();
     let mut buffer = vec![0u8; 1 << 16];
+    let mut vanished = BTreeSet::new();
     for digest in &digests {
         let path = engine.objects.object_path(store, *digest);
         let read_error = |source| io_error(store, "reading object for export", &path, source);
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                summary.vanished.push((*digest).into());
+                vanished.insert(*digest);
                 continue;
             }
             Err(source) => return Err(read_error(source)),
@@ -188,11 +189,7 @@ fn export<W: Write>(
         summary.objects += 1;
         summary.bytes += size;
     }
-    let vanished: BTreeSet<Digest> = summary
-        .vanished
-        .iter()
-        .map(|content_ref| content_ref.digest())
-        .collect::<Result<_>>()?;
+    summary.vanished = vanished.iter().map(|&digest| digest.into()).collect();
     for (label, target) in labels.iter().filter(|(_, t)| !vanished.contains(t)) {
         out.write_all(&[LABEL]).map_err(write_error)?;
         out.write_all(&(label.len() as u32).to_le_bytes())

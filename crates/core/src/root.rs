@@ -215,15 +215,16 @@ fn move_stores_to_case_safe_dirs(
         // On a case-insensitive file system, ids that differ only in case
         // shared one directory: copy this store's own objects out of it
         // rather than take the other store's files along.
-        let shares_dir = ids
-            .iter()
-            .any(|other| other != id && other.eq_ignore_ascii_case(id));
-        if shares_dir && !same_dir_name_is_distinct(&old, id) {
+        let shares_dir = ids.iter().any(|other| {
+            other != id
+                && other.eq_ignore_ascii_case(id)
+                && same_dir(&old, &objects.legacy_store_dir(other))
+        });
+        if shares_dir {
             for digest in index::objects(db, &store)? {
                 let target = objects.object_path(&store, digest);
                 std::fs::create_dir_all(target.parent().expect("objects have a shard"))?;
-                let source = old.join(objects.object_path(&store, digest).strip_prefix(&new)?);
-                std::fs::copy(&source, &target)?;
+                std::fs::copy(old.join(target.strip_prefix(&new)?), &target)?;
             }
         } else {
             std::fs::rename(&old, &new)?;
@@ -232,36 +233,22 @@ fn move_stores_to_case_safe_dirs(
     Ok(())
 }
 
-/// Whether the file system tells the directory `dir` (named `id`) apart
-/// from the same name in other case, i.e. whether it is case-sensitive there.
-fn same_dir_name_is_distinct(dir: &Path, id: &str) -> bool {
-    let flipped: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_uppercase() {
-                c.to_ascii_lowercase()
-            } else {
-                c.to_ascii_uppercase()
-            }
-        })
-        .collect();
-    let other = dir.with_file_name(flipped);
-    match (std::fs::metadata(dir), std::fs::metadata(&other)) {
-        (Ok(_), Err(_)) => true,
-        (Ok(a), Ok(b)) => !same_file(&a, &b),
-        _ => true,
+/// Whether two paths name one directory (as two spellings do on a
+/// case-insensitive file system).
+#[cfg(unix)]
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (a.dev(), a.ino()) == (b.dev(), b.ino())
-}
-
+/// Without inode numbers, two spellings that both exist are taken to be
+/// one directory: copying is right either way, renaming is not.
 #[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
-    true
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a.exists() && b.exists()
 }
 
 /// Runs blocking filesystem or database work off the async executor.

@@ -75,6 +75,15 @@ pub struct LabelEntry {
     pub content_ref: ContentRef,
 }
 
+/// What [`ContentStore::write`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The content's ref.
+    pub content_ref: ContentRef,
+    /// Whether the store did not hold the content before.
+    pub new: bool,
+}
+
 /// A named content-addressed store inside a [`StoreRoot`].
 ///
 /// Content is stored once per store under its BLAKE3 digest; labels are
@@ -128,13 +137,19 @@ impl ContentStore {
     /// returns the same ref and keeps one copy (large content is written to
     /// a temporary file while it is hashed, then dropped if already held).
     pub async fn store(&self, content: impl Into<Vec<u8>>) -> Result<ContentRef> {
-        self.store_labelled(content.into(), None).await
+        Ok(self.write(content, None).await?.content_ref)
     }
 
-    /// Stores `content` and, when `label` is given, points it at the
-    /// content in the same index transaction, so that no collection can
-    /// come between the two.
-    async fn store_labelled(&self, content: Vec<u8>, label: Option<&str>) -> Result<ContentRef> {
+    /// The general form of [`ContentStore::store`] and
+    /// [`ContentStore::store_at_label`]: stores `content` and, when `label`
+    /// is given, points it at the content in the same index transaction, so
+    /// that no collection can come between the two. Also tells whether the
+    /// content was new to the store, for callers that account for space.
+    pub async fn write(&self, content: impl Into<Vec<u8>>, label: Option<&str>) -> Result<Stored> {
+        if let Some(label) = label {
+            validate_label(label)?;
+        }
+        let content = content.into();
         let engine = self.root.engine().await?;
         let size = content.len() as u64;
         let content = Arc::new(content);
@@ -150,8 +165,12 @@ impl ContentStore {
                 move || stage(&engine, &store, &content, force_write)
             })
             .await?;
+            let content_ref = ContentRef::from(digest);
             if staged.is_none() && label.is_none() {
-                return Ok(digest.into());
+                return Ok(Stored {
+                    content_ref,
+                    new: false,
+                });
             }
             let op = WriteOp::AddObject {
                 store: self.id.clone(),
@@ -162,7 +181,7 @@ impl ContentStore {
             };
             match engine.writer.write(op).await {
                 Err(StoreError::NotFound { .. }) if !force_write => force_write = true,
-                outcome => return outcome.map(|_| digest.into()),
+                outcome => return outcome.map(|new| Stored { content_ref, new }),
             }
         }
     }
@@ -250,8 +269,7 @@ impl ContentStore {
         label: &str,
         content: impl Into<Vec<u8>>,
     ) -> Result<ContentRef> {
-        validate_label(label)?;
-        self.store_labelled(content.into(), Some(label)).await
+        Ok(self.write(content, Some(label)).await?.content_ref)
     }
 
     /// Same as [`ContentStore::store_at_label`]; reads better for updates.

@@ -11,10 +11,10 @@
 //! the transaction, under the index's write lock, so that a garbage
 //! collection in this or any other process never interleaves with it.
 //!
-//! In synced mode on Linux the order is: one `syncfs` before the
-//! transaction's first rename (the staged files' contents), the renames and
-//! index rows, the commit, then one more `syncfs` (the renames and the
-//! WAL); only then are the callers answered.
+//! In synced mode on Linux the order is: one `syncfs` per batch before the
+//! write lock is taken (the staged files' contents); then, per
+//! transaction, the renames and index rows, the commit, and one more
+//! `syncfs` (the renames and the WAL); only then are its callers answered.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -114,6 +114,29 @@ fn run(
                 Err(_) => break,
             }
         }
+        // Synced mode: staged files' contents must be durable before they
+        // are renamed into place, so that a crash never exposes a renamed
+        // but empty object. Every job was staged before it was queued, so
+        // one flush, before the write lock is taken, covers the batch.
+        let stages_files = batch.iter().any(|job| {
+            matches!(
+                job.op,
+                WriteOp::AddObject {
+                    staged: Some(_),
+                    ..
+                }
+            )
+        });
+        if durability == Durability::Synced
+            && stages_files
+            && cfg!(target_os = "linux")
+            && let Err(source) = make_durable(root, &BTreeSet::new())
+        {
+            let message = format!("staged objects could not be made durable: {source}");
+            let replies = batch.into_iter().map(|job| job.reply).collect();
+            fail_all(replies, root, "syncing to disk", &message);
+            continue;
+        }
         let mut batch = batch.into_iter().peekable();
         while batch.peek().is_some() {
             commit_some(&mut connection, &mut batch, root, objects, durability);
@@ -148,40 +171,22 @@ fn commit_some(
     objects: &ObjectFiles,
     durability: Durability,
 ) {
-    let started = Instant::now();
     let mut replies = Vec::new();
     let outcome = (|| {
         let mut transaction =
             connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The clock starts once the lock is held: waiting for it is not
+        // holding it, and a transaction always gets at least one change.
+        let started = Instant::now();
         let mut touched = BTreeSet::new();
         let mut results = Vec::new();
-        let mut staged_files_synced = false;
-        while started.elapsed() < MAX_TRANSACTION_TIME
+        while (results.is_empty() || started.elapsed() < MAX_TRANSACTION_TIME)
             && let Some(job) = batch.next()
         {
             if abandoned(&job) {
                 continue;
             }
             let Job { op, reply } = job;
-            // Synced mode: a staged file's content must be durable before
-            // it is renamed into place, so that a crash never exposes a
-            // renamed but empty object.
-            if durability == Durability::Synced
-                && cfg!(target_os = "linux")
-                && matches!(
-                    op,
-                    WriteOp::AddObject {
-                        staged: Some(_),
-                        ..
-                    }
-                )
-                && !std::mem::replace(&mut staged_files_synced, true)
-                && let Err(source) = make_durable(root, &touched)
-            {
-                replies.push(reply);
-                let message = format!("staged objects could not be made durable: {source}");
-                return Ok(Err(message));
-            }
             replies.push(reply);
             let savepoint = transaction.savepoint()?;
             let result = match index::apply(&savepoint, objects, op, &mut touched) {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use theater_store::{
-    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreError, StoreRoot, label_footprint,
+    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreError, StoreRoot, StoreStats,
+    label_footprint,
 };
 
 use crate::policy::{Access, Grants, Limits};
@@ -170,83 +171,104 @@ impl StoreCtx {
     }
 
     /// Checks a write into `store` against the size limit, the store's
-    /// quota and the actor's budget, and charges the budget. `content` is
-    /// the content written, if any; `label` the label set, if any. Content
-    /// the store already holds, and labels it already has, cost nothing.
+    /// quota and the actor's budget. `content` is the content written, if
+    /// any; `label` the label set, if any. A label the store has already
+    /// costs nothing. Content is first taken to be new; only when that would
+    /// not fit is it hashed, to see whether the store holds it already (and
+    /// it then costs nothing). Charge the result with [`StoreCtx::charge`]
+    /// once the write succeeds.
     pub(crate) async fn admit(
-        &mut self,
-        store: &ContentStore,
-        content: Option<&[u8]>,
-        label: Option<&str>,
-    ) -> Result<(), String> {
-        let cost = self
-            .within_deadline(self.cost_of(store, content, label))
-            .await?;
-        if cost.bytes == 0 {
-            return Ok(());
-        }
-        let limits = &self.limits;
-        let stats = self
-            .within_deadline(async { store.stats().await.map_err(message) })
-            .await?;
-        let footprint = stats.footprint();
-        if footprint.saturating_add(cost.bytes) > limits.max_store_bytes
-            || (cost.new_object && stats.objects >= limits.max_store_objects)
-        {
-            return Err(format!(
-                "store {} quota exceeded: it takes {footprint} bytes on disk in {} objects and \
-                 {} labels, the quota is {} bytes and {} objects, and this call adds {} bytes",
-                store.id(),
-                stats.objects,
-                stats.labels,
-                limits.max_store_bytes,
-                limits.max_store_objects,
-                cost.bytes
-            ));
-        }
-        if self.bytes_added.saturating_add(cost.bytes) > limits.max_actor_bytes {
-            return Err(format!(
-                "actor quota exceeded: this actor has added {} bytes across its stores in this \
-                 run, the quota is {} bytes, and this call to store {} adds {} bytes",
-                self.bytes_added,
-                limits.max_actor_bytes,
-                store.id(),
-                cost.bytes
-            ));
-        }
-        self.bytes_added += cost.bytes;
-        Ok(())
-    }
-
-    /// What a write would add to the store's footprint.
-    async fn cost_of(
         &self,
         store: &ContentStore,
         content: Option<&[u8]>,
         label: Option<&str>,
     ) -> Result<WriteCost, String> {
-        let mut cost = WriteCost::default();
-        if let Some(content) = content {
-            if content.len() > self.limits.max_content_bytes {
-                return Err(format!(
-                    "content of {} bytes is over the limit of {} bytes per call (store {})",
-                    content.len(),
-                    self.limits.max_content_bytes,
-                    store.id()
-                ));
-            }
-            let content_ref = ContentRef::for_content(content);
-            if !store.exists(&content_ref).await.map_err(message)? {
-                cost.new_object = true;
-                cost.bytes = content.len() as u64 + OBJECT_OVERHEAD_BYTES;
-            }
-        }
-        if let Some(label) = label
-            && store.get_by_label(label).await.map_err(message)?.is_none()
+        if let Some(content) = content
+            && content.len() > self.limits.max_content_bytes
         {
-            cost.bytes += label_footprint(label.len());
+            return Err(format!(
+                "content of {} bytes is over the limit of {} bytes per call (store {})",
+                content.len(),
+                self.limits.max_content_bytes,
+                store.id()
+            ));
         }
-        Ok(cost)
+        let label_is_new = match label {
+            Some(label) => self
+                .within_deadline(async { store.get_by_label(label).await.map_err(message) })
+                .await?
+                .is_none(),
+            None => false,
+        };
+        let cost = WriteCost {
+            content: content.map_or(0, |c| c.len() as u64 + OBJECT_OVERHEAD_BYTES),
+            label: match label {
+                Some(label) if label_is_new => label_footprint(label.len()),
+                _ => 0,
+            },
+        };
+        let stats = self
+            .within_deadline(async { store.stats().await.map_err(message) })
+            .await?;
+        let mut refusal = self.refusal(store, &stats, cost.content + cost.label, content.is_some());
+        if refusal.is_some()
+            && let Some(content) = content
+        {
+            let content_ref = ContentRef::for_content(content);
+            let held = self
+                .within_deadline(async { store.exists(&content_ref).await.map_err(message) })
+                .await?;
+            if held {
+                refusal = self.refusal(store, &stats, cost.label, false);
+            }
+        }
+        match refusal {
+            Some(refused) => Err(refused),
+            None => Ok(cost),
+        }
+    }
+
+    /// Why adding `bytes` (and one object, if `new_object`) to `store`
+    /// would break its quota or the actor's budget, if it would.
+    fn refusal(
+        &self,
+        store: &ContentStore,
+        stats: &StoreStats,
+        bytes: u64,
+        new_object: bool,
+    ) -> Option<String> {
+        let limits = &self.limits;
+        let footprint = stats.footprint();
+        if footprint.saturating_add(bytes) > limits.max_store_bytes
+            || (new_object && stats.objects >= limits.max_store_objects)
+        {
+            return Some(format!(
+                "store {} quota exceeded: it takes {footprint} bytes on disk in {} objects and \
+                 {} labels, the quota is {} bytes and {} objects, and this call adds {bytes} bytes",
+                store.id(),
+                stats.objects,
+                stats.labels,
+                limits.max_store_bytes,
+                limits.max_store_objects,
+            ));
+        }
+        if self.bytes_added.saturating_add(bytes) > limits.max_actor_bytes {
+            return Some(format!(
+                "actor quota exceeded: this actor has added {} bytes across its stores in this \
+                 run, the quota is {} bytes, and this call to store {} adds {bytes} bytes",
+                self.bytes_added,
+                limits.max_actor_bytes,
+                store.id(),
+            ));
+        }
+        None
+    }
+
+    /// Charges a successful write to the actor's budget: its label, and its
+    /// content if the store did not hold it before.
+    pub(crate) fn charge(&mut self, cost: WriteCost, content_was_new: bool) {
+        let content = if content_was_new { cost.content } else { 0 };
+        self.bytes_added = self.bytes_added.saturating_add(content + cost.label);
     }
 
     /// Refuses to read content that the actor could not take in one call,
@@ -295,11 +317,13 @@ impl StoreCtx {
     }
 }
 
-/// What a write adds to a store.
-#[derive(Default)]
-struct WriteCost {
-    bytes: u64,
-    new_object: bool,
+/// What a write admitted by [`StoreCtx::admit`] may add to a store's
+/// footprint.
+pub(crate) struct WriteCost {
+    /// The content and its per-object overhead, should it be new.
+    content: u64,
+    /// A new label's index space.
+    label: u64,
 }
 
 /// The text a guest gets for a core error: the core's message, which names

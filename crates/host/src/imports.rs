@@ -21,16 +21,36 @@ fn to_wit(content_ref: ContentRef) -> WitRef {
     }
 }
 
+impl StoreCtx {
+    /// `store` and `store-at-label`: admit, write, then charge the actor
+    /// for what the write added.
+    async fn write(
+        &mut self,
+        store_id: String,
+        content: Vec<u8>,
+        label: Option<String>,
+    ) -> Result<WitRef, String> {
+        let store = self.open(&store_id, Access::ReadWrite)?;
+        let cost = self.admit(&store, Some(&content), label.as_deref()).await?;
+        let written = self.within_deadline(async {
+            store
+                .write(content, label.as_deref())
+                .await
+                .map_err(message)
+        });
+        let stored = written.await?;
+        self.charge(cost, stored.new);
+        Ok(to_wit(stored.content_ref))
+    }
+}
+
 impl store::Host for StoreCtx {
     async fn new(&mut self) -> Result<String, String> {
         self.create_store().await
     }
 
     async fn store(&mut self, store_id: String, content: Vec<u8>) -> Result<WitRef, String> {
-        let store = self.open(&store_id, Access::ReadWrite)?;
-        self.admit(&store, Some(&content), None).await?;
-        let stored = self.within_deadline(async { store.store(content).await.map_err(message) });
-        stored.await.map(to_wit)
+        self.write(store_id, content, None).await
     }
 
     async fn get(&mut self, store_id: String, content_ref: WitRef) -> Result<Vec<u8>, String> {
@@ -56,10 +76,12 @@ impl store::Host for StoreCtx {
     ) -> Result<(), String> {
         theater_store::validate_label(&label).map_err(message)?;
         let store = self.open(&store_id, Access::ReadWrite)?;
-        self.admit(&store, None, Some(&label)).await?;
+        let cost = self.admit(&store, None, Some(&label)).await?;
         let content_ref = to_core(content_ref);
         self.within_deadline(async { store.label(&label, &content_ref).await.map_err(message) })
-            .await
+            .await?;
+        self.charge(cost, false);
+        Ok(())
     }
 
     async fn get_by_label(
