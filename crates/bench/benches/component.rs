@@ -76,7 +76,9 @@ impl Bench {
             .unwrap();
         let wasi = wasi.build();
         let limits = Limits {
+            // Benchmarks store far more than an actor's default budget.
             max_store_bytes: u64::MAX,
+            max_actor_bytes: u64::MAX,
             timeout: Duration::from_secs(3600),
             ..Limits::default()
         };

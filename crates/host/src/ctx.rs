@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use theater_store::{
-    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreError, StoreRoot, StoreStats,
-    label_footprint,
+    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreRoot, StoreStats, label_footprint,
 };
+
+use crate::error::HostError;
 
 use crate::policy::{Access, Grants, Limits};
 
@@ -113,16 +114,13 @@ impl StoreCtx {
 
     /// Makes a new store owned by this actor, up to
     /// [`Limits::max_stores_created`] per run.
-    pub(crate) async fn create_store(&mut self) -> Result<String, String> {
+    pub(crate) async fn create_store(&mut self) -> Result<String, HostError> {
         if self.created.len() >= self.limits.max_stores_created {
-            return Err(format!(
-                "this actor has created {} stores, the most one run may create",
-                self.created.len()
-            ));
+            return Err(HostError::TooManyStores {
+                created: self.created.len(),
+            });
         }
-        let store = self
-            .within_deadline(async { self.root.create_store().await.map_err(message) })
-            .await?;
+        let store = self.within_deadline(self.root.create_store()).await?;
         self.created.insert(store.id().to_owned());
         Ok(store.id().to_owned())
     }
@@ -130,8 +128,8 @@ impl StoreCtx {
     /// Opens store `id` for an operation that needs `needed` access, or
     /// explains why not. Checks the id's form, then the grants; touches no
     /// disk either way.
-    pub(crate) fn open(&self, id: &str, needed: Access) -> Result<ContentStore, String> {
-        let store = self.root.store(id).map_err(message)?;
+    pub(crate) fn open(&self, id: &str, needed: Access) -> Result<ContentStore, HostError> {
+        let store = self.root.store(id)?;
         let granted = if self.created.contains(id) {
             Some(Access::ReadWrite)
         } else {
@@ -139,33 +137,32 @@ impl StoreCtx {
         };
         match granted {
             Some(access) if access >= needed => Ok(store),
-            Some(_) => Err(format!(
-                "access denied: store {id} is granted to this actor read-only, and this call writes"
-            )),
-            None => Err(format!(
-                "access denied: store {id} was neither created by this actor nor granted to it"
-            )),
+            Some(_) => Err(HostError::ReadOnly {
+                store: store.id().to_owned(),
+            }),
+            None => Err(HostError::NotGranted {
+                store: store.id().to_owned(),
+            }),
         }
     }
 
     /// Runs a host call, giving up with a timeout error once the actor's
     /// deadline passes (a change whose caller gave up is not applied).
     /// The actor itself is stopped by the deadline as soon as it runs again.
-    pub(crate) async fn within_deadline<T>(
+    pub(crate) async fn within_deadline<T, E: Into<HostError>>(
         &self,
-        call: impl Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, HostError> {
         let Some(deadline) = self.deadline else {
-            return call.await;
+            return call.await.map_err(Into::into);
         };
         match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(result) => result,
+            Ok(result) => result.map_err(Into::into),
             Err(_) => {
                 self.timed_out.store(true, Ordering::Relaxed);
-                Err(format!(
-                    "timed out: the actor's {:?} deadline passed while this call waited for the store",
-                    self.limits.timeout
-                ))
+                Err(HostError::TimedOut {
+                    timeout: self.limits.timeout,
+                })
             }
         }
     }
@@ -182,20 +179,19 @@ impl StoreCtx {
         store: &ContentStore,
         content: Option<&[u8]>,
         label: Option<&str>,
-    ) -> Result<WriteCost, String> {
+    ) -> Result<WriteCost, HostError> {
         if let Some(content) = content
             && content.len() > self.limits.max_content_bytes
         {
-            return Err(format!(
-                "content of {} bytes is over the limit of {} bytes per call (store {})",
-                content.len(),
-                self.limits.max_content_bytes,
-                store.id()
-            ));
+            return Err(HostError::ContentTooLarge {
+                store: store.id().to_owned(),
+                size: content.len() as u64,
+                limit: self.limits.max_content_bytes as u64,
+            });
         }
         let label_is_new = match label {
             Some(label) => self
-                .within_deadline(async { store.get_by_label(label).await.map_err(message) })
+                .within_deadline(store.get_by_label(label))
                 .await?
                 .is_none(),
             None => false,
@@ -207,17 +203,13 @@ impl StoreCtx {
                 _ => 0,
             },
         };
-        let stats = self
-            .within_deadline(async { store.stats().await.map_err(message) })
-            .await?;
+        let stats = self.within_deadline(store.stats()).await?;
         let mut refusal = self.refusal(store, &stats, cost.content + cost.label, content.is_some());
         if refusal.is_some()
             && let Some(content) = content
         {
             let content_ref = ContentRef::for_content(content);
-            let held = self
-                .within_deadline(async { store.exists(&content_ref).await.map_err(message) })
-                .await?;
+            let held = self.within_deadline(store.exists(&content_ref)).await?;
             if held {
                 refusal = self.refusal(store, &stats, cost.label, false);
             }
@@ -236,30 +228,29 @@ impl StoreCtx {
         stats: &StoreStats,
         bytes: u64,
         new_object: bool,
-    ) -> Option<String> {
+    ) -> Option<HostError> {
         let limits = &self.limits;
         let footprint = stats.footprint();
         if footprint.saturating_add(bytes) > limits.max_store_bytes
             || (new_object && stats.objects >= limits.max_store_objects)
         {
-            return Some(format!(
-                "store {} quota exceeded: it takes {footprint} bytes on disk in {} objects and \
-                 {} labels, the quota is {} bytes and {} objects, and this call adds {bytes} bytes",
-                store.id(),
-                stats.objects,
-                stats.labels,
-                limits.max_store_bytes,
-                limits.max_store_objects,
-            ));
+            return Some(HostError::StoreQuota {
+                store: store.id().to_owned(),
+                footprint,
+                objects: stats.objects,
+                labels: stats.labels,
+                quota_bytes: limits.max_store_bytes,
+                quota_objects: limits.max_store_objects,
+                adds: bytes,
+            });
         }
         if self.bytes_added.saturating_add(bytes) > limits.max_actor_bytes {
-            return Some(format!(
-                "actor quota exceeded: this actor has added {} bytes across its stores in this \
-                 run, the quota is {} bytes, and this call to store {} adds {bytes} bytes",
-                self.bytes_added,
-                limits.max_actor_bytes,
-                store.id(),
-            ));
+            return Some(HostError::ActorQuota {
+                store: store.id().to_owned(),
+                added: self.bytes_added,
+                quota: limits.max_actor_bytes,
+                adds: bytes,
+            });
         }
         None
     }
@@ -278,17 +269,18 @@ impl StoreCtx {
         &self,
         store: &ContentStore,
         content_ref: &ContentRef,
-    ) -> Result<(), String> {
+    ) -> Result<(), HostError> {
         let size = self
-            .within_deadline(async { store.content_size(content_ref).await.map_err(message) })
+            .within_deadline(store.content_size(content_ref))
             .await?;
         let limit = (self.limits.max_content_bytes as u64).min(self.limits.max_memory_bytes as u64);
         if size > limit {
-            return Err(format!(
-                "store {}: content {content_ref} is {size} bytes, over the {limit} bytes one call \
-                 may return to this actor; store large content in parts (streamed reads are planned)",
-                store.id()
-            ));
+            return Err(HostError::ReadTooLarge {
+                store: store.id().to_owned(),
+                reference: content_ref.to_string(),
+                size,
+                limit,
+            });
         }
         Ok(())
     }
@@ -300,18 +292,16 @@ impl StoreCtx {
         store: &ContentStore,
         entries: usize,
         bytes: usize,
-        what: &str,
-    ) -> Result<(), String> {
+        what: &'static str,
+    ) -> Result<(), HostError> {
         let limits = &self.limits;
         if entries > limits.max_list_entries || bytes > limits.max_list_bytes {
-            return Err(format!(
-                "store {} has too many {what} to list in one call (the limit is {} entries and \
-                 {} bytes); list them page by page from the host (`theater-store labels \
-                 --limit N --after LAST`)",
-                store.id(),
-                limits.max_list_entries,
-                limits.max_list_bytes
-            ));
+            return Err(HostError::ListingTooLong {
+                store: store.id().to_owned(),
+                what,
+                max_entries: limits.max_list_entries,
+                max_bytes: limits.max_list_bytes,
+            });
         }
         Ok(())
     }
@@ -324,10 +314,4 @@ pub(crate) struct WriteCost {
     content: u64,
     /// A new label's index space.
     label: u64,
-}
-
-/// The text a guest gets for a core error: the core's message, which names
-/// the store, label or ref.
-pub(crate) fn message(error: StoreError) -> String {
-    error.to_string()
 }

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod ctx;
+mod error;
 mod imports;
 mod policy;
 mod runner;
@@ -23,6 +24,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 pub use bindings::StoreActor;
 pub use ctx::StoreCtx;
+pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
 pub use runner::{ActorComponent, ActorFailure, ActorHost, ActorRun, RunOptions};
 

@@ -1,0 +1,130 @@
+//! [`HostError`]: why a host call refused or failed. The host works with
+//! this type throughout and turns it into the WIT interface's error string
+//! once, at the boundary (`From<HostError> for String`).
+
+use std::time::Duration;
+
+use theater_store::StoreError;
+
+/// Why a store call made by an actor refused or failed. Every message
+/// names the store, label, ref or limit concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The core store refused or failed (invalid input, not found, I/O...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store is granted read-only and the call writes.
+    #[error(
+        "access denied: store {store} is granted to this actor read-only, and this call writes"
+    )]
+    ReadOnly {
+        /// The store.
+        store: String,
+    },
+    /// The store was neither created by the actor nor granted to it.
+    #[error("access denied: store {store} was neither created by this actor nor granted to it")]
+    NotGranted {
+        /// The store.
+        store: String,
+    },
+    /// Content passed to one call is over [`Limits::max_content_bytes`](crate::Limits).
+    #[error("content of {size} bytes is over the limit of {limit} bytes per call (store {store})")]
+    ContentTooLarge {
+        /// The store written to.
+        store: String,
+        /// The content's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Content to be returned is larger than the actor may take in one call.
+    #[error(
+        "store {store}: content {reference} is {size} bytes, over the {limit} bytes one call \
+         may return to this actor; store large content in parts (streamed reads are planned)"
+    )]
+    ReadTooLarge {
+        /// The store read from.
+        store: String,
+        /// The content's ref.
+        reference: String,
+        /// Its size.
+        size: u64,
+        /// The most one call may return.
+        limit: u64,
+    },
+    /// The write would take the store past its quota.
+    #[error(
+        "store {store} quota exceeded: it takes {footprint} bytes on disk in {objects} objects \
+         and {labels} labels, the quota is {quota_bytes} bytes and {quota_objects} objects, and \
+         this call adds {adds} bytes"
+    )]
+    StoreQuota {
+        /// The store.
+        store: String,
+        /// What it takes now.
+        footprint: u64,
+        /// Its objects.
+        objects: u64,
+        /// Its labels.
+        labels: u64,
+        /// The quota in bytes.
+        quota_bytes: u64,
+        /// The quota in objects.
+        quota_objects: u64,
+        /// What the call would add.
+        adds: u64,
+    },
+    /// The write would take the actor past its budget across all stores.
+    #[error(
+        "actor quota exceeded: this actor has added {added} bytes across its stores in this \
+         run, the quota is {quota} bytes, and this call to store {store} adds {adds} bytes"
+    )]
+    ActorQuota {
+        /// The store written to.
+        store: String,
+        /// What the actor has added so far.
+        added: u64,
+        /// Its budget.
+        quota: u64,
+        /// What the call would add.
+        adds: u64,
+    },
+    /// The actor has created as many stores as one run may.
+    #[error("this actor has created {created} stores, the most one run may create")]
+    TooManyStores {
+        /// How many it created.
+        created: usize,
+    },
+    /// A listing would be longer than one call may return.
+    #[error(
+        "store {store} has too many {what} to list in one call (the limit is {max_entries} \
+         entries and {max_bytes} bytes); list them page by page from the host \
+         (`theater-store labels --limit N --after LAST`)"
+    )]
+    ListingTooLong {
+        /// The store.
+        store: String,
+        /// "labels" or "objects".
+        what: &'static str,
+        /// The most entries one listing may return.
+        max_entries: usize,
+        /// The most bytes one listing may return.
+        max_bytes: usize,
+    },
+    /// The actor's deadline passed while the call waited for the store.
+    #[error(
+        "timed out: the actor's {timeout:?} deadline passed while this call waited for the store"
+    )]
+    TimedOut {
+        /// The actor's time limit.
+        timeout: Duration,
+    },
+}
+
+/// What the guest receives: the message.
+impl From<HostError> for String {
+    fn from(error: HostError) -> Self {
+        error.to_string()
+    }
+}
