@@ -62,15 +62,19 @@ impl Env {
     }
 }
 
-/// Where an object's file lives, for tests that damage it (store ids used
-/// here are lowercase, so the store directory is the id).
-fn object_file(root: &Path, store: &str, hash: &str) -> PathBuf {
-    assert!(!store.bytes().any(|b| b.is_ascii_uppercase()));
-    root.join("stores")
-        .join(store)
-        .join("objects")
-        .join(&hash[..2])
-        .join(&hash[2..])
+/// Overwrites a small object's bytes where the store keeps them, in the
+/// root's index (see ARCHITECTURE.md), as a disk fault would.
+fn damage_small_object(root: &Path, store: &str, hash: &str, bytes: &[u8]) {
+    let db = rusqlite::Connection::open(root.join("index.sqlite")).unwrap();
+    let hash = blake3::Hash::from_hex(hash).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE inline_content SET content = ?3 WHERE id =
+             (SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2)",
+            rusqlite::params![store, &hash.as_bytes()[..], bytes],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the object is not inline");
 }
 
 #[test]
@@ -246,11 +250,18 @@ fn the_root_comes_from_the_environment_variable() {
     let env = Env::new();
     let mut cmd = Command::cargo_bin("theater-store").unwrap();
     cmd.env("THEATER_STORE_ROOT", env.root())
-        .args(["put", "viaenv", "-"])
+        .args(["put", "viaenv", "-", "--label", "l"])
         .write_stdin("x")
         .assert()
         .success();
-    assert!(env.root().join("stores/viaenv").is_dir());
+    assert!(env.root().join("index.sqlite").is_file());
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .env("THEATER_STORE_ROOT", env.root())
+        .args(["cat", "viaenv", "--label", "l"])
+        .assert()
+        .success()
+        .stdout("x");
 }
 
 #[test]
@@ -263,7 +274,7 @@ fn verify_catches_corruption_and_quarantines_it() {
         .assert()
         .success()
         .stdout(contains("s: ok (2 objects, 7 bytes checked)"));
-    std::fs::write(object_file(&env.root(), "s", &bad), "evil").unwrap();
+    damage_small_object(&env.root(), "s", &bad, b"evil");
     env.cmd()
         .args(["verify", "s"])
         .assert()

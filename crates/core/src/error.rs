@@ -1,7 +1,9 @@
 //! The one error type of the store. Every variant names the store, label,
 //! ref or path it concerns, so a message is useful without a backtrace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::names::StoreId;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -119,4 +121,19 @@ pub(crate) fn shorten(text: &str) -> String {
         cut -= 1;
     }
     format!("{}… ({} bytes)", &escaped[..cut], text.len())
+}
+
+/// A [`StoreError::Io`] about `path` in `store`.
+pub(crate) fn io_error(
+    store: &StoreId,
+    action: &'static str,
+    path: &Path,
+    source: std::io::Error,
+) -> StoreError {
+    StoreError::Io {
+        store: store.to_string(),
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Content is addressed by its BLAKE3 digest and stored once per store;
 //! labels are mutable names that point at content. Many stores live under
-//! one [`StoreRoot`] directory. This crate knows nothing of WebAssembly: the
+//! one [`StoreRoot`] directory: small content inside its SQLite index,
+//! larger content in files. This crate knows nothing of WebAssembly: the
 //! wasm host (`theater-store-host`) and the command line build on it.
 //!
 //! ```no_run
@@ -21,22 +22,25 @@
 
 #![warn(missing_docs)]
 
+mod durability;
+mod engine;
 mod error;
-mod index;
 mod maintenance;
 mod names;
-mod objects;
+mod options;
 mod package;
 mod root;
+mod stats;
 mod store;
-mod writer;
 
+pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};
-pub use index::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
 pub use maintenance::{
     GcOptions, GcReport, Progress, RemoveStoreReport, TEMP_FILE_STALE_AFTER, VerifyReport,
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
+pub use options::Options;
 pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
-pub use root::{Durability, ROOT_ENV_VAR, StoreRoot, StoreSummary};
+pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
+pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
 pub use store::{ContentStore, LabelEntry, REFRESH_AFTER, Stored};

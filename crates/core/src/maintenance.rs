@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::engine::{Change, Engine, ObjectRow, unix_millis};
 use crate::error::Result;
-use crate::index::{self, ObjectRow, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId};
-use crate::root::StoreRoot;
-use crate::root::{Engine, blocking};
+use crate::root::{StoreRoot, blocking};
 use crate::store::{ContentStore, LabelEntry};
 
 /// Temporary files older than this are leftovers of a crashed writer rather
@@ -37,14 +36,14 @@ impl Progress for () {}
 pub struct VerifyReport {
     /// The store checked.
     pub store: String,
-    /// Object files re-hashed.
+    /// Objects re-hashed (files and inline content alike).
     pub objects_checked: u64,
     /// Their total size.
     pub bytes_checked: u64,
     /// Objects whose bytes did not match their ref; moved to `quarantine/`
     /// and removed from the index.
     pub quarantined: Vec<ContentRef>,
-    /// Indexed objects whose file is gone.
+    /// Indexed objects whose bytes are gone.
     pub missing: Vec<ContentRef>,
     /// Labels pointing at content that is missing, corrupt or not indexed.
     pub dangling_labels: Vec<LabelEntry>,
@@ -55,6 +54,9 @@ pub struct VerifyReport {
     /// Intact object files that the index does not list: a crash between
     /// publishing and indexing leaves these. Harmless; `gc` removes them.
     pub unindexed: Vec<ContentRef>,
+    /// What the index database's own integrity check reported, root-wide
+    /// (small content lives in it). Empty when healthy.
+    pub index_problems: Vec<String>,
 }
 
 impl VerifyReport {
@@ -65,6 +67,7 @@ impl VerifyReport {
             && self.dangling_labels.is_empty()
             && self.stray_files.is_empty()
             && self.leftover_temp_files.is_empty()
+            && self.index_problems.is_empty()
     }
 }
 
@@ -128,19 +131,6 @@ pub struct RemoveStoreReport {
     pub bytes_freed: u64,
 }
 
-/// Temporary files older than [`TEMP_FILE_STALE_AFTER`]: leftovers of
-/// writers that crashed, as opposed to writes in progress.
-fn stale_temp_files(engine: &Engine, store: &StoreId) -> Result<Vec<PathBuf>> {
-    let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
-    Ok(engine
-        .objects
-        .temp_files(store)?
-        .into_iter()
-        .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < stale_before))
-        .map(|(path, _)| path)
-        .collect())
-}
-
 impl ContentStore {
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
@@ -151,76 +141,50 @@ impl ContentStore {
         let (mut report, corrupt) = blocking({
             let engine = Arc::clone(&engine);
             move || {
-                let rows = engine
-                    .readers
-                    .read("listing objects", |db| index::object_rows(db, &store))?;
-                let labels = engine.readers.read("listing labels", |db| {
-                    index::labels_page(db, &store, "", None, usize::MAX)
-                })?;
-                let files = engine.objects.object_files(&store)?;
+                let index_problems = engine.check_integrity()?;
+                let snapshot = engine.snapshot(&store, "")?;
+                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
+                let leftover_temp_files = engine.stale_staging(&store, stale_before)?;
+                let scan = engine.scan(&store, &*progress)?;
                 let mut report = VerifyReport {
                     store: store.to_string(),
-                    leftover_temp_files: stale_temp_files(&engine, &store)?,
+                    objects_checked: scan.objects_checked,
+                    bytes_checked: scan.bytes_checked,
+                    stray_files: scan.stray,
+                    leftover_temp_files,
+                    unindexed: scan.unindexed.into_iter().map(ContentRef::from).collect(),
+                    index_problems,
                     ..VerifyReport::default()
                 };
-
-                progress.start(files.iter().map(|file| file.metadata.len()).sum());
-                let indexed: BTreeSet<Digest> = rows.iter().map(|row| row.digest).collect();
-                let mut intact = BTreeSet::new();
-                let mut corrupt = Vec::new();
-                for file in files {
-                    progress.advance(file.metadata.len());
-                    let digest = match file.digest {
-                        Some(digest) if file.metadata.is_file() => digest,
-                        _ => {
-                            report.stray_files.push(file.path);
-                            continue;
-                        }
-                    };
-                    let Some(actual) = engine.objects.hash_file(&store, &file.path)? else {
-                        continue;
-                    };
-                    report.objects_checked += 1;
-                    report.bytes_checked += file.metadata.len();
-                    if actual != digest {
-                        corrupt.push(digest);
-                    } else if indexed.contains(&digest) {
-                        intact.insert(digest);
-                    } else {
-                        report.unindexed.push(digest.into());
-                    }
-                }
+                let intact: BTreeSet<Digest> = scan.intact.into_iter().collect();
+                let corrupt = scan.corrupt;
                 // The store may change while it is scanned. Whatever looks
-                // missing or dangling is checked again against the index and
-                // disk as they are now, so concurrent writers and collections
-                // do not show up as damage.
+                // missing or dangling is checked again against the store as
+                // it is now, so concurrent writers and collections do not
+                // show up as damage.
                 let still_missing = |digest: Digest| -> Result<bool> {
-                    let indexed = engine.readers.read("looking up object", |db| {
-                        index::has_object(db, &store, digest)
-                    })?;
-                    Ok(indexed && !engine.objects.is_present(&store, digest))
+                    let handle = tokio::runtime::Handle::current();
+                    let indexed = handle.block_on(engine.has_object(&store, digest))?;
+                    Ok(indexed && !engine.is_present(&store, digest)?)
                 };
-                for &digest in &indexed {
-                    if !intact.contains(&digest)
-                        && !corrupt.contains(&digest)
-                        && still_missing(digest)?
+                for row in &snapshot.objects {
+                    if !intact.contains(&row.digest)
+                        && !corrupt.contains(&row.digest)
+                        && still_missing(row.digest)?
                     {
-                        report.missing.push(digest.into());
+                        report.missing.push(row.digest.into());
                     }
                 }
-                for (label, target) in labels {
+                for (label, target) in snapshot.labels {
                     if intact.contains(&target) {
                         continue;
                     }
-                    let now = engine.readers.read("looking up label", |db| {
-                        index::label_target(db, &store, &label)
-                    })?;
-                    let Some(now) = now else { continue };
+                    let handle = tokio::runtime::Handle::current();
+                    let Some(now) = handle.block_on(engine.label_target(&store, &label))? else {
+                        continue;
+                    };
                     let healthy = !corrupt.contains(&now)
-                        && (intact.contains(&now)
-                            || engine.readers.read("looking up object", |db| {
-                                index::has_object(db, &store, now)
-                            })? && engine.objects.is_present(&store, now));
+                        && (intact.contains(&now) || engine.is_present(&store, now)?);
                     if !healthy {
                         report.dangling_labels.push(LabelEntry {
                             label,
@@ -233,13 +197,13 @@ impl ContentStore {
         })
         .await?;
         for digest in corrupt {
-            let op = WriteOp::QuarantineObject {
+            let change = Change::QuarantineObject {
                 store: self.store_id().clone(),
                 digest,
             };
-            // The writer re-checks the file first: content stored again
+            // The engine re-checks the bytes first: content stored again
             // during the scan is whole again and stays.
-            if engine.writer.write(op).await? {
+            if engine.apply(change).await? {
                 report.quarantined.push(digest.into());
             }
         }
@@ -259,7 +223,7 @@ impl ContentStore {
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
         let cutoff = SystemTime::now() - options.grace;
-        let cutoff_millis = index::unix_millis(cutoff);
+        let cutoff_millis = unix_millis(cutoff);
         let mut report = GcReport {
             store: store.to_string(),
             dry_run: options.dry_run,
@@ -269,23 +233,12 @@ impl ContentStore {
             let engine = Arc::clone(&engine);
             let store = store.clone();
             move || {
-                let rows = engine
-                    .readers
-                    .read("listing objects", |db| index::object_rows(db, &store))?;
-                let indexed: BTreeSet<Digest> = rows.iter().map(|row| row.digest).collect();
-                let old =
-                    |metadata: &std::fs::Metadata| metadata.modified().is_ok_and(|at| at < cutoff);
-                let unindexed: Vec<Digest> = engine
-                    .objects
-                    .object_files(&store)?
-                    .into_iter()
-                    .filter(|file| old(&file.metadata))
-                    .filter_map(|file| file.digest)
-                    .filter(|digest| !indexed.contains(digest))
-                    .collect();
+                let rows = engine.snapshot(&store, "")?.objects;
+                let unindexed = engine.unindexed(&store, cutoff)?;
                 // Temporary files belong to writers still at work unless they
                 // are very old, whatever the grace period for content.
-                let stale_temps = stale_temp_files(&engine, &store)?;
+                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
+                let stale_temps = engine.stale_staging(&store, stale_before)?;
                 Ok((rows, unindexed, stale_temps))
             }
         })
@@ -308,9 +261,7 @@ impl ContentStore {
             report.unindexed_files_removed = unindexed.len() as u64;
             report.temp_files_removed = stale_temps.len() as u64;
             let stats = self.stats().await?;
-            let created_at = self
-                .read("looking up store", index::store_created_at)
-                .await?;
+            let created_at = engine.store_created_at(&store).await?;
             report.store_removed = stats.objects == report.objects_removed
                 && stats.labels == 0
                 && created_at.is_some_and(|at| at < cutoff_millis);
@@ -322,35 +273,32 @@ impl ContentStore {
         report.bytes_freed = freed;
         report.kept_recent += doomed.len() as u64 - removed;
         for chunk in unindexed.chunks(GC_CHUNK) {
-            let ops = chunk
+            let changes = chunk
                 .iter()
-                .map(|&digest| WriteOp::RemoveUnindexedFile {
+                .map(|&digest| Change::RemoveUnindexed {
                     store: store.clone(),
                     digest,
                     cutoff,
                 })
                 .collect();
-            for removed in engine.writer.write_all(ops).await {
+            for removed in engine.apply_all(changes).await {
                 report.unindexed_files_removed += u64::from(removed?);
             }
             progress.advance(chunk.len() as u64);
         }
-        report.temp_files_removed = blocking(move || {
-            let removed = stale_temps
-                .iter()
-                .filter(|path| std::fs::remove_file(path).is_ok())
-                .count();
-            Ok(removed as u64)
+        report.temp_files_removed = blocking({
+            let engine = Arc::clone(&engine);
+            move || Ok(engine.remove_staging(&stale_temps))
         })
         .await?;
         // A store left empty is dropped too, once it is older than the
         // grace period, so that stores made and abandoned (by `new`, say)
         // do not pile up. The writer re-checks that it is still empty.
-        let op = WriteOp::RemoveEmptyStore {
+        let change = Change::RemoveEmptyStore {
             store,
             cutoff: cutoff_millis,
         };
-        report.store_removed = engine.writer.write(op).await?;
+        report.store_removed = engine.apply(change).await?;
         Ok(report)
     }
 }
@@ -367,15 +315,15 @@ async fn remove_objects(
 ) -> Result<(u64, u64)> {
     let (mut removed, mut freed) = (0, 0);
     for chunk in rows.chunks(GC_CHUNK) {
-        let ops = chunk
+        let changes = chunk
             .iter()
-            .map(|row| WriteOp::RemoveObject {
+            .map(|row| Change::RemoveObject {
                 store: store.clone(),
                 digest: row.digest,
                 cutoff,
             })
             .collect();
-        for (row, gone) in chunk.iter().zip(engine.writer.write_all(ops).await) {
+        for (row, gone) in chunk.iter().zip(engine.apply_all(changes).await) {
             if gone? {
                 removed += 1;
                 freed += row.size;
@@ -408,23 +356,27 @@ impl StoreRoot {
         // Labels first, in chunks; then every object (none is labelled any
         // more, and the cutoff lies in the future); then the empty store.
         loop {
-            let op = WriteOp::RemoveLabels {
+            let change = Change::RemoveLabels {
                 store: store_id.clone(),
                 limit: GC_CHUNK * 4,
             };
-            if !engine.writer.write(op).await? {
+            if !engine.apply(change).await? {
                 break;
             }
         }
         let forever = i64::MAX;
-        let rows = store.read("listing objects", index::object_rows).await?;
+        let rows = blocking({
+            let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
+            move || Ok(engine.snapshot(&store_id, "")?.objects)
+        })
+        .await?;
         (report.objects_removed, report.bytes_freed) =
             remove_objects(&engine, &store_id, &rows, forever, &()).await?;
-        let op = WriteOp::RemoveEmptyStore {
+        let change = Change::RemoveEmptyStore {
             store: store_id,
             cutoff: forever,
         };
-        engine.writer.write(op).await?;
+        engine.apply(change).await?;
         Ok(report)
     }
 }

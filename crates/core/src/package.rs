@@ -1,24 +1,24 @@
 //! Export and import packages: a store's labels and content in one
 //! streamed file. The format is documented in docs/PACKAGE-FORMAT.md.
 //!
-//! Export never holds more than one 64 KiB buffer of content in memory.
-//! Import stages each object in a temporary file while checking its hash,
+//! Export never holds more than one 64 KiB buffer of content in memory
+//! (beyond one inline object). Import stages each object (in memory when
+//! it is small enough to be stored inline, else in a temporary file) while
+//! checking its hash,
 //! checks the whole package's checksum, and only then publishes the objects
 //! and, after them, the labels, all together. A truncated or tampered
 //! package is refused with the store unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::{Result, StoreError};
-use crate::index::{self, WriteOp};
+use crate::engine::{Change, Engine, Staged};
+use crate::error::{Result, StoreError, io_error};
 use crate::maintenance::Progress;
 use crate::names::{Digest, MAX_LABEL_BYTES, StoreId, validate_label};
-use crate::objects::io_error;
-use crate::root::{Engine, blocking};
+use crate::root::blocking;
 use crate::store::ContentStore;
 
 /// The first bytes of every package.
@@ -84,35 +84,35 @@ impl ContentStore {
             move || stage(&engine, &store, input, &*progress)
         })
         .await?;
-        let Staged {
+        let StagedPackage {
             objects,
             labels,
             mut summary,
         } = staged;
-        let ops = objects
+        let changes = objects
             .into_iter()
-            .map(|(digest, (size, path))| WriteOp::AddObject {
+            .map(|(digest, (size, staged))| Change::AddObject {
                 store: self.store_id().clone(),
                 digest,
                 size,
-                staged: Some(path),
+                staged: Some(staged),
                 label: None,
             })
             .collect();
-        for added in engine.writer.write_all(ops).await {
+        for added in engine.apply_all(changes).await {
             summary.new_objects += u64::from(added?);
         }
         // Labels go in chunks, so that a package with many labels never
         // holds the root's write lock for long; a failure part way leaves
         // some labels applied, and importing again finishes the job.
-        let ops = labels
+        let changes = labels
             .chunks(LABELS_PER_TRANSACTION)
-            .map(|chunk| WriteOp::SetLabels {
+            .map(|chunk| Change::SetLabels {
                 store: self.store_id().clone(),
                 labels: chunk.to_vec(),
             })
             .collect();
-        for applied in engine.writer.write_all(ops).await {
+        for applied in engine.apply_all(changes).await {
             applied?;
         }
         Ok(summary)
@@ -128,9 +128,8 @@ fn export<W: Write>(
 ) -> Result<(PackageSummary, W)> {
     // Labels and objects as of one moment; content a collection removes
     // after it is left out below, with the labels that pointed at it.
-    let (labels, rows) = engine.readers.read("listing labels and objects", |db| {
-        index::snapshot(db, store, prefix.unwrap_or(""))
-    })?;
+    let snapshot = engine.snapshot(store, prefix.unwrap_or(""))?;
+    let (labels, rows) = (snapshot.labels, snapshot.objects);
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
     let digests: BTreeSet<Digest> = match prefix {
         None => sizes.keys().copied().collect(),
@@ -151,22 +150,18 @@ fn export<W: Write>(
     let mut buffer = vec![0u8; 1 << 16];
     let mut vanished = BTreeSet::new();
     for digest in &digests {
-        let path = engine.objects.object_path(store, *digest);
+        let path = PathBuf::from(format!("<object {}>", digest.to_hex()));
         let read_error = |source| io_error(store, "reading object for export", &path, source);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                vanished.insert(*digest);
-                continue;
-            }
-            Err(source) => return Err(read_error(source)),
+        let (Some(object), Some(&size)) = (engine.open_object(store, *digest)?, sizes.get(digest))
+        else {
+            vanished.insert(*digest);
+            continue;
         };
-        let size = file.metadata().map_err(read_error)?.len();
         out.write_all(&[OBJECT]).map_err(write_error)?;
         out.write_all(&size.to_le_bytes()).map_err(write_error)?;
         out.write_all(&digest.0).map_err(write_error)?;
         let mut object_hasher = blake3::Hasher::new();
-        let mut reader = file.take(size);
+        let mut reader = object.take(size);
         let mut copied = 0u64;
         loop {
             let read = reader.read(&mut buffer).map_err(read_error)?;
@@ -212,30 +207,30 @@ fn export<W: Write>(
     Ok((summary, inner))
 }
 
-/// A package read and checked, its objects staged in temporary files.
-struct Staged {
-    objects: BTreeMap<Digest, (u64, PathBuf)>,
+/// A package read and checked, its objects staged.
+struct StagedPackage {
+    objects: BTreeMap<Digest, (u64, Staged)>,
     labels: Vec<(String, Digest)>,
     summary: PackageSummary,
 }
 
 /// Reads and checks the whole package, staging objects the store lacks.
-/// On any failure the staged files are removed.
+/// On any failure the staged objects are discarded.
 fn stage<R: Read>(
     engine: &Engine,
     store: &StoreId,
     input: R,
     progress: &dyn Progress,
-) -> Result<Staged> {
-    let mut staged = Staged {
+) -> Result<StagedPackage> {
+    let mut staged = StagedPackage {
         objects: BTreeMap::new(),
         labels: Vec::new(),
         summary: PackageSummary::default(),
     };
     let result = read_package(engine, store, input, progress, &mut staged);
     if result.is_err() {
-        for (_, path) in staged.objects.values() {
-            let _ = std::fs::remove_file(path);
+        for (_, (_, object)) in std::mem::take(&mut staged.objects) {
+            engine.discard(object);
         }
     }
     result.map(|()| staged)
@@ -246,7 +241,7 @@ fn read_package<R: Read>(
     store: &StoreId,
     input: R,
     progress: &dyn Progress,
-    staged: &mut Staged,
+    staged: &mut StagedPackage,
 ) -> Result<()> {
     let refuse = |reason: String| StoreError::InvalidPackage {
         store: store.to_string(),
@@ -280,19 +275,20 @@ fn read_package<R: Read>(
                 if !seen.insert(digest) {
                     return Err(refuse(format!("object {} appears twice", digest.to_hex())));
                 }
-                let held = engine.readers.read("looking up object", |db| {
-                    index::has_object(db, store, digest)
-                })? && engine.objects.is_present(store, digest);
-                let actual = if held {
+                let actual = if engine.is_present(store, digest)? {
                     input.discard(size, digest, store)?
                 } else {
-                    let (path, mut file) = engine.objects.create_temp(store)?;
-                    staged.objects.insert(digest, (size, path.clone()));
-                    let actual = input.copy_to(&mut file, size, digest, store)?;
-                    engine.objects.finish_temp(&file).map_err(|source| {
-                        io_error(store, "writing staged object", &path, source)
-                    })?;
-                    actual
+                    let mut sink = engine.staging_sink(store, size)?;
+                    match input.copy_to(&mut sink, size, digest, store) {
+                        Ok(actual) => {
+                            staged.objects.insert(digest, (size, sink.finish()?));
+                            actual
+                        }
+                        Err(error) => {
+                            sink.abandon();
+                            return Err(error);
+                        }
+                    }
                 };
                 if actual != digest {
                     return Err(refuse(format!(
@@ -317,10 +313,7 @@ fn read_package<R: Read>(
                     String::from_utf8(name).map_err(|_| refuse("a label is not UTF-8".into()))?;
                 validate_label(&label)?;
                 let target = Digest(input.array("a label", store)?);
-                let available = seen.contains(&target)
-                    || engine.readers.read("looking up object", |db| {
-                        index::has_object(db, store, target)
-                    })?;
+                let available = seen.contains(&target) || engine.is_present(store, target)?;
                 if !available {
                     return Err(refuse(format!(
                         "label {label:?} points at {} which is neither in the package nor in the store",

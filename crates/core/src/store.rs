@@ -1,65 +1,18 @@
 //! [`ContentStore`]: the API that host-side Rust code and the wasm host use.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::engine::{Change, Engine, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError};
-use crate::index::{self, Expect, StoreStats, WriteOp};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
-use crate::root::{Engine, StoreRoot, blocking};
+use crate::root::{StoreRoot, blocking};
+use crate::stats::StoreStats;
 
-/// Whether the store holds `digest`, stored within [`REFRESH_AFTER`].
-/// Recently stored content is left alone; older content is written again,
-/// which refreshes its age, so that a garbage collection with a grace
-/// period cannot take content from under a caller who just stored it.
-fn recently_stored(engine: &Engine, store: &StoreId, digest: Digest) -> Result<bool> {
-    if !engine.objects.is_present(store, digest) {
-        return Ok(false);
-    }
-    let stored_at = engine.readers.read("looking up object", |db| {
-        index::object_stored_at(db, store, digest)
-    })?;
-    let fresh_since = index::unix_now() - REFRESH_AFTER.as_millis() as i64;
-    Ok(stored_at.is_some_and(|at| at >= fresh_since))
-}
-
-/// Hashes `content` and writes it to a temporary file of `store`, unless
-/// the store holds it already (and `force_write` is off). Returns the digest
-/// and the staged file, if one was written.
-fn stage(
-    engine: &Engine,
-    store: &StoreId,
-    content: &[u8],
-    force_write: bool,
-) -> Result<(Digest, Option<PathBuf>)> {
-    if content.len() >= PARALLEL_WRITE_MIN {
-        // Large content: hash on a second thread while this one writes the
-        // temporary file, so the cost is the slower of the two rather than
-        // their sum.
-        let (digest, staged) = std::thread::scope(|scope| {
-            let hashing = scope.spawn(|| Digest::of(content));
-            let staged = engine.objects.write_temp(store, content);
-            (hashing.join().expect("hashing does not panic"), staged)
-        });
-        let staged = staged?;
-        if !force_write && recently_stored(engine, store, digest)? {
-            let _ = std::fs::remove_file(&staged);
-            return Ok((digest, None));
-        }
-        return Ok((digest, Some(staged)));
-    }
-    let digest = Digest::of(content);
-    if !force_write && recently_stored(engine, store, digest)? {
-        return Ok((digest, None));
-    }
-    Ok((digest, Some(engine.objects.write_temp(store, content)?)))
-}
-
-/// Content from this size up is hashed and written in parallel.
+/// Content from this size up is hashed and staged in parallel.
 const PARALLEL_WRITE_MIN: usize = 1 << 20;
 
-/// Objects up to this size are read without leaving the calling thread.
-const INLINE_READ_MAX: u64 = 64 << 10;
+/// Content up to this size is verified on the calling thread.
+const VERIFY_ON_CALLER_MAX: usize = 64 << 10;
 
 /// How old stored content must be before storing it again refreshes its
 /// age. Garbage-collection grace periods should be well above this.
@@ -149,22 +102,36 @@ impl ContentStore {
         if let Some(label) = label {
             validate_label(label)?;
         }
-        let content = content.into();
+        let content = Arc::new(content.into());
         let engine = self.root.engine().await?;
         let size = content.len() as u64;
-        let content = Arc::new(content);
-        // Content already held is not written again, only re-recorded with
-        // the label. If a collection removes it in between, the writer says
-        // so, and the second attempt writes it.
+        // Content already held, and stored recently, is not written again,
+        // only re-recorded with the label. If a collection removes it in
+        // between, the engine says so, and the second attempt stages it.
         let mut force_write = false;
         loop {
-            let (digest, staged) = blocking({
-                let engine = Arc::clone(&engine);
-                let store = self.id.clone();
+            let (digest, staged) = if engine.stages_to_file(content.len()) {
+                let (engine, store) = (Arc::clone(&engine), self.id.clone());
                 let content = Arc::clone(&content);
-                move || stage(&engine, &store, &content, force_write)
-            })
-            .await?;
+                let (digest, staged) = blocking(move || {
+                    let (digest, staged) = hash_and_stage(&engine, &store, content);
+                    Ok((digest, staged?))
+                })
+                .await?;
+                (digest, Some(staged))
+            } else {
+                (
+                    Digest::of(&content),
+                    Some(Staged::Inline(Arc::clone(&content))),
+                )
+            };
+            let staged = match staged {
+                Some(staged) if !force_write && self.recently_stored(&engine, digest).await? => {
+                    engine.discard(staged);
+                    None
+                }
+                staged => staged,
+            };
             let content_ref = ContentRef::from(digest);
             if staged.is_none() && label.is_none() {
                 return Ok(Stored {
@@ -172,33 +139,40 @@ impl ContentStore {
                     new: false,
                 });
             }
-            let op = WriteOp::AddObject {
+            let change = Change::AddObject {
                 store: self.id.clone(),
                 digest,
                 size,
                 staged,
                 label: label.map(str::to_owned),
             };
-            match engine.writer.write(op).await {
+            match engine.apply(change).await {
                 Err(StoreError::NotFound { .. }) if !force_write => force_write = true,
                 outcome => return outcome.map(|new| Stored { content_ref, new }),
             }
         }
     }
 
+    /// Whether the store holds `digest`, stored within the root's
+    /// [`crate::Options::refresh_after`]. Recently stored content is left
+    /// alone; older content is written again, which refreshes its age, so
+    /// that a garbage collection with a grace period cannot take content
+    /// from under a caller who just stored it.
+    async fn recently_stored(&self, engine: &Engine, digest: Digest) -> Result<bool> {
+        let refresh_after = self.root.options().refresh_after;
+        let fresh_since = unix_now().saturating_sub(refresh_after.as_millis() as i64);
+        let info = engine.object_info(&self.id, digest).await?;
+        Ok(info.is_some_and(|info| info.present && info.stored_at >= fresh_since))
+    }
+
     /// The size of the content behind `content_ref`, without reading it.
     /// Fails with [`StoreError::NotFound`] when the store does not hold it.
     pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
         let digest = content_ref.digest()?;
-        let size = self
-            .read("looking up object", move |db, store| {
-                index::object_size(db, store, digest)
-            })
-            .await?;
-        size.ok_or_else(|| StoreError::NotFound {
-            store: self.id.to_string(),
-            reference: digest.to_hex(),
-        })
+        let engine = self.root.engine().await?;
+        let info = engine.object_info(&self.id, digest).await?;
+        info.map(|info| info.size)
+            .ok_or_else(|| self.not_found(digest))
     }
 
     /// The content behind `content_ref`, re-hashed on the way out: bytes that
@@ -210,22 +184,30 @@ impl ContentStore {
 
     async fn get_digest(&self, digest: Digest) -> Result<Vec<u8>> {
         let engine = self.root.engine().await?;
-        // Small objects are read on the calling thread: a round trip through
-        // the blocking pool costs more than reading and hashing them.
-        if engine.objects.size(&self.id, digest)? <= INLINE_READ_MAX {
-            return engine.objects.read_verified(&self.id, digest);
+        let bytes = engine
+            .read_object(&self.id, digest)
+            .await?
+            .ok_or_else(|| self.not_found(digest))?;
+        // Small content is verified on the calling thread: a round trip
+        // through the blocking pool costs more than hashing it.
+        if bytes.len() <= VERIFY_ON_CALLER_MAX {
+            return verified(&self.id, digest, bytes);
         }
         let store = self.id.clone();
-        blocking(move || engine.objects.read_verified(&store, digest)).await
+        blocking(move || verified(&store, digest, bytes)).await
+    }
+
+    fn not_found(&self, digest: Digest) -> StoreError {
+        StoreError::NotFound {
+            store: self.id.to_string(),
+            reference: digest.to_hex(),
+        }
     }
 
     /// Whether this store holds `content_ref`.
     pub async fn exists(&self, content_ref: &ContentRef) -> Result<bool> {
         let digest = content_ref.digest()?;
-        self.read("looking up object", move |db, store| {
-            index::has_object(db, store, digest)
-        })
-        .await
+        self.root.engine().await?.has_object(&self.id, digest).await
     }
 
     /// Points `label` at existing content, replacing what it pointed at.
@@ -246,12 +228,8 @@ impl ContentStore {
     /// What `label` points at, or `None` when it is not defined.
     pub async fn get_by_label(&self, label: &str) -> Result<Option<ContentRef>> {
         validate_label(label)?;
-        let label = label.to_owned();
-        let target = self
-            .read("looking up label", move |db, store| {
-                index::label_target(db, store, &label)
-            })
-            .await?;
+        let engine = self.root.engine().await?;
+        let target = engine.label_target(&self.id, label).await?;
         Ok(target.map(ContentRef::from))
     }
 
@@ -327,13 +305,8 @@ impl ContentStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LabelEntry>> {
-        let prefix = prefix.to_owned();
-        let after = after.map(str::to_owned);
-        let rows = self
-            .read("listing labels", move |db, store| {
-                index::labels_page(db, store, &prefix, after.as_deref(), limit)
-            })
-            .await?;
+        let engine = self.root.engine().await?;
+        let rows = engine.labels_page(&self.id, prefix, after, limit).await?;
         Ok(rows
             .into_iter()
             .map(|(label, digest)| LabelEntry {
@@ -345,7 +318,7 @@ impl ContentStore {
 
     /// Every content ref in the store, in hash order.
     pub async fn list_all_content(&self) -> Result<Vec<ContentRef>> {
-        let digests = self.read("listing objects", index::objects).await?;
+        let digests = self.root.engine().await?.objects(&self.id).await?;
         Ok(digests.into_iter().map(ContentRef::from).collect())
     }
 
@@ -357,30 +330,48 @@ impl ContentStore {
 
     /// Object count, total bytes and label count. O(1).
     pub async fn stats(&self) -> Result<StoreStats> {
-        self.read("reading totals", index::store_stats).await
+        self.root.engine().await?.store_stats(&self.id).await
     }
 
     async fn set_label(&self, label: &str, target: Option<Digest>, expect: Expect) -> Result<bool> {
         validate_label(label)?;
-        let engine = self.root.engine().await?;
-        let op = WriteOp::SetLabel {
+        let change = Change::SetLabel {
             store: self.id.clone(),
             label: label.to_owned(),
             target,
             expect,
         };
-        engine.writer.write(op).await
+        self.root.engine().await?.apply(change).await
     }
+}
 
-    /// Runs an index query on the calling thread. Point queries and pages
-    /// take microseconds (WAL readers never wait for writers), far less than
-    /// a hop to the blocking pool and back.
-    pub(crate) async fn read<T>(
-        &self,
-        action: &'static str,
-        query: impl FnOnce(&rusqlite::Connection, &StoreId) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        let engine: Arc<Engine> = self.root.engine().await?;
-        engine.readers.read(action, |db| query(db, &self.id))
+/// Hashes `content` and stages it in a file, at the same time for large
+/// content: the cost is then the slower of the two rather than their sum.
+/// Blocking.
+fn hash_and_stage(
+    engine: &Engine,
+    store: &StoreId,
+    content: Arc<Vec<u8>>,
+) -> (Digest, Result<Staged>) {
+    if content.len() < PARALLEL_WRITE_MIN {
+        return (Digest::of(&content), engine.stage(store, content));
     }
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| Digest::of(&content));
+        let staged = engine.stage(store, Arc::clone(&content));
+        (hashing.join().expect("hashing does not panic"), staged)
+    })
+}
+
+/// `bytes` if they hash to `digest`; [`StoreError::Corrupted`] otherwise.
+fn verified(store: &StoreId, digest: Digest, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let actual = Digest::of(&bytes);
+    if actual != digest {
+        return Err(StoreError::Corrupted {
+            store: store.to_string(),
+            reference: digest.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(bytes)
 }

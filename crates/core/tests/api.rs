@@ -5,15 +5,18 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{object_path, temp_root};
-use theater_store::{ContentRef, ContentStore, Durability, StoreError, StoreRoot};
+use common::{damage, temp_root};
+use theater_store::{ContentRef, ContentStore, Durability, Options, StoreError, StoreRoot};
 
 /// Every file below `dir`, relative to it.
 fn files_below(dir: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
@@ -60,24 +63,28 @@ async fn identical_content_is_stored_once() {
 #[tokio::test]
 async fn concurrent_identical_writes_end_as_one_object() {
     let (_dir, root) = temp_root();
-    let store = root.store("race").unwrap();
-    let writers: Vec<_> = (0..32)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.store(vec![7u8; 4096]).await.unwrap() })
-        })
-        .collect();
-    let mut refs = BTreeSet::new();
-    for writer in writers {
-        refs.insert(writer.await.unwrap());
+    // Small content is kept in the index, larger content in one file.
+    for (id, size) in [("race-small", 4096), ("race-large", 64 << 10)] {
+        let store = root.store(id).unwrap();
+        let writers: Vec<_> = (0..32)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.store(vec![7u8; size]).await.unwrap() })
+            })
+            .collect();
+        let mut refs = BTreeSet::new();
+        for writer in writers {
+            refs.insert(writer.await.unwrap());
+        }
+        assert_eq!(refs.len(), 1);
+        assert_eq!(store.stats().await.unwrap().objects, 1);
+        assert_eq!(store.calculate_total_size().await.unwrap(), size as u64);
+        let objects = root.path().unwrap().join(format!("stores/{id}/objects"));
+        let files = usize::from(size > Options::default().inline_threshold);
+        assert_eq!(files_below(&objects).len(), files);
+        let tmp = root.path().unwrap().join(format!("stores/{id}/tmp"));
+        assert!(files_below(&tmp).is_empty(), "temporary files left behind");
     }
-    assert_eq!(refs.len(), 1);
-    assert_eq!(store.stats().await.unwrap().objects, 1);
-    assert_eq!(store.calculate_total_size().await.unwrap(), 4096);
-    let objects = root.path().unwrap().join("stores/race/objects");
-    assert_eq!(files_below(&objects).len(), 1);
-    let tmp = root.path().unwrap().join("stores/race/tmp");
-    assert!(files_below(&tmp).is_empty(), "temporary files left behind");
 }
 
 #[tokio::test]
@@ -418,10 +425,19 @@ async fn label_pages_follow_prefix_and_cursor() {
 async fn corrupted_objects_are_reported_never_returned() {
     let (_dir, root) = temp_root();
     let store = root.store("corrupt").unwrap();
-    let content_ref = store.store_at_label("doc", "the real bytes").await.unwrap();
-    std::fs::write(object_path(&root, &store, &content_ref), "tampered bytes").unwrap();
+    // Small content lives in the index, large content in a file: both are
+    // checked on every read.
+    let large = "the real bytes ".repeat(10_000);
+    for content in ["the real bytes", large.as_str()] {
+        let content_ref = store.store_at_label("doc", content).await.unwrap();
+        damage(&root, &store, &content_ref, b"tampered bytes");
+        expect_corrupted(&store, &content_ref).await;
+    }
+}
+
+async fn expect_corrupted(store: &ContentStore, content_ref: &ContentRef) {
     for result in [
-        store.get(&content_ref).await,
+        store.get(content_ref).await,
         store
             .get_content_by_label("doc")
             .await
@@ -485,7 +501,7 @@ async fn the_default_root_comes_from_the_environment() {
     let content_ref = store.store_at_label("seed", "global").await.unwrap();
     let same = ContentStore::from_id(store.id()).unwrap();
     assert_eq!(same.get(&content_ref).await.unwrap(), b"global");
-    assert!(dir.path().join("stores").join(store.id()).is_dir());
+    assert!(dir.path().join("index.sqlite").is_file());
     assert!(matches!(
         ContentStore::from_id("../x"),
         Err(StoreError::InvalidStoreId { .. })

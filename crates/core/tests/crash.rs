@@ -32,9 +32,10 @@ impl Rng {
     }
 }
 
-/// The bytes of the `n`th piece of content: sizes from 0 to about 8 KiB.
+/// The bytes of the `n`th piece of content: sizes from 0 to about 40 KiB,
+/// on both sides of the inline threshold (16 KiB): rows and files alike.
 fn content(n: u64) -> Vec<u8> {
-    let size = (n * 7919) % 8192;
+    let size = (n * 7919) % 40_000;
     let mut bytes = format!("content {n};").into_bytes();
     bytes.resize(bytes.len() + size as usize, (n % 251) as u8);
     bytes

@@ -249,8 +249,10 @@ fn make_writable(root: &Path) {
 async fn a_truncated_object_is_reported_and_quarantined_not_served() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreRoot::new(dir.path()).store("s").unwrap();
+    // Large enough to be a file of its own (small content lives in the
+    // index, where a torn write is SQLite's to detect).
     let whole = store
-        .store_at_label("doc", vec![42u8; 10_000])
+        .store_at_label("doc", vec![42u8; 100_000])
         .await
         .unwrap();
     let other = store.store_at_label("other", "unharmed").await.unwrap();
@@ -276,7 +278,7 @@ async fn a_truncated_object_is_reported_and_quarantined_not_served() {
     assert_eq!(report.quarantined, std::slice::from_ref(&whole));
     assert_eq!(store.get(&other).await.unwrap(), b"unharmed");
     // Re-storing the content heals the store.
-    store.store(vec![42u8; 10_000]).await.unwrap();
+    store.store(vec![42u8; 100_000]).await.unwrap();
     assert_eq!(
         store
             .get_content_by_label("doc")
@@ -284,7 +286,7 @@ async fn a_truncated_object_is_reported_and_quarantined_not_served() {
             .unwrap()
             .unwrap()
             .len(),
-        10_000
+        100_000
     );
     assert!(store.verify(Arc::new(())).await.unwrap().is_clean());
 }
@@ -292,13 +294,17 @@ async fn a_truncated_object_is_reported_and_quarantined_not_served() {
 #[tokio::test]
 async fn a_damaged_index_is_a_clear_error_and_content_stays_on_disk() {
     let dir = tempfile::tempdir().unwrap();
+    // Content above the inline threshold has a file of its own, which
+    // outlives the index. (Small content lives in the index and goes with
+    // it: ARCHITECTURE.md, "Durability", says what protects it.)
+    let content = "survives ".repeat(10_000);
     let content_ref = {
         let root = StoreRoot::open(dir.path(), theater_store::Durability::Synced)
             .await
             .unwrap();
         root.store("s")
             .unwrap()
-            .store_at_label("doc", "survives")
+            .store_at_label("doc", content)
             .await
             .unwrap()
     };

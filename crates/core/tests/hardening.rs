@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{object_path, store_dir_name, temp_root};
+use common::{damage, store_dir_name, temp_root};
 use theater_store::{
     ContentRef, ContentStore, GcOptions, OBJECT_OVERHEAD_BYTES, Progress, StoreRoot,
     label_footprint,
@@ -61,7 +61,7 @@ async fn verify_never_quarantines_content_stored_again_during_its_scan() {
         stored.push((content_ref, content));
     }
     for (content_ref, _) in &stored {
-        std::fs::write(object_path(&root, &store, content_ref), "damaged").unwrap();
+        damage(&root, &store, content_ref, b"damaged");
     }
     // Old enough that storing the bytes again rewrites the file.
     age_all_objects(&root);
@@ -174,9 +174,11 @@ async fn export_skips_unlabelled_content_a_concurrent_collection_removes() {
 async fn store_ids_differing_only_in_case_never_share_a_directory() {
     let (_dir, root) = temp_root();
     let ids = ["casey", "CASEY", "Casey"];
+    // Content large enough to get files, so that each store has a directory.
+    let owned = |id: &str| id.repeat(5_000);
     for id in ids {
         let store = root.store(id).unwrap();
-        store.store_at_label("owner", id).await.unwrap();
+        store.store_at_label("owner", owned(id)).await.unwrap();
     }
     let mut names: Vec<String> = std::fs::read_dir(root.path().unwrap().join("stores"))
         .unwrap()
@@ -199,7 +201,7 @@ async fn store_ids_differing_only_in_case_never_share_a_directory() {
     for id in ids {
         let store = root.store(id).unwrap();
         let owner = store.get_content_by_label("owner").await.unwrap().unwrap();
-        assert_eq!(owner, id.as_bytes());
+        assert_eq!(owner, owned(id).as_bytes());
     }
 }
 

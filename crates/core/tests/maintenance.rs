@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{object_path, temp_root};
+use common::{damage, lose_bytes, object_path, temp_root};
 use theater_store::{ContentRef, ContentStore, GcOptions, StoreError};
 
 fn no_progress() -> Arc<dyn theater_store::Progress> {
@@ -30,20 +30,31 @@ async fn verify_passes_a_healthy_store() {
 
 #[tokio::test]
 async fn verify_quarantines_corruption_and_reports_dangling_labels() {
+    // Small content is checked in the index, large content in its files.
+    verify_finds_damage("damaged-small", 1).await;
+    verify_finds_damage("damaged-large", 2_000).await;
+}
+
+async fn verify_finds_damage(id: &str, repeat: usize) {
     let (_dir, root) = temp_root();
-    let store = root.store("damaged").unwrap();
-    let good = store.store_at_label("good", "fine").await.unwrap();
+    let store = root.store(id).unwrap();
+    let content = |text: &str| text.repeat(repeat);
+    let good = store.store_at_label("good", content("fine")).await.unwrap();
     let bad = store
-        .store_at_label("bad", "will be corrupted")
+        .store_at_label("bad", content("will be corrupted"))
         .await
         .unwrap();
     let gone = store
-        .store_at_label("gone", "will be deleted")
+        .store_at_label("gone", content("will be deleted"))
         .await
         .unwrap();
-    std::fs::write(object_path(&root, &store, &bad), "flipped bits").unwrap();
-    std::fs::remove_file(object_path(&root, &store, &gone)).unwrap();
-    let tmp = root.path().unwrap().join("stores/damaged/tmp/leftover");
+    damage(&root, &store, &bad, b"flipped bits");
+    lose_bytes(&root, &store, &gone);
+    let tmp = root
+        .path()
+        .unwrap()
+        .join(format!("stores/{id}/tmp/leftover"));
+    std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
     std::fs::write(&tmp, "half an object").unwrap();
     backdate(&tmp, Duration::from_secs(7200));
 
@@ -59,18 +70,23 @@ async fn verify_quarantines_corruption_and_reports_dangling_labels() {
     dangling.sort();
     assert_eq!(dangling, ["bad", "gone"]);
     assert_eq!(report.leftover_temp_files, [tmp]);
+    assert!(report.index_problems.is_empty());
 
     // The corrupt bytes were moved aside, not deleted, and no longer count.
-    let quarantine = root.path().unwrap().join("stores/damaged/quarantine");
+    let quarantine = root.path().unwrap().join(format!("stores/{id}/quarantine"));
     let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
     assert_eq!(kept.len(), 1);
+    assert_eq!(
+        std::fs::read(kept[0].as_ref().unwrap().path()).unwrap(),
+        b"flipped bits"
+    );
     assert!(!store.exists(&bad).await.unwrap());
-    assert_eq!(store.get(&good).await.unwrap(), b"fine");
+    assert_eq!(store.get(&good).await.unwrap(), content("fine").as_bytes());
     // Storing the right bytes again repairs the dangling label.
-    store.store("will be corrupted").await.unwrap();
+    store.store(content("will be corrupted")).await.unwrap();
     assert_eq!(
         store.get_content_by_label("bad").await.unwrap().unwrap(),
-        b"will be corrupted"
+        content("will be corrupted").as_bytes()
     );
 }
 
@@ -182,6 +198,7 @@ async fn gc_cleans_crash_leftovers() {
     store.store_at_label("keep", "kept").await.unwrap();
     let store_dir = root.path().unwrap().join("stores/leftovers");
     let tmp = store_dir.join("tmp/crashed-writer");
+    std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
     std::fs::write(&tmp, "partial").unwrap();
     backdate(&tmp, Duration::from_secs(7200));
     let unindexed = ContentRef::for_content(b"published but never indexed");

@@ -63,12 +63,18 @@ async fn store_and_label(store: &ContentStore, label: &str, content: &str) {
     }
 }
 
+/// What the `i`th write of a task stores under `label`. Every fourth body
+/// is over the inline threshold: index rows and files race alike.
+fn body(label: &str, i: usize) -> String {
+    format!("{label} body ").repeat(if i.is_multiple_of(4) { 1_000 } else { 1 })
+}
+
 /// One writer task: labelled writes, shared identical content, counter
 /// increments, and listings that must show everything it wrote so far.
 async fn write_task(store: ContentStore, child: String, task: usize) {
     for i in 0..WRITES_PER_TASK {
         let label = format!("w:{child}:{task}:{i:03}");
-        store_and_label(&store, &label, &format!("{label} body")).await;
+        store_and_label(&store, &label, &body(&label, i)).await;
         store_and_label(
             &store,
             &format!("identical:{child}:{task}"),
@@ -165,11 +171,7 @@ async fn processes_and_tasks_racing_lose_nothing() {
             for i in 0..WRITES_PER_TASK {
                 let label = format!("w:{child}:{task}:{i:03}");
                 let content = store.get_content_by_label(&label).await.unwrap();
-                assert_eq!(
-                    content,
-                    Some(format!("{label} body").into_bytes()),
-                    "{label} lost"
-                );
+                assert_eq!(content, Some(body(&label, i).into_bytes()), "{label} lost");
             }
             let shared = store
                 .get_content_by_label(&format!("identical:{child}:{task}"))

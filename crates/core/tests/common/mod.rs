@@ -1,5 +1,8 @@
 //! Helpers shared by the core's integration tests.
 
+// Each test binary uses some of these helpers, none uses all.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 use tempfile::TempDir;
@@ -22,6 +25,56 @@ pub fn object_path(root: &StoreRoot, store: &ContentStore, content_ref: &Content
         .join("objects")
         .join(&hash[..2])
         .join(&hash[2..])
+}
+
+/// Where the store keeps an object's bytes: small content in the root's
+/// index, larger content in a file (see ARCHITECTURE.md).
+enum Place {
+    File(PathBuf),
+    Inline(rusqlite::Connection, i64),
+}
+
+fn place(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef) -> Place {
+    let path = object_path(root, store, content_ref);
+    if path.is_file() {
+        return Place::File(path);
+    }
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    let hash = blake3::Hash::from_hex(content_ref.hash()).unwrap();
+    let id = db
+        .query_row(
+            "SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2",
+            rusqlite::params![store.id(), &hash.as_bytes()[..]],
+            |row| row.get(0),
+        )
+        .expect("the object is neither a file nor an inline row");
+    Place::Inline(db, id)
+}
+
+/// Overwrites an object's stored bytes with `bytes`, wherever the store
+/// keeps them, as a disk fault or a careless hand would.
+pub fn damage(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, bytes: &[u8]) {
+    match place(root, store, content_ref) {
+        Place::File(path) => std::fs::write(path, bytes).unwrap(),
+        Place::Inline(db, id) => {
+            db.execute(
+                "UPDATE inline_content SET content = ?2 WHERE id = ?1",
+                rusqlite::params![id, bytes],
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Deletes an object's stored bytes, leaving its index row.
+pub fn lose_bytes(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef) {
+    match place(root, store, content_ref) {
+        Place::File(path) => std::fs::remove_file(path).unwrap(),
+        Place::Inline(db, id) => {
+            db.execute("DELETE FROM inline_content WHERE id = ?1", [id])
+                .unwrap();
+        }
+    }
 }
 
 /// The directory name the store uses for `id`: capital letters are written

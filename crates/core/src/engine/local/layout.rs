@@ -8,16 +8,19 @@
 //! reader or a crash sees either no file or the whole file. The shard level
 //! keeps directories small (256 of them, each with 1/256 of the objects).
 //!
-//! Only the index writer renames files into `objects/` or deletes them, and
-//! only while it holds the index's write lock; see [`crate::writer`].
+//! Only content above the root's inline threshold gets a file; smaller
+//! content lives in the index (`sql.rs`). Only the index writer renames
+//! files into `objects/` or deletes them, and only while it holds the
+//! index's write lock; see `writer.rs`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Result, StoreError};
+use super::steps::{Step, record};
+use crate::durability::Durability;
+use crate::error::{Result, io_error};
 use crate::names::{Digest, StoreId};
-use crate::root::Durability;
 
 /// File-level access to the objects of every store under one root.
 #[derive(Clone, Debug)]
@@ -106,7 +109,7 @@ impl ObjectFiles {
         let tmp_path = self.new_temp_path(store);
         let written = self.create_with_parents(&tmp_path).and_then(|mut file| {
             file.write_all(content)?;
-            self.finish_temp(&file)
+            self.finish_temp(&tmp_path, &file)
         });
         written.map_err(|source| {
             let _ = fs::remove_file(&tmp_path);
@@ -130,14 +133,18 @@ impl ObjectFiles {
         Ok((tmp_path, file))
     }
 
-    /// Makes a fully written temporary file durable in synced mode.
-    /// On Linux the index writer flushes all of a batch's temporary files
-    /// with one `syncfs` before renaming them (see writer.rs), so nothing
-    /// is done here.
-    pub(crate) fn finish_temp(&self, file: &File) -> io::Result<()> {
+    /// Makes a fully written temporary file's contents durable in synced
+    /// mode. Writers do this on their own threads, before they queue the
+    /// file for publication, so that concurrent writers flush in parallel
+    /// and the writer thread only has directories and the log to flush.
+    pub(crate) fn finish_temp(&self, path: &Path, file: &File) -> io::Result<()> {
         match self.durability {
-            Durability::Synced if !cfg!(target_os = "linux") => file.sync_data(),
-            _ => Ok(()),
+            Durability::Synced => {
+                file.sync_data()?;
+                record(|| Step::FileSynced(path.to_owned()));
+                Ok(())
+            }
+            Durability::Buffered => Ok(()),
         }
     }
 
@@ -163,19 +170,25 @@ impl ObjectFiles {
             self.create_dir(&shard_dir)?;
             fs::rename(tmp_path, &final_path)
         })?;
+        record(|| Step::Published(tmp_path.to_owned(), final_path.clone()));
         Ok(shard_dir)
     }
 
     /// Moves a damaged object aside into `quarantine/`, for inspection.
     pub(crate) fn quarantine(&self, store: &StoreId, digest: Digest) -> io::Result<PathBuf> {
+        let moved = self.quarantine_path(store, digest)?;
+        fs::rename(self.object_path(store, digest), &moved)?;
+        Ok(moved)
+    }
+
+    /// A new name in the store's `quarantine/` for damaged bytes of `digest`.
+    fn quarantine_path(&self, store: &StoreId, digest: Digest) -> io::Result<PathBuf> {
         let dir = self.store_dir(store).join("quarantine");
         self.create_dir(&dir)?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
-        let moved = dir.join(format!("{}-{stamp}", digest.to_hex()));
-        fs::rename(self.object_path(store, digest), &moved)?;
-        Ok(moved)
+        Ok(dir.join(format!("{}-{stamp}", digest.to_hex())))
     }
 
     /// Every file under the store's `objects/`: its digest when the name is
@@ -227,50 +240,27 @@ impl ObjectFiles {
         Ok(found)
     }
 
-    /// The size of an object's file.
-    pub(crate) fn size(&self, store: &StoreId, digest: Digest) -> Result<u64> {
+    /// An object file's bytes, or `None` when the file is gone.
+    pub(crate) fn read(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
         let path = self.object_path(store, digest);
-        fs::metadata(&path)
-            .map(|metadata| metadata.len())
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::NotFound {
-                    StoreError::NotFound {
-                        store: store.to_string(),
-                        reference: digest.to_hex(),
-                    }
-                } else {
-                    io_error(store, "inspecting object", &path, source)
-                }
-            })
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error(store, "reading object", &path, source)),
+        }
     }
 
-    /// Reads an object and checks that its bytes still hash to `digest`.
-    pub(crate) fn read_verified(&self, store: &StoreId, digest: Digest) -> Result<Vec<u8>> {
-        let path = self.object_path(store, digest);
-        let bytes = fs::read(&path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                StoreError::NotFound {
-                    store: store.to_string(),
-                    reference: digest.to_hex(),
-                }
-            } else {
-                StoreError::Io {
-                    store: store.to_string(),
-                    action: "reading object",
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
-        let actual = Digest::of(&bytes);
-        if actual != digest {
-            return Err(StoreError::Corrupted {
-                store: store.to_string(),
-                reference: digest.to_hex(),
-                actual: actual.to_hex(),
-            });
-        }
-        Ok(bytes)
+    /// Writes bytes found damaged aside into `quarantine/`, for
+    /// inspection (inline content has no file to move).
+    pub(crate) fn quarantine_bytes(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        bytes: &[u8],
+    ) -> io::Result<PathBuf> {
+        let moved = self.quarantine_path(store, digest)?;
+        fs::write(&moved, bytes)?;
+        Ok(moved)
     }
 
     /// Creates a new file, creating missing parent directories on the first
@@ -361,23 +351,11 @@ fn list_dir(store: &StoreId, dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-pub(crate) fn io_error(
-    store: &StoreId,
-    action: &'static str,
-    path: &Path,
-    source: io::Error,
-) -> StoreError {
-    StoreError::Io {
-        store: store.to_string(),
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Makes the entries of `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    record(|| Step::DirSynced(dir.to_owned()));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,526 @@
+//! The local engine: one directory per root, holding a SQLite index
+//! (`sql.rs`: labels, object rows, totals, and the bytes of small objects)
+//! and one file per large object (`layout.rs`), published by one writer
+//! thread per process (`writer.rs`).
+
+mod layout;
+mod sql;
+mod steps;
+mod writer;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use layout::ObjectFiles;
+use sql::{Place, Readers, index_error};
+use writer::Writer;
+
+use super::{Change, ObjectInfo, Scan, Snapshot, Staged, StagingSink};
+use crate::engine::LabelRow;
+use crate::error::{BoxError, Result, StoreError, io_error};
+use crate::maintenance::Progress;
+use crate::names::{Digest, StoreId};
+use crate::options::Options;
+use crate::stats::StoreStats;
+
+/// Object files up to this size are read on the calling thread: a round
+/// trip through the blocking pool costs more than reading them.
+const READ_ON_CALLER_MAX: u64 = 64 << 10;
+
+/// The opened parts of a local root.
+#[derive(Debug)]
+pub(crate) struct LocalEngine {
+    inline_threshold: usize,
+    layout: ObjectFiles,
+    readers: Readers,
+    writer: Writer,
+}
+
+impl LocalEngine {
+    pub(crate) fn open(path: &Path, options: &Options) -> Result<Self> {
+        if options.inline_threshold > Options::MAX_INLINE_THRESHOLD {
+            let message = format!(
+                "the inline threshold of {} bytes is over the {} byte maximum",
+                options.inline_threshold,
+                Options::MAX_INLINE_THRESHOLD
+            );
+            return Err(index_error(path, "checking options", message));
+        }
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            store: "root".into(),
+            action: "creating store root",
+            path: path.to_owned(),
+            source,
+        })?;
+        let db = path.join("index.sqlite");
+        let mut connection = sql::open_connection(&db, options.durability, true)
+            .map_err(|source| index_error(path, "opening", source))?;
+        let layout = ObjectFiles::new(path, options.durability);
+        sql::create_schema(&mut connection, |db, version| {
+            if version == 1 {
+                move_stores_to_case_safe_dirs(db, &layout)?;
+            }
+            Ok(())
+        })
+        .map_err(|source| index_error(path, "creating or upgrading schema", source))?;
+        Ok(Self {
+            inline_threshold: options.inline_threshold,
+            readers: Readers::new(db, path.to_owned(), options.max_idle_readers),
+            writer: Writer::spawn(connection, path.to_owned(), layout.clone(), options),
+            layout,
+        })
+    }
+
+    pub(crate) fn stages_to_file(&self, size: usize) -> bool {
+        size > self.inline_threshold
+    }
+
+    pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+        if !self.stages_to_file(content.len()) {
+            return Ok(Staged::Inline(content));
+        }
+        self.layout.write_temp(store, &content).map(Staged::File)
+    }
+
+    pub(crate) fn staging_sink(&self, store: &StoreId, size: u64) -> Result<Box<dyn StagingSink>> {
+        if size <= self.inline_threshold as u64 {
+            return Ok(Box::new(MemorySink(Vec::with_capacity(size as usize))));
+        }
+        let (path, file) = self.layout.create_temp(store)?;
+        Ok(Box::new(FileSink {
+            store: store.clone(),
+            layout: self.layout.clone(),
+            path,
+            file,
+        }))
+    }
+
+    pub(crate) fn discard(&self, staged: Staged) {
+        if let Staged::File(path) = staged {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
+        self.writer.write(change).await
+    }
+
+    pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+        self.writer.write_all(changes).await
+    }
+
+    /// Runs an index query on the calling thread. Point queries and pages
+    /// take microseconds (WAL readers never wait for writers), far less
+    /// than a hop to the blocking pool and back.
+    fn read<T>(
+        &self,
+        action: &'static str,
+        query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.readers.read(action, query)
+    }
+
+    pub(crate) fn object_info(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<ObjectInfo>> {
+        let row = self.read("looking up object", |db| {
+            sql::object_info(db, store, digest)
+        })?;
+        Ok(row.map(|(size, stored_at, place)| ObjectInfo {
+            size,
+            stored_at,
+            present: match place {
+                Place::Inline => true,
+                Place::InlineMissing => false,
+                Place::File => self.layout.is_present(store, digest),
+            },
+        }))
+    }
+
+    pub(crate) fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        self.read("looking up object", |db| sql::has_object(db, store, digest))
+    }
+
+    pub(crate) async fn read_object(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<Vec<u8>>> {
+        let found = self.read("reading object", |db| {
+            sql::object_content(db, store, digest)
+        })?;
+        match found {
+            None | Some((Place::InlineMissing, _)) => Ok(None),
+            Some((Place::Inline, inline)) => Ok(inline),
+            Some((Place::File, _)) => {
+                let path = self.layout.object_path(store, digest);
+                let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= READ_ON_CALLER_MAX);
+                if small {
+                    return self.layout.read(store, digest);
+                }
+                let (layout, store) = (self.layout.clone(), store.clone());
+                crate::root::blocking(move || layout.read(&store, digest)).await
+            }
+        }
+    }
+
+    pub(crate) fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
+        self.read("looking up label", |db| sql::label_target(db, store, label))
+    }
+
+    pub(crate) fn labels_page(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LabelRow>> {
+        self.read("listing labels", |db| {
+            sql::labels_page(db, store, prefix, after, limit)
+        })
+    }
+
+    pub(crate) fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        self.read("listing objects", |db| sql::objects(db, store))
+    }
+
+    pub(crate) fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
+        self.read("reading totals", |db| sql::store_stats(db, store))
+    }
+
+    pub(crate) fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
+        self.read("looking up store", |db| sql::store_created_at(db, store))
+    }
+
+    pub(crate) fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
+        self.read("listing stores", sql::stores)
+    }
+
+    pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
+        self.read("listing labels and objects", |db| {
+            sql::snapshot(db, store, prefix)
+        })
+    }
+
+    pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        let indexed: std::collections::BTreeSet<Digest> =
+            self.objects(store)?.into_iter().collect();
+        let files = self.layout.object_files(store)?;
+        let stats = self.store_stats(store)?;
+        let file_bytes: u64 = files.iter().map(|file| file.metadata.len()).sum();
+        // Inline bytes are what the totals count beyond the files' share.
+        let indexed_file_bytes: u64 = files
+            .iter()
+            .filter(|file| file.digest.is_some_and(|d| indexed.contains(&d)))
+            .map(|file| file.metadata.len())
+            .sum();
+        progress.start(file_bytes + stats.bytes.saturating_sub(indexed_file_bytes));
+
+        let mut scan = Scan::default();
+        let mut unindexed = Vec::new();
+        let mut tally = |scan: &mut Scan, digest: Digest, size: u64, actual: Digest| {
+            scan.objects_checked += 1;
+            scan.bytes_checked += size;
+            progress.advance(size);
+            if actual != digest {
+                scan.corrupt.push(digest);
+            } else if indexed.contains(&digest) {
+                scan.intact.push(digest);
+            } else {
+                unindexed.push(digest);
+            }
+        };
+        for file in files {
+            let digest = match file.digest {
+                Some(digest) if file.metadata.is_file() => digest,
+                _ => {
+                    scan.stray.push(file.path);
+                    continue;
+                }
+            };
+            // A file that vanished since the listing was removed by a
+            // concurrent collection: nothing to check.
+            if let Some(actual) = self.layout.hash_file(store, &file.path)? {
+                tally(&mut scan, digest, file.metadata.len(), actual);
+            }
+        }
+        self.read("reading inline objects", |db| {
+            sql::for_each_inline(db, store, |digest, bytes| {
+                tally(&mut scan, digest, bytes.len() as u64, Digest::of(bytes));
+                Ok::<_, rusqlite::Error>(())
+            })
+        })?;
+        scan.unindexed = unindexed;
+        Ok(scan)
+    }
+
+    pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        Ok(self
+            .object_info(store, digest)?
+            .is_some_and(|info| info.present))
+    }
+
+    pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        let indexed: std::collections::BTreeSet<Digest> =
+            self.objects(store)?.into_iter().collect();
+        Ok(self
+            .layout
+            .object_files(store)?
+            .into_iter()
+            .filter(|file| file.metadata.modified().is_ok_and(|at| at < cutoff))
+            .filter_map(|file| file.digest)
+            .filter(|digest| !indexed.contains(digest))
+            .collect())
+    }
+
+    pub(crate) fn stale_staging(
+        &self,
+        store: &StoreId,
+        cutoff: SystemTime,
+    ) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .layout
+            .temp_files(store)?
+            .into_iter()
+            .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < cutoff))
+            .map(|(path, _)| path)
+            .collect())
+    }
+
+    pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+        leftovers
+            .iter()
+            .filter(|path| std::fs::remove_file(path).is_ok())
+            .count() as u64
+    }
+
+    pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
+        self.read("checking integrity", sql::integrity_problems)
+    }
+
+    pub(crate) fn open_object(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<Box<dyn Read + Send>>> {
+        let found = self.read("reading object", |db| {
+            sql::object_content(db, store, digest)
+        })?;
+        match found {
+            None | Some((Place::InlineMissing, _)) => Ok(None),
+            Some((Place::Inline, inline)) => {
+                Ok(inline.map(|bytes| Box::new(io::Cursor::new(bytes)) as Box<dyn Read + Send>))
+            }
+            Some((Place::File, _)) => {
+                let path = self.layout.object_path(store, digest);
+                match File::open(&path) {
+                    Ok(file) => Ok(Some(Box::new(file))),
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(io_error(store, "reading object", &path, source)),
+                }
+            }
+        }
+    }
+}
+
+/// Small content being streamed in, kept in memory until published inline.
+struct MemorySink(Vec<u8>);
+
+impl Write for MemorySink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StagingSink for MemorySink {
+    fn finish(self: Box<Self>) -> Result<Staged> {
+        Ok(Staged::Inline(Arc::new(self.0)))
+    }
+
+    fn abandon(self: Box<Self>) {}
+}
+
+/// Large content being streamed into a temporary file.
+struct FileSink {
+    store: StoreId,
+    layout: ObjectFiles,
+    path: PathBuf,
+    file: File,
+}
+
+impl Write for FileSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl StagingSink for FileSink {
+    fn finish(self: Box<Self>) -> Result<Staged> {
+        match self.layout.finish_temp(&self.path, &self.file) {
+            Ok(()) => Ok(Staged::File(self.path)),
+            Err(source) => {
+                let _ = std::fs::remove_file(&self.path);
+                Err(io_error(
+                    &self.store,
+                    "writing staged object",
+                    &self.path,
+                    source,
+                ))
+            }
+        }
+    }
+
+    fn abandon(self: Box<Self>) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Upgrades a root made by the first release, which named store directories
+/// by the id verbatim, to case-safe names (see `layout::store_dir_name`).
+/// Runs inside the schema upgrade's transaction, so concurrent openers wait
+/// and a crash half way is finished by the next open: moving is idempotent.
+fn move_stores_to_case_safe_dirs(
+    db: &rusqlite::Connection,
+    layout: &ObjectFiles,
+) -> std::result::Result<(), BoxError> {
+    let ids = sql::store_ids(db)?;
+    for id in ids
+        .iter()
+        .filter(|id| id.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        let store = StoreId::parse(id)?;
+        let (old, new) = (layout.legacy_store_dir(id), layout.store_dir(&store));
+        if !old.exists() || new.exists() {
+            continue;
+        }
+        // On a case-insensitive file system, ids that differ only in case
+        // shared one directory: copy this store's own objects out of it
+        // rather than take the other store's files along.
+        let shares_dir = ids.iter().any(|other| {
+            other != id
+                && other.eq_ignore_ascii_case(id)
+                && same_dir(&old, &layout.legacy_store_dir(other))
+        });
+        if shares_dir {
+            for digest in sql::objects(db, &store)? {
+                let target = layout.object_path(&store, digest);
+                std::fs::create_dir_all(target.parent().expect("objects have a shard"))?;
+                std::fs::copy(old.join(target.strip_prefix(&new)?), &target)?;
+            }
+        } else {
+            std::fs::rename(&old, &new)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name one directory (as two spellings do on a
+/// case-insensitive file system).
+#[cfg(unix)]
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Without inode numbers, two spellings that both exist are taken to be
+/// one directory: copying is right either way, renaming is not.
+#[cfg(not(unix))]
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a.exists() && b.exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps::{RECORDED, Step};
+    use crate::{Durability, StoreRoot};
+
+    fn take_steps() -> Vec<Step> {
+        std::mem::take(&mut *RECORDED.lock().unwrap())
+    }
+
+    fn position(steps: &[Step], wanted: impl Fn(&Step) -> bool) -> usize {
+        steps
+            .iter()
+            .position(wanted)
+            .unwrap_or_else(|| panic!("step missing from {steps:?}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn synced_writes_flush_exactly_what_they_wrote_before_the_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StoreRoot::with_durability(dir.path(), Durability::Synced);
+        let store = root.store("synced").unwrap();
+        store.store(vec![1u8; 100_000]).await.unwrap();
+
+        // A file object: its contents, then its rename, then the directory
+        // holding the new name, then the index commit, then the answer.
+        take_steps();
+        store.store(vec![2u8; 100_000]).await.unwrap();
+        let steps = take_steps();
+        let synced = position(&steps, |s| matches!(s, Step::FileSynced(_)));
+        let Step::FileSynced(staged) = &steps[synced] else {
+            unreachable!()
+        };
+        let published = position(
+            &steps,
+            |s| matches!(s, Step::Published(from, _) if from == staged),
+        );
+        let Step::Published(_, object) = &steps[published] else {
+            unreachable!()
+        };
+        let shard = object.parent().unwrap().to_owned();
+        let dir_synced = position(&steps, |s| *s == Step::DirSynced(shard.clone()));
+        let committed = position(&steps, |s| *s == Step::Committed);
+        let acknowledged = position(&steps, |s| *s == Step::Acknowledged);
+        assert!(
+            synced < published
+                && published < dir_synced
+                && dir_synced < committed
+                && committed < acknowledged,
+            "{steps:?}"
+        );
+
+        // Inline objects and labels: the commit (which fsyncs the log) is
+        // the only flush, and it comes before the answer.
+        store
+            .store_at_label("small", b"small".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(take_steps(), [Step::Committed, Step::Acknowledged]);
+
+        // Concurrent small writes share commits and flush no file or directory.
+        let writes: Vec<_> = (0..16u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.store(vec![i; 100]).await.unwrap() })
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap();
+        }
+        let steps = take_steps();
+        let commits = steps.iter().filter(|s| **s == Step::Committed).count();
+        let answers = steps.iter().filter(|s| **s == Step::Acknowledged).count();
+        assert_eq!(answers, 16);
+        assert!(
+            commits <= answers && commits + answers == steps.len(),
+            "{steps:?}"
+        );
+    }
+}

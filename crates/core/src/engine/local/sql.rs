@@ -1,0 +1,677 @@
+//! Every SQL statement of the local engine: the index, one SQLite database
+//! per root, in WAL mode. Nothing here touches a file other than the
+//! database.
+//!
+//! It holds, per store, which objects exist (with their sizes), the bytes
+//! of small objects (inline content), what every label points at, and
+//! running totals kept by triggers, so that lookups are O(log n) and totals
+//! O(1). SQLite gives us atomic multi-row updates, and locking that works
+//! across processes. All writes go through the root's single writer thread
+//! (`writer.rs`); reads use a small pool of connections and never block
+//! the writer (WAL).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::durability::Durability;
+use crate::engine::{ObjectRow, Snapshot, unix_now};
+use crate::error::{BoxError, Result, StoreError};
+use crate::names::{Digest, StoreId};
+use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first release's schema. Every root starts from it and is brought up
+/// to date by [`MIGRATIONS`], so new and old roots take the same path.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS stores (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    object_count INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    label_count INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    store TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    PRIMARY KEY (store, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels (
+    store TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (store, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_by_target ON labels (store, hash);
+CREATE TRIGGER IF NOT EXISTS object_added AFTER INSERT ON objects BEGIN
+    UPDATE stores SET object_count = object_count + 1, total_bytes = total_bytes + NEW.size
+    WHERE id = NEW.store;
+END;
+CREATE TRIGGER IF NOT EXISTS object_removed AFTER DELETE ON objects BEGIN
+    UPDATE stores SET object_count = object_count - 1, total_bytes = total_bytes - OLD.size
+    WHERE id = OLD.store;
+END;
+CREATE TRIGGER IF NOT EXISTS label_added AFTER INSERT ON labels BEGIN
+    UPDATE stores SET label_count = label_count + 1 WHERE id = NEW.store;
+END;
+CREATE TRIGGER IF NOT EXISTS label_removed AFTER DELETE ON labels BEGIN
+    UPDATE stores SET label_count = label_count - 1 WHERE id = OLD.store;
+END;
+";
+
+/// Version 2: what labels take in the index is totalled per store (see
+/// [`label_footprint`]), so that quotas can charge labels for their space.
+/// (Version 2 also moved store directories to case-safe names; the
+/// writer's open does that part, see root.rs.)
+fn migration_v2() -> String {
+    let cost = |name: &str| {
+        format!(
+            "CASE WHEN length(CAST({name} AS BLOB)) > {LABEL_SPILL_BYTES} \
+             THEN {LABEL_SPILLED_COST} \
+             ELSE 2 * length(CAST({name} AS BLOB)) + {LABEL_OVERHEAD_BYTES} END"
+        )
+    };
+    let (all, new, old) = (cost("name"), cost("NEW.name"), cost("OLD.name"));
+    format!(
+        "
+ALTER TABLE stores ADD COLUMN label_footprint INTEGER NOT NULL DEFAULT 0;
+UPDATE stores SET label_footprint = (
+    SELECT COALESCE(SUM({all}), 0) FROM labels WHERE labels.store = stores.id
+);
+DROP TRIGGER label_added;
+DROP TRIGGER label_removed;
+CREATE TRIGGER label_added AFTER INSERT ON labels BEGIN
+    UPDATE stores SET label_count = label_count + 1, label_footprint = label_footprint + {new}
+    WHERE id = NEW.store;
+END;
+CREATE TRIGGER label_removed AFTER DELETE ON labels BEGIN
+    UPDATE stores SET label_count = label_count - 1, label_footprint = label_footprint - {old}
+    WHERE id = OLD.store;
+END;
+"
+    )
+}
+
+/// Version 3: small content lives in the index. An object row with an
+/// `inline_id` has its bytes in `inline_content`; one without has them in
+/// a file. Existing objects stay files, so upgrading moves no data.
+fn migration_v3() -> String {
+    "
+CREATE TABLE inline_content (id INTEGER PRIMARY KEY, content BLOB NOT NULL);
+ALTER TABLE objects ADD COLUMN inline_id INTEGER;
+CREATE TRIGGER inline_content_released AFTER DELETE ON objects
+WHEN OLD.inline_id IS NOT NULL BEGIN
+    DELETE FROM inline_content WHERE id = OLD.inline_id;
+END;
+"
+    .to_owned()
+}
+
+/// Schema changes after version 1, in order; entry `i` brings a root from
+/// version `i + 1` to `i + 2`.
+const MIGRATIONS: &[fn() -> String] = &[migration_v2, migration_v3];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// Opens a connection to the index. Only the writer's connection sets WAL
+/// mode (a no-op once set, but one that can meet a lock held by another
+/// process opening the same root at the same moment, hence the retries).
+pub(crate) fn open_connection(
+    db: &Path,
+    durability: Durability,
+    writer: bool,
+) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    if writer {
+        let mut attempts = 0;
+        loop {
+            match connection.query_row("PRAGMA journal_mode = WAL", [], |row| {
+                row.get::<_, String>(0)
+            }) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy && attempts < 200 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    // In synced mode every commit fsyncs the write-ahead log, so a
+    // committed batch is durable before its writes are acknowledged. In
+    // buffered mode the log is fsync'd only at checkpoints.
+    let synchronous = match durability {
+        Durability::Synced => "FULL",
+        Durability::Buffered => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    Ok(connection)
+}
+
+/// Creates the schema in a new index, or brings an older one up to date.
+/// Returns the version the index had before (0 for a new one); the caller
+/// runs `upgrade_layout` inside the same transaction, so the migration of
+/// the database and of the files commit together or not at all.
+pub(crate) fn create_schema(
+    connection: &mut Connection,
+    upgrade_layout: impl FnOnce(&Connection, i64) -> std::result::Result<(), BoxError>,
+) -> std::result::Result<i64, BoxError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "the index has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
+             use a newer theater-store"
+        )
+        .into());
+    }
+    transaction.execute_batch(SCHEMA_V1)?;
+    for migration in MIGRATIONS.iter().skip((version.max(1) - 1) as usize) {
+        transaction.execute_batch(&migration())?;
+    }
+    if version < SCHEMA_VERSION {
+        upgrade_layout(&transaction, version)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    transaction.commit()?;
+    Ok(version)
+}
+
+/// Every store id in the index.
+pub(crate) fn store_ids(connection: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare("SELECT id FROM stores ORDER BY id")?;
+    let rows = statement.query_map([], |row| row.get(0))?;
+    rows.collect()
+}
+
+pub(crate) fn upsert_label(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+    target: Digest,
+) -> rusqlite::Result<()> {
+    ensure_store(connection, store)?;
+    connection
+        .prepare_cached(
+            "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
+        )?
+        .execute(params![store.as_str(), label, &target.0[..]])?;
+    Ok(())
+}
+
+pub(crate) fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
+    let inserted = connection
+        .prepare_cached("INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, ?2)")?
+        .execute(params![store.as_str(), unix_now()])?;
+    Ok(inserted == 1)
+}
+
+fn digest_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Digest> {
+    let bytes: Vec<u8> = row.get(column)?;
+    Digest::from_slice(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            "a stored digest is not 32 bytes".into(),
+        )
+    })
+}
+
+pub(crate) fn has_object(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<bool> {
+    connection
+        .prepare_cached("SELECT 1 FROM objects WHERE store = ?1 AND hash = ?2")?
+        .exists(params![store.as_str(), &digest.0[..]])
+}
+
+/// Where an indexed object's bytes are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In the index, and the row is there.
+    Inline,
+    /// In the index, but the row is gone (the database was damaged).
+    InlineMissing,
+    /// In a file of its own.
+    File,
+}
+
+fn place_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Place> {
+    let inline: bool = row.get(column)?;
+    let row_present: bool = row.get(column + 1)?;
+    Ok(match (inline, row_present) {
+        (false, _) => Place::File,
+        (true, true) => Place::Inline,
+        (true, false) => Place::InlineMissing,
+    })
+}
+
+/// Size, age and place of an indexed object.
+pub(crate) fn object_info(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<Option<(u64, i64, Place)>> {
+    connection
+        .prepare_cached(
+            "SELECT o.size, o.stored_at, o.inline_id IS NOT NULL, c.id IS NOT NULL
+             FROM objects o LEFT JOIN inline_content c ON c.id = o.inline_id
+             WHERE o.store = ?1 AND o.hash = ?2",
+        )?
+        .query_row(params![store.as_str(), &digest.0[..]], |row| {
+            Ok((size_column(row, 0)?, row.get(1)?, place_column(row, 2)?))
+        })
+        .optional()
+}
+
+/// An indexed object's place, with its bytes when they are inline; `None`
+/// when it is not indexed.
+pub(crate) fn object_content(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<Option<(Place, Option<Vec<u8>>)>> {
+    connection
+        .prepare_cached(
+            "SELECT o.inline_id IS NOT NULL, c.id IS NOT NULL, c.content
+             FROM objects o LEFT JOIN inline_content c ON c.id = o.inline_id
+             WHERE o.store = ?1 AND o.hash = ?2",
+        )?
+        .query_row(params![store.as_str(), &digest.0[..]], |row| {
+            Ok((place_column(row, 0)?, row.get(2)?))
+        })
+        .optional()
+}
+
+/// Calls `visit` with every inline object of the store and its bytes, one
+/// row at a time, so that memory stays at one object whatever the store
+/// holds. Stops at the first error `visit` returns.
+pub(crate) fn for_each_inline<E: From<rusqlite::Error>>(
+    connection: &Connection,
+    store: &StoreId,
+    mut visit: impl FnMut(Digest, &[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut statement = connection.prepare(
+        "SELECT o.hash, c.content FROM objects o JOIN inline_content c ON c.id = o.inline_id
+         WHERE o.store = ?1 ORDER BY o.hash",
+    )?;
+    let mut rows = statement.query([store.as_str()])?;
+    while let Some(row) = rows.next()? {
+        let digest = digest_column(row, 0)?;
+        let content = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        visit(digest, content)?;
+    }
+    Ok(())
+}
+
+/// The object's inline row id: `Some(Some(id))` inline, `Some(None)` a
+/// file, `None` not indexed.
+pub(crate) fn inline_id(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<Option<Option<i64>>> {
+    connection
+        .prepare_cached("SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2")?
+        .query_row(params![store.as_str(), &digest.0[..]], |row| row.get(0))
+        .optional()
+}
+
+/// Stores inline bytes; returns the row id an object row points at.
+pub(crate) fn insert_inline(connection: &Connection, content: &[u8]) -> rusqlite::Result<i64> {
+    connection
+        .prepare_cached("INSERT INTO inline_content (content) VALUES (?1)")?
+        .execute([content])?;
+    Ok(connection.last_insert_rowid())
+}
+
+/// Rewrites inline bytes in place (healing a damaged copy).
+pub(crate) fn rewrite_inline(
+    connection: &Connection,
+    id: i64,
+    content: &[u8],
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("INSERT OR REPLACE INTO inline_content (id, content) VALUES (?1, ?2)")?
+        .execute(params![id, content])?;
+    Ok(())
+}
+
+/// Records an object, or refreshes its `stored_at` when already recorded.
+/// `inline_id` is where its bytes are (`None`: a file); an existing row
+/// keeps its place unless `inline_id` is given and it had none.
+pub(crate) fn upsert_object(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+    size: u64,
+    inline_id: Option<i64>,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO objects (store, hash, size, stored_at, inline_id) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (store, hash) DO UPDATE SET stored_at = excluded.stored_at,
+                 inline_id = COALESCE(objects.inline_id, excluded.inline_id)",
+        )?
+        .execute(params![
+            store.as_str(),
+            &digest.0[..],
+            i64::try_from(size).unwrap_or(i64::MAX),
+            unix_now(),
+            inline_id
+        ])?;
+    Ok(())
+}
+
+/// Deletes an object row (its inline bytes go with it, by trigger) if no
+/// label reaches it and it was last stored before `cutoff`. Returns
+/// whether it did, and whether the bytes were inline.
+pub(crate) fn remove_unreachable_object(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+    cutoff: i64,
+) -> rusqlite::Result<Option<bool>> {
+    connection
+        .prepare_cached(
+            "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
+             AND NOT EXISTS (SELECT 1 FROM labels WHERE store = ?1 AND hash = ?2)
+             RETURNING inline_id IS NOT NULL",
+        )?
+        .query_row(params![store.as_str(), &digest.0[..], cutoff], |row| {
+            row.get(0)
+        })
+        .optional()
+}
+
+/// Deletes an object row, whatever reaches it (quarantine).
+pub(crate) fn forget_object(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "DELETE FROM objects WHERE store = ?1 AND hash = ?2",
+        params![store.as_str(), &digest.0[..]],
+    )?;
+    Ok(())
+}
+
+/// Deletes a label; deleting a missing label is not an error.
+pub(crate) fn delete_label(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("DELETE FROM labels WHERE store = ?1 AND name = ?2")?
+        .execute(params![store.as_str(), label])?;
+    Ok(())
+}
+
+/// Deletes up to `limit` labels of a store, in name order; returns how many.
+pub(crate) fn delete_labels(
+    connection: &Connection,
+    store: &StoreId,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    connection.execute(
+        "DELETE FROM labels WHERE store = ?1 AND name IN
+         (SELECT name FROM labels WHERE store = ?1 ORDER BY name LIMIT ?2)",
+        params![store.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)],
+    )
+}
+
+/// Forgets a store with no object and no label, created before `cutoff`;
+/// returns whether it did.
+pub(crate) fn delete_empty_store(
+    connection: &Connection,
+    store: &StoreId,
+    cutoff: i64,
+) -> rusqlite::Result<bool> {
+    let removed = connection.execute(
+        "DELETE FROM stores WHERE id = ?1 AND object_count = 0 AND label_count = 0
+         AND created_at < ?2",
+        params![store.as_str(), cutoff],
+    )?;
+    Ok(removed == 1)
+}
+
+/// SQLite's own check of every page and index of the database; the
+/// problems it reports, none when healthy.
+pub(crate) fn integrity_problems(connection: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare("PRAGMA integrity_check")?;
+    let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+    let found: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+    Ok(found.into_iter().filter(|line| line != "ok").collect())
+}
+
+fn size_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<u64> {
+    Ok(u64::try_from(row.get::<_, i64>(column)?).unwrap_or(0))
+}
+
+/// When the store was registered (unix milliseconds), if it is.
+pub(crate) fn store_created_at(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Option<i64>> {
+    connection
+        .prepare_cached("SELECT created_at FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
+        .optional()
+}
+
+/// Every indexed object of a store with its size and `stored_at`, and
+/// whether any label reaches it.
+pub(crate) fn object_rows(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Vec<ObjectRow>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT o.hash, o.size, o.stored_at,
+                EXISTS (SELECT 1 FROM labels l WHERE l.store = o.store AND l.hash = o.hash)
+         FROM objects o WHERE o.store = ?1 ORDER BY o.hash",
+    )?;
+    let rows = statement.query_map([store.as_str()], |row| {
+        Ok(ObjectRow {
+            digest: digest_column(row, 0)?,
+            size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+            stored_at: row.get(2)?,
+            labelled: row.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The labels starting with `prefix` and every indexed object of the store,
+/// read in one transaction so that they describe one moment.
+pub(crate) fn snapshot(
+    connection: &Connection,
+    store: &StoreId,
+    prefix: &str,
+) -> rusqlite::Result<Snapshot> {
+    let transaction = connection.unchecked_transaction()?;
+    let labels = labels_page(&transaction, store, prefix, None, usize::MAX)?;
+    let objects = object_rows(&transaction, store)?;
+    Ok(Snapshot { labels, objects })
+}
+
+pub(crate) fn label_target(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+) -> rusqlite::Result<Option<Digest>> {
+    connection
+        .prepare_cached("SELECT hash FROM labels WHERE store = ?1 AND name = ?2")?
+        .query_row(params![store.as_str(), label], |row| digest_column(row, 0))
+        .optional()
+}
+
+/// Up to `limit` labels starting with `prefix`, strictly after `after`, in
+/// byte order. Uses a range scan on the primary key, so a page costs
+/// O(log n + limit) however many labels the store holds.
+pub(crate) fn labels_page(
+    connection: &Connection,
+    store: &StoreId,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Digest)>> {
+    let lower = match after {
+        Some(after) if after >= prefix => after,
+        _ => prefix,
+    };
+    let inclusive = after.is_none_or(|after| after < prefix);
+    let upper = prefix_upper_bound(prefix);
+    let sql = format!(
+        "SELECT name, hash FROM labels WHERE store = ?1 AND name {} ?2 AND (?3 IS NULL OR name < ?3)
+         ORDER BY name LIMIT ?4",
+        if inclusive { ">=" } else { ">" }
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = statement.query_map(params![store.as_str(), lower, upper, limit], |row| {
+        Ok((row.get(0)?, digest_column(row, 1)?))
+    })?;
+    rows.collect()
+}
+
+/// The smallest string greater than every string starting with `prefix`,
+/// or `None` when there is none (empty prefix, or all `char::MAX`).
+/// UTF-8 byte order equals code point order, so this bounds a BINARY range.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+pub(crate) fn objects(connection: &Connection, store: &StoreId) -> rusqlite::Result<Vec<Digest>> {
+    let mut statement =
+        connection.prepare_cached("SELECT hash FROM objects WHERE store = ?1 ORDER BY hash")?;
+    let rows = statement.query_map([store.as_str()], |row| digest_column(row, 0))?;
+    rows.collect()
+}
+
+pub(crate) fn store_stats(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<StoreStats> {
+    connection
+        .prepare_cached(
+            "SELECT object_count, total_bytes, label_count, label_footprint FROM stores WHERE id = ?1",
+        )?
+        .query_row([store.as_str()], stats_columns)
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
+pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT object_count, total_bytes, label_count, label_footprint, id FROM stores ORDER BY id",
+    )?;
+    let rows = statement.query_map([], |row| Ok((row.get(4)?, stats_columns(row)?)))?;
+    rows.collect()
+}
+
+fn stats_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreStats> {
+    let count = |column| {
+        row.get::<_, i64>(column)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    };
+    Ok(StoreStats {
+        objects: count(0)?,
+        bytes: count(1)?,
+        labels: count(2)?,
+        label_footprint: count(3)?,
+    })
+}
+
+/// A pool of read connections, so concurrent readers do not queue on one.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    db: PathBuf,
+    root: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Readers {
+    pub(crate) fn new(db: PathBuf, root: PathBuf, max_idle: usize) -> Self {
+        Self {
+            db,
+            root,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Runs `query` on an idle connection (opening one if none is idle).
+    pub(crate) fn read<T>(
+        &self,
+        action: &'static str,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => open_connection(&self.db, Durability::Buffered, false)
+                .map_err(|source| index_error(&self.root, "opening", source))?,
+        };
+        let result = query(&connection).map_err(|source| index_error(&self.root, action, source));
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(connection);
+        }
+        result
+    }
+}
+
+pub(crate) fn index_error(
+    root: &Path,
+    action: &'static str,
+    source: impl Into<BoxError>,
+) -> StoreError {
+    StoreError::Index {
+        root: root.to_owned(),
+        action,
+        source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn prefix_upper_bound_is_the_next_string_after_the_prefix_range() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("log:"), Some("log;".into()));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound("\u{D7FF}"), Some("\u{E000}".into()));
+    }
+}

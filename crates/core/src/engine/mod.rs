@@ -1,0 +1,389 @@
+//! The engine boundary: everything below it knows where bytes and rows
+//! live; everything above it (validation, hashing, read verification,
+//! verify/gc decisions, packages, progress) is written once in terms of it.
+//!
+//! [`Engine`] is an enum with one variant per engine. Today that is the
+//! local engine (`local/`: SQLite index plus object files under one
+//! directory). A second engine is a new variant and a new `match` arm per
+//! method; the public API of [`crate::ContentStore`] and
+//! [`crate::StoreRoot`] does not change.
+//!
+//! Point reads and writes are `async`. Bulk and maintenance work (scans,
+//! snapshots, package streams) is blocking and must be called from a
+//! blocking thread ([`crate::root::blocking`]).
+
+mod local;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::Result;
+use crate::maintenance::Progress;
+use crate::names::{Digest, StoreId};
+use crate::options::Options;
+use crate::stats::StoreStats;
+
+/// An opened store root's engine.
+#[derive(Debug)]
+pub(crate) enum Engine {
+    /// SQLite index and object files in one local directory.
+    Local(local::LocalEngine),
+}
+
+/// New content made ready for publication, not yet visible to anyone.
+#[derive(Debug)]
+pub(crate) enum Staged {
+    /// Small content, to be written as a row of the index.
+    Inline(Arc<Vec<u8>>),
+    /// Large content, written to this temporary file.
+    File(PathBuf),
+}
+
+/// What a label write requires of the label's current value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect {
+    /// Write unconditionally.
+    Anything,
+    /// Write only if the label currently points at this (or is absent, for `None`).
+    Exactly(Option<Digest>),
+}
+
+/// One change to a store, applied atomically by the engine. Each returns a
+/// `bool` whose meaning the variant states.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Register a store so that it shows in listings before its first
+    /// write. Returns whether it was new.
+    CreateStore { store: StoreId },
+    /// Publish an object and point `label` at it, all or nothing. Refreshes
+    /// the age of an object already held. Without `staged` the object must
+    /// still be held, or the change fails with `NotFound` (a collection
+    /// removed it since the caller looked). Returns whether it was new.
+    AddObject {
+        store: StoreId,
+        digest: Digest,
+        size: u64,
+        staged: Option<Staged>,
+        label: Option<String>,
+    },
+    /// Point `label` at `target`, or remove it for `None`. Returns whether
+    /// the expectation held and the write happened.
+    SetLabel {
+        store: StoreId,
+        label: String,
+        target: Option<Digest>,
+        expect: Expect,
+    },
+    /// Point every label at its target, all or nothing.
+    SetLabels {
+        store: StoreId,
+        labels: Vec<LabelRow>,
+    },
+    /// Delete an object if no label reaches it and it was last stored
+    /// before `cutoff` (unix milliseconds). Returns whether it did.
+    RemoveObject {
+        store: StoreId,
+        digest: Digest,
+        cutoff: i64,
+    },
+    /// Delete stored bytes that no index row claims, if they were last
+    /// modified before `cutoff`. Returns whether it did.
+    RemoveUnindexed {
+        store: StoreId,
+        digest: Digest,
+        cutoff: SystemTime,
+    },
+    /// Move a corrupt object aside for inspection and forget it, unless its
+    /// bytes are intact again (stored anew since they were found damaged).
+    /// Returns whether it quarantined.
+    QuarantineObject { store: StoreId, digest: Digest },
+    /// Remove up to `limit` labels of the store. Returns whether any were left.
+    RemoveLabels { store: StoreId, limit: usize },
+    /// Forget a store that holds no object and no label and was created
+    /// before `cutoff` (unix milliseconds), and delete what it left on
+    /// disk, keeping writes in flight. Returns whether it did.
+    RemoveEmptyStore { store: StoreId, cutoff: i64 },
+}
+
+/// A label and its target.
+pub(crate) type LabelRow = (String, Digest);
+
+/// One indexed object.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectRow {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    /// When it was last stored, in unix milliseconds.
+    pub(crate) stored_at: i64,
+    /// Whether any label points at it.
+    pub(crate) labelled: bool,
+}
+
+/// What the engine knows of one object without reading it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectInfo {
+    pub(crate) size: u64,
+    /// When it was last stored, in unix milliseconds.
+    pub(crate) stored_at: i64,
+    /// Whether its bytes are still there (a file can vanish under a
+    /// concurrent collection; an inline row cannot).
+    pub(crate) present: bool,
+}
+
+/// A store's labels and objects as of one moment.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) labels: Vec<LabelRow>,
+    pub(crate) objects: Vec<ObjectRow>,
+}
+
+/// What an engine's scan of a store's stored bytes found. Every stored
+/// object was re-hashed.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Objects re-hashed, and their total size.
+    pub(crate) objects_checked: u64,
+    pub(crate) bytes_checked: u64,
+    /// Stored bytes that hash to the name they are stored under.
+    pub(crate) intact: Vec<Digest>,
+    /// Stored bytes that do not.
+    pub(crate) corrupt: Vec<Digest>,
+    /// Things in the store's object area that are not objects at all.
+    pub(crate) stray: Vec<PathBuf>,
+    /// Intact stored bytes that no index row claims: a crash between
+    /// publishing and indexing leaves these.
+    pub(crate) unindexed: Vec<Digest>,
+}
+
+/// A place to write new content of a known size into while it is read from
+/// a stream (import). Writing fills it; [`StagingSink::finish`] hands it
+/// over for publication.
+pub(crate) trait StagingSink: Write + Send {
+    /// The staged content, ready for [`Change::AddObject`].
+    fn finish(self: Box<Self>) -> Result<Staged>;
+    /// Gives up, removing whatever was written.
+    fn abandon(self: Box<Self>);
+}
+
+impl Engine {
+    /// Opens (creating if needed) the root at `path`, migrating it to this
+    /// build's layout. Blocking.
+    pub(crate) fn open(path: &Path, options: &Options) -> Result<Self> {
+        local::LocalEngine::open(path, options).map(Self::Local)
+    }
+
+    /// Whether content of `size` bytes is staged by writing a file, which
+    /// belongs on a blocking thread (small content is staged in memory).
+    pub(crate) fn stages_to_file(&self, size: usize) -> bool {
+        match self {
+            Self::Local(local) => local.stages_to_file(size),
+        }
+    }
+
+    /// Stages `content` for [`Change::AddObject`]. May block (see
+    /// [`Engine::stages_to_file`]).
+    pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+        match self {
+            Self::Local(local) => local.stage(store, content),
+        }
+    }
+
+    /// A sink to stream `size` bytes of new content into. Blocking.
+    pub(crate) fn staging_sink(&self, store: &StoreId, size: u64) -> Result<Box<dyn StagingSink>> {
+        match self {
+            Self::Local(local) => local.staging_sink(store, size),
+        }
+    }
+
+    /// Drops staged content that will not be published.
+    pub(crate) fn discard(&self, staged: Staged) {
+        match self {
+            Self::Local(local) => local.discard(staged),
+        }
+    }
+
+    /// Applies one change and waits until it is committed (and durable, in
+    /// synced mode). `Err` is a refusal or a failure; nothing of the change
+    /// was applied.
+    pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
+        match self {
+            Self::Local(local) => local.apply(change).await,
+        }
+    }
+
+    /// Applies many changes, each on its own, letting them share commits.
+    pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+        match self {
+            Self::Local(local) => local.apply_all(changes).await,
+        }
+    }
+
+    /// Size and age of an indexed object, or `None`.
+    pub(crate) async fn object_info(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<ObjectInfo>> {
+        match self {
+            Self::Local(local) => local.object_info(store, digest),
+        }
+    }
+
+    /// Whether the store's index lists the object.
+    pub(crate) async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        match self {
+            Self::Local(local) => local.has_object(store, digest),
+        }
+    }
+
+    /// An indexed object's bytes as stored, not yet verified; `None` when
+    /// it is not indexed or its bytes are gone.
+    pub(crate) async fn read_object(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Local(local) => local.read_object(store, digest).await,
+        }
+    }
+
+    /// What `label` points at.
+    pub(crate) async fn label_target(
+        &self,
+        store: &StoreId,
+        label: &str,
+    ) -> Result<Option<Digest>> {
+        match self {
+            Self::Local(local) => local.label_target(store, label),
+        }
+    }
+
+    /// Up to `limit` labels starting with `prefix`, strictly after `after`,
+    /// in byte order.
+    pub(crate) async fn labels_page(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LabelRow>> {
+        match self {
+            Self::Local(local) => local.labels_page(store, prefix, after, limit),
+        }
+    }
+
+    /// Every indexed object's digest, in digest order.
+    pub(crate) async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        match self {
+            Self::Local(local) => local.objects(store),
+        }
+    }
+
+    /// A store's totals, O(1).
+    pub(crate) async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
+        match self {
+            Self::Local(local) => local.store_stats(store),
+        }
+    }
+
+    /// When the store was registered (unix milliseconds), if it is.
+    pub(crate) async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
+        match self {
+            Self::Local(local) => local.store_created_at(store),
+        }
+    }
+
+    /// Every store with its totals, by id. Blocking.
+    pub(crate) fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
+        match self {
+            Self::Local(local) => local.stores(),
+        }
+    }
+
+    /// Labels starting with `prefix` and every indexed object, as of one
+    /// moment. Blocking.
+    pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
+        match self {
+            Self::Local(local) => local.snapshot(store, prefix),
+        }
+    }
+
+    /// Re-hashes every stored object of `store`, reporting progress in
+    /// bytes. Blocking.
+    pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        match self {
+            Self::Local(local) => local.scan(store, progress),
+        }
+    }
+
+    /// Whether the object is indexed and its bytes are there now. Blocking.
+    pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        match self {
+            Self::Local(local) => local.is_present(store, digest),
+        }
+    }
+
+    /// Stored bytes no index row claims, last modified before `cutoff`
+    /// (crash leftovers). Blocking.
+    pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        match self {
+            Self::Local(local) => local.unindexed(store, cutoff),
+        }
+    }
+
+    /// Staging leftovers last modified before `cutoff`: writes that crashed
+    /// rather than writes in progress. Blocking.
+    pub(crate) fn stale_staging(
+        &self,
+        store: &StoreId,
+        cutoff: SystemTime,
+    ) -> Result<Vec<PathBuf>> {
+        match self {
+            Self::Local(local) => local.stale_staging(store, cutoff),
+        }
+    }
+
+    /// Removes staging leftovers found by [`Engine::stale_staging`];
+    /// returns how many went. Blocking.
+    pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+        match self {
+            Self::Local(local) => local.remove_staging(leftovers),
+        }
+    }
+
+    /// Checks the engine's own structures (the index database's pages);
+    /// returns the problems found, none when healthy. Blocking.
+    pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
+        match self {
+            Self::Local(local) => local.check_integrity(),
+        }
+    }
+
+    /// A reader over an object's stored bytes, not verified; `None` when
+    /// the object is gone. Blocking.
+    pub(crate) fn open_object(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<Box<dyn Read + Send>>> {
+        match self {
+            Self::Local(local) => local.open_object(store, digest),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the unit of `stored_at`.
+pub(crate) fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Now, in unix milliseconds.
+pub(crate) fn unix_now() -> i64 {
+    unix_millis(SystemTime::now())
+}

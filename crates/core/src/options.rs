@@ -1,0 +1,61 @@
+//! [`Options`]: every tunable of a store root, with documented defaults.
+
+use std::time::Duration;
+
+use crate::durability::Durability;
+
+/// How a [`crate::StoreRoot`] stores and writes. `Options::default()` is
+/// what [`crate::StoreRoot::new`] uses; change single fields with struct
+/// update syntax:
+///
+/// ```
+/// use theater_store::{Durability, Options};
+/// let options = Options { durability: Durability::Synced, ..Options::default() };
+/// assert_eq!(options.inline_threshold, 16 * 1024);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// What an acknowledged write survives. Default: [`Durability::Buffered`].
+    pub durability: Durability,
+    /// Content up to this many bytes is kept inside the root's index
+    /// database rather than in a file of its own: one row instead of a
+    /// file, a temporary file and a rename. At most
+    /// [`Options::MAX_INLINE_THRESHOLD`]; 0 keeps every object in a file.
+    /// Default: 16 KiB. Changing it later is safe: each object stays where
+    /// it was written, and reads find it either way.
+    pub inline_threshold: usize,
+    /// The most queued writes the writer takes at once; they share
+    /// transactions and, in synced mode, flushes. Default: 1024.
+    pub max_batch: usize,
+    /// How long one write transaction may keep the root's write lock
+    /// before it commits and lets other processes in. Default: 50 ms.
+    pub max_transaction_time: Duration,
+    /// Read connections kept open between reads; bursts beyond this open
+    /// more and close them afterwards. Default: 16.
+    pub max_idle_readers: usize,
+    /// How old stored content must be before storing it again rewrites it
+    /// and refreshes its age, so that a garbage collection with a grace
+    /// period cannot take content from under a caller who just stored it.
+    /// Grace periods should be well above it. Default:
+    /// [`crate::REFRESH_AFTER`] (60 s).
+    pub refresh_after: Duration,
+}
+
+impl Options {
+    /// The largest allowed [`Options::inline_threshold`]: bigger values
+    /// would make index pages, and every reader's cache, churn.
+    pub const MAX_INLINE_THRESHOLD: usize = 1 << 20;
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            inline_threshold: 16 << 10,
+            max_batch: 1024,
+            max_transaction_time: Duration::from_millis(50),
+            max_idle_readers: 16,
+            refresh_after: crate::REFRESH_AFTER,
+        }
+    }
+}
