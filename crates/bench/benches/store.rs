@@ -71,6 +71,19 @@ fn small_objects(c: &mut Criterion) {
     group.bench_function("exists", |b| {
         b.to_async(&runtime).iter(|| store.exists(&content_ref))
     });
+    // Point a label at stored content, alternating between two targets so
+    // that every call changes the index.
+    let other_ref = runtime
+        .block_on(store.store(distinct(&counter, KIB)))
+        .unwrap();
+    let mut flip = false;
+    group.bench_function("label_set", |b| {
+        b.to_async(&runtime).iter(|| {
+            flip = !flip;
+            let target = if flip { &content_ref } else { &other_ref };
+            store.label("bench:label", target)
+        })
+    });
 
     let floor = dir.path().join("floor");
     std::fs::create_dir_all(&floor).unwrap();
@@ -157,23 +170,30 @@ fn large_objects(c: &mut Criterion) {
 }
 
 fn concurrent_durable_writers(c: &mut Criterion) {
-    const WRITERS: u64 = 8;
+    for writers in [8, 32] {
+        durable_writers(c, writers);
+    }
+}
+
+/// `writers` tasks each storing 1 KiB objects in synced mode, against as
+/// many threads each doing a durable write + rename per object.
+fn durable_writers(c: &mut Criterion, writers: u64) {
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let counter = Arc::new(AtomicU64::new(0));
     let store = store_in(dir.path(), Durability::Synced);
     let floor = dir.path().join("floor");
     std::fs::create_dir_all(&floor).unwrap();
-    let mut group = c.benchmark_group("durable_8_writers");
+    let mut group = c.benchmark_group(format!("durable_{writers}_writers"));
     group
-        .throughput(Throughput::Elements(WRITERS))
+        .throughput(Throughput::Elements(writers))
         .sample_size(10);
-    // One iteration: each of the 8 writers stores one 1 KiB object.
+    // One iteration: each writer stores one 1 KiB object.
     group.bench_function("store/group_commit", |b| {
         b.iter_custom(|iters| {
             let started = Instant::now();
             runtime.block_on(async {
-                let writers: Vec<_> = (0..WRITERS)
+                let tasks: Vec<_> = (0..writers)
                     .map(|_| {
                         let (store, counter) = (store.clone(), counter.clone());
                         tokio::spawn(async move {
@@ -183,8 +203,8 @@ fn concurrent_durable_writers(c: &mut Criterion) {
                         })
                     })
                     .collect();
-                for writer in writers {
-                    writer.await.unwrap();
+                for task in tasks {
+                    task.await.unwrap();
                 }
             });
             started.elapsed()
@@ -194,7 +214,7 @@ fn concurrent_durable_writers(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let started = Instant::now();
             std::thread::scope(|scope| {
-                for _ in 0..WRITERS {
+                for _ in 0..writers {
                     scope.spawn(|| {
                         for _ in 0..iters {
                             raw_write(&floor, &distinct(&counter, KIB), true);

@@ -1,5 +1,6 @@
 //! `store` and `get` of 1 KiB objects: Theater's `ContentStore` (SHA-1,
-//! direct writes, no verification) next to ours in buffered mode, in the
+//! direct writes, no verification) next to ours in buffered mode and the
+//! file-system floor (BLAKE3, write a temporary file, rename it), in the
 //! same run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,20 @@ fn small_objects(c: &mut Criterion) {
         b.to_async(&runtime).iter_batched(
             || distinct(&counter),
             |c| ours.store(c),
+            BatchSize::SmallInput,
+        )
+    });
+    let floor = dir.path().join("floor");
+    std::fs::create_dir_all(&floor).unwrap();
+    group.bench_function("floor/write_rename", |b| {
+        b.iter_batched(
+            || distinct(&counter),
+            |c| {
+                let name = blake3::hash(&c).to_hex();
+                let tmp = floor.join(format!("{name}.tmp"));
+                std::fs::write(&tmp, &c).unwrap();
+                std::fs::rename(&tmp, floor.join(name.as_str())).unwrap();
+            },
             BatchSize::SmallInput,
         )
     });

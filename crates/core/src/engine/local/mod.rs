@@ -66,10 +66,12 @@ impl LocalEngine {
             Ok(())
         })
         .map_err(|source| index_error(path, "creating or upgrading schema", source))?;
+        let writer = Writer::spawn(connection, &db, path.to_owned(), layout.clone(), options)
+            .map_err(|source| index_error(path, "opening", source))?;
         Ok(Self {
             inline_threshold: options.inline_threshold,
             readers: Readers::new(db, path.to_owned(), options.max_idle_readers),
-            writer: Writer::spawn(connection, path.to_owned(), layout.clone(), options),
+            writer,
             layout,
         })
     }

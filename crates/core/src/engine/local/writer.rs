@@ -4,7 +4,10 @@
 //! Callers stage new content first, on their own threads: small content
 //! stays in memory, large content goes to a temporary file (whose contents
 //! are fsync'd there, in synced mode). Then they queue the change and wait
-//! for its acknowledgement. The thread takes up to `max_batch` queued
+//! for its acknowledgement, or, in buffered mode when the writer is idle
+//! and no other process holds the root's lock, apply it themselves with
+//! the writer's connection (no thread hand-off; the same code, one change
+//! per transaction). The thread takes up to `max_batch` queued
 //! changes at once, drops those whose caller has given up, and applies the
 //! rest in transactions of at most `max_transaction_time` each, so that no
 //! process waits long for the root's write lock. Each change gets its own
@@ -23,10 +26,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::layout::{ObjectFiles, sync_dir};
@@ -43,15 +46,22 @@ struct Job {
     reply: oneshot::Sender<Result<bool>>,
 }
 
-/// Handle to the writer thread; dropping the last handle stops the thread
-/// once its queue is drained.
+/// Handle to the writer; dropping the last handle stops the thread once
+/// its queue is drained.
 #[derive(Debug)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
+    publisher: Arc<Mutex<Publisher>>,
+    /// Whether a caller may apply its own change when the writer is idle
+    /// (buffered mode; in synced mode every change goes through the
+    /// thread, where concurrent changes share one flush).
+    direct: bool,
     root: PathBuf,
 }
 
-/// What the writer thread works with.
+/// The write connection and what applying changes needs. Owned by the
+/// writer thread, and borrowed by a caller when the thread is idle.
+#[derive(Debug)]
 struct Publisher {
     connection: Connection,
     root: PathBuf,
@@ -59,33 +69,84 @@ struct Publisher {
     durability: Durability,
     max_batch: usize,
     max_transaction_time: Duration,
+    /// Commits so far, to wake the checkpointer every [`CHECKPOINT_EVERY`].
+    commits: std::cell::Cell<u64>,
+    checkpoints: mpsc::SyncSender<()>,
 }
 
+/// Commits between two background checkpoints: a few pages each, so about
+/// SQLite's default of 1000 pages of log.
+const CHECKPOINT_EVERY: u64 = 256;
+
+/// How long the log may grow (in pages) before a commit checkpoints on its
+/// own: only when the background checkpointer cannot keep up.
+const CHECKPOINT_FALLBACK_PAGES: i64 = 16_000;
+
+/// The writer connection's page cache, in KiB (SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: i64 = 64 << 10;
+
 impl Writer {
+    /// Starts the writer thread on `connection`, and a checkpointer thread
+    /// on a connection of its own to `db`.
     pub(crate) fn spawn(
         connection: Connection,
+        db: &Path,
         root: PathBuf,
         layout: ObjectFiles,
         options: &Options,
-    ) -> Self {
+    ) -> rusqlite::Result<Self> {
+        // Copying the log back into the database (a checkpoint, with its
+        // fsyncs) is the writer's slowest step; a thread of its own does it
+        // beside the writes instead of inside one of them.
+        connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
+        // Every object row lands on a random leaf of the objects b-tree:
+        // a page cache that holds the tree's hot part spares a read per write.
+        connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB.wrapping_neg())?;
+        let checkpointer = sql::open_connection(db, options.durability, false)?;
+        let (checkpoints, due) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("theater-store-checkpointer".into())
+            .spawn(move || {
+                while due.recv().is_ok() {
+                    // PASSIVE never waits for readers or writers; what it
+                    // cannot copy now, the next one will.
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .expect("spawning the index checkpointer thread");
         let (queue, jobs) = mpsc::channel();
-        let publisher = Publisher {
+        let publisher = Arc::new(Mutex::new(Publisher {
             connection,
             root: root.clone(),
             layout,
             durability: options.durability,
             max_batch: options.max_batch.max(1),
             max_transaction_time: options.max_transaction_time,
-        };
+            commits: std::cell::Cell::new(0),
+            checkpoints,
+        }));
+        let thread_publisher = Arc::clone(&publisher);
         std::thread::Builder::new()
             .name("theater-store-writer".into())
-            .spawn(move || publisher.run(jobs))
+            .spawn(move || run(&thread_publisher, jobs))
             .expect("spawning the index writer thread");
-        Self { queue, root }
+        Ok(Self {
+            queue,
+            publisher,
+            direct: options.durability == Durability::Buffered,
+            root,
+        })
     }
 
-    /// Queues `change` and waits until it is committed.
+    /// Applies `change` and waits until it is committed: on the calling
+    /// thread when the writer is idle and the root's lock is free (two
+    /// thread hand-offs saved), else through the writer thread's queue.
     pub(crate) async fn write(&self, change: Change) -> Result<bool> {
+        let change = match self.try_direct(change) {
+            Ok(result) => return result,
+            Err(change) => change,
+        };
         let acknowledged = self.enqueue(change);
         self.wait(acknowledged).await
     }
@@ -99,6 +160,19 @@ impl Writer {
             results.push(self.wait(acknowledged).await);
         }
         results
+    }
+
+    /// Applies `change` at once if nobody else is writing; hands it back
+    /// otherwise. Never waits: not for the thread, not for another
+    /// process's lock.
+    fn try_direct(&self, change: Change) -> std::result::Result<Result<bool>, Change> {
+        if !self.direct {
+            return Err(change);
+        }
+        let Ok(mut publisher) = self.publisher.try_lock() else {
+            return Err(change);
+        };
+        publisher.apply_now(change)
     }
 
     fn enqueue(&self, change: Change) -> Option<oneshot::Receiver<Result<bool>>> {
@@ -118,20 +192,59 @@ impl Writer {
     }
 }
 
+/// The writer thread: takes what is queued, in batches, and publishes it.
+fn run(publisher: &Mutex<Publisher>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut publisher = publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = vec![first];
+        while batch.len() < publisher.max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            publisher.commit_some(&mut batch);
+        }
+    }
+}
+
 impl Publisher {
-    fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let mut batch = batch.into_iter().peekable();
-            while batch.peek().is_some() {
-                self.commit_some(&mut batch);
-            }
+    /// Applies one change in a transaction of its own, unless another
+    /// process holds the root's write lock: then the change is handed back
+    /// for the thread, which waits for the lock without holding up the
+    /// caller's thread.
+    fn apply_now(&mut self, change: Change) -> std::result::Result<Result<bool>, Change> {
+        let db = &self.connection;
+        let _ = db.busy_timeout(Duration::ZERO);
+        let begun = sql::run_cached(db, "BEGIN IMMEDIATE");
+        let _ = db.busy_timeout(sql::BUSY_TIMEOUT);
+        match begun {
+            Err(error) if sql::is_busy(&error) => return Err(change),
+            Err(source) => return Ok(Err(index_error(&self.root, "writing", source))),
+            Ok(()) => {}
+        }
+        let mut touched = BTreeSet::new();
+        let outcome = match apply(db, &self.layout, change, &mut touched) {
+            Ok(Ok(applied)) => sql::run_cached(db, "COMMIT").map(|()| {
+                self.committed();
+                Ok(applied)
+            }),
+            Ok(Err(refused)) => sql::run_cached(db, "ROLLBACK").map(|()| Err(refused)),
+            Err(source) => Err(source),
+        };
+        Ok(outcome.unwrap_or_else(|source| {
+            let _ = sql::run_cached(db, "ROLLBACK");
+            Err(index_error(&self.root, "committing", source))
+        }))
+    }
+
+    /// Counts a commit, and wakes the checkpointer every [`CHECKPOINT_EVERY`].
+    fn committed(&self) {
+        self.commits.set(self.commits.get() + 1);
+        if self.commits.get().is_multiple_of(CHECKPOINT_EVERY) {
+            let _ = self.checkpoints.try_send(());
         }
     }
 
@@ -140,12 +253,10 @@ impl Publisher {
     /// durable (synced mode), commits and answers those jobs' callers.
     fn commit_some(&mut self, batch: &mut std::iter::Peekable<impl Iterator<Item = Job>>) {
         let mut replies = Vec::new();
-        let (root, layout) = (&self.root, &self.layout);
+        let (db, root, layout) = (&self.connection, &self.root, &self.layout);
         let (durability, max_time) = (self.durability, self.max_transaction_time);
         let outcome = (|| {
-            let mut transaction = self
-                .connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            sql::run_cached(db, "BEGIN IMMEDIATE")?;
             // The clock starts once the lock is held: waiting for it is not
             // holding it, and a transaction always gets at least one change.
             let started = Instant::now();
@@ -159,29 +270,35 @@ impl Publisher {
                 }
                 let Job { change, reply } = job;
                 replies.push(reply);
-                let savepoint = transaction.savepoint()?;
-                let result = match apply(&savepoint, layout, change, &mut touched) {
-                    Ok(Ok(applied)) => {
-                        savepoint.commit()?;
-                        Ok(applied)
+                sql::run_cached(db, "SAVEPOINT change")?;
+                let result = match apply(db, layout, change, &mut touched) {
+                    Ok(Ok(applied)) => Ok(applied),
+                    Ok(Err(refused)) => {
+                        sql::run_cached(db, "ROLLBACK TO change")?;
+                        Err(refused)
                     }
-                    Ok(Err(refused)) => Err(refused),
-                    Err(source) => Err(index_error(root, "writing", source)),
+                    Err(source) => {
+                        sql::run_cached(db, "ROLLBACK TO change")?;
+                        Err(index_error(root, "writing", source))
+                    }
                 };
+                sql::run_cached(db, "RELEASE change")?;
                 results.push(result);
             }
             if durability == Durability::Synced
                 && let Err(source) = touched.iter().try_for_each(|dir| sync_dir(dir))
             {
-                // Rolled back on drop: renamed files stay as unindexed
-                // leftovers, which gc removes.
+                // Renamed files stay as unindexed leftovers, which gc removes.
                 let message = format!("published objects could not be made durable: {source}");
                 return Ok(Err(message));
             }
-            transaction.commit()?;
+            sql::run_cached(db, "COMMIT")?;
             record(|| Step::Committed);
             Ok::<_, rusqlite::Error>(Ok(results))
         })();
+        if matches!(outcome, Ok(Ok(_))) {
+            self.committed();
+        }
         match outcome {
             Ok(Ok(results)) => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -189,8 +306,14 @@ impl Publisher {
                     let _ = reply.send(result);
                 }
             }
-            Ok(Err(message)) => fail_all(replies, root, "syncing to disk", &message),
-            Err(source) => fail_all(replies, root, "committing", &source.to_string()),
+            Ok(Err(message)) => {
+                let _ = sql::run_cached(db, "ROLLBACK");
+                fail_all(replies, root, "syncing to disk", &message)
+            }
+            Err(source) => {
+                let _ = sql::run_cached(db, "ROLLBACK");
+                fail_all(replies, root, "committing", &source.to_string())
+            }
         }
     }
 }
