@@ -216,7 +216,7 @@ pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow
                 println!("  corrupt object {content_ref}: moved to quarantine/");
             }
             for content_ref in &report.missing {
-                println!("  missing object {content_ref}: indexed but its file is gone");
+                println!("  missing object {content_ref}: indexed but its bytes are gone");
             }
             for entry in &report.dangling_labels {
                 println!(
@@ -239,6 +239,16 @@ pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow
                     report.unindexed.len()
                 );
             }
+        }
+        // The index check covers the whole root: report it once.
+        if let Some(report) = reports.iter().find(|r| !r.index_problems.is_empty()) {
+            println!("index.sqlite: PROBLEMS (small content lives in it)");
+            for problem in &report.index_problems {
+                println!("  {}", printable(problem));
+            }
+            eprintln!(
+                "the index is damaged: copy out what still reads (`export`) or import a recent export into a fresh root"
+            );
         }
         if !clean {
             eprintln!(

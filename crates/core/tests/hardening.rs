@@ -239,26 +239,7 @@ fn first_release_root(path: &std::path::Path, stores: &[(&str, &str, &[u8])]) {
     let db = rusqlite::Connection::open(path.join("index.sqlite")).unwrap();
     db.execute_batch(V1_SCHEMA).unwrap();
     for (id, label, content) in stores {
-        let hash = blake3::hash(content);
-        let hex = hash.to_hex();
-        let shard = path.join("stores").join(id).join("objects").join(&hex[..2]);
-        std::fs::create_dir_all(&shard).unwrap();
-        std::fs::write(shard.join(&hex[2..]), content).unwrap();
-        db.execute(
-            "INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, 0)",
-            [id],
-        )
-        .unwrap();
-        db.execute(
-            "INSERT INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, 0)",
-            rusqlite::params![id, &hash.as_bytes()[..], content.len() as i64],
-        )
-        .unwrap();
-        db.execute(
-            "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)",
-            rusqlite::params![id, label, &hash.as_bytes()[..]],
-        )
-        .unwrap();
+        common::write_legacy_object(&db, &path.join("stores").join(id), (id, label, content));
     }
 }
 

@@ -90,3 +90,33 @@ pub fn store_dir_name(id: &str) -> String {
         })
         .collect()
 }
+
+/// Adds one object and a label on it the way releases before inline
+/// content did: the object's file under `store_dir`, then its index rows
+/// (for fixtures of old roots).
+pub fn write_legacy_object(
+    db: &rusqlite::Connection,
+    store_dir: &std::path::Path,
+    (id, label, content): (&str, &str, &[u8]),
+) {
+    let hash = blake3::hash(content);
+    let hex = hash.to_hex();
+    let shard = store_dir.join("objects").join(&hex[..2]);
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join(&hex[2..]), content).unwrap();
+    db.execute(
+        "INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, 0)",
+        [id],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO objects (store, hash, size, stored_at) VALUES (?1, ?2, ?3, 0)",
+        rusqlite::params![id, &hash.as_bytes()[..], content.len() as i64],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)",
+        rusqlite::params![id, label, &hash.as_bytes()[..]],
+    )
+    .unwrap();
+}
