@@ -95,7 +95,7 @@ impl ContentStore {
                 store: self.store_id().clone(),
                 digest,
                 size,
-                staged: Some(staged),
+                staged,
                 label: None,
             })
             .collect();

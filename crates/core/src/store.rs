@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{Change, Engine, Expect, Staged, unix_now};
+use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{StoreRoot, blocking};
@@ -105,64 +105,32 @@ impl ContentStore {
         let content = Arc::new(content.into());
         let engine = self.root.engine().await?;
         let size = content.len() as u64;
-        // Content already held, and stored recently, is not written again,
-        // only re-recorded with the label. If a collection removes it in
-        // between, the engine says so, and the second attempt stages it.
-        let mut force_write = false;
-        loop {
-            let (digest, staged) = if engine.stages_to_file(content.len()) {
-                let (engine, store) = (Arc::clone(&engine), self.id.clone());
-                let content = Arc::clone(&content);
-                let (digest, staged) = blocking(move || {
-                    let (digest, staged) = hash_and_stage(&engine, &store, content);
-                    Ok((digest, staged?))
-                })
-                .await?;
-                (digest, Some(staged))
-            } else {
-                (
-                    Digest::of(&content),
-                    Some(Staged::Inline(Arc::clone(&content))),
-                )
-            };
-            let staged = match staged {
-                Some(staged) if !force_write && self.recently_stored(&engine, digest).await? => {
-                    engine.discard(staged);
-                    None
-                }
-                staged => staged,
-            };
-            let content_ref = ContentRef::from(digest);
-            if staged.is_none() && label.is_none() {
-                return Ok(Stored {
-                    content_ref,
-                    new: false,
-                });
-            }
-            let change = Change::AddObject {
-                store: self.id.clone(),
-                digest,
-                size,
-                staged,
-                label: label.map(str::to_owned),
-            };
-            match engine.apply(change).await {
-                Err(StoreError::NotFound { .. }) if !force_write => force_write = true,
-                outcome => return outcome.map(|new| Stored { content_ref, new }),
-            }
-        }
-    }
-
-    /// Whether the store holds `digest`, stored within the root's
-    /// [`crate::Options::refresh_after`]. Recently stored content is left
-    /// alone; older content is written again, which refreshes its age, so
-    /// that a garbage collection with a grace period cannot take content
-    /// from under a caller who just stored it.
-    async fn recently_stored(&self, engine: &Engine, digest: Digest) -> Result<bool> {
-        let refresh_after = self.root.options().refresh_after;
-        let fresh_since = unix_now().saturating_sub(refresh_after.as_millis() as i64);
-        let info = engine.object_info(&self.id, digest).await?;
-        Ok(info.is_some_and(|info| info.present && info.stored_at >= fresh_since))
+        // Small content is hashed here and staged in memory; larger content
+        // is hashed and written to a staging file on a blocking thread.
+        let (digest, staged) = if engine.stages_to_file(content.len()) {
+            let (engine, store) = (Arc::clone(&engine), self.id.clone());
+            blocking(move || {
+                let (digest, staged) = hash_and_stage(&engine, &store, content);
+                Ok((digest, staged?))
+            })
+            .await?
+        } else {
+            (Digest::of(&content), Staged::Inline(content))
+        };
+        // The engine drops the staged bytes if it holds them already,
+        // recently stored; that is deduplication.
+        let change = Change::AddObject {
+            store: self.id.clone(),
+            digest,
+            size,
+            staged,
+            label: label.map(str::to_owned),
+        };
+        let new = engine.apply(change).await?;
+        Ok(Stored {
+            content_ref: digest.into(),
+            new,
+        })
     }
 
     /// The size of the content behind `content_ref`, without reading it.

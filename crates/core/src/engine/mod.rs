@@ -57,15 +57,16 @@ pub(crate) enum Change {
     /// Register a store so that it shows in listings before its first
     /// write. Returns whether it was new.
     CreateStore { store: StoreId },
-    /// Publish an object and point `label` at it, all or nothing. Refreshes
-    /// the age of an object already held. Without `staged` the object must
-    /// still be held, or the change fails with `NotFound` (a collection
-    /// removed it since the caller looked). Returns whether it was new.
+    /// Publish an object and point `label` at it, all or nothing. An
+    /// object already held, with its bytes present, and stored within the
+    /// root's refresh window is not written again: `staged` is dropped.
+    /// One stored before that is written again, which heals damaged bytes
+    /// and refreshes its age. Returns whether the object was new.
     AddObject {
         store: StoreId,
         digest: Digest,
         size: u64,
-        staged: Option<Staged>,
+        staged: Staged,
         label: Option<String>,
     },
     /// Point `label` at `target`, or remove it for `None`. Returns whether
@@ -125,8 +126,6 @@ pub(crate) struct ObjectRow {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ObjectInfo {
     pub(crate) size: u64,
-    /// When it was last stored, in unix milliseconds.
-    pub(crate) stored_at: i64,
     /// Whether its bytes are still there (a file can vanish under a
     /// concurrent collection; an inline row cannot).
     pub(crate) present: bool,

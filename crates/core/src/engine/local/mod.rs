@@ -133,12 +133,11 @@ impl LocalEngine {
         let row = self.read("looking up object", |db| {
             sql::object_info(db, store, digest)
         })?;
-        Ok(row.map(|(size, stored_at, place)| ObjectInfo {
+        Ok(row.map(|(size, _, place)| ObjectInfo {
             size,
-            stored_at,
             present: match place {
-                Place::Inline => true,
-                Place::InlineMissing => false,
+                Place::Inline(_) => true,
+                Place::InlineMissing(_) => false,
                 Place::File => self.layout.is_present(store, digest),
             },
         }))
@@ -157,8 +156,8 @@ impl LocalEngine {
             sql::object_content(db, store, digest)
         })?;
         match found {
-            None | Some((Place::InlineMissing, _)) => Ok(None),
-            Some((Place::Inline, inline)) => Ok(inline),
+            None | Some((Place::InlineMissing(_), _)) => Ok(None),
+            Some((Place::Inline(_), inline)) => Ok(inline),
             Some((Place::File, _)) => {
                 let path = self.layout.object_path(store, digest);
                 let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= READ_ON_CALLER_MAX);
@@ -314,8 +313,8 @@ impl LocalEngine {
             sql::object_content(db, store, digest)
         })?;
         match found {
-            None | Some((Place::InlineMissing, _)) => Ok(None),
-            Some((Place::Inline, inline)) => {
+            None | Some((Place::InlineMissing(_), _)) => Ok(None),
+            Some((Place::Inline(_), inline)) => {
                 Ok(inline.map(|bytes| Box::new(io::Cursor::new(bytes)) as Box<dyn Read + Send>))
             }
             Some((Place::File, _)) => {

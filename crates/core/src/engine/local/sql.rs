@@ -266,21 +266,23 @@ pub(crate) fn has_object(
 /// Where an indexed object's bytes are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// In the index, and the row is there.
-    Inline,
+    /// In the index, in this `inline_content` row.
+    Inline(i64),
     /// In the index, but the row is gone (the database was damaged).
-    InlineMissing,
+    InlineMissing(i64),
     /// In a file of its own.
     File,
 }
 
+/// Reads a place from two columns: the object's `inline_id`, and whether
+/// that row exists.
 fn place_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Place> {
-    let inline: bool = row.get(column)?;
+    let inline_id: Option<i64> = row.get(column)?;
     let row_present: bool = row.get(column + 1)?;
-    Ok(match (inline, row_present) {
-        (false, _) => Place::File,
-        (true, true) => Place::Inline,
-        (true, false) => Place::InlineMissing,
+    Ok(match (inline_id, row_present) {
+        (None, _) => Place::File,
+        (Some(id), true) => Place::Inline(id),
+        (Some(id), false) => Place::InlineMissing(id),
     })
 }
 
@@ -292,7 +294,7 @@ pub(crate) fn object_info(
 ) -> rusqlite::Result<Option<(u64, i64, Place)>> {
     connection
         .prepare_cached(
-            "SELECT o.size, o.stored_at, o.inline_id IS NOT NULL, c.id IS NOT NULL
+            "SELECT o.size, o.stored_at, o.inline_id, c.id IS NOT NULL
              FROM objects o LEFT JOIN inline_content c ON c.id = o.inline_id
              WHERE o.store = ?1 AND o.hash = ?2",
         )?
@@ -311,7 +313,7 @@ pub(crate) fn object_content(
 ) -> rusqlite::Result<Option<(Place, Option<Vec<u8>>)>> {
     connection
         .prepare_cached(
-            "SELECT o.inline_id IS NOT NULL, c.id IS NOT NULL, c.content
+            "SELECT o.inline_id, c.id IS NOT NULL, c.content
              FROM objects o LEFT JOIN inline_content c ON c.id = o.inline_id
              WHERE o.store = ?1 AND o.hash = ?2",
         )?
@@ -340,19 +342,6 @@ pub(crate) fn for_each_inline<E: From<rusqlite::Error>>(
         visit(digest, content)?;
     }
     Ok(())
-}
-
-/// The object's inline row id: `Some(Some(id))` inline, `Some(None)` a
-/// file, `None` not indexed.
-pub(crate) fn inline_id(
-    connection: &Connection,
-    store: &StoreId,
-    digest: Digest,
-) -> rusqlite::Result<Option<Option<i64>>> {
-    connection
-        .prepare_cached("SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2")?
-        .query_row(params![store.as_str(), &digest.0[..]], |row| row.get(0))
-        .optional()
 }
 
 /// Stores inline bytes; returns the row id an object row points at.
@@ -398,6 +387,19 @@ pub(crate) fn upsert_object(
             unix_now(),
             inline_id
         ])?;
+    Ok(())
+}
+
+/// Marks an object as kept in a file (its inline row was lost).
+pub(crate) fn move_to_file(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE objects SET inline_id = NULL WHERE store = ?1 AND hash = ?2",
+        params![store.as_str(), &digest.0[..]],
+    )?;
     Ok(())
 }
 

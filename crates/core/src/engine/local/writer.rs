@@ -33,10 +33,10 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::layout::{ObjectFiles, sync_dir};
-use super::sql::{self, index_error};
+use super::sql::{self, Place, index_error};
 use super::steps::{Step, record};
 use crate::durability::Durability;
-use crate::engine::{Change, Expect, Staged};
+use crate::engine::{Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -69,6 +69,8 @@ struct Publisher {
     durability: Durability,
     max_batch: usize,
     max_transaction_time: Duration,
+    /// The refresh window, in milliseconds (see [`Change::AddObject`]).
+    refresh_after: i64,
     /// Commits so far, to wake the checkpointer every [`CHECKPOINT_EVERY`].
     commits: std::cell::Cell<u64>,
     checkpoints: mpsc::SyncSender<()>,
@@ -123,6 +125,7 @@ impl Writer {
             durability: options.durability,
             max_batch: options.max_batch.max(1),
             max_transaction_time: options.max_transaction_time,
+            refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             commits: std::cell::Cell::new(0),
             checkpoints,
         }));
@@ -226,7 +229,7 @@ impl Publisher {
             Ok(()) => {}
         }
         let mut touched = BTreeSet::new();
-        let outcome = match apply(db, &self.layout, change, &mut touched) {
+        let outcome = match apply(db, &self.layout, self.refresh_after, change, &mut touched) {
             Ok(Ok(applied)) => sql::run_cached(db, "COMMIT").map(|()| {
                 self.committed();
                 Ok(applied)
@@ -254,6 +257,7 @@ impl Publisher {
     fn commit_some(&mut self, batch: &mut std::iter::Peekable<impl Iterator<Item = Job>>) {
         let mut replies = Vec::new();
         let (db, root, layout) = (&self.connection, &self.root, &self.layout);
+        let refresh_after = self.refresh_after;
         let (durability, max_time) = (self.durability, self.max_transaction_time);
         let outcome = (|| {
             sql::run_cached(db, "BEGIN IMMEDIATE")?;
@@ -271,7 +275,7 @@ impl Publisher {
                 let Job { change, reply } = job;
                 replies.push(reply);
                 sql::run_cached(db, "SAVEPOINT change")?;
-                let result = match apply(db, layout, change, &mut touched) {
+                let result = match apply(db, layout, refresh_after, change, &mut touched) {
                     Ok(Ok(applied)) => Ok(applied),
                     Ok(Err(refused)) => {
                         sql::run_cached(db, "ROLLBACK TO change")?;
@@ -326,7 +330,7 @@ fn abandoned(job: &Job) -> bool {
         return false;
     }
     if let Change::AddObject {
-        staged: Some(Staged::File(staged)),
+        staged: Staged::File(staged),
         ..
     } = &job.change
     {
@@ -341,6 +345,7 @@ fn abandoned(job: &Job) -> bool {
 fn apply(
     db: &Connection,
     layout: &ObjectFiles,
+    refresh_after: i64,
     change: Change,
     touched: &mut BTreeSet<PathBuf>,
 ) -> rusqlite::Result<Result<bool>> {
@@ -354,47 +359,36 @@ fn apply(
             label,
         } => {
             sql::ensure_store(db, &store)?;
-            let held = sql::inline_id(db, &store, digest)?;
-            let inline_id = match (held, staged) {
-                (None, None) => return Ok(Err(not_found(&store, digest))),
-                (None, Some(Staged::Inline(bytes))) => Some(sql::insert_inline(db, &bytes)?),
-                (Some(Some(_)), Some(Staged::File(path))) => {
-                    // Held inline already: the file is not needed.
-                    let _ = std::fs::remove_file(&path);
-                    None
-                }
-                (None | Some(None), Some(Staged::File(path))) => {
-                    // New, or held as a file: publishing rewrites the file,
-                    // which also heals a damaged copy.
-                    match layout.publish(&store, &path, digest) {
-                        Ok(shard) => touched.insert(shard),
-                        Err(source) => {
-                            let _ = std::fs::remove_file(&path);
-                            let at = layout.object_path(&store, digest);
-                            return Ok(Err(io_error(&store, "publishing object", &at, source)));
+            let held = sql::object_info(db, &store, digest)?;
+            let inline_id = match held {
+                None => match staged {
+                    Staged::Inline(bytes) => Some(sql::insert_inline(db, &bytes)?),
+                    Staged::File(path) => {
+                        if let Err(refused) = publish(layout, &store, digest, &path, touched) {
+                            return Ok(Err(refused));
                         }
+                        None
+                    }
+                },
+                Some((_, stored_at, place)) => {
+                    let present = match place {
+                        Place::Inline(_) => true,
+                        Place::InlineMissing(_) => false,
+                        Place::File => layout.is_present(&store, digest),
                     };
-                    None
-                }
-                (Some(Some(id)), Some(Staged::Inline(bytes))) => {
-                    // Stored again: rewriting heals a damaged copy.
-                    sql::rewrite_inline(db, id, &bytes)?;
-                    None
-                }
-                (Some(None), Some(Staged::Inline(bytes))) => {
-                    // Held as a file (written before content went inline,
-                    // or under a smaller threshold). An intact file stays;
-                    // a missing or damaged one is replaced by the row.
-                    match layout.is_intact(&store, digest) {
-                        Ok(true) => None,
-                        Ok(false) => {
-                            let _ = layout.quarantine(&store, digest);
-                            Some(sql::insert_inline(db, &bytes)?)
+                    if present && stored_at >= unix_now().saturating_sub(refresh_after) {
+                        // Held and recent: nothing to write but the label.
+                        discard(staged);
+                        if let Some(label) = label {
+                            sql::upsert_label(db, &store, &label, digest)?;
                         }
+                        return Ok(Ok(false));
+                    }
+                    match republish(db, layout, &store, digest, place, staged, touched)? {
+                        Ok(inline_id) => inline_id,
                         Err(refused) => return Ok(Err(refused)),
                     }
                 }
-                (Some(_), None) => None,
             };
             sql::upsert_object(db, &store, digest, size, inline_id)?;
             if let Some(label) = label {
@@ -485,6 +479,83 @@ fn apply(
                 Err(refused) => Ok(Err(refused)),
             }
         }
+    }
+}
+
+/// Writes an object that is already held, but not recently, again: the
+/// rewrite heals bytes damaged or lost since. Returns the inline row to
+/// record, if the object moves into the index.
+fn republish(
+    db: &Connection,
+    layout: &ObjectFiles,
+    store: &StoreId,
+    digest: Digest,
+    place: Place,
+    staged: Staged,
+    touched: &mut BTreeSet<PathBuf>,
+) -> rusqlite::Result<Result<Option<i64>>> {
+    match (place, staged) {
+        (Place::Inline(id) | Place::InlineMissing(id), Staged::Inline(bytes)) => {
+            sql::rewrite_inline(db, id, &bytes)?;
+            Ok(Ok(None))
+        }
+        (Place::Inline(_), staged @ Staged::File(_)) => {
+            // Held inline (under a larger threshold): the file is not needed.
+            discard(staged);
+            Ok(Ok(None))
+        }
+        (Place::InlineMissing(_), Staged::File(path)) => {
+            if let Err(refused) = publish(layout, store, digest, &path, touched) {
+                return Ok(Err(refused));
+            }
+            sql::move_to_file(db, store, digest)?;
+            Ok(Ok(None))
+        }
+        (Place::File, Staged::File(path)) => {
+            Ok(publish(layout, store, digest, &path, touched).map(|()| None))
+        }
+        (Place::File, Staged::Inline(bytes)) => {
+            // Held as a file (written before content went inline, or under
+            // a smaller threshold). An intact file stays; a missing or
+            // damaged one is replaced by a row.
+            match layout.is_intact(store, digest) {
+                Ok(true) => Ok(Ok(None)),
+                Ok(false) => {
+                    let _ = layout.quarantine(store, digest);
+                    Ok(Ok(Some(sql::insert_inline(db, &bytes)?)))
+                }
+                Err(refused) => Ok(Err(refused)),
+            }
+        }
+    }
+}
+
+/// Renames a staged file into place as object `digest`, noting the
+/// directory whose entry changed; on failure the staged file is removed.
+fn publish(
+    layout: &ObjectFiles,
+    store: &StoreId,
+    digest: Digest,
+    staged: &Path,
+    touched: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    match layout.publish(store, staged, digest) {
+        Ok(shard) => {
+            touched.insert(shard);
+            Ok(())
+        }
+        Err(source) => {
+            let _ = std::fs::remove_file(staged);
+            let at = layout.object_path(store, digest);
+            Err(io_error(store, "publishing object", &at, source))
+        }
+    }
+}
+
+/// Drops staged content that will not be published.
+fn discard(staged: Staged) {
+    if let Staged::File(path) = staged {
+        let _ = std::fs::remove_file(path);
     }
 }
 
