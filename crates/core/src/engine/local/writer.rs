@@ -84,9 +84,6 @@ const CHECKPOINT_EVERY: u64 = 256;
 /// own: only when the background checkpointer cannot keep up.
 const CHECKPOINT_FALLBACK_PAGES: i64 = 16_000;
 
-/// The writer connection's page cache, in KiB (SQLite's default is 2 MiB).
-const WRITER_CACHE_KIB: i64 = 64 << 10;
-
 impl Writer {
     /// Starts the writer thread on `connection`, and a checkpointer thread
     /// on a connection of its own to `db`.
@@ -101,9 +98,6 @@ impl Writer {
         // fsyncs) is the writer's slowest step; a thread of its own does it
         // beside the writes instead of inside one of them.
         connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
-        // Every object row lands on a random leaf of the objects b-tree:
-        // a page cache that holds the tree's hot part spares a read per write.
-        connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB.wrapping_neg())?;
         let checkpointer = sql::open_connection(db, options.durability, false)?;
         let (checkpoints, due) = mpsc::sync_channel(1);
         std::thread::Builder::new()
