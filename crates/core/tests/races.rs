@@ -66,7 +66,7 @@ async fn store_and_label(store: &ContentStore, label: &str, content: &str) {
 /// What the `i`th write of a task stores under `label`. Every fourth body
 /// is over the inline threshold: index rows and files race alike.
 fn body(label: &str, i: usize) -> String {
-    format!("{label} body ").repeat(if i.is_multiple_of(4) { 1_000 } else { 1 })
+    format!("{label} body ").repeat(if i.is_multiple_of(4) { 2_000 } else { 1 })
 }
 
 /// One writer task: labelled writes, shared identical content, counter
@@ -113,6 +113,7 @@ async fn race_child() {
             grace: Duration::ZERO,
             dry_run: false,
         };
+        let collected = std::path::Path::new(&root).join("gc-collected");
         let mut removed = 0;
         while !stop.exists() {
             removed += store
@@ -120,6 +121,9 @@ async fn race_child() {
                 .await
                 .unwrap()
                 .objects_removed;
+            if removed > 0 && !collected.exists() {
+                std::fs::write(&collected, "").unwrap();
+            }
         }
         println!("collector removed {removed} objects");
         assert!(removed > 0, "the collector never collected anything");
@@ -161,6 +165,13 @@ async fn processes_and_tasks_racing_lose_nothing() {
         .collect();
     for writer in writers {
         wait_for(writer);
+    }
+    // Writers can finish before the collector has removed anything (old
+    // counter values stay unreachable, so it will): let it, then stop it.
+    let collected = dir.path().join("gc-collected");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !collected.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
     std::fs::write(dir.path().join("stop-gc"), "").unwrap();
     wait_for(collector);
