@@ -138,9 +138,8 @@ impl ContentStore {
     pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
-        let info = engine.object_info(&self.id, digest).await?;
-        info.map(|info| info.size)
-            .ok_or_else(|| self.not_found(digest))
+        let size = engine.object_size(&self.id, digest).await?;
+        size.ok_or_else(|| self.not_found(digest))
     }
 
     /// The content behind `content_ref`, re-hashed on the way out: bytes that

@@ -122,15 +122,6 @@ pub(crate) struct ObjectRow {
     pub(crate) labelled: bool,
 }
 
-/// What the engine knows of one object without reading it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ObjectInfo {
-    pub(crate) size: u64,
-    /// Whether its bytes are still there (a file can vanish under a
-    /// concurrent collection; an inline row cannot).
-    pub(crate) present: bool,
-}
-
 /// A store's labels and objects as of one moment.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
@@ -219,14 +210,10 @@ impl Engine {
         }
     }
 
-    /// Size and age of an indexed object, or `None`.
-    pub(crate) async fn object_info(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<ObjectInfo>> {
+    /// The size of an indexed object, or `None`; reads no content.
+    pub(crate) async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
         match self {
-            Self::Local(local) => local.object_info(store, digest),
+            Self::Local(local) => local.object_size(store, digest),
         }
     }
 

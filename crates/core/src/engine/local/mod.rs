@@ -18,7 +18,7 @@ use layout::ObjectFiles;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
-use super::{Change, ObjectInfo, Scan, Snapshot, Staged, StagingSink};
+use super::{Change, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::LabelRow;
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::maintenance::Progress;
@@ -101,9 +101,7 @@ impl LocalEngine {
     }
 
     pub(crate) fn discard(&self, staged: Staged) {
-        if let Staged::File(path) = staged {
-            let _ = std::fs::remove_file(path);
-        }
+        writer::discard(staged);
     }
 
     pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
@@ -125,22 +123,11 @@ impl LocalEngine {
         self.readers.read(action, query)
     }
 
-    pub(crate) fn object_info(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<ObjectInfo>> {
+    pub(crate) fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
         let row = self.read("looking up object", |db| {
             sql::object_info(db, store, digest)
         })?;
-        Ok(row.map(|(size, _, place)| ObjectInfo {
-            size,
-            present: match place {
-                Place::Inline(_) => true,
-                Place::InlineMissing(_) => false,
-                Place::File => self.layout.is_present(store, digest),
-            },
-        }))
+        Ok(row.map(|(size, _, _)| size))
     }
 
     pub(crate) fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
@@ -261,9 +248,11 @@ impl LocalEngine {
     }
 
     pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
-        Ok(self
-            .object_info(store, digest)?
-            .is_some_and(|info| info.present))
+        let row = self.read("looking up object", |db| {
+            sql::object_info(db, store, digest)
+        })?;
+        Ok(row
+            .is_some_and(|(_, _, place)| writer::bytes_present(&self.layout, store, digest, place)))
     }
 
     pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {

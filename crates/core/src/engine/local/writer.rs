@@ -365,11 +365,7 @@ fn apply(
                     }
                 },
                 Some((_, stored_at, place)) => {
-                    let present = match place {
-                        Place::Inline(_) => true,
-                        Place::InlineMissing(_) => false,
-                        Place::File => layout.is_present(&store, digest),
-                    };
+                    let present = bytes_present(layout, &store, digest, place);
                     if present && stored_at >= unix_now().saturating_sub(refresh_after) {
                         // Held and recent: nothing to write but the label.
                         discard(staged);
@@ -546,8 +542,23 @@ fn publish(
     }
 }
 
+/// Whether an indexed object's bytes are there: an inline row (unless the
+/// row was lost), or a file (which a crash or a hand may have removed).
+pub(super) fn bytes_present(
+    layout: &ObjectFiles,
+    store: &StoreId,
+    digest: Digest,
+    place: Place,
+) -> bool {
+    match place {
+        Place::Inline(_) => true,
+        Place::InlineMissing(_) => false,
+        Place::File => layout.is_present(store, digest),
+    }
+}
+
 /// Drops staged content that will not be published.
-fn discard(staged: Staged) {
+pub(super) fn discard(staged: Staged) {
     if let Staged::File(path) = staged {
         let _ = std::fs::remove_file(path);
     }
