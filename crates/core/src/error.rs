@@ -60,6 +60,20 @@ pub enum StoreError {
         /// What the bytes on disk actually hash to.
         actual: String,
     },
+    /// A range read reaches past the end of the content.
+    #[error("store {store}: range {start}..{end} is outside content {reference} of {size} bytes")]
+    InvalidRange {
+        /// The store that was asked.
+        store: String,
+        /// The content's ref.
+        reference: String,
+        /// The range asked for.
+        start: u64,
+        /// Its end (exclusive).
+        end: u64,
+        /// The content's size.
+        size: u64,
+    },
     /// A filesystem operation failed.
     #[error("store {store}: {action} {path} failed: {source}")]
     Io {

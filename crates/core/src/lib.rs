@@ -32,6 +32,8 @@ mod package;
 mod root;
 mod stats;
 mod store;
+mod stream;
+mod tree;
 
 pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};
@@ -44,3 +46,4 @@ pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
 pub use store::{ContentStore, LabelEntry, REFRESH_AFTER, Stored};
+pub use stream::{ContentReader, ContentWriter};

@@ -57,6 +57,11 @@ pub struct VerifyReport {
     /// What the index database's own integrity check reported, root-wide
     /// (small content lives in it). Empty when healthy.
     pub index_problems: Vec<String>,
+    /// Intact objects whose outboard (the hash tree that range reads
+    /// check against) was wrong. The bad outboard was removed; it is
+    /// rebuilt from the content on the next read that needs it. Not
+    /// damage to content, so it does not make a report unclean.
+    pub damaged_outboards: Vec<ContentRef>,
 }
 
 impl VerifyReport {
@@ -154,6 +159,11 @@ impl ContentStore {
                     leftover_temp_files,
                     unindexed: scan.unindexed.into_iter().map(ContentRef::from).collect(),
                     index_problems,
+                    damaged_outboards: scan
+                        .damaged_outboards
+                        .into_iter()
+                        .map(ContentRef::from)
+                        .collect(),
                     ..VerifyReport::default()
                 };
                 let intact: BTreeSet<Digest> = scan.intact.into_iter().collect();

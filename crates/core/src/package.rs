@@ -20,6 +20,7 @@ use crate::maintenance::Progress;
 use crate::names::{Digest, MAX_LABEL_BYTES, StoreId, validate_label};
 use crate::root::blocking;
 use crate::store::ContentStore;
+use crate::stream::StagingWriter;
 
 /// The first bytes of every package.
 pub const PACKAGE_MAGIC: &[u8; 16] = b"THEATER-STORE-PK";
@@ -278,14 +279,15 @@ fn read_package<R: Read>(
                 let actual = if engine.is_present(store, digest)? {
                     input.discard(size, digest, store)?
                 } else {
-                    let mut sink = engine.staging_sink(store, size)?;
-                    match input.copy_to(&mut sink, size, digest, store) {
-                        Ok(actual) => {
-                            staged.objects.insert(digest, (size, sink.finish()?));
+                    let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(store));
+                    match input.copy_to(&mut |bytes| writer.write(bytes), size, digest, store) {
+                        Ok(()) => {
+                            let (actual, _, object) = writer.finish()?;
+                            staged.objects.insert(digest, (size, object));
                             actual
                         }
                         Err(error) => {
-                            sink.abandon();
+                            writer.abandon();
                             return Err(error);
                         }
                     }
@@ -411,12 +413,11 @@ impl<R: Read> HashingReader<'_, R> {
     /// Copies `size` bytes of object content to `out`, returning their hash.
     fn copy_to(
         &mut self,
-        out: &mut impl Write,
+        out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
         size: u64,
         digest: Digest,
         store: &StoreId,
-    ) -> Result<Digest> {
-        let mut object_hasher = blake3::Hasher::new();
+    ) -> Result<()> {
         let mut left = size;
         let mut buffer = vec![0u8; 1 << 16];
         while left > 0 {
@@ -425,8 +426,7 @@ impl<R: Read> HashingReader<'_, R> {
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
             let chunk = &mut buffer[..want];
             self.exact(chunk, &format!("object {}", digest.to_hex()), store)?;
-            object_hasher.update(chunk);
-            out.write_all(chunk).map_err(|source| {
+            out(chunk).map_err(|source| {
                 io_error(
                     store,
                     "writing staged object",
@@ -436,12 +436,18 @@ impl<R: Read> HashingReader<'_, R> {
             })?;
             left -= want as u64;
         }
-        Ok(Digest(*object_hasher.finalize().as_bytes()))
+        Ok(())
     }
 
     /// Reads and hashes `size` bytes of content the store already holds.
     fn discard(&mut self, size: u64, digest: Digest, store: &StoreId) -> Result<Digest> {
-        self.copy_to(&mut io::sink(), size, digest, store)
+        let mut hasher = blake3::Hasher::new();
+        let mut hash = |bytes: &[u8]| {
+            hasher.update(bytes);
+            Ok(())
+        };
+        self.copy_to(&mut hash, size, digest, store)?;
+        Ok(Digest(*hasher.finalize().as_bytes()))
     }
 }
 

@@ -7,6 +7,7 @@ use crate::error::{Result, StoreError};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::{StoreRoot, blocking};
 use crate::stats::StoreStats;
+use crate::tree::TreeHasher;
 
 /// Content from this size up is hashed and staged in parallel.
 const PARALLEL_WRITE_MIN: usize = 1 << 20;
@@ -320,13 +321,30 @@ fn hash_and_stage(
     store: &StoreId,
     content: Arc<Vec<u8>>,
 ) -> (Digest, Result<Staged>) {
+    let hash = |content: &[u8]| {
+        let mut hasher = TreeHasher::new(Vec::new());
+        hasher
+            .update(content)
+            .expect("hashing into memory cannot fail");
+        hasher.finish().expect("hashing into memory cannot fail")
+    };
     if content.len() < PARALLEL_WRITE_MIN {
-        return (Digest::of(&content), engine.stage(store, content));
+        let (digest, outboard) = hash(&content);
+        let staged = engine.stage(store, content);
+        if let Ok(staged) = &staged {
+            engine.attach_outboard(staged, &outboard);
+        }
+        return (digest, staged);
     }
+    // The outboard comes with the hash; it is written once the file is.
     std::thread::scope(|scope| {
-        let hashing = scope.spawn(|| Digest::of(&content));
+        let hashing = scope.spawn(|| hash(&content));
         let staged = engine.stage(store, Arc::clone(&content));
-        (hashing.join().expect("hashing does not panic"), staged)
+        let (digest, outboard) = hashing.join().expect("hashing does not panic");
+        if let Ok(staged) = &staged {
+            engine.attach_outboard(staged, &outboard);
+        }
+        (digest, staged)
     })
 }
 

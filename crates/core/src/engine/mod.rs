@@ -24,6 +24,7 @@ use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
+use crate::tree::RandomAccess;
 
 /// An opened store root's engine.
 #[derive(Debug)]
@@ -37,8 +38,21 @@ pub(crate) enum Engine {
 pub(crate) enum Staged {
     /// Small content, to be written as a row of the index.
     Inline(Arc<Vec<u8>>),
-    /// Large content, written to this temporary file.
+    /// Large content, written to this temporary file (with its outboard,
+    /// when one was computed, staged beside it by the engine).
     File(PathBuf),
+}
+
+/// An object opened for reading, not yet verified.
+pub(crate) enum ObjectSource {
+    /// Small content, whole.
+    Inline(Vec<u8>),
+    /// Content in a file, read piece by piece, and its outboard when one is
+    /// kept (`None`: missing or of the wrong size, to be rebuilt).
+    File {
+        data: Box<dyn RandomAccess>,
+        outboard: Option<Box<dyn RandomAccess>>,
+    },
 }
 
 /// What a label write requires of the label's current value.
@@ -102,6 +116,13 @@ pub(crate) enum Change {
     QuarantineObject { store: StoreId, digest: Digest },
     /// Remove up to `limit` labels of the store. Returns whether any were left.
     RemoveLabels { store: StoreId, limit: usize },
+    /// Keep a freshly computed outboard for a file object, if the object
+    /// is still held as a file; otherwise drop it. Returns `true`.
+    AddOutboard {
+        store: StoreId,
+        digest: Digest,
+        staged: PathBuf,
+    },
     /// Forget a store that holds no object and no label and was created
     /// before `cutoff` (unix milliseconds), and delete what it left on
     /// disk, keeping writes in flight. Returns whether it did.
@@ -145,12 +166,18 @@ pub(crate) struct Scan {
     /// Intact stored bytes that no index row claims: a crash between
     /// publishing and indexing leaves these.
     pub(crate) unindexed: Vec<Digest>,
+    /// Intact objects whose kept outboard was wrong, and was removed.
+    pub(crate) damaged_outboards: Vec<Digest>,
 }
 
-/// A place to write new content of a known size into while it is read from
-/// a stream (import). Writing fills it; [`StagingSink::finish`] hands it
-/// over for publication.
+/// A place to write new content into while it is read from a stream (a
+/// streamed write, an import). It keeps small content in memory and moves
+/// to a file once the content outgrows the inline threshold. Writing fills
+/// it; [`StagingSink::finish`] hands it over for publication.
 pub(crate) trait StagingSink: Write + Send {
+    /// Appends hash pairs of the content's outboard (`crate::tree`), kept
+    /// only if the content ends up in a file.
+    fn write_outboard(&mut self, pairs: &[u8]) -> std::io::Result<()>;
     /// The staged content, ready for [`Change::AddObject`].
     fn finish(self: Box<Self>) -> Result<Staged>;
     /// Gives up, removing whatever was written.
@@ -180,10 +207,46 @@ impl Engine {
         }
     }
 
-    /// A sink to stream `size` bytes of new content into. Blocking.
-    pub(crate) fn staging_sink(&self, store: &StoreId, size: u64) -> Result<Box<dyn StagingSink>> {
+    /// Stages the outboard (`crate::tree`) of staged content, to be
+    /// published with it; kept only for content staged in a file. Best
+    /// effort: a missing outboard is rebuilt when needed. Blocking.
+    pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
         match self {
-            Self::Local(local) => local.staging_sink(store, size),
+            Self::Local(local) => local.attach_outboard(staged, outboard),
+        }
+    }
+
+    /// A sink to stream new content into. Blocking.
+    pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
+        match self {
+            Self::Local(local) => local.staging_sink(store),
+        }
+    }
+
+    /// An indexed object's size and bytes, opened for reading; `None` when
+    /// it is not indexed or its bytes are gone. Blocking.
+    pub(crate) fn open_source(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<(u64, ObjectSource)>> {
+        match self {
+            Self::Local(local) => local.open_source(store, digest),
+        }
+    }
+
+    /// Re-hashes a file object, staging the outboard of what its bytes are
+    /// now. Returns the digest they hash to and the staged outboard (for
+    /// [`Change::AddOutboard`] if the digest is right, for
+    /// [`Engine::discard`] if not), or `None` when the bytes are gone.
+    /// Blocking.
+    pub(crate) fn build_outboard(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<(Digest, PathBuf)>> {
+        match self {
+            Self::Local(local) => local.build_outboard(store, digest),
         }
     }
 

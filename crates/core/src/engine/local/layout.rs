@@ -9,18 +9,23 @@
 //! keeps directories small (256 of them, each with 1/256 of the objects).
 //!
 //! Only content above the root's inline threshold gets a file; smaller
-//! content lives in the index (`sql.rs`). Only the index writer renames
+//! content lives in the index (`sql.rs`). A file object over 16 KiB has its
+//! BLAKE3 outboard (`crate::tree`) at `outboards/<2 hex>/<62 hex>`. The
+//! outboard is derived data: it is staged beside its object as
+//! `tmp/<name>.obao`, moved into place with it, removed with it, never
+//! fsync'd, and rebuilt from the object whenever it is missing or wrong. Only the index writer renames
 //! files into `objects/` or deletes them, and only while it holds the
 //! index's write lock; see `writer.rs`.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use super::steps::{Step, record};
 use crate::durability::Durability;
 use crate::error::{Result, io_error};
 use crate::names::{Digest, StoreId};
+use crate::tree::TreeHasher;
 
 /// File-level access to the objects of every store under one root.
 #[derive(Clone, Debug)]
@@ -60,7 +65,12 @@ impl ObjectFiles {
     /// need). Only the index writer calls this, under the write lock.
     pub(crate) fn remove_store_files(&self, store: &StoreId) -> Result<()> {
         let dir = self.store_dir(store);
-        for tree in [self.objects_dir(store), dir.join("quarantine")] {
+        let trees = [
+            self.objects_dir(store),
+            dir.join("outboards"),
+            dir.join("quarantine"),
+        ];
+        for tree in trees {
             match fs::remove_dir_all(&tree) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -84,6 +94,84 @@ impl ObjectFiles {
     pub(crate) fn object_path(&self, store: &StoreId, digest: Digest) -> PathBuf {
         let hex = digest.to_hex();
         self.objects_dir(store).join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Where the outboard of a file object lives.
+    pub(crate) fn outboard_path(&self, store: &StoreId, digest: Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.store_dir(store)
+            .join("outboards")
+            .join(&hex[..2])
+            .join(&hex[2..])
+    }
+
+    /// The outboard of an object, open for reading, when it is there with
+    /// the size `outboard_len` says; `None` otherwise (to be rebuilt).
+    pub(crate) fn open_outboard(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        outboard_len: u64,
+    ) -> Option<File> {
+        let file = File::open(self.outboard_path(store, digest)).ok()?;
+        let len = file.metadata().ok()?.len();
+        (len == outboard_len).then_some(file)
+    }
+
+    /// Hashes an object file and computes its outboard in the same pass;
+    /// `None` if the file has vanished.
+    pub(crate) fn hash_with_outboard(
+        &self,
+        store: &StoreId,
+        path: &Path,
+    ) -> Result<Option<(Digest, Vec<u8>)>> {
+        match hash_tree(path, Vec::new()) {
+            Ok(hashed) => Ok(Some(hashed)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error(store, "hashing object", path, source)),
+        }
+    }
+
+    /// Whether the kept outboard of an intact object is `expected`, or
+    /// there is none (it is built when needed). A wrong one is removed.
+    pub(crate) fn outboard_agrees(&self, store: &StoreId, digest: Digest, expected: &[u8]) -> bool {
+        let path = self.outboard_path(store, digest);
+        match fs::read(&path) {
+            Ok(kept) if kept != expected => {
+                let _ = fs::remove_file(&path);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Moves a staged outboard (see [`staged_outboard`]) into place for
+    /// object `digest`; without one, removes any outboard the object had,
+    /// so that a stale one never outlives a rewrite. Best effort: a missing
+    /// outboard is rebuilt when needed.
+    pub(crate) fn place_outboard(&self, store: &StoreId, staged: &Path, digest: Digest) {
+        let target = self.outboard_path(store, digest);
+        let outboard = staged_outboard(staged);
+        if !outboard.is_file() {
+            let _ = fs::remove_file(&target);
+            return;
+        }
+        let moved = fs::rename(&outboard, &target).or_else(|_| {
+            self.create_dir(target.parent().expect("outboard paths have a shard"))?;
+            fs::rename(&outboard, &target)
+        });
+        if moved.is_err() {
+            let _ = fs::remove_file(&outboard);
+        }
+    }
+
+    /// Removes an object's file and its outboard; a missing file is fine.
+    pub(crate) fn remove_object(&self, store: &StoreId, digest: Digest) -> io::Result<()> {
+        let _ = fs::remove_file(self.outboard_path(store, digest));
+        match fs::remove_file(self.object_path(store, digest)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the object's file is present (not whether it is intact).
@@ -171,12 +259,14 @@ impl ObjectFiles {
             fs::rename(tmp_path, &final_path)
         })?;
         record(|| Step::Published(tmp_path.to_owned(), final_path.clone()));
+        self.place_outboard(store, tmp_path, digest);
         Ok(shard_dir)
     }
 
     /// Moves a damaged object aside into `quarantine/`, for inspection.
     pub(crate) fn quarantine(&self, store: &StoreId, digest: Digest) -> io::Result<PathBuf> {
         let moved = self.quarantine_path(store, digest)?;
+        let _ = fs::remove_file(self.outboard_path(store, digest));
         fs::rename(self.object_path(store, digest), &moved)?;
         Ok(moved)
     }
@@ -263,6 +353,11 @@ impl ObjectFiles {
         Ok(moved)
     }
 
+    /// Creates a new temporary file at `path` (in a store's `tmp/`).
+    pub(crate) fn create_temp_at(&self, path: &Path) -> io::Result<File> {
+        self.create_with_parents(path)
+    }
+
     /// Creates a new file, creating missing parent directories on the first
     /// failure only, so the common path costs one `open`.
     fn create_with_parents(&self, path: &Path) -> io::Result<File> {
@@ -298,6 +393,32 @@ impl ObjectFiles {
         }
         Ok(())
     }
+}
+
+/// Hashes the file at `path`, writing its outboard to `outboard`.
+pub(crate) fn hash_tree<W: Write>(path: &Path, outboard: W) -> io::Result<(Digest, W)> {
+    let mut hasher = TreeHasher::new(outboard);
+    let mut file = io::BufReader::with_capacity(1 << 20, File::open(path)?);
+    loop {
+        let bytes = file.fill_buf()?;
+        if bytes.is_empty() {
+            return hasher.finish();
+        }
+        let len = bytes.len();
+        hasher.update(bytes)?;
+        file.consume(len);
+    }
+}
+
+/// Where the outboard of the staged object at `staged` is written.
+pub(crate) fn staged_outboard(staged: &Path) -> PathBuf {
+    staged.with_extension("obao")
+}
+
+/// Removes a staged object and its staged outboard.
+pub(crate) fn remove_staged(staged: &Path) {
+    let _ = fs::remove_file(staged_outboard(staged));
+    let _ = fs::remove_file(staged);
 }
 
 /// The directory name of store `id`: the id, with each ASCII capital letter

@@ -18,13 +18,14 @@ use layout::ObjectFiles;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
-use super::{Change, Scan, Snapshot, Staged, StagingSink};
+use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::LabelRow;
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
+use crate::tree::{self, RandomAccess};
 
 /// Object files up to this size are read on the calling thread: a round
 /// trip through the blocking pool costs more than reading them.
@@ -87,17 +88,86 @@ impl LocalEngine {
         self.layout.write_temp(store, &content).map(Staged::File)
     }
 
-    pub(crate) fn staging_sink(&self, store: &StoreId, size: u64) -> Result<Box<dyn StagingSink>> {
-        if size <= self.inline_threshold as u64 {
-            return Ok(Box::new(MemorySink(Vec::with_capacity(size as usize))));
+    pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
+        if let Staged::File(path) = staged
+            && !outboard.is_empty()
+        {
+            let _ = std::fs::write(layout::staged_outboard(path), outboard);
         }
-        let (path, file) = self.layout.create_temp(store)?;
-        Ok(Box::new(FileSink {
+    }
+
+    pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
+        Box::new(SpillSink {
             store: store.clone(),
             layout: self.layout.clone(),
-            path,
-            file,
-        }))
+            inline_threshold: self.inline_threshold,
+            memory: Vec::new(),
+            outboard_memory: Vec::new(),
+            file: None,
+        })
+    }
+
+    pub(crate) fn open_source(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<(u64, ObjectSource)>> {
+        let found = self.read("reading object", |db| {
+            let info = sql::object_info(db, store, digest)?;
+            let content = sql::object_content(db, store, digest)?;
+            Ok(info.zip(content))
+        })?;
+        let Some(((size, _, _), (place, inline))) = found else {
+            return Ok(None);
+        };
+        match (place, inline) {
+            (Place::Inline(_), Some(bytes)) => Ok(Some((size, ObjectSource::Inline(bytes)))),
+            (Place::Inline(_) | Place::InlineMissing(_), _) => Ok(None),
+            (Place::File, _) => {
+                let path = self.layout.object_path(store, digest);
+                let data = match File::open(&path) {
+                    Ok(file) => file,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(source) => return Err(io_error(store, "reading object", &path, source)),
+                };
+                let outboard = self
+                    .layout
+                    .open_outboard(store, digest, tree::outboard_len(size))
+                    .map(|file| Box::new(file) as Box<dyn RandomAccess>);
+                let data = Box::new(data);
+                Ok(Some((size, ObjectSource::File { data, outboard })))
+            }
+        }
+    }
+
+    pub(crate) fn build_outboard(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<(Digest, PathBuf)>> {
+        let path = self.layout.object_path(store, digest);
+        let staged = self.layout.new_temp_path(store);
+        let outboard_path = layout::staged_outboard(&staged);
+        let built = self
+            .layout
+            .create_temp_at(&outboard_path)
+            .and_then(|outboard| {
+                let (actual, outboard) = layout::hash_tree(&path, io::BufWriter::new(outboard))?;
+                outboard
+                    .into_inner()
+                    .map_err(io::IntoInnerError::into_error)?;
+                Ok(actual)
+            });
+        match built {
+            Ok(actual) => Ok(Some((actual, staged))),
+            Err(error) => {
+                layout::remove_staged(&staged);
+                if error.kind() == io::ErrorKind::NotFound && !path.exists() {
+                    return Ok(None);
+                }
+                Err(io_error(store, "building outboard", &path, error))
+            }
+        }
     }
 
     pub(crate) fn discard(&self, staged: Staged) {
@@ -233,7 +303,10 @@ impl LocalEngine {
             };
             // A file that vanished since the listing was removed by a
             // concurrent collection: nothing to check.
-            if let Some(actual) = self.layout.hash_file(store, &file.path)? {
+            if let Some((actual, outboard)) = self.layout.hash_with_outboard(store, &file.path)? {
+                if actual == digest && !self.layout.outboard_agrees(store, digest, &outboard) {
+                    scan.damaged_outboards.push(digest);
+                }
                 tally(&mut scan, digest, file.metadata.len(), actual);
             }
         }
@@ -318,12 +391,55 @@ impl LocalEngine {
     }
 }
 
-/// Small content being streamed in, kept in memory until published inline.
-struct MemorySink(Vec<u8>);
+/// Content being streamed in: kept in memory while it fits under the
+/// inline threshold, then in a temporary file with its outboard beside it.
+struct SpillSink {
+    store: StoreId,
+    layout: ObjectFiles,
+    inline_threshold: usize,
+    memory: Vec<u8>,
+    outboard_memory: Vec<u8>,
+    file: Option<SpillFiles>,
+}
 
-impl Write for MemorySink {
+/// The temporary files of a [`SpillSink`] that outgrew memory.
+struct SpillFiles {
+    path: PathBuf,
+    data: io::BufWriter<File>,
+    outboard: io::BufWriter<File>,
+}
+
+impl SpillSink {
+    /// Moves what is in memory to new temporary files.
+    fn spill(&mut self) -> io::Result<&mut SpillFiles> {
+        let (path, data) = self
+            .layout
+            .create_temp(&self.store)
+            .map_err(io::Error::other)?;
+        let files = SpillFiles {
+            outboard: io::BufWriter::new(File::create(layout::staged_outboard(&path))?),
+            data: io::BufWriter::with_capacity(1 << 20, data),
+            path,
+        };
+        let files = self.file.insert(files);
+        files.data.write_all(&std::mem::take(&mut self.memory))?;
+        files
+            .outboard
+            .write_all(&std::mem::take(&mut self.outboard_memory))?;
+        Ok(files)
+    }
+}
+
+impl Write for SpillSink {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.write(bytes)
+        if let Some(files) = &mut self.file {
+            return files.data.write(bytes);
+        }
+        if self.memory.len() + bytes.len() <= self.inline_threshold {
+            self.memory.extend_from_slice(bytes);
+            return Ok(bytes.len());
+        }
+        self.spill()?.data.write(bytes)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -331,42 +447,42 @@ impl Write for MemorySink {
     }
 }
 
-impl StagingSink for MemorySink {
+impl StagingSink for SpillSink {
+    fn write_outboard(&mut self, pairs: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(files) => files.outboard.write_all(pairs),
+            None => {
+                self.outboard_memory.extend_from_slice(pairs);
+                Ok(())
+            }
+        }
+    }
+
     fn finish(self: Box<Self>) -> Result<Staged> {
-        Ok(Staged::Inline(Arc::new(self.0)))
-    }
-
-    fn abandon(self: Box<Self>) {}
-}
-
-/// Large content being streamed into a temporary file.
-struct FileSink {
-    store: StoreId,
-    layout: ObjectFiles,
-    path: PathBuf,
-    file: File,
-}
-
-impl Write for FileSink {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.file.write(bytes)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl StagingSink for FileSink {
-    fn finish(self: Box<Self>) -> Result<Staged> {
-        match self.layout.finish_temp(&self.path, &self.file) {
-            Ok(()) => Ok(Staged::File(self.path)),
+        let Some(files) = self.file else {
+            return Ok(Staged::Inline(Arc::new(self.memory)));
+        };
+        let SpillFiles {
+            path,
+            data,
+            outboard,
+        } = files;
+        let finished = data
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)
+            .and_then(|data| self.layout.finish_temp(&path, &data));
+        // The outboard is derived data: a failure here only costs a rebuild.
+        if outboard.into_inner().is_err() {
+            let _ = std::fs::remove_file(layout::staged_outboard(&path));
+        }
+        match finished {
+            Ok(()) => Ok(Staged::File(path)),
             Err(source) => {
-                let _ = std::fs::remove_file(&self.path);
+                layout::remove_staged(&path);
                 Err(io_error(
                     &self.store,
                     "writing staged object",
-                    &self.path,
+                    &path,
                     source,
                 ))
             }
@@ -374,7 +490,9 @@ impl StagingSink for FileSink {
     }
 
     fn abandon(self: Box<Self>) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(files) = self.file {
+            layout::remove_staged(&files.path);
+        }
     }
 }
 

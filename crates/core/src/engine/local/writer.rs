@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::layout::{ObjectFiles, sync_dir};
+use super::layout::{ObjectFiles, remove_staged, sync_dir};
 use super::sql::{self, Place, index_error};
 use super::steps::{Step, record};
 use crate::durability::Durability;
@@ -328,7 +328,7 @@ fn abandoned(job: &Job) -> bool {
         ..
     } = &job.change
     {
-        let _ = std::fs::remove_file(staged);
+        remove_staged(staged);
     }
     true
 }
@@ -424,14 +424,13 @@ fn apply(
         } => match sql::remove_unreachable_object(db, &store, digest, cutoff)? {
             None => Ok(Ok(false)),
             Some(true) => Ok(Ok(true)),
-            Some(false) => {
-                let path = layout.object_path(&store, digest);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(Ok(true)),
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Ok(true)),
-                    Err(source) => Ok(Err(io_error(&store, "removing object", &path, source))),
+            Some(false) => match layout.remove_object(&store, digest) {
+                Ok(()) => Ok(Ok(true)),
+                Err(source) => {
+                    let path = layout.object_path(&store, digest);
+                    Ok(Err(io_error(&store, "removing object", &path, source)))
                 }
-            }
+            },
         },
         Change::RemoveUnindexed {
             store,
@@ -448,7 +447,7 @@ fn apply(
             if !old_enough {
                 return Ok(Ok(false));
             }
-            match std::fs::remove_file(&path) {
+            match layout.remove_object(&store, digest) {
                 Ok(()) => Ok(Ok(true)),
                 Err(source) => Ok(Err(io_error(
                     &store,
@@ -457,6 +456,20 @@ fn apply(
                     source,
                 ))),
             }
+        }
+        Change::AddOutboard {
+            store,
+            digest,
+            staged,
+        } => {
+            // Only for an object still held as a file: one collected or
+            // quarantined meanwhile must not get its outboard back.
+            let held = sql::object_info(db, &store, digest)?;
+            if matches!(held, Some((_, _, Place::File))) && layout.is_present(&store, digest) {
+                layout.place_outboard(&store, &staged, digest);
+            }
+            remove_staged(&staged);
+            Ok(Ok(true))
         }
         Change::QuarantineObject { store, digest } => quarantine(db, layout, &store, digest),
         Change::RemoveLabels { store, limit } => Ok(Ok(sql::delete_labels(db, &store, limit)? > 0)),
@@ -535,7 +548,7 @@ fn publish(
             Ok(())
         }
         Err(source) => {
-            let _ = std::fs::remove_file(staged);
+            remove_staged(staged);
             let at = layout.object_path(store, digest);
             Err(io_error(store, "publishing object", &at, source))
         }
@@ -560,7 +573,7 @@ pub(super) fn bytes_present(
 /// Drops staged content that will not be published.
 pub(super) fn discard(staged: Staged) {
     if let Staged::File(path) = staged {
-        let _ = std::fs::remove_file(path);
+        remove_staged(&path);
     }
 }
 

@@ -1,0 +1,655 @@
+//! Streaming: content written and read piece by piece, with memory bounded
+//! whatever its size.
+//!
+//! Writing: [`ContentWriter`] hashes content (digest and outboard, one
+//! pass, `crate::tree`) and stages it as it arrives. Small content stays in
+//! memory; past the inline threshold a blocking worker takes the pieces
+//! through a short queue and writes them to a temporary file, so reading
+//! the source and writing the file overlap. Nothing is visible until
+//! [`ContentWriter::finish`]; a writer dropped before that leaves nothing.
+//!
+//! Reading: [`ContentReader`] and [`ContentStore::read_range`] check every
+//! byte against the ref before handing it out, 16 KiB group by group,
+//! through the object's outboard. An outboard that is missing (content
+//! stored before outboards existed, or imported) is built on first need;
+//! one that disagrees with intact content is rebuilt. Only content whose
+//! own bytes are wrong is reported [`StoreError::Corrupted`].
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::engine::{Change, Engine, ObjectSource, Staged, StagingSink};
+use crate::error::{Result, StoreError, io_error};
+use crate::names::{ContentRef, Digest, StoreId, validate_label};
+use crate::root::blocking;
+use crate::store::{ContentStore, Stored};
+use crate::tree::{self, ReadFault, TreeHasher};
+
+/// Pieces queued between a writer and its staging worker: with 256 KiB
+/// pieces, at most 1 MiB in flight.
+const QUEUE_PIECES: usize = 4;
+
+/// How much a [`ContentReader`] reads and verifies per step.
+const READ_WINDOW: u64 = 1 << 20;
+
+/// Hashes new content and stages it as it streams in. Blocking.
+pub(crate) struct StagingWriter {
+    store: StoreId,
+    hasher: TreeHasher<Vec<u8>>,
+    sink: Box<dyn StagingSink>,
+    size: u64,
+}
+
+impl StagingWriter {
+    pub(crate) fn new(store: StoreId, sink: Box<dyn StagingSink>) -> Self {
+        Self {
+            store,
+            hasher: TreeHasher::new(Vec::new()),
+            sink,
+            size: 0,
+        }
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes)?;
+        let pairs = self.hasher.outboard_mut();
+        if !pairs.is_empty() {
+            self.sink.write_outboard(pairs)?;
+            pairs.clear();
+        }
+        self.sink.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The content's digest and size, and the staged content.
+    pub(crate) fn finish(self) -> Result<(Digest, u64, Staged)> {
+        let Self {
+            store,
+            hasher,
+            mut sink,
+            size,
+        } = self;
+        let (digest, pairs) = match hasher.finish() {
+            Ok(finished) => finished,
+            Err(_) => unreachable!("hashing into memory cannot fail"),
+        };
+        if let Err(source) = sink.write_outboard(&pairs) {
+            sink.abandon();
+            return Err(io_error(
+                &store,
+                "writing outboard",
+                Path::new("<staging>"),
+                source,
+            ));
+        }
+        Ok((digest, size, sink.finish()?))
+    }
+
+    pub(crate) fn abandon(self) {
+        self.sink.abandon();
+    }
+}
+
+/// What a [`ContentWriter`] sends its staging worker.
+enum Piece {
+    Bytes(Vec<u8>),
+    /// All pieces are sent; without this, the worker abandons the content.
+    End,
+}
+
+/// New content being written piece by piece; from
+/// [`ContentStore::writer`]. Call [`ContentWriter::finish`] (or
+/// [`ContentWriter::finish_at_label`]) to store it. Dropping the writer
+/// before that stores nothing and removes what was staged.
+pub struct ContentWriter {
+    store: ContentStore,
+    engine: Arc<Engine>,
+    /// Small content, kept here until it outgrows the inline threshold.
+    memory: Vec<u8>,
+    worker: Option<Worker>,
+    written: u64,
+}
+
+struct Worker {
+    pieces: mpsc::Sender<Piece>,
+    done: tokio::task::JoinHandle<Result<(Digest, u64, Staged)>>,
+}
+
+impl ContentWriter {
+    pub(crate) fn new(store: ContentStore, engine: Arc<Engine>) -> Self {
+        Self {
+            store,
+            engine,
+            memory: Vec::new(),
+            worker: None,
+            written: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `bytes` to the content.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.written += bytes.len() as u64;
+        if self.worker.is_none() {
+            if !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
+                self.memory.extend_from_slice(bytes);
+                return Ok(());
+            }
+            self.worker = Some(self.start_worker());
+            let held = std::mem::take(&mut self.memory);
+            self.send(held).await?;
+        }
+        self.send(bytes.to_vec()).await
+    }
+
+    /// Appends everything `reader` yields, until its end.
+    pub async fn write_all_from(&mut self, mut reader: impl AsyncRead + Unpin) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let mut piece = Vec::with_capacity(256 << 10);
+            let read = (&mut reader)
+                .take(256 << 10)
+                .read_to_end(&mut piece)
+                .await
+                .map_err(|source| {
+                    io_error(
+                        self.store.store_id(),
+                        "reading content",
+                        Path::new("<input>"),
+                        source,
+                    )
+                })?;
+            if read == 0 {
+                return Ok(total);
+            }
+            total += read as u64;
+            self.written += read as u64;
+            if self.worker.is_none() && !self.engine.stages_to_file(self.memory.len() + read) {
+                self.memory.extend_from_slice(&piece);
+                continue;
+            }
+            if self.worker.is_none() {
+                self.worker = Some(self.start_worker());
+                let held = std::mem::take(&mut self.memory);
+                self.send(held).await?;
+            }
+            self.send(piece).await?;
+        }
+    }
+
+    fn start_worker(&self) -> Worker {
+        let (pieces, mut queue) = mpsc::channel(QUEUE_PIECES);
+        let engine = Arc::clone(&self.engine);
+        let store = self.store.store_id().clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(&store));
+            loop {
+                match queue.blocking_recv() {
+                    Some(Piece::Bytes(bytes)) => {
+                        if let Err(source) = writer.write(&bytes) {
+                            writer.abandon();
+                            return Err(io_error(
+                                &store,
+                                "staging content",
+                                Path::new("<staging>"),
+                                source,
+                            ));
+                        }
+                    }
+                    Some(Piece::End) => return writer.finish(),
+                    None => {
+                        writer.abandon();
+                        return Err(StoreError::Io {
+                            store: store.to_string(),
+                            action: "staging content",
+                            path: "<staging>".into(),
+                            source: io::Error::other("the writer was dropped"),
+                        });
+                    }
+                }
+            }
+        });
+        Worker { pieces, done }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let worker = self.worker.as_mut().expect("started before sending");
+        if worker.pieces.send(Piece::Bytes(bytes)).await.is_ok() {
+            return Ok(());
+        }
+        // The worker stopped early: its result says why.
+        let worker = self.worker.take().expect("checked above");
+        drop(worker.pieces);
+        match join(worker.done).await {
+            Err(error) => Err(error),
+            Ok((_, _, staged)) => {
+                self.engine.discard(staged);
+                Err(io_error(
+                    self.store.store_id(),
+                    "staging content",
+                    Path::new("<staging>"),
+                    io::Error::other("the staging worker stopped"),
+                ))
+            }
+        }
+    }
+
+    /// Stores the content and returns its ref.
+    pub async fn finish(self) -> Result<Stored> {
+        self.finish_inner(None).await
+    }
+
+    /// Stores the content and points `label` at it, in one index
+    /// transaction.
+    pub async fn finish_at_label(self, label: &str) -> Result<Stored> {
+        validate_label(label)?;
+        self.finish_inner(Some(label)).await
+    }
+
+    async fn finish_inner(mut self, label: Option<&str>) -> Result<Stored> {
+        let (digest, size, staged) = match self.worker.take() {
+            None => {
+                let content = Arc::new(std::mem::take(&mut self.memory));
+                (
+                    Digest::of(&content),
+                    content.len() as u64,
+                    Staged::Inline(content),
+                )
+            }
+            Some(worker) => {
+                // A failed send means the worker already stopped; its result says why.
+                let _ = worker.pieces.send(Piece::End).await;
+                join(worker.done).await?
+            }
+        };
+        let change = Change::AddObject {
+            store: self.store.store_id().clone(),
+            digest,
+            size,
+            staged,
+            label: label.map(str::to_owned),
+        };
+        let new = self.engine.apply(change).await?;
+        Ok(Stored {
+            content_ref: digest.into(),
+            new,
+        })
+    }
+}
+
+async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    match task.await {
+        Ok(result) => result,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+impl ContentStore {
+    /// A writer for new content of any size, written piece by piece.
+    pub async fn writer(&self) -> Result<ContentWriter> {
+        let engine = self.root().engine().await?;
+        Ok(ContentWriter::new(self.clone(), engine))
+    }
+
+    /// Stores everything `reader` yields, with memory bounded whatever its
+    /// size, and returns the ref.
+    pub async fn store_reader(&self, reader: impl AsyncRead + Unpin) -> Result<ContentRef> {
+        let mut writer = self.writer().await?;
+        writer.write_all_from(reader).await?;
+        Ok(writer.finish().await?.content_ref)
+    }
+
+    /// Stores everything `reader` yields and points `label` at it, in one
+    /// index transaction.
+    pub async fn store_reader_at_label(
+        &self,
+        label: &str,
+        reader: impl AsyncRead + Unpin,
+    ) -> Result<ContentRef> {
+        validate_label(label)?;
+        let mut writer = self.writer().await?;
+        writer.write_all_from(reader).await?;
+        Ok(writer.finish_at_label(label).await?.content_ref)
+    }
+
+    /// Stores the file at `path`, streaming it.
+    pub async fn store_file(&self, path: impl AsRef<Path>) -> Result<ContentRef> {
+        let path = path.as_ref();
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| io_error(self.store_id(), "opening file to store", path, source))?;
+        self.store_reader(file).await
+    }
+
+    /// A reader over the content behind `content_ref` that verifies each
+    /// piece before handing it out and can seek.
+    pub async fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader> {
+        let opened = Opened::open(self, content_ref.digest()?).await?;
+        Ok(ContentReader {
+            size: opened.size,
+            position: 0,
+            buffer: Vec::new(),
+            consumed: 0,
+            state: ReaderState::Idle(Some(opened)),
+        })
+    }
+
+    /// `len` bytes of the content behind `content_ref` from `offset`,
+    /// verified. Only the 16 KiB groups the range touches are read and
+    /// hashed. A range reaching past the end is refused with
+    /// [`StoreError::InvalidRange`].
+    pub async fn read_range(
+        &self,
+        content_ref: &ContentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let opened = Opened::open(self, content_ref.digest()?).await?;
+        let end = offset.checked_add(len).filter(|&end| end <= opened.size);
+        let Some(end) = end else {
+            return Err(StoreError::InvalidRange {
+                store: self.id().to_owned(),
+                reference: content_ref.hash().to_owned(),
+                start: offset,
+                end: offset.saturating_add(len),
+                size: opened.size,
+            });
+        };
+        opened.read(offset..end).await.1
+    }
+}
+
+/// An object opened for verified reading. Cheap to clone.
+#[derive(Clone)]
+struct Opened {
+    engine: Arc<Engine>,
+    store: StoreId,
+    digest: Digest,
+    size: u64,
+    source: Arc<Source>,
+}
+
+/// Verified inline bytes, or a file with its outboard.
+enum Source {
+    Inline(Vec<u8>),
+    File {
+        data: Box<dyn tree::RandomAccess>,
+        outboard: Box<dyn tree::RandomAccess>,
+    },
+}
+
+impl Opened {
+    async fn open(store: &ContentStore, digest: Digest) -> Result<Self> {
+        let engine = store.root().engine().await?;
+        let id = store.store_id().clone();
+        let (size, source) = {
+            let (engine, id) = (Arc::clone(&engine), id.clone());
+            blocking(move || engine.open_source(&id, digest)).await?
+        }
+        .ok_or_else(|| not_found(&id, digest))?;
+        let mut opened = Self {
+            engine,
+            store: id,
+            digest,
+            size,
+            source: Arc::new(Source::Inline(Vec::new())),
+        };
+        opened.source = Arc::new(match source {
+            ObjectSource::Inline(bytes) => {
+                let actual = Digest::of(&bytes);
+                if actual != digest {
+                    return Err(corrupted(&opened.store, digest, actual));
+                }
+                Source::Inline(bytes)
+            }
+            ObjectSource::File { data, outboard } => match outboard {
+                Some(outboard) => Source::File { data, outboard },
+                None if tree::outboard_len(size) == 0 => Source::File {
+                    data,
+                    outboard: Box::new(Vec::new()),
+                },
+                None => return opened.rebuilt().await,
+            },
+        });
+        Ok(opened)
+    }
+
+    /// Re-hashes the object, keeps the outboard of its bytes if they are
+    /// intact and reopens it; [`StoreError::Corrupted`] if they are not.
+    async fn rebuilt(self) -> Result<Self> {
+        let (engine, store, digest) = (Arc::clone(&self.engine), self.store.clone(), self.digest);
+        let built = blocking(move || engine.build_outboard(&store, digest)).await?;
+        let Some((actual, staged)) = built else {
+            return Err(not_found(&self.store, digest));
+        };
+        if actual != digest {
+            self.engine.discard(Staged::File(staged));
+            return Err(corrupted(&self.store, digest, actual));
+        }
+        let change = Change::AddOutboard {
+            store: self.store.clone(),
+            digest,
+            staged,
+        };
+        self.engine.apply(change).await?;
+        let (engine, store) = (Arc::clone(&self.engine), self.store.clone());
+        let reopened = blocking(move || engine.open_source(&store, digest)).await?;
+        match reopened {
+            Some((
+                size,
+                ObjectSource::File {
+                    data,
+                    outboard: Some(outboard),
+                },
+            )) => Ok(Self {
+                size,
+                source: Arc::new(Source::File { data, outboard }),
+                ..self
+            }),
+            _ => Err(not_found(&self.store, digest)),
+        }
+    }
+
+    /// Reads `range` (within the content), verified; returns the handle to
+    /// use next (reopened if the outboard had to be rebuilt).
+    async fn read(self, range: Range<u64>) -> (Self, Result<Vec<u8>>) {
+        let mut opened = self;
+        for attempt in 0..2 {
+            if let Source::Inline(bytes) = &*opened.source {
+                let bytes = bytes[range.start as usize..range.end as usize].to_vec();
+                return (opened, Ok(bytes));
+            }
+            let handle = opened.clone();
+            let range_copy = range.clone();
+            let result = tokio::task::spawn_blocking(move || handle.read_file(range_copy)).await;
+            let fault = match result
+                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+            {
+                Ok(bytes) => return (opened, Ok(bytes)),
+                Err(fault) => fault,
+            };
+            match fault {
+                ReadFault::Io(source) => {
+                    let error = io_error(
+                        &opened.store,
+                        "reading object",
+                        Path::new("<object>"),
+                        source,
+                    );
+                    return (opened, Err(error));
+                }
+                // A mismatch: either the bytes or the outboard is damaged.
+                // Re-hashing the whole object tells which.
+                ReadFault::Mismatch if attempt == 0 => {
+                    let fallback = opened.clone();
+                    match opened.rebuilt().await {
+                        Ok(reopened) => opened = reopened,
+                        Err(error) => return (fallback, Err(error)),
+                    }
+                }
+                ReadFault::Mismatch => break,
+            }
+        }
+        // The bytes were intact and the outboard rebuilt, yet the read
+        // still failed: the object changed while it was being read.
+        let source = io::Error::other("the content changed while it was being read");
+        let error = io_error(
+            &opened.store,
+            "reading object",
+            Path::new("<object>"),
+            source,
+        );
+        (opened, Err(error))
+    }
+
+    fn read_file(&self, range: Range<u64>) -> Result<Vec<u8>, ReadFault> {
+        let Source::File { data, outboard } = &*self.source else {
+            unreachable!("inline content is read in place");
+        };
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        tree::read_verified(
+            self.digest,
+            self.size,
+            data.as_ref(),
+            outboard.as_ref(),
+            range,
+            &mut |_, piece| {
+                out.extend_from_slice(piece);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+fn not_found(store: &StoreId, digest: Digest) -> StoreError {
+    StoreError::NotFound {
+        store: store.to_string(),
+        reference: digest.to_hex(),
+    }
+}
+
+fn corrupted(store: &StoreId, digest: Digest, actual: Digest) -> StoreError {
+    StoreError::Corrupted {
+        store: store.to_string(),
+        reference: digest.to_hex(),
+        actual: actual.to_hex(),
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = (Opened, Result<Vec<u8>>)> + Send>>;
+
+enum ReaderState {
+    Idle(Option<Opened>),
+    Reading(Pending),
+}
+
+/// Verified, seekable reading of stored content; from
+/// [`ContentStore::reader`]. Every byte is checked against the ref before
+/// it is handed out: damaged content fails with an
+/// [`io::ErrorKind::InvalidData`] error wrapping [`StoreError::Corrupted`],
+/// before any byte of the damaged 16 KiB group. Reads 1 MiB ahead.
+pub struct ContentReader {
+    size: u64,
+    /// Offset of `buffer[0]` in the content.
+    position: u64,
+    buffer: Vec<u8>,
+    /// How much of `buffer` has been handed out.
+    consumed: usize,
+    state: ReaderState,
+}
+
+impl ContentReader {
+    /// The content's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The offset the next read starts at.
+    pub fn position(&self) -> u64 {
+        self.position + self.consumed as u64
+    }
+}
+
+impl AsyncRead for ContentReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.consumed < this.buffer.len() {
+                let available = &this.buffer[this.consumed..];
+                let take = available.len().min(out.remaining());
+                out.put_slice(&available[..take]);
+                this.consumed += take;
+                return Poll::Ready(Ok(()));
+            }
+            match &mut this.state {
+                ReaderState::Idle(opened) => {
+                    let next = this.position + this.buffer.len() as u64;
+                    if next >= this.size {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let opened = opened.take().expect("an idle reader holds its object");
+                    let end = (next + READ_WINDOW).min(this.size);
+                    this.state = ReaderState::Reading(Box::pin(opened.read(next..end)));
+                }
+                ReaderState::Reading(pending) => {
+                    let (opened, result) = ready!(pending.as_mut().poll(cx));
+                    this.state = ReaderState::Idle(Some(opened));
+                    let bytes = result
+                        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                    this.position += this.buffer.len() as u64;
+                    this.buffer = bytes;
+                    this.consumed = 0;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncSeek for ContentReader {
+    fn start_seek(self: Pin<&mut Self>, target: io::SeekFrom) -> io::Result<()> {
+        let this = self.get_mut();
+        if matches!(this.state, ReaderState::Reading(_)) {
+            return Err(io::Error::other("a read is still in progress"));
+        }
+        let current = this.position();
+        let target = match target {
+            io::SeekFrom::Start(offset) => Some(offset),
+            io::SeekFrom::End(delta) => this.size.checked_add_signed(delta),
+            io::SeekFrom::Current(delta) => current.checked_add_signed(delta),
+        };
+        let target = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        // Keep the window if the target is inside it.
+        let window = this.position..this.position + this.buffer.len() as u64;
+        if window.contains(&target) {
+            this.consumed = (target - this.position) as usize;
+        } else {
+            this.position = target;
+            this.buffer.clear();
+            this.consumed = 0;
+        }
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.position()))
+    }
+}
