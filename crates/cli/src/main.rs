@@ -65,8 +65,12 @@ enum Command {
         /// Read the content this label points at instead.
         #[arg(long)]
         label: Option<String>,
+        /// Only bytes START up to END (exclusive); `START..` runs to the end.
+        /// Only the 16 KiB groups the range touches are read and verified.
+        #[arg(long, value_name = "START..END", value_parser = parse::range)]
+        range: Option<parse::ByteRange>,
     },
-    /// Store a file (or stdin) and print its ref.
+    /// Store a file (or stdin), streaming it, and print its ref.
     Put {
         /// The store id.
         store: String,
@@ -219,7 +223,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             reference,
             label,
-        } => stores::cat(&root, &store, reference.as_deref(), label.as_deref()).await,
+            range,
+        } => stores::cat(&root, &store, reference.as_deref(), label.as_deref(), range).await,
         Command::Put { store, file, label } => {
             stores::put(&root, &store, file.as_deref(), label.as_deref(), json).await
         }

@@ -102,3 +102,25 @@ mod tests {
         assert!(grant("../x").is_err());
     }
 }
+
+/// A `--range START..END` (END exclusive) or `START..` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    /// `None`: to the end of the content.
+    pub end: Option<u64>,
+}
+
+pub fn range(text: &str) -> Result<ByteRange, String> {
+    let usage = || format!("{text:?} is not a range such as 100..200 or 100..");
+    let (start, end) = text.split_once("..").ok_or_else(usage)?;
+    let start = start.trim().parse().map_err(|_| usage())?;
+    let end = match end.trim() {
+        "" => None,
+        end => Some(end.parse().map_err(|_| usage())?),
+    };
+    if end.is_some_and(|end| end < start) {
+        return Err(format!("{text:?}: the end comes before the start"));
+    }
+    Ok(ByteRange { start, end })
+}

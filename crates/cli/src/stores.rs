@@ -1,15 +1,16 @@
 //! The store-keeping commands: each parses its arguments, makes one or a few
 //! core calls, and prints the result as text or JSON.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use theater_store::{ContentRef, ContentStore, GcOptions, StoreRoot};
+use theater_store::{ContentRef, ContentStore, GcOptions, Progress, StoreRoot};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::parse::ByteRange;
 use crate::progress::Bar;
 
 /// `text` with control characters escaped (`\n`, `\t`, `\u{1b}`), so that
@@ -122,12 +123,13 @@ pub async fn cat(
     store: &str,
     reference: Option<&str>,
     label: Option<&str>,
+    range: Option<ByteRange>,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
-    let content = match (reference, label) {
-        (Some(reference), _) => store.get(&parse_ref(reference)?).await?,
-        (None, Some(label)) => match store.get_content_by_label(label).await? {
-            Some(content) => content,
+    let content_ref = match (reference, label) {
+        (Some(reference), _) => parse_ref(reference)?,
+        (None, Some(label)) => match store.get_by_label(label).await? {
+            Some(content_ref) => content_ref,
             None => bail!(
                 "store {}: no label {label:?} (see `theater-store labels {}`)",
                 store.id(),
@@ -136,10 +138,36 @@ pub async fn cat(
         },
         (None, None) => unreachable!("clap requires a ref or --label"),
     };
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(&content).and_then(|()| stdout.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
-        _ => Ok(ExitCode::SUCCESS),
+    let range = range.unwrap_or(ByteRange {
+        start: 0,
+        end: None,
+    });
+    let len = range.end.map(|end| end - range.start);
+    let mut reader = store.range_reader(&content_ref, range.start, len).await?;
+    let bar = Bar::new("reading", true);
+    bar.start(reader.limit());
+    let mut stdout = tokio::io::stdout();
+    let mut buffer = vec![0u8; 256 << 10];
+    let copied = async {
+        loop {
+            let read = reader.read(&mut buffer).await?;
+            if read == 0 {
+                return stdout.flush().await;
+            }
+            stdout.write_all(&buffer[..read]).await?;
+            bar.advance(read as u64);
+        }
+    };
+    let copied = copied.await;
+    bar.finish();
+    match copied {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        // A verification failure arrives as an I/O error wrapping the store's error.
+        Err(error) => match error.into_inner() {
+            Some(inner) => Err(anyhow::anyhow!(inner)),
+            None => Err(anyhow::anyhow!("writing to stdout failed")),
+        },
+        Ok(()) => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -151,23 +179,41 @@ pub async fn put(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
-    let content = match file {
+    let bar = Bar::new("storing", true);
+    let (input, name): (Box<dyn AsyncRead + Unpin>, String) = match file {
         Some(path) if path != Path::new("-") => {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            if let Ok(metadata) = file.metadata().await {
+                bar.start(metadata.len());
+            }
+            (Box::new(file), path.display().to_string())
         }
-        _ => {
-            let mut content = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut content)
-                .context("reading stdin")?;
-            content
+        _ => (Box::new(tokio::io::stdin()), "stdin".to_owned()),
+    };
+    let mut input = tokio::io::BufReader::with_capacity(256 << 10, input);
+    let mut writer = store.writer().await?;
+    loop {
+        let piece = input
+            .fill_buf()
+            .await
+            .with_context(|| format!("reading {name}"))?;
+        if piece.is_empty() {
+            break;
         }
+        let len = piece.len();
+        writer.write(piece).await?;
+        input.consume(len);
+        bar.advance(len as u64);
+    }
+    let size = writer.bytes_written();
+    let stored = match label {
+        Some(label) => writer.finish_at_label(label).await?,
+        None => writer.finish().await?,
     };
-    let size = content.len();
-    let content_ref = match label {
-        Some(label) => store.store_at_label(label, content).await?,
-        None => store.store(content).await?,
-    };
+    bar.finish();
+    let content_ref = stored.content_ref;
     if json {
         print_json(
             &json!({"store": store.id(), "ref": content_ref.hash(), "bytes": size, "label": label}),

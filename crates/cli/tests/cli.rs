@@ -769,3 +769,134 @@ fn run_takes_store_and_actor_quotas() {
     let error = state["attempts"][0]["error"].as_str().unwrap();
     assert!(error.contains("actor quota exceeded"), "{error}");
 }
+
+/// Runs the binary with stdin from `input` and stdout into `output`;
+/// returns its exit code and peak resident memory in KiB (from `wait4`).
+fn run_measured(env: &Env, args: &[&str], input: &Path, output: &Path) -> (i32, i64) {
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+        .arg("--root")
+        .arg(env.root())
+        .args(args)
+        .env_remove("THEATER_STORE_ROOT")
+        .stdin(std::fs::File::open(input).unwrap())
+        .stdout(std::fs::File::create(output).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; both pointers are valid for the call.
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as i32);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn put_and_cat_stream_large_content_in_bounded_memory() {
+    let env = Env::new();
+    // 256 MiB of varied bytes, written in pieces so the test stays small too.
+    let input = env.dir.path().join("large.bin");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..256u32 {
+            for (j, byte) in block.iter_mut().enumerate() {
+                *byte =
+                    (j as u32).wrapping_mul(2_654_435_761).wrapping_add(i) as u8 ^ (j >> 11) as u8;
+            }
+            file.write_all(&block).unwrap();
+        }
+    }
+    let printed = env.dir.path().join("ref.txt");
+    let (code, put_kib) = run_measured(
+        &env,
+        &["put", "big", "-", "--label", "data"],
+        &input,
+        &printed,
+    );
+    assert_eq!(code, 0);
+    let hash = std::fs::read_to_string(&printed).unwrap().trim().to_owned();
+    let expected = {
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_reader(std::fs::File::open(&input).unwrap())
+            .unwrap();
+        hasher.finalize().to_hex().to_string()
+    };
+    assert_eq!(hash, expected);
+    assert!(put_kib < 64 << 10, "put of 256 MiB peaked at {put_kib} KiB");
+
+    let output = env.dir.path().join("out.bin");
+    let (code, cat_kib) = run_measured(&env, &["cat", "big", &hash], &input, &output);
+    assert_eq!(code, 0);
+    assert!(cat_kib < 64 << 10, "cat of 256 MiB peaked at {cat_kib} KiB");
+    assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
+
+    // Ranges: verified, end exclusive, open-ended, refused past the end.
+    let whole = std::fs::read(&input).unwrap();
+    let mid = 100 << 20;
+    env.cmd()
+        .args([
+            "cat",
+            "big",
+            "--label",
+            "data",
+            "--range",
+            &format!("{mid}..{}", mid + 4096),
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::eq(&whole[mid..mid + 4096]));
+    let tail = whole.len() - 10;
+    env.cmd()
+        .args(["cat", "big", &hash, "--range", &format!("{tail}..")])
+        .assert()
+        .success()
+        .stdout(predicate::eq(&whole[tail..]));
+    env.cmd()
+        .args([
+            "cat",
+            "big",
+            &hash,
+            "--range",
+            &format!("{tail}..{}", whole.len() + 1),
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("is outside content").and(contains(&hash)));
+    env.cmd()
+        .args(["cat", "big", &hash, "--range", "9..3"])
+        .assert()
+        .code(2);
+
+    // One flipped byte: ranges over it fail naming store and ref, others work.
+    let object = env
+        .root()
+        .join("stores/big/objects")
+        .join(&hash[..2])
+        .join(&hash[2..]);
+    let mut damaged = std::fs::read(&object).unwrap();
+    damaged[mid + 100] ^= 1;
+    std::fs::write(&object, &damaged).unwrap();
+    env.cmd()
+        .args([
+            "cat",
+            "big",
+            &hash,
+            "--range",
+            &format!("{mid}..{}", mid + 4096),
+        ])
+        .assert()
+        .code(1)
+        .stderr(
+            contains("corrupted")
+                .and(contains("store big"))
+                .and(contains(&hash)),
+        );
+    env.cmd()
+        .args(["cat", "big", &hash, "--range", "0..4096"])
+        .assert()
+        .success()
+        .stdout(predicate::eq(&whole[..4096]));
+}

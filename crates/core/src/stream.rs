@@ -358,17 +358,46 @@ impl ContentStore {
         len: u64,
     ) -> Result<Vec<u8>> {
         let opened = Opened::open(self, content_ref.digest()?).await?;
-        let end = offset.checked_add(len).filter(|&end| end <= opened.size);
-        let Some(end) = end else {
-            return Err(StoreError::InvalidRange {
+        let range = self.check_range(content_ref, offset, Some(len), opened.size)?;
+        opened.read(range).await.1
+    }
+
+    /// A verified reader over `len` bytes from `offset` (to the end for
+    /// `None`), for ranges too large to hold in memory. A range reaching
+    /// past the end is refused with [`StoreError::InvalidRange`].
+    pub async fn range_reader(
+        &self,
+        content_ref: &ContentRef,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<tokio::io::Take<ContentReader>> {
+        let mut reader = self.reader(content_ref).await?;
+        let range = self.check_range(content_ref, offset, len, reader.size)?;
+        reader.position = range.start;
+        Ok(reader.take(range.end - range.start))
+    }
+
+    fn check_range(
+        &self,
+        content_ref: &ContentRef,
+        offset: u64,
+        len: Option<u64>,
+        size: u64,
+    ) -> Result<Range<u64>> {
+        let end = match len {
+            Some(len) => offset.checked_add(len),
+            None => Some(size),
+        };
+        match end {
+            Some(end) if offset <= end && end <= size => Ok(offset..end),
+            _ => Err(StoreError::InvalidRange {
                 store: self.id().to_owned(),
                 reference: content_ref.hash().to_owned(),
                 start: offset,
-                end: offset.saturating_add(len),
-                size: opened.size,
-            });
-        };
-        opened.read(offset..end).await.1
+                end: end.unwrap_or(u64::MAX),
+                size,
+            }),
+        }
     }
 }
 
