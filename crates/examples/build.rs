@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const ACTORS: [&str; 4] = ["seed_patterns", "hostile", "theater_compat", "bench_actor"];
+const ACTORS: [&str; 5] = [
+    "seed_patterns",
+    "hostile",
+    "theater_compat",
+    "bench_actor",
+    "large_files",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

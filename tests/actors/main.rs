@@ -5,6 +5,7 @@ mod compat;
 mod hardening;
 mod hostile;
 mod patterns;
+mod streams;
 
 use std::sync::{LazyLock, Mutex};
 

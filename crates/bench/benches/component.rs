@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use theater_store::StoreRoot;
 use theater_store_examples::BENCH_ACTOR;
-use theater_store_host::{Grants, Limits, StoreActor, StoreCtx, StoreView};
+use theater_store_host::{Grants, Limits, StoreActor, StoreCtx, StoreCtxView, StoreView};
 use tokio::runtime::Runtime;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
@@ -30,8 +30,11 @@ impl WasiView for BenchState {
 }
 
 impl StoreView for BenchState {
-    fn store_ctx(&mut self) -> &mut StoreCtx {
-        &mut self.store
+    fn store_view(&mut self) -> StoreCtxView<'_> {
+        StoreCtxView {
+            ctx: &mut self.store,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -14,3 +14,7 @@ pub const THEATER_COMPAT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/thea
 /// Times store calls in a loop from inside the guest, for the benchmarks;
 /// it also imports `theater:bench/probe.noop`, which the benchmark provides.
 pub const BENCH_ACTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_actor.wasm"));
+
+/// Streams large content in chunks and appends to a shared log through
+/// `theater:simple/store-streams` (see guest-examples/large-files).
+pub const LARGE_FILES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/large_files.wasm"));

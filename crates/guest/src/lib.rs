@@ -40,12 +40,16 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_actor",
         default_bindings_module: "theater_store_guest::bindings",
+        generate_all,
     });
 }
+
+mod streams;
 
 pub use bindings::export_actor;
 pub use bindings::exports::theater::simple::actor::Guest as Actor;
 pub use bindings::theater::simple::runtime::{log, shutdown};
+pub use streams::{ContentReader, ContentWriter, StreamError};
 
 use bindings::theater::simple::store as wit;
 
@@ -102,7 +106,7 @@ impl ContentRef {
         &self.hash
     }
 
-    fn to_wit(&self) -> wit::ContentRef {
+    pub(crate) fn to_wit(&self) -> wit::ContentRef {
         wit::ContentRef {
             hash: self.hash.clone(),
         }

@@ -6,6 +6,15 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "store-actor",
-    imports: { default: async },
+    // Streaming calls trap only on a host fault (a handle missing from
+    // the table); everything the guest can cause is an `error` value.
+    imports: {
+        "theater:simple/store-streams": async | trappable,
+        default: async,
+    },
     exports: { default: async },
+    with: {
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "theater:simple/store-streams.content-writer": crate::streams::WriterHandle,
+    },
 });

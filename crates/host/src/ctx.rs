@@ -189,19 +189,9 @@ impl StoreCtx {
                 limit: self.limits.max_content_bytes as u64,
             });
         }
-        let label_is_new = match label {
-            Some(label) => self
-                .within_deadline(store.get_by_label(label))
-                .await?
-                .is_none(),
-            None => false,
-        };
         let cost = WriteCost {
             content: content.map_or(0, |c| c.len() as u64 + OBJECT_OVERHEAD_BYTES),
-            label: match label {
-                Some(label) if label_is_new => label_footprint(label.len()),
-                _ => 0,
-            },
+            label: self.label_cost(store, label).await?,
         };
         let stats = self.within_deadline(store.stats()).await?;
         let mut refusal = self.refusal(store, &stats, cost.content + cost.label, content.is_some());
@@ -220,9 +210,46 @@ impl StoreCtx {
         }
     }
 
+    /// Checks the label of a streamed write about to finish; its content,
+    /// `size` bytes, was checked piece by piece as it was written.
+    pub(crate) async fn admit_stream(
+        &self,
+        store: &ContentStore,
+        size: u64,
+        label: Option<&str>,
+    ) -> Result<WriteCost, HostError> {
+        let cost = WriteCost {
+            content: size + OBJECT_OVERHEAD_BYTES,
+            label: self.label_cost(store, label).await?,
+        };
+        let stats = self.within_deadline(store.stats()).await?;
+        match self.refusal(store, &stats, cost.label, false) {
+            Some(refused) => Err(refused),
+            None => Ok(cost),
+        }
+    }
+
+    /// The index space setting `label` adds: nothing for a label the store
+    /// has already.
+    async fn label_cost(
+        &self,
+        store: &ContentStore,
+        label: Option<&str>,
+    ) -> Result<u64, HostError> {
+        let Some(label) = label else {
+            return Ok(0);
+        };
+        let held = self.within_deadline(store.get_by_label(label)).await?;
+        Ok(if held.is_none() {
+            label_footprint(label.len())
+        } else {
+            0
+        })
+    }
+
     /// Why adding `bytes` (and one object, if `new_object`) to `store`
     /// would break its quota or the actor's budget, if it would.
-    fn refusal(
+    pub(crate) fn refusal(
         &self,
         store: &ContentStore,
         stats: &StoreStats,

@@ -19,26 +19,49 @@ mod error;
 mod imports;
 mod policy;
 mod runner;
+mod streams;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 
 pub use bindings::StoreActor;
 pub use ctx::StoreCtx;
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
 pub use runner::{ActorComponent, ActorFailure, ActorHost, ActorRun, RunOptions};
+pub use streams::WriterHandle;
+
+/// The parts of an embedder's `Store<T>` data the store interfaces use:
+/// the actor's [`StoreCtx`], and the resource table its writers and
+/// streams live in. The table must be the one WASI uses
+/// (`wasmtime_wasi::WasiView`), since reads are `wasi:io` streams.
+pub struct StoreCtxView<'a> {
+    /// The actor's store context.
+    pub ctx: &'a mut StoreCtx,
+    /// The component's resource table, shared with WASI.
+    pub table: &'a mut ResourceTable,
+}
 
 /// Access to the [`StoreCtx`] inside an embedder's `Store<T>` data, the way
 /// `wasmtime_wasi::WasiView` gives access to WASI's context.
 pub trait StoreView: Send {
-    /// The actor's store context.
-    fn store_ctx(&mut self) -> &mut StoreCtx;
+    /// The actor's store context and resource table.
+    fn store_view(&mut self) -> StoreCtxView<'_>;
 }
 
-/// Adds `theater:simple/store` and `theater:simple/runtime` to `linker`.
-/// Add WASI p2 too (`wasmtime_wasi::p2::add_to_linker_async`): Rust's std on
-/// `wasm32-wasip2` imports it.
+/// Marks [`StoreCtxView`] as what the streaming interface's imports work on.
+struct HasStoreView;
+
+impl HasData for HasStoreView {
+    type Data<'a> = StoreCtxView<'a>;
+}
+
+/// Adds `theater:simple/store`, `theater:simple/store-streams` and
+/// `theater:simple/runtime` to `linker`. Add WASI p2 too
+/// (`wasmtime_wasi::p2::add_to_linker_async`): Rust's std on
+/// `wasm32-wasip2` imports it, and streams are its `wasi:io` streams.
 pub fn add_to_linker<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    bindings::theater::simple::store::add_to_linker::<T, HasSelf<StoreCtx>>(linker, T::store_ctx)?;
-    bindings::theater::simple::runtime::add_to_linker::<T, HasSelf<StoreCtx>>(linker, T::store_ctx)
+    use bindings::theater::simple::{runtime, store, store_streams};
+    store::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)?;
+    store_streams::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
+    runtime::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)
 }

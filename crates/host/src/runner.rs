@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::StoreActorPre;
 use crate::ctx::StoreCtx;
 use crate::policy::{Grants, Limits};
-use crate::{StoreView, add_to_linker};
+use crate::{StoreCtxView, StoreView, add_to_linker};
 
 /// How often the deadline clock ticks. A deadline is enforced to within one tick.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -262,8 +262,11 @@ impl WasiView for ActorState {
 }
 
 impl StoreView for ActorState {
-    fn store_ctx(&mut self) -> &mut StoreCtx {
-        &mut self.store
+    fn store_view(&mut self) -> StoreCtxView<'_> {
+        StoreCtxView {
+            ctx: &mut self.store,
+            table: &mut self.table,
+        }
     }
 }
 

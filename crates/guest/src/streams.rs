@@ -1,0 +1,167 @@
+//! Large content as `std::io` streams, label compare-and-swap and paged
+//! listing: the `theater:simple/store-streams` side of [`ContentStore`].
+
+use std::io;
+
+use crate::bindings::theater::simple::store_streams as wit;
+use crate::bindings::wasi::io::streams::{InputStream, StreamError as WasiStreamError};
+use crate::{ContentRef, ContentStore};
+
+pub use wit::Error as StreamError;
+
+/// The message of a [`StreamError`], whatever its kind (its `Display`,
+/// from the bindings, shows the kind too).
+pub fn message(error: &StreamError) -> &str {
+    match error {
+        StreamError::NotFound(m)
+        | StreamError::AccessDenied(m)
+        | StreamError::TooLarge(m)
+        | StreamError::QuotaExceeded(m)
+        | StreamError::Corrupted(m)
+        | StreamError::InvalidLabel(m)
+        | StreamError::InvalidRef(m)
+        | StreamError::Io(m) => m,
+    }
+}
+
+impl From<StreamError> for io::Error {
+    fn from(error: StreamError) -> Self {
+        let kind = match error {
+            StreamError::NotFound(_) => io::ErrorKind::NotFound,
+            StreamError::AccessDenied(_) => io::ErrorKind::PermissionDenied,
+            StreamError::QuotaExceeded(_) => io::ErrorKind::StorageFull,
+            StreamError::Corrupted(_) => io::ErrorKind::InvalidData,
+            StreamError::InvalidLabel(_) | StreamError::InvalidRef(_) => {
+                io::ErrorKind::InvalidInput
+            }
+            StreamError::TooLarge(_) | StreamError::Io(_) => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, message(&error).to_owned())
+    }
+}
+
+impl From<StreamError> for crate::Error {
+    fn from(error: StreamError) -> Self {
+        Self(message(&error).to_owned())
+    }
+}
+
+/// New content written piece by piece, through [`io::Write`] (so
+/// `std::io::copy` works). Nothing is stored until
+/// [`ContentWriter::finish`]; dropping the writer stores nothing.
+pub struct ContentWriter {
+    inner: wit::ContentWriter,
+}
+
+impl ContentWriter {
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
+    }
+
+    /// Stores the content and returns its ref.
+    pub fn finish(self) -> Result<ContentRef, StreamError> {
+        wit::ContentWriter::finish(self.inner).map(ContentRef::from)
+    }
+
+    /// Stores the content and points `label` at it, in one step.
+    pub fn finish_at_label(self, label: &str) -> Result<ContentRef, StreamError> {
+        wit::ContentWriter::finish_at_label(self.inner, label).map(ContentRef::from)
+    }
+}
+
+impl io::Write for ContentWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // Pieces of at most 1 MiB keep each call's copy small.
+        let piece = &bytes[..bytes.len().min(1 << 20)];
+        self.inner.write(piece)?;
+        Ok(piece.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stored content read as a stream through [`io::Read`]. Every byte was
+/// checked against the ref by the host before it arrives; damaged content
+/// ends the stream with an [`io::ErrorKind::InvalidData`] error.
+pub struct ContentReader {
+    stream: InputStream,
+}
+
+impl io::Read for ContentReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        match self.stream.blocking_read(out.len() as u64) {
+            Ok(bytes) => {
+                out[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            Err(WasiStreamError::Closed) => Ok(0),
+            Err(WasiStreamError::LastOperationFailed(error)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                error.to_debug_string(),
+            )),
+        }
+    }
+}
+
+impl ContentStore {
+    /// A writer for new content of any size.
+    pub fn writer(&self) -> Result<ContentWriter, StreamError> {
+        wit::open_writer(self.id()).map(|inner| ContentWriter { inner })
+    }
+
+    /// A verified stream of the content behind `content_ref`.
+    pub fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader, StreamError> {
+        wit::open_reader(self.id(), &content_ref.to_wit()).map(|stream| ContentReader { stream })
+    }
+
+    /// The size of the content behind `content_ref`.
+    pub fn content_size(&self, content_ref: &ContentRef) -> Result<u64, StreamError> {
+        wit::content_size(self.id(), &content_ref.to_wit())
+    }
+
+    /// `len` bytes of the content from `offset`, verified.
+    pub fn read_range(
+        &self,
+        content_ref: &ContentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StreamError> {
+        wit::read_range(self.id(), &content_ref.to_wit(), offset, len)
+    }
+
+    /// Points `label` at `new` (or removes it, for `None`) only if it now
+    /// points at `expected` (or is absent, for `None`); returns whether it
+    /// did. Re-read and retry on `false`.
+    pub fn compare_and_swap(
+        &self,
+        label: &str,
+        expected: Option<&ContentRef>,
+        new: Option<&ContentRef>,
+    ) -> Result<bool, StreamError> {
+        let expected = expected.map(ContentRef::to_wit);
+        let new = new.map(ContentRef::to_wit);
+        wit::compare_and_swap(self.id(), label, expected.as_ref(), new.as_ref())
+    }
+
+    /// Up to `limit` labels starting with `prefix`, after `after`, in byte
+    /// order, with their targets. Pass the last label of a page as `after`
+    /// to get the next.
+    pub fn list_labels_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, ContentRef)>, StreamError> {
+        let page = wit::list_labels_page(self.id(), prefix, after, limit)?;
+        Ok(page
+            .into_iter()
+            .map(|(label, target)| (label, ContentRef::from(target)))
+            .collect())
+    }
+}

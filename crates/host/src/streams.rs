@@ -1,0 +1,325 @@
+//! The hand-written side of `theater:simple/store-streams`: content
+//! written through a `content-writer` resource and read through a
+//! `wasi:io` `input-stream`, range reads, label compare-and-swap and paged
+//! listing. Access, limits and quotas are [`StoreCtx`]'s, as for
+//! `theater:simple/store`; errors become the interface's typed `error`.
+
+use theater_store::{
+    ContentRef, ContentStore, ContentWriter, OBJECT_OVERHEAD_BYTES, StoreError, StoreStats,
+};
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::DynInputStream;
+use wasmtime_wasi::p2::pipe::AsyncReadStream;
+
+use crate::StoreCtxView;
+use crate::bindings::theater::simple::store::ContentRef as WitRef;
+use crate::bindings::theater::simple::store_streams::{self, Error};
+use crate::ctx::StoreCtx;
+use crate::error::HostError;
+use crate::policy::Access;
+
+/// A guest's `content-writer`: the core writer and what its quota check
+/// needs.
+pub struct WriterHandle {
+    store: ContentStore,
+    /// The store's totals when the writer was opened.
+    stats: StoreStats,
+    /// `None` once finished or refused.
+    writer: Option<ContentWriter>,
+}
+
+impl From<HostError> for Error {
+    fn from(error: HostError) -> Self {
+        let message = error.to_string();
+        match error {
+            HostError::Store(store) => match store {
+                StoreError::NotFound { .. } => Error::NotFound(message),
+                StoreError::Corrupted { .. } => Error::Corrupted(message),
+                StoreError::InvalidLabel { .. } => Error::InvalidLabel(message),
+                StoreError::InvalidRef { .. } | StoreError::InvalidRange { .. } => {
+                    Error::InvalidRef(message)
+                }
+                StoreError::InvalidStoreId { .. } => Error::AccessDenied(message),
+                _ => Error::Io(message),
+            },
+            HostError::ReadOnly { .. } | HostError::NotGranted { .. } => {
+                Error::AccessDenied(message)
+            }
+            HostError::ContentTooLarge { .. }
+            | HostError::ReadTooLarge { .. }
+            | HostError::ListingTooLong { .. } => Error::TooLarge(message),
+            HostError::StoreQuota { .. }
+            | HostError::ActorQuota { .. }
+            | HostError::TooManyStores { .. } => Error::QuotaExceeded(message),
+            _ => Error::Io(message),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        HostError::from(error).into()
+    }
+}
+
+fn to_core(content_ref: WitRef) -> ContentRef {
+    ContentRef::new(content_ref.hash)
+}
+
+fn to_wit(content_ref: ContentRef) -> WitRef {
+    WitRef {
+        hash: content_ref.hash().to_owned(),
+    }
+}
+
+/// A handle the guest passed that is not in the table: only a host bug can
+/// cause this, so it traps.
+fn missing(error: wasmtime::component::ResourceTableError) -> wasmtime::Error {
+    wasmtime::Error::new(error)
+}
+
+impl store_streams::HostContentWriter for StoreCtxView<'_> {
+    async fn write(
+        &mut self,
+        writer: Resource<WriterHandle>,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let handle = self.table.get_mut(&writer).map_err(missing)?;
+        Ok(write_piece(self.ctx, handle, bytes)
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn bytes_written(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<u64> {
+        let handle = self.table.get(&writer).map_err(missing)?;
+        Ok(handle
+            .writer
+            .as_ref()
+            .map_or(0, ContentWriter::bytes_written))
+    }
+
+    async fn finish(
+        &mut self,
+        writer: Resource<WriterHandle>,
+    ) -> wasmtime::Result<Result<WitRef, Error>> {
+        let handle = self.table.delete(writer).map_err(missing)?;
+        Ok(finish(self.ctx, handle, None).await.map_err(Error::from))
+    }
+
+    async fn finish_at_label(
+        &mut self,
+        writer: Resource<WriterHandle>,
+        label: String,
+    ) -> wasmtime::Result<Result<WitRef, Error>> {
+        let handle = self.table.delete(writer).map_err(missing)?;
+        Ok(finish(self.ctx, handle, Some(&label))
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
+        // Dropping the core writer removes what it staged.
+        self.table.delete(writer).map_err(missing)?;
+        Ok(())
+    }
+}
+
+/// Checks one piece against the limits and quotas, then writes it. A
+/// refused piece spends the writer, and what it staged is removed.
+async fn write_piece(
+    ctx: &mut StoreCtx,
+    handle: &mut WriterHandle,
+    bytes: Vec<u8>,
+) -> Result<(), HostError> {
+    let Some(writer) = handle.writer.as_mut() else {
+        return Err(spent(&handle.store));
+    };
+    if bytes.len() > ctx.limits().max_content_bytes {
+        handle.writer = None;
+        return Err(HostError::ContentTooLarge {
+            store: handle.store.id().to_owned(),
+            size: bytes.len() as u64,
+            limit: ctx.limits().max_content_bytes as u64,
+        });
+    }
+    let total = writer.bytes_written() + bytes.len() as u64 + OBJECT_OVERHEAD_BYTES;
+    if let Some(refused) = ctx.refusal(&handle.store, &handle.stats, total, true) {
+        handle.writer = None;
+        return Err(refused);
+    }
+    let written = ctx.within_deadline(writer.write(&bytes)).await;
+    if written.is_err() {
+        handle.writer = None;
+    }
+    written
+}
+
+async fn finish(
+    ctx: &mut StoreCtx,
+    handle: WriterHandle,
+    label: Option<&str>,
+) -> Result<WitRef, HostError> {
+    let Some(writer) = handle.writer else {
+        return Err(spent(&handle.store));
+    };
+    let cost = ctx
+        .admit_stream(&handle.store, writer.bytes_written(), label)
+        .await?;
+    let stored = match label {
+        Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await?,
+        None => ctx.within_deadline(writer.finish()).await?,
+    };
+    ctx.charge(cost, stored.new);
+    Ok(to_wit(stored.content_ref))
+}
+
+fn spent(store: &ContentStore) -> HostError {
+    HostError::Store(StoreError::Io {
+        store: store.id().to_owned(),
+        action: "writing content",
+        path: "<content-writer>".into(),
+        source: std::io::Error::other("this writer was refused or finished; open a new one"),
+    })
+}
+
+impl store_streams::Host for StoreCtxView<'_> {
+    async fn open_writer(
+        &mut self,
+        store_id: String,
+    ) -> wasmtime::Result<Result<Resource<WriterHandle>, Error>> {
+        let opened = async {
+            let store = self.ctx.open(&store_id, Access::ReadWrite)?;
+            let stats = self.ctx.within_deadline(store.stats()).await?;
+            let writer = self.ctx.within_deadline(store.writer()).await?;
+            Ok::<_, HostError>(WriterHandle {
+                store,
+                stats,
+                writer: Some(writer),
+            })
+        };
+        match opened.await {
+            Ok(handle) => Ok(Ok(self.table.push(handle)?)),
+            Err(error) => Ok(Err(error.into())),
+        }
+    }
+
+    async fn open_reader(
+        &mut self,
+        store_id: String,
+        content_ref: WitRef,
+    ) -> wasmtime::Result<Result<Resource<DynInputStream>, Error>> {
+        let opened = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let content_ref = to_core(content_ref);
+            Ok::<_, HostError>(self.ctx.within_deadline(store.reader(&content_ref)).await?)
+        };
+        match opened.await {
+            Ok(reader) => {
+                let stream: DynInputStream = Box::new(AsyncReadStream::new(reader));
+                Ok(Ok(self.table.push(stream)?))
+            }
+            Err(error) => Ok(Err(error.into())),
+        }
+    }
+
+    async fn content_size(
+        &mut self,
+        store_id: String,
+        content_ref: WitRef,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        let sized = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let content_ref = to_core(content_ref);
+            Ok::<_, HostError>(
+                self.ctx
+                    .within_deadline(store.content_size(&content_ref))
+                    .await?,
+            )
+        };
+        Ok(sized.await.map_err(Error::from))
+    }
+
+    async fn read_range(
+        &mut self,
+        store_id: String,
+        content_ref: WitRef,
+        offset: u64,
+        len: u64,
+    ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        let read = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let content_ref = to_core(content_ref);
+            let limits = self.ctx.limits();
+            let limit = (limits.max_content_bytes as u64).min(limits.max_memory_bytes as u64);
+            if len > limit {
+                return Err(HostError::ReadTooLarge {
+                    store: store.id().to_owned(),
+                    reference: content_ref.to_string(),
+                    size: len,
+                    limit,
+                });
+            }
+            Ok(self
+                .ctx
+                .within_deadline(store.read_range(&content_ref, offset, len))
+                .await?)
+        };
+        Ok(read.await.map_err(Error::from))
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        store_id: String,
+        label: String,
+        expected: Option<WitRef>,
+        new: Option<WitRef>,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        let swapped = async {
+            theater_store::validate_label(&label)?;
+            let store = self.ctx.open(&store_id, Access::ReadWrite)?;
+            let label_cost = new.is_some().then_some(label.as_str());
+            let cost = self.ctx.admit(&store, None, label_cost).await?;
+            let (expected, new) = (expected.map(to_core), new.map(to_core));
+            let swapped = self
+                .ctx
+                .within_deadline(store.compare_and_swap_label(
+                    &label,
+                    expected.as_ref(),
+                    new.as_ref(),
+                ))
+                .await?;
+            if swapped {
+                self.ctx.charge(cost, false);
+            }
+            Ok::<_, HostError>(swapped)
+        };
+        Ok(swapped.await.map_err(Error::from))
+    }
+
+    async fn list_labels_page(
+        &mut self,
+        store_id: String,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<(String, WitRef)>, Error>> {
+        let listed = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let limits = self.ctx.limits();
+            let limit = (limit as usize).min(limits.max_list_entries);
+            let page = self
+                .ctx
+                .within_deadline(store.list_labels_page(&prefix, after.as_deref(), limit))
+                .await?;
+            let bytes = page.iter().map(|entry| entry.label.len() + 64).sum();
+            self.ctx
+                .admit_listing(&store, page.len(), bytes, "labels")?;
+            Ok::<_, HostError>(
+                page.into_iter()
+                    .map(|entry| (entry.label, to_wit(entry.content_ref)))
+                    .collect(),
+            )
+        };
+        Ok(listed.await.map_err(Error::from))
+    }
+}

@@ -1,0 +1,185 @@
+//! `theater:simple/store-streams` from a real guest: large content in
+//! chunks under a small memory limit, verified reads, quotas and grants
+//! while streaming, and a log shared by concurrent actors.
+
+use serde_json::{Value, json};
+use theater_store_examples::LARGE_FILES;
+use theater_store_host::{Access, ActorFailure, Grants, Limits, RunOptions};
+
+use crate::Harness;
+
+/// The example actor's pattern (guest-examples/large-files).
+fn pattern(seed: u64, offset: u64) -> u8 {
+    let mixed = (offset ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    (mixed >> 56) as u8
+}
+
+fn pattern_bytes(seed: u64, size: u64) -> Vec<u8> {
+    (0..size).map(|offset| pattern(seed, offset)).collect()
+}
+
+fn granted(store: &str, access: Access, limits: Limits) -> RunOptions {
+    RunOptions {
+        grants: Grants::none().store(store, access),
+        limits,
+    }
+}
+
+/// Guest memory may not pass 16 MiB, whatever the content's size.
+fn small_memory() -> Limits {
+    Limits {
+        max_memory_bytes: 16 << 20,
+        ..Limits::default()
+    }
+}
+
+async fn run(h: &Harness, options: RunOptions, param: Value) -> Result<Value, String> {
+    let actor = h.load(LARGE_FILES);
+    let run = h.run_raw(&actor, options, &param).await;
+    match run.outcome {
+        Ok(state) => Ok(serde_json::from_slice(&state.unwrap()).unwrap()),
+        Err(ActorFailure::Returned(message)) => Err(message),
+        Err(other) => panic!("{param}: {other}\nstderr: {}", run.stderr),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_content_streams_in_and_out_in_small_memory() {
+    let h = Harness::start();
+    let size = 96u64 << 20;
+    let options = || granted("media", Access::ReadWrite, small_memory());
+    let write = json!({"op": "write", "store": "media", "label": "video", "size": size, "chunk": 65536, "seed": 3});
+    let written = run(&h, options(), write).await.unwrap();
+    let expected = pattern_bytes(3, size);
+    assert_eq!(written["ref"], blake3::hash(&expected).to_hex().as_str());
+
+    let store = h.root().store("media").unwrap();
+    let content_ref = store.get_by_label("video").await.unwrap().unwrap();
+    assert_eq!(store.get(&content_ref).await.unwrap(), expected);
+
+    let read = json!({"op": "read", "store": "media", "label": "video", "chunk": 65536, "seed": 3});
+    assert_eq!(run(&h, options(), read).await.unwrap()["bytes"], size);
+
+    let offset = size / 2 + 12345;
+    let range =
+        json!({"op": "range", "store": "media", "label": "video", "offset": offset, "len": 4096});
+    let got = run(&h, options(), range).await.unwrap();
+    let got: Vec<u8> = serde_json::from_value(got["bytes"].clone()).unwrap();
+    assert_eq!(got, expected[offset as usize..offset as usize + 4096]);
+
+    let past_end =
+        json!({"op": "range", "store": "media", "label": "video", "offset": size - 1, "len": 2});
+    let error = run(&h, options(), past_end).await.unwrap_err();
+    assert!(
+        error.contains("InvalidRef") && error.contains("outside content"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_object_ends_the_guest_stream_with_corrupted() {
+    let h = Harness::start();
+    let store = h.root().store("media").unwrap();
+    let bytes = pattern_bytes(5, 2 << 20);
+    let content_ref = store.store_at_label("clip", bytes).await.unwrap();
+    let hash = content_ref.hash();
+    let object = h
+        .root()
+        .path()
+        .unwrap()
+        .join("stores/media/objects")
+        .join(&hash[..2])
+        .join(&hash[2..]);
+    let mut damaged = std::fs::read(&object).unwrap();
+    damaged[1 << 20] ^= 1;
+    std::fs::write(&object, damaged).unwrap();
+
+    let options = || granted("media", Access::ReadOnly, small_memory());
+    let read = json!({"op": "read", "store": "media", "label": "clip", "chunk": 65536, "seed": 5});
+    let error = run(&h, options(), read).await.unwrap_err();
+    assert!(
+        error.contains("corrupted") && error.contains(hash),
+        "{error}"
+    );
+    let range =
+        json!({"op": "range", "store": "media", "label": "clip", "offset": 1 << 20, "len": 10});
+    let error = run(&h, options(), range).await.unwrap_err();
+    assert!(
+        error.contains("Corrupted") && error.contains("store media"),
+        "{error}"
+    );
+    let elsewhere =
+        json!({"op": "range", "store": "media", "label": "clip", "offset": 0, "len": 10});
+    assert!(run(&h, options(), elsewhere).await.is_ok());
+}
+
+#[tokio::test]
+async fn grants_and_quotas_hold_while_streaming() {
+    let h = Harness::start();
+    let write = |store: &str| json!({"op": "write", "store": store, "label": "big", "size": 4 << 20, "chunk": 65536, "seed": 1});
+
+    let read_only = granted("shared", Access::ReadOnly, small_memory());
+    let error = run(&h, read_only, write("shared")).await.unwrap_err();
+    assert!(
+        error.contains("AccessDenied") && error.contains("read-only"),
+        "{error}"
+    );
+    let error = run(&h, RunOptions::default(), write("other"))
+        .await
+        .unwrap_err();
+    assert!(error.contains("AccessDenied"), "{error}");
+
+    let tight = Limits {
+        max_store_bytes: 1 << 20,
+        ..small_memory()
+    };
+    let error = run(
+        &h,
+        granted("tight", Access::ReadWrite, tight),
+        write("tight"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.contains("quota exceeded") && error.contains("tight"),
+        "{error}"
+    );
+    // A refused stream leaves nothing: no object, no staged file.
+    let store = h.root().store("tight").unwrap();
+    assert_eq!(store.stats().await.unwrap().objects, 0);
+    let tmp = h.root().path().unwrap().join("stores/tight/tmp");
+    let leftovers = std::fs::read_dir(&tmp).map(|dir| dir.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "staged files left in {}", tmp.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_actors_append_to_one_log_without_losing_an_entry() {
+    let h = std::sync::Arc::new(Harness::start());
+    let options = || granted("log", Access::ReadWrite, small_memory());
+    let appenders: Vec<_> = (0..8)
+        .map(|actor| {
+            let h = std::sync::Arc::clone(&h);
+            tokio::spawn(async move {
+                let append = json!({"op": "append", "store": "log", "prefix": "entry/", "count": 1000, "actor": actor});
+                run(&h, options(), append).await
+            })
+        })
+        .collect();
+    for appender in appenders {
+        assert_eq!(appender.await.unwrap().unwrap()["appended"], 1000);
+    }
+    let count = json!({"op": "count", "store": "log", "prefix": "entry/"});
+    assert_eq!(run(&h, options(), count).await.unwrap()["entries"], 8000);
+
+    let store = h.root().store("log").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in store
+        .list_labels_page("entry/", None, usize::MAX)
+        .await
+        .unwrap()
+    {
+        let text = String::from_utf8(store.get(&entry.content_ref).await.unwrap()).unwrap();
+        assert!(seen.insert(text), "an entry appears twice");
+    }
+    assert_eq!(seen.len(), 8000);
+}
