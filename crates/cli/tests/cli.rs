@@ -773,6 +773,9 @@ fn run_takes_store_and_actor_quotas() {
 /// Runs the binary with stdin from `input` and stdout into `output`;
 /// returns its exit code and peak resident memory in KiB (from `wait4`).
 fn run_measured(env: &Env, args: &[&str], input: &Path, output: &Path) -> (i32, i64) {
+    // Reaped by `wait4` below, which also reports the peak memory that
+    // `Child::wait` cannot.
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
         .arg("--root")
         .arg(env.root())

@@ -211,7 +211,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
-            Ok::<_, HostError>(self.ctx.within_deadline(store.reader(&content_ref)).await?)
+            self.ctx.within_deadline(store.reader(&content_ref)).await
         };
         match opened.await {
             Ok(reader) => {
@@ -230,11 +230,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         let sized = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
-            Ok::<_, HostError>(
-                self.ctx
-                    .within_deadline(store.content_size(&content_ref))
-                    .await?,
-            )
+            self.ctx
+                .within_deadline(store.content_size(&content_ref))
+                .await
         };
         Ok(sized.await.map_err(Error::from))
     }
@@ -259,10 +257,9 @@ impl store_streams::Host for StoreCtxView<'_> {
                     limit,
                 });
             }
-            Ok(self
-                .ctx
+            self.ctx
                 .within_deadline(store.read_range(&content_ref, offset, len))
-                .await?)
+                .await
         };
         Ok(read.await.map_err(Error::from))
     }
