@@ -8,14 +8,18 @@ use theater_store_host::{Access, ActorFailure, Grants, Limits, RunOptions};
 
 use crate::Harness;
 
-/// The example actor's pattern (guest-examples/large-files).
-fn pattern(seed: u64, offset: u64) -> u8 {
-    let mixed = (offset ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x2545_F491_4F6C_DD1D);
-    (mixed >> 56) as u8
-}
-
+/// The example actor's pattern (guest-examples/large-files): 8 bytes per
+/// offset that is a multiple of 8.
 fn pattern_bytes(seed: u64, size: u64) -> Vec<u8> {
-    (0..size).map(|offset| pattern(seed, offset)).collect()
+    let mut bytes: Vec<u8> = (0..size.div_ceil(8))
+        .flat_map(|word| {
+            let mixed =
+                (word * 8 ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            mixed.to_le_bytes()
+        })
+        .collect();
+    bytes.truncate(size as usize);
+    bytes
 }
 
 fn granted(store: &str, access: Access, limits: Limits) -> RunOptions {

@@ -4,9 +4,13 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use theater_store::StoreRoot;
-use theater_store_examples::BENCH_ACTOR;
-use theater_store_host::{Grants, Limits, StoreActor, StoreCtx, StoreCtxView, StoreView};
+use std::sync::Arc;
+
+use theater_store::{GcOptions, StoreRoot};
+use theater_store_examples::{BENCH_ACTOR, LARGE_FILES};
+use theater_store_host::{
+    Access, ActorHost, Grants, Limits, RunOptions, StoreActor, StoreCtx, StoreCtxView, StoreView,
+};
 use tokio::runtime::Runtime;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
@@ -181,5 +185,136 @@ fn cold_start(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, boundary, cold_start);
+/// A guest writing 1 GiB through `store-streams` in 64 KiB pieces and
+/// reading it back, under a 16 MiB memory limit, against the host API
+/// streaming the same size; and the host's peak memory growth meanwhile.
+fn guest_streaming(c: &mut Criterion) {
+    const GIB: u64 = 1 << 30;
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().join("root"));
+    let host = ActorHost::new(root.clone()).unwrap();
+    let actor = host.load(LARGE_FILES).unwrap();
+    let options = || RunOptions {
+        grants: Grants::none().store("media", Access::ReadWrite),
+        limits: Limits {
+            max_memory_bytes: 16 << 20,
+            max_store_bytes: 8 << 30,
+            max_actor_bytes: 8 << 30,
+            timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+    };
+    let run = |param: String| {
+        let outcome = runtime
+            .block_on(host.run_init(&actor, options(), None, &param))
+            .outcome;
+        if let Err(failure) = outcome {
+            panic!("{param}: {failure}");
+        }
+    };
+    let store = root.store("media").unwrap();
+    runtime
+        .block_on(store.store_at_label("anchor", b"keeps the store".to_vec()))
+        .unwrap();
+    let write = |seed: u64| {
+        format!(
+            r#"{{"op":"write","store":"media","label":"video","size":{GIB},"chunk":65536,"seed":{seed}}}"#
+        )
+    };
+    let read = r#"{"op":"read","store":"media","label":"video","chunk":65536,"seed":0}"#;
+
+    // Peak memory: one write and one read of 1 GiB, measured once.
+    let before = memory_kib("VmRSS");
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    run(write(0));
+    run(read.to_owned());
+    let growth = memory_kib("VmHWM").saturating_sub(before);
+    eprintln!(
+        "guest_streaming_1GiB: host peak RSS growth {} MiB (write + read)",
+        growth / 1024
+    );
+
+    let sweep = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let mut group = c.benchmark_group("guest_streaming_1GiB");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .throughput(Throughput::Bytes(GIB));
+    let seeds = std::sync::atomic::AtomicU64::new(1);
+    // Each new copy replaces the label; the old one is collected (untimed).
+    group.bench_function("guest/write_64KiB_pieces", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let seed = seeds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                run(write(seed));
+                total += started.elapsed();
+                runtime
+                    .block_on(store.collect_garbage(sweep, Arc::new(())))
+                    .unwrap();
+            }
+            total
+        })
+    });
+    run(write(0));
+    group.bench_function("guest/read_64KiB_pieces", |b| {
+        b.iter(|| run(read.to_owned()))
+    });
+    let input = dir.path().join("input.bin");
+    let content_ref = runtime
+        .block_on(store.get_by_label("video"))
+        .unwrap()
+        .unwrap();
+    runtime.block_on(async {
+        let mut reader = store.reader(&content_ref).await.unwrap();
+        let mut file = tokio::fs::File::create(&input).await.unwrap();
+        tokio::io::copy(&mut reader, &mut file).await.unwrap();
+    });
+    group.bench_function("host_api/store_reader", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                runtime.block_on(store.remove_label("video")).unwrap();
+                runtime
+                    .block_on(store.collect_garbage(sweep, Arc::new(())))
+                    .unwrap();
+                let started = Instant::now();
+                runtime.block_on(async {
+                    let file = tokio::fs::File::open(&input).await.unwrap();
+                    store.store_reader_at_label("video", file).await.unwrap()
+                });
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.bench_function("host_api/reader", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut reader = store.reader(&content_ref).await.unwrap();
+                tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+    group.finish();
+}
+
+/// A memory figure of this process from /proc/self/status, in KiB.
+fn memory_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+criterion_group!(benches, boundary, cold_start, guest_streaming);
 criterion_main!(benches);

@@ -327,10 +327,136 @@ impl OwnedCalls for ContentStore {
     }
 }
 
+/// 1 GiB streamed in and read back, against the floors: BLAKE3 and plain
+/// file writes and reads of the same size; and 4 KiB verified range reads
+/// from its middle, with the page cache warm and cold.
+fn streaming(c: &mut Criterion) {
+    const GIB: usize = 1 << 30;
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path(), Durability::Buffered);
+    runtime
+        .block_on(store.store_at_label("anchor", b"keeps the store".to_vec()))
+        .unwrap();
+    let content: Vec<u8> = (0..GIB / 8)
+        .flat_map(|word| {
+            (word as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .to_le_bytes()
+        })
+        .collect();
+    let input = dir.path().join("input.bin");
+    std::fs::write(&input, &content).unwrap();
+    let sweep = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+
+    let mut group = c.benchmark_group("streaming_1GiB");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Bytes(GIB as u64));
+    // Each stored copy is collected (untimed), so every store is a new write.
+    group.bench_function("store_reader", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                runtime.block_on(async {
+                    let file = tokio::fs::File::open(&input).await.unwrap();
+                    store.store_reader(file).await.unwrap()
+                });
+                total += started.elapsed();
+                runtime
+                    .block_on(store.collect_garbage(sweep, Arc::new(())))
+                    .unwrap();
+            }
+            total
+        })
+    });
+    group.bench_function("floor/blake3", |b| b.iter(|| blake3::hash(&content)));
+    let plain = dir.path().join("plain.bin");
+    group.bench_function("floor/file_write", |b| {
+        b.iter(|| std::fs::write(&plain, &content).unwrap())
+    });
+    let content_ref = runtime
+        .block_on(store.store_at_label("kept", content.clone()))
+        .unwrap();
+    group.bench_function("reader_whole_verified", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut reader = store.reader(&content_ref).await.unwrap();
+                tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+    group.bench_function("floor/file_read", |b| {
+        let mut buffer = vec![0u8; MIB];
+        b.iter(|| {
+            use std::io::Read;
+            let mut file = File::open(&plain).unwrap();
+            while file.read(&mut buffer).unwrap() > 0 {}
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("range_4KiB_of_1GiB");
+    let middle = GIB as u64 / 2 + 12_345;
+    group.bench_function("warm", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(store.read_range(&content_ref, middle, 4096))
+                .unwrap()
+        })
+    });
+    // Cold: the object's and its outboard's pages are dropped from the
+    // page cache before each read (untimed).
+    let hash = content_ref.hash().to_owned();
+    let store_dir = dir.path().join("Buffered/stores/bench");
+    let files = [
+        store_dir.join("objects").join(&hash[..2]).join(&hash[2..]),
+        store_dir
+            .join("outboards")
+            .join(&hash[..2])
+            .join(&hash[2..]),
+    ];
+    group.bench_function("cold", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for path in &files {
+                    drop_from_page_cache(path);
+                }
+                let started = Instant::now();
+                runtime
+                    .block_on(store.read_range(&content_ref, middle, 4096))
+                    .unwrap();
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+/// Asks the kernel to forget a file's cached pages, so the next read goes
+/// to the disk.
+fn drop_from_page_cache(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).unwrap();
+    // SAFETY: a valid open descriptor; the call only drops cached pages.
+    let advised = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(advised, 0, "posix_fadvise on {}", path.display());
+}
+
 criterion_group!(
     benches,
     small_objects,
     large_objects,
+    streaming,
     concurrent_durable_writers,
     labels_at_scale
 );
