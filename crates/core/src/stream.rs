@@ -15,6 +15,7 @@
 //! one that disagrees with intact content is rebuilt. Only content whose
 //! own bytes are wrong is reported [`StoreError::Corrupted`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
 use std::ops::Range;
@@ -33,12 +34,18 @@ use crate::root::blocking;
 use crate::store::{ContentStore, Stored};
 use crate::tree::{self, ReadFault, TreeHasher};
 
-/// Pieces queued between a writer and its staging worker: with 256 KiB
-/// pieces, at most 1 MiB in flight.
+/// Pieces queued between a writer and its staging worker: with pieces
+/// of [`PIECE_BYTES`], at most 1 MiB in flight.
 const QUEUE_PIECES: usize = 4;
+
+/// How much [`ContentWriter::write_all_from`] reads per piece.
+const PIECE_BYTES: usize = 256 << 10;
 
 /// How much a [`ContentReader`] reads and verifies per step.
 const READ_WINDOW: u64 = 1 << 20;
+
+/// How many windows a [`ContentReader`] verifies ahead of its reader.
+const READ_AHEAD: usize = 2;
 
 /// Hashes new content and stages it as it streams in. Blocking.
 pub(crate) struct StagingWriter {
@@ -142,29 +149,38 @@ impl ContentWriter {
 
     /// Appends `bytes` to the content.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.worker.is_none() && !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
+            self.written += bytes.len() as u64;
+            self.memory.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.write_owned(bytes.to_vec()).await
+    }
+
+    /// [`ContentWriter::write`] for a piece the caller gives up.
+    async fn write_owned(&mut self, bytes: Vec<u8>) -> Result<()> {
         self.written += bytes.len() as u64;
         if self.worker.is_none() {
             if !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
-                self.memory.extend_from_slice(bytes);
+                self.memory.extend_from_slice(&bytes);
                 return Ok(());
             }
             self.worker = Some(self.start_worker());
             let held = std::mem::take(&mut self.memory);
             self.send(held).await?;
         }
-        self.send(bytes.to_vec()).await
+        self.send(bytes).await
     }
 
-    /// Appends everything `reader` yields, until its end.
+    /// Appends everything `reader` yields, until its end; returns how
+    /// many bytes that was.
     pub async fn write_all_from(&mut self, mut reader: impl AsyncRead + Unpin) -> Result<u64> {
         let mut total = 0;
         loop {
-            let mut piece = Vec::with_capacity(256 << 10);
-            let read = (&mut reader)
-                .take(256 << 10)
-                .read_to_end(&mut piece)
-                .await
-                .map_err(|source| {
+            let mut piece = vec![0u8; PIECE_BYTES];
+            let mut filled = 0;
+            while filled < PIECE_BYTES {
+                let read = reader.read(&mut piece[filled..]).await.map_err(|source| {
                     io_error(
                         self.store.store_id(),
                         "reading content",
@@ -172,21 +188,17 @@ impl ContentWriter {
                         source,
                     )
                 })?;
-            if read == 0 {
+                if read == 0 {
+                    break;
+                }
+                filled += read;
+            }
+            if filled == 0 {
                 return Ok(total);
             }
-            total += read as u64;
-            self.written += read as u64;
-            if self.worker.is_none() && !self.engine.stages_to_file(self.memory.len() + read) {
-                self.memory.extend_from_slice(&piece);
-                continue;
-            }
-            if self.worker.is_none() {
-                self.worker = Some(self.start_worker());
-                let held = std::mem::take(&mut self.memory);
-                self.send(held).await?;
-            }
-            self.send(piece).await?;
+            piece.truncate(filled);
+            total += filled as u64;
+            self.write_owned(piece).await?;
         }
     }
 
@@ -338,13 +350,7 @@ impl ContentStore {
     /// piece before handing it out and can seek.
     pub async fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader> {
         let opened = Opened::open(self, content_ref.digest()?).await?;
-        Ok(ContentReader {
-            size: opened.size,
-            position: 0,
-            buffer: Vec::new(),
-            consumed: 0,
-            state: ReaderState::Idle(Some(opened)),
-        })
+        Ok(ContentReader::new(opened, 0))
     }
 
     /// `len` bytes of the content behind `content_ref` from `offset`,
@@ -371,10 +377,9 @@ impl ContentStore {
         offset: u64,
         len: Option<u64>,
     ) -> Result<tokio::io::Take<ContentReader>> {
-        let mut reader = self.reader(content_ref).await?;
-        let range = self.check_range(content_ref, offset, len, reader.size)?;
-        reader.position = range.start;
-        Ok(reader.take(range.end - range.start))
+        let opened = Opened::open(self, content_ref.digest()?).await?;
+        let range = self.check_range(content_ref, offset, len, opened.size)?;
+        Ok(ContentReader::new(opened, range.start).take(range.end - range.start))
     }
 
     fn check_range(
@@ -544,23 +549,66 @@ impl Opened {
         (opened, Err(error))
     }
 
+    /// Reads and verifies `range` of a file object, one span of at most
+    /// [`READ_WINDOW`] at a time, each fetched with one positioned read.
     fn read_file(&self, range: Range<u64>) -> Result<Vec<u8>, ReadFault> {
         let Source::File { data, outboard } = &*self.source else {
             unreachable!("inline content is read in place");
         };
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
-        tree::read_verified(
-            self.digest,
-            self.size,
-            data.as_ref(),
-            outboard.as_ref(),
-            range,
-            &mut |_, piece| {
-                out.extend_from_slice(piece);
-                Ok(())
-            },
-        )?;
+        let mut span = Span::default();
+        let mut at = range.start;
+        while at < range.end {
+            // Spans start on a group boundary, so every group a piece needs
+            // lies in its span.
+            let start = at - at % tree::GROUP_BYTES as u64;
+            let end = (start + READ_WINDOW).min(self.size);
+            span.fill(data.as_ref(), start, end)?;
+            let piece_end = range.end.min(end);
+            tree::read_verified(
+                self.digest,
+                self.size,
+                &span,
+                outboard.as_ref(),
+                at..piece_end,
+                &mut |_, piece| {
+                    out.extend_from_slice(piece);
+                    Ok(())
+                },
+            )?;
+            at = piece_end;
+        }
         Ok(out)
+    }
+}
+
+/// A stretch of an object's bytes read into memory with one call.
+#[derive(Default)]
+struct Span {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Span {
+    fn fill(&mut self, data: &dyn tree::RandomAccess, start: u64, end: u64) -> io::Result<()> {
+        self.start = start;
+        self.bytes.resize((end - start) as usize, 0);
+        data.read_exact_at(&mut self.bytes, start)
+    }
+}
+
+impl tree::RandomAccess for Span {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let from = offset
+            .checked_sub(self.start)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let from = from as usize;
+        let bytes = self
+            .bytes
+            .get(from..from + buf.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -581,16 +629,12 @@ fn corrupted(store: &StoreId, digest: Digest, actual: Digest) -> StoreError {
 
 type Pending = Pin<Box<dyn Future<Output = (Opened, Result<Vec<u8>>)> + Send>>;
 
-enum ReaderState {
-    Idle(Option<Opened>),
-    Reading(Pending),
-}
-
 /// Verified, seekable reading of stored content; from
 /// [`ContentStore::reader`]. Every byte is checked against the ref before
 /// it is handed out: damaged content fails with an
 /// [`io::ErrorKind::InvalidData`] error wrapping [`StoreError::Corrupted`],
-/// before any byte of the damaged 16 KiB group. Reads 1 MiB ahead.
+/// before any byte of the damaged 16 KiB group. Reads ahead two 1 MiB
+/// windows, verified on two blocking threads at once.
 pub struct ContentReader {
     size: u64,
     /// Offset of `buffer[0]` in the content.
@@ -598,10 +642,26 @@ pub struct ContentReader {
     buffer: Vec<u8>,
     /// How much of `buffer` has been handed out.
     consumed: usize,
-    state: ReaderState,
+    opened: Opened,
+    /// Windows being read, in order; the first starts where `buffer` ends.
+    ahead: VecDeque<Pending>,
+    /// Where the next window to schedule starts.
+    scheduled_to: u64,
 }
 
 impl ContentReader {
+    fn new(opened: Opened, position: u64) -> Self {
+        Self {
+            size: opened.size,
+            position,
+            buffer: Vec::new(),
+            consumed: 0,
+            opened,
+            ahead: VecDeque::new(),
+            scheduled_to: position,
+        }
+    }
+
     /// The content's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
@@ -628,26 +688,27 @@ impl AsyncRead for ContentReader {
                 this.consumed += take;
                 return Poll::Ready(Ok(()));
             }
-            match &mut this.state {
-                ReaderState::Idle(opened) => {
-                    let next = this.position + this.buffer.len() as u64;
-                    if next >= this.size {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let opened = opened.take().expect("an idle reader holds its object");
-                    let end = (next + READ_WINDOW).min(this.size);
-                    this.state = ReaderState::Reading(Box::pin(opened.read(next..end)));
-                }
-                ReaderState::Reading(pending) => {
-                    let (opened, result) = ready!(pending.as_mut().poll(cx));
-                    this.state = ReaderState::Idle(Some(opened));
-                    let bytes = result
-                        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                    this.position += this.buffer.len() as u64;
-                    this.buffer = bytes;
-                    this.consumed = 0;
-                }
+            let next = this.position + this.buffer.len() as u64;
+            if next >= this.size {
+                return Poll::Ready(Ok(()));
             }
+            while this.ahead.len() < READ_AHEAD && this.scheduled_to < this.size {
+                let start = this.scheduled_to;
+                let end = (start + READ_WINDOW).min(this.size);
+                let window = this.opened.clone().read(start..end);
+                this.ahead.push_back(Box::pin(window));
+                this.scheduled_to = end;
+            }
+            let front = this.ahead.front_mut().expect("a window is scheduled");
+            let (opened, result) = ready!(front.as_mut().poll(cx));
+            this.ahead.pop_front();
+            // The object may have been reopened (its outboard rebuilt).
+            this.opened = opened;
+            let bytes =
+                result.map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            this.position = next;
+            this.buffer = bytes;
+            this.consumed = 0;
         }
     }
 }
@@ -655,9 +716,6 @@ impl AsyncRead for ContentReader {
 impl AsyncSeek for ContentReader {
     fn start_seek(self: Pin<&mut Self>, target: io::SeekFrom) -> io::Result<()> {
         let this = self.get_mut();
-        if matches!(this.state, ReaderState::Reading(_)) {
-            return Err(io::Error::other("a read is still in progress"));
-        }
         let current = this.position();
         let target = match target {
             io::SeekFrom::Start(offset) => Some(offset),
@@ -666,7 +724,8 @@ impl AsyncSeek for ContentReader {
         };
         let target = target
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
-        // Keep the window if the target is inside it.
+        // Keep the window if the target is inside it; otherwise start over
+        // there, dropping the read-ahead.
         let window = this.position..this.position + this.buffer.len() as u64;
         if window.contains(&target) {
             this.consumed = (target - this.position) as usize;
@@ -674,6 +733,8 @@ impl AsyncSeek for ContentReader {
             this.position = target;
             this.buffer.clear();
             this.consumed = 0;
+            this.ahead.clear();
+            this.scheduled_to = target;
         }
         Ok(())
     }

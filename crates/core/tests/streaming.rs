@@ -349,3 +349,39 @@ async fn collected_content_takes_its_outboard_with_it() {
     assert!(!store.exists(&stored).await.unwrap());
     assert!(!outboard.exists(), "the outboard went with its object");
 }
+
+#[tokio::test]
+async fn streamed_content_exports_and_imports_with_its_outboard() {
+    let (_dir, root) = temp_root();
+    let store = root.store("source").unwrap();
+    let bytes = content(3 * MIB + 7, 11);
+    let stored = store
+        .store_reader_at_label("data", uneven(&bytes))
+        .await
+        .unwrap();
+    let (_, package) = store
+        .export_package(None, Vec::new(), std::sync::Arc::new(()))
+        .await
+        .unwrap();
+
+    let (_other_dir, other_root) = temp_root();
+    let copy = other_root.store("copy").unwrap();
+    copy.import_package(std::io::Cursor::new(package), std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    assert_eq!(
+        copy.get_by_label("data").await.unwrap(),
+        Some(stored.clone())
+    );
+    // The import computed the outboard as it staged the content.
+    assert!(outboard_path(&other_root, &copy, &stored).is_file());
+    let middle = 3 * MIB as u64 / 2;
+    let got = copy.read_range(&stored, middle, 4096).await.unwrap();
+    assert_eq!(got, bytes[middle as usize..middle as usize + 4096]);
+    assert!(
+        copy.verify(std::sync::Arc::new(()))
+            .await
+            .unwrap()
+            .is_clean()
+    );
+}
