@@ -14,7 +14,7 @@ fn pattern_bytes(seed: u64, size: u64) -> Vec<u8> {
     let mut bytes: Vec<u8> = (0..size.div_ceil(8))
         .flat_map(|word| {
             let mixed =
-                (word * 8 ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x2545_F491_4F6C_DD1D);
+                ((word * 8) ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x2545_F491_4F6C_DD1D);
             mixed.to_le_bytes()
         })
         .collect();

@@ -166,6 +166,7 @@ fn large_objects(c: &mut Criterion) {
         group.bench_function(format!("file_write/{name}"), |b| {
             b.iter(|| std::fs::write(&plain, &content).unwrap())
         });
+        std::fs::write(&plain, &content).unwrap();
         group.bench_function(format!("file_read/{name}"), |b| {
             b.iter(|| std::fs::read(&plain).unwrap())
         });
@@ -393,6 +394,7 @@ fn streaming(c: &mut Criterion) {
             })
         })
     });
+    std::fs::write(&plain, &content).unwrap();
     group.bench_function("floor/file_read", |b| {
         let mut buffer = vec![0u8; MIB];
         b.iter(|| {

@@ -44,6 +44,12 @@ fn tree(size: u64) -> BaoTree {
 pub(crate) trait RandomAccess: Send + Sync {
     /// Fills `buf` from `offset`, failing if fewer bytes are there.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The bytes at `offset..offset + len` in place, for sources already in
+    /// memory (saves a copy); `None` to have them read.
+    fn slice(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl RandomAccess for std::fs::File {
@@ -54,13 +60,16 @@ impl RandomAccess for std::fs::File {
 
 impl RandomAccess for Vec<u8> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(buf.len());
         let bytes = self
-            .get(start..end)
+            .slice(offset, buf.len())
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(bytes);
         Ok(())
+    }
+
+    fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.get(start..start.checked_add(len)?)
     }
 }
 
@@ -204,8 +213,10 @@ pub(crate) fn read_verified(
     let end = range.end.div_ceil(group) * (group / 1024);
     let chunks = ChunkRanges::from(ChunkNum(first)..ChunkNum(end.max(first + 1)));
     let mut expected: Vec<[u8; 32]> = vec![digest.0];
-    let mut buffer = vec![0u8; GROUP_BYTES];
+    // Only for sources read piece by piece.
+    let mut buffer = Vec::new();
     let mut pair = [0u8; 64];
+    let mut pairs = PairBlocks::default();
     for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
         match item {
             BaoChunk::Parent {
@@ -219,7 +230,7 @@ pub(crate) fn read_verified(
                     .post_order_offset(node)
                     .expect("parents above the groups are in the outboard")
                     .value();
-                outboard.read_exact_at(&mut pair, at * 64)?;
+                pairs.read(outboard, at * 64, &mut pair)?;
                 let (left_hash, right_hash) = pair.split_at(32);
                 let left_hash: ChainingValue = left_hash.try_into().expect("32 bytes");
                 let right_hash: ChainingValue = right_hash.try_into().expect("32 bytes");
@@ -245,8 +256,14 @@ pub(crate) fn read_verified(
                 ..
             } => {
                 let offset = start_chunk.to_bytes();
-                let bytes = &mut buffer[..length];
-                data.read_exact_at(bytes, offset)?;
+                let bytes = match data.slice(offset, length) {
+                    Some(bytes) => bytes,
+                    None => {
+                        buffer.resize(GROUP_BYTES, 0);
+                        data.read_exact_at(&mut buffer[..length], offset)?;
+                        &buffer[..length]
+                    }
+                };
                 let actual = if is_root {
                     *blake3::hash(bytes).as_bytes()
                 } else {
@@ -268,6 +285,52 @@ pub(crate) fn read_verified(
         }
     }
     Ok(())
+}
+
+/// The outboard blocks a read has fetched. The pairs below a run of
+/// groups sit next to each other in post order, so reading 4 KiB blocks
+/// turns 64 reads of 64 bytes per MiB into a handful.
+#[derive(Default)]
+struct PairBlocks {
+    blocks: Vec<(u64, Vec<u8>)>,
+}
+
+impl PairBlocks {
+    const BLOCK: u64 = 4096;
+    const KEPT: usize = 16;
+
+    fn read(
+        &mut self,
+        outboard: &dyn RandomAccess,
+        offset: u64,
+        pair: &mut [u8; 64],
+    ) -> io::Result<()> {
+        let start = offset - offset % Self::BLOCK;
+        let at = (offset - start) as usize;
+        if let Some((_, block)) = self.blocks.iter().find(|(s, _)| *s == start)
+            && let Some(bytes) = block.get(at..at + 64)
+        {
+            pair.copy_from_slice(bytes);
+            return Ok(());
+        }
+        // The last block of an outboard may be short: fetch only what is
+        // there, going by the pair's own end.
+        let mut block = vec![0u8; Self::BLOCK as usize];
+        match outboard.read_exact_at(&mut block, start) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                block.truncate(at + 64);
+                outboard.read_exact_at(&mut block, start)?;
+            }
+            Err(error) => return Err(error),
+        }
+        pair.copy_from_slice(&block[at..at + 64]);
+        if self.blocks.len() == Self::KEPT {
+            self.blocks.remove(0);
+        }
+        self.blocks.push((start, block));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
