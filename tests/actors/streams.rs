@@ -156,6 +156,31 @@ async fn grants_and_quotas_hold_while_streaming() {
     assert_eq!(leftovers, 0, "staged files left in {}", tmp.display());
 }
 
+#[tokio::test]
+async fn a_writer_the_actor_drops_stores_nothing() {
+    let h = Harness::start();
+    let store = h.root().store("drafts").unwrap();
+    store
+        .store_at_label("anchor", b"kept".to_vec())
+        .await
+        .unwrap();
+    let abandon = json!({"op": "abandon", "store": "drafts", "size": 3 << 20});
+    let options = granted("drafts", Access::ReadWrite, small_memory());
+    let run = run(&h, options, abandon).await.unwrap();
+    assert_eq!(run["written"], 3 << 20);
+    assert_eq!(store.stats().await.unwrap().objects, 1);
+    // The staging worker removes its files once it sees the writer gone.
+    let tmp = h.root().path().unwrap().join("stores/drafts/tmp");
+    let leftovers = || std::fs::read_dir(&tmp).map(|dir| dir.count()).unwrap_or(0);
+    for _ in 0..200 {
+        if leftovers() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(leftovers(), 0, "staged files left in {}", tmp.display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_actors_append_to_one_log_without_losing_an_entry() {
     let h = std::sync::Arc::new(Harness::start());

@@ -159,8 +159,9 @@ impl ContentWriter {
         self.write_owned(bytes.to_vec()).await
     }
 
-    /// [`ContentWriter::write`] for a piece the caller gives up.
-    async fn write_owned(&mut self, bytes: Vec<u8>) -> Result<()> {
+    /// [`ContentWriter::write`] for a piece the caller gives up, which
+    /// saves copying it.
+    pub async fn write_owned(&mut self, bytes: Vec<u8>) -> Result<()> {
         self.written += bytes.len() as u64;
         if self.worker.is_none() {
             if !self.engine.stages_to_file(self.memory.len() + bytes.len()) {

@@ -147,7 +147,7 @@ async fn write_piece(
         handle.writer = None;
         return Err(refused);
     }
-    let written = ctx.within_deadline(writer.write(&bytes)).await;
+    let written = ctx.within_deadline(writer.write_owned(bytes)).await;
     if written.is_err() {
         handle.writer = None;
     }

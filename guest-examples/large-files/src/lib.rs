@@ -11,6 +11,8 @@
 //!   first free slot `prefix` + 8-digit number, claimed with
 //!   compare-and-swap; returns `{"appended"}`.
 //! - `count`: pages through the log at `prefix`; returns `{"entries"}`.
+//! - `abandon`: writes `size` bytes, then drops the writer unfinished;
+//!   returns `{"written"}`. Nothing may be stored.
 
 use std::io::{Read, Write};
 
@@ -26,16 +28,24 @@ fn pattern_word(seed: u64, offset: u64) -> [u8; 8] {
     mixed.to_le_bytes()
 }
 
-/// Fills `piece` with the pattern from `offset` on.
+/// Fills `piece` with the pattern from `offset` on: word by word where
+/// the offset is aligned (the common case), byte by byte otherwise.
 fn fill(seed: u64, offset: u64, piece: &mut [u8]) {
-    let (mut at, mut rest) = (offset, piece);
-    while !rest.is_empty() {
-        let word = pattern_word(seed, at & !7);
-        let skip = (at % 8) as usize;
-        let take = (8 - skip).min(rest.len());
-        rest[..take].copy_from_slice(&word[skip..skip + take]);
-        rest = &mut rest[take..];
-        at += take as u64;
+    if offset % 8 == 0 {
+        let mut words = piece.chunks_exact_mut(8);
+        let mut at = offset;
+        for word in &mut words {
+            word.copy_from_slice(&pattern_word(seed, at));
+            at += 8;
+        }
+        let rest = words.into_remainder();
+        let last = pattern_word(seed, at);
+        rest.copy_from_slice(&last[..rest.len()]);
+        return;
+    }
+    for (i, byte) in piece.iter_mut().enumerate() {
+        let at = offset + i as u64;
+        *byte = pattern_word(seed, at - at % 8)[(at % 8) as usize];
     }
 }
 
@@ -152,6 +162,14 @@ impl Actor for LargeFiles {
                 json!({"bytes": bytes})
             }
             "append" => append(&store, &param)?,
+            "abandon" => {
+                let mut writer = store.writer().map_err(|e| e.to_string())?;
+                let piece = vec![7u8; 65536];
+                for _ in 0..number(&param, "size")?.div_ceil(65536) {
+                    writer.write_all(&piece).map_err(|e| e.to_string())?;
+                }
+                json!({"written": writer.bytes_written()})
+            }
             "count" => count(&store, &param)?,
             other => return Err(format!("unknown op {other}")),
         };

@@ -418,7 +418,8 @@ impl SpillSink {
             .map_err(io::Error::other)?;
         let files = SpillFiles {
             outboard: io::BufWriter::new(File::create(layout::staged_outboard(&path))?),
-            data: io::BufWriter::with_capacity(1 << 20, data),
+            // Pieces of 256 KiB and more go straight to the file.
+            data: io::BufWriter::with_capacity(256 << 10, data),
             path,
         };
         let files = self.file.insert(files);

@@ -323,12 +323,13 @@ fn abandoned(job: &Job) -> bool {
     if !job.reply.is_closed() {
         return false;
     }
-    if let Change::AddObject {
-        staged: Staged::File(staged),
-        ..
-    } = &job.change
-    {
-        remove_staged(staged);
+    match &job.change {
+        Change::AddObject {
+            staged: Staged::File(staged),
+            ..
+        }
+        | Change::AddOutboard { staged, .. } => remove_staged(staged),
+        _ => {}
     }
     true
 }
