@@ -262,6 +262,16 @@ impl ContentWriter {
         }
     }
 
+    /// Gives up on the content and waits until what was staged is
+    /// removed. Dropping the writer does the same, without waiting.
+    pub async fn abandon(mut self) {
+        if let Some(worker) = self.worker.take() {
+            drop(worker.pieces);
+            // The worker's answer is its own "writer was dropped" error.
+            let _ = join(worker.done).await;
+        }
+    }
+
     /// Stores the content and returns its ref.
     pub async fn finish(self) -> Result<Stored> {
         self.finish_inner(None).await

@@ -4,12 +4,14 @@
 //! listing. Access, limits and quotas are [`StoreCtx`]'s, as for
 //! `theater:simple/store`; errors become the interface's typed `error`.
 
+use bytes::{Bytes, BytesMut};
+use theater_store::ContentReader;
 use theater_store::{
     ContentRef, ContentStore, ContentWriter, OBJECT_OVERHEAD_BYTES, StoreError, StoreStats,
 };
+use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::DynInputStream;
-use wasmtime_wasi::p2::pipe::AsyncReadStream;
+use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
 
 use crate::StoreCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
@@ -118,8 +120,10 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
     }
 
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
-        // Dropping the core writer removes what it staged.
-        self.table.delete(writer).map_err(missing)?;
+        let handle = self.table.delete(writer).map_err(missing)?;
+        if let Some(writer) = handle.writer {
+            writer.abandon().await;
+        }
         Ok(())
     }
 }
@@ -134,24 +138,28 @@ async fn write_piece(
     let Some(writer) = handle.writer.as_mut() else {
         return Err(spent(&handle.store));
     };
-    if bytes.len() > ctx.limits().max_content_bytes {
-        handle.writer = None;
-        return Err(HostError::ContentTooLarge {
+    let refused = if bytes.len() > ctx.limits().max_content_bytes {
+        Some(HostError::ContentTooLarge {
             store: handle.store.id().to_owned(),
             size: bytes.len() as u64,
             limit: ctx.limits().max_content_bytes as u64,
-        });
+        })
+    } else {
+        let total = writer.bytes_written() + bytes.len() as u64 + OBJECT_OVERHEAD_BYTES;
+        ctx.refusal(&handle.store, &handle.stats, total, true)
+    };
+    let result = match refused {
+        Some(refused) => Err(refused),
+        None => ctx.within_deadline(writer.write_owned(bytes)).await,
+    };
+    if result.is_err()
+        && let Some(writer) = handle.writer.take()
+    {
+        // Nothing of a refused stream stays behind, before the guest
+        // hears of the refusal.
+        writer.abandon().await;
     }
-    let total = writer.bytes_written() + bytes.len() as u64 + OBJECT_OVERHEAD_BYTES;
-    if let Some(refused) = ctx.refusal(&handle.store, &handle.stats, total, true) {
-        handle.writer = None;
-        return Err(refused);
-    }
-    let written = ctx.within_deadline(writer.write_owned(bytes)).await;
-    if written.is_err() {
-        handle.writer = None;
-    }
-    written
+    result
 }
 
 async fn finish(
@@ -180,6 +188,71 @@ fn spent(store: &ContentStore) -> HostError {
         path: "<content-writer>".into(),
         source: std::io::Error::other("this writer was refused or finished; open a new one"),
     })
+}
+
+/// How much a [`ContentStream`] takes from its reader at a time.
+const STREAM_PIECE: usize = 256 << 10;
+
+/// Stored content as a `wasi:io` input-stream. Reads hand out what the
+/// [`ContentReader`] has verified, directly: no task or channel between
+/// the guest and the reader, which reads ahead on its own.
+struct ContentStream {
+    reader: ContentReader,
+    /// Verified bytes not yet handed out.
+    ready: Bytes,
+    /// The end of the content, or the failure to report once `ready` is empty.
+    end: Option<StreamError>,
+}
+
+impl ContentStream {
+    fn new(reader: ContentReader) -> Self {
+        Self {
+            reader,
+            ready: Bytes::new(),
+            end: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for ContentStream {
+    async fn ready(&mut self) {
+        if !self.ready.is_empty() || self.end.is_some() {
+            return;
+        }
+        let mut piece = BytesMut::with_capacity(STREAM_PIECE);
+        match self.reader.read_buf(&mut piece).await {
+            Ok(0) => self.end = Some(StreamError::Closed),
+            Ok(_) => self.ready = piece.freeze(),
+            // A damaged group: its message names the store and the ref.
+            Err(error) => {
+                let message = match error.into_inner() {
+                    Some(inner) => inner.to_string(),
+                    None => "reading the content failed".to_owned(),
+                };
+                self.end = Some(StreamError::LastOperationFailed(wasmtime::Error::msg(
+                    message,
+                )));
+            }
+        }
+    }
+}
+
+impl InputStream for ContentStream {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if !self.ready.is_empty() {
+            let take = size.min(self.ready.len());
+            return Ok(self.ready.split_to(take));
+        }
+        match self.end.take() {
+            None => Ok(Bytes::new()),
+            // A failure is reported once; after it the stream is closed.
+            Some(end) => {
+                self.end = Some(StreamError::Closed);
+                Err(end)
+            }
+        }
+    }
 }
 
 impl store_streams::Host for StoreCtxView<'_> {
@@ -215,7 +288,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         };
         match opened.await {
             Ok(reader) => {
-                let stream: DynInputStream = Box::new(AsyncReadStream::new(reader));
+                let stream: DynInputStream = Box::new(ContentStream::new(reader));
                 Ok(Ok(self.table.push(stream)?))
             }
             Err(error) => Ok(Err(error.into())),
