@@ -35,7 +35,7 @@ fn pattern_word(seed: u64, offset: u64) -> [u8; 8] {
 /// Fills `piece` with the pattern from `offset` on: word by word where
 /// the offset is aligned (the common case), byte by byte otherwise.
 fn fill(seed: u64, offset: u64, piece: &mut [u8]) {
-    if offset % 8 == 0 {
+    if offset.is_multiple_of(8) {
         let mut words = piece.chunks_exact_mut(8);
         let mut at = offset;
         for word in &mut words {
