@@ -126,6 +126,8 @@ pub struct ContentWriter {
     memory: Vec<u8>,
     worker: Option<Worker>,
     written: u64,
+    /// Set once staging failed: the content can no longer be completed.
+    failed: bool,
 }
 
 struct Worker {
@@ -141,7 +143,20 @@ impl ContentWriter {
             memory: Vec::new(),
             worker: None,
             written: 0,
+            failed: false,
         }
+    }
+
+    /// The error for a write to, or the finish of, a writer whose staging
+    /// failed before.
+    fn spent(&self) -> StoreError {
+        let source = io::Error::other("an earlier write failed; start a new writer");
+        io_error(
+            self.store.store_id(),
+            "staging content",
+            Path::new("<staging>"),
+            source,
+        )
     }
 
     /// Bytes written so far.
@@ -151,6 +166,9 @@ impl ContentWriter {
 
     /// Appends `bytes` to the content.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.failed {
+            return Err(self.spent());
+        }
         if self.worker.is_none() && !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
             self.written += bytes.len() as u64;
             self.memory.extend_from_slice(bytes);
@@ -162,6 +180,9 @@ impl ContentWriter {
     /// [`ContentWriter::write`] for a piece the caller gives up, which
     /// saves copying it.
     pub async fn write_owned(&mut self, bytes: Vec<u8>) -> Result<()> {
+        if self.failed {
+            return Err(self.spent());
+        }
         self.written += bytes.len() as u64;
         if self.worker.is_none() {
             if !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
@@ -246,6 +267,7 @@ impl ContentWriter {
             return Ok(());
         }
         // The worker stopped early: its result says why.
+        self.failed = true;
         let worker = self.worker.take().expect("checked above");
         drop(worker.pieces);
         match join(worker.done).await {
@@ -285,6 +307,9 @@ impl ContentWriter {
     }
 
     async fn finish_inner(mut self, label: Option<&str>) -> Result<Stored> {
+        if self.failed {
+            return Err(self.spent());
+        }
         let (digest, size, staged) = match self.worker.take() {
             None => {
                 let content = Arc::new(std::mem::take(&mut self.memory));
@@ -646,14 +671,6 @@ struct Span {
 }
 
 impl tree::RandomAccess for Span {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bytes = self
-            .slice(offset, buf.len())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
-
     fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let from = usize::try_from(offset.checked_sub(self.start)?).ok()?;
         self.bytes.get(from..from.checked_add(len)?)

@@ -40,15 +40,23 @@ fn tree(size: u64) -> BaoTree {
     BaoTree::new(size, BlockSize::from_chunk_log(GROUP_CHUNK_LOG))
 }
 
-/// Bytes that can be read at any offset: an object's file or its outboard.
+/// Bytes that can be read at any offset: an object's file or its outboard,
+/// or bytes already in memory.
 pub(crate) trait RandomAccess: Send + Sync {
-    /// Fills `buf` from `offset`, failing if fewer bytes are there.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-
     /// The bytes at `offset..offset + len` in place, for sources already in
-    /// memory (saves a copy); `None` to have them read.
+    /// memory (saves a copy); `None` for sources that must be read.
     fn slice(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
         None
+    }
+
+    /// Fills `buf` from `offset`, failing if fewer bytes are there. Sources
+    /// in memory need only [`RandomAccess::slice`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bytes = self
+            .slice(offset, buf.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -59,14 +67,6 @@ impl RandomAccess for std::fs::File {
 }
 
 impl RandomAccess for Vec<u8> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bytes = self
-            .slice(offset, buf.len())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
-
     fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         self.get(start..start.checked_add(len)?)
