@@ -85,8 +85,19 @@ async fn crash_child() {
         record(&mut log, &format!("begin {line}"));
         let parts: Vec<&str> = line.split(' ').collect();
         match parts[0] {
+            // Odd pieces of content are streamed in, even ones stored whole.
+            "store" if n % 2 == 1 => {
+                store.store_reader(&content(n)[..]).await.unwrap();
+            }
             "store" => {
                 store.store(content(n)).await.unwrap();
+            }
+            "store-at-label" if n % 2 == 1 => {
+                let bytes = content(n);
+                store
+                    .store_reader_at_label(&label(l), &bytes[..])
+                    .await
+                    .unwrap();
             }
             "store-at-label" => {
                 store.store_at_label(&label(l), content(n)).await.unwrap();
@@ -189,10 +200,15 @@ async fn check_after_kill(
     assert!(report.stray_files.is_empty(), "{report:?}");
     let mut checked = report.objects_checked;
     for (hash, n) in to_read {
-        let bytes = store
-            .get(&ContentRef::new(hash))
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged {hash} lost: {e}"));
+        // Odd ones are read back as a verified stream (through the outboard
+        // of a file object), even ones whole.
+        let content_ref = ContentRef::new(hash);
+        let read = if n % 2 == 1 {
+            read_streamed(store, &content_ref).await
+        } else {
+            store.get(&content_ref).await
+        };
+        let bytes = read.unwrap_or_else(|e| panic!("acknowledged {hash} lost: {e}"));
         assert_eq!(bytes, content(*n));
         checked += 1;
     }
@@ -232,6 +248,20 @@ async fn check_after_kill(
         }
     }
     checked
+}
+
+async fn read_streamed(
+    store: &ContentStore,
+    content_ref: &ContentRef,
+) -> Result<Vec<u8>, theater_store::StoreError> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = store.reader(content_ref).await?;
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .await
+        .expect("a verified stream of intact content");
+    Ok(bytes)
 }
 
 #[tokio::test]
