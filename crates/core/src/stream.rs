@@ -87,10 +87,7 @@ impl StagingWriter {
             mut sink,
             size,
         } = self;
-        let (digest, pairs) = match hasher.finish() {
-            Ok(finished) => finished,
-            Err(_) => unreachable!("hashing into memory cannot fail"),
-        };
+        let (digest, pairs) = hasher.finish().expect("hashing into memory cannot fail");
         if let Err(source) = sink.write_outboard(&pairs) {
             sink.abandon();
             return Err(io_error(
@@ -166,12 +163,7 @@ impl ContentWriter {
 
     /// Appends `bytes` to the content.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.failed {
-            return Err(self.spent());
-        }
-        if self.worker.is_none() && !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
-            self.written += bytes.len() as u64;
-            self.memory.extend_from_slice(bytes);
+        if self.hold(bytes)? {
             return Ok(());
         }
         self.write_owned(bytes.to_vec()).await
@@ -180,20 +172,30 @@ impl ContentWriter {
     /// [`ContentWriter::write`] for a piece the caller gives up, which
     /// saves copying it.
     pub async fn write_owned(&mut self, bytes: Vec<u8>) -> Result<()> {
-        if self.failed {
-            return Err(self.spent());
+        if self.hold(&bytes)? {
+            return Ok(());
         }
         self.written += bytes.len() as u64;
         if self.worker.is_none() {
-            if !self.engine.stages_to_file(self.memory.len() + bytes.len()) {
-                self.memory.extend_from_slice(&bytes);
-                return Ok(());
-            }
             self.worker = Some(self.start_worker());
             let held = std::mem::take(&mut self.memory);
             self.send(held).await?;
         }
         self.send(bytes).await
+    }
+
+    /// Keeps `bytes` in memory if the content still fits under the inline
+    /// threshold; `false` when they must go to the staging worker.
+    fn hold(&mut self, bytes: &[u8]) -> Result<bool> {
+        if self.failed {
+            return Err(self.spent());
+        }
+        if self.worker.is_some() || self.engine.stages_to_file(self.memory.len() + bytes.len()) {
+            return Ok(false);
+        }
+        self.written += bytes.len() as u64;
+        self.memory.extend_from_slice(bytes);
+        Ok(true)
     }
 
     /// Appends everything `reader` yields, until its end; returns how
