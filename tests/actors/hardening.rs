@@ -176,6 +176,7 @@ async fn a_get_larger_than_the_actor_can_hold_is_refused_before_reading() {
             max_memory_bytes: 16 << 20,
             ..Limits::default()
         },
+        ..RunOptions::default()
     };
     let (_, error, _) = refusal(
         &h,
@@ -203,6 +204,7 @@ async fn listings_are_capped_and_point_to_paging() {
             max_list_entries: 20,
             ..Limits::default()
         },
+        ..RunOptions::default()
     };
     let run = h
         .run(

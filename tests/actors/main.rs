@@ -1,6 +1,7 @@
 //! Real wasm32-wasip2 actors run through `ActorHost`; what they did is
 //! checked by reading the store back through the core API.
 
+mod chain;
 mod compat;
 mod hardening;
 mod hostile;

@@ -26,6 +26,7 @@ fn granted(store: &str, access: Access, limits: Limits) -> RunOptions {
     RunOptions {
         grants: Grants::none().store(store, access),
         limits,
+        ..RunOptions::default()
     }
 }
 

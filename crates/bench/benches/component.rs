@@ -206,6 +206,7 @@ fn guest_streaming(c: &mut Criterion) {
             timeout: Duration::from_secs(600),
             ..Limits::default()
         },
+        ..RunOptions::default()
     };
     let run = |param: String| {
         let outcome = runtime

@@ -3,6 +3,7 @@
 //! Exit status: 0 on success, 1 when an operation fails, an actor fails or
 //! `verify` finds a problem, 2 on usage errors.
 
+mod chain;
 mod demo;
 mod parse;
 mod progress;
@@ -130,6 +131,20 @@ enum Command {
         /// The package file.
         file: PathBuf,
     },
+    /// List an actor's recorded store calls (its event chain), newest first.
+    Chain {
+        /// The actor id (`run` prints it; by default `component-` and the
+        /// start of the component's hash).
+        actor: String,
+        /// At most this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Check an actor's event chain link by link; name the first broken one (exit 1).
+    VerifyChain {
+        /// The actor id.
+        actor: String,
+    },
     /// Remove a store with all its labels and content.
     RmStore {
         /// The store id.
@@ -173,6 +188,14 @@ struct RunArgs {
     /// Most stores the actor may create [default: 100].
     #[arg(long, value_name = "N")]
     max_stores: Option<usize>,
+    /// Record the actor's store calls in this actor's event chain
+    /// [default: `component-` and the first 16 hex digits of the
+    /// component's BLAKE3 hash].
+    #[arg(long = "actor", value_name = "ID", conflicts_with = "no_chain")]
+    actor_id: Option<String>,
+    /// Record no event chain for this run.
+    #[arg(long)]
+    no_chain: bool,
 }
 
 /// The root the command works on.
@@ -246,6 +269,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => stores::export(&root, &store, prefix.as_deref(), &output, json).await,
         Command::Import { store, file } => stores::import(&root, &store, &file, json).await,
+        Command::Chain { actor, limit } => chain::list(&root, &actor, limit, json).await,
+        Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 use theater_store::StoreRoot;
-use theater_store_host::{Access, ActorHost, Grants, Limits, RunOptions};
+use theater_store_host::{Access, ActorHost, ChainRecording, Grants, Limits, RunOptions};
 
 use crate::RunArgs;
 use crate::stores::{print_json, printable, temp_file_beside};
@@ -46,9 +46,22 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         max_stores_created: args.max_stores.unwrap_or(defaults.max_stores_created),
         ..defaults
     };
-    let run = host
-        .run_init(&actor, RunOptions { grants, limits }, previous, &args.param)
-        .await;
+    let chain = match (&args.actor_id, args.no_chain) {
+        (_, true) => ChainRecording::Off,
+        (Some(id), false) => ChainRecording::Actor(id.clone()),
+        (None, false) => ChainRecording::FromComponent,
+    };
+    let chain_id = match &chain {
+        ChainRecording::FromComponent => Some(actor.default_actor_id().to_owned()),
+        ChainRecording::Actor(id) => Some(id.clone()),
+        ChainRecording::Off => None,
+    };
+    let options = RunOptions {
+        grants,
+        limits,
+        chain,
+    };
+    let run = host.run_init(&actor, options, previous, &args.param).await;
 
     for line in &run.logs {
         eprintln!("[actor] {}", printable(line));
@@ -61,6 +74,11 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
     }
     for store in &run.created_stores {
         eprintln!("created store {store}");
+    }
+    if let Some(id) = &chain_id {
+        eprintln!(
+            "store calls recorded in the event chain of actor {id} (`theater-store chain {id}`)"
+        );
     }
     let state = match run.outcome {
         Ok(state) => state,
@@ -93,6 +111,7 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
             "state": state.as_deref().map(String::from_utf8_lossy),
             "logs": run.logs,
             "created_stores": run.created_stores,
+            "actor": chain_id,
         }))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -58,17 +58,23 @@ fn parse_ref(reference: &str) -> anyhow::Result<ContentRef> {
         .context("a ref is the 64-digit hex hash printed by `put` or `labels`")
 }
 
-/// The stores to work on: one by id, or every store in the root.
+/// The stores to work on: one by id, or every store in the root, and the
+/// root's event chains when it has any (gc keeps every event a chain's
+/// head reaches).
 async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<ContentStore>> {
-    match store {
-        Some(id) => Ok(vec![open(root, id)?]),
-        None => root
+    let Some(id) = store else {
+        let mut stores = root
             .stores()
             .await?
             .iter()
             .map(|summary| open(root, &summary.id))
-            .collect(),
-    }
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !root.chain_actors().await?.is_empty() {
+            stores.push(root.chain_store());
+        }
+        return Ok(stores);
+    };
+    Ok(vec![open(root, id)?])
 }
 
 pub async fn list_stores(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {

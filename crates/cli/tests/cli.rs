@@ -903,3 +903,64 @@ fn put_and_cat_stream_large_content_in_bounded_memory() {
         .success()
         .stdout(predicate::eq(&whole[..4096]));
 }
+
+#[test]
+fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
+    let env = Env::new();
+    let actor = actor_file(&env, "compat.wasm", theater_store_examples::THEATER_COMPAT);
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args(["--actor", "billing-7"])
+        .assert()
+        .success()
+        .stderr(contains("event chain of actor billing-7"));
+
+    let events = env.json(&["chain", "billing-7"]);
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 14);
+    assert_eq!(events[0]["type"], "calculate-total-size");
+    assert_eq!(events[13]["type"], "new");
+    assert_eq!(events[0]["seq"], 13);
+    assert_eq!(events[1]["ref"], events[0]["parent"]);
+    let limited = env.json(&["chain", "billing-7", "--limit", "3"]);
+    assert_eq!(limited.as_array().unwrap().len(), 3);
+    env.cmd()
+        .args(["chain", "billing-7"])
+        .assert()
+        .success()
+        .stdout(
+            contains("#13")
+                .and(contains("store-at-label"))
+                .and(contains("label=\"doc:latest\"")),
+        );
+    env.cmd()
+        .args(["verify-chain", "billing-7"])
+        .assert()
+        .success()
+        .stdout(contains("chain intact (14 events"));
+    // Chains are kept by gc and checked by verify with every store.
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    env.cmd().arg("verify").assert().success();
+    assert_eq!(
+        env.json(&["chain", "billing-7"]).as_array().unwrap().len(),
+        14
+    );
+
+    // One event's bytes altered: verify-chain names it and exits 1.
+    let victim = events[5]["ref"].as_str().unwrap();
+    let mut forged = serde_json::to_vec(&events[5]).unwrap();
+    forged[10] ^= 1;
+    damage_small_object(&env.root(), "_chains", victim, &forged);
+    env.cmd()
+        .args(["verify-chain", "billing-7"])
+        .assert()
+        .code(1)
+        .stdout(contains("BROKEN at event #8").and(contains(victim)));
+    // An actor id that could not be one.
+    env.cmd()
+        .args(["chain", "../etc"])
+        .assert()
+        .code(1)
+        .stderr(contains("invalid actor id"));
+}

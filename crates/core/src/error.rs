@@ -74,6 +74,26 @@ pub enum StoreError {
         /// The content's size.
         size: u64,
     },
+    /// An actor id is empty, too long or uses characters outside `[A-Za-z0-9._:-]`.
+    #[error("invalid actor id \"{id}\": {reason}")]
+    InvalidActorId {
+        /// The id as given, escaped and shortened for display.
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An actor's event chain is not as its appends leave it (a label was
+    /// moved or removed by hand): no event is appended to it until it is
+    /// repaired, so that the damage stays visible.
+    #[error(
+        "event chain of actor {actor} is damaged: {reason}; run `theater-store verify-chain {actor}`"
+    )]
+    ChainDamaged {
+        /// The actor whose chain it is.
+        actor: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A filesystem operation failed.
     #[error("store {store}: {action} {path} failed: {source}")]
     Io {

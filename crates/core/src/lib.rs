@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod chain;
 mod durability;
 mod engine;
 mod error;
@@ -35,6 +36,10 @@ mod store;
 mod stream;
 mod tree;
 
+pub use chain::{
+    BrokenLink, ChainEntry, ChainEvent, ChainReport, Event, EventChain, MAX_ACTOR_ID_BYTES,
+    Outcome, Record, validate_actor_id,
+};
 pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};
 pub use maintenance::{

@@ -254,9 +254,21 @@ impl ContentStore {
         })
         .await?;
 
+        // In the chain store, a head label keeps its whole chain: every
+        // event it reaches through parent links counts as labelled. Events
+        // appended after this walk are younger than the cutoff.
+        let chained: BTreeSet<Digest> = if store.is_reserved() {
+            let mut chained = BTreeSet::new();
+            for actor in self.root().chain_actors().await? {
+                chained.extend(self.root().event_chain(&actor)?.reachable().await?);
+            }
+            chained
+        } else {
+            BTreeSet::new()
+        };
         let mut doomed = Vec::new();
         for row in rows {
-            if row.labelled {
+            if row.labelled || chained.contains(&row.digest) {
                 report.kept_labelled += 1;
             } else if row.stored_at >= cutoff_millis {
                 report.kept_recent += 1;

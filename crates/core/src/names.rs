@@ -50,6 +50,19 @@ impl StoreId {
         Ok(Self(id.to_owned()))
     }
 
+    /// One of the store's own stores (the event chains), named outside
+    /// what [`StoreId::parse`] accepts, so that no caller can reach it by
+    /// id: its name starts with `_`.
+    pub(crate) fn reserved(name: &'static str) -> Self {
+        debug_assert!(name.starts_with('_'));
+        Self(name.to_owned())
+    }
+
+    /// Whether this is one of the store's own stores.
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.0.starts_with('_')
+    }
+
     /// A fresh random id (UUID v4).
     pub fn generate() -> Self {
         Self(uuid::Uuid::new_v4().to_string())

@@ -136,12 +136,14 @@ impl StoreRoot {
         Ok(ContentStore::in_root(self.clone(), StoreId::parse(id)?))
     }
 
-    /// Every store in the root, by id, with its totals.
+    /// Every store in the root, by id, with its totals. The root's own
+    /// chain store is not listed (see [`StoreRoot::chain_store`]).
     pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
         let engine = self.engine().await?;
         let rows = blocking(move || engine.stores()).await?;
         Ok(rows
             .into_iter()
+            .filter(|(id, _)| !id.starts_with('_'))
             .map(|(id, stats)| StoreSummary { id, stats })
             .collect())
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::chain::Record;
 use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
@@ -48,6 +49,7 @@ pub struct Stored {
 pub struct ContentStore {
     root: StoreRoot,
     id: StoreId,
+    record: Option<Record>,
 }
 
 impl Default for ContentStore {
@@ -70,7 +72,35 @@ impl ContentStore {
     }
 
     pub(crate) fn in_root(root: StoreRoot, id: StoreId) -> Self {
-        Self { root, id }
+        Self {
+            root,
+            id,
+            record: None,
+        }
+    }
+
+    /// This store, with `record`'s event carried by the next write made
+    /// through the returned handle: the event is appended to its chain in
+    /// the write's own transaction, so a recorded write costs one commit.
+    /// Reads do not take it; finish the record to record those.
+    pub fn with_record(&self, record: &Record) -> Self {
+        Self {
+            record: Some(record.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Applies one change, with the pending record's event if there is one.
+    async fn apply(&self, engine: &Engine, change: Change) -> Result<bool> {
+        let Some(record) = &self.record else {
+            return engine.apply(change).await;
+        };
+        let (change, pending) = record.attach(change);
+        let applied = engine.apply(change).await;
+        if let (Err(_), Some(pending)) = (&applied, pending) {
+            record.restore(pending);
+        }
+        applied
     }
 
     /// The store id.
@@ -127,7 +157,7 @@ impl ContentStore {
             staged,
             label: label.map(str::to_owned),
         };
-        let new = engine.apply(change).await?;
+        let new = self.apply(&engine, change).await?;
         Ok(Stored {
             content_ref: digest.into(),
             new,
@@ -309,7 +339,7 @@ impl ContentStore {
             target,
             expect,
         };
-        self.root.engine().await?.apply(change).await
+        self.apply(&*self.root.engine().await?, change).await
     }
 }
 

@@ -48,7 +48,9 @@ mod streams;
 
 pub use bindings::export_actor;
 pub use bindings::exports::theater::simple::actor::Guest as Actor;
-pub use bindings::theater::simple::runtime::{log, shutdown};
+pub use bindings::theater::simple::runtime::{get_chain, log, shutdown};
+/// The event chain `get_chain` returns: every store call this actor made.
+pub use bindings::theater::simple::types::{Chain, Event as ChainEvent, MetaEvent};
 pub use streams::{ContentReader, ContentWriter, StreamError};
 
 use bindings::theater::simple::store as wit;

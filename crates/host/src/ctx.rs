@@ -6,12 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use theater_store::{
-    ContentRef, ContentStore, OBJECT_OVERHEAD_BYTES, StoreRoot, StoreStats, label_footprint,
+    ContentRef, ContentStore, Event, EventChain, OBJECT_OVERHEAD_BYTES, Outcome, Record, StoreRoot,
+    StoreStats, label_footprint,
 };
 
+use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
 
 use crate::policy::{Access, Grants, Limits};
+
+/// What one `get-chain` event costs against the listing byte limit
+/// besides its data: its hash, parent and type.
+const CHAIN_EVENT_OVERHEAD_BYTES: usize = 64;
 
 /// Longest log line kept, in bytes; longer lines are cut.
 const MAX_LOG_LINE_BYTES: usize = 4096;
@@ -33,6 +39,9 @@ pub struct StoreCtx {
     bytes_added: u64,
     deadline: Option<Instant>,
     timed_out: AtomicBool,
+    chain: Option<EventChain>,
+    /// The event of the call in progress, while it is not yet recorded.
+    pending: Option<Record>,
 }
 
 impl StoreCtx {
@@ -49,6 +58,94 @@ impl StoreCtx {
             bytes_added: 0,
             deadline: None,
             timed_out: AtomicBool::new(false),
+            chain: None,
+            pending: None,
+        }
+    }
+
+    /// Records every store call the actor makes in `chain` (see
+    /// [`theater_store::EventChain`]); `None`, the default, records
+    /// nothing. [`ActorHost`](crate::ActorHost) sets it from
+    /// [`RunOptions::chain`](crate::RunOptions).
+    pub fn set_chain(&mut self, chain: Option<EventChain>) {
+        self.chain = chain;
+    }
+
+    /// The chain this actor's calls are recorded in, if any.
+    pub fn chain(&self) -> Option<&EventChain> {
+        self.chain.as_ref()
+    }
+
+    /// The newest events of the actor's chain, oldest first, as many as
+    /// fit the listing limits. A chain that cannot be read gives none, and
+    /// a log line saying why (`get-chain` has no error to return).
+    pub(crate) async fn chain_events(&mut self) -> Vec<MetaEvent> {
+        let Some(chain) = self.chain.clone() else {
+            return Vec::new();
+        };
+        let entries = match self
+            .within_deadline(chain.events(self.limits.max_list_entries))
+            .await
+        {
+            Ok(entries) => entries,
+            Err(error) => {
+                self.record_log(format!("get-chain: {error}"));
+                return Vec::new();
+            }
+        };
+        let mut bytes = 0usize;
+        let mut events: Vec<MetaEvent> = entries
+            .into_iter()
+            .take_while(|entry| {
+                bytes = bytes.saturating_add(entry.bytes.len() + CHAIN_EVENT_OVERHEAD_BYTES);
+                bytes <= self.limits.max_list_bytes
+            })
+            .map(|entry| MetaEvent {
+                hash: entry.link_id(),
+                event: ChainEvent {
+                    parent: entry.parent_link_id(),
+                    event_type: entry.event.event.event_type,
+                    data: entry.bytes,
+                },
+            })
+            .collect();
+        events.reverse();
+        events
+    }
+
+    /// Starts recording one store call as `event`. The store opened for
+    /// the call carries the event into its write's transaction; whatever
+    /// is left is recorded by [`StoreCtx::end`].
+    pub(crate) fn begin(&mut self, event: Event) {
+        self.pending = self.chain.as_ref().map(|chain| Record::new(chain, event));
+    }
+
+    /// Adds to the event of the call in progress.
+    pub(crate) fn note(&self, change: impl FnOnce(&mut Event)) {
+        if let Some(record) = &self.pending {
+            record.update(change);
+        }
+    }
+
+    /// Finishes the call begun with [`StoreCtx::begin`]: records its event
+    /// with its outcome, unless its write already did. A call whose event
+    /// cannot be recorded fails, so that the chain misses no call that
+    /// succeeded.
+    pub(crate) async fn end<T>(&mut self, result: Result<T, HostError>) -> Result<T, HostError> {
+        let Some(record) = self.pending.take() else {
+            return result;
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(error) => Outcome::Error {
+                kind: error.kind().to_owned(),
+                message: error.to_string(),
+            },
+        };
+        let recorded = self.within_deadline(record.finish(outcome)).await;
+        match (result, recorded) {
+            (result, Ok(())) | (result @ Err(_), Err(_)) => result,
+            (Ok(_), Err(error)) => Err(error),
         }
     }
 
@@ -129,7 +226,10 @@ impl StoreCtx {
     /// explains why not. Checks the id's form, then the grants; touches no
     /// disk either way.
     pub(crate) fn open(&self, id: &str, needed: Access) -> Result<ContentStore, HostError> {
-        let store = self.root.store(id)?;
+        let mut store = self.root.store(id)?;
+        if let Some(record) = &self.pending {
+            store = store.with_record(record);
+        }
         let granted = if self.created.contains(id) {
             Some(Access::ReadWrite)
         } else {

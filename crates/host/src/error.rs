@@ -122,6 +122,33 @@ pub enum HostError {
     },
 }
 
+impl HostError {
+    /// A short, stable name for the kind of failure, as event chains
+    /// record it: `not-found`, `access-denied`, `too-large`,
+    /// `quota-exceeded`, `corrupted`, `invalid-label`, `invalid-ref`,
+    /// `timed-out` or `io`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Store(store) => match store {
+                StoreError::NotFound { .. } => "not-found",
+                StoreError::Corrupted { .. } => "corrupted",
+                StoreError::InvalidLabel { .. } => "invalid-label",
+                StoreError::InvalidRef { .. } | StoreError::InvalidRange { .. } => "invalid-ref",
+                StoreError::InvalidStoreId { .. } => "access-denied",
+                _ => "io",
+            },
+            Self::ReadOnly { .. } | Self::NotGranted { .. } => "access-denied",
+            Self::ContentTooLarge { .. }
+            | Self::ReadTooLarge { .. }
+            | Self::ListingTooLong { .. } => "too-large",
+            Self::StoreQuota { .. } | Self::ActorQuota { .. } | Self::TooManyStores { .. } => {
+                "quota-exceeded"
+            }
+            Self::TimedOut { .. } => "timed-out",
+        }
+    }
+}
+
 /// What the guest receives: the message.
 impl From<HostError> for String {
     fn from(error: HostError) -> Self {

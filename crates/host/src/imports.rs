@@ -3,10 +3,14 @@
 //! by the actor's deadline. Failures are [`HostError`]s until the `?` that
 //! returns them, which turns each into the message the guest receives; it
 //! names the store, label or ref. Nothing here traps the guest.
+//!
+//! Every store call is recorded in the actor's event chain, when it has
+//! one: [`StoreCtx::begin`] names the call, [`StoreCtx::end`] records how
+//! it ended (a write records its event in its own transaction).
 
-use theater_store::ContentRef;
+use theater_store::{ContentRef, Event};
 
-use crate::bindings::theater::simple::{runtime, store};
+use crate::bindings::theater::simple::{runtime, store, types};
 use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::policy::Access;
@@ -60,94 +64,52 @@ impl StoreCtx {
     }
 }
 
-impl store::Host for StoreCtx {
-    async fn new(&mut self) -> Result<String, String> {
-        Ok(self.create_store().await?)
+/// The event of a call named `kind` on store `store_id`.
+pub(crate) fn call(kind: &str, store_id: &str) -> Event {
+    Event {
+        store: Some(store_id.to_owned()),
+        ..Event::new(kind)
     }
+}
 
-    async fn store(&mut self, store_id: String, content: Vec<u8>) -> Result<WitRef, String> {
-        Ok(self.write(&store_id, content, None).await?)
+/// The same, naming a label.
+pub(crate) fn call_at(kind: &str, store_id: &str, label: &str) -> Event {
+    Event {
+        label: Some(label.to_owned()),
+        ..call(kind, store_id)
     }
+}
 
-    async fn get(&mut self, store_id: String, content_ref: WitRef) -> Result<Vec<u8>, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
+/// The same, naming refs.
+pub(crate) fn call_with_refs(
+    kind: &str,
+    store_id: &str,
+    label: Option<&str>,
+    refs: &[&WitRef],
+) -> Event {
+    Event {
+        label: label.map(str::to_owned),
+        refs: refs.iter().map(|r| r.hash.clone()).collect(),
+        ..call(kind, store_id)
+    }
+}
+
+impl StoreCtx {
+    async fn get_content(
+        &mut self,
+        store_id: &str,
+        content_ref: WitRef,
+    ) -> Result<Vec<u8>, HostError> {
+        let store = self.open(store_id, Access::ReadOnly)?;
         let content_ref = to_core(content_ref);
         self.admit_read(&store, &content_ref).await?;
-        Ok(self.within_deadline(store.get(&content_ref)).await?)
+        let content = self.within_deadline(store.get(&content_ref)).await?;
+        self.note(|event| event.size = Some(content.len() as u64));
+        Ok(content)
     }
 
-    async fn exists(&mut self, store_id: String, content_ref: WitRef) -> Result<bool, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
-        let content_ref = to_core(content_ref);
-        Ok(self.within_deadline(store.exists(&content_ref)).await?)
-    }
-
-    async fn label(
-        &mut self,
-        store_id: String,
-        label: String,
-        content_ref: WitRef,
-    ) -> Result<(), String> {
-        Ok(self.set_label(&store_id, &label, content_ref).await?)
-    }
-
-    async fn get_by_label(
-        &mut self,
-        store_id: String,
-        label: String,
-    ) -> Result<Option<WitRef>, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
-        let target = self.within_deadline(store.get_by_label(&label)).await?;
-        Ok(target.map(to_wit))
-    }
-
-    async fn remove_label(&mut self, store_id: String, label: String) -> Result<(), String> {
-        let store = self.open(&store_id, Access::ReadWrite)?;
-        Ok(self.within_deadline(store.remove_label(&label)).await?)
-    }
-
-    async fn remove_from_label(
-        &mut self,
-        store_id: String,
-        label: String,
-        content_ref: WitRef,
-    ) -> Result<(), String> {
-        let store = self.open(&store_id, Access::ReadWrite)?;
-        let content_ref = to_core(content_ref);
-        self.within_deadline(store.remove_from_label(&label, &content_ref))
-            .await?;
-        Ok(())
-    }
-
-    async fn store_at_label(
-        &mut self,
-        store_id: String,
-        label: String,
-        content: Vec<u8>,
-    ) -> Result<WitRef, String> {
-        Ok(self.write(&store_id, content, Some(&label)).await?)
-    }
-
-    async fn replace_content_at_label(
-        &mut self,
-        store_id: String,
-        label: String,
-        content: Vec<u8>,
-    ) -> Result<WitRef, String> {
-        Ok(self.write(&store_id, content, Some(&label)).await?)
-    }
-
-    async fn replace_at_label(
-        &mut self,
-        store_id: String,
-        label: String,
-        content_ref: WitRef,
-    ) -> Result<(), String> {
-        Ok(self.set_label(&store_id, &label, content_ref).await?)
-    }
-
-    async fn list_labels(&mut self, store_id: String) -> Result<Vec<String>, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
+    async fn list_label_names(&mut self, store_id: &str) -> Result<Vec<String>, HostError> {
+        let store = self.open(store_id, Access::ReadOnly)?;
         // One entry more than allowed tells a store that is too large
         // without reading all of it.
         let limit = self.limits().max_list_entries.saturating_add(1);
@@ -159,20 +121,174 @@ impl store::Host for StoreCtx {
         Ok(page.into_iter().map(|entry| entry.label).collect())
     }
 
-    async fn list_all_content(&mut self, store_id: String) -> Result<Vec<WitRef>, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
+    async fn list_refs(&mut self, store_id: &str) -> Result<Vec<WitRef>, HostError> {
+        let store = self.open(store_id, Access::ReadOnly)?;
         let stats = self.within_deadline(store.stats()).await?;
         let objects = usize::try_from(stats.objects).unwrap_or(usize::MAX);
         self.admit_listing(&store, objects, objects.saturating_mul(64), "objects")?;
         let refs = self.within_deadline(store.list_all_content()).await?;
         Ok(refs.into_iter().map(to_wit).collect())
     }
+}
+
+impl store::Host for StoreCtx {
+    async fn new(&mut self) -> Result<String, String> {
+        self.begin(Event::new("new"));
+        let created = self.create_store().await;
+        if let Ok(id) = &created {
+            self.note(|event| event.store = Some(id.clone()));
+        }
+        Ok(self.end(created).await?)
+    }
+
+    async fn store(&mut self, store_id: String, content: Vec<u8>) -> Result<WitRef, String> {
+        self.begin(call("store", &store_id));
+        let result = self.write(&store_id, content, None).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn get(&mut self, store_id: String, content_ref: WitRef) -> Result<Vec<u8>, String> {
+        self.begin(call_with_refs("get", &store_id, None, &[&content_ref]));
+        let result = self.get_content(&store_id, content_ref).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn exists(&mut self, store_id: String, content_ref: WitRef) -> Result<bool, String> {
+        self.begin(call_with_refs("exists", &store_id, None, &[&content_ref]));
+        let result = async {
+            let store = self.open(&store_id, Access::ReadOnly)?;
+            let content_ref = to_core(content_ref);
+            self.within_deadline(store.exists(&content_ref)).await
+        }
+        .await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn label(
+        &mut self,
+        store_id: String,
+        label: String,
+        content_ref: WitRef,
+    ) -> Result<(), String> {
+        self.begin(call_with_refs(
+            "label",
+            &store_id,
+            Some(&label),
+            &[&content_ref],
+        ));
+        let result = self.set_label(&store_id, &label, content_ref).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn get_by_label(
+        &mut self,
+        store_id: String,
+        label: String,
+    ) -> Result<Option<WitRef>, String> {
+        self.begin(call_at("get-by-label", &store_id, &label));
+        let result = async {
+            let store = self.open(&store_id, Access::ReadOnly)?;
+            self.within_deadline(store.get_by_label(&label)).await
+        }
+        .await;
+        if let Ok(Some(target)) = &result {
+            self.note(|event| event.refs.push(target.hash().to_owned()));
+        }
+        Ok(self.end(result).await?.map(to_wit))
+    }
+
+    async fn remove_label(&mut self, store_id: String, label: String) -> Result<(), String> {
+        self.begin(call_at("remove-label", &store_id, &label));
+        let result = async {
+            let store = self.open(&store_id, Access::ReadWrite)?;
+            self.within_deadline(store.remove_label(&label)).await
+        }
+        .await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn remove_from_label(
+        &mut self,
+        store_id: String,
+        label: String,
+        content_ref: WitRef,
+    ) -> Result<(), String> {
+        let event = call_with_refs(
+            "remove-from-label",
+            &store_id,
+            Some(&label),
+            &[&content_ref],
+        );
+        self.begin(event);
+        let result = async {
+            let store = self.open(&store_id, Access::ReadWrite)?;
+            let content_ref = to_core(content_ref);
+            self.within_deadline(store.remove_from_label(&label, &content_ref))
+                .await
+        }
+        .await;
+        self.end(result).await?;
+        Ok(())
+    }
+
+    async fn store_at_label(
+        &mut self,
+        store_id: String,
+        label: String,
+        content: Vec<u8>,
+    ) -> Result<WitRef, String> {
+        self.begin(call_at("store-at-label", &store_id, &label));
+        let result = self.write(&store_id, content, Some(&label)).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn replace_content_at_label(
+        &mut self,
+        store_id: String,
+        label: String,
+        content: Vec<u8>,
+    ) -> Result<WitRef, String> {
+        self.begin(call_at("replace-content-at-label", &store_id, &label));
+        let result = self.write(&store_id, content, Some(&label)).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn replace_at_label(
+        &mut self,
+        store_id: String,
+        label: String,
+        content_ref: WitRef,
+    ) -> Result<(), String> {
+        let event = call_with_refs("replace-at-label", &store_id, Some(&label), &[&content_ref]);
+        self.begin(event);
+        let result = self.set_label(&store_id, &label, content_ref).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn list_labels(&mut self, store_id: String) -> Result<Vec<String>, String> {
+        self.begin(call("list-labels", &store_id));
+        let result = self.list_label_names(&store_id).await;
+        Ok(self.end(result).await?)
+    }
+
+    async fn list_all_content(&mut self, store_id: String) -> Result<Vec<WitRef>, String> {
+        self.begin(call("list-all-content", &store_id));
+        let result = self.list_refs(&store_id).await;
+        Ok(self.end(result).await?)
+    }
 
     async fn calculate_total_size(&mut self, store_id: String) -> Result<u64, String> {
-        let store = self.open(&store_id, Access::ReadOnly)?;
-        Ok(self.within_deadline(store.calculate_total_size()).await?)
+        self.begin(call("calculate-total-size", &store_id));
+        let result = async {
+            let store = self.open(&store_id, Access::ReadOnly)?;
+            self.within_deadline(store.calculate_total_size()).await
+        }
+        .await;
+        Ok(self.end(result).await?)
     }
 }
+
+impl types::Host for StoreCtx {}
 
 impl runtime::Host for StoreCtx {
     async fn log(&mut self, msg: String) {
@@ -182,5 +298,11 @@ impl runtime::Host for StoreCtx {
     async fn shutdown(&mut self, data: Option<Vec<u8>>) -> Result<(), String> {
         self.record_shutdown(data);
         Ok(())
+    }
+
+    async fn get_chain(&mut self) -> types::Chain {
+        types::Chain {
+            events: self.chain_events().await,
+        }
     }
 }

@@ -27,7 +27,7 @@ pub use bindings::StoreActor;
 pub use ctx::StoreCtx;
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
-pub use runner::{ActorComponent, ActorFailure, ActorHost, ActorRun, RunOptions};
+pub use runner::{ActorComponent, ActorFailure, ActorHost, ActorRun, ChainRecording, RunOptions};
 pub use streams::WriterHandle;
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use theater_store::StoreRoot;
+use theater_store::{ContentRef, StoreRoot};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -37,6 +37,16 @@ pub struct ActorHost {
 #[derive(Clone)]
 pub struct ActorComponent {
     pre: StoreActorPre<ActorState>,
+    default_actor_id: String,
+}
+
+impl ActorComponent {
+    /// The actor id its store calls are recorded under unless a run names
+    /// another: `component-` and the first 16 hex digits of the
+    /// component's BLAKE3 hash, so that runs of the same build share a chain.
+    pub fn default_actor_id(&self) -> &str {
+        &self.default_actor_id
+    }
 }
 
 /// What a run may reach and use.
@@ -46,6 +56,21 @@ pub struct RunOptions {
     pub grants: Grants,
     /// Resource limits.
     pub limits: Limits,
+    /// Which event chain the run's store calls are recorded in.
+    pub chain: ChainRecording,
+}
+
+/// Which event chain a run's store calls are recorded in (see
+/// [`theater_store::EventChain`]); the actor reads it with `get-chain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ChainRecording {
+    /// The component's own chain ([`ActorComponent::default_actor_id`]).
+    #[default]
+    FromComponent,
+    /// The chain of this actor id.
+    Actor(String),
+    /// Record nothing; `get-chain` returns no events.
+    Off,
 }
 
 /// Everything a run of `init` produced.
@@ -89,6 +114,9 @@ pub enum ActorFailure {
     /// The component could not be instantiated.
     #[error("the actor could not be instantiated: {0}")]
     Instantiation(String),
+    /// The run's options were refused (an invalid actor id).
+    #[error("the run could not start: {0}")]
+    InvalidOptions(String),
 }
 
 impl ActorHost {
@@ -126,18 +154,20 @@ impl ActorHost {
     /// is not a component or imports something this host does not provide.
     pub fn load(&self, wasm: &[u8]) -> wasmtime::Result<ActorComponent> {
         let component = Component::new(&self.engine, wasm)?;
-        self.link(component)
+        let pre = StoreActorPre::new(self.linker.instantiate_pre(&component)?)?;
+        let hash = ContentRef::for_content(wasm);
+        Ok(ActorComponent {
+            pre,
+            default_actor_id: format!("component-{}", &hash.hash()[..16]),
+        })
     }
 
     /// Compiles and links an actor component from a `.wasm` file.
     pub fn load_file(&self, path: &Path) -> wasmtime::Result<ActorComponent> {
-        let component = Component::from_file(&self.engine, path)?;
-        self.link(component)
-    }
-
-    fn link(&self, component: Component) -> wasmtime::Result<ActorComponent> {
-        let pre = StoreActorPre::new(self.linker.instantiate_pre(&component)?)?;
-        Ok(ActorComponent { pre })
+        let wasm = std::fs::read(path).map_err(|error| {
+            wasmtime::Error::msg(format!("reading {}: {error}", path.display()))
+        })?;
+        self.load(&wasm)
     }
 
     /// Instantiates `actor` with a fresh context and calls its `init` with
@@ -151,8 +181,20 @@ impl ActorHost {
         param: &str,
     ) -> ActorRun {
         let limits = options.limits.clone();
+        let chain = match &options.chain {
+            ChainRecording::FromComponent => Some(actor.default_actor_id.as_str()),
+            ChainRecording::Actor(id) => Some(id.as_str()),
+            ChainRecording::Off => None,
+        };
+        let chain = match chain.map(|id| self.root.event_chain(id)).transpose() {
+            Ok(chain) => chain,
+            Err(error) => {
+                return ActorRun::refused(ActorFailure::InvalidOptions(error.to_string()));
+            }
+        };
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
+        store_ctx.set_chain(chain);
         store_ctx.set_deadline(std::time::Instant::now().checked_add(limits.timeout));
         let data = ActorState {
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
@@ -201,6 +243,20 @@ impl ActorHost {
             created_stores,
             shutdown: data.store.shutdown_requested().cloned(),
             stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+        }
+    }
+}
+
+impl ActorRun {
+    /// A run that never started.
+    fn refused(failure: ActorFailure) -> Self {
+        Self {
+            outcome: Err(failure),
+            logs: Vec::new(),
+            dropped_log_lines: 0,
+            created_stores: Vec::new(),
+            shutdown: None,
+            stderr: String::new(),
         }
     }
 }

@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use theater_store::ContentReader;
 use theater_store::{
-    ContentRef, ContentStore, ContentWriter, OBJECT_OVERHEAD_BYTES, StoreError, StoreStats,
+    ContentRef, ContentStore, ContentWriter, Event, OBJECT_OVERHEAD_BYTES, StoreError, StoreStats,
 };
 use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
@@ -18,6 +18,7 @@ use crate::bindings::theater::simple::store::ContentRef as WitRef;
 use crate::bindings::theater::simple::store_streams::{self, Error};
 use crate::ctx::StoreCtx;
 use crate::error::HostError;
+use crate::imports::{call, call_at, call_with_refs};
 use crate::policy::Access;
 
 /// A guest's `content-writer`: the core writer and what its quota check
@@ -87,9 +88,18 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         bytes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let handle = self.table.get_mut(&writer).map_err(missing)?;
-        Ok(write_piece(self.ctx, handle, bytes)
-            .await
-            .map_err(Error::from))
+        let store_id = handle.store.id().to_owned();
+        let size = bytes.len() as u64;
+        let written = write_piece(self.ctx, handle, bytes).await;
+        // Pieces are not events of their own; a refused one ends the
+        // stream, and that is recorded.
+        if written.is_err() {
+            self.ctx.begin(Event {
+                size: Some(size),
+                ..call("content-writer.write", &store_id)
+            });
+        }
+        Ok(self.ctx.end(written).await.map_err(Error::from))
     }
 
     async fn bytes_written(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<u64> {
@@ -105,7 +115,10 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         writer: Resource<WriterHandle>,
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
-        Ok(finish(self.ctx, handle, None).await.map_err(Error::from))
+        self.ctx
+            .begin(call("content-writer.finish", handle.store.id()));
+        let finished = finish(self.ctx, handle, None).await;
+        Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
 
     async fn finish_at_label(
@@ -114,9 +127,10 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         label: String,
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
-        Ok(finish(self.ctx, handle, Some(&label))
-            .await
-            .map_err(Error::from))
+        let event = call_at("content-writer.finish-at-label", handle.store.id(), &label);
+        self.ctx.begin(event);
+        let finished = finish(self.ctx, handle, Some(&label)).await;
+        Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
 
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
@@ -170,14 +184,17 @@ async fn finish(
     let Some(writer) = handle.writer else {
         return Err(spent(&handle.store));
     };
-    let cost = ctx
-        .admit_stream(&handle.store, writer.bytes_written(), label)
-        .await?;
+    let writer_size = writer.bytes_written();
+    let cost = ctx.admit_stream(&handle.store, writer_size, label).await?;
     let stored = match label {
         Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await?,
         None => ctx.within_deadline(writer.finish()).await?,
     };
     ctx.charge(cost, stored.new);
+    ctx.note(|event| {
+        event.refs.push(stored.content_ref.hash().to_owned());
+        event.size = Some(writer_size);
+    });
     Ok(to_wit(stored.content_ref))
 }
 
@@ -260,6 +277,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         &mut self,
         store_id: String,
     ) -> wasmtime::Result<Result<Resource<WriterHandle>, Error>> {
+        self.ctx.begin(call("open-writer", &store_id));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             let stats = self.ctx.within_deadline(store.stats()).await?;
@@ -270,7 +288,8 @@ impl store_streams::Host for StoreCtxView<'_> {
                 writer: Some(writer),
             })
         };
-        match opened.await {
+        let opened = opened.await;
+        match self.ctx.end(opened).await {
             Ok(handle) => Ok(Ok(self.table.push(handle)?)),
             Err(error) => Ok(Err(error.into())),
         }
@@ -281,12 +300,17 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<Resource<DynInputStream>, Error>> {
+        let event = call_with_refs("open-reader", &store_id, None, &[&content_ref]);
+        self.ctx.begin(event);
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
-            self.ctx.within_deadline(store.reader(&content_ref)).await
+            let reader = self.ctx.within_deadline(store.reader(&content_ref)).await?;
+            self.ctx.note(|event| event.size = Some(reader.size()));
+            Ok(reader)
         };
-        match opened.await {
+        let opened = opened.await;
+        match self.ctx.end(opened).await {
             Ok(reader) => {
                 let stream: DynInputStream = Box::new(ContentStream::new(reader));
                 Ok(Ok(self.table.push(stream)?))
@@ -300,6 +324,8 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<u64, Error>> {
+        let event = call_with_refs("content-size", &store_id, None, &[&content_ref]);
+        self.ctx.begin(event);
         let sized = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -307,7 +333,8 @@ impl store_streams::Host for StoreCtxView<'_> {
                 .within_deadline(store.content_size(&content_ref))
                 .await
         };
-        Ok(sized.await.map_err(Error::from))
+        let sized = sized.await;
+        Ok(self.ctx.end(sized).await.map_err(Error::from))
     }
 
     async fn read_range(
@@ -317,6 +344,10 @@ impl store_streams::Host for StoreCtxView<'_> {
         offset: u64,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        self.ctx.begin(Event {
+            size: Some(len),
+            ..call_with_refs("read-range", &store_id, None, &[&content_ref])
+        });
         let read = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -334,7 +365,8 @@ impl store_streams::Host for StoreCtxView<'_> {
                 .within_deadline(store.read_range(&content_ref, offset, len))
                 .await
         };
-        Ok(read.await.map_err(Error::from))
+        let read = read.await;
+        Ok(self.ctx.end(read).await.map_err(Error::from))
     }
 
     async fn compare_and_swap(
@@ -344,6 +376,13 @@ impl store_streams::Host for StoreCtxView<'_> {
         expected: Option<WitRef>,
         new: Option<WitRef>,
     ) -> wasmtime::Result<Result<bool, Error>> {
+        let refs: Vec<&WitRef> = expected.iter().chain(new.iter()).collect();
+        self.ctx.begin(call_with_refs(
+            "compare-and-swap",
+            &store_id,
+            Some(&label),
+            &refs,
+        ));
         let swapped = async {
             theater_store::validate_label(&label)?;
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
@@ -363,7 +402,8 @@ impl store_streams::Host for StoreCtxView<'_> {
             }
             Ok::<_, HostError>(swapped)
         };
-        Ok(swapped.await.map_err(Error::from))
+        let swapped = swapped.await;
+        Ok(self.ctx.end(swapped).await.map_err(Error::from))
     }
 
     async fn list_labels_page(
@@ -373,6 +413,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<(String, WitRef)>, Error>> {
+        self.ctx.begin(call("list-labels-page", &store_id));
         let listed = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let limits = self.ctx.limits();
@@ -390,6 +431,7 @@ impl store_streams::Host for StoreCtxView<'_> {
                     .collect(),
             )
         };
-        Ok(listed.await.map_err(Error::from))
+        let listed = listed.await;
+        Ok(self.ctx.end(listed).await.map_err(Error::from))
     }
 }

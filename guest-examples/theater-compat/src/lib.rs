@@ -5,7 +5,7 @@
 wit_bindgen::generate!({ path: "wit", world: "theater-actor" });
 
 use exports::theater::simple::actor::Guest;
-use theater::simple::runtime::log;
+use theater::simple::runtime::{get_chain, log};
 use theater::simple::store::{self, ContentRef};
 
 struct Compat;
@@ -41,7 +41,31 @@ impl Guest for Compat {
             format!("objects={}", store::list_all_content(&id)?.len()),
             format!("size={}", store::calculate_total_size(&id)?),
         ];
-        Ok((Some(lines.join("\n").into_bytes()),))
+        // The chain as Theater gives it: every store call above, in order,
+        // each linked to the one before by its hash.
+        let chain = get_chain();
+        let linked = chain
+            .events
+            .windows(2)
+            .all(|pair| pair[1].event.parent == Some(pair[0].hash));
+        let types: Vec<&str> = chain
+            .events
+            .iter()
+            .map(|meta| meta.event.event_type.as_str())
+            .collect();
+        let lines = lines.into_iter().chain([
+            format!("chain_linked={linked}"),
+            format!("chain_types={}", types.join(",")),
+            format!(
+                "chain_last_data={}",
+                chain
+                    .events
+                    .last()
+                    .map(|meta| String::from_utf8_lossy(&meta.event.data).into_owned())
+                    .unwrap_or_default()
+            ),
+        ]);
+        Ok((Some(lines.collect::<Vec<_>>().join("\n").into_bytes()),))
     }
 }
 

@@ -123,6 +123,15 @@ pub(crate) enum Change {
         digest: Digest,
         staged: PathBuf,
     },
+    /// Apply `change`, if any, then append one event to a chain, all or
+    /// nothing: the event is linked to whatever the chain's head is inside
+    /// the same transaction, so appends from many processes never fork it.
+    /// Returns what `change` returned (`true` without one). A refused
+    /// `change` is refused whole, with no event.
+    Record {
+        change: Option<Box<Change>>,
+        append: ChainAppend,
+    },
     /// Forget a store that holds no object and no label and was created
     /// before `cutoff` (unix milliseconds), and delete what it left on
     /// disk, keeping writes in flight. Returns whether it did.
@@ -131,6 +140,47 @@ pub(crate) enum Change {
 
 /// A label and its target.
 pub(crate) type LabelRow = (String, Digest);
+
+/// An event to add to a chain (see [`Change::Record`]). The engine knows
+/// nothing of the event's format: it reads the chain's tip, lets `build`
+/// make the new event and length from it, stores both inline and points
+/// the two labels at them.
+pub(crate) struct ChainAppend {
+    /// The store that holds the chain.
+    pub(crate) store: StoreId,
+    /// The label naming the newest event.
+    pub(crate) head_label: String,
+    /// The label naming the chain's length, kept apart from the events.
+    pub(crate) length_label: String,
+    /// Makes the new event from the tip; called once, inside the transaction.
+    #[allow(clippy::type_complexity)]
+    pub(crate) build: Box<dyn FnOnce(ChainTip) -> Result<NewLink> + Send>,
+}
+
+impl std::fmt::Debug for ChainAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainAppend")
+            .field("store", &self.store)
+            .field("head_label", &self.head_label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A chain's tip as the transaction that appends to it sees it.
+pub(crate) struct ChainTip {
+    /// The newest event, if any.
+    pub(crate) head: Option<Digest>,
+    /// The bytes the length label points at, if any.
+    pub(crate) length: Option<Vec<u8>>,
+    /// What the change recorded with the event returned.
+    pub(crate) applied: bool,
+}
+
+/// A new event and the chain's new length, as bytes to store.
+pub(crate) struct NewLink {
+    pub(crate) event: Vec<u8>,
+    pub(crate) length: Vec<u8>,
+}
 
 /// One indexed object.
 #[derive(Clone, Copy, Debug)]

@@ -36,7 +36,7 @@ use super::layout::{ObjectFiles, remove_staged, sync_dir};
 use super::sql::{self, Place, index_error};
 use super::steps::{Step, record};
 use crate::durability::Durability;
-use crate::engine::{Change, Expect, Staged, unix_now};
+use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -323,15 +323,24 @@ fn abandoned(job: &Job) -> bool {
     if !job.reply.is_closed() {
         return false;
     }
-    match &job.change {
+    remove_staged_of(&job.change);
+    true
+}
+
+/// Removes the files a change that will not be applied had staged.
+fn remove_staged_of(change: &Change) {
+    match change {
         Change::AddObject {
             staged: Staged::File(staged),
             ..
         }
         | Change::AddOutboard { staged, .. } => remove_staged(staged),
+        Change::Record {
+            change: Some(change),
+            ..
+        } => remove_staged_of(change),
         _ => {}
     }
-    true
 }
 
 /// Applies one change inside the writer's open transaction. Directories
@@ -474,6 +483,17 @@ fn apply(
         }
         Change::QuarantineObject { store, digest } => quarantine(db, layout, &store, digest),
         Change::RemoveLabels { store, limit } => Ok(Ok(sql::delete_labels(db, &store, limit)? > 0)),
+        Change::Record { change, append } => {
+            let applied = match change {
+                Some(change) => match apply(db, layout, refresh_after, *change, touched)? {
+                    Ok(applied) => applied,
+                    Err(refused) => return Ok(Err(refused)),
+                },
+                None => true,
+            };
+            append_event(db, layout, refresh_after, append, applied, touched)
+                .map(|appended| appended.map(|()| applied))
+        }
         Change::RemoveEmptyStore { store, cutoff } => {
             if !sql::delete_empty_store(db, &store, cutoff)? {
                 return Ok(Ok(false));
@@ -484,6 +504,50 @@ fn apply(
             }
         }
     }
+}
+
+/// Links a new event to the chain's current head and moves the head and
+/// length labels to it, inside the open transaction.
+fn append_event(
+    db: &Connection,
+    layout: &ObjectFiles,
+    refresh_after: i64,
+    append: ChainAppend,
+    applied: bool,
+    touched: &mut BTreeSet<PathBuf>,
+) -> rusqlite::Result<Result<()>> {
+    let ChainAppend {
+        store,
+        head_label,
+        length_label,
+        build,
+    } = append;
+    let head = sql::label_target(db, &store, &head_label)?;
+    let length = match sql::label_target(db, &store, &length_label)? {
+        Some(digest) => sql::object_content(db, &store, digest)?.and_then(|(_, bytes)| bytes),
+        None => None,
+    };
+    let link = match build(ChainTip {
+        head,
+        length,
+        applied,
+    }) {
+        Ok(link) => link,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    for (bytes, label) in [(link.event, head_label), (link.length, length_label)] {
+        let add = Change::AddObject {
+            store: store.clone(),
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            staged: Staged::Inline(Arc::new(bytes)),
+            label: Some(label),
+        };
+        if let Err(refused) = apply(db, layout, refresh_after, add, touched)? {
+            return Ok(Err(refused));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Writes an object that is already held, but not recently, again: the

@@ -1,0 +1,108 @@
+//! `theater-store chain` and `verify-chain`: an actor's event chain, read
+//! and checked from the host side.
+
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use theater_store::{ChainEntry, Outcome, StoreRoot};
+
+use crate::stores::{print_json, printable};
+
+/// Lists up to `limit` events of `actor`'s chain, newest first.
+pub async fn list(
+    root: &StoreRoot,
+    actor: &str,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let chain = root.event_chain(actor)?;
+    let entries = chain.events(limit.unwrap_or(usize::MAX)).await?;
+    if json {
+        let events: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
+        print_json(&events)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        eprintln!("actor {actor} has no recorded events");
+    }
+    for entry in &entries {
+        println!("{}", line(entry));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One event as JSON: its ref and its recorded fields.
+fn entry_json(entry: &ChainEntry) -> serde_json::Value {
+    let mut value = serde_json::to_value(&entry.event).expect("events serialize");
+    value["ref"] = entry.content_ref.hash().into();
+    value
+}
+
+/// One event on one line: position, time, call, outcome, then what it named.
+fn line(entry: &ChainEntry) -> String {
+    let recorded = &entry.event;
+    let event = &recorded.event;
+    let at = UNIX_EPOCH + Duration::from_millis(recorded.at);
+    let outcome = match &event.outcome {
+        Outcome::Ok => "ok".to_owned(),
+        Outcome::NotApplied => "not-applied".to_owned(),
+        Outcome::Error { kind, message } => format!("{kind}: {}", printable(message)),
+    };
+    let mut line = format!(
+        "#{:<6} {} {:<24} {outcome}",
+        recorded.seq,
+        humantime::format_rfc3339_millis(at),
+        event.event_type
+    );
+    if let Some(store) = &event.store {
+        line.push_str(&format!(" store={store}"));
+    }
+    if let Some(label) = &event.label {
+        line.push_str(&format!(" label={:?}", printable(label)));
+    }
+    for reference in &event.refs {
+        line.push_str(&format!(" ref={reference}"));
+    }
+    if let Some(size) = event.size {
+        line.push_str(&format!(" size={size}"));
+    }
+    line
+}
+
+/// Walks `actor`'s chain back from its head; exits 1 at a broken link.
+pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let report = root.event_chain(actor)?.verify().await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        match &report.broken {
+            None => println!(
+                "actor {actor}: chain intact ({} events, head {})",
+                report.events_checked,
+                report.head.as_deref().unwrap_or("none")
+            ),
+            Some(broken) => {
+                println!(
+                    "actor {actor}: chain BROKEN at event #{}{}: {}",
+                    broken.seq,
+                    broken
+                        .reference
+                        .as_deref()
+                        .map(|reference| format!(" ({reference})"))
+                        .unwrap_or_default(),
+                    broken.problem
+                );
+                println!(
+                    "  {} of {} recorded events checked before it",
+                    report.events_checked.saturating_sub(1),
+                    report.recorded_length
+                );
+            }
+        }
+    }
+    Ok(if report.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,266 @@
+//! Event chains: appends link in order, recorded writes carry their event,
+//! many writers never fork a chain, tampering is named, gc keeps events.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{damage, temp_root};
+use theater_store::{
+    ContentRef, Event, EventChain, GcOptions, Outcome, Record, StoreError, StoreRoot,
+};
+
+fn event(kind: &str, store: &str) -> Event {
+    Event {
+        store: Some(store.to_owned()),
+        ..Event::new(kind)
+    }
+}
+
+async fn types(chain: &EventChain) -> Vec<String> {
+    let mut events = chain.events(usize::MAX).await.unwrap();
+    events.reverse();
+    events
+        .into_iter()
+        .map(|entry| entry.event.event.event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_link_each_event_to_the_one_before() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("actor-1").unwrap();
+    assert_eq!(chain.head().await.unwrap(), None);
+    for kind in ["new", "store", "get"] {
+        chain.append(event(kind, "s")).await.unwrap();
+    }
+    let events = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(events.len(), 3);
+    let seqs: Vec<u64> = events.iter().map(|e| e.event.seq).collect();
+    assert_eq!(seqs, [2, 1, 0]);
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[0].event.parent.as_deref(),
+            Some(pair[1].content_ref.hash())
+        );
+        assert_eq!(pair[0].parent_link_id(), Some(pair[1].link_id()));
+        assert!(pair[0].event.at >= pair[1].event.at);
+    }
+    assert_eq!(events[2].event.parent, None);
+    // Each event is content: its ref is the hash of its JSON bytes.
+    for entry in &events {
+        assert_eq!(ContentRef::for_content(&entry.bytes), entry.content_ref);
+        let json: serde_json::Value = serde_json::from_slice(&entry.bytes).unwrap();
+        assert_eq!(json["store"], "s");
+    }
+    assert_eq!(
+        chain.head().await.unwrap(),
+        Some((events[0].content_ref.clone(), 3))
+    );
+    assert_eq!(chain.events(2).await.unwrap().len(), 2);
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events_checked, report.recorded_length), (3, 3));
+    assert_eq!(root.chain_actors().await.unwrap(), ["actor-1"]);
+}
+
+#[tokio::test]
+async fn a_recorded_write_carries_its_event_with_the_ref_it_stored() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("writer").unwrap();
+    let store = root.store("data").unwrap();
+
+    let record = Record::new(
+        &chain,
+        Event {
+            label: Some("doc".into()),
+            ..event("store-at-label", "data")
+        },
+    );
+    let stored = store
+        .with_record(&record)
+        .store_at_label("doc", b"hello".to_vec())
+        .await
+        .unwrap();
+    // Already recorded with the write: finishing adds nothing.
+    record.finish(Outcome::Ok).await.unwrap();
+    let events = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(events.len(), 1);
+    let recorded = &events[0].event.event;
+    assert_eq!(recorded.refs, [stored.hash().to_owned()]);
+    assert_eq!(recorded.size, Some(5));
+    assert_eq!(recorded.label.as_deref(), Some("doc"));
+    assert_eq!(recorded.outcome, Outcome::Ok);
+
+    // A write refused inside its transaction records nothing with it; the
+    // caller records the failure on its own.
+    let missing = ContentRef::for_content(b"never stored");
+    let record = Record::new(&chain, event("label", "data"));
+    let refused = store.with_record(&record).label("x", &missing).await;
+    assert!(matches!(refused, Err(StoreError::NotFound { .. })));
+    assert_eq!(chain.events(usize::MAX).await.unwrap().len(), 1);
+    let failure = Outcome::Error {
+        kind: "not-found".into(),
+        message: refused.unwrap_err().to_string(),
+    };
+    record.finish(failure.clone()).await.unwrap();
+    let events = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(events[0].event.event.outcome, failure);
+    assert_eq!(store.get_by_label("x").await.unwrap(), None);
+
+    // A compare-and-swap whose expectation fails is recorded as not applied.
+    let record = Record::new(&chain, event("compare-and-swap", "data"));
+    let swapped = store
+        .with_record(&record)
+        .compare_and_swap_label("doc", None, Some(&stored))
+        .await
+        .unwrap();
+    assert!(!swapped);
+    record.finish(Outcome::Ok).await.unwrap();
+    let events = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(events[0].event.event.outcome, Outcome::NotApplied);
+    assert_eq!(
+        types(&chain).await,
+        ["store-at-label", "label", "compare-and-swap"]
+    );
+}
+
+#[tokio::test]
+async fn many_writers_in_many_roots_never_fork_a_chain() {
+    let (dir, root) = temp_root();
+    // Separate root handles on one directory share nothing in memory, as
+    // separate processes would.
+    let roots: Vec<StoreRoot> = (0..4)
+        .map(|_| StoreRoot::new(dir.path().join("root")))
+        .collect();
+    let mut tasks = Vec::new();
+    for (writer, root) in roots.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let chain = root.event_chain("shared").unwrap();
+            let store = root.store("data").unwrap();
+            for i in 0..50 {
+                let record = Record::new(&chain, event("store", "data"));
+                let content = format!("writer {writer} item {i}");
+                store.with_record(&record).store(content).await.unwrap();
+                record.finish(Outcome::Ok).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let chain = root.event_chain("shared").unwrap();
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 200);
+    assert_eq!(report.recorded_length, 200);
+}
+
+#[tokio::test]
+async fn an_altered_event_is_named_by_verify() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("victim").unwrap();
+    for i in 0..5 {
+        chain
+            .append(event("store", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let events = chain.events(usize::MAX).await.unwrap();
+    let target = &events[3]; // seq 1
+    let mut forged = target.bytes.clone();
+    let at = forged.len() / 2;
+    forged[at] ^= 1;
+    damage(&root, &root.chain_store(), &target.content_ref, &forged);
+
+    let report = chain.verify().await.unwrap();
+    let broken = report.broken.expect("the altered event is found");
+    assert_eq!(broken.seq, 1);
+    assert_eq!(broken.reference.as_deref(), Some(target.content_ref.hash()));
+    assert!(broken.problem.contains("altered"), "{}", broken.problem);
+    assert_eq!(report.events_checked, 3);
+}
+
+#[tokio::test]
+async fn moving_the_head_back_is_detected_even_after_more_appends() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("victim").unwrap();
+    for _ in 0..4 {
+        chain.append(event("get", "s")).await.unwrap();
+    }
+    let events = chain.events(usize::MAX).await.unwrap();
+    root.chain_store()
+        .label("head/victim", &events[2].content_ref)
+        .await
+        .unwrap();
+
+    let report = chain.verify().await.unwrap();
+    let broken = report.broken.expect("the moved head is found");
+    assert_eq!(broken.seq, 3);
+    assert_eq!(
+        broken.reference.as_deref(),
+        Some(events[2].content_ref.hash())
+    );
+    assert!(
+        broken.problem.contains("head label was moved"),
+        "{}",
+        broken.problem
+    );
+
+    // Events appended on top keep counting from the recorded length, so
+    // the gap stays visible below them.
+    chain.append(event("get", "s")).await.unwrap();
+    let report = chain.verify().await.unwrap();
+    let broken = report.broken.expect("the gap is still found");
+    assert_eq!(broken.seq, 3);
+    assert!(broken.problem.contains("#1"), "{}", broken.problem);
+
+    // A chain whose length label is gone refuses appends rather than
+    // starting again from nothing.
+    root.chain_store()
+        .remove_label("length/victim")
+        .await
+        .unwrap();
+    let refused = chain.append(event("get", "s")).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::ChainDamaged { actor, .. } if actor == "victim"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn gc_keeps_every_event_a_head_reaches_and_the_chain_store_is_hidden() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("kept").unwrap();
+    for _ in 0..20 {
+        chain.append(event("exists", "s")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let report = root
+        .chain_store()
+        .collect_garbage(options, Arc::new(()))
+        .await
+        .unwrap();
+    // Only the superseded length objects (1..19) go.
+    assert_eq!(report.objects_removed, 19);
+    let verified = chain.verify().await.unwrap();
+    assert!(verified.is_intact(), "{verified:?}");
+    assert_eq!(verified.events_checked, 20);
+    let checked = root.chain_store().verify(Arc::new(())).await.unwrap();
+    assert!(checked.is_clean(), "{checked:?}");
+
+    assert!(root.stores().await.unwrap().is_empty());
+    assert!(matches!(
+        root.store("_chains"),
+        Err(StoreError::InvalidStoreId { .. })
+    ));
+    assert!(matches!(
+        root.event_chain("../x"),
+        Err(StoreError::InvalidActorId { .. })
+    ));
+}
