@@ -78,6 +78,11 @@ impl Bench {
     }
 
     fn store(&self) -> Store<BenchState> {
+        self.store_recording(None)
+    }
+
+    /// A store whose calls are recorded in `actor`'s event chain, if given.
+    fn store_recording(&self, actor: Option<&str>) -> Store<BenchState> {
         let mut wasi = WasiCtx::builder();
         wasi.preopened_dir(self.data_dir.path(), "/data", FsPerms::ReadWrite)
             .unwrap();
@@ -89,10 +94,12 @@ impl Bench {
             timeout: Duration::from_secs(3600),
             ..Limits::default()
         };
+        let mut store_ctx = StoreCtx::new(self.root.clone(), Grants::none(), limits);
+        store_ctx.set_chain(actor.map(|actor| self.root.event_chain(actor).unwrap()));
         let state = BenchState {
             wasi,
             table: ResourceTable::new(),
-            store: StoreCtx::new(self.root.clone(), Grants::none(), limits),
+            store: store_ctx,
         };
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(u64::MAX / 2);
@@ -107,7 +114,20 @@ impl Bench {
         iterations: u64,
         size: usize,
     ) -> Duration {
-        let mut store = self.store();
+        self.guest_loop_recording(component, operation, iterations, size, None)
+            .await
+    }
+
+    /// [`Bench::guest_loop`], with every call recorded in `actor`'s chain.
+    async fn guest_loop_recording(
+        &self,
+        component: &Component,
+        operation: &str,
+        iterations: u64,
+        size: usize,
+        actor: Option<&str>,
+    ) -> Duration {
+        let mut store = self.store_recording(actor);
         let actor = StoreActor::instantiate_async(&mut store, component, &self.linker)
             .await
             .unwrap();
@@ -151,6 +171,32 @@ fn boundary(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 runtime.block_on(bench.guest_loop(&bench.component, operation, iters, 1 << 20))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// What recording every call in an event chain costs: a 1 KiB
+/// `store-at-label` from a guest, with recording off and on, side by side.
+fn chain_recording(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let bench = Bench::new();
+    let mut group = c.benchmark_group("chain");
+    group.throughput(Throughput::Elements(1));
+    for (name, actor) in [
+        ("store_at_label_1KiB_unrecorded", None),
+        ("store_at_label_1KiB_recorded", Some("bench-actor")),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(bench.guest_loop_recording(
+                    &bench.component,
+                    "store-at-label",
+                    iters,
+                    1 << 10,
+                    actor,
+                ))
             })
         });
     }
@@ -320,5 +366,11 @@ fn memory_kib(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
 
-criterion_group!(benches, boundary, cold_start, guest_streaming);
+criterion_group!(
+    benches,
+    boundary,
+    chain_recording,
+    cold_start,
+    guest_streaming
+);
 criterion_main!(benches);

@@ -3,10 +3,10 @@
 //! Each actor's chain lives in the root's reserved chain store (`_chains`,
 //! which no caller can name). An event is content in that store, so its
 //! ref is the BLAKE3 hash of its bytes; each event names its parent's ref,
-//! which makes the chain a hash-linked list. Two labels per actor hold the
-//! chain's tip: `head/<actor>` names the newest event, and `length/<actor>`
-//! names content holding the number of events. The length is kept apart
-//! from the events, so moving the head back to an older event shows.
+//! which makes the chain a hash-linked list. The label `head/<actor>` names
+//! the newest event and carries the number of events beside its target
+//! (written only by appends), so moving the head back to an older event
+//! shows: the length no longer matches the head's position.
 //!
 //! Events hold refs, sizes and outcomes, never content bytes. An append is
 //! one engine change that reads the tip and links the new event to it
@@ -204,7 +204,6 @@ impl StoreRoot {
 }
 
 const HEAD_PREFIX: &str = "head/";
-const LENGTH_PREFIX: &str = "length/";
 
 impl EventChain {
     /// The actor whose chain this is.
@@ -214,10 +213,6 @@ impl EventChain {
 
     fn head_label(&self) -> String {
         format!("{HEAD_PREFIX}{}", self.actor)
-    }
-
-    fn length_label(&self) -> String {
-        format!("{LENGTH_PREFIX}{}", self.actor)
     }
 
     /// Appends `event` on its own (for calls that wrote nothing, or
@@ -242,12 +237,13 @@ impl EventChain {
                 reason,
             };
             let seq = match (tip.head, tip.length) {
-                (None, None) => 0,
-                (Some(_), Some(length)) => parse_length(&length).ok_or_else(|| {
-                    damaged("its length label does not name a decimal number".into())
-                })?,
-                (Some(_), None) => return Err(damaged("its length label is missing".into())),
-                (None, Some(_)) => return Err(damaged("its head label is missing".into())),
+                (None, _) => 0,
+                (Some(_), Some(length)) => length,
+                (Some(_), None) => {
+                    return Err(damaged(
+                        "its head label was set by hand and carries no length".into(),
+                    ));
+                }
             };
             if conditional && !tip.applied && event.outcome == Outcome::Ok {
                 event.outcome = Outcome::NotApplied;
@@ -259,32 +255,26 @@ impl EventChain {
                 event,
             };
             let event = serde_json::to_vec(&linked).expect("events serialize");
-            let length = (seq + 1).to_string().into_bytes();
-            Ok(NewLink { event, length })
+            Ok(NewLink {
+                event,
+                length: seq + 1,
+            })
         };
         ChainAppend {
             store: self.store.store_id().clone(),
             head_label: self.head_label(),
-            length_label: self.length_label(),
             build: Box::new(build),
         }
     }
 
-    /// The newest event's ref and the recorded length; `None` for a chain
-    /// with no events.
+    /// The newest event's ref and the length recorded with it (0 when the
+    /// head label was set by hand); `None` for a chain with no events.
     pub async fn head(&self) -> Result<Option<(ContentRef, u64)>> {
-        let Some(head) = self.store.get_by_label(&self.head_label()).await? else {
-            return Ok(None);
-        };
-        Ok(Some((head, self.recorded_length().await?)))
-    }
-
-    async fn recorded_length(&self) -> Result<u64> {
-        let bytes = self
-            .store
-            .get_content_by_label(&self.length_label())
+        let engine = self.store.root().engine().await?;
+        let tip = engine
+            .chain_tip(self.store.store_id(), &self.head_label())
             .await?;
-        Ok(bytes.as_deref().and_then(parse_length).unwrap_or(0))
+        Ok(tip.map(|(head, length)| (head.into(), length.unwrap_or(0))))
     }
 
     /// Up to `limit` events, newest first, each verified against its ref.
@@ -320,8 +310,8 @@ impl EventChain {
     /// against its ref, every event's position against its parent's, and
     /// the head against the recorded length. Names the first broken link.
     pub async fn verify(&self) -> Result<ChainReport> {
-        let head = self.store.get_by_label(&self.head_label()).await?;
-        let recorded_length = self.recorded_length().await?;
+        let (head, recorded_length) = self.head().await?.unzip();
+        let recorded_length = recorded_length.unwrap_or(0);
         let mut report = ChainReport {
             actor: self.actor.clone(),
             head: head.as_ref().map(|head| head.hash().to_owned()),
@@ -518,10 +508,6 @@ pub fn validate_actor_id(id: &str) -> Result<()> {
         id: shorten(id),
         reason,
     })
-}
-
-fn parse_length(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl ContentStore {
     }
 
     /// Applies one change, with the pending record's event if there is one.
-    async fn apply(&self, engine: &Engine, change: Change) -> Result<bool> {
+    pub(crate) async fn apply(&self, engine: &Engine, change: Change) -> Result<bool> {
         let Some(record) = &self.record else {
             return engine.apply(change).await;
         };

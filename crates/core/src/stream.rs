@@ -334,7 +334,7 @@ impl ContentWriter {
             staged,
             label: label.map(str::to_owned),
         };
-        let new = self.engine.apply(change).await?;
+        let new = self.store.apply(&self.engine, change).await?;
         Ok(Stored {
             content_ref: digest.into(),
             new,

@@ -216,10 +216,14 @@ async fn moving_the_head_back_is_detected_even_after_more_appends() {
     assert_eq!(broken.seq, 3);
     assert!(broken.problem.contains("#1"), "{}", broken.problem);
 
-    // A chain whose length label is gone refuses appends rather than
-    // starting again from nothing.
+    // A head label set by hand carries no length: the chain refuses
+    // appends rather than guess where it stands.
     root.chain_store()
-        .remove_label("length/victim")
+        .remove_label("head/victim")
+        .await
+        .unwrap();
+    root.chain_store()
+        .label("head/victim", &events[0].content_ref)
         .await
         .unwrap();
     let refused = chain.append(event("get", "s")).await.unwrap_err();
@@ -227,6 +231,7 @@ async fn moving_the_head_back_is_detected_even_after_more_appends() {
         matches!(&refused, StoreError::ChainDamaged { actor, .. } if actor == "victim"),
         "{refused}"
     );
+    assert!(!chain.verify().await.unwrap().is_intact());
 }
 
 #[tokio::test]
@@ -246,8 +251,9 @@ async fn gc_keeps_every_event_a_head_reaches_and_the_chain_store_is_hidden() {
         .collect_garbage(options, Arc::new(()))
         .await
         .unwrap();
-    // Only the superseded length objects (1..19) go.
-    assert_eq!(report.objects_removed, 19);
+    // Nothing goes: every event is reachable from the head.
+    assert_eq!(report.objects_removed, 0);
+    assert_eq!(report.kept_labelled, 20);
     let verified = chain.verify().await.unwrap();
     assert!(verified.is_intact(), "{verified:?}");
     assert_eq!(verified.events_checked, 20);

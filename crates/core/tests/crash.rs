@@ -2,7 +2,10 @@
 //! is killed with SIGKILL at random moments, cycle after cycle. After every
 //! kill the store must verify clean, every acknowledged write must be there,
 //! and every label must hold the value of its last acknowledged write or of
-//! the write in flight when the child died.
+//! the write in flight when the child died. Every operation is also
+//! recorded in an event chain: after every kill the chain must be intact
+//! and hold exactly the acknowledged operations, in order, plus at most the
+//! one in flight.
 //!
 //! `CRASH_CYCLES` sets the number of cycles (default 200; `just crash` runs 1000).
 
@@ -12,7 +15,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use theater_store::{ContentRef, ContentStore, Durability, StoreRoot};
+use theater_store::{
+    ContentRef, ContentStore, Durability, Event, EventChain, Outcome, Record, StoreRoot,
+};
 
 const LABELS: usize = 12;
 
@@ -66,9 +71,9 @@ async fn crash_child() {
         .append(true)
         .open(std::env::var("CRASH_LOG").unwrap())
         .unwrap();
-    let store = StoreRoot::with_durability(root, durability)
-        .store("crash")
-        .unwrap();
+    let root = StoreRoot::with_durability(root, durability);
+    let store = root.store("crash").unwrap();
+    let chain = root.event_chain("crash").unwrap();
     let mut rng = Rng(seed | 1);
     loop {
         let n = seed * 1_000_000 + rng.below(1_000_000);
@@ -84,6 +89,10 @@ async fn crash_child() {
         };
         record(&mut log, &format!("begin {line}"));
         let parts: Vec<&str> = line.split(' ').collect();
+        // The operation's event rides in its write's transaction where it
+        // has one write, and is appended after it otherwise.
+        let chained = Record::new(&chain, op_event(&parts));
+        let store = store.with_record(&chained);
         match parts[0] {
             // Odd pieces of content are streamed in, even ones stored whole.
             "store" if n % 2 == 1 => {
@@ -105,7 +114,8 @@ async fn crash_child() {
             "remove-label" => store.remove_label(&label(l)).await.unwrap(),
             "cas" => {
                 let current = store.get_by_label(&label(l)).await.unwrap();
-                let new = store.store(content(n)).await.unwrap();
+                let plain = root.store("crash").unwrap();
+                let new = plain.store(content(n)).await.unwrap();
                 if !store
                     .compare_and_swap_label(&label(l), current.as_ref(), Some(&new))
                     .await
@@ -122,8 +132,73 @@ async fn crash_child() {
                 }
             }
         }
+        chained.finish(Outcome::Ok).await.unwrap();
         record(&mut log, "ack");
     }
+}
+
+/// The event recording one logged operation: its kind, its label and the
+/// ref it stores, so that the parent can match events to its log.
+fn op_event(parts: &[&str]) -> Event {
+    let label = match parts[0] {
+        "store" => None,
+        "remove-label" | "label-existing" => Some(label(parts[1].parse().unwrap())),
+        _ => Some(label(parts[3].parse().unwrap())),
+    };
+    Event {
+        store: Some("crash".into()),
+        label,
+        // Store-family writes get their ref from the write itself.
+        refs: if parts[0] == "cas" {
+            vec![parts[2].to_owned()]
+        } else {
+            Vec::new()
+        },
+        ..Event::new(parts[0])
+    }
+}
+
+/// Whether a recorded event is the one `parts` (a logged operation) makes.
+fn matches_op(event: &Event, parts: &[String]) -> bool {
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let expected = op_event(&parts);
+    let stores = matches!(parts[0], "store" | "store-at-label" | "cas");
+    event.event_type == expected.event_type
+        && event.label == expected.label
+        && event.outcome == Outcome::Ok
+        && (!stores || event.refs == [parts[2].to_owned()])
+}
+
+/// Checks the chain after a kill: intact, and its events since the last
+/// check are this cycle's acknowledged operations, in order, plus perhaps
+/// the one in flight. Returns the chain's new length.
+async fn check_chain(
+    chain: &EventChain,
+    checked_length: u64,
+    acknowledged: &[Vec<String>],
+    in_flight: Option<&Vec<String>>,
+) -> u64 {
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    let length = report.recorded_length;
+    let added = usize::try_from(length - checked_length).unwrap();
+    let mut events = chain.events(added).await.unwrap();
+    events.reverse();
+    let allowed = acknowledged.len() + usize::from(in_flight.is_some());
+    assert!(
+        added == acknowledged.len() || added == allowed,
+        "{added} events for {} acknowledged operations (in flight: {in_flight:?})",
+        acknowledged.len()
+    );
+    for (entry, parts) in events.iter().zip(acknowledged.iter().chain(in_flight)) {
+        assert!(
+            matches_op(&entry.event.event, parts),
+            "event #{} is {:?}, the log says {parts:?}",
+            entry.event.seq,
+            entry.event.event
+        );
+    }
+    length
 }
 
 /// What the parent knows must be in the store.
@@ -151,7 +226,7 @@ fn label_effect(parts: &[&str], target: Option<&str>) -> Option<LabelEffect> {
 
 /// Replays one cycle's log into the model; returns the operation that was
 /// in flight at the kill, if any, with its label effect.
-fn replay(log: &str, model: &mut Model) -> Option<InFlight> {
+fn replay(log: &str, model: &mut Model, acknowledged: &mut Vec<Vec<String>>) -> Option<InFlight> {
     let mut pending: Option<Vec<String>> = None;
     let mut target: Option<String> = None;
     // A line cut short by the kill has no newline: drop it.
@@ -163,8 +238,8 @@ fn replay(log: &str, model: &mut Model) -> Option<InFlight> {
         } else if let Some(hash) = line.strip_prefix("target ") {
             target = Some(hash.to_owned());
         } else if line == "ack" {
-            let parts = pending.take().expect("ack follows begin");
-            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let owned = pending.take().expect("ack follows begin");
+            let parts: Vec<&str> = owned.iter().map(String::as_str).collect();
             if matches!(parts[0], "store" | "store-at-label" | "cas") {
                 model
                     .objects
@@ -173,6 +248,7 @@ fn replay(log: &str, model: &mut Model) -> Option<InFlight> {
             if let Some((l, value)) = label_effect(&parts, target.as_deref()) {
                 model.labels.insert(l, value);
             }
+            acknowledged.push(owned);
         }
     }
     pending.map(|parts| {
@@ -273,6 +349,8 @@ async fn writes_survive_sigkill_at_random_moments() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let store = StoreRoot::new(&root).store("crash").unwrap();
+    let chain = store.root().event_chain("crash").unwrap();
+    let mut chain_length = 0;
     let mut model = Model::default();
     let mut rng = Rng(0x5eed_cafe);
     let (mut operations, mut checks, mut in_flight_kills) = (0u64, 0u64, 0u64);
@@ -300,7 +378,10 @@ async fn writes_survive_sigkill_at_random_moments() {
         let log = std::fs::read_to_string(&log_path).unwrap();
         operations += log.lines().filter(|line| *line == "ack").count() as u64;
         let before = model.objects.clone();
-        let in_flight = replay(&log, &mut model);
+        let mut acknowledged = Vec::new();
+        let in_flight = replay(&log, &mut model, &mut acknowledged);
+        let flying = in_flight.as_ref().map(|(parts, _)| parts);
+        chain_length = check_chain(&chain, chain_length, &acknowledged, flying).await;
         in_flight_kills += u64::from(in_flight.is_some());
         // Verify re-hashes every object each cycle; reading back every
         // acknowledged object too is done every 25 cycles and at the end,
@@ -321,7 +402,8 @@ async fn writes_survive_sigkill_at_random_moments() {
         operations > cycles,
         "the children barely ran ({operations} operations)"
     );
+    assert!(chain_length >= operations, "the chain lost operations");
     println!(
-        "crash suite: {cycles} cycles, {operations} acknowledged operations, {in_flight_kills} kills mid-operation, {checks} checks"
+        "crash suite: {cycles} cycles, {operations} acknowledged operations, {in_flight_kills} kills mid-operation, {checks} checks, {chain_length} chain events"
     );
 }

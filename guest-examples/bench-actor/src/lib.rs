@@ -2,7 +2,7 @@
 //! inside the guest so that instantiation is not counted.
 //!
 //! Parameter: `OPERATION ITERATIONS SIZE`, where OPERATION is one of
-//! `noop`, `exists`, `store`, `get`, `fs-write`. Result state: the loop's
+//! `noop`, `exists`, `store`, `store-at-label`, `get`, `fs-write`. Result state: the loop's
 //! duration in nanoseconds, as decimal text.
 
 wit_bindgen::generate!({
@@ -40,6 +40,10 @@ impl Guest for Bench {
                 "store" => {
                     distinct[..8.min(size)].copy_from_slice(&i.to_le_bytes()[..8.min(size)]);
                     store::store(&id, &distinct)?;
+                }
+                "store-at-label" => {
+                    distinct[..8.min(size)].copy_from_slice(&i.to_le_bytes()[..8.min(size)]);
+                    store::store_at_label(&id, "bench:latest", &distinct)?;
                 }
                 "get" => {
                     store::get(&id, &stored)?;

@@ -143,15 +143,13 @@ pub(crate) type LabelRow = (String, Digest);
 
 /// An event to add to a chain (see [`Change::Record`]). The engine knows
 /// nothing of the event's format: it reads the chain's tip, lets `build`
-/// make the new event and length from it, stores both inline and points
-/// the two labels at them.
+/// make the new event from it, stores the event inline, and points the
+/// head label at it with the chain's new length.
 pub(crate) struct ChainAppend {
     /// The store that holds the chain.
     pub(crate) store: StoreId,
-    /// The label naming the newest event.
+    /// The label naming the newest event; it also carries the length.
     pub(crate) head_label: String,
-    /// The label naming the chain's length, kept apart from the events.
-    pub(crate) length_label: String,
     /// Makes the new event from the tip; called once, inside the transaction.
     #[allow(clippy::type_complexity)]
     pub(crate) build: Box<dyn FnOnce(ChainTip) -> Result<NewLink> + Send>,
@@ -170,16 +168,17 @@ impl std::fmt::Debug for ChainAppend {
 pub(crate) struct ChainTip {
     /// The newest event, if any.
     pub(crate) head: Option<Digest>,
-    /// The bytes the length label points at, if any.
-    pub(crate) length: Option<Vec<u8>>,
+    /// The length recorded with the head label (`None`: the label was set
+    /// by an ordinary label write, not by an append).
+    pub(crate) length: Option<u64>,
     /// What the change recorded with the event returned.
     pub(crate) applied: bool,
 }
 
-/// A new event and the chain's new length, as bytes to store.
+/// A new event's bytes and the chain's length with it.
 pub(crate) struct NewLink {
     pub(crate) event: Vec<u8>,
-    pub(crate) length: Vec<u8>,
+    pub(crate) length: u64,
 }
 
 /// One indexed object.
@@ -357,6 +356,17 @@ impl Engine {
     ) -> Result<Option<Digest>> {
         match self {
             Self::Local(local) => local.label_target(store, label),
+        }
+    }
+
+    /// A chain's head label: its target and the length recorded with it.
+    pub(crate) async fn chain_tip(
+        &self,
+        store: &StoreId,
+        label: &str,
+    ) -> Result<Option<(Digest, Option<u64>)>> {
+        match self {
+            Self::Local(local) => local.chain_tip(store, label),
         }
     }
 

@@ -231,6 +231,14 @@ impl LocalEngine {
         self.read("looking up label", |db| sql::label_target(db, store, label))
     }
 
+    pub(crate) fn chain_tip(
+        &self,
+        store: &StoreId,
+        label: &str,
+    ) -> Result<Option<(Digest, Option<u64>)>> {
+        self.read("looking up chain head", |db| sql::chain_tip(db, store, label))
+    }
+
     pub(crate) fn labels_page(
         &self,
         store: &StoreId,

@@ -113,9 +113,16 @@ END;
     .to_owned()
 }
 
+/// Version 4: a label that heads an event chain carries the chain's length
+/// beside its target, so that moving the label back to an older event
+/// shows. Other labels leave it empty, and plain label writes keep it.
+fn migration_v4() -> String {
+    "ALTER TABLE labels ADD COLUMN chain_length INTEGER;".to_owned()
+}
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
-const MIGRATIONS: &[fn() -> String] = &[migration_v2, migration_v3];
+const MIGRATIONS: &[fn() -> String] = &[migration_v2, migration_v3, migration_v4];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -235,6 +242,45 @@ pub(crate) fn upsert_label(
     Ok(())
 }
 
+/// Points a chain's head label at `target` and records the chain's
+/// `length` with it.
+pub(crate) fn set_chain_head(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+    target: Digest,
+    length: u64,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO labels (store, name, hash, chain_length) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (store, name) DO UPDATE
+             SET hash = excluded.hash, chain_length = excluded.chain_length",
+        )?
+        .execute(params![
+            store.as_str(),
+            label,
+            &target.0[..],
+            i64::try_from(length).unwrap_or(i64::MAX)
+        ])?;
+    Ok(())
+}
+
+/// A chain's head label: its target and the length recorded with it.
+pub(crate) fn chain_tip(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+) -> rusqlite::Result<Option<(Digest, Option<u64>)>> {
+    connection
+        .prepare_cached("SELECT hash, chain_length FROM labels WHERE store = ?1 AND name = ?2")?
+        .query_row(params![store.as_str(), label], |row| {
+            let length: Option<i64> = row.get(1)?;
+            Ok((digest_column(row, 0)?, length.and_then(|l| u64::try_from(l).ok())))
+        })
+        .optional()
+}
+
 pub(crate) fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
     let inserted = connection
         .prepare_cached("INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, ?2)")?
@@ -350,6 +396,37 @@ pub(crate) fn insert_inline(connection: &Connection, content: &[u8]) -> rusqlite
         .prepare_cached("INSERT INTO inline_content (content) VALUES (?1)")?
         .execute([content])?;
     Ok(connection.last_insert_rowid())
+}
+
+/// Adds a chain event as a new inline object, in two statements: events
+/// are unique (each names its chain, position and parent), so the common
+/// case needs no lookup first. Returns whether it was new; an event
+/// already held keeps its row.
+pub(crate) fn insert_event(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+    event: &[u8],
+) -> rusqlite::Result<bool> {
+    let inline_id = insert_inline(connection, event)?;
+    let added = connection
+        .prepare_cached(
+            "INSERT INTO objects (store, hash, size, stored_at, inline_id)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (store, hash) DO NOTHING",
+        )?
+        .execute(params![
+            store.as_str(),
+            &digest.0[..],
+            i64::try_from(event.len()).unwrap_or(i64::MAX),
+            unix_now(),
+            inline_id
+        ])?;
+    if added == 0 {
+        connection
+            .prepare_cached("DELETE FROM inline_content WHERE id = ?1")?
+            .execute([inline_id])?;
+    }
+    Ok(added == 1)
 }
 
 /// Rewrites inline bytes in place (healing a damaged copy).

@@ -491,7 +491,7 @@ fn apply(
                 },
                 None => true,
             };
-            append_event(db, layout, refresh_after, append, applied, touched)
+            append_event(db, append, applied)
                 .map(|appended| appended.map(|()| applied))
         }
         Change::RemoveEmptyStore { store, cutoff } => {
@@ -510,43 +510,30 @@ fn apply(
 /// length labels to it, inside the open transaction.
 fn append_event(
     db: &Connection,
-    layout: &ObjectFiles,
-    refresh_after: i64,
     append: ChainAppend,
     applied: bool,
-    touched: &mut BTreeSet<PathBuf>,
 ) -> rusqlite::Result<Result<()>> {
     let ChainAppend {
         store,
         head_label,
-        length_label,
         build,
     } = append;
-    let head = sql::label_target(db, &store, &head_label)?;
-    let length = match sql::label_target(db, &store, &length_label)? {
-        Some(digest) => sql::object_content(db, &store, digest)?.and_then(|(_, bytes)| bytes),
-        None => None,
-    };
+    let (head, length) = sql::chain_tip(db, &store, &head_label)?.unzip();
     let link = match build(ChainTip {
         head,
-        length,
+        length: length.flatten(),
         applied,
     }) {
         Ok(link) => link,
         Err(refused) => return Ok(Err(refused)),
     };
-    for (bytes, label) in [(link.event, head_label), (link.length, length_label)] {
-        let add = Change::AddObject {
-            store: store.clone(),
-            digest: Digest::of(&bytes),
-            size: bytes.len() as u64,
-            staged: Staged::Inline(Arc::new(bytes)),
-            label: Some(label),
-        };
-        if let Err(refused) = apply(db, layout, refresh_after, add, touched)? {
-            return Ok(Err(refused));
-        }
+    if head.is_none() {
+        // The chain's first event may be the store's first object.
+        sql::ensure_store(db, &store)?;
     }
+    let digest = Digest::of(&link.event);
+    sql::insert_event(db, &store, digest, &link.event)?;
+    sql::set_chain_head(db, &store, &head_label, digest, link.length)?;
     Ok(Ok(()))
 }
 
