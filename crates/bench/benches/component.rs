@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 
-use theater_store::{GcOptions, StoreRoot};
+use theater_store::{Durability, GcOptions, StoreRoot};
 use theater_store_examples::{BENCH_ACTOR, LARGE_FILES};
 use theater_store_host::{
     Access, ActorHost, Grants, Limits, RunOptions, StoreActor, StoreCtx, StoreCtxView, StoreView,
@@ -53,6 +53,10 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
+        Self::with_durability(Durability::Buffered)
+    }
+
+    fn with_durability(durability: Durability) -> Self {
         // The same engine settings as ActorHost: epoch deadlines on.
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -68,17 +72,13 @@ impl Bench {
         let component = Component::new(&engine, BENCH_ACTOR).unwrap();
         let root_dir = tempfile::tempdir().unwrap();
         Self {
-            root: StoreRoot::new(root_dir.path()),
+            root: StoreRoot::with_durability(root_dir.path(), durability),
             engine,
             linker,
             component,
             data_dir: tempfile::tempdir().unwrap(),
             _root_dir: root_dir,
         }
-    }
-
-    fn store(&self) -> Store<BenchState> {
-        self.store_recording(None)
     }
 
     /// A store whose calls are recorded in `actor`'s event chain, if given.
@@ -178,16 +178,32 @@ fn boundary(c: &mut Criterion) {
 }
 
 /// What recording every call in an event chain costs: a 1 KiB
-/// `store-at-label` from a guest, with recording off and on, side by side.
+/// `store-at-label` from a guest, with recording off and on, side by side,
+/// in both durability modes.
 fn chain_recording(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
-    let bench = Bench::new();
     let mut group = c.benchmark_group("chain");
     group.throughput(Throughput::Elements(1));
-    for (name, actor) in [
-        ("store_at_label_1KiB_unrecorded", None),
-        ("store_at_label_1KiB_recorded", Some("bench-actor")),
+    for (name, durability, actor) in [
+        ("store_at_label_1KiB_unrecorded", Durability::Buffered, None),
+        (
+            "store_at_label_1KiB_recorded",
+            Durability::Buffered,
+            Some("bench-actor"),
+        ),
+        (
+            "synced_store_at_label_1KiB_unrecorded",
+            Durability::Synced,
+            None,
+        ),
+        (
+            "synced_store_at_label_1KiB_recorded",
+            Durability::Synced,
+            Some("bench-actor"),
+        ),
     ] {
+        // Each on a fresh root, so that neither runs on the other's data.
+        let bench = Bench::with_durability(durability);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 runtime.block_on(bench.guest_loop_recording(

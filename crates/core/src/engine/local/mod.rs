@@ -236,7 +236,9 @@ impl LocalEngine {
         store: &StoreId,
         label: &str,
     ) -> Result<Option<(Digest, Option<u64>)>> {
-        self.read("looking up chain head", |db| sql::chain_tip(db, store, label))
+        self.read("looking up chain head", |db| {
+            sql::chain_tip(db, store, label)
+        })
     }
 
     pub(crate) fn labels_page(

@@ -117,7 +117,12 @@ END;
 /// beside its target, so that moving the label back to an older event
 /// shows. Other labels leave it empty, and plain label writes keep it.
 fn migration_v4() -> String {
-    "ALTER TABLE labels ADD COLUMN chain_length INTEGER;".to_owned()
+    "
+ALTER TABLE labels ADD COLUMN chain_length INTEGER;
+DROP INDEX labels_by_target;
+CREATE INDEX labels_by_target ON labels (store, hash) WHERE chain_length IS NULL;
+"
+    .to_owned()
 }
 
 /// Schema changes after version 1, in order; entry `i` brings a root from
@@ -276,7 +281,10 @@ pub(crate) fn chain_tip(
         .prepare_cached("SELECT hash, chain_length FROM labels WHERE store = ?1 AND name = ?2")?
         .query_row(params![store.as_str(), label], |row| {
             let length: Option<i64> = row.get(1)?;
-            Ok((digest_column(row, 0)?, length.and_then(|l| u64::try_from(l).ok())))
+            Ok((
+                digest_column(row, 0)?,
+                length.and_then(|l| u64::try_from(l).ok()),
+            ))
         })
         .optional()
 }
@@ -492,7 +500,8 @@ pub(crate) fn remove_unreachable_object(
     connection
         .prepare_cached(
             "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
-             AND NOT EXISTS (SELECT 1 FROM labels WHERE store = ?1 AND hash = ?2)
+             AND NOT EXISTS (SELECT 1 FROM labels
+                             WHERE store = ?1 AND hash = ?2 AND chain_length IS NULL)
              RETURNING inline_id IS NOT NULL",
         )?
         .query_row(params![store.as_str(), &digest.0[..], cutoff], |row| {
@@ -586,7 +595,8 @@ pub(crate) fn object_rows(
 ) -> rusqlite::Result<Vec<ObjectRow>> {
     let mut statement = connection.prepare_cached(
         "SELECT o.hash, o.size, o.stored_at,
-                EXISTS (SELECT 1 FROM labels l WHERE l.store = o.store AND l.hash = o.hash)
+                EXISTS (SELECT 1 FROM labels l
+                        WHERE l.store = o.store AND l.hash = o.hash AND l.chain_length IS NULL)
          FROM objects o WHERE o.store = ?1 ORDER BY o.hash",
     )?;
     let rows = statement.query_map([store.as_str()], |row| {

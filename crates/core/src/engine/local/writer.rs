@@ -491,8 +491,7 @@ fn apply(
                 },
                 None => true,
             };
-            append_event(db, append, applied)
-                .map(|appended| appended.map(|()| applied))
+            append_event(db, append, applied).map(|appended| appended.map(|()| applied))
         }
         Change::RemoveEmptyStore { store, cutoff } => {
             if !sql::delete_empty_store(db, &store, cutoff)? {
