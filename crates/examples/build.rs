@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const ACTORS: [&str; 5] = [
+const ACTORS: [&str; 8] = [
     "seed_patterns",
     "hostile",
     "theater_compat",
     "bench_actor",
     "large_files",
+    "kv_counter",
+    "kv_bench",
+    "kv_bench_draft",
 ];
 
 fn main() {

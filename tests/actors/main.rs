@@ -1,10 +1,12 @@
 //! Real wasm32-wasip2 actors run through `ActorHost`; what they did is
 //! checked by reading the store back through the core API.
 
+mod cache;
 mod chain;
 mod compat;
 mod hardening;
 mod hostile;
+mod keyvalue;
 mod patterns;
 mod streams;
 

@@ -7,14 +7,18 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 
 use theater_store::{Durability, GcOptions, StoreRoot};
-use theater_store_examples::{BENCH_ACTOR, LARGE_FILES};
+use theater_store_examples::{BENCH_ACTOR, KV_BENCH, KV_BENCH_DRAFT, KV_COUNTER, LARGE_FILES};
 use theater_store_host::{
-    Access, ActorHost, Grants, Limits, RunOptions, StoreActor, StoreCtx, StoreCtxView, StoreView,
+    Access, ActorHost, ChainRecording, CommandOutput, Grants, Limits, RunOptions, StoreActor,
+    StoreCtx, StoreCtxView, StoreView,
 };
 use tokio::runtime::Runtime;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_keyvalue::{WasiKeyValue, WasiKeyValueCtx};
 
 /// The benchmark's store data: WASI with one preopened directory (for the
 /// filesystem comparison) and the store context, as an embedder would have.
@@ -219,6 +223,138 @@ fn chain_recording(c: &mut Criterion) {
     group.finish();
 }
 
+/// A guest program's `wasi:keyvalue` `get` and `set` of 1 KiB: served
+/// from the store, and by wasmtime-wasi-keyvalue's in-memory map (its
+/// older draft, hence a second build of the same loops), side by side,
+/// with our own `store-at-label` from the bench actor for reference.
+fn keyvalue(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = ActorHost::new(StoreRoot::new(dir.path().join("root"))).unwrap();
+    let ours = host.load(KV_BENCH).unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store("bench", Access::ReadWrite),
+        limits: Limits {
+            max_store_bytes: u64::MAX,
+            max_actor_bytes: u64::MAX,
+            timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        },
+        chain: ChainRecording::Off,
+    };
+    let run_ours = |operation: &str, iterations: u64| {
+        let argv = [
+            "kv_bench",
+            operation,
+            &iterations.to_string(),
+            "1024",
+            "bench",
+        ]
+        .map(str::to_owned);
+        let run = runtime.block_on(host.run_command(
+            &ours,
+            options.clone(),
+            &argv,
+            CommandOutput::Capture,
+        ));
+        assert_eq!(run.outcome.unwrap(), 0, "{}", run.stderr);
+        nanos(&run.stdout)
+    };
+    let in_memory = InMemoryKeyValue::new();
+    let reference = Bench::new();
+    let mut group = c.benchmark_group("keyvalue");
+    group.throughput(Throughput::Elements(1));
+    for operation in ["get", "set"] {
+        group.bench_function(format!("{operation}_1KiB"), |b| {
+            b.iter_custom(|iters| run_ours(operation, iters))
+        });
+        group.bench_function(format!("{operation}_1KiB_wasmtime_in_memory"), |b| {
+            b.iter_custom(|iters| runtime.block_on(in_memory.run(operation, iters)))
+        });
+    }
+    group.bench_function("store_at_label_1KiB", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(reference.guest_loop(
+                &reference.component,
+                "store-at-label",
+                iters,
+                1 << 10,
+            ))
+        })
+    });
+    group.finish();
+}
+
+/// A guest's timing, printed as nanoseconds.
+fn nanos(stdout: &[u8]) -> Duration {
+    let text = String::from_utf8_lossy(stdout);
+    Duration::from_nanos(text.trim().parse().expect("the guest prints nanoseconds"))
+}
+
+/// wasmtime-wasi-keyvalue's host, as its crate documents it: WASI plus
+/// its in-memory key-value context.
+struct InMemoryKeyValue {
+    engine: Engine,
+    pre: CommandPre<InMemoryState>,
+}
+
+struct InMemoryState {
+    wasi: WasiCtx,
+    keyvalue: WasiKeyValueCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for InMemoryState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl InMemoryKeyValue {
+    fn new() -> Self {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        wasmtime_wasi_keyvalue::add_to_linker(&mut linker, |state: &mut InMemoryState| {
+            WasiKeyValue::new(&state.keyvalue, &mut state.table)
+        })
+        .unwrap();
+        let component = Component::new(&engine, KV_BENCH_DRAFT).unwrap();
+        let pre = CommandPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        Self { engine, pre }
+    }
+
+    async fn run(&self, operation: &str, iterations: u64) -> Duration {
+        let stdout = MemoryOutputPipe::new(1 << 10);
+        let iterations = iterations.to_string();
+        let argv = ["kv_bench_draft", operation, &iterations, "1024", ""];
+        let wasi = WasiCtx::builder()
+            .args(&argv)
+            .stdout(stdout.clone())
+            .build();
+        let state = InMemoryState {
+            wasi,
+            keyvalue: WasiKeyValueCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let command = self.pre.instantiate_async(&mut store).await.unwrap();
+        command
+            .wasi_cli_run()
+            .call_run(&mut store)
+            .await
+            .unwrap()
+            .unwrap();
+        nanos(&stdout.contents())
+    }
+}
+
 fn cold_start(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let bench = Bench::new();
@@ -243,6 +379,29 @@ fn cold_start(c: &mut Criterion) {
             }
             started.elapsed()
         })
+    });
+    // Through ActorHost, as `theater-store run` does: a command's whole
+    // run (it exits at once), compiled afresh or loaded from the root's
+    // component cache.
+    let dir = tempfile::tempdir().unwrap();
+    let host = ActorHost::new(StoreRoot::new(dir.path().join("root"))).unwrap();
+    let run = |component| {
+        let argv = ["kv_counter".to_owned()];
+        let run = runtime.block_on(host.run_command(
+            &component,
+            RunOptions::default(),
+            &argv,
+            CommandOutput::Capture,
+        ));
+        assert_eq!(run.outcome.unwrap(), 2, "the usage exit");
+    };
+    group.sample_size(10);
+    group.bench_function("command_compiled", |b| {
+        b.iter(|| run(host.load(KV_COUNTER).unwrap()))
+    });
+    group.sample_size(50);
+    group.bench_function("command_from_cache", |b| {
+        b.iter(|| run(runtime.block_on(host.load_cached(KV_COUNTER)).unwrap()))
     });
     group.finish();
 }
@@ -386,6 +545,7 @@ criterion_group!(
     benches,
     boundary,
     chain_recording,
+    keyvalue,
     cold_start,
     guest_streaming
 );

@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run an actor's init; its new state goes to stdout (or --state FILE), its logs to stderr.
+    /// Run an actor's init (its new state to stdout or --state FILE, its logs to stderr), or a WASI command's main (exit code passed through).
     Run(RunArgs),
     /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
     Demo,
@@ -196,6 +196,13 @@ struct RunArgs {
     /// Record no event chain for this run.
     #[arg(long)]
     no_chain: bool,
+    /// Compile the component afresh, neither reading nor filling the
+    /// root's cache of compiled components.
+    #[arg(long)]
+    no_cache: bool,
+    /// A WASI command's arguments (after `--`); its argv[0] is the file name.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
 }
 
 /// The root the command works on.

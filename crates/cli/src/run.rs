@@ -7,15 +7,21 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 use theater_store::StoreRoot;
-use theater_store_host::{Access, ActorHost, ChainRecording, Grants, Limits, RunOptions};
+use theater_store_host::{
+    Access, ActorComponent, ActorHost, ChainRecording, CommandOutput, Grants, Limits, RunOptions,
+};
 
 use crate::RunArgs;
 use crate::stores::{print_json, printable, temp_file_beside};
 
 pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
     let host = ActorHost::new(root.clone())?;
-    let actor = host
-        .load_file(&args.actor)
+    let loaded = if args.no_cache {
+        host.load_file(&args.actor)
+    } else {
+        host.load_file_cached(&args.actor).await
+    };
+    let actor = loaded
         .map_err(|error| anyhow::anyhow!("loading actor {}: {error:#}", args.actor.display()))?;
     let previous = match &args.state {
         Some(path) => read_state(path)?,
@@ -61,6 +67,15 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         limits,
         chain,
     };
+    if actor.is_command() {
+        return run_command(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+    }
+    if !args.args.is_empty() {
+        anyhow::bail!(
+            "{} is a Theater actor: arguments after `--` are for WASI commands (pass --param)",
+            args.actor.display()
+        );
+    }
     let run = host.run_init(&actor, options, previous, &args.param).await;
 
     for line in &run.logs {
@@ -115,6 +130,54 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         }))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a WASI command's `main` with the arguments after `--`; its output
+/// goes straight to ours, and its exit code becomes ours.
+async fn run_command(
+    host: &ActorHost,
+    command: &ActorComponent,
+    options: RunOptions,
+    args: &RunArgs,
+    chain_id: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if args.state.is_some() || !args.param.is_empty() {
+        anyhow::bail!(
+            "{} is a WASI command: pass its arguments after `--` (--param and --state are for actors)",
+            args.actor.display()
+        );
+    }
+    let program = args.actor.file_name().map_or_else(
+        || "command".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let argv: Vec<String> = std::iter::once(program)
+        .chain(args.args.iter().cloned())
+        .collect();
+    let run = host
+        .run_command(command, options, &argv, CommandOutput::Inherit)
+        .await;
+    if let Some(id) = chain_id {
+        eprintln!(
+            "store calls recorded in the event chain of actor {id} (`theater-store chain {id}`)"
+        );
+    }
+    match run.outcome {
+        Ok(code) => {
+            if json {
+                print_json(&json!({"ok": code == 0, "exit_code": code, "actor": chain_id}))?;
+            }
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Err(failure) => {
+            eprintln!("error: command {}: {failure}", args.actor.display());
+            if json {
+                print_json(&json!({"ok": false, "error": failure.to_string()}))?;
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn read_state(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {

@@ -58,9 +58,9 @@ fn parse_ref(reference: &str) -> anyhow::Result<ContentRef> {
         .context("a ref is the 64-digit hex hash printed by `put` or `labels`")
 }
 
-/// The stores to work on: one by id, or every store in the root, and the
-/// root's event chains when it has any (gc keeps every event a chain's
-/// head reaches).
+/// The stores to work on: one by id, or every store in the root and the
+/// root's own (event chains, whose events gc keeps while a head reaches
+/// them; the component cache, whose old entries gc drops).
 async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<ContentStore>> {
     let Some(id) = store else {
         let mut stores = root
@@ -69,9 +69,7 @@ async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<C
             .iter()
             .map(|summary| open(root, &summary.id))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if !root.chain_actors().await?.is_empty() {
-            stores.push(root.chain_store());
-        }
+        stores.extend(root.reserved_stores().await?);
         return Ok(stores);
     };
     Ok(vec![open(root, id)?])

@@ -964,3 +964,96 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
         .code(1)
         .stderr(contains("invalid actor id"));
 }
+
+#[test]
+fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() {
+    let env = Env::new();
+    let command = actor_file(&env, "kv.wasm", theater_store_examples::KV_COUNTER);
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app", "--", "app", "set", "greeting", "hello"])
+        .assert()
+        .success()
+        .stdout("ok\n");
+    // The key is a label like any other.
+    env.cmd()
+        .args(["cat", "app", "--label", "greeting"])
+        .assert()
+        .success()
+        .stdout("hello");
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app:ro", "--", "app", "get", "greeting"])
+        .assert()
+        .success()
+        .stdout("value=hello\n");
+    // The command's exit status passes through: 1 for a refused call (its
+    // message on stderr) and for bad usage (WASI 0.2 carries success or
+    // failure, so its `exit(2)` arrives as 1).
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app:ro", "--", "app", "set", "greeting", "bye"])
+        .assert()
+        .code(1)
+        .stderr(contains("access denied"));
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app", "--", "app", "frobnicate"])
+        .assert()
+        .code(1)
+        .stderr(contains("unknown command"));
+    // Arguments after `--` are for commands only.
+    let actor = actor_file(&env, "compat.wasm", theater_store_examples::THEATER_COMPAT);
+    env.cmd()
+        .arg("run")
+        .arg(&actor)
+        .args(["--", "x"])
+        .assert()
+        .code(1)
+        .stderr(contains("arguments after `--` are for WASI commands"));
+
+    // Both components were compiled once and kept in the root's cache, a
+    // label per component hash and engine.
+    let root = theater_store::StoreRoot::new(env.root());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cached = runtime
+        .block_on(root.component_cache().list_labels())
+        .unwrap();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    let kv_hash = blake3::hash(theater_store_examples::KV_COUNTER).to_hex();
+    assert!(
+        cached
+            .iter()
+            .any(|label| label.starts_with(kv_hash.as_str()))
+    );
+    // gc may drop the cache; runs then compile again and refill it.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    let cached = runtime
+        .block_on(root.component_cache().list_labels())
+        .unwrap();
+    assert!(cached.is_empty(), "{cached:?}");
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args([
+            "--no-cache",
+            "--grant",
+            "app:ro",
+            "--",
+            "app",
+            "get",
+            "greeting",
+        ])
+        .assert()
+        .success()
+        .stdout("value=hello\n");
+    let cached = runtime
+        .block_on(root.component_cache().list_labels())
+        .unwrap();
+    assert!(cached.is_empty(), "--no-cache filled the cache: {cached:?}");
+}

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::engine::{Change, Engine, ObjectRow, unix_millis};
+use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
 use crate::error::Result;
 use crate::names::{ContentRef, Digest, StoreId};
-use crate::root::{StoreRoot, blocking};
+use crate::root::{COMPONENT_CACHE_STORE, StoreRoot, blocking};
 use crate::store::{ContentStore, LabelEntry};
 
 /// Temporary files older than this are leftovers of a crashed writer rather
@@ -239,6 +239,9 @@ impl ContentStore {
             dry_run: options.dry_run,
             ..GcReport::default()
         };
+        if store.as_str() == COMPONENT_CACHE_STORE && !options.dry_run {
+            self.expire_cache_entries(&engine, cutoff_millis).await?;
+        }
         let (rows, unindexed, stale_temps) = blocking({
             let engine = Arc::clone(&engine);
             let store = store.clone();
@@ -322,6 +325,39 @@ impl ContentStore {
         };
         report.store_removed = engine.apply(change).await?;
         Ok(report)
+    }
+}
+
+impl ContentStore {
+    /// In a cache store, labels do not keep content: every label whose
+    /// content was stored before `cutoff` goes (unless it moved meanwhile),
+    /// so that collection then takes the content.
+    async fn expire_cache_entries(&self, engine: &Arc<Engine>, cutoff: i64) -> Result<()> {
+        let snapshot = blocking({
+            let (engine, store) = (Arc::clone(engine), self.store_id().clone());
+            move || engine.snapshot(&store, "")
+        })
+        .await?;
+        let stored_at: std::collections::HashMap<Digest, i64> = snapshot
+            .objects
+            .iter()
+            .map(|row| (row.digest, row.stored_at))
+            .collect();
+        let changes: Vec<Change> = snapshot
+            .labels
+            .into_iter()
+            .filter(|(_, target)| stored_at.get(target).is_some_and(|at| *at < cutoff))
+            .map(|(label, target)| Change::SetLabel {
+                store: self.store_id().clone(),
+                label,
+                target: None,
+                expect: Expect::Exactly(Some(target)),
+            })
+            .collect();
+        for removed in engine.apply_all(changes).await {
+            removed?;
+        }
+        Ok(())
     }
 }
 

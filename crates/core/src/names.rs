@@ -53,9 +53,10 @@ impl StoreId {
     /// One of the store's own stores (the event chains), named outside
     /// what [`StoreId::parse`] accepts, so that no caller can reach it by
     /// id: its name starts with `_`.
-    pub(crate) fn reserved(name: &'static str) -> Self {
+    pub(crate) fn reserved(name: impl Into<String>) -> Self {
+        let name = name.into();
         debug_assert!(name.starts_with('_'));
-        Self(name.to_owned())
+        Self(name)
     }
 
     /// Whether this is one of the store's own stores.

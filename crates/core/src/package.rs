@@ -110,7 +110,10 @@ impl ContentStore {
             .chunks(LABELS_PER_TRANSACTION)
             .map(|chunk| Change::SetLabels {
                 store: self.store_id().clone(),
-                labels: chunk.to_vec(),
+                labels: chunk
+                    .iter()
+                    .map(|(label, target)| (label.clone(), Some(*target)))
+                    .collect(),
             })
             .collect();
         for applied in engine.apply_all(changes).await {

@@ -17,6 +17,9 @@ use crate::store::ContentStore;
 /// The environment variable that names the default root.
 pub const ROOT_ENV_VAR: &str = "THEATER_STORE_ROOT";
 
+/// The reserved store where hosts keep compiled components.
+pub(crate) const COMPONENT_CACHE_STORE: &str = "_compiled";
+
 /// One stores directory, e.g. `~/.local/share/theater-store`.
 ///
 /// Cheap to clone; clones share the index connections and the writer thread.
@@ -137,7 +140,7 @@ impl StoreRoot {
     }
 
     /// Every store in the root, by id, with its totals. The root's own
-    /// chain store is not listed (see [`StoreRoot::chain_store`]).
+    /// stores are not listed (see [`StoreRoot::reserved_stores`]).
     pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
         let engine = self.engine().await?;
         let rows = blocking(move || engine.stores()).await?;
@@ -145,6 +148,27 @@ impl StoreRoot {
             .into_iter()
             .filter(|(id, _)| !id.starts_with('_'))
             .map(|(id, stats)| StoreSummary { id, stats })
+            .collect())
+    }
+
+    /// The reserved store where hosts keep compiled components, labelled
+    /// by what they were compiled from and for. It is a cache: `gc` drops
+    /// entries stored before its grace period, labels and all, and no
+    /// caller can name it by id.
+    pub fn component_cache(&self) -> ContentStore {
+        ContentStore::in_root(self.clone(), StoreId::reserved(COMPONENT_CACHE_STORE))
+    }
+
+    /// The root's own stores that exist (the event chains, the component
+    /// cache), for maintenance: `verify` and `gc` over every store should
+    /// cover these too.
+    pub async fn reserved_stores(&self) -> Result<Vec<ContentStore>> {
+        let engine = self.engine().await?;
+        let rows = blocking(move || engine.stores()).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(id, _)| id.starts_with('_'))
+            .map(|(id, _)| ContentStore::in_root(self.clone(), StoreId::reserved(id)))
             .collect())
     }
 

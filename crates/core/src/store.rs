@@ -288,6 +288,28 @@ impl ContentStore {
         self.set_label(label, new, Expect::Exactly(expected)).await
     }
 
+    /// Points each label at its ref, or removes it for `None`, all in one
+    /// index transaction: either every label changes or none does. Fails
+    /// with [`StoreError::NotFound`] (changing nothing) when a ref is not
+    /// stored.
+    pub async fn set_labels(&self, labels: &[(String, Option<ContentRef>)]) -> Result<()> {
+        let mut rows = Vec::with_capacity(labels.len());
+        for (label, target) in labels {
+            validate_label(label)?;
+            rows.push((
+                label.clone(),
+                target.as_ref().map(ContentRef::digest).transpose()?,
+            ));
+        }
+        let change = Change::SetLabels {
+            store: self.id.clone(),
+            labels: rows,
+        };
+        self.apply(&*self.root.engine().await?, change)
+            .await
+            .map(drop)
+    }
+
     /// Every label in the store, in byte order.
     pub async fn list_labels(&self) -> Result<Vec<String>> {
         let page = self.list_labels_page("", None, usize::MAX).await?;

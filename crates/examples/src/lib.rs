@@ -18,3 +18,16 @@ pub const BENCH_ACTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_a
 /// Streams large content in chunks and appends to a shared log through
 /// `theater:simple/store-streams` (see guest-examples/large-files).
 pub const LARGE_FILES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/large_files.wasm"));
+
+/// A plain WASI command (`fn main()`) keeping counters, compare-and-swap
+/// appends and batches in `wasi:keyvalue`, built from the keyvalue WIT
+/// alone (see guest-examples/kv-counter).
+pub const KV_COUNTER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_counter.wasm"));
+
+/// Times `wasi:keyvalue@0.2.0-draft2` `get` and `set` from inside a plain
+/// WASI command, for the benchmarks (see guest-examples/kv-bench).
+pub const KV_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_bench.wasm"));
+
+/// The same loops built against `wasi:keyvalue@0.2.0-draft`, the draft
+/// wasmtime-wasi-keyvalue serves, so that the benchmarks can run both.
+pub const KV_BENCH_DRAFT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_bench_draft.wasm"));

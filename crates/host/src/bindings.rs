@@ -18,3 +18,18 @@ wasmtime::component::bindgen!({
         "theater:simple/store-streams.content-writer": crate::streams::WriterHandle,
     },
 });
+
+/// `wasi:keyvalue@0.2.0-draft2` (vendored under `wit/deps/keyvalue`).
+pub mod keyvalue {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "wasi:keyvalue/imports",
+        // Everything a guest can cause is an `error` value; a trap means a
+        // host fault (a handle missing from the table).
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::keyvalue::Bucket,
+            "wasi:keyvalue/atomics.cas": crate::keyvalue::Cas,
+        },
+    });
+}

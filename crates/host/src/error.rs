@@ -112,6 +112,28 @@ pub enum HostError {
         /// The most bytes one listing may return.
         max_bytes: usize,
     },
+    /// A key's value is not what the call needs (`increment` of text that
+    /// is not a number, or a sum that overflows).
+    #[error("store {store}: key {key:?} cannot be used so: {reason}")]
+    BadValue {
+        /// The store (bucket).
+        store: String,
+        /// The key (label).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Other writers changed a label under every attempt of a
+    /// read-modify-write.
+    #[error("store {store}: label {label:?} changed under {attempts} attempts in a row; try again")]
+    Contended {
+        /// The store.
+        store: String,
+        /// The label.
+        label: String,
+        /// How many attempts were made.
+        attempts: usize,
+    },
     /// The actor's deadline passed while the call waited for the store.
     #[error(
         "timed out: the actor's {timeout:?} deadline passed while this call waited for the store"
@@ -145,6 +167,8 @@ impl HostError {
                 "quota-exceeded"
             }
             Self::TimedOut { .. } => "timed-out",
+            Self::BadValue { .. } => "bad-value",
+            Self::Contended { .. } => "contended",
         }
     }
 }

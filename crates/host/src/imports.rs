@@ -30,7 +30,7 @@ fn to_wit(content_ref: ContentRef) -> WitRef {
 impl StoreCtx {
     /// `store` and `store-at-label`: admit, write, then charge the actor
     /// for what the write added.
-    async fn write(
+    pub(crate) async fn write(
         &mut self,
         store_id: &str,
         content: Vec<u8>,

@@ -17,6 +17,7 @@ mod bindings;
 mod ctx;
 mod error;
 mod imports;
+pub mod keyvalue;
 mod policy;
 mod runner;
 mod streams;
@@ -27,7 +28,10 @@ pub use bindings::StoreActor;
 pub use ctx::StoreCtx;
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
-pub use runner::{ActorComponent, ActorFailure, ActorHost, ActorRun, ChainRecording, RunOptions};
+pub use runner::{
+    ActorComponent, ActorFailure, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun,
+    RunOptions,
+};
 pub use streams::WriterHandle;
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:

@@ -7,8 +7,9 @@ use std::time::Duration;
 use theater_store::{ContentRef, StoreRoot};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::StoreActorPre;
 use crate::ctx::StoreCtx;
@@ -21,6 +22,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How much of an actor's stderr (panic messages, mostly) is kept.
 const STDERR_CAPACITY: usize = 64 << 10;
 
+/// How much of a command's stdout and stderr is kept when captured.
+const COMMAND_OUTPUT_CAPACITY: usize = 1 << 20;
+
 /// Runs actor components against one store root.
 ///
 /// Holds the wasmtime engine (compiled code is shared by every run) and a
@@ -31,16 +35,34 @@ pub struct ActorHost {
     engine: Engine,
     linker: Linker<ActorState>,
     root: StoreRoot,
+    /// What compiled code from this engine is compatible with, as text
+    /// (see [`ActorHost::load_cached`]).
+    engine_key: String,
 }
 
-/// A compiled, linked actor, ready to be instantiated any number of times.
+/// A compiled, linked component, ready to be instantiated any number of
+/// times: a Theater actor (exports `theater:simple/actor`) or a plain
+/// WASI command (exports `wasi:cli/run`, as a `fn main()` program built
+/// for `wasm32-wasip2` does).
 #[derive(Clone)]
 pub struct ActorComponent {
-    pre: StoreActorPre<ActorState>,
+    kind: Kind,
     default_actor_id: String,
 }
 
+#[derive(Clone)]
+enum Kind {
+    Actor(StoreActorPre<ActorState>),
+    Command(CommandPre<ActorState>),
+}
+
 impl ActorComponent {
+    /// Whether this is a WASI command, run with [`ActorHost::run_command`]
+    /// rather than [`ActorHost::run_init`].
+    pub fn is_command(&self) -> bool {
+        matches!(self.kind, Kind::Command(_))
+    }
+
     /// The actor id its store calls are recorded under unless a run names
     /// another: `component-` and the first 16 hex digits of the
     /// component's BLAKE3 hash, so that runs of the same build share a chain.
@@ -129,10 +151,13 @@ impl ActorHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         add_to_linker(&mut linker)?;
+        crate::keyvalue::add_to_linker(&mut linker)?;
+        let engine_key = engine_key(&engine);
         Ok(Self {
             engine,
             linker,
             root,
+            engine_key,
         })
     }
 
@@ -150,24 +175,70 @@ impl ActorHost {
         &self.root
     }
 
-    /// Compiles and links an actor component from its bytes. Fails when it
-    /// is not a component or imports something this host does not provide.
+    /// Compiles and links a component from its bytes. Fails when it is not
+    /// a component, imports something this host does not provide, or is
+    /// neither an actor nor a command.
     pub fn load(&self, wasm: &[u8]) -> wasmtime::Result<ActorComponent> {
         let component = Component::new(&self.engine, wasm)?;
-        let pre = StoreActorPre::new(self.linker.instantiate_pre(&component)?)?;
+        self.link(component, &ContentRef::for_content(wasm))
+    }
+
+    /// [`ActorHost::load`], keeping the compiled code in the root's
+    /// component cache ([`StoreRoot::component_cache`]), labelled by the
+    /// component's BLAKE3 hash and the engine's compatibility hash: the
+    /// next load of the same bytes by a compatible engine deserializes
+    /// instead of compiling. Cached code is content like any other,
+    /// verified against its hash on the way out. A cache that cannot be
+    /// read or written costs only the compile.
+    pub async fn load_cached(&self, wasm: &[u8]) -> wasmtime::Result<ActorComponent> {
+        let cache = self.root.component_cache();
         let hash = ContentRef::for_content(wasm);
+        let label = format!("{}/{}", hash.hash(), self.engine_key);
+        if let Ok(Some(compiled)) = cache.get_content_by_label(&label).await {
+            // SAFETY: these bytes were written by `Component::serialize`
+            // under this label, whose engine part matches only an engine
+            // with the same compatibility hash, and they were just checked
+            // against their BLAKE3 ref, so they are exactly what was written.
+            if let Ok(component) = unsafe { Component::deserialize(&self.engine, &compiled) } {
+                return self.link(component, &hash);
+            }
+        }
+        let component = Component::new(&self.engine, wasm)?;
+        if let Ok(compiled) = component.serialize() {
+            let _ = cache.store_at_label(&label, compiled).await;
+        }
+        self.link(component, &hash)
+    }
+
+    /// Compiles and links a component from a `.wasm` file, through the
+    /// component cache (see [`ActorHost::load_cached`]).
+    pub async fn load_file_cached(&self, path: &Path) -> wasmtime::Result<ActorComponent> {
+        self.load_cached(&read_component(path)?).await
+    }
+
+    fn link(&self, component: Component, hash: &ContentRef) -> wasmtime::Result<ActorComponent> {
+        let pre = self.linker.instantiate_pre(&component)?;
+        let kind = match StoreActorPre::new(pre.clone()) {
+            Ok(actor) => Kind::Actor(actor),
+            Err(not_actor) => match CommandPre::new(pre) {
+                Ok(command) => Kind::Command(command),
+                Err(_) => {
+                    return Err(not_actor.context(
+                        "the component is neither a Theater actor (exporting \
+                         theater:simple/actor) nor a WASI command (exporting wasi:cli/run)",
+                    ));
+                }
+            },
+        };
         Ok(ActorComponent {
-            pre,
+            kind,
             default_actor_id: format!("component-{}", &hash.hash()[..16]),
         })
     }
 
     /// Compiles and links an actor component from a `.wasm` file.
     pub fn load_file(&self, path: &Path) -> wasmtime::Result<ActorComponent> {
-        let wasm = std::fs::read(path).map_err(|error| {
-            wasmtime::Error::msg(format!("reading {}: {error}", path.display()))
-        })?;
-        self.load(&wasm)
+        self.load(&read_component(path)?)
     }
 
     /// Instantiates `actor` with a fresh context and calls its `init` with
@@ -181,33 +252,19 @@ impl ActorHost {
         param: &str,
     ) -> ActorRun {
         let limits = options.limits.clone();
-        let chain = match &options.chain {
-            ChainRecording::FromComponent => Some(actor.default_actor_id.as_str()),
-            ChainRecording::Actor(id) => Some(id.as_str()),
-            ChainRecording::Off => None,
-        };
-        let chain = match chain.map(|id| self.root.event_chain(id)).transpose() {
-            Ok(chain) => chain,
-            Err(error) => {
-                return ActorRun::refused(ActorFailure::InvalidOptions(error.to_string()));
-            }
+        let Kind::Actor(pre) = &actor.kind else {
+            return ActorRun::refused(ActorFailure::InvalidOptions(
+                "the component is a WASI command, which has no init: run it as a command".into(),
+            ));
         };
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
-        store_ctx.set_chain(chain);
-        store_ctx.set_deadline(std::time::Instant::now().checked_add(limits.timeout));
-        let data = ActorState {
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
-            table: ResourceTable::new(),
-            store: store_ctx,
-            memory: ActorLimiter::new(&limits),
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let mut store = match self.new_store(actor, options, wasi) {
+            Ok(store) => store,
+            Err(failure) => return ActorRun::refused(failure),
         };
-        let mut store = Store::new(&self.engine, data);
-        store.limiter(|data| &mut data.memory);
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        store.epoch_deadline_trap();
 
-        let outcome = match actor.pre.instantiate_async(&mut store).await {
+        let outcome = match pre.instantiate_async(&mut store).await {
             Err(error) if store.data().memory.refused => Err(ActorFailure::OutOfMemory {
                 limit: limits.max_memory_bytes,
                 trap: format!("{error:#}"),
@@ -245,6 +302,151 @@ impl ActorHost {
             stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
         }
     }
+
+    /// Instantiates a WASI command and calls its `run` (its `main`) with
+    /// `args` as its argv (the first is the program's name, by
+    /// convention), under the same grants, limits and event chain as an
+    /// actor. Its stdout and stderr go where `output` says.
+    pub async fn run_command(
+        &self,
+        command: &ActorComponent,
+        options: RunOptions,
+        args: &[String],
+        output: CommandOutput,
+    ) -> CommandRun {
+        let limits = options.limits.clone();
+        let Kind::Command(pre) = &command.kind else {
+            return CommandRun::refused(ActorFailure::InvalidOptions(
+                "the component is a Theater actor, not a WASI command: run its init".into(),
+            ));
+        };
+        let stdout = MemoryOutputPipe::new(COMMAND_OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(COMMAND_OUTPUT_CAPACITY);
+        let mut wasi = WasiCtx::builder();
+        wasi.args(args);
+        match output {
+            CommandOutput::Inherit => wasi.inherit_stdout().inherit_stderr(),
+            CommandOutput::Capture => wasi.stdout(stdout.clone()).stderr(stderr.clone()),
+        };
+        let mut store = match self.new_store(command, options, wasi.build()) {
+            Ok(store) => store,
+            Err(failure) => return CommandRun::refused(failure),
+        };
+        let outcome = match pre.instantiate_async(&mut store).await {
+            Err(error) if store.data().memory.refused => Err(ActorFailure::OutOfMemory {
+                limit: limits.max_memory_bytes,
+                trap: format!("{error:#}"),
+            }),
+            Err(error) => Err(ActorFailure::Instantiation(format!("{error:#}"))),
+            Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(())) => Ok(1),
+                Err(trap) => match trap.downcast_ref::<I32Exit>() {
+                    Some(exit) => Ok(exit.0),
+                    None => Err(classify_trap(&trap, &store, &limits)),
+                },
+            },
+        };
+        let outcome = match outcome {
+            _ if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            outcome => outcome,
+        };
+        CommandRun {
+            outcome,
+            stdout: stdout.contents().to_vec(),
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+        }
+    }
+
+    /// A wasmtime store for one run: the context under the run's grants,
+    /// limits and chain, its deadline, and the memory limiter.
+    fn new_store(
+        &self,
+        component: &ActorComponent,
+        options: RunOptions,
+        wasi: WasiCtx,
+    ) -> Result<Store<ActorState>, ActorFailure> {
+        let limits = options.limits.clone();
+        let chain = match &options.chain {
+            ChainRecording::FromComponent => Some(component.default_actor_id.as_str()),
+            ChainRecording::Actor(id) => Some(id.as_str()),
+            ChainRecording::Off => None,
+        };
+        let chain = chain
+            .map(|id| self.root.event_chain(id))
+            .transpose()
+            .map_err(|error| ActorFailure::InvalidOptions(error.to_string()))?;
+        let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
+        store_ctx.set_chain(chain);
+        store_ctx.set_deadline(std::time::Instant::now().checked_add(limits.timeout));
+        let data = ActorState {
+            wasi,
+            table: ResourceTable::new(),
+            store: store_ctx,
+            memory: ActorLimiter::new(&limits),
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|data| &mut data.memory);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+}
+
+/// Where a command's stdout and stderr go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandOutput {
+    /// To this process's own stdout and stderr (what `theater-store run` does).
+    Inherit,
+    /// Into [`CommandRun::stdout`] and [`CommandRun::stderr`], up to 1 MiB each.
+    Capture,
+}
+
+/// What a command's run produced.
+#[derive(Debug)]
+pub struct CommandRun {
+    /// Its exit code (0 for success; `std::process::exit(n)` gives n), or
+    /// why it did not finish.
+    pub outcome: Result<i32, ActorFailure>,
+    /// Its stdout, when captured.
+    pub stdout: Vec<u8>,
+    /// Its stderr, when captured.
+    pub stderr: String,
+}
+
+impl CommandRun {
+    /// A run that never started.
+    fn refused(failure: ActorFailure) -> Self {
+        Self {
+            outcome: Err(failure),
+            stdout: Vec::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
+fn read_component(path: &Path) -> wasmtime::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|error| wasmtime::Error::msg(format!("reading {}: {error}", path.display())))
+}
+
+/// The engine's compatibility hash (which settings and version compiled
+/// code depends on) as 16 hex digits, stable across processes.
+fn engine_key(engine: &Engine) -> String {
+    /// Collects what the hash feeds it, to hash it with BLAKE3.
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+    impl std::hash::Hasher for Bytes {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut bytes = Bytes::default();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut bytes);
+    ContentRef::for_content(&bytes.0).hash()[..16].to_owned()
 }
 
 impl ActorRun {

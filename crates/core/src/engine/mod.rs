@@ -91,10 +91,11 @@ pub(crate) enum Change {
         target: Option<Digest>,
         expect: Expect,
     },
-    /// Point every label at its target, all or nothing.
+    /// Point every label at its target (or remove it, for `None`), all or
+    /// nothing.
     SetLabels {
         store: StoreId,
-        labels: Vec<LabelRow>,
+        labels: Vec<(String, Option<Digest>)>,
     },
     /// Delete an object if no label reaches it and it was last stored
     /// before `cutoff` (unix milliseconds). Returns whether it did.

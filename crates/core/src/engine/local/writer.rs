@@ -420,10 +420,15 @@ fn apply(
         }
         Change::SetLabels { store, labels } => {
             for (label, target) in &labels {
-                if !sql::has_object(db, &store, *target)? {
-                    return Ok(Err(not_found(&store, *target)));
+                match *target {
+                    Some(target) => {
+                        if !sql::has_object(db, &store, target)? {
+                            return Ok(Err(not_found(&store, target)));
+                        }
+                        sql::upsert_label(db, &store, label, target)?;
+                    }
+                    None => sql::delete_label(db, &store, label)?,
                 }
-                sql::upsert_label(db, &store, label, *target)?;
             }
             Ok(Ok(true))
         }

@@ -1,0 +1,526 @@
+//! `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`) served from
+//! the content store: a bucket is a store, a key is a label, a value is
+//! content. Values are therefore deduplicated and verified on every read,
+//! `atomics.swap` is label compare-and-swap (linearizable across
+//! processes), and everything obeys the same grants, limits, quotas and
+//! event chain as `theater:simple/store`.
+//!
+//! Numbers kept by `increment` are decimal text (`-12`, `0`, `42`): a
+//! value that is not one is refused, never reinterpreted.
+//!
+//! Shaped like wasmtime-wasi-keyvalue: the context is the actor's
+//! [`StoreCtx`](crate::StoreCtx) reached through [`StoreView`], and
+//! [`add_to_linker`] wires the imports into any linker.
+
+use theater_store::{ContentRef, ContentStore, Event, StoreError, validate_label};
+use wasmtime::component::{Linker, Resource};
+
+use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
+use crate::ctx::StoreCtx;
+use crate::error::HostError;
+use crate::imports::call;
+use crate::policy::Access;
+use crate::{HasStoreView, StoreCtxView, StoreView};
+
+use store::{Error, KeyResponse};
+
+/// Keys per `list-keys` page (fewer when the listing limits are lower).
+const KEYS_PER_PAGE: usize = 1000;
+
+/// How often `increment` retries when other writers keep changing the key.
+const MAX_INCREMENT_ATTEMPTS: usize = 1000;
+
+/// An opened bucket: the id of the store it names. Grants are checked
+/// again at every call, as for `theater:simple/store`.
+pub struct Bucket {
+    id: String,
+}
+
+/// A `cas` handle: a key and the value (by ref) it had when remembered.
+pub struct Cas {
+    bucket: String,
+    key: String,
+    expected: Option<ContentRef>,
+}
+
+/// Adds `wasi:keyvalue/store`, `atomics` and `batch` to `linker`, served
+/// from the [`StoreCtx`](crate::StoreCtx) that `T`'s [`StoreView`] gives.
+pub fn add_to_linker<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
+    atomics::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
+    batch::add_to_linker::<T, HasStoreView>(linker, T::store_view)
+}
+
+impl From<HostError> for Error {
+    fn from(error: HostError) -> Self {
+        match error {
+            HostError::ReadOnly { .. } | HostError::NotGranted { .. } => Error::AccessDenied,
+            HostError::Store(StoreError::InvalidStoreId { .. }) => Error::NoSuchStore,
+            HostError::Store(error @ StoreError::InvalidLabel { .. }) => {
+                Error::Other(format!("invalid key: {error}"))
+            }
+            other => Error::Other(other.to_string()),
+        }
+    }
+}
+
+/// A handle the guest passed that is not in the table: only a host bug can
+/// cause this, so it traps.
+fn missing(error: wasmtime::component::ResourceTableError) -> wasmtime::Error {
+    wasmtime::Error::new(error)
+}
+
+/// The event of a keyvalue call.
+fn kv_call(function: &str, bucket: &str, key: Option<&str>) -> Event {
+    Event {
+        label: key.map(str::to_owned),
+        ..call(&format!("wasi:keyvalue/{function}"), bucket)
+    }
+}
+
+impl StoreCtx {
+    /// The value of `key`, read within the actor's limits.
+    async fn value(
+        &mut self,
+        store: &ContentStore,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        validate_label(key)?;
+        let Some(target) = self.within_deadline(store.get_by_label(key)).await? else {
+            return Ok(None);
+        };
+        self.admit_read(store, &target).await?;
+        let value = self.within_deadline(store.get(&target)).await?;
+        self.note(|event| {
+            event.refs.push(target.hash().to_owned());
+            event.size = Some(value.len() as u64);
+        });
+        Ok(Some(value))
+    }
+
+    /// Stores `value` and points `key` at it only if `key` still points
+    /// at `expected`; returns whether it did.
+    async fn swap_value(
+        &mut self,
+        store: &ContentStore,
+        key: &str,
+        expected: Option<&ContentRef>,
+        value: Vec<u8>,
+    ) -> Result<bool, HostError> {
+        validate_label(key)?;
+        let cost = self.admit(store, Some(&value), Some(key)).await?;
+        let stored = self.within_deadline(store.write(value, None)).await?;
+        let swapped = self
+            .within_deadline(store.compare_and_swap_label(key, expected, Some(&stored.content_ref)))
+            .await?;
+        if swapped {
+            self.charge(cost, stored.new);
+        }
+        Ok(swapped)
+    }
+
+    async fn increment(
+        &mut self,
+        store: &ContentStore,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, HostError> {
+        validate_label(key)?;
+        for _ in 0..MAX_INCREMENT_ATTEMPTS {
+            let current = self.within_deadline(store.get_by_label(key)).await?;
+            let value = match &current {
+                None => 0,
+                Some(target) => {
+                    let bytes = self.within_deadline(store.get(target)).await?;
+                    parse_number(&bytes).ok_or_else(|| not_a_number(store, key))?
+                }
+            };
+            let sum = value
+                .checked_add(delta)
+                .ok_or_else(|| HostError::BadValue {
+                    store: store.id().to_owned(),
+                    key: key.to_owned(),
+                    reason: format!(
+                        "it holds {value}, and adding {delta} overflows a 64-bit integer"
+                    ),
+                })?;
+            if self
+                .swap_value(store, key, current.as_ref(), sum.to_string().into_bytes())
+                .await?
+            {
+                return Ok(sum);
+            }
+        }
+        Err(HostError::Contended {
+            store: store.id().to_owned(),
+            label: key.to_owned(),
+            attempts: MAX_INCREMENT_ATTEMPTS,
+        })
+    }
+
+    async fn get_many(
+        &mut self,
+        store: &ContentStore,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, HostError> {
+        self.admit_listing(store, keys.len(), 0, "keys")?;
+        let limit = (self.limits().max_content_bytes).min(self.limits().max_memory_bytes);
+        let mut total = 0usize;
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.value(store, &key).await?;
+            total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
+            if total > limit {
+                return Err(HostError::ReadTooLarge {
+                    store: store.id().to_owned(),
+                    reference: format!("(get-many up to key {key:?})"),
+                    size: total as u64,
+                    limit: limit as u64,
+                });
+            }
+            values.push(value.map(|value| (key, value)));
+        }
+        Ok(values)
+    }
+
+    async fn set_many(
+        &mut self,
+        store: &ContentStore,
+        pairs: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), HostError> {
+        self.admit_listing(store, pairs.len(), 0, "keys")?;
+        let bytes: usize = pairs.iter().map(|(_, value)| value.len()).sum();
+        if bytes > self.limits().max_content_bytes {
+            return Err(HostError::ContentTooLarge {
+                store: store.id().to_owned(),
+                size: bytes as u64,
+                limit: self.limits().max_content_bytes as u64,
+            });
+        }
+        // The values are stored first, unlabelled (the grace period keeps
+        // them), then every key moves in one index transaction.
+        let mut labels = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            validate_label(&key)?;
+            let cost = self.admit(store, Some(&value), Some(&key)).await?;
+            let stored = self.within_deadline(store.write(value, None)).await?;
+            self.charge(cost, stored.new);
+            labels.push((key, Some(stored.content_ref)));
+        }
+        self.within_deadline(store.set_labels(&labels)).await
+    }
+
+    async fn delete_many(
+        &mut self,
+        store: &ContentStore,
+        keys: Vec<String>,
+    ) -> Result<(), HostError> {
+        self.admit_listing(store, keys.len(), 0, "keys")?;
+        for key in &keys {
+            validate_label(key)?;
+        }
+        let labels: Vec<(String, Option<ContentRef>)> =
+            keys.into_iter().map(|key| (key, None)).collect();
+        self.within_deadline(store.set_labels(&labels)).await
+    }
+}
+
+fn not_a_number(store: &ContentStore, key: &str) -> HostError {
+    HostError::BadValue {
+        store: store.id().to_owned(),
+        key: key.to_owned(),
+        reason: "it does not hold a decimal integer, so it cannot be incremented".to_owned(),
+    }
+}
+
+/// A value `increment` can add to: decimal text of a signed 64-bit integer.
+fn parse_number(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+impl store::Host for StoreCtxView<'_> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
+        self.ctx
+            .begin(call("wasi:keyvalue/store.open", &identifier));
+        let opened = self.ctx.open(&identifier, Access::ReadOnly).map(drop);
+        match self.ctx.end(opened).await {
+            Ok(()) => Ok(Ok(self.table.push(Bucket { id: identifier })?)),
+            Err(error) => Ok(Err(error.into())),
+        }
+    }
+}
+
+impl store::HostBucket for StoreCtxView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("store.get", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadOnly) {
+            Ok(store) => self.ctx.value(&store, &key).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("store.set", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(_) => self.ctx.write(&id, value, Some(&key)).await.map(drop),
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("store.delete", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(store) => self.ctx.within_deadline(store.remove_label(&key)).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("store.exists", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadOnly) {
+            Ok(store) => self
+                .ctx
+                .within_deadline(store.get_by_label(&key))
+                .await
+                .map(|target| target.is_some()),
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<KeyResponse, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("store.list-keys", &id, None));
+        let result = async {
+            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            let limit = KEYS_PER_PAGE.min(self.ctx.limits().max_list_entries);
+            let page = self
+                .ctx
+                .within_deadline(store.list_labels_page("", cursor.as_deref(), limit))
+                .await?;
+            let bytes = page.iter().map(|entry| entry.label.len()).sum();
+            self.ctx.admit_listing(&store, page.len(), bytes, "keys")?;
+            let cursor = (page.len() == limit)
+                .then(|| page.last().map(|entry| entry.label.clone()))
+                .flatten();
+            Ok(KeyResponse {
+                keys: page.into_iter().map(|entry| entry.label).collect(),
+                cursor,
+            })
+        }
+        .await;
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket).map_err(missing)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for StoreCtxView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx
+            .begin(kv_call("atomics.increment", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(store) => self.ctx.increment(&store, &key, delta).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let handle = self.table.get(&cas).map_err(missing)?;
+        let (id, key, expected) = (
+            handle.bucket.clone(),
+            handle.key.clone(),
+            handle.expected.clone(),
+        );
+        self.ctx.begin(kv_call("atomics.swap", &id, Some(&key)));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(store) => {
+                self.ctx
+                    .swap_value(&store, &key, expected.as_ref(), value)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match self.ctx.end(result).await {
+            Ok(true) => {
+                self.table.delete(cas).map_err(missing)?;
+                Ok(Ok(()))
+            }
+            // Lost the race: the handle now remembers the winner's value.
+            Ok(false) => {
+                let current = match self.ctx.open(&id, Access::ReadOnly) {
+                    Ok(store) => self.ctx.within_deadline(store.get_by_label(&key)).await,
+                    Err(error) => Err(error),
+                };
+                match current {
+                    Ok(current) => {
+                        self.table.get_mut(&cas).map_err(missing)?.expected = current;
+                        Ok(Err(atomics::CasError::CasFailed(cas)))
+                    }
+                    Err(error) => {
+                        self.table.delete(cas).map_err(missing)?;
+                        Ok(Err(atomics::CasError::StoreError(error.into())))
+                    }
+                }
+            }
+            Err(error) => {
+                self.table.delete(cas).map_err(missing)?;
+                Ok(Err(atomics::CasError::StoreError(error.into())))
+            }
+        }
+    }
+}
+
+impl atomics::HostCas for StoreCtxView<'_> {
+    async fn new(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("atomics.cas.new", &id, Some(&key)));
+        let result = async {
+            validate_label(&key)?;
+            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            self.ctx.within_deadline(store.get_by_label(&key)).await
+        }
+        .await;
+        match self.ctx.end(result).await {
+            Ok(expected) => Ok(Ok(self.table.push(Cas {
+                bucket: id,
+                key,
+                expected,
+            })?)),
+            Err(error) => Ok(Err(error.into())),
+        }
+    }
+
+    async fn current(
+        &mut self,
+        cas: Resource<Cas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let handle = self.table.get(&cas).map_err(missing)?;
+        let (id, key, expected) = (
+            handle.bucket.clone(),
+            handle.key.clone(),
+            handle.expected.clone(),
+        );
+        self.ctx
+            .begin(kv_call("atomics.cas.current", &id, Some(&key)));
+        let result = async {
+            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            let Some(expected) = expected else {
+                return Ok(None);
+            };
+            self.ctx.admit_read(&store, &expected).await?;
+            let value = self.ctx.within_deadline(store.get(&expected)).await?;
+            Ok(Some(value))
+        }
+        .await;
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(cas).map_err(missing)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for StoreCtxView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("batch.get-many", &id, None));
+        let result = match self.ctx.open(&id, Access::ReadOnly) {
+            Ok(store) => self.ctx.get_many(&store, keys).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("batch.set-many", &id, None));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(store) => self.ctx.set_many(&store, key_values).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let bucket = self.table.get(&bucket).map_err(missing)?;
+        let id = bucket.id.clone();
+        self.ctx.begin(kv_call("batch.delete-many", &id, None));
+        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            Ok(store) => self.ctx.delete_many(&store, keys).await,
+            Err(error) => Err(error),
+        };
+        Ok(self.ctx.end(result).await.map_err(Error::from))
+    }
+}
