@@ -393,7 +393,7 @@ fn cold_start(c: &mut Criterion) {
             &argv,
             CommandOutput::Capture,
         ));
-        assert_eq!(run.outcome.unwrap(), 2, "the usage exit");
+        assert_eq!(run.outcome.unwrap(), 1, "the usage failure");
     };
     group.sample_size(10);
     group.bench_function("command_compiled", |b| {
