@@ -236,6 +236,16 @@ async fn refusals_are_keyvalue_errors_and_change_nothing() {
     let oversize = fail(&h, small, &["guarded", "set", "big", &big]).await;
     assert!(oversize.contains("over the limit"), "{oversize}");
 
+    let few = RunOptions {
+        limits: Limits {
+            max_list_entries: 10,
+            ..Limits::default()
+        },
+        ..rw()
+    };
+    let batch = fail(&h, few, &["guarded", "batch", "p", "20"]).await;
+    assert!(batch.contains("this batch carries 20 keys"), "{batch}");
+
     // None of it wrote anything.
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.objects, stats.labels), (1, 1));

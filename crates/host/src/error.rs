@@ -112,6 +112,20 @@ pub enum HostError {
         /// The most bytes one listing may return.
         max_bytes: usize,
     },
+    /// A batch call carries more keys or bytes than one call may.
+    #[error(
+        "store {store}: this batch carries {amount} {what}, over the limit of {limit} per call"
+    )]
+    BatchTooLarge {
+        /// The store (bucket).
+        store: String,
+        /// "keys" or "bytes".
+        what: &'static str,
+        /// How many it carries.
+        amount: u64,
+        /// The most one call may carry.
+        limit: u64,
+    },
     /// A key's value is not what the call needs (`increment` of text that
     /// is not a number, or a sum that overflows).
     #[error("store {store}: key {key:?} cannot be used so: {reason}")]
@@ -162,6 +176,7 @@ impl HostError {
             Self::ReadOnly { .. } | Self::NotGranted { .. } => "access-denied",
             Self::ContentTooLarge { .. }
             | Self::ReadTooLarge { .. }
+            | Self::BatchTooLarge { .. }
             | Self::ListingTooLong { .. } => "too-large",
             Self::StoreQuota { .. } | Self::ActorQuota { .. } | Self::TooManyStores { .. } => {
                 "quota-exceeded"

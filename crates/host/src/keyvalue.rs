@@ -163,24 +163,31 @@ impl StoreCtx {
         store: &ContentStore,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, HostError> {
-        self.admit_listing(store, keys.len(), 0, "keys")?;
-        let limit = (self.limits().max_content_bytes).min(self.limits().max_memory_bytes);
+        self.admit_batch(store, keys.len())?;
+        let limit = self
+            .limits()
+            .max_content_bytes
+            .min(self.limits().max_memory_bytes);
         let mut total = 0usize;
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             let value = self.value(store, &key).await?;
             total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
             if total > limit {
-                return Err(HostError::ReadTooLarge {
-                    store: store.id().to_owned(),
-                    reference: format!("(get-many up to key {key:?})"),
-                    size: total as u64,
-                    limit: limit as u64,
-                });
+                return Err(batch_too_large(store, "bytes", total, limit));
             }
             values.push(value.map(|value| (key, value)));
         }
         Ok(values)
+    }
+
+    /// Refuses a batch of more keys than a listing may return.
+    fn admit_batch(&self, store: &ContentStore, keys: usize) -> Result<(), HostError> {
+        let limit = self.limits().max_list_entries;
+        if keys > limit {
+            return Err(batch_too_large(store, "keys", keys, limit));
+        }
+        Ok(())
     }
 
     async fn set_many(
@@ -188,14 +195,11 @@ impl StoreCtx {
         store: &ContentStore,
         pairs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), HostError> {
-        self.admit_listing(store, pairs.len(), 0, "keys")?;
+        self.admit_batch(store, pairs.len())?;
         let bytes: usize = pairs.iter().map(|(_, value)| value.len()).sum();
-        if bytes > self.limits().max_content_bytes {
-            return Err(HostError::ContentTooLarge {
-                store: store.id().to_owned(),
-                size: bytes as u64,
-                limit: self.limits().max_content_bytes as u64,
-            });
+        let limit = self.limits().max_content_bytes;
+        if bytes > limit {
+            return Err(batch_too_large(store, "bytes", bytes, limit));
         }
         // The values are stored first, unlabelled (the grace period keeps
         // them), then every key moves in one index transaction.
@@ -215,13 +219,27 @@ impl StoreCtx {
         store: &ContentStore,
         keys: Vec<String>,
     ) -> Result<(), HostError> {
-        self.admit_listing(store, keys.len(), 0, "keys")?;
+        self.admit_batch(store, keys.len())?;
         for key in &keys {
             validate_label(key)?;
         }
         let labels: Vec<(String, Option<ContentRef>)> =
             keys.into_iter().map(|key| (key, None)).collect();
         self.within_deadline(store.set_labels(&labels)).await
+    }
+}
+
+fn batch_too_large(
+    store: &ContentStore,
+    what: &'static str,
+    amount: usize,
+    limit: usize,
+) -> HostError {
+    HostError::BatchTooLarge {
+        store: store.id().to_owned(),
+        what,
+        amount: amount as u64,
+        limit: limit as u64,
     }
 }
 

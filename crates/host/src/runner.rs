@@ -265,11 +265,7 @@ impl ActorHost {
         };
 
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) if store.data().memory.refused => Err(ActorFailure::OutOfMemory {
-                limit: limits.max_memory_bytes,
-                trap: format!("{error:#}"),
-            }),
-            Err(error) => Err(ActorFailure::Instantiation(format!("{error:#}"))),
+            Err(error) => Err(instantiation_failure(&error, &store, &limits)),
             Ok(instance) => {
                 let call = instance
                     .theater_simple_actor()
@@ -333,11 +329,7 @@ impl ActorHost {
             Err(failure) => return CommandRun::refused(failure),
         };
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) if store.data().memory.refused => Err(ActorFailure::OutOfMemory {
-                limit: limits.max_memory_bytes,
-                trap: format!("{error:#}"),
-            }),
-            Err(error) => Err(ActorFailure::Instantiation(format!("{error:#}"))),
+            Err(error) => Err(instantiation_failure(&error, &store, &limits)),
             Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
                 Ok(Ok(())) => Ok(0),
                 Ok(Err(())) => Ok(1),
@@ -460,6 +452,22 @@ impl ActorRun {
             shutdown: None,
             stderr: String::new(),
         }
+    }
+}
+
+/// Why instantiation failed: the memory limit, or anything else.
+fn instantiation_failure(
+    error: &wasmtime::Error,
+    store: &Store<ActorState>,
+    limits: &Limits,
+) -> ActorFailure {
+    if store.data().memory.refused {
+        ActorFailure::OutOfMemory {
+            limit: limits.max_memory_bytes,
+            trap: format!("{error:#}"),
+        }
+    } else {
+        ActorFailure::Instantiation(format!("{error:#}"))
     }
 }
 

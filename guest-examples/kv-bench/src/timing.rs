@@ -42,3 +42,20 @@ pub fn time(
     }
     println!("{}", started.elapsed().as_nanos());
 }
+
+/// The `main` of either binary, over the bindings it generated.
+macro_rules! bench_main {
+    () => {
+        fn main() {
+            let (operation, iterations, size, bucket) = timing::arguments();
+            let bucket = wasi::keyvalue::store::open(&bucket).expect("opening the bucket");
+            timing::time(
+                &operation,
+                iterations,
+                size,
+                |key| bucket.get(key).expect("get"),
+                |key, value| bucket.set(key, value).expect("set"),
+            );
+        }
+    };
+}

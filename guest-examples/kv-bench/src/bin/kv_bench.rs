@@ -5,17 +5,8 @@ wit_bindgen::generate!({
     world: "wasi:keyvalue/imports",
 });
 
+#[macro_use]
 #[path = "../timing.rs"]
 mod timing;
 
-fn main() {
-    let (operation, iterations, size, bucket) = timing::arguments();
-    let bucket = wasi::keyvalue::store::open(&bucket).expect("opening the bucket");
-    timing::time(
-        &operation,
-        iterations,
-        size,
-        |key| bucket.get(key).expect("get"),
-        |key, value| bucket.set(key, value).expect("set"),
-    );
-}
+bench_main!();
