@@ -82,9 +82,10 @@ pub enum StoreError {
         /// Why it was refused.
         reason: &'static str,
     },
-    /// An actor's event chain is not as its appends leave it (a label was
-    /// moved or removed by hand): no event is appended to it until it is
-    /// repaired, so that the damage stays visible.
+    /// An actor's event chain is not as its appends leave it: its head
+    /// label was set by hand and carries no length, or an event does not
+    /// decode. No event is appended to such a chain, so that the damage
+    /// stays visible (a head merely moved back is caught by verify-chain).
     #[error(
         "event chain of actor {actor} is damaged: {reason}; run `theater-store verify-chain {actor}`"
     )]
