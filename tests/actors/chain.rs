@@ -8,19 +8,7 @@ use theater_store::Outcome;
 use theater_store_examples::{HOSTILE, THEATER_COMPAT};
 use theater_store_host::{ChainRecording, RunOptions};
 
-use crate::Harness;
-
-/// The new state of the compat actor, as its `key=value` lines.
-fn fields(state: Vec<u8>) -> HashMap<String, String> {
-    String::from_utf8(state)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (key, value) = line.split_once('=').unwrap();
-            (key.to_owned(), value.to_owned())
-        })
-        .collect()
-}
+use crate::{Harness, fields};
 
 const COMPAT_CALLS: [&str; 14] = [
     "new",

@@ -1,11 +1,9 @@
 //! An actor built from an unmodified copy of Theater's WIT links and runs.
 
-use std::collections::HashMap;
-
 use theater_store_examples::THEATER_COMPAT;
 use theater_store_host::RunOptions;
 
-use crate::Harness;
+use crate::{Harness, fields};
 
 #[tokio::test]
 async fn a_theater_actor_runs_unchanged() {
@@ -19,14 +17,7 @@ async fn a_theater_actor_runs_unchanged() {
         .outcome
         .unwrap_or_else(|e| panic!("{e}\n{}", run.stderr))
         .unwrap();
-    let fields: HashMap<String, String> = String::from_utf8(state)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (key, value) = line.split_once('=').unwrap();
-            (key.to_owned(), value.to_owned())
-        })
-        .collect();
+    let fields = fields(state);
     assert_eq!(fields["latest"], "third");
     assert_eq!(fields["latest_is_replaced"], "true");
     assert_eq!(fields["second_exists"], "true");

@@ -92,3 +92,15 @@ pub fn store_at(harness: &Harness, value: &Value, key: &str) -> theater_store::C
         .unwrap_or_else(|| panic!("no {key} in {value}"));
     harness.root().store(id).unwrap()
 }
+
+/// An actor's or command's output of `key=value` lines, as a map.
+pub fn fields(output: Vec<u8>) -> std::collections::HashMap<String, String> {
+    String::from_utf8(output)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (key, value) = line.split_once('=').unwrap();
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
