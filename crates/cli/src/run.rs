@@ -57,11 +57,7 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         (Some(id), false) => ChainRecording::Actor(id.clone()),
         (None, false) => ChainRecording::FromComponent,
     };
-    let chain_id = match &chain {
-        ChainRecording::FromComponent => Some(actor.default_actor_id().to_owned()),
-        ChainRecording::Actor(id) => Some(id.clone()),
-        ChainRecording::Off => None,
-    };
+    let chain_id = chain.actor_id(&actor).map(str::to_owned);
     let options = RunOptions {
         grants,
         limits,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::chain::CHAIN_STORE;
 use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
 use crate::error::Result;
 use crate::names::{ContentRef, Digest, StoreId};
@@ -260,7 +261,7 @@ impl ContentStore {
         // In the chain store, a head label keeps its whole chain: every
         // event it reaches through parent links counts as labelled. Events
         // appended after this walk are younger than the cutoff.
-        let chained: BTreeSet<Digest> = if store.is_reserved() {
+        let chained: BTreeSet<Digest> = if store.as_str() == CHAIN_STORE {
             let mut chained = BTreeSet::new();
             for actor in self.root().chain_actors().await? {
                 chained.extend(self.root().event_chain(&actor)?.reachable().await?);

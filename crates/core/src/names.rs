@@ -59,11 +59,6 @@ impl StoreId {
         Self(name)
     }
 
-    /// Whether this is one of the store's own stores.
-    pub(crate) fn is_reserved(&self) -> bool {
-        self.0.starts_with('_')
-    }
-
     /// A fresh random id (UUID v4).
     pub fn generate() -> Self {
         Self(uuid::Uuid::new_v4().to_string())

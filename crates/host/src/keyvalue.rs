@@ -13,7 +13,7 @@
 //! [`add_to_linker`] wires the imports into any linker.
 
 use theater_store::{ContentRef, ContentStore, Event, StoreError, validate_label};
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
 use crate::ctx::StoreCtx;
@@ -68,6 +68,11 @@ impl From<HostError> for Error {
 /// cause this, so it traps.
 fn missing(error: wasmtime::component::ResourceTableError) -> wasmtime::Error {
     wasmtime::Error::new(error)
+}
+
+/// The store id of an opened bucket.
+fn bucket_id(table: &ResourceTable, bucket: &Resource<Bucket>) -> wasmtime::Result<String> {
+    Ok(table.get(bucket).map_err(missing)?.id.clone())
 }
 
 /// The event of a keyvalue call.
@@ -277,8 +282,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("store.get", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self.ctx.value(&store, &key).await,
@@ -293,8 +297,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("store.set", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(_) => self.ctx.write(&id, value, Some(&key)).await.map(drop),
@@ -308,8 +311,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("store.delete", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.within_deadline(store.remove_label(&key)).await,
@@ -323,8 +325,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("store.exists", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self
@@ -342,8 +343,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<KeyResponse, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("store.list-keys", &id, None));
         let result = async {
             let store = self.ctx.open(&id, Access::ReadOnly)?;
@@ -379,8 +379,7 @@ impl atomics::Host for StoreCtxView<'_> {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx
             .begin(kv_call("atomics.increment", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
@@ -446,8 +445,7 @@ impl atomics::HostCas for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("atomics.cas.new", &id, Some(&key)));
         let result = async {
             validate_label(&key)?;
@@ -502,8 +500,7 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("batch.get-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self.ctx.get_many(&store, keys).await,
@@ -517,8 +514,7 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("batch.set-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.set_many(&store, key_values).await,
@@ -532,8 +528,7 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let bucket = self.table.get(&bucket).map_err(missing)?;
-        let id = bucket.id.clone();
+        let id = bucket_id(self.table, &bucket)?;
         self.ctx.begin(kv_call("batch.delete-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.delete_many(&store, keys).await,

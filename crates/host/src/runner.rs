@@ -95,6 +95,17 @@ pub enum ChainRecording {
     Off,
 }
 
+impl ChainRecording {
+    /// The actor id whose chain a run of `component` records in, if any.
+    pub fn actor_id<'a>(&'a self, component: &'a ActorComponent) -> Option<&'a str> {
+        match self {
+            Self::FromComponent => Some(component.default_actor_id()),
+            Self::Actor(id) => Some(id),
+            Self::Off => None,
+        }
+    }
+}
+
 /// Everything a run of `init` produced.
 #[derive(Debug)]
 pub struct ActorRun {
@@ -359,12 +370,9 @@ impl ActorHost {
         wasi: WasiCtx,
     ) -> Result<Store<ActorState>, ActorFailure> {
         let limits = options.limits.clone();
-        let chain = match &options.chain {
-            ChainRecording::FromComponent => Some(component.default_actor_id.as_str()),
-            ChainRecording::Actor(id) => Some(id.as_str()),
-            ChainRecording::Off => None,
-        };
-        let chain = chain
+        let chain = options
+            .chain
+            .actor_id(component)
             .map(|id| self.root.event_chain(id))
             .transpose()
             .map_err(|error| ActorFailure::InvalidOptions(error.to_string()))?;

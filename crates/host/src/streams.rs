@@ -31,29 +31,19 @@ pub struct WriterHandle {
     writer: Option<ContentWriter>,
 }
 
+/// The typed error, by the failure's kind ([`HostError::kind`], the one
+/// classification the chain records too).
 impl From<HostError> for Error {
     fn from(error: HostError) -> Self {
         let message = error.to_string();
-        match error {
-            HostError::Store(store) => match store {
-                StoreError::NotFound { .. } => Error::NotFound(message),
-                StoreError::Corrupted { .. } => Error::Corrupted(message),
-                StoreError::InvalidLabel { .. } => Error::InvalidLabel(message),
-                StoreError::InvalidRef { .. } | StoreError::InvalidRange { .. } => {
-                    Error::InvalidRef(message)
-                }
-                StoreError::InvalidStoreId { .. } => Error::AccessDenied(message),
-                _ => Error::Io(message),
-            },
-            HostError::ReadOnly { .. } | HostError::NotGranted { .. } => {
-                Error::AccessDenied(message)
-            }
-            HostError::ContentTooLarge { .. }
-            | HostError::ReadTooLarge { .. }
-            | HostError::ListingTooLong { .. } => Error::TooLarge(message),
-            HostError::StoreQuota { .. }
-            | HostError::ActorQuota { .. }
-            | HostError::TooManyStores { .. } => Error::QuotaExceeded(message),
+        match error.kind() {
+            "not-found" => Error::NotFound(message),
+            "corrupted" => Error::Corrupted(message),
+            "invalid-label" => Error::InvalidLabel(message),
+            "invalid-ref" => Error::InvalidRef(message),
+            "access-denied" => Error::AccessDenied(message),
+            "too-large" => Error::TooLarge(message),
+            "quota-exceeded" => Error::QuotaExceeded(message),
             _ => Error::Io(message),
         }
     }
