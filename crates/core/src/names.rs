@@ -111,15 +111,20 @@ impl Digest {
                 reason,
             })
         };
-        if text.len() != 64 {
+        let Ok(digits) = <&[u8; 64]>::try_from(text.as_bytes()) else {
             return refuse("a ref is 64 lowercase hex digits (a BLAKE3 digest)");
-        }
+        };
+        // Every read parses a ref, so this is a table lookup per digit and
+        // one check at the end rather than a branch per digit.
         let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-            match (hex_value(pair[0]), hex_value(pair[1])) {
-                (Some(high), Some(low)) => *byte = high << 4 | low,
-                _ => return refuse("a ref is 64 lowercase hex digits (a BLAKE3 digest)"),
-            }
+        let mut invalid = 0;
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let (high, low) = (HEX_VALUES[pair[0] as usize], HEX_VALUES[pair[1] as usize]);
+            invalid |= (high | low) & NOT_HEX;
+            *byte = high << 4 | low;
+        }
+        if invalid != 0 {
+            return refuse("a ref is 64 lowercase hex digits (a BLAKE3 digest)");
         }
         Ok(Self(bytes))
     }
@@ -139,13 +144,19 @@ impl fmt::Debug for Digest {
     }
 }
 
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
+/// Marks a byte that is not a lowercase hex digit in [`HEX_VALUES`].
+const NOT_HEX: u8 = 0x80;
+
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
     }
-}
+    table
+};
 
 /// A reference to stored content: the lowercase hex BLAKE3 digest of its bytes.
 ///
@@ -283,6 +294,16 @@ mod tests {
                 ContentRef::parse(bad),
                 Err(StoreError::InvalidRef { .. })
             ));
+        }
+        // Every byte that is not a lowercase hex digit, in every position.
+        let hex = content_ref.hash().as_bytes();
+        for byte in (0..=255u8).filter(|b| !b"0123456789abcdef".contains(b)) {
+            for position in [0, 31, 63] {
+                let mut bad = hex.to_vec();
+                bad[position] = byte;
+                let bad = String::from_utf8_lossy(&bad).into_owned();
+                assert!(ContentRef::parse(bad).is_err(), "byte {byte} at {position}");
+            }
         }
     }
 

@@ -39,6 +39,11 @@ pub struct Options {
     /// Grace periods should be well above it. Default:
     /// [`crate::REFRESH_AFTER`] (60 s).
     pub refresh_after: Duration,
+    /// Memory for answering repeated reads (a label's target, a small
+    /// object's verified bytes) without the index, for as long as nothing
+    /// in the root changes; any commit by any process makes them be read
+    /// again. 0 turns it off. Default: 16 MiB.
+    pub read_cache_bytes: usize,
 }
 
 impl Options {
@@ -56,6 +61,7 @@ impl Default for Options {
             max_transaction_time: Duration::from_millis(50),
             max_idle_readers: 16,
             refresh_after: crate::REFRESH_AFTER,
+            read_cache_bytes: 16 << 20,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::engine::{Change, Engine};
 use crate::error::{Result, StoreError};
 use crate::names::StoreId;
 use crate::options::Options;
+use crate::recent::{AsOf, RecentReads};
 use crate::stats::StoreStats;
 use crate::store::ContentStore;
 
@@ -34,6 +35,7 @@ struct Shared {
     path: Option<PathBuf>,
     options: Options,
     engine: OnceCell<Arc<Engine>>,
+    recent: RecentReads,
 }
 
 /// A store's id and totals, as listed by [`StoreRoot::stores`].
@@ -81,6 +83,7 @@ impl StoreRoot {
         Self {
             shared: Arc::new(Shared {
                 path,
+                recent: RecentReads::new(options.read_cache_bytes),
                 options,
                 engine: OnceCell::new(),
             }),
@@ -175,10 +178,18 @@ impl StoreRoot {
     /// The opened root, opening it on first use. A failed open is retried by
     /// the next call rather than remembered.
     pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {
+        if let Some(engine) = self.shared.engine.get() {
+            return Ok(Arc::clone(engine));
+        }
         let path = self.shared.path.clone().ok_or(StoreError::NoDefaultRoot)?;
         let options = self.shared.options.clone();
         let open = || blocking(move || Engine::open(&path, &options).map(Arc::new));
         self.shared.engine.get_or_try_init(open).await.cloned()
+    }
+
+    /// This root's remembered reads, as of `engine`'s state now.
+    pub(crate) fn recent(&self, engine: &Engine) -> AsOf<'_> {
+        self.shared.recent.as_of(engine.settled())
     }
 }
 

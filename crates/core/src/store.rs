@@ -6,6 +6,7 @@ use crate::chain::Record;
 use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
+use crate::recent::{AsOf, RecentObject};
 use crate::root::{StoreRoot, blocking};
 use crate::stats::StoreStats;
 use crate::tree::TreeHasher;
@@ -19,6 +20,18 @@ const VERIFY_ON_CALLER_MAX: usize = 64 << 10;
 /// How old stored content must be before storing it again refreshes its
 /// age. Garbage-collection grace periods should be well above this.
 pub const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What [`ContentStore::get_at_most`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtMost {
+    /// The content, verified.
+    Content(Vec<u8>),
+    /// The content is longer than asked for, and was not read.
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+    },
+}
 
 /// One label and the content it names, as listed by
 /// [`ContentStore::list_labels_page`].
@@ -169,8 +182,14 @@ impl ContentStore {
     pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
+        let recent = self.root.recent(&engine);
+        if let Some(object) = recent.object(&self.id, digest) {
+            return Ok(object.size);
+        }
         let size = engine.object_size(&self.id, digest).await?;
-        size.ok_or_else(|| self.not_found(digest))
+        let size = size.ok_or_else(|| self.not_found(digest))?;
+        recent.remember_size(&self.id, digest, size);
+        Ok(size)
     }
 
     /// The content behind `content_ref`, re-hashed on the way out: bytes that
@@ -182,6 +201,96 @@ impl ContentStore {
 
     async fn get_digest(&self, digest: Digest) -> Result<Vec<u8>> {
         let engine = self.root.engine().await?;
+        let recent = self.root.recent(&engine);
+        if let Some(bytes) = recent
+            .object(&self.id, digest)
+            .and_then(|object| object.bytes)
+        {
+            return Ok(bytes.to_vec());
+        }
+        let bytes = self.read_verified(&engine, digest).await?;
+        recent.remember_bytes(&self.id, digest, &bytes);
+        Ok(bytes)
+    }
+
+    /// The content behind `content_ref` if it is at most `max_bytes` long,
+    /// verified like [`ContentStore::get`]; otherwise only its size, without
+    /// reading it. For callers that must not take in more than they can hold.
+    pub async fn get_at_most(&self, content_ref: &ContentRef, max_bytes: u64) -> Result<AtMost> {
+        let digest = content_ref.digest()?;
+        let engine = self.root.engine().await?;
+        let recent = self.root.recent(&engine);
+        let known = recent.object(&self.id, digest);
+        self.read_at_most(&engine, &recent, digest, known, max_bytes)
+            .await
+    }
+
+    /// What `label` points at, and that content as
+    /// [`ContentStore::get_at_most`] gives it; `None` when the label is not
+    /// defined. One call for the commonest read of all.
+    pub async fn get_label_at_most(
+        &self,
+        label: &str,
+        max_bytes: u64,
+    ) -> Result<Option<(ContentRef, AtMost)>> {
+        validate_label(label)?;
+        let engine = self.root.engine().await?;
+        let recent = self.root.recent(&engine);
+        let (digest, known) = match recent.label_and_object(&self.id, label) {
+            Some((target, known)) => (target, known),
+            None => {
+                let target = engine.label_target(&self.id, label).await?;
+                recent.remember_label(&self.id, label, target);
+                (target, None)
+            }
+        };
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        let content = self
+            .read_at_most(&engine, &recent, digest, known, max_bytes)
+            .await?;
+        Ok(Some((digest.into(), content)))
+    }
+
+    /// [`ContentStore::get_at_most`] once the digest is known, and what
+    /// the root remembers of the object, if anything.
+    async fn read_at_most(
+        &self,
+        engine: &Engine,
+        recent: &AsOf<'_>,
+        digest: Digest,
+        known: Option<RecentObject>,
+        max_bytes: u64,
+    ) -> Result<AtMost> {
+        let size = match known {
+            Some(object) if object.size > max_bytes => object.size,
+            Some(RecentObject {
+                bytes: Some(bytes), ..
+            }) => return Ok(AtMost::Content(bytes.to_vec())),
+            _ => {
+                let size = engine.object_size(&self.id, digest).await?;
+                size.ok_or_else(|| self.not_found(digest))?
+            }
+        };
+        if size > max_bytes {
+            recent.remember_size(&self.id, digest, size);
+            return Ok(AtMost::TooLarge { size });
+        }
+        let bytes = self.read_verified(engine, digest).await?;
+        recent.remember_bytes(&self.id, digest, &bytes);
+        Ok(AtMost::Content(bytes))
+    }
+
+    /// Like [`ContentStore::get`], but always from disk, never from the
+    /// root's remembered reads: for checks that exist to look at the bytes
+    /// as they are stored now.
+    pub(crate) async fn get_from_disk(&self, content_ref: &ContentRef) -> Result<Vec<u8>> {
+        let engine = self.root.engine().await?;
+        self.read_verified(&engine, content_ref.digest()?).await
+    }
+
+    async fn read_verified(&self, engine: &Engine, digest: Digest) -> Result<Vec<u8>> {
         let bytes = engine
             .read_object(&self.id, digest)
             .await?
@@ -227,7 +336,12 @@ impl ContentStore {
     pub async fn get_by_label(&self, label: &str) -> Result<Option<ContentRef>> {
         validate_label(label)?;
         let engine = self.root.engine().await?;
+        let recent = self.root.recent(&engine);
+        if let Some(target) = recent.label(&self.id, label) {
+            return Ok(target.map(ContentRef::from));
+        }
         let target = engine.label_target(&self.id, label).await?;
+        recent.remember_label(&self.id, label, target);
         Ok(target.map(ContentRef::from))
     }
 

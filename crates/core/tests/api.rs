@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{damage, temp_root};
-use theater_store::{ContentRef, ContentStore, Durability, Options, StoreError, StoreRoot};
+use theater_store::{AtMost, ContentRef, ContentStore, Durability, Options, StoreError, StoreRoot};
 
 /// Every file below `dir`, relative to it.
 fn files_below(dir: &Path) -> BTreeSet<String> {
@@ -433,6 +433,64 @@ async fn corrupted_objects_are_reported_never_returned() {
         damage(&root, &store, &content_ref, b"tampered bytes");
         expect_corrupted(&store, &content_ref).await;
     }
+}
+
+/// A read answered from memory returns the bytes as they were verified
+/// when first read: damage done on disk since is never returned, and the
+/// next commit to the root makes reads go back to disk and report it.
+#[tokio::test]
+async fn remembered_reads_never_return_damaged_bytes() {
+    let (_dir, root) = temp_root();
+    let store = root.store("corrupt").unwrap();
+    let content_ref = store.store_at_label("doc", "the real bytes").await.unwrap();
+    assert_eq!(store.get(&content_ref).await.unwrap(), b"the real bytes");
+    damage(&root, &store, &content_ref, b"tampered bytes");
+    assert_eq!(store.get(&content_ref).await.unwrap(), b"the real bytes");
+    root.store("elsewhere")
+        .unwrap()
+        .store("any write")
+        .await
+        .unwrap();
+    expect_corrupted(&store, &content_ref).await;
+}
+
+#[tokio::test]
+async fn bounded_reads_give_the_size_instead_of_reading_too_much() {
+    let (_dir, root) = temp_root();
+    let store = root.store("bounded").unwrap();
+    let content_ref = store.store_at_label("doc", vec![7u8; 1000]).await.unwrap();
+    for _ in 0..2 {
+        // The second time from memory.
+        assert_eq!(
+            store.get_at_most(&content_ref, 999).await.unwrap(),
+            AtMost::TooLarge { size: 1000 }
+        );
+        assert_eq!(
+            store.get_at_most(&content_ref, 1000).await.unwrap(),
+            AtMost::Content(vec![7u8; 1000])
+        );
+        let (labelled, content) = store.get_label_at_most("doc", 10).await.unwrap().unwrap();
+        assert_eq!(labelled, content_ref);
+        assert_eq!(content, AtMost::TooLarge { size: 1000 });
+    }
+    assert_eq!(
+        store.get_label_at_most("undefined", 10).await.unwrap(),
+        None
+    );
+    let missing = ContentRef::for_content(b"never stored");
+    match store.get_at_most(&missing, 10).await {
+        Err(StoreError::NotFound { store, reference }) => {
+            assert_eq!(
+                (store.as_str(), reference.as_str()),
+                ("bounded", missing.hash())
+            );
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store.get_label_at_most("bad\0label", 10).await,
+        Err(StoreError::InvalidLabel { .. })
+    ));
 }
 
 async fn expect_corrupted(store: &ContentStore, content_ref: &ContentRef) {

@@ -220,3 +220,45 @@ async fn processes_and_tasks_racing_lose_nothing() {
     assert_eq!(store.calculate_total_size().await.unwrap(), total);
     assert!(store.verify(Arc::new(())).await.unwrap().is_clean());
 }
+
+/// Reads are answered from memory while nothing changes, so a second root
+/// on the same directory (as another process would open it: its own
+/// connections, its own remembered reads) must still see every write the
+/// moment it is acknowledged, and never go back to an older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_reads_see_every_acknowledged_write_from_another_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = StoreRoot::new(dir.path()).store("shared").unwrap();
+    let reader = StoreRoot::new(dir.path()).store("shared").unwrap();
+    let value = |bytes: Option<Vec<u8>>| -> u64 {
+        bytes.map_or(0, |b| String::from_utf8(b).unwrap().parse().unwrap())
+    };
+    for i in 1..=200u64 {
+        writer.store_at_label("tick", i.to_string()).await.unwrap();
+        // Twice: the second read is answered from memory.
+        for _ in 0..2 {
+            let seen = value(reader.get_content_by_label("tick").await.unwrap());
+            assert_eq!(seen, i, "a read missed an acknowledged write");
+        }
+    }
+
+    // Now concurrently: the reader's view only moves forward, and after
+    // the writer is done it sees the last value.
+    let last = 2_000u64;
+    let writing = tokio::spawn(async move {
+        for i in 201..=last {
+            writer.store_at_label("tick", i.to_string()).await.unwrap();
+        }
+    });
+    let mut seen = 200;
+    while !writing.is_finished() {
+        let now = value(reader.get_content_by_label("tick").await.unwrap());
+        assert!(now >= seen, "a read went back from {seen} to {now}");
+        seen = now;
+    }
+    writing.await.unwrap();
+    assert_eq!(
+        value(reader.get_content_by_label("tick").await.unwrap()),
+        last
+    );
+}

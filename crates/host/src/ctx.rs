@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use theater_store::{
-    ContentRef, ContentStore, Event, EventChain, OBJECT_OVERHEAD_BYTES, Outcome, Record, StoreRoot,
-    StoreStats, label_footprint,
+    AtMost, ContentRef, ContentStore, Event, EventChain, OBJECT_OVERHEAD_BYTES, Outcome, Record,
+    StoreRoot, StoreStats, label_footprint,
 };
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
@@ -116,8 +116,9 @@ impl StoreCtx {
     /// Starts recording one store call as `event`. The store opened for
     /// the call carries the event into its write's transaction; whatever
     /// is left is recorded by [`StoreCtx::end`].
-    pub(crate) fn begin(&mut self, event: Event) {
-        self.pending = self.chain.as_ref().map(|chain| Record::new(chain, event));
+    /// `event` is only called when recording is on.
+    pub(crate) fn begin(&mut self, event: impl FnOnce() -> Event) {
+        self.pending = self.chain.as_ref().map(|chain| Record::new(chain, event()));
     }
 
     /// Adds to the event of the call in progress.
@@ -389,27 +390,51 @@ impl StoreCtx {
         self.bytes_added = self.bytes_added.saturating_add(content + cost.label);
     }
 
-    /// Refuses to read content that the actor could not take in one call,
-    /// before reading it: over [`Limits::max_content_bytes`], or over the
-    /// memory the actor may have.
-    pub(crate) async fn admit_read(
+    /// Reads content, refusing first, without reading it, what the actor
+    /// could not take in one call: over [`Limits::max_content_bytes`], or
+    /// over the memory the actor may have.
+    pub(crate) async fn read_within_limits(
         &self,
         store: &ContentStore,
         content_ref: &ContentRef,
-    ) -> Result<(), HostError> {
-        let size = self
-            .within_deadline(store.content_size(content_ref))
-            .await?;
-        let limit = (self.limits.max_content_bytes as u64).min(self.limits.max_memory_bytes as u64);
-        if size > limit {
-            return Err(HostError::ReadTooLarge {
+    ) -> Result<Vec<u8>, HostError> {
+        self.within_deadline(self.read_limited(store, content_ref))
+            .await
+    }
+
+    /// [`StoreCtx::read_within_limits`] without the deadline, for calls
+    /// that set one around more than the read.
+    pub(crate) async fn read_limited(
+        &self,
+        store: &ContentStore,
+        content_ref: &ContentRef,
+    ) -> Result<Vec<u8>, HostError> {
+        let found = store.get_at_most(content_ref, self.read_limit()).await?;
+        self.admit_content(store, content_ref, found)
+    }
+
+    /// The most content one call may return: [`Limits::max_content_bytes`],
+    /// and no more than the actor's memory may hold.
+    pub(crate) fn read_limit(&self) -> u64 {
+        (self.limits.max_content_bytes as u64).min(self.limits.max_memory_bytes as u64)
+    }
+
+    /// The content read under [`StoreCtx::read_limit`], or the refusal.
+    pub(crate) fn admit_content(
+        &self,
+        store: &ContentStore,
+        content_ref: &ContentRef,
+        found: AtMost,
+    ) -> Result<Vec<u8>, HostError> {
+        match found {
+            AtMost::Content(content) => Ok(content),
+            AtMost::TooLarge { size } => Err(HostError::ReadTooLarge {
                 store: store.id().to_owned(),
                 reference: content_ref.to_string(),
                 size,
-                limit,
-            });
+                limit: self.read_limit(),
+            }),
         }
-        Ok(())
     }
 
     /// Refuses a listing longer than [`Limits::max_list_entries`] or

@@ -102,8 +102,7 @@ impl StoreCtx {
     ) -> Result<Vec<u8>, HostError> {
         let store = self.open(store_id, Access::ReadOnly)?;
         let content_ref = to_core(content_ref);
-        self.admit_read(&store, &content_ref).await?;
-        let content = self.within_deadline(store.get(&content_ref)).await?;
+        let content = self.read_within_limits(&store, &content_ref).await?;
         self.note(|event| event.size = Some(content.len() as u64));
         Ok(content)
     }
@@ -133,7 +132,7 @@ impl StoreCtx {
 
 impl store::Host for StoreCtx {
     async fn new(&mut self) -> Result<String, String> {
-        self.begin(Event::new("new"));
+        self.begin(|| Event::new("new"));
         let created = self.create_store().await;
         if let Ok(id) = &created {
             self.note(|event| event.store = Some(id.clone()));
@@ -142,19 +141,19 @@ impl store::Host for StoreCtx {
     }
 
     async fn store(&mut self, store_id: String, content: Vec<u8>) -> Result<WitRef, String> {
-        self.begin(call("store", &store_id));
+        self.begin(|| call("store", &store_id));
         let result = self.write(&store_id, content, None).await;
         Ok(self.end(result).await?)
     }
 
     async fn get(&mut self, store_id: String, content_ref: WitRef) -> Result<Vec<u8>, String> {
-        self.begin(call_with_refs("get", &store_id, None, &[&content_ref]));
+        self.begin(|| call_with_refs("get", &store_id, None, &[&content_ref]));
         let result = self.get_content(&store_id, content_ref).await;
         Ok(self.end(result).await?)
     }
 
     async fn exists(&mut self, store_id: String, content_ref: WitRef) -> Result<bool, String> {
-        self.begin(call_with_refs("exists", &store_id, None, &[&content_ref]));
+        self.begin(|| call_with_refs("exists", &store_id, None, &[&content_ref]));
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -170,12 +169,7 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        self.begin(call_with_refs(
-            "label",
-            &store_id,
-            Some(&label),
-            &[&content_ref],
-        ));
+        self.begin(|| call_with_refs("label", &store_id, Some(&label), &[&content_ref]));
         let result = self.set_label(&store_id, &label, content_ref).await;
         Ok(self.end(result).await?)
     }
@@ -185,7 +179,7 @@ impl store::Host for StoreCtx {
         store_id: String,
         label: String,
     ) -> Result<Option<WitRef>, String> {
-        self.begin(call_at("get-by-label", &store_id, &label));
+        self.begin(|| call_at("get-by-label", &store_id, &label));
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             self.within_deadline(store.get_by_label(&label)).await
@@ -198,7 +192,7 @@ impl store::Host for StoreCtx {
     }
 
     async fn remove_label(&mut self, store_id: String, label: String) -> Result<(), String> {
-        self.begin(call_at("remove-label", &store_id, &label));
+        self.begin(|| call_at("remove-label", &store_id, &label));
         let result = async {
             let store = self.open(&store_id, Access::ReadWrite)?;
             self.within_deadline(store.remove_label(&label)).await
@@ -219,7 +213,7 @@ impl store::Host for StoreCtx {
             Some(&label),
             &[&content_ref],
         );
-        self.begin(event);
+        self.begin(|| event);
         let result = async {
             let store = self.open(&store_id, Access::ReadWrite)?;
             let content_ref = to_core(content_ref);
@@ -237,7 +231,7 @@ impl store::Host for StoreCtx {
         label: String,
         content: Vec<u8>,
     ) -> Result<WitRef, String> {
-        self.begin(call_at("store-at-label", &store_id, &label));
+        self.begin(|| call_at("store-at-label", &store_id, &label));
         let result = self.write(&store_id, content, Some(&label)).await;
         Ok(self.end(result).await?)
     }
@@ -248,7 +242,7 @@ impl store::Host for StoreCtx {
         label: String,
         content: Vec<u8>,
     ) -> Result<WitRef, String> {
-        self.begin(call_at("replace-content-at-label", &store_id, &label));
+        self.begin(|| call_at("replace-content-at-label", &store_id, &label));
         let result = self.write(&store_id, content, Some(&label)).await;
         Ok(self.end(result).await?)
     }
@@ -260,25 +254,25 @@ impl store::Host for StoreCtx {
         content_ref: WitRef,
     ) -> Result<(), String> {
         let event = call_with_refs("replace-at-label", &store_id, Some(&label), &[&content_ref]);
-        self.begin(event);
+        self.begin(|| event);
         let result = self.set_label(&store_id, &label, content_ref).await;
         Ok(self.end(result).await?)
     }
 
     async fn list_labels(&mut self, store_id: String) -> Result<Vec<String>, String> {
-        self.begin(call("list-labels", &store_id));
+        self.begin(|| call("list-labels", &store_id));
         let result = self.list_label_names(&store_id).await;
         Ok(self.end(result).await?)
     }
 
     async fn list_all_content(&mut self, store_id: String) -> Result<Vec<WitRef>, String> {
-        self.begin(call("list-all-content", &store_id));
+        self.begin(|| call("list-all-content", &store_id));
         let result = self.list_refs(&store_id).await;
         Ok(self.end(result).await?)
     }
 
     async fn calculate_total_size(&mut self, store_id: String) -> Result<u64, String> {
-        self.begin(call("calculate-total-size", &store_id));
+        self.begin(|| call("calculate-total-size", &store_id));
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             self.within_deadline(store.calculate_total_size()).await

@@ -91,11 +91,11 @@ impl StoreCtx {
         key: &str,
     ) -> Result<Option<Vec<u8>>, HostError> {
         validate_label(key)?;
-        let Some(target) = self.within_deadline(store.get_by_label(key)).await? else {
+        let read = store.get_label_at_most(key, self.read_limit());
+        let Some((target, found)) = self.within_deadline(read).await? else {
             return Ok(None);
         };
-        self.admit_read(store, &target).await?;
-        let value = self.within_deadline(store.get(&target)).await?;
+        let value = self.admit_content(store, &target, found)?;
         self.note(|event| {
             event.refs.push(target.hash().to_owned());
             event.size = Some(value.len() as u64);
@@ -267,7 +267,7 @@ impl store::Host for StoreCtxView<'_> {
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
         self.ctx
-            .begin(call("wasi:keyvalue/store.open", &identifier));
+            .begin(|| call("wasi:keyvalue/store.open", &identifier));
         let opened = self.ctx.open(&identifier, Access::ReadOnly).map(drop);
         match self.ctx.end(opened).await {
             Ok(()) => Ok(Ok(self.table.push(Bucket { id: identifier })?)),
@@ -283,7 +283,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("store.get", &id, Some(&key)));
+        self.ctx.begin(|| kv_call("store.get", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self.ctx.value(&store, &key).await,
             Err(error) => Err(error),
@@ -298,7 +298,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("store.set", &id, Some(&key)));
+        self.ctx.begin(|| kv_call("store.set", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(_) => self.ctx.write(&id, value, Some(&key)).await.map(drop),
             Err(error) => Err(error),
@@ -312,7 +312,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("store.delete", &id, Some(&key)));
+        self.ctx.begin(|| kv_call("store.delete", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.within_deadline(store.remove_label(&key)).await,
             Err(error) => Err(error),
@@ -326,7 +326,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("store.exists", &id, Some(&key)));
+        self.ctx.begin(|| kv_call("store.exists", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self
                 .ctx
@@ -344,7 +344,7 @@ impl store::HostBucket for StoreCtxView<'_> {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<KeyResponse, Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("store.list-keys", &id, None));
+        self.ctx.begin(|| kv_call("store.list-keys", &id, None));
         let result = async {
             let store = self.ctx.open(&id, Access::ReadOnly)?;
             let limit = KEYS_PER_PAGE.min(self.ctx.limits().max_list_entries);
@@ -381,7 +381,7 @@ impl atomics::Host for StoreCtxView<'_> {
     ) -> wasmtime::Result<Result<i64, Error>> {
         let id = bucket_id(self.table, &bucket)?;
         self.ctx
-            .begin(kv_call("atomics.increment", &id, Some(&key)));
+            .begin(|| kv_call("atomics.increment", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.increment(&store, &key, delta).await,
             Err(error) => Err(error),
@@ -400,7 +400,7 @@ impl atomics::Host for StoreCtxView<'_> {
             handle.key.clone(),
             handle.expected.clone(),
         );
-        self.ctx.begin(kv_call("atomics.swap", &id, Some(&key)));
+        self.ctx.begin(|| kv_call("atomics.swap", &id, Some(&key)));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => {
                 self.ctx
@@ -446,7 +446,8 @@ impl atomics::HostCas for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("atomics.cas.new", &id, Some(&key)));
+        self.ctx
+            .begin(|| kv_call("atomics.cas.new", &id, Some(&key)));
         let result = async {
             validate_label(&key)?;
             let store = self.ctx.open(&id, Access::ReadOnly)?;
@@ -474,15 +475,13 @@ impl atomics::HostCas for StoreCtxView<'_> {
             handle.expected.clone(),
         );
         self.ctx
-            .begin(kv_call("atomics.cas.current", &id, Some(&key)));
+            .begin(|| kv_call("atomics.cas.current", &id, Some(&key)));
         let result = async {
             let store = self.ctx.open(&id, Access::ReadOnly)?;
             let Some(expected) = expected else {
                 return Ok(None);
             };
-            self.ctx.admit_read(&store, &expected).await?;
-            let value = self.ctx.within_deadline(store.get(&expected)).await?;
-            Ok(Some(value))
+            Ok(Some(self.ctx.read_within_limits(&store, &expected).await?))
         }
         .await;
         Ok(self.ctx.end(result).await.map_err(Error::from))
@@ -501,7 +500,7 @@ impl batch::Host for StoreCtxView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("batch.get-many", &id, None));
+        self.ctx.begin(|| kv_call("batch.get-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadOnly) {
             Ok(store) => self.ctx.get_many(&store, keys).await,
             Err(error) => Err(error),
@@ -515,7 +514,7 @@ impl batch::Host for StoreCtxView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("batch.set-many", &id, None));
+        self.ctx.begin(|| kv_call("batch.set-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.set_many(&store, key_values).await,
             Err(error) => Err(error),
@@ -529,7 +528,7 @@ impl batch::Host for StoreCtxView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(kv_call("batch.delete-many", &id, None));
+        self.ctx.begin(|| kv_call("batch.delete-many", &id, None));
         let result = match self.ctx.open(&id, Access::ReadWrite) {
             Ok(store) => self.ctx.delete_many(&store, keys).await,
             Err(error) => Err(error),

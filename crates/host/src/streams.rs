@@ -84,7 +84,7 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         // Pieces are not events of their own; a refused one ends the
         // stream, and that is recorded.
         if written.is_err() {
-            self.ctx.begin(Event {
+            self.ctx.begin(|| Event {
                 size: Some(size),
                 ..call("content-writer.write", &store_id)
             });
@@ -106,7 +106,7 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
         self.ctx
-            .begin(call("content-writer.finish", handle.store.id()));
+            .begin(|| call("content-writer.finish", handle.store.id()));
         let finished = finish(self.ctx, handle, None).await;
         Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
@@ -118,7 +118,7 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
         let event = call_at("content-writer.finish-at-label", handle.store.id(), &label);
-        self.ctx.begin(event);
+        self.ctx.begin(|| event);
         let finished = finish(self.ctx, handle, Some(&label)).await;
         Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
@@ -267,7 +267,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         &mut self,
         store_id: String,
     ) -> wasmtime::Result<Result<Resource<WriterHandle>, Error>> {
-        self.ctx.begin(call("open-writer", &store_id));
+        self.ctx.begin(|| call("open-writer", &store_id));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             let stats = self.ctx.within_deadline(store.stats()).await?;
@@ -291,7 +291,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<Resource<DynInputStream>, Error>> {
         let event = call_with_refs("open-reader", &store_id, None, &[&content_ref]);
-        self.ctx.begin(event);
+        self.ctx.begin(|| event);
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -315,7 +315,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<u64, Error>> {
         let event = call_with_refs("content-size", &store_id, None, &[&content_ref]);
-        self.ctx.begin(event);
+        self.ctx.begin(|| event);
         let sized = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -334,7 +334,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         offset: u64,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        self.ctx.begin(Event {
+        self.ctx.begin(|| Event {
             size: Some(len),
             ..call_with_refs("read-range", &store_id, None, &[&content_ref])
         });
@@ -367,12 +367,8 @@ impl store_streams::Host for StoreCtxView<'_> {
         new: Option<WitRef>,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let refs: Vec<&WitRef> = expected.iter().chain(new.iter()).collect();
-        self.ctx.begin(call_with_refs(
-            "compare-and-swap",
-            &store_id,
-            Some(&label),
-            &refs,
-        ));
+        self.ctx
+            .begin(|| call_with_refs("compare-and-swap", &store_id, Some(&label), &refs));
         let swapped = async {
             theater_store::validate_label(&label)?;
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
@@ -403,7 +399,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<(String, WitRef)>, Error>> {
-        self.ctx.begin(call("list-labels-page", &store_id));
+        self.ctx.begin(|| call("list-labels-page", &store_id));
         let listed = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let limits = self.ctx.limits();

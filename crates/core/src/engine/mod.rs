@@ -241,6 +241,18 @@ impl Engine {
         local::LocalEngine::open(path, options).map(Self::Local)
     }
 
+    /// A token for the index's state, when no write is being committed:
+    /// reads made after taking it stay current while later calls return
+    /// the same token. `None` means nothing read may be remembered now.
+    /// Shared by every process that has the root open, and checked in
+    /// nanoseconds, so that [`crate::recent::RecentReads`] can answer
+    /// repeated reads from memory.
+    pub(crate) fn settled(&self) -> Option<u64> {
+        match self {
+            Self::Local(local) => local.settled(),
+        }
+    }
+
     /// Whether content of `size` bytes is staged by writing a file, which
     /// belongs on a blocking thread (small content is staged in memory).
     pub(crate) fn stages_to_file(&self, size: usize) -> bool {

@@ -3,6 +3,7 @@
 //! and one file per large object (`layout.rs`), published by one writer
 //! thread per process (`writer.rs`).
 
+mod changes;
 mod layout;
 mod sql;
 mod steps;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use changes::ChangeCounter;
 use layout::ObjectFiles;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
@@ -38,6 +40,7 @@ pub(crate) struct LocalEngine {
     layout: ObjectFiles,
     readers: Readers,
     writer: Writer,
+    changes: Arc<ChangeCounter>,
 }
 
 impl LocalEngine {
@@ -60,20 +63,34 @@ impl LocalEngine {
         let mut connection = sql::open_connection(&db, options.durability, true)
             .map_err(|source| index_error(path, "opening", source))?;
         let layout = ObjectFiles::new(path, options.durability);
-        sql::create_schema(&mut connection, |db, version| {
+        let changes = ChangeCounter::open(&path.join("index.changes"))
+            .map(Arc::new)
+            .map_err(|source| index_error(path, "opening the change count", source))?;
+        // An upgrade rewrites rows other processes may have read.
+        let ticket = changes.start();
+        let created = sql::create_schema(&mut connection, |db, version| {
             if version == 1 {
                 move_stores_to_case_safe_dirs(db, &layout)?;
             }
             Ok(())
-        })
-        .map_err(|source| index_error(path, "creating or upgrading schema", source))?;
-        let writer = Writer::spawn(connection, &db, path.to_owned(), layout.clone(), options)
-            .map_err(|source| index_error(path, "opening", source))?;
+        });
+        changes.finish(ticket);
+        created.map_err(|source| index_error(path, "creating or upgrading schema", source))?;
+        let writer = Writer::spawn(
+            connection,
+            &db,
+            path.to_owned(),
+            layout.clone(),
+            Arc::clone(&changes),
+            options,
+        )
+        .map_err(|source| index_error(path, "opening", source))?;
         Ok(Self {
             inline_threshold: options.inline_threshold,
             readers: Readers::new(db, path.to_owned(), options.max_idle_readers),
             writer,
             layout,
+            changes,
         })
     }
 
@@ -191,6 +208,10 @@ impl LocalEngine {
         query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         self.readers.read(action, query)
+    }
+
+    pub(crate) fn settled(&self) -> Option<u64> {
+        self.changes.settled()
     }
 
     pub(crate) fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {

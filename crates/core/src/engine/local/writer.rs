@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::changes::ChangeCounter;
 use super::layout::{ObjectFiles, remove_staged, sync_dir};
 use super::sql::{self, Place, index_error};
 use super::steps::{Step, record};
@@ -74,6 +75,8 @@ struct Publisher {
     /// Commits so far, to wake the checkpointer every [`CHECKPOINT_EVERY`].
     commits: std::cell::Cell<u64>,
     checkpoints: mpsc::SyncSender<()>,
+    /// Told about every commit, so that readers know when to forget.
+    changes: Arc<ChangeCounter>,
 }
 
 /// Commits between two background checkpoints: a few pages each, so about
@@ -92,6 +95,7 @@ impl Writer {
         db: &Path,
         root: PathBuf,
         layout: ObjectFiles,
+        changes: Arc<ChangeCounter>,
         options: &Options,
     ) -> rusqlite::Result<Self> {
         // Copying the log back into the database (a checkpoint, with its
@@ -122,6 +126,7 @@ impl Writer {
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             commits: std::cell::Cell::new(0),
             checkpoints,
+            changes,
         }));
         let thread_publisher = Arc::clone(&publisher);
         std::thread::Builder::new()
@@ -224,7 +229,7 @@ impl Publisher {
         }
         let mut touched = BTreeSet::new();
         let outcome = match apply(db, &self.layout, self.refresh_after, change, &mut touched) {
-            Ok(Ok(applied)) => sql::run_cached(db, "COMMIT").map(|()| {
+            Ok(Ok(applied)) => commit(db, &self.changes).map(|()| {
                 self.committed();
                 Ok(applied)
             }),
@@ -253,6 +258,7 @@ impl Publisher {
         let (db, root, layout) = (&self.connection, &self.root, &self.layout);
         let refresh_after = self.refresh_after;
         let (durability, max_time) = (self.durability, self.max_transaction_time);
+        let changes = &self.changes;
         let outcome = (|| {
             sql::run_cached(db, "BEGIN IMMEDIATE")?;
             // The clock starts once the lock is held: waiting for it is not
@@ -290,7 +296,7 @@ impl Publisher {
                 let message = format!("published objects could not be made durable: {source}");
                 return Ok(Err(message));
             }
-            sql::run_cached(db, "COMMIT")?;
+            commit(db, changes)?;
             record(|| Step::Committed);
             Ok::<_, rusqlite::Error>(Ok(results))
         })();
@@ -314,6 +320,14 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Commits the open transaction, telling `changes` before and after.
+fn commit(db: &Connection, changes: &ChangeCounter) -> rusqlite::Result<()> {
+    let ticket = changes.start();
+    let committed = sql::run_cached(db, "COMMIT");
+    changes.finish(ticket);
+    committed
 }
 
 /// Whether the job's caller gave up (its call timed out, its task was
