@@ -9,6 +9,7 @@ mod parse;
 mod progress;
 mod run;
 mod stores;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +146,22 @@ enum Command {
         /// The actor id.
         actor: String,
     },
+    /// Bring stores in root TO up to date with root FROM: copy the content TO
+    /// lacks, move labels unless TO changed them too (a conflict: exit 1).
+    Sync {
+        /// The root to copy from (a directory).
+        from: String,
+        /// The root to bring up to date (a directory).
+        to: String,
+        /// Only these stores [default: every store in FROM].
+        stores: Vec<String>,
+        /// Only labels starting with this, and the content they point at.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Report what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove a store with all its labels and content.
     RmStore {
         /// The store id.
@@ -237,8 +254,23 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let root = resolve_root(cli.root)?;
     let json = cli.json;
+    if let Command::Sync {
+        from,
+        to,
+        stores,
+        prefix,
+        dry_run,
+    } = cli.command
+    {
+        let options = theater_store::SyncOptions {
+            prefix,
+            dry_run,
+            ..Default::default()
+        };
+        return sync::sync(&from, &to, stores, options, json).await;
+    }
+    let root = resolve_root(cli.root)?;
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,
@@ -279,5 +311,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chain { actor, limit } => chain::list(&root, &actor, limit, json).await,
         Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
+        Command::Sync { .. } => unreachable!("handled before the root is resolved"),
     }
 }

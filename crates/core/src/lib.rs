@@ -35,6 +35,7 @@ mod root;
 mod stats;
 mod store;
 mod stream;
+mod sync;
 mod tree;
 
 pub use chain::{
@@ -53,3 +54,4 @@ pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
 pub use stream::{ContentReader, ContentWriter};
+pub use sync::{SyncConflict, SyncOptions, SyncReport};

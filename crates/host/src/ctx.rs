@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use theater_store::{
@@ -257,6 +258,13 @@ impl StoreCtx {
         let Some(deadline) = self.deadline else {
             return call.await.map_err(Into::into);
         };
+        // Most calls finish without waiting (a read answered from memory, a
+        // write applied on this thread): those need no timer.
+        let mut call = std::pin::pin!(call);
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result.map_err(Into::into);
+        }
         match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(result) => result.map_err(Into::into),
             Err(_) => {

@@ -1,0 +1,102 @@
+//! `theater-store sync FROM TO [STORE...]`: brings stores in one root up to
+//! date with another (the rules are the core's, in `sync.rs`).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use theater_store::{StoreRoot, SyncOptions, SyncReport};
+
+use crate::progress::Bar;
+use crate::stores::{print_json, printable};
+
+/// A root named on the command line. Only directories are roots today.
+fn root_at(location: &str) -> anyhow::Result<StoreRoot> {
+    if location.contains("://") {
+        bail!(
+            "{}: this build opens directory roots only (a root URL needs the shared engine)",
+            printable(location)
+        );
+    }
+    if location.is_empty() {
+        bail!("a root is a directory path; got an empty string");
+    }
+    Ok(StoreRoot::new(location))
+}
+
+/// Runs the sync of `stores` (every store in `from` when empty) and
+/// reports each; exit 1 when any label is in conflict.
+pub async fn sync(
+    from: &str,
+    to: &str,
+    stores: Vec<String>,
+    options: SyncOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (source, destination) = (root_at(from)?, root_at(to)?);
+    let stores = if stores.is_empty() {
+        let listed = source
+            .stores()
+            .await
+            .with_context(|| format!("listing the stores of {}", printable(from)))?;
+        listed.into_iter().map(|summary| summary.id).collect()
+    } else {
+        stores
+    };
+    let mut reports = Vec::with_capacity(stores.len());
+    for store in &stores {
+        let bar = Bar::new(&format!("syncing {store}"), false);
+        let synced = source
+            .sync_store_to(&destination, store, &options, bar.clone())
+            .await;
+        bar.finish();
+        let report = synced.with_context(|| {
+            format!(
+                "syncing store {store} from {} to {}",
+                printable(from),
+                printable(to)
+            )
+        })?;
+        if !json {
+            print_report(&report);
+        }
+        reports.push(report);
+    }
+    if json {
+        print_json(&reports)?;
+    }
+    let converged = reports.iter().all(SyncReport::converged);
+    Ok(if converged {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(report: &SyncReport) {
+    let verb = if report.dry_run { "would copy" } else { "copied" };
+    println!(
+        "{}: {verb} {} objects ({} bytes), {} already there; labels: {} moved, {} in sync, {} kept as changed here, {} in conflict",
+        report.store,
+        report.objects_copied,
+        report.bytes_copied,
+        report.objects_present,
+        report.labels_moved,
+        report.labels_in_sync,
+        report.labels_kept,
+        report.conflicts.len()
+    );
+    let show = |value: &Option<theater_store::ContentRef>| {
+        value
+            .as_ref()
+            .map_or_else(|| "(none)".to_owned(), ToString::to_string)
+    };
+    for conflict in &report.conflicts {
+        println!(
+            "conflict in {}: label {} is {} at the source and {} at the destination",
+            report.store,
+            printable(&conflict.label),
+            show(&conflict.source),
+            show(&conflict.destination)
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Sync: brings a store in one root up to date with the same store in
+//! another, copying only the content the destination lacks and moving
+//! labels with compare-and-swap, so that nothing changed on the
+//! destination is ever overwritten without being noticed.
+//!
+//! What two roots last agreed on is kept in both of them, in the reserved
+//! store `_sync`, one record per (other root, store): for each label, the
+//! values either side may hold and still count as "unchanged since the
+//! last sync", whichever direction that sync ran. The newer of the two
+//! copies is the one read. A label is then, by its source value `S`,
+//! destination value `D` and that record:
+//!
+//! - in sync when `S == D`;
+//! - moved to `S` (by compare-and-swap against `D`) when `D` is unchanged;
+//! - kept when only the destination changed it (the destination's change
+//!   stays, and a sync the other way carries it back);
+//! - a conflict when both changed it, or when a first sync finds
+//!   different values: reported, never overwritten.
+//!
+//! Before labels move, the record is written with both the old and the
+//! new value allowed, so a sync killed half way and run again resumes:
+//! labels it already moved count as unchanged. Content is copied before
+//! any label that points at it, read verified and stored re-hashed.
+//!
+//! Roots are named in records by their canonical path, so a root that
+//! moves starts afresh: its first sync reports every label the two sides
+//! disagree on as a conflict rather than guess.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::error::{Result, StoreError};
+use crate::maintenance::Progress;
+use crate::names::{ContentRef, StoreId};
+use crate::root::StoreRoot;
+use crate::store::ContentStore;
+
+/// The reserved store that holds what past syncs agreed on.
+pub(crate) const SYNC_STORE: &str = "_sync";
+
+/// Content up to this size is copied whole; larger content is streamed.
+const COPY_WHOLE_MAX: u64 = 1 << 20;
+
+/// How a sync runs.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Only labels that start with this (and only the content they point
+    /// at). Empty: every label, and every object of the store.
+    pub prefix: String,
+    /// Work out and report what would change, changing nothing.
+    pub dry_run: bool,
+    /// Objects copied at once. Default: 16.
+    pub parallel: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            dry_run: false,
+            parallel: 16,
+        }
+    }
+}
+
+/// What a sync of one store did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// The store id.
+    pub store: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Objects the destination lacked, now copied.
+    pub objects_copied: u64,
+    /// Their total size.
+    pub bytes_copied: u64,
+    /// Objects the destination already held.
+    pub objects_present: u64,
+    /// Labels pointed at the source's value (or removed, when the source
+    /// removed them).
+    pub labels_moved: u64,
+    /// Labels that already agreed.
+    pub labels_in_sync: u64,
+    /// Labels only the destination changed, left as it has them.
+    pub labels_kept: u64,
+    /// Labels changed on both sides: left alone, for someone to decide.
+    pub conflicts: Vec<SyncConflict>,
+}
+
+impl SyncReport {
+    /// Whether the destination now agrees with the source on every label
+    /// the sync covered, apart from ones only the destination changed.
+    pub fn converged(&self) -> bool {
+        self.conflicts.is_empty()
+    }
+}
+
+/// A label that both sides changed since they last agreed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncConflict {
+    /// The label.
+    pub label: String,
+    /// What the source has (`None`: removed there).
+    pub source: Option<ContentRef>,
+    /// What the destination has (`None`: removed there).
+    pub destination: Option<ContentRef>,
+    /// What they last agreed on, if they ever synced this label.
+    pub last_agreed: Option<Option<ContentRef>>,
+}
+
+/// The record of what two roots agree on for one store: per label, the
+/// values either may hold and count as unchanged (`None`: absent).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Agreed {
+    /// The two roots, as [`StoreRoot::sync_name`] gives them.
+    roots: [String; 2],
+    store: String,
+    /// When it was written (Unix nanoseconds): the newer copy wins.
+    written_at: u128,
+    labels: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl Agreed {
+    fn allows(&self, label: &str, value: Option<&ContentRef>) -> Option<bool> {
+        let values = self.labels.get(label)?;
+        Some(values.iter().any(|v| v.as_deref() == value.map(ContentRef::hash)))
+    }
+
+    fn set(&mut self, label: &str, values: &[Option<&ContentRef>]) {
+        let mut values: Vec<_> = values.iter().map(|v| v.map(|r| r.hash().to_owned())).collect();
+        values.dedup();
+        if values == [None] {
+            self.labels.remove(label);
+        } else {
+            self.labels.insert(label.to_owned(), values);
+        }
+    }
+}
+
+/// What to do with one label.
+enum Plan {
+    InSync {
+        label: String,
+        value: Option<ContentRef>,
+    },
+    Move {
+        label: String,
+        from: Option<ContentRef>,
+        to: Option<ContentRef>,
+    },
+    Keep,
+    Conflict(SyncConflict),
+}
+
+impl StoreRoot {
+    /// Brings store `id` in `destination` up to date with store `id` here
+    /// (see the module documentation of `sync.rs` for the rules). Progress
+    /// counts objects. Conflicts are reported, not errors: check
+    /// [`SyncReport::converged`].
+    pub async fn sync_store_to(
+        &self,
+        destination: &StoreRoot,
+        id: &str,
+        options: &SyncOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<SyncReport> {
+        let source = self.store(id)?;
+        let target = destination.store(id)?;
+        let copies = [
+            (destination.clone(), self.sync_record_label(id)),
+            (self.clone(), destination.sync_record_label(id)),
+        ];
+        let mut agreed = Agreed {
+            roots: [self.sync_name(), destination.sync_name()],
+            store: id.to_owned(),
+            ..Agreed::default()
+        };
+        for (root, label) in &copies {
+            if let Some(copy) = load(root, label).await?
+                && copy.written_at > agreed.written_at
+            {
+                agreed.labels = copy.labels;
+                agreed.written_at = copy.written_at;
+            }
+        }
+        let mut report = SyncReport {
+            store: id.to_owned(),
+            dry_run: options.dry_run,
+            ..SyncReport::default()
+        };
+
+        let source_labels = labels(&source, &options.prefix).await?;
+        let plans = plan(&target, &source_labels, &agreed, &options.prefix).await?;
+        let wanted: BTreeSet<ContentRef> = if options.prefix.is_empty() {
+            source.list_all_content().await?.into_iter().collect()
+        } else {
+            source_labels.values().cloned().collect()
+        };
+        copy_missing(&source, &target, wanted, options, progress, &mut report).await?;
+
+        let mut moves = Vec::new();
+        for plan in plans {
+            match plan {
+                Plan::InSync { label, value } => {
+                    report.labels_in_sync += 1;
+                    agreed.set(&label, &[value.as_ref()]);
+                }
+                Plan::Keep => report.labels_kept += 1,
+                Plan::Conflict(conflict) => report.conflicts.push(conflict),
+                Plan::Move { label, from, to } => moves.push((label, from, to)),
+            }
+        }
+        if options.dry_run {
+            report.labels_moved = moves.len() as u64;
+            return Ok(report);
+        }
+        // First allow both values, so that a sync killed while moving
+        // labels finds them unchanged when it runs again.
+        for (label, from, to) in &moves {
+            agreed.set(label, &[from.as_ref(), to.as_ref()]);
+        }
+        if !moves.is_empty() {
+            save(&copies, &mut agreed).await?;
+        }
+        for (label, from, to) in moves {
+            if target
+                .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
+                .await?
+            {
+                report.labels_moved += 1;
+                agreed.set(&label, &[to.as_ref()]);
+            } else {
+                // Changed on the destination since it was read: both sides
+                // changed it.
+                let destination = target.get_by_label(&label).await?;
+                agreed.set(&label, &[from.as_ref()]);
+                report.conflicts.push(SyncConflict {
+                    label,
+                    source: to,
+                    destination,
+                    last_agreed: Some(from),
+                });
+            }
+        }
+        save(&copies, &mut agreed).await?;
+        Ok(report)
+    }
+
+    /// The reserved store holding what syncs with other roots agreed on.
+    fn sync_records(&self) -> ContentStore {
+        ContentStore::in_root(self.clone(), StoreId::reserved(SYNC_STORE))
+    }
+
+    /// How this root is named in the records of syncs from it.
+    fn sync_name(&self) -> String {
+        let path = self.path().map(ToOwned::to_owned).unwrap_or_default();
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        path.display().to_string()
+    }
+
+    /// The label, in another root's records, of what it agreed with this
+    /// root on for store `id`.
+    fn sync_record_label(&self, id: &str) -> String {
+        let name = blake3::hash(self.sync_name().as_bytes()).to_hex();
+        format!("with/{}/{id}", &name[..32])
+    }
+}
+
+/// Every label under `prefix`, with its target.
+async fn labels(store: &ContentStore, prefix: &str) -> Result<BTreeMap<String, ContentRef>> {
+    let mut labels = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_labels_page(prefix, after.as_deref(), 10_000)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(labels);
+        };
+        after = Some(last.label.clone());
+        labels.extend(page.into_iter().map(|e| (e.label, e.content_ref)));
+    }
+}
+
+/// Decides what to do with every label under `prefix` that the source has
+/// or that the last sync agreed on.
+async fn plan(
+    target: &ContentStore,
+    source_labels: &BTreeMap<String, ContentRef>,
+    agreed: &Agreed,
+    prefix: &str,
+) -> Result<Vec<Plan>> {
+    let target_labels = labels(target, prefix).await?;
+    let remembered = agreed.labels.keys().filter(|l| l.starts_with(prefix));
+    let names: BTreeSet<&String> = source_labels.keys().chain(remembered).collect();
+    let mut plans = Vec::with_capacity(names.len());
+    for label in names {
+        let source = source_labels.get(label);
+        let destination = target_labels.get(label);
+        let plan = if source == destination {
+            Plan::InSync {
+                label: label.clone(),
+                value: source.cloned(),
+            }
+        } else {
+            let destination_unchanged = agreed
+                .allows(label, destination)
+                .unwrap_or(destination.is_none());
+            let source_unchanged = agreed.allows(label, source).unwrap_or(false);
+            if destination_unchanged {
+                Plan::Move {
+                    label: label.clone(),
+                    from: destination.cloned(),
+                    to: source.cloned(),
+                }
+            } else if source_unchanged {
+                Plan::Keep
+            } else {
+                Plan::Conflict(SyncConflict {
+                    label: label.clone(),
+                    source: source.cloned(),
+                    destination: destination.cloned(),
+                    last_agreed: agreed.labels.get(label).map(|values| {
+                        values.last().cloned().flatten().map(ContentRef::new)
+                    }),
+                })
+            }
+        };
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Copies what of `wanted` the target lacks, `options.parallel` at once.
+async fn copy_missing(
+    source: &ContentStore,
+    target: &ContentStore,
+    wanted: BTreeSet<ContentRef>,
+    options: &SyncOptions,
+    progress: Arc<dyn Progress>,
+    report: &mut SyncReport,
+) -> Result<()> {
+    progress.start(wanted.len() as u64);
+    let mut tasks = JoinSet::new();
+    let mut wanted = wanted.into_iter();
+    loop {
+        while tasks.len() < options.parallel.max(1)
+            && let Some(content_ref) = wanted.next()
+        {
+            let (source, target) = (source.clone(), target.clone());
+            let dry_run = options.dry_run;
+            tasks.spawn(async move { copy_one(&source, &target, &content_ref, dry_run).await });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            return Ok(());
+        };
+        let copied = match joined {
+            Ok(copied) => copied?,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        match copied {
+            Some(bytes) => {
+                report.objects_copied += 1;
+                report.bytes_copied += bytes;
+            }
+            None => report.objects_present += 1,
+        }
+        progress.advance(1);
+    }
+}
+
+/// Copies one object unless the target holds it: `Some(size)` if copied
+/// (or, in a dry run, if it would be).
+async fn copy_one(
+    source: &ContentStore,
+    target: &ContentStore,
+    content_ref: &ContentRef,
+    dry_run: bool,
+) -> Result<Option<u64>> {
+    if target.exists(content_ref).await? {
+        return Ok(None);
+    }
+    let size = source.content_size(content_ref).await?;
+    if dry_run {
+        return Ok(Some(size));
+    }
+    let stored = if size <= COPY_WHOLE_MAX {
+        target.store(source.get(content_ref).await?).await?
+    } else {
+        target.store_reader(source.reader(content_ref).await?).await?
+    };
+    // Both sides hash what they read and wrote; this cannot differ unless
+    // one of them is broken.
+    if &stored != content_ref {
+        return Err(StoreError::Corrupted {
+            store: target.id().to_owned(),
+            reference: content_ref.hash().to_owned(),
+            actual: stored.hash().to_owned(),
+        });
+    }
+    Ok(Some(size))
+}
+
+/// One root's copy of a record, if it has one.
+async fn load(root: &StoreRoot, label: &str) -> Result<Option<Agreed>> {
+    let Some(bytes) = root.sync_records().get_content_by_label(label).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&bytes).map_err(|error| StoreError::Index {
+        root: root.path().map(ToOwned::to_owned).unwrap_or_default(),
+        action: "reading the record of the last sync",
+        source: format!("{SYNC_STORE} label {label}: {error}").into(),
+    })?;
+    Ok(Some(record))
+}
+
+/// Writes the record of what the two sides agree on to both of them, the
+/// destination's copy first.
+async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    agreed.written_at = now.max(agreed.written_at + 1);
+    let bytes = serde_json::to_vec(agreed).expect("a sync record serializes");
+    for (root, label) in copies {
+        root.sync_records()
+            .store_at_label(label, bytes.clone())
+            .await?;
+    }
+    Ok(())
+}
