@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use theater_store::{ContentStore, Durability, GcOptions, StoreRoot};
+use theater_store::{ContentStore, Durability, GcOptions, StoreRoot, SyncOptions};
 use tokio::runtime::Runtime;
 
 const KIB: usize = 1 << 10;
@@ -444,6 +444,63 @@ fn streaming(c: &mut Criterion) {
     group.finish();
 }
 
+/// `sync` of a store of 10,000 small labelled objects into an empty root:
+/// copies and label moves in parallel (the default) against one at a time.
+fn sync(c: &mut Criterion) {
+    const OBJECTS: u64 = 10_000;
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = StoreRoot::new(dir.path().join("source"));
+    runtime.block_on(async {
+        let store = source.store("bench").unwrap();
+        let counter = AtomicU64::new(0);
+        for i in 0..OBJECTS {
+            let label = format!("doc:{i:05}");
+            store
+                .store_at_label(&label, distinct(&counter, KIB))
+                .await
+                .unwrap();
+        }
+    });
+    let mut group = c.benchmark_group("sync");
+    group
+        .throughput(Throughput::Elements(OBJECTS))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for (name, parallel) in [
+        ("10k_small_objects", SyncOptions::default().parallel),
+        ("10k_small_objects_one_at_a_time", 1),
+    ] {
+        let options = SyncOptions {
+            parallel,
+            ..SyncOptions::default()
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let into = tempfile::tempdir().unwrap();
+                    let destination = StoreRoot::new(into.path());
+                    let started = Instant::now();
+                    let report = runtime
+                        .block_on(source.sync_store_to(
+                            &destination,
+                            "bench",
+                            &options,
+                            Arc::new(()),
+                        ))
+                        .unwrap();
+                    total += started.elapsed();
+                    assert_eq!(report.objects_copied, OBJECTS);
+                    assert_eq!(report.labels_moved, OBJECTS);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Asks the kernel to forget a file's cached pages, so the next read goes
 /// to the disk.
 fn drop_from_page_cache(path: &Path) {
@@ -460,6 +517,7 @@ criterion_group!(
     large_objects,
     streaming,
     concurrent_durable_writers,
-    labels_at_scale
+    labels_at_scale,
+    sync
 );
 criterion_main!(benches);

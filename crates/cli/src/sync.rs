@@ -73,7 +73,11 @@ pub async fn sync(
 }
 
 fn print_report(report: &SyncReport) {
-    let verb = if report.dry_run { "would copy" } else { "copied" };
+    let verb = if report.dry_run {
+        "would copy"
+    } else {
+        "copied"
+    };
     println!(
         "{}: {verb} {} objects ({} bytes), {} already there; labels: {} moved, {} in sync, {} kept as changed here, {} in conflict",
         report.store,

@@ -1057,3 +1057,154 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
         .unwrap();
     assert!(cached.is_empty(), "--no-cache filled the cache: {cached:?}");
 }
+
+/// Fills `store` in the root at `root` with `count` labels `doc:NNNN`, each
+/// pointing at its own content tagged `version`.
+fn fill(root: &Path, store: &str, count: usize, version: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = theater_store::StoreRoot::new(root).store(store).unwrap();
+        for i in 0..count {
+            let label = format!("doc:{i:04}");
+            store
+                .store_at_label(&label, format!("{version} {i}"))
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// How many `doc:NNNN` labels in the root at `root` hold `version`.
+fn count_at_version(root: &Path, store: &str, count: usize, version: &str) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = theater_store::StoreRoot::new(root).store(store).unwrap();
+        let mut matching = 0;
+        for i in 0..count {
+            let content = store
+                .get_content_by_label(&format!("doc:{i:04}"))
+                .await
+                .unwrap();
+            matching += usize::from(content == Some(format!("{version} {i}").into_bytes()));
+        }
+        matching
+    })
+}
+
+#[test]
+fn sync_copies_between_roots_reports_conflicts_and_refuses_urls() {
+    let env = Env::new();
+    let (from, to) = (env.dir.path().join("a"), env.dir.path().join("b"));
+    fill(&from, "docs", 20, "v1");
+    let sync = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.arg("sync").arg(&from).arg(&to).args(args);
+        cmd
+    };
+    sync(&["--dry-run"])
+        .assert()
+        .success()
+        .stdout(contains("docs: would copy 20 objects"));
+    assert_eq!(count_at_version(&to, "docs", 20, "v1"), 0);
+    sync(&[])
+        .assert()
+        .success()
+        .stdout(contains("docs: copied 20 objects").and(contains("20 moved")));
+    assert_eq!(count_at_version(&to, "docs", 20, "v1"), 20);
+
+    // Changed on both sides: reported, exit 1, the destination's value kept.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let a = theater_store::StoreRoot::new(&from).store("docs").unwrap();
+        let b = theater_store::StoreRoot::new(&to).store("docs").unwrap();
+        a.store_at_label("doc:0003", "from a").await.unwrap();
+        b.store_at_label("doc:0003", "from b").await.unwrap();
+    });
+    let out = sync(&["docs", "--json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let reports: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(reports[0]["store"], "docs");
+    assert_eq!(reports[0]["conflicts"][0]["label"], "doc:0003");
+    sync(&[])
+        .assert()
+        .code(1)
+        .stdout(contains("conflict in docs: label doc:0003 is "));
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .arg("--root")
+        .arg(&to)
+        .args(["cat", "docs", "--label", "doc:0003"])
+        .assert()
+        .success()
+        .stdout("from b");
+
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .args(["sync", "postgres://theater@127.0.0.1:5432/db"])
+        .arg(&to)
+        .assert()
+        .code(1)
+        .stderr(contains("postgres://theater@127.0.0.1:5432/db").and(contains("directory roots")));
+}
+
+/// A sync killed at any point and run again (after the source changed
+/// again) converges, with no label reported as a conflict: the labels it
+/// had moved count as unchanged.
+#[test]
+fn a_killed_sync_resumes_and_converges() {
+    const LABELS: usize = 3000;
+    let env = Env::new();
+    let (from, to) = (env.dir.path().join("a"), env.dir.path().join("b"));
+    fill(&from, "docs", LABELS, "v1");
+    let sync = || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"));
+        cmd.arg("sync").arg(&from).arg(&to);
+        cmd
+    };
+    assert!(sync().output().unwrap().status.success());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let watched = theater_store::StoreRoot::new(&to).store("docs").unwrap();
+    // Kill points: as the first label moves, half way through the labels,
+    // and while content is still being copied.
+    let kill_when = [Some(0), Some(LABELS / 2), None];
+    for (cycle, (version, kill_at)) in ["v2", "v3", "v4"].into_iter().zip(kill_when).enumerate() {
+        fill(&from, "docs", LABELS, version);
+        let mut child = sync().stdout(std::process::Stdio::null()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        if let Some(i) = kill_at {
+            let (label, wanted) = (format!("doc:{i:04}"), format!("{version} {i}").into_bytes());
+            while started.elapsed() < std::time::Duration::from_secs(20) {
+                let now = runtime
+                    .block_on(watched.get_content_by_label(&label))
+                    .unwrap();
+                if now.as_ref() == Some(&wanted) {
+                    break;
+                }
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let moved = count_at_version(&to, "docs", LABELS, version);
+        println!("cycle {cycle}: killed after {moved} of {LABELS} labels moved");
+
+        // The source moves on before the sync runs again: labels the killed
+        // sync moved must still count as unchanged on the destination.
+        let version = format!("{version}+");
+        fill(&from, "docs", LABELS, &version);
+        let out = sync().arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "the resumed sync did not converge: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reports[0]["conflicts"], Value::Array(vec![]));
+        assert_eq!(count_at_version(&to, "docs", LABELS, &version), LABELS);
+    }
+}

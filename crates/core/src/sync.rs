@@ -126,11 +126,18 @@ struct Agreed {
 impl Agreed {
     fn allows(&self, label: &str, value: Option<&ContentRef>) -> Option<bool> {
         let values = self.labels.get(label)?;
-        Some(values.iter().any(|v| v.as_deref() == value.map(ContentRef::hash)))
+        Some(
+            values
+                .iter()
+                .any(|v| v.as_deref() == value.map(ContentRef::hash)),
+        )
     }
 
     fn set(&mut self, label: &str, values: &[Option<&ContentRef>]) {
-        let mut values: Vec<_> = values.iter().map(|v| v.map(|r| r.hash().to_owned())).collect();
+        let mut values: Vec<_> = values
+            .iter()
+            .map(|v| v.map(|r| r.hash().to_owned()))
+            .collect();
         values.dedup();
         if values == [None] {
             self.labels.remove(label);
@@ -225,26 +232,44 @@ impl StoreRoot {
         if !moves.is_empty() {
             save(&copies, &mut agreed).await?;
         }
-        for (label, from, to) in moves {
-            if target
-                .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
-                .await?
-            {
-                report.labels_moved += 1;
-                agreed.set(&label, &[to.as_ref()]);
-            } else {
-                // Changed on the destination since it was read: both sides
-                // changed it.
-                let destination = target.get_by_label(&label).await?;
-                agreed.set(&label, &[from.as_ref()]);
-                report.conflicts.push(SyncConflict {
-                    label,
-                    source: to,
-                    destination,
-                    last_agreed: Some(from),
-                });
+        let moved = |(label, from, to): (String, Option<ContentRef>, Option<ContentRef>)| {
+            let target = target.clone();
+            async move {
+                let swapped = target
+                    .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
+                    .await?;
+                // Not swapped: changed on the destination since it was
+                // read, so both sides changed it.
+                let now = if swapped {
+                    None
+                } else {
+                    Some(target.get_by_label(&label).await?)
+                };
+                Ok((label, from, to, now))
             }
-        }
+        };
+        in_parallel(
+            moves,
+            options.parallel,
+            moved,
+            |(label, from, to, now)| match now {
+                None => {
+                    report.labels_moved += 1;
+                    agreed.set(&label, &[to.as_ref()]);
+                }
+                Some(destination) => {
+                    agreed.set(&label, &[from.as_ref()]);
+                    report.conflicts.push(SyncConflict {
+                        label,
+                        source: to,
+                        destination,
+                        last_agreed: Some(from),
+                    });
+                }
+            },
+        )
+        .await?;
+        report.conflicts.sort_by(|a, b| a.label.cmp(&b.label));
         save(&copies, &mut agreed).await?;
         Ok(report)
     }
@@ -323,9 +348,10 @@ async fn plan(
                     label: label.clone(),
                     source: source.cloned(),
                     destination: destination.cloned(),
-                    last_agreed: agreed.labels.get(label).map(|values| {
-                        values.last().cloned().flatten().map(ContentRef::new)
-                    }),
+                    last_agreed: agreed
+                        .labels
+                        .get(label)
+                        .map(|values| values.last().cloned().flatten().map(ContentRef::new)),
                 })
             }
         };
@@ -344,23 +370,12 @@ async fn copy_missing(
     report: &mut SyncReport,
 ) -> Result<()> {
     progress.start(wanted.len() as u64);
-    let mut tasks = JoinSet::new();
-    let mut wanted = wanted.into_iter();
-    loop {
-        while tasks.len() < options.parallel.max(1)
-            && let Some(content_ref) = wanted.next()
-        {
-            let (source, target) = (source.clone(), target.clone());
-            let dry_run = options.dry_run;
-            tasks.spawn(async move { copy_one(&source, &target, &content_ref, dry_run).await });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            return Ok(());
-        };
-        let copied = match joined {
-            Ok(copied) => copied?,
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        };
+    let dry_run = options.dry_run;
+    let copy = |content_ref: ContentRef| {
+        let (source, target) = (source.clone(), target.clone());
+        async move { copy_one(&source, &target, &content_ref, dry_run).await }
+    };
+    in_parallel(wanted, options.parallel, copy, |copied| {
         match copied {
             Some(bytes) => {
                 report.objects_copied += 1;
@@ -369,6 +384,39 @@ async fn copy_missing(
             None => report.objects_present += 1,
         }
         progress.advance(1);
+    })
+    .await
+}
+
+/// Runs `work` on every item, at most `limit` at once, and hands each
+/// result to `done` as it comes. Stops at the first error.
+async fn in_parallel<I, T, Work, Running>(
+    items: I,
+    limit: usize,
+    work: Work,
+    mut done: impl FnMut(T),
+) -> Result<()>
+where
+    I: IntoIterator,
+    Work: Fn(I::Item) -> Running,
+    Running: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut running = JoinSet::new();
+    let mut items = items.into_iter();
+    loop {
+        while running.len() < limit.max(1)
+            && let Some(item) = items.next()
+        {
+            running.spawn(work(item));
+        }
+        let Some(finished) = running.join_next().await else {
+            return Ok(());
+        };
+        match finished {
+            Ok(result) => done(result?),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
     }
 }
 
@@ -390,7 +438,9 @@ async fn copy_one(
     let stored = if size <= COPY_WHOLE_MAX {
         target.store(source.get(content_ref).await?).await?
     } else {
-        target.store_reader(source.reader(content_ref).await?).await?
+        target
+            .store_reader(source.reader(content_ref).await?)
+            .await?
     };
     // Both sides hash what they read and wrote; this cannot differ unless
     // one of them is broken.

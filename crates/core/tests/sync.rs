@@ -61,16 +61,28 @@ async fn changes_move_only_where_the_destination_did_not_change_the_label() {
     }
     sync(&a, &b, &SyncOptions::default()).await;
 
-    source.store_at_label("source-only", "v2 from a").await.unwrap();
-    target.store_at_label("dest-only", "v2 from b").await.unwrap();
+    source
+        .store_at_label("source-only", "v2 from a")
+        .await
+        .unwrap();
+    target
+        .store_at_label("dest-only", "v2 from b")
+        .await
+        .unwrap();
     source.store_at_label("both", "v2 from a").await.unwrap();
     target.store_at_label("both", "v2 from b").await.unwrap();
     source.remove_label("removed").await.unwrap();
     source.store_at_label("new", "v1").await.unwrap();
 
     let report = sync(&a, &b, &SyncOptions::default()).await;
-    assert_eq!(value(&target, "source-only").await.as_deref(), Some("v2 from a"));
-    assert_eq!(value(&target, "dest-only").await.as_deref(), Some("v2 from b"));
+    assert_eq!(
+        value(&target, "source-only").await.as_deref(),
+        Some("v2 from a")
+    );
+    assert_eq!(
+        value(&target, "dest-only").await.as_deref(),
+        Some("v2 from b")
+    );
     assert_eq!(value(&target, "both").await.as_deref(), Some("v2 from b"));
     assert_eq!(value(&target, "removed").await, None);
     assert_eq!(value(&target, "new").await.as_deref(), Some("v1"));
@@ -82,10 +94,7 @@ async fn changes_move_only_where_the_destination_did_not_change_the_label() {
         panic!("one conflict expected: {report:?}");
     };
     assert_eq!(conflict.label, "both");
-    assert_eq!(
-        conflict.source,
-        Some(ContentRef::for_content(b"v2 from a"))
-    );
+    assert_eq!(conflict.source, Some(ContentRef::for_content(b"v2 from a")));
     assert_eq!(
         conflict.destination,
         Some(ContentRef::for_content(b"v2 from b"))
@@ -97,7 +106,10 @@ async fn changes_move_only_where_the_destination_did_not_change_the_label() {
 
     // The other way, the destination's change comes back; the conflict stays.
     let back = sync(&b, &a, &SyncOptions::default()).await;
-    assert_eq!(value(&source, "dest-only").await.as_deref(), Some("v2 from b"));
+    assert_eq!(
+        value(&source, "dest-only").await.as_deref(),
+        Some("v2 from b")
+    );
     assert_eq!(value(&source, "both").await.as_deref(), Some("v2 from a"));
     assert_eq!(back.conflicts.len(), 1);
 }
@@ -105,7 +117,11 @@ async fn changes_move_only_where_the_destination_did_not_change_the_label() {
 #[tokio::test]
 async fn a_first_sync_never_overwrites_a_label_the_destination_already_has() {
     let (_dir, a, b) = two_roots();
-    a.store("docs").unwrap().store_at_label("x", "from a").await.unwrap();
+    a.store("docs")
+        .unwrap()
+        .store_at_label("x", "from a")
+        .await
+        .unwrap();
     let target = b.store("docs").unwrap();
     target.store_at_label("x", "from b").await.unwrap();
     let report = sync(&a, &b, &SyncOptions::default()).await;
