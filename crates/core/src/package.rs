@@ -110,6 +110,7 @@ impl ContentStore {
             .chunks(LABELS_PER_TRANSACTION)
             .map(|chunk| Change::SetLabels {
                 store: self.store_id().clone(),
+                expected: None,
                 labels: chunk
                     .iter()
                     .map(|(label, target)| (label.clone(), Some(*target)))

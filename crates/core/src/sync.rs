@@ -36,13 +36,22 @@ use crate::error::{Result, StoreError};
 use crate::maintenance::Progress;
 use crate::names::{ContentRef, StoreId};
 use crate::root::StoreRoot;
-use crate::store::ContentStore;
+use crate::store::{AtMost, ContentStore};
 
 /// The reserved store that holds what past syncs agreed on.
 pub(crate) const SYNC_STORE: &str = "_sync";
 
 /// Content up to this size is copied whole; larger content is streamed.
 const COPY_WHOLE_MAX: u64 = 1 << 20;
+
+/// Objects copied, or labels moved, per batch: one commit's worth.
+const BATCH: usize = 256;
+
+/// The most copied content a batch holds in memory before storing it.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// A label to move on the destination: from its value there to the source's.
+type Move = (String, Option<ContentRef>, Option<ContentRef>);
 
 /// How a sync runs.
 #[derive(Clone, Debug)]
@@ -52,7 +61,8 @@ pub struct SyncOptions {
     pub prefix: String,
     /// Work out and report what would change, changing nothing.
     pub dry_run: bool,
-    /// Objects copied at once. Default: 16.
+    /// Batches (of up to 256 objects or labels) worked on at once.
+    /// Default: 4.
     pub parallel: usize,
 }
 
@@ -61,7 +71,7 @@ impl Default for SyncOptions {
         Self {
             prefix: String::new(),
             dry_run: false,
-            parallel: 16,
+            parallel: 4,
         }
     }
 }
@@ -232,42 +242,52 @@ impl StoreRoot {
         if !moves.is_empty() {
             save(&copies, &mut agreed).await?;
         }
-        let moved = |(label, from, to): (String, Option<ContentRef>, Option<ContentRef>)| {
+        // Labels move in batches, each one transaction that applies only
+        // if no label in it changed since it was read; a batch that meets
+        // such a change falls back to one label at a time.
+        let batches: Vec<Vec<Move>> = moves.chunks(BATCH).map(<[Move]>::to_vec).collect();
+        let moved = |batch: Vec<Move>| {
             let target = target.clone();
             async move {
-                let swapped = target
-                    .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
-                    .await?;
-                // Not swapped: changed on the destination since it was
-                // read, so both sides changed it.
-                let now = if swapped {
-                    None
-                } else {
-                    Some(target.get_by_label(&label).await?)
-                };
-                Ok((label, from, to, now))
+                if target.compare_and_swap_labels(&batch).await? {
+                    return Ok(batch.into_iter().map(|m| (m, None)).collect());
+                }
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for (label, from, to) in batch {
+                    let swapped = target
+                        .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
+                        .await?;
+                    // Not swapped: changed on the destination since it was
+                    // read, so both sides changed it.
+                    let now = if swapped {
+                        None
+                    } else {
+                        Some(target.get_by_label(&label).await?)
+                    };
+                    outcomes.push(((label, from, to), now));
+                }
+                Ok(outcomes)
             }
         };
-        in_parallel(
-            moves,
-            options.parallel,
-            moved,
-            |(label, from, to, now)| match now {
-                None => {
-                    report.labels_moved += 1;
-                    agreed.set(&label, &[to.as_ref()]);
+        in_parallel(batches, options.parallel, moved, |outcomes| {
+            for ((label, from, to), now) in outcomes {
+                match now {
+                    None => {
+                        report.labels_moved += 1;
+                        agreed.set(&label, &[to.as_ref()]);
+                    }
+                    Some(destination) => {
+                        agreed.set(&label, &[from.as_ref()]);
+                        report.conflicts.push(SyncConflict {
+                            label,
+                            source: to,
+                            destination,
+                            last_agreed: Some(from),
+                        });
+                    }
                 }
-                Some(destination) => {
-                    agreed.set(&label, &[from.as_ref()]);
-                    report.conflicts.push(SyncConflict {
-                        label,
-                        source: to,
-                        destination,
-                        last_agreed: Some(from),
-                    });
-                }
-            },
-        )
+            }
+        })
         .await?;
         report.conflicts.sort_by(|a, b| a.label.cmp(&b.label));
         save(&copies, &mut agreed).await?;
@@ -360,7 +380,8 @@ async fn plan(
     Ok(plans)
 }
 
-/// Copies what of `wanted` the target lacks, `options.parallel` at once.
+/// Copies what of `wanted` the target lacks, in batches that share
+/// commits, `options.parallel` batches at once.
 async fn copy_missing(
     source: &ContentStore,
     target: &ContentStore,
@@ -370,22 +391,90 @@ async fn copy_missing(
     report: &mut SyncReport,
 ) -> Result<()> {
     progress.start(wanted.len() as u64);
+    let held: BTreeSet<ContentRef> = target.list_all_content().await?.into_iter().collect();
+    let (present, missing): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|r| held.contains(r));
+    report.objects_present = present.len() as u64;
+    progress.advance(present.len() as u64);
+    let batches: Vec<Vec<ContentRef>> = missing.chunks(BATCH).map(<[ContentRef]>::to_vec).collect();
     let dry_run = options.dry_run;
-    let copy = |content_ref: ContentRef| {
+    let copy = |batch: Vec<ContentRef>| {
         let (source, target) = (source.clone(), target.clone());
-        async move { copy_one(&source, &target, &content_ref, dry_run).await }
+        async move { copy_batch(&source, &target, batch, dry_run).await }
     };
-    in_parallel(wanted, options.parallel, copy, |copied| {
-        match copied {
-            Some(bytes) => {
-                report.objects_copied += 1;
-                report.bytes_copied += bytes;
-            }
-            None => report.objects_present += 1,
-        }
-        progress.advance(1);
+    in_parallel(batches, options.parallel, copy, |(objects, bytes)| {
+        report.objects_copied += objects;
+        report.bytes_copied += bytes;
+        progress.advance(objects);
     })
     .await
+}
+
+/// Copies a batch of objects the target lacks: small ones read whole and
+/// stored together, large ones streamed one by one. Returns how many
+/// objects and bytes it copied (in a dry run, would copy).
+async fn copy_batch(
+    source: &ContentStore,
+    target: &ContentStore,
+    batch: Vec<ContentRef>,
+    dry_run: bool,
+) -> Result<(u64, u64)> {
+    let (mut objects, mut bytes) = (0, 0);
+    if dry_run {
+        for content_ref in &batch {
+            bytes += source.content_size(content_ref).await?;
+            objects += 1;
+        }
+        return Ok((objects, bytes));
+    }
+    // Small content waits here to be stored together, up to a bound.
+    let mut held: Vec<(ContentRef, Vec<u8>)> = Vec::new();
+    let mut held_bytes = 0;
+    for content_ref in batch {
+        match source.get_at_most(&content_ref, COPY_WHOLE_MAX).await? {
+            AtMost::Content(content) => {
+                held_bytes += content.len() as u64;
+                bytes += content.len() as u64;
+                held.push((content_ref, content));
+                if held_bytes >= BATCH_BYTES {
+                    objects += store_held(target, std::mem::take(&mut held)).await?;
+                    held_bytes = 0;
+                }
+            }
+            AtMost::TooLarge { size } => {
+                let stored = target
+                    .store_reader(source.reader(&content_ref).await?)
+                    .await?;
+                check_copy(target, &content_ref, &stored)?;
+                bytes += size;
+                objects += 1;
+            }
+        }
+    }
+    objects += store_held(target, held).await?;
+    Ok((objects, bytes))
+}
+
+/// Stores small copied content together; returns how many it stored.
+async fn store_held(target: &ContentStore, held: Vec<(ContentRef, Vec<u8>)>) -> Result<u64> {
+    let (wanted, contents): (Vec<_>, Vec<_>) = held.into_iter().unzip();
+    let stored = target.store_all(contents).await?;
+    for (wanted, stored) in wanted.iter().zip(&stored) {
+        check_copy(target, wanted, stored)?;
+    }
+    Ok(wanted.len() as u64)
+}
+
+/// Both sides hash what they read and wrote, so a copy cannot differ
+/// unless one of them is broken; if it does, that is corruption.
+fn check_copy(target: &ContentStore, wanted: &ContentRef, stored: &ContentRef) -> Result<()> {
+    if wanted == stored {
+        return Ok(());
+    }
+    Err(StoreError::Corrupted {
+        store: target.id().to_owned(),
+        reference: wanted.hash().to_owned(),
+        actual: stored.hash().to_owned(),
+    })
 }
 
 /// Runs `work` on every item, at most `limit` at once, and hands each
@@ -420,40 +509,6 @@ where
     }
 }
 
-/// Copies one object unless the target holds it: `Some(size)` if copied
-/// (or, in a dry run, if it would be).
-async fn copy_one(
-    source: &ContentStore,
-    target: &ContentStore,
-    content_ref: &ContentRef,
-    dry_run: bool,
-) -> Result<Option<u64>> {
-    if target.exists(content_ref).await? {
-        return Ok(None);
-    }
-    let size = source.content_size(content_ref).await?;
-    if dry_run {
-        return Ok(Some(size));
-    }
-    let stored = if size <= COPY_WHOLE_MAX {
-        target.store(source.get(content_ref).await?).await?
-    } else {
-        target
-            .store_reader(source.reader(content_ref).await?)
-            .await?
-    };
-    // Both sides hash what they read and wrote; this cannot differ unless
-    // one of them is broken.
-    if &stored != content_ref {
-        return Err(StoreError::Corrupted {
-            store: target.id().to_owned(),
-            reference: content_ref.hash().to_owned(),
-            actual: stored.hash().to_owned(),
-        });
-    }
-    Ok(Some(size))
-}
-
 /// One root's copy of a record, if it has one.
 async fn load(root: &StoreRoot, label: &str) -> Result<Option<Agreed>> {
     let Some(bytes) = root.sync_records().get_content_by_label(label).await? else {
@@ -481,4 +536,44 @@ async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ContentRef, StoreRoot};
+
+    #[tokio::test]
+    async fn a_label_batch_moves_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreRoot::new(dir.path()).store("s").unwrap();
+        let (one, two) = (
+            store.store("one").await.unwrap(),
+            store.store("two").await.unwrap(),
+        );
+        store.label("a", &one).await.unwrap();
+        let moves = |a_from: Option<&ContentRef>| {
+            vec![
+                ("a".to_owned(), a_from.cloned(), Some(two.clone())),
+                ("b".to_owned(), None, Some(one.clone())),
+            ]
+        };
+        // "a" no longer holds what the batch expects: nothing moves.
+        assert!(!store.compare_and_swap_labels(&moves(None)).await.unwrap());
+        assert_eq!(store.get_by_label("a").await.unwrap(), Some(one.clone()));
+        assert_eq!(store.get_by_label("b").await.unwrap(), None);
+        assert!(
+            store
+                .compare_and_swap_labels(&moves(Some(&one)))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.get_by_label("a").await.unwrap(), Some(two.clone()));
+        assert_eq!(store.get_by_label("b").await.unwrap(), Some(one.clone()));
+        let refs = store
+            .store_all(vec![b"x".to_vec(), b"one".to_vec()])
+            .await
+            .unwrap();
+        assert_eq!(refs, [ContentRef::for_content(b"x"), one]);
+        assert!(store.exists(&refs[0]).await.unwrap());
+    }
 }

@@ -92,10 +92,13 @@ pub(crate) enum Change {
         expect: Expect,
     },
     /// Point every label at its target (or remove it, for `None`), all or
-    /// nothing.
+    /// nothing. With `expected` (one entry per label), only if every label
+    /// still points at its expected value (`None`: absent); returns whether
+    /// it did.
     SetLabels {
         store: StoreId,
         labels: Vec<(String, Option<Digest>)>,
+        expected: Option<Vec<Option<Digest>>>,
     },
     /// Delete an object if no label reaches it and it was last stored
     /// before `cutoff` (unix milliseconds). Returns whether it did.

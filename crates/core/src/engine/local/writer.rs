@@ -432,7 +432,16 @@ fn apply(
             }
             Ok(Ok(true))
         }
-        Change::SetLabels { store, labels } => {
+        Change::SetLabels {
+            store,
+            labels,
+            expected,
+        } => {
+            for ((label, _), expected) in labels.iter().zip(expected.iter().flatten()) {
+                if sql::label_target(db, &store, label)? != *expected {
+                    return Ok(Ok(false));
+                }
+            }
             for (label, target) in &labels {
                 match *target {
                     Some(target) => {
