@@ -33,6 +33,14 @@ pub async fn sync(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (source, destination) = (root_at(from)?, root_at(to)?);
+    let canonical = |root: &StoreRoot| root.path().and_then(|p| std::fs::canonicalize(p).ok());
+    if canonical(&source).is_some() && canonical(&source) == canonical(&destination) {
+        bail!(
+            "{} and {} are the same root",
+            printable(from),
+            printable(to)
+        );
+    }
     let stores = if stores.is_empty() {
         let listed = source
             .stores()

@@ -1144,6 +1144,14 @@ fn sync_copies_between_roots_reports_conflicts_and_refuses_urls() {
 
     Command::cargo_bin("theater-store")
         .unwrap()
+        .arg("sync")
+        .arg(&to)
+        .arg(env.dir.path().join("b/../b"))
+        .assert()
+        .code(1)
+        .stderr(contains("are the same root"));
+    Command::cargo_bin("theater-store")
+        .unwrap()
         .args(["sync", "postgres://theater@127.0.0.1:5432/db"])
         .arg(&to)
         .assert()

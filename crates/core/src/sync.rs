@@ -544,6 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_label_batch_moves_all_or_nothing() {
+        let _alone = crate::engine::WRITING.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let store = StoreRoot::new(dir.path()).store("s").unwrap();
         let (one, two) = (

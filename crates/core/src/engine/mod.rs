@@ -14,6 +14,9 @@
 
 mod local;
 
+#[cfg(test)]
+pub(crate) use local::WRITING;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,6 +18,8 @@ use std::time::SystemTime;
 use changes::ChangeCounter;
 use layout::ObjectFiles;
 use sql::{Place, Readers, index_error};
+#[cfg(test)]
+pub(crate) use steps::WRITING;
 use writer::Writer;
 
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
@@ -603,6 +605,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn synced_writes_flush_exactly_what_they_wrote_before_the_acknowledgement() {
+        let _alone = super::steps::WRITING.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let root = StoreRoot::with_durability(dir.path(), Durability::Synced);
         let store = root.store("synced").unwrap();

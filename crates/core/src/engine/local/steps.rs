@@ -18,6 +18,11 @@ pub(crate) enum Step {
     Acknowledged,
 }
 
+/// Held by unit tests that write through a root, so that the one that
+/// checks the recorded steps sees only its own.
+#[cfg(test)]
+pub(crate) static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[cfg(test)]
 pub(crate) static RECORDED: std::sync::Mutex<Vec<Step>> = std::sync::Mutex::new(Vec::new());
 
