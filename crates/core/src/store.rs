@@ -449,6 +449,23 @@ impl ContentStore {
         self.apply(&*self.root.engine().await?, change).await
     }
 
+    /// The verified content of each ref whose object is small enough to
+    /// be kept in the index, read together; `None` for the others, to be
+    /// read one by one. Not remembered: this is for bulk copies.
+    pub(crate) async fn get_many_small(&self, refs: &[ContentRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        let digests = refs
+            .iter()
+            .map(ContentRef::digest)
+            .collect::<Result<Vec<_>>>()?;
+        let engine = self.root.engine().await?;
+        let found = engine.read_inline_many(&self.id, &digests).await?;
+        digests
+            .into_iter()
+            .zip(found)
+            .map(|(digest, bytes)| bytes.map(|b| verified(&self.id, digest, b)).transpose())
+            .collect()
+    }
+
     /// Stores every piece of `contents`, letting the writes share commits,
     /// and returns their refs in order: far cheaper than storing many
     /// small pieces one by one. Not recorded in an event chain.

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -206,13 +206,17 @@ impl ContentWriter {
             let mut piece = vec![0u8; PIECE_BYTES];
             let mut filled = 0;
             while filled < PIECE_BYTES {
+                // A failure of one of our own readers (a sync's source)
+                // is passed on as the store error it is.
                 let read = reader.read(&mut piece[filled..]).await.map_err(|source| {
-                    io_error(
-                        self.store.store_id(),
-                        "reading content",
-                        Path::new("<input>"),
-                        source,
-                    )
+                    source.downcast::<StoreError>().unwrap_or_else(|source| {
+                        io_error(
+                            self.store.store_id(),
+                            "reading content",
+                            Path::new("<input>"),
+                            source,
+                        )
+                    })
                 })?;
                 if read == 0 {
                     break;
@@ -460,6 +464,13 @@ struct Opened {
     spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
+impl Opened {
+    /// How errors name the object: by its ref, as callers know it.
+    fn object_name(&self) -> PathBuf {
+        PathBuf::from(format!("object {}", self.digest.to_hex()))
+    }
+}
+
 /// Verified inline bytes, or a file with its outboard.
 enum Source {
     Inline(Vec<u8>),
@@ -562,12 +573,8 @@ impl Opened {
             };
             match fault {
                 ReadFault::Io(source) => {
-                    let error = io_error(
-                        &opened.store,
-                        "reading object",
-                        Path::new("<object>"),
-                        source,
-                    );
+                    let object = opened.object_name();
+                    let error = io_error(&opened.store, "reading object", &object, source);
                     return (opened, Err(error));
                 }
                 // A mismatch: either the bytes or the outboard is damaged.
@@ -585,12 +592,8 @@ impl Opened {
         // The bytes were intact and the outboard rebuilt, yet the read
         // still failed: the object changed while it was being read.
         let source = io::Error::other("the content changed while it was being read");
-        let error = io_error(
-            &opened.store,
-            "reading object",
-            Path::new("<object>"),
-            source,
-        );
+        let object = opened.object_name();
+        let error = io_error(&opened.store, "reading object", &object, source);
         (opened, Err(error))
     }
 

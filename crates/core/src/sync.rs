@@ -429,8 +429,13 @@ async fn copy_batch(
     // Small content waits here to be stored together, up to a bound.
     let mut held: Vec<(ContentRef, Vec<u8>)> = Vec::new();
     let mut held_bytes = 0;
-    for content_ref in batch {
-        match source.get_at_most(&content_ref, COPY_WHOLE_MAX).await? {
+    let inline = source.get_many_small(&batch).await?;
+    for (content_ref, inline) in batch.into_iter().zip(inline) {
+        let read = match inline {
+            Some(content) => AtMost::Content(content),
+            None => source.get_at_most(&content_ref, COPY_WHOLE_MAX).await?,
+        };
+        match read {
             AtMost::Content(content) => {
                 held_bytes += content.len() as u64;
                 bytes += content.len() as u64;

@@ -2,10 +2,12 @@
 //! where the destination did not change them, conflicts reported and never
 //! overwritten, and two syncs in opposite directions losing nothing.
 
+mod common;
+
 use std::sync::Arc;
 
 use tempfile::TempDir;
-use theater_store::{ContentRef, ContentStore, StoreRoot, SyncOptions, SyncReport};
+use theater_store::{ContentRef, ContentStore, StoreError, StoreRoot, SyncOptions, SyncReport};
 
 fn two_roots() -> (TempDir, StoreRoot, StoreRoot) {
     let dir = tempfile::tempdir().unwrap();
@@ -220,4 +222,39 @@ async fn syncs_in_opposite_directions_lose_no_label() {
     }
     assert_eq!(forth_again.conflicts.len(), 25);
     assert_eq!(back_again.conflicts.len(), 25);
+}
+
+/// Damaged content at the source, small or large, stops the sync with an
+/// error naming it, and it is neither copied nor labelled.
+#[tokio::test]
+async fn damaged_source_content_is_never_copied() {
+    for (label, content) in [
+        ("small", b"small bytes".to_vec()),
+        ("large", vec![3u8; 2 << 20]),
+    ] {
+        let (_dir, a, b) = two_roots();
+        let source = a.store("docs").unwrap();
+        let content_ref = source.store_at_label(label, content).await.unwrap();
+        common::damage(&a, &source, &content_ref, b"tampered");
+        let result = a
+            .sync_store_to(&b, "docs", &SyncOptions::default(), Arc::new(()))
+            .await;
+        // Small content is re-hashed whole; a large object cut short fails
+        // its read, naming the object.
+        match result {
+            Err(StoreError::Corrupted {
+                store, reference, ..
+            }) => assert_eq!(
+                (store.as_str(), reference.as_str()),
+                ("docs", content_ref.hash())
+            ),
+            Err(error @ StoreError::Io { .. }) if label == "large" => {
+                assert!(error.to_string().contains(content_ref.hash()), "{error}");
+            }
+            other => panic!("expected Corrupted for {label}, got {other:?}"),
+        }
+        let target = b.store("docs").unwrap();
+        assert_eq!(target.get_by_label(label).await.unwrap(), None);
+        assert!(!target.exists(&content_ref).await.unwrap());
+    }
 }

@@ -367,6 +367,19 @@ impl Engine {
         }
     }
 
+    /// The bytes of each object that the index holds inline, read
+    /// together, not yet verified; `None` for any other (not indexed, or
+    /// in a file), for the caller to read on its own.
+    pub(crate) async fn read_inline_many(
+        &self,
+        store: &StoreId,
+        digests: &[Digest],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        match self {
+            Self::Local(local) => local.read_inline_many(store, digests),
+        }
+    }
+
     /// What `label` points at.
     pub(crate) async fn label_target(
         &self,

@@ -223,6 +223,25 @@ impl LocalEngine {
         Ok(row.map(|(size, _, _)| size))
     }
 
+    pub(crate) fn read_inline_many(
+        &self,
+        store: &StoreId,
+        digests: &[Digest],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read("reading objects", |db| {
+            // One read transaction for all of them.
+            let transaction = db.unchecked_transaction()?;
+            let mut found = Vec::with_capacity(digests.len());
+            for &digest in digests {
+                found.push(match sql::object_content(&transaction, store, digest)? {
+                    Some((Place::Inline(_), bytes)) => bytes,
+                    _ => None,
+                });
+            }
+            Ok(found)
+        })
+    }
+
     pub(crate) fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         self.read("looking up object", |db| sql::has_object(db, store, digest))
     }

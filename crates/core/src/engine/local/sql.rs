@@ -238,6 +238,16 @@ pub(crate) fn upsert_label(
     target: Digest,
 ) -> rusqlite::Result<()> {
     ensure_store(connection, store)?;
+    put_label(connection, store, label, target)
+}
+
+/// [`upsert_label`] in a store known to be registered.
+pub(crate) fn put_label(
+    connection: &Connection,
+    store: &StoreId,
+    label: &str,
+    target: Digest,
+) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
             "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)

@@ -442,13 +442,14 @@ fn apply(
                     return Ok(Ok(false));
                 }
             }
+            sql::ensure_store(db, &store)?;
             for (label, target) in &labels {
                 match *target {
                     Some(target) => {
                         if !sql::has_object(db, &store, target)? {
                             return Ok(Err(not_found(&store, target)));
                         }
-                        sql::upsert_label(db, &store, label, target)?;
+                        sql::put_label(db, &store, label, target)?;
                     }
                     None => sql::delete_label(db, &store, label)?,
                 }
