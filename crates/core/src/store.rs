@@ -264,11 +264,12 @@ impl ContentStore {
         max_bytes: u64,
     ) -> Result<AtMost> {
         let size = match known {
-            Some(object) if object.size > max_bytes => object.size,
             Some(RecentObject {
-                bytes: Some(bytes), ..
-            }) => return Ok(AtMost::Content(bytes.to_vec())),
-            _ => {
+                size,
+                bytes: Some(bytes),
+            }) if size <= max_bytes => return Ok(AtMost::Content(bytes.to_vec())),
+            Some(object) => object.size,
+            None => {
                 let size = engine.object_size(&self.id, digest).await?;
                 size.ok_or_else(|| self.not_found(digest))?
             }

@@ -406,18 +406,8 @@ impl StoreCtx {
         store: &ContentStore,
         content_ref: &ContentRef,
     ) -> Result<Vec<u8>, HostError> {
-        self.within_deadline(self.read_limited(store, content_ref))
-            .await
-    }
-
-    /// [`StoreCtx::read_within_limits`] without the deadline, for calls
-    /// that set one around more than the read.
-    pub(crate) async fn read_limited(
-        &self,
-        store: &ContentStore,
-        content_ref: &ContentRef,
-    ) -> Result<Vec<u8>, HostError> {
-        let found = store.get_at_most(content_ref, self.read_limit()).await?;
+        let read = store.get_at_most(content_ref, self.read_limit());
+        let found = self.within_deadline(read).await?;
         self.admit_content(store, content_ref, found)
     }
 

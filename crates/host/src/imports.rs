@@ -207,13 +207,14 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        let event = call_with_refs(
-            "remove-from-label",
-            &store_id,
-            Some(&label),
-            &[&content_ref],
-        );
-        self.begin(|| event);
+        self.begin(|| {
+            call_with_refs(
+                "remove-from-label",
+                &store_id,
+                Some(&label),
+                &[&content_ref],
+            )
+        });
         let result = async {
             let store = self.open(&store_id, Access::ReadWrite)?;
             let content_ref = to_core(content_ref);
@@ -253,8 +254,7 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        let event = call_with_refs("replace-at-label", &store_id, Some(&label), &[&content_ref]);
-        self.begin(|| event);
+        self.begin(|| call_with_refs("replace-at-label", &store_id, Some(&label), &[&content_ref]));
         let result = self.set_label(&store_id, &label, content_ref).await;
         Ok(self.end(result).await?)
     }

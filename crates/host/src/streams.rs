@@ -117,8 +117,8 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         label: String,
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
-        let event = call_at("content-writer.finish-at-label", handle.store.id(), &label);
-        self.ctx.begin(|| event);
+        self.ctx
+            .begin(|| call_at("content-writer.finish-at-label", handle.store.id(), &label));
         let finished = finish(self.ctx, handle, Some(&label)).await;
         Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
@@ -290,8 +290,8 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<Resource<DynInputStream>, Error>> {
-        let event = call_with_refs("open-reader", &store_id, None, &[&content_ref]);
-        self.ctx.begin(|| event);
+        self.ctx
+            .begin(|| call_with_refs("open-reader", &store_id, None, &[&content_ref]));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -314,8 +314,8 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let event = call_with_refs("content-size", &store_id, None, &[&content_ref]);
-        self.ctx.begin(|| event);
+        self.ctx
+            .begin(|| call_with_refs("content-size", &store_id, None, &[&content_ref]));
         let sized = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
