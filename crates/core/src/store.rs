@@ -149,18 +149,7 @@ impl ContentStore {
         let content = Arc::new(content.into());
         let engine = self.root.engine().await?;
         let size = content.len() as u64;
-        // Small content is hashed here and staged in memory; larger content
-        // is hashed and written to a staging file on a blocking thread.
-        let (digest, staged) = if engine.stages_to_file(content.len()) {
-            let (engine, store) = (Arc::clone(&engine), self.id.clone());
-            blocking(move || {
-                let (digest, staged) = hash_and_stage(&engine, &store, content);
-                Ok((digest, staged?))
-            })
-            .await?
-        } else {
-            (Digest::of(&content), Staged::Inline(content))
-        };
+        let (digest, staged) = self.stage(&engine, content).await?;
         // The engine drops the staged bytes if it holds them already,
         // recently stored; that is deduplication.
         let change = Change::AddObject {
@@ -175,6 +164,21 @@ impl ContentStore {
             content_ref: digest.into(),
             new,
         })
+    }
+
+    /// Hashes `content` and stages it for [`Change::AddObject`]: small
+    /// content here, in memory; larger content into a staging file on a
+    /// blocking thread.
+    async fn stage(&self, engine: &Arc<Engine>, content: Arc<Vec<u8>>) -> Result<(Digest, Staged)> {
+        if !engine.stages_to_file(content.len()) {
+            return Ok((Digest::of(&content), Staged::Inline(content)));
+        }
+        let (engine, store) = (Arc::clone(engine), self.id.clone());
+        blocking(move || {
+            let (digest, staged) = hash_and_stage(&engine, &store, content);
+            Ok((digest, staged?))
+        })
+        .await
     }
 
     /// The size of the content behind `content_ref`, without reading it.
@@ -476,17 +480,7 @@ impl ContentStore {
         let mut changes = Vec::with_capacity(contents.len());
         for content in contents {
             let size = content.len() as u64;
-            let content = Arc::new(content);
-            let (digest, staged) = if engine.stages_to_file(content.len()) {
-                let (engine, store) = (Arc::clone(&engine), self.id.clone());
-                blocking(move || {
-                    let (digest, staged) = hash_and_stage(&engine, &store, content);
-                    Ok((digest, staged?))
-                })
-                .await?
-            } else {
-                (Digest::of(&content), Staged::Inline(content))
-            };
+            let (digest, staged) = self.stage(&engine, Arc::new(content)).await?;
             refs.push(digest.into());
             changes.push(Change::AddObject {
                 store: self.id.clone(),

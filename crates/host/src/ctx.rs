@@ -1,5 +1,6 @@
 //! The per-actor context that the store and runtime imports work on.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,22 +229,41 @@ impl StoreCtx {
     /// explains why not. Checks the id's form, then the grants; touches no
     /// disk either way.
     pub(crate) fn open(&self, id: &str, needed: Access) -> Result<ContentStore, HostError> {
-        let mut store = self.root.store(id)?;
-        if let Some(record) = &self.pending {
-            store = store.with_record(record);
-        }
+        let store = self.root.store(id)?;
+        Ok(self.grant(&store, needed)?.into_owned())
+    }
+
+    /// A handle on store `id`, unchecked against the grants and carrying
+    /// no event: for keeping (a keyvalue bucket), then passing to
+    /// [`StoreCtx::grant`] at each use.
+    pub(crate) fn store_handle(&self, id: &str) -> Result<ContentStore, HostError> {
+        Ok(self.root.store(id)?)
+    }
+
+    /// [`StoreCtx::open`] for a store already opened once (a keyvalue
+    /// bucket): checks the grants again, and carries the call's pending
+    /// event, if any.
+    pub(crate) fn grant<'s>(
+        &self,
+        store: &'s ContentStore,
+        needed: Access,
+    ) -> Result<Cow<'s, ContentStore>, HostError> {
+        let id = store.id();
         let granted = if self.created.contains(id) {
             Some(Access::ReadWrite)
         } else {
             self.grants.access_to(id)
         };
         match granted {
-            Some(access) if access >= needed => Ok(store),
+            Some(access) if access >= needed => Ok(match &self.pending {
+                Some(record) => Cow::Owned(store.with_record(record)),
+                None => Cow::Borrowed(store),
+            }),
             Some(_) => Err(HostError::ReadOnly {
-                store: store.id().to_owned(),
+                store: id.to_owned(),
             }),
             None => Err(HostError::NotGranted {
-                store: store.id().to_owned(),
+                store: id.to_owned(),
             }),
         }
     }

@@ -30,10 +30,10 @@ const KEYS_PER_PAGE: usize = 1000;
 /// How often `increment` retries when other writers keep changing the key.
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
 
-/// An opened bucket: the id of the store it names. Grants are checked
-/// again at every call, as for `theater:simple/store`.
+/// An opened bucket: the store it names. Grants are checked again at
+/// every call, as for `theater:simple/store`.
 pub struct Bucket {
-    id: String,
+    store: ContentStore,
 }
 
 /// A `cas` handle: a key and the value (by ref) it had when remembered.
@@ -70,9 +70,12 @@ fn missing(error: wasmtime::component::ResourceTableError) -> wasmtime::Error {
     wasmtime::Error::new(error)
 }
 
-/// The store id of an opened bucket.
-fn bucket_id(table: &ResourceTable, bucket: &Resource<Bucket>) -> wasmtime::Result<String> {
-    Ok(table.get(bucket).map_err(missing)?.id.clone())
+/// The store of an opened bucket.
+fn bucket_store<'t>(
+    table: &'t ResourceTable,
+    bucket: &Resource<Bucket>,
+) -> wasmtime::Result<&'t ContentStore> {
+    Ok(&table.get(bucket).map_err(missing)?.store)
 }
 
 /// The event of a keyvalue call.
@@ -90,7 +93,6 @@ impl StoreCtx {
         store: &ContentStore,
         key: &str,
     ) -> Result<Option<Vec<u8>>, HostError> {
-        validate_label(key)?;
         let read = store.get_label_at_most(key, self.read_limit());
         let Some((target, found)) = self.within_deadline(read).await? else {
             return Ok(None);
@@ -268,9 +270,12 @@ impl store::Host for StoreCtxView<'_> {
     ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
         self.ctx
             .begin(|| call("wasi:keyvalue/store.open", &identifier));
+        // The bucket keeps a plain handle: this call's event stays here.
         let opened = self.ctx.open(&identifier, Access::ReadOnly).map(drop);
         match self.ctx.end(opened).await {
-            Ok(()) => Ok(Ok(self.table.push(Bucket { id: identifier })?)),
+            Ok(()) => Ok(Ok(self.table.push(Bucket {
+                store: self.ctx.store_handle(&identifier)?,
+            })?)),
             Err(error) => Ok(Err(error.into())),
         }
     }
@@ -282,9 +287,10 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("store.get", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadOnly) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("store.get", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self.ctx.value(&store, &key).await,
             Err(error) => Err(error),
         };
@@ -297,10 +303,15 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("store.set", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
-            Ok(_) => self.ctx.write(&id, value, Some(&key)).await.map(drop),
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("store.set", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(bucket, Access::ReadWrite) {
+            Ok(_) => self
+                .ctx
+                .write(bucket.id(), value, Some(&key))
+                .await
+                .map(drop),
             Err(error) => Err(error),
         };
         Ok(self.ctx.end(result).await.map_err(Error::from))
@@ -311,9 +322,10 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("store.delete", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("store.delete", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.within_deadline(store.remove_label(&key)).await,
             Err(error) => Err(error),
         };
@@ -325,9 +337,10 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("store.exists", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadOnly) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("store.exists", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self
                 .ctx
                 .within_deadline(store.get_by_label(&key))
@@ -343,10 +356,11 @@ impl store::HostBucket for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<KeyResponse, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("store.list-keys", &id, None));
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("store.list-keys", bucket.id(), None));
         let result = async {
-            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            let store = self.ctx.grant(bucket, Access::ReadOnly)?;
             let limit = KEYS_PER_PAGE.min(self.ctx.limits().max_list_entries);
             let page = self
                 .ctx
@@ -379,10 +393,10 @@ impl atomics::Host for StoreCtxView<'_> {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
+        let bucket = bucket_store(self.table, &bucket)?;
         self.ctx
-            .begin(|| kv_call("atomics.increment", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
+            .begin(|| kv_call("atomics.increment", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.increment(&store, &key, delta).await,
             Err(error) => Err(error),
         };
@@ -445,7 +459,7 @@ impl atomics::HostCas for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
+        let id = bucket_store(self.table, &bucket)?.id().to_owned();
         self.ctx
             .begin(|| kv_call("atomics.cas.new", &id, Some(&key)));
         let result = async {
@@ -499,9 +513,10 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("batch.get-many", &id, None));
-        let result = match self.ctx.open(&id, Access::ReadOnly) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("batch.get-many", bucket.id(), None));
+        let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self.ctx.get_many(&store, keys).await,
             Err(error) => Err(error),
         };
@@ -513,9 +528,10 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("batch.set-many", &id, None));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("batch.set-many", bucket.id(), None));
+        let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.set_many(&store, key_values).await,
             Err(error) => Err(error),
         };
@@ -527,9 +543,10 @@ impl batch::Host for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let id = bucket_id(self.table, &bucket)?;
-        self.ctx.begin(|| kv_call("batch.delete-many", &id, None));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
+        let bucket = bucket_store(self.table, &bucket)?;
+        self.ctx
+            .begin(|| kv_call("batch.delete-many", bucket.id(), None));
+        let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.delete_many(&store, keys).await,
             Err(error) => Err(error),
         };
