@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use theater_store::{ContentRef, Outcome};
 use theater_store_examples::KV_COUNTER;
-use theater_store_host::{Access, CommandOutput, CommandRun, Grants, Limits, RunOptions};
+use theater_store_host::{
+    Access, ChainRecording, CommandOutput, CommandRun, Grants, Limits, RunOptions,
+};
 
 use crate::Harness;
 
@@ -254,4 +257,43 @@ async fn refusals_are_keyvalue_errors_and_change_nothing() {
     let run = command(&h, rw(), &["guarded", "frobnicate"]).await;
     assert_eq!(run.outcome.unwrap(), 1);
     assert!(run.stderr.contains("unknown command"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn keyvalue_calls_are_recorded_in_the_actors_chain() {
+    let h = Harness::start();
+    let options = RunOptions {
+        chain: ChainRecording::Actor("kv-app".into()),
+        ..granted("kv", Access::ReadWrite)
+    };
+    succeed(&h, options.clone(), &["kv", "set", "greeting", "hello"]).await;
+    let got = succeed(&h, options, &["kv", "get", "greeting"]).await;
+    assert_eq!(got["value"], "hello");
+
+    let chain = h.root().event_chain("kv-app").unwrap();
+    let mut events = chain.events(usize::MAX).await.unwrap();
+    events.reverse();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|entry| entry.event.event.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "wasi:keyvalue/store.open",
+            "wasi:keyvalue/store.set",
+            "wasi:keyvalue/store.open",
+            "wasi:keyvalue/store.get",
+        ]
+    );
+    let hello = ContentRef::for_content(b"hello");
+    for entry in [&events[1], &events[3]] {
+        let event = &entry.event.event;
+        assert_eq!(event.store.as_deref(), Some("kv"), "{event:?}");
+        assert_eq!(event.label.as_deref(), Some("greeting"), "{event:?}");
+        assert_eq!(event.refs, [hello.hash()], "{event:?}");
+        assert_eq!(event.size, Some(5), "{event:?}");
+        assert_eq!(event.outcome, Outcome::Ok, "{event:?}");
+    }
+    assert!(chain.verify().await.unwrap().is_intact());
 }
