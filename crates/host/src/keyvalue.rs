@@ -38,7 +38,7 @@ pub struct Bucket {
 
 /// A `cas` handle: a key and the value (by ref) it had when remembered.
 pub struct Cas {
-    bucket: String,
+    bucket: ContentStore,
     key: String,
     expected: Option<ContentRef>,
 }
@@ -271,11 +271,12 @@ impl store::Host for StoreCtxView<'_> {
         self.ctx
             .begin(|| call("wasi:keyvalue/store.open", &identifier));
         // The bucket keeps a plain handle: this call's event stays here.
-        let opened = self.ctx.open(&identifier, Access::ReadOnly).map(drop);
+        let opened = self.ctx.store_handle(&identifier).and_then(|store| {
+            self.ctx.grant(&store, Access::ReadOnly)?;
+            Ok(store)
+        });
         match self.ctx.end(opened).await {
-            Ok(()) => Ok(Ok(self.table.push(Bucket {
-                store: self.ctx.store_handle(&identifier)?,
-            })?)),
+            Ok(store) => Ok(Ok(self.table.push(Bucket { store })?)),
             Err(error) => Ok(Err(error.into())),
         }
     }
@@ -409,13 +410,14 @@ impl atomics::Host for StoreCtxView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let handle = self.table.get(&cas).map_err(missing)?;
-        let (id, key, expected) = (
+        let (bucket, key, expected) = (
             handle.bucket.clone(),
             handle.key.clone(),
             handle.expected.clone(),
         );
-        self.ctx.begin(|| kv_call("atomics.swap", &id, Some(&key)));
-        let result = match self.ctx.open(&id, Access::ReadWrite) {
+        self.ctx
+            .begin(|| kv_call("atomics.swap", bucket.id(), Some(&key)));
+        let result = match self.ctx.grant(&bucket, Access::ReadWrite) {
             Ok(store) => {
                 self.ctx
                     .swap_value(&store, &key, expected.as_ref(), value)
@@ -430,7 +432,7 @@ impl atomics::Host for StoreCtxView<'_> {
             }
             // Lost the race: the handle now remembers the winner's value.
             Ok(false) => {
-                let current = match self.ctx.open(&id, Access::ReadOnly) {
+                let current = match self.ctx.grant(&bucket, Access::ReadOnly) {
                     Ok(store) => self.ctx.within_deadline(store.get_by_label(&key)).await,
                     Err(error) => Err(error),
                 };
@@ -459,18 +461,18 @@ impl atomics::HostCas for StoreCtxView<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
-        let id = bucket_store(self.table, &bucket)?.id().to_owned();
+        let bucket = bucket_store(self.table, &bucket)?.clone();
         self.ctx
-            .begin(|| kv_call("atomics.cas.new", &id, Some(&key)));
+            .begin(|| kv_call("atomics.cas.new", bucket.id(), Some(&key)));
         let result = async {
             validate_label(&key)?;
-            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            let store = self.ctx.grant(&bucket, Access::ReadOnly)?;
             self.ctx.within_deadline(store.get_by_label(&key)).await
         }
         .await;
         match self.ctx.end(result).await {
             Ok(expected) => Ok(Ok(self.table.push(Cas {
-                bucket: id,
+                bucket,
                 key,
                 expected,
             })?)),
@@ -483,15 +485,15 @@ impl atomics::HostCas for StoreCtxView<'_> {
         cas: Resource<Cas>,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let handle = self.table.get(&cas).map_err(missing)?;
-        let (id, key, expected) = (
+        let (bucket, key, expected) = (
             handle.bucket.clone(),
             handle.key.clone(),
             handle.expected.clone(),
         );
         self.ctx
-            .begin(|| kv_call("atomics.cas.current", &id, Some(&key)));
+            .begin(|| kv_call("atomics.cas.current", bucket.id(), Some(&key)));
         let result = async {
-            let store = self.ctx.open(&id, Access::ReadOnly)?;
+            let store = self.ctx.grant(&bucket, Access::ReadOnly)?;
             let Some(expected) = expected else {
                 return Ok(None);
             };
