@@ -137,7 +137,7 @@ pub async fn demo(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
     let host = ActorHost::new(root.clone())?;
     let actor = host.load(SEED_PATTERNS)?;
     if !json {
-        let location = root.path().map_or("?".into(), |p| p.display().to_string());
+        let location = root.describe().unwrap_or_else(|| "?".into());
         println!("Running the 15 seed patterns as wasm actors against {location}\n");
     }
     let mut report = Vec::new();

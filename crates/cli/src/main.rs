@@ -17,15 +17,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use theater_store::{ROOT_ENV_VAR, StoreRoot};
+use theater_store::{Options, ROOT_ENV_VAR, StoreRoot};
 
 /// Run Theater actors against a content-addressed store, and look after stores.
 #[derive(Parser, Debug)]
 #[command(name = "theater-store", version, about, propagate_version = true)]
 struct Cli {
-    /// The store root directory [default: $THEATER_STORE_ROOT, else the platform data directory]
-    #[arg(long, global = true, value_name = "DIR", env = ROOT_ENV_VAR, hide_env = true)]
-    root: Option<PathBuf>,
+    /// The store root: a directory, or a shared root
+    /// `postgres://USER@HOST:PORT/DB?objects=s3://BUCKET/PREFIX`
+    /// [default: $THEATER_STORE_ROOT, else the platform data directory]
+    #[arg(long, global = true, value_name = "ROOT", env = ROOT_ENV_VAR, hide_env = true)]
+    root: Option<String>,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -149,9 +151,9 @@ enum Command {
     /// Bring stores in root TO up to date with root FROM: copy the content TO
     /// lacks, move labels unless TO changed them too (a conflict: exit 1).
     Sync {
-        /// The root to copy from (a directory).
+        /// The root to copy from (a directory or a root string).
         from: String,
-        /// The root to bring up to date (a directory).
+        /// The root to bring up to date (a directory or a root string).
         to: String,
         /// Only these stores [default: every store in FROM].
         stores: Vec<String>,
@@ -223,8 +225,11 @@ struct RunArgs {
 }
 
 /// The root the command works on.
-fn resolve_root(root: Option<PathBuf>) -> anyhow::Result<StoreRoot> {
-    let path = root.or_else(StoreRoot::default_location).context(
+fn resolve_root(root: Option<String>) -> anyhow::Result<StoreRoot> {
+    if let Some(root) = root {
+        return Ok(StoreRoot::at(&root, Options::default())?);
+    }
+    let path = StoreRoot::default_location().context(
         "no store root: pass --root DIR or set THEATER_STORE_ROOT (the platform data directory is unknown)",
     )?;
     Ok(StoreRoot::new(path))

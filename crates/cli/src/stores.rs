@@ -82,7 +82,7 @@ pub async fn list_stores(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCod
     } else if stores.is_empty() {
         eprintln!(
             "no stores in {}",
-            root.path().map_or("?".into(), |p| p.display().to_string())
+            root.describe().unwrap_or_else(|| "?".into())
         );
     } else {
         println!(

@@ -4,23 +4,14 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use theater_store::{StoreRoot, SyncOptions, SyncReport};
+use theater_store::{Options, StoreRoot, SyncOptions, SyncReport};
 
 use crate::progress::Bar;
 use crate::stores::{print_json, printable};
 
-/// A root named on the command line. Only directories are roots today.
+/// A root named on the command line: a directory or a root string.
 fn root_at(location: &str) -> anyhow::Result<StoreRoot> {
-    if location.contains("://") {
-        bail!(
-            "{}: this build opens directory roots only (a root URL needs the shared engine)",
-            printable(location)
-        );
-    }
-    if location.is_empty() {
-        bail!("a root is a directory path; got an empty string");
-    }
-    Ok(StoreRoot::new(location))
+    Ok(StoreRoot::at(location, Options::default())?)
 }
 
 /// Runs the sync of `stores` (every store in `from` when empty) and
@@ -33,19 +24,17 @@ pub async fn sync(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (source, destination) = (root_at(from)?, root_at(to)?);
-    let canonical = |root: &StoreRoot| root.path().and_then(|p| std::fs::canonicalize(p).ok());
-    if canonical(&source).is_some() && canonical(&source) == canonical(&destination) {
-        bail!(
-            "{} and {} are the same root",
-            printable(from),
-            printable(to)
-        );
+    // Named as the roots describe themselves: never with a password.
+    let name = |root: &StoreRoot| printable(&root.describe().unwrap_or_default()).to_string();
+    let (from, to) = (name(&source), name(&destination));
+    if source.same_root_as(&destination) {
+        bail!("{from} and {to} are the same root");
     }
     let stores = if stores.is_empty() {
         let listed = source
             .stores()
             .await
-            .with_context(|| format!("listing the stores of {}", printable(from)))?;
+            .with_context(|| format!("listing the stores of {from}"))?;
         listed.into_iter().map(|summary| summary.id).collect()
     } else {
         stores
@@ -57,13 +46,8 @@ pub async fn sync(
             .sync_store_to(&destination, store, &options, bar.clone())
             .await;
         bar.finish();
-        let report = synced.with_context(|| {
-            format!(
-                "syncing store {store} from {} to {}",
-                printable(from),
-                printable(to)
-            )
-        })?;
+        let report =
+            synced.with_context(|| format!("syncing store {store} from {from} to {to}"))?;
         if !json {
             print_report(&report);
         }

@@ -1150,13 +1150,34 @@ fn sync_copies_between_roots_reports_conflicts_and_refuses_urls() {
         .assert()
         .code(1)
         .stderr(contains("are the same root"));
+    // A malformed root string is named, without its password.
     Command::cargo_bin("theater-store")
         .unwrap()
-        .args(["sync", "postgres://theater@127.0.0.1:5432/db"])
+        .args(["sync", "postgres://theater:hunter2@127.0.0.1:5432/db"])
         .arg(&to)
         .assert()
         .code(1)
-        .stderr(contains("postgres://theater@127.0.0.1:5432/db").and(contains("directory roots")));
+        .stderr(
+            contains("postgres://theater:***@127.0.0.1:5432/db")
+                .and(contains("objects=s3://"))
+                .and(contains("hunter2").not()),
+        );
+    // An unreachable server is named by host and port.
+    let unreachable = format!(
+        "postgres://theater:hunter2@127.0.0.1:1/db?objects=s3://bucket/p&cache={}",
+        env.dir.path().join("cache").display()
+    );
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .args(["sync", &unreachable])
+        .arg(&to)
+        .assert()
+        .code(1)
+        .stderr(
+            contains("PostgreSQL at 127.0.0.1:1")
+                .and(contains("connecting"))
+                .and(contains("hunter2").not()),
+        );
 }
 
 /// A sync killed at any point and run again (after the source changed

@@ -133,6 +133,29 @@ pub enum StoreError {
          (the platform data directory is unknown here)"
     )]
     NoDefaultRoot,
+    /// A root string that names no usable root.
+    #[error("invalid store root {root}: {reason}")]
+    InvalidRoot {
+        /// The root string, without any password.
+        root: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A server the shared engine depends on failed or could not be reached.
+    #[error("store root {root}: {service} at {at}: {action} failed: {source}")]
+    Service {
+        /// The root string, without any password.
+        root: String,
+        /// Which service: PostgreSQL or the object store.
+        service: &'static str,
+        /// Where it was expected (host and port, or bucket and endpoint).
+        at: String,
+        /// What was being done.
+        action: &'static str,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
     /// The root's background writer has stopped (the process is shutting down
     /// or the writer panicked).
     #[error("store root {root}: the index writer has stopped")]

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::OnceCell;
 
 use crate::durability::Durability;
-use crate::engine::{Change, Engine};
+use crate::engine::{Change, Engine, Location};
 use crate::error::{Result, StoreError};
 use crate::names::StoreId;
 use crate::options::Options;
@@ -21,7 +21,9 @@ pub const ROOT_ENV_VAR: &str = "THEATER_STORE_ROOT";
 /// The reserved store where hosts keep compiled components.
 pub(crate) const COMPONENT_CACHE_STORE: &str = "_compiled";
 
-/// One stores directory, e.g. `~/.local/share/theater-store`.
+/// Where stores live: a directory, e.g. `~/.local/share/theater-store`,
+/// or (with the `shared` feature) a PostgreSQL database and an S3 bucket
+/// shared by many hosts ([`StoreRoot::at`]).
 ///
 /// Cheap to clone; clones share the index connections and the writer thread.
 /// Nothing is touched on disk until the first operation (or [`StoreRoot::open`]).
@@ -32,7 +34,7 @@ pub struct StoreRoot {
 
 #[derive(Debug)]
 struct Shared {
-    path: Option<PathBuf>,
+    location: Option<Location>,
     options: Options,
     engine: OnceCell<Arc<Engine>>,
     recent: RecentReads,
@@ -68,7 +70,17 @@ impl StoreRoot {
     /// A root at `path` with the given options. Opens lazily; options that
     /// are out of range fail the first operation.
     pub fn with_options(path: impl Into<PathBuf>, options: Options) -> Self {
-        Self::from_parts(Some(path.into()), options)
+        Self::from_parts(Some(Location::Dir(path.into())), options)
+    }
+
+    /// The root a root string names: a directory path, or
+    /// `postgres://USER@HOST:PORT/DB?objects=s3://BUCKET/PREFIX` for the
+    /// shared engine (add `&cache=DIR` for this host's read cache, and
+    /// `&cache_bytes=N` to bound it; the object store is configured by the
+    /// standard `AWS_*` variables). Opens lazily; a malformed string fails
+    /// here, naming what is wrong and never printing a password.
+    pub fn at(root: &str, options: Options) -> Result<Self> {
+        Ok(Self::from_parts(Some(parse_location(root)?), options))
     }
 
     /// Opens (creating if needed) the root at `path` now, so that a bad path
@@ -79,10 +91,10 @@ impl StoreRoot {
         Ok(root)
     }
 
-    fn from_parts(path: Option<PathBuf>, options: Options) -> Self {
+    fn from_parts(location: Option<Location>, options: Options) -> Self {
         Self {
             shared: Arc::new(Shared {
-                path,
+                location,
                 recent: RecentReads::new(options.read_cache_bytes),
                 options,
                 engine: OnceCell::new(),
@@ -106,13 +118,33 @@ impl StoreRoot {
     pub fn global() -> StoreRoot {
         static GLOBAL: OnceLock<StoreRoot> = OnceLock::new();
         GLOBAL
-            .get_or_init(|| Self::from_parts(Self::default_location(), Options::default()))
+            .get_or_init(|| {
+                let location = Self::default_location().map(|path| {
+                    let root = path.to_string_lossy();
+                    parse_location(&root).unwrap_or(Location::Dir(path))
+                });
+                Self::from_parts(location, Options::default())
+            })
             .clone()
     }
 
-    /// The root directory, if known.
+    /// The root directory, for a local root.
     pub fn path(&self) -> Option<&Path> {
-        self.shared.path.as_deref()
+        match self.shared.location.as_ref()? {
+            Location::Dir(path) => Some(path),
+            #[cfg(feature = "shared")]
+            Location::Shared(_) => None,
+        }
+    }
+
+    /// How the root is named in messages: its directory, or its root
+    /// string without the password. `None` when no root is known.
+    pub fn describe(&self) -> Option<String> {
+        match self.shared.location.as_ref()? {
+            Location::Dir(path) => Some(path.display().to_string()),
+            #[cfg(feature = "shared")]
+            Location::Shared(shared) => Some(shared.display.clone()),
+        }
     }
 
     /// The durability every write through this root gets.
@@ -154,6 +186,26 @@ impl StoreRoot {
             .collect())
     }
 
+    /// Whether `other` is this very root (the same directory, or the same
+    /// database and bucket), however each was named.
+    pub fn same_root_as(&self, other: &StoreRoot) -> bool {
+        self.identity() == other.identity()
+    }
+
+    /// The same name for this root from every host and process: its
+    /// canonical directory, or a shared root's database and bucket.
+    pub(crate) fn identity(&self) -> String {
+        match &self.shared.location {
+            Some(Location::Dir(path)) => {
+                let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                path.display().to_string()
+            }
+            #[cfg(feature = "shared")]
+            Some(Location::Shared(shared)) => shared.identity.clone(),
+            None => String::new(),
+        }
+    }
+
     /// The reserved store where hosts keep compiled components, labelled
     /// by what they were compiled from and for. It is a cache: `gc` drops
     /// entries stored before its grace period, labels and all, and no
@@ -181,9 +233,13 @@ impl StoreRoot {
         if let Some(engine) = self.shared.engine.get() {
             return Ok(Arc::clone(engine));
         }
-        let path = self.shared.path.clone().ok_or(StoreError::NoDefaultRoot)?;
+        let location = self
+            .shared
+            .location
+            .clone()
+            .ok_or(StoreError::NoDefaultRoot)?;
         let options = self.shared.options.clone();
-        let open = || blocking(move || Engine::open(&path, &options).map(Arc::new));
+        let open = || blocking(move || Engine::open(&location, &options).map(Arc::new));
         self.shared.engine.get_or_try_init(open).await.cloned()
     }
 
@@ -191,6 +247,34 @@ impl StoreRoot {
     pub(crate) fn recent(&self, engine: &Engine) -> AsOf<'_> {
         self.shared.recent.as_of(engine.settled())
     }
+}
+
+/// A root string's location: a shared root's URL, or a directory.
+fn parse_location(root: &str) -> Result<Location> {
+    if root.is_empty() {
+        return Err(StoreError::InvalidRoot {
+            root: String::new(),
+            reason: "a root is a directory path or a postgres:// root string; got nothing".into(),
+        });
+    }
+    #[cfg(feature = "shared")]
+    if crate::engine::shared::location::is_shared(root) {
+        return crate::engine::shared::location::SharedLocation::parse(root)
+            .map(|shared| Location::Shared(Box::new(shared)));
+    }
+    if root.contains("://") {
+        let shown = root.split_once('@').map_or(root, |(_, host)| host);
+        let reason = if cfg!(feature = "shared") {
+            "the only root URLs are postgres:// ones (the shared engine)"
+        } else {
+            "this build opens directory roots only: the shared engine is the `shared` feature"
+        };
+        return Err(StoreError::InvalidRoot {
+            root: format!("…{shown}"),
+            reason: reason.into(),
+        });
+    }
+    Ok(Location::Dir(PathBuf::from(root)))
 }
 
 /// Runs blocking filesystem or database work off the async executor.

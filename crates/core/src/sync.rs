@@ -301,9 +301,7 @@ impl StoreRoot {
 
     /// How this root is named in the records of syncs from it.
     fn sync_name(&self) -> String {
-        let path = self.path().map(ToOwned::to_owned).unwrap_or_default();
-        let path = std::fs::canonicalize(&path).unwrap_or(path);
-        path.display().to_string()
+        self.identity()
     }
 
     /// The label, in another root's records, of what it agreed with this

@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{damage, lose_bytes, object_path, temp_root};
-use theater_store::{ContentRef, ContentStore, GcOptions, StoreError};
+use common::{damage, lose_bytes, temp_root};
+use theater_store::{ContentStore, GcOptions, StoreError};
 
 fn no_progress() -> Arc<dyn theater_store::Progress> {
     Arc::new(())
@@ -50,10 +50,7 @@ async fn verify_finds_damage(id: &str, repeat: usize) {
         .unwrap();
     damage(&root, &store, &bad, b"flipped bits");
     lose_bytes(&root, &store, &gone);
-    let tmp = root
-        .path()
-        .unwrap()
-        .join(format!("stores/{id}/tmp/leftover"));
+    let tmp = common::staging_dir(&root, id).join("leftover");
     std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
     std::fs::write(&tmp, "half an object").unwrap();
     backdate(&tmp, Duration::from_secs(7200));
@@ -73,13 +70,7 @@ async fn verify_finds_damage(id: &str, repeat: usize) {
     assert!(report.index_problems.is_empty());
 
     // The corrupt bytes were moved aside, not deleted, and no longer count.
-    let quarantine = root.path().unwrap().join(format!("stores/{id}/quarantine"));
-    let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
-    assert_eq!(kept.len(), 1);
-    assert_eq!(
-        std::fs::read(kept[0].as_ref().unwrap().path()).unwrap(),
-        b"flipped bits"
-    );
+    assert_eq!(common::quarantined(&root, id), [b"flipped bits".to_vec()]);
     assert!(!store.exists(&bad).await.unwrap());
     assert_eq!(store.get(&good).await.unwrap(), content("fine").as_bytes());
     // Storing the right bytes again repairs the dangling label.
@@ -196,26 +187,23 @@ async fn gc_cleans_crash_leftovers() {
     let (_dir, root) = temp_root();
     let store = root.store("leftovers").unwrap();
     store.store_at_label("keep", "kept").await.unwrap();
-    let store_dir = root.path().unwrap().join("stores/leftovers");
-    let tmp = store_dir.join("tmp/crashed-writer");
+    let tmp = common::staging_dir(&root, "leftovers").join("crashed-writer");
     std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
     std::fs::write(&tmp, "partial").unwrap();
     backdate(&tmp, Duration::from_secs(7200));
-    let unindexed = ContentRef::for_content(b"published but never indexed");
-    let unindexed_path = object_path(&root, &store, &unindexed);
-    std::fs::create_dir_all(unindexed_path.parent().unwrap()).unwrap();
-    std::fs::write(&unindexed_path, "published but never indexed").unwrap();
-    backdate(&unindexed_path, Duration::from_secs(7200));
+    let unindexed_there = common::place_unindexed(&root, &store, b"published but never indexed");
 
-    let report = store
-        .collect_garbage(GcOptions::default(), no_progress())
-        .await
-        .unwrap();
+    // No grace: an object store's write times cannot be backdated.
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let report = store.collect_garbage(options, no_progress()).await.unwrap();
     assert_eq!(
         (report.temp_files_removed, report.unindexed_files_removed),
         (1, 1)
     );
-    assert!(!tmp.exists() && !unindexed_path.exists());
+    assert!(!tmp.exists() && !unindexed_there());
     assert_eq!(
         store.get_content_by_label("keep").await.unwrap().unwrap(),
         b"kept"
@@ -359,7 +347,7 @@ async fn damaged_packages_are_refused_and_change_nothing() {
         );
         assert_eq!(after, before, "{case} changed the store");
     }
-    let tmp = root.path().unwrap().join("stores/target/tmp");
+    let tmp = common::staging_dir(&root, "target");
     let staged_left: Vec<_> = std::fs::read_dir(&tmp)
         .map(|d| d.collect())
         .unwrap_or_default();

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use theater_store::{ContentRef, StoreError, StoreRoot};
+use theater_store::{ContentRef, StoreError};
+
+mod common;
 
 /// Small contents live in the index, the last one (over the 16 KiB inline
 /// threshold) in a file.
@@ -187,8 +189,8 @@ proptest! {
     #[test]
     fn store_agrees_with_model(ops in proptest::collection::vec(op(), 1..60)) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = StoreRoot::new(dir.path()).store("model").unwrap();
+        let (_dir, root) = common::temp_root();
+        let store = root.store("model").unwrap();
         let mut model = Model::default();
         runtime.block_on(async {
             for (step, op) in ops.iter().enumerate() {

@@ -12,9 +12,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use theater_store::{ContentRef, ContentStore, GcOptions, StoreError, StoreRoot};
+use theater_store::{ContentRef, ContentStore, GcOptions, Options, StoreError, StoreRoot};
 
-const WRITERS: usize = 3;
+mod common;
+
+const WRITERS: usize = 4;
 const TASKS_PER_WRITER: usize = 4;
 const WRITES_PER_TASK: usize = 25;
 const INCREMENTS_PER_TASK: usize = 8;
@@ -103,17 +105,21 @@ async fn write_task(store: ContentStore, child: String, task: usize) {
 #[ignore = "run as a child process by processes_and_tasks_racing_lose_nothing"]
 async fn race_child() {
     let root = std::env::var("RACE_ROOT").expect("started by the parent test");
+    let dir = std::env::var("RACE_DIR").unwrap();
     let role = std::env::var("RACE_ROLE").unwrap();
-    let store = StoreRoot::new(&root).store("shared").unwrap();
+    let store = StoreRoot::at(&root, Options::default())
+        .unwrap()
+        .store("shared")
+        .unwrap();
     if role == "gc" {
-        let stop = std::path::Path::new(&root).join("stop-gc");
+        let stop = std::path::Path::new(&dir).join("stop-gc");
         // No grace at all: everything unlabelled is fair game at once, so
         // collections race every publish and every relabel.
         let options = GcOptions {
             grace: Duration::ZERO,
             dry_run: false,
         };
-        let collected = std::path::Path::new(&root).join("gc-collected");
+        let collected = std::path::Path::new(&dir).join("gc-collected");
         let mut removed = 0;
         while !stop.exists() {
             removed += store
@@ -137,10 +143,13 @@ async fn race_child() {
     }
 }
 
-fn spawn_child(root: &std::path::Path, role: &str) -> std::process::Child {
+/// A child process on `root` (each with its own connections and, on the
+/// shared engine, its own read cache, as on another host).
+fn spawn_child(root: &StoreRoot, dir: &std::path::Path, role: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "race_child", "--ignored", "--quiet"])
-        .env("RACE_ROOT", root)
+        .env("RACE_ROOT", common::root_string_for(root, dir, role))
+        .env("RACE_DIR", dir)
         .env("RACE_ROLE", role)
         .stdout(Stdio::piped())
         .spawn()
@@ -158,10 +167,10 @@ fn wait_for(child: std::process::Child) {
 
 #[tokio::test]
 async fn processes_and_tasks_racing_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let collector = spawn_child(dir.path(), "gc");
+    let (dir, root) = common::temp_root();
+    let collector = spawn_child(&root, dir.path(), "gc");
     let writers: Vec<_> = (0..WRITERS)
-        .map(|n| spawn_child(dir.path(), &n.to_string()))
+        .map(|n| spawn_child(&root, dir.path(), &n.to_string()))
         .collect();
     for writer in writers {
         wait_for(writer);
@@ -176,7 +185,7 @@ async fn processes_and_tasks_racing_lose_nothing() {
     std::fs::write(dir.path().join("stop-gc"), "").unwrap();
     wait_for(collector);
 
-    let store = StoreRoot::new(dir.path()).store("shared").unwrap();
+    let store = root.store("shared").unwrap();
     for child in 0..WRITERS {
         for task in 0..TASKS_PER_WRITER {
             for i in 0..WRITES_PER_TASK {
@@ -227,9 +236,13 @@ async fn processes_and_tasks_racing_lose_nothing() {
 /// moment it is acknowledged, and never go back to an older value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remembered_reads_see_every_acknowledged_write_from_another_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let writer = StoreRoot::new(dir.path()).store("shared").unwrap();
-    let reader = StoreRoot::new(dir.path()).store("shared").unwrap();
+    let (dir, root) = common::temp_root();
+    let writer = root.store("shared").unwrap();
+    let other = common::root_string_for(&root, dir.path(), "reader");
+    let reader = StoreRoot::at(&other, Options::default())
+        .unwrap()
+        .store("shared")
+        .unwrap();
     let value = |bytes: Option<Vec<u8>>| -> u64 {
         bytes.map_or(0, |b| String::from_utf8(b).unwrap().parse().unwrap())
     };

@@ -1,6 +1,8 @@
 //! The host-side snippets of shared/seed/store-usage-patterns.md, written as
 //! the seed writes them (with `?` on real errors), each checked.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Once;
 
@@ -9,14 +11,17 @@ use theater_store::{ContentRef, ContentStore};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Points the default root at a temporary directory, once per process,
-/// before any test touches it.
+/// Points the default root at a fresh root of the engine under test (a
+/// temporary directory, or a new shared root), once per process, before
+/// any test touches it.
 fn default_root_in_temp_dir() {
     static SET: Once = Once::new();
     SET.call_once(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let (dir, root) = common::temp_root();
+        let root = root.describe().unwrap();
+        std::mem::forget(dir);
         // SAFETY: runs once, before any test in this binary reads the environment.
-        unsafe { std::env::set_var(theater_store::ROOT_ENV_VAR, dir) };
+        unsafe { std::env::set_var(theater_store::ROOT_ENV_VAR, root) };
     });
 }
 

@@ -13,12 +13,14 @@
 //! blocking thread ([`crate::root::blocking`]).
 
 mod local;
+#[cfg(feature = "shared")]
+pub(crate) mod shared;
 
 #[cfg(test)]
 pub(crate) use local::WRITING;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -34,6 +36,19 @@ use crate::tree::RandomAccess;
 pub(crate) enum Engine {
     /// SQLite index and object files in one local directory.
     Local(local::LocalEngine),
+    /// PostgreSQL index and S3 objects shared by many hosts.
+    #[cfg(feature = "shared")]
+    Shared(shared::SharedEngine),
+}
+
+/// Where a root's engine keeps it.
+#[derive(Clone, Debug)]
+pub(crate) enum Location {
+    /// A local directory.
+    Dir(PathBuf),
+    /// A PostgreSQL database and an S3 bucket.
+    #[cfg(feature = "shared")]
+    Shared(Box<shared::location::SharedLocation>),
 }
 
 /// New content made ready for publication, not yet visible to anyone.
@@ -243,8 +258,14 @@ pub(crate) trait StagingSink: Write + Send {
 impl Engine {
     /// Opens (creating if needed) the root at `path`, migrating it to this
     /// build's layout. Blocking.
-    pub(crate) fn open(path: &Path, options: &Options) -> Result<Self> {
-        local::LocalEngine::open(path, options).map(Self::Local)
+    pub(crate) fn open(location: &Location, options: &Options) -> Result<Self> {
+        match location {
+            Location::Dir(path) => local::LocalEngine::open(path, options).map(Self::Local),
+            #[cfg(feature = "shared")]
+            Location::Shared(shared) => {
+                shared::SharedEngine::open(shared, options).map(Self::Shared)
+            }
+        }
     }
 
     /// A token for the index's state, when no write is being committed:
@@ -256,6 +277,8 @@ impl Engine {
     pub(crate) fn settled(&self) -> Option<u64> {
         match self {
             Self::Local(local) => local.settled(),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.settled(),
         }
     }
 
@@ -264,6 +287,8 @@ impl Engine {
     pub(crate) fn stages_to_file(&self, size: usize) -> bool {
         match self {
             Self::Local(local) => local.stages_to_file(size),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.stages_to_file(size),
         }
     }
 
@@ -272,6 +297,8 @@ impl Engine {
     pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
         match self {
             Self::Local(local) => local.stage(store, content),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.stage(store, content),
         }
     }
 
@@ -281,6 +308,8 @@ impl Engine {
     pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
         match self {
             Self::Local(local) => local.attach_outboard(staged, outboard),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.attach_outboard(staged, outboard),
         }
     }
 
@@ -288,6 +317,8 @@ impl Engine {
     pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
         match self {
             Self::Local(local) => local.staging_sink(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.staging_sink(store),
         }
     }
 
@@ -300,6 +331,8 @@ impl Engine {
     ) -> Result<Option<(u64, ObjectSource)>> {
         match self {
             Self::Local(local) => local.open_source(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.open_source(store, digest),
         }
     }
 
@@ -315,6 +348,8 @@ impl Engine {
     ) -> Result<Option<(Digest, PathBuf)>> {
         match self {
             Self::Local(local) => local.build_outboard(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.build_outboard(store, digest),
         }
     }
 
@@ -322,6 +357,8 @@ impl Engine {
     pub(crate) fn discard(&self, staged: Staged) {
         match self {
             Self::Local(local) => local.discard(staged),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.discard(staged),
         }
     }
 
@@ -331,6 +368,8 @@ impl Engine {
     pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
         match self {
             Self::Local(local) => local.apply(change).await,
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.apply(change).await,
         }
     }
 
@@ -338,6 +377,8 @@ impl Engine {
     pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         match self {
             Self::Local(local) => local.apply_all(changes).await,
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.apply_all(changes).await,
         }
     }
 
@@ -345,6 +386,8 @@ impl Engine {
     pub(crate) async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
         match self {
             Self::Local(local) => local.object_size(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.object_size(store, digest).await,
         }
     }
 
@@ -352,6 +395,8 @@ impl Engine {
     pub(crate) async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         match self {
             Self::Local(local) => local.has_object(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.has_object(store, digest).await,
         }
     }
 
@@ -364,6 +409,8 @@ impl Engine {
     ) -> Result<Option<Vec<u8>>> {
         match self {
             Self::Local(local) => local.read_object(store, digest).await,
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.read_object(store, digest).await,
         }
     }
 
@@ -377,6 +424,8 @@ impl Engine {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         match self {
             Self::Local(local) => local.read_inline_many(store, digests),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.read_inline_many(store, digests).await,
         }
     }
 
@@ -388,6 +437,8 @@ impl Engine {
     ) -> Result<Option<Digest>> {
         match self {
             Self::Local(local) => local.label_target(store, label),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.label_target(store, label).await,
         }
     }
 
@@ -399,6 +450,8 @@ impl Engine {
     ) -> Result<Option<(Digest, Option<u64>)>> {
         match self {
             Self::Local(local) => local.chain_tip(store, label),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.chain_tip(store, label).await,
         }
     }
 
@@ -413,6 +466,8 @@ impl Engine {
     ) -> Result<Vec<LabelRow>> {
         match self {
             Self::Local(local) => local.labels_page(store, prefix, after, limit),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.labels_page(store, prefix, after, limit).await,
         }
     }
 
@@ -420,6 +475,8 @@ impl Engine {
     pub(crate) async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
         match self {
             Self::Local(local) => local.objects(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.objects(store).await,
         }
     }
 
@@ -427,6 +484,8 @@ impl Engine {
     pub(crate) async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
         match self {
             Self::Local(local) => local.store_stats(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.store_stats(store).await,
         }
     }
 
@@ -434,6 +493,8 @@ impl Engine {
     pub(crate) async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
         match self {
             Self::Local(local) => local.store_created_at(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.store_created_at(store).await,
         }
     }
 
@@ -441,6 +502,8 @@ impl Engine {
     pub(crate) fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
         match self {
             Self::Local(local) => local.stores(),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.stores(),
         }
     }
 
@@ -449,6 +512,8 @@ impl Engine {
     pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         match self {
             Self::Local(local) => local.snapshot(store, prefix),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.snapshot(store, prefix),
         }
     }
 
@@ -457,6 +522,8 @@ impl Engine {
     pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
         match self {
             Self::Local(local) => local.scan(store, progress),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.scan(store, progress),
         }
     }
 
@@ -464,6 +531,8 @@ impl Engine {
     pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         match self {
             Self::Local(local) => local.is_present(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.is_present(store, digest),
         }
     }
 
@@ -472,6 +541,8 @@ impl Engine {
     pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
         match self {
             Self::Local(local) => local.unindexed(store, cutoff),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.unindexed(store, cutoff),
         }
     }
 
@@ -484,6 +555,8 @@ impl Engine {
     ) -> Result<Vec<PathBuf>> {
         match self {
             Self::Local(local) => local.stale_staging(store, cutoff),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.stale_staging(store, cutoff),
         }
     }
 
@@ -492,6 +565,8 @@ impl Engine {
     pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
         match self {
             Self::Local(local) => local.remove_staging(leftovers),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.remove_staging(leftovers),
         }
     }
 
@@ -500,6 +575,8 @@ impl Engine {
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
         match self {
             Self::Local(local) => local.check_integrity(),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.check_integrity(),
         }
     }
 
@@ -512,6 +589,8 @@ impl Engine {
     ) -> Result<Option<Box<dyn Read + Send>>> {
         match self {
             Self::Local(local) => local.open_object(store, digest),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.open_object(store, digest),
         }
     }
 }

@@ -8,10 +8,45 @@ use std::path::PathBuf;
 use tempfile::TempDir;
 use theater_store::{ContentRef, ContentStore, StoreRoot};
 
-/// A root in a fresh temporary directory (kept alive by the returned guard).
+/// The engine the suites run against: `THEATER_STORE_TEST_ENGINE=shared`
+/// selects the shared engine (PostgreSQL + S3, on private servers this
+/// process starts); anything else, the local one.
+pub fn shared_engine() -> bool {
+    std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "shared")
+}
+
+/// The root string another process (or another root in this one) opens
+/// `root` by, with a read cache of its own under `dir` named `name` for
+/// the shared engine; a local root is its directory.
+pub fn root_string_for(root: &StoreRoot, dir: &std::path::Path, name: &str) -> String {
+    let described = root.describe().unwrap();
+    if !shared_engine() {
+        return described;
+    }
+    let (base, _) = described.split_once("&cache=").unwrap();
+    format!(
+        "{base}&cache={}",
+        dir.join(format!("cache-{name}")).display()
+    )
+}
+
+/// A fresh, empty root on the engine under test, with default options
+/// (kept alive by the returned guard: its directory, or its read cache).
 pub fn temp_root() -> (TempDir, StoreRoot) {
+    temp_root_with(theater_store::Options::default())
+}
+
+/// [`temp_root`] with the given options.
+pub fn temp_root_with(options: theater_store::Options) -> (TempDir, StoreRoot) {
     let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::new(dir.path().join("root"));
+    if shared_engine() {
+        let services = theater_store_testing::Services::shared();
+        services.configure_environment();
+        let root_string = services.new_root(&dir.path().join("cache"));
+        let root = StoreRoot::at(&root_string, options).expect("a shared root string");
+        return (dir, root);
+    }
+    let root = StoreRoot::with_options(dir.path().join("root"), options);
     (dir, root)
 }
 
@@ -51,9 +86,135 @@ fn place(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef) -> Pl
     Place::Inline(db, id)
 }
 
+/// A shared root's database and object prefix (both named alike by
+/// `Services::new_root`), and its read cache directory.
+fn shared_parts(root: &StoreRoot) -> (String, PathBuf) {
+    let described = root.describe().unwrap();
+    let (before, query) = described.split_once('?').unwrap();
+    let database = before.rsplit('/').next().unwrap().to_owned();
+    let cache = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("cache="))
+        .unwrap();
+    (database, PathBuf::from(cache))
+}
+
+/// On the shared engine: the object's key URL in the bucket, whether its
+/// bytes are inline (in its row), and drops this host's cached copy.
+fn shared_place(
+    root: &StoreRoot,
+    store: &ContentStore,
+    content_ref: &ContentRef,
+) -> (String, bool) {
+    let services = theater_store_testing::Services::shared();
+    let (database, cache) = shared_parts(root);
+    let hash = content_ref.hash();
+    let dir = store_dir_name(store.id());
+    let cached = cache.join(format!(
+        "stores/{dir}/objects/{}/{}",
+        &hash[..2],
+        &hash[2..]
+    ));
+    let _ = std::fs::remove_file(cached);
+    let inline = services.psql(
+        &database,
+        &format!(
+            "SELECT inline IS NOT NULL FROM theater_objects WHERE store = '{}' AND digest = '\\x{hash}'",
+            store.id()
+        ),
+    );
+    let url = format!(
+        "{}/{}/{database}/stores/{dir}/objects/{}/{}",
+        services.s3_endpoint(),
+        theater_store_testing::BUCKET,
+        &hash[..2],
+        &hash[2..]
+    );
+    (url, inline == "t")
+}
+
+/// Runs SQL on a shared root's database.
+fn shared_sql(root: &StoreRoot, sql: &str) -> String {
+    theater_store_testing::Services::shared().psql(&shared_parts(root).0, sql)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn curl(args: &[&str]) {
+    let status = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "curl {args:?}");
+}
+
+/// Objects of store `id` kept outside the index (files, or objects in the
+/// bucket), and staging files left in the store's temporary directory.
+pub fn stored_outside_index(root: &StoreRoot, id: &str) -> (usize, usize) {
+    let dir = store_dir_name(id);
+    if shared_engine() {
+        let (database, cache) = shared_parts(root);
+        let services = theater_store_testing::Services::shared();
+        let listing = std::process::Command::new("curl")
+            .arg("-sf")
+            .arg(format!(
+                "{}/{}?list-type=2&prefix={database}/stores/{dir}/objects/",
+                services.s3_endpoint(),
+                theater_store_testing::BUCKET
+            ))
+            .output()
+            .unwrap();
+        let keys = String::from_utf8_lossy(&listing.stdout)
+            .matches("<Key>")
+            .count();
+        return (keys, files_in(&cache.join(format!("stores/{dir}/tmp"))));
+    }
+    let at = root.path().unwrap().join("stores").join(dir);
+    (files_in(&at.join("objects")), files_in(&at.join("tmp")))
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            if entry.path().is_dir() {
+                files_in(&entry.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
 /// Overwrites an object's stored bytes with `bytes`, wherever the store
 /// keeps them, as a disk fault or a careless hand would.
 pub fn damage(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, bytes: &[u8]) {
+    if shared_engine() {
+        let (url, inline) = shared_place(root, store, content_ref);
+        if inline {
+            shared_sql(
+                root,
+                &format!(
+                    "UPDATE theater_objects SET inline = '\\x{}' WHERE store = '{}' AND digest = '\\x{}'",
+                    hex(bytes),
+                    store.id(),
+                    content_ref.hash()
+                ),
+            );
+        } else {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), bytes).unwrap();
+            let data = format!("@{}", file.path().display());
+            curl(&["-X", "PUT", "--data-binary", &data, &url]);
+        }
+        return;
+    }
     match place(root, store, content_ref) {
         Place::File(path) => std::fs::write(path, bytes).unwrap(),
         Place::Inline(db, id) => {
@@ -68,6 +229,23 @@ pub fn damage(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, 
 
 /// Deletes an object's stored bytes, leaving its index row.
 pub fn lose_bytes(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef) {
+    if shared_engine() {
+        let (url, inline) = shared_place(root, store, content_ref);
+        if inline {
+            // A row without inline bytes says they are in the bucket: gone.
+            shared_sql(
+                root,
+                &format!(
+                    "UPDATE theater_objects SET inline = NULL WHERE store = '{}' AND digest = '\\x{}'",
+                    store.id(),
+                    content_ref.hash()
+                ),
+            );
+        } else {
+            curl(&["-X", "DELETE", &url]);
+        }
+        return;
+    }
     match place(root, store, content_ref) {
         Place::File(path) => std::fs::remove_file(path).unwrap(),
         Place::Inline(db, id) => {
@@ -119,4 +297,95 @@ pub fn write_legacy_object(
         rusqlite::params![id, label, &hash.as_bytes()[..]],
     )
     .unwrap();
+}
+
+/// The directory where new content of store `id` is staged: the root's,
+/// or (shared engine) this host's read cache's.
+pub fn staging_dir(root: &StoreRoot, id: &str) -> PathBuf {
+    let base = if shared_engine() {
+        shared_parts(root).1
+    } else {
+        root.path().unwrap().to_owned()
+    };
+    base.join("stores").join(store_dir_name(id)).join("tmp")
+}
+
+/// The bytes of every object of store `id` moved aside by quarantine.
+pub fn quarantined(root: &StoreRoot, id: &str) -> Vec<Vec<u8>> {
+    let dir = store_dir_name(id);
+    if shared_engine() {
+        let (database, _) = shared_parts(root);
+        let services = theater_store_testing::Services::shared();
+        let bucket = format!(
+            "{}/{}",
+            services.s3_endpoint(),
+            theater_store_testing::BUCKET
+        );
+        let listing = std::process::Command::new("curl")
+            .arg("-sf")
+            .arg(format!(
+                "{bucket}?list-type=2&prefix={database}/stores/{dir}/quarantine/"
+            ))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        return listing
+            .split("<Key>")
+            .skip(1)
+            .map(|rest| {
+                let key = rest.split("</Key>").next().unwrap();
+                let fetched = std::process::Command::new("curl")
+                    .arg("-sf")
+                    .arg(format!("{bucket}/{key}"))
+                    .output()
+                    .unwrap();
+                fetched.stdout
+            })
+            .collect();
+    }
+    let quarantine = root
+        .path()
+        .unwrap()
+        .join(format!("stores/{dir}/quarantine"));
+    std::fs::read_dir(&quarantine)
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect()
+}
+
+/// Puts `content` where the store keeps objects without indexing it, as a
+/// crash between publishing and indexing leaves it (backdated two hours
+/// where the engine allows). Returns a check of whether it is still there.
+pub fn place_unindexed(
+    root: &StoreRoot,
+    store: &ContentStore,
+    content: &[u8],
+) -> Box<dyn Fn() -> bool> {
+    let content_ref = ContentRef::for_content(content);
+    if shared_engine() {
+        let (url, _) = shared_place(root, store, &content_ref);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), content).unwrap();
+        curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &url,
+        ]);
+        return Box::new(move || {
+            std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", "-I", &url])
+                .status()
+                .unwrap()
+                .success()
+        });
+    }
+    let path = object_path(root, store, &content_ref);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+    Box::new(move || path.exists())
 }

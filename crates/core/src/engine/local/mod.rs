@@ -4,7 +4,7 @@
 //! thread per process (`writer.rs`).
 
 mod changes;
-mod layout;
+pub(super) mod layout;
 mod sql;
 mod steps;
 mod writer;
@@ -116,14 +116,7 @@ impl LocalEngine {
     }
 
     pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
-        Box::new(SpillSink {
-            store: store.clone(),
-            layout: self.layout.clone(),
-            inline_threshold: self.inline_threshold,
-            memory: Vec::new(),
-            outboard_memory: Vec::new(),
-            file: None,
-        })
+        spill_sink(store, self.layout.clone(), self.inline_threshold)
     }
 
     pub(crate) fn open_source(
@@ -441,6 +434,23 @@ impl LocalEngine {
             }
         }
     }
+}
+
+/// A sink that keeps content in memory up to `inline_threshold` and
+/// spills it, with its outboard, into a temporary file of `layout`.
+pub(super) fn spill_sink(
+    store: &StoreId,
+    layout: ObjectFiles,
+    inline_threshold: usize,
+) -> Box<dyn StagingSink> {
+    Box::new(SpillSink {
+        store: store.clone(),
+        layout,
+        inline_threshold,
+        memory: Vec::new(),
+        outboard_memory: Vec::new(),
+        file: None,
+    })
 }
 
 /// Content being streamed in: kept in memory while it fits under the

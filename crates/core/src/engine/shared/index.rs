@@ -1,0 +1,652 @@
+//! Every SQL statement of the shared engine: the index in PostgreSQL.
+//!
+//! Tables mirror the local engine's: stores with running totals (kept by
+//! triggers, so totals are O(1)), object rows (with the bytes of small
+//! objects inline), and labels. Text columns use `COLLATE "C"`, so labels
+//! list in byte order. Writes that must be atomic and fast are server-side
+//! functions, one round trip each: adding an object (with its label) and
+//! writing a label, conditional or not.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use crate::engine::{LabelRow, ObjectRow};
+use crate::names::{Digest, StoreId};
+use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
+
+/// The schema version this build writes; a database at a newer version is
+/// refused rather than written by a build that does not know its rules.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Serializes schema creation between hosts that open the root at once.
+const SCHEMA_LOCK: i64 = 0x7468_6561_7465_7221;
+
+/// The schema, created idempotently.
+fn schema() -> String {
+    let cost = |name: &str| {
+        format!(
+            "CASE WHEN octet_length({name}) > {LABEL_SPILL_BYTES} THEN {LABEL_SPILLED_COST} \
+             ELSE 2 * octet_length({name}) + {LABEL_OVERHEAD_BYTES} END"
+        )
+    };
+    let (new_cost, old_cost) = (cost("NEW.name"), cost("OLD.name"));
+    format!(
+        r#"
+CREATE TABLE IF NOT EXISTS theater_meta (key text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS theater_stores (
+    id text COLLATE "C" PRIMARY KEY,
+    created_at bigint NOT NULL,
+    object_count bigint NOT NULL DEFAULT 0,
+    total_bytes bigint NOT NULL DEFAULT 0,
+    label_count bigint NOT NULL DEFAULT 0,
+    label_footprint bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS theater_objects (
+    store text COLLATE "C" NOT NULL,
+    digest bytea NOT NULL,
+    size bigint NOT NULL,
+    stored_at bigint NOT NULL,
+    inline bytea,
+    PRIMARY KEY (store, digest)
+);
+CREATE TABLE IF NOT EXISTS theater_labels (
+    store text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    target bytea NOT NULL,
+    chain_length bigint,
+    PRIMARY KEY (store, name)
+);
+CREATE INDEX IF NOT EXISTS theater_labels_by_target
+    ON theater_labels (store, target) WHERE chain_length IS NULL;
+
+CREATE OR REPLACE FUNCTION theater_object_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE theater_stores SET object_count = object_count + 1,
+            total_bytes = total_bytes + NEW.size WHERE id = NEW.store;
+    ELSE
+        UPDATE theater_stores SET object_count = object_count - 1,
+            total_bytes = total_bytes - OLD.size WHERE id = OLD.store;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_object_totals AFTER INSERT OR DELETE ON theater_objects
+    FOR EACH ROW EXECUTE FUNCTION theater_object_totals();
+
+CREATE OR REPLACE FUNCTION theater_label_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE theater_stores SET label_count = label_count + 1,
+            label_footprint = label_footprint + {new_cost} WHERE id = NEW.store;
+    ELSE
+        UPDATE theater_stores SET label_count = label_count - 1,
+            label_footprint = label_footprint - {old_cost} WHERE id = OLD.store;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_label_totals AFTER INSERT OR DELETE ON theater_labels
+    FOR EACH ROW EXECUTE FUNCTION theater_label_totals();
+
+-- Adds (or refreshes) an object row and points p_label at it. Returns 1
+-- when the row is new, 0 when it was held already.
+CREATE OR REPLACE FUNCTION theater_add_object(
+    p_store text, p_digest bytea, p_size bigint, p_inline bytea, p_label text,
+    p_now bigint, p_fresh_after bigint) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    held_at bigint;
+    inserted boolean;
+BEGIN
+    INSERT INTO theater_stores (id, created_at) VALUES (p_store, p_now) ON CONFLICT DO NOTHING;
+    SELECT stored_at INTO held_at FROM theater_objects
+        WHERE store = p_store AND digest = p_digest FOR UPDATE;
+    IF FOUND THEN
+        inserted := false;
+        IF held_at < p_fresh_after THEN
+            -- Stored again after a while: refresh its age, and heal inline bytes.
+            UPDATE theater_objects SET stored_at = p_now,
+                inline = CASE WHEN inline IS NULL THEN NULL ELSE COALESCE(p_inline, inline) END
+                WHERE store = p_store AND digest = p_digest;
+        END IF;
+    ELSE
+        INSERT INTO theater_objects (store, digest, size, stored_at, inline)
+            VALUES (p_store, p_digest, p_size, p_now, p_inline)
+            ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at
+            RETURNING (xmax = 0) INTO inserted;
+    END IF;
+    IF p_label IS NOT NULL THEN
+        INSERT INTO theater_labels (store, name, target) VALUES (p_store, p_label, p_digest)
+            ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target;
+    END IF;
+    RETURN CASE WHEN inserted THEN 1 ELSE 0 END;
+END $$;
+
+-- Points p_label at p_target (or removes it, for NULL). With p_conditional,
+-- only if the label now points at p_expected (or is absent, for NULL).
+-- Returns 1 when written, 0 when the expectation failed, -1 when the
+-- target is not held. The target's row is locked in share mode, so a
+-- collection that deletes it waits for this write and then sees the label.
+CREATE OR REPLACE FUNCTION theater_set_label(
+    p_store text, p_label text, p_target bytea, p_conditional boolean, p_expected bytea)
+    RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_target IS NOT NULL THEN
+        PERFORM 1 FROM theater_objects WHERE store = p_store AND digest = p_target FOR SHARE;
+        IF NOT FOUND THEN RETURN -1; END IF;
+    END IF;
+    IF p_conditional AND p_expected IS NULL THEN
+        IF p_target IS NULL THEN
+            PERFORM 1 FROM theater_labels WHERE store = p_store AND name = p_label;
+            RETURN CASE WHEN FOUND THEN 0 ELSE 1 END;
+        END IF;
+        INSERT INTO theater_labels (store, name, target) VALUES (p_store, p_label, p_target)
+            ON CONFLICT DO NOTHING;
+        RETURN CASE WHEN FOUND THEN 1 ELSE 0 END;
+    ELSIF p_conditional THEN
+        IF p_target IS NULL THEN
+            DELETE FROM theater_labels
+                WHERE store = p_store AND name = p_label AND target = p_expected;
+        ELSE
+            UPDATE theater_labels SET target = p_target
+                WHERE store = p_store AND name = p_label AND target = p_expected;
+        END IF;
+        RETURN CASE WHEN FOUND THEN 1 ELSE 0 END;
+    END IF;
+    IF p_target IS NULL THEN
+        DELETE FROM theater_labels WHERE store = p_store AND name = p_label;
+    ELSE
+        INSERT INTO theater_labels (store, name, target) VALUES (p_store, p_label, p_target)
+            ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target;
+    END IF;
+    RETURN 1;
+END $$;
+"#
+    )
+}
+
+/// Creates the schema if needed and checks its version.
+pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Result<(), String> {
+    let transaction = client.transaction().await.map_err(|e| e.to_string())?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(|e| e.to_string())?;
+    let exists: bool = transaction
+        .query_one("SELECT to_regclass('theater_meta') IS NOT NULL", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let version: Option<i64> = if exists {
+        transaction
+            .query_opt(
+                "SELECT value FROM theater_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|row| row.get(0))
+    } else {
+        None
+    };
+    if let Some(version) = version
+        && version > SCHEMA_VERSION
+    {
+        return Err(format!(
+            "the database is at schema version {version}, newer than this build's \
+             {SCHEMA_VERSION}: use a newer theater-store"
+        ));
+    }
+    transaction
+        .batch_execute(&schema())
+        .await
+        .map_err(|e| e.to_string())?;
+    transaction
+        .execute(
+            "INSERT INTO theater_meta (key, value) VALUES ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&SCHEMA_VERSION],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    transaction.commit().await.map_err(|e| e.to_string())
+}
+
+/// Adds or refreshes an object row and points `label` at it (see
+/// `theater_add_object`); `times` is now and the refresh cutoff, in unix
+/// milliseconds. Returns whether the row is new.
+pub(super) async fn add_object(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digest: Digest,
+    size: u64,
+    inline: Option<&[u8]>,
+    label: Option<&str>,
+    (now, fresh_after): (i64, i64),
+) -> Result<bool, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7)")
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &store.as_str(),
+                &&digest.0[..],
+                &to_i64(size),
+                &inline,
+                &label,
+                &now,
+                &fresh_after,
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, i32>(0) == 1)
+}
+
+/// What [`set_label`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LabelWrite {
+    Written,
+    ExpectationFailed,
+    TargetMissing,
+}
+
+/// Writes one label (see `theater_set_label`).
+pub(super) async fn set_label(
+    client: &impl GenericClient,
+    store: &StoreId,
+    label: &str,
+    target: Option<Digest>,
+    expected: Option<Option<Digest>>,
+) -> Result<LabelWrite, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT theater_set_label($1, $2, $3, $4, $5)")
+        .await?;
+    let target = target.map(|digest| digest.0.to_vec());
+    let (conditional, expected) = match expected {
+        Some(expected) => (true, expected.map(|digest| digest.0.to_vec())),
+        None => (false, None),
+    };
+    let row = client
+        .query_one(
+            &statement,
+            &[&store.as_str(), &label, &target, &conditional, &expected],
+        )
+        .await?;
+    Ok(match row.get::<_, i32>(0) {
+        1 => LabelWrite::Written,
+        0 => LabelWrite::ExpectationFailed,
+        _ => LabelWrite::TargetMissing,
+    })
+}
+
+/// Registers a store; returns whether it was new.
+pub(super) async fn ensure_store(
+    client: &impl GenericClient,
+    store: &StoreId,
+    now: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO theater_stores (id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    Ok(client.execute(&statement, &[&store.as_str(), &now]).await? == 1)
+}
+
+/// An object row: its size, when it was stored, and its inline bytes
+/// (`None`: the bytes are in the object store).
+pub(super) struct HeldObject {
+    pub(super) size: u64,
+    pub(super) stored_at: i64,
+    pub(super) inline: Option<Vec<u8>>,
+}
+
+/// An object's row, with its inline bytes when `with_bytes`.
+pub(super) async fn object(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digest: Digest,
+    with_bytes: bool,
+) -> Result<Option<HeldObject>, tokio_postgres::Error> {
+    let sql = if with_bytes {
+        "SELECT size, stored_at, inline FROM theater_objects WHERE store = $1 AND digest = $2"
+    } else {
+        "SELECT size, stored_at, CASE WHEN inline IS NULL THEN NULL ELSE ''::bytea END
+         FROM theater_objects WHERE store = $1 AND digest = $2"
+    };
+    let statement = client.prepare_cached(sql).await?;
+    let row = client
+        .query_opt(&statement, &[&store.as_str(), &&digest.0[..]])
+        .await?;
+    Ok(row.map(|row| HeldObject {
+        size: size_column(&row, 0),
+        stored_at: row.get(1),
+        inline: row.get(2),
+    }))
+}
+
+/// The inline bytes of each of `digests` held inline; `None` for others.
+pub(super) async fn inline_many(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digests: &[Digest],
+) -> Result<Vec<Option<Vec<u8>>>, tokio_postgres::Error> {
+    let keys: Vec<&[u8]> = digests.iter().map(|digest| &digest.0[..]).collect();
+    let statement = client
+        .prepare_cached(
+            "SELECT digest, inline FROM theater_objects
+             WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&store.as_str(), &keys]).await?;
+    let mut found: std::collections::HashMap<Digest, Vec<u8>> = rows
+        .iter()
+        .filter_map(|row| Some((digest_column(row, 0)?, row.get(1))))
+        .collect();
+    Ok(digests.iter().map(|digest| found.remove(digest)).collect())
+}
+
+/// A label's target and the chain length kept with it.
+pub(super) async fn label(
+    client: &impl GenericClient,
+    store: &StoreId,
+    label: &str,
+) -> Result<Option<(Digest, Option<u64>)>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT target, chain_length FROM theater_labels WHERE store = $1 AND name = $2",
+        )
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&store.as_str(), &label])
+        .await?;
+    Ok(row.and_then(|row| {
+        let length: Option<i64> = row.get(1);
+        Some((
+            digest_column(&row, 0)?,
+            length.and_then(|length| u64::try_from(length).ok()),
+        ))
+    }))
+}
+
+/// Points a chain's head label at `target` with the chain's `length`.
+pub(super) async fn set_chain_head(
+    client: &impl GenericClient,
+    store: &StoreId,
+    label: &str,
+    target: Digest,
+    length: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO theater_labels (store, name, target, chain_length) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (store, name) DO UPDATE
+             SET target = EXCLUDED.target, chain_length = EXCLUDED.chain_length",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[&store.as_str(), &label, &&target.0[..], &to_i64(length)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Up to `limit` labels starting with `prefix`, after `after`, in byte order.
+pub(super) async fn labels_page(
+    client: &impl GenericClient,
+    store: &StoreId,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<LabelRow>, tokio_postgres::Error> {
+    // The prefix is also given as a range of the primary key, so that a
+    // page costs O(log n + limit) however many labels the store holds.
+    let statement = client
+        .prepare_cached(
+            "SELECT name, target FROM theater_labels
+             WHERE store = $1 AND name >= $2 AND ($5::text IS NULL OR name < $5)
+               AND starts_with(name, $2) AND ($3::text IS NULL OR name > $3)
+             ORDER BY name LIMIT $4",
+        )
+        .await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let end = prefix_end(prefix);
+    let rows = client
+        .query(
+            &statement,
+            &[&store.as_str(), &prefix, &after, &limit, &end],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some((row.get(0), digest_column(row, 1)?)))
+        .collect())
+}
+
+/// Every object row of a store, in digest order.
+pub(super) async fn object_rows(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Vec<ObjectRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT o.digest, o.size, o.stored_at,
+                    EXISTS (SELECT 1 FROM theater_labels l
+                            WHERE l.store = o.store AND l.target = o.digest)
+             FROM theater_objects o WHERE o.store = $1 ORDER BY o.digest",
+            &[&store.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            Some(ObjectRow {
+                digest: digest_column(row, 0)?,
+                size: size_column(row, 1),
+                stored_at: row.get(2),
+                labelled: row.get(3),
+            })
+        })
+        .collect())
+}
+
+/// A store's totals (zero for a store never written).
+pub(super) async fn store_stats(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<StoreStats, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT object_count, total_bytes, label_count, label_footprint
+             FROM theater_stores WHERE id = $1",
+        )
+        .await?;
+    let row = client.query_opt(&statement, &[&store.as_str()]).await?;
+    Ok(row.map(|row| stats_columns(&row, 0)).unwrap_or_default())
+}
+
+/// When a store was registered, if it is.
+pub(super) async fn store_created_at(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT created_at FROM theater_stores WHERE id = $1")
+        .await?;
+    let row = client.query_opt(&statement, &[&store.as_str()]).await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Every store with its totals, by id.
+pub(super) async fn stores(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, StoreStats)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, object_count, total_bytes, label_count, label_footprint
+             FROM theater_stores ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), stats_columns(row, 1)))
+        .collect())
+}
+
+/// Deletes an object row if it is older than `cutoff` and no plain label
+/// points at it. The row is locked first, in a statement of its own, so
+/// that a label write holding it in share mode finishes first and the
+/// check, in a later statement, sees its label. Returns the deleted row's
+/// inline-ness (`Some(true)`: its bytes were inline), or `None`.
+pub(super) async fn remove_unreachable(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digest: Digest,
+    cutoff: i64,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = $2 FOR UPDATE",
+            &[&store.as_str(), &&digest.0[..]],
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            "DELETE FROM theater_objects o WHERE o.store = $1 AND o.digest = $2
+               AND o.stored_at < $3
+               AND NOT EXISTS (SELECT 1 FROM theater_labels l
+                               WHERE l.store = $1 AND l.target = $2 AND l.chain_length IS NULL)
+             RETURNING o.inline IS NOT NULL",
+            &[&store.as_str(), &&digest.0[..], &cutoff],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Deletes an object row whatever points at it (quarantine).
+pub(super) async fn forget_object(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digest: Digest,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM theater_objects WHERE store = $1 AND digest = $2",
+            &[&store.as_str(), &&digest.0[..]],
+        )
+        .await
+        .map(drop)
+}
+
+/// Deletes up to `limit` labels of a store, in name order; returns how many.
+pub(super) async fn delete_labels(
+    client: &impl GenericClient,
+    store: &StoreId,
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM theater_labels WHERE store = $1 AND name IN
+             (SELECT name FROM theater_labels WHERE store = $1 ORDER BY name LIMIT $2)",
+            &[&store.as_str(), &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .await
+}
+
+/// Forgets a store with nothing in it, created before `cutoff`.
+pub(super) async fn delete_empty_store(
+    client: &impl GenericClient,
+    store: &StoreId,
+    cutoff: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let removed = client
+        .execute(
+            "DELETE FROM theater_stores WHERE id = $1 AND object_count = 0 AND label_count = 0
+             AND created_at < $2",
+            &[&store.as_str(), &cutoff],
+        )
+        .await?;
+    Ok(removed == 1)
+}
+
+/// Stores whose running totals disagree with their rows.
+pub(super) async fn totals_problems(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT s.id FROM theater_stores s
+             WHERE s.object_count <> (SELECT count(*) FROM theater_objects o WHERE o.store = s.id)
+                OR s.total_bytes <> (SELECT coalesce(sum(size), 0) FROM theater_objects o
+                                     WHERE o.store = s.id)
+                OR s.label_count <> (SELECT count(*) FROM theater_labels l WHERE l.store = s.id)",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let id: String = row.get(0);
+            format!("store {id}: its running totals disagree with its rows")
+        })
+        .collect())
+}
+
+/// A lock key for an object: publication and collection of the same
+/// object take it (shared and exclusive), so they never interleave.
+pub(super) fn object_lock(store: &StoreId, digest: Digest) -> i64 {
+    lock_key(&[b"object", store.as_str().as_bytes(), &digest.0])
+}
+
+/// A lock key for a chain's head: appends to one chain take it in turn.
+pub(super) fn chain_lock(store: &StoreId, label: &str) -> i64 {
+    lock_key(&[b"chain", store.as_str().as_bytes(), label.as_bytes()])
+}
+
+fn lock_key(parts: &[&[u8]]) -> i64 {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let bytes = hasher.finalize();
+    i64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The least string above every string that starts with `prefix` (its
+/// last character that can be raised, raised), or `None` when there is none.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn stats_columns(row: &Row, first: usize) -> StoreStats {
+    StoreStats {
+        objects: size_column(row, first),
+        bytes: size_column(row, first + 1),
+        labels: size_column(row, first + 2),
+        label_footprint: size_column(row, first + 3),
+    }
+}
+
+fn size_column(row: &Row, column: usize) -> u64 {
+    u64::try_from(row.get::<_, i64>(column)).unwrap_or(0)
+}
+
+fn digest_column(row: &Row, column: usize) -> Option<Digest> {
+    Digest::from_slice(row.get::<_, &[u8]>(column))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
