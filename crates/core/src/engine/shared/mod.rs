@@ -71,8 +71,11 @@ struct Inner {
     refresh_after: i64,
     /// Publications of one object in this process take turns: the first
     /// uploads, the others then find its row and upload nothing.
-    publishing: std::sync::Mutex<HashMap<(StoreId, Digest), Arc<tokio::sync::Mutex<()>>>>,
+    publishing: std::sync::Mutex<HashMap<(StoreId, Digest), Turn>>,
 }
+
+/// One object's turn to publish (see `Inner::publishing`).
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 impl Drop for SharedEngine {
     fn drop(&mut self) {
