@@ -4,15 +4,16 @@
 build:
     cargo build --workspace
 
-# The whole test suite, as the README and CI run it.
+# The whole test suite, as the README and CI run it (both engines).
 test:
-    cargo test --workspace
+    scripts/test
 
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --all --check
     cargo fmt --all --check --manifest-path guest-examples/Cargo.toml
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p theater-store --all-targets -- -D warnings
 
 # Criterion benchmarks.
 bench:

@@ -35,6 +35,18 @@ impl Harness {
         Self { dir, host }
     }
 
+    /// A host over a fresh shared root (a new database and bucket prefix
+    /// on this process's private PostgreSQL and SeaweedFS).
+    pub fn start_shared() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let services = theater_store_testing::Services::shared();
+        services.configure_environment();
+        let root = services.new_root(&dir.path().join("cache"));
+        let root = StoreRoot::at(&root, theater_store::Options::default()).unwrap();
+        let host = SHARED_HOST.with_root(root);
+        Self { dir, host }
+    }
+
     pub fn root(&self) -> &StoreRoot {
         self.host.root()
     }

@@ -33,7 +33,10 @@ async fn json_at(store: &theater_store::ContentStore, label: &str) -> Value {
 
 #[tokio::test]
 async fn p01_creating_and_managing_stores() {
-    let h = Harness::start();
+    p01_creating_and_managing_stores_on(Harness::start()).await;
+}
+
+async fn p01_creating_and_managing_stores_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let out = h
         .run(
@@ -64,7 +67,10 @@ async fn p01_creating_and_managing_stores() {
 
 #[tokio::test]
 async fn p02_basic_storage_and_retrieval() {
-    let h = Harness::start();
+    p02_basic_storage_and_retrieval_on(Harness::start()).await;
+}
+
+async fn p02_basic_storage_and_retrieval_on(h: Harness) {
     let out = h
         .run(
             &h.load(SEED_PATTERNS),
@@ -88,7 +94,10 @@ async fn p02_basic_storage_and_retrieval() {
 
 #[tokio::test]
 async fn p03_labels() {
-    let h = Harness::start();
+    p03_labels_on(Harness::start()).await;
+}
+
+async fn p03_labels_on(h: Harness) {
     let out = h
         .run(
             &h.load(SEED_PATTERNS),
@@ -116,7 +125,10 @@ async fn p03_labels() {
 
 #[tokio::test]
 async fn p04_actor_specific_state_survives_restarts() {
-    let h = Harness::start();
+    p04_actor_specific_state_survives_restarts_on(Harness::start()).await;
+}
+
+async fn p04_actor_specific_state_survives_restarts_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let param =
         json!({"pattern": "actor-state", "actor_id": "7e3f4a21-9c8b-4e5d-a6f7-1b2c3d4e5f6a"});
@@ -150,7 +162,10 @@ async fn p04_actor_specific_state_survives_restarts() {
 
 #[tokio::test]
 async fn p05_versioned_content() {
-    let h = Harness::start();
+    p05_versioned_content_on(Harness::start()).await;
+}
+
+async fn p05_versioned_content_on(h: Harness) {
     let out = h
         .run(
             &h.load(SEED_PATTERNS),
@@ -175,7 +190,10 @@ async fn p05_versioned_content() {
 
 #[tokio::test]
 async fn p06_deduplication() {
-    let h = Harness::start();
+    p06_deduplication_on(Harness::start()).await;
+}
+
+async fn p06_deduplication_on(h: Harness) {
     let out = h
         .run(
             &h.load(SEED_PATTERNS),
@@ -199,7 +217,10 @@ async fn p06_deduplication() {
 
 #[tokio::test]
 async fn p07_shared_resources_between_two_actors() {
-    let h = Harness::start();
+    p07_shared_resources_between_two_actors_on(Harness::start()).await;
+}
+
+async fn p07_shared_resources_between_two_actors_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let owner = h
         .run(
@@ -228,7 +249,10 @@ async fn p07_shared_resources_between_two_actors() {
 
 #[tokio::test]
 async fn p08_linked_list_of_refs() {
-    let h = Harness::start();
+    p08_linked_list_of_refs_on(Harness::start()).await;
+}
+
+async fn p08_linked_list_of_refs_on(h: Harness) {
     let out = h
         .run(
             &h.load(SEED_PATTERNS),
@@ -252,7 +276,10 @@ async fn p08_linked_list_of_refs() {
 
 #[tokio::test]
 async fn p09_cached_computation_is_computed_once() {
-    let h = Harness::start();
+    p09_cached_computation_is_computed_once_on(Harness::start()).await;
+}
+
+async fn p09_cached_computation_is_computed_once_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let param = json!({"pattern": "cache", "input": 50});
     let first = h.run(&actor, own_stores_only(), None, &param).await;
@@ -273,7 +300,10 @@ async fn p09_cached_computation_is_computed_once() {
 
 #[tokio::test]
 async fn p10_snapshot_and_restore() {
-    let h = Harness::start();
+    p10_snapshot_and_restore_on(Harness::start()).await;
+}
+
+async fn p10_snapshot_and_restore_on(h: Harness) {
     let param = json!({"pattern": "snapshot", "timestamps": [1700000000, 1700000060, 1700000120]});
     let out = h
         .run(&h.load(SEED_PATTERNS), own_stores_only(), None, &param)
@@ -292,7 +322,10 @@ async fn p10_snapshot_and_restore() {
 
 #[tokio::test]
 async fn p11_messaging_with_a_large_payload() {
-    let h = Harness::start();
+    p11_messaging_with_a_large_payload_on(Harness::start()).await;
+}
+
+async fn p11_messaging_with_a_large_payload_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let sent = h
         .run(
@@ -320,7 +353,10 @@ async fn p11_messaging_with_a_large_payload() {
 
 #[tokio::test]
 async fn p12_dependency_injection() {
-    let h = Harness::start();
+    p12_dependency_injection_on(Harness::start()).await;
+}
+
+async fn p12_dependency_injection_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let configured = h
         .run(
@@ -358,7 +394,10 @@ async fn p12_dependency_injection() {
 
 #[tokio::test]
 async fn p13_append_only_log_keeps_order() {
-    let h = Harness::start();
+    p13_append_only_log_keeps_order_on(Harness::start()).await;
+}
+
+async fn p13_append_only_log_keeps_order_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let mut state: Option<Value> = None;
     for entry in ["boot", "work", "halt"] {
@@ -383,7 +422,10 @@ async fn p13_append_only_log_keeps_order() {
 
 #[tokio::test]
 async fn p14_migration_between_actors() {
-    let h = Harness::start();
+    p14_migration_between_actors_on(Harness::start()).await;
+}
+
+async fn p14_migration_between_actors_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let param = json!({"pattern": "migrate", "role": "old", "actor_id": "old-actor", "state": {"balance": 42}});
     let old = h.run(&actor, own_stores_only(), None, &param).await;
@@ -418,7 +460,10 @@ async fn p14_migration_between_actors() {
 
 #[tokio::test]
 async fn p15_synchronization_between_stores() {
-    let h = Harness::start();
+    p15_synchronization_between_stores_on(Harness::start()).await;
+}
+
+async fn p15_synchronization_between_stores_on(h: Harness) {
     let actor = h.load(SEED_PATTERNS);
     let source = h
         .run(
@@ -449,4 +494,25 @@ async fn p15_synchronization_between_stores() {
         assert_eq!(text_at(&from, label).await, text_at(&to, label).await);
     }
     assert_eq!(to.get_by_label("local:c").await.unwrap(), None);
+}
+
+/// All 15 patterns once more, on the shared engine (PostgreSQL + S3 on
+/// private servers this test process starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_15_patterns_on_the_shared_engine() {
+    p01_creating_and_managing_stores_on(Harness::start_shared()).await;
+    p02_basic_storage_and_retrieval_on(Harness::start_shared()).await;
+    p03_labels_on(Harness::start_shared()).await;
+    p04_actor_specific_state_survives_restarts_on(Harness::start_shared()).await;
+    p05_versioned_content_on(Harness::start_shared()).await;
+    p06_deduplication_on(Harness::start_shared()).await;
+    p07_shared_resources_between_two_actors_on(Harness::start_shared()).await;
+    p08_linked_list_of_refs_on(Harness::start_shared()).await;
+    p09_cached_computation_is_computed_once_on(Harness::start_shared()).await;
+    p10_snapshot_and_restore_on(Harness::start_shared()).await;
+    p11_messaging_with_a_large_payload_on(Harness::start_shared()).await;
+    p12_dependency_injection_on(Harness::start_shared()).await;
+    p13_append_only_log_keeps_order_on(Harness::start_shared()).await;
+    p14_migration_between_actors_on(Harness::start_shared()).await;
+    p15_synchronization_between_stores_on(Harness::start_shared()).await;
 }

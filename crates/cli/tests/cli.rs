@@ -828,12 +828,23 @@ fn put_and_cat_stream_large_content_in_bounded_memory() {
         hasher.finalize().to_hex().to_string()
     };
     assert_eq!(hash, expected);
-    assert!(put_kib < 64 << 10, "put of 256 MiB peaked at {put_kib} KiB");
+    // Measured against the same binary doing almost nothing, so that what
+    // is compared is what the content costs, not the binary's own size.
+    let idle = env.dir.path().join("idle.txt");
+    let (_, idle_kib) = run_measured(&env, &["stores"], &input, &idle);
+    let bound = idle_kib + (48 << 10);
+    assert!(
+        put_kib < bound,
+        "put of 256 MiB peaked at {put_kib} KiB (idle: {idle_kib} KiB)"
+    );
 
     let output = env.dir.path().join("out.bin");
     let (code, cat_kib) = run_measured(&env, &["cat", "big", &hash], &input, &output);
     assert_eq!(code, 0);
-    assert!(cat_kib < 64 << 10, "cat of 256 MiB peaked at {cat_kib} KiB");
+    assert!(
+        cat_kib < bound,
+        "cat of 256 MiB peaked at {cat_kib} KiB (idle: {idle_kib} KiB)"
+    );
     assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
 
     // Ranges: verified, end exclusive, open-ended, refused past the end.
@@ -1236,4 +1247,74 @@ fn a_killed_sync_resumes_and_converges() {
         assert_eq!(reports[0]["conflicts"], Value::Array(vec![]));
         assert_eq!(count_at_version(&to, "docs", LABELS, &version), LABELS);
     }
+}
+
+/// A shared root (PostgreSQL + S3 on this process's private servers) as
+/// users name it: the demo runs on it, and `sync` copies local to shared
+/// and shared to local, with the content verified at the far end.
+#[test]
+fn shared_roots_run_the_demo_and_sync_with_local_ones() {
+    let services = theater_store_testing::Services::shared();
+    services.configure_environment();
+    let env = Env::new();
+    let shared = services.new_root(&env.dir.path().join("cache"));
+    let on = |root: &str| {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.args(["--root", root]).env_remove("THEATER_STORE_ROOT");
+        cmd
+    };
+    let demo = on(&shared).arg("demo").assert().success();
+    let text = String::from_utf8(demo.get_output().stdout.clone()).unwrap();
+    assert!(
+        text.contains("15. Synchronization between stores"),
+        "{text}"
+    );
+    on(&shared).arg("verify").assert().success();
+
+    // Local → shared: small and large content, with labels.
+    let large = "large content ".repeat(10_000);
+    env.put("docs", "small content", Some("doc:small"));
+    env.put("docs", &large, Some("doc:large"));
+    let local = env.root().display().to_string();
+    on(&shared)
+        .args(["sync", &local, &shared, "docs"])
+        .assert()
+        .success();
+    on(&shared)
+        .args(["cat", "docs", "--label", "doc:large"])
+        .assert()
+        .success()
+        .stdout(large.clone());
+
+    // Changed on the shared side, then shared → a second local root.
+    on(&shared)
+        .args(["put", "docs", "-", "--label", "doc:small"])
+        .write_stdin("changed on the shared root")
+        .assert()
+        .success();
+    let second = env.dir.path().join("second").display().to_string();
+    on(&second)
+        .args(["sync", &shared, &second])
+        .assert()
+        .success();
+    on(&second)
+        .args(["cat", "docs", "--label", "doc:small"])
+        .assert()
+        .success()
+        .stdout("changed on the shared root");
+    on(&second)
+        .args(["cat", "docs", "--label", "doc:large"])
+        .assert()
+        .success()
+        .stdout(large);
+    // Syncing back moves the change to the first local root, no conflict.
+    env.cmd()
+        .args(["sync", &shared, &local, "docs"])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["cat", "docs", "--label", "doc:small"])
+        .assert()
+        .success()
+        .stdout("changed on the shared root");
 }

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use theater_store::{ContentRef, ContentStore, StoreError, StoreRoot, SyncOptions, SyncReport};
 
+/// Two empty roots: two directories, or (on the shared engine) a shared
+/// root and a directory, so that every test syncs local to shared and
+/// shared to local.
 fn two_roots() -> (TempDir, StoreRoot, StoreRoot) {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    (dir, StoreRoot::new(a), StoreRoot::new(b))
+    let (dir, a) = common::temp_root();
+    let b = StoreRoot::new(dir.path().join("b"));
+    (dir, a, b)
 }
 
 async fn sync(from: &StoreRoot, to: &StoreRoot, options: &SyncOptions) -> SyncReport {

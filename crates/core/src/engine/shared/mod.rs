@@ -46,6 +46,10 @@ use crate::options::Options;
 use crate::stats::StoreStats;
 use crate::tree::{RandomAccess, TreeHasher};
 
+/// Cached copies up to this size are read on the calling thread; larger
+/// ones on the engine's runtime.
+const READ_ON_CALLER_MAX: u64 = 64 << 10;
+
 /// Connections each process keeps to PostgreSQL at most.
 const MAX_CONNECTIONS: usize = 16;
 
@@ -248,7 +252,7 @@ impl SharedEngine {
     ) -> Result<Option<Vec<u8>>> {
         // Content is addressed by its digest: a verified copy here is the
         // answer, without asking the index.
-        if let Some(bytes) = self.inner.cache.read(store, digest) {
+        if let Some(bytes) = self.inner.cache.read(store, digest, READ_ON_CALLER_MAX) {
             return Ok(Some(bytes));
         }
         let store = store.clone();
@@ -391,6 +395,10 @@ impl SharedEngine {
     ) -> Result<Option<(Digest, PathBuf)>> {
         let store = store.clone();
         self.block(|inner| async move {
+            // Asked for when reading found the bytes or their outboard
+            // wrong: this host's copy is not trusted, the bucket's is
+            // fetched again (and cached if intact).
+            inner.cache.forget(&store, digest);
             let Some(copy) = inner.local_copy(&store, digest).await? else {
                 return Ok(None);
             };
@@ -581,18 +589,8 @@ impl SharedEngine {
             let Some(copy) = inner.fetch(&store, digest, held.size).await? else {
                 return Ok(None);
             };
-            let opened = File::open(copy.path());
-            let path = copy.path().to_owned();
             copy.release();
-            match opened {
-                Ok(file) => Ok(Some(Box::new(file) as Box<dyn Read + Send>)),
-                Err(source) => Err(crate::error::io_error(
-                    &store,
-                    "reading object",
-                    &path,
-                    source,
-                )),
-            }
+            Ok(Some(Box::new(copy.data) as Box<dyn Read + Send>))
         })
     }
 }
@@ -670,7 +668,7 @@ impl Inner {
     async fn apply(self: &Arc<Self>, change: Change) -> Result<bool> {
         let mut client = self.client().await?;
         let applied = self.apply_on(&mut client, change).await;
-        if applied.is_err() {
+        if let Err(StoreError::Service { .. }) = applied {
             // A failure may leave a session lock or a transaction behind.
             drop(deadpool_postgres::Object::take(client));
         }
@@ -836,7 +834,9 @@ impl Inner {
                     return Err(postgres_error(&self.location, "committing", error));
                 }
                 // Bytes this host just hashed are a verified copy.
-                self.cache.admit(&store, digest, &path);
+                if !self.cache.admit(&store, digest, &path) {
+                    layout::remove_staged(&path);
+                }
                 Ok(new)
             }
             Change::AddObject { .. } | Change::CreateStore { .. } | Change::SetLabel { .. } => {
@@ -1181,6 +1181,9 @@ impl Inner {
     }
 
     async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.cache.read(store, digest, u64::MAX) {
+            return Ok(Some(bytes));
+        }
         let client = self.client().await?;
         let held = index::object(&client, store, digest, true).await;
         drop(client);
@@ -1220,25 +1223,14 @@ impl Inner {
         let Some(copy) = self.fetch(store, digest, held.size).await? else {
             return Ok(None);
         };
-        let opened = File::open(copy.path());
         copy.release();
-        let data = opened.map_err(|source| {
-            crate::error::io_error(
-                store,
-                "reading object",
-                &self.cache.files.object_path(store, digest),
-                source,
-            )
-        })?;
-        let outboard = self
-            .cache
-            .open(store, digest, held.size)
-            .and_then(|(_, outboard)| outboard)
+        let outboard = copy
+            .outboard
             .map(|file| Box::new(file) as Box<dyn RandomAccess>);
         Ok(Some((
             held.size,
             ObjectSource::File {
-                data: Box::new(data),
+                data: Box::new(copy.data),
                 outboard,
             },
         )))
@@ -1259,11 +1251,16 @@ impl Inner {
     /// The cached copy of a file object, downloaded (and its outboard
     /// computed) if this host has none. Bytes that do not hash to `digest`
     /// are not cached: they come back as a temporary copy, for the
-    /// caller's verification to report.
+    /// caller's verification to report; so do bytes too big for the cache.
     async fn fetch(&self, store: &StoreId, digest: Digest, size: u64) -> Result<Option<LocalCopy>> {
         let cached = self.cache.files.object_path(store, digest);
-        if self.cache.open(store, digest, size).is_some() {
-            return Ok(Some(LocalCopy::Cached(cached)));
+        if let Some((data, outboard)) = self.cache.open(store, digest, size) {
+            return Ok(Some(LocalCopy {
+                path: cached,
+                data,
+                outboard,
+                transient: false,
+            }));
         }
         let (path, hasher, data) = self
             .cache
@@ -1279,46 +1276,65 @@ impl Inner {
             data.into_inner().map_err(|e| generic(e.into_error()))?;
             Ok(found.then_some(actual))
         });
-        match self.object_store(finished, "reading object") {
-            Ok(Some(actual)) if actual == digest => {
-                self.cache.admit(store, digest, &path);
-                Ok(Some(LocalCopy::Cached(cached)))
-            }
-            Ok(Some(_)) => {
-                let _ = std::fs::remove_file(layout::staged_outboard(&path));
-                Ok(Some(LocalCopy::Damaged(path)))
-            }
+        let actual = match self.object_store(finished, "reading object") {
+            Ok(Some(actual)) => actual,
             Ok(None) => {
                 layout::remove_staged(&path);
-                Ok(None)
+                return Ok(None);
             }
             Err(error) => {
                 layout::remove_staged(&path);
-                Err(error)
+                return Err(error);
             }
+        };
+        if actual == digest
+            && self.cache.admit(store, digest, &path)
+            && let Some((data, outboard)) = self.cache.open(store, digest, size)
+        {
+            return Ok(Some(LocalCopy {
+                path: cached,
+                data,
+                outboard,
+                transient: false,
+            }));
         }
+        // Damaged, or not kept by the cache: a copy for this read only.
+        let outboard_path = layout::staged_outboard(&path);
+        let outboard = (actual == digest)
+            .then(|| File::open(&outboard_path).ok())
+            .flatten();
+        let _ = std::fs::remove_file(&outboard_path);
+        let data = File::open(&path).map_err(|source| {
+            crate::error::io_error(store, "reading downloaded object", &path, source)
+        })?;
+        Ok(Some(LocalCopy {
+            path,
+            data,
+            outboard,
+            transient: true,
+        }))
     }
 }
 
-/// A local copy of an object's bytes.
-enum LocalCopy {
-    /// The verified copy in the read cache.
-    Cached(PathBuf),
-    /// A downloaded copy that failed verification, removed on release.
-    Damaged(PathBuf),
+/// A local copy of a file object's bytes, open for reading.
+struct LocalCopy {
+    path: PathBuf,
+    data: File,
+    /// Its outboard, when one is kept and of the right size.
+    outboard: Option<File>,
+    /// Not in the cache: removed on release (open handles stay valid).
+    transient: bool,
 }
 
 impl LocalCopy {
     fn path(&self) -> &std::path::Path {
-        match self {
-            Self::Cached(path) | Self::Damaged(path) => path,
-        }
+        &self.path
     }
 
-    /// Done with it: a damaged copy is removed (an open handle stays valid).
-    fn release(self) {
-        if let Self::Damaged(path) = self {
-            let _ = std::fs::remove_file(path);
+    /// Done with the path: a transient copy is removed.
+    fn release(&self) {
+        if self.transient {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

@@ -16,9 +16,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
+};
 
 use super::super::local::layout::{self, ObjectFiles, store_dir_name};
 use crate::durability::Durability;
@@ -60,7 +63,20 @@ impl Objects {
             .or_else(|_| std::env::var("AWS_ENDPOINT"))
             .ok();
         let has_key = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|key| !key.is_empty());
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // A store call should fail within seconds when the object store is
+        // down, not retry for minutes: a few quick retries, then an error.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            );
         if endpoint.is_some() && !has_key {
             builder = builder.with_skip_signature(true);
         }
@@ -293,10 +309,14 @@ impl ReadCache {
         }
     }
 
-    /// The cached copy's bytes, if there is one and it is still intact.
-    pub(super) fn read(&self, store: &StoreId, digest: Digest) -> Option<Vec<u8>> {
+    /// The cached copy's bytes, if there is one of at most `max` bytes and
+    /// it is still intact (a damaged copy is dropped).
+    pub(super) fn read(&self, store: &StoreId, digest: Digest, max: u64) -> Option<Vec<u8>> {
         let path = self.files.object_path(store, digest);
         let file = File::open(&path).ok()?;
+        if file.metadata().ok()?.len() > max {
+            return None;
+        }
         let bytes = read_all(&file)?;
         if Digest::of(&bytes) != digest {
             self.forget(store, digest);
@@ -325,21 +345,27 @@ impl ReadCache {
     }
 
     /// Takes a staged file whose bytes are known to be `digest` (with its
-    /// staged outboard, if any) into the cache.
-    pub(super) fn admit(&self, store: &StoreId, digest: Digest, staged: &Path) {
+    /// staged outboard, if any) into the cache. Returns whether it did;
+    /// a file over the cache's whole budget is left where it is.
+    pub(super) fn admit(&self, store: &StoreId, digest: Digest, staged: &Path) -> bool {
         let size = fs::metadata(staged).map(|m| m.len()).unwrap_or(0);
         if size > self.budget || self.files.publish(store, staged, digest).is_err() {
-            layout::remove_staged(staged);
-            return;
+            return false;
         }
         self.files.place_outboard(store, staged, digest);
         self.account(size);
+        true
     }
 
     /// Writes verified small content into the cache.
     pub(super) fn admit_bytes(&self, store: &StoreId, digest: Digest, bytes: &[u8]) {
-        if let Ok(staged) = self.files.write_temp(store, bytes) {
-            self.admit(store, digest, &staged);
+        if bytes.len() as u64 > self.budget {
+            return;
+        }
+        if let Ok(staged) = self.files.write_temp(store, bytes)
+            && !self.admit(store, digest, &staged)
+        {
+            layout::remove_staged(&staged);
         }
     }
 
