@@ -29,7 +29,7 @@ fn schema() -> String {
              ELSE 2 * octet_length({name}) + {LABEL_OVERHEAD_BYTES} END"
         )
     };
-    let (new_cost, old_cost) = (cost("NEW.name"), cost("OLD.name"));
+    let label_cost = cost("l.name");
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS theater_meta (key text PRIMARY KEY, value bigint NOT NULL);
@@ -59,33 +59,53 @@ CREATE TABLE IF NOT EXISTS theater_labels (
 CREATE INDEX IF NOT EXISTS theater_labels_by_target
     ON theater_labels (store, target) WHERE chain_length IS NULL;
 
-CREATE OR REPLACE FUNCTION theater_object_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Totals move once per statement (a batch of 256 rows updates its store's
+-- row once, not 256 times).
+DROP TRIGGER IF EXISTS theater_object_totals ON theater_objects;
+DROP TRIGGER IF EXISTS theater_label_totals ON theater_labels;
+CREATE OR REPLACE FUNCTION theater_objects_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        UPDATE theater_stores SET object_count = object_count + 1,
-            total_bytes = total_bytes + NEW.size WHERE id = NEW.store;
-    ELSE
-        UPDATE theater_stores SET object_count = object_count - 1,
-            total_bytes = total_bytes - OLD.size WHERE id = OLD.store;
-    END IF;
+    UPDATE theater_stores s SET object_count = s.object_count + n.count,
+        total_bytes = s.total_bytes + n.bytes
+    FROM (SELECT store, count(*) AS count, sum(size) AS bytes FROM added GROUP BY store) n
+    WHERE s.id = n.store;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE TRIGGER theater_object_totals AFTER INSERT OR DELETE ON theater_objects
-    FOR EACH ROW EXECUTE FUNCTION theater_object_totals();
+CREATE OR REPLACE FUNCTION theater_objects_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE theater_stores s SET object_count = s.object_count - n.count,
+        total_bytes = s.total_bytes - n.bytes
+    FROM (SELECT store, count(*) AS count, sum(size) AS bytes FROM removed GROUP BY store) n
+    WHERE s.id = n.store;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_objects_added AFTER INSERT ON theater_objects
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION theater_objects_added();
+CREATE OR REPLACE TRIGGER theater_objects_removed AFTER DELETE ON theater_objects
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_objects_removed();
 
-CREATE OR REPLACE FUNCTION theater_label_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION theater_labels_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        UPDATE theater_stores SET label_count = label_count + 1,
-            label_footprint = label_footprint + {new_cost} WHERE id = NEW.store;
-    ELSE
-        UPDATE theater_stores SET label_count = label_count - 1,
-            label_footprint = label_footprint - {old_cost} WHERE id = OLD.store;
-    END IF;
+    UPDATE theater_stores s SET label_count = s.label_count + n.count,
+        label_footprint = s.label_footprint + n.footprint
+    FROM (SELECT store, count(*) AS count, sum({label_cost}) AS footprint
+          FROM added l GROUP BY store) n
+    WHERE s.id = n.store;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE TRIGGER theater_label_totals AFTER INSERT OR DELETE ON theater_labels
-    FOR EACH ROW EXECUTE FUNCTION theater_label_totals();
+CREATE OR REPLACE FUNCTION theater_labels_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE theater_stores s SET label_count = s.label_count - n.count,
+        label_footprint = s.label_footprint - n.footprint
+    FROM (SELECT store, count(*) AS count, sum({label_cost}) AS footprint
+          FROM removed l GROUP BY store) n
+    WHERE s.id = n.store;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_added();
+CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
 
 -- Adds (or refreshes) an object row and points p_label at it. Returns 1
 -- when the row is new, 0 when it was held already.
@@ -163,17 +183,46 @@ END $$;
     )
 }
 
+/// A PostgreSQL error shown with what the server said: its own `Display`
+/// is only "db error".
+#[derive(Debug)]
+pub(super) struct PostgresError(pub(super) tokio_postgres::Error);
+
+impl std::fmt::Display for PostgresError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(f, "{}: {}", db.severity(), db.message())?;
+                if let Some(detail) = db.detail() {
+                    write!(f, " ({detail})")?;
+                }
+                Ok(())
+            }
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for PostgresError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
 /// Creates the schema if needed and checks its version.
 pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Result<(), String> {
-    let transaction = client.transaction().await.map_err(|e| e.to_string())?;
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(|e| PostgresError(e).to_string())?;
     transaction
         .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PostgresError(e).to_string())?;
     let exists: bool = transaction
         .query_one("SELECT to_regclass('theater_meta') IS NOT NULL", &[])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PostgresError(e).to_string())?
         .get(0);
     let version: Option<i64> = if exists {
         transaction
@@ -182,7 +231,7 @@ pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Res
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| PostgresError(e).to_string())?
             .map(|row| row.get(0))
     } else {
         None
@@ -198,7 +247,7 @@ pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Res
     transaction
         .batch_execute(&schema())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PostgresError(e).to_string())?;
     transaction
         .execute(
             "INSERT INTO theater_meta (key, value) VALUES ('schema_version', $1)
@@ -206,8 +255,11 @@ pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Res
             &[&SCHEMA_VERSION],
         )
         .await
-        .map_err(|e| e.to_string())?;
-    transaction.commit().await.map_err(|e| e.to_string())
+        .map_err(|e| PostgresError(e).to_string())?;
+    transaction
+        .commit()
+        .await
+        .map_err(|e| PostgresError(e).to_string())
 }
 
 /// Adds or refreshes an object row and points `label` at it (see
@@ -240,6 +292,169 @@ pub(super) async fn add_object(
         )
         .await?;
     Ok(row.get::<_, i32>(0) == 1)
+}
+
+/// One row of [`add_objects`]: store, digest, size, inline bytes, label.
+pub(super) type NewObject<'a> = (&'a StoreId, Digest, u64, &'a [u8], Option<&'a str>);
+
+/// Adds (or refreshes) many small objects in one statement, and points
+/// their labels at them in a second; `times` as for [`add_object`]. The
+/// rows must name distinct objects and distinct labels (a statement may
+/// touch a row once). Returns, per row, whether it is new.
+pub(super) async fn add_objects(
+    client: &impl GenericClient,
+    rows: &[NewObject<'_>],
+    (now, fresh_after): (i64, i64),
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let stores: Vec<&str> = rows.iter().map(|row| row.0.as_str()).collect();
+    let digests: Vec<&[u8]> = rows.iter().map(|row| &row.1.0[..]).collect();
+    let sizes: Vec<i64> = rows.iter().map(|row| to_i64(row.2)).collect();
+    let inlines: Vec<&[u8]> = rows.iter().map(|row| row.3).collect();
+    let register = client
+        .prepare_cached(
+            "INSERT INTO theater_stores (id, created_at)
+             SELECT DISTINCT id, $2::bigint FROM unnest($1::text[]) AS u(id) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    client.execute(&register, &[&stores, &now]).await?;
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO theater_objects (store, digest, size, stored_at, inline)
+             SELECT s, d, z, $5, i FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[])
+                 AS u(s, d, z, i)
+             ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at,
+                 inline = CASE WHEN theater_objects.inline IS NULL THEN NULL
+                               ELSE EXCLUDED.inline END
+                 WHERE theater_objects.stored_at < $6
+             RETURNING store, digest, (xmax = 0)",
+        )
+        .await?;
+    let changed = client
+        .query(
+            &insert,
+            &[&stores, &digests, &sizes, &inlines, &now, &fresh_after],
+        )
+        .await?;
+    let new: std::collections::HashSet<(String, Digest)> = changed
+        .iter()
+        .filter(|row| row.get::<_, bool>(2))
+        .filter_map(|row| Some((row.get(0), digest_column(row, 1)?)))
+        .collect();
+    let labelled: Vec<&NewObject<'_>> = rows.iter().filter(|row| row.4.is_some()).collect();
+    if !labelled.is_empty() {
+        let stores: Vec<&str> = labelled.iter().map(|row| row.0.as_str()).collect();
+        let names: Vec<&str> = labelled.iter().filter_map(|row| row.4).collect();
+        let targets: Vec<&[u8]> = labelled.iter().map(|row| &row.1.0[..]).collect();
+        let label = client
+            .prepare_cached(
+                "INSERT INTO theater_labels (store, name, target)
+                 SELECT s, n, t FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(s, n, t)
+                 ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target",
+            )
+            .await?;
+        client.execute(&label, &[&stores, &names, &targets]).await?;
+    }
+    Ok(rows
+        .iter()
+        .map(|row| new.contains(&(row.0.as_str().to_owned(), row.1)))
+        .collect())
+}
+
+/// Writes many labels of one store, all or nothing: each points at its
+/// target (or is removed, for `None`). With `expected` (one per label),
+/// only if every label still points at its expected value (`None`:
+/// absent). The targets' rows are locked in share mode, and the labels'
+/// rows for update, before anything is checked or written. Names must be
+/// distinct. Returns whether it wrote, or a target that is not held.
+pub(super) async fn set_labels(
+    client: &impl GenericClient,
+    store: &StoreId,
+    labels: &[(String, Option<Digest>)],
+    expected: Option<&[Option<Digest>]>,
+) -> Result<Result<bool, Digest>, tokio_postgres::Error> {
+    let targets: Vec<&[u8]> = labels
+        .iter()
+        .filter_map(|(_, target)| target.as_ref().map(|digest| &digest.0[..]))
+        .collect();
+    let lock_targets = client
+        .prepare_cached(
+            "SELECT digest FROM theater_objects WHERE store = $1 AND digest = ANY($2)
+             FOR SHARE",
+        )
+        .await?;
+    let held = client
+        .query(&lock_targets, &[&store.as_str(), &targets])
+        .await?;
+    let held: std::collections::HashSet<&[u8]> = held.iter().map(|row| row.get(0)).collect();
+    let missing = labels
+        .iter()
+        .filter_map(|(_, target)| *target)
+        .find(|target| !held.contains(&target.0[..]));
+    if let Some(missing) = missing {
+        return Ok(Err(missing));
+    }
+    let names: Vec<&str> = labels.iter().map(|(name, _)| name.as_str()).collect();
+    let mut must_insert = std::collections::HashSet::new();
+    if let Some(expected) = expected {
+        let lock_labels = client
+            .prepare_cached(
+                "SELECT name, target FROM theater_labels WHERE store = $1 AND name = ANY($2)
+                 FOR UPDATE",
+            )
+            .await?;
+        let current = client
+            .query(&lock_labels, &[&store.as_str(), &names])
+            .await?;
+        let current: std::collections::HashMap<String, Option<Digest>> = current
+            .iter()
+            .map(|row| (row.get(0), digest_column(row, 1)))
+            .collect();
+        for ((name, _), expected) in labels.iter().zip(expected) {
+            if current.get(name).copied().flatten() != *expected {
+                return Ok(Ok(false));
+            }
+            if expected.is_none() {
+                must_insert.insert(name.as_str());
+            }
+        }
+    }
+    let (set, removed): (Vec<_>, Vec<_>) = labels.iter().partition(|(_, target)| target.is_some());
+    if !set.is_empty() {
+        let set_names: Vec<&str> = set.iter().map(|(name, _)| name.as_str()).collect();
+        let set_targets: Vec<&[u8]> = set
+            .iter()
+            .filter_map(|(_, target)| target.as_ref().map(|digest| &digest.0[..]))
+            .collect();
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO theater_labels (store, name, target)
+                 SELECT $1, n, t FROM unnest($2::text[], $3::bytea[]) AS u(n, t)
+                 ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target
+                 RETURNING name, (xmax = 0)",
+            )
+            .await?;
+        let written = client
+            .query(&upsert, &[&store.as_str(), &set_names, &set_targets])
+            .await?;
+        // A label expected absent that another host created meanwhile
+        // (there was no row to lock) was updated, not inserted: refused.
+        let raced = written
+            .iter()
+            .any(|row| !row.get::<_, bool>(1) && must_insert.contains(row.get::<_, &str>(0)));
+        if raced {
+            return Ok(Ok(false));
+        }
+    }
+    if !removed.is_empty() {
+        let removed_names: Vec<&str> = removed.iter().map(|(name, _)| name.as_str()).collect();
+        let delete = client
+            .prepare_cached("DELETE FROM theater_labels WHERE store = $1 AND name = ANY($2)")
+            .await?;
+        client
+            .execute(&delete, &[&store.as_str(), &removed_names])
+            .await?;
+    }
+    Ok(Ok(true))
 }
 
 /// What [`set_label`] found.

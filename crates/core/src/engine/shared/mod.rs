@@ -20,7 +20,7 @@ mod index;
 pub(crate) mod location;
 mod objects;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use self::index::LabelWrite;
+use self::index::{LabelWrite, PostgresError};
 use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache, Uploaded};
 use super::local::layout;
@@ -600,7 +600,7 @@ impl Inner {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|source| {
             let source: BoxError = match source {
-                deadpool_postgres::PoolError::Backend(error) => Box::new(error),
+                deadpool_postgres::PoolError::Backend(error) => Box::new(PostgresError(error)),
                 other => other.to_string().into(),
             };
             StoreError::Service {
@@ -643,7 +643,7 @@ impl Inner {
         result: Result<T, tokio_postgres::Error>,
         action: &'static str,
     ) -> Result<T> {
-        result.map_err(|source| postgres_error(&self.location, action, source))
+        result.map_err(|source| postgres_error(&self.location, action, PostgresError(source)))
     }
 
     fn object_store<T>(
@@ -676,8 +676,8 @@ impl Inner {
     }
 
     /// Applies changes, one transaction per batch of those that only write
-    /// rows; the rest (which move bytes) one by one. A batch that fails is
-    /// applied again change by change, so each gets its own answer.
+    /// rows; the rest (which move bytes) one by one. A batch that fails
+    /// applies none of its changes, and each of them gets the error.
     async fn apply_all(self: &Arc<Self>, changes: Vec<Change>) -> Vec<Result<bool>> {
         let mut answers: Vec<Option<Result<bool>>> = changes.iter().map(|_| None).collect();
         let (rows_only, others): (Vec<_>, Vec<_>) = changes
@@ -687,19 +687,26 @@ impl Inner {
         let mut rows_only = rows_only.into_iter().peekable();
         while rows_only.peek().is_some() {
             let batch: Vec<(usize, Change)> = rows_only.by_ref().take(BATCH).collect();
-            let copies: Vec<(usize, Change)> = batch
-                .iter()
-                .map(|(index, change)| (*index, copy_row_change(change)))
-                .collect();
+            let indexes: Vec<usize> = batch.iter().map(|(index, _)| *index).collect();
             match self.apply_batch(batch).await {
                 Ok(results) => {
                     for (index, result) in results {
                         answers[index] = Some(result);
                     }
                 }
-                Err(_) => {
-                    for (index, change) in copies {
-                        answers[index] = Some(self.apply(change).await);
+                // Nothing of the batch was applied: each change says why.
+                Err(error) => {
+                    let message = error.to_string();
+                    let mut error = Some(error);
+                    for index in indexes {
+                        answers[index] =
+                            Some(Err(error.take().unwrap_or_else(|| StoreError::Service {
+                                root: self.location.display.clone(),
+                                service: "PostgreSQL",
+                                at: self.location.postgres_at.clone(),
+                                action: "writing a batch",
+                                source: message.clone().into(),
+                            })));
                     }
                 }
             }
@@ -722,7 +729,52 @@ impl Inner {
         let transaction = client.transaction().await;
         let transaction = self.index(transaction, "starting a transaction")?;
         let (now, fresh_after) = self.now_and_fresh_after();
-        let pending = batch.into_iter().map(|(index, change)| {
+        // Small objects that name distinct objects and labels go in one
+        // statement; the rest (repeats, registrations, label writes) one
+        // by one after it, sent together.
+        let mut objects = HashSet::new();
+        let mut labels = HashSet::new();
+        let (together, alone): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(_, change)| match change {
+                Change::AddObject {
+                    store,
+                    digest,
+                    staged: Staged::Inline(_),
+                    label,
+                    ..
+                } => {
+                    objects.insert((store.clone(), *digest))
+                        && label
+                            .as_ref()
+                            .is_none_or(|label| labels.insert((store.clone(), label.clone())))
+                }
+                _ => false,
+            });
+        let mut answers = Vec::with_capacity(together.len() + alone.len());
+        if !together.is_empty() {
+            let rows: Vec<index::NewObject<'_>> = together
+                .iter()
+                .filter_map(|(_, change)| match change {
+                    Change::AddObject {
+                        store,
+                        digest,
+                        size,
+                        staged: Staged::Inline(bytes),
+                        label,
+                    } => Some((store, *digest, *size, &bytes[..], label.as_deref())),
+                    _ => None,
+                })
+                .collect();
+            let added = index::add_objects(&transaction, &rows, (now, fresh_after)).await;
+            let added = self.index(added, "writing rows")?;
+            answers.extend(
+                together
+                    .iter()
+                    .map(|(index, _)| *index)
+                    .zip(added.into_iter().map(Ok)),
+            );
+        }
+        let pending = alone.into_iter().map(|(index, change)| {
             let transaction = &transaction;
             async move {
                 (
@@ -733,7 +785,6 @@ impl Inner {
             }
         });
         let results = futures_util::future::join_all(pending).await;
-        let mut answers = Vec::with_capacity(results.len());
         for (index, result) in results {
             answers.push((index, self.index(result, "writing rows")?));
         }
@@ -831,7 +882,11 @@ impl Inner {
                 let committed = transaction.commit().await;
                 if let Err(error) = committed {
                     layout::remove_staged(&path);
-                    return Err(postgres_error(&self.location, "committing", error));
+                    return Err(postgres_error(
+                        &self.location,
+                        "committing",
+                        PostgresError(error),
+                    ));
                 }
                 // Bytes this host just hashed are a verified copy.
                 if !self.cache.admit(&store, digest, &path) {
@@ -960,6 +1015,22 @@ impl Inner {
         let now = unix_now();
         let registered = index::ensure_store(&transaction, store, now).await;
         self.index(registered, "registering store")?;
+        let names: std::collections::HashSet<&str> =
+            labels.iter().map(|(name, _)| name.as_str()).collect();
+        if names.len() == labels.len() {
+            // Distinct names: a few statements for the whole set.
+            let written =
+                index::set_labels(&transaction, store, &labels, expected.as_deref()).await;
+            return match self.index(written, "writing labels")? {
+                Ok(false) => Ok(false),
+                Err(missing) => Err(not_found(store, Some(missing))),
+                Ok(true) => {
+                    let committed = transaction.commit().await;
+                    self.index(committed, "committing")?;
+                    Ok(true)
+                }
+            };
+        }
         let writes = labels.iter().enumerate().map(|(index, (label, target))| {
             let expected = expected.as_ref().map(|expected| expected[index]);
             index::set_label(&transaction, store, label, *target, expected)
@@ -1383,40 +1454,6 @@ fn writes_rows_only(change: &Change) -> bool {
                 ..
             }
     )
-}
-
-/// A copy of a row-only change, to apply again alone if its batch fails.
-fn copy_row_change(change: &Change) -> Change {
-    match change {
-        Change::CreateStore { store } => Change::CreateStore {
-            store: store.clone(),
-        },
-        Change::AddObject {
-            store,
-            digest,
-            size,
-            staged: Staged::Inline(bytes),
-            label,
-        } => Change::AddObject {
-            store: store.clone(),
-            digest: *digest,
-            size: *size,
-            staged: Staged::Inline(Arc::clone(bytes)),
-            label: label.clone(),
-        },
-        Change::SetLabel {
-            store,
-            label,
-            target,
-            expect,
-        } => Change::SetLabel {
-            store: store.clone(),
-            label: label.clone(),
-            target: *target,
-            expect: *expect,
-        },
-        other => unreachable!("not a row-only change: {other:?}"),
-    }
 }
 
 fn generic(source: io::Error) -> object_store::Error {
