@@ -867,10 +867,8 @@ impl Inner {
                 label,
             } => {
                 let _turn = self.publishing_turn(&store, digest).await;
-                let transaction = client.transaction().await;
-                let transaction = self.index(transaction, "starting a transaction")?;
                 let published = self
-                    .publish_file(&transaction, &store, digest, size, &path, label.as_deref())
+                    .publish_file_alone(client, &store, digest, size, &path, label.as_deref())
                     .await;
                 let new = match published {
                     Ok(new) => new,
@@ -879,15 +877,6 @@ impl Inner {
                         return Err(error);
                     }
                 };
-                let committed = transaction.commit().await;
-                if let Err(error) = committed {
-                    layout::remove_staged(&path);
-                    return Err(postgres_error(
-                        &self.location,
-                        "committing",
-                        PostgresError(error),
-                    ));
-                }
                 // Bytes this host just hashed are a verified copy.
                 if !self.cache.admit(&store, digest, &path) {
                     layout::remove_staged(&path);
@@ -956,6 +945,65 @@ impl Inner {
         turn.lock_owned().await
     }
 
+    /// Publishes a staged file: the object's lock (a session lock, shared)
+    /// and its row, sent together (the row's statement always runs after
+    /// the lock's); the upload, unless a recent row says the bytes are
+    /// there; the row (and label), committed; then the lock let go. Any failure
+    /// is a service error, on which the caller drops the connection, and
+    /// with it the lock. Returns whether the object is new.
+    async fn publish_file_alone(
+        &self,
+        client: &deadpool_postgres::Object,
+        store: &StoreId,
+        digest: Digest,
+        size: u64,
+        staged: &std::path::Path,
+        label: Option<&str>,
+    ) -> Result<bool> {
+        let times = self.now_and_fresh_after();
+        let key = index::object_lock(store, digest);
+        let lock = client
+            .prepare_cached("SELECT 1 FROM pg_advisory_lock_shared($1)")
+            .await;
+        let lock = self.index(lock, "locking object")?;
+        let unlock = client
+            .prepare_cached("SELECT 1 FROM pg_advisory_unlock_shared($1)")
+            .await;
+        let unlock = self.index(unlock, "unlocking object")?;
+        // The row is read by a statement that starts after the lock is
+        // held, so it sees any collection that finished meanwhile.
+        let key_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let (locked, held) = futures_util::join!(
+            client.execute(&lock, &key_param),
+            index::object(client, store, digest, false)
+        );
+        self.index(locked, "locking object")?;
+        let held = self.index(held, "looking up object")?;
+        if let Some(overwrite) = self.needs_upload(held.as_ref(), times.1) {
+            let uploaded = self.objects.upload(store, digest, staged, overwrite).await;
+            let _: Uploaded = self.object_store(uploaded, "publishing object")?;
+        }
+        // Not sent together: the row's statement may need preparing first,
+        // which would let the unlock overtake it.
+        let added = index::add_object(client, store, digest, size, None, label, times).await;
+        let added = self.index(added, "indexing object")?;
+        let unlocked = client.execute(&unlock, &key_param).await;
+        self.index(unlocked, "unlocking object")?;
+        Ok(added)
+    }
+
+    /// Whether a file object must be uploaded given its row: `None` when
+    /// the row says the bytes are there (held inline, or stored within the
+    /// refresh window), else whether to overwrite (an older row: written
+    /// again, which heals damaged bytes).
+    fn needs_upload(&self, held: Option<&index::HeldObject>, fresh_after: i64) -> Option<bool> {
+        match held {
+            None => Some(false),
+            Some(held) if held.inline.is_some() || held.stored_at >= fresh_after => None,
+            Some(_) => Some(true),
+        }
+    }
+
     /// Publishes a staged file inside `transaction`: takes the object's
     /// lock in share mode, uploads unless a recent row says the bytes are
     /// there, then writes the row (and label). Returns whether it is new.
@@ -978,15 +1026,7 @@ impl Inner {
         self.index(locked, "locking object")?;
         let held = index::object(transaction, store, digest, false).await;
         let held = self.index(held, "looking up object")?;
-        let upload = match &held {
-            None => Some(false),
-            // Held inline (under another threshold): the row has the bytes.
-            Some(held) if held.inline.is_some() => None,
-            Some(held) if held.stored_at >= fresh_after => None,
-            // Stored a while ago: written again, which heals damaged bytes.
-            Some(_) => Some(true),
-        };
-        if let Some(overwrite) = upload {
+        if let Some(overwrite) = self.needs_upload(held.as_ref(), fresh_after) {
             let uploaded = self.objects.upload(store, digest, staged, overwrite).await;
             let _: Uploaded = self.object_store(uploaded, "publishing object")?;
         }
