@@ -330,6 +330,21 @@ impl ObjectFiles {
         Ok(found)
     }
 
+    /// Staging files of `store` last modified before `cutoff`: writes that
+    /// crashed rather than writes in progress.
+    pub(crate) fn stale_temp_files(
+        &self,
+        store: &StoreId,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .temp_files(store)?
+            .into_iter()
+            .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < cutoff))
+            .map(|(path, _)| path)
+            .collect())
+    }
+
     /// An object file's bytes, or `None` when the file is gone.
     pub(crate) fn read(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
         let path = self.object_path(store, digest);
@@ -408,6 +423,14 @@ pub(crate) fn hash_tree<W: Write>(path: &Path, outboard: W) -> io::Result<(Diges
         hasher.update(bytes)?;
         file.consume(len);
     }
+}
+
+/// Removes files; returns how many went.
+pub(crate) fn remove_files(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .filter(|path| fs::remove_file(path).is_ok())
+        .count() as u64
 }
 
 /// Where the outboard of the staged object at `staged` is written.

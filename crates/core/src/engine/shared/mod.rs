@@ -542,22 +542,11 @@ impl SharedEngine {
         store: &StoreId,
         cutoff: SystemTime,
     ) -> Result<Vec<PathBuf>> {
-        Ok(self
-            .inner
-            .cache
-            .files
-            .temp_files(store)?
-            .into_iter()
-            .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < cutoff))
-            .map(|(path, _)| path)
-            .collect())
+        self.inner.cache.files.stale_temp_files(store, cutoff)
     }
 
     pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
-        leftovers
-            .iter()
-            .filter(|path| std::fs::remove_file(path).is_ok())
-            .count() as u64
+        layout::remove_files(leftovers)
     }
 
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
