@@ -113,3 +113,25 @@ async fn the_read_cache_keeps_verified_copies_within_its_bound() {
     assert!(!cached_copy(&dir.path().join("cache-a"), "cached", &refs[0]).exists());
     assert!(!written.exists(&refs[0]).await.unwrap());
 }
+
+/// Content over the single-PUT limit (64 MiB) goes up in parts, and reads
+/// back whole and by range on a host that never saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_over_64_mib_is_uploaded_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader) = shared_roots(dir.path(), 1 << 30);
+    let content: Vec<u8> = (0..(65u32 << 20)).map(|n| (n % 251) as u8).collect();
+    let stored = writer
+        .store("large")
+        .unwrap()
+        .store_at_label("big", content.clone())
+        .await
+        .unwrap();
+    let read = reader.store("large").unwrap();
+    let range = read.read_range(&stored, 64 << 20, 4096).await.unwrap();
+    assert_eq!(range, content[64 << 20..(64 << 20) + 4096]);
+    assert!(read.get(&stored).await.unwrap() == content);
+    // Stored again: already there, so nothing is uploaded twice.
+    let again = writer.store("large").unwrap().store(content).await.unwrap();
+    assert_eq!(again, stored);
+}
