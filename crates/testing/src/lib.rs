@@ -54,13 +54,15 @@ impl Services {
             .prefix("theater-services-")
             .tempdir()
             .expect("creating a directory for test servers");
+        let weed_base = free_weed_ports();
         let services = Services {
             pg_port: free_port(),
-            s3_port: free_port_pair(),
-            weed_ports: ["master.port", "volume.port", "filer.port"]
-                .into_iter()
-                .map(|flag| (flag, free_port_pair()))
-                .collect(),
+            s3_port: weed_base,
+            weed_ports: vec![
+                ("master.port", weed_base + 1),
+                ("volume.port", weed_base + 2),
+                ("filer.port", weed_base + 3),
+            ],
             dir,
             postgres: Mutex::new(None),
             weed: Mutex::new(None),
@@ -402,18 +404,19 @@ fn kill(pid: &Mutex<Option<u32>>) {
     }
 }
 
-/// A port that was free a moment ago, with the port 10000 above it free
-/// too (where SeaweedFS puts the matching gRPC service).
-fn free_port_pair() -> u16 {
-    let mut seed = std::process::id() as u64 ^ uuid::Uuid::new_v4().as_u64_pair().0;
+/// Four consecutive ports for SeaweedFS (S3, master, volume, filer),
+/// free a moment ago with the four 10000 above them (where it puts each
+/// one's gRPC service): none of the eight can be another's gRPC port.
+fn free_weed_ports() -> u16 {
+    let mut seed = u64::from(std::process::id()) ^ uuid::Uuid::new_v4().as_u64_pair().0;
     loop {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let port = 20_000 + (seed >> 33) as u16 % 25_000;
+        let base = 20_000 + ((seed >> 33) % 20_000) as u16;
         let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
+        if (0..4).all(|n| free(base + n) && free(base + n + 10_000)) {
+            return base;
         }
     }
 }
