@@ -12,18 +12,11 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use theater_store::{ContentRef, ContentStore, Options, StoreRoot, SyncOptions};
+use theater_store_bench::distinct;
 use theater_store_testing::{BUCKET, Services};
 use tokio::runtime::Runtime;
 
 const KIB: usize = 1 << 10;
-
-/// Distinct content of `size` bytes: a counter in the first 8 bytes.
-fn distinct(counter: &AtomicU64, size: usize) -> Vec<u8> {
-    let mut bytes = vec![0x5au8; size.max(8)];
-    bytes[..8].copy_from_slice(&counter.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    bytes.truncate(size);
-    bytes
-}
 
 struct Setup {
     services: &'static Services,

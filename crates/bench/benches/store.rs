@@ -10,18 +10,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use theater_store::{ContentStore, Durability, GcOptions, StoreRoot, SyncOptions};
+use theater_store_bench::distinct;
 use tokio::runtime::Runtime;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
-
-/// Distinct content of `size` bytes: a counter in the first 8 bytes.
-fn distinct(counter: &AtomicU64, size: usize) -> Vec<u8> {
-    let mut bytes = vec![0xa5u8; size.max(8)];
-    bytes[..8].copy_from_slice(&counter.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    bytes.truncate(size);
-    bytes
-}
 
 fn store_in(dir: &Path, durability: Durability) -> ContentStore {
     StoreRoot::with_durability(dir.join(format!("{durability:?}")), durability)

@@ -151,25 +151,53 @@ fn curl(args: &[&str]) {
     assert!(status.success(), "curl {args:?}");
 }
 
+/// The keys in the test bucket under a shared root's `stores/<dir>/<folder>/`.
+fn bucket_keys(root: &StoreRoot, dir: &str, folder: &str) -> Vec<String> {
+    let (database, _) = shared_parts(root);
+    let services = theater_store_testing::Services::shared();
+    let listing = std::process::Command::new("curl")
+        .arg("-sf")
+        .arg(format!(
+            "{}/{}?list-type=2&prefix={database}/stores/{dir}/{folder}/",
+            services.s3_endpoint(),
+            theater_store_testing::BUCKET
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listing.stdout)
+        .split("<Key>")
+        .skip(1)
+        .map(|rest| rest.split("</Key>").next().unwrap().to_owned())
+        .collect()
+}
+
+/// Writes `bytes` at `url` in the test bucket.
+fn put_in_bucket(url: &str, bytes: &[u8]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    let data = format!("@{}", file.path().display());
+    curl(&["-X", "PUT", "--data-binary", &data, url]);
+}
+
+/// Sets a shared root's inline bytes of an object to `value` (SQL).
+fn set_inline(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, value: &str) {
+    shared_sql(
+        root,
+        &format!(
+            "UPDATE theater_objects SET inline = {value} WHERE store = '{}' AND digest = '\\x{}'",
+            store.id(),
+            content_ref.hash()
+        ),
+    );
+}
+
 /// Objects of store `id` kept outside the index (files, or objects in the
 /// bucket), and staging files left in the store's temporary directory.
 pub fn stored_outside_index(root: &StoreRoot, id: &str) -> (usize, usize) {
     let dir = store_dir_name(id);
     if shared_engine() {
-        let (database, cache) = shared_parts(root);
-        let services = theater_store_testing::Services::shared();
-        let listing = std::process::Command::new("curl")
-            .arg("-sf")
-            .arg(format!(
-                "{}/{}?list-type=2&prefix={database}/stores/{dir}/objects/",
-                services.s3_endpoint(),
-                theater_store_testing::BUCKET
-            ))
-            .output()
-            .unwrap();
-        let keys = String::from_utf8_lossy(&listing.stdout)
-            .matches("<Key>")
-            .count();
+        let (_, cache) = shared_parts(root);
+        let keys = bucket_keys(root, &dir, "objects").len();
         return (keys, files_in(&cache.join(format!("stores/{dir}/tmp"))));
     }
     let at = root.path().unwrap().join("stores").join(dir);
@@ -198,20 +226,9 @@ pub fn damage(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, 
     if shared_engine() {
         let (url, inline) = shared_place(root, store, content_ref);
         if inline {
-            shared_sql(
-                root,
-                &format!(
-                    "UPDATE theater_objects SET inline = '\\x{}' WHERE store = '{}' AND digest = '\\x{}'",
-                    hex(bytes),
-                    store.id(),
-                    content_ref.hash()
-                ),
-            );
+            set_inline(root, store, content_ref, &format!("'\\x{}'", hex(bytes)));
         } else {
-            let file = tempfile::NamedTempFile::new().unwrap();
-            std::fs::write(file.path(), bytes).unwrap();
-            let data = format!("@{}", file.path().display());
-            curl(&["-X", "PUT", "--data-binary", &data, &url]);
+            put_in_bucket(&url, bytes);
         }
         return;
     }
@@ -233,14 +250,7 @@ pub fn lose_bytes(root: &StoreRoot, store: &ContentStore, content_ref: &ContentR
         let (url, inline) = shared_place(root, store, content_ref);
         if inline {
             // A row without inline bytes says they are in the bucket: gone.
-            shared_sql(
-                root,
-                &format!(
-                    "UPDATE theater_objects SET inline = NULL WHERE store = '{}' AND digest = '\\x{}'",
-                    store.id(),
-                    content_ref.hash()
-                ),
-            );
+            set_inline(root, store, content_ref, "NULL");
         } else {
             curl(&["-X", "DELETE", &url]);
         }
@@ -314,26 +324,15 @@ pub fn staging_dir(root: &StoreRoot, id: &str) -> PathBuf {
 pub fn quarantined(root: &StoreRoot, id: &str) -> Vec<Vec<u8>> {
     let dir = store_dir_name(id);
     if shared_engine() {
-        let (database, _) = shared_parts(root);
         let services = theater_store_testing::Services::shared();
         let bucket = format!(
             "{}/{}",
             services.s3_endpoint(),
             theater_store_testing::BUCKET
         );
-        let listing = std::process::Command::new("curl")
-            .arg("-sf")
-            .arg(format!(
-                "{bucket}?list-type=2&prefix={database}/stores/{dir}/quarantine/"
-            ))
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-        return listing
-            .split("<Key>")
-            .skip(1)
-            .map(|rest| {
-                let key = rest.split("</Key>").next().unwrap();
+        return bucket_keys(root, &dir, "quarantine")
+            .into_iter()
+            .map(|key| {
                 let fetched = std::process::Command::new("curl")
                     .arg("-sf")
                     .arg(format!("{bucket}/{key}"))
@@ -364,15 +363,7 @@ pub fn place_unindexed(
     let content_ref = ContentRef::for_content(content);
     if shared_engine() {
         let (url, _) = shared_place(root, store, &content_ref);
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), content).unwrap();
-        curl(&[
-            "-X",
-            "PUT",
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &url,
-        ]);
+        put_in_bucket(&url, content);
         return Box::new(move || {
             std::process::Command::new("curl")
                 .args(["-sf", "-o", "/dev/null", "-I", &url])

@@ -317,15 +317,11 @@ impl SharedEngine {
     }
 
     pub(crate) async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
-        let rows = self.snapshot_rows(store.clone()).await?;
-        Ok(rows.into_iter().map(|row| row.digest).collect())
-    }
-
-    async fn snapshot_rows(&self, store: StoreId) -> Result<Vec<super::ObjectRow>> {
+        let store = store.clone();
         self.run(|inner| async move {
             let client = inner.client().await?;
-            let rows = index::object_rows(&client, &store).await;
-            inner.index(rows, "listing objects")
+            let digests = index::digests(&client, &store).await;
+            inner.index(digests, "listing objects")
         })
         .await
     }
@@ -520,11 +516,10 @@ impl SharedEngine {
         let store = store.clone();
         self.block(|inner| async move {
             let client = inner.client().await?;
-            let rows = index::object_rows(&client, &store).await;
+            let digests = index::digests(&client, &store).await;
             let indexed: std::collections::BTreeSet<Digest> = inner
-                .index(rows, "listing objects")?
+                .index(digests, "listing objects")?
                 .into_iter()
-                .map(|row| row.digest)
                 .collect();
             let listed = inner.objects.list(&store).await;
             Ok(inner
