@@ -1318,3 +1318,98 @@ fn shared_roots_run_the_demo_and_sync_with_local_ones() {
         .success()
         .stdout("changed on the shared root");
 }
+
+/// Two `sync` processes at once, in opposite directions between a local
+/// and a shared root: no label is silently lost. Each side's labels reach
+/// the other (after one more round, for what each process listed before
+/// the other wrote), and a label changed on both sides is reported as a
+/// conflict, with neither value overwritten.
+#[test]
+fn syncs_in_opposite_directions_as_two_processes_lose_no_label() {
+    let services = theater_store_testing::Services::shared();
+    services.configure_environment();
+    let env = Env::new();
+    let shared = services.new_root(&env.dir.path().join("cache"));
+    let local = env.root().display().to_string();
+    let on = |root: &str| {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.args(["--root", root]).env_remove("THEATER_STORE_ROOT");
+        cmd
+    };
+    let put = |root: &str, label: &str, content: &str| {
+        on(root)
+            .args(["put", "docs", "-", "--label", label])
+            .write_stdin(content.to_owned())
+            .assert()
+            .success();
+    };
+    put(&local, "both", "agreed");
+    on(&local)
+        .args(["sync", &local, &shared])
+        .assert()
+        .success();
+    for i in 0..100 {
+        put(&local, &format!("local:{i:03}"), &format!("from local {i}"));
+        put(
+            &shared,
+            &format!("shared:{i:03}"),
+            &format!("from shared {i}"),
+        );
+    }
+    put(&local, "both", "changed locally");
+    put(&shared, "both", "changed on the shared root");
+
+    let spawn = |from: &str, to: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+            .args(["sync", from, to, "docs"])
+            .env_remove("THEATER_STORE_ROOT")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (there, back) = (spawn(&local, &shared), spawn(&shared, &local));
+    for child in [there, back] {
+        let output = child.wait_with_output().unwrap();
+        // 1: the label changed on both sides is reported.
+        assert_eq!(output.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains("conflict in docs: label both"),
+            "{text}\n{errors}"
+        );
+    }
+    for (from, to) in [(&local, &shared), (&shared, &local)] {
+        on(from).args(["sync", from, to, "docs"]).assert().code(1);
+    }
+    for root in [&local, &shared] {
+        for i in (0..100).step_by(9) {
+            for (side, text) in [("local", "from local"), ("shared", "from shared")] {
+                on(root)
+                    .args(["cat", "docs", "--label", &format!("{side}:{i:03}")])
+                    .assert()
+                    .success()
+                    .stdout(format!("{text} {i}"));
+            }
+        }
+        let labels = on(root)
+            .args(["--json", "labels", "docs", "--limit", "1000"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let labels: Value = serde_json::from_slice(&labels).unwrap();
+        assert_eq!(labels.as_array().unwrap().len(), 201, "{root}");
+    }
+    // Neither side's change to the conflicting label was overwritten.
+    on(&local)
+        .args(["cat", "docs", "--label", "both"])
+        .assert()
+        .stdout("changed locally");
+    on(&shared)
+        .args(["cat", "docs", "--label", "both"])
+        .assert()
+        .stdout("changed on the shared root");
+}

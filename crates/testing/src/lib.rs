@@ -67,6 +67,7 @@ impl Services {
             postgres: Mutex::new(None),
             weed: Mutex::new(None),
         };
+        report_on_panic(services.dir.path());
         services.init_postgres();
         services.start_postgres();
         services.start_weed();
@@ -222,6 +223,9 @@ impl Services {
                 "-master.telemetry=false",
             ])
             .args(["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0"])
+            // Fixed volume settings, so that its capacity does not depend on
+            // how much free disk it sees at start (the default).
+            .args(["-master.volumeSizeLimitMB=64", "-volume.max=100"])
             .arg(format!("-s3.port={}", self.s3_port));
         // Every other port explicitly, so servers never collide; SeaweedFS
         // puts each one's gRPC at the port + 10000.
@@ -265,6 +269,40 @@ impl Services {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Adds to the panic hook, once per services directory: when a test
+/// fails, the tail of each server's log and the free disk space are
+/// printed with it, so a failure in CI shows what the servers saw.
+fn report_on_panic(dir: &Path) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static HOOKED: OnceLock<()> = OnceLock::new();
+    DIRS.lock().unwrap().push(dir.to_owned());
+    HOOKED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let dirs = DIRS.lock().map(|dirs| dirs.clone()).unwrap_or_default();
+            for dir in dirs {
+                for log in [dir.join("pg/log"), dir.join("weed/log")] {
+                    eprintln!("--- last lines of {}:\n{}", log.display(), tail(&log, 30));
+                }
+                let free = Command::new("df")
+                    .args(["-h"])
+                    .arg(&dir)
+                    .output()
+                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+                eprintln!("--- free disk:\n{}", free.unwrap_or_default());
+            }
+        }));
+    });
+}
+
+/// The last `lines` lines of a file (empty when it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The pair this process shares (see [`Services::shared`]).
