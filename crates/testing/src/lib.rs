@@ -215,6 +215,8 @@ impl Services {
         std::fs::create_dir_all(&dir).expect("creating the SeaweedFS directory");
         let mut weed = Command::new(weed_binary());
         weed.current_dir(&dir)
+            // Its own log files here too, not in /tmp, removed with the rest.
+            .arg(format!("-logdir={}", dir.display()))
             .arg("mini")
             .arg(format!("-dir={}", dir.display()))
             .args([
