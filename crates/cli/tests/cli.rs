@@ -1413,3 +1413,64 @@ fn syncs_in_opposite_directions_as_two_processes_lose_no_label() {
         .assert()
         .stdout("changed on the shared root");
 }
+
+/// An S3 that takes only signed requests (SeaweedFS with one identity):
+/// the standard `AWS_*` keys sign every request, and content over the
+/// inline threshold goes up and comes back on another host's cache. No
+/// keys, or a wrong secret, fails naming the object store's endpoint, and
+/// never prints the secret.
+#[test]
+fn signed_s3_access_uses_the_aws_keys_and_never_prints_the_secret() {
+    let credentials = theater_store_testing::Credentials {
+        access_key: "theater-test-key".into(),
+        secret_key: "s3cr3t-never-printed".into(),
+    };
+    let services = theater_store_testing::Services::start_with(Some(credentials.clone()));
+    let env = Env::new();
+    let cache = env.dir.path().join("cache").display().to_string();
+    let root = services.new_root(Path::new(&cache));
+    // The same root seen from a host with an empty cache of its own.
+    let other_host = root.replace(&cache, &format!("{cache}-of-another-host"));
+    let on = |root: &str, secret: Option<&str>| {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.args(["--root", root])
+            .env_remove("THEATER_STORE_ROOT")
+            .env("AWS_ENDPOINT_URL", services.s3_endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        if let Some(secret) = secret {
+            cmd.env("AWS_ACCESS_KEY_ID", &credentials.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        cmd
+    };
+    let large = "signed content ".repeat(5_000);
+    on(&root, Some(&credentials.secret_key))
+        .args(["put", "docs", "-", "--label", "doc"])
+        .write_stdin(large.clone())
+        .assert()
+        .success();
+    on(&other_host, Some(&credentials.secret_key))
+        .args(["cat", "docs", "--label", "doc"])
+        .assert()
+        .success()
+        .stdout(large.clone());
+
+    for secret in [None, Some("wrong-secret-never-printed")] {
+        let refused = on(&root, secret)
+            .args(["put", "docs", "-", "--label", "refused"])
+            .write_stdin(format!("{large} and more"))
+            .assert()
+            .failure();
+        let errors = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+        assert!(errors.contains(&services.s3_endpoint()), "{errors}");
+        assert!(!errors.contains("never-printed"), "{errors}");
+    }
+    // The refused writes left no label behind.
+    on(&root, Some(&credentials.secret_key))
+        .args(["cat", "docs", "--label", "refused"])
+        .assert()
+        .failure();
+}

@@ -23,9 +23,20 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The bucket every test root's objects go in (each under its own prefix).
 pub const BUCKET: &str = "theater";
 
+/// S3 credentials: SeaweedFS then refuses unsigned requests.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_key: String,
+}
+
 /// A running PostgreSQL and SeaweedFS pair.
 pub struct Services {
     dir: tempfile::TempDir,
+    /// `None`: anonymous S3 access (SeaweedFS's default).
+    credentials: Option<Credentials>,
     pg_port: u16,
     s3_port: u16,
     /// SeaweedFS's other ports, kept so that a restart finds its data.
@@ -49,6 +60,12 @@ impl Services {
 
     /// A pair of one's own (for tests that stop and restart servers).
     pub fn start() -> Services {
+        Services::start_with(None)
+    }
+
+    /// A pair of one's own whose S3 accepts only requests signed with
+    /// `credentials`, when given.
+    pub fn start_with(credentials: Option<Credentials>) -> Services {
         install();
         let dir = tempfile::Builder::new()
             .prefix("theater-services-")
@@ -64,6 +81,7 @@ impl Services {
                 ("filer.port", weed_base + 3),
             ],
             dir,
+            credentials,
             postgres: Mutex::new(None),
             weed: Mutex::new(None),
         };
@@ -234,6 +252,11 @@ impl Services {
         for (flag, port) in &self.weed_ports {
             weed.arg(format!("-{flag}={port}"));
         }
+        if let Some(credentials) = &self.credentials {
+            let config = dir.join("s3.json");
+            std::fs::write(&config, s3_config(credentials)).expect("writing the S3 config");
+            weed.arg(format!("-s3.config={}", config.display()));
+        }
         let log = std::fs::File::create(dir.join("log")).expect("creating the SeaweedFS log");
         weed.stdout(log.try_clone().expect("log")).stderr(log);
         *self.weed.lock().unwrap() = Some(spawn_for_life(weed));
@@ -245,8 +268,16 @@ impl Services {
     fn create_bucket(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let created = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+            let mut curl = Command::new("curl");
+            curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"]);
+            if let Some(credentials) = &self.credentials {
+                curl.args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+                    .arg(format!(
+                        "{}:{}",
+                        credentials.access_key, credentials.secret_key
+                    ));
+            }
+            let created = curl
                 .arg(format!("{}/{BUCKET}", self.s3_endpoint()))
                 .output()
                 .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
@@ -298,6 +329,14 @@ fn report_on_panic(dir: &Path) {
             }
         }));
     });
+}
+
+/// SeaweedFS's S3 identities: one, allowed everything, with `credentials`.
+fn s3_config(credentials: &Credentials) -> String {
+    format!(
+        r#"{{"identities":[{{"name":"theater","credentials":[{{"accessKey":"{}","secretKey":"{}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#,
+        credentials.access_key, credentials.secret_key
+    )
 }
 
 /// The last `lines` lines of a file (empty when it cannot be read).
