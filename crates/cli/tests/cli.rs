@@ -1249,6 +1249,14 @@ fn a_killed_sync_resumes_and_converges() {
     }
 }
 
+/// The CLI on `root` (a path or a root string), whatever the environment
+/// names.
+fn on(root: &str) -> Command {
+    let mut cmd = Command::cargo_bin("theater-store").unwrap();
+    cmd.args(["--root", root]).env_remove("THEATER_STORE_ROOT");
+    cmd
+}
+
 /// A shared root (PostgreSQL + S3 on this process's private servers) as
 /// users name it: the demo runs on it, and `sync` copies local to shared
 /// and shared to local, with the content verified at the far end.
@@ -1258,11 +1266,6 @@ fn shared_roots_run_the_demo_and_sync_with_local_ones() {
     services.configure_environment();
     let env = Env::new();
     let shared = services.new_root(&env.dir.path().join("cache"));
-    let on = |root: &str| {
-        let mut cmd = Command::cargo_bin("theater-store").unwrap();
-        cmd.args(["--root", root]).env_remove("THEATER_STORE_ROOT");
-        cmd
-    };
     let demo = on(&shared).arg("demo").assert().success();
     let text = String::from_utf8(demo.get_output().stdout.clone()).unwrap();
     assert!(
@@ -1331,11 +1334,6 @@ fn syncs_in_opposite_directions_as_two_processes_lose_no_label() {
     let env = Env::new();
     let shared = services.new_root(&env.dir.path().join("cache"));
     let local = env.root().display().to_string();
-    let on = |root: &str| {
-        let mut cmd = Command::cargo_bin("theater-store").unwrap();
-        cmd.args(["--root", root]).env_remove("THEATER_STORE_ROOT");
-        cmd
-    };
     let put = |root: &str, label: &str, content: &str| {
         on(root)
             .args(["put", "docs", "-", "--label", label])
@@ -1432,10 +1430,8 @@ fn signed_s3_access_uses_the_aws_keys_and_never_prints_the_secret() {
     // The same root seen from a host with an empty cache of its own.
     let other_host = root.replace(&cache, &format!("{cache}-of-another-host"));
     let on = |root: &str, secret: Option<&str>| {
-        let mut cmd = Command::cargo_bin("theater-store").unwrap();
-        cmd.args(["--root", root])
-            .env_remove("THEATER_STORE_ROOT")
-            .env("AWS_ENDPOINT_URL", services.s3_endpoint())
+        let mut cmd = on(root);
+        cmd.env("AWS_ENDPOINT_URL", services.s3_endpoint())
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_REGION", "us-east-1")
             .env_remove("AWS_ACCESS_KEY_ID")

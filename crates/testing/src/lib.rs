@@ -79,6 +79,7 @@ impl Services {
                 ("master.port", weed_base + 1),
                 ("volume.port", weed_base + 2),
                 ("filer.port", weed_base + 3),
+                ("admin.port", weed_base + 4),
             ],
             dir,
             credentials,
@@ -242,7 +243,10 @@ impl Services {
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
             ])
+            // Services it would start on fixed ports (Lance on 9101), which
+            // a second instance would find taken: off.
             .args(["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0"])
+            .arg("-s3.port.lance=0")
             // Fixed volume settings, so that its capacity does not depend on
             // how much free disk it sees at start (the default).
             .args(["-master.volumeSizeLimitMB=64", "-volume.max=100"])
@@ -483,9 +487,9 @@ fn kill(pid: &Mutex<Option<u32>>) {
     }
 }
 
-/// Four consecutive ports for SeaweedFS (S3, master, volume, filer),
-/// free a moment ago with the four 10000 above them (where it puts each
-/// one's gRPC service): none of the eight can be another's gRPC port.
+/// Five consecutive ports for SeaweedFS (S3, master, volume, filer,
+/// admin), free a moment ago with the five 10000 above them (where it puts
+/// each one's gRPC service): none of the ten can be another's gRPC port.
 fn free_weed_ports() -> u16 {
     let mut seed = u64::from(std::process::id()) ^ uuid::Uuid::new_v4().as_u64_pair().0;
     loop {
@@ -494,7 +498,7 @@ fn free_weed_ports() -> u16 {
             .wrapping_add(1442695040888963407);
         let base = 20_000 + ((seed >> 33) % 20_000) as u16;
         let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if (0..4).all(|n| free(base + n) && free(base + n + 10_000)) {
+        if (0..5).all(|n| free(base + n) && free(base + n + 10_000)) {
             return base;
         }
     }
