@@ -320,13 +320,14 @@ fn report_on_panic(dir: &Path) {
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
             let dirs = DIRS.lock().map(|dirs| dirs.clone()).unwrap_or_default();
-            for dir in dirs {
+            // Pairs already stopped and removed have nothing to show.
+            for dir in dirs.iter().filter(|dir| dir.exists()) {
                 for log in [dir.join("pg/log"), dir.join("weed/log")] {
                     eprintln!("--- last lines of {}:\n{}", log.display(), tail(&log, 30));
                 }
                 let free = Command::new("df")
                     .args(["-h"])
-                    .arg(&dir)
+                    .arg(dir)
                     .output()
                     .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
                 eprintln!("--- free disk:\n{}", free.unwrap_or_default());
