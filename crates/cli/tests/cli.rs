@@ -1257,15 +1257,21 @@ fn on(root: &str) -> Command {
     cmd
 }
 
+/// A fresh root on this test process's PostgreSQL + S3 pair, with its
+/// read cache in `env`; the `AWS_*` variables the CLI inherits point there.
+fn new_shared_root(env: &Env) -> String {
+    let services = theater_store_testing::Services::shared();
+    services.configure_environment();
+    services.new_root(&env.dir.path().join("cache"))
+}
+
 /// A shared root (PostgreSQL + S3 on this process's private servers) as
 /// users name it: the demo runs on it, and `sync` copies local to shared
 /// and shared to local, with the content verified at the far end.
 #[test]
 fn shared_roots_run_the_demo_and_sync_with_local_ones() {
-    let services = theater_store_testing::Services::shared();
-    services.configure_environment();
     let env = Env::new();
-    let shared = services.new_root(&env.dir.path().join("cache"));
+    let shared = new_shared_root(&env);
     let demo = on(&shared).arg("demo").assert().success();
     let text = String::from_utf8(demo.get_output().stdout.clone()).unwrap();
     assert!(
@@ -1329,10 +1335,8 @@ fn shared_roots_run_the_demo_and_sync_with_local_ones() {
 /// conflict, with neither value overwritten.
 #[test]
 fn syncs_in_opposite_directions_as_two_processes_lose_no_label() {
-    let services = theater_store_testing::Services::shared();
-    services.configure_environment();
     let env = Env::new();
-    let shared = services.new_root(&env.dir.path().join("cache"));
+    let shared = new_shared_root(&env);
     let local = env.root().display().to_string();
     let put = |root: &str, label: &str, content: &str| {
         on(root)

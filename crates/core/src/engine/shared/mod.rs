@@ -930,8 +930,8 @@ impl Inner {
     }
 
     /// Publishes a staged file: the object's lock (a session lock, shared)
-    /// and its row, sent together (the row's statement always runs after
-    /// the lock's); the upload, unless a recent row says the bytes are
+    /// and the read of its row, sent together (the read always runs after
+    /// the lock's statement); the upload, unless a recent row says the bytes are
     /// there; the row (and label), committed; then the lock let go. Any failure
     /// is a service error, on which the caller drops the connection, and
     /// with it the lock. Returns whether the object is new.
@@ -963,10 +963,8 @@ impl Inner {
         );
         self.index(locked, "locking object")?;
         let held = self.index(held, "looking up object")?;
-        if let Some(overwrite) = self.needs_upload(held.as_ref(), times.1) {
-            let uploaded = self.objects.upload(store, digest, staged, overwrite).await;
-            let _: Uploaded = self.object_store(uploaded, "publishing object")?;
-        }
+        self.upload_unless_held(store, digest, staged, held, times.1)
+            .await?;
         // Not sent together: the row's statement may need preparing first,
         // which would let the unlock overtake it.
         let added = index::add_object(client, store, digest, size, None, label, times).await;
@@ -976,16 +974,26 @@ impl Inner {
         Ok(added)
     }
 
-    /// Whether a file object must be uploaded given its row: `None` when
-    /// the row says the bytes are there (held inline, or stored within the
-    /// refresh window), else whether to overwrite (an older row: written
-    /// again, which heals damaged bytes).
-    fn needs_upload(&self, held: Option<&index::HeldObject>, fresh_after: i64) -> Option<bool> {
-        match held {
-            None => Some(false),
-            Some(held) if held.inline.is_some() || held.stored_at >= fresh_after => None,
-            Some(_) => Some(true),
-        }
+    /// Uploads a staged file unless its row (`held`, read under the
+    /// object's lock) says the bytes are there: held inline, or stored
+    /// after `fresh_after`. An older row's bytes are written again, which
+    /// heals damaged ones.
+    async fn upload_unless_held(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        staged: &std::path::Path,
+        held: Option<index::HeldObject>,
+        fresh_after: i64,
+    ) -> Result<()> {
+        let overwrite = match held {
+            None => false,
+            Some(held) if held.inline.is_some() || held.stored_at >= fresh_after => return Ok(()),
+            Some(_) => true,
+        };
+        let uploaded = self.objects.upload(store, digest, staged, overwrite).await;
+        let _: Uploaded = self.object_store(uploaded, "publishing object")?;
+        Ok(())
     }
 
     /// Publishes a staged file inside `transaction`: takes the object's
@@ -1010,10 +1018,8 @@ impl Inner {
         self.index(locked, "locking object")?;
         let held = index::object(transaction, store, digest, false).await;
         let held = self.index(held, "looking up object")?;
-        if let Some(overwrite) = self.needs_upload(held.as_ref(), fresh_after) {
-            let uploaded = self.objects.upload(store, digest, staged, overwrite).await;
-            let _: Uploaded = self.object_store(uploaded, "publishing object")?;
-        }
+        self.upload_unless_held(store, digest, staged, held, fresh_after)
+            .await?;
         let added = index::add_object(
             transaction,
             store,
