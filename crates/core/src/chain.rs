@@ -1,24 +1,29 @@
 //! Event chains: a durable, hash-linked record of what an actor did.
 //!
 //! Each actor's chain lives in the root's reserved chain store (`_chains`,
-//! which no caller can name). An event is content in that store, so its
-//! ref is the BLAKE3 hash of its bytes; each event names its parent's ref,
-//! which makes the chain a hash-linked list. The label `head/<actor>` names
-//! the newest event and carries the number of events beside its target
-//! (written only by appends), so moving the head back to an older event
-//! shows: the length no longer matches the head's position.
+//! which no caller can name). An event is JSON; its ref is the BLAKE3 hash
+//! of its bytes, and each event names its parent's ref, which makes the
+//! chain a hash-linked list. The label `head/<actor>` names the newest
+//! event and carries, in its row, the number of events (written only by
+//! appends, so moving the head back to an older event shows) and the
+//! *open segment*: the newest events, one per line after a header line.
+//! When the next event would take the open segment past a few hundred
+//! bytes, the append seals it: stores it as content of the chain store
+//! and starts a new open segment whose header names the sealed one. So an
+//! append rewrites one row, and adds an object only every few events.
 //!
 //! Events hold refs, sizes and outcomes, never content bytes. An append is
-//! one engine change that reads the tip and links the new event to it
-//! inside the write's transaction, so appends from many processes never
+//! one engine change that reads the head row and links the new event to
+//! it inside the write's transaction, so appends from many processes never
 //! fork a chain. A store write recorded with [`ContentStore::with_record`]
-//! carries its event in its own transaction.
+//! carries its event in its own transaction. Chains recorded before
+//! segments (one object per event) are read and continued as they are.
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ChainAppend, ChainTip, Change, Expect, NewLink, unix_now};
+use crate::engine::{ChainAppend, ChainHead, ChainTip, Change, Expect, NewLink, unix_now};
 use crate::error::{Result, StoreError, shorten};
 use crate::names::{ContentRef, Digest, StoreId};
 use crate::root::StoreRoot;
@@ -110,6 +115,10 @@ pub struct ChainEntry {
     pub event: ChainEvent,
     /// The event as stored (JSON), verified against `content_ref`.
     pub bytes: Vec<u8>,
+    /// The object holding the event: a sealed segment (or, for an event
+    /// recorded before segments, the event itself); `None` while the event
+    /// is in the head label's open segment.
+    pub stored_in: Option<ContentRef>,
 }
 
 impl ChainEntry {
@@ -165,6 +174,15 @@ pub struct BrokenLink {
     pub problem: String,
 }
 
+impl std::fmt::Display for BrokenLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reference {
+            Some(reference) => write!(f, "event #{} ({reference}): {}", self.seq, self.problem),
+            None => write!(f, "event #{}: {}", self.seq, self.problem),
+        }
+    }
+}
+
 /// One actor's event chain in a root. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EventChain {
@@ -203,7 +221,8 @@ impl StoreRoot {
     }
 }
 
-const HEAD_PREFIX: &str = "head/";
+/// The start of every chain head label's name; the actor id follows.
+pub(crate) const HEAD_PREFIX: &str = "head/";
 
 impl EventChain {
     /// The actor whose chain this is.
@@ -232,17 +251,18 @@ impl EventChain {
     pub(crate) fn append_change(&self, mut event: Event, conditional: bool) -> ChainAppend {
         let actor = self.actor.clone();
         let build = move |tip: ChainTip| -> Result<NewLink> {
-            let damaged = |reason: String| StoreError::ChainDamaged {
-                actor: actor.clone(),
-                reason,
-            };
-            let seq = match (tip.head, tip.length) {
-                (None, _) => 0,
-                (Some(_), Some(length)) => length,
-                (Some(_), None) => {
-                    return Err(damaged(
-                        "its head label was set by hand and carries no length".into(),
-                    ));
+            let (seq, parent, open) = match tip.head {
+                None => (0, None, None),
+                Some(ChainHead {
+                    head,
+                    length: Some(length),
+                    open,
+                }) => (length, Some(head), open),
+                Some(ChainHead { length: None, .. }) => {
+                    return Err(StoreError::ChainDamaged {
+                        actor: actor.clone(),
+                        reason: "its head label was set by hand and carries no length".into(),
+                    });
                 }
             };
             if conditional && !tip.applied && event.outcome == Outcome::Ok {
@@ -250,14 +270,19 @@ impl EventChain {
             }
             let linked = ChainEvent {
                 seq,
-                parent: tip.head.map(Digest::to_hex),
+                parent: parent.map(Digest::to_hex),
                 at: u64::try_from(unix_now()).unwrap_or(0),
                 event,
             };
             let event = serde_json::to_vec(&linked).expect("events serialize");
+            let (open, sealed) = add_to_open_segment(open, &event, open_segment_budget(&actor));
             Ok(NewLink {
-                event,
-                length: seq + 1,
+                head: ChainHead {
+                    head: Digest::of(&event),
+                    length: Some(seq + 1),
+                    open: Some(open),
+                },
+                sealed,
             })
         };
         ChainAppend {
@@ -267,150 +292,377 @@ impl EventChain {
         }
     }
 
+    /// The head label's row: the newest event's ref, the length recorded
+    /// with it and the open segment.
+    async fn head_row(&self) -> Result<Option<ChainHead>> {
+        let engine = self.store.root().engine().await?;
+        engine
+            .chain_tip(self.store.store_id(), &self.head_label())
+            .await
+    }
+
     /// The newest event's ref and the length recorded with it (0 when the
     /// head label was set by hand); `None` for a chain with no events.
     pub async fn head(&self) -> Result<Option<(ContentRef, u64)>> {
-        let engine = self.store.root().engine().await?;
-        let tip = engine
-            .chain_tip(self.store.store_id(), &self.head_label())
-            .await?;
-        Ok(tip.map(|(head, length)| (head.into(), length.unwrap_or(0))))
+        Ok(self
+            .head_row()
+            .await?
+            .map(|row| (row.head.into(), row.length.unwrap_or(0))))
     }
 
-    /// Up to `limit` events, newest first, each verified against its ref.
-    /// Stops early, with an error naming the event, at a broken link.
+    /// Up to `limit` events, newest first, each checked against the link
+    /// that names it. Stops, with an error naming the event, at a broken
+    /// link.
     pub async fn events(&self, limit: usize) -> Result<Vec<ChainEntry>> {
         let mut entries = Vec::new();
-        let mut next = self.store.get_by_label(&self.head_label()).await?;
-        while entries.len() < limit
-            && let Some(content_ref) = next
-        {
-            let entry = self.read(&content_ref).await?;
-            next = entry.event.parent.clone().map(ContentRef::new);
-            entries.push(entry);
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let report = self
+            .walk_checked(limit, |entry| entries.push(entry))
+            .await?;
+        match report.broken {
+            Some(broken) => Err(StoreError::ChainDamaged {
+                actor: self.actor.clone(),
+                reason: broken.to_string(),
+            }),
+            None => Ok(entries),
         }
-        Ok(entries)
-    }
-
-    /// Reads and decodes one event.
-    async fn read(&self, content_ref: &ContentRef) -> Result<ChainEntry> {
-        // From disk: verify-chain exists to look at the bytes as stored.
-        let bytes = self.store.get_from_disk(content_ref).await?;
-        let event = serde_json::from_slice(&bytes).map_err(|error| StoreError::ChainDamaged {
-            actor: self.actor.clone(),
-            reason: format!("event {content_ref} is not an event: {error}"),
-        })?;
-        Ok(ChainEntry {
-            content_ref: content_ref.clone(),
-            event,
-            bytes,
-        })
     }
 
     /// Walks the chain back from its head, checking every event's bytes
-    /// against its ref, every event's position against its parent's, and
-    /// the head against the recorded length. Names the first broken link.
+    /// against the ref its child (or the head label) names, every event's
+    /// position against its parent's, and the head against the recorded
+    /// length. Names the first broken link.
     pub async fn verify(&self) -> Result<ChainReport> {
-        let (head, recorded_length) = self.head().await?.unzip();
-        let recorded_length = recorded_length.unwrap_or(0);
+        self.walk_checked(u64::MAX, drop).await
+    }
+
+    /// Walks back from the head through at most `limit` events, checking
+    /// each as [`EventChain::verify`] says and handing each one that
+    /// checks out to `visit`.
+    async fn walk_checked(
+        &self,
+        limit: u64,
+        mut visit: impl FnMut(ChainEntry),
+    ) -> Result<ChainReport> {
+        let row = self.head_row().await?;
+        let recorded_length = row.as_ref().and_then(|row| row.length).unwrap_or(0);
         let mut report = ChainReport {
             actor: self.actor.clone(),
-            head: head.as_ref().map(|head| head.hash().to_owned()),
+            head: row.as_ref().map(|row| row.head.to_hex()),
             recorded_length,
             ..ChainReport::default()
         };
+        let Some(row) = row else {
+            return Ok(report);
+        };
+        let mut expected: ContentRef = row.head.into();
         let mut expected_seq = recorded_length.checked_sub(1);
-        let mut next = head;
-        let broken = |seq: u64, reference: Option<&ContentRef>, problem: String| {
+        let mut stored = StoredEvents::from_head(self, row);
+        let broken = |seq: u64, reference: &ContentRef, problem: String| {
             Some(BrokenLink {
                 seq,
-                reference: reference.map(|r| r.hash().to_owned()),
+                reference: Some(reference.hash().to_owned()),
                 problem,
             })
         };
-        while let Some(content_ref) = next.take() {
-            let Some(seq) = expected_seq else {
-                report.broken = broken(
-                    0,
-                    Some(&content_ref),
-                    "the chain holds more events than its recorded length".into(),
-                );
-                break;
-            };
-            let entry = match self.read(&content_ref).await {
-                Ok(entry) => entry,
-                Err(StoreError::NotFound { .. }) => {
-                    report.broken = broken(seq, Some(&content_ref), "the event is missing".into());
-                    break;
-                }
-                Err(StoreError::Corrupted { actual, .. }) => {
-                    let problem = format!("the event's bytes were altered (they hash to {actual})");
-                    report.broken = broken(seq, Some(&content_ref), problem);
+        // A sealed segment whose bytes changed where no event sits (its
+        // header): reported once every event has checked out.
+        let mut altered_segment = None;
+        while report.events_checked < limit {
+            let found = match stored.next().await {
+                Ok(found) => found,
+                Err(StoreError::NotFound { reference, .. }) => {
+                    let problem = format!("the object holding it ({reference}) is missing");
+                    report.broken = broken(expected_seq.unwrap_or(0), &expected, problem);
                     break;
                 }
                 Err(StoreError::ChainDamaged { reason, .. }) => {
-                    report.broken = broken(seq, Some(&content_ref), reason);
+                    report.broken = broken(expected_seq.unwrap_or(0), &expected, reason);
                     break;
                 }
                 Err(other) => return Err(other),
             };
-            report.events_checked += 1;
-            if entry.event.seq != seq {
-                let problem = if report.events_checked == 1 {
+            let Some(found) = found else { break };
+            let Some(seq) = expected_seq else {
+                let problem = "the chain holds more events than its recorded length".into();
+                report.broken = broken(0, &expected, problem);
+                break;
+            };
+            let content_ref = ContentRef::for_content(&found.bytes);
+            if content_ref != expected {
+                let problem = if report.events_checked == 0 {
                     format!(
-                        "the head is event #{} but the recorded length is {recorded_length}: \
-                         the head label was moved",
-                        entry.event.seq
+                        "the head label names it, but the newest event stored hashes to \
+                         {content_ref}: the head label was moved, or the event's bytes were \
+                         altered"
                     )
                 } else {
                     format!(
-                        "the event says it is #{}, its child says #{seq}",
-                        entry.event.seq
+                        "its child names it as parent, but the event stored before the child \
+                         hashes to {content_ref}: the event's bytes were altered, or the \
+                         chain was cut"
                     )
                 };
-                report.broken = broken(seq, Some(&content_ref), problem);
+                report.broken = broken(seq, &expected, problem);
                 break;
             }
-            match (entry.event.parent, seq) {
-                (None, 0) => {}
-                (None, _) => {
-                    let problem = format!("event #{seq} has no parent");
-                    report.broken = broken(seq, Some(&content_ref), problem);
+            let event: ChainEvent = match serde_json::from_slice(&found.bytes) {
+                Ok(event) => event,
+                Err(error) => {
+                    report.broken = broken(seq, &expected, format!("it is not an event: {error}"));
                     break;
                 }
-                (Some(parent), _) => match ContentRef::parse(parent) {
-                    Ok(parent) => next = Some(parent),
+            };
+            if event.seq != seq {
+                let problem = if report.events_checked == 0 {
+                    format!(
+                        "the head is event #{} but the recorded length is {recorded_length}: \
+                         the head label was moved",
+                        event.seq
+                    )
+                } else {
+                    format!("the event says it is #{}, its child says #{seq}", event.seq)
+                };
+                report.broken = broken(seq, &expected, problem);
+                break;
+            }
+            let parent = match (&event.parent, seq) {
+                (None, 0) => None,
+                (None, _) => {
+                    report.broken = broken(seq, &expected, format!("event #{seq} has no parent"));
+                    break;
+                }
+                (Some(parent), _) => match ContentRef::parse(parent.clone()) {
+                    Ok(parent) => Some(parent),
                     Err(error) => {
-                        report.broken = broken(seq, Some(&content_ref), error.to_string());
+                        report.broken = broken(seq, &expected, error.to_string());
                         break;
                     }
                 },
+            };
+            if altered_segment.is_none() && !found.holder_intact {
+                altered_segment = found.stored_in.clone().map(|segment| (segment, seq));
             }
+            report.events_checked += 1;
+            visit(ChainEntry {
+                content_ref: expected,
+                event,
+                bytes: found.bytes,
+                stored_in: found.stored_in,
+            });
             expected_seq = seq.checked_sub(1);
+            match parent {
+                Some(parent) => expected = parent,
+                None => break,
+            }
         }
-        if report.broken.is_none() && report.events_checked < recorded_length {
-            let problem = format!(
-                "the recorded length is {recorded_length} but the chain holds {} events",
-                report.events_checked
-            );
-            report.broken = broken(report.events_checked, None, problem);
+        if report.broken.is_none() && report.events_checked < limit {
+            if report.events_checked < recorded_length {
+                let problem = format!(
+                    "the recorded length is {recorded_length} but the chain holds {} events",
+                    report.events_checked
+                );
+                report.broken = Some(BrokenLink {
+                    seq: recorded_length - 1 - report.events_checked,
+                    reference: None,
+                    problem,
+                });
+            } else if let Some((segment, seq)) = altered_segment {
+                report.broken = broken(
+                    seq,
+                    &segment,
+                    "the sealed segment holding this event was altered outside its events".into(),
+                );
+            }
         }
         Ok(report)
     }
 
-    /// Every event's ref, newest first, for garbage collection: it stops
-    /// quietly at a broken link rather than failing.
+    /// Every object holding events (sealed segments, and events stored one
+    /// per object before segments), for garbage collection: it follows the
+    /// storage back from the head without judging links, and stops quietly
+    /// where the storage breaks off.
     pub(crate) async fn reachable(&self) -> Result<Vec<Digest>> {
-        let mut digests = Vec::new();
-        let mut next = self.store.get_by_label(&self.head_label()).await?;
-        while let Some(content_ref) = next.take() {
-            let Ok(entry) = self.read(&content_ref).await else {
-                break;
-            };
-            digests.push(content_ref.digest()?);
-            next = entry.event.parent.map(ContentRef::new);
+        let Some(row) = self.head_row().await? else {
+            return Ok(Vec::new());
+        };
+        let mut stored = StoredEvents::from_head(self, row);
+        while let Ok(Some(_)) = stored.next().await {}
+        Ok(stored.holders)
+    }
+}
+
+/// Most bytes actor `actor`'s open segment may hold. It is rewritten with
+/// the head label's row by every append, so it is kept small enough for
+/// the row to stay in its index page: SQLite keeps up to 1,001 bytes of
+/// such a row there (with 4 KiB pages) and spills the rest to overflow
+/// pages, which made appends slower than sealing more often does. The row
+/// also holds the store id, the label (`head/` and the actor id), the
+/// target and the length: 54 bytes and the actor id, with a few to spare.
+fn open_segment_budget(actor: &str) -> usize {
+    940 - actor.len()
+}
+
+/// A segment's first line: where the chain goes on before its events.
+#[derive(Serialize, Deserialize)]
+struct SegmentHeader {
+    /// The previous sealed segment's ref; `None` for a chain's first
+    /// segment (whose first event's parent, if any, is an event stored as
+    /// an object of its own, before segments).
+    previous: Option<String>,
+}
+
+/// Adds `event` to the chain's open segment, sealing the open segment
+/// first when the event would take it past `budget` bytes. Returns the new
+/// open segment and the sealed one, if any.
+fn add_to_open_segment(
+    open: Option<Vec<u8>>,
+    event: &[u8],
+    budget: usize,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = |previous: Option<String>| {
+        let mut segment = serde_json::to_vec(&SegmentHeader { previous }).expect("headers serialize");
+        segment.push(b'\n');
+        segment.extend_from_slice(event);
+        segment
+    };
+    match open {
+        Some(mut open) if open.len() + 1 + event.len() <= budget => {
+            open.push(b'\n');
+            open.extend_from_slice(event);
+            (open, None)
         }
-        Ok(digests)
+        Some(full) => (start(Some(Digest::of(&full).to_hex())), Some(full)),
+        None => (start(None), None),
+    }
+}
+
+/// The `parent` field alone, to go on from a segment's oldest event.
+#[derive(Deserialize)]
+struct ParentOnly {
+    parent: Option<String>,
+}
+
+/// Where the walk back through a chain's storage goes next.
+enum Next {
+    /// A sealed segment.
+    Segment(ContentRef),
+    /// An event stored as an object of its own (recorded before segments).
+    Event(ContentRef),
+    /// Nothing before.
+    Start,
+}
+
+/// One event's bytes as stored, and where.
+struct StoredEvent {
+    bytes: Vec<u8>,
+    /// The object holding them; `None` in the open segment.
+    stored_in: Option<ContentRef>,
+    /// Whether that object's bytes hash to its ref.
+    holder_intact: bool,
+}
+
+/// A chain's stored events, newest first, without judging their links:
+/// the head's open segment, the sealed segments before it, then any
+/// events stored one per object before segments. Reads bytes as stored,
+/// from disk, for the caller to check.
+struct StoredEvents<'a> {
+    chain: &'a EventChain,
+    /// The current group's events, oldest first.
+    group: Vec<Vec<u8>>,
+    /// The object holding the current group (`None`: the open segment).
+    holder: Option<ContentRef>,
+    holder_intact: bool,
+    then: Next,
+    /// Every object read so far.
+    holders: Vec<Digest>,
+}
+
+impl<'a> StoredEvents<'a> {
+    fn from_head(chain: &'a EventChain, row: ChainHead) -> Self {
+        let mut walk = Self {
+            chain,
+            group: Vec::new(),
+            holder: None,
+            holder_intact: true,
+            then: Next::Start,
+            holders: Vec::new(),
+        };
+        match row.open {
+            Some(open) => match walk.take_segment(&open) {
+                Ok(()) => {}
+                // A damaged open segment: its events cannot be told apart,
+                // so the walk holds the whole thing, for the check to refuse.
+                Err(_) => walk.group = vec![open],
+            },
+            None => walk.then = Next::Event(row.head.into()),
+        }
+        walk
+    }
+
+    /// Makes `segment` the current group.
+    fn take_segment(&mut self, segment: &[u8]) -> std::result::Result<(), String> {
+        let mut lines = segment.split(|&byte| byte == b'\n');
+        let header = lines.next().unwrap_or_default();
+        let header: SegmentHeader = serde_json::from_slice(header)
+            .map_err(|error| format!("a segment's header is damaged: {error}"))?;
+        self.group = lines.map(<[u8]>::to_vec).collect();
+        self.then = match header.previous {
+            Some(previous) => Next::Segment(ContentRef::parse(previous).map_err(|e| e.to_string())?),
+            None => self.continue_from_oldest(),
+        };
+        Ok(())
+    }
+
+    /// Before a group with no previous segment: the oldest event's parent,
+    /// an event stored as an object of its own, if it has one.
+    fn continue_from_oldest(&self) -> Next {
+        self.group
+            .first()
+            .and_then(|oldest| serde_json::from_slice::<ParentOnly>(oldest).ok())
+            .and_then(|event| event.parent)
+            .and_then(|parent| ContentRef::parse(parent).ok())
+            .map_or(Next::Start, Next::Event)
+    }
+
+    async fn next(&mut self) -> Result<Option<StoredEvent>> {
+        loop {
+            if let Some(bytes) = self.group.pop() {
+                return Ok(Some(StoredEvent {
+                    bytes,
+                    stored_in: self.holder.clone(),
+                    holder_intact: self.holder_intact,
+                }));
+            }
+            let (holder, is_segment) = match std::mem::replace(&mut self.then, Next::Start) {
+                Next::Start => return Ok(None),
+                Next::Segment(holder) => (holder, true),
+                Next::Event(holder) => (holder, false),
+            };
+            let digest = holder.digest()?;
+            let store = &self.chain.store;
+            let engine = store.root().engine().await?;
+            let bytes = engine
+                .read_object(store.store_id(), digest)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    store: store.store_id().to_string(),
+                    reference: holder.hash().to_owned(),
+                })?;
+            self.holders.push(digest);
+            self.holder_intact = Digest::of(&bytes) == digest;
+            if is_segment {
+                self.take_segment(&bytes)
+                    .map_err(|reason| StoreError::ChainDamaged {
+                        actor: self.chain.actor.clone(),
+                        reason: format!("segment {holder}: {reason}"),
+                    })?;
+            } else {
+                self.group = vec![bytes];
+                self.then = self.continue_from_oldest();
+            }
+            self.holder = Some(holder);
+        }
     }
 }
 

@@ -287,14 +287,6 @@ impl ContentStore {
         Ok(AtMost::Content(bytes))
     }
 
-    /// Like [`ContentStore::get`], but always from disk, never from the
-    /// root's remembered reads: for checks that exist to look at the bytes
-    /// as they are stored now.
-    pub(crate) async fn get_from_disk(&self, content_ref: &ContentRef) -> Result<Vec<u8>> {
-        let engine = self.root.engine().await?;
-        self.read_verified(&engine, content_ref.digest()?).await
-    }
-
     async fn read_verified(&self, engine: &Engine, digest: Digest) -> Result<Vec<u8>> {
         let bytes = engine
             .read_object(&self.id, digest)

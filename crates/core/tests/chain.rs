@@ -6,9 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{damage, temp_root};
+use common::{
+    alter_event, move_chain_head, restore_events, root_string_for, set_chain_length, temp_root,
+};
 use theater_store::{
-    ContentRef, Event, EventChain, GcOptions, Outcome, Record, StoreError, StoreRoot,
+    ChainEvent, ContentRef, Event, EventChain, GcOptions, Options, Outcome, Record, StoreError,
+    StoreRoot,
 };
 
 fn event(kind: &str, store: &str) -> Event {
@@ -129,10 +132,13 @@ async fn a_recorded_write_carries_its_event_with_the_ref_it_stored() {
 #[tokio::test]
 async fn many_writers_in_many_roots_never_fork_a_chain() {
     let (dir, root) = temp_root();
-    // Separate root handles on one directory share nothing in memory, as
-    // separate processes would.
+    // Separate root handles on one root share nothing in memory, as
+    // separate processes (or hosts) would.
     let roots: Vec<StoreRoot> = (0..4)
-        .map(|_| StoreRoot::new(dir.path().join("root")))
+        .map(|i| {
+            let location = root_string_for(&root, dir.path(), &format!("writer-{i}"));
+            StoreRoot::at(&location, Options::default()).unwrap()
+        })
         .collect();
     let mut tasks = Vec::new();
     for (writer, root) in roots.into_iter().enumerate() {
@@ -158,28 +164,46 @@ async fn many_writers_in_many_roots_never_fork_a_chain() {
 }
 
 #[tokio::test]
-async fn an_altered_event_is_named_by_verify() {
+async fn an_altered_event_is_named_by_verify_whether_sealed_or_open() {
     let (_dir, root) = temp_root();
     let chain = root.event_chain("victim").unwrap();
-    for i in 0..5 {
+    for i in 0..12 {
         chain
             .append(event("store", &format!("s{i}")))
             .await
             .unwrap();
     }
     let events = chain.events(usize::MAX).await.unwrap();
-    let target = &events[3]; // seq 1
-    let mut forged = target.bytes.clone();
-    let at = forged.len() / 2;
-    forged[at] ^= 1;
-    damage(&root, &root.chain_store(), &target.content_ref, &forged);
+    // The oldest events are sealed into segments, content of the chain
+    // store; the newest are still in the head's open segment.
+    let sealed = &events[10]; // seq 1
+    assert!(sealed.stored_in.is_some());
+    assert!(events[0].stored_in.is_none());
+    let segment = sealed.stored_in.clone().unwrap();
+    assert!(root.chain_store().exists(&segment).await.unwrap());
 
-    let report = chain.verify().await.unwrap();
-    let broken = report.broken.expect("the altered event is found");
-    assert_eq!(broken.seq, 1);
-    assert_eq!(broken.reference.as_deref(), Some(target.content_ref.hash()));
-    assert!(broken.problem.contains("altered"), "{}", broken.problem);
-    assert_eq!(report.events_checked, 3);
+    for (target, checked) in [(&events[0], 0), (sealed, 10)] {
+        let mut forged = target.bytes.clone();
+        let at = forged.len() / 2;
+        forged[at] ^= 1;
+        let original = alter_event(&root, "victim", target, &forged).await;
+
+        let report = chain.verify().await.unwrap();
+        let broken = report.broken.expect("the altered event is found");
+        assert_eq!(broken.seq, target.event.seq);
+        assert_eq!(broken.reference.as_deref(), Some(target.content_ref.hash()));
+        assert!(broken.problem.contains("altered"), "{}", broken.problem);
+        assert_eq!(report.events_checked, checked);
+        // Reading the chain stops at the altered event too.
+        let refused = chain.events(usize::MAX).await.unwrap_err();
+        assert!(
+            refused.to_string().contains(target.content_ref.hash()),
+            "{refused}"
+        );
+
+        restore_events(&root, "victim", target, &original);
+        assert!(chain.verify().await.unwrap().is_intact());
+    }
 }
 
 #[tokio::test]
@@ -190,10 +214,7 @@ async fn moving_the_head_back_is_detected_even_after_more_appends() {
         chain.append(event("get", "s")).await.unwrap();
     }
     let events = chain.events(usize::MAX).await.unwrap();
-    root.chain_store()
-        .label("head/victim", &events[2].content_ref)
-        .await
-        .unwrap();
+    move_chain_head(&root, "victim", &events[2].content_ref);
 
     let report = chain.verify().await.unwrap();
     let broken = report.broken.expect("the moved head is found");
@@ -208,24 +229,25 @@ async fn moving_the_head_back_is_detected_even_after_more_appends() {
         broken.problem
     );
 
-    // Events appended on top keep counting from the recorded length, so
-    // the gap stays visible below them.
+    // Events appended on top link to where the head was moved and keep
+    // counting from the recorded length, so the cut stays visible below
+    // them.
     chain.append(event("get", "s")).await.unwrap();
     let report = chain.verify().await.unwrap();
-    let broken = report.broken.expect("the gap is still found");
+    let broken = report.broken.expect("the cut is still found");
     assert_eq!(broken.seq, 3);
-    assert!(broken.problem.contains("#1"), "{}", broken.problem);
+    assert_eq!(
+        broken.reference.as_deref(),
+        Some(events[2].content_ref.hash())
+    );
+    assert_eq!(report.events_checked, 1);
 
     // A head label set by hand carries no length: the chain refuses
     // appends rather than guess where it stands.
-    root.chain_store()
-        .remove_label("head/victim")
-        .await
-        .unwrap();
-    root.chain_store()
-        .label("head/victim", &events[0].content_ref)
-        .await
-        .unwrap();
+    let chains = root.chain_store();
+    chains.remove_label("head/victim").await.unwrap();
+    let stray = chains.store(b"not an event".to_vec()).await.unwrap();
+    chains.label("head/victim", &stray).await.unwrap();
     let refused = chain.append(event("get", "s")).await.unwrap_err();
     assert!(
         matches!(&refused, StoreError::ChainDamaged { actor, .. } if actor == "victim"),
@@ -251,9 +273,11 @@ async fn gc_keeps_every_event_a_head_reaches_and_the_chain_store_is_hidden() {
         .collect_garbage(options, Arc::new(()))
         .await
         .unwrap();
-    // Nothing goes: every event is reachable from the head.
+    // Nothing goes: every segment is reachable from the head.
+    let segments = root.chain_store().stats().await.unwrap().objects;
+    assert!(segments >= 2, "20 events fill more than one segment");
     assert_eq!(report.objects_removed, 0);
-    assert_eq!(report.kept_labelled, 20);
+    assert_eq!(report.kept_labelled, segments);
     let verified = chain.verify().await.unwrap();
     assert!(verified.is_intact(), "{verified:?}");
     assert_eq!(verified.events_checked, 20);
@@ -269,4 +293,55 @@ async fn gc_keeps_every_event_a_head_reaches_and_the_chain_store_is_hidden() {
         root.event_chain("../x"),
         Err(StoreError::InvalidActorId { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_chain_recorded_one_object_per_event_is_read_and_continued() {
+    let (_dir, root) = temp_root();
+    // What older builds wrote: each event an object of its own, the head
+    // label at the newest with the length beside it.
+    let chains = root.chain_store();
+    let mut parent = None;
+    let mut legacy = Vec::new();
+    for seq in 0..3 {
+        let linked = ChainEvent {
+            seq,
+            parent: parent.clone(),
+            at: 1_700_000_000_000 + seq,
+            event: event("get", "s"),
+        };
+        let stored = chains
+            .store(serde_json::to_vec(&linked).unwrap())
+            .await
+            .unwrap();
+        parent = Some(stored.hash().to_owned());
+        legacy.push(stored);
+    }
+    chains.label("head/elder", &legacy[2]).await.unwrap();
+    set_chain_length(&root, "elder", 3);
+
+    let chain = root.event_chain("elder").unwrap();
+    for _ in 0..8 {
+        chain.append(event("store", "s")).await.unwrap();
+    }
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events_checked, report.recorded_length), (11, 11));
+    let events = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(events[8].event.parent.as_deref(), Some(legacy[1].hash()));
+    for (entry, object) in events[8..].iter().zip(legacy.iter().rev()) {
+        assert_eq!(&entry.content_ref, object);
+        assert_eq!(entry.stored_in.as_ref(), Some(object));
+    }
+    assert_eq!(events[7].event.parent.as_deref(), Some(legacy[2].hash()));
+
+    // Garbage collection keeps the old objects as well as the segments.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let collected = chains.collect_garbage(options, Arc::new(())).await.unwrap();
+    assert_eq!(collected.objects_removed, 0);
+    assert!(chain.verify().await.unwrap().is_intact());
 }

@@ -164,13 +164,14 @@ pub(crate) enum Change {
 pub(crate) type LabelRow = (String, Digest);
 
 /// An event to add to a chain (see [`Change::Record`]). The engine knows
-/// nothing of the event's format: it reads the chain's tip, lets `build`
-/// make the new event from it, stores the event inline, and points the
-/// head label at it with the chain's new length.
+/// nothing of the event's format: it reads the chain's head row, lets
+/// `build` make the new event from it, stores a sealed segment if `build`
+/// sealed one, and writes the head row anew.
 pub(crate) struct ChainAppend {
     /// The store that holds the chain.
     pub(crate) store: StoreId,
-    /// The label naming the newest event; it also carries the length.
+    /// The label naming the newest event; its row also carries the length
+    /// and the open segment.
     pub(crate) head_label: String,
     /// Makes the new event from the tip; called once, inside the transaction.
     #[allow(clippy::type_complexity)]
@@ -186,21 +187,34 @@ impl std::fmt::Debug for ChainAppend {
     }
 }
 
-/// A chain's tip as the transaction that appends to it sees it.
-pub(crate) struct ChainTip {
-    /// The newest event, if any.
-    pub(crate) head: Option<Digest>,
+/// A chain's head label row: what the chain format keeps beside the label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChainHead {
+    /// The newest event's ref (the label's target).
+    pub(crate) head: Digest,
     /// The length recorded with the head label (`None`: the label was set
     /// by an ordinary label write, not by an append).
     pub(crate) length: Option<u64>,
+    /// The open segment: the newest events, not yet sealed into content of
+    /// their own (`None` for chains last appended before segments).
+    pub(crate) open: Option<Vec<u8>>,
+}
+
+/// A chain's tip as the transaction that appends to it sees it.
+pub(crate) struct ChainTip {
+    /// The head row, if the chain has events.
+    pub(crate) head: Option<ChainHead>,
     /// What the change recorded with the event returned.
     pub(crate) applied: bool,
 }
 
-/// A new event's bytes and the chain's length with it.
+/// What an append writes: the head row anew, and possibly a sealed segment.
 pub(crate) struct NewLink {
-    pub(crate) event: Vec<u8>,
-    pub(crate) length: u64,
+    /// The new head row.
+    pub(crate) head: ChainHead,
+    /// A full segment to store as an object of the chain store, in the
+    /// same transaction, if this append sealed one.
+    pub(crate) sealed: Option<Vec<u8>>,
 }
 
 /// One indexed object.
@@ -442,12 +456,12 @@ impl Engine {
         }
     }
 
-    /// A chain's head label: its target and the length recorded with it.
+    /// A chain's head label row.
     pub(crate) async fn chain_tip(
         &self,
         store: &StoreId,
         label: &str,
-    ) -> Result<Option<(Digest, Option<u64>)>> {
+    ) -> Result<Option<ChainHead>> {
         match self {
             Self::Local(local) => local.chain_tip(store, label),
             #[cfg(feature = "shared")]

@@ -380,3 +380,136 @@ pub fn place_unindexed(
         .unwrap();
     Box::new(move || path.exists())
 }
+
+/// Reads actor `actor`'s open segment (the newest events, kept in its
+/// chain head label's row) as stored.
+pub fn open_segment(root: &StoreRoot, actor: &str) -> Vec<u8> {
+    let name = format!("head/{actor}");
+    if shared_engine() {
+        let hex_bytes = shared_sql(
+            root,
+            &format!(
+                "SELECT encode(chain_open, 'hex') FROM theater_labels \
+                 WHERE store = '_chains' AND name = '{name}'"
+            ),
+        );
+        return (0..hex_bytes.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&hex_bytes[at..at + 2], 16).unwrap())
+            .collect();
+    }
+    index_db(root)
+        .query_row(
+            "SELECT chain_open FROM labels WHERE store = '_chains' AND name = ?1",
+            [&name],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+/// Writes actor `actor`'s open segment as a hand editing the index would.
+pub fn set_open_segment(root: &StoreRoot, actor: &str, bytes: &[u8]) {
+    let name = format!("head/{actor}");
+    if shared_engine() {
+        shared_sql(
+            root,
+            &format!(
+                "UPDATE theater_labels SET chain_open = '\\x{}' \
+                 WHERE store = '_chains' AND name = '{name}'",
+                hex(bytes)
+            ),
+        );
+        return;
+    }
+    index_db(root)
+        .execute(
+            "UPDATE labels SET chain_open = ?2 WHERE store = '_chains' AND name = ?1",
+            rusqlite::params![name, bytes],
+        )
+        .unwrap();
+}
+
+/// Points actor `actor`'s chain head at `target` by hand, leaving the
+/// length and open segment beside it as they are.
+pub fn move_chain_head(root: &StoreRoot, actor: &str, target: &ContentRef) {
+    let name = format!("head/{actor}");
+    if shared_engine() {
+        shared_sql(
+            root,
+            &format!(
+                "UPDATE theater_labels SET target = '\\x{}' \
+                 WHERE store = '_chains' AND name = '{name}'",
+                target.hash()
+            ),
+        );
+        return;
+    }
+    let hash = blake3::Hash::from_hex(target.hash()).unwrap();
+    index_db(root)
+        .execute(
+            "UPDATE labels SET hash = ?2 WHERE store = '_chains' AND name = ?1",
+            rusqlite::params![name, &hash.as_bytes()[..]],
+        )
+        .unwrap();
+}
+
+/// Replaces one event's bytes where they are stored (its sealed segment,
+/// or the head's open segment) with `forged`, as a hand editing the store
+/// would. Returns what that place held before, for [`restore_events`].
+pub async fn alter_event(
+    root: &StoreRoot,
+    actor: &str,
+    event: &theater_store::ChainEntry,
+    forged: &[u8],
+) -> Vec<u8> {
+    let stored = match &event.stored_in {
+        Some(segment) => root.chain_store().get(segment).await.unwrap(),
+        None => open_segment(root, actor),
+    };
+    let at = stored
+        .windows(event.bytes.len())
+        .position(|window| window == event.bytes.as_slice())
+        .expect("the event is where the chain says");
+    let altered = [&stored[..at], forged, &stored[at + event.bytes.len()..]].concat();
+    restore_events(root, actor, event, &altered);
+    stored
+}
+
+/// Writes back what [`alter_event`] returned, where `event` is stored.
+pub fn restore_events(
+    root: &StoreRoot,
+    actor: &str,
+    event: &theater_store::ChainEntry,
+    bytes: &[u8],
+) {
+    match &event.stored_in {
+        Some(segment) => damage(root, &root.chain_store(), segment, bytes),
+        None => set_open_segment(root, actor, bytes),
+    }
+}
+
+fn index_db(root: &StoreRoot) -> rusqlite::Connection {
+    rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap()
+}
+
+/// Sets the length recorded with actor `actor`'s chain head, as the
+/// appends of an older build (one object per event) left it.
+pub fn set_chain_length(root: &StoreRoot, actor: &str, length: u64) {
+    let name = format!("head/{actor}");
+    if shared_engine() {
+        shared_sql(
+            root,
+            &format!(
+                "UPDATE theater_labels SET chain_length = {length} \
+                 WHERE store = '_chains' AND name = '{name}'"
+            ),
+        );
+        return;
+    }
+    index_db(root)
+        .execute(
+            "UPDATE labels SET chain_length = ?2 WHERE store = '_chains' AND name = ?1",
+            rusqlite::params![name, length as i64],
+        )
+        .unwrap();
+}

@@ -23,7 +23,7 @@ pub(crate) use steps::WRITING;
 use writer::Writer;
 
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
-use crate::engine::LabelRow;
+use crate::engine::{ChainHead, LabelRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
@@ -270,7 +270,7 @@ impl LocalEngine {
         &self,
         store: &StoreId,
         label: &str,
-    ) -> Result<Option<(Digest, Option<u64>)>> {
+    ) -> Result<Option<ChainHead>> {
         self.read("looking up chain head", |db| {
             sql::chain_tip(db, store, label)
         })

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::durability::Durability;
-use crate::engine::{ObjectRow, Snapshot, unix_now};
+use crate::engine::{ChainHead, ObjectRow, Snapshot, unix_now};
 use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -133,9 +133,22 @@ fn migration_v5() -> String {
     String::new()
 }
 
+/// Version 6: a chain's head row also carries its open segment, the newest
+/// events not yet sealed into an object (see chain.rs). Older builds would
+/// append past it, so they must not open the root.
+fn migration_v6() -> String {
+    "ALTER TABLE labels ADD COLUMN chain_open BLOB;".to_owned()
+}
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
-const MIGRATIONS: &[fn() -> String] = &[migration_v2, migration_v3, migration_v4, migration_v5];
+const MIGRATIONS: &[fn() -> String] = &[
+    migration_v2,
+    migration_v3,
+    migration_v4,
+    migration_v5,
+    migration_v6,
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -271,38 +284,43 @@ pub(crate) fn set_chain_head(
     connection: &Connection,
     store: &StoreId,
     label: &str,
-    target: Digest,
-    length: u64,
+    head: &ChainHead,
 ) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
-            "INSERT INTO labels (store, name, hash, chain_length) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (store, name) DO UPDATE
-             SET hash = excluded.hash, chain_length = excluded.chain_length",
+            "INSERT INTO labels (store, name, hash, chain_length, chain_open)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash,
+             chain_length = excluded.chain_length, chain_open = excluded.chain_open",
         )?
         .execute(params![
             store.as_str(),
             label,
-            &target.0[..],
-            i64::try_from(length).unwrap_or(i64::MAX)
+            &head.head.0[..],
+            head.length
+                .map(|length| i64::try_from(length).unwrap_or(i64::MAX)),
+            head.open.as_deref(),
         ])?;
     Ok(())
 }
 
-/// A chain's head label: its target and the length recorded with it.
+/// A chain's head label row.
 pub(crate) fn chain_tip(
     connection: &Connection,
     store: &StoreId,
     label: &str,
-) -> rusqlite::Result<Option<(Digest, Option<u64>)>> {
+) -> rusqlite::Result<Option<ChainHead>> {
     connection
-        .prepare_cached("SELECT hash, chain_length FROM labels WHERE store = ?1 AND name = ?2")?
+        .prepare_cached(
+            "SELECT hash, chain_length, chain_open FROM labels WHERE store = ?1 AND name = ?2",
+        )?
         .query_row(params![store.as_str(), label], |row| {
             let length: Option<i64> = row.get(1)?;
-            Ok((
-                digest_column(row, 0)?,
-                length.and_then(|l| u64::try_from(l).ok()),
-            ))
+            Ok(ChainHead {
+                head: digest_column(row, 0)?,
+                length: length.and_then(|l| u64::try_from(l).ok()),
+                open: row.get(2)?,
+            })
         })
         .optional()
 }

@@ -534,8 +534,9 @@ fn apply(
     }
 }
 
-/// Links a new event to the chain's current head and moves the head and
-/// length labels to it, inside the open transaction.
+/// Links a new event to the chain's current head and writes the head row
+/// anew (storing the segment the append sealed, if any), inside the open
+/// transaction.
 fn append_event(
     db: &Connection,
     append: ChainAppend,
@@ -546,22 +547,20 @@ fn append_event(
         head_label,
         build,
     } = append;
-    let (head, length) = sql::chain_tip(db, &store, &head_label)?.unzip();
-    let link = match build(ChainTip {
-        head,
-        length: length.flatten(),
-        applied,
-    }) {
+    let head = sql::chain_tip(db, &store, &head_label)?;
+    let first = head.is_none();
+    let link = match build(ChainTip { head, applied }) {
         Ok(link) => link,
         Err(refused) => return Ok(Err(refused)),
     };
-    if head.is_none() {
-        // The chain's first event may be the store's first object.
+    if first {
+        // The chain's first event may be the store's first row.
         sql::ensure_store(db, &store)?;
     }
-    let digest = Digest::of(&link.event);
-    sql::insert_event(db, &store, digest, &link.event)?;
-    sql::set_chain_head(db, &store, &head_label, digest, link.length)?;
+    if let Some(segment) = &link.sealed {
+        sql::insert_event(db, &store, Digest::of(segment), segment)?;
+    }
+    sql::set_chain_head(db, &store, &head_label, &link.head)?;
     Ok(Ok(()))
 }
 

@@ -10,15 +10,16 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::engine::{LabelRow, ObjectRow};
+use crate::engine::{ChainHead, LabelRow, ObjectRow};
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
 
 /// The schema version this build writes; a database at a newer version is
 /// refused rather than written by a build that does not know its rules.
 /// (Version 2 keeps totals with statement-level triggers; the script
-/// below drops version 1's row-level ones.)
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// below drops version 1's row-level ones. Version 3 keeps a chain's open
+/// segment in its head label's row.)
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Serializes schema creation between hosts that open the root at once.
 const SCHEMA_LOCK: i64 = 0x7468_6561_7465_7221;
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS theater_labels (
     chain_length bigint,
     PRIMARY KEY (store, name)
 );
+ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_open bytea;
 CREATE INDEX IF NOT EXISTS theater_labels_by_target
     ON theater_labels (store, target) WHERE chain_length IS NULL;
 
@@ -571,15 +573,16 @@ pub(super) async fn inline_many(
     Ok(digests.iter().map(|digest| found.remove(digest)).collect())
 }
 
-/// A label's target and the chain length kept with it.
+/// A label's target, with what a chain's head keeps beside it.
 pub(super) async fn label(
     client: &impl GenericClient,
     store: &StoreId,
     label: &str,
-) -> Result<Option<(Digest, Option<u64>)>, tokio_postgres::Error> {
+) -> Result<Option<ChainHead>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT target, chain_length FROM theater_labels WHERE store = $1 AND name = $2",
+            "SELECT target, chain_length, chain_open FROM theater_labels
+             WHERE store = $1 AND name = $2",
         )
         .await?;
     let row = client
@@ -587,32 +590,39 @@ pub(super) async fn label(
         .await?;
     Ok(row.and_then(|row| {
         let length: Option<i64> = row.get(1);
-        Some((
-            digest_column(&row, 0)?,
-            length.and_then(|length| u64::try_from(length).ok()),
-        ))
+        Some(ChainHead {
+            head: digest_column(&row, 0)?,
+            length: length.and_then(|length| u64::try_from(length).ok()),
+            open: row.get(2),
+        })
     }))
 }
 
-/// Points a chain's head label at `target` with the chain's `length`.
+/// Writes a chain's head label row.
 pub(super) async fn set_chain_head(
     client: &impl GenericClient,
     store: &StoreId,
     label: &str,
-    target: Digest,
-    length: u64,
+    head: &ChainHead,
 ) -> Result<(), tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "INSERT INTO theater_labels (store, name, target, chain_length) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (store, name) DO UPDATE
-             SET target = EXCLUDED.target, chain_length = EXCLUDED.chain_length",
+            "INSERT INTO theater_labels (store, name, target, chain_length, chain_open)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target,
+             chain_length = EXCLUDED.chain_length, chain_open = EXCLUDED.chain_open",
         )
         .await?;
     client
         .execute(
             &statement,
-            &[&store.as_str(), &label, &&target.0[..], &to_i64(length)],
+            &[
+                &store.as_str(),
+                &label,
+                &&head.head.0[..],
+                &head.length.map(to_i64),
+                &head.open.as_deref(),
+            ],
         )
         .await?;
     Ok(())

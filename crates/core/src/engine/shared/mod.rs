@@ -36,7 +36,7 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache, Uploaded};
 use super::local::layout;
 use super::{
-    ChainAppend, ChainTip, Change, Expect, LabelRow, ObjectSource, Scan, Snapshot, Staged,
+    ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, ObjectSource, Scan, Snapshot, Staged,
     StagingSink, unix_now,
 };
 use crate::error::{BoxError, Result, StoreError};
@@ -282,14 +282,14 @@ impl SharedEngine {
         Ok(self
             .chain_tip(store, label)
             .await?
-            .map(|(target, _)| target))
+            .map(|row| row.head))
     }
 
     pub(crate) async fn chain_tip(
         &self,
         store: &StoreId,
         label: &str,
-    ) -> Result<Option<(Digest, Option<u64>)>> {
+    ) -> Result<Option<ChainHead>> {
         let (store, label) = (store.clone(), label.to_owned());
         self.run(|inner| async move {
             let client = inner.client().await?;
@@ -1254,27 +1254,28 @@ impl Inner {
             }
             Some(other) => unreachable!("changes recorded in chains write rows: {other:?}"),
         };
-        let tip = index::label(&transaction, &store, &head_label).await;
-        let (head, length) = self.index(tip, "reading chain head")?.unzip();
-        let link = build(ChainTip {
-            head,
-            length: length.flatten(),
-            applied,
-        })?;
-        let event = Digest::of(&link.event);
-        let stored = index::add_object(
-            &transaction,
-            &store,
-            event,
-            link.event.len() as u64,
-            Some(&link.event),
-            None,
-            (now, fresh_after),
-        )
-        .await;
-        self.index(stored, "storing event")?;
-        let moved =
-            index::set_chain_head(&transaction, &store, &head_label, event, link.length).await;
+        let head = index::label(&transaction, &store, &head_label).await;
+        let head = self.index(head, "reading chain head")?;
+        if head.is_none() {
+            // The chain's first event may be the store's first row.
+            let created = index::ensure_store(&transaction, &store, now).await;
+            self.index(created, "registering store")?;
+        }
+        let link = build(ChainTip { head, applied })?;
+        if let Some(segment) = &link.sealed {
+            let stored = index::add_object(
+                &transaction,
+                &store,
+                Digest::of(segment),
+                segment.len() as u64,
+                Some(segment),
+                None,
+                (now, fresh_after),
+            )
+            .await;
+            self.index(stored, "storing chain segment")?;
+        }
+        let moved = index::set_chain_head(&transaction, &store, &head_label, &link.head).await;
         self.index(moved, "moving chain head")?;
         let committed = transaction.commit().await;
         self.index(committed, "committing")?;
