@@ -203,19 +203,19 @@ fn chain_recording(c: &mut Criterion) {
             let mut left = iters;
             while left > 0 {
                 let calls = left.min(CHUNK);
-                if std::env::var_os("TMP_ONLY_RECORDED").is_none() { plain_time += runtime.block_on(plain.guest_loop(
+                plain_time += runtime.block_on(plain.guest_loop(
                     &plain.component,
                     "store-at-label",
                     calls,
                     1 << 10,
-                )); }
-                if std::env::var_os("TMP_ONLY_PLAIN").is_none() { recorded_time += runtime.block_on(recorded.guest_loop_recording(
+                ));
+                recorded_time += runtime.block_on(recorded.guest_loop_recording(
                     &recorded.component,
                     "store-at-label",
                     calls,
                     1 << 10,
                     Some("bench-actor"),
-                )); }
+                ));
                 left -= calls;
             }
             let (plain_total, recorded_total) = totals.get();

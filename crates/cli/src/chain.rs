@@ -31,10 +31,16 @@ pub async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
-/// One event as JSON: its ref and its recorded fields.
+/// One event as JSON: its ref, its recorded fields and where it is stored.
 fn entry_json(entry: &ChainEntry) -> serde_json::Value {
     let mut value = serde_json::to_value(&entry.event).expect("events serialize");
     value["ref"] = entry.content_ref.hash().into();
+    // The sealed segment holding it (null while it is in the head's row).
+    value["stored_in"] = entry
+        .stored_in
+        .as_ref()
+        .map(|segment| segment.hash().to_owned())
+        .into();
     value
 }
 

@@ -62,6 +62,19 @@ impl Env {
     }
 }
 
+/// A small object's bytes as the root's index holds them.
+fn small_object(root: &Path, store: &str, hash: &str) -> Vec<u8> {
+    let db = rusqlite::Connection::open(root.join("index.sqlite")).unwrap();
+    let hash = blake3::Hash::from_hex(hash).unwrap();
+    db.query_row(
+        "SELECT content FROM inline_content WHERE id =
+         (SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2)",
+        rusqlite::params![store, &hash.as_bytes()[..]],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
 /// Overwrites a small object's bytes where the store keeps them, in the
 /// root's index (see ARCHITECTURE.md), as a disk fault would.
 fn damage_small_object(root: &Path, store: &str, hash: &str, bytes: &[u8]) {
@@ -958,11 +971,19 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
         14
     );
 
-    // One event's bytes altered: verify-chain names it and exits 1.
+    // One event's bytes altered inside the sealed segment that holds it:
+    // verify-chain names the event and exits 1.
     let victim = events[5]["ref"].as_str().unwrap();
-    let mut forged = serde_json::to_vec(&events[5]).unwrap();
-    forged[10] ^= 1;
-    damage_small_object(&env.root(), "_chains", victim, &forged);
+    let segment = events[5]["stored_in"]
+        .as_str()
+        .expect("an older event is sealed");
+    let mut stored = small_object(&env.root(), "_chains", segment);
+    let at = stored
+        .windows(9)
+        .position(|window| window == br#"{"seq":8,"#)
+        .expect("the segment holds event #8");
+    stored[at + 3] ^= 1;
+    damage_small_object(&env.root(), "_chains", segment, &stored);
     env.cmd()
         .args(["verify-chain", "billing-7"])
         .assert()

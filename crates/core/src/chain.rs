@@ -521,7 +521,8 @@ fn add_to_open_segment(
     budget: usize,
 ) -> (Vec<u8>, Option<Vec<u8>>) {
     let start = |previous: Option<String>| {
-        let mut segment = serde_json::to_vec(&SegmentHeader { previous }).expect("headers serialize");
+        let mut segment =
+            serde_json::to_vec(&SegmentHeader { previous }).expect("headers serialize");
         segment.push(b'\n');
         segment.extend_from_slice(event);
         segment
@@ -608,7 +609,9 @@ impl<'a> StoredEvents<'a> {
             .map_err(|error| format!("a segment's header is damaged: {error}"))?;
         self.group = lines.map(<[u8]>::to_vec).collect();
         self.then = match header.previous {
-            Some(previous) => Next::Segment(ContentRef::parse(previous).map_err(|e| e.to_string())?),
+            Some(previous) => {
+                Next::Segment(ContentRef::parse(previous).map_err(|e| e.to_string())?)
+            }
             None => self.continue_from_oldest(),
         };
         Ok(())
@@ -793,6 +796,29 @@ mod tests {
         assert_eq!(json["seq"], 3);
         let back: ChainEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn open_segments_seal_before_they_pass_their_budget() {
+        let event = |n: u8| vec![b'a' + n; 100];
+        let (first, sealed) = add_to_open_segment(None, &event(0), 350);
+        assert!(sealed.is_none());
+        assert_eq!(
+            first,
+            [&br#"{"previous":null}"#[..], b"\n", &event(0)].concat()
+        );
+        let (second, sealed) = add_to_open_segment(Some(first.clone()), &event(1), 350);
+        assert!(sealed.is_none());
+        assert_eq!(second, [&first[..], b"\n", &event(1)].concat());
+        // A third would take it to 320 bytes: still in. A fourth would not.
+        let (third, _) = add_to_open_segment(Some(second), &event(2), 350);
+        assert!(third.len() <= 350);
+        let (fourth, sealed) = add_to_open_segment(Some(third.clone()), &event(3), 350);
+        assert_eq!(sealed.as_deref(), Some(&third[..]));
+        let header = format!(r#"{{"previous":"{}"}}"#, Digest::of(&third).to_hex());
+        assert_eq!(fourth, [header.as_bytes(), b"\n", &event(3)].concat());
+        // The longest actor id still leaves room for two typical events.
+        assert!(open_segment_budget(&"a".repeat(MAX_ACTOR_ID_BYTES)) > 78 + 2 * 300);
     }
 
     #[test]

@@ -266,11 +266,7 @@ impl LocalEngine {
         self.read("looking up label", |db| sql::label_target(db, store, label))
     }
 
-    pub(crate) fn chain_tip(
-        &self,
-        store: &StoreId,
-        label: &str,
-    ) -> Result<Option<ChainHead>> {
+    pub(crate) fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
         self.read("looking up chain head", |db| {
             sql::chain_tip(db, store, label)
         })

@@ -36,8 +36,8 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache, Uploaded};
 use super::local::layout;
 use super::{
-    ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, ObjectSource, Scan, Snapshot, Staged,
-    StagingSink, unix_now,
+    ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, ObjectSource, Scan, Snapshot,
+    Staged, StagingSink, unix_now,
 };
 use crate::error::{BoxError, Result, StoreError};
 use crate::maintenance::Progress;
@@ -279,10 +279,7 @@ impl SharedEngine {
         store: &StoreId,
         label: &str,
     ) -> Result<Option<Digest>> {
-        Ok(self
-            .chain_tip(store, label)
-            .await?
-            .map(|row| row.head))
+        Ok(self.chain_tip(store, label).await?.map(|row| row.head))
     }
 
     pub(crate) async fn chain_tip(
