@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use rusqlite::types::Value;
 use tempfile::TempDir;
 use theater_store::{ContentRef, ContentStore, StoreRoot};
 
@@ -409,46 +410,55 @@ pub fn open_segment(root: &StoreRoot, actor: &str) -> Vec<u8> {
 
 /// Writes actor `actor`'s open segment as a hand editing the index would.
 pub fn set_open_segment(root: &StoreRoot, actor: &str, bytes: &[u8]) {
-    let name = format!("head/{actor}");
-    if shared_engine() {
-        shared_sql(
-            root,
-            &format!(
-                "UPDATE theater_labels SET chain_open = '\\x{}' \
-                 WHERE store = '_chains' AND name = '{name}'",
-                hex(bytes)
-            ),
-        );
-        return;
-    }
-    index_db(root)
-        .execute(
-            "UPDATE labels SET chain_open = ?2 WHERE store = '_chains' AND name = ?1",
-            rusqlite::params![name, bytes],
-        )
-        .unwrap();
+    set_head_column(root, actor, ["chain_open"; 2], Value::Blob(bytes.to_vec()));
 }
 
 /// Points actor `actor`'s chain head at `target` by hand, leaving the
 /// length and open segment beside it as they are.
 pub fn move_chain_head(root: &StoreRoot, actor: &str, target: &ContentRef) {
+    let hash = blake3::Hash::from_hex(target.hash()).unwrap();
+    set_head_column(
+        root,
+        actor,
+        ["hash", "target"],
+        Value::Blob(hash.as_bytes().to_vec()),
+    );
+}
+
+/// Sets the length recorded with actor `actor`'s chain head, as the
+/// appends of an older build (one object per event) left it.
+pub fn set_chain_length(root: &StoreRoot, actor: &str, length: u64) {
+    set_head_column(
+        root,
+        actor,
+        ["chain_length"; 2],
+        Value::Integer(length as i64),
+    );
+}
+
+/// Sets one column of actor `actor`'s chain head row by hand; `columns`
+/// names it in the local and the shared engine's labels table.
+fn set_head_column(root: &StoreRoot, actor: &str, [local, shared]: [&str; 2], value: Value) {
     let name = format!("head/{actor}");
     if shared_engine() {
+        let literal = match &value {
+            Value::Blob(bytes) => format!("'\\x{}'", hex(bytes)),
+            Value::Integer(number) => number.to_string(),
+            other => unreachable!("no head column holds {other:?}"),
+        };
         shared_sql(
             root,
             &format!(
-                "UPDATE theater_labels SET target = '\\x{}' \
-                 WHERE store = '_chains' AND name = '{name}'",
-                target.hash()
+                "UPDATE theater_labels SET {shared} = {literal} \
+                 WHERE store = '_chains' AND name = '{name}'"
             ),
         );
         return;
     }
-    let hash = blake3::Hash::from_hex(target.hash()).unwrap();
     index_db(root)
         .execute(
-            "UPDATE labels SET hash = ?2 WHERE store = '_chains' AND name = ?1",
-            rusqlite::params![name, &hash.as_bytes()[..]],
+            &format!("UPDATE labels SET {local} = ?2 WHERE store = '_chains' AND name = ?1"),
+            rusqlite::params![name, value],
         )
         .unwrap();
 }
@@ -490,26 +500,4 @@ pub fn restore_events(
 
 fn index_db(root: &StoreRoot) -> rusqlite::Connection {
     rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap()
-}
-
-/// Sets the length recorded with actor `actor`'s chain head, as the
-/// appends of an older build (one object per event) left it.
-pub fn set_chain_length(root: &StoreRoot, actor: &str, length: u64) {
-    let name = format!("head/{actor}");
-    if shared_engine() {
-        shared_sql(
-            root,
-            &format!(
-                "UPDATE theater_labels SET chain_length = {length} \
-                 WHERE store = '_chains' AND name = '{name}'"
-            ),
-        );
-        return;
-    }
-    index_db(root)
-        .execute(
-            "UPDATE labels SET chain_length = ?2 WHERE store = '_chains' AND name = ?1",
-            rusqlite::params![name, length as i64],
-        )
-        .unwrap();
 }
