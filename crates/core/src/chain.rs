@@ -480,15 +480,35 @@ impl EventChain {
 
     /// Every object holding events (sealed segments, and events stored one
     /// per object before segments), for garbage collection: it follows the
-    /// storage back from the head without judging links, and stops quietly
-    /// where the storage breaks off.
+    /// storage back from the head without judging links. Where the storage
+    /// breaks off (a segment missing or unreadable), what lies beyond is
+    /// unknown, so it fails rather than let gc remove it.
     pub(crate) async fn reachable(&self) -> Result<Vec<Digest>> {
         let Some(row) = self.head_row().await? else {
             return Ok(Vec::new());
         };
         let mut stored = StoredEvents::from_head(self, row);
-        while let Ok(Some(_)) = stored.next().await {}
-        Ok(stored.holders)
+        let broken_off = loop {
+            match stored.next().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break stored.damaged.take(),
+                Err(StoreError::NotFound { reference, .. }) => {
+                    break Some(format!("object {reference} of the chain is missing"));
+                }
+                Err(StoreError::ChainDamaged { reason, .. }) => break Some(reason),
+                Err(other) => return Err(other),
+            }
+        };
+        match broken_off {
+            None => Ok(stored.holders),
+            Some(reason) => Err(StoreError::ChainDamaged {
+                actor: self.actor.clone(),
+                reason: format!(
+                    "{reason}; the chain cannot be followed to its start, so nothing in the \
+                     chain store is collected (see verify-chain)"
+                ),
+            }),
+        }
     }
 }
 
@@ -577,6 +597,8 @@ struct StoredEvents<'a> {
     then: Next,
     /// Every object read so far.
     holders: Vec<Digest>,
+    /// Why the walk could not tell what comes next, if it could not.
+    damaged: Option<String>,
 }
 
 impl<'a> StoredEvents<'a> {
@@ -588,14 +610,17 @@ impl<'a> StoredEvents<'a> {
             holder_intact: true,
             then: Next::Start,
             holders: Vec::new(),
+            damaged: None,
         };
         match row.open {
-            Some(open) => match walk.take_segment(&open) {
-                Ok(()) => {}
-                // A damaged open segment: its events cannot be told apart,
-                // so the walk holds the whole thing, for the check to refuse.
-                Err(_) => walk.group = vec![open],
-            },
+            Some(open) => {
+                if let Err(reason) = walk.take_segment(&open) {
+                    // Its events cannot be told apart: the walk holds the
+                    // whole thing, for the check to refuse.
+                    walk.damaged = Some(format!("the open segment: {reason}"));
+                    walk.group = vec![open];
+                }
+            }
             None => walk.then = Next::Event(row.head.into()),
         }
         walk
@@ -619,13 +644,26 @@ impl<'a> StoredEvents<'a> {
 
     /// Before a group with no previous segment: the oldest event's parent,
     /// an event stored as an object of its own, if it has one.
-    fn continue_from_oldest(&self) -> Next {
-        self.group
-            .first()
-            .and_then(|oldest| serde_json::from_slice::<ParentOnly>(oldest).ok())
-            .and_then(|event| event.parent)
-            .and_then(|parent| ContentRef::parse(parent).ok())
-            .map_or(Next::Start, Next::Event)
+    fn continue_from_oldest(&mut self) -> Next {
+        let Some(oldest) = self.group.first() else {
+            return Next::Start;
+        };
+        match serde_json::from_slice::<ParentOnly>(oldest) {
+            Ok(ParentOnly { parent: None }) => Next::Start,
+            Ok(ParentOnly {
+                parent: Some(parent),
+            }) => match ContentRef::parse(parent) {
+                Ok(parent) => Next::Event(parent),
+                Err(error) => {
+                    self.damaged = Some(format!("an event's parent: {error}"));
+                    Next::Start
+                }
+            },
+            Err(error) => {
+                self.damaged = Some(format!("an event is not an event: {error}"));
+                Next::Start
+            }
+        }
     }
 
     async fn next(&mut self) -> Result<Option<StoredEvent>> {

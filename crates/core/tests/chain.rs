@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    alter_event, move_chain_head, restore_events, root_string_for, set_chain_length, temp_root,
+    alter_event, move_chain_head, open_segment, restore_events, root_string_for, set_chain_length,
+    set_open_segment, temp_root,
 };
 use theater_store::{
     ChainEvent, ContentRef, Event, EventChain, GcOptions, Options, Outcome, Record, StoreError,
@@ -343,5 +344,44 @@ async fn a_chain_recorded_one_object_per_event_is_read_and_continued() {
     };
     let collected = chains.collect_garbage(options, Arc::new(())).await.unwrap();
     assert_eq!(collected.objects_removed, 0);
+    assert!(chain.verify().await.unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn gc_collects_nothing_from_a_chain_it_cannot_follow_to_its_start() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("torn").unwrap();
+    for _ in 0..12 {
+        chain.append(event("get", "s")).await.unwrap();
+    }
+    let chains = root.chain_store();
+    let segments = chains.stats().await.unwrap().objects;
+    assert!(segments >= 2);
+    // The open segment's header damaged: where the sealed segments are is
+    // no longer known, so none of them may go.
+    let open = open_segment(&root, "torn");
+    let mut damaged = open.clone();
+    damaged[r#"{"previous":""#.len()] ^= 1;
+    set_open_segment(&root, "torn", &damaged);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let refused = chains
+        .collect_garbage(options, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::ChainDamaged { actor, .. } if actor == "torn"),
+        "{refused}"
+    );
+    assert_eq!(chains.stats().await.unwrap().objects, segments);
+    assert!(!chain.verify().await.unwrap().is_intact());
+
+    // Put right, the chain is whole again and gc keeps all of it.
+    set_open_segment(&root, "torn", &open);
+    let report = chains.collect_garbage(options, Arc::new(())).await.unwrap();
+    assert_eq!(report.objects_removed, 0);
     assert!(chain.verify().await.unwrap().is_intact());
 }
