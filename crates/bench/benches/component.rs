@@ -85,8 +85,9 @@ impl Bench {
         }
     }
 
-    /// A store whose calls are recorded in `actor`'s event chain, if given.
-    fn store_recording(&self, actor: Option<&str>) -> Store<BenchState> {
+    /// A store whose calls are recorded in `actor`'s event chain, if given,
+    /// and whose actor may use store `granted`, if given.
+    fn store_recording(&self, actor: Option<&str>, granted: Option<&str>) -> Store<BenchState> {
         let mut wasi = WasiCtx::builder();
         wasi.preopened_dir(self.data_dir.path(), "/data", FsPerms::ReadWrite)
             .unwrap();
@@ -98,7 +99,11 @@ impl Bench {
             timeout: Duration::from_secs(3600),
             ..Limits::default()
         };
-        let mut store_ctx = StoreCtx::new(self.root.clone(), Grants::none(), limits);
+        let grants = match granted {
+            Some(id) => Grants::none().store(id, Access::ReadWrite),
+            None => Grants::none(),
+        };
+        let mut store_ctx = StoreCtx::new(self.root.clone(), grants, limits);
         store_ctx.set_chain(actor.map(|actor| self.root.event_chain(actor).unwrap()));
         let state = BenchState {
             wasi,
@@ -118,11 +123,12 @@ impl Bench {
         iterations: u64,
         size: usize,
     ) -> Duration {
-        self.guest_loop_recording(component, operation, iterations, size, None)
+        self.guest_loop_recording(component, operation, iterations, size, None, LoopStore::New)
             .await
     }
 
-    /// [`Bench::guest_loop`], with every call recorded in `actor`'s chain.
+    /// [`Bench::guest_loop`], with every call recorded in `actor`'s chain,
+    /// in the store `target` says.
     async fn guest_loop_recording(
         &self,
         component: &Component,
@@ -130,12 +136,19 @@ impl Bench {
         iterations: u64,
         size: usize,
         actor: Option<&str>,
+        target: LoopStore<'_>,
     ) -> Duration {
-        let mut store = self.store_recording(actor);
+        let (granted, param) = match target {
+            LoopStore::New => (None, format!("{operation} {iterations} {size}")),
+            LoopStore::LongLived { id, first } => (
+                Some(id),
+                format!("{operation} {iterations} {size} {id} {first}"),
+            ),
+        };
+        let mut store = self.store_recording(actor, granted);
         let actor = StoreActor::instantiate_async(&mut store, component, &self.linker)
             .await
             .unwrap();
-        let param = format!("{operation} {iterations} {size}");
         let (state,) = actor
             .theater_simple_actor()
             .call_init(&mut store, None, (&param,))
@@ -144,6 +157,16 @@ impl Bench {
             .unwrap();
         Duration::from_nanos(String::from_utf8(state.unwrap()).unwrap().parse().unwrap())
     }
+}
+
+/// Where a guest loop writes.
+#[derive(Clone, Copy)]
+enum LoopStore<'a> {
+    /// A store the guest creates for the loop.
+    New,
+    /// Store `id`, granted to the guest, which may hold earlier loops'
+    /// content: this loop's distinct contents are numbered from `first`.
+    LongLived { id: &'a str, first: u64 },
 }
 
 fn boundary(c: &mut Criterion) {
@@ -183,58 +206,78 @@ fn boundary(c: &mut Criterion) {
 
 /// What recording every call in an event chain costs: a 1 KiB
 /// `store-at-label` from a guest, with recording off and on, in both
-/// durability modes. This machine's speed drifts by a third between runs,
-/// so the two variants run side by side: every sample of either runs both,
-/// in alternating chunks, each on a fresh root of its own; the one named
-/// is what it reports. The cost over all calls of both is printed at the
-/// end.
+/// durability modes, into a store new every 1,024 calls (as each sample's
+/// actor once created its own) and into one long-lived store, as an actor
+/// writing to its store for a long time does. This machine's speed drifts
+/// by a third between runs, so the two variants run side by side: every
+/// sample of either runs both, in alternating chunks, each on a fresh
+/// root of its own; the one named is what it reports. The cost over all
+/// calls of both is printed at the end.
 fn chain_recording(c: &mut Criterion) {
     const CHUNK: u64 = 1024;
+    const LONG_LIVED: &str = "long-lived";
     let runtime = Runtime::new().unwrap();
     let mut group = c.benchmark_group("chain");
     group.throughput(Throughput::Elements(1));
     let mut costs = Vec::new();
     for (mode, durability) in [("", Durability::Buffered), ("synced_", Durability::Synced)] {
-        let plain = Bench::with_durability(durability);
-        let recorded = Bench::with_durability(durability);
-        let totals = std::cell::Cell::new((Duration::ZERO, Duration::ZERO));
-        let side_by_side = |iters: u64| {
-            let (mut plain_time, mut recorded_time) = (Duration::ZERO, Duration::ZERO);
-            let mut left = iters;
-            while left > 0 {
-                let calls = left.min(CHUNK);
-                plain_time += runtime.block_on(plain.guest_loop(
-                    &plain.component,
-                    "store-at-label",
-                    calls,
-                    1 << 10,
-                ));
-                recorded_time += runtime.block_on(recorded.guest_loop_recording(
-                    &recorded.component,
-                    "store-at-label",
-                    calls,
-                    1 << 10,
-                    Some("bench-actor"),
-                ));
-                left -= calls;
-            }
-            let (plain_total, recorded_total) = totals.get();
-            totals.set((plain_total + plain_time, recorded_total + recorded_time));
-            (plain_time, recorded_time)
-        };
-        group.bench_function(format!("{mode}store_at_label_1KiB_unrecorded"), |b| {
-            b.iter_custom(|iters| side_by_side(iters).0)
-        });
-        group.bench_function(format!("{mode}store_at_label_1KiB_recorded"), |b| {
-            b.iter_custom(|iters| side_by_side(iters).1)
-        });
-        costs.push((mode, totals.get()));
+        for (shape, long_lived) in [("", false), ("long_lived_", true)] {
+            let plain = Bench::with_durability(durability);
+            let recorded = Bench::with_durability(durability);
+            let totals = std::cell::Cell::new((Duration::ZERO, Duration::ZERO));
+            let written = std::cell::Cell::new(0);
+            let side_by_side = |iters: u64| {
+                let (mut plain_time, mut recorded_time) = (Duration::ZERO, Duration::ZERO);
+                let mut left = iters;
+                while left > 0 {
+                    let calls = left.min(CHUNK);
+                    let target = if long_lived {
+                        LoopStore::LongLived {
+                            id: LONG_LIVED,
+                            first: written.get(),
+                        }
+                    } else {
+                        LoopStore::New
+                    };
+                    let size = 1 << 10;
+                    plain_time += runtime.block_on(plain.guest_loop_recording(
+                        &plain.component,
+                        "store-at-label",
+                        calls,
+                        size,
+                        None,
+                        target,
+                    ));
+                    recorded_time += runtime.block_on(recorded.guest_loop_recording(
+                        &recorded.component,
+                        "store-at-label",
+                        calls,
+                        size,
+                        Some("bench-actor"),
+                        target,
+                    ));
+                    written.set(written.get() + calls);
+                    left -= calls;
+                }
+                let (plain_total, recorded_total) = totals.get();
+                totals.set((plain_total + plain_time, recorded_total + recorded_time));
+                (plain_time, recorded_time)
+            };
+            let name = format!("{mode}{shape}store_at_label_1KiB");
+            group.bench_function(format!("{name}_unrecorded"), |b| {
+                b.iter_custom(|iters| side_by_side(iters).0)
+            });
+            group.bench_function(format!("{name}_recorded"), |b| {
+                b.iter_custom(|iters| side_by_side(iters).1)
+            });
+            costs.push((name, totals.get(), written.get()));
+        }
     }
     group.finish();
-    for (mode, (plain, recorded)) in costs {
+    for (name, (plain, recorded), calls) in costs {
         let cost = recorded.as_secs_f64() / plain.as_secs_f64() - 1.0;
         println!(
-            "chain/{mode}store_at_label_1KiB: recording costs {:+.1}% over all calls, side by side",
+            "chain/{name}: recording costs {:+.1}% over {calls} calls of each, side by side",
             cost * 100.0
         );
     }
