@@ -35,6 +35,9 @@ pub async fn list(
 fn entry_json(entry: &ChainEntry) -> serde_json::Value {
     let mut value = serde_json::to_value(&entry.event).expect("events serialize");
     value["ref"] = entry.content_ref.hash().into();
+    // Stored events leave out a successful outcome; operators see it.
+    value["outcome"] =
+        serde_json::to_value(&entry.event.event.outcome).expect("outcomes serialize");
     // The sealed segment holding it (null while it is in the head's row).
     value["stored_in"] = entry
         .stored_in

@@ -55,7 +55,9 @@ pub struct Event {
     /// The size of the content written or read, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// How the call ended.
+    /// How the call ended. Left out of the JSON when the call succeeded,
+    /// the common case, which keeps three events to a head row.
+    #[serde(default, skip_serializing_if = "Outcome::is_ok")]
     pub outcome: Outcome,
 }
 
@@ -74,10 +76,11 @@ impl Event {
 }
 
 /// How a recorded call ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum Outcome {
     /// It did what it was asked.
+    #[default]
     Ok,
     /// A conditional call (compare-and-swap, `remove-from-label`) whose
     /// condition did not hold: nothing changed.
@@ -89,6 +92,13 @@ pub enum Outcome {
         /// The message the caller got.
         message: String,
     },
+}
+
+impl Outcome {
+    /// Whether the call did what it was asked.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok)
+    }
 }
 
 /// An event as stored in a chain: its position, its parent's ref and when
@@ -251,13 +261,14 @@ impl EventChain {
     pub(crate) fn append_change(&self, mut event: Event, conditional: bool) -> ChainAppend {
         let actor = self.actor.clone();
         let build = move |tip: ChainTip| -> Result<NewLink> {
-            let (seq, parent, open) = match tip.head {
-                None => (0, None, None),
+            let (seq, parent, open, sealed) = match tip.head {
+                None => (0, None, None, None),
                 Some(ChainHead {
                     head,
                     length: Some(length),
                     open,
-                }) => (length, Some(head), open),
+                    sealed,
+                }) => (length, Some(head), open, sealed),
                 Some(ChainHead { length: None, .. }) => {
                     return Err(StoreError::ChainDamaged {
                         actor: actor.clone(),
@@ -275,14 +286,16 @@ impl EventChain {
                 event,
             };
             let event = serde_json::to_vec(&linked).expect("events serialize");
-            let (open, sealed) = add_to_open_segment(open, &event, open_segment_budget(&actor));
+            let budget = open_segment_budget(&actor);
+            let appended = add_to_open_segment(open, sealed, &event, budget);
             Ok(NewLink {
                 head: ChainHead {
                     head: Digest::of(&event),
                     length: Some(seq + 1),
-                    open: Some(open),
+                    open: Some(appended.open),
+                    sealed: appended.previous,
                 },
-                sealed,
+                sealed: appended.sealed,
             })
         };
         ChainAppend {
@@ -514,16 +527,18 @@ impl EventChain {
 
 /// Most bytes actor `actor`'s open segment may hold. It is rewritten with
 /// the head label's row by every append, so it is kept small enough for
-/// the row to stay in its index page: SQLite keeps up to 1,001 bytes of
+/// the row to stay in its index page: SQLite keeps up to 1,002 bytes of
 /// such a row there (with 4 KiB pages) and spills the rest to overflow
 /// pages, which made appends slower than sealing more often does. The row
 /// also holds the store id, the label (`head/` and the actor id), the
-/// target and the length: 54 bytes and the actor id, with a few to spare.
+/// target, the length and the sealed segment's ref: 87 bytes and the actor
+/// id, with a few to spare. Three events of a typical 290 bytes fit.
 fn open_segment_budget(actor: &str) -> usize {
-    940 - actor.len()
+    905 - actor.len()
 }
 
-/// A segment's first line: where the chain goes on before its events.
+/// A sealed segment's first line: where the chain goes on before its
+/// events.
 #[derive(Serialize, Deserialize)]
 struct SegmentHeader {
     /// The previous sealed segment's ref; `None` for a chain's first
@@ -532,29 +547,54 @@ struct SegmentHeader {
     previous: Option<String>,
 }
 
-/// Adds `event` to the chain's open segment, sealing the open segment
-/// first when the event would take it past `budget` bytes. Returns the new
-/// open segment and the sealed one, if any.
+/// A chain's open segment after an append.
+struct Appended {
+    /// The newest events, one per line.
+    open: Vec<u8>,
+    /// The newest sealed segment's ref, which `open` continues.
+    previous: Option<Digest>,
+    /// The segment this append sealed, to store, if it sealed one.
+    sealed: Option<Vec<u8>>,
+}
+
+/// Adds `event` to the chain's open segment (events one per line, after
+/// the sealed segment `previous`), sealing the open segment first when the
+/// event would take it past `budget` bytes: the sealed segment is a header
+/// naming `previous`, then the open segment's events.
 fn add_to_open_segment(
     open: Option<Vec<u8>>,
+    previous: Option<Digest>,
     event: &[u8],
     budget: usize,
-) -> (Vec<u8>, Option<Vec<u8>>) {
-    let start = |previous: Option<String>| {
-        let mut segment =
-            serde_json::to_vec(&SegmentHeader { previous }).expect("headers serialize");
-        segment.push(b'\n');
-        segment.extend_from_slice(event);
-        segment
-    };
+) -> Appended {
     match open {
         Some(mut open) if open.len() + 1 + event.len() <= budget => {
             open.push(b'\n');
             open.extend_from_slice(event);
-            (open, None)
+            Appended {
+                open,
+                previous,
+                sealed: None,
+            }
         }
-        Some(full) => (start(Some(Digest::of(&full).to_hex())), Some(full)),
-        None => (start(None), None),
+        Some(full) => {
+            let header = SegmentHeader {
+                previous: previous.map(Digest::to_hex),
+            };
+            let mut segment = serde_json::to_vec(&header).expect("headers serialize");
+            segment.push(b'\n');
+            segment.extend_from_slice(&full);
+            Appended {
+                open: event.to_vec(),
+                previous: Some(Digest::of(&segment)),
+                sealed: Some(segment),
+            }
+        }
+        None => Appended {
+            open: event.to_vec(),
+            previous,
+            sealed: None,
+        },
     }
 }
 
@@ -614,12 +654,14 @@ impl<'a> StoredEvents<'a> {
         };
         match row.open {
             Some(open) => {
-                if let Err(reason) = walk.take_segment(&open) {
-                    // Its events cannot be told apart: the walk holds the
-                    // whole thing, for the check to refuse.
-                    walk.damaged = Some(format!("the open segment: {reason}"));
-                    walk.group = vec![open];
-                }
+                walk.group = open
+                    .split(|&byte| byte == b'\n')
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                walk.then = match row.sealed {
+                    Some(sealed) => Next::Segment(sealed.into()),
+                    None => walk.continue_from_oldest(),
+                };
             }
             None => walk.then = Next::Event(row.head.into()),
         }
@@ -830,33 +872,48 @@ mod tests {
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "store-at-label");
-        assert_eq!(json["outcome"]["status"], "ok");
+        // A successful outcome is left out, and read back as one.
+        assert!(json.get("outcome").is_none());
         assert_eq!(json["seq"], 3);
         let back: ChainEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+        let mut refused = event.clone();
+        refused.event.outcome = Outcome::NotApplied;
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(json["outcome"]["status"], "not-applied");
+        assert_eq!(serde_json::from_value::<ChainEvent>(json).unwrap(), refused);
     }
 
     #[test]
     fn open_segments_seal_before_they_pass_their_budget() {
         let event = |n: u8| vec![b'a' + n; 100];
-        let (first, sealed) = add_to_open_segment(None, &event(0), 350);
-        assert!(sealed.is_none());
+        let first = add_to_open_segment(None, None, &event(0), 350);
         assert_eq!(
-            first,
-            [&br#"{"previous":null}"#[..], b"\n", &event(0)].concat()
+            (first.open.clone(), first.previous, first.sealed),
+            (event(0), None, None)
         );
-        let (second, sealed) = add_to_open_segment(Some(first.clone()), &event(1), 350);
-        assert!(sealed.is_none());
-        assert_eq!(second, [&first[..], b"\n", &event(1)].concat());
-        // A third would take it to 320 bytes: still in. A fourth would not.
-        let (third, _) = add_to_open_segment(Some(second), &event(2), 350);
-        assert!(third.len() <= 350);
-        let (fourth, sealed) = add_to_open_segment(Some(third.clone()), &event(3), 350);
-        assert_eq!(sealed.as_deref(), Some(&third[..]));
-        let header = format!(r#"{{"previous":"{}"}}"#, Digest::of(&third).to_hex());
-        assert_eq!(fourth, [header.as_bytes(), b"\n", &event(3)].concat());
-        // The longest actor id still leaves room for two typical events.
-        assert!(open_segment_budget(&"a".repeat(MAX_ACTOR_ID_BYTES)) > 78 + 2 * 300);
+        let second = add_to_open_segment(Some(first.open), None, &event(1), 350);
+        assert_eq!(second.open, [&event(0)[..], b"\n", &event(1)].concat());
+        let third = add_to_open_segment(Some(second.open), None, &event(2), 350);
+        assert!(third.sealed.is_none() && third.open.len() == 302);
+        // A fourth would take it past 350: the three are sealed, after a
+        // header naming no previous segment, and the fourth starts anew.
+        let fourth = add_to_open_segment(Some(third.open.clone()), None, &event(3), 350);
+        let sealed = fourth.sealed.expect("sealed");
+        assert_eq!(
+            sealed,
+            [&br#"{"previous":null}"#[..], b"\n", &third.open].concat()
+        );
+        assert_eq!(fourth.previous, Some(Digest::of(&sealed)));
+        assert_eq!(fourth.open, event(3));
+        // The next seal names that one.
+        let fifth = add_to_open_segment(Some(vec![b'x'; 300]), fourth.previous, &event(4), 350);
+        let header = format!(r#"{{"previous":"{}"}}"#, Digest::of(&sealed).to_hex());
+        assert!(fifth.sealed.unwrap().starts_with(header.as_bytes()));
+        // Three typical events fit beside the longest actor id the ids allow
+        // but one: ids of up to 32 bytes (UUIDs, `component-` and 16 hex).
+        assert!(open_segment_budget(&"a".repeat(32)) >= 3 * 291);
+        assert!(open_segment_budget(&"a".repeat(MAX_ACTOR_ID_BYTES)) >= 2 * 291);
     }
 
     #[test]

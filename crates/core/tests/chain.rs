@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    alter_event, move_chain_head, open_segment, restore_events, root_string_for, set_chain_length,
-    set_open_segment, temp_root,
+    alter_event, move_chain_head, restore_events, root_string_for, sealed_segment,
+    set_chain_length, set_sealed_segment, temp_root,
 };
 use theater_store::{
     ChainEvent, ContentRef, Event, EventChain, GcOptions, Options, Outcome, Record, StoreError,
@@ -351,18 +351,18 @@ async fn a_chain_recorded_one_object_per_event_is_read_and_continued() {
 async fn gc_collects_nothing_from_a_chain_it_cannot_follow_to_its_start() {
     let (_dir, root) = temp_root();
     let chain = root.event_chain("torn").unwrap();
-    for _ in 0..12 {
+    for _ in 0..30 {
         chain.append(event("get", "s")).await.unwrap();
     }
     let chains = root.chain_store();
     let segments = chains.stats().await.unwrap().objects;
     assert!(segments >= 2);
-    // The open segment's header damaged: where the sealed segments are is
-    // no longer known, so none of them may go.
-    let open = open_segment(&root, "torn");
-    let mut damaged = open.clone();
-    damaged[r#"{"previous":""#.len()] ^= 1;
-    set_open_segment(&root, "torn", &damaged);
+    // The head's link to the sealed segments damaged: where they are is no
+    // longer known, so none of them may go.
+    let sealed = sealed_segment(&root, "torn");
+    let mut damaged = sealed.clone();
+    damaged[0] ^= 1;
+    set_sealed_segment(&root, "torn", &damaged);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let options = GcOptions {
         grace: Duration::ZERO,
@@ -380,7 +380,7 @@ async fn gc_collects_nothing_from_a_chain_it_cannot_follow_to_its_start() {
     assert!(!chain.verify().await.unwrap().is_intact());
 
     // Put right, the chain is whole again and gc keeps all of it.
-    set_open_segment(&root, "torn", &open);
+    set_sealed_segment(&root, "torn", &sealed);
     let report = chains.collect_garbage(options, Arc::new(())).await.unwrap();
     assert_eq!(report.objects_removed, 0);
     assert!(chain.verify().await.unwrap().is_intact());

@@ -198,6 +198,8 @@ pub(crate) struct ChainHead {
     /// The open segment: the newest events, not yet sealed into content of
     /// their own (`None` for chains last appended before segments).
     pub(crate) open: Option<Vec<u8>>,
+    /// The newest sealed segment, which the open segment continues.
+    pub(crate) sealed: Option<Digest>,
 }
 
 /// A chain's tip as the transaction that appends to it sees it.

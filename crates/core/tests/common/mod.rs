@@ -385,12 +385,34 @@ pub fn place_unindexed(
 /// Reads actor `actor`'s open segment (the newest events, kept in its
 /// chain head label's row) as stored.
 pub fn open_segment(root: &StoreRoot, actor: &str) -> Vec<u8> {
+    head_column(root, actor, "chain_open")
+}
+
+/// Reads the ref of actor `actor`'s newest sealed segment, as its chain
+/// head label's row keeps it (32 bytes).
+pub fn sealed_segment(root: &StoreRoot, actor: &str) -> Vec<u8> {
+    head_column(root, actor, "chain_sealed")
+}
+
+/// Writes the ref of actor `actor`'s newest sealed segment by hand.
+pub fn set_sealed_segment(root: &StoreRoot, actor: &str, digest: &[u8]) {
+    set_head_column(
+        root,
+        actor,
+        ["chain_sealed"; 2],
+        Value::Blob(digest.to_vec()),
+    );
+}
+
+/// One bytes column of actor `actor`'s chain head row (named alike in
+/// both engines).
+fn head_column(root: &StoreRoot, actor: &str, column: &str) -> Vec<u8> {
     let name = format!("head/{actor}");
     if shared_engine() {
         let hex_bytes = shared_sql(
             root,
             &format!(
-                "SELECT encode(chain_open, 'hex') FROM theater_labels \
+                "SELECT encode({column}, 'hex') FROM theater_labels \
                  WHERE store = '_chains' AND name = '{name}'"
             ),
         );
@@ -401,7 +423,7 @@ pub fn open_segment(root: &StoreRoot, actor: &str) -> Vec<u8> {
     }
     index_db(root)
         .query_row(
-            "SELECT chain_open FROM labels WHERE store = '_chains' AND name = ?1",
+            &format!("SELECT {column} FROM labels WHERE store = '_chains' AND name = ?1"),
             [&name],
             |row| row.get(0),
         )

@@ -134,10 +134,15 @@ fn migration_v5() -> String {
 }
 
 /// Version 6: a chain's head row also carries its open segment, the newest
-/// events not yet sealed into an object (see chain.rs). Older builds would
-/// append past it, so they must not open the root.
+/// events not yet sealed into an object, and the ref of the newest sealed
+/// one (see chain.rs). Older builds would append past them, so they must
+/// not open the root.
 fn migration_v6() -> String {
-    "ALTER TABLE labels ADD COLUMN chain_open BLOB;".to_owned()
+    "
+ALTER TABLE labels ADD COLUMN chain_open BLOB;
+ALTER TABLE labels ADD COLUMN chain_sealed BLOB;
+"
+    .to_owned()
 }
 
 /// Schema changes after version 1, in order; entry `i` brings a root from
@@ -288,10 +293,11 @@ pub(crate) fn set_chain_head(
 ) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
-            "INSERT INTO labels (store, name, hash, chain_length, chain_open)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO labels (store, name, hash, chain_length, chain_open, chain_sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash,
-             chain_length = excluded.chain_length, chain_open = excluded.chain_open",
+             chain_length = excluded.chain_length, chain_open = excluded.chain_open,
+             chain_sealed = excluded.chain_sealed",
         )?
         .execute(params![
             store.as_str(),
@@ -300,6 +306,7 @@ pub(crate) fn set_chain_head(
             head.length
                 .map(|length| i64::try_from(length).unwrap_or(i64::MAX)),
             head.open.as_deref(),
+            head.sealed.as_ref().map(|digest| &digest.0[..]),
         ])?;
     Ok(())
 }
@@ -312,7 +319,8 @@ pub(crate) fn chain_tip(
 ) -> rusqlite::Result<Option<ChainHead>> {
     connection
         .prepare_cached(
-            "SELECT hash, chain_length, chain_open FROM labels WHERE store = ?1 AND name = ?2",
+            "SELECT hash, chain_length, chain_open, chain_sealed FROM labels
+             WHERE store = ?1 AND name = ?2",
         )?
         .query_row(params![store.as_str(), label], |row| {
             let length: Option<i64> = row.get(1)?;
@@ -320,6 +328,10 @@ pub(crate) fn chain_tip(
                 head: digest_column(row, 0)?,
                 length: length.and_then(|l| u64::try_from(l).ok()),
                 open: row.get(2)?,
+                sealed: match row.get_ref(3)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    _ => Some(digest_column(row, 3)?),
+                },
             })
         })
         .optional()

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS theater_labels (
     PRIMARY KEY (store, name)
 );
 ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_open bytea;
+ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_sealed bytea;
 CREATE INDEX IF NOT EXISTS theater_labels_by_target
     ON theater_labels (store, target) WHERE chain_length IS NULL;
 
@@ -581,7 +582,7 @@ pub(super) async fn label(
 ) -> Result<Option<ChainHead>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT target, chain_length, chain_open FROM theater_labels
+            "SELECT target, chain_length, chain_open, chain_sealed FROM theater_labels
              WHERE store = $1 AND name = $2",
         )
         .await?;
@@ -594,6 +595,10 @@ pub(super) async fn label(
             head: digest_column(&row, 0)?,
             length: length.and_then(|length| u64::try_from(length).ok()),
             open: row.get(2),
+            sealed: row
+                .get::<_, Option<&[u8]>>(3)
+                .map(|bytes| Digest::from_slice(bytes))
+                .unwrap_or_default(),
         })
     }))
 }
@@ -607,10 +612,12 @@ pub(super) async fn set_chain_head(
 ) -> Result<(), tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "INSERT INTO theater_labels (store, name, target, chain_length, chain_open)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO theater_labels
+                 (store, name, target, chain_length, chain_open, chain_sealed)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (store, name) DO UPDATE SET target = EXCLUDED.target,
-             chain_length = EXCLUDED.chain_length, chain_open = EXCLUDED.chain_open",
+             chain_length = EXCLUDED.chain_length, chain_open = EXCLUDED.chain_open,
+             chain_sealed = EXCLUDED.chain_sealed",
         )
         .await?;
     client
@@ -622,6 +629,7 @@ pub(super) async fn set_chain_head(
                 &&head.head.0[..],
                 &head.length.map(to_i64),
                 &head.open.as_deref(),
+                &head.sealed.as_ref().map(|digest| &digest.0[..]),
             ],
         )
         .await?;
