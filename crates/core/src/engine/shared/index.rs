@@ -597,7 +597,7 @@ pub(super) async fn label(
             open: row.get(2),
             sealed: row
                 .get::<_, Option<&[u8]>>(3)
-                .map(|bytes| Digest::from_slice(bytes))
+                .map(Digest::from_slice)
                 .unwrap_or_default(),
         })
     }))
