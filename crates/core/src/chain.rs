@@ -5,12 +5,13 @@
 //! of its bytes, and each event names its parent's ref, which makes the
 //! chain a hash-linked list. The label `head/<actor>` names the newest
 //! event and carries, in its row, the number of events (written only by
-//! appends, so moving the head back to an older event shows) and the
-//! *open segment*: the newest events, one per line after a header line.
-//! When the next event would take the open segment past a few hundred
-//! bytes, the append seals it: stores it as content of the chain store
-//! and starts a new open segment whose header names the sealed one. So an
-//! append rewrites one row, and adds an object only every few events.
+//! appends, so moving the head back to an older event shows), the *open
+//! segment* (the newest events, one per line) and the ref of the newest
+//! sealed segment. When the next event would take the open segment past
+//! what the row can hold in its page, the append seals it: stores a header
+//! line naming the previous sealed segment, then its events, as content
+//! of the chain store, and starts a new open segment. So an append
+//! rewrites one row, and adds an object only every few events.
 //!
 //! Events hold refs, sizes and outcomes, never content bytes. An append is
 //! one engine change that reads the head row and links the new event to
