@@ -307,7 +307,7 @@ impl EventChain {
     }
 
     /// The head label's row: the newest event's ref, the length recorded
-    /// with it and the open segment.
+    /// with it, the open segment and the newest sealed segment's ref.
     async fn head_row(&self) -> Result<Option<ChainHead>> {
         let engine = self.store.root().engine().await?;
         engine
