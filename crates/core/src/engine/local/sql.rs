@@ -283,31 +283,34 @@ pub(crate) fn put_label(
     Ok(())
 }
 
-/// Points a chain's head label at `target` and records the chain's
-/// `length` with it.
+/// Writes a chain's head label row: inserted for a chain's first event,
+/// updated (`exists`) for the others.
 pub(crate) fn set_chain_head(
     connection: &Connection,
     store: &StoreId,
     label: &str,
     head: &ChainHead,
+    exists: bool,
 ) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "INSERT INTO labels (store, name, hash, chain_length, chain_open, chain_sealed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash,
-             chain_length = excluded.chain_length, chain_open = excluded.chain_open,
-             chain_sealed = excluded.chain_sealed",
-        )?
-        .execute(params![
-            store.as_str(),
-            label,
-            &head.head.0[..],
-            head.length
-                .map(|length| i64::try_from(length).unwrap_or(i64::MAX)),
-            head.open.as_deref(),
-            head.sealed.as_ref().map(|digest| &digest.0[..]),
-        ])?;
+    // An append rewrites a row it has just read: a plain update, which
+    // builds the row once (an upsert builds it for the insert it tries
+    // first, then again).
+    let sql = if exists {
+        "UPDATE labels SET hash = ?3, chain_length = ?4, chain_open = ?5, chain_sealed = ?6
+         WHERE store = ?1 AND name = ?2"
+    } else {
+        "INSERT INTO labels (store, name, hash, chain_length, chain_open, chain_sealed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    };
+    connection.prepare_cached(sql)?.execute(params![
+        store.as_str(),
+        label,
+        &head.head.0[..],
+        head.length
+            .map(|length| i64::try_from(length).unwrap_or(i64::MAX)),
+        head.open.as_deref(),
+        head.sealed.as_ref().map(|digest| &digest.0[..]),
+    ])?;
     Ok(())
 }
 

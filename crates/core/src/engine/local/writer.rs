@@ -560,7 +560,7 @@ fn append_event(
     if let Some(segment) = &link.sealed {
         sql::insert_event(db, &store, Digest::of(segment), segment)?;
     }
-    sql::set_chain_head(db, &store, &head_label, &link.head)?;
+    sql::set_chain_head(db, &store, &head_label, &link.head, !first)?;
     Ok(Ok(()))
 }
 
