@@ -457,10 +457,10 @@ pub(crate) fn insert_inline(connection: &Connection, content: &[u8]) -> rusqlite
     Ok(connection.last_insert_rowid())
 }
 
-/// Adds a chain event as a new inline object, in two statements: events
-/// are unique (each names its chain, position and parent), so the common
-/// case needs no lookup first. Returns whether it was new; an event
-/// already held keeps its row.
+/// Adds a sealed chain segment as a new inline object, in two statements:
+/// segments are unique (their events name their chain, positions and
+/// parents), so the common case needs no lookup first. Returns whether it
+/// was new; one already held keeps its row.
 pub(crate) fn insert_event(
     connection: &Connection,
     store: &StoreId,
