@@ -599,6 +599,14 @@ fn add_to_open_segment(
     }
 }
 
+/// Events stored one per line, oldest first.
+fn event_lines(events: &[u8]) -> Vec<Vec<u8>> {
+    events
+        .split(|&byte| byte == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// The `parent` field alone, to go on from a segment's oldest event.
 #[derive(Deserialize)]
 struct ParentOnly {
@@ -655,10 +663,7 @@ impl<'a> StoredEvents<'a> {
         };
         match row.open {
             Some(open) => {
-                walk.group = open
-                    .split(|&byte| byte == b'\n')
-                    .map(<[u8]>::to_vec)
-                    .collect();
+                walk.group = event_lines(&open);
                 walk.then = match row.sealed {
                     Some(sealed) => Next::Segment(sealed.into()),
                     None => walk.continue_from_oldest(),
@@ -671,11 +676,13 @@ impl<'a> StoredEvents<'a> {
 
     /// Makes `segment` the current group.
     fn take_segment(&mut self, segment: &[u8]) -> std::result::Result<(), String> {
-        let mut lines = segment.split(|&byte| byte == b'\n');
-        let header = lines.next().unwrap_or_default();
+        let (header, events) = match segment.iter().position(|&byte| byte == b'\n') {
+            Some(at) => (&segment[..at], Some(&segment[at + 1..])),
+            None => (segment, None),
+        };
         let header: SegmentHeader = serde_json::from_slice(header)
             .map_err(|error| format!("a segment's header is damaged: {error}"))?;
-        self.group = lines.map(<[u8]>::to_vec).collect();
+        self.group = events.map(event_lines).unwrap_or_default();
         self.then = match header.previous {
             Some(previous) => {
                 Next::Segment(ContentRef::parse(previous).map_err(|e| e.to_string())?)
