@@ -26,6 +26,7 @@ mod chain;
 mod durability;
 mod engine;
 mod error;
+mod links;
 mod maintenance;
 mod names;
 mod options;

@@ -1,7 +1,7 @@
 //! Checking and cleaning a store: [`ContentStore::verify`] and
 //! [`ContentStore::collect_garbage`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::chain::{CHAIN_STORE, HEAD_PREFIX};
 use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
 use crate::error::Result;
+use crate::links::LinkGraph;
 use crate::names::{ContentRef, Digest, StoreId};
 use crate::root::{COMPONENT_CACHE_STORE, StoreRoot, blocking};
 use crate::store::{ContentStore, LabelEntry};
@@ -108,9 +109,11 @@ pub struct GcReport {
     pub objects_removed: u64,
     /// Their total size.
     pub bytes_freed: u64,
-    /// Objects no label reaches but stored within the grace period, kept.
+    /// Objects no label reaches but stored within the grace period (or
+    /// named, through refs inside content, by content stored within it), kept.
     pub kept_recent: u64,
-    /// Objects some label reaches, kept.
+    /// Objects some label reaches, directly or through refs written inside
+    /// reachable content, kept.
     pub kept_labelled: u64,
     /// Unindexed object files (crash leftovers) removed.
     pub unindexed_files_removed: u64,
@@ -227,9 +230,14 @@ impl ContentStore {
 
     /// Removes content no label reaches, once it is older than the grace
     /// period, plus crash leftovers (stale temporary and unindexed files).
-    /// Each removal re-checks, under the index's write lock, that no label
-    /// reaches the object and that it was not stored again meanwhile.
-    /// Progress is reported in objects.
+    ///
+    /// A label reaches the content it points at and, through it, every
+    /// object whose ref (64 hex digits) is written inside reachable
+    /// content, however deep. Content stored within the grace period, and
+    /// what it names, is kept too. Each removal re-checks, under the
+    /// index's write lock, that no label points at the object, that no
+    /// object still held names it, and that it was not stored again
+    /// meanwhile. Progress is reported in objects.
     pub async fn collect_garbage(
         &self,
         options: GcOptions,
@@ -247,24 +255,9 @@ impl ContentStore {
         if store.as_str() == COMPONENT_CACHE_STORE && !options.dry_run {
             self.expire_cache_entries(&engine, cutoff_millis).await?;
         }
-        let (rows, unindexed, stale_temps) = blocking({
-            let engine = Arc::clone(&engine);
-            let store = store.clone();
-            move || {
-                let rows = engine.snapshot(&store, "")?.objects;
-                let unindexed = engine.unindexed(&store, cutoff)?;
-                // Temporary files belong to writers still at work unless they
-                // are very old, whatever the grace period for content.
-                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
-                let stale_temps = engine.stale_staging(&store, stale_before)?;
-                Ok((rows, unindexed, stale_temps))
-            }
-        })
-        .await?;
-
         // In the chain store, a head label keeps its whole chain: every
-        // event it reaches through parent links counts as labelled. Events
-        // appended after this walk are younger than the cutoff.
+        // segment it reaches counts as labelled. Segments sealed after this
+        // walk are younger than the cutoff.
         let chained: BTreeSet<Digest> = if store.as_str() == CHAIN_STORE {
             let mut chained = BTreeSet::new();
             for actor in self.root().chain_actors().await? {
@@ -274,16 +267,66 @@ impl ContentStore {
         } else {
             BTreeSet::new()
         };
+        let dry_run = options.dry_run;
+        let (rows, labels, graph, unindexed, stale_temps) = blocking({
+            let engine = Arc::clone(&engine);
+            let store = store.clone();
+            move || {
+                let snapshot = engine.snapshot(&store, "")?;
+                let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
+                // Links are read after the snapshot: any link added since
+                // comes from an object stored since, which is recent.
+                let graph = LinkGraph::load(&engine, &store, &held, !dry_run)?;
+                let unindexed = engine.unindexed(&store, cutoff)?;
+                // Temporary files belong to writers still at work unless they
+                // are very old, whatever the grace period for content.
+                let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
+                let stale_temps = engine.stale_staging(&store, stale_before)?;
+                Ok((
+                    snapshot.objects,
+                    snapshot.labels,
+                    graph,
+                    unindexed,
+                    stale_temps,
+                ))
+            }
+        })
+        .await?;
+
+        // What labels reach, directly or through links inside reachable
+        // content; then what recent content reaches, which stays too (a
+        // writer may be about to label it).
+        let labelled = graph.reachable(
+            labels
+                .iter()
+                .map(|(_, target)| *target)
+                .chain(chained.iter().copied()),
+        );
+        let recent = graph.reachable(
+            rows.iter()
+                .filter(|row| row.stored_at >= cutoff_millis)
+                .map(|row| row.digest),
+        );
         let mut doomed = Vec::new();
-        for row in rows {
-            if row.labelled || chained.contains(&row.digest) {
+        for row in &rows {
+            if labelled.contains(&row.digest) {
                 report.kept_labelled += 1;
-            } else if row.stored_at >= cutoff_millis {
+            } else if recent.contains(&row.digest) {
                 report.kept_recent += 1;
             } else {
-                doomed.push(row);
+                doomed.push(row.digest);
             }
         }
+        let sizes: HashMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
+        let doomed: Vec<ObjectRow> = graph
+            .referrers_first(doomed)
+            .into_iter()
+            .map(|digest| ObjectRow {
+                digest,
+                size: sizes[&digest],
+                stored_at: 0,
+            })
+            .collect();
         progress.start((doomed.len() + unindexed.len()) as u64);
         if options.dry_run {
             report.objects_removed = doomed.len() as u64;
@@ -334,6 +377,32 @@ impl ContentStore {
 }
 
 impl ContentStore {
+    /// The objects `starts` reach: themselves and every object named by a
+    /// ref inside reachable content, however deep; only objects the store
+    /// holds.
+    pub(crate) async fn reachable_from<'a>(
+        &self,
+        starts: impl IntoIterator<Item = &'a ContentRef>,
+    ) -> Result<BTreeSet<ContentRef>> {
+        let starts = starts
+            .into_iter()
+            .map(ContentRef::digest)
+            .collect::<Result<Vec<_>>>()?;
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let held: HashSet<Digest> = engine.objects(&store).await?.into_iter().collect();
+        blocking(move || {
+            let graph = LinkGraph::load(&engine, &store, &held, false)?;
+            Ok(graph
+                .reachable(starts)
+                .into_iter()
+                .filter(|digest| held.contains(digest))
+                .map(ContentRef::from)
+                .collect())
+        })
+        .await
+    }
+
     /// In a cache store, labels do not keep content: every label whose
     /// content was stored before `cutoff` goes (unless it moved meanwhile),
     /// so that collection then takes the content.
@@ -430,7 +499,18 @@ impl StoreRoot {
         let forever = i64::MAX;
         let rows = blocking({
             let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
-            move || Ok(engine.snapshot(&store_id, "")?.objects)
+            move || {
+                let rows = engine.snapshot(&store_id, "")?.objects;
+                let held: HashSet<Digest> = rows.iter().map(|row| row.digest).collect();
+                let graph = LinkGraph::load(&engine, &store_id, &held, true)?;
+                let sizes: HashMap<Digest, ObjectRow> =
+                    rows.into_iter().map(|row| (row.digest, row)).collect();
+                let order = graph.referrers_first(sizes.keys().copied().collect());
+                Ok(order
+                    .into_iter()
+                    .map(|digest| sizes[&digest])
+                    .collect::<Vec<_>>())
+            }
         })
         .await?;
         (report.objects_removed, report.bytes_freed) =

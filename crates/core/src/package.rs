@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::engine::{Change, Engine, Staged};
 use crate::error::{Result, StoreError, io_error};
+use crate::links::{LinkGraph, Links};
 use crate::maintenance::Progress;
 use crate::names::{Digest, MAX_LABEL_BYTES, StoreId, validate_label};
 use crate::root::blocking;
@@ -54,8 +55,10 @@ pub struct PackageSummary {
 
 impl ContentStore {
     /// Writes a package of the labels starting with `prefix` (all labels
-    /// for `None`) and the content they point at, each object once. Without
-    /// a prefix, content no label reaches is included too. Progress is
+    /// for `None`) and the content they reach, each object once: what they
+    /// point at, and every object whose ref is written inside that content,
+    /// however deep (see [`ContentStore::collect_garbage`]). Without a
+    /// prefix, content no label reaches is included too. Progress is
     /// reported in bytes of content. Returns the writer when done.
     pub async fn export_package<W: Write + Send + 'static>(
         &self,
@@ -92,12 +95,13 @@ impl ContentStore {
         } = staged;
         let changes = objects
             .into_iter()
-            .map(|(digest, (size, staged))| Change::AddObject {
+            .map(|(digest, (size, staged, links))| Change::AddObject {
                 store: self.store_id().clone(),
                 digest,
                 size,
                 staged,
                 label: None,
+                links,
             })
             .collect();
         for added in engine.apply_all(changes).await {
@@ -136,9 +140,20 @@ fn export<W: Write>(
     let snapshot = engine.snapshot(store, prefix.unwrap_or(""))?;
     let (labels, rows) = (snapshot.labels, snapshot.objects);
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
+    // With a prefix: what the chosen labels reach, through refs written
+    // inside content too, so that the package holds every object the
+    // source could resolve from them.
     let digests: BTreeSet<Digest> = match prefix {
         None => sizes.keys().copied().collect(),
-        Some(_) => labels.iter().map(|(_, target)| *target).collect(),
+        Some(_) => {
+            let held = sizes.keys().copied().collect();
+            let graph = LinkGraph::load(engine, store, &held, false)?;
+            graph
+                .reachable(labels.iter().map(|(_, target)| *target))
+                .into_iter()
+                .filter(|digest| sizes.contains_key(digest))
+                .collect()
+        }
     };
     progress.start(digests.iter().filter_map(|d| sizes.get(d)).sum());
 
@@ -214,7 +229,7 @@ fn export<W: Write>(
 
 /// A package read and checked, its objects staged.
 struct StagedPackage {
-    objects: BTreeMap<Digest, (u64, Staged)>,
+    objects: BTreeMap<Digest, (u64, Staged, Links)>,
     labels: Vec<(String, Digest)>,
     summary: PackageSummary,
 }
@@ -234,7 +249,7 @@ fn stage<R: Read>(
     };
     let result = read_package(engine, store, input, progress, &mut staged);
     if result.is_err() {
-        for (_, (_, object)) in std::mem::take(&mut staged.objects) {
+        for (_, (_, object, _)) in std::mem::take(&mut staged.objects) {
             engine.discard(object);
         }
     }
@@ -286,8 +301,8 @@ fn read_package<R: Read>(
                     let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(store));
                     match input.copy_to(&mut |bytes| writer.write(bytes), size, digest, store) {
                         Ok(()) => {
-                            let (actual, _, object) = writer.finish()?;
-                            staged.objects.insert(digest, (size, object));
+                            let (actual, _, object, links) = writer.finish()?;
+                            staged.objects.insert(digest, (size, object, links));
                             actual
                         }
                         Err(error) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::chain::Record;
 use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
+use crate::links::Links;
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::recent::{AsOf, RecentObject};
 use crate::root::{StoreRoot, blocking};
@@ -149,7 +150,7 @@ impl ContentStore {
         let content = Arc::new(content.into());
         let engine = self.root.engine().await?;
         let size = content.len() as u64;
-        let (digest, staged) = self.stage(&engine, content).await?;
+        let (digest, staged, links) = self.stage(&engine, content).await?;
         // The engine drops the staged bytes if it holds them already,
         // recently stored; that is deduplication.
         let change = Change::AddObject {
@@ -158,6 +159,7 @@ impl ContentStore {
             size,
             staged,
             label: label.map(str::to_owned),
+            links,
         };
         let new = self.apply(&engine, change).await?;
         Ok(Stored {
@@ -166,17 +168,24 @@ impl ContentStore {
         })
     }
 
-    /// Hashes `content` and stages it for [`Change::AddObject`]: small
-    /// content here, in memory; larger content into a staging file on a
-    /// blocking thread.
-    async fn stage(&self, engine: &Arc<Engine>, content: Arc<Vec<u8>>) -> Result<(Digest, Staged)> {
+    /// Hashes `content`, finds the refs written inside it, and stages it
+    /// for [`Change::AddObject`]: small content here, in memory; larger
+    /// content into a staging file on a blocking thread.
+    async fn stage(
+        &self,
+        engine: &Arc<Engine>,
+        content: Arc<Vec<u8>>,
+    ) -> Result<(Digest, Staged, Links)> {
         if !engine.stages_to_file(content.len()) {
-            return Ok((Digest::of(&content), Staged::Inline(content)));
+            let digest = Digest::of(&content);
+            let links = Links::of(&content, digest);
+            return Ok((digest, Staged::Inline(content), links));
         }
         let (engine, store) = (Arc::clone(engine), self.id.clone());
         blocking(move || {
-            let (digest, staged) = hash_and_stage(&engine, &store, content);
-            Ok((digest, staged?))
+            let (digest, staged) = hash_and_stage(&engine, &store, Arc::clone(&content));
+            let staged = staged?;
+            Ok((digest, staged, Links::of(&content, digest)))
         })
         .await
     }
@@ -472,7 +481,7 @@ impl ContentStore {
         let mut changes = Vec::with_capacity(contents.len());
         for content in contents {
             let size = content.len() as u64;
-            let (digest, staged) = self.stage(&engine, Arc::new(content)).await?;
+            let (digest, staged, links) = self.stage(&engine, Arc::new(content)).await?;
             refs.push(digest.into());
             changes.push(Change::AddObject {
                 store: self.id.clone(),
@@ -480,6 +489,7 @@ impl ContentStore {
                 size,
                 staged,
                 label: None,
+                links,
             });
         }
         for applied in engine.apply_all(changes).await {

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Change, Engine, ObjectSource, Staged, StagingSink};
 use crate::error::{Result, StoreError, io_error};
+use crate::links::{LinkScanner, Links};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::blocking;
 use crate::store::{ContentStore, Stored};
@@ -55,6 +56,7 @@ pub(crate) struct StagingWriter {
     hasher: TreeHasher<Vec<u8>>,
     sink: Box<dyn StagingSink>,
     size: u64,
+    links: LinkScanner<'static>,
 }
 
 impl StagingWriter {
@@ -64,11 +66,13 @@ impl StagingWriter {
             hasher: TreeHasher::new(Vec::new()),
             sink,
             size: 0,
+            links: LinkScanner::new(),
         }
     }
 
     pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.hasher.update(bytes)?;
+        self.links.update(bytes);
         let pairs = self.hasher.outboard_mut();
         if !pairs.is_empty() {
             self.sink.write_outboard(pairs)?;
@@ -79,13 +83,15 @@ impl StagingWriter {
         Ok(())
     }
 
-    /// The content's digest and size, and the staged content.
-    pub(crate) fn finish(self) -> Result<(Digest, u64, Staged)> {
+    /// The content's digest and size, the staged content, and the refs
+    /// written inside it.
+    pub(crate) fn finish(self) -> Result<(Digest, u64, Staged, Links)> {
         let Self {
             store,
             hasher,
             mut sink,
             size,
+            links,
         } = self;
         let (digest, pairs) = hasher.finish().expect("hashing into memory cannot fail");
         if let Err(source) = sink.write_outboard(&pairs) {
@@ -97,7 +103,7 @@ impl StagingWriter {
                 source,
             ));
         }
-        Ok((digest, size, sink.finish()?))
+        Ok((digest, size, sink.finish()?, links.finish(digest)))
     }
 
     pub(crate) fn abandon(self) {
@@ -129,7 +135,7 @@ pub struct ContentWriter {
 
 struct Worker {
     pieces: mpsc::Sender<Piece>,
-    done: tokio::task::JoinHandle<Result<(Digest, u64, Staged)>>,
+    done: tokio::task::JoinHandle<Result<(Digest, u64, Staged, Links)>>,
 }
 
 impl ContentWriter {
@@ -278,7 +284,7 @@ impl ContentWriter {
         drop(worker.pieces);
         match join(worker.done).await {
             Err(error) => Err(error),
-            Ok((_, _, staged)) => {
+            Ok((_, _, staged, _)) => {
                 self.engine.discard(staged);
                 Err(io_error(
                     self.store.store_id(),
@@ -316,13 +322,15 @@ impl ContentWriter {
         if self.failed {
             return Err(self.spent());
         }
-        let (digest, size, staged) = match self.worker.take() {
+        let (digest, size, staged, links) = match self.worker.take() {
             None => {
                 let content = Arc::new(std::mem::take(&mut self.memory));
+                let digest = Digest::of(&content);
                 (
-                    Digest::of(&content),
+                    digest,
                     content.len() as u64,
-                    Staged::Inline(content),
+                    Staged::Inline(Arc::clone(&content)),
+                    Links::of(&content, digest),
                 )
             }
             Some(worker) => {
@@ -337,6 +345,7 @@ impl ContentWriter {
             size,
             staged,
             label: label.map(str::to_owned),
+            links,
         };
         let new = self.store.apply(&self.engine, change).await?;
         Ok(Stored {

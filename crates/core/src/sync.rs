@@ -56,8 +56,9 @@ type Move = (String, Option<ContentRef>, Option<ContentRef>);
 /// How a sync runs.
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
-    /// Only labels that start with this (and only the content they point
-    /// at). Empty: every label, and every object of the store.
+    /// Only labels that start with this (and only the content they reach:
+    /// what they point at and what refs written inside it name, however
+    /// deep). Empty: every label, and every object of the store.
     pub prefix: String,
     /// Work out and report what would change, changing nothing.
     pub dry_run: bool,
@@ -214,7 +215,7 @@ impl StoreRoot {
         let wanted: BTreeSet<ContentRef> = if options.prefix.is_empty() {
             source.list_all_content().await?.into_iter().collect()
         } else {
-            source_labels.values().cloned().collect()
+            source.reachable_from(source_labels.values()).await?
         };
         copy_missing(&source, &target, wanted, options, progress, &mut report).await?;
 

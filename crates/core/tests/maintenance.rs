@@ -353,3 +353,270 @@ async fn damaged_packages_are_refused_and_change_nothing() {
         .unwrap_or_default();
     assert!(staged_left.is_empty(), "staged files were left behind");
 }
+
+// ---- Refs written inside content keep what they name -------------------
+
+fn gc_now() -> GcOptions {
+    GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    }
+}
+
+/// Collects with no grace, once everything stored so far is in the past
+/// (ages are kept in milliseconds).
+async fn collect_now(store: &ContentStore, options: GcOptions) -> theater_store::GcReport {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.collect_garbage(options, no_progress()).await.unwrap()
+}
+
+/// A linked list as the seed's pattern 8 builds it: each node names the
+/// next by its ref; only the head is labelled. Returns the nodes, head first.
+async fn linked_list(store: &ContentStore, nodes: usize) -> Vec<theater_store::ContentRef> {
+    let mut next: Option<theater_store::ContentRef> = None;
+    let mut refs = Vec::new();
+    for i in (0..nodes).rev() {
+        let node = serde_json::json!({
+            "value": format!("item {i}"),
+            "next": next.as_ref().map(|r| r.hash().to_owned()),
+        });
+        let node_ref = store
+            .store(serde_json::to_vec(&node).unwrap())
+            .await
+            .unwrap();
+        refs.push(node_ref.clone());
+        next = Some(node_ref);
+    }
+    refs.reverse();
+    store.label("list:head", &refs[0]).await.unwrap();
+    refs
+}
+
+#[tokio::test]
+async fn gc_keeps_everything_a_labelled_structure_names_and_takes_it_all_once_unlabelled() {
+    let (_dir, root) = temp_root();
+    let store = root.store("linked").unwrap();
+    let nodes = linked_list(&store, 3).await;
+    // A large node (a file, not a row) named in upper case by a small one.
+    let big = store.store(vec![b'x'; 100_000]).await.unwrap();
+    let holder = format!("attachment: {}.", big.hash().to_uppercase());
+    let holder = store.store_at_label("doc", holder).await.unwrap();
+    store.store("loose").await.unwrap();
+
+    let report = collect_now(&store, gc_now()).await;
+    assert_eq!(report.objects_removed, 1, "{report:?}");
+    assert_eq!(report.kept_labelled, 5, "{report:?}");
+    for node in nodes.iter().chain([&big, &holder]) {
+        store.get(node).await.unwrap();
+    }
+    // The list walked from its label to its last node.
+    let mut at = store.get_by_label("list:head").await.unwrap();
+    let mut walked = 0;
+    while let Some(node) = at {
+        let value: serde_json::Value =
+            serde_json::from_slice(&store.get(&node).await.unwrap()).unwrap();
+        walked += 1;
+        at = value["next"].as_str().map(theater_store::ContentRef::new);
+    }
+    assert_eq!(walked, 3);
+
+    // Once nothing labels them, one pass takes the whole structure.
+    store.remove_label("list:head").await.unwrap();
+    store.remove_label("doc").await.unwrap();
+    let report = collect_now(&store, gc_now()).await;
+    assert_eq!(report.objects_removed, 5, "{report:?}");
+    assert_eq!(store.stats().await.unwrap().objects, 0);
+}
+
+#[tokio::test]
+async fn content_stored_within_the_grace_period_keeps_what_it_names() {
+    let (_dir, root) = temp_root();
+    let store = root.store("recent").unwrap();
+    let nodes = linked_list(&store, 2).await;
+    store.remove_label("list:head").await.unwrap();
+    let grace = GcOptions {
+        grace: Duration::from_secs(3600),
+        dry_run: false,
+    };
+    let report = store.collect_garbage(grace, no_progress()).await.unwrap();
+    assert_eq!(
+        (report.objects_removed, report.kept_recent),
+        (0, 2),
+        "{report:?}"
+    );
+    // A writer that stored a node and labels its parent a moment later
+    // finds both.
+    store.label("list:head", &nodes[0]).await.unwrap();
+    store.get(&nodes[1]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deep_chain_of_links_is_kept_whole() {
+    // Deep enough that a recursive walk would overflow the stack.
+    let depth = if common::shared_engine() {
+        2_000
+    } else {
+        100_000
+    };
+    let (_dir, root) = temp_root();
+    let store = root.store("deep").unwrap();
+    let mut previous = String::from("start");
+    let mut first = None;
+    for i in 0..depth {
+        let node = store.store(format!("{i} {previous}")).await.unwrap();
+        first.get_or_insert(node.clone());
+        previous = node.hash().to_owned();
+    }
+    store
+        .label("tip", &theater_store::ContentRef::new(&previous))
+        .await
+        .unwrap();
+    let report = collect_now(&store, gc_now()).await;
+    assert_eq!(
+        (report.objects_removed, report.kept_labelled),
+        (0, depth),
+        "{report:?}"
+    );
+    store.get(&first.unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn export_with_a_prefix_carries_what_the_labels_reach_through_content() {
+    let (_dir, root) = temp_root();
+    let store = root.store("listed").unwrap();
+    let nodes = linked_list(&store, 3).await;
+    store
+        .store_at_label("other", "not under the prefix")
+        .await
+        .unwrap();
+    let (summary, package) = store
+        .export_package(Some("list:"), Vec::new(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!((summary.objects, summary.labels), (3, 1), "{summary:?}");
+
+    let (_dir2, elsewhere) = temp_root();
+    let copy = elsewhere.store("listed").unwrap();
+    copy.import_package(std::io::Cursor::new(package), no_progress())
+        .await
+        .unwrap();
+    for node in &nodes {
+        copy.get(node).await.unwrap();
+    }
+}
+
+#[test]
+fn gc_removes_exactly_what_no_label_reaches_through_links() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    // Each object names some earlier ones; some objects are labelled, and
+    // some of those labels are then removed.
+    let graph = (2usize..24).prop_flat_map(|n| {
+        (
+            proptest::collection::vec(
+                proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+                n,
+            ),
+            proptest::collection::vec(any::<bool>(), n),
+            proptest::collection::vec(any::<bool>(), n),
+        )
+    });
+    let cases = if common::shared_engine() { 6 } else { 24 };
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    runner
+        .run(&graph, |(links, labelled, unlabel)| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (_dir, root) = temp_root();
+            runtime.block_on(async {
+                let store = root.store("graph").unwrap();
+                let mut refs: Vec<theater_store::ContentRef> = Vec::new();
+                let mut targets: Vec<Vec<usize>> = Vec::new();
+                for (i, picks) in links.iter().enumerate() {
+                    let named: Vec<usize> = if i == 0 {
+                        Vec::new()
+                    } else {
+                        picks.iter().map(|pick| pick.index(i)).collect()
+                    };
+                    let body: Vec<String> =
+                        named.iter().map(|&j| refs[j].hash().to_owned()).collect();
+                    let content = format!("node {i}: [{}]", body.join(","));
+                    refs.push(store.store(content).await.unwrap());
+                    targets.push(named);
+                }
+                let mut roots = Vec::new();
+                for i in 0..refs.len() {
+                    if labelled[i] {
+                        store.label(&format!("l{i}"), &refs[i]).await.unwrap();
+                        if unlabel[i] {
+                            store.remove_label(&format!("l{i}")).await.unwrap();
+                        } else {
+                            roots.push(i);
+                        }
+                    }
+                }
+                // The model: what the remaining labels reach.
+                let mut reached = vec![false; refs.len()];
+                while let Some(i) = roots.pop() {
+                    if !std::mem::replace(&mut reached[i], true) {
+                        roots.extend(&targets[i]);
+                    }
+                }
+                let report = collect_now(&store, gc_now()).await;
+                let kept = reached.iter().filter(|&&r| r).count() as u64;
+                prop_assert_eq!(report.objects_removed, refs.len() as u64 - kept);
+                for (i, content_ref) in refs.iter().enumerate() {
+                    prop_assert_eq!(
+                        store.exists(content_ref).await.unwrap(),
+                        reached[i],
+                        "object {}",
+                        i
+                    );
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn objects_stored_before_links_were_recorded_are_scanned_before_anything_goes() {
+    if common::shared_engine() {
+        return; // The local index is edited by hand below.
+    }
+    let (_dir, root) = temp_root();
+    let store = root.store("upgraded").unwrap();
+    let nodes = linked_list(&store, 3).await;
+    store.store("loose").await.unwrap();
+    // As a root from before links were recorded looks once upgraded:
+    // no links, every object awaiting a scan.
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    db.execute_batch(
+        "DELETE FROM links; INSERT OR IGNORE INTO links_unscanned SELECT store, hash FROM objects;",
+    )
+    .unwrap();
+    drop(db);
+    let dry = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: true,
+    };
+    let report = collect_now(&store, dry).await;
+    assert_eq!(
+        (report.objects_removed, report.kept_labelled),
+        (1, 3),
+        "{report:?}"
+    );
+    let report = collect_now(&store, gc_now()).await;
+    assert_eq!(
+        (report.objects_removed, report.kept_labelled),
+        (1, 3),
+        "{report:?}"
+    );
+    for node in &nodes {
+        store.get(node).await.unwrap();
+    }
+}

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Result;
+use crate::links::Links;
 use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -100,6 +101,18 @@ pub(crate) enum Change {
         size: u64,
         staged: Staged,
         label: Option<String>,
+        /// The refs written inside the content (`crate::links`), recorded
+        /// with the object so that gc follows them.
+        links: Links,
+    },
+    /// Record the links a later scan found in an object's content, and
+    /// clear its mark as not yet scanned (objects written before links
+    /// were recorded, or whose links overflowed). Returns whether the
+    /// object is still held.
+    SetLinks {
+        store: StoreId,
+        digest: Digest,
+        targets: Vec<Digest>,
     },
     /// Point `label` at `target`, or remove it for `None`. Returns whether
     /// the expectation held and the write happened.
@@ -118,8 +131,11 @@ pub(crate) enum Change {
         labels: Vec<(String, Option<Digest>)>,
         expected: Option<Vec<Option<Digest>>>,
     },
-    /// Delete an object if no label reaches it and it was last stored
-    /// before `cutoff` (unix milliseconds). Returns whether it did.
+    /// Delete an object if no label points at it, no object still held
+    /// links to it, no object of the store awaits a scan for links, and
+    /// it was last stored before `cutoff` (unix milliseconds). Returns
+    /// whether it did. Garbage collection removes referrers before what
+    /// they link to, so a whole unreachable structure goes in one pass.
     RemoveObject {
         store: StoreId,
         digest: Digest,
@@ -226,9 +242,10 @@ pub(crate) struct ObjectRow {
     pub(crate) size: u64,
     /// When it was last stored, in unix milliseconds.
     pub(crate) stored_at: i64,
-    /// Whether any label points at it.
-    pub(crate) labelled: bool,
 }
+
+/// A link from one object's content to another object: (source, target).
+pub(crate) type LinkRow = (Digest, Digest);
 
 /// A store's labels and objects as of one moment.
 #[derive(Debug, Default)]
@@ -530,6 +547,26 @@ impl Engine {
             Self::Local(local) => local.snapshot(store, prefix),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.snapshot(store, prefix),
+        }
+    }
+
+    /// Every link recorded between objects of `store`. Blocking.
+    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        match self {
+            Self::Local(local) => local.links(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.links(store),
+        }
+    }
+
+    /// Objects of `store` whose links are not (all) recorded: written
+    /// before links were, or with more than one object may record.
+    /// Blocking.
+    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        match self {
+            Self::Local(local) => local.unscanned_links(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.unscanned_links(store),
         }
     }
 

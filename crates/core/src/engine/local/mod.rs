@@ -23,7 +23,7 @@ pub(crate) use steps::WRITING;
 use writer::Writer;
 
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
-use crate::engine::{ChainHead, LabelRow};
+use crate::engine::{ChainHead, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
@@ -303,6 +303,16 @@ impl LocalEngine {
     pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         self.read("listing labels and objects", |db| {
             sql::snapshot(db, store, prefix)
+        })
+    }
+
+    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        self.read("listing links", |db| sql::links(db, store))
+    }
+
+    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        self.read("listing objects not scanned for links", |db| {
+            sql::unscanned_links(db, store)
         })
     }
 

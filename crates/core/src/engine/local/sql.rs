@@ -145,6 +145,33 @@ ALTER TABLE labels ADD COLUMN chain_sealed BLOB;
     .to_owned()
 }
 
+/// Version 7: links between objects (refs written inside content, see
+/// links.rs), so that gc keeps what reachable content names. A link lives
+/// as long as its source object (trigger). Objects already held are marked
+/// as not yet scanned; gc scans them once before it collects anything.
+fn migration_v7() -> String {
+    "
+CREATE TABLE links (
+    store TEXT NOT NULL,
+    source BLOB NOT NULL,
+    target BLOB NOT NULL,
+    PRIMARY KEY (store, source, target)
+) WITHOUT ROWID;
+CREATE INDEX links_by_target ON links (store, target);
+CREATE TABLE links_unscanned (
+    store TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (store, hash)
+) WITHOUT ROWID;
+INSERT INTO links_unscanned (store, hash) SELECT store, hash FROM objects;
+CREATE TRIGGER links_released AFTER DELETE ON objects BEGIN
+    DELETE FROM links WHERE store = OLD.store AND source = OLD.hash;
+    DELETE FROM links_unscanned WHERE store = OLD.store AND hash = OLD.hash;
+END;
+"
+    .to_owned()
+}
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
 const MIGRATIONS: &[fn() -> String] = &[
@@ -153,6 +180,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v4,
     migration_v5,
     migration_v6,
+    migration_v7,
 ];
 
 /// The schema version this build writes.
@@ -526,6 +554,64 @@ pub(crate) fn upsert_object(
     Ok(())
 }
 
+/// Records links from `source` to each of `targets` (kept already: kept).
+pub(crate) fn insert_links(
+    connection: &Connection,
+    store: &StoreId,
+    source: Digest,
+    targets: &[Digest],
+) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare_cached(
+        "INSERT OR IGNORE INTO links (store, source, target) VALUES (?1, ?2, ?3)",
+    )?;
+    for target in targets {
+        statement.execute(params![store.as_str(), &source.0[..], &target.0[..]])?;
+    }
+    Ok(())
+}
+
+/// Marks an object as scanned for links (`false`) or not yet (`true`).
+pub(crate) fn mark_unscanned(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+    unscanned: bool,
+) -> rusqlite::Result<()> {
+    let sql = if unscanned {
+        "INSERT OR IGNORE INTO links_unscanned (store, hash) VALUES (?1, ?2)"
+    } else {
+        "DELETE FROM links_unscanned WHERE store = ?1 AND hash = ?2"
+    };
+    connection
+        .prepare_cached(sql)?
+        .execute(params![store.as_str(), &digest.0[..]])?;
+    Ok(())
+}
+
+/// Every link between objects of a store, as (source, target).
+pub(crate) fn links(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Vec<(Digest, Digest)>> {
+    let mut statement =
+        connection.prepare_cached("SELECT source, target FROM links WHERE store = ?1")?;
+    let rows = statement.query_map([store.as_str()], |row| {
+        Ok((digest_column(row, 0)?, digest_column(row, 1)?))
+    })?;
+    rows.collect()
+}
+
+/// Objects of a store not yet scanned for links.
+pub(crate) fn unscanned_links(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Vec<Digest>> {
+    let mut statement =
+        connection.prepare_cached("SELECT hash FROM links_unscanned WHERE store = ?1")?;
+    let rows = statement.query_map([store.as_str()], |row| digest_column(row, 0))?;
+    rows.collect()
+}
+
 /// Marks an object as kept in a file (its inline row was lost).
 pub(crate) fn move_to_file(
     connection: &Connection,
@@ -539,9 +625,12 @@ pub(crate) fn move_to_file(
     Ok(())
 }
 
-/// Deletes an object row (its inline bytes go with it, by trigger) if no
-/// label reaches it and it was last stored before `cutoff`. Returns
-/// whether it did, and whether the bytes were inline.
+/// Deletes an object row (its inline bytes and its links go with it, by
+/// trigger) if no label points at it, no other object still held links
+/// to it, no object of the store awaits a scan for links, and it was last
+/// stored before `cutoff`. Returns whether it did, and whether the bytes
+/// were inline. Every subquery is an index probe (`links_by_target`, the
+/// objects' and `links_unscanned`'s primary keys).
 pub(crate) fn remove_unreachable_object(
     connection: &Connection,
     store: &StoreId,
@@ -553,6 +642,10 @@ pub(crate) fn remove_unreachable_object(
             "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
              AND NOT EXISTS (SELECT 1 FROM labels
                              WHERE store = ?1 AND hash = ?2 AND chain_length IS NULL)
+             AND NOT EXISTS (SELECT 1 FROM links l JOIN objects s
+                                 ON s.store = l.store AND s.hash = l.source
+                             WHERE l.store = ?1 AND l.target = ?2)
+             AND NOT EXISTS (SELECT 1 FROM links_unscanned WHERE store = ?1)
              RETURNING inline_id IS NOT NULL",
         )?
         .query_row(params![store.as_str(), &digest.0[..], cutoff], |row| {
@@ -638,24 +731,21 @@ pub(crate) fn store_created_at(
         .optional()
 }
 
-/// Every indexed object of a store with its size and `stored_at`, and
-/// whether any label reaches it.
+/// Every indexed object of a store with its size and `stored_at`: one
+/// range scan of the primary key (what reaches each object is worked out
+/// from the labels and links in memory, not by a query per row).
 pub(crate) fn object_rows(
     connection: &Connection,
     store: &StoreId,
 ) -> rusqlite::Result<Vec<ObjectRow>> {
     let mut statement = connection.prepare_cached(
-        "SELECT o.hash, o.size, o.stored_at,
-                EXISTS (SELECT 1 FROM labels l
-                        WHERE l.store = o.store AND l.hash = o.hash AND l.chain_length IS NULL)
-         FROM objects o WHERE o.store = ?1 ORDER BY o.hash",
+        "SELECT hash, size, stored_at FROM objects WHERE store = ?1 ORDER BY hash",
     )?;
     let rows = statement.query_map([store.as_str()], |row| {
         Ok(ObjectRow {
             digest: digest_column(row, 0)?,
             size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
             stored_at: row.get(2)?,
-            labelled: row.get(3)?,
         })
     })?;
     rows.collect()

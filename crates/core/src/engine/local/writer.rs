@@ -375,6 +375,7 @@ fn apply(
             size,
             staged,
             label,
+            links,
         } => {
             sql::ensure_store(db, &store)?;
             let held = sql::object_info(db, &store, digest)?;
@@ -405,6 +406,12 @@ fn apply(
                 }
             };
             sql::upsert_object(db, &store, digest, size, inline_id)?;
+            if held.is_none() {
+                sql::insert_links(db, &store, digest, &links.targets)?;
+                if links.overflowed {
+                    sql::mark_unscanned(db, &store, digest, true)?;
+                }
+            }
             if let Some(label) = label {
                 sql::upsert_label(db, &store, &label, digest)?;
             }
@@ -471,6 +478,18 @@ fn apply(
                 }
             },
         },
+        Change::SetLinks {
+            store,
+            digest,
+            targets,
+        } => {
+            if !sql::has_object(db, &store, digest)? {
+                return Ok(Ok(false));
+            }
+            sql::insert_links(db, &store, digest, &targets)?;
+            sql::mark_unscanned(db, &store, digest, false)?;
+            Ok(Ok(true))
+        }
         Change::RemoveUnindexed {
             store,
             digest,

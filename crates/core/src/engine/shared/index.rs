@@ -10,7 +10,8 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::engine::{ChainHead, LabelRow, ObjectRow};
+use crate::engine::{ChainHead, LabelRow, LinkRow, ObjectRow};
+use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
 
@@ -18,8 +19,13 @@ use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, 
 /// refused rather than written by a build that does not know its rules.
 /// (Version 2 keeps totals with statement-level triggers; the script
 /// below drops version 1's row-level ones. Version 3 keeps a chain's open
-/// segment in its head label's row.)
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// segment in its head label's row. Version 4 records links between
+/// objects: refs written inside content, which gc follows.)
+pub(super) const SCHEMA_VERSION: i64 = 4;
+
+/// The first version that records links: objects from before it are
+/// marked as not yet scanned for them when a database is brought up to it.
+const LINKS_SINCE: i64 = 4;
 
 /// Serializes schema creation between hosts that open the root at once.
 const SCHEMA_LOCK: i64 = 0x7468_6561_7465_7221;
@@ -63,6 +69,31 @@ ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_open bytea;
 ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_sealed bytea;
 CREATE INDEX IF NOT EXISTS theater_labels_by_target
     ON theater_labels (store, target) WHERE chain_length IS NULL;
+
+-- Links between objects: refs written inside content (links.rs). A link
+-- lives as long as its source object. Objects whose links are not all
+-- recorded (held before links were, or with too many) await a scan.
+CREATE TABLE IF NOT EXISTS theater_links (
+    store text COLLATE "C" NOT NULL,
+    source bytea NOT NULL,
+    target bytea NOT NULL,
+    PRIMARY KEY (store, source, target)
+);
+CREATE INDEX IF NOT EXISTS theater_links_by_target ON theater_links (store, target);
+CREATE TABLE IF NOT EXISTS theater_links_unscanned (
+    store text COLLATE "C" NOT NULL,
+    digest bytea NOT NULL,
+    PRIMARY KEY (store, digest)
+);
+CREATE OR REPLACE FUNCTION theater_links_released() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM theater_links l USING removed r WHERE l.store = r.store AND l.source = r.digest;
+    DELETE FROM theater_links_unscanned u USING removed r
+        WHERE u.store = r.store AND u.digest = r.digest;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_links_released AFTER DELETE ON theater_objects
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_links_released();
 
 -- Totals move once per statement (a batch of 256 rows updates its store's
 -- row once, not 256 times).
@@ -112,11 +143,15 @@ CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
 CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
 
--- Adds (or refreshes) an object row and points p_label at it. Returns 1
--- when the row is new, 0 when it was held already.
+-- Adds (or refreshes) an object row, records its links (locking their
+-- targets' rows in share mode, so a collection of one waits for this and
+-- then sees the link) and points p_label at it. Returns 1 when the row is
+-- new, 0 when it was held already.
+DROP FUNCTION IF EXISTS theater_add_object(text, bytea, bigint, bytea, text, bigint, bigint);
 CREATE OR REPLACE FUNCTION theater_add_object(
     p_store text, p_digest bytea, p_size bigint, p_inline bytea, p_label text,
-    p_now bigint, p_fresh_after bigint) RETURNS int LANGUAGE plpgsql AS $$
+    p_now bigint, p_fresh_after bigint, p_links bytea[], p_unscanned boolean)
+    RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     held_at bigint;
     inserted boolean;
@@ -137,6 +172,15 @@ BEGIN
             VALUES (p_store, p_digest, p_size, p_now, p_inline)
             ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at
             RETURNING (xmax = 0) INTO inserted;
+    END IF;
+    IF cardinality(p_links) > 0 THEN
+        PERFORM 1 FROM theater_objects WHERE store = p_store AND digest = ANY(p_links) FOR SHARE;
+        INSERT INTO theater_links (store, source, target)
+            SELECT p_store, p_digest, t FROM unnest(p_links) AS t ON CONFLICT DO NOTHING;
+    END IF;
+    IF inserted AND p_unscanned THEN
+        INSERT INTO theater_links_unscanned (store, digest) VALUES (p_store, p_digest)
+            ON CONFLICT DO NOTHING;
     END IF;
     IF p_label IS NOT NULL THEN
         INSERT INTO theater_labels (store, name, target) VALUES (p_store, p_label, p_digest)
@@ -261,6 +305,16 @@ pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Res
         .batch_execute(&schema())
         .await
         .map_err(|e| PostgresError(e).to_string())?;
+    if version.is_some_and(|version| version < LINKS_SINCE) {
+        transaction
+            .execute(
+                "INSERT INTO theater_links_unscanned (store, digest)
+                 SELECT store, digest FROM theater_objects ON CONFLICT DO NOTHING",
+                &[],
+            )
+            .await
+            .map_err(|e| PostgresError(e).to_string())?;
+    }
     transaction
         .execute(
             "INSERT INTO theater_meta (key, value) VALUES ('schema_version', $1)
@@ -278,6 +332,7 @@ pub(super) async fn create_schema(client: &mut deadpool_postgres::Object) -> Res
 /// Adds or refreshes an object row and points `label` at it (see
 /// `theater_add_object`); `times` is now and the refresh cutoff, in unix
 /// milliseconds. Returns whether the row is new.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn add_object(
     client: &impl GenericClient,
     store: &StoreId,
@@ -285,11 +340,13 @@ pub(super) async fn add_object(
     size: u64,
     inline: Option<&[u8]>,
     label: Option<&str>,
+    links: &Links,
     (now, fresh_after): (i64, i64),
 ) -> Result<bool, tokio_postgres::Error> {
     let statement = client
-        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7)")
+        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .await?;
+    let targets: Vec<&[u8]> = links.targets.iter().map(|target| &target.0[..]).collect();
     let row = client
         .query_one(
             &statement,
@@ -301,14 +358,24 @@ pub(super) async fn add_object(
                 &label,
                 &now,
                 &fresh_after,
+                &targets,
+                &links.overflowed,
             ],
         )
         .await?;
     Ok(row.get::<_, i32>(0) == 1)
 }
 
-/// One row of [`add_objects`]: store, digest, size, inline bytes, label.
-pub(super) type NewObject<'a> = (&'a StoreId, Digest, u64, &'a [u8], Option<&'a str>);
+/// One row of [`add_objects`]: store, digest, size, inline bytes, label,
+/// links.
+pub(super) type NewObject<'a> = (
+    &'a StoreId,
+    Digest,
+    u64,
+    &'a [u8],
+    Option<&'a str>,
+    &'a Links,
+);
 
 /// Adds (or refreshes) many small objects in one statement, and points
 /// their labels at them in a second; `times` as for [`add_object`]. The
@@ -353,6 +420,42 @@ pub(super) async fn add_objects(
         .filter(|row| row.get::<_, bool>(2))
         .filter_map(|row| Some((row.get(0), digest_column(row, 1)?)))
         .collect();
+    let (mut link_stores, mut sources, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        for target in &row.5.targets {
+            link_stores.push(row.0.as_str());
+            sources.push(&row.1.0[..]);
+            targets.push(&target.0[..]);
+        }
+    }
+    if !targets.is_empty() {
+        // The targets' rows first, in share mode, as theater_add_object does.
+        let lock = client
+            .prepare_cached(
+                "SELECT 1 FROM theater_objects o
+                 JOIN unnest($1::text[], $2::bytea[]) AS u(s, t) ON o.store = u.s AND o.digest = u.t
+                 FOR SHARE OF o",
+            )
+            .await?;
+        client.execute(&lock, &[&link_stores, &targets]).await?;
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO theater_links (store, source, target)
+                 SELECT s, d, t FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS u(s, d, t)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        client
+            .execute(&insert, &[&link_stores, &sources, &targets])
+            .await?;
+    }
+    let overflowed: Vec<&NewObject<'_>> = rows
+        .iter()
+        .filter(|row| row.5.overflowed && new.contains(&(row.0.as_str().to_owned(), row.1)))
+        .collect();
+    for row in overflowed {
+        mark_unscanned(client, row.0, row.1, true).await?;
+    }
     let labelled: Vec<&NewObject<'_>> = rows.iter().filter(|row| row.4.is_some()).collect();
     if !labelled.is_empty() {
         let stores: Vec<&str> = labelled.iter().map(|row| row.0.as_str()).collect();
@@ -683,17 +786,16 @@ pub(super) async fn digests(
         .collect())
 }
 
-/// Every object row of a store, in digest order.
+/// Every object row of a store, in digest order: one index range scan
+/// (what reaches each object is worked out in memory, not per row).
 pub(super) async fn object_rows(
     client: &impl GenericClient,
     store: &StoreId,
 ) -> Result<Vec<ObjectRow>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT o.digest, o.size, o.stored_at,
-                    EXISTS (SELECT 1 FROM theater_labels l
-                            WHERE l.store = o.store AND l.target = o.digest)
-             FROM theater_objects o WHERE o.store = $1 ORDER BY o.digest",
+            "SELECT digest, size, stored_at FROM theater_objects
+             WHERE store = $1 ORDER BY digest",
             &[&store.as_str()],
         )
         .await?;
@@ -704,10 +806,98 @@ pub(super) async fn object_rows(
                 digest: digest_column(row, 0)?,
                 size: size_column(row, 1),
                 stored_at: row.get(2),
-                labelled: row.get(3),
             })
         })
         .collect())
+}
+
+/// Every link between objects of a store, as (source, target).
+pub(super) async fn links(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Vec<LinkRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT source, target FROM theater_links WHERE store = $1",
+            &[&store.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some((digest_column(row, 0)?, digest_column(row, 1)?)))
+        .collect())
+}
+
+/// Objects of a store not yet scanned for links.
+pub(super) async fn unscanned_links(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Vec<Digest>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT digest FROM theater_links_unscanned WHERE store = $1",
+            &[&store.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| digest_column(row, 0))
+        .collect())
+}
+
+/// Marks an object as not yet scanned for links, or (`false`) as scanned.
+pub(super) async fn mark_unscanned(
+    client: &impl GenericClient,
+    store: &StoreId,
+    digest: Digest,
+    unscanned: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let sql = if unscanned {
+        "INSERT INTO theater_links_unscanned (store, digest) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM theater_links_unscanned WHERE store = $1 AND digest = $2"
+    };
+    let statement = client.prepare_cached(sql).await?;
+    client
+        .execute(&statement, &[&store.as_str(), &&digest.0[..]])
+        .await
+        .map(drop)
+}
+
+/// Records links found by a later scan of an object, and marks it as
+/// scanned, if it is still held (its row locked in share mode, so a
+/// collection waits). Returns whether it is.
+pub(super) async fn set_links(
+    client: &impl GenericClient,
+    store: &StoreId,
+    source: Digest,
+    targets: &[Digest],
+) -> Result<bool, tokio_postgres::Error> {
+    let held = client
+        .query_opt(
+            "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = $2 FOR SHARE",
+            &[&store.as_str(), &&source.0[..]],
+        )
+        .await?;
+    if held.is_none() {
+        return Ok(false);
+    }
+    let targets: Vec<&[u8]> = targets.iter().map(|target| &target.0[..]).collect();
+    client
+        .execute(
+            "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = ANY($2) FOR SHARE",
+            &[&store.as_str(), &targets],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO theater_links (store, source, target)
+             SELECT $1, $2, t FROM unnest($3::bytea[]) AS t ON CONFLICT DO NOTHING",
+            &[&store.as_str(), &&source.0[..], &targets],
+        )
+        .await?;
+    mark_unscanned(client, store, source, false).await?;
+    Ok(true)
 }
 
 /// A store's totals (zero for a store never written).
@@ -777,6 +967,10 @@ pub(super) async fn remove_unreachable(
                AND o.stored_at < $3
                AND NOT EXISTS (SELECT 1 FROM theater_labels l
                                WHERE l.store = $1 AND l.target = $2 AND l.chain_length IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM theater_links k JOIN theater_objects s
+                                   ON s.store = k.store AND s.digest = k.source
+                               WHERE k.store = $1 AND k.target = $2)
+               AND NOT EXISTS (SELECT 1 FROM theater_links_unscanned WHERE store = $1)
              RETURNING o.inline IS NOT NULL",
             &[&store.as_str(), &&digest.0[..], &cutoff],
         )

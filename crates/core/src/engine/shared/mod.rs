@@ -36,10 +36,11 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache, Uploaded};
 use super::local::layout;
 use super::{
-    ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, ObjectSource, Scan, Snapshot,
-    Staged, StagingSink, unix_now,
+    ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, LinkRow, ObjectSource, Scan,
+    Snapshot, Staged, StagingSink, unix_now,
 };
 use crate::error::{BoxError, Result, StoreError};
+use crate::links::Links;
 use crate::maintenance::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -509,6 +510,24 @@ impl SharedEngine {
         })
     }
 
+    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let links = index::links(&client, &store).await;
+            inner.index(links, "listing links")
+        })
+    }
+
+    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let unscanned = index::unscanned_links(&client, &store).await;
+            inner.index(unscanned, "listing objects not scanned for links")
+        })
+    }
+
     pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
         let store = store.clone();
         self.block(|inner| async move {
@@ -742,7 +761,8 @@ impl Inner {
                         size,
                         staged: Staged::Inline(bytes),
                         label,
-                    } => Some((store, *digest, *size, &bytes[..], label.as_deref())),
+                        links,
+                    } => Some((store, *digest, *size, &bytes[..], label.as_deref(), links)),
                     _ => None,
                 })
                 .collect();
@@ -792,6 +812,7 @@ impl Inner {
                 size,
                 staged: Staged::Inline(bytes),
                 label,
+                links,
             } => {
                 let new = index::add_object(
                     client,
@@ -800,6 +821,7 @@ impl Inner {
                     size,
                     Some(&bytes),
                     label.as_deref(),
+                    &links,
                     (now, fresh_after),
                 )
                 .await?;
@@ -846,10 +868,12 @@ impl Inner {
                 size,
                 staged: Staged::File(path),
                 label,
+                links,
             } => {
                 let _turn = self.publishing_turn(&store, digest).await;
+                let object = (digest, size, &*path);
                 let published = self
-                    .publish_file_alone(client, &store, digest, size, &path, label.as_deref())
+                    .publish_file_alone(client, &store, object, label.as_deref(), &links)
                     .await;
                 let new = match published {
                     Ok(new) => new,
@@ -866,6 +890,19 @@ impl Inner {
             }
             Change::AddObject { .. } | Change::CreateStore { .. } | Change::SetLabel { .. } => {
                 unreachable!("row-only changes are applied above")
+            }
+            Change::SetLinks {
+                store,
+                digest,
+                targets,
+            } => {
+                let transaction = client.transaction().await;
+                let transaction = self.index(transaction, "starting a transaction")?;
+                let held = index::set_links(&transaction, &store, digest, &targets).await;
+                let held = self.index(held, "recording links")?;
+                let committed = transaction.commit().await;
+                self.index(committed, "committing")?;
+                Ok(held)
             }
             Change::SetLabels {
                 store,
@@ -936,10 +973,9 @@ impl Inner {
         &self,
         client: &deadpool_postgres::Object,
         store: &StoreId,
-        digest: Digest,
-        size: u64,
-        staged: &std::path::Path,
+        (digest, size, staged): (Digest, u64, &std::path::Path),
         label: Option<&str>,
+        links: &Links,
     ) -> Result<bool> {
         let times = self.now_and_fresh_after();
         let key = index::object_lock(store, digest);
@@ -964,7 +1000,7 @@ impl Inner {
             .await?;
         // Not sent together: the row's statement may need preparing first,
         // which would let the unlock overtake it.
-        let added = index::add_object(client, store, digest, size, None, label, times).await;
+        let added = index::add_object(client, store, digest, size, None, label, links, times).await;
         let added = self.index(added, "indexing object")?;
         let unlocked = client.execute(&unlock, &key_param).await;
         self.index(unlocked, "unlocking object")?;
@@ -1000,10 +1036,9 @@ impl Inner {
         &self,
         transaction: &deadpool_postgres::Transaction<'_>,
         store: &StoreId,
-        digest: Digest,
-        size: u64,
-        staged: &std::path::Path,
+        (digest, size, staged): (Digest, u64, &std::path::Path),
         label: Option<&str>,
+        links: &Links,
     ) -> Result<bool> {
         let (now, fresh_after) = self.now_and_fresh_after();
         let locked = transaction
@@ -1024,6 +1059,7 @@ impl Inner {
             size,
             None,
             label,
+            links,
             (now, fresh_after),
         )
         .await;
@@ -1242,9 +1278,11 @@ impl Inner {
                 size,
                 staged: Staged::File(path),
                 label,
+                links,
             }) => {
+                let object = (digest, size, &*path);
                 let published = self
-                    .publish_file(&transaction, &store, digest, size, &path, label.as_deref())
+                    .publish_file(&transaction, &store, object, label.as_deref(), &links)
                     .await;
                 layout::remove_staged(&path);
                 published?
@@ -1267,6 +1305,7 @@ impl Inner {
                 segment.len() as u64,
                 Some(segment),
                 None,
+                &Links::default(),
                 (now, fresh_after),
             )
             .await;

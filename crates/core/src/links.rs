@@ -1,0 +1,356 @@
+//! Refs written inside content: the links that keep content reachable.
+//!
+//! The seed's patterns build structures out of content that names other
+//! content (a linked list's node names the next node, a log entry names
+//! the previous one, a snapshot names its parts), each by its ref written
+//! as 64 hex digits. Garbage collection must follow those links, or it
+//! takes everything a structure holds past its labelled head.
+//!
+//! The rule is deliberately simple and conservative: any run of exactly 64
+//! hex digits (either case), bounded by a non-hex byte or the end of the
+//! content, is a link to the content with that digest, if the store holds
+//! it. Binary formats that keep raw 32-byte digests are not followed.
+//! Links are found once, while content is written (the same pass that
+//! hashes it), and kept in the index beside the object, so that gc and
+//! export never re-read content to find them.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Read;
+
+use crate::engine::{Change, Engine};
+use crate::error::{Result, io_error};
+use crate::names::{Digest, StoreId};
+
+/// Hex digits in a ref.
+const REF_DIGITS: usize = 64;
+
+/// The most distinct links one object may record. Past it the object
+/// keeps only this many (the first found) and says it overflowed, so
+/// that memory while writing stays bounded whatever the content holds.
+/// Sixty-four thousand links is 4 MiB of hex text.
+pub(crate) const MAX_LINKS_PER_OBJECT: usize = 65_536;
+
+/// The value of a hex digit, or `None`.
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Finds links in content fed piece by piece: a run of hex digits may
+/// span pieces.
+#[derive(Debug, Default)]
+pub(crate) struct LinkScanner<'a> {
+    /// The digest being read, filled two digits a byte.
+    current: [u8; 32],
+    /// Hex digits in the current run (counted past 64, to reject it).
+    run: usize,
+    found: BTreeSet<Digest>,
+    overflowed: bool,
+    /// When set, only links to these objects are kept (and no limit
+    /// applies, since they are bounded by the store's objects).
+    within: Option<&'a HashSet<Digest>>,
+}
+
+impl<'a> LinkScanner<'a> {
+    /// A scanner with nothing read.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// A scanner that keeps only links to `objects`.
+    fn within(objects: &'a HashSet<Digest>) -> Self {
+        Self {
+            within: Some(objects),
+            ..Self::default()
+        }
+    }
+
+    /// Reads the next piece of content.
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            match hex_value(byte) {
+                Some(value) => {
+                    if self.run < REF_DIGITS {
+                        let slot = &mut self.current[self.run / 2];
+                        if self.run % 2 == 0 {
+                            *slot = value << 4;
+                        } else {
+                            *slot |= value;
+                        }
+                    }
+                    self.run = self.run.saturating_add(1);
+                }
+                None => self.end_run(),
+            }
+        }
+    }
+
+    fn end_run(&mut self) {
+        if self.run == REF_DIGITS {
+            if let Some(objects) = self.within {
+                if objects.contains(&Digest(self.current)) {
+                    self.found.insert(Digest(self.current));
+                }
+            } else if self.found.len() < MAX_LINKS_PER_OBJECT {
+                self.found.insert(Digest(self.current));
+            } else if !self.found.contains(&Digest(self.current)) {
+                self.overflowed = true;
+            }
+        }
+        self.run = 0;
+    }
+
+    /// The distinct links found, leaving out `own` (content cannot name
+    /// itself, but a self-reference costs nothing to ignore).
+    pub(crate) fn finish(mut self, own: Digest) -> Links {
+        self.end_run();
+        self.found.remove(&own);
+        Links {
+            targets: self.found.into_iter().collect(),
+            overflowed: self.overflowed,
+        }
+    }
+}
+
+/// The links found in one object's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Links {
+    /// Distinct digests, in order.
+    pub(crate) targets: Vec<Digest>,
+    /// Whether the content held more than [`MAX_LINKS_PER_OBJECT`]
+    /// distinct links, so that `targets` is not all of them; the object is
+    /// then scanned again by gc, against the objects the store holds.
+    pub(crate) overflowed: bool,
+}
+
+impl Links {
+    /// The links in `content`, whose digest is `own`.
+    pub(crate) fn of(content: &[u8], own: Digest) -> Self {
+        let mut scanner = LinkScanner::new();
+        scanner.update(content);
+        scanner.finish(own)
+    }
+}
+
+/// The links between one store's objects, for working out what labels
+/// reach through content. Built from the links recorded in the index plus
+/// a scan of the objects not yet scanned.
+#[derive(Debug, Default)]
+pub(crate) struct LinkGraph {
+    /// Each source's targets.
+    edges: HashMap<Digest, Vec<Digest>>,
+}
+
+impl LinkGraph {
+    /// Loads the links among `objects` (the store's objects as of a
+    /// snapshot). Objects not yet scanned for links are scanned now, their
+    /// content streamed; with `record`, what is found is recorded in the
+    /// index and the objects marked as scanned, so later passes need not
+    /// read them again. Blocking.
+    pub(crate) fn load(
+        engine: &Engine,
+        store: &StoreId,
+        objects: &HashSet<Digest>,
+        record: bool,
+    ) -> Result<Self> {
+        let mut graph = Self::default();
+        for (source, target) in engine.links(store)? {
+            graph.edges.entry(source).or_default().push(target);
+        }
+        let unscanned = engine.unscanned_links(store)?;
+        let mut found = Vec::new();
+        for digest in unscanned {
+            let targets = match engine.open_object(store, digest)? {
+                Some(mut content) => scan_within(&mut content, objects, store, digest)?,
+                None => Vec::new(),
+            };
+            graph.edges.entry(digest).or_default().extend(&targets);
+            found.push((digest, targets));
+        }
+        if record && !found.is_empty() {
+            let handle = tokio::runtime::Handle::current();
+            for chunk in found.chunks(256) {
+                let changes = chunk
+                    .iter()
+                    .map(|(digest, targets)| Change::SetLinks {
+                        store: store.clone(),
+                        digest: *digest,
+                        targets: targets.clone(),
+                    })
+                    .collect();
+                for recorded in handle.block_on(engine.apply_all(changes)) {
+                    recorded?;
+                }
+            }
+        }
+        Ok(graph)
+    }
+
+    /// Everything reachable from `starts` through links, `starts`
+    /// included. Iterative, so a chain of any length is walked in linear
+    /// time without recursion.
+    pub(crate) fn reachable(&self, starts: impl IntoIterator<Item = Digest>) -> HashSet<Digest> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<Digest> = starts.into_iter().collect();
+        while let Some(digest) = stack.pop() {
+            if !seen.insert(digest) {
+                continue;
+            }
+            if let Some(targets) = self.edges.get(&digest) {
+                stack.extend(targets.iter().filter(|target| !seen.contains(target)));
+            }
+        }
+        seen
+    }
+
+    /// `doomed` ordered so that every object comes before the objects it
+    /// links to: removing them in this order never meets an object still
+    /// named by one not yet removed. (Content addressing rules out cycles;
+    /// should the index hold one anyway, its members come last.)
+    pub(crate) fn referrers_first(&self, doomed: Vec<Digest>) -> Vec<Digest> {
+        let members: HashSet<Digest> = doomed.iter().copied().collect();
+        let mut named_by: HashMap<Digest, usize> = HashMap::new();
+        for source in &doomed {
+            for target in self.edges.get(source).into_iter().flatten() {
+                if members.contains(target) && target != source {
+                    *named_by.entry(*target).or_default() += 1;
+                }
+            }
+        }
+        let mut ready: Vec<Digest> = doomed
+            .iter()
+            .copied()
+            .filter(|digest| !named_by.contains_key(digest))
+            .collect();
+        let mut order = Vec::with_capacity(doomed.len());
+        let mut placed = HashSet::new();
+        while let Some(digest) = ready.pop() {
+            placed.insert(digest);
+            order.push(digest);
+            for target in self.edges.get(&digest).into_iter().flatten() {
+                if let Some(count) = named_by.get_mut(target)
+                    && *count > 0
+                {
+                    *count -= 1;
+                    if *count == 0 {
+                        ready.push(*target);
+                    }
+                }
+            }
+        }
+        order.extend(doomed.into_iter().filter(|digest| !placed.contains(digest)));
+        order
+    }
+}
+
+/// The links in an object's content to any of `objects`, read piece by
+/// piece. Blocking.
+fn scan_within(
+    content: &mut dyn Read,
+    objects: &HashSet<Digest>,
+    store: &StoreId,
+    digest: Digest,
+) -> Result<Vec<Digest>> {
+    let mut scanner = LinkScanner::within(objects);
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let read = content.read(&mut buffer).map_err(|source| {
+            let at = std::path::PathBuf::from(format!("<object {}>", digest.to_hex()));
+            io_error(store, "scanning object for links", &at, source)
+        })?;
+        if read == 0 {
+            return Ok(scanner.finish(digest).targets);
+        }
+        scanner.update(&buffer[..read]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(content: &[u8]) -> String {
+        Digest::of(content).to_hex()
+    }
+
+    #[test]
+    fn a_run_of_exactly_64_hex_digits_is_a_link_in_either_case() {
+        let a = hex(b"a");
+        let b = hex(b"b").to_uppercase();
+        let content = format!("{{\"next\":\"{a}\",\"other\":[\"{b}\"]}}");
+        let links = Links::of(content.as_bytes(), Digest::of(b"x"));
+        let mut expected = vec![Digest::of(b"a"), Digest::of(b"b")];
+        expected.sort();
+        assert_eq!(links.targets, expected);
+        assert!(!links.overflowed);
+    }
+
+    #[test]
+    fn longer_or_shorter_runs_are_not_links() {
+        let a = hex(b"a");
+        for content in [
+            format!("{a}0"),
+            format!("f{a}"),
+            a[..63].to_owned(),
+            format!("{a}{a}"),
+        ] {
+            let links = Links::of(content.as_bytes(), Digest::of(b"x"));
+            assert!(links.targets.is_empty(), "{content}");
+        }
+        // Bounded by any non-hex byte, or by the content's ends.
+        let links = Links::of(format!("{a}-{a}\n{a}").as_bytes(), Digest::of(b"x"));
+        assert_eq!(links.targets, [Digest::of(b"a")]);
+    }
+
+    #[test]
+    fn runs_spanning_pieces_are_found_as_in_one_piece() {
+        let content = format!("x{}y{}", hex(b"a"), hex(b"b"));
+        let whole = Links::of(content.as_bytes(), Digest::of(b"x"));
+        for split in 0..content.len() {
+            let mut scanner = LinkScanner::new();
+            scanner.update(&content.as_bytes()[..split]);
+            scanner.update(&content.as_bytes()[split..]);
+            assert_eq!(scanner.finish(Digest::of(b"x")), whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn referrers_come_before_what_they_name_and_walks_are_linear() {
+        let digests: Vec<Digest> = (0..100_000u32)
+            .map(|i| Digest::of(&i.to_le_bytes()))
+            .collect();
+        let mut graph = LinkGraph::default();
+        for pair in digests.windows(2) {
+            graph.edges.entry(pair[0]).or_default().push(pair[1]);
+        }
+        assert_eq!(graph.reachable([digests[0]]).len(), digests.len());
+        assert_eq!(graph.reachable([digests[50_000]]).len(), 50_000);
+        let mut shuffled = digests.clone();
+        shuffled.reverse();
+        let order = graph.referrers_first(shuffled);
+        assert_eq!(order, digests);
+    }
+
+    #[test]
+    fn a_self_reference_is_ignored() {
+        let own = Digest::of(b"me");
+        let links = Links::of(own.to_hex().as_bytes(), own);
+        assert!(links.targets.is_empty());
+    }
+
+    #[test]
+    fn past_the_limit_links_are_dropped_and_the_overflow_is_said() {
+        let mut content = String::new();
+        for i in 0..=MAX_LINKS_PER_OBJECT {
+            content.push_str(&hex(&i.to_le_bytes()));
+            content.push(' ');
+        }
+        let links = Links::of(content.as_bytes(), Digest::of(b"x"));
+        assert_eq!(links.targets.len(), MAX_LINKS_PER_OBJECT);
+        assert!(links.overflowed);
+    }
+}
