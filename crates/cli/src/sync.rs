@@ -65,6 +65,12 @@ pub async fn sync(
 }
 
 fn print_report(report: &SyncReport) {
+    if let Some(why) = &report.first_sync {
+        println!(
+            "{}: first sync, as {why}: nothing is deleted, and labels the two roots disagree on are conflicts",
+            report.store
+        );
+    }
     let verb = if report.dry_run {
         "would copy"
     } else {

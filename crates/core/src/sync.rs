@@ -22,9 +22,15 @@
 //! labels it already moved count as unchanged. Content is copied before
 //! any label that points at it, read verified and stored re-hashed.
 //!
-//! Roots are named in records by their canonical path, so a root that
-//! moves starts afresh: its first sync reports every label the two sides
-//! disagree on as a conflict rather than guess.
+//! Every root has an identity, a UUID created the first time it syncs
+//! and kept in its `_sync` store (not derived from its path). Records name
+//! both identities, and every save of a record gets a new agreement id.
+//! A record counts only when both roots hold the same one (or the
+//! destination holds the direct successor of the source's: a sync killed
+//! between writing the two copies). Otherwise (a root wiped, restored
+//! from a backup, copied, or never synced with this peer) the sync is a
+//! first sync: a union, in which a label the sides disagree on is a
+//! conflict and nothing is deleted, and the report says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -99,6 +105,11 @@ pub struct SyncReport {
     pub labels_kept: u64,
     /// Labels changed on both sides: left alone, for someone to decide.
     pub conflicts: Vec<SyncConflict>,
+    /// Why this sync could not build on what the two roots last agreed
+    /// on, and so ran as a first sync (a union: nothing deleted, every
+    /// disagreement a conflict); `None` when it continued from their shared
+    /// record.
+    pub first_sync: Option<String>,
 }
 
 impl SyncReport {
@@ -124,14 +135,66 @@ pub struct SyncConflict {
 
 /// The record of what two roots agree on for one store: per label, the
 /// values either may hold and count as unchanged (`None`: absent).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Agreed {
-    /// The two roots, as [`StoreRoot::sync_name`] gives them.
+    /// The two roots' identities ([`StoreRoot::sync_identity`]), source
+    /// of the sync that wrote it first.
     roots: [String; 2],
     store: String,
-    /// When it was written (Unix nanoseconds): the newer copy wins.
+    /// When it was written (Unix nanoseconds).
     written_at: u128,
+    /// A new id for every save: two copies are the same record only when
+    /// their ids match.
+    #[serde(default)]
+    agreement: String,
+    /// The agreement this one replaced.
+    #[serde(default)]
+    previous: Option<String>,
     labels: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl Agreed {
+    /// Whether this record was made by the two roots `ids`, either way round.
+    fn between(&self, ids: &[String; 2]) -> bool {
+        (self.roots[0] == ids[0] && self.roots[1] == ids[1])
+            || (self.roots[0] == ids[1] && self.roots[1] == ids[0])
+    }
+}
+
+/// The record a sync may build on, given each root's copy: the shared one,
+/// or why there is none.
+fn shared_record(
+    ids: &[String; 2],
+    source_copy: Option<Agreed>,
+    destination_copy: Option<Agreed>,
+) -> std::result::Result<Agreed, String> {
+    match (source_copy, destination_copy) {
+        (None, None) => Err("the two roots have never synced this store".into()),
+        (Some(_), None) => Err(
+            "the destination holds no record of syncing with the source (wiped, restored, or new)"
+                .into(),
+        ),
+        (None, Some(_)) => Err(
+            "the source holds no record of syncing with the destination (wiped, restored, or new)"
+                .into(),
+        ),
+        (Some(source), Some(destination)) => {
+            if !source.between(ids) || !destination.between(ids) {
+                return Err("the records name other roots (a copied root)".into());
+            }
+            let same = !source.agreement.is_empty() && source.agreement == destination.agreement;
+            // Each save writes the destination's copy first.
+            let interrupted = !source.agreement.is_empty()
+                && destination.previous.as_deref() == Some(source.agreement.as_str());
+            if same || interrupted {
+                Ok(destination)
+            } else {
+                Err("the two roots hold different records of their last sync \
+                     (one was restored from a backup or copied)"
+                    .into())
+            }
+        }
+    }
 }
 
 impl Agreed {
@@ -187,28 +250,30 @@ impl StoreRoot {
     ) -> Result<SyncReport> {
         let source = self.store(id)?;
         let target = destination.store(id)?;
-        let copies = [
-            (destination.clone(), self.sync_record_label(id)),
-            (self.clone(), destination.sync_record_label(id)),
+        let ids = [
+            self.sync_identity().await?,
+            destination.sync_identity().await?,
         ];
-        let mut agreed = Agreed {
-            roots: [self.sync_name(), destination.sync_name()],
-            store: id.to_owned(),
-            ..Agreed::default()
-        };
-        for (root, label) in &copies {
-            if let Some(copy) = load(root, label).await?
-                && copy.written_at > agreed.written_at
-            {
-                agreed.labels = copy.labels;
-                agreed.written_at = copy.written_at;
-            }
-        }
+        let copies = [
+            (destination.clone(), record_label(&ids[0], id)),
+            (self.clone(), record_label(&ids[1], id)),
+        ];
+        let destination_copy = load(&copies[0].0, &copies[0].1).await?;
+        let source_copy = load(&copies[1].0, &copies[1].1).await?;
         let mut report = SyncReport {
             store: id.to_owned(),
             dry_run: options.dry_run,
             ..SyncReport::default()
         };
+        let mut agreed = match shared_record(&ids, source_copy, destination_copy) {
+            Ok(record) => record,
+            Err(why) => {
+                report.first_sync = Some(why);
+                Agreed::default()
+            }
+        };
+        agreed.roots = ids;
+        agreed.store = id.to_owned();
 
         let source_labels = labels(&source, &options.prefix).await?;
         let plans = plan(&target, &source_labels, &agreed, &options.prefix).await?;
@@ -300,17 +365,41 @@ impl StoreRoot {
         ContentStore::in_root(self.clone(), StoreId::reserved(SYNC_STORE))
     }
 
-    /// How this root is named in the records of syncs from it.
-    fn sync_name(&self) -> String {
-        self.identity()
+    /// This root's identity in sync records: a UUID made the first time
+    /// it is asked for and kept in the root's `_sync` store, so that it
+    /// follows the root's data, not its path. A root wiped or created anew
+    /// gets a new one.
+    pub async fn sync_identity(&self) -> Result<String> {
+        let records = self.sync_records();
+        loop {
+            if let Some(bytes) = records.get_content_by_label(IDENTITY_LABEL).await? {
+                return String::from_utf8(bytes).map_err(|_| StoreError::Index {
+                    root: self.path().map(ToOwned::to_owned).unwrap_or_default(),
+                    action: "reading the root's sync identity",
+                    source: format!("{SYNC_STORE} label {IDENTITY_LABEL} is not text").into(),
+                });
+            }
+            let fresh = uuid::Uuid::new_v4().to_string();
+            let fresh_ref = records.store(fresh.clone()).await?;
+            // Two processes asking at once agree on the first one written.
+            if records
+                .compare_and_swap_label(IDENTITY_LABEL, None, Some(&fresh_ref))
+                .await?
+            {
+                return Ok(fresh);
+            }
+        }
     }
+}
 
-    /// The label, in another root's records, of what it agreed with this
-    /// root on for store `id`.
-    fn sync_record_label(&self, id: &str) -> String {
-        let name = blake3::hash(self.sync_name().as_bytes()).to_hex();
-        format!("with/{}/{id}", &name[..32])
-    }
+/// The label under which `_sync` keeps this root's identity.
+const IDENTITY_LABEL: &str = "identity";
+
+/// The label, in a root's records, of what it agreed with the root whose
+/// identity is `peer` on for store `id`.
+fn record_label(peer: &str, id: &str) -> String {
+    let name = blake3::hash(peer.as_bytes()).to_hex();
+    format!("with/{}/{id}", &name[..32])
 }
 
 /// Every label under `prefix`, with its target.
@@ -533,6 +622,9 @@ async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());
     agreed.written_at = now.max(agreed.written_at + 1);
+    let next = uuid::Uuid::new_v4().to_string();
+    agreed.previous =
+        Some(std::mem::replace(&mut agreed.agreement, next)).filter(|p| !p.is_empty());
     let bytes = serde_json::to_vec(agreed).expect("a sync record serializes");
     for (root, label) in copies {
         root.sync_records()

@@ -261,3 +261,137 @@ async fn damaged_source_content_is_never_copied() {
         assert!(!target.exists(&content_ref).await.unwrap());
     }
 }
+
+async fn labels_of(store: &ContentStore) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for entry in store.list_labels_page("", None, 10_000).await.unwrap() {
+        all.push((entry.label, entry.content_ref.hash().to_owned()));
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_wiped_destination_gets_everything_back_and_deletes_nothing_at_the_source() {
+    let (dir, a, b) = two_roots();
+    let source = a.store("docs").unwrap();
+    for i in 0..20 {
+        source
+            .store_at_label(&format!("doc:{i:02}"), format!("body {i}"))
+            .await
+            .unwrap();
+    }
+    assert!(
+        sync(&a, &b, &SyncOptions::default())
+            .await
+            .first_sync
+            .is_some()
+    );
+    let before = labels_of(&source).await;
+    drop(b);
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+
+    // The same path, a new root: not the peer the record was made with.
+    let b = StoreRoot::new(dir.path().join("b"));
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(report.first_sync.is_some(), "{report:?}");
+    assert_eq!(report.labels_moved, 20);
+    let back = sync(&b, &a, &SyncOptions::default()).await;
+    assert!(back.converged(), "{back:?}");
+    assert_eq!(labels_of(&source).await, before);
+    assert_eq!(labels_of(&b.store("docs").unwrap()).await, before);
+}
+
+#[tokio::test]
+async fn a_peer_restored_from_an_older_package_causes_conflicts_not_rollbacks() {
+    let (dir, x, y) = two_roots();
+    let source = x.store("docs").unwrap();
+    source.store_at_label("cfg", "v1").await.unwrap();
+    sync(&x, &y, &SyncOptions::default()).await;
+    let (_, package) = y
+        .store("docs")
+        .unwrap()
+        .export_package(None, Vec::new(), Arc::new(()))
+        .await
+        .unwrap();
+    source.store_at_label("cfg", "v2").await.unwrap();
+    sync(&x, &y, &SyncOptions::default()).await;
+
+    // Y is lost and restored from the older package.
+    drop(y);
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    let y = StoreRoot::new(dir.path().join("b"));
+    y.store("docs")
+        .unwrap()
+        .import_package(std::io::Cursor::new(package), Arc::new(()))
+        .await
+        .unwrap();
+    let there = sync(&x, &y, &SyncOptions::default()).await;
+    let back = sync(&y, &x, &SyncOptions::default()).await;
+    assert_eq!(there.conflicts.len(), 1, "{there:?}");
+    assert_eq!(back.conflicts.len(), 1, "{back:?}");
+    assert_eq!(value(&source, "cfg").await.as_deref(), Some("v2"));
+}
+
+#[tokio::test]
+async fn a_copied_root_does_not_take_deletions_from_a_record_it_does_not_share() {
+    if common::shared_engine() {
+        return; // Copies a directory root.
+    }
+    let (dir, a, b) = two_roots();
+    let source = a.store("docs").unwrap();
+    source.store_at_label("x", "kept").await.unwrap();
+    source
+        .store_at_label("y", "removed at the source")
+        .await
+        .unwrap();
+    sync(&a, &b, &SyncOptions::default()).await;
+    // A copy of B, made while nothing writes to it.
+    let copy_path = dir.path().join("c");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("b"))
+        .arg(&copy_path)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    source.remove_label("y").await.unwrap();
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert_eq!(report.labels_moved, 1);
+    assert_eq!(value(&b.store("docs").unwrap(), "y").await, None);
+
+    // The copy still holds the record B held before that sync.
+    let c = StoreRoot::new(&copy_path);
+    let report = sync(&a, &c, &SyncOptions::default()).await;
+    assert!(report.first_sync.is_some(), "{report:?}");
+    assert_eq!(
+        value(&c.store("docs").unwrap(), "y").await.as_deref(),
+        Some("removed at the source")
+    );
+}
+
+#[tokio::test]
+async fn a_sync_by_prefix_carries_what_the_labels_reach_through_content() {
+    let (_dir, a, b) = two_roots();
+    let source = a.store("docs").unwrap();
+    let tail = source.store("the last node").await.unwrap();
+    let middle = source
+        .store(format!("{{\"next\":\"{}\"}}", tail.hash()))
+        .await
+        .unwrap();
+    let head = source
+        .store(format!("{{\"next\":\"{}\"}}", middle.hash()))
+        .await
+        .unwrap();
+    source.label("list:head", &head).await.unwrap();
+    source.store_at_label("other", "not synced").await.unwrap();
+    let options = SyncOptions {
+        prefix: "list:".into(),
+        ..SyncOptions::default()
+    };
+    let report = sync(&a, &b, &options).await;
+    assert_eq!(report.objects_copied, 3, "{report:?}");
+    let target = b.store("docs").unwrap();
+    for node in [&head, &middle, &tail] {
+        target.get(node).await.unwrap();
+    }
+}
