@@ -80,7 +80,14 @@ fn line(entry: &ChainEntry) -> String {
 
 /// Walks `actor`'s chain back from its head; exits 1 at a broken link.
 pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let report = root.event_chain(actor)?.verify().await?;
+    let chain = root.event_chain(actor)?;
+    if chain.head().await?.is_none() {
+        anyhow::bail!(
+            "actor {actor} has no event chain in this root (`theater-store chain ACTOR` needs \
+             the id `run` printed; nothing was recorded under this one)"
+        );
+    }
+    let report = chain.verify().await?;
     if json {
         print_json(&report)?;
     } else {

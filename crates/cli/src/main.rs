@@ -120,10 +120,13 @@ enum Command {
     Export {
         /// The store id.
         store: String,
-        /// Only labels starting with this, and the content they point at.
+        /// Only labels starting with this, and the content they reach (what
+        /// they point at, and what refs written inside it name).
         #[arg(long)]
         prefix: Option<String>,
-        /// The package file to write.
+        /// The package file to write (`-`: standard output). A device, FIFO
+        /// or symlink is written into as it is; a regular file is replaced
+        /// only once the package is whole.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
     },
@@ -133,6 +136,13 @@ enum Command {
         store: String,
         /// The package file.
         file: PathBuf,
+        /// Check the package and report what it would change, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Point labels the store has elsewhere at the package's content
+        /// anyway (without it they are kept and reported as conflicts: exit 1).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// List an actor's recorded store calls (its event chain), newest first.
     Chain {
@@ -312,7 +322,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prefix,
             output,
         } => stores::export(&root, &store, prefix.as_deref(), &output, json).await,
-        Command::Import { store, file } => stores::import(&root, &store, &file, json).await,
+        Command::Import {
+            store,
+            file,
+            dry_run,
+            overwrite,
+        } => {
+            let options = theater_store::ImportOptions { dry_run, overwrite };
+            stores::import(&root, &store, &file, options, json).await
+        }
         Command::Chain { actor, limit } => chain::list(&root, &actor, limit, json).await,
         Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,

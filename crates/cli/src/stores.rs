@@ -72,7 +72,27 @@ async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<C
         stores.extend(root.reserved_stores().await?);
         return Ok(stores);
     };
-    Ok(vec![open(root, id)?])
+    Ok(vec![existing(root, id).await?])
+}
+
+/// Store `id`, which must exist: maintenance of a mistyped store would
+/// otherwise report an empty store as healthy.
+async fn existing(root: &StoreRoot, id: &str) -> anyhow::Result<ContentStore> {
+    let store = open(root, id)?;
+    let listed = root.stores().await?.iter().any(|summary| summary.id == id)
+        || root
+            .reserved_stores()
+            .await?
+            .iter()
+            .any(|reserved| reserved.id() == id);
+    if !listed {
+        anyhow::bail!(
+            "store {} does not exist in root {} (`theater-store stores` lists them)",
+            printable(id),
+            root.describe().unwrap_or_default()
+        );
+    }
+    Ok(store)
 }
 
 pub async fn list_stores(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
@@ -362,21 +382,40 @@ pub async fn export(
     output: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = open(root, store)?;
-    // The core writes on a blocking thread, so it gets its own handle to
-    // the temporary file.
-    let partial = temp_file_beside(output)?;
-    let file = partial.as_file().try_clone()?;
+    let store = existing(root, store).await?;
     let bar = Bar::new(&format!("exporting {}", store.id()), true);
-    let exported = store.export_package(prefix, file, bar.clone()).await;
+    let to_stdout = output == Path::new("-");
+    let finished = match Output::for_path(output)? {
+        Output::Replace(partial) => {
+            // The core writes on a blocking thread, so it gets its own
+            // handle to the temporary file.
+            let file = partial.as_file().try_clone()?;
+            let exported = store.export_package(prefix, file, bar.clone()).await;
+            exported
+                .map_err(anyhow::Error::from)
+                .and_then(|(summary, file)| {
+                    file.sync_all()?;
+                    partial.persist(output)?;
+                    Ok(summary)
+                })
+        }
+        Output::Into(file) => {
+            let exported = store.export_package(prefix, file, bar.clone()).await;
+            exported.map(|(summary, _)| summary).map_err(Into::into)
+        }
+        Output::Stdout => {
+            let exported = store
+                .export_package(prefix, std::io::stdout(), bar.clone())
+                .await;
+            exported
+                .map_err(anyhow::Error::from)
+                .and_then(|(summary, mut out)| {
+                    std::io::Write::flush(&mut out)?;
+                    Ok(summary)
+                })
+        }
+    };
     bar.finish();
-    let finished = exported
-        .map_err(anyhow::Error::from)
-        .and_then(|(summary, file)| {
-            file.sync_all()?;
-            partial.persist(output)?;
-            Ok(summary)
-        });
     let summary = finished
         .with_context(|| format!("exporting store {} to {}", store.id(), output.display()))?;
     for content_ref in &summary.vanished {
@@ -385,25 +424,67 @@ pub async fn export(
              and is not in the package (nor is any label that pointed at it)"
         );
     }
-    if json {
-        print_json(&summary)?;
-    } else {
-        println!(
-            "exported {} objects ({} bytes) and {} labels from {} to {}",
-            summary.objects,
-            summary.bytes,
-            summary.labels,
-            store.id(),
-            output.display()
-        );
+    let said = format!(
+        "exported {} objects ({} bytes) and {} labels from {} to {}",
+        summary.objects,
+        summary.bytes,
+        summary.labels,
+        store.id(),
+        output.display()
+    );
+    match (json, to_stdout) {
+        // The package is on stdout: what is said about it goes to stderr.
+        (true, true) => eprintln!("{}", serde_json::to_string(&summary)?),
+        (false, true) => eprintln!("{said}"),
+        (true, false) => print_json(&summary)?,
+        (false, false) => println!("{said}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where an export writes.
+enum Output {
+    /// A new regular file (or one to replace): written beside it, then
+    /// renamed onto it once whole.
+    Replace(tempfile::NamedTempFile),
+    /// Something that is not a regular file of its own (a device, a FIFO,
+    /// a symlink's target): written into as it is, never replaced.
+    Into(std::fs::File),
+    /// Standard output (`-o -`).
+    Stdout,
+}
+
+impl Output {
+    fn for_path(path: &Path) -> anyhow::Result<Self> {
+        if path == Path::new("-") {
+            return Ok(Self::Stdout);
+        }
+        let replaceable = match std::fs::symlink_metadata(path) {
+            Ok(metadata) => metadata.file_type().is_file(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+            Err(error) => {
+                return Err(error).with_context(|| format!("inspecting {}", path.display()));
+            }
+        };
+        if replaceable {
+            return Ok(Self::Replace(temp_file_beside(path)?));
+        }
+        // A symlink to a regular file is written through, from the start.
+        let truncate = std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(truncate)
+            .open(path)
+            .with_context(|| format!("opening {} for writing", path.display()))?;
+        Ok(Self::Into(file))
+    }
 }
 
 pub async fn import(
     root: &StoreRoot,
     store: &str,
     file: &Path,
+    options: theater_store::ImportOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
@@ -413,7 +494,7 @@ pub async fn import(
     let bar = Bar::new(&format!("importing into {}", store.id()), true);
     theater_store::Progress::start(&*bar, length);
     let summary = store
-        .import_package(input, bar.clone())
+        .import_package_with(input, options, bar.clone())
         .await
         .with_context(|| format!("importing {} into store {}", file.display(), store.id()));
     bar.finish();
@@ -421,16 +502,36 @@ pub async fn import(
     if json {
         print_json(&summary)?;
     } else {
+        let verb = if summary.dry_run {
+            "would import"
+        } else {
+            "imported"
+        };
         println!(
-            "imported {} objects ({} new, {} bytes) and {} labels into {}",
+            "{verb} {} objects ({} new, {} bytes) and {} labels into {} ({} already so, {} in conflict)",
             summary.objects,
             summary.new_objects,
             summary.bytes,
             summary.labels,
-            store.id()
+            store.id(),
+            summary.labels_unchanged,
+            summary.conflicts.len()
         );
+        for conflict in &summary.conflicts {
+            println!(
+                "conflict in {}: label {} is {} here and {} in the package; kept (--overwrite replaces it)",
+                store.id(),
+                printable(&conflict.label),
+                conflict.current,
+                conflict.package
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if summary.conflicts.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn rm_store(
@@ -439,6 +540,7 @@ pub async fn rm_store(
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    existing(root, store).await?;
     let report = root.remove_store(store, dry_run).await?;
     if json {
         print_json(&report)?;

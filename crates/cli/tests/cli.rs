@@ -1495,3 +1495,194 @@ fn signed_s3_access_uses_the_aws_keys_and_never_prints_the_secret() {
         .assert()
         .failure();
 }
+
+/// Every run of exactly 64 hex digits in `text`.
+fn hex_refs(text: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        let run = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        if run == 64 {
+            refs.push(text[start..start + 64].to_lowercase());
+        }
+        start += run.max(1);
+    }
+    refs
+}
+
+/// Every (store, ref) the root's labels reach, through refs written
+/// inside content too, found with `labels` and `cat` as an operator would.
+fn reachable_through_content(env: &Env) -> std::collections::BTreeSet<(String, String)> {
+    let stores = env.json(&["stores"]);
+    let mut reached = std::collections::BTreeSet::new();
+    for store in stores.as_array().unwrap() {
+        let id = store["id"].as_str().unwrap().to_owned();
+        let labels = env.json(&["labels", &id]);
+        let mut pending = hex_refs(&labels.to_string());
+        while let Some(content_ref) = pending.pop() {
+            if reached.contains(&(id.clone(), content_ref.clone())) {
+                continue;
+            }
+            let out = env.cmd().args(["cat", &id, &content_ref]).output().unwrap();
+            if !out.status.success() {
+                continue; // A 64-hex string that names nothing in this store.
+            }
+            reached.insert((id.clone(), content_ref));
+            pending.extend(hex_refs(&String::from_utf8_lossy(&out.stdout)));
+        }
+    }
+    reached
+}
+
+#[test]
+fn gc_after_the_demo_keeps_every_structure_readable_end_to_end() {
+    let env = Env::new();
+    env.cmd().arg("demo").assert().success();
+    let before = reachable_through_content(&env);
+    assert!(before.len() > 20, "{before:?}");
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    for (store, content_ref) in &before {
+        env.cmd()
+            .args(["cat", store, content_ref])
+            .assert()
+            .success();
+    }
+    assert_eq!(reachable_through_content(&env), before);
+}
+
+#[test]
+fn export_writes_into_fifos_symlinks_and_stdout_without_replacing_them() {
+    let env = Env::new();
+    env.put("src", "alpha", Some("a"));
+    // Standard output.
+    let out = env
+        .cmd()
+        .args(["export", "src", "-o", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(out.stdout.starts_with(b"THEATER-STORE-PK"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 1 objects"));
+    // A symlink: the target is written, the link stays a link.
+    let target = env.file("target.pkg", b"old");
+    let link = env.dir.path().join("link.pkg");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    env.cmd()
+        .args(["export", "src", "-o"])
+        .arg(&link)
+        .assert()
+        .success();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), out.stdout);
+    // A FIFO stays a FIFO, and its reader gets the package.
+    let fifo = env.dir.path().join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    env.cmd()
+        .args(["export", "src", "-o"])
+        .arg(&fifo)
+        .assert()
+        .success();
+    assert_eq!(reader.join().unwrap(), out.stdout);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+#[test]
+fn import_keeps_newer_labels_unless_told_and_a_dry_run_changes_nothing() {
+    let env = Env::new();
+    env.put("app", "v1", Some("cfg"));
+    let package = env.dir.path().join("backup.pkg");
+    env.cmd()
+        .args(["export", "app", "-o"])
+        .arg(&package)
+        .assert()
+        .success();
+    let v2 = env.put("app", "v2", Some("cfg"));
+    env.put("app", "kept", Some("extra"));
+    env.cmd()
+        .args(["import", "app", "--dry-run"])
+        .arg(&package)
+        .assert()
+        .code(1)
+        .stdout(contains("would import").and(contains("conflict in app: label cfg")));
+    env.cmd()
+        .args(["import", "app"])
+        .arg(&package)
+        .assert()
+        .code(1)
+        .stdout(contains("1 in conflict"));
+    env.cmd()
+        .args(["labels", "app"])
+        .assert()
+        .success()
+        .stdout(contains(&v2).and(contains("extra")));
+    env.cmd()
+        .args(["import", "app", "--overwrite"])
+        .arg(&package)
+        .assert()
+        .success();
+    env.cmd()
+        .args(["cat", "app", "--label", "cfg"])
+        .assert()
+        .success()
+        .stdout("v1");
+    // A dry run into an empty store writes nothing.
+    env.cmd()
+        .args(["import", "fresh", "--dry-run"])
+        .arg(&package)
+        .assert()
+        .success();
+    env.cmd()
+        .args(["stores"])
+        .assert()
+        .success()
+        .stdout(contains("fresh").not());
+}
+
+#[test]
+fn maintenance_of_a_missing_store_or_chain_fails_naming_it() {
+    let env = Env::new();
+    env.put("app", "v1", Some("cfg"));
+    for args in [
+        &["verify", "nosuchstore"][..],
+        &["gc", "nosuchstore"],
+        &["export", "nosuchstore", "-o", "x.pkg"],
+        &["rm-store", "nosuchstore"],
+    ] {
+        env.cmd()
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(contains("store nosuchstore does not exist"));
+    }
+    env.cmd()
+        .args(["verify-chain", "no-such-actor"])
+        .assert()
+        .code(1)
+        .stderr(contains("actor no-such-actor has no event chain"));
+}

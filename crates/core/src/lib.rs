@@ -50,7 +50,7 @@ pub use maintenance::{
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use options::Options;
-pub use package::{PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
+pub use package::{ImportConflict, ImportOptions, PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};

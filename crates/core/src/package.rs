@@ -51,6 +51,36 @@ pub struct PackageSummary {
     /// could be copied, left out of the package with any labels that
     /// pointed at them (labels moved away from them after the snapshot).
     pub vanished: Vec<crate::ContentRef>,
+    /// On import: whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// On import: labels the store already had, pointing where the
+    /// package says.
+    pub labels_unchanged: u64,
+    /// On import: labels the store has pointing elsewhere, kept as they
+    /// are (unless [`ImportOptions::overwrite`]).
+    pub conflicts: Vec<ImportConflict>,
+}
+
+/// A label an import found pointing elsewhere than the package says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ImportConflict {
+    /// The label.
+    pub label: String,
+    /// What the store has.
+    pub current: crate::ContentRef,
+    /// What the package has.
+    pub package: crate::ContentRef,
+}
+
+/// How [`ContentStore::import_package_with`] treats the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImportOptions {
+    /// Check the package and report what it would change, changing nothing.
+    pub dry_run: bool,
+    /// Point labels the store has elsewhere at the package's content
+    /// anyway. Without it they are kept and reported as conflicts, so that
+    /// an older backup never silently replaces newer labels.
+    pub overwrite: bool,
 }
 
 impl ContentStore {
@@ -72,13 +102,27 @@ impl ContentStore {
         blocking(move || export(&engine, &store, prefix.as_deref(), out, &*progress)).await
     }
 
-    /// Reads a package, checks every object's hash and the package's
-    /// checksum, then adds the objects and points the labels at them.
-    /// Nothing is published unless the whole package is sound. Progress is
-    /// reported in bytes of the package.
+    /// [`ContentStore::import_package_with`] with the default options: a
+    /// label the store has pointing elsewhere is kept and reported.
     pub async fn import_package<R: Read + Send + 'static>(
         &self,
         input: R,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PackageSummary> {
+        self.import_package_with(input, ImportOptions::default(), progress)
+            .await
+    }
+
+    /// Reads a package, checks every object's hash and the package's
+    /// checksum, then adds the objects and points the labels at them:
+    /// labels the store lacks are created; labels it has pointing
+    /// elsewhere are conflicts, kept unless `options.overwrite`. Nothing
+    /// is published unless the whole package is sound, and nothing at all
+    /// in a dry run. Progress is reported in bytes of the package.
+    pub async fn import_package_with<R: Read + Send + 'static>(
+        &self,
+        input: R,
+        options: ImportOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PackageSummary> {
         let engine = self.root().engine().await?;
@@ -93,6 +137,18 @@ impl ContentStore {
             labels,
             mut summary,
         } = staged;
+        summary.dry_run = options.dry_run;
+        if options.dry_run {
+            summary.new_objects = objects.len() as u64;
+            for (_, (_, staged, _)) in objects {
+                engine.discard(staged);
+            }
+            for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
+                self.plan_labels(&engine, chunk, options, &mut summary)
+                    .await?;
+            }
+            return Ok(summary);
+        }
         let changes = objects
             .into_iter()
             .map(|(digest, (size, staged, links))| Change::AddObject {
@@ -109,24 +165,63 @@ impl ContentStore {
         }
         // Labels go in chunks, so that a package with many labels never
         // holds the root's write lock for long; a failure part way leaves
-        // some labels applied, and importing again finishes the job.
-        let changes = labels
-            .chunks(LABELS_PER_TRANSACTION)
-            .map(|chunk| Change::SetLabels {
-                store: self.store_id().clone(),
-                expected: None,
-                labels: chunk
-                    .iter()
-                    .map(|(label, target)| (label.clone(), Some(*target)))
-                    .collect(),
-            })
-            .collect();
-        for applied in engine.apply_all(changes).await {
-            applied?;
+        // some labels applied, and importing again finishes the job. Each
+        // chunk applies only if its labels still hold what was read;
+        // otherwise it is read and decided again.
+        for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
+            loop {
+                let mut decided = PackageSummary::default();
+                let (writes, expected) = self
+                    .plan_labels(&engine, chunk, options, &mut decided)
+                    .await?;
+                let change = Change::SetLabels {
+                    store: self.store_id().clone(),
+                    labels: writes,
+                    expected: Some(expected),
+                };
+                if engine.apply(change).await? {
+                    summary.labels_unchanged += decided.labels_unchanged;
+                    summary.conflicts.extend(decided.conflicts);
+                    break;
+                }
+            }
         }
         Ok(summary)
     }
+
+    /// Decides what importing `labels` does: which to write (with what
+    /// they hold now, for a compare-and-swap), which already agree, and
+    /// which conflict.
+    async fn plan_labels(
+        &self,
+        engine: &Engine,
+        labels: &[(String, Digest)],
+        options: ImportOptions,
+        summary: &mut PackageSummary,
+    ) -> Result<LabelWrites> {
+        let mut writes = Vec::new();
+        let mut expected = Vec::new();
+        for (label, target) in labels {
+            let current = engine.label_target(self.store_id(), label).await?;
+            match current {
+                Some(current) if current == *target => summary.labels_unchanged += 1,
+                Some(current) if !options.overwrite => summary.conflicts.push(ImportConflict {
+                    label: label.clone(),
+                    current: current.into(),
+                    package: (*target).into(),
+                }),
+                _ => {
+                    writes.push((label.clone(), Some(*target)));
+                    expected.push(current);
+                }
+            }
+        }
+        Ok((writes, expected))
+    }
 }
+
+/// Label writes and, one per label, what it must hold for them to apply.
+type LabelWrites = (Vec<(String, Option<Digest>)>, Vec<Option<Digest>>);
 
 fn export<W: Write>(
     engine: &Engine,
