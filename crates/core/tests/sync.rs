@@ -288,10 +288,10 @@ async fn a_wiped_destination_gets_everything_back_and_deletes_nothing_at_the_sou
     );
     let before = labels_of(&source).await;
     drop(b);
-    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
 
-    // The same path, a new root: not the peer the record was made with.
-    let b = StoreRoot::new(dir.path().join("b"));
+    // B is lost and set up anew (beside the old one, whose files this
+    // process may still have open): not the peer the record was made with.
+    let b = StoreRoot::new(dir.path().join("b-anew"));
     let report = sync(&a, &b, &SyncOptions::default()).await;
     assert!(report.first_sync.is_some(), "{report:?}");
     assert_eq!(report.labels_moved, 20);
@@ -316,10 +316,9 @@ async fn a_peer_restored_from_an_older_package_causes_conflicts_not_rollbacks() 
     source.store_at_label("cfg", "v2").await.unwrap();
     sync(&x, &y, &SyncOptions::default()).await;
 
-    // Y is lost and restored from the older package.
+    // Y is lost and restored from the older package, into a new root.
     drop(y);
-    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
-    let y = StoreRoot::new(dir.path().join("b"));
+    let y = StoreRoot::new(dir.path().join("b-restored"));
     y.store("docs")
         .unwrap()
         .import_package(std::io::Cursor::new(package), Arc::new(()))
