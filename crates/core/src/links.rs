@@ -76,7 +76,7 @@ impl<'a> LinkScanner<'a> {
                 Some(value) => {
                     if self.run < REF_DIGITS {
                         let slot = &mut self.current[self.run / 2];
-                        if self.run % 2 == 0 {
+                        if self.run.is_multiple_of(2) {
                             *slot = value << 4;
                         } else {
                             *slot |= value;

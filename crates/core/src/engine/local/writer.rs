@@ -167,6 +167,8 @@ impl Writer {
     /// Applies `change` at once if nobody else is writing; hands it back
     /// otherwise. Never waits: not for the thread, not for another
     /// process's lock.
+    // The change is handed back whole, to be queued: no copy is made.
+    #[allow(clippy::result_large_err)]
     fn try_direct(&self, change: Change) -> std::result::Result<Result<bool>, Change> {
         if !self.direct {
             return Err(change);
@@ -217,6 +219,7 @@ impl Publisher {
     /// process holds the root's write lock: then the change is handed back
     /// for the thread, which waits for the lock without holding up the
     /// caller's thread.
+    #[allow(clippy::result_large_err)]
     fn apply_now(&mut self, change: Change) -> std::result::Result<Result<bool>, Change> {
         let db = &self.connection;
         let _ = db.busy_timeout(Duration::ZERO);
