@@ -17,7 +17,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 
-use crate::engine::{Change, Engine};
+use crate::engine::{Change, Engine, ObjectRow};
 use crate::error::{Result, io_error};
 use crate::names::{Digest, StoreId};
 
@@ -30,15 +30,25 @@ const REF_DIGITS: usize = 64;
 /// Sixty-four thousand links is 4 MiB of hex text.
 pub(crate) const MAX_LINKS_PER_OBJECT: usize = 65_536;
 
-/// The value of a hex digit, or `None`.
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
+/// Marks a byte that is not a hex digit in [`HEX_VALUES`].
+const NOT_HEX: u8 = 0xff;
+
+/// Each byte's value as a hex digit, or [`NOT_HEX`]: one lookup per byte
+/// on the write path.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match byte as u8 {
+            digit @ b'0'..=b'9' => digit - b'0',
+            letter @ b'a'..=b'f' => letter - b'a' + 10,
+            letter @ b'A'..=b'F' => letter - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        byte += 1;
     }
-}
+    table
+};
 
 /// Finds links in content fed piece by piece: a run of hex digits may
 /// span pieces.
@@ -72,20 +82,22 @@ impl<'a> LinkScanner<'a> {
     /// Reads the next piece of content.
     pub(crate) fn update(&mut self, bytes: &[u8]) {
         for &byte in bytes {
-            match hex_value(byte) {
-                Some(value) => {
-                    if self.run < REF_DIGITS {
-                        let slot = &mut self.current[self.run / 2];
-                        if self.run.is_multiple_of(2) {
-                            *slot = value << 4;
-                        } else {
-                            *slot |= value;
-                        }
-                    }
-                    self.run = self.run.saturating_add(1);
+            let value = HEX_VALUES[usize::from(byte)];
+            if value == NOT_HEX {
+                if self.run > 0 {
+                    self.end_run();
                 }
-                None => self.end_run(),
+                continue;
             }
+            if self.run < REF_DIGITS {
+                let slot = &mut self.current[self.run / 2];
+                if self.run.is_multiple_of(2) {
+                    *slot = value << 4;
+                } else {
+                    *slot |= value;
+                }
+            }
+            self.run = self.run.saturating_add(1);
         }
     }
 
@@ -207,11 +219,23 @@ impl LinkGraph {
         seen
     }
 
-    /// `doomed` ordered so that every object comes before the objects it
+    /// `rows` ordered so that every object comes before the objects it
     /// links to: removing them in this order never meets an object still
-    /// named by one not yet removed. (Content addressing rules out cycles;
-    /// should the index hold one anyway, its members come last.)
-    pub(crate) fn referrers_first(&self, doomed: Vec<Digest>) -> Vec<Digest> {
+    /// named by one not yet removed.
+    pub(crate) fn referrers_first(&self, rows: Vec<ObjectRow>) -> Vec<ObjectRow> {
+        let digests = rows.iter().map(|row| row.digest).collect();
+        let mut rows: HashMap<Digest, ObjectRow> =
+            rows.into_iter().map(|row| (row.digest, row)).collect();
+        self.removal_order(digests)
+            .into_iter()
+            .filter_map(|digest| rows.remove(&digest))
+            .collect()
+    }
+
+    /// [`LinkGraph::referrers_first`] of bare digests. (Content addressing
+    /// rules out cycles; should the index hold one anyway, its members come
+    /// last.)
+    fn removal_order(&self, doomed: Vec<Digest>) -> Vec<Digest> {
         let members: HashSet<Digest> = doomed.iter().copied().collect();
         let mut named_by: HashMap<Digest, usize> = HashMap::new();
         for source in &doomed {
@@ -331,7 +355,7 @@ mod tests {
         assert_eq!(graph.reachable([digests[50_000]]).len(), 50_000);
         let mut shuffled = digests.clone();
         shuffled.reverse();
-        let order = graph.referrers_first(shuffled);
+        let order = graph.removal_order(shuffled);
         assert_eq!(order, digests);
     }
 

@@ -1,7 +1,7 @@
 //! Checking and cleaning a store: [`ContentStore::verify`] and
 //! [`ContentStore::collect_garbage`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -308,25 +308,16 @@ impl ContentStore {
                 .map(|row| row.digest),
         );
         let mut doomed = Vec::new();
-        for row in &rows {
+        for row in rows {
             if labelled.contains(&row.digest) {
                 report.kept_labelled += 1;
             } else if recent.contains(&row.digest) {
                 report.kept_recent += 1;
             } else {
-                doomed.push(row.digest);
+                doomed.push(row);
             }
         }
-        let sizes: HashMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
-        let doomed: Vec<ObjectRow> = graph
-            .referrers_first(doomed)
-            .into_iter()
-            .map(|digest| ObjectRow {
-                digest,
-                size: sizes[&digest],
-                stored_at: 0,
-            })
-            .collect();
+        let doomed = graph.referrers_first(doomed);
         progress.start((doomed.len() + unindexed.len()) as u64);
         if options.dry_run {
             report.objects_removed = doomed.len() as u64;
@@ -503,13 +494,7 @@ impl StoreRoot {
                 let rows = engine.snapshot(&store_id, "")?.objects;
                 let held: HashSet<Digest> = rows.iter().map(|row| row.digest).collect();
                 let graph = LinkGraph::load(&engine, &store_id, &held, true)?;
-                let sizes: HashMap<Digest, ObjectRow> =
-                    rows.into_iter().map(|row| (row.digest, row)).collect();
-                let order = graph.referrers_first(sizes.keys().copied().collect());
-                Ok(order
-                    .into_iter()
-                    .map(|digest| sizes[&digest])
-                    .collect::<Vec<_>>())
+                Ok(graph.referrers_first(rows))
             }
         })
         .await?;

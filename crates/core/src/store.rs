@@ -183,9 +183,8 @@ impl ContentStore {
         }
         let (engine, store) = (Arc::clone(engine), self.id.clone());
         blocking(move || {
-            let (digest, staged) = hash_and_stage(&engine, &store, Arc::clone(&content));
-            let staged = staged?;
-            Ok((digest, staged, Links::of(&content, digest)))
+            let (digest, links, staged) = hash_and_stage(&engine, &store, content);
+            Ok((digest, staged?, links))
         })
         .await
     }
@@ -553,38 +552,39 @@ impl ContentStore {
     }
 }
 
-/// Hashes `content` and stages it in a file, at the same time for large
-/// content: the cost is then the slower of the two rather than their sum.
-/// Blocking.
+/// Hashes `content` (finding the refs written inside it) and stages it in
+/// a file, at the same time for large content: the cost is then the
+/// slower of the two rather than their sum. Blocking.
 fn hash_and_stage(
     engine: &Engine,
     store: &StoreId,
     content: Arc<Vec<u8>>,
-) -> (Digest, Result<Staged>) {
+) -> (Digest, Links, Result<Staged>) {
     let hash = |content: &[u8]| {
         let mut hasher = TreeHasher::new(Vec::new());
         hasher
             .update(content)
             .expect("hashing into memory cannot fail");
-        hasher.finish().expect("hashing into memory cannot fail")
+        let (digest, outboard) = hasher.finish().expect("hashing into memory cannot fail");
+        (digest, outboard, Links::of(content, digest))
     };
     if content.len() < PARALLEL_WRITE_MIN {
-        let (digest, outboard) = hash(&content);
+        let (digest, outboard, links) = hash(&content);
         let staged = engine.stage(store, content);
         if let Ok(staged) = &staged {
             engine.attach_outboard(staged, &outboard);
         }
-        return (digest, staged);
+        return (digest, links, staged);
     }
     // The outboard comes with the hash; it is written once the file is.
     std::thread::scope(|scope| {
         let hashing = scope.spawn(|| hash(&content));
         let staged = engine.stage(store, Arc::clone(&content));
-        let (digest, outboard) = hashing.join().expect("hashing does not panic");
+        let (digest, outboard, links) = hashing.join().expect("hashing does not panic");
         if let Ok(staged) = &staged {
             engine.attach_outboard(staged, &outboard);
         }
-        (digest, staged)
+        (digest, links, staged)
     })
 }
 

@@ -143,9 +143,9 @@ CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
 CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
 
--- Adds (or refreshes) an object row, records its links (locking their
--- targets' rows in share mode, so a collection of one waits for this and
--- then sees the link) and points p_label at it. Returns 1 when the row is
+-- Adds (or refreshes) an object row, records a new row's links (locking
+-- their targets' rows in share mode, so a collection of one waits for
+-- this and then sees the link) and points p_label at it. Returns 1 when the row is
 -- new, 0 when it was held already.
 DROP FUNCTION IF EXISTS theater_add_object(text, bytea, bigint, bytea, text, bigint, bigint);
 CREATE OR REPLACE FUNCTION theater_add_object(
@@ -173,7 +173,7 @@ BEGIN
             ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at
             RETURNING (xmax = 0) INTO inserted;
     END IF;
-    IF cardinality(p_links) > 0 THEN
+    IF inserted AND cardinality(p_links) > 0 THEN
         PERFORM 1 FROM theater_objects WHERE store = p_store AND digest = ANY(p_links) FOR SHARE;
         INSERT INTO theater_links (store, source, target)
             SELECT p_store, p_digest, t FROM unnest(p_links) AS t ON CONFLICT DO NOTHING;
@@ -420,8 +420,12 @@ pub(super) async fn add_objects(
         .filter(|row| row.get::<_, bool>(2))
         .filter_map(|row| Some((row.get(0), digest_column(row, 1)?)))
         .collect();
+    // Links are recorded with a new row; a row already held has its own.
     let (mut link_stores, mut sources, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
+    for row in rows
+        .iter()
+        .filter(|row| new.contains(&(row.0.as_str().to_owned(), row.1)))
+    {
         for target in &row.5.targets {
             link_stores.push(row.0.as_str());
             sources.push(&row.1.0[..]);
