@@ -118,24 +118,35 @@ enum Command {
     },
     /// Write a package of a store's labels and content (see docs/PACKAGE-FORMAT.md).
     Export {
-        /// The store id.
-        store: String,
+        /// The store id (`_chains`: the event chains).
+        #[arg(required_unless_present = "all")]
+        store: Option<String>,
         /// Only labels starting with this, and the content they reach (what
-        /// they point at, and what refs written inside it name).
+        /// they point at, and what refs written inside it name); in
+        /// `_chains`, `head/ACTOR` for one actor's chain.
         #[arg(long)]
         prefix: Option<String>,
+        /// The whole root: every store and every event chain, for `import --all`.
+        #[arg(long, conflicts_with_all = ["store", "prefix"])]
+        all: bool,
         /// The package file to write (`-`: standard output). A device, FIFO
         /// or symlink is written into as it is; a regular file is replaced
         /// only once the package is whole.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
     },
-    /// Import a package into a store, after checking every hash in it.
+    /// Import a package into a store (or, with --all, a whole root's package
+    /// into this root), after checking every hash in it.
     Import {
-        /// The store id.
-        store: String,
+        /// The store id (`_chains`: event chains, verified before any head moves).
+        #[arg(required_unless_present = "all")]
+        store: Option<String>,
         /// The package file.
-        file: PathBuf,
+        #[arg(required_unless_present = "all")]
+        file: Option<PathBuf>,
+        /// A whole root's package (from `export --all`) to import into this root.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["store", "file"])]
+        all: Option<PathBuf>,
         /// Check the package and report what it would change, changing nothing.
         #[arg(long)]
         dry_run: bool,
@@ -320,16 +331,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export {
             store,
             prefix,
+            all,
             output,
-        } => stores::export(&root, &store, prefix.as_deref(), &output, json).await,
+        } => {
+            let what = match store.as_deref() {
+                Some(id) if !all => stores::Exported::Store {
+                    id,
+                    prefix: prefix.as_deref(),
+                },
+                _ => stores::Exported::Root,
+            };
+            stores::export(&root, what, &output, json).await
+        }
         Command::Import {
             store,
             file,
+            all,
             dry_run,
             overwrite,
         } => {
             let options = theater_store::ImportOptions { dry_run, overwrite };
-            stores::import(&root, &store, &file, options, json).await
+            match (store, file, all) {
+                (_, _, Some(file)) => {
+                    stores::import(&root, stores::Imported::Root, &file, options, json).await
+                }
+                (Some(store), Some(file), None) => {
+                    let into = stores::Imported::Store(&store);
+                    stores::import(&root, into, &file, options, json).await
+                }
+                _ => unreachable!("clap requires a store and a file, or --all FILE"),
+            }
         }
         Command::Chain { actor, limit } => chain::list(&root, &actor, limit, json).await,
         Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,

@@ -49,7 +49,13 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Store `store`: an ordinary store, or the chain store by its reserved
+/// id (`_chains`), which export, import and sync carry like any other.
 fn open(root: &StoreRoot, store: &str) -> anyhow::Result<ContentStore> {
+    let chains = root.chain_store();
+    if store == chains.id() {
+        return Ok(chains);
+    }
     Ok(root.store(store)?)
 }
 
@@ -375,69 +381,84 @@ pub async fn gc(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `export` packs.
+pub enum Exported<'a> {
+    /// One store, or the labels under a prefix and what they reach.
+    Store {
+        id: &'a str,
+        prefix: Option<&'a str>,
+    },
+    /// The whole root: every store and every event chain.
+    Root,
+}
+
 pub async fn export(
     root: &StoreRoot,
-    store: &str,
-    prefix: Option<&str>,
+    what: Exported<'_>,
     output: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = existing(root, store).await?;
-    let bar = Bar::new(&format!("exporting {}", store.id()), true);
-    let to_stdout = output == Path::new("-");
-    let finished = match Output::for_path(output)? {
-        Output::Replace(partial) => {
-            // The core writes on a blocking thread, so it gets its own
-            // handle to the temporary file.
-            let file = partial.as_file().try_clone()?;
-            let exported = store.export_package(prefix, file, bar.clone()).await;
-            exported
-                .map_err(anyhow::Error::from)
-                .and_then(|(summary, file)| {
-                    file.sync_all()?;
-                    partial.persist(output)?;
-                    Ok(summary)
-                })
+    let target = Output::for_path(output)?;
+    let bar = Bar::new("exporting", true);
+    let (name, exported) = match what {
+        Exported::Store { id, prefix } => {
+            let store = existing(root, id).await?;
+            let sink = target.sink()?;
+            let exported = store.export_package(prefix, sink, bar.clone()).await;
+            let name = format!("store {}", store.id());
+            (name, exported.map(|(summary, sink)| (vec![summary], sink)))
         }
-        Output::Into(file) => {
-            let exported = store.export_package(prefix, file, bar.clone()).await;
-            exported.map(|(summary, _)| summary).map_err(Into::into)
-        }
-        Output::Stdout => {
-            let exported = store
-                .export_package(prefix, std::io::stdout(), bar.clone())
-                .await;
-            exported
-                .map_err(anyhow::Error::from)
-                .and_then(|(summary, mut out)| {
-                    std::io::Write::flush(&mut out)?;
-                    Ok(summary)
-                })
+        Exported::Root => {
+            let sink = target.sink()?;
+            let exported = root.export_root(sink, bar.clone()).await;
+            ("the root".to_owned(), exported)
         }
     };
     bar.finish();
-    let summary = finished
-        .with_context(|| format!("exporting store {} to {}", store.id(), output.display()))?;
-    for content_ref in &summary.vanished {
-        eprintln!(
-            "note: content {content_ref} was removed by a concurrent collection during the export \
-             and is not in the package (nor is any label that pointed at it)"
-        );
+    let summaries = exported
+        .map_err(anyhow::Error::from)
+        .and_then(|(summaries, mut sink)| {
+            sink.flush()?;
+            drop(sink);
+            target.commit(output)?;
+            Ok(summaries)
+        })
+        .with_context(|| format!("exporting {name} to {}", output.display()))?;
+    for summary in &summaries {
+        for content_ref in &summary.vanished {
+            eprintln!(
+                "note: content {content_ref} of store {} was removed by a concurrent collection \
+                 during the export and is not in the package (nor is any label that pointed at it)",
+                summary.store
+            );
+        }
     }
-    let said = format!(
-        "exported {} objects ({} bytes) and {} labels from {} to {}",
-        summary.objects,
-        summary.bytes,
-        summary.labels,
-        store.id(),
-        output.display()
-    );
-    match (json, to_stdout) {
-        // The package is on stdout: what is said about it goes to stderr.
-        (true, true) => eprintln!("{}", serde_json::to_string(&summary)?),
-        (false, true) => eprintln!("{said}"),
-        (true, false) => print_json(&summary)?,
-        (false, false) => println!("{said}"),
+    // With the package on stdout, what is said about it goes to stderr.
+    let to_stdout = output == Path::new("-");
+    let say = |line: String| {
+        if to_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    if json {
+        let shown = match &summaries[..] {
+            [one] if !matches!(what, Exported::Root) => serde_json::to_string(one)?,
+            all => serde_json::to_string(all)?,
+        };
+        say(shown);
+    } else {
+        for summary in &summaries {
+            say(format!(
+                "exported {} objects ({} bytes) and {} labels from {} to {}",
+                summary.objects,
+                summary.bytes,
+                summary.labels,
+                summary.store,
+                output.display()
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -478,60 +499,109 @@ impl Output {
             .with_context(|| format!("opening {} for writing", path.display()))?;
         Ok(Self::Into(file))
     }
+
+    /// A handle the core writes the package through, on a blocking thread.
+    fn sink(&self) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+        Ok(match self {
+            Self::Replace(partial) => Box::new(partial.as_file().try_clone()?),
+            Self::Into(file) => Box::new(file.try_clone()?),
+            Self::Stdout => Box::new(std::io::stdout()),
+        })
+    }
+
+    /// Makes a whole package final: a new file is flushed to disk and
+    /// renamed onto `path`.
+    fn commit(self, path: &Path) -> anyhow::Result<()> {
+        if let Self::Replace(partial) = self {
+            partial.as_file().sync_all()?;
+            partial.persist(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `import` fills.
+pub enum Imported<'a> {
+    /// One store, from a store's package.
+    Store(&'a str),
+    /// The root, from a whole root's package (`export --all`).
+    Root,
 }
 
 pub async fn import(
     root: &StoreRoot,
-    store: &str,
+    into: Imported<'_>,
     file: &Path,
     options: theater_store::ImportOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = open(root, store)?;
     let input =
         std::fs::File::open(file).with_context(|| format!("opening package {}", file.display()))?;
     let length = input.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = Bar::new(&format!("importing into {}", store.id()), true);
+    let bar = Bar::new("importing", true);
     theater_store::Progress::start(&*bar, length);
-    let summary = store
-        .import_package_with(input, options, bar.clone())
-        .await
-        .with_context(|| format!("importing {} into store {}", file.display(), store.id()));
+    let (name, imported) = match into {
+        Imported::Store(id) => {
+            let store = open(root, id)?;
+            let imported = store.import_package_with(input, options, bar.clone()).await;
+            (
+                format!("store {}", store.id()),
+                imported.map(|summary| vec![summary]),
+            )
+        }
+        Imported::Root => {
+            let imported = root.import_root(input, options, bar.clone()).await;
+            ("the root".to_owned(), imported)
+        }
+    };
     bar.finish();
-    let summary = summary?;
+    let summaries =
+        imported.with_context(|| format!("importing {} into {name}", file.display()))?;
     if json {
-        print_json(&summary)?;
+        match &summaries[..] {
+            [one] if matches!(into, Imported::Store(_)) => print_json(one)?,
+            all => print_json(&all)?,
+        }
     } else {
-        let verb = if summary.dry_run {
-            "would import"
-        } else {
-            "imported"
-        };
-        println!(
-            "{verb} {} objects ({} new, {} bytes) and {} labels into {} ({} already so, {} in conflict)",
-            summary.objects,
-            summary.new_objects,
-            summary.bytes,
-            summary.labels,
-            store.id(),
-            summary.labels_unchanged,
-            summary.conflicts.len()
-        );
-        for conflict in &summary.conflicts {
-            println!(
-                "conflict in {}: label {} is {} here and {} in the package; kept (--overwrite replaces it)",
-                store.id(),
-                printable(&conflict.label),
-                conflict.current,
-                conflict.package
-            );
+        for summary in &summaries {
+            print_import(summary);
         }
     }
-    Ok(if summary.conflicts.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    let conflicts = summaries
+        .iter()
+        .any(|summary| !summary.conflicts.is_empty());
+    Ok(if conflicts {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+fn print_import(summary: &theater_store::PackageSummary) {
+    let verb = if summary.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    println!(
+        "{verb} {} objects ({} new, {} bytes) and {} labels into {} ({} already so, {} in conflict)",
+        summary.objects,
+        summary.new_objects,
+        summary.bytes,
+        summary.labels,
+        summary.store,
+        summary.labels_unchanged,
+        summary.conflicts.len()
+    );
+    for conflict in &summary.conflicts {
+        println!(
+            "conflict in {}: label {} is {} here and {} in the package; kept (--overwrite replaces it)",
+            summary.store,
+            printable(&conflict.label),
+            conflict.current,
+            conflict.package
+        );
+    }
 }
 
 pub async fn rm_store(

@@ -353,12 +353,31 @@ impl EventChain {
     /// Walks back from the head through at most `limit` events, checking
     /// each as [`EventChain::verify`] says and handing each one that
     /// checks out to `visit`.
-    async fn walk_checked(
+    async fn walk_checked(&self, limit: u64, visit: impl FnMut(ChainEntry)) -> Result<ChainReport> {
+        let row = self.head_row().await?;
+        self.walk_checked_from(row, limit, visit).await
+    }
+
+    /// Checks `row` as [`EventChain::verify`] checks the chain's own head
+    /// row, before it is written (an import); returns the report and the
+    /// ref of every event that checked out.
+    pub(crate) async fn verify_row(
         &self,
+        row: ChainHead,
+    ) -> Result<(ChainReport, Vec<ContentRef>)> {
+        let mut refs = Vec::new();
+        let report = self
+            .walk_checked_from(Some(row), u64::MAX, |entry| refs.push(entry.content_ref))
+            .await?;
+        Ok((report, refs))
+    }
+
+    async fn walk_checked_from(
+        &self,
+        row: Option<ChainHead>,
         limit: u64,
         mut visit: impl FnMut(ChainEntry),
     ) -> Result<ChainReport> {
-        let row = self.head_row().await?;
         let recorded_length = row.as_ref().and_then(|row| row.length).unwrap_or(0);
         let mut report = ChainReport {
             actor: self.actor.clone(),
@@ -501,6 +520,11 @@ impl EventChain {
         let Some(row) = self.head_row().await? else {
             return Ok(Vec::new());
         };
+        self.reachable_from(row).await
+    }
+
+    /// [`EventChain::reachable`] from a head row already read.
+    pub(crate) async fn reachable_from(&self, row: ChainHead) -> Result<Vec<Digest>> {
         let mut stored = StoredEvents::from_head(self, row);
         let broken_off = loop {
             match stored.next().await {

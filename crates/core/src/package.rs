@@ -14,72 +14,93 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::engine::{Change, Engine, Staged};
+use crate::chain::{CHAIN_STORE, HEAD_PREFIX, validate_actor_id};
+use crate::engine::{ChainHead, Change, Engine, Staged};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::{LinkGraph, Links};
 use crate::maintenance::Progress;
-use crate::names::{Digest, MAX_LABEL_BYTES, StoreId, validate_label};
-use crate::root::blocking;
+use crate::names::{ContentRef, Digest, MAX_LABEL_BYTES, StoreId, validate_label};
+use crate::root::{StoreRoot, blocking};
 use crate::store::ContentStore;
 use crate::stream::StagingWriter;
 
 /// The first bytes of every package.
 pub const PACKAGE_MAGIC: &[u8; 16] = b"THEATER-STORE-PK";
 
-/// The format version this build writes and reads.
-pub const PACKAGE_VERSION: u32 = 1;
+/// The newest format version this build writes and reads. Version 2 adds
+/// store sections (a whole root in one package) and chain heads; a
+/// package that needs neither is written as version 1, which older
+/// builds read.
+pub const PACKAGE_VERSION: u32 = 2;
+
+/// The version of a package with no store section and no chain head.
+const PLAIN_VERSION: u32 = 1;
 
 /// Labels applied per index transaction on import.
 const LABELS_PER_TRANSACTION: usize = 1000;
 
+/// The most bytes a chain head's open segment may take in a package (the
+/// store keeps under a kilobyte there).
+const MAX_OPEN_SEGMENT_BYTES: usize = 64 << 10;
+
 const OBJECT: u8 = b'O';
 const LABEL: u8 = b'L';
+const CHAIN: u8 = b'C';
+const STORE: u8 = b'S';
 const END: u8 = b'E';
 
-/// What an export wrote or an import applied.
+/// What an export wrote or an import applied, for one store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PackageSummary {
+    /// The store.
+    pub store: String,
     /// Objects in the package.
     pub objects: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Labels in the package.
+    /// Labels in the package (chain heads included).
     pub labels: u64,
+    /// Of those, event chain heads (in the chain store `_chains`).
+    pub chains: u64,
     /// On import: objects the store did not hold before.
     pub new_objects: u64,
+    /// On import: their total size.
+    pub new_bytes: u64,
     /// On export: objects that a concurrent collection removed before they
     /// could be copied, left out of the package with any labels that
     /// pointed at them (labels moved away from them after the snapshot).
-    pub vanished: Vec<crate::ContentRef>,
+    pub vanished: Vec<ContentRef>,
     /// On import: whether this was a dry run (nothing written).
     pub dry_run: bool,
-    /// On import: labels the store already had, pointing where the
-    /// package says.
+    /// On import: labels (and chain heads) the store already had, pointing
+    /// where the package says.
     pub labels_unchanged: u64,
-    /// On import: labels the store has pointing elsewhere, kept as they
-    /// are (unless [`ImportOptions::overwrite`]).
+    /// On import: labels (and chain heads) the store has pointing
+    /// elsewhere, kept as they are (unless [`ImportOptions::overwrite`]).
     pub conflicts: Vec<ImportConflict>,
 }
 
 /// A label an import found pointing elsewhere than the package says.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ImportConflict {
-    /// The label.
+    /// The label (for a chain, `head/` and the actor id).
     pub label: String,
     /// What the store has.
-    pub current: crate::ContentRef,
+    pub current: ContentRef,
     /// What the package has.
-    pub package: crate::ContentRef,
+    pub package: ContentRef,
 }
 
-/// How [`ContentStore::import_package_with`] treats the store.
+/// How an import treats the store.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImportOptions {
     /// Check the package and report what it would change, changing nothing.
     pub dry_run: bool,
     /// Point labels the store has elsewhere at the package's content
     /// anyway. Without it they are kept and reported as conflicts, so that
-    /// an older backup never silently replaces newer labels.
+    /// an older backup never silently replaces newer labels. (A chain
+    /// whose head in the store is an older event of the package's chain
+    /// moves forward either way.)
     pub overwrite: bool,
 }
 
@@ -88,18 +109,33 @@ impl ContentStore {
     /// for `None`) and the content they reach, each object once: what they
     /// point at, and every object whose ref is written inside that content,
     /// however deep (see [`ContentStore::collect_garbage`]). Without a
-    /// prefix, content no label reaches is included too. Progress is
-    /// reported in bytes of content. Returns the writer when done.
+    /// prefix, content no label reaches is included too. For the chain
+    /// store ([`StoreRoot::chain_store`]), the package holds chain heads
+    /// (`--prefix head/ACTOR` for one actor's) and their segments. Progress
+    /// is reported in bytes of content. Returns the writer when done.
     pub async fn export_package<W: Write + Send + 'static>(
         &self,
         prefix: Option<&str>,
         out: W,
         progress: Arc<dyn Progress>,
     ) -> Result<(PackageSummary, W)> {
-        let engine = self.root().engine().await?;
-        let store = self.store_id().clone();
+        let store = self.clone();
         let prefix = prefix.map(str::to_owned);
-        blocking(move || export(&engine, &store, prefix.as_deref(), out, &*progress)).await
+        let engine = self.root().engine().await?;
+        blocking(move || {
+            let version = if store.id() == CHAIN_STORE {
+                PACKAGE_VERSION
+            } else {
+                PLAIN_VERSION
+            };
+            let id = store.store_id().clone();
+            let mut writer = PackageWriter::new(out, version).map_err(write_failed(&id))?;
+            let summary =
+                export_section(&engine, &store, prefix.as_deref(), &mut writer, &*progress)?;
+            let out = writer.finish().map_err(write_failed(&id))?;
+            Ok((summary, out))
+        })
+        .await
     }
 
     /// [`ContentStore::import_package_with`] with the default options: a
@@ -116,133 +152,130 @@ impl ContentStore {
     /// Reads a package, checks every object's hash and the package's
     /// checksum, then adds the objects and points the labels at them:
     /// labels the store lacks are created; labels it has pointing
-    /// elsewhere are conflicts, kept unless `options.overwrite`. Nothing
-    /// is published unless the whole package is sound, and nothing at all
-    /// in a dry run. Progress is reported in bytes of the package.
+    /// elsewhere are conflicts, kept unless `options.overwrite`. Chain
+    /// heads (into the chain store) are verified event by event before
+    /// any label moves. Nothing is published unless the whole package is
+    /// sound, and nothing at all in a dry run. Progress is reported in
+    /// bytes of the package.
     pub async fn import_package_with<R: Read + Send + 'static>(
         &self,
         input: R,
         options: ImportOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PackageSummary> {
-        let engine = self.root().engine().await?;
-        let store = self.store_id().clone();
-        let staged = blocking({
-            let engine = Arc::clone(&engine);
-            move || stage(&engine, &store, input, &*progress)
-        })
-        .await?;
-        let StagedPackage {
-            objects,
-            labels,
-            mut summary,
-        } = staged;
-        summary.dry_run = options.dry_run;
-        if options.dry_run {
-            summary.new_objects = objects.len() as u64;
-            for (_, (_, staged, _)) in objects {
-                engine.discard(staged);
-            }
-            for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
-                self.plan_labels(&engine, chunk, options, &mut summary)
-                    .await?;
-            }
-            return Ok(summary);
-        }
-        let changes = objects
-            .into_iter()
-            .map(|(digest, (size, staged, links))| Change::AddObject {
-                store: self.store_id().clone(),
-                digest,
-                size,
-                staged,
-                label: None,
-                links,
-            })
-            .collect();
-        for added in engine.apply_all(changes).await {
-            summary.new_objects += u64::from(added?);
-        }
-        // Labels go in chunks, so that a package with many labels never
-        // holds the root's write lock for long; a failure part way leaves
-        // some labels applied, and importing again finishes the job. Each
-        // chunk applies only if its labels still hold what was read;
-        // otherwise it is read and decided again.
-        for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
-            loop {
-                let mut decided = PackageSummary::default();
-                let (writes, expected) = self
-                    .plan_labels(&engine, chunk, options, &mut decided)
-                    .await?;
-                let change = Change::SetLabels {
-                    store: self.store_id().clone(),
-                    labels: writes,
-                    expected: Some(expected),
-                };
-                if engine.apply(change).await? {
-                    summary.labels_unchanged += decided.labels_unchanged;
-                    summary.conflicts.extend(decided.conflicts);
-                    break;
-                }
-            }
-        }
-        Ok(summary)
-    }
-
-    /// Decides what importing `labels` does: which to write (with what
-    /// they hold now, for a compare-and-swap), which already agree, and
-    /// which conflict.
-    async fn plan_labels(
-        &self,
-        engine: &Engine,
-        labels: &[(String, Digest)],
-        options: ImportOptions,
-        summary: &mut PackageSummary,
-    ) -> Result<LabelWrites> {
-        let mut writes = Vec::new();
-        let mut expected = Vec::new();
-        for (label, target) in labels {
-            let current = engine.label_target(self.store_id(), label).await?;
-            match current {
-                Some(current) if current == *target => summary.labels_unchanged += 1,
-                Some(current) if !options.overwrite => summary.conflicts.push(ImportConflict {
-                    label: label.clone(),
-                    current: current.into(),
-                    package: (*target).into(),
-                }),
-                _ => {
-                    writes.push((label.clone(), Some(*target)));
-                    expected.push(current);
-                }
-            }
-        }
-        Ok((writes, expected))
+        let into = self.store_id().clone();
+        let mut summaries = import(self.root(), Some(into), input, options, progress).await?;
+        Ok(summaries.pop().unwrap_or_else(|| PackageSummary {
+            store: self.id().to_owned(),
+            dry_run: options.dry_run,
+            ..PackageSummary::default()
+        }))
     }
 }
 
-/// Label writes and, one per label, what it must hold for them to apply.
-type LabelWrites = (Vec<(String, Option<Digest>)>, Vec<Option<Digest>>);
+impl StoreRoot {
+    /// Writes a package of the whole root: every store with all its labels
+    /// and objects, and every event chain, one section per store. Sync
+    /// records (`_sync`) and the compiled-component cache are left out: a
+    /// root restored from the package is a new peer, and compiles again.
+    pub async fn export_root<W: Write + Send + 'static>(
+        &self,
+        out: W,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(Vec<PackageSummary>, W)> {
+        let mut stores: Vec<ContentStore> = Vec::new();
+        for summary in self.stores().await? {
+            stores.push(self.store(&summary.id)?);
+        }
+        if self
+            .reserved_stores()
+            .await?
+            .iter()
+            .any(|store| store.id() == CHAIN_STORE)
+        {
+            stores.push(self.chain_store());
+        }
+        let engine = self.engine().await?;
+        blocking(move || {
+            let whole = StoreId::reserved("_root");
+            let mut writer =
+                PackageWriter::new(out, PACKAGE_VERSION).map_err(write_failed(&whole))?;
+            let mut summaries = Vec::with_capacity(stores.len());
+            for store in &stores {
+                writer
+                    .store(store.id())
+                    .map_err(write_failed(store.store_id()))?;
+                summaries.push(export_section(
+                    &engine,
+                    store,
+                    None,
+                    &mut writer,
+                    &*progress,
+                )?);
+            }
+            let out = writer.finish().map_err(write_failed(&whole))?;
+            Ok((summaries, out))
+        })
+        .await
+    }
 
-fn export<W: Write>(
+    /// Imports a package of a whole root ([`StoreRoot::export_root`]) into
+    /// this one, store by store, as [`ContentStore::import_package_with`]
+    /// imports one. Returns a summary per store.
+    pub async fn import_root<R: Read + Send + 'static>(
+        &self,
+        input: R,
+        options: ImportOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<PackageSummary>> {
+        import(self, None, input, options, progress).await
+    }
+}
+
+/// Writes one store's records: its objects, then its labels (chain heads
+/// for the chain store). Blocking.
+fn export_section<W: Write>(
     engine: &Engine,
-    store: &StoreId,
+    store: &ContentStore,
     prefix: Option<&str>,
-    out: W,
+    writer: &mut PackageWriter<W>,
     progress: &dyn Progress,
-) -> Result<(PackageSummary, W)> {
+) -> Result<PackageSummary> {
+    let id = store.store_id();
     // Labels and objects as of one moment; content a collection removes
     // after it is left out below, with the labels that pointed at it.
-    let snapshot = engine.snapshot(store, prefix.unwrap_or(""))?;
+    let snapshot = engine.snapshot(id, prefix.unwrap_or(""))?;
     let (labels, rows) = (snapshot.labels, snapshot.objects);
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
-    // With a prefix: what the chosen labels reach, through refs written
-    // inside content too, so that the package holds every object the
-    // source could resolve from them.
+    let chains = id.as_str() == CHAIN_STORE;
+    let handle = tokio::runtime::Handle::current();
+    // A chain head's row, with its open segment, read as it is now.
+    let mut heads = Vec::new();
+    if chains {
+        for (label, _) in labels.iter().filter(|(l, _)| l.starts_with(HEAD_PREFIX)) {
+            if let Some(row) = handle.block_on(engine.chain_tip(id, label))? {
+                heads.push((label.clone(), row));
+            }
+        }
+    }
     let digests: BTreeSet<Digest> = match prefix {
         None => sizes.keys().copied().collect(),
+        // A chain's segments, from its head.
+        Some(_) if chains => {
+            let mut reached = BTreeSet::new();
+            for (label, row) in &heads {
+                let actor = &label[HEAD_PREFIX.len()..];
+                let chain = store.root().event_chain(actor)?;
+                reached.extend(handle.block_on(chain.reachable_from(row.clone()))?);
+            }
+            reached
+        }
+        // What the chosen labels reach, through refs written inside
+        // content too, so that the package holds every object the source
+        // could resolve from them.
         Some(_) => {
             let held = sizes.keys().copied().collect();
-            let graph = LinkGraph::load(engine, store, &held, false)?;
+            let graph = LinkGraph::load(engine, id, &held, false)?;
             graph
                 .reachable(labels.iter().map(|(_, target)| *target))
                 .into_iter()
@@ -251,98 +284,388 @@ fn export<W: Write>(
         }
     };
     progress.start(digests.iter().filter_map(|d| sizes.get(d)).sum());
-
-    let write_error =
-        |source: io::Error| io_error(store, "writing package", &PathBuf::from("<output>"), source);
-    let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 16, out),
-        hasher: blake3::Hasher::new(),
+    let mut summary = PackageSummary {
+        store: id.to_string(),
+        ..PackageSummary::default()
     };
-    out.write_all(PACKAGE_MAGIC).map_err(write_error)?;
-    out.write_all(&PACKAGE_VERSION.to_le_bytes())
-        .map_err(write_error)?;
-    let mut summary = PackageSummary::default();
-    let mut buffer = vec![0u8; 1 << 16];
     let mut vanished = BTreeSet::new();
     for digest in &digests {
-        let path = PathBuf::from(format!("<object {}>", digest.to_hex()));
-        let read_error = |source| io_error(store, "reading object for export", &path, source);
-        let (Some(object), Some(&size)) = (engine.open_object(store, *digest)?, sizes.get(digest))
+        let (Some(object), Some(&size)) = (engine.open_object(id, *digest)?, sizes.get(digest))
         else {
             vanished.insert(*digest);
             continue;
         };
-        out.write_all(&[OBJECT]).map_err(write_error)?;
-        out.write_all(&size.to_le_bytes()).map_err(write_error)?;
-        out.write_all(&digest.0).map_err(write_error)?;
+        writer.object(id, *digest, size, object, progress)?;
+        summary.objects += 1;
+        summary.bytes += size;
+    }
+    summary.vanished = vanished.iter().map(|&digest| digest.into()).collect();
+    let write_error = write_failed(id);
+    for (label, target) in labels.iter().filter(|(_, t)| !vanished.contains(t)) {
+        if chains && label.starts_with(HEAD_PREFIX) {
+            continue;
+        }
+        writer.label(label, *target).map_err(&write_error)?;
+        summary.labels += 1;
+    }
+    for (label, row) in &heads {
+        writer.chain(label, row).map_err(&write_error)?;
+        summary.labels += 1;
+        summary.chains += 1;
+    }
+    Ok(summary)
+}
+
+/// Streams a package out, hashing every byte for the closing checksum.
+struct PackageWriter<W: Write> {
+    out: HashingWriter<BufWriter<W>>,
+    objects: u64,
+    labels: u64,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> PackageWriter<W> {
+    fn new(out: W, version: u32) -> io::Result<Self> {
+        let mut out = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 16, out),
+            hasher: blake3::Hasher::new(),
+        };
+        out.write_all(PACKAGE_MAGIC)?;
+        out.write_all(&version.to_le_bytes())?;
+        Ok(Self {
+            out,
+            objects: 0,
+            labels: 0,
+            buffer: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Starts the section of store `id` (whole-root packages).
+    fn store(&mut self, id: &str) -> io::Result<()> {
+        self.out.write_all(&[STORE])?;
+        self.bytes(id.as_bytes())
+    }
+
+    /// A length-prefixed byte string.
+    fn bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let length = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+        self.out.write_all(&length.to_le_bytes())?;
+        self.out.write_all(bytes)
+    }
+
+    /// Copies an object, checking that its bytes still hash to `digest`.
+    fn object(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        size: u64,
+        object: Box<dyn Read + Send>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let write_error = write_failed(store);
+        let path = PathBuf::from(format!("<object {}>", digest.to_hex()));
+        let read_error = |source| io_error(store, "reading object for export", &path, source);
+        self.out.write_all(&[OBJECT]).map_err(&write_error)?;
+        self.out
+            .write_all(&size.to_le_bytes())
+            .map_err(&write_error)?;
+        self.out.write_all(&digest.0).map_err(&write_error)?;
         let mut object_hasher = blake3::Hasher::new();
         let mut reader = object.take(size);
         let mut copied = 0u64;
         loop {
-            let read = reader.read(&mut buffer).map_err(read_error)?;
+            let read = reader.read(&mut self.buffer).map_err(read_error)?;
             if read == 0 {
                 break;
             }
-            object_hasher.update(&buffer[..read]);
-            out.write_all(&buffer[..read]).map_err(write_error)?;
+            object_hasher.update(&self.buffer[..read]);
+            self.out
+                .write_all(&self.buffer[..read])
+                .map_err(&write_error)?;
             copied += read as u64;
             progress.advance(read as u64);
         }
         let actual = Digest(*object_hasher.finalize().as_bytes());
-        if copied != size || actual != *digest {
+        if copied != size || actual != digest {
             return Err(StoreError::Corrupted {
                 store: store.to_string(),
                 reference: digest.to_hex(),
                 actual: actual.to_hex(),
             });
         }
-        summary.objects += 1;
-        summary.bytes += size;
+        self.objects += 1;
+        Ok(())
     }
-    summary.vanished = vanished.iter().map(|&digest| digest.into()).collect();
-    for (label, target) in labels.iter().filter(|(_, t)| !vanished.contains(t)) {
-        out.write_all(&[LABEL]).map_err(write_error)?;
-        out.write_all(&(label.len() as u32).to_le_bytes())
-            .map_err(write_error)?;
-        out.write_all(label.as_bytes()).map_err(write_error)?;
-        out.write_all(&target.0).map_err(write_error)?;
-        summary.labels += 1;
+
+    fn label(&mut self, label: &str, target: Digest) -> io::Result<()> {
+        self.out.write_all(&[LABEL])?;
+        self.bytes(label.as_bytes())?;
+        self.out.write_all(&target.0)?;
+        self.labels += 1;
+        Ok(())
     }
-    out.write_all(&[END]).map_err(write_error)?;
-    out.write_all(&summary.objects.to_le_bytes())
-        .map_err(write_error)?;
-    out.write_all(&summary.labels.to_le_bytes())
-        .map_err(write_error)?;
-    let checksum = *out.hasher.finalize().as_bytes();
-    let mut inner = out.inner;
-    inner.write_all(&checksum).map_err(write_error)?;
-    let inner = inner
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
-    Ok((summary, inner))
+
+    /// A chain's head row: label, newest event, length, open segment and
+    /// newest sealed segment.
+    fn chain(&mut self, label: &str, head: &ChainHead) -> io::Result<()> {
+        self.out.write_all(&[CHAIN])?;
+        self.bytes(label.as_bytes())?;
+        self.out.write_all(&head.head.0)?;
+        self.out
+            .write_all(&head.length.unwrap_or(0).to_le_bytes())?;
+        match &head.open {
+            Some(open) => {
+                self.out.write_all(&[1])?;
+                self.bytes(open)?;
+            }
+            None => self.out.write_all(&[0])?,
+        }
+        match &head.sealed {
+            Some(sealed) => {
+                self.out.write_all(&[1])?;
+                self.out.write_all(&sealed.0)?;
+            }
+            None => self.out.write_all(&[0])?,
+        }
+        self.labels += 1;
+        Ok(())
+    }
+
+    /// The end record and the checksum; hands back the output.
+    fn finish(mut self) -> io::Result<W> {
+        self.out.write_all(&[END])?;
+        self.out.write_all(&self.objects.to_le_bytes())?;
+        self.out.write_all(&self.labels.to_le_bytes())?;
+        let checksum = *self.out.hasher.finalize().as_bytes();
+        let mut inner = self.out.inner;
+        inner.write_all(&checksum)?;
+        inner.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+fn write_failed(store: &StoreId) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| io_error(store, "writing package", &PathBuf::from("<output>"), source)
 }
 
 /// A package read and checked, its objects staged.
+#[derive(Default)]
 struct StagedPackage {
-    objects: BTreeMap<Digest, (u64, Staged, Links)>,
-    labels: Vec<(String, Digest)>,
-    summary: PackageSummary,
+    objects: BTreeMap<(StoreId, Digest), (u64, Staged, Links)>,
+    labels: Vec<(StoreId, String, Digest)>,
+    chains: Vec<(String, ChainHead)>,
+    /// One per store section, in the package's order.
+    summaries: Vec<PackageSummary>,
 }
 
-/// Reads and checks the whole package, staging objects the store lacks.
+/// Reads, checks and stages a package (into store `into`, or a whole
+/// root's for `None`), then publishes it as `options` say.
+async fn import<R: Read + Send + 'static>(
+    root: &StoreRoot,
+    into: Option<StoreId>,
+    input: R,
+    options: ImportOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Vec<PackageSummary>> {
+    let engine = root.engine().await?;
+    let staged = blocking({
+        let engine = Arc::clone(&engine);
+        move || stage(&engine, into.as_ref(), input, &*progress)
+    })
+    .await?;
+    publish(root, &engine, staged, options).await
+}
+
+/// Publishes a staged package: objects first, then (after every chain in
+/// it verified) labels and chain heads, each only where the store lacks
+/// it, agrees, or `options.overwrite`.
+async fn publish(
+    root: &StoreRoot,
+    engine: &Engine,
+    staged: StagedPackage,
+    options: ImportOptions,
+) -> Result<Vec<PackageSummary>> {
+    let StagedPackage {
+        objects,
+        labels,
+        chains,
+        mut summaries,
+    } = staged;
+    let section = |summaries: &mut Vec<PackageSummary>, store: &StoreId| -> usize {
+        summaries
+            .iter()
+            .position(|summary| summary.store == store.as_str())
+            .expect("every record belongs to a section")
+    };
+    for summary in &mut summaries {
+        summary.dry_run = options.dry_run;
+    }
+    if options.dry_run {
+        for ((store, _), (size, staged, _)) in objects {
+            let at = section(&mut summaries, &store);
+            summaries[at].new_objects += 1;
+            summaries[at].new_bytes += size;
+            engine.discard(staged);
+        }
+    } else {
+        let mut owners = Vec::with_capacity(objects.len());
+        let changes = objects
+            .into_iter()
+            .map(|((store, digest), (size, staged, links))| {
+                owners.push((store.clone(), size));
+                Change::AddObject {
+                    store,
+                    digest,
+                    size,
+                    staged,
+                    label: None,
+                    links,
+                }
+            })
+            .collect();
+        for ((store, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
+            if added? {
+                let at = section(&mut summaries, store);
+                summaries[at].new_objects += 1;
+                summaries[at].new_bytes += size;
+            }
+        }
+    }
+    // Chains are verified, their segments now in place, before any label
+    // or head moves: a chain that does not check out refuses the package.
+    let chain_store = StoreId::reserved(CHAIN_STORE);
+    let mut chain_plans = Vec::with_capacity(chains.len());
+    for (label, head) in chains {
+        let chain = root.event_chain(&label[HEAD_PREFIX.len()..])?;
+        let current = engine.label_target(&chain_store, &label).await?;
+        let at = section(&mut summaries, &chain_store);
+        let plan = if current == Some(head.head) {
+            summaries[at].labels_unchanged += 1;
+            continue;
+        } else if options.dry_run {
+            None
+        } else {
+            let (report, events) = chain.verify_row(head.clone()).await?;
+            if let Some(broken) = &report.broken {
+                return Err(StoreError::InvalidPackage {
+                    store: CHAIN_STORE.into(),
+                    reason: format!(
+                        "the chain of actor {} does not verify: {broken}; no label was moved",
+                        chain.actor()
+                    ),
+                });
+            }
+            Some(events)
+        };
+        // A head that is an older event of the package's chain moves on.
+        let older = |events: &Vec<ContentRef>| {
+            current.is_some_and(|current| events.contains(&ContentRef::from(current)))
+        };
+        match current {
+            Some(current) if !options.overwrite && !plan.as_ref().is_some_and(older) => {
+                summaries[at].conflicts.push(ImportConflict {
+                    label: label.clone(),
+                    current: current.into(),
+                    package: head.head.into(),
+                });
+            }
+            _ => chain_plans.push((label, head)),
+        }
+    }
+    // Labels go in chunks, so that a package with many labels never
+    // holds the root's write lock for long; a failure part way leaves
+    // some labels applied, and importing again finishes the job. Each
+    // chunk applies only if its labels still hold what was read;
+    // otherwise it is read and decided again.
+    let mut by_store: BTreeMap<StoreId, Vec<(String, Digest)>> = BTreeMap::new();
+    for (store, label, target) in labels {
+        by_store.entry(store).or_default().push((label, target));
+    }
+    for (store, labels) in by_store {
+        let at = section(&mut summaries, &store);
+        for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
+            loop {
+                let mut decided = PackageSummary::default();
+                let (writes, expected) =
+                    plan_labels(engine, &store, chunk, options, &mut decided).await?;
+                let applied = options.dry_run || {
+                    let change = Change::SetLabels {
+                        store: store.clone(),
+                        labels: writes,
+                        expected: Some(expected),
+                    };
+                    engine.apply(change).await?
+                };
+                if applied {
+                    summaries[at].labels_unchanged += decided.labels_unchanged;
+                    summaries[at].conflicts.extend(decided.conflicts);
+                    break;
+                }
+            }
+        }
+    }
+    if !options.dry_run {
+        for (label, head) in chain_plans {
+            let expected = engine.label_target(&chain_store, &label).await?;
+            let change = Change::SetChainHead {
+                store: chain_store.clone(),
+                label: label.clone(),
+                head,
+                expected,
+            };
+            if !engine.apply(change).await? {
+                return Err(StoreError::InvalidPackage {
+                    store: CHAIN_STORE.into(),
+                    reason: format!("{label} moved while it was imported; import again"),
+                });
+            }
+        }
+    }
+    Ok(summaries)
+}
+
+/// Decides what importing `labels` into `store` does: which to write (with
+/// what they hold now, for a compare-and-swap), which already agree, and
+/// which conflict.
+async fn plan_labels(
+    engine: &Engine,
+    store: &StoreId,
+    labels: &[(String, Digest)],
+    options: ImportOptions,
+    summary: &mut PackageSummary,
+) -> Result<LabelWrites> {
+    let mut writes = Vec::new();
+    let mut expected = Vec::new();
+    for (label, target) in labels {
+        let current = engine.label_target(store, label).await?;
+        match current {
+            Some(current) if current == *target => summary.labels_unchanged += 1,
+            Some(current) if !options.overwrite => summary.conflicts.push(ImportConflict {
+                label: label.clone(),
+                current: current.into(),
+                package: (*target).into(),
+            }),
+            _ => {
+                writes.push((label.clone(), Some(*target)));
+                expected.push(current);
+            }
+        }
+    }
+    Ok((writes, expected))
+}
+
+/// Label writes and, one per label, what it must hold for them to apply.
+type LabelWrites = (Vec<(String, Option<Digest>)>, Vec<Option<Digest>>);
+
+/// Reads and checks the whole package, staging objects the stores lack.
 /// On any failure the staged objects are discarded.
 fn stage<R: Read>(
     engine: &Engine,
-    store: &StoreId,
+    into: Option<&StoreId>,
     input: R,
     progress: &dyn Progress,
 ) -> Result<StagedPackage> {
-    let mut staged = StagedPackage {
-        objects: BTreeMap::new(),
-        labels: Vec::new(),
-        summary: PackageSummary::default(),
-    };
-    let result = read_package(engine, store, input, progress, &mut staged);
+    let mut staged = StagedPackage::default();
+    let result = read_package(engine, into, input, progress, &mut staged);
     if result.is_err() {
         for (_, (_, object, _)) in std::mem::take(&mut staged.objects) {
             engine.discard(object);
@@ -351,53 +674,117 @@ fn stage<R: Read>(
     result.map(|()| staged)
 }
 
+/// The store a store section names: an ordinary store, or the chain store.
+fn section_store(id: &str) -> std::result::Result<StoreId, String> {
+    if id == CHAIN_STORE {
+        return Ok(StoreId::reserved(CHAIN_STORE));
+    }
+    StoreId::parse(id).map_err(|error| format!("a store section names {id:?}: {error}"))
+}
+
 fn read_package<R: Read>(
     engine: &Engine,
-    store: &StoreId,
+    into: Option<&StoreId>,
     input: R,
     progress: &dyn Progress,
     staged: &mut StagedPackage,
 ) -> Result<()> {
-    let refuse = |reason: String| StoreError::InvalidPackage {
-        store: store.to_string(),
+    // Errors name the store being read into, or the section being read.
+    let mut current: Option<StoreId> = into.cloned();
+    let whole = StoreId::reserved("_root");
+    let naming = |current: &Option<StoreId>| current.clone().unwrap_or_else(|| whole.clone());
+    let refuse = |current: &Option<StoreId>, reason: String| StoreError::InvalidPackage {
+        store: naming(current).to_string(),
         reason,
     };
+    if let Some(store) = into {
+        staged.summaries.push(PackageSummary {
+            store: store.to_string(),
+            ..PackageSummary::default()
+        });
+    }
     let mut input = HashingReader {
         inner: BufReader::with_capacity(1 << 16, input),
         hasher: blake3::Hasher::new(),
         progress,
     };
     let mut magic = [0u8; 16];
-    input.exact(&mut magic, "its header", store)?;
+    input.exact(&mut magic, "its header", &naming(&current))?;
     if &magic != PACKAGE_MAGIC {
         return Err(refuse(
+            &current,
             "this is not a theater-store package (wrong magic bytes)".into(),
         ));
     }
-    let version = u32::from_le_bytes(input.array("its version", store)?);
-    if version != PACKAGE_VERSION {
-        return Err(refuse(format!(
-            "package format version {version} is not supported (this build reads version {PACKAGE_VERSION})"
-        )));
+    let version = u32::from_le_bytes(input.array("its version", &naming(&current))?);
+    if !(PLAIN_VERSION..=PACKAGE_VERSION).contains(&version) {
+        return Err(refuse(
+            &current,
+            format!(
+                "package format version {version} is not supported (this build reads versions \
+                 {PLAIN_VERSION} to {PACKAGE_VERSION})"
+            ),
+        ));
     }
-    let mut seen = BTreeSet::new();
+    let mut seen: BTreeSet<(StoreId, Digest)> = BTreeSet::new();
+    let (mut objects, mut labels) = (0u64, 0u64);
     loop {
-        let [tag] = input.array("its end record", store)?;
+        let at = naming(&current);
+        let [tag] = input.array("its end record", &at)?;
+        // Every record but a section start and the end belongs to a store.
+        let store = match (tag, &current) {
+            (STORE | END, _) => None,
+            (_, Some(store)) => Some(store.clone()),
+            (OBJECT | LABEL | CHAIN, None) => {
+                return Err(refuse(
+                    &current,
+                    "a record comes before any store section".into(),
+                ));
+            }
+            _ => None,
+        };
+        let summary = |staged: &mut StagedPackage| -> usize { staged.summaries.len() - 1 };
         match tag {
-            OBJECT => {
-                let size = u64::from_le_bytes(input.array("an object header", store)?);
-                let digest = Digest(input.array("an object header", store)?);
-                if !seen.insert(digest) {
-                    return Err(refuse(format!("object {} appears twice", digest.to_hex())));
+            STORE if version >= 2 => {
+                if into.is_some() {
+                    return Err(refuse(
+                        &current,
+                        "this package holds a whole root (store sections): import it with \
+                         `import --all` (StoreRoot::import_root)"
+                            .into(),
+                    ));
                 }
-                let actual = if engine.is_present(store, digest)? {
-                    input.discard(size, digest, store)?
+                let id = input.string("a store section", &at)?;
+                let store = section_store(&id).map_err(|reason| refuse(&current, reason))?;
+                if staged.summaries.iter().any(|s| s.store == store.as_str()) {
+                    return Err(refuse(&current, format!("store {id} has two sections")));
+                }
+                staged.summaries.push(PackageSummary {
+                    store: store.to_string(),
+                    ..PackageSummary::default()
+                });
+                current = Some(store);
+            }
+            OBJECT => {
+                let store = store.expect("checked above");
+                let size = u64::from_le_bytes(input.array("an object header", &store)?);
+                let digest = Digest(input.array("an object header", &store)?);
+                if !seen.insert((store.clone(), digest)) {
+                    return Err(refuse(
+                        &current,
+                        format!("object {} appears twice", digest.to_hex()),
+                    ));
+                }
+                let actual = if engine.is_present(&store, digest)? {
+                    input.discard(size, digest, &store)?
                 } else {
-                    let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(store));
-                    match input.copy_to(&mut |bytes| writer.write(bytes), size, digest, store) {
+                    let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(&store));
+                    match input.copy_to(&mut |bytes| writer.write(bytes), size, digest, &store) {
                         Ok(()) => {
                             let (actual, _, object, links) = writer.finish()?;
-                            staged.objects.insert(digest, (size, object, links));
+                            staged
+                                .objects
+                                .insert((store.clone(), digest), (size, object, links));
                             actual
                         }
                         Err(error) => {
@@ -407,68 +794,152 @@ fn read_package<R: Read>(
                     }
                 };
                 if actual != digest {
-                    return Err(refuse(format!(
-                        "object {} is damaged: its bytes hash to {} (the package was altered)",
-                        digest.to_hex(),
-                        actual.to_hex()
-                    )));
+                    return Err(refuse(
+                        &current,
+                        format!(
+                            "object {} is damaged: its bytes hash to {} (the package was altered)",
+                            digest.to_hex(),
+                            actual.to_hex()
+                        ),
+                    ));
                 }
-                staged.summary.objects += 1;
-                staged.summary.bytes += size;
+                let at = summary(staged);
+                staged.summaries[at].objects += 1;
+                staged.summaries[at].bytes += size;
+                objects += 1;
             }
             LABEL => {
-                let length = u32::from_le_bytes(input.array("a label", store)?) as usize;
-                if length > MAX_LABEL_BYTES {
-                    return Err(refuse(format!(
-                        "a label of {length} bytes is over the {MAX_LABEL_BYTES} byte limit"
-                    )));
-                }
-                let mut name = vec![0u8; length];
-                input.exact(&mut name, "a label", store)?;
-                let label =
-                    String::from_utf8(name).map_err(|_| refuse("a label is not UTF-8".into()))?;
+                let store = store.expect("checked above");
+                let label = input.label(&store)?;
                 validate_label(&label)?;
-                let target = Digest(input.array("a label", store)?);
-                let available = seen.contains(&target) || engine.is_present(store, target)?;
+                let target = Digest(input.array("a label", &store)?);
+                let available =
+                    seen.contains(&(store.clone(), target)) || engine.is_present(&store, target)?;
                 if !available {
-                    return Err(refuse(format!(
-                        "label {label:?} points at {} which is neither in the package nor in the store",
-                        target.to_hex()
-                    )));
+                    return Err(refuse(
+                        &current,
+                        format!(
+                            "label {label:?} points at {} which is neither in the package nor in \
+                             the store",
+                            target.to_hex()
+                        ),
+                    ));
                 }
-                staged.labels.push((label, target));
-                staged.summary.labels += 1;
+                staged.labels.push((store, label, target));
+                let at = summary(staged);
+                staged.summaries[at].labels += 1;
+                labels += 1;
+            }
+            CHAIN if version >= 2 => {
+                let store = store.expect("checked above");
+                if store.as_str() != CHAIN_STORE {
+                    return Err(refuse(
+                        &current,
+                        format!("a chain head belongs in the chain store {CHAIN_STORE}"),
+                    ));
+                }
+                let label = input.label(&store)?;
+                let actor = label.strip_prefix(HEAD_PREFIX).ok_or_else(|| {
+                    refuse(
+                        &current,
+                        format!("chain head {label:?} does not start with {HEAD_PREFIX}"),
+                    )
+                })?;
+                validate_actor_id(actor)?;
+                let head = Digest(input.array("a chain head", &store)?);
+                let length = u64::from_le_bytes(input.array("a chain head", &store)?);
+                let [has_open] = input.array("a chain head", &store)?;
+                let open = match has_open {
+                    0 => None,
+                    _ => {
+                        let length =
+                            u32::from_le_bytes(input.array("a chain head", &store)?) as usize;
+                        if length > MAX_OPEN_SEGMENT_BYTES {
+                            return Err(refuse(
+                                &current,
+                                format!(
+                                    "chain head {label:?} has an open segment of {length} bytes"
+                                ),
+                            ));
+                        }
+                        let mut open = vec![0u8; length];
+                        input.exact(&mut open, "a chain head", &store)?;
+                        Some(open)
+                    }
+                };
+                let [has_sealed] = input.array("a chain head", &store)?;
+                let sealed = match has_sealed {
+                    0 => None,
+                    _ => Some(Digest(input.array("a chain head", &store)?)),
+                };
+                if let Some(sealed) = sealed
+                    && !seen.contains(&(store.clone(), sealed))
+                    && !engine.is_present(&store, sealed)?
+                {
+                    return Err(refuse(
+                        &current,
+                        format!(
+                            "chain head {label:?} names segment {} which is neither in the \
+                             package nor in the store",
+                            sealed.to_hex()
+                        ),
+                    ));
+                }
+                staged.chains.push((
+                    label,
+                    ChainHead {
+                        head,
+                        length: Some(length),
+                        open,
+                        sealed,
+                    },
+                ));
+                let at = summary(staged);
+                staged.summaries[at].labels += 1;
+                staged.summaries[at].chains += 1;
+                labels += 1;
             }
             END => {
-                let objects = u64::from_le_bytes(input.array("its end record", store)?);
-                let labels = u64::from_le_bytes(input.array("its end record", store)?);
+                let counted_objects = u64::from_le_bytes(input.array("its end record", &at)?);
+                let counted_labels = u64::from_le_bytes(input.array("its end record", &at)?);
                 let expected = *input.hasher.finalize().as_bytes();
                 let mut checksum = [0u8; 32];
-                input.exact(&mut checksum, "its checksum", store)?;
+                input.exact(&mut checksum, "its checksum", &at)?;
                 if checksum != expected {
-                    return Err(refuse("the package checksum does not match its contents (the package was altered)".into()));
+                    return Err(refuse(
+                        &current,
+                        "the package checksum does not match its contents (the package was altered)"
+                            .into(),
+                    ));
                 }
-                if (objects, labels) != (staged.summary.objects, staged.summary.labels) {
-                    return Err(refuse(format!(
-                        "the end record counts {objects} objects and {labels} labels, the package holds {} and {}",
-                        staged.summary.objects, staged.summary.labels
-                    )));
+                if (counted_objects, counted_labels) != (objects, labels) {
+                    return Err(refuse(
+                        &current,
+                        format!(
+                            "the end record counts {counted_objects} objects and \
+                             {counted_labels} labels, the package holds {objects} and {labels}"
+                        ),
+                    ));
                 }
                 let mut extra = [0u8; 1];
                 if input
                     .inner
                     .read(&mut extra)
-                    .map_err(|e| read_failed(store, e))?
+                    .map_err(|e| read_failed(&at, e))?
                     != 0
                 {
-                    return Err(refuse("there are bytes after the end record".into()));
+                    return Err(refuse(
+                        &current,
+                        "there are bytes after the end record".into(),
+                    ));
                 }
                 return Ok(());
             }
             other => {
-                return Err(refuse(format!(
-                    "unknown record type {other:#04x} (the package is damaged)"
-                )));
+                return Err(refuse(
+                    &current,
+                    format!("unknown record type {other:#04x} (the package is damaged)"),
+                ));
             }
         }
     }
@@ -516,6 +987,28 @@ impl<R: Read> HashingReader<'_, R> {
             }
             Err(error) => Err(read_failed(store, error)),
         }
+    }
+
+    /// A length-prefixed UTF-8 string of at most [`MAX_LABEL_BYTES`].
+    fn string(&mut self, what: &str, store: &StoreId) -> Result<String> {
+        let length = u32::from_le_bytes(self.array(what, store)?) as usize;
+        let refuse = |reason: String| StoreError::InvalidPackage {
+            store: store.to_string(),
+            reason,
+        };
+        if length > MAX_LABEL_BYTES {
+            return Err(refuse(format!(
+                "{what} of {length} bytes is over the {MAX_LABEL_BYTES} byte limit"
+            )));
+        }
+        let mut bytes = vec![0u8; length];
+        self.exact(&mut bytes, what, store)?;
+        String::from_utf8(bytes).map_err(|_| refuse(format!("{what} is not UTF-8")))
+    }
+
+    /// A label's name.
+    fn label(&mut self, store: &StoreId) -> Result<String> {
+        self.string("a label", store)
     }
 
     fn array<const N: usize>(&mut self, what: &str, store: &StoreId) -> Result<[u8; N]> {

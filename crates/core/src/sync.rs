@@ -38,9 +38,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use crate::chain::CHAIN_STORE;
 use crate::error::{Result, StoreError};
 use crate::maintenance::Progress;
 use crate::names::{ContentRef, StoreId};
+use crate::package::ImportOptions;
 use crate::root::StoreRoot;
 use crate::store::{AtMost, ContentStore};
 
@@ -248,6 +250,9 @@ impl StoreRoot {
         options: &SyncOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<SyncReport> {
+        if id == CHAIN_STORE {
+            return self.sync_chains_to(destination, options, progress).await;
+        }
         let source = self.store(id)?;
         let target = destination.store(id)?;
         let ids = [
@@ -358,6 +363,74 @@ impl StoreRoot {
         report.conflicts.sort_by(|a, b| a.label.cmp(&b.label));
         save(&copies, &mut agreed).await?;
         Ok(report)
+    }
+
+    /// Syncs event chains (the chain store, or the heads under
+    /// `options.prefix`, `head/ACTOR` for one actor's): segments the
+    /// destination lacks are copied, each chain is verified event by event,
+    /// and a head moves only where the destination lacks the chain or holds
+    /// an older event of it; any other difference is a conflict. The
+    /// chains stream from an export straight into an import.
+    async fn sync_chains_to(
+        &self,
+        destination: &StoreRoot,
+        options: &SyncOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<SyncReport> {
+        let (source, target) = (self.chain_store(), destination.chain_store());
+        let (reader, writer) = std::io::pipe().map_err(|source| StoreError::Io {
+            store: CHAIN_STORE.into(),
+            action: "opening a pipe for the sync",
+            path: "<pipe>".into(),
+            source,
+        })?;
+        let prefix = (!options.prefix.is_empty()).then_some(options.prefix.as_str());
+        let export = async move {
+            let (summary, writer) = source.export_package(prefix, writer, progress).await?;
+            // The import reads to the end: let go of the pipe now.
+            drop(writer);
+            Ok::<_, StoreError>(summary)
+        };
+        let import_options = ImportOptions {
+            dry_run: options.dry_run,
+            overwrite: false,
+        };
+        let import = target.import_package_with(reader, import_options, Arc::new(()));
+        let (exported, imported) = tokio::join!(export, import);
+        let summary = match (exported, imported) {
+            (Ok(_), Ok(summary)) => summary,
+            // The import stopped reading; its error says why.
+            (Err(StoreError::Io { source, .. }), Err(error))
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Err(error);
+            }
+            (Err(error), _) | (Ok(_), Err(error)) => return Err(error),
+        };
+        let moved = summary
+            .labels
+            .saturating_sub(summary.labels_unchanged + summary.conflicts.len() as u64);
+        Ok(SyncReport {
+            store: CHAIN_STORE.into(),
+            dry_run: options.dry_run,
+            objects_copied: summary.new_objects,
+            bytes_copied: summary.new_bytes,
+            objects_present: summary.objects - summary.new_objects,
+            labels_moved: moved,
+            labels_in_sync: summary.labels_unchanged,
+            labels_kept: 0,
+            conflicts: summary
+                .conflicts
+                .into_iter()
+                .map(|conflict| SyncConflict {
+                    label: conflict.label,
+                    source: Some(conflict.package),
+                    destination: Some(conflict.current),
+                    last_agreed: None,
+                })
+                .collect(),
+            first_sync: None,
+        })
     }
 
     /// The reserved store holding what syncs with other roots agreed on.

@@ -385,3 +385,141 @@ async fn gc_collects_nothing_from_a_chain_it_cannot_follow_to_its_start() {
     assert_eq!(report.objects_removed, 0);
     assert!(chain.verify().await.unwrap().is_intact());
 }
+
+// ---- Chains in backups and syncs ----------------------------------------
+
+fn no_progress() -> Arc<dyn theater_store::Progress> {
+    Arc::new(())
+}
+
+async fn chain_package(root: &StoreRoot, prefix: Option<&str>) -> Vec<u8> {
+    let (summary, package) = root
+        .chain_store()
+        .export_package(prefix, Vec::new(), no_progress())
+        .await
+        .unwrap();
+    assert!(summary.chains > 0, "{summary:?}");
+    package
+}
+
+async fn import_chains(
+    root: &StoreRoot,
+    package: Vec<u8>,
+) -> theater_store::Result<theater_store::PackageSummary> {
+    root.chain_store()
+        .import_package(std::io::Cursor::new(package), no_progress())
+        .await
+}
+
+#[tokio::test]
+async fn a_chain_exported_and_imported_verifies_and_moves_forward_but_never_sideways() {
+    let (_dir, a) = temp_root();
+    let chain = a.event_chain("worker").unwrap();
+    for i in 0..12 {
+        chain
+            .append(event("store", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    a.event_chain("other")
+        .unwrap()
+        .append(event("get", "x"))
+        .await
+        .unwrap();
+    // One actor's chain, by its head label.
+    let package = chain_package(&a, Some("head/worker")).await;
+
+    let (_dir2, b) = temp_root();
+    let summary = import_chains(&b, package).await.unwrap();
+    assert_eq!(
+        (summary.chains, summary.conflicts.len()),
+        (1, 0),
+        "{summary:?}"
+    );
+    let copy = b.event_chain("worker").unwrap();
+    let report = copy.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 12);
+    assert_eq!(copy.head().await.unwrap(), chain.head().await.unwrap());
+    assert_eq!(b.event_chain("other").unwrap().head().await.unwrap(), None);
+
+    // The source goes on: importing again moves the copy forward.
+    for _ in 0..3 {
+        chain.append(event("get", "s")).await.unwrap();
+    }
+    let summary = import_chains(&b, chain_package(&a, None).await)
+        .await
+        .unwrap();
+    assert!(summary.conflicts.is_empty(), "{summary:?}");
+    assert_eq!(copy.head().await.unwrap(), chain.head().await.unwrap());
+    assert_eq!(copy.verify().await.unwrap().events_checked, 15);
+
+    // A copy that recorded events of its own is a conflict, and kept.
+    copy.append(event("store", "elsewhere")).await.unwrap();
+    chain.append(event("get", "s")).await.unwrap();
+    let own = copy.head().await.unwrap();
+    let summary = import_chains(&b, chain_package(&a, None).await)
+        .await
+        .unwrap();
+    assert_eq!(summary.conflicts.len(), 1, "{summary:?}");
+    assert_eq!(summary.conflicts[0].label, "head/worker");
+    assert_eq!(copy.head().await.unwrap(), own);
+    assert!(copy.verify().await.unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn a_chain_that_does_not_verify_is_refused_on_import() {
+    let (_dir, a) = temp_root();
+    let chain = a.event_chain("victim").unwrap();
+    for _ in 0..4 {
+        chain.append(event("get", "s")).await.unwrap();
+    }
+    let events = chain.events(usize::MAX).await.unwrap();
+    move_chain_head(&a, "victim", &events[2].content_ref);
+    let package = chain_package(&a, None).await;
+
+    let (_dir2, b) = temp_root();
+    let refused = import_chains(&b, package).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::InvalidPackage { reason, .. }
+            if reason.contains("actor victim does not verify")),
+        "{refused}"
+    );
+    assert_eq!(b.event_chain("victim").unwrap().head().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn chains_sync_between_roots_and_verify_there() {
+    let (dir, a) = temp_root();
+    let b = StoreRoot::new(dir.path().join("b"));
+    let chain = a.event_chain("synced").unwrap();
+    // Enough events that some are sealed into segments (objects).
+    for i in 0..40 {
+        chain
+            .append(event("store", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let sync = |from: StoreRoot, to: StoreRoot| async move {
+        from.sync_store_to(
+            &to,
+            "_chains",
+            &theater_store::SyncOptions::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap()
+    };
+    let report = sync(a.clone(), b.clone()).await;
+    assert_eq!(report.labels_moved, 1, "{report:?}");
+    assert!(report.objects_copied > 0, "{report:?}");
+    let copy = b.event_chain("synced").unwrap();
+    assert!(copy.verify().await.unwrap().is_intact());
+    assert_eq!(copy.head().await.unwrap(), chain.head().await.unwrap());
+    let again = sync(a.clone(), b.clone()).await;
+    assert_eq!(
+        (again.labels_moved, again.labels_in_sync),
+        (0, 1),
+        "{again:?}"
+    );
+}

@@ -620,3 +620,92 @@ async fn objects_stored_before_links_were_recorded_are_scanned_before_anything_g
         store.get(node).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_root_restored_from_a_whole_root_package_holds_the_same_labels_content_and_chains() {
+    let (_dir, original) = temp_root();
+    let docs = original.store("docs").unwrap();
+    let nodes = linked_list(&docs, 3).await;
+    docs.store("unlabelled").await.unwrap();
+    docs.store_at_label("big", vec![7u8; 200_000])
+        .await
+        .unwrap();
+    original
+        .store("other")
+        .unwrap()
+        .store_at_label("cfg", "v1")
+        .await
+        .unwrap();
+    let chain = original.event_chain("actor-1").unwrap();
+    for _ in 0..9 {
+        chain
+            .append(theater_store::Event::new("store"))
+            .await
+            .unwrap();
+    }
+    let (summaries, package) = original
+        .export_root(Vec::new(), no_progress())
+        .await
+        .unwrap();
+    let stores: Vec<&str> = summaries.iter().map(|s| s.store.as_str()).collect();
+    assert_eq!(stores, ["docs", "other", "_chains"]);
+
+    let (_dir2, restored) = temp_root();
+    let imported = restored
+        .import_root(
+            std::io::Cursor::new(package),
+            Default::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        imported.iter().all(|s| s.conflicts.is_empty()),
+        "{imported:?}"
+    );
+    for id in ["docs", "other"] {
+        let (from, to) = (original.store(id).unwrap(), restored.store(id).unwrap());
+        let labels = |store: ContentStore| async move {
+            store.list_labels_page("", None, 1000).await.unwrap()
+        };
+        assert_eq!(labels(from.clone()).await, labels(to.clone()).await);
+        let mut held = from.list_all_content().await.unwrap();
+        let mut copied = to.list_all_content().await.unwrap();
+        held.sort();
+        copied.sort();
+        assert_eq!(held, copied);
+        for content_ref in &held {
+            assert_eq!(
+                from.get(content_ref).await.unwrap(),
+                to.get(content_ref).await.unwrap()
+            );
+        }
+    }
+    for node in &nodes {
+        restored.store("docs").unwrap().get(node).await.unwrap();
+    }
+    let copy = restored.event_chain("actor-1").unwrap();
+    let report = copy.verify().await.unwrap();
+    assert!(
+        report.is_intact() && report.events_checked == 9,
+        "{report:?}"
+    );
+    assert_eq!(copy.head().await.unwrap(), chain.head().await.unwrap());
+    // Sync records stay behind: the restored root is a new peer.
+    assert_ne!(
+        restored.sync_identity().await.unwrap(),
+        original.sync_identity().await.unwrap()
+    );
+    // A store's import refuses a whole root's package.
+    let (_, package) = original
+        .export_root(Vec::new(), no_progress())
+        .await
+        .unwrap();
+    let refused = restored
+        .store("docs")
+        .unwrap()
+        .import_package(std::io::Cursor::new(package), no_progress())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("import --all"), "{refused}");
+}

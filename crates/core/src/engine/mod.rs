@@ -170,6 +170,15 @@ pub(crate) enum Change {
         change: Option<Box<Change>>,
         append: ChainAppend,
     },
+    /// Write a chain's head label row whole (an import), if the label now
+    /// points at `expected` (`None`: absent). The sealed segment it names
+    /// must be held. Returns whether it wrote.
+    SetChainHead {
+        store: StoreId,
+        label: String,
+        head: ChainHead,
+        expected: Option<Digest>,
+    },
     /// Forget a store that holds no object and no label and was created
     /// before `cutoff` (unix milliseconds), and delete what it left on
     /// disk, keeping writes in flight. Returns whether it did.

@@ -544,6 +544,25 @@ fn apply(
             };
             append_event(db, append, applied).map(|appended| appended.map(|()| applied))
         }
+        Change::SetChainHead {
+            store,
+            label,
+            head,
+            expected,
+        } => {
+            let current = sql::label_target(db, &store, &label)?;
+            if current != expected {
+                return Ok(Ok(false));
+            }
+            if let Some(sealed) = head.sealed
+                && !sql::has_object(db, &store, sealed)?
+            {
+                return Ok(Err(not_found(&store, sealed)));
+            }
+            sql::ensure_store(db, &store)?;
+            sql::set_chain_head(db, &store, &label, &head, current.is_some())?;
+            Ok(Ok(true))
+        }
         Change::RemoveEmptyStore { store, cutoff } => {
             if !sql::delete_empty_store(db, &store, cutoff)? {
                 return Ok(Ok(false));

@@ -938,6 +938,40 @@ impl Inner {
                 Ok(true)
             }
             Change::Record { change, append } => self.record(client, change, append).await,
+            Change::SetChainHead {
+                store,
+                label,
+                head,
+                expected,
+            } => {
+                let transaction = client.transaction().await;
+                let transaction = self.index(transaction, "starting a transaction")?;
+                let locked = transaction
+                    .execute(
+                        "SELECT 1 FROM pg_advisory_xact_lock($1)",
+                        &[&index::chain_lock(&store, &label)],
+                    )
+                    .await;
+                self.index(locked, "locking chain head")?;
+                let current = index::label(&transaction, &store, &label).await;
+                let current = self.index(current, "reading chain head")?;
+                if current.map(|row| row.head) != expected {
+                    return Ok(false);
+                }
+                if let Some(sealed) = head.sealed {
+                    let held = index::object(&transaction, &store, sealed, false).await;
+                    if self.index(held, "looking up chain segment")?.is_none() {
+                        return Err(not_found(&store, Some(sealed)));
+                    }
+                }
+                let registered = index::ensure_store(&transaction, &store, unix_now()).await;
+                self.index(registered, "registering store")?;
+                let moved = index::set_chain_head(&transaction, &store, &label, &head).await;
+                self.index(moved, "writing chain head")?;
+                let committed = transaction.commit().await;
+                self.index(committed, "committing")?;
+                Ok(true)
+            }
             Change::RemoveEmptyStore { store, cutoff } => {
                 let removed = index::delete_empty_store(&*client, &store, cutoff).await;
                 if !self.index(removed, "removing store")? {
