@@ -1686,3 +1686,80 @@ fn maintenance_of_a_missing_store_or_chain_fails_naming_it() {
         .code(1)
         .stderr(contains("actor no-such-actor has no event chain"));
 }
+
+#[test]
+fn a_whole_root_and_its_chains_are_backed_up_and_restored_in_one_command() {
+    let env = Env::new();
+    env.cmd().arg("demo").assert().success();
+    let package = env.dir.path().join("full.pkg");
+    env.cmd()
+        .args(["export", "--all", "-o"])
+        .arg(&package)
+        .assert()
+        .success()
+        .stdout(contains("from _chains"));
+    let restored = Env::new();
+    restored
+        .cmd()
+        .args(["import", "--all"])
+        .arg(&package)
+        .assert()
+        .success();
+    let stores = env.json(&["stores"]);
+    for store in stores.as_array().unwrap() {
+        let id = store["id"].as_str().unwrap();
+        let labels = |env: &Env| env.cmd().args(["labels", id]).output().unwrap().stdout;
+        assert_eq!(labels(&env), labels(&restored), "store {id}");
+    }
+    let heads = env
+        .cmd()
+        .args(["labels", "_chains"])
+        .output()
+        .unwrap()
+        .stdout;
+    let heads = String::from_utf8(heads).unwrap();
+    let actors: Vec<&str> = heads
+        .lines()
+        .filter_map(|line| line.strip_prefix("head/")?.split('\t').next())
+        .collect();
+    assert!(!actors.is_empty(), "{heads}");
+    for actor in &actors {
+        let verified = |env: &Env| {
+            env.cmd()
+                .args(["verify-chain", actor])
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone()
+        };
+        assert_eq!(verified(&env), verified(&restored));
+    }
+    // One actor's chain on its own.
+    let one = env.dir.path().join("one.pkg");
+    env.cmd()
+        .args([
+            "export",
+            "_chains",
+            "--prefix",
+            &format!("head/{}", actors[0]),
+            "-o",
+        ])
+        .arg(&one)
+        .assert()
+        .success();
+    let third = Env::new();
+    third
+        .cmd()
+        .args(["import", "_chains"])
+        .arg(&one)
+        .assert()
+        .success()
+        .stdout(contains("into _chains"));
+    third
+        .cmd()
+        .args(["verify-chain", actors[0]])
+        .assert()
+        .success()
+        .stdout(contains("chain intact"));
+}
