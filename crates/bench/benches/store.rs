@@ -53,6 +53,25 @@ fn small_objects(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        if durability == Durability::Buffered {
+            // The same write of content that names another object by its
+            // ref, as the seed's linked structures do: the link is found
+            // and recorded in the index with the object.
+            let named = runtime
+                .block_on(store.store(distinct(&counter, KIB)))
+                .unwrap();
+            group.bench_function("store/Buffered_naming_a_ref", |b| {
+                b.to_async(&runtime).iter_batched(
+                    || {
+                        let mut content = distinct(&counter, KIB);
+                        content[16..80].copy_from_slice(named.hash().as_bytes());
+                        content
+                    },
+                    |c| store.store(c),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
     }
     let store = store_in(dir.path(), Durability::Buffered);
     let content_ref = runtime
