@@ -568,7 +568,7 @@ async fn publish(
                     package: head.head.into(),
                 });
             }
-            _ => chain_plans.push((label, head)),
+            _ => chain_plans.push((label, head, current)),
         }
     }
     // Labels go in chunks, so that a package with many labels never
@@ -604,8 +604,9 @@ async fn publish(
         }
     }
     if !options.dry_run {
-        for (label, head) in chain_plans {
-            let expected = engine.label_target(&chain_store, &label).await?;
+        // Each head moves only from what it was decided against: a chain
+        // that grew meanwhile is never overwritten.
+        for (label, head, expected) in chain_plans {
             let change = Change::SetChainHead {
                 store: chain_store.clone(),
                 label: label.clone(),
