@@ -11,8 +11,9 @@
 //! content, is a link to the content with that digest, if the store holds
 //! it. Binary formats that keep raw 32-byte digests are not followed.
 //! Links are found once, while content is written (the same pass that
-//! hashes it), and kept in the index beside the object, so that gc and
-//! export never re-read content to find them.
+//! hashes it), and kept in the object's own index row (the digests end to
+//! end), so that gc and export never re-read content to find them and a
+//! write that names a ref touches no index page a plain write does not.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
@@ -140,6 +141,16 @@ pub(crate) struct Links {
 }
 
 impl Links {
+    /// The targets as an index row keeps them: the digests end to end;
+    /// `None` when there are none, or when they overflowed (gc then scans
+    /// the content itself, so a partial list would only cost space).
+    pub(crate) fn column(&self) -> Option<Vec<u8>> {
+        if self.targets.is_empty() || self.overflowed {
+            return None;
+        }
+        Some(targets_column(&self.targets))
+    }
+
     /// The links in `content`, whose digest is `own`: what a
     /// [`LinkScanner`] fed the whole content finds, but looking at about
     /// one byte in 64 of text that holds no long hex run. A run of 64
@@ -174,6 +185,43 @@ impl Links {
     }
 }
 
+/// `targets` as an index row keeps them: the digests end to end.
+pub(crate) fn targets_column(targets: &[Digest]) -> Vec<u8> {
+    targets.iter().flat_map(|target| target.0).collect()
+}
+
+/// An index row's links column that is not a whole number of digests: a
+/// damaged index, which gc must not guess past.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "store {store}: the links recorded for content {object} are damaged \
+     ({len} bytes, not a whole number of digests), so gc cannot tell what it keeps"
+)]
+pub(crate) struct DamagedLinks {
+    store: String,
+    object: crate::names::ContentRef,
+    len: usize,
+}
+
+/// The digests of `source`'s links column, as [`targets_column`] wrote them.
+pub(crate) fn column_targets(
+    store: &StoreId,
+    source: Digest,
+    column: &[u8],
+) -> std::result::Result<Vec<Digest>, DamagedLinks> {
+    if !column.len().is_multiple_of(32) {
+        return Err(DamagedLinks {
+            store: store.to_string(),
+            object: source.into(),
+            len: column.len(),
+        });
+    }
+    Ok(column
+        .chunks_exact(32)
+        .map(|digest| Digest(digest.try_into().expect("chunks are 32 bytes")))
+        .collect())
+}
+
 /// The links between one store's objects, for working out what labels
 /// reach through content. Built from the links recorded in the index plus
 /// a scan of the objects not yet scanned.
@@ -196,8 +244,8 @@ impl LinkGraph {
         record: bool,
     ) -> Result<Self> {
         let mut graph = Self::default();
-        for (source, target) in engine.links(store)? {
-            graph.edges.entry(source).or_default().push(target);
+        for (source, targets) in engine.links(store)? {
+            graph.edges.entry(source).or_default().extend(targets);
         }
         let unscanned = engine.unscanned_links(store)?;
         let mut found = Vec::new();
@@ -256,6 +304,21 @@ impl LinkGraph {
             .into_iter()
             .filter_map(|digest| rows.remove(&digest))
             .collect()
+    }
+
+    /// For each of `rows`, the objects whose content links to it (itself
+    /// left out): what must be gone before it may go.
+    pub(crate) fn referrers_of(&self, rows: &[ObjectRow]) -> HashMap<Digest, Vec<Digest>> {
+        let wanted: HashSet<Digest> = rows.iter().map(|row| row.digest).collect();
+        let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for (source, targets) in &self.edges {
+            for target in targets {
+                if target != source && wanted.contains(target) {
+                    referrers.entry(*target).or_default().push(*source);
+                }
+            }
+        }
+        referrers
     }
 
     /// [`LinkGraph::referrers_first`] of bare digests. (Content addressing

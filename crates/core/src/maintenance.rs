@@ -1,7 +1,7 @@
 //! Checking and cleaning a store: [`ContentStore::verify`] and
 //! [`ContentStore::collect_garbage`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -318,6 +318,7 @@ impl ContentStore {
             }
         }
         let doomed = graph.referrers_first(doomed);
+        let mut referrers = graph.referrers_of(&doomed);
         progress.start((doomed.len() + unindexed.len()) as u64);
         if options.dry_run {
             report.objects_removed = doomed.len() as u64;
@@ -331,8 +332,15 @@ impl ContentStore {
                 && created_at.is_some_and(|at| at < cutoff_millis);
             return Ok(report);
         }
-        let (removed, freed) =
-            remove_objects(&engine, &store, &doomed, cutoff_millis, &*progress).await?;
+        let (removed, freed) = remove_objects(
+            &engine,
+            &store,
+            &doomed,
+            &mut referrers,
+            cutoff_millis,
+            &*progress,
+        )
+        .await?;
         report.objects_removed = removed;
         report.bytes_freed = freed;
         report.kept_recent += doomed.len() as u64 - removed;
@@ -426,13 +434,15 @@ impl ContentStore {
     }
 }
 
-/// Removes `rows`' objects, [`GC_CHUNK`] per queue, each only if no label
-/// reaches it and it was last stored before `cutoff` (checked by the
-/// writer). Returns how many went and their bytes. Progress is in objects.
+/// Removes `rows`' objects (referrers first), [`GC_CHUNK`] per queue, each
+/// only if none of its `referrers` is still held, no label points at it
+/// and it was last stored before `cutoff` (checked by the writer).
+/// Returns how many went and their bytes. Progress is in objects.
 async fn remove_objects(
     engine: &Engine,
     store: &StoreId,
     rows: &[ObjectRow],
+    referrers: &mut HashMap<Digest, Vec<Digest>>,
     cutoff: i64,
     progress: &dyn Progress,
 ) -> Result<(u64, u64)> {
@@ -443,6 +453,7 @@ async fn remove_objects(
             .map(|row| Change::RemoveObject {
                 store: store.clone(),
                 digest: row.digest,
+                referrers: referrers.remove(&row.digest).unwrap_or_default(),
                 cutoff,
             })
             .collect();
@@ -494,12 +505,15 @@ impl StoreRoot {
                 let rows = engine.snapshot(&store_id, "")?.objects;
                 let held: HashSet<Digest> = rows.iter().map(|row| row.digest).collect();
                 let graph = LinkGraph::load(&engine, &store_id, &held, true)?;
-                Ok(graph.referrers_first(rows))
+                let rows = graph.referrers_first(rows);
+                let referrers = graph.referrers_of(&rows);
+                Ok((rows, referrers))
             }
         })
         .await?;
+        let (rows, mut referrers) = rows;
         (report.objects_removed, report.bytes_freed) =
-            remove_objects(&engine, &store_id, &rows, forever, &()).await?;
+            remove_objects(&engine, &store_id, &rows, &mut referrers, forever, &()).await?;
         let change = Change::RemoveEmptyStore {
             store: store_id,
             cutoff: forever,

@@ -94,7 +94,12 @@ pub(crate) enum Change {
     /// object already held, with its bytes present, and stored within the
     /// root's refresh window is not written again: `staged` is dropped.
     /// One stored before that is written again, which heals damaged bytes
-    /// and refreshes its age. Returns whether the object was new.
+    /// and refreshes its age. A new object's links are recorded in its row,
+    /// and each target it names that was stored before the refresh window
+    /// has its age refreshed too: a collection that listed the objects
+    /// before this write then finds the target too young to remove (its
+    /// grace period is well above the window). Returns whether the object
+    /// was new.
     AddObject {
         store: StoreId,
         digest: Digest,
@@ -131,14 +136,19 @@ pub(crate) enum Change {
         labels: Vec<(String, Option<Digest>)>,
         expected: Option<Vec<Option<Digest>>>,
     },
-    /// Delete an object if no label points at it, no object still held
-    /// links to it, no object of the store awaits a scan for links, and
+    /// Delete an object if none of `referrers` is still held, no label
+    /// points at it, no object of the store awaits a scan for links, and
     /// it was last stored before `cutoff` (unix milliseconds). Returns
-    /// whether it did. Garbage collection removes referrers before what
-    /// they link to, so a whole unreachable structure goes in one pass.
+    /// whether it did. `referrers` are the objects whose content linked
+    /// to it when the collection listed them; garbage collection removes
+    /// them first, so a whole unreachable structure goes in one pass, and
+    /// one of them that was labelled or stored again meanwhile keeps what
+    /// it names. (A link written since the listing refreshed the target's
+    /// age, see `AddObject`.)
     RemoveObject {
         store: StoreId,
         digest: Digest,
+        referrers: Vec<Digest>,
         cutoff: i64,
     },
     /// Delete stored bytes that no index row claims, if they were last
@@ -253,8 +263,8 @@ pub(crate) struct ObjectRow {
     pub(crate) stored_at: i64,
 }
 
-/// A link from one object's content to another object: (source, target).
-pub(crate) type LinkRow = (Digest, Digest);
+/// An object whose content links to others, with the digests it names.
+pub(crate) type LinkRow = (Digest, Vec<Digest>);
 
 /// A store's labels and objects as of one moment.
 #[derive(Debug, Default)]
@@ -559,7 +569,8 @@ impl Engine {
         }
     }
 
-    /// Every link recorded between objects of `store`. Blocking.
+    /// Every object of `store` with links recorded, and their targets.
+    /// Blocking.
     pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
         match self {
             Self::Local(local) => local.links(store),

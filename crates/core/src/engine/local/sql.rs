@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::durability::Durability;
-use crate::engine::{ChainHead, ObjectRow, Snapshot, unix_now};
+use crate::engine::{ChainHead, LinkRow, ObjectRow, Snapshot, unix_now};
 use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -146,18 +146,14 @@ ALTER TABLE labels ADD COLUMN chain_sealed BLOB;
 }
 
 /// Version 7: links between objects (refs written inside content, see
-/// links.rs), so that gc keeps what reachable content names. A link lives
-/// as long as its source object (trigger). Objects already held are marked
-/// as not yet scanned; gc scans them once before it collects anything.
+/// links.rs), so that gc keeps what reachable content names. An object's
+/// links live in its own row (`links`: the digests end to end, NULL for
+/// none), so recording them costs a linked write no extra index page.
+/// Objects already held are marked as not yet scanned; gc scans them once
+/// before it collects anything.
 fn migration_v7() -> String {
     "
-CREATE TABLE links (
-    store TEXT NOT NULL,
-    source BLOB NOT NULL,
-    target BLOB NOT NULL,
-    PRIMARY KEY (store, source, target)
-) WITHOUT ROWID;
-CREATE INDEX links_by_target ON links (store, target);
+ALTER TABLE objects ADD COLUMN links BLOB;
 CREATE TABLE links_unscanned (
     store TEXT NOT NULL,
     hash BLOB NOT NULL,
@@ -165,7 +161,6 @@ CREATE TABLE links_unscanned (
 ) WITHOUT ROWID;
 INSERT INTO links_unscanned (store, hash) SELECT store, hash FROM objects;
 CREATE TRIGGER links_released AFTER DELETE ON objects BEGIN
-    DELETE FROM links WHERE store = OLD.store AND source = OLD.hash;
     DELETE FROM links_unscanned WHERE store = OLD.store AND hash = OLD.hash;
 END;
 "
@@ -530,17 +525,21 @@ pub(crate) fn rewrite_inline(
 
 /// Records an object, or refreshes its `stored_at` when already recorded.
 /// `inline_id` is where its bytes are (`None`: a file); an existing row
-/// keeps its place unless `inline_id` is given and it had none.
+/// keeps its place unless `inline_id` is given and it had none. `links` is
+/// the new row's links column (see links.rs); an existing row keeps its
+/// own, since the same content names the same refs.
 pub(crate) fn upsert_object(
     connection: &Connection,
     store: &StoreId,
     digest: Digest,
     size: u64,
     inline_id: Option<i64>,
+    links: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
-            "INSERT INTO objects (store, hash, size, stored_at, inline_id) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO objects (store, hash, size, stored_at, inline_id, links)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (store, hash) DO UPDATE SET stored_at = excluded.stored_at,
                  inline_id = COALESCE(objects.inline_id, excluded.inline_id)",
         )?
@@ -549,25 +548,45 @@ pub(crate) fn upsert_object(
             &digest.0[..],
             i64::try_from(size).unwrap_or(i64::MAX),
             unix_now(),
-            inline_id
+            inline_id,
+            links
         ])?;
     Ok(())
 }
 
-/// Records links from `source` to each of `targets` (kept already: kept).
-pub(crate) fn insert_links(
+/// Sets `stored_at` to now on each of `targets` the store holds that was
+/// last stored before `fresh_after`: content newly named by other content
+/// counts as stored again, so that a collection that did not see the new
+/// link finds it too young to remove (see `Change::AddObject`). One
+/// primary-key probe per target; a write only for an old one.
+pub(crate) fn refresh_targets(
     connection: &Connection,
     store: &StoreId,
-    source: Digest,
     targets: &[Digest],
+    fresh_after: i64,
 ) -> rusqlite::Result<()> {
     let mut statement = connection.prepare_cached(
-        "INSERT OR IGNORE INTO links (store, source, target) VALUES (?1, ?2, ?3)",
+        "UPDATE objects SET stored_at = ?3 WHERE store = ?1 AND hash = ?2 AND stored_at < ?4",
     )?;
+    let now = unix_now();
     for target in targets {
-        statement.execute(params![store.as_str(), &source.0[..], &target.0[..]])?;
+        statement.execute(params![store.as_str(), &target.0[..], now, fresh_after])?;
     }
     Ok(())
+}
+
+/// Replaces an object's links column (a later scan's findings); returns
+/// whether the object is held.
+pub(crate) fn set_links(
+    connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
+    links: Option<&[u8]>,
+) -> rusqlite::Result<bool> {
+    let updated = connection
+        .prepare_cached("UPDATE objects SET links = ?3 WHERE store = ?1 AND hash = ?2")?
+        .execute(params![store.as_str(), &digest.0[..], links])?;
+    Ok(updated == 1)
 }
 
 /// Marks an object as scanned for links (`false`) or not yet (`true`).
@@ -588,15 +607,22 @@ pub(crate) fn mark_unscanned(
     Ok(())
 }
 
-/// Every link between objects of a store, as (source, target).
-pub(crate) fn links(
-    connection: &Connection,
-    store: &StoreId,
-) -> rusqlite::Result<Vec<(Digest, Digest)>> {
-    let mut statement =
-        connection.prepare_cached("SELECT source, target FROM links WHERE store = ?1")?;
+/// Every object of a store that links to others, with its targets: one
+/// range scan of the objects' primary key.
+pub(crate) fn links(connection: &Connection, store: &StoreId) -> rusqlite::Result<Vec<LinkRow>> {
+    let mut statement = connection
+        .prepare_cached("SELECT hash, links FROM objects WHERE store = ?1 AND links IS NOT NULL")?;
     let rows = statement.query_map([store.as_str()], |row| {
-        Ok((digest_column(row, 0)?, digest_column(row, 1)?))
+        let source = digest_column(row, 0)?;
+        let column = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let targets = crate::links::column_targets(store, source, column).map_err(|damaged| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Blob,
+                damaged.into(),
+            )
+        })?;
+        Ok((source, targets))
     })?;
     rows.collect()
 }
@@ -625,26 +651,30 @@ pub(crate) fn move_to_file(
     Ok(())
 }
 
-/// Deletes an object row (its inline bytes and its links go with it, by
-/// trigger) if no label points at it, no other object still held links
-/// to it, no object of the store awaits a scan for links, and it was last
-/// stored before `cutoff`. Returns whether it did, and whether the bytes
-/// were inline. Every subquery is an index probe (`links_by_target`, the
-/// objects' and `links_unscanned`'s primary keys).
+/// Deletes an object row (its inline bytes go with it, by trigger) if
+/// none of `referrers` (the objects that linked to it when the collection
+/// looked) is still held, no label points at it, no object of the store
+/// awaits a scan for links, and it was last stored before `cutoff`.
+/// Returns whether it did, and whether the bytes were inline. Every check
+/// is an index probe (the objects' and `links_unscanned`'s primary keys,
+/// `labels_by_target`).
 pub(crate) fn remove_unreachable_object(
     connection: &Connection,
     store: &StoreId,
     digest: Digest,
+    referrers: &[Digest],
     cutoff: i64,
 ) -> rusqlite::Result<Option<bool>> {
+    for &referrer in referrers {
+        if has_object(connection, store, referrer)? {
+            return Ok(None);
+        }
+    }
     connection
         .prepare_cached(
             "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
              AND NOT EXISTS (SELECT 1 FROM labels
                              WHERE store = ?1 AND hash = ?2 AND chain_length IS NULL)
-             AND NOT EXISTS (SELECT 1 FROM links l JOIN objects s
-                                 ON s.store = l.store AND s.hash = l.source
-                             WHERE l.store = ?1 AND l.target = ?2)
              AND NOT EXISTS (SELECT 1 FROM links_unscanned WHERE store = ?1)
              RETURNING inline_id IS NOT NULL",
         )?

@@ -408,9 +408,11 @@ fn apply(
                     }
                 }
             };
-            sql::upsert_object(db, &store, digest, size, inline_id)?;
+            let column = links.column();
+            sql::upsert_object(db, &store, digest, size, inline_id, column.as_deref())?;
             if held.is_none() {
-                sql::insert_links(db, &store, digest, &links.targets)?;
+                let fresh_after = unix_now().saturating_sub(refresh_after);
+                sql::refresh_targets(db, &store, &links.targets, fresh_after)?;
                 if links.overflowed {
                     sql::mark_unscanned(db, &store, digest, true)?;
                 }
@@ -469,8 +471,9 @@ fn apply(
         Change::RemoveObject {
             store,
             digest,
+            referrers,
             cutoff,
-        } => match sql::remove_unreachable_object(db, &store, digest, cutoff)? {
+        } => match sql::remove_unreachable_object(db, &store, digest, &referrers, cutoff)? {
             None => Ok(Ok(false)),
             Some(true) => Ok(Ok(true)),
             Some(false) => match layout.remove_object(&store, digest) {
@@ -486,10 +489,10 @@ fn apply(
             digest,
             targets,
         } => {
-            if !sql::has_object(db, &store, digest)? {
+            let column = (!targets.is_empty()).then(|| crate::links::targets_column(&targets));
+            if !sql::set_links(db, &store, digest, column.as_deref())? {
                 return Ok(Ok(false));
             }
-            sql::insert_links(db, &store, digest, &targets)?;
             sql::mark_unscanned(db, &store, digest, false)?;
             Ok(Ok(true))
         }

@@ -10,7 +10,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::engine::{ChainHead, LabelRow, LinkRow, ObjectRow};
+use crate::engine::{ChainHead, LabelRow, ObjectRow};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -70,16 +70,11 @@ ALTER TABLE theater_labels ADD COLUMN IF NOT EXISTS chain_sealed bytea;
 CREATE INDEX IF NOT EXISTS theater_labels_by_target
     ON theater_labels (store, target) WHERE chain_length IS NULL;
 
--- Links between objects: refs written inside content (links.rs). A link
--- lives as long as its source object. Objects whose links are not all
--- recorded (held before links were, or with too many) await a scan.
-CREATE TABLE IF NOT EXISTS theater_links (
-    store text COLLATE "C" NOT NULL,
-    source bytea NOT NULL,
-    target bytea NOT NULL,
-    PRIMARY KEY (store, source, target)
-);
-CREATE INDEX IF NOT EXISTS theater_links_by_target ON theater_links (store, target);
+-- Links between objects: refs written inside content (links.rs), kept in
+-- the object's own row (the digests end to end, NULL for none), so that a
+-- linked write touches no other index page. Objects whose links are not
+-- all recorded (held before links were, or with too many) await a scan.
+ALTER TABLE theater_objects ADD COLUMN IF NOT EXISTS links bytea;
 CREATE TABLE IF NOT EXISTS theater_links_unscanned (
     store text COLLATE "C" NOT NULL,
     digest bytea NOT NULL,
@@ -87,7 +82,6 @@ CREATE TABLE IF NOT EXISTS theater_links_unscanned (
 );
 CREATE OR REPLACE FUNCTION theater_links_released() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM theater_links l USING removed r WHERE l.store = r.store AND l.source = r.digest;
     DELETE FROM theater_links_unscanned u USING removed r
         WHERE u.store = r.store AND u.digest = r.digest;
     RETURN NULL;
@@ -143,14 +137,19 @@ CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
 CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
 
--- Adds (or refreshes) an object row, records a new row's links (locking
--- their targets' rows in share mode, so a collection of one waits for
--- this and then sees the link) and points p_label at it. Returns 1 when the row is
--- new, 0 when it was held already.
+-- Adds (or refreshes) an object row with its links column, and points
+-- p_label at it. A new row's targets (p_targets) that were stored before
+-- p_fresh_after count as stored again: a collection that listed objects
+-- before this write then finds them too young (and one that locked a
+-- target first has removed it before this write sees it). Returns 1 when
+-- the row is new, 0 when it was held already.
 DROP FUNCTION IF EXISTS theater_add_object(text, bytea, bigint, bytea, text, bigint, bigint);
+DROP FUNCTION IF EXISTS theater_add_object(
+    text, bytea, bigint, bytea, text, bigint, bigint, bytea[], boolean);
 CREATE OR REPLACE FUNCTION theater_add_object(
     p_store text, p_digest bytea, p_size bigint, p_inline bytea, p_label text,
-    p_now bigint, p_fresh_after bigint, p_links bytea[], p_unscanned boolean)
+    p_now bigint, p_fresh_after bigint, p_links bytea, p_targets bytea[],
+    p_unscanned boolean)
     RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     held_at bigint;
@@ -168,15 +167,14 @@ BEGIN
                 WHERE store = p_store AND digest = p_digest;
         END IF;
     ELSE
-        INSERT INTO theater_objects (store, digest, size, stored_at, inline)
-            VALUES (p_store, p_digest, p_size, p_now, p_inline)
+        INSERT INTO theater_objects (store, digest, size, stored_at, inline, links)
+            VALUES (p_store, p_digest, p_size, p_now, p_inline, p_links)
             ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at
             RETURNING (xmax = 0) INTO inserted;
     END IF;
-    IF inserted AND cardinality(p_links) > 0 THEN
-        PERFORM 1 FROM theater_objects WHERE store = p_store AND digest = ANY(p_links) FOR SHARE;
-        INSERT INTO theater_links (store, source, target)
-            SELECT p_store, p_digest, t FROM unnest(p_links) AS t ON CONFLICT DO NOTHING;
+    IF inserted AND cardinality(p_targets) > 0 THEN
+        UPDATE theater_objects SET stored_at = p_now
+            WHERE store = p_store AND digest = ANY(p_targets) AND stored_at < p_fresh_after;
     END IF;
     IF inserted AND p_unscanned THEN
         INSERT INTO theater_links_unscanned (store, digest) VALUES (p_store, p_digest)
@@ -344,9 +342,10 @@ pub(super) async fn add_object(
     (now, fresh_after): (i64, i64),
 ) -> Result<bool, tokio_postgres::Error> {
     let statement = client
-        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .await?;
     let targets: Vec<&[u8]> = links.targets.iter().map(|target| &target.0[..]).collect();
+    let column = links.column();
     let row = client
         .query_one(
             &statement,
@@ -358,6 +357,7 @@ pub(super) async fn add_object(
                 &label,
                 &now,
                 &fresh_after,
+                &column,
                 &targets,
                 &links.overflowed,
             ],
@@ -390,6 +390,7 @@ pub(super) async fn add_objects(
     let digests: Vec<&[u8]> = rows.iter().map(|row| &row.1.0[..]).collect();
     let sizes: Vec<i64> = rows.iter().map(|row| to_i64(row.2)).collect();
     let inlines: Vec<&[u8]> = rows.iter().map(|row| row.3).collect();
+    let columns: Vec<Option<Vec<u8>>> = rows.iter().map(|row| row.5.column()).collect();
     let register = client
         .prepare_cached(
             "INSERT INTO theater_stores (id, created_at)
@@ -399,9 +400,10 @@ pub(super) async fn add_objects(
     client.execute(&register, &[&stores, &now]).await?;
     let insert = client
         .prepare_cached(
-            "INSERT INTO theater_objects (store, digest, size, stored_at, inline)
-             SELECT s, d, z, $5, i FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[])
-                 AS u(s, d, z, i)
+            "INSERT INTO theater_objects (store, digest, size, stored_at, inline, links)
+             SELECT s, d, z, $5, i, k
+             FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bytea[], $7::bytea[])
+                 AS u(s, d, z, i, k)
              ON CONFLICT (store, digest) DO UPDATE SET stored_at = EXCLUDED.stored_at,
                  inline = CASE WHEN theater_objects.inline IS NULL THEN NULL
                                ELSE EXCLUDED.inline END
@@ -412,7 +414,15 @@ pub(super) async fn add_objects(
     let changed = client
         .query(
             &insert,
-            &[&stores, &digests, &sizes, &inlines, &now, &fresh_after],
+            &[
+                &stores,
+                &digests,
+                &sizes,
+                &inlines,
+                &now,
+                &fresh_after,
+                &columns,
+            ],
         )
         .await?;
     let new: std::collections::HashSet<(String, Digest)> = changed
@@ -420,37 +430,28 @@ pub(super) async fn add_objects(
         .filter(|row| row.get::<_, bool>(2))
         .filter_map(|row| Some((row.get(0), digest_column(row, 1)?)))
         .collect();
-    // Links are recorded with a new row; a row already held has its own.
-    let (mut link_stores, mut sources, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    // A new row's targets count as stored again, as theater_add_object
+    // says; a row already held named them when it was first stored.
+    let (mut link_stores, mut targets) = (Vec::new(), Vec::new());
     for row in rows
         .iter()
         .filter(|row| new.contains(&(row.0.as_str().to_owned(), row.1)))
     {
         for target in &row.5.targets {
             link_stores.push(row.0.as_str());
-            sources.push(&row.1.0[..]);
             targets.push(&target.0[..]);
         }
     }
     if !targets.is_empty() {
-        // The targets' rows first, in share mode, as theater_add_object does.
-        let lock = client
+        let refresh = client
             .prepare_cached(
-                "SELECT 1 FROM theater_objects o
-                 JOIN unnest($1::text[], $2::bytea[]) AS u(s, t) ON o.store = u.s AND o.digest = u.t
-                 FOR SHARE OF o",
-            )
-            .await?;
-        client.execute(&lock, &[&link_stores, &targets]).await?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO theater_links (store, source, target)
-                 SELECT s, d, t FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS u(s, d, t)
-                 ON CONFLICT DO NOTHING",
+                "UPDATE theater_objects o SET stored_at = $3
+                 FROM unnest($1::text[], $2::bytea[]) AS u(s, t)
+                 WHERE o.store = u.s AND o.digest = u.t AND o.stored_at < $4",
             )
             .await?;
         client
-            .execute(&insert, &[&link_stores, &sources, &targets])
+            .execute(&refresh, &[&link_stores, &targets, &now, &fresh_after])
             .await?;
     }
     let overflowed: Vec<&NewObject<'_>> = rows
@@ -815,20 +816,21 @@ pub(super) async fn object_rows(
         .collect())
 }
 
-/// Every link between objects of a store, as (source, target).
+/// Every object of a store that links to others, with its links column
+/// (the digests end to end, see links.rs).
 pub(super) async fn links(
     client: &impl GenericClient,
     store: &StoreId,
-) -> Result<Vec<LinkRow>, tokio_postgres::Error> {
+) -> Result<Vec<(Digest, Vec<u8>)>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT source, target FROM theater_links WHERE store = $1",
+            "SELECT digest, links FROM theater_objects WHERE store = $1 AND links IS NOT NULL",
             &[&store.as_str()],
         )
         .await?;
     Ok(rows
         .iter()
-        .filter_map(|row| Some((digest_column(row, 0)?, digest_column(row, 1)?)))
+        .filter_map(|row| Some((digest_column(row, 0)?, row.get(1))))
         .collect())
 }
 
@@ -868,38 +870,24 @@ pub(super) async fn mark_unscanned(
         .map(drop)
 }
 
-/// Records links found by a later scan of an object, and marks it as
-/// scanned, if it is still held (its row locked in share mode, so a
-/// collection waits). Returns whether it is.
+/// Records the links a later scan of an object found, and marks it as
+/// scanned, if it is still held. Returns whether it is.
 pub(super) async fn set_links(
     client: &impl GenericClient,
     store: &StoreId,
     source: Digest,
     targets: &[Digest],
 ) -> Result<bool, tokio_postgres::Error> {
-    let held = client
-        .query_opt(
-            "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = $2 FOR SHARE",
-            &[&store.as_str(), &&source.0[..]],
+    let column = (!targets.is_empty()).then(|| crate::links::targets_column(targets));
+    let updated = client
+        .execute(
+            "UPDATE theater_objects SET links = $3 WHERE store = $1 AND digest = $2",
+            &[&store.as_str(), &&source.0[..], &column],
         )
         .await?;
-    if held.is_none() {
+    if updated == 0 {
         return Ok(false);
     }
-    let targets: Vec<&[u8]> = targets.iter().map(|target| &target.0[..]).collect();
-    client
-        .execute(
-            "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = ANY($2) FOR SHARE",
-            &[&store.as_str(), &targets],
-        )
-        .await?;
-    client
-        .execute(
-            "INSERT INTO theater_links (store, source, target)
-             SELECT $1, $2, t FROM unnest($3::bytea[]) AS t ON CONFLICT DO NOTHING",
-            &[&store.as_str(), &&source.0[..], &targets],
-        )
-        .await?;
     mark_unscanned(client, store, source, false).await?;
     Ok(true)
 }
@@ -948,17 +936,22 @@ pub(super) async fn stores(
         .collect())
 }
 
-/// Deletes an object row if it is older than `cutoff` and no plain label
-/// points at it. The row is locked first, in a statement of its own, so
-/// that a label write holding it in share mode finishes first and the
-/// check, in a later statement, sees its label. Returns the deleted row's
-/// inline-ness (`Some(true)`: its bytes were inline), or `None`.
+/// Deletes an object row if it is older than `cutoff`, no plain label
+/// points at it, none of `referrers` (what linked to it when the
+/// collection listed objects) is still held, and no object of the store
+/// awaits a scan for links. The row is locked first, in a statement of
+/// its own, so that a label write holding it in share mode, or a linked
+/// write refreshing its age, finishes first and the check, in a later
+/// statement, sees it. Returns the deleted row's inline-ness
+/// (`Some(true)`: its bytes were inline), or `None`.
 pub(super) async fn remove_unreachable(
     client: &impl GenericClient,
     store: &StoreId,
     digest: Digest,
+    referrers: &[Digest],
     cutoff: i64,
 ) -> Result<Option<bool>, tokio_postgres::Error> {
+    let referrers: Vec<&[u8]> = referrers.iter().map(|digest| &digest.0[..]).collect();
     client
         .query(
             "SELECT 1 FROM theater_objects WHERE store = $1 AND digest = $2 FOR UPDATE",
@@ -971,12 +964,11 @@ pub(super) async fn remove_unreachable(
                AND o.stored_at < $3
                AND NOT EXISTS (SELECT 1 FROM theater_labels l
                                WHERE l.store = $1 AND l.target = $2 AND l.chain_length IS NULL)
-               AND NOT EXISTS (SELECT 1 FROM theater_links k JOIN theater_objects s
-                                   ON s.store = k.store AND s.digest = k.source
-                               WHERE k.store = $1 AND k.target = $2)
+               AND NOT EXISTS (SELECT 1 FROM theater_objects r
+                               WHERE r.store = $1 AND r.digest = ANY($4))
                AND NOT EXISTS (SELECT 1 FROM theater_links_unscanned WHERE store = $1)
              RETURNING o.inline IS NOT NULL",
-            &[&store.as_str(), &&digest.0[..], &cutoff],
+            &[&store.as_str(), &&digest.0[..], &cutoff, &referrers],
         )
         .await?;
     Ok(row.map(|row| row.get(0)))

@@ -515,7 +515,17 @@ impl SharedEngine {
         self.block(|inner| async move {
             let client = inner.client().await?;
             let links = index::links(&client, &store).await;
-            inner.index(links, "listing links")
+            let links = inner.index(links, "listing links")?;
+            links
+                .into_iter()
+                .map(|(source, column)| {
+                    let targets = crate::links::column_targets(&store, source, &column);
+                    let targets = targets.map_err(|damaged| {
+                        postgres_error(&inner.location, "listing links", damaged)
+                    })?;
+                    Ok((source, targets))
+                })
+                .collect()
         })
     }
 
@@ -912,8 +922,12 @@ impl Inner {
             Change::RemoveObject {
                 store,
                 digest,
+                referrers,
                 cutoff,
-            } => self.remove_object(client, &store, digest, cutoff).await,
+            } => {
+                self.remove_object(client, &store, digest, &referrers, cutoff)
+                    .await
+            }
             Change::RemoveUnindexed {
                 store,
                 digest,
@@ -1175,12 +1189,14 @@ impl Inner {
         client: &mut deadpool_postgres::Object,
         store: &StoreId,
         digest: Digest,
+        referrers: &[Digest],
         cutoff: i64,
     ) -> Result<bool> {
         self.exclusively(client, store, digest, async |client| {
             let transaction = client.transaction().await;
             let transaction = self.index(transaction, "starting a transaction")?;
-            let removed = index::remove_unreachable(&transaction, store, digest, cutoff).await;
+            let removed =
+                index::remove_unreachable(&transaction, store, digest, referrers, cutoff).await;
             let removed = self.index(removed, "removing object")?;
             let committed = transaction.commit().await;
             self.index(committed, "committing")?;
