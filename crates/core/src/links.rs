@@ -11,9 +11,14 @@
 //! content, is a link to the content with that digest, if the store holds
 //! it. Binary formats that keep raw 32-byte digests are not followed.
 //! Links are found once, while content is written (the same pass that
-//! hashes it), and kept in the object's own index row (the digests end to
-//! end), so that gc and export never re-read content to find them and a
-//! write that names a ref touches no index page a plain write does not.
+//! hashes it), and kept in the object's own index row, so that gc and
+//! export never re-read content to find them and a write that names a ref
+//! touches no index page a plain write does not. The row keeps only each
+//! target's first [`PREFIX_BYTES`] bytes: a whole digest made the row big
+//! enough to slow every write (issue 24's measurements), and a prefix is
+//! enough to follow a link. A prefix that matches more than one object
+//! keeps them all, so a (vanishingly rare) collision keeps too much, never
+//! too little.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
@@ -24,6 +29,20 @@ use crate::names::{Digest, StoreId};
 
 /// Hex digits in a ref.
 const REF_DIGITS: usize = 64;
+
+/// How much of a target's digest an index row keeps. Among a million
+/// objects, a prefix this long matches another object about once in 10^13.
+pub(crate) const PREFIX_BYTES: usize = 8;
+
+/// The part of a link's target an index row keeps.
+pub(crate) type LinkPrefix = [u8; PREFIX_BYTES];
+
+/// The prefix an index row keeps of `digest`.
+pub(crate) fn prefix_of(digest: &Digest) -> LinkPrefix {
+    let mut prefix = [0; PREFIX_BYTES];
+    prefix.copy_from_slice(&digest.0[..PREFIX_BYTES]);
+    prefix
+}
 
 /// The most distinct links one object may record. Past it the object
 /// keeps only this many (the first found) and says it overflowed, so
@@ -185,17 +204,28 @@ impl Links {
     }
 }
 
-/// `targets` as an index row keeps them: the digests end to end.
+/// `targets` as an index row keeps them: their prefixes end to end.
 pub(crate) fn targets_column(targets: &[Digest]) -> Vec<u8> {
-    targets.iter().flat_map(|target| target.0).collect()
+    targets.iter().flat_map(prefix_of).collect()
 }
 
-/// An index row's links column that is not a whole number of digests: a
+/// The digests in `sorted` (ascending) that begin with `prefix`.
+fn with_prefix<'a>(sorted: &'a [Digest], prefix: &LinkPrefix) -> &'a [Digest] {
+    let first = sorted.partition_point(|digest| digest.0[..PREFIX_BYTES] < prefix[..]);
+    let count = sorted[first..]
+        .iter()
+        .take_while(|digest| digest.0[..PREFIX_BYTES] == prefix[..])
+        .count();
+    &sorted[first..first + count]
+}
+
+/// An index row's links column that is not a whole number of prefixes: a
 /// damaged index, which gc must not guess past.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "store {store}: the links recorded for content {object} are damaged \
-     ({len} bytes, not a whole number of digests), so gc cannot tell what it keeps"
+     ({len} bytes, not a whole number of {PREFIX_BYTES}-byte prefixes), so gc cannot tell \
+     what it keeps"
 )]
 pub(crate) struct DamagedLinks {
     store: String,
@@ -203,13 +233,14 @@ pub(crate) struct DamagedLinks {
     len: usize,
 }
 
-/// The digests of `source`'s links column, as [`targets_column`] wrote them.
+/// The prefixes of `source`'s links column, as [`targets_column`] wrote
+/// them.
 pub(crate) fn column_targets(
     store: &StoreId,
     source: Digest,
     column: &[u8],
-) -> std::result::Result<Vec<Digest>, DamagedLinks> {
-    if !column.len().is_multiple_of(32) {
+) -> std::result::Result<Vec<LinkPrefix>, DamagedLinks> {
+    if !column.len().is_multiple_of(PREFIX_BYTES) {
         return Err(DamagedLinks {
             store: store.to_string(),
             object: source.into(),
@@ -217,8 +248,8 @@ pub(crate) fn column_targets(
         });
     }
     Ok(column
-        .chunks_exact(32)
-        .map(|digest| Digest(digest.try_into().expect("chunks are 32 bytes")))
+        .chunks_exact(PREFIX_BYTES)
+        .map(|prefix| prefix.try_into().expect("chunks are whole prefixes"))
         .collect())
 }
 
@@ -244,8 +275,15 @@ impl LinkGraph {
         record: bool,
     ) -> Result<Self> {
         let mut graph = Self::default();
-        for (source, targets) in engine.links(store)? {
-            graph.edges.entry(source).or_default().extend(targets);
+        // Each prefix stands for every held object it begins: in sorted
+        // order those are side by side.
+        let mut sorted: Vec<Digest> = objects.iter().copied().collect();
+        sorted.sort_unstable();
+        for (source, prefixes) in engine.links(store)? {
+            let edges = graph.edges.entry(source).or_default();
+            for prefix in prefixes {
+                edges.extend(with_prefix(&sorted, &prefix));
+            }
         }
         let unscanned = engine.unscanned_links(store)?;
         let mut found = Vec::new();
@@ -474,6 +512,30 @@ mod tests {
             let own = Digest::of(b"x");
             assert_eq!(Links::of(&content, own), scanner.finish(own), "case {case}");
         }
+    }
+
+    #[test]
+    fn a_prefix_stands_for_every_object_it_begins_and_no_other() {
+        let digest = |first: u8, last: u8| {
+            let mut bytes = [first; 32];
+            bytes[31] = last;
+            Digest(bytes)
+        };
+        let (a1, a2, b) = (digest(1, 1), digest(1, 2), digest(2, 1));
+        let mut sorted = vec![b, a2, a1];
+        sorted.sort_unstable();
+        assert_eq!(with_prefix(&sorted, &prefix_of(&a1)), &[a1, a2]);
+        assert_eq!(with_prefix(&sorted, &prefix_of(&b)), &[b]);
+        assert!(with_prefix(&sorted, &[3; PREFIX_BYTES]).is_empty());
+        let column = targets_column(&[a1, b]);
+        assert_eq!(column.len(), 2 * PREFIX_BYTES);
+        let store = StoreId::parse("s").unwrap();
+        assert_eq!(
+            column_targets(&store, a1, &column).unwrap(),
+            vec![prefix_of(&a1), prefix_of(&b)]
+        );
+        let damaged = column_targets(&store, a1, &column[1..]).unwrap_err();
+        assert!(damaged.to_string().contains("store s"), "{damaged}");
     }
 
     #[test]

@@ -263,8 +263,9 @@ pub(crate) struct ObjectRow {
     pub(crate) stored_at: i64,
 }
 
-/// An object whose content links to others, with the digests it names.
-pub(crate) type LinkRow = (Digest, Vec<Digest>);
+/// An object whose content links to others, with the prefixes of the
+/// digests it names (see links.rs).
+pub(crate) type LinkRow = (Digest, Vec<crate::links::LinkPrefix>);
 
 /// A store's labels and objects as of one moment.
 #[derive(Debug, Default)]
