@@ -308,6 +308,64 @@ fn labels_at_scale(c: &mut Criterion) {
     group.finish();
 }
 
+/// gc and verify over stores of linked content, at 10k and 100k objects,
+/// so that the cost per object can be compared: lists of 100 nodes, each
+/// node naming the one before by its ref (as the seed's linked list
+/// does), every other list labelled at its head. gc runs as a dry run so
+/// that every iteration sees the same store; it reads the index, loads the
+/// links and walks them.
+fn maintenance_at_scale(c: &mut Criterion) {
+    const NODES_PER_LIST: usize = 100;
+    let runtime = Runtime::new().unwrap();
+    let mut group = c.benchmark_group("maintenance_linked");
+    group.sample_size(10);
+    for objects in [10_000usize, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), Durability::Buffered);
+        runtime.block_on(async {
+            let lists: Vec<_> = (0..objects / NODES_PER_LIST)
+                .map(|list| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut previous = String::from("none");
+                        for node in 0..NODES_PER_LIST {
+                            let content = format!("list {list} node {node} next {previous}");
+                            previous = store.store(content).await.unwrap().hash().to_owned();
+                        }
+                        if list % 2 == 0 {
+                            let head = theater_store::ContentRef::parse(previous).unwrap();
+                            store.label(&format!("list:{list}"), &head).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for list in lists {
+                list.await.unwrap();
+            }
+            // Past a zero grace period, so that no list counts as recent.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        group.throughput(Throughput::Elements(objects as u64));
+        let sweep = GcOptions {
+            grace: Duration::ZERO,
+            dry_run: true,
+        };
+        group.bench_function(format!("gc_dry_run/{objects}"), |bench| {
+            bench.to_async(&runtime).iter(|| async {
+                let report = store.collect_garbage(sweep, Arc::new(())).await.unwrap();
+                assert_eq!(report.objects_removed as usize, objects / 2);
+            })
+        });
+        group.bench_function(format!("verify/{objects}"), |bench| {
+            bench.to_async(&runtime).iter(|| async {
+                let report = store.verify(Arc::new(())).await.unwrap();
+                assert_eq!(report.objects_checked as usize, objects);
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Owned-argument helpers so benchmark closures can return futures.
 trait OwnedCalls {
     fn get_by_label_owned(&self, label: String) -> impl Future<Output = ()>;
@@ -541,6 +599,7 @@ criterion_group!(
     streaming,
     concurrent_durable_writers,
     labels_at_scale,
+    maintenance_at_scale,
     sync
 );
 criterion_main!(benches);
