@@ -1,6 +1,7 @@
 //! `theater-store chain` and `verify-chain`: an actor's event chain, read
 //! and checked from the host side.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -8,7 +9,13 @@ use theater_store::{ChainEntry, Outcome, StoreRoot};
 
 use crate::stores::{print_json, printable};
 
-/// Lists up to `limit` events of `actor`'s chain, newest first.
+/// Events `chain --json` lists when no `--limit` is given: JSON of a long
+/// chain is large, and scripts page with `--limit`.
+pub const DEFAULT_JSON_LIMIT: usize = 1000;
+
+/// Lists up to `limit` events of `actor`'s chain, newest first, writing
+/// each as it is read (one segment of the chain in memory at a time). A
+/// reader that closes the pipe early (`| head`) ends the listing quietly.
 pub async fn list(
     root: &StoreRoot,
     actor: &str,
@@ -16,17 +23,48 @@ pub async fn list(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
-    let entries = chain.events(limit.unwrap_or(usize::MAX)).await?;
-    if json {
-        let events: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
-        print_json(&events)?;
-        return Ok(ExitCode::SUCCESS);
+    let limit = match (limit, json) {
+        (Some(limit), _) => limit,
+        (None, true) => DEFAULT_JSON_LIMIT,
+        (None, false) => usize::MAX,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written = 0usize;
+    let mut failed: Option<std::io::Error> = None;
+    let walk = chain.for_each_event(limit, |entry| {
+        let result = if json {
+            let separator = if written == 0 { "[" } else { "," };
+            write!(out, "{separator}{}", entry_json(&entry))
+        } else {
+            writeln!(out, "{}", line(&entry))
+        };
+        written += 1;
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                failed = Some(error);
+                false
+            }
+        }
+    });
+    let walked = walk.await;
+    let closing = match (&failed, json) {
+        (Some(_), _) => Ok(()),
+        (None, true) if written == 0 => writeln!(out, "[]"),
+        (None, true) => writeln!(out, "]"),
+        (None, false) => Ok(()),
+    };
+    let flushed = closing.and_then(|()| out.flush());
+    match failed.or(flushed.err()) {
+        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(error) => return Err(error.into()),
+        None => {}
     }
-    if entries.is_empty() {
+    walked?;
+    if written == 0 && !json {
         eprintln!("actor {actor} has no recorded events");
-    }
-    for entry in &entries {
-        println!("{}", line(entry));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -160,7 +160,7 @@ enum Command {
         /// The actor id (`run` prints it; by default `component-` and the
         /// start of the component's hash).
         actor: String,
-        /// At most this many events.
+        /// At most this many events [default: all; with --json, 1000].
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
     },
@@ -222,12 +222,16 @@ struct RunArgs {
     /// per-object overhead and labels [default: 1GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     store_quota: Option<usize>,
-    /// Most space the actor may add across all stores in this run [default: 1GiB].
+    /// Most space the actor may add across all stores and its event chain
+    /// in this run [default: 1GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     actor_quota: Option<usize>,
     /// Most stores the actor may create [default: 100].
     #[arg(long, value_name = "N")]
     max_stores: Option<usize>,
+    /// Most content readers and writers the actor may hold open at once [default: 64].
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
     /// Record the actor's store calls in this actor's event chain
     /// [default: `component-` and the first 16 hex digits of the
     /// component's BLAKE3 hash].

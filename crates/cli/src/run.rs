@@ -50,6 +50,7 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
             .actor_quota
             .map_or(defaults.max_actor_bytes, |q| q as u64),
         max_stores_created: args.max_stores.unwrap_or(defaults.max_stores_created),
+        max_open_streams: args.max_streams.unwrap_or(defaults.max_open_streams),
         ..defaults
     };
     let chain = match (&args.actor_id, args.no_chain) {

@@ -347,7 +347,12 @@ pub async fn gc(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
-    for store in selected(root, store).await? {
+    let mut stores = selected(root, store).await?;
+    if store.is_none() {
+        // Staging left by writes killed before their store's first commit.
+        stores.extend(root.unindexed_stores().await?);
+    }
+    for store in stores {
         let bar = Bar::new(&format!("collecting {}", store.id()), false);
         let report = store
             .collect_garbage(GcOptions { grace, dry_run }, bar.clone())

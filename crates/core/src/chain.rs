@@ -20,6 +20,7 @@
 //! carries its event in its own transaction. Chains recorded before
 //! segments (one object per event) are read and continued as they are.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,22 @@ pub(crate) const CHAIN_STORE: &str = "_chains";
 
 /// Longest accepted actor id, in bytes.
 pub const MAX_ACTOR_ID_BYTES: usize = 128;
+
+/// Longest store id, label, ref or call name an event records verbatim.
+/// Longer ones (a refused call can name anything) are recorded by their
+/// BLAKE3 hash and length, so no argument can make the chain grow by more
+/// than a bounded amount per call.
+pub const MAX_RECORDED_NAME_BYTES: usize = 256;
+
+/// Longest outcome message an event records; longer ones are cut.
+const MAX_RECORDED_MESSAGE_BYTES: usize = 512;
+
+/// Most refs one event records (no call names more than three).
+const MAX_RECORDED_REFS: usize = 4;
+
+/// Most bytes one recorded event takes, as stored: every argument is
+/// bounded by [`Event::bounded`] before it is appended.
+pub const MAX_EVENT_BYTES: u64 = 4096;
 
 /// One call an actor made, as recorded. The chain adds its place (`seq`,
 /// `parent`) and time when it is appended.
@@ -74,6 +91,57 @@ impl Event {
             outcome: Outcome::Ok,
         }
     }
+
+    /// This event with every argument bounded (see
+    /// [`MAX_RECORDED_NAME_BYTES`]): what a chain records.
+    pub fn bounded(self) -> Self {
+        let outcome = match self.outcome {
+            Outcome::Error { kind, message } => Outcome::Error {
+                kind: bound_name(kind),
+                message: cut_text(message, MAX_RECORDED_MESSAGE_BYTES),
+            },
+            other => other,
+        };
+        Self {
+            event_type: bound_name(self.event_type),
+            store: self.store.map(bound_name),
+            label: self.label.map(bound_name),
+            refs: self
+                .refs
+                .into_iter()
+                .take(MAX_RECORDED_REFS)
+                .map(bound_name)
+                .collect(),
+            size: self.size,
+            outcome,
+        }
+    }
+}
+
+/// `name` itself if it is short enough to record, else `blake3:HASH:LEN`.
+fn bound_name(name: String) -> String {
+    if name.len() <= MAX_RECORDED_NAME_BYTES {
+        return name;
+    }
+    format!(
+        "blake3:{}:{}",
+        blake3::hash(name.as_bytes()).to_hex(),
+        name.len()
+    )
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked.
+fn cut_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push('…');
+    text
 }
 
 /// How a recorded call ended.
@@ -250,7 +318,7 @@ impl EventChain {
     pub async fn append(&self, event: Event) -> Result<()> {
         let change = Change::Record {
             change: None,
-            append: self.append_change(event, false),
+            append: self.append_change(event, false, None),
         };
         self.store.root().engine().await?.apply(change).await?;
         Ok(())
@@ -259,7 +327,15 @@ impl EventChain {
     /// The engine's half of an append: links `event` to the tip it finds.
     /// For a `conditional` change, a `false` result is recorded as
     /// [`Outcome::NotApplied`].
-    pub(crate) fn append_change(&self, mut event: Event, conditional: bool) -> ChainAppend {
+    /// The event is bounded first ([`Event::bounded`]); its size as
+    /// stored is put in `size`, when given, once it is known.
+    pub(crate) fn append_change(
+        &self,
+        event: Event,
+        conditional: bool,
+        size: Option<Arc<AtomicU64>>,
+    ) -> ChainAppend {
+        let mut event = event.bounded();
         let actor = self.actor.clone();
         let build = move |tip: ChainTip| -> Result<NewLink> {
             let (seq, parent, open, sealed) = match tip.head {
@@ -288,7 +364,17 @@ impl EventChain {
             };
             let event = serde_json::to_vec(&linked).expect("events serialize");
             let budget = open_segment_budget(&actor);
+            let open_len = open.as_ref().map_or(0, Vec::len);
             let appended = add_to_open_segment(open, sealed, &event, budget);
+            if let Some(size) = &size {
+                // What the chain grows by: the event and its line break,
+                // and the header of a segment this append sealed.
+                let header = appended
+                    .sealed
+                    .as_ref()
+                    .map_or(0, |segment| segment.len() - open_len);
+                size.store((event.len() + 1 + header) as u64, Ordering::Relaxed);
+            }
             Ok(NewLink {
                 head: ChainHead {
                     head: Digest::of(&event),
@@ -329,16 +415,32 @@ impl EventChain {
     /// link.
     pub async fn events(&self, limit: usize) -> Result<Vec<ChainEntry>> {
         let mut entries = Vec::new();
+        self.for_each_event(limit, |entry| {
+            entries.push(entry);
+            true
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// Gives up to `limit` events to `visit`, newest first, each checked
+    /// against the link that names it, until `visit` returns `false`; so a
+    /// caller can stream a long chain, or stop at a byte budget, holding one
+    /// segment at a time. Fails, with an error naming the event, at a broken
+    /// link.
+    pub async fn for_each_event(
+        &self,
+        limit: usize,
+        visit: impl FnMut(ChainEntry) -> bool,
+    ) -> Result<()> {
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-        let report = self
-            .walk_checked(limit, |entry| entries.push(entry))
-            .await?;
+        let report = self.walk_checked(limit, visit).await?;
         match report.broken {
             Some(broken) => Err(StoreError::ChainDamaged {
                 actor: self.actor.clone(),
                 reason: broken.to_string(),
             }),
-            None => Ok(entries),
+            None => Ok(()),
         }
     }
 
@@ -347,13 +449,17 @@ impl EventChain {
     /// position against its parent's, and the head against the recorded
     /// length. Names the first broken link.
     pub async fn verify(&self) -> Result<ChainReport> {
-        self.walk_checked(u64::MAX, drop).await
+        self.walk_checked(u64::MAX, |_| true).await
     }
 
     /// Walks back from the head through at most `limit` events, checking
     /// each as [`EventChain::verify`] says and handing each one that
     /// checks out to `visit`.
-    async fn walk_checked(&self, limit: u64, visit: impl FnMut(ChainEntry)) -> Result<ChainReport> {
+    async fn walk_checked(
+        &self,
+        limit: u64,
+        visit: impl FnMut(ChainEntry) -> bool,
+    ) -> Result<ChainReport> {
         let row = self.head_row().await?;
         self.walk_checked_from(row, limit, visit).await
     }
@@ -367,7 +473,10 @@ impl EventChain {
     ) -> Result<(ChainReport, Vec<ContentRef>)> {
         let mut refs = Vec::new();
         let report = self
-            .walk_checked_from(Some(row), u64::MAX, |entry| refs.push(entry.content_ref))
+            .walk_checked_from(Some(row), u64::MAX, |entry| {
+                refs.push(entry.content_ref);
+                true
+            })
             .await?;
         Ok((report, refs))
     }
@@ -376,7 +485,7 @@ impl EventChain {
         &self,
         row: Option<ChainHead>,
         limit: u64,
-        mut visit: impl FnMut(ChainEntry),
+        mut visit: impl FnMut(ChainEntry) -> bool,
     ) -> Result<ChainReport> {
         let recorded_length = row.as_ref().and_then(|row| row.length).unwrap_or(0);
         let mut report = ChainReport {
@@ -401,6 +510,8 @@ impl EventChain {
         // A sealed segment whose bytes changed where no event sits (its
         // header): reported once every event has checked out.
         let mut altered_segment = None;
+        // Set when `visit` asked to stop: the rest is not checked.
+        let mut stopped = false;
         while report.events_checked < limit {
             let found = match stored.next().await {
                 Ok(found) => found,
@@ -477,7 +588,7 @@ impl EventChain {
                 altered_segment = found.stored_in.clone().map(|segment| (segment, seq));
             }
             report.events_checked += 1;
-            visit(ChainEntry {
+            let more = visit(ChainEntry {
                 content_ref: expected,
                 event,
                 bytes: found.bytes,
@@ -485,11 +596,15 @@ impl EventChain {
             });
             expected_seq = seq.checked_sub(1);
             match parent {
-                Some(parent) => expected = parent,
+                Some(parent) if more => expected = parent,
+                Some(_) => {
+                    stopped = true;
+                    break;
+                }
                 None => break,
             }
         }
-        if report.broken.is_none() && report.events_checked < limit {
+        if report.broken.is_none() && !stopped && report.events_checked < limit {
             if report.events_checked < recorded_length {
                 let problem = format!(
                     "the recorded length is {recorded_length} but the chain holds {} events",
@@ -789,6 +904,8 @@ impl<'a> StoredEvents<'a> {
 #[derive(Clone, Debug)]
 pub struct Record {
     pending: Arc<Mutex<Option<(EventChain, Event)>>>,
+    /// The recorded event's size, once it is built.
+    recorded_bytes: Arc<AtomicU64>,
 }
 
 impl Record {
@@ -796,6 +913,7 @@ impl Record {
     pub fn new(chain: &EventChain, event: Event) -> Self {
         Self {
             pending: Arc::new(Mutex::new(Some((chain.clone(), event)))),
+            recorded_bytes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -814,10 +932,27 @@ impl Record {
         match pending {
             Some((chain, mut event)) => {
                 event.outcome = outcome;
-                chain.append(event).await
+                let change = Change::Record {
+                    change: None,
+                    append: chain.append_change(
+                        event,
+                        false,
+                        Some(Arc::clone(&self.recorded_bytes)),
+                    ),
+                };
+                chain.store.root().engine().await?.apply(change).await?;
+                Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// The bytes the chain grew by when the event was recorded (by a
+    /// write's transaction or by [`Record::finish`]): the event, its line
+    /// break, and the header of a segment its append sealed; 0 while it
+    /// is not recorded.
+    pub fn recorded_bytes(&self) -> u64 {
+        self.recorded_bytes.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(EventChain, Event)>> {
@@ -844,7 +979,11 @@ impl Record {
             recorded.size = Some(*size);
         }
         let change = Change::Record {
-            append: chain.append_change(recorded, conditional),
+            append: chain.append_change(
+                recorded,
+                conditional,
+                Some(Arc::clone(&self.recorded_bytes)),
+            ),
             change: Some(Box::new(change)),
         };
         (change, Some((chain, event)))
@@ -881,6 +1020,44 @@ pub fn validate_actor_id(id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_event_is_bounded_whatever_the_call_named() {
+        let huge = "\u{e9}".repeat(1 << 19);
+        let event = Event {
+            store: Some(huge.clone()),
+            label: Some(huge.clone()),
+            refs: vec![huge.clone(); 100],
+            size: Some(u64::MAX),
+            outcome: Outcome::Error {
+                kind: huge.clone(),
+                message: huge.clone(),
+            },
+            ..Event::new(huge.clone())
+        }
+        .bounded();
+        let linked = ChainEvent {
+            seq: u64::MAX,
+            parent: Some("f".repeat(64)),
+            at: u64::MAX,
+            event: event.clone(),
+        };
+        let bytes = serde_json::to_vec(&linked).unwrap().len() as u64;
+        assert!(bytes <= MAX_EVENT_BYTES, "{bytes} bytes");
+        // A long name is recorded by hash and length, so it stays
+        // recognisable; a short one verbatim.
+        let expected = format!(
+            "blake3:{}:{}",
+            blake3::hash(huge.as_bytes()).to_hex(),
+            huge.len()
+        );
+        assert_eq!(event.label.as_deref(), Some(expected.as_str()));
+        let short = Event {
+            label: Some("config".into()),
+            ..Event::new("get")
+        };
+        assert_eq!(short.clone().bounded(), short);
+    }
 
     #[test]
     fn link_ids_are_the_first_eight_bytes_of_the_ref() {

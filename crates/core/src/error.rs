@@ -108,6 +108,23 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The label index (SQLite) is damaged: its pages or its write-ahead
+    /// log fail SQLite's own checks.
+    #[error(
+        "store root {root}: the label index (index.sqlite) is damaged ({action}: {reason}). \
+         The content files under stores/ are not affected. To recover, restore the root from \
+         a package (`theater-store --root NEW import --all BACKUP`), or move index.sqlite, \
+         index.sqlite-wal and index.sqlite-shm aside to start an empty index (see \
+         docs/RELIABILITY.md, \"Index damage\")"
+    )]
+    IndexDamaged {
+        /// The root whose index is damaged.
+        root: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// SQLite's words.
+        reason: String,
+    },
     /// The label index (SQLite) failed.
     #[error("store root {root}: label index {action} failed: {source}")]
     Index {

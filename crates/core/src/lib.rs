@@ -41,7 +41,7 @@ mod tree;
 
 pub use chain::{
     BrokenLink, ChainEntry, ChainEvent, ChainReport, Event, EventChain, MAX_ACTOR_ID_BYTES,
-    Outcome, Record, validate_actor_id,
+    MAX_EVENT_BYTES, MAX_RECORDED_NAME_BYTES, Outcome, Record, validate_actor_id,
 };
 pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};

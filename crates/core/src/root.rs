@@ -227,6 +227,37 @@ impl StoreRoot {
             .collect())
     }
 
+    /// Stores that have a directory under the root but no entry in its
+    /// index: a write killed before its store's first commit leaves one,
+    /// holding only staging. [`ContentStore::collect_garbage`] on them
+    /// removes that staging once it is stale, as for any store.
+    pub async fn unindexed_stores(&self) -> Result<Vec<ContentStore>> {
+        let engine = self.engine().await?;
+        let indexed: std::collections::HashSet<String> = blocking({
+            let engine = Arc::clone(&engine);
+            move || engine.stores()
+        })
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+        let on_disk = blocking(move || {
+            engine.store_dir_ids().map_err(|source| StoreError::Io {
+                store: String::new(),
+                action: "listing store directories",
+                path: "stores".into(),
+                source,
+            })
+        })
+        .await?;
+        Ok(on_disk
+            .into_iter()
+            .filter(|id| !indexed.contains(id))
+            .filter_map(|id| StoreId::parse(&id).ok())
+            .map(|id| ContentStore::in_root(self.clone(), id))
+            .collect())
+    }
+
     /// The opened root, opening it on first use. A failed open is retried by
     /// the next call rather than remembered.
     pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
-use tokio::sync::mpsc;
 
 use crate::engine::{Change, Engine, ObjectSource, Staged, StagingSink};
 use crate::error::{Result, StoreError, io_error};
@@ -34,10 +33,6 @@ use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::blocking;
 use crate::store::{ContentStore, Stored};
 use crate::tree::{self, ReadFault, TreeHasher};
-
-/// Pieces queued between a writer and its staging worker: with pieces
-/// of [`PIECE_BYTES`], at most 1 MiB in flight.
-const QUEUE_PIECES: usize = 4;
 
 /// How much [`ContentWriter::write_all_from`] reads per piece.
 const PIECE_BYTES: usize = 256 << 10;
@@ -111,32 +106,28 @@ impl StagingWriter {
     }
 }
 
-/// What a [`ContentWriter`] sends its staging worker.
-enum Piece {
-    Bytes(Vec<u8>),
-    /// All pieces are sent; without this, the worker abandons the content.
-    End,
-}
-
 /// New content being written piece by piece; from
 /// [`ContentStore::writer`]. Call [`ContentWriter::finish`] (or
 /// [`ContentWriter::finish_at_label`]) to store it. Dropping the writer
 /// before that stores nothing and removes what was staged.
+///
+/// Content past the inline threshold is hashed and staged one piece at a
+/// time on a blocking thread, one piece ahead of the caller; between
+/// pieces no thread is held, so an idle writer costs only its staging file.
 pub struct ContentWriter {
     store: ContentStore,
     engine: Arc<Engine>,
     /// Small content, kept here until it outgrows the inline threshold.
     memory: Vec<u8>,
-    worker: Option<Worker>,
+    staging: Option<Staging>,
     written: u64,
     /// Set once staging failed: the content can no longer be completed.
     failed: bool,
 }
 
-struct Worker {
-    pieces: mpsc::Sender<Piece>,
-    done: tokio::task::JoinHandle<Result<(Digest, u64, Staged, Links)>>,
-}
+/// The staging of content too large for memory: the last piece, written
+/// on a blocking thread, which gives the staging writer back.
+type Staging = tokio::task::JoinHandle<(StagingWriter, io::Result<()>)>;
 
 impl ContentWriter {
     pub(crate) fn new(store: ContentStore, engine: Arc<Engine>) -> Self {
@@ -144,7 +135,7 @@ impl ContentWriter {
             store,
             engine,
             memory: Vec::new(),
-            worker: None,
+            staging: None,
             written: 0,
             failed: false,
         }
@@ -182,21 +173,62 @@ impl ContentWriter {
             return Ok(());
         }
         self.written += bytes.len() as u64;
-        if self.worker.is_none() {
-            self.worker = Some(self.start_worker());
-            let held = std::mem::take(&mut self.memory);
-            self.send(held).await?;
+        let mut staging = match self.staging.take() {
+            Some(staging) => self.settled(staging).await?,
+            None => {
+                let store = self.store.store_id().clone();
+                let sink = self.engine.staging_sink(&store);
+                let mut staging = StagingWriter::new(store, sink);
+                let held = std::mem::take(&mut self.memory);
+                // What was held is below the inline threshold: written here.
+                if let Err(source) = staging.write(&held) {
+                    staging.abandon();
+                    return Err(self.staging_failed(source));
+                }
+                staging
+            }
+        };
+        let piece = tokio::task::spawn_blocking(move || {
+            let written = staging.write(&bytes);
+            (staging, written)
+        });
+        self.staging = Some(piece);
+        Ok(())
+    }
+
+    /// The staging writer once its piece in flight, if any, is written; a
+    /// failed piece spends this writer and removes what was staged.
+    async fn settled(&mut self, staging: Staging) -> Result<StagingWriter> {
+        let (staging, written) = match staging.await {
+            Ok(done) => done,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        match written {
+            Ok(()) => Ok(staging),
+            Err(source) => {
+                staging.abandon();
+                Err(self.staging_failed(source))
+            }
         }
-        self.send(bytes).await
+    }
+
+    fn staging_failed(&mut self, source: io::Error) -> StoreError {
+        self.failed = true;
+        io_error(
+            self.store.store_id(),
+            "staging content",
+            Path::new("<staging>"),
+            source,
+        )
     }
 
     /// Keeps `bytes` in memory if the content still fits under the inline
-    /// threshold; `false` when they must go to the staging worker.
+    /// threshold; `false` when they must be staged.
     fn hold(&mut self, bytes: &[u8]) -> Result<bool> {
         if self.failed {
             return Err(self.spent());
         }
-        if self.worker.is_some() || self.engine.stages_to_file(self.memory.len() + bytes.len()) {
+        if self.staging.is_some() || self.engine.stages_to_file(self.memory.len() + bytes.len()) {
             return Ok(false);
         }
         self.written += bytes.len() as u64;
@@ -238,71 +270,13 @@ impl ContentWriter {
         }
     }
 
-    fn start_worker(&self) -> Worker {
-        let (pieces, mut queue) = mpsc::channel(QUEUE_PIECES);
-        let engine = Arc::clone(&self.engine);
-        let store = self.store.store_id().clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(&store));
-            loop {
-                match queue.blocking_recv() {
-                    Some(Piece::Bytes(bytes)) => {
-                        if let Err(source) = writer.write(&bytes) {
-                            writer.abandon();
-                            return Err(io_error(
-                                &store,
-                                "staging content",
-                                Path::new("<staging>"),
-                                source,
-                            ));
-                        }
-                    }
-                    Some(Piece::End) => return writer.finish(),
-                    None => {
-                        writer.abandon();
-                        return Err(StoreError::Io {
-                            store: store.to_string(),
-                            action: "staging content",
-                            path: "<staging>".into(),
-                            source: io::Error::other("the writer was dropped"),
-                        });
-                    }
-                }
-            }
-        });
-        Worker { pieces, done }
-    }
-
-    async fn send(&mut self, bytes: Vec<u8>) -> Result<()> {
-        let worker = self.worker.as_mut().expect("started before sending");
-        if worker.pieces.send(Piece::Bytes(bytes)).await.is_ok() {
-            return Ok(());
-        }
-        // The worker stopped early: its result says why.
-        self.failed = true;
-        let worker = self.worker.take().expect("checked above");
-        drop(worker.pieces);
-        match join(worker.done).await {
-            Err(error) => Err(error),
-            Ok((_, _, staged, _)) => {
-                self.engine.discard(staged);
-                Err(io_error(
-                    self.store.store_id(),
-                    "staging content",
-                    Path::new("<staging>"),
-                    io::Error::other("the staging worker stopped"),
-                ))
-            }
-        }
-    }
-
     /// Gives up on the content and waits until what was staged is
     /// removed. Dropping the writer does the same, without waiting.
     pub async fn abandon(mut self) {
-        if let Some(worker) = self.worker.take() {
-            drop(worker.pieces);
-            // The worker's answer is its own "writer was dropped" error.
-            let _ = join(worker.done).await;
+        if let Some(staging) = self.staging.take()
+            && let Ok(staging) = self.settled(staging).await
+        {
+            blocking_abandon(staging).await;
         }
     }
 
@@ -322,7 +296,7 @@ impl ContentWriter {
         if self.failed {
             return Err(self.spent());
         }
-        let (digest, size, staged, links) = match self.worker.take() {
+        let (digest, size, staged, links) = match self.staging.take() {
             None => {
                 let content = Arc::new(std::mem::take(&mut self.memory));
                 let digest = Digest::of(&content);
@@ -333,10 +307,9 @@ impl ContentWriter {
                     Links::of(&content, digest),
                 )
             }
-            Some(worker) => {
-                // A failed send means the worker already stopped; its result says why.
-                let _ = worker.pieces.send(Piece::End).await;
-                join(worker.done).await?
+            Some(staging) => {
+                let staging = self.settled(staging).await?;
+                join(tokio::task::spawn_blocking(move || staging.finish())).await?
             }
         };
         let change = Change::AddObject {
@@ -353,6 +326,27 @@ impl ContentWriter {
             new,
         })
     }
+}
+
+impl Drop for ContentWriter {
+    /// Removes what was staged, once the piece in flight (if any) is
+    /// written.
+    fn drop(&mut self) {
+        if let Some(piece) = self.staging.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Ok((staging, _)) = piece.await {
+                    blocking_abandon(staging).await;
+                }
+            });
+        }
+    }
+}
+
+/// Removes what `staging` wrote, on a blocking thread.
+async fn blocking_abandon(staging: StagingWriter) {
+    let _ = tokio::task::spawn_blocking(move || staging.abandon()).await;
 }
 
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
@@ -736,6 +730,8 @@ pub struct ContentReader {
     ahead: VecDeque<Pending>,
     /// Where the next window to schedule starts.
     scheduled_to: u64,
+    /// How many windows to keep in flight.
+    read_ahead: usize,
 }
 
 impl ContentReader {
@@ -748,7 +744,16 @@ impl ContentReader {
             opened,
             ahead: VecDeque::new(),
             scheduled_to: position,
+            read_ahead: READ_AHEAD,
         }
+    }
+
+    /// Keeps at most `windows` windows of 256 KiB in flight (at least one;
+    /// 8 by default), which bounds the memory an open reader holds. Fewer
+    /// windows read more slowly: for hosts that keep many readers open.
+    pub fn with_read_ahead(mut self, windows: usize) -> Self {
+        self.read_ahead = windows.max(1);
+        self
     }
 
     /// The content's size in bytes.
@@ -781,7 +786,7 @@ impl AsyncRead for ContentReader {
             if next >= this.size {
                 return Poll::Ready(Ok(()));
             }
-            while this.ahead.len() < READ_AHEAD && this.scheduled_to < this.size {
+            while this.ahead.len() < this.read_ahead && this.scheduled_to < this.size {
                 let start = this.scheduled_to;
                 let end = (start + READ_WINDOW).min(this.size);
                 let window = tokio::spawn(this.opened.clone().read(start..end));

@@ -292,6 +292,34 @@ async fn a_truncated_object_is_reported_and_quarantined_not_served() {
 }
 
 #[tokio::test]
+async fn the_index_log_is_folded_in_when_the_root_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let root = StoreRoot::open(dir.path(), theater_store::Durability::Buffered)
+            .await
+            .unwrap();
+        let store = root.store("s").unwrap();
+        for i in 0..100 {
+            store
+                .store_at_label(&format!("l{i}"), format!("v{i}"))
+                .await
+                .unwrap();
+        }
+    }
+    // Every commit is in the database file: the log is empty, so losing
+    // or damaging it between runs loses nothing.
+    let wal = dir.path().join("index.sqlite-wal");
+    let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(wal_bytes, 0);
+    let _ = std::fs::remove_file(&wal);
+    let root = StoreRoot::open(dir.path(), theater_store::Durability::Buffered)
+        .await
+        .unwrap();
+    let labels = root.store("s").unwrap().list_labels().await.unwrap();
+    assert_eq!(labels.len(), 100);
+}
+
+#[tokio::test]
 async fn a_damaged_index_is_a_clear_error_and_content_stays_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     // Content above the inline threshold has a file of its own, which
@@ -324,11 +352,16 @@ async fn a_damaged_index_is_a_clear_error_and_content_stays_on_disk() {
         .await
         .unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, StoreError::Index { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::IndexDamaged { .. }),
+        "{error:?}"
+    );
     assert!(
         message.contains(dir.path().to_str().unwrap()) && message.contains("not a database"),
         "{message}"
     );
+    // The error says what to do.
+    assert!(message.contains("import --all"), "{message}");
     // The content itself is untouched and still matches its ref.
     let path = dir
         .path()

@@ -283,6 +283,31 @@ async fn gc_cleans_crash_leftovers() {
     );
 }
 
+#[tokio::test]
+async fn gc_reclaims_staging_of_a_store_that_never_reached_the_index() {
+    let (_dir, root) = temp_root();
+    root.store("indexed").unwrap().store("x").await.unwrap();
+    // A first write into "Orphan" killed before it committed: its store
+    // has a directory and staging, and no entry in the index.
+    let stale = common::staging_dir(&root, "Orphan").join("killed-put");
+    let fresh = common::staging_dir(&root, "Orphan").join("running-put");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(&fresh, "still being written").unwrap();
+    backdate(&stale, Duration::from_secs(7200));
+
+    let orphans = root.unindexed_stores().await.unwrap();
+    let ids: Vec<&str> = orphans.iter().map(ContentStore::id).collect();
+    assert_eq!(ids, ["Orphan"]);
+    let report = orphans[0]
+        .collect_garbage(gc_now(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(report.temp_files_removed, 1);
+    // Staging younger than the staging grace belongs to a write at work.
+    assert!(!stale.exists() && fresh.exists());
+}
+
 async fn export_bytes(store: &ContentStore, prefix: Option<&str>) -> Vec<u8> {
     let (_, bytes) = store
         .export_package(prefix, Vec::new(), no_progress())

@@ -3,18 +3,19 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
 use theater_store::{
-    AtMost, ContentRef, ContentStore, Event, EventChain, OBJECT_OVERHEAD_BYTES, Outcome, Record,
-    StoreRoot, StoreStats, label_footprint,
+    AtMost, ContentRef, ContentStore, Event, EventChain, MAX_EVENT_BYTES, OBJECT_OVERHEAD_BYTES,
+    Outcome, Record, StoreRoot, label_footprint,
 };
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
-
+use crate::meter::{Meter, Reservation};
 use crate::policy::{Access, Grants, Limits};
 
 /// What one `get-chain` event costs against the listing byte limit
@@ -38,7 +39,9 @@ pub struct StoreCtx {
     logs: Vec<String>,
     dropped_log_lines: usize,
     shutdown: Option<Option<Vec<u8>>>,
-    bytes_added: u64,
+    meter: Meter,
+    /// Readers and writers open now (see [`Limits::max_open_streams`]).
+    open_streams: Arc<AtomicUsize>,
     deadline: Option<Instant>,
     timed_out: AtomicBool,
     chain: Option<EventChain>,
@@ -57,7 +60,8 @@ impl StoreCtx {
             logs: Vec::new(),
             dropped_log_lines: 0,
             shutdown: None,
-            bytes_added: 0,
+            meter: Meter::default(),
+            open_streams: Arc::new(AtomicUsize::new(0)),
             deadline: None,
             timed_out: AtomicBool::new(false),
             chain: None,
@@ -85,32 +89,30 @@ impl StoreCtx {
         let Some(chain) = self.chain.clone() else {
             return Vec::new();
         };
-        let entries = match self
-            .within_deadline(chain.events(self.limits.max_list_entries))
-            .await
-        {
-            Ok(entries) => entries,
-            Err(error) => {
-                self.record_log(format!("get-chain: {error}"));
-                return Vec::new();
-            }
-        };
+        // Walked newest first, one segment at a time, stopping at the
+        // listing limits: a long chain is never read whole.
+        let (max_entries, max_bytes) = (self.limits.max_list_entries, self.limits.max_list_bytes);
+        let mut events = Vec::new();
         let mut bytes = 0usize;
-        let mut events: Vec<MetaEvent> = entries
-            .into_iter()
-            .take_while(|entry| {
-                bytes = bytes.saturating_add(entry.bytes.len() + CHAIN_EVENT_OVERHEAD_BYTES);
-                bytes <= self.limits.max_list_bytes
-            })
-            .map(|entry| MetaEvent {
+        let walk = chain.for_each_event(max_entries, |entry| {
+            bytes = bytes.saturating_add(entry.bytes.len() + CHAIN_EVENT_OVERHEAD_BYTES);
+            if bytes > max_bytes {
+                return false;
+            }
+            events.push(MetaEvent {
                 hash: entry.link_id(),
                 event: ChainEvent {
                     parent: entry.parent_link_id(),
                     event_type: entry.event.event.event_type,
                     data: entry.bytes,
                 },
-            })
-            .collect();
+            });
+            true
+        });
+        if let Err(error) = self.within_deadline(walk).await {
+            self.record_log(format!("get-chain: {error}"));
+            return Vec::new();
+        }
         events.reverse();
         events
     }
@@ -119,8 +121,28 @@ impl StoreCtx {
     /// the call carries the event into its write's transaction; whatever
     /// is left is recorded by [`StoreCtx::end`].
     /// `event` is only called when recording is on.
+    ///
+    /// Each event is charged to the actor's budget (see
+    /// [`Limits::max_actor_bytes`]). When the budget has no room left for
+    /// one, nothing is recorded, and the call is refused when it opens its
+    /// store ([`StoreCtx::open`]).
     pub(crate) fn begin(&mut self, event: impl FnOnce() -> Event) {
-        self.pending = self.chain.as_ref().map(|chain| Record::new(chain, event()));
+        self.pending = None;
+        let Some(chain) = &self.chain else {
+            return;
+        };
+        if self.room_for_event("").is_ok() {
+            self.pending = Some(Record::new(chain, event()));
+        }
+    }
+
+    /// Whether the actor's budget can take one more chain event (always,
+    /// when nothing is recorded).
+    fn room_for_event(&self, store: &str) -> Result<(), HostError> {
+        if self.chain.is_none() {
+            return Ok(());
+        }
+        self.meter.actor_room(&self.limits, store, MAX_EVENT_BYTES)
     }
 
     /// Adds to the event of the call in progress.
@@ -145,7 +167,8 @@ impl StoreCtx {
                 message: error.to_string(),
             },
         };
-        let recorded = self.within_deadline(record.finish(outcome)).await;
+        let recorded = self.within_deadline(record.clone().finish(outcome)).await;
+        self.meter.charge_chain(record.recorded_bytes());
         match (result, recorded) {
             (result, Ok(())) | (result @ Err(_), Err(_)) => result,
             (Ok(_), Err(error)) => Err(error),
@@ -164,10 +187,10 @@ impl StoreCtx {
         self.timed_out.load(Ordering::Relaxed)
     }
 
-    /// Footprint this actor has added across its stores so far (see
-    /// [`Limits::max_actor_bytes`]).
+    /// Footprint this actor has added so far, across its stores and its
+    /// event chain (see [`Limits::max_actor_bytes`]).
     pub fn bytes_added(&self) -> u64 {
-        self.bytes_added
+        self.meter.charged()
     }
 
     /// The limits in force.
@@ -215,6 +238,7 @@ impl StoreCtx {
     /// Makes a new store owned by this actor, up to
     /// [`Limits::max_stores_created`] per run.
     pub(crate) async fn create_store(&mut self) -> Result<String, HostError> {
+        self.room_for_event("")?;
         if self.created.len() >= self.limits.max_stores_created {
             return Err(HostError::TooManyStores {
                 created: self.created.len(),
@@ -249,6 +273,7 @@ impl StoreCtx {
         needed: Access,
     ) -> Result<Cow<'s, ContentStore>, HostError> {
         let id = store.id();
+        self.room_for_event(id)?;
         let granted = if self.created.contains(id) {
             Some(Access::ReadWrite)
         } else {
@@ -296,19 +321,20 @@ impl StoreCtx {
         }
     }
 
-    /// Checks a write into `store` against the size limit, the store's
-    /// quota and the actor's budget. `content` is the content written, if
-    /// any; `label` the label set, if any. A label the store has already
-    /// costs nothing. Content is first taken to be new; only when that would
-    /// not fit is it hashed, to see whether the store holds it already (and
-    /// it then costs nothing). Charge the result with [`StoreCtx::charge`]
-    /// once the write succeeds.
+    /// Admits a write into `store`: checks it against the size limit, then
+    /// reserves it on the meter against the store's quota and the actor's
+    /// budget. `content` is the content written, if any; `label` the label
+    /// set, if any. A label the store has already costs nothing. Content is
+    /// first taken to be new; only when that would not fit is it hashed, to
+    /// see whether the store holds it already (and it then costs nothing).
+    /// Give the result to [`StoreCtx::settle`] once the write succeeds, or
+    /// to [`StoreCtx::release`] if it fails.
     pub(crate) async fn admit(
-        &self,
+        &mut self,
         store: &ContentStore,
         content: Option<&[u8]>,
         label: Option<&str>,
-    ) -> Result<WriteCost, HostError> {
+    ) -> Result<Admitted, HostError> {
         if let Some(content) = content
             && content.len() > self.limits.max_content_bytes
         {
@@ -318,49 +344,45 @@ impl StoreCtx {
                 limit: self.limits.max_content_bytes as u64,
             });
         }
-        let cost = WriteCost {
-            content: content.map_or(0, |c| c.len() as u64 + OBJECT_OVERHEAD_BYTES),
-            label: self.label_cost(store, label).await?,
-        };
+        let label_cost = self.label_cost(store, label).await?;
+        let content_cost = content.map_or(0, |c| c.len() as u64 + OBJECT_OVERHEAD_BYTES);
         let stats = self.within_deadline(store.stats()).await?;
-        let mut refusal = self.refusal(store, &stats, cost.content + cost.label, content.is_some());
-        if refusal.is_some()
-            && let Some(content) = content
-        {
+        let reserved = self.meter.reserve(
+            &self.limits,
+            store.id(),
+            &stats,
+            content_cost + label_cost,
+            content.is_some(),
+        );
+        let refusal = match reserved {
+            Ok(reservation) => {
+                return Ok(Admitted {
+                    reservation,
+                    content: content_cost,
+                    label: label_cost,
+                });
+            }
+            Err(refusal) => refusal,
+        };
+        if let Some(content) = content {
             let content_ref = ContentRef::for_content(content);
-            let held = self.within_deadline(store.exists(&content_ref)).await?;
-            if held {
-                refusal = self.refusal(store, &stats, cost.label, false);
+            if self.within_deadline(store.exists(&content_ref)).await? {
+                let reservation =
+                    self.meter
+                        .reserve(&self.limits, store.id(), &stats, label_cost, false)?;
+                return Ok(Admitted {
+                    reservation,
+                    content: 0,
+                    label: label_cost,
+                });
             }
         }
-        match refusal {
-            Some(refused) => Err(refused),
-            None => Ok(cost),
-        }
-    }
-
-    /// Checks the label of a streamed write about to finish; its content,
-    /// `size` bytes, was checked piece by piece as it was written.
-    pub(crate) async fn admit_stream(
-        &self,
-        store: &ContentStore,
-        size: u64,
-        label: Option<&str>,
-    ) -> Result<WriteCost, HostError> {
-        let cost = WriteCost {
-            content: size + OBJECT_OVERHEAD_BYTES,
-            label: self.label_cost(store, label).await?,
-        };
-        let stats = self.within_deadline(store.stats()).await?;
-        match self.refusal(store, &stats, cost.label, false) {
-            Some(refused) => Err(refused),
-            None => Ok(cost),
-        }
+        Err(refusal)
     }
 
     /// The index space setting `label` adds: nothing for a label the store
     /// has already.
-    async fn label_cost(
+    pub(crate) async fn label_cost(
         &self,
         store: &ContentStore,
         label: Option<&str>,
@@ -376,46 +398,82 @@ impl StoreCtx {
         })
     }
 
-    /// Why adding `bytes` (and one object, if `new_object`) to `store`
-    /// would break its quota or the actor's budget, if it would.
-    pub(crate) fn refusal(
-        &self,
-        store: &ContentStore,
-        stats: &StoreStats,
-        bytes: u64,
-        new_object: bool,
-    ) -> Option<HostError> {
-        let limits = &self.limits;
-        let footprint = stats.footprint();
-        if footprint.saturating_add(bytes) > limits.max_store_bytes
-            || (new_object && stats.objects >= limits.max_store_objects)
-        {
-            return Some(HostError::StoreQuota {
-                store: store.id().to_owned(),
-                footprint,
-                objects: stats.objects,
-                labels: stats.labels,
-                quota_bytes: limits.max_store_bytes,
-                quota_objects: limits.max_store_objects,
-                adds: bytes,
-            });
-        }
-        if self.bytes_added.saturating_add(bytes) > limits.max_actor_bytes {
-            return Some(HostError::ActorQuota {
-                store: store.id().to_owned(),
-                added: self.bytes_added,
-                quota: limits.max_actor_bytes,
-                adds: bytes,
-            });
-        }
-        None
+    /// Ends an admitted write that succeeded: charges its label, and its
+    /// content if the store did not hold it before.
+    pub(crate) fn settle(&mut self, admitted: Admitted, content_was_new: bool) {
+        let content = if content_was_new { admitted.content } else { 0 };
+        self.meter
+            .settle(admitted.reservation, content + admitted.label);
     }
 
-    /// Charges a successful write to the actor's budget: its label, and its
-    /// content if the store did not hold it before.
-    pub(crate) fn charge(&mut self, cost: WriteCost, content_was_new: bool) {
-        let content = if content_was_new { cost.content } else { 0 };
-        self.bytes_added = self.bytes_added.saturating_add(content + cost.label);
+    /// Ends an admitted write whose content was stored but whose label was
+    /// not set (a compare-and-swap lost after storing): the content is
+    /// charged, the label not.
+    pub(crate) fn settle_unlabelled(&mut self, admitted: Admitted, content_was_new: bool) {
+        let content = if content_was_new { admitted.content } else { 0 };
+        self.meter.settle(admitted.reservation, content);
+    }
+
+    /// Ends an admitted write that failed or did not apply: nothing is
+    /// charged.
+    pub(crate) fn release(&mut self, admitted: Admitted) {
+        self.meter.release(admitted.reservation);
+    }
+
+    /// Reserves room for a streamed write into `store`: its per-object
+    /// overhead now, each piece with [`StoreCtx::reserve_piece`] as it comes.
+    pub(crate) async fn reserve_stream(
+        &mut self,
+        store: &ContentStore,
+    ) -> Result<Reservation, HostError> {
+        let stats = self.within_deadline(store.stats()).await?;
+        self.meter.reserve(
+            &self.limits,
+            store.id(),
+            &stats,
+            OBJECT_OVERHEAD_BYTES,
+            true,
+        )
+    }
+
+    /// Adds `bytes` to a streamed write's reservation, or refuses them (the
+    /// reservation is then as it was).
+    pub(crate) async fn reserve_piece(
+        &mut self,
+        store: &ContentStore,
+        reservation: &mut Reservation,
+        bytes: u64,
+    ) -> Result<(), HostError> {
+        let stats = self.within_deadline(store.stats()).await?;
+        self.meter
+            .grow(&self.limits, reservation, &stats, bytes, false)
+    }
+
+    /// Ends a streamed write's reservation, charging `kept` bytes (nothing
+    /// when it failed).
+    pub(crate) fn settle_stream(&mut self, reservation: Reservation, kept: u64) {
+        self.meter.settle(reservation, kept);
+    }
+
+    /// Takes one of the actor's [`Limits::max_open_streams`] slots for a
+    /// reader or writer; the slot is given back when the guard drops.
+    pub(crate) fn open_stream(&self, store: &ContentStore) -> Result<StreamSlot, HostError> {
+        let limit = self.limits.max_open_streams;
+        let taken = self
+            .open_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            });
+        match taken {
+            Ok(_) => Ok(StreamSlot {
+                open: Arc::clone(&self.open_streams),
+            }),
+            Err(open) => Err(HostError::TooManyStreams {
+                store: store.id().to_owned(),
+                open,
+                limit,
+            }),
+        }
     }
 
     /// Reads content, refusing first, without reading it, what the actor
@@ -477,11 +535,25 @@ impl StoreCtx {
     }
 }
 
-/// What a write admitted by [`StoreCtx::admit`] may add to a store's
-/// footprint.
-pub(crate) struct WriteCost {
+/// A write admitted by [`StoreCtx::admit`]: its reservation, and what it
+/// adds to the store's footprint.
+pub(crate) struct Admitted {
+    reservation: Reservation,
     /// The content and its per-object overhead, should it be new.
     content: u64,
     /// A new label's index space.
     label: u64,
+}
+
+/// One of an actor's open-stream slots, given back when dropped (with
+/// the reader or writer that holds it).
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -41,7 +41,7 @@ pub enum HostError {
     /// Content to be returned is larger than the actor may take in one call.
     #[error(
         "store {store}: content {reference} is {size} bytes, over the {limit} bytes one call \
-         may return to this actor; store large content in parts (streamed reads are planned)"
+         may return to this actor; read it through a reader or in ranges (`store-streams`)"
     )]
     ReadTooLarge {
         /// The store read from.
@@ -50,6 +50,21 @@ pub enum HostError {
         reference: String,
         /// Its size.
         size: u64,
+        /// The most one call may return.
+        limit: u64,
+    },
+    /// A range read asks for more than the actor may take in one call.
+    #[error(
+        "store {store}: a range of {len} bytes of content {reference} was asked for, over the \
+         {limit} bytes one call may return to this actor; read smaller ranges"
+    )]
+    RangeTooLarge {
+        /// The store read from.
+        store: String,
+        /// The content's ref.
+        reference: String,
+        /// The length asked for.
+        len: u64,
         /// The most one call may return.
         limit: u64,
     },
@@ -95,6 +110,19 @@ pub enum HostError {
     TooManyStores {
         /// How many it created.
         created: usize,
+    },
+    /// The actor holds as many open readers and writers as it may.
+    #[error(
+        "cannot open another stream on store {store}: this actor has {open} readers and \
+         writers open, the most it may (finish or drop one first)"
+    )]
+    TooManyStreams {
+        /// The store the new stream was for.
+        store: String,
+        /// Streams open now.
+        open: usize,
+        /// The limit ([`Limits::max_open_streams`](crate::Limits::max_open_streams)).
+        limit: usize,
     },
     /// A listing would be longer than one call may return.
     #[error(
@@ -176,11 +204,13 @@ impl HostError {
             Self::ReadOnly { .. } | Self::NotGranted { .. } => "access-denied",
             Self::ContentTooLarge { .. }
             | Self::ReadTooLarge { .. }
+            | Self::RangeTooLarge { .. }
             | Self::BatchTooLarge { .. }
             | Self::ListingTooLong { .. } => "too-large",
-            Self::StoreQuota { .. } | Self::ActorQuota { .. } | Self::TooManyStores { .. } => {
-                "quota-exceeded"
-            }
+            Self::StoreQuota { .. }
+            | Self::ActorQuota { .. }
+            | Self::TooManyStores { .. }
+            | Self::TooManyStreams { .. } => "quota-exceeded",
             Self::TimedOut { .. } => "timed-out",
             Self::BadValue { .. } => "bad-value",
             Self::Contended { .. } => "contended",

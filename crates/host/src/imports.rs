@@ -28,8 +28,9 @@ fn to_wit(content_ref: ContentRef) -> WitRef {
 }
 
 impl StoreCtx {
-    /// `store` and `store-at-label`: admit, write, then charge the actor
-    /// for what the write added.
+    /// `store` and `store-at-label`: admit (reserving on the meter), write,
+    /// then charge the actor for what the write added, or nothing if it
+    /// failed.
     pub(crate) async fn write(
         &mut self,
         store_id: &str,
@@ -40,10 +41,17 @@ impl StoreCtx {
             theater_store::validate_label(label)?;
         }
         let store = self.open(store_id, Access::ReadWrite)?;
-        let cost = self.admit(&store, Some(&content), label).await?;
-        let stored = self.within_deadline(store.write(content, label)).await?;
-        self.charge(cost, stored.new);
-        Ok(to_wit(stored.content_ref))
+        let admitted = self.admit(&store, Some(&content), label).await?;
+        match self.within_deadline(store.write(content, label)).await {
+            Ok(stored) => {
+                self.settle(admitted, stored.new);
+                Ok(to_wit(stored.content_ref))
+            }
+            Err(error) => {
+                self.release(admitted);
+                Err(error)
+            }
+        }
     }
 
     /// `label` and `replace-at-label`.
@@ -55,12 +63,14 @@ impl StoreCtx {
     ) -> Result<(), HostError> {
         theater_store::validate_label(label)?;
         let store = self.open(store_id, Access::ReadWrite)?;
-        let cost = self.admit(&store, None, Some(label)).await?;
+        let admitted = self.admit(&store, None, Some(label)).await?;
         let content_ref = to_core(content_ref);
-        self.within_deadline(store.label(label, &content_ref))
-            .await?;
-        self.charge(cost, false);
-        Ok(())
+        let labelled = self.within_deadline(store.label(label, &content_ref)).await;
+        match labelled {
+            Ok(()) => self.settle(admitted, false),
+            Err(_) => self.release(admitted),
+        }
+        labelled
     }
 }
 

@@ -12,7 +12,7 @@
 //! [`StoreCtx`](crate::StoreCtx) reached through [`StoreView`], and
 //! [`add_to_linker`] wires the imports into any linker.
 
-use theater_store::{ContentRef, ContentStore, Event, StoreError, validate_label};
+use theater_store::{AtMost, ContentRef, ContentStore, Event, StoreError, validate_label};
 use wasmtime::component::{Linker, Resource, ResourceTable};
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
@@ -26,6 +26,9 @@ use store::{Error, KeyResponse};
 
 /// Keys per `list-keys` page (fewer when the listing limits are lower).
 const KEYS_PER_PAGE: usize = 1000;
+
+/// The longest decimal text of an i64 (`-9223372036854775808`).
+const MAX_NUMBER_BYTES: u64 = 20;
 
 /// How often `increment` retries when other writers keep changing the key.
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
@@ -106,7 +109,10 @@ impl StoreCtx {
     }
 
     /// Stores `value` and points `key` at it only if `key` still points
-    /// at `expected`; returns whether it did.
+    /// at `expected`; returns whether it did. A swap already lost when it
+    /// starts stores nothing. One lost between storing and swapping (another
+    /// writer came in between) leaves its value unlabelled, for gc, and
+    /// charged, since it takes space until then.
     async fn swap_value(
         &mut self,
         store: &ContentStore,
@@ -115,15 +121,26 @@ impl StoreCtx {
         value: Vec<u8>,
     ) -> Result<bool, HostError> {
         validate_label(key)?;
-        let cost = self.admit(store, Some(&value), Some(key)).await?;
-        let stored = self.within_deadline(store.write(value, None)).await?;
+        let current = self.within_deadline(store.get_by_label(key)).await?;
+        if current.as_ref() != expected {
+            return Ok(false);
+        }
+        let admitted = self.admit(store, Some(&value), Some(key)).await?;
+        let stored = match self.within_deadline(store.write(value, None)).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.release(admitted);
+                return Err(error);
+            }
+        };
         let swapped = self
             .within_deadline(store.compare_and_swap_label(key, expected, Some(&stored.content_ref)))
-            .await?;
-        if swapped {
-            self.charge(cost, stored.new);
+            .await;
+        match swapped {
+            Ok(true) => self.settle(admitted, stored.new),
+            _ => self.settle_unlabelled(admitted, stored.new),
         }
-        Ok(swapped)
+        swapped
     }
 
     async fn increment(
@@ -138,8 +155,15 @@ impl StoreCtx {
             let value = match &current {
                 None => 0,
                 Some(target) => {
-                    let bytes = self.within_deadline(store.get(target)).await?;
-                    parse_number(&bytes).ok_or_else(|| not_a_number(store, key))?
+                    // A number needs at most 20 bytes: a longer value is
+                    // refused without being read.
+                    let read = store.get_at_most(target, MAX_NUMBER_BYTES);
+                    match self.within_deadline(read).await? {
+                        AtMost::Content(bytes) => {
+                            parse_number(&bytes).ok_or_else(|| not_a_number(store, key))?
+                        }
+                        AtMost::TooLarge { .. } => return Err(not_a_number(store, key)),
+                    }
                 }
             };
             let sum = value
@@ -171,19 +195,27 @@ impl StoreCtx {
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, HostError> {
         self.admit_batch(store, keys.len())?;
-        let limit = self
-            .limits()
-            .max_content_bytes
-            .min(self.limits().max_memory_bytes);
-        let mut total = 0usize;
+        // The values together must fit what one read may return: each is
+        // read with at most what is left of that.
+        let limit = self.read_limit();
+        let mut total = 0u64;
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
-            let value = self.value(store, &key).await?;
-            total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
-            if total > limit {
-                return Err(batch_too_large(store, "bytes", total, limit));
-            }
-            values.push(value.map(|value| (key, value)));
+            let read = store.get_label_at_most(&key, limit - total);
+            let Some((target, found)) = self.within_deadline(read).await? else {
+                values.push(None);
+                continue;
+            };
+            let value = match found {
+                AtMost::Content(value) => value,
+                AtMost::TooLarge { size } => {
+                    let amount = total.saturating_add(size);
+                    return Err(batch_too_large(store, "bytes", amount, limit));
+                }
+            };
+            total += value.len() as u64;
+            self.note(|event| event.refs.push(target.hash().to_owned()));
+            values.push(Some((key, value)));
         }
         Ok(values)
     }
@@ -192,7 +224,7 @@ impl StoreCtx {
     fn admit_batch(&self, store: &ContentStore, keys: usize) -> Result<(), HostError> {
         let limit = self.limits().max_list_entries;
         if keys > limit {
-            return Err(batch_too_large(store, "keys", keys, limit));
+            return Err(batch_too_large(store, "keys", keys as u64, limit as u64));
         }
         Ok(())
     }
@@ -206,19 +238,49 @@ impl StoreCtx {
         let bytes: usize = pairs.iter().map(|(_, value)| value.len()).sum();
         let limit = self.limits().max_content_bytes;
         if bytes > limit {
-            return Err(batch_too_large(store, "bytes", bytes, limit));
+            return Err(batch_too_large(store, "bytes", bytes as u64, limit as u64));
+        }
+        for (key, _) in &pairs {
+            validate_label(key)?;
         }
         // The values are stored first, unlabelled (the grace period keeps
-        // them), then every key moves in one index transaction.
+        // them), then every key moves in one index transaction. The batch
+        // is charged only if that commits; before, what it stored is
+        // unlabelled, for gc.
         let mut labels = Vec::with_capacity(pairs.len());
+        let mut admitted = Vec::with_capacity(pairs.len());
+        let mut stored_all = Ok(());
         for (key, value) in pairs {
-            validate_label(&key)?;
-            let cost = self.admit(store, Some(&value), Some(&key)).await?;
-            let stored = self.within_deadline(store.write(value, None)).await?;
-            self.charge(cost, stored.new);
-            labels.push((key, Some(stored.content_ref)));
+            let admission = match self.admit(store, Some(&value), Some(&key)).await {
+                Ok(admission) => admission,
+                Err(error) => {
+                    stored_all = Err(error);
+                    break;
+                }
+            };
+            match self.within_deadline(store.write(value, None)).await {
+                Ok(stored) => {
+                    admitted.push((admission, stored.new));
+                    labels.push((key, Some(stored.content_ref)));
+                }
+                Err(error) => {
+                    self.release(admission);
+                    stored_all = Err(error);
+                    break;
+                }
+            }
         }
-        self.within_deadline(store.set_labels(&labels)).await
+        let result = match stored_all {
+            Ok(()) => self.within_deadline(store.set_labels(&labels)).await,
+            Err(error) => Err(error),
+        };
+        for (admission, new) in admitted {
+            match result {
+                Ok(()) => self.settle(admission, new),
+                Err(_) => self.release(admission),
+            }
+        }
+        result
     }
 
     async fn delete_many(
@@ -236,17 +298,12 @@ impl StoreCtx {
     }
 }
 
-fn batch_too_large(
-    store: &ContentStore,
-    what: &'static str,
-    amount: usize,
-    limit: usize,
-) -> HostError {
+fn batch_too_large(store: &ContentStore, what: &'static str, amount: u64, limit: u64) -> HostError {
     HostError::BatchTooLarge {
         store: store.id().to_owned(),
         what,
-        amount: amount as u64,
-        limit: limit as u64,
+        amount,
+        limit,
     }
 }
 

@@ -18,6 +18,7 @@ mod ctx;
 mod error;
 mod imports;
 pub mod keyvalue;
+mod meter;
 mod policy;
 mod runner;
 mod streams;

@@ -62,7 +62,10 @@ pub struct Limits {
     /// Most distinct objects a store may hold once written by an actor.
     pub max_store_objects: u64,
     /// Most footprint the actor may add in one run, across every store it
-    /// writes, so that many stores each under quota cannot fill the disk.
+    /// writes and its event chain, so that many stores each under quota
+    /// cannot fill the disk. Writes in progress count as they go; the
+    /// chain's last event may pass it by at most
+    /// [`theater_store::MAX_EVENT_BYTES`].
     pub max_actor_bytes: u64,
     /// Most stores the actor may create with `new` in one run.
     pub max_stores_created: usize,
@@ -86,6 +89,11 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most log lines kept per call; further lines are counted, not kept.
     pub max_log_lines: usize,
+    /// Most content readers and writers (`store-streams`) the actor may
+    /// have open at once. Each open reader holds about 1 MiB of host
+    /// memory and a file handle at most; an open writer holds its staging
+    /// file and no thread.
+    pub max_open_streams: usize,
 }
 
 impl Default for Limits {
@@ -104,6 +112,7 @@ impl Default for Limits {
             max_tables: 64,
             timeout: Duration::from_secs(30),
             max_log_lines: 10_000,
+            max_open_streams: 64,
         }
     }
 }

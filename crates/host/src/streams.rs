@@ -6,9 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use theater_store::ContentReader;
-use theater_store::{
-    ContentRef, ContentStore, ContentWriter, Event, OBJECT_OVERHEAD_BYTES, StoreError, StoreStats,
-};
+use theater_store::{ContentRef, ContentStore, ContentWriter, Event, StoreError};
 use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
@@ -16,20 +14,34 @@ use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, Stre
 use crate::StoreCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
 use crate::bindings::theater::simple::store_streams::{self, Error};
-use crate::ctx::StoreCtx;
+use crate::ctx::{StoreCtx, StreamSlot};
 use crate::error::HostError;
 use crate::imports::{call, call_at, call_with_refs};
+use crate::meter::Reservation;
 use crate::policy::Access;
 
-/// A guest's `content-writer`: the core writer and what its quota check
-/// needs.
+/// A guest's `content-writer`: the core writer, the room it holds on the
+/// actor's meter, and its open-stream slot.
 pub struct WriterHandle {
     store: ContentStore,
-    /// The store's totals when the writer was opened.
-    stats: StoreStats,
+    /// What the writer has reserved so far; `None` once refused.
+    reservation: Option<Reservation>,
     /// `None` once finished or refused.
     writer: Option<ContentWriter>,
+    _slot: StreamSlot,
 }
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle")
+            .field("store", &self.store.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many 256 KiB windows a guest's reader verifies ahead: with the
+/// piece it hands out, about 1 MiB of host memory per open reader.
+const READER_WINDOWS_AHEAD: usize = 2;
 
 /// The typed error, by the failure's kind ([`HostError::kind`], the one
 /// classification the chain records too).
@@ -124,63 +136,90 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
     }
 
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
-        let handle = self.table.delete(writer).map_err(missing)?;
-        if let Some(writer) = handle.writer {
+        let mut handle = self.table.delete(writer).map_err(missing)?;
+        if let Some(writer) = handle.writer.take() {
             writer.abandon().await;
+        }
+        if let Some(reservation) = handle.reservation.take() {
+            self.ctx.settle_stream(reservation, 0);
         }
         Ok(())
     }
 }
 
-/// Checks one piece against the limits and quotas, then writes it. A
-/// refused piece spends the writer, and what it staged is removed.
+/// Reserves one piece on the actor's meter, then writes it. A refused
+/// piece spends the writer: what it staged is removed and its reservation
+/// given back.
 async fn write_piece(
     ctx: &mut StoreCtx,
     handle: &mut WriterHandle,
     bytes: Vec<u8>,
 ) -> Result<(), HostError> {
-    let Some(writer) = handle.writer.as_mut() else {
+    let (Some(writer), Some(reservation)) = (handle.writer.as_mut(), handle.reservation.as_mut())
+    else {
         return Err(spent(&handle.store));
     };
-    let refused = if bytes.len() > ctx.limits().max_content_bytes {
-        Some(HostError::ContentTooLarge {
+    let size = bytes.len() as u64;
+    let result = if bytes.len() > ctx.limits().max_content_bytes {
+        Err(HostError::ContentTooLarge {
             store: handle.store.id().to_owned(),
-            size: bytes.len() as u64,
+            size,
             limit: ctx.limits().max_content_bytes as u64,
         })
     } else {
-        let total = writer.bytes_written() + bytes.len() as u64 + OBJECT_OVERHEAD_BYTES;
-        ctx.refusal(&handle.store, &handle.stats, total, true)
+        match ctx.reserve_piece(&handle.store, reservation, size).await {
+            Ok(()) => ctx.within_deadline(writer.write_owned(bytes)).await,
+            Err(refused) => Err(refused),
+        }
     };
-    let result = match refused {
-        Some(refused) => Err(refused),
-        None => ctx.within_deadline(writer.write_owned(bytes)).await,
-    };
-    if result.is_err()
-        && let Some(writer) = handle.writer.take()
-    {
+    if result.is_err() {
         // Nothing of a refused stream stays behind, before the guest
         // hears of the refusal.
-        writer.abandon().await;
+        if let Some(writer) = handle.writer.take() {
+            writer.abandon().await;
+        }
+        if let Some(reservation) = handle.reservation.take() {
+            ctx.settle_stream(reservation, 0);
+        }
     }
     result
 }
 
 async fn finish(
     ctx: &mut StoreCtx,
-    handle: WriterHandle,
+    mut handle: WriterHandle,
     label: Option<&str>,
 ) -> Result<WitRef, HostError> {
-    let Some(writer) = handle.writer else {
+    let (Some(writer), Some(mut reservation)) = (handle.writer.take(), handle.reservation.take())
+    else {
         return Err(spent(&handle.store));
     };
     let writer_size = writer.bytes_written();
-    let cost = ctx.admit_stream(&handle.store, writer_size, label).await?;
-    let stored = match label {
-        Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await?,
-        None => ctx.within_deadline(writer.finish()).await?,
+    let finished = async {
+        let label_cost = ctx.label_cost(&handle.store, label).await?;
+        ctx.reserve_piece(&handle.store, &mut reservation, label_cost)
+            .await?;
+        let stored = match label {
+            Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await?,
+            None => ctx.within_deadline(writer.finish()).await?,
+        };
+        Ok::<_, HostError>((stored, label_cost))
+    }
+    .await;
+    let (stored, label_cost) = match finished {
+        Ok(finished) => finished,
+        Err(error) => {
+            ctx.settle_stream(reservation, 0);
+            return Err(error);
+        }
     };
-    ctx.charge(cost, stored.new);
+    // Content the store held already adds only the label.
+    let kept = if stored.new {
+        reservation.bytes()
+    } else {
+        label_cost
+    };
+    ctx.settle_stream(reservation, kept);
     ctx.note(|event| {
         event.refs.push(stored.content_ref.hash().to_owned());
         event.size = Some(writer_size);
@@ -205,6 +244,9 @@ const STREAM_PIECE: usize = 256 << 10;
 /// the guest and the reader, which reads ahead on its own.
 struct ContentStream {
     reader: ContentReader,
+    /// The actor's open-stream slot, given back when the guest drops the
+    /// stream.
+    _slot: StreamSlot,
     /// Verified bytes not yet handed out.
     ready: Bytes,
     /// The end of the content, or the failure to report once `ready` is empty.
@@ -212,9 +254,10 @@ struct ContentStream {
 }
 
 impl ContentStream {
-    fn new(reader: ContentReader) -> Self {
+    fn new(reader: ContentReader, slot: StreamSlot) -> Self {
         Self {
-            reader,
+            reader: reader.with_read_ahead(READER_WINDOWS_AHEAD),
+            _slot: slot,
             ready: Bytes::new(),
             end: None,
         }
@@ -270,12 +313,20 @@ impl store_streams::Host for StoreCtxView<'_> {
         self.ctx.begin(|| call("open-writer", &store_id));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
-            let stats = self.ctx.within_deadline(store.stats()).await?;
-            let writer = self.ctx.within_deadline(store.writer()).await?;
+            let slot = self.ctx.open_stream(&store)?;
+            let reservation = self.ctx.reserve_stream(&store).await?;
+            let writer = match self.ctx.within_deadline(store.writer()).await {
+                Ok(writer) => writer,
+                Err(error) => {
+                    self.ctx.settle_stream(reservation, 0);
+                    return Err(error);
+                }
+            };
             Ok::<_, HostError>(WriterHandle {
                 store,
-                stats,
+                reservation: Some(reservation),
                 writer: Some(writer),
+                _slot: slot,
             })
         };
         let opened = opened.await;
@@ -294,15 +345,16 @@ impl store_streams::Host for StoreCtxView<'_> {
             .begin(|| call_with_refs("open-reader", &store_id, None, &[&content_ref]));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let slot = self.ctx.open_stream(&store)?;
             let content_ref = to_core(content_ref);
             let reader = self.ctx.within_deadline(store.reader(&content_ref)).await?;
             self.ctx.note(|event| event.size = Some(reader.size()));
-            Ok(reader)
+            Ok((reader, slot))
         };
         let opened = opened.await;
         match self.ctx.end(opened).await {
-            Ok(reader) => {
-                let stream: DynInputStream = Box::new(ContentStream::new(reader));
+            Ok((reader, slot)) => {
+                let stream: DynInputStream = Box::new(ContentStream::new(reader, slot));
                 Ok(Ok(self.table.push(stream)?))
             }
             Err(error) => Ok(Err(error.into())),
@@ -344,10 +396,10 @@ impl store_streams::Host for StoreCtxView<'_> {
             let limits = self.ctx.limits();
             let limit = (limits.max_content_bytes as u64).min(limits.max_memory_bytes as u64);
             if len > limit {
-                return Err(HostError::ReadTooLarge {
+                return Err(HostError::RangeTooLarge {
                     store: store.id().to_owned(),
                     reference: content_ref.to_string(),
-                    size: len,
+                    len,
                     limit,
                 });
             }
@@ -373,7 +425,7 @@ impl store_streams::Host for StoreCtxView<'_> {
             theater_store::validate_label(&label)?;
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             let label_cost = new.is_some().then_some(label.as_str());
-            let cost = self.ctx.admit(&store, None, label_cost).await?;
+            let admitted = self.ctx.admit(&store, None, label_cost).await?;
             let (expected, new) = (expected.map(to_core), new.map(to_core));
             let swapped = self
                 .ctx
@@ -382,11 +434,12 @@ impl store_streams::Host for StoreCtxView<'_> {
                     expected.as_ref(),
                     new.as_ref(),
                 ))
-                .await?;
-            if swapped {
-                self.ctx.charge(cost, false);
+                .await;
+            match swapped {
+                Ok(true) => self.ctx.settle(admitted, false),
+                _ => self.ctx.release(admitted),
             }
-            Ok::<_, HostError>(swapped)
+            swapped
         };
         let swapped = swapped.await;
         Ok(self.ctx.end(swapped).await.map_err(Error::from))

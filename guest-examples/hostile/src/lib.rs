@@ -266,6 +266,131 @@ impl Actor for Hostile {
                     log(&format!("line {i}"));
                 }
             }
+            "call-flood" => {
+                // Cheap reads until something stops them: each is recorded
+                // in the chain, which the actor's quota must cover.
+                let own = wit::new()?;
+                let content = wit::store(&own, b"flood")?;
+                let mut made = 0u64;
+                loop {
+                    if let Err(error) = wit::exists(&own, &content) {
+                        attempts.record(format!("exists after {made} calls"), Err::<(), _>(error));
+                        break;
+                    }
+                    made += 1;
+                    if made >= 10_000_000 {
+                        attempts.record("calls never limited", Ok::<_, String>(()));
+                        break;
+                    }
+                }
+            }
+            "huge-arguments" => {
+                // Calls naming enormous ids, labels and refs: refused, and
+                // recorded in bounded size.
+                let own = wit::new()?;
+                let huge = "x".repeat(params["bytes"].as_u64().unwrap_or(1 << 20) as usize);
+                let content = wit::store(&own, b"x")?;
+                for _ in 0..params["times"].as_u64().unwrap_or(10) {
+                    attempts.record("store into a huge id", wit::store(&huge, b"x"));
+                    attempts.record("label huge", wit::label(&own, &huge, &content));
+                    attempts.record("get a huge ref", wit::get(&own, &reference(&huge)));
+                }
+            }
+            "parallel-writers" => {
+                // Many writers open at once, each alone under the quotas,
+                // together far over them.
+                let own = wit::new()?;
+                let store = theater_store_guest::ContentStore::from_id(own.clone());
+                let writers = params["writers"].as_u64().unwrap_or(8);
+                let piece = vec![0x5Au8; 1 << 20];
+                let pieces = params["pieces"].as_u64().unwrap_or(7);
+                let mut open = Vec::new();
+                for _ in 0..writers {
+                    open.push(store.writer().map_err(|e| format!("{e:?}"))?);
+                }
+                let mut refused = 0;
+                for round in 0..pieces {
+                    for (w, writer) in open.iter_mut().enumerate() {
+                        let mut bytes = piece.clone();
+                        bytes[0] = w as u8;
+                        bytes[1] = round as u8;
+                        if std::io::Write::write_all(writer, &bytes).is_err() {
+                            refused += 1;
+                        }
+                    }
+                }
+                let mut finished = 0;
+                for writer in open {
+                    match writer.finish() {
+                        Ok(_) => finished += 1,
+                        Err(error) => {
+                            attempts.record("finish", Err::<(), _>(format!("{error:?}")));
+                        }
+                    }
+                }
+                attempts.record(
+                    format!("{finished} finished, {refused} pieces refused"),
+                    Ok::<_, String>(()),
+                );
+                let size = wit::calculate_total_size(&own)?;
+                return Ok((Some(
+                    json!({"attempts": attempts.0, "store": own, "size": size})
+                        .to_string()
+                        .into_bytes(),
+                ),));
+            }
+            "many-readers" => {
+                // Readers opened and left open, one byte read from each.
+                let store = theater_store_guest::ContentStore::from_id(target.to_owned());
+                let hash = params["ref"].as_str().unwrap_or_default();
+                let content = theater_store_guest::ContentRef::new(hash);
+                let mut readers = Vec::new();
+                for opened in 0..params["readers"].as_u64().unwrap_or(1000) {
+                    match store.reader(&content) {
+                        Ok(mut reader) => {
+                            let mut byte = [0u8; 1];
+                            let _ = std::io::Read::read(&mut reader, &mut byte);
+                            readers.push(reader);
+                        }
+                        Err(error) => {
+                            attempts.record(
+                                format!("reader after {opened} open"),
+                                Err::<(), _>(format!("{error:?}")),
+                            );
+                            break;
+                        }
+                    }
+                }
+                // Another call still answers while the readers stay open.
+                attempts.record("store beside open readers", wit::store(target, b"beside"));
+                drop(readers);
+                attempts.record(
+                    "reader once they are dropped",
+                    store.reader(&content).map(drop).map_err(|e| format!("{e:?}")),
+                );
+            }
+            "many-writers" => {
+                // Writers past the inline threshold, left open.
+                let store = theater_store_guest::ContentStore::from_id(target.to_owned());
+                let piece = vec![0x42u8; 32 << 10];
+                let mut writers = Vec::new();
+                for opened in 0..params["writers"].as_u64().unwrap_or(600) {
+                    match store.writer() {
+                        Ok(mut writer) => {
+                            let _ = std::io::Write::write_all(&mut writer, &piece);
+                            writers.push(writer);
+                        }
+                        Err(error) => {
+                            attempts.record(
+                                format!("writer after {opened} open"),
+                                Err::<(), _>(format!("{error:?}")),
+                            );
+                            break;
+                        }
+                    }
+                }
+                attempts.record("store beside open writers", wit::store(target, b"beside"));
+            }
             other => return Err(format!("unknown attack {other:?}")),
         }
         Ok((Some(

@@ -110,6 +110,24 @@ fn run(bucket_name: &str, command: &str, rest: &[String]) -> Result<(), String> 
             println!("left={}", left.len());
             println!("first_left={}", left.first().map_or("", |key| key.as_str()));
         }
+        ("stale-swaps", [key, size, times]) => {
+            // Swaps that are already lost when they start: another write
+            // moved the key after the handle was made.
+            let value = vec![b'v'; number(size)? as usize];
+            let mut lost = 0;
+            for round in 0..number(times)? {
+                let cas = atomics::Cas::new(&bucket, key).map_err(describe)?;
+                bucket
+                    .set(key, format!("moved {round}").as_bytes())
+                    .map_err(describe)?;
+                match atomics::swap(cas, &value) {
+                    Ok(()) => {}
+                    Err(atomics::CasError::CasFailed(_)) => lost += 1,
+                    Err(atomics::CasError::StoreError(error)) => return Err(describe(error)),
+                }
+            }
+            println!("lost={lost}");
+        }
         ("get", [key]) => match bucket.get(key).map_err(describe)? {
             Some(value) => println!("value={}", String::from_utf8_lossy(&value)),
             None => println!("missing"),

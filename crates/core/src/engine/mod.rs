@@ -644,6 +644,17 @@ impl Engine {
         }
     }
 
+    /// The ids of every store with a directory on this host, indexed or
+    /// not (staging of writes killed before their store's first commit).
+    /// Blocking.
+    pub(crate) fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
+        match self {
+            Self::Local(local) => local.store_dir_ids(),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.store_dir_ids(),
+        }
+    }
+
     /// Checks the engine's own structures (the index database's pages);
     /// returns the problems found, none when healthy. Blocking.
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {

@@ -46,6 +46,26 @@ impl ObjectFiles {
         self.stores_dir.join(store_dir_name(store.as_str()))
     }
 
+    /// The ids of every store that has a directory here, indexed or not
+    /// (a write killed before its store's first commit leaves one).
+    pub(crate) fn store_dir_ids(&self) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.stores_dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir()
+                && let Some(id) = entry.file_name().to_str().and_then(store_id_of_dir)
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Where the first release kept store `id`: its id verbatim.
     pub(crate) fn legacy_store_dir(&self, id: &str) -> PathBuf {
         self.stores_dir.join(id)
@@ -461,6 +481,26 @@ pub(crate) fn store_dir_name(id: &str) -> String {
     name
 }
 
+/// The store id a directory name stands for ([`store_dir_name`] undone);
+/// `None` for a name no id maps to.
+fn store_id_of_dir(name: &str) -> Option<String> {
+    let mut id = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '^' => id.push(
+                chars
+                    .next()
+                    .filter(char::is_ascii_lowercase)?
+                    .to_ascii_uppercase(),
+            ),
+            c if c.is_ascii_uppercase() => return None,
+            c => id.push(c),
+        }
+    }
+    Some(id)
+}
+
 /// A file found under a store's `objects/` directory.
 #[derive(Debug)]
 pub(crate) struct ObjectFile {
@@ -504,7 +544,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::store_dir_name;
+    use super::{store_dir_name, store_id_of_dir};
 
     #[test]
     fn store_dir_names_differ_for_ids_that_differ_only_in_case() {
@@ -516,5 +556,10 @@ mod tests {
             .map(|id| store_dir_name(id).to_lowercase())
             .collect();
         assert_eq!(folded.len(), ids.len());
+        for id in ids {
+            assert_eq!(store_id_of_dir(&store_dir_name(id)).as_deref(), Some(id));
+        }
+        assert_eq!(store_id_of_dir("^"), None);
+        assert_eq!(store_id_of_dir("Abc"), None);
     }
 }

@@ -404,6 +404,10 @@ impl LocalEngine {
         layout::remove_files(leftovers)
     }
 
+    pub(crate) fn store_dir_ids(&self) -> io::Result<Vec<String>> {
+        self.layout.store_dir_ids()
+    }
+
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
         self.read("checking integrity", sql::integrity_problems)
     }

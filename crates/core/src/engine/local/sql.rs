@@ -935,10 +935,27 @@ pub(crate) fn index_error(
     action: &'static str,
     source: impl Into<BoxError>,
 ) -> StoreError {
+    let source = source.into();
+    let damaged = source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            )
+        });
+    if damaged {
+        return StoreError::IndexDamaged {
+            root: root.to_owned(),
+            action,
+            reason: source.to_string(),
+        };
+    }
     StoreError::Index {
         root: root.to_owned(),
         action,
-        source: source.into(),
+        source,
     }
 }
 

@@ -214,6 +214,20 @@ fn run(publisher: &Mutex<Publisher>, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+impl Drop for Writer {
+    /// Folds the write-ahead log into the database file and empties it when
+    /// the root is closed, so that acknowledged commits do not live only in
+    /// the log between runs (a damaged or lost log would take them along).
+    /// Another process still using the root keeps its log; this never
+    /// waits for it.
+    fn drop(&mut self) {
+        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let connection = &publisher.connection;
+        let _ = connection.busy_timeout(std::time::Duration::ZERO);
+        let _ = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
+
 impl Publisher {
     /// Applies one change in a transaction of its own, unless another
     /// process holds the root's write lock: then the change is handed back

@@ -570,6 +570,10 @@ impl SharedEngine {
         layout::remove_files(leftovers)
     }
 
+    pub(crate) fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
+        self.inner.cache.files.store_dir_ids()
+    }
+
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
         self.block(|inner| async move {
             let client = inner.client().await?;

@@ -1,0 +1,309 @@
+//! One meter per actor on every path: chain events, streamed writers,
+//! keyvalue swaps and open streams all count against the same limits,
+//! whatever interface the actor uses.
+
+use serde_json::{Value, json};
+use theater_store::{MAX_EVENT_BYTES, OBJECT_OVERHEAD_BYTES};
+use theater_store_examples::{HOSTILE, KV_COUNTER};
+use theater_store_host::{Access, ChainRecording, CommandOutput, Grants, Limits, RunOptions};
+
+use crate::Harness;
+
+const MIB: u64 = 1 << 20;
+
+fn limited(limits: Limits, actor: &str) -> RunOptions {
+    RunOptions {
+        limits,
+        chain: ChainRecording::Actor(actor.to_owned()),
+        ..RunOptions::default()
+    }
+}
+
+/// The attempts an attack reported, as (what, error) pairs.
+fn attempts(state: &Value) -> Vec<(String, Option<String>)> {
+    state["attempts"]
+        .as_array()
+        .expect("attempts are reported")
+        .iter()
+        .map(|attempt| {
+            (
+                attempt["what"].as_str().unwrap().to_owned(),
+                attempt["error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_cheap_calls_stops_at_the_actor_quota_because_each_is_recorded() {
+    let h = Harness::start();
+    let quota = MIB;
+    let options = limited(
+        Limits {
+            max_actor_bytes: quota,
+            max_store_bytes: quota,
+            ..Limits::default()
+        },
+        "flooder",
+    );
+    let state = h
+        .run(
+            &h.load(HOSTILE),
+            options,
+            None,
+            &json!({"attack": "call-flood"}),
+        )
+        .await;
+    let attempts = attempts(&state);
+    let (what, error) = &attempts[0];
+    let error = error
+        .as_deref()
+        .unwrap_or_else(|| panic!("{what} was allowed"));
+    assert!(what.starts_with("exists after "), "{what}");
+    assert!(error.contains("actor quota exceeded"), "{error}");
+    let calls: u64 = what["exists after ".len()..]
+        .trim_end_matches(" calls")
+        .parse()
+        .unwrap();
+    assert!(calls > 1000, "only {calls} calls before the quota");
+    // What the chain holds stays within the quota, whatever the actor does.
+    let chain = h.root().chain_store().stats().await.unwrap();
+    assert!(
+        chain.bytes <= quota + MAX_EVENT_BYTES,
+        "the chain holds {} bytes under a {quota}-byte quota",
+        chain.bytes
+    );
+    let events = h
+        .root()
+        .event_chain("flooder")
+        .unwrap()
+        .head()
+        .await
+        .unwrap();
+    assert!(events.unwrap().1 >= calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_with_huge_arguments_are_recorded_in_bounded_size() {
+    let h = Harness::start();
+    let options = limited(Limits::default(), "huge-args");
+    let state = h
+        .run(
+            &h.load(HOSTILE),
+            options,
+            None,
+            &json!({"attack": "huge-arguments", "bytes": MIB, "times": 10}),
+        )
+        .await;
+    for (what, error) in attempts(&state) {
+        assert!(error.is_some(), "{what} was allowed");
+    }
+    let events = h
+        .root()
+        .event_chain("huge-args")
+        .unwrap()
+        .events(usize::MAX)
+        .await
+        .unwrap();
+    // new, store, and 30 refused calls.
+    assert_eq!(events.len(), 32);
+    let total: u64 = events.iter().map(|entry| entry.bytes.len() as u64).sum();
+    for entry in &events {
+        assert!(entry.bytes.len() as u64 <= MAX_EVENT_BYTES);
+    }
+    assert!(total < 64 << 10, "30 refused calls took {total} bytes");
+    // A long label is recorded by its hash and length.
+    let labelled = events
+        .iter()
+        .find(|entry| entry.event.event.event_type == "label")
+        .unwrap();
+    let label = labelled.event.event.label.as_deref().unwrap();
+    assert!(
+        label.starts_with("blake3:") && label.ends_with(":1048576"),
+        "{label}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_writers_cannot_together_pass_the_quotas_each_fits_alone() {
+    let h = Harness::start();
+    let quota = 8 * MIB;
+    let options = limited(
+        Limits {
+            max_actor_bytes: quota,
+            max_store_bytes: quota,
+            ..Limits::default()
+        },
+        "writers",
+    );
+    let state = h
+        .run(
+            &h.load(HOSTILE),
+            options,
+            None,
+            &json!({"attack": "parallel-writers", "writers": 8, "pieces": 7}),
+        )
+        .await;
+    let attempts = attempts(&state);
+    let (summary, _) = attempts.last().unwrap();
+    let finished: u64 = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!((1..8).contains(&finished), "{summary}");
+    // Before the meter: 8 × 7 MiB written against the totals each writer
+    // saw when it opened, 14 MiB stored. Now everything in flight counts.
+    let size = state["size"].as_u64().unwrap();
+    assert!(
+        size <= quota - finished * OBJECT_OVERHEAD_BYTES,
+        "{size} bytes stored"
+    );
+    let store = crate::store_at(&h, &state, "store");
+    let stats = store.stats().await.unwrap();
+    assert!(stats.footprint() <= quota, "{stats:?}");
+    assert_eq!(stats.objects, finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_writers_are_capped_and_the_actor_is_still_served() {
+    let h = Harness::start();
+    let store = h.root().create_store().await.unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store(store.id(), Access::ReadWrite),
+        ..RunOptions::default()
+    };
+    let state = h
+        .run(
+            &h.load(HOSTILE),
+            options,
+            None,
+            &json!({"attack": "many-writers", "store": store.id(), "writers": 600}),
+        )
+        .await;
+    let attempts = attempts(&state);
+    let limit = Limits::default().max_open_streams;
+    assert_eq!(attempts[0].0, format!("writer after {limit} open"));
+    let error = attempts[0].1.as_deref().unwrap();
+    assert!(error.contains("readers and writers open"), "{error}");
+    assert_eq!(attempts[1], ("store beside open writers".to_owned(), None));
+    // The writers left open went with the actor, and their staging with
+    // them (removed in the background once each last piece is written).
+    let staging = || {
+        std::fs::read_dir(h.dir.path().join("root/stores"))
+            .unwrap()
+            .flat_map(|dir| {
+                std::fs::read_dir(dir.unwrap().path().join("tmp"))
+                    .into_iter()
+                    .flatten()
+            })
+            .count()
+    };
+    for _ in 0..100 {
+        if staging() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(staging(), 0, "staging files left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_readers_are_capped_and_given_back_when_dropped() {
+    let h = Harness::start();
+    let store = h.root().create_store().await.unwrap();
+    let content = store.store(vec![7u8; 4 << 20]).await.unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store(store.id(), Access::ReadWrite),
+        ..RunOptions::default()
+    };
+    let state = h
+        .run(
+            &h.load(HOSTILE),
+            options,
+            None,
+            &json!({
+                "attack": "many-readers",
+                "store": store.id(),
+                "ref": content.hash(),
+                "readers": 1000,
+            }),
+        )
+        .await;
+    let attempts = attempts(&state);
+    let limit = Limits::default().max_open_streams;
+    assert_eq!(attempts[0].0, format!("reader after {limit} open"));
+    assert!(
+        attempts[0]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("readers and writers open")
+    );
+    assert_eq!(attempts[1], ("store beside open readers".to_owned(), None));
+    assert_eq!(
+        attempts[2],
+        ("reader once they are dropped".to_owned(), None)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_lost_before_they_start_store_nothing() {
+    let h = Harness::start();
+    let bucket = h.root().create_store().await.unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store(bucket.id(), Access::ReadWrite),
+        limits: Limits {
+            max_actor_bytes: 16 * MIB,
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let argv: Vec<String> = [
+        "kv_counter",
+        bucket.id(),
+        "stale-swaps",
+        "k",
+        "4194304",
+        "16",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let run = h
+        .host
+        .run_command(&h.load(KV_COUNTER), options, &argv, CommandOutput::Capture)
+        .await;
+    assert_eq!(run.outcome.unwrap(), 0, "stderr: {}", run.stderr);
+    assert_eq!(crate::fields(run.stdout)["lost"], "16");
+    // Only the 16 small values that moved the key were stored.
+    let stats = bucket.stats().await.unwrap();
+    assert!(stats.bytes < 1024, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increment_refuses_a_long_value_without_reading_it() {
+    let h = Harness::start();
+    let bucket = h.root().create_store().await.unwrap();
+    // All digits, but far longer than any 64-bit number.
+    bucket
+        .store_at_label("n", vec![b'1'; 32 << 20])
+        .await
+        .unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store(bucket.id(), Access::ReadWrite),
+        limits: Limits {
+            max_memory_bytes: 16 << 20,
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let argv: Vec<String> = ["kv_counter", bucket.id(), "increment", "n", "1"]
+        .map(str::to_owned)
+        .to_vec();
+    let run = h
+        .host
+        .run_command(&h.load(KV_COUNTER), options, &argv, CommandOutput::Capture)
+        .await;
+    assert_ne!(run.outcome.unwrap(), 0);
+    assert!(
+        run.stderr.contains("does not hold a decimal integer"),
+        "{}",
+        run.stderr
+    );
+}
