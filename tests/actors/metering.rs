@@ -11,12 +11,19 @@ use crate::Harness;
 
 const MIB: u64 = 1 << 20;
 
-fn limited(limits: Limits, actor: &str) -> RunOptions {
-    RunOptions {
-        limits,
+/// Runs a hostile attack under `quota` bytes of store and actor quota,
+/// recording in `actor`'s chain; returns the actor's final state.
+async fn attack_under_quota(h: &Harness, quota: u64, actor: &str, param: Value) -> Value {
+    let options = RunOptions {
+        limits: Limits {
+            max_actor_bytes: quota,
+            max_store_bytes: quota,
+            ..Limits::default()
+        },
         chain: ChainRecording::Actor(actor.to_owned()),
         ..RunOptions::default()
-    }
+    };
+    h.run(&h.load(HOSTILE), options, None, &param).await
 }
 
 /// The attempts an attack reported, as (what, error) pairs.
@@ -38,22 +45,7 @@ fn attempts(state: &Value) -> Vec<(String, Option<String>)> {
 async fn a_flood_of_cheap_calls_stops_at_the_actor_quota_because_each_is_recorded() {
     let h = Harness::start();
     let quota = MIB;
-    let options = limited(
-        Limits {
-            max_actor_bytes: quota,
-            max_store_bytes: quota,
-            ..Limits::default()
-        },
-        "flooder",
-    );
-    let state = h
-        .run(
-            &h.load(HOSTILE),
-            options,
-            None,
-            &json!({"attack": "call-flood"}),
-        )
-        .await;
+    let state = attack_under_quota(&h, quota, "flooder", json!({"attack": "call-flood"})).await;
     let attempts = attempts(&state);
     let (what, error) = &attempts[0];
     let error = error
@@ -86,15 +78,8 @@ async fn a_flood_of_cheap_calls_stops_at_the_actor_quota_because_each_is_recorde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_calls_with_huge_arguments_are_recorded_in_bounded_size() {
     let h = Harness::start();
-    let options = limited(Limits::default(), "huge-args");
-    let state = h
-        .run(
-            &h.load(HOSTILE),
-            options,
-            None,
-            &json!({"attack": "huge-arguments", "bytes": MIB, "times": 10}),
-        )
-        .await;
+    let param = json!({"attack": "huge-arguments", "bytes": MIB, "times": 10});
+    let state = attack_under_quota(&h, Limits::default().max_actor_bytes, "huge-args", param).await;
     for (what, error) in attempts(&state) {
         assert!(error.is_some(), "{what} was allowed");
     }
@@ -128,22 +113,8 @@ async fn refused_calls_with_huge_arguments_are_recorded_in_bounded_size() {
 async fn parallel_writers_cannot_together_pass_the_quotas_each_fits_alone() {
     let h = Harness::start();
     let quota = 8 * MIB;
-    let options = limited(
-        Limits {
-            max_actor_bytes: quota,
-            max_store_bytes: quota,
-            ..Limits::default()
-        },
-        "writers",
-    );
-    let state = h
-        .run(
-            &h.load(HOSTILE),
-            options,
-            None,
-            &json!({"attack": "parallel-writers", "writers": 8, "pieces": 7}),
-        )
-        .await;
+    let param = json!({"attack": "parallel-writers", "writers": 8, "pieces": 7});
+    let state = attack_under_quota(&h, quota, "writers", param).await;
     let attempts = attempts(&state);
     let (summary, _) = attempts.last().unwrap();
     let finished: u64 = summary.split(' ').next().unwrap().parse().unwrap();

@@ -21,7 +21,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf};
@@ -33,6 +33,13 @@ use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::root::blocking;
 use crate::store::{ContentStore, Stored};
 use crate::tree::{self, ReadFault, TreeHasher};
+
+/// Most bytes a [`ContentWriter`] queues while a piece is being written:
+/// four pieces of [`PIECE_BYTES`].
+const QUEUE_BYTES: usize = 1 << 20;
+
+/// How long a staging drain waits for the next piece before it ends.
+const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How much [`ContentWriter::write_all_from`] reads per piece.
 const PIECE_BYTES: usize = 256 << 10;
@@ -91,12 +98,7 @@ impl StagingWriter {
         let (digest, pairs) = hasher.finish().expect("hashing into memory cannot fail");
         if let Err(source) = sink.write_outboard(&pairs) {
             sink.abandon();
-            return Err(io_error(
-                &store,
-                "writing outboard",
-                Path::new("<staging>"),
-                source,
-            ));
+            return Err(staging_error(&store, "writing outboard", source));
         }
         Ok((digest, size, sink.finish()?, links.finish(digest)))
     }
@@ -111,23 +113,148 @@ impl StagingWriter {
 /// [`ContentWriter::finish_at_label`]) to store it. Dropping the writer
 /// before that stores nothing and removes what was staged.
 ///
-/// Content past the inline threshold is hashed and staged one piece at a
-/// time on a blocking thread, one piece ahead of the caller; between
-/// pieces no thread is held, so an idle writer costs only its staging file.
+/// Content past the inline threshold is hashed and staged on a blocking
+/// thread that drains the pieces queued for it (up to [`QUEUE_BYTES`])
+/// and ends when none is left; the next piece starts another. So no
+/// thread is held while the writer waits for its caller, and an idle
+/// writer costs its staging file and at most the queue.
 pub struct ContentWriter {
     store: ContentStore,
     engine: Arc<Engine>,
     /// Small content, kept here until it outgrows the inline threshold.
     memory: Vec<u8>,
-    staging: Option<Staging>,
+    /// The way to the staging file, once content outgrew `memory`.
+    pipe: Option<Arc<Pipe>>,
     written: u64,
     /// Set once staging failed: the content can no longer be completed.
     failed: bool,
 }
 
-/// The staging of content too large for memory: the last piece, written
-/// on a blocking thread, which gives the staging writer back.
-type Staging = tokio::task::JoinHandle<(StagingWriter, io::Result<()>)>;
+/// Pieces on their way to the staging file, shared by the writer and the
+/// blocking thread draining them.
+struct Pipe {
+    state: Mutex<PipeState>,
+    /// Woken whenever the drain takes a piece or ends.
+    drained: tokio::sync::Notify,
+    /// Wakes a drain waiting a moment for the next piece.
+    queued: std::sync::Condvar,
+}
+
+struct PipeState {
+    queue: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    /// The staging writer, while no drain has it.
+    idle: Option<StagingWriter>,
+    draining: bool,
+    /// Why staging failed, once it has.
+    failed: Option<io::Error>,
+}
+
+impl Pipe {
+    fn new(staging: StagingWriter) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(PipeState {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                idle: Some(staging),
+                draining: false,
+                failed: None,
+            }),
+            drained: tokio::sync::Notify::new(),
+            queued: std::sync::Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `piece` if there is room (an empty queue always has), and
+    /// starts a drain if none runs; hands the piece back if there is not.
+    fn offer(self: &Arc<Self>, piece: Vec<u8>) -> std::result::Result<(), Vec<u8>> {
+        let mut state = self.lock();
+        if state.queued_bytes > 0 && state.queued_bytes + piece.len() > QUEUE_BYTES {
+            return Err(piece);
+        }
+        state.queued_bytes += piece.len();
+        state.queue.push_back(piece);
+        self.queued.notify_one();
+        if !state.draining
+            && let Some(staging) = state.idle.take()
+        {
+            state.draining = true;
+            let pipe = Arc::clone(self);
+            tokio::task::spawn_blocking(move || pipe.drain(staging));
+        }
+        Ok(())
+    }
+
+    /// Writes queued pieces until none is left for [`DRAIN_LINGER`] (or
+    /// one fails), then parks the staging writer. Blocking.
+    fn drain(&self, mut staging: StagingWriter) {
+        loop {
+            let piece = {
+                let mut state = self.lock();
+                if state.queue.is_empty() {
+                    // A streaming caller is usually a moment away with the
+                    // next piece: waiting for it beats a new thread.
+                    state = self
+                        .queued
+                        .wait_timeout(state, DRAIN_LINGER)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                match state.queue.pop_front() {
+                    Some(piece) => {
+                        state.queued_bytes -= piece.len();
+                        piece
+                    }
+                    None => {
+                        state.idle = Some(staging);
+                        state.draining = false;
+                        drop(state);
+                        self.drained.notify_waiters();
+                        return;
+                    }
+                }
+            };
+            self.drained.notify_waiters();
+            if let Err(error) = staging.write(&piece) {
+                let mut state = self.lock();
+                state.failed = Some(error);
+                state.queue.clear();
+                state.queued_bytes = 0;
+                state.idle = Some(staging);
+                state.draining = false;
+                drop(state);
+                self.drained.notify_waiters();
+                return;
+            }
+        }
+    }
+
+    /// Drops the pieces not yet written (the content is given up).
+    fn discard_queue(&self) {
+        let mut state = self.lock();
+        state.queue.clear();
+        state.queued_bytes = 0;
+    }
+
+    /// Waits until every queued piece is written (or staging failed), and
+    /// takes the staging writer back with the failure, if any.
+    async fn settle(&self) -> (Option<StagingWriter>, Option<io::Error>) {
+        loop {
+            let woken = self.drained.notified();
+            {
+                let mut state = self.lock();
+                if !state.draining {
+                    return (state.idle.take(), state.failed.take());
+                }
+            }
+            woken.await;
+        }
+    }
+}
 
 impl ContentWriter {
     pub(crate) fn new(store: ContentStore, engine: Arc<Engine>) -> Self {
@@ -135,7 +262,7 @@ impl ContentWriter {
             store,
             engine,
             memory: Vec::new(),
-            staging: None,
+            pipe: None,
             written: 0,
             failed: false,
         }
@@ -145,12 +272,7 @@ impl ContentWriter {
     /// failed before.
     fn spent(&self) -> StoreError {
         let source = io::Error::other("an earlier write failed; start a new writer");
-        io_error(
-            self.store.store_id(),
-            "staging content",
-            Path::new("<staging>"),
-            source,
-        )
+        staging_error(self.store.store_id(), "staging content", source)
     }
 
     /// Bytes written so far.
@@ -173,8 +295,8 @@ impl ContentWriter {
             return Ok(());
         }
         self.written += bytes.len() as u64;
-        let mut staging = match self.staging.take() {
-            Some(staging) => self.settled(staging).await?,
+        let pipe = match &self.pipe {
+            Some(pipe) => Arc::clone(pipe),
             None => {
                 let store = self.store.store_id().clone();
                 let sink = self.engine.staging_sink(&store);
@@ -185,41 +307,33 @@ impl ContentWriter {
                     staging.abandon();
                     return Err(self.staging_failed(source));
                 }
-                staging
+                let pipe = Pipe::new(staging);
+                self.pipe = Some(Arc::clone(&pipe));
+                pipe
             }
         };
-        let piece = tokio::task::spawn_blocking(move || {
-            let written = staging.write(&bytes);
-            (staging, written)
-        });
-        self.staging = Some(piece);
-        Ok(())
-    }
-
-    /// The staging writer once its piece in flight, if any, is written; a
-    /// failed piece spends this writer and removes what was staged.
-    async fn settled(&mut self, staging: Staging) -> Result<StagingWriter> {
-        let (staging, written) = match staging.await {
-            Ok(done) => done,
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        };
-        match written {
-            Ok(()) => Ok(staging),
-            Err(source) => {
-                staging.abandon();
-                Err(self.staging_failed(source))
+        let mut piece = bytes;
+        loop {
+            let woken = pipe.drained.notified();
+            let failed = pipe.lock().failed.take();
+            if let Some(source) = failed {
+                if let (Some(staging), _) = pipe.settle().await {
+                    blocking_abandon(staging).await;
+                }
+                self.pipe = None;
+                return Err(self.staging_failed(source));
             }
+            match pipe.offer(piece) {
+                Ok(()) => return Ok(()),
+                Err(back) => piece = back,
+            }
+            woken.await;
         }
     }
 
     fn staging_failed(&mut self, source: io::Error) -> StoreError {
         self.failed = true;
-        io_error(
-            self.store.store_id(),
-            "staging content",
-            Path::new("<staging>"),
-            source,
-        )
+        staging_error(self.store.store_id(), "staging content", source)
     }
 
     /// Keeps `bytes` in memory if the content still fits under the inline
@@ -228,7 +342,7 @@ impl ContentWriter {
         if self.failed {
             return Err(self.spent());
         }
-        if self.staging.is_some() || self.engine.stages_to_file(self.memory.len() + bytes.len()) {
+        if self.pipe.is_some() || self.engine.stages_to_file(self.memory.len() + bytes.len()) {
             return Ok(false);
         }
         self.written += bytes.len() as u64;
@@ -273,10 +387,11 @@ impl ContentWriter {
     /// Gives up on the content and waits until what was staged is
     /// removed. Dropping the writer does the same, without waiting.
     pub async fn abandon(mut self) {
-        if let Some(staging) = self.staging.take()
-            && let Ok(staging) = self.settled(staging).await
-        {
-            blocking_abandon(staging).await;
+        if let Some(pipe) = self.pipe.take() {
+            pipe.discard_queue();
+            if let (Some(staging), _) = pipe.settle().await {
+                blocking_abandon(staging).await;
+            }
         }
     }
 
@@ -296,7 +411,7 @@ impl ContentWriter {
         if self.failed {
             return Err(self.spent());
         }
-        let (digest, size, staged, links) = match self.staging.take() {
+        let (digest, size, staged, links) = match self.pipe.take() {
             None => {
                 let content = Arc::new(std::mem::take(&mut self.memory));
                 let digest = Digest::of(&content);
@@ -307,10 +422,19 @@ impl ContentWriter {
                     Links::of(&content, digest),
                 )
             }
-            Some(staging) => {
-                let staging = self.settled(staging).await?;
-                join(tokio::task::spawn_blocking(move || staging.finish())).await?
-            }
+            Some(pipe) => match pipe.settle().await {
+                (Some(staging), None) => {
+                    join(tokio::task::spawn_blocking(move || staging.finish())).await?
+                }
+                (staging, failed) => {
+                    if let Some(staging) = staging {
+                        blocking_abandon(staging).await;
+                    }
+                    let source =
+                        failed.unwrap_or_else(|| io::Error::other("the staging writer was lost"));
+                    return Err(self.staging_failed(source));
+                }
+            },
         };
         let change = Change::AddObject {
             store: self.store.store_id().clone(),
@@ -329,14 +453,16 @@ impl ContentWriter {
 }
 
 impl Drop for ContentWriter {
-    /// Removes what was staged, once the piece in flight (if any) is
-    /// written.
+    /// Removes what was staged, once the piece being written (if any) is
+    /// done.
     fn drop(&mut self) {
-        if let Some(piece) = self.staging.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+        let Some(pipe) = self.pipe.take() else {
+            return;
+        };
+        pipe.discard_queue();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Ok((staging, _)) = piece.await {
+                if let (Some(staging), _) = pipe.settle().await {
                     blocking_abandon(staging).await;
                 }
             });
@@ -347,6 +473,11 @@ impl Drop for ContentWriter {
 /// Removes what `staging` wrote, on a blocking thread.
 async fn blocking_abandon(staging: StagingWriter) {
     let _ = tokio::task::spawn_blocking(move || staging.abandon()).await;
+}
+
+/// An I/O failure while staging new content (which has no path yet).
+fn staging_error(store: &StoreId, action: &'static str, source: io::Error) -> StoreError {
+    io_error(store, action, Path::new("<staging>"), source)
 }
 
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {

@@ -319,6 +319,71 @@ async fn the_index_log_is_folded_in_when_the_root_closes() {
     assert_eq!(labels.len(), 100);
 }
 
+/// What a `kill -9` of a process using `live` would leave: its index and
+/// log as they are now, copied into a fresh directory.
+fn crash_copy(live: &std::path::Path, into: &std::path::Path) {
+    std::fs::create_dir_all(into).unwrap();
+    for name in ["index.sqlite", "index.sqlite-wal"] {
+        std::fs::copy(live.join(name), into.join(name)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_log_damaged_before_its_end_is_reported_not_silently_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let root = StoreRoot::open(&live, theater_store::Durability::Buffered)
+        .await
+        .unwrap();
+    let store = root.store("s").unwrap();
+    for i in 0..50 {
+        store
+            .store_at_label(&format!("l{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let (intact, damaged) = (dir.path().join("intact"), dir.path().join("damaged"));
+    crash_copy(&live, &intact);
+    crash_copy(&live, &damaged);
+    drop((store, root));
+    // One byte of the page in the log's first frame: every later commit
+    // of the log would be dropped by SQLite without a word.
+    let log = damaged.join("index.sqlite-wal");
+    let mut bytes = std::fs::read(&log).unwrap();
+    assert!(
+        bytes.len() > 32 + 2 * (24 + 4096),
+        "the log holds several frames"
+    );
+    bytes[32 + 24 + 100] ^= 0x01;
+    std::fs::write(&log, bytes).unwrap();
+
+    let verify = |path: std::path::PathBuf| async move {
+        let root = StoreRoot::open(&path, theater_store::Durability::Buffered)
+            .await
+            .unwrap();
+        let store = root.store("s").unwrap();
+        let labels = store.list_labels().await.unwrap().len();
+        (store.verify(Arc::new(())).await.unwrap(), labels)
+    };
+    let (report, labels) = verify(intact).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(labels, 50);
+    let (report, _) = verify(damaged.clone()).await;
+    assert!(!report.is_clean());
+    let finding = report
+        .index_problems
+        .iter()
+        .find(|problem| problem.contains("index.sqlite-wal was damaged"))
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert!(finding.contains("fails its checksum") && finding.contains("index.damage"));
+    // It stays reported on every later open until an operator removes it.
+    let (report, _) = verify(damaged.clone()).await;
+    assert!(!report.is_clean());
+    std::fs::remove_file(damaged.join("index.damage")).unwrap();
+    let (report, _) = verify(damaged).await;
+    assert!(report.is_clean(), "{report:?}");
+}
+
 #[tokio::test]
 async fn a_damaged_index_is_a_clear_error_and_content_stays_on_disk() {
     let dir = tempfile::tempdir().unwrap();

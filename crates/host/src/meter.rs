@@ -106,15 +106,7 @@ impl Meter {
                 adds: bytes,
             });
         }
-        let added = self.charged.saturating_add(self.reserved);
-        if added.saturating_add(bytes) > limits.max_actor_bytes {
-            return Err(HostError::ActorQuota {
-                store: store.to_owned(),
-                added,
-                quota: limits.max_actor_bytes,
-                adds: bytes,
-            });
-        }
+        self.actor_room(limits, store, bytes)?;
         let entry = self.in_flight.entry(store.to_owned()).or_default();
         entry.bytes += bytes;
         entry.objects += objects;
@@ -145,7 +137,7 @@ impl Meter {
     }
 
     /// Whether the actor's budget still has `bytes` free, counting what is
-    /// reserved; for chain events, which belong to no store.
+    /// reserved (a write into `store`, or one of its chain events).
     pub(crate) fn actor_room(
         &self,
         limits: &Limits,

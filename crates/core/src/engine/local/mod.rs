@@ -7,6 +7,7 @@ mod changes;
 pub(super) mod layout;
 mod sql;
 mod steps;
+mod wal;
 mod writer;
 
 use std::fs::File;
@@ -43,7 +44,15 @@ pub(crate) struct LocalEngine {
     readers: Readers,
     writer: Writer,
     changes: Arc<ChangeCounter>,
+    /// `index.lock`, held shared while the root is open: a process that
+    /// can hold it alone knows no other has the index open.
+    _open: File,
+    /// The root directory.
+    root: PathBuf,
 }
+
+/// Where findings about the index's own damage are kept for `verify`.
+const DAMAGE_FILE: &str = "index.damage";
 
 impl LocalEngine {
     pub(crate) fn open(path: &Path, options: &Options) -> Result<Self> {
@@ -62,6 +71,7 @@ impl LocalEngine {
             source,
         })?;
         let db = path.join("index.sqlite");
+        let open = check_log_before_opening(path)?;
         let mut connection = sql::open_connection(&db, options.durability, true)
             .map_err(|source| index_error(path, "opening", source))?;
         let layout = ObjectFiles::new(path, options.durability);
@@ -93,6 +103,8 @@ impl LocalEngine {
             writer,
             layout,
             changes,
+            _open: open,
+            root: path.to_owned(),
         })
     }
 
@@ -408,8 +420,24 @@ impl LocalEngine {
         self.layout.store_dir_ids()
     }
 
+    /// SQLite's own check of the database's pages, and any damage to its
+    /// log found when a process opened the root.
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
-        self.read("checking integrity", sql::integrity_problems)
+        let mut problems = self.read("checking integrity", sql::integrity_problems)?;
+        let findings = self.root.join(DAMAGE_FILE);
+        match std::fs::read_to_string(&findings) {
+            Ok(text) => problems.extend(text.lines().map(str::to_owned)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    store: "root".into(),
+                    action: "reading index damage findings",
+                    path: findings,
+                    source,
+                });
+            }
+        }
+        Ok(problems)
     }
 
     pub(crate) fn open_object(
@@ -558,6 +586,59 @@ impl StagingSink for SpillSink {
             layout::remove_staged(&files.path);
         }
     }
+}
+
+/// Takes `index.lock` for the engine's life. When no other process has
+/// the root open, first checks the index's write-ahead log: a frame that
+/// fails its check with later frames of the same log after it means
+/// SQLite is about to drop acknowledged commits silently. That is
+/// recorded in `index.damage`, which `verify` reports until an operator
+/// deals with it and removes the file; the root opens as SQLite leaves it.
+fn check_log_before_opening(path: &Path) -> Result<File> {
+    let lock_path = path.join("index.lock");
+    let io = |action, source| StoreError::Io {
+        store: "root".into(),
+        action,
+        path: lock_path.clone(),
+        source,
+    };
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| io("opening the index lock", source))?;
+    if lock.try_lock().is_ok() {
+        let log = path.join("index.sqlite-wal");
+        let damage = wal::check(&log).map_err(|source| io("checking the index log", source))?;
+        if let Some(damage) = damage {
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            let line = format!(
+                "{at}: index.sqlite-wal was damaged when the root was opened: {damage}. The \
+                 labels those commits changed are back as they were before them; restore them \
+                 from a package, then delete {DAMAGE_FILE}\n"
+            );
+            let findings = path.join(DAMAGE_FILE);
+            let written = File::options()
+                .create(true)
+                .append(true)
+                .open(&findings)
+                .and_then(|mut file| {
+                    file.write_all(line.as_bytes())
+                        .and_then(|()| file.sync_all())
+                });
+            written.map_err(|source| io("recording index damage", source))?;
+            // The damaged log is kept beside the index for inspection.
+            let kept = path.join(format!("index.sqlite-wal.damaged-{}", std::process::id()));
+            let _ = std::fs::copy(&log, kept);
+        }
+        lock.unlock()
+            .map_err(|source| io("releasing the index lock", source))?;
+    }
+    lock.lock_shared()
+        .map_err(|source| io("taking the index lock", source))?;
+    Ok(lock)
 }
 
 /// Upgrades a root made by the first release, which named store directories
