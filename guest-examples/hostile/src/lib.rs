@@ -366,7 +366,10 @@ impl Actor for Hostile {
                 drop(readers);
                 attempts.record(
                     "reader once they are dropped",
-                    store.reader(&content).map(drop).map_err(|e| format!("{e:?}")),
+                    store
+                        .reader(&content)
+                        .map(drop)
+                        .map_err(|e| format!("{e:?}")),
                 );
             }
             "many-writers" => {
