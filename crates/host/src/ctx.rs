@@ -137,8 +137,9 @@ impl StoreCtx {
     }
 
     /// Whether the actor's budget can take one more chain event (always,
-    /// when nothing is recorded).
-    fn room_for_event(&self, store: &str) -> Result<(), HostError> {
+    /// when nothing is recorded). Calls that open no store (a writer's
+    /// finish) check it themselves.
+    pub(crate) fn room_for_event(&self, store: &str) -> Result<(), HostError> {
         if self.chain.is_none() {
             return Ok(());
         }

@@ -196,6 +196,9 @@ async fn finish(
     };
     let writer_size = writer.bytes_written();
     let finished = async {
+        // A finish is recorded like any call: refused, storing nothing,
+        // when its event would not fit the actor's budget.
+        ctx.room_for_event(handle.store.id())?;
         let label_cost = ctx.label_cost(&handle.store, label).await?;
         ctx.reserve_piece(&handle.store, &mut reservation, label_cost)
             .await?;
