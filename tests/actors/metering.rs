@@ -26,6 +26,16 @@ async fn attack_under_quota(h: &Harness, quota: u64, actor: &str, param: Value) 
     h.run(&h.load(HOSTILE), options, None, &param).await
 }
 
+/// Runs a hostile attack granted read-write access to `store`, under
+/// default limits; returns the actor's final state.
+async fn attack_granted(h: &Harness, store: &str, param: Value) -> Value {
+    let options = RunOptions {
+        grants: Grants::none().store(store, Access::ReadWrite),
+        ..RunOptions::default()
+    };
+    h.run(&h.load(HOSTILE), options, None, &param).await
+}
+
 /// The attempts an attack reported, as (what, error) pairs.
 fn attempts(state: &Value) -> Vec<(String, Option<String>)> {
     state["attempts"]
@@ -136,18 +146,8 @@ async fn parallel_writers_cannot_together_pass_the_quotas_each_fits_alone() {
 async fn open_writers_are_capped_and_the_actor_is_still_served() {
     let h = Harness::start();
     let store = h.root().create_store().await.unwrap();
-    let options = RunOptions {
-        grants: Grants::none().store(store.id(), Access::ReadWrite),
-        ..RunOptions::default()
-    };
-    let state = h
-        .run(
-            &h.load(HOSTILE),
-            options,
-            None,
-            &json!({"attack": "many-writers", "store": store.id(), "writers": 600}),
-        )
-        .await;
+    let param = json!({"attack": "many-writers", "store": store.id(), "writers": 600});
+    let state = attack_granted(&h, store.id(), param).await;
     let attempts = attempts(&state);
     let limit = Limits::default().max_open_streams;
     assert_eq!(attempts[0].0, format!("writer after {limit} open"));
@@ -180,23 +180,13 @@ async fn open_readers_are_capped_and_given_back_when_dropped() {
     let h = Harness::start();
     let store = h.root().create_store().await.unwrap();
     let content = store.store(vec![7u8; 4 << 20]).await.unwrap();
-    let options = RunOptions {
-        grants: Grants::none().store(store.id(), Access::ReadWrite),
-        ..RunOptions::default()
-    };
-    let state = h
-        .run(
-            &h.load(HOSTILE),
-            options,
-            None,
-            &json!({
-                "attack": "many-readers",
-                "store": store.id(),
-                "ref": content.hash(),
-                "readers": 1000,
-            }),
-        )
-        .await;
+    let param = json!({
+        "attack": "many-readers",
+        "store": store.id(),
+        "ref": content.hash(),
+        "readers": 1000,
+    });
+    let state = attack_granted(&h, store.id(), param).await;
     let attempts = attempts(&state);
     let limit = Limits::default().max_open_streams;
     assert_eq!(attempts[0].0, format!("reader after {limit} open"));
