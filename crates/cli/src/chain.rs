@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use theater_store::{ChainEntry, Outcome, StoreRoot};
+use theater_store::{ChainEntry, Outcome, StoreRoot, TrimBefore};
 
 use crate::stores::{print_json, printable};
 
@@ -23,6 +23,9 @@ pub async fn list(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
+    if chain.head().await?.is_none() {
+        anyhow::bail!("{}", no_chain(actor));
+    }
     let limit = match (limit, json) {
         (Some(limit), _) => limit,
         (None, true) => DEFAULT_JSON_LIMIT,
@@ -63,8 +66,46 @@ pub async fn list(
         None => {}
     }
     walked?;
-    if written == 0 && !json {
-        eprintln!("actor {actor} has no recorded events");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What to say about an actor with no events in this root.
+fn no_chain(actor: &str) -> String {
+    format!(
+        "actor {actor} has no event chain in this root (`theater-store chain ACTOR` needs the id \
+         `run` printed; nothing was recorded under this one)"
+    )
+}
+
+/// Trims `actor`'s chain (see [`theater_store::EventChain::trim`]).
+pub async fn trim(
+    root: &StoreRoot,
+    actor: &str,
+    before: TrimBefore,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let chain = root.event_chain(actor)?;
+    if chain.head().await?.is_none() {
+        anyhow::bail!("{}", no_chain(actor));
+    }
+    let report = chain.trim(before).await?;
+    if json {
+        print_json(&report)?;
+    } else if report.events_trimmed == 0 {
+        println!(
+            "actor {actor}: nothing trimmed; the chain holds events #{} to #{} and keeps at \
+             least its newest segment",
+            report.starts_at,
+            report.recorded_length.saturating_sub(1)
+        );
+    } else {
+        println!(
+            "actor {actor}: trimmed {} events; the chain now starts at event #{} (checkpoint {}); \
+             run `theater-store gc _chains` to free their space",
+            report.events_trimmed,
+            report.starts_at,
+            report.checkpoint.as_deref().unwrap_or("none")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -120,10 +161,7 @@ fn line(entry: &ChainEntry) -> String {
 pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
     if chain.head().await?.is_none() {
-        anyhow::bail!(
-            "actor {actor} has no event chain in this root (`theater-store chain ACTOR` needs \
-             the id `run` printed; nothing was recorded under this one)"
-        );
+        anyhow::bail!("{}", no_chain(actor));
     }
     let report = chain.verify().await?;
     if json {
@@ -131,9 +169,17 @@ pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result
     } else {
         match &report.broken {
             None => println!(
-                "actor {actor}: chain intact ({} events, head {})",
+                "actor {actor}: chain intact ({} events, head {}){}",
                 report.events_checked,
-                report.head.as_deref().unwrap_or("none")
+                report.head.as_deref().unwrap_or("none"),
+                report
+                    .trimmed
+                    .as_ref()
+                    .map(|checkpoint| format!(
+                        "; events before #{} trimmed, ending at {}",
+                        checkpoint.before, checkpoint.ended_at
+                    ))
+                    .unwrap_or_default()
             ),
             Some(broken) => {
                 println!(

@@ -161,8 +161,14 @@ enum Command {
         /// start of the component's hash).
         actor: String,
         /// At most this many events [default: all; with --json, 1000].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "trim_before")]
         limit: Option<usize>,
+        /// Instead of listing, drop the events before this position (`1200`),
+        /// time (`2026-11-01T00:00:00Z`) or age (`30d`), keeping whole
+        /// segments: a checkpoint that `verify-chain` accepts replaces them,
+        /// and `gc _chains` frees their space.
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::trim_before)]
+        trim_before: Option<theater_store::TrimBefore>,
     },
     /// Check an actor's event chain link by link; name the first broken one (exit 1).
     VerifyChain {
@@ -366,7 +372,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => unreachable!("clap requires a store and a file, or --all FILE"),
             }
         }
-        Command::Chain { actor, limit } => chain::list(&root, &actor, limit, json).await,
+        Command::Chain {
+            actor,
+            trim_before: Some(before),
+            ..
+        } => chain::trim(&root, &actor, before, json).await,
+        Command::Chain { actor, limit, .. } => chain::list(&root, &actor, limit, json).await,
         Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
         Command::Sync { .. } => unreachable!("handled before the root is resolved"),

@@ -124,3 +124,37 @@ pub fn range(text: &str) -> Result<ByteRange, String> {
     }
     Ok(ByteRange { start, end })
 }
+
+/// A `--trim-before` value: an event position (`1200`), a time
+/// (`2026-11-01T00:00:00Z`), or an age (`30d`: events recorded more than
+/// 30 days ago).
+pub fn trim_before(text: &str) -> Result<theater_store::TrimBefore, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(theater_store::TrimBefore::Seq)
+            .map_err(|_| format!("{text} is too large for an event position"));
+    }
+    let time = match humantime::parse_rfc3339_weak(text) {
+        Ok(time) => time,
+        Err(_) => {
+            let age = duration(text).map_err(|_| {
+                format!(
+                    "{text:?} is neither an event position (1200), a time \
+                     (2026-11-01T00:00:00Z) nor an age (30d)"
+                )
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(age)
+                .ok_or_else(|| format!("{text} reaches back before the Unix epoch"))?
+        }
+    };
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text} is before the Unix epoch"))?
+        .as_millis();
+    Ok(theater_store::TrimBefore::Time(
+        u64::try_from(millis).unwrap_or(u64::MAX),
+    ))
+}

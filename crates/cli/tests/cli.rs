@@ -998,6 +998,62 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
 }
 
 #[test]
+fn an_operator_trims_a_chain_and_it_still_verifies() {
+    let env = Env::new();
+    let actor = actor_file(&env, "compat.wasm", theater_store_examples::THEATER_COMPAT);
+    for _ in 0..3 {
+        env.cmd()
+            .arg("run")
+            .arg(&actor)
+            .args(["--actor", "billing-7"])
+            .assert()
+            .success();
+    }
+    let trimmed = env.json(&["chain", "billing-7", "--trim-before", "30"]);
+    let starts_at = trimmed["starts_at"].as_u64().unwrap();
+    assert!((20..=30).contains(&starts_at), "{trimmed}");
+    assert_eq!(trimmed["events_trimmed"].as_u64(), Some(starts_at));
+    env.cmd()
+        .args(["verify-chain", "billing-7"])
+        .assert()
+        .success()
+        .stdout(contains(format!(
+            "chain intact ({} events",
+            42 - starts_at
+        )))
+        .stdout(contains(format!("events before #{starts_at} trimmed")));
+    let events = env.json(&["chain", "billing-7"]);
+    let oldest = events.as_array().unwrap().last().unwrap();
+    assert_eq!(oldest["seq"].as_u64(), Some(starts_at));
+    // The dropped segments go at the next gc; the chain still verifies.
+    let collected = env.json(&["gc", "_chains", "--grace", "0s"]);
+    assert!(
+        collected[0]["objects_removed"].as_u64().unwrap() > 0,
+        "{collected}"
+    );
+    env.cmd()
+        .args(["verify-chain", "billing-7"])
+        .assert()
+        .success();
+    // By age: everything older than an hour is nothing here.
+    env.cmd()
+        .args(["chain", "billing-7", "--trim-before", "1h"])
+        .assert()
+        .success()
+        .stdout(contains("nothing trimmed"));
+    env.cmd()
+        .args(["chain", "nobody", "--trim-before", "3"])
+        .assert()
+        .code(1)
+        .stderr(contains("actor nobody has no event chain"));
+    env.cmd()
+        .args(["chain", "billing-7", "--trim-before", "soon"])
+        .assert()
+        .code(2)
+        .stderr(contains("neither an event position"));
+}
+
+#[test]
 fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() {
     let env = Env::new();
     let command = actor_file(&env, "kv.wasm", theater_store_examples::KV_COUNTER);

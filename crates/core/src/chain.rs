@@ -233,6 +233,9 @@ pub struct ChainReport {
     pub events_checked: u64,
     /// The first broken link found walking back from the head, if any.
     pub broken: Option<BrokenLink>,
+    /// Where the chain was trimmed, if it was: the walk ended at this
+    /// checkpoint, and events before `checkpoint.before` are gone.
+    pub trimmed: Option<Checkpoint>,
 }
 
 impl ChainReport {
@@ -303,6 +306,56 @@ impl StoreRoot {
 /// The start of every chain head label's name; the actor id follows.
 pub(crate) const HEAD_PREFIX: &str = "head/";
 
+/// The start of every chain checkpoint label's name; the actor id follows.
+pub(crate) const CHECKPOINT_PREFIX: &str = "checkpoint/";
+
+/// Where a trimmed chain now starts. Trimming drops the chain's oldest
+/// segments and stores this, as JSON in the chain store under the label
+/// `checkpoint/<actor>`: the walk back from the head stops at `boundary`,
+/// and `verify-chain` accepts the chain when its oldest kept event is
+/// `#before` and names `ended_at` as its parent, so the kept events stay
+/// linked, by hash, to the history that was dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The oldest kept event's position: events `#0` to `#before - 1`
+    /// were trimmed.
+    pub before: u64,
+    /// The ref of event `#before - 1`, the last trimmed event: the hash
+    /// the trimmed prefix ended at.
+    pub ended_at: String,
+    /// The newest trimmed object (a sealed segment, or an event stored
+    /// on its own before segments); the walk back stops before it.
+    pub boundary: String,
+    /// When the chain was trimmed, in milliseconds since the Unix epoch.
+    pub trimmed_at: u64,
+}
+
+/// Which events a trim drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrimBefore {
+    /// Events before this position.
+    Seq(u64),
+    /// Events recorded before this time, in milliseconds since the Unix
+    /// epoch.
+    Time(u64),
+}
+
+/// What [`EventChain::trim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrimReport {
+    /// The actor.
+    pub actor: String,
+    /// Events the chain has recorded, trimmed ones included.
+    pub recorded_length: u64,
+    /// The oldest event the chain now holds (0: never trimmed).
+    pub starts_at: u64,
+    /// Events this trim dropped (0: nothing was old enough, or only events
+    /// in the newest segments were, which are kept).
+    pub events_trimmed: u64,
+    /// The checkpoint's ref, when the chain is trimmed.
+    pub checkpoint: Option<String>,
+}
+
 impl EventChain {
     /// The actor whose chain this is.
     pub fn actor(&self) -> &str {
@@ -311,6 +364,128 @@ impl EventChain {
 
     fn head_label(&self) -> String {
         format!("{HEAD_PREFIX}{}", self.actor)
+    }
+
+    pub(crate) fn checkpoint_label(&self) -> String {
+        format!("{CHECKPOINT_PREFIX}{}", self.actor)
+    }
+
+    /// Where the chain was trimmed, if it was.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoint_row().await?.map(|(_, checkpoint)| checkpoint))
+    }
+
+    /// The checkpoint label's target and the checkpoint it holds.
+    pub(crate) async fn checkpoint_row(&self) -> Result<Option<(Digest, Checkpoint)>> {
+        let engine = self.store.root().engine().await?;
+        let label = self.checkpoint_label();
+        let Some(target) = engine.label_target(self.store.store_id(), &label).await? else {
+            return Ok(None);
+        };
+        Ok(Some((target, self.read_checkpoint(target).await?)))
+    }
+
+    /// Reads and checks the checkpoint stored as object `digest`.
+    pub(crate) async fn read_checkpoint(&self, digest: Digest) -> Result<Checkpoint> {
+        let engine = self.store.root().engine().await?;
+        let damaged = |reason: String| StoreError::ChainDamaged {
+            actor: self.actor.clone(),
+            reason: format!("its checkpoint ({}) {reason}", digest.to_hex()),
+        };
+        let bytes = engine
+            .read_object(self.store.store_id(), digest)
+            .await?
+            .ok_or_else(|| damaged("is missing".into()))?;
+        if Digest::of(&bytes) != digest {
+            return Err(damaged("was altered".into()));
+        }
+        let checkpoint: Checkpoint = serde_json::from_slice(&bytes)
+            .map_err(|error| damaged(format!("is not a checkpoint: {error}")))?;
+        for reference in [&checkpoint.ended_at, &checkpoint.boundary] {
+            ContentRef::parse(reference.clone()).map_err(|error| damaged(error.to_string()))?;
+        }
+        if checkpoint.before == 0 {
+            return Err(damaged("trims nothing".into()));
+        }
+        Ok(checkpoint)
+    }
+
+    /// Drops the chain's oldest events, as `before` says, keeping every
+    /// event from the first one not old enough: whole segments go, so a
+    /// few older events in the segment that holds the first kept one stay,
+    /// and the newest segment (in the head's row) always stays. The kept
+    /// events are checked link by link first; a chain that does not check
+    /// out is not trimmed. What was trimmed is stored as a [`Checkpoint`];
+    /// the dropped segments are removed by the chain store's next garbage
+    /// collection. A trim only moves the start forward.
+    pub async fn trim(&self, before: TrimBefore) -> Result<TrimReport> {
+        let current = self.checkpoint_row().await?;
+        let row = self.head_row().await?;
+        let mut report = TrimReport {
+            actor: self.actor.clone(),
+            recorded_length: row.as_ref().and_then(|row| row.length).unwrap_or(0),
+            starts_at: current.as_ref().map_or(0, |(_, checkpoint)| checkpoint.before),
+            checkpoint: current.as_ref().map(|(digest, _)| digest.to_hex()),
+            ..TrimReport::default()
+        };
+        // Walking back: the first group boundary below which every event
+        // is old enough is where the chain is cut.
+        let mut keep_from = match before {
+            TrimBefore::Seq(seq) => Some(seq),
+            TrimBefore::Time(_) => None,
+        };
+        let mut newer: Option<(u64, Option<ContentRef>)> = None;
+        let mut cut = None;
+        let checked = self
+            .walk_checked_from(row, current.clone().map(|c| c.1), u64::MAX, |entry| {
+                if let TrimBefore::Time(time) = before
+                    && keep_from.is_none()
+                    && entry.event.at < time
+                {
+                    keep_from = Some(entry.event.seq + 1);
+                }
+                if let Some((seq, holder)) = &newer
+                    && *holder != entry.stored_in
+                    && keep_from.is_some_and(|keep_from| *seq <= keep_from)
+                    && let Some(boundary) = &entry.stored_in
+                {
+                    cut = Some(Checkpoint {
+                        before: *seq,
+                        ended_at: entry.content_ref.hash().to_owned(),
+                        boundary: boundary.hash().to_owned(),
+                        trimmed_at: u64::try_from(unix_now()).unwrap_or(0),
+                    });
+                    return false;
+                }
+                newer = Some((entry.event.seq, entry.stored_in));
+                true
+            })
+            .await?;
+        if let Some(broken) = checked.broken {
+            return Err(StoreError::ChainDamaged {
+                actor: self.actor.clone(),
+                reason: format!("{broken}; nothing was trimmed"),
+            });
+        }
+        let Some(cut) = cut else {
+            return Ok(report);
+        };
+        let bytes = serde_json::to_vec(&cut).expect("checkpoints serialize");
+        let stored = self.store.store(bytes).await?;
+        let expected = current.as_ref().map(|(digest, _)| ContentRef::from(*digest));
+        let moved = self
+            .store
+            .compare_and_swap_label(&self.checkpoint_label(), expected.as_ref(), Some(&stored))
+            .await?;
+        if !moved {
+            return Err(StoreError::ChainTrimRaced {
+                actor: self.actor.clone(),
+            });
+        }
+        report.events_trimmed = cut.before - report.starts_at;
+        report.starts_at = cut.before;
+        report.checkpoint = Some(stored.hash().to_owned());
+        Ok(report)
     }
 
     /// Appends `event` on its own (for calls that wrote nothing, or
@@ -460,20 +635,22 @@ impl EventChain {
         limit: u64,
         visit: impl FnMut(ChainEntry) -> bool,
     ) -> Result<ChainReport> {
+        let checkpoint = self.checkpoint().await?;
         let row = self.head_row().await?;
-        self.walk_checked_from(row, limit, visit).await
+        self.walk_checked_from(row, checkpoint, limit, visit).await
     }
 
     /// Checks `row` as [`EventChain::verify`] checks the chain's own head
-    /// row, before it is written (an import); returns the report and the
-    /// ref of every event that checked out.
+    /// row, before it is written (an import), trimmed at `checkpoint`;
+    /// returns the report and the ref of every event that checked out.
     pub(crate) async fn verify_row(
         &self,
         row: ChainHead,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<(ChainReport, Vec<ContentRef>)> {
         let mut refs = Vec::new();
         let report = self
-            .walk_checked_from(Some(row), u64::MAX, |entry| {
+            .walk_checked_from(Some(row), checkpoint, u64::MAX, |entry| {
                 refs.push(entry.content_ref);
                 true
             })
@@ -481,9 +658,12 @@ impl EventChain {
         Ok((report, refs))
     }
 
+    /// Walks back from `row` (see [`EventChain::walk_checked`]), stopping
+    /// at `checkpoint`'s boundary if the chain passes through it.
     async fn walk_checked_from(
         &self,
         row: Option<ChainHead>,
+        checkpoint: Option<Checkpoint>,
         limit: u64,
         mut visit: impl FnMut(ChainEntry) -> bool,
     ) -> Result<ChainReport> {
@@ -499,7 +679,7 @@ impl EventChain {
         };
         let mut expected: ContentRef = row.head.into();
         let mut expected_seq = recorded_length.checked_sub(1);
-        let mut stored = StoredEvents::from_head(self, row);
+        let mut stored = StoredEvents::from_head(self, row, checkpoint.as_ref());
         let broken = |seq: u64, reference: &ContentRef, problem: String| {
             Some(BrokenLink {
                 seq,
@@ -589,7 +769,7 @@ impl EventChain {
             }
             report.events_checked += 1;
             let more = visit(ChainEntry {
-                content_ref: expected,
+                content_ref: expected.clone(),
                 event,
                 bytes: found.bytes,
                 stored_in: found.stored_in,
@@ -605,7 +785,39 @@ impl EventChain {
             }
         }
         if report.broken.is_none() && !stopped && report.events_checked < limit {
-            if report.events_checked < recorded_length {
+            // A trimmed chain starts where its checkpoint says, and its
+            // oldest kept event names the last trimmed one as parent.
+            let starts_at = match checkpoint {
+                Some(checkpoint) if stored.reached_boundary => {
+                    let oldest = expected_seq.map_or(0, |seq| seq + 1);
+                    if oldest != checkpoint.before {
+                        report.broken = Some(BrokenLink {
+                            seq: oldest,
+                            reference: None,
+                            problem: format!(
+                                "the checkpoint says the chain starts at event #{}, but its \
+                                 oldest stored event is #{oldest}",
+                                checkpoint.before
+                            ),
+                        });
+                    } else if expected.hash() != checkpoint.ended_at {
+                        report.broken = broken(
+                            oldest,
+                            &expected,
+                            format!(
+                                "the oldest kept event names this parent, but the checkpoint \
+                                 says the trimmed events ended at {}",
+                                checkpoint.ended_at
+                            ),
+                        );
+                    }
+                    let before = checkpoint.before;
+                    report.trimmed = Some(checkpoint);
+                    before
+                }
+                _ => 0,
+            };
+            if report.broken.is_none() && report.events_checked + starts_at < recorded_length {
                 let problem = format!(
                     "the recorded length is {recorded_length} but the chain holds {} events",
                     report.events_checked
@@ -615,7 +827,9 @@ impl EventChain {
                     reference: None,
                     problem,
                 });
-            } else if let Some((segment, seq)) = altered_segment {
+            } else if report.broken.is_none()
+                && let Some((segment, seq)) = altered_segment
+            {
                 report.broken = broken(
                     seq,
                     &segment,
@@ -631,16 +845,25 @@ impl EventChain {
     /// storage back from the head without judging links. Where the storage
     /// breaks off (a segment missing or unreadable), what lies beyond is
     /// unknown, so it fails rather than let gc remove it.
+    /// A trimmed chain's walk ends at its checkpoint, which it includes.
     pub(crate) async fn reachable(&self) -> Result<Vec<Digest>> {
+        let checkpoint = self.checkpoint_row().await?;
         let Some(row) = self.head_row().await? else {
-            return Ok(Vec::new());
+            return Ok(checkpoint.map(|(digest, _)| vec![digest]).unwrap_or_default());
         };
-        self.reachable_from(row).await
+        self.reachable_from(row, checkpoint).await
     }
 
-    /// [`EventChain::reachable`] from a head row already read.
-    pub(crate) async fn reachable_from(&self, row: ChainHead) -> Result<Vec<Digest>> {
-        let mut stored = StoredEvents::from_head(self, row);
+    /// [`EventChain::reachable`] from a head row and checkpoint (its
+    /// object's digest, and what it says) already read.
+    pub(crate) async fn reachable_from(
+        &self,
+        row: ChainHead,
+        checkpoint: Option<(Digest, Checkpoint)>,
+    ) -> Result<Vec<Digest>> {
+        let mut stored =
+            StoredEvents::from_head(self, row, checkpoint.as_ref().map(|(_, c)| c));
+        stored.holders.extend(checkpoint.map(|(digest, _)| digest));
         let broken_off = loop {
             match stored.next().await {
                 Ok(Some(_)) => {}
@@ -787,10 +1010,16 @@ struct StoredEvents<'a> {
     holders: Vec<Digest>,
     /// Why the walk could not tell what comes next, if it could not.
     damaged: Option<String>,
+    /// A trimmed chain's boundary: the walk ends before this object.
+    boundary: Option<ContentRef>,
+    /// Whether the walk ended at `boundary`.
+    reached_boundary: bool,
 }
 
 impl<'a> StoredEvents<'a> {
-    fn from_head(chain: &'a EventChain, row: ChainHead) -> Self {
+    /// The walk back from `row`, ending before `checkpoint`'s boundary
+    /// if it gets there.
+    fn from_head(chain: &'a EventChain, row: ChainHead, checkpoint: Option<&Checkpoint>) -> Self {
         let mut walk = Self {
             chain,
             group: Vec::new(),
@@ -799,6 +1028,8 @@ impl<'a> StoredEvents<'a> {
             then: Next::Start,
             holders: Vec::new(),
             damaged: None,
+            boundary: checkpoint.and_then(|c| ContentRef::parse(c.boundary.clone()).ok()),
+            reached_boundary: false,
         };
         match row.open {
             Some(open) => {
@@ -869,6 +1100,10 @@ impl<'a> StoredEvents<'a> {
                 Next::Segment(holder) => (holder, true),
                 Next::Event(holder) => (holder, false),
             };
+            if self.boundary.as_ref() == Some(&holder) {
+                self.reached_boundary = true;
+                return Ok(None);
+            }
             let digest = holder.digest()?;
             let store = &self.chain.store;
             let engine = store.root().engine().await?;

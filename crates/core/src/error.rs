@@ -95,6 +95,16 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Two trims of one chain ran at once; the other one's checkpoint
+    /// stands and this one changed nothing.
+    #[error(
+        "event chain of actor {actor}: another trim moved its checkpoint meanwhile; nothing was \
+         trimmed, trim again"
+    )]
+    ChainTrimRaced {
+        /// The actor whose chain it is.
+        actor: String,
+    },
     /// A filesystem operation failed.
     #[error("store {store}: {action} {path} failed: {source}")]
     Io {

@@ -40,8 +40,9 @@ mod sync;
 mod tree;
 
 pub use chain::{
-    BrokenLink, ChainEntry, ChainEvent, ChainReport, Event, EventChain, MAX_ACTOR_ID_BYTES,
-    MAX_EVENT_BYTES, MAX_RECORDED_NAME_BYTES, Outcome, Record, validate_actor_id,
+    BrokenLink, ChainEntry, ChainEvent, ChainReport, Checkpoint, Event, EventChain,
+    MAX_ACTOR_ID_BYTES, MAX_EVENT_BYTES, MAX_RECORDED_NAME_BYTES, Outcome, Record, TrimBefore,
+    TrimReport, validate_actor_id,
 };
 pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};

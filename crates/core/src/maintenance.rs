@@ -275,8 +275,15 @@ impl ContentStore {
                 let snapshot = engine.snapshot(&store, "")?;
                 let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
                 // Links are read after the snapshot: any link added since
-                // comes from an object stored since, which is recent.
-                let graph = LinkGraph::load(&engine, &store, &held, !dry_run)?;
+                // comes from an object stored since, which is recent. The
+                // chain store follows its own rule (the chains, above):
+                // a trimmed segment is named by the one after it, and
+                // must go all the same.
+                let graph = if store.as_str() == CHAIN_STORE {
+                    LinkGraph::default()
+                } else {
+                    LinkGraph::load(&engine, &store, &held, !dry_run)?
+                };
                 let unindexed = engine.unindexed(&store, cutoff)?;
                 // Temporary files belong to writers still at work unless they
                 // are very old, whatever the grace period for content.

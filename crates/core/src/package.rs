@@ -14,8 +14,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::chain::{CHAIN_STORE, HEAD_PREFIX, validate_actor_id};
-use crate::engine::{ChainHead, Change, Engine, Staged};
+use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_id};
+use crate::engine::{ChainHead, Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::{LinkGraph, Links};
 use crate::maintenance::Progress;
@@ -245,16 +245,29 @@ fn export_section<W: Write>(
     // Labels and objects as of one moment; content a collection removes
     // after it is left out below, with the labels that pointed at it.
     let snapshot = engine.snapshot(id, prefix.unwrap_or(""))?;
-    let (labels, rows) = (snapshot.labels, snapshot.objects);
+    let (mut labels, rows) = (snapshot.labels, snapshot.objects);
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
     let chains = id.as_str() == CHAIN_STORE;
     let handle = tokio::runtime::Handle::current();
-    // A chain head's row, with its open segment, read as it is now.
+    // A chain head's row, with its open segment, read as it is now, and
+    // the chain's checkpoint if it was trimmed (which goes with its head
+    // whatever the prefix).
     let mut heads = Vec::new();
     if chains {
         for (label, _) in labels.iter().filter(|(l, _)| l.starts_with(HEAD_PREFIX)) {
+            let chain = store.root().event_chain(&label[HEAD_PREFIX.len()..])?;
+            let checkpoint = handle.block_on(chain.checkpoint_row())?;
             if let Some(row) = handle.block_on(engine.chain_tip(id, label))? {
-                heads.push((label.clone(), row));
+                heads.push((label.clone(), row, checkpoint));
+            }
+        }
+        for (label, _, checkpoint) in &heads {
+            let actor = &label[HEAD_PREFIX.len()..];
+            let checkpoint_label = format!("{CHECKPOINT_PREFIX}{actor}");
+            if let Some((digest, _)) = checkpoint
+                && !labels.iter().any(|(label, _)| *label == checkpoint_label)
+            {
+                labels.push((checkpoint_label, *digest));
             }
         }
     }
@@ -263,10 +276,11 @@ fn export_section<W: Write>(
         // A chain's segments, from its head.
         Some(_) if chains => {
             let mut reached = BTreeSet::new();
-            for (label, row) in &heads {
+            for (label, row, checkpoint) in &heads {
                 let actor = &label[HEAD_PREFIX.len()..];
                 let chain = store.root().event_chain(actor)?;
-                reached.extend(handle.block_on(chain.reachable_from(row.clone()))?);
+                let walk = chain.reachable_from(row.clone(), checkpoint.clone());
+                reached.extend(handle.block_on(walk)?);
             }
             reached
         }
@@ -308,7 +322,7 @@ fn export_section<W: Write>(
         writer.label(label, *target).map_err(&write_error)?;
         summary.labels += 1;
     }
-    for (label, row) in &heads {
+    for (label, row, _) in &heads {
         writer.chain(label, row).map_err(&write_error)?;
         summary.labels += 1;
         summary.chains += 1;
@@ -533,18 +547,50 @@ async fn publish(
     // Chains are verified, their segments now in place, before any label
     // or head moves: a chain that does not check out refuses the package.
     let chain_store = StoreId::reserved(CHAIN_STORE);
+    // A trimmed chain's checkpoint goes with its head (see below).
+    let (checkpoints, labels): (Vec<_>, Vec<_>) = labels.into_iter().partition(|(store, label, _)| {
+        *store == chain_store && label.starts_with(CHECKPOINT_PREFIX)
+    });
+    let mut checkpoints: BTreeMap<String, Digest> = checkpoints
+        .into_iter()
+        .map(|(_, label, digest)| (label[CHECKPOINT_PREFIX.len()..].to_owned(), digest))
+        .collect();
+    let mut checkpoint_moves = Vec::new();
     let mut chain_plans = Vec::with_capacity(chains.len());
     for (label, head) in chains {
         let chain = root.event_chain(&label[HEAD_PREFIX.len()..])?;
         let current = engine.label_target(&chain_store, &label).await?;
         let at = section(&mut summaries, &chain_store);
+        let checkpoint = match checkpoints.remove(chain.actor()) {
+            Some(digest) if !options.dry_run => {
+                let read = chain.read_checkpoint(digest).await;
+                let checkpoint = read.map_err(|error| StoreError::InvalidPackage {
+                    store: CHAIN_STORE.into(),
+                    reason: format!("{error}; no label was moved"),
+                })?;
+                Some((digest, checkpoint))
+            }
+            Some(digest) => {
+                // A dry run stages nothing it could read: it only says
+                // whether the checkpoint differs.
+                if engine.label_target(&chain_store, &chain.checkpoint_label()).await?
+                    == Some(digest)
+                {
+                    summaries[at].labels_unchanged += 1;
+                }
+                None
+            }
+            None => None,
+        };
         let plan = if current == Some(head.head) {
             summaries[at].labels_unchanged += 1;
+            checkpoint_moves.extend(checkpoint.map(|checkpoint| (chain, checkpoint)));
             continue;
         } else if options.dry_run {
             None
         } else {
-            let (report, events) = chain.verify_row(head.clone()).await?;
+            let trimmed_at = checkpoint.as_ref().map(|(_, checkpoint)| checkpoint.clone());
+            let (report, events) = chain.verify_row(head.clone(), trimmed_at).await?;
             if let Some(broken) = &report.broken {
                 return Err(StoreError::InvalidPackage {
                     store: CHAIN_STORE.into(),
@@ -567,9 +613,21 @@ async fn publish(
                     current: current.into(),
                     package: head.head.into(),
                 });
+                // Another chain's checkpoint is not this one's to move.
+                if checkpoint.is_some() {
+                    summaries[at].labels_unchanged += 1;
+                }
             }
-            _ => chain_plans.push((label, head, current)),
+            _ => {
+                checkpoint_moves.extend(checkpoint.map(|checkpoint| (chain, checkpoint)));
+                chain_plans.push((label, head, current));
+            }
         }
+    }
+    // A checkpoint with no head in the package trims nothing here.
+    if !checkpoints.is_empty() {
+        let at = section(&mut summaries, &chain_store);
+        summaries[at].labels_unchanged += checkpoints.len() as u64;
     }
     // Labels go in chunks, so that a package with many labels never
     // holds the root's write lock for long; a failure part way leaves
@@ -601,6 +659,35 @@ async fn publish(
                     break;
                 }
             }
+        }
+    }
+    // A checkpoint only moves forward, and before its head: until the
+    // head reaches it, a chain walk never meets its boundary and checks
+    // the chain whole.
+    for (chain, (digest, checkpoint)) in checkpoint_moves {
+        let at = section(&mut summaries, &chain_store);
+        let current = chain.checkpoint_row().await?;
+        let newer = current
+            .as_ref()
+            .is_none_or(|(_, current)| current.before < checkpoint.before);
+        if !newer {
+            summaries[at].labels_unchanged += 1;
+            continue;
+        }
+        let change = Change::SetLabel {
+            store: chain_store.clone(),
+            label: chain.checkpoint_label(),
+            target: Some(digest),
+            expect: Expect::Exactly(current.map(|(digest, _)| digest)),
+        };
+        if !engine.apply(change).await? {
+            return Err(StoreError::InvalidPackage {
+                store: CHAIN_STORE.into(),
+                reason: format!(
+                    "the checkpoint of actor {} moved while it was imported; import again",
+                    chain.actor()
+                ),
+            });
         }
     }
     if !options.dry_run {

@@ -11,8 +11,8 @@ use common::{
     set_chain_length, set_sealed_segment, temp_root,
 };
 use theater_store::{
-    ChainEvent, ContentRef, Event, EventChain, GcOptions, Options, Outcome, Record, StoreError,
-    StoreRoot,
+    ChainEvent, Checkpoint, ContentRef, Event, EventChain, GcOptions, Options, Outcome, Record,
+    StoreError, StoreRoot, TrimBefore,
 };
 
 fn event(kind: &str, store: &str) -> Event {
@@ -522,4 +522,146 @@ async fn chains_sync_between_roots_and_verify_there() {
         (0, 1),
         "{again:?}"
     );
+}
+
+#[tokio::test]
+async fn a_trimmed_chain_verifies_frees_its_segments_and_travels_with_its_checkpoint() {
+    let (dir, a) = temp_root();
+    let chain = a.event_chain("long").unwrap();
+    for i in 0..60 {
+        chain
+            .append(event("store", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let before_trim = chain.events(usize::MAX).await.unwrap();
+    let segments_before = a.chain_store().stats().await.unwrap().objects;
+
+    // Whole segments go: the chain keeps every event from #30, and at
+    // most the few older ones that share #30's segment.
+    let trimmed = chain.trim(TrimBefore::Seq(30)).await.unwrap();
+    assert!(
+        (20..=30).contains(&trimmed.starts_at),
+        "{trimmed:?} keeps from #30 with whole segments"
+    );
+    assert_eq!(trimmed.events_trimmed, trimmed.starts_at);
+    assert_eq!(trimmed.recorded_length, 60);
+    let start = trimmed.starts_at;
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 60 - start);
+    let checkpoint = report.trimmed.expect("the walk ended at the checkpoint");
+    assert_eq!(checkpoint.before, start);
+    // The checkpoint names the hash the dropped prefix ended at.
+    let last_dropped = &before_trim[(60 - start) as usize];
+    assert_eq!(last_dropped.event.seq, start - 1);
+    assert_eq!(checkpoint.ended_at, last_dropped.content_ref.hash());
+    let kept = chain.events(usize::MAX).await.unwrap();
+    assert_eq!(kept.last().unwrap().event.seq, start);
+
+    // A trim never moves the start back.
+    let again = chain.trim(TrimBefore::Seq(5)).await.unwrap();
+    assert_eq!((again.events_trimmed, again.starts_at), (0, start));
+
+    // gc frees the dropped segments and keeps what the chain reaches.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let collected = a
+        .chain_store()
+        .collect_garbage(
+            GcOptions {
+                grace: Duration::ZERO,
+                dry_run: false,
+            },
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert!(collected.objects_removed > 0, "{collected:?}");
+    let segments_after = a.chain_store().stats().await.unwrap().objects;
+    assert!(segments_after < segments_before, "{segments_after} < {segments_before}");
+    assert!(chain.verify().await.unwrap().is_intact());
+    assert!(a.chain_store().verify(no_progress()).await.unwrap().is_clean());
+
+    // Appends go on; the chain keeps counting from its recorded length.
+    chain.append(event("get", "s")).await.unwrap();
+    let report = chain.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 61 - start);
+
+    // The chain travels with its checkpoint, by its head label alone,
+    // and a later trim at the source moves the copy's start forward.
+    let b = StoreRoot::new(dir.path().join("b"));
+    let summary = import_chains(&b, chain_package(&a, Some("head/long")).await)
+        .await
+        .unwrap();
+    assert!(summary.conflicts.is_empty(), "{summary:?}");
+    let copy = b.event_chain("long").unwrap();
+    let copied = copy.verify().await.unwrap();
+    assert!(copied.is_intact(), "{copied:?}");
+    assert_eq!(copied.trimmed.map(|c| c.before), Some(start));
+    let newer = chain.trim(TrimBefore::Time(u64::MAX)).await.unwrap();
+    assert!(newer.starts_at > start && newer.starts_at < 61, "{newer:?}");
+    let sync = a
+        .sync_store_to(
+            &b,
+            "_chains",
+            &theater_store::SyncOptions::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert!(sync.conflicts.is_empty(), "{sync:?}");
+    let copied = copy.verify().await.unwrap();
+    assert!(copied.is_intact(), "{copied:?}");
+    assert_eq!(copied.trimmed.map(|c| c.before), Some(newer.starts_at));
+    assert_eq!(copied.events_checked, 61 - newer.starts_at);
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_or_a_damaged_chain_is_caught_and_never_trimmed() {
+    let (_dir, root) = temp_root();
+    let chain = root.event_chain("guarded").unwrap();
+    for i in 0..30 {
+        chain
+            .append(event("store", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let trimmed = chain.trim(TrimBefore::Seq(15)).await.unwrap();
+    let genuine = chain.checkpoint().await.unwrap().unwrap();
+
+    // A checkpoint claiming the prefix ended elsewhere is named by verify.
+    let forged = Checkpoint {
+        ended_at: "0".repeat(64),
+        ..genuine.clone()
+    };
+    let chains = root.chain_store();
+    let forged_ref = chains
+        .store(serde_json::to_vec(&forged).unwrap())
+        .await
+        .unwrap();
+    chains.label("checkpoint/guarded", &forged_ref).await.unwrap();
+    let report = chain.verify().await.unwrap();
+    let broken = report.broken.expect("the forged checkpoint is caught");
+    assert_eq!(broken.seq, trimmed.starts_at);
+    assert!(broken.problem.contains("trimmed events ended at"), "{broken}");
+
+    // A damaged event in the kept part refuses the trim, changing nothing.
+    let genuine_ref = chains
+        .store(serde_json::to_vec(&genuine).unwrap())
+        .await
+        .unwrap();
+    chains.label("checkpoint/guarded", &genuine_ref).await.unwrap();
+    let events = chain.events(usize::MAX).await.unwrap();
+    let victim = &events[3];
+    let forged_event = String::from_utf8(victim.bytes.clone())
+        .unwrap()
+        .replace("\"s26\"", "\"sX6\"");
+    alter_event(&root, "guarded", victim, forged_event.as_bytes()).await;
+    let refused = chain.trim(TrimBefore::Seq(29)).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::ChainDamaged { reason, .. } if reason.contains("nothing was trimmed")),
+        "{refused}"
+    );
+    assert_eq!(chain.checkpoint().await.unwrap(), Some(genuine));
 }
