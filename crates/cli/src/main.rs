@@ -199,6 +199,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// After the index was lost (deleted, or moved aside when damaged):
+    /// index every content file again, each labelled `recovered/REF`.
+    /// Labels, chains and small content lived only in the index; restore
+    /// those from a package.
+    Reindex,
 }
 
 /// Options of `theater-store run`.
@@ -380,6 +385,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chain { actor, limit, .. } => chain::list(&root, &actor, limit, json).await,
         Command::VerifyChain { actor } => chain::verify(&root, &actor, json).await,
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
+        Command::Reindex => stores::reindex(&root, json).await,
         Command::Sync { .. } => unreachable!("handled before the root is resolved"),
     }
 }

@@ -300,6 +300,13 @@ pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow
                     entry.label, entry.content_ref
                 );
             }
+            for label in &report.damaged_labels {
+                println!(
+                    "  damaged label row {:?}: it fails its checksum, so its name or target \
+                     may not be what was written; set it again, or restore it from an export",
+                    printable(label)
+                );
+            }
             for path in &report.stray_files {
                 println!("  stray file {}: not an object name", path.display());
             }
@@ -626,5 +633,36 @@ pub async fn rm_store(
             report.store, report.labels_removed, report.objects_removed, report.bytes_freed
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Indexes a root's content files again after its index was lost.
+pub async fn reindex(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = Bar::new("re-indexing", true);
+    let reports = root.reindex(bar.clone()).await?;
+    bar.finish();
+    if json {
+        print_json(&reports)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for report in &reports {
+        println!(
+            "{}: {} objects ({} bytes) indexed again, labelled {}REF",
+            report.store,
+            report.objects_recovered,
+            report.bytes_recovered,
+            theater_store::RECOVERED_PREFIX
+        );
+        for content_ref in &report.corrupt {
+            println!(
+                "  corrupt file {content_ref}: its bytes do not match its name; left as it is"
+            );
+        }
+    }
+    println!(
+        "labels, event chains and small content (up to 16 KiB by default) lived only in the index: restore \
+         them from a package (`import --all`); relabel what you need with `label`, and \
+         `unlabel` the rest for gc to remove"
+    );
     Ok(ExitCode::SUCCESS)
 }

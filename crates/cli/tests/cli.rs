@@ -998,6 +998,38 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
 }
 
 #[test]
+fn a_lost_index_is_refused_until_the_operator_reindexes_the_content_files() {
+    let env = Env::new();
+    let large = "kept in a file ".repeat(2_000);
+    let large_ref = env.put("app", &large, Some("big"));
+    env.put("app", "small, inside the index", Some("small"));
+    for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = std::fs::remove_file(env.root().join(name));
+    }
+    // Every command refuses, naming both ways back; nothing is changed.
+    for args in [&["stores"][..], &["gc", "--grace", "0s"]] {
+        env.cmd()
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(contains("index (index.sqlite) is missing").and(contains("reindex")));
+    }
+    assert!(!env.root().join("index.sqlite").exists());
+    env.cmd()
+        .arg("reindex")
+        .assert()
+        .success()
+        .stdout(contains("app: 1 objects").and(contains("restore them from a package")));
+    env.cmd()
+        .args(["cat", "app", "--label", &format!("recovered/{large_ref}")])
+        .assert()
+        .success()
+        .stdout(large);
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    env.cmd().arg("verify").assert().success();
+}
+
+#[test]
 fn an_operator_trims_a_chain_and_it_still_verifies() {
     let env = Env::new();
     let actor = actor_file(&env, "compat.wasm", theater_store_examples::THEATER_COMPAT);
@@ -1017,10 +1049,7 @@ fn an_operator_trims_a_chain_and_it_still_verifies() {
         .args(["verify-chain", "billing-7"])
         .assert()
         .success()
-        .stdout(contains(format!(
-            "chain intact ({} events",
-            42 - starts_at
-        )))
+        .stdout(contains(format!("chain intact ({} events", 42 - starts_at)))
         .stdout(contains(format!("events before #{starts_at} trimmed")));
     let events = env.json(&["chain", "billing-7"]);
     let oldest = events.as_array().unwrap().last().unwrap();

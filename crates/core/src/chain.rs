@@ -372,7 +372,10 @@ impl EventChain {
 
     /// Where the chain was trimmed, if it was.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
-        Ok(self.checkpoint_row().await?.map(|(_, checkpoint)| checkpoint))
+        Ok(self
+            .checkpoint_row()
+            .await?
+            .map(|(_, checkpoint)| checkpoint))
     }
 
     /// The checkpoint label's target and the checkpoint it holds.
@@ -424,7 +427,9 @@ impl EventChain {
         let mut report = TrimReport {
             actor: self.actor.clone(),
             recorded_length: row.as_ref().and_then(|row| row.length).unwrap_or(0),
-            starts_at: current.as_ref().map_or(0, |(_, checkpoint)| checkpoint.before),
+            starts_at: current
+                .as_ref()
+                .map_or(0, |(_, checkpoint)| checkpoint.before),
             checkpoint: current.as_ref().map(|(digest, _)| digest.to_hex()),
             ..TrimReport::default()
         };
@@ -472,7 +477,9 @@ impl EventChain {
         };
         let bytes = serde_json::to_vec(&cut).expect("checkpoints serialize");
         let stored = self.store.store(bytes).await?;
-        let expected = current.as_ref().map(|(digest, _)| ContentRef::from(*digest));
+        let expected = current
+            .as_ref()
+            .map(|(digest, _)| ContentRef::from(*digest));
         let moved = self
             .store
             .compare_and_swap_label(&self.checkpoint_label(), expected.as_ref(), Some(&stored))
@@ -849,7 +856,9 @@ impl EventChain {
     pub(crate) async fn reachable(&self) -> Result<Vec<Digest>> {
         let checkpoint = self.checkpoint_row().await?;
         let Some(row) = self.head_row().await? else {
-            return Ok(checkpoint.map(|(digest, _)| vec![digest]).unwrap_or_default());
+            return Ok(checkpoint
+                .map(|(digest, _)| vec![digest])
+                .unwrap_or_default());
         };
         self.reachable_from(row, checkpoint).await
     }
@@ -861,8 +870,7 @@ impl EventChain {
         row: ChainHead,
         checkpoint: Option<(Digest, Checkpoint)>,
     ) -> Result<Vec<Digest>> {
-        let mut stored =
-            StoredEvents::from_head(self, row, checkpoint.as_ref().map(|(_, c)| c));
+        let mut stored = StoredEvents::from_head(self, row, checkpoint.as_ref().map(|(_, c)| c));
         stored.holders.extend(checkpoint.map(|(digest, _)| digest));
         let broken_off = loop {
             match stored.next().await {

@@ -124,8 +124,8 @@ pub enum StoreError {
         "store root {root}: the label index (index.sqlite) is damaged ({action}: {reason}). \
          The content files under stores/ are not affected. To recover, restore the root from \
          a package (`theater-store --root NEW import --all BACKUP`), or move index.sqlite, \
-         index.sqlite-wal and index.sqlite-shm aside to start an empty index (see \
-         docs/RELIABILITY.md, \"Index damage\")"
+         index.sqlite-wal and index.sqlite-shm aside and run `theater-store reindex` to index \
+         the content files again (see docs/RELIABILITY.md, \"Index damage\")"
     )]
     IndexDamaged {
         /// The root whose index is damaged.
@@ -134,6 +134,23 @@ pub enum StoreError {
         action: &'static str,
         /// SQLite's words.
         reason: String,
+    },
+    /// The root's index is gone (missing or empty) while its store
+    /// directories hold content files: opening it would start an empty
+    /// index and hide them, so it is refused until an operator decides.
+    #[error(
+        "store root {root}: its label index (index.sqlite) is missing, but the content files \
+         of {stores} store(s) remain under stores/. Nothing was changed. Restore the root \
+         from a package (`theater-store --root NEW import --all BACKUP`), or run \
+         `theater-store reindex` to index the content files again (labels, chains and content \
+         of up to 16 KiB lived only in the index and cannot be rebuilt; see \
+         docs/RELIABILITY.md, \"Index damage\")"
+    )]
+    IndexMissing {
+        /// The root.
+        root: PathBuf,
+        /// Store directories holding content files.
+        stores: usize,
     },
     /// The label index (SQLite) failed.
     #[error("store root {root}: label index {action} failed: {source}")]

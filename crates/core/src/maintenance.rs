@@ -49,6 +49,10 @@ pub struct VerifyReport {
     pub missing: Vec<ContentRef>,
     /// Labels pointing at content that is missing, corrupt or not indexed.
     pub dangling_labels: Vec<LabelEntry>,
+    /// Labels whose index rows fail their checksums (named as they read
+    /// now): the index was damaged under them, so their names or targets
+    /// may not be what was written. Restore them from an export.
+    pub damaged_labels: Vec<String>,
     /// Files in `objects/` whose names are not object names.
     pub stray_files: Vec<PathBuf>,
     /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] (`gc` removes them).
@@ -72,6 +76,7 @@ impl VerifyReport {
         self.quarantined.is_empty()
             && self.missing.is_empty()
             && self.dangling_labels.is_empty()
+            && self.damaged_labels.is_empty()
             && self.stray_files.is_empty()
             && self.leftover_temp_files.is_empty()
             && self.index_problems.is_empty()
@@ -152,6 +157,7 @@ impl ContentStore {
             move || {
                 let index_problems = engine.check_integrity()?;
                 let snapshot = engine.snapshot(&store, "")?;
+                let damaged_labels = engine.damaged_labels(&store)?;
                 let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;
                 let leftover_temp_files = engine.stale_staging(&store, stale_before)?;
                 let scan = engine.scan(&store, &*progress)?;
@@ -163,6 +169,7 @@ impl ContentStore {
                     leftover_temp_files,
                     unindexed: scan.unindexed.into_iter().map(ContentRef::from).collect(),
                     index_problems,
+                    damaged_labels,
                     damaged_outboards: scan
                         .damaged_outboards
                         .into_iter()
@@ -527,5 +534,100 @@ impl StoreRoot {
         };
         engine.apply(change).await?;
         Ok(report)
+    }
+}
+
+/// The start of the label [`StoreRoot::reindex`] gives each content file
+/// it indexes again; the object's ref follows.
+pub const RECOVERED_PREFIX: &str = "recovered/";
+
+/// What [`StoreRoot::reindex`] found in one store's directory.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReindexReport {
+    /// The store.
+    pub store: String,
+    /// Content files indexed again, each labelled `recovered/<ref>`.
+    pub objects_recovered: u64,
+    /// Their total size.
+    pub bytes_recovered: u64,
+    /// Files whose bytes do not match their names: not indexed, and left
+    /// where they are for inspection.
+    pub corrupt: Vec<ContentRef>,
+}
+
+impl StoreRoot {
+    /// Indexes again the content files of a local root whose index was
+    /// lost (deleted, or moved aside because it was damaged): every file
+    /// under a store's directory whose bytes hash to its name, and that no
+    /// row claims, is indexed and labelled `recovered/<ref>`, so that gc
+    /// keeps it until an operator relabels or unlabels it. Labels, event
+    /// chains and content small enough to live inside the index cannot be
+    /// rebuilt; restore those from a package. Creates an empty index first
+    /// when there is none. Progress is reported in bytes, per store.
+    pub async fn reindex(&self, progress: Arc<dyn Progress>) -> Result<Vec<ReindexReport>> {
+        let Some(path) = self.path().map(std::path::Path::to_owned) else {
+            return Err(crate::StoreError::InvalidRoot {
+                root: self.describe().unwrap_or_default(),
+                reason: "re-indexing content files rebuilds a local root's index; a shared \
+                         root's index is PostgreSQL's (restore it from PostgreSQL's backups)"
+                    .into(),
+            });
+        };
+        blocking(move || Engine::create_missing_index(&path)).await?;
+        let engine = self.engine().await?;
+        let ids = blocking({
+            let engine = Arc::clone(&engine);
+            move || {
+                engine
+                    .store_dir_ids()
+                    .map_err(|source| crate::StoreError::Io {
+                        store: "root".into(),
+                        action: "listing store directories",
+                        path: "stores".into(),
+                        source,
+                    })
+            }
+        })
+        .await?;
+        let mut reports = Vec::new();
+        // The root's own stores hold nothing to recover: chains live in
+        // the index, and compiled components are compiled again.
+        for id in ids.iter().filter(|id| !id.starts_with('_')) {
+            let store = self.store(id)?;
+            let store_id = store.store_id().clone();
+            let before = store.stats().await.map(|stats| stats.bytes).unwrap_or(0);
+            let scan = blocking({
+                let (engine, store_id, progress) =
+                    (Arc::clone(&engine), store_id.clone(), Arc::clone(&progress));
+                move || engine.scan(&store_id, &*progress)
+            })
+            .await?;
+            let mut report = ReindexReport {
+                store: id.clone(),
+                corrupt: scan.corrupt.iter().map(|&digest| digest.into()).collect(),
+                ..ReindexReport::default()
+            };
+            for chunk in scan.unindexed.chunks(GC_CHUNK) {
+                let changes = chunk
+                    .iter()
+                    .map(|&digest| Change::AdoptFile {
+                        store: store_id.clone(),
+                        digest,
+                        label: format!("{RECOVERED_PREFIX}{}", digest.to_hex()),
+                    })
+                    .collect();
+                for adopted in engine.apply_all(changes).await {
+                    if adopted? {
+                        report.objects_recovered += 1;
+                    }
+                }
+            }
+            if report.objects_recovered > 0 {
+                let after = store.stats().await?.bytes;
+                report.bytes_recovered = after.saturating_sub(before);
+            }
+            reports.push(report);
+        }
+        Ok(reports)
     }
 }

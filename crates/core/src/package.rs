@@ -548,9 +548,10 @@ async fn publish(
     // or head moves: a chain that does not check out refuses the package.
     let chain_store = StoreId::reserved(CHAIN_STORE);
     // A trimmed chain's checkpoint goes with its head (see below).
-    let (checkpoints, labels): (Vec<_>, Vec<_>) = labels.into_iter().partition(|(store, label, _)| {
-        *store == chain_store && label.starts_with(CHECKPOINT_PREFIX)
-    });
+    let (checkpoints, labels): (Vec<_>, Vec<_>) =
+        labels.into_iter().partition(|(store, label, _)| {
+            *store == chain_store && label.starts_with(CHECKPOINT_PREFIX)
+        });
     let mut checkpoints: BTreeMap<String, Digest> = checkpoints
         .into_iter()
         .map(|(_, label, digest)| (label[CHECKPOINT_PREFIX.len()..].to_owned(), digest))
@@ -573,7 +574,9 @@ async fn publish(
             Some(digest) => {
                 // A dry run stages nothing it could read: it only says
                 // whether the checkpoint differs.
-                if engine.label_target(&chain_store, &chain.checkpoint_label()).await?
+                if engine
+                    .label_target(&chain_store, &chain.checkpoint_label())
+                    .await?
                     == Some(digest)
                 {
                     summaries[at].labels_unchanged += 1;
@@ -589,7 +592,9 @@ async fn publish(
         } else if options.dry_run {
             None
         } else {
-            let trimmed_at = checkpoint.as_ref().map(|(_, checkpoint)| checkpoint.clone());
+            let trimmed_at = checkpoint
+                .as_ref()
+                .map(|(_, checkpoint)| checkpoint.clone());
             let (report, events) = chain.verify_row(head.clone(), trimmed_at).await?;
             if let Some(broken) = &report.broken {
                 return Err(StoreError::InvalidPackage {

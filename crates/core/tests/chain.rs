@@ -578,9 +578,18 @@ async fn a_trimmed_chain_verifies_frees_its_segments_and_travels_with_its_checkp
         .unwrap();
     assert!(collected.objects_removed > 0, "{collected:?}");
     let segments_after = a.chain_store().stats().await.unwrap().objects;
-    assert!(segments_after < segments_before, "{segments_after} < {segments_before}");
+    assert!(
+        segments_after < segments_before,
+        "{segments_after} < {segments_before}"
+    );
     assert!(chain.verify().await.unwrap().is_intact());
-    assert!(a.chain_store().verify(no_progress()).await.unwrap().is_clean());
+    assert!(
+        a.chain_store()
+            .verify(no_progress())
+            .await
+            .unwrap()
+            .is_clean()
+    );
 
     // Appends go on; the chain keeps counting from its recorded length.
     chain.append(event("get", "s")).await.unwrap();
@@ -640,18 +649,27 @@ async fn a_forged_checkpoint_or_a_damaged_chain_is_caught_and_never_trimmed() {
         .store(serde_json::to_vec(&forged).unwrap())
         .await
         .unwrap();
-    chains.label("checkpoint/guarded", &forged_ref).await.unwrap();
+    chains
+        .label("checkpoint/guarded", &forged_ref)
+        .await
+        .unwrap();
     let report = chain.verify().await.unwrap();
     let broken = report.broken.expect("the forged checkpoint is caught");
     assert_eq!(broken.seq, trimmed.starts_at);
-    assert!(broken.problem.contains("trimmed events ended at"), "{broken}");
+    assert!(
+        broken.problem.contains("trimmed events ended at"),
+        "{broken}"
+    );
 
     // A damaged event in the kept part refuses the trim, changing nothing.
     let genuine_ref = chains
         .store(serde_json::to_vec(&genuine).unwrap())
         .await
         .unwrap();
-    chains.label("checkpoint/guarded", &genuine_ref).await.unwrap();
+    chains
+        .label("checkpoint/guarded", &genuine_ref)
+        .await
+        .unwrap();
     let events = chain.events(usize::MAX).await.unwrap();
     let victim = &events[3];
     let forged_event = String::from_utf8(victim.bytes.clone())

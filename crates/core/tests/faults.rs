@@ -435,4 +435,335 @@ async fn a_damaged_index_is_a_clear_error_and_content_stays_on_disk() {
         .join(&content_ref.hash()[2..]);
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(ContentRef::for_content(&bytes), content_ref);
+
+    // Moved aside, the damaged index leaves a root that refuses to open
+    // rather than start empty and hide the content files (gc would take
+    // them for crash leftovers).
+    std::fs::rename(&index, dir.path().join("index.sqlite.damaged")).unwrap();
+    let refused = StoreRoot::open(dir.path(), theater_store::Durability::Buffered)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::IndexMissing { stores: 1, .. }),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("theater-store reindex"),
+        "{refused}"
+    );
+    // Re-indexing brings the file back, labelled so that gc keeps it.
+    let root = StoreRoot::new(dir.path());
+    let reports = root.reindex(Arc::new(())).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].store.as_str(), reports[0].objects_recovered),
+        ("s", 1)
+    );
+    assert_eq!(reports[0].bytes_recovered, 90_000);
+    let store = root.store("s").unwrap();
+    let label = format!("{}{}", theater_store::RECOVERED_PREFIX, content_ref.hash());
+    assert_eq!(
+        store.get_by_label(&label).await.unwrap(),
+        Some(content_ref.clone())
+    );
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let collected = store.collect_garbage(options, Arc::new(())).await.unwrap();
+    assert_eq!(collected.objects_removed, 0);
+    assert!(store.verify(Arc::new(())).await.unwrap().is_clean());
+    // Again: nothing new to recover.
+    let again = root.reindex(Arc::new(())).await.unwrap();
+    assert_eq!(again[0].objects_recovered, 0);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_chain_head_row_is_named_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let root = StoreRoot::open(dir.path(), theater_store::Durability::Buffered)
+            .await
+            .unwrap();
+        fill_sample_root(&root).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A chain head's row is in no SQLite index, so SQLite's own check
+    // cannot see a change to it; the row's checksum does. The name is
+    // written in the live row and in stale copies (free space, older
+    // pages): a flip in the live row is named, one in a copy is harmless.
+    let index = dir.path().join("index.sqlite");
+    let bytes = std::fs::read(&index).unwrap();
+    let name = b"head/sample-actor";
+    let mut named = 0;
+    for (at, _) in bytes
+        .windows(name.len())
+        .enumerate()
+        .filter(|(_, window)| *window == name)
+    {
+        let case = dir.path().join(format!("case-{at}"));
+        std::fs::create_dir_all(&case).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[at + 7] ^= 0x01; // head/sample-actor -> head/salple-actor
+        std::fs::write(case.join("index.sqlite"), flipped).unwrap();
+        let root = StoreRoot::open(&case, theater_store::Durability::Buffered)
+            .await
+            .unwrap();
+        let report = root.chain_store().verify(Arc::new(())).await.unwrap();
+        let intact = root
+            .event_chain("sample-actor")
+            .unwrap()
+            .verify()
+            .await
+            .unwrap()
+            .events_checked
+            == 12;
+        if report.damaged_labels.is_empty() {
+            assert!(intact && report.is_clean(), "{report:?}");
+        } else {
+            assert_eq!(report.damaged_labels, ["head/salple-actor"], "{report:?}");
+            named += 1;
+        }
+    }
+    assert_eq!(named, 1, "the live row is named");
+}
+
+/// What a sample root acknowledged: each label's store, name and content,
+/// and its one actor's chain length.
+struct Acknowledged {
+    labels: Vec<(String, String, Vec<u8>)>,
+    chain_events: u64,
+}
+
+/// Fills a root at `path` with every kind of file a root has: content
+/// inline in the index and in files of their own (with outboards), labels
+/// in two stores, and an event chain with sealed segments.
+async fn fill_sample_root(root: &StoreRoot) -> Acknowledged {
+    let mut labels = Vec::new();
+    for (store, count) in [("app", 6), ("logs", 3)] {
+        let handle = root.store(store).unwrap();
+        for i in 0..count {
+            // Every third one is large enough for a file of its own.
+            let content = if i % 3 == 0 {
+                format!("{store} file {i} ").repeat(2_000).into_bytes()
+            } else {
+                format!("{store} inline {i}").into_bytes()
+            };
+            let label = format!("{store}-label-{i}");
+            handle
+                .store_at_label(&label, content.clone())
+                .await
+                .unwrap();
+            labels.push((store.to_owned(), label, content));
+        }
+    }
+    let chain = root.event_chain("sample-actor").unwrap();
+    for i in 0..12 {
+        let event = theater_store::Event {
+            store: Some(format!("app{i}")),
+            ..theater_store::Event::new("store")
+        };
+        chain.append(event).await.unwrap();
+    }
+    Acknowledged {
+        labels,
+        chain_events: 12,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    walk(dir, &mut |path, is_dir| {
+        if !is_dir {
+            files.push(path.to_owned());
+        }
+    });
+    files.sort();
+    files
+}
+
+/// Opens the damaged root at `path` as a user would, and returns whether
+/// what it acknowledged changed (a label gone, moved, or its content
+/// different) and whether the damage was reported: the open refused, a
+/// read failed with an error other than "not found", `verify` of any
+/// store found a problem, or `verify-chain` found a broken link.
+async fn changed_and_reported(path: &Path, acknowledged: &Acknowledged) -> (bool, bool) {
+    let root = match StoreRoot::open(path, theater_store::Durability::Buffered).await {
+        Ok(root) => root,
+        Err(_) => return (true, true),
+    };
+    let (mut changed, mut reported) = (false, false);
+    for (store, label, content) in &acknowledged.labels {
+        match root.store(store).unwrap().get_content_by_label(label).await {
+            Ok(Some(found)) if found == *content => {}
+            Ok(_) | Err(StoreError::NotFound { .. }) => changed = true,
+            Err(_) => (changed, reported) = (true, true),
+        }
+    }
+    let chain = root.event_chain("sample-actor").unwrap();
+    match chain.verify().await {
+        Ok(report) => {
+            changed |= report.events_checked != acknowledged.chain_events;
+            reported |= !report.is_intact();
+        }
+        Err(_) => (changed, reported) = (true, true),
+    }
+    let mut stores: Vec<_> = match root.stores().await {
+        Ok(stores) => stores
+            .iter()
+            .map(|summary| root.store(&summary.id).unwrap())
+            .collect(),
+        Err(_) => return (true, true),
+    };
+    changed |= stores.len() != 2;
+    stores.push(root.chain_store());
+    for store in stores {
+        match store.verify(Arc::new(())).await {
+            Ok(report) => reported |= !report.is_clean(),
+            Err(_) => reported = true,
+        }
+    }
+    (changed, reported)
+}
+
+/// A deterministic spread of offsets into a file of `len` bytes.
+fn offsets(file: &Path, len: u64, count: u64) -> Vec<u64> {
+    (0..count)
+        .map(|i| {
+            let seed = blake3::hash(format!("{}:{i}", file.display()).as_bytes());
+            u64::from_le_bytes(seed.as_bytes()[..8].try_into().unwrap()) % len
+        })
+        .collect()
+}
+
+/// Flips a byte at spread offsets of every file of `sample`, and deletes
+/// each file in turn, each time in a fresh copy; panics naming every case
+/// that changed acknowledged data without a word. Returns the number of
+/// cases tried and of those reported.
+async fn sweep(sample: &Path, scratch: &Path, acknowledged: &Acknowledged) -> (usize, usize) {
+    let mut silent = Vec::new();
+    let (mut cases, mut reported_cases) = (0, 0);
+    for file in files_under(sample) {
+        let relative = file.strip_prefix(sample).unwrap().to_owned();
+        let len = std::fs::metadata(&file).unwrap().len();
+        // The index holds most of what can be lost: flip it most often.
+        let flips = match relative.to_str().unwrap() {
+            "index.sqlite" => 64,
+            "index.sqlite-wal" => 24,
+            _ => 4,
+        };
+        let mut faults: Vec<(String, Option<u64>)> = vec![("deleted".into(), None)];
+        if len > 0 {
+            for offset in offsets(&file, len, flips) {
+                faults.push((format!("byte {offset} flipped"), Some(offset)));
+            }
+        }
+        // And every place a label's or chain's name is written: most of a
+        // small index is free space, where a flip is harmless.
+        let bytes = std::fs::read(&file).unwrap();
+        let names = acknowledged
+            .labels
+            .iter()
+            .map(|(_, label, _)| label.as_str())
+            .chain(["head/sample-actor"]);
+        for name in names {
+            let name = name.as_bytes();
+            for (at, _) in bytes
+                .windows(name.len())
+                .enumerate()
+                .filter(|(_, window)| *window == name)
+            {
+                let offset = (at + name.len() - 2) as u64;
+                faults.push((format!("byte {offset} (in a name) flipped"), Some(offset)));
+            }
+        }
+        for (what, offset) in faults {
+            let case = scratch.join(format!("case-{cases}"));
+            copy_dir(sample, &case);
+            let target = case.join(&relative);
+            match offset {
+                None => std::fs::remove_file(&target).unwrap(),
+                Some(offset) => {
+                    let mut bytes = std::fs::read(&target).unwrap();
+                    bytes[offset as usize] ^= 0x10;
+                    std::fs::write(&target, bytes).unwrap();
+                }
+            }
+            let (changed, reported) = changed_and_reported(&case, acknowledged).await;
+            if changed && !reported {
+                silent.push(format!("{}: {what}", relative.display()));
+            }
+            cases += 1;
+            reported_cases += usize::from(reported);
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+    assert!(
+        silent.is_empty(),
+        "acknowledged data changed silently: {silent:#?}"
+    );
+    (cases, reported_cases)
+}
+
+#[tokio::test]
+async fn no_single_flipped_byte_or_deleted_file_of_a_closed_root_loses_data_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("sample");
+    let acknowledged = {
+        let root = StoreRoot::open(&sample, theater_store::Durability::Buffered)
+            .await
+            .unwrap();
+        fill_sample_root(&root).await
+    };
+    // The dropped root's writer lets go of the index in the background.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (unharmed, _) = changed_and_reported(
+        &{
+            let copy = dir.path().join("unharmed");
+            copy_dir(&sample, &copy);
+            copy
+        },
+        &acknowledged,
+    )
+    .await;
+    assert!(!unharmed, "an untouched copy reads back whole");
+    let (cases, reported) = sweep(&sample, dir.path(), &acknowledged).await;
+    assert!(
+        cases > 100 && reported > 0,
+        "{cases} cases, {reported} reported"
+    );
+}
+
+#[tokio::test]
+async fn no_single_flipped_byte_or_deleted_file_of_a_crashed_root_loses_data_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let root = StoreRoot::open(&live, theater_store::Durability::Buffered)
+        .await
+        .unwrap();
+    let acknowledged = fill_sample_root(&root).await;
+    // What a kill -9 leaves: the log holds commits not yet in the index file.
+    let sample = dir.path().join("sample");
+    copy_dir(&live, &sample);
+    drop(root);
+    let log = std::fs::metadata(sample.join("index.sqlite-wal")).unwrap();
+    assert!(log.len() > 0, "the crashed root's log holds commits");
+    let (cases, reported) = sweep(&sample, dir.path(), &acknowledged).await;
+    assert!(
+        cases > 100 && reported > 0,
+        "{cases} cases, {reported} reported"
+    );
 }

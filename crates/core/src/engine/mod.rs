@@ -189,6 +189,16 @@ pub(crate) enum Change {
         head: ChainHead,
         expected: Option<Digest>,
     },
+    /// Index a content file found in the store's directory that no row
+    /// claims (its bytes already checked against its name), and point
+    /// `label` at it, after the index was lost. The object is marked for a
+    /// scan for links. Returns whether it was adopted (`false`: already
+    /// indexed, or the file is gone). Local roots only.
+    AdoptFile {
+        store: StoreId,
+        digest: Digest,
+        label: String,
+    },
     /// Forget a store that holds no object and no label and was created
     /// before `cutoff` (unix milliseconds), and delete what it left on
     /// disk, keeping writes in flight. Returns whether it did.
@@ -655,6 +665,13 @@ impl Engine {
         }
     }
 
+    /// Creates an empty index in local root `path` if its index is
+    /// missing, so that the root opens for [`crate::StoreRoot::reindex`].
+    /// Blocking.
+    pub(crate) fn create_missing_index(path: &std::path::Path) -> Result<()> {
+        local::create_index(path)
+    }
+
     /// Checks the engine's own structures (the index database's pages);
     /// returns the problems found, none when healthy. Blocking.
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
@@ -662,6 +679,16 @@ impl Engine {
             Self::Local(local) => local.check_integrity(),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.check_integrity(),
+        }
+    }
+
+    /// The labels of `store` whose index rows fail their checksums. The
+    /// shared engine leaves this to PostgreSQL's own checks. Blocking.
+    pub(crate) fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
+        match self {
+            Self::Local(local) => local.damaged_labels(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(_) => Ok(Vec::new()),
         }
     }
 

@@ -71,13 +71,14 @@ impl LocalEngine {
             source,
         })?;
         let db = path.join("index.sqlite");
-        let open = check_log_before_opening(path)?;
-        let mut connection = sql::open_connection(&db, options.durability, true)
-            .map_err(|source| index_error(path, "opening", source))?;
-        let layout = ObjectFiles::new(path, options.durability);
+        refuse_a_lost_index(path, &db, options.durability)?;
         let changes = ChangeCounter::open(&path.join("index.changes"))
             .map(Arc::new)
             .map_err(|source| index_error(path, "opening the change count", source))?;
+        let open = check_log_before_opening(path, &changes)?;
+        let mut connection = sql::open_connection(&db, options.durability, true)
+            .map_err(|source| index_error(path, "opening", source))?;
+        let layout = ObjectFiles::new(path, options.durability);
         // An upgrade rewrites rows other processes may have read.
         let ticket = changes.start();
         let created = sql::create_schema(&mut connection, |db, version| {
@@ -422,6 +423,10 @@ impl LocalEngine {
 
     /// SQLite's own check of the database's pages, and any damage to its
     /// log found when a process opened the root.
+    pub(crate) fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
+        self.read("checking label rows", |db| sql::damaged_labels(db, store))
+    }
+
     pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
         let mut problems = self.read("checking integrity", sql::integrity_problems)?;
         let findings = self.root.join(DAMAGE_FILE);
@@ -594,7 +599,7 @@ impl StagingSink for SpillSink {
 /// SQLite is about to drop acknowledged commits silently. That is
 /// recorded in `index.damage`, which `verify` reports until an operator
 /// deals with it and removes the file; the root opens as SQLite leaves it.
-fn check_log_before_opening(path: &Path) -> Result<File> {
+fn check_log_before_opening(path: &Path, changes: &ChangeCounter) -> Result<File> {
     let lock_path = path.join("index.lock");
     let io = |action, source| StoreError::Io {
         store: "root".into(),
@@ -611,14 +616,34 @@ fn check_log_before_opening(path: &Path) -> Result<File> {
         .map_err(|source| io("opening the index lock", source))?;
     if lock.try_lock().is_ok() {
         let log = path.join("index.sqlite-wal");
-        let damage = wal::check(&log).map_err(|source| io("checking the index log", source))?;
-        if let Some(damage) = damage {
-            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-            let line = format!(
+        let damage = wal::check(&log, changes.acknowledged_log_end())
+            .map_err(|source| io("checking the index log", source))?;
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let log_is_empty = std::fs::metadata(&log).map_or(true, |metadata| metadata.len() == 0);
+        let unfolded = changes.unfolded();
+        let finding = match damage {
+            Some(damage) => Some(format!(
                 "{at}: index.sqlite-wal was damaged when the root was opened: {damage}. The \
                  labels those commits changed are back as they were before them; restore them \
                  from a package, then delete {DAMAGE_FILE}\n"
-            );
+            )),
+            None if log_is_empty
+                && unfolded > 0
+                && !index_is_missing(&path.join("index.sqlite")) =>
+            {
+                changes.mark_folded(changes.finished_now());
+                Some(format!(
+                    "{at}: index.sqlite-wal was missing or empty when the root was opened, but \
+                     {unfolded} commits made since the index file last took in the log are not \
+                     known to be in it: the labels and small content they wrote may be lost (the \
+                     log was deleted, or the machine lost power under buffered durability). \
+                     Check the labels you rely on, restore them from a package, then delete \
+                     {DAMAGE_FILE}\n"
+                ))
+            }
+            None => None,
+        };
+        if let Some(line) = finding {
             let findings = path.join(DAMAGE_FILE);
             let written = File::options()
                 .create(true)
@@ -629,9 +654,11 @@ fn check_log_before_opening(path: &Path) -> Result<File> {
                         .and_then(|()| file.sync_all())
                 });
             written.map_err(|source| io("recording index damage", source))?;
-            // The damaged log is kept beside the index for inspection.
-            let kept = path.join(format!("index.sqlite-wal.damaged-{}", std::process::id()));
-            let _ = std::fs::copy(&log, kept);
+            // A damaged log is kept beside the index for inspection.
+            if !log_is_empty {
+                let kept = path.join(format!("index.sqlite-wal.damaged-{}", std::process::id()));
+                let _ = std::fs::copy(&log, kept);
+            }
         }
         lock.unlock()
             .map_err(|source| io("releasing the index lock", source))?;
@@ -696,6 +723,62 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 #[cfg(not(unix))]
 fn same_dir(a: &Path, b: &Path) -> bool {
     a.exists() && b.exists()
+}
+
+/// Whether the index file is missing or empty (as a new root's is before
+/// its first open).
+fn index_is_missing(db: &Path) -> bool {
+    std::fs::metadata(db).map_or(true, |metadata| metadata.len() == 0)
+}
+
+/// Refuses to open a root whose index is missing while store directories
+/// hold content files: a new, empty index would hide them, and gc would
+/// take them for crash leftovers. [`create_index`] is the way past this.
+fn refuse_a_lost_index(path: &Path, db: &Path, durability: crate::Durability) -> Result<()> {
+    if !index_is_missing(db) {
+        return Ok(());
+    }
+    let layout = ObjectFiles::new(path, durability);
+    let listing = |source| StoreError::Io {
+        store: "root".into(),
+        action: "listing store directories",
+        path: path.join("stores"),
+        source,
+    };
+    let mut holding = 0;
+    for id in layout.store_dir_ids().map_err(listing)? {
+        let store = match StoreId::parse(&id) {
+            Ok(store) => store,
+            // The root's own stores (`_chains`, the compile cache).
+            Err(_) if id.starts_with('_') => StoreId::reserved(id),
+            Err(_) => continue,
+        };
+        if !layout.object_files(&store)?.is_empty() {
+            holding += 1;
+        }
+    }
+    if holding > 0 {
+        return Err(StoreError::IndexMissing {
+            root: path.to_owned(),
+            stores: holding,
+        });
+    }
+    Ok(())
+}
+
+/// Creates an empty index for a root whose index is missing, so that it
+/// opens and its content files can be indexed again
+/// ([`crate::StoreRoot::reindex`]). Does nothing when the index exists.
+pub(crate) fn create_index(path: &Path) -> Result<()> {
+    let db = path.join("index.sqlite");
+    if !index_is_missing(&db) {
+        return Ok(());
+    }
+    let mut connection = sql::open_connection(&db, crate::Durability::Synced, true)
+        .map_err(|source| index_error(path, "creating", source))?;
+    sql::create_schema(&mut connection, |_, _| Ok(()))
+        .map_err(|source| index_error(path, "creating schema", source))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -167,6 +167,14 @@ END;
     .to_owned()
 }
 
+/// Version 8: every label row carries a checksum of its fields (see
+/// [`label_checksum`]), so that a byte flipped in a row (a label's name
+/// or target changed, silently, as far as SQLite can tell) is found by
+/// `verify`. Rows already held get theirs in the same migration.
+fn migration_v8() -> String {
+    "ALTER TABLE labels ADD COLUMN checksum INTEGER;".to_owned()
+}
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
 const MIGRATIONS: &[fn() -> String] = &[
@@ -176,6 +184,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v5,
     migration_v6,
     migration_v7,
+    migration_v8,
 ];
 
 /// The schema version this build writes.
@@ -265,6 +274,9 @@ pub(crate) fn create_schema(
     for migration in MIGRATIONS.iter().skip((version.max(1) - 1) as usize) {
         transaction.execute_batch(&migration())?;
     }
+    if version < 8 {
+        add_label_checksums(&transaction)?;
+    }
     if version < SCHEMA_VERSION {
         upgrade_layout(&transaction, version)?;
         transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -297,13 +309,87 @@ pub(crate) fn put_label(
     label: &str,
     target: Digest,
 ) -> rusqlite::Result<()> {
+    let checksum = label_checksum(store.as_str().as_bytes(), label.as_bytes(), &target.0);
     connection
         .prepare_cached(
-            "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
-             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
+            "INSERT INTO labels (store, name, hash, checksum) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash,
+                 checksum = excluded.checksum",
         )?
-        .execute(params![store.as_str(), label, &target.0[..]])?;
+        .execute(params![store.as_str(), label, &target.0[..], checksum])?;
     Ok(())
+}
+
+/// The checksum a label row carries: the first 8 bytes of the BLAKE3 hash
+/// of its store, name and target, each preceded by its length, so that no
+/// change to one can be made up by another. (A chain head's other columns
+/// are checked by `verify-chain`, event by event.)
+fn label_checksum(store: &[u8], name: &[u8], hash: &[u8]) -> i64 {
+    let mut hasher = blake3::Hasher::new();
+    for field in [store, name, hash] {
+        hasher.update(&(field.len() as u64).to_le_bytes());
+        hasher.update(field);
+    }
+    let hash = hasher.finalize();
+    i64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Reads columns `store, name, hash` of a label row as bytes (a flipped
+/// byte can leave a name that is not text), with the checksum they have
+/// now.
+fn row_checksum(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, i64)> {
+    let bytes = |column: usize| -> rusqlite::Result<Vec<u8>> {
+        Ok(match row.get_ref(column)? {
+            rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
+                bytes.to_vec()
+            }
+            other => format!("{other:?}").into_bytes(),
+        })
+    };
+    let (store, name, hash) = (bytes(0)?, bytes(1)?, bytes(2)?);
+    let checksum = label_checksum(&store, &name, &hash);
+    Ok((store, name, checksum))
+}
+
+/// Gives every label row written before checksums its checksum.
+fn add_label_checksums(connection: &Connection) -> rusqlite::Result<()> {
+    let mut rows = Vec::new();
+    {
+        let mut statement = connection.prepare("SELECT store, name, hash FROM labels")?;
+        let mut found = statement.query([])?;
+        while let Some(row) = found.next()? {
+            let (_, _, checksum) = row_checksum(row)?;
+            let store: String = row.get(0)?;
+            let name: String = row.get(1)?;
+            rows.push((checksum, store, name));
+        }
+    }
+    let mut update =
+        connection.prepare("UPDATE labels SET checksum = ?1 WHERE store = ?2 AND name = ?3")?;
+    for (checksum, store, name) in rows {
+        update.execute(params![checksum, store, name])?;
+    }
+    Ok(())
+}
+
+/// The labels of `store` whose rows no longer match their checksums (their
+/// names as they read now): the index was damaged under them.
+pub(crate) fn damaged_labels(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection
+        .prepare_cached("SELECT store, name, hash, checksum FROM labels WHERE store = ?1")?;
+    let mut found = statement.query([store.as_str()])?;
+    let mut damaged = Vec::new();
+    while let Some(row) = found.next()? {
+        let (_, name, checksum) = row_checksum(row)?;
+        let recorded: Option<i64> = row.get(3).ok().flatten();
+        if recorded != Some(checksum) {
+            damaged.push(String::from_utf8_lossy(&name).into_owned());
+        }
+    }
+    Ok(damaged)
 }
 
 /// Writes a chain's head label row: inserted for a chain's first event,
@@ -319,20 +405,26 @@ pub(crate) fn set_chain_head(
     // builds the row once (an upsert builds it for the insert it tries
     // first, then again).
     let sql = if exists {
-        "UPDATE labels SET hash = ?3, chain_length = ?4, chain_open = ?5, chain_sealed = ?6
+        "UPDATE labels SET hash = ?3, chain_length = ?4, chain_open = ?5, chain_sealed = ?6,
+             checksum = ?7
          WHERE store = ?1 AND name = ?2"
     } else {
-        "INSERT INTO labels (store, name, hash, chain_length, chain_open, chain_sealed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        "INSERT INTO labels (store, name, hash, chain_length, chain_open, chain_sealed, checksum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
     };
+    let length = head
+        .length
+        .map(|length| i64::try_from(length).unwrap_or(i64::MAX));
+    let sealed = head.sealed.as_ref().map(|digest| &digest.0[..]);
+    let checksum = label_checksum(store.as_str().as_bytes(), label.as_bytes(), &head.head.0);
     connection.prepare_cached(sql)?.execute(params![
         store.as_str(),
         label,
         &head.head.0[..],
-        head.length
-            .map(|length| i64::try_from(length).unwrap_or(i64::MAX)),
+        length,
         head.open.as_deref(),
-        head.sealed.as_ref().map(|digest| &digest.0[..]),
+        sealed,
+        checksum,
     ])?;
     Ok(())
 }
@@ -740,10 +832,47 @@ pub(crate) fn delete_empty_store(
 /// SQLite's own check of every page and index of the database; the
 /// problems it reports, none when healthy.
 pub(crate) fn integrity_problems(connection: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut statement = connection.prepare("PRAGMA integrity_check")?;
+    // One read transaction: the checks below see one state of the index.
+    let transaction = connection.unchecked_transaction()?;
+    let mut statement = transaction.prepare("PRAGMA integrity_check")?;
     let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
     let found: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
-    Ok(found.into_iter().filter(|line| line != "ok").collect())
+    let mut problems: Vec<String> = found.into_iter().filter(|line| line != "ok").collect();
+    // Rows whose store is not registered: a byte flipped in a row's store
+    // id moves it out of sight of every store's verify.
+    for table in ["objects", "labels"] {
+        let mut orphans = transaction.prepare(&format!(
+            "SELECT DISTINCT CAST(store AS BLOB) FROM {table}
+             WHERE store NOT IN (SELECT id FROM stores)"
+        ))?;
+        let rows = orphans.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+        for store in rows {
+            problems.push(format!(
+                "{table} of unregistered store {:?}: a damaged row, or its store's entry \
+                 is damaged",
+                String::from_utf8_lossy(&store?)
+            ));
+        }
+    }
+    // Each store's running totals against its rows, in one pass over each
+    // table in key order (a subquery per store would read the tables once
+    // per store).
+    let mut totals = transaction.prepare(
+        "SELECT s.id FROM stores s
+         LEFT JOIN (SELECT store, COUNT(*) AS n, SUM(size) AS bytes FROM objects GROUP BY store) o
+             ON o.store = s.id
+         LEFT JOIN (SELECT store, COUNT(*) AS n FROM labels GROUP BY store) l ON l.store = s.id
+         WHERE s.object_count <> COALESCE(o.n, 0) OR s.total_bytes <> COALESCE(o.bytes, 0)
+            OR s.label_count <> COALESCE(l.n, 0)",
+    )?;
+    let rows = totals.query_map([], |row| row.get::<_, String>(0))?;
+    for store in rows {
+        problems.push(format!(
+            "store {}: its running totals disagree with its rows",
+            store?
+        ));
+    }
+    Ok(problems)
 }
 
 fn size_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<u64> {

@@ -7,8 +7,11 @@
 //! the log, which loses acknowledged commits. The two differ in what
 //! follows the bad frame: frames of the same log generation (the same
 //! salts) can only follow it if they were written after it, so their
-//! commits are being dropped. This module reads the log as SQLite's file
-//! format documents it and says when that happens.
+//! commits are being dropped. A flip in the last commit has nothing after
+//! it; for that, the writer records where the log ended after each of its
+//! commits (`ChangeCounter::record_log_end`): a bad frame at or before
+//! that end was acknowledged. This module reads the log as SQLite's file
+//! format documents it and says when either happens.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -46,25 +49,32 @@ impl std::fmt::Display for LogDamage {
         }
         write!(
             f,
-            ", and {} later frames ({} commits) of the same log follow it: SQLite drops them",
+            ", and SQLite would drop it with the {} frames of acknowledged commits after it \
+             ({} commits end among them)",
             self.frames_dropped, self.commits_dropped
         )
     }
 }
 
-/// Checks the log at `path`; `None` when it is absent, empty, intact, or
-/// ends in a frame torn by a crash (nothing after it).
-pub(crate) fn check(path: &Path) -> io::Result<Option<LogDamage>> {
+/// Where the log ended after the last commit known to be acknowledged:
+/// the log generation's first salt and the commit's last frame (from 1).
+pub(crate) type LogEnd = (u32, u64);
+
+/// Checks the log at `path`, of which the frames through `acknowledged`
+/// (when known) belong to acknowledged commits; `None` when it is absent,
+/// empty, intact, or ends in frames torn by a crash that were never
+/// acknowledged.
+pub(crate) fn check(path: &Path, acknowledged: Option<LogEnd>) -> io::Result<Option<LogDamage>> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut file) => file.read_to_end(&mut bytes)?,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
-    Ok(check_bytes(&bytes))
+    Ok(check_bytes(&bytes, acknowledged))
 }
 
-fn check_bytes(bytes: &[u8]) -> Option<LogDamage> {
+fn check_bytes(bytes: &[u8], acknowledged: Option<LogEnd>) -> Option<LogDamage> {
     if bytes.len() < HEADER_BYTES {
         return None;
     }
@@ -130,6 +140,10 @@ fn check_bytes(bytes: &[u8]) -> Option<LogDamage> {
             commits_dropped,
         });
     }
+    // The last acknowledged frame of this generation, if known.
+    let acknowledged_end = acknowledged
+        .filter(|&(salt, _)| salt == salts.0)
+        .map_or(0, |(_, frame)| frame);
     let mut running = stored;
     for index in 0..frames {
         let current = frame(index);
@@ -143,14 +157,27 @@ fn check_bytes(bytes: &[u8]) -> Option<LogDamage> {
             continue;
         }
         let (frames_dropped, commits_dropped) = follows(index + 1);
-        if frames_dropped == 0 {
+        let position = index as u64 + 1;
+        if frames_dropped == 0 && position > acknowledged_end {
             // The log ends here: a write torn by a crash, or older frames.
             return None;
         }
+        // Frames of acknowledged commits from here on: those written
+        // after it, or, for the last commit, those the writer recorded.
+        let acknowledged_after = acknowledged_end.saturating_sub(position);
         return Some(LogDamage {
-            first_bad_frame: index as u64 + 1,
-            frames_dropped,
-            commits_dropped,
+            first_bad_frame: position,
+            frames_dropped: frames_dropped.max(acknowledged_after),
+            commits_dropped: commits_dropped.max(1),
+        });
+    }
+    // Every frame checks out, but the log is shorter than what was
+    // acknowledged: its end was cut off.
+    if (frames as u64) < acknowledged_end {
+        return Some(LogDamage {
+            first_bad_frame: frames as u64 + 1,
+            frames_dropped: acknowledged_end - frames as u64 - 1,
+            commits_dropped: 1,
         });
     }
     None
@@ -218,15 +245,15 @@ mod tests {
     #[test]
     fn an_intact_or_torn_log_is_not_damage() {
         let intact = log(9);
-        assert_eq!(check_bytes(&intact), None);
+        assert_eq!(check_bytes(&intact, None), None);
         // A crash tore the last frame: nothing follows it.
         let mut torn = intact.clone();
         let last = torn.len() - 100;
         torn[last] ^= 0xff;
-        assert_eq!(check_bytes(&torn), None);
+        assert_eq!(check_bytes(&torn, None), None);
         torn.truncate(torn.len() - 300);
-        assert_eq!(check_bytes(&torn), None);
-        assert_eq!(check_bytes(&[]), None);
+        assert_eq!(check_bytes(&torn, None), None);
+        assert_eq!(check_bytes(&[], None), None);
     }
 
     #[test]
@@ -234,7 +261,7 @@ mod tests {
         let mut flipped = log(9);
         // A byte of the page of frame 4 (frames count from 1).
         flipped[HEADER_BYTES + 3 * FRAME + 100] ^= 0x01;
-        let damage = check_bytes(&flipped).unwrap();
+        let damage = check_bytes(&flipped, None).unwrap();
         assert_eq!(damage.first_bad_frame, 4);
         assert_eq!(damage.frames_dropped, 5);
         // Frames 6 and 9 end commits.
@@ -242,7 +269,32 @@ mod tests {
         // A flip in a frame's header is caught the same way.
         let mut flipped = log(9);
         flipped[HEADER_BYTES + FRAME + 2] ^= 0x80;
-        assert_eq!(check_bytes(&flipped).unwrap().first_bad_frame, 2);
+        assert_eq!(check_bytes(&flipped, None).unwrap().first_bad_frame, 2);
+    }
+
+    #[test]
+    fn a_flip_in_the_last_acknowledged_commit_is_damage_but_a_torn_unacknowledged_one_is_not() {
+        let salt = 0x1234_5678;
+        // Frames 1 to 9, commits ending at 3, 6 and 9.
+        let mut flipped = log(9);
+        flipped[HEADER_BYTES + 8 * FRAME + 100] ^= 0x01;
+        // The writer recorded the log's end after the commit at frame 9:
+        // the flip loses an acknowledged commit.
+        let damage = check_bytes(&flipped, Some((salt, 9))).unwrap();
+        assert_eq!(damage.first_bad_frame, 9);
+        // Recorded after the commit at frame 6 only: frames 7 to 9 were a
+        // commit in flight when the writer died, torn, never acknowledged.
+        assert_eq!(check_bytes(&flipped, Some((salt, 6))), None);
+        // A record of another log generation says nothing of this one.
+        assert_eq!(check_bytes(&flipped, Some((salt + 1, 9))), None);
+        // A log cut short of what was acknowledged.
+        let mut cut = log(9);
+        cut.truncate(HEADER_BYTES + 6 * FRAME);
+        assert_eq!(
+            check_bytes(&cut, Some((salt, 9))).unwrap().first_bad_frame,
+            7
+        );
+        assert_eq!(check_bytes(&cut, Some((salt, 6))), None);
     }
 
     #[test]
@@ -255,7 +307,7 @@ mod tests {
             }
             let mut flipped = log(6);
             flipped[at] ^= 0x04;
-            let damage = check_bytes(&flipped);
+            let damage = check_bytes(&flipped, None);
             assert!(
                 damage.as_ref().is_some_and(|d| d.first_bad_frame == 0),
                 "byte {at}: {damage:?}"
@@ -274,6 +326,6 @@ mod tests {
         restarted[24..28].copy_from_slice(&header_sum.0.to_be_bytes());
         restarted[28..32].copy_from_slice(&header_sum.1.to_be_bytes());
         // ... and no frame of the new log yet: every frame is older.
-        assert_eq!(check_bytes(&restarted), None);
+        assert_eq!(check_bytes(&restarted, None), None);
     }
 }

@@ -91,7 +91,7 @@ impl Writer {
     /// Starts the writer thread on `connection`, and a checkpointer thread
     /// on a connection of its own to `db`.
     pub(crate) fn spawn(
-        connection: Connection,
+        mut connection: Connection,
         db: &Path,
         root: PathBuf,
         layout: ObjectFiles,
@@ -101,17 +101,17 @@ impl Writer {
         // Copying the log back into the database (a checkpoint, with its
         // fsyncs) is the writer's slowest step; a thread of its own does it
         // beside the writes instead of inside one of them.
-        connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
+        record_log_ends(&mut connection, db, Arc::clone(&changes))?;
         let checkpointer = sql::open_connection(db, options.durability, false)?;
         let (checkpoints, due) = mpsc::sync_channel(1);
+        let counter = Arc::clone(&changes);
         std::thread::Builder::new()
             .name("theater-store-checkpointer".into())
             .spawn(move || {
                 while due.recv().is_ok() {
                     // PASSIVE never waits for readers or writers; what it
                     // cannot copy now, the next one will.
-                    let _ =
-                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    checkpoint(&checkpointer, &counter, "PASSIVE");
                 }
             })
             .expect("spawning the index checkpointer thread");
@@ -224,7 +224,63 @@ impl Drop for Writer {
         let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
         let connection = &publisher.connection;
         let _ = connection.busy_timeout(std::time::Duration::ZERO);
-        let _ = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        checkpoint(connection, &publisher.changes, "TRUNCATE");
+    }
+}
+
+/// After each commit, records where the log ends (its generation's salt
+/// and frame count) in the shared count, so that a flipped byte in the
+/// last commits is told from a write torn by a crash (`wal.rs`); and
+/// checkpoints on the writer's own thread once the log passes
+/// [`CHECKPOINT_FALLBACK_PAGES`] (the hook replaces SQLite's automatic
+/// checkpoint, which does the same).
+fn record_log_ends(
+    connection: &mut Connection,
+    db: &Path,
+    changes: Arc<ChangeCounter>,
+) -> rusqlite::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let log_path = {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-wal");
+        PathBuf::from(name)
+    };
+    let mut log: Option<std::fs::File> = None;
+    connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames: i32| {
+        if log.is_none() {
+            log = std::fs::File::open(&log_path).ok();
+        }
+        let mut salt = [0; 4];
+        if let Some(file) = &log
+            && file.read_exact_at(&mut salt, 16).is_ok()
+        {
+            changes.record_log_end(u32::from_be_bytes(salt), u64::try_from(frames).unwrap_or(0));
+        }
+        if i64::from(frames) >= CHECKPOINT_FALLBACK_PAGES {
+            let _ = wal.checkpoint();
+        }
+        Ok(())
+    }))
+}
+
+/// Runs a checkpoint in `mode`; when it takes in the whole log, records
+/// that every commit finished before it is in the database file.
+fn checkpoint(connection: &Connection, changes: &ChangeCounter, mode: &str) {
+    let upto = changes.finished_now();
+    let done = connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    if let Ok((0, log, taken)) = done
+        && log == taken
+    {
+        changes.mark_folded(upto);
+        if mode == "TRUNCATE" {
+            changes.forget_log_end();
+        }
     }
 }
 
@@ -550,6 +606,23 @@ fn apply(
             Ok(Ok(true))
         }
         Change::QuarantineObject { store, digest } => quarantine(db, layout, &store, digest),
+        Change::AdoptFile {
+            store,
+            digest,
+            label,
+        } => {
+            sql::ensure_store(db, &store)?;
+            if sql::has_object(db, &store, digest)? {
+                return Ok(Ok(false));
+            }
+            let Ok(metadata) = std::fs::metadata(layout.object_path(&store, digest)) else {
+                return Ok(Ok(false));
+            };
+            sql::upsert_object(db, &store, digest, metadata.len(), None, None)?;
+            sql::mark_unscanned(db, &store, digest, true)?;
+            sql::put_label(db, &store, &label, digest)?;
+            Ok(Ok(true))
+        }
         Change::RemoveLabels { store, limit } => Ok(Ok(sql::delete_labels(db, &store, limit)? > 0)),
         Change::Record { change, append } => {
             let applied = match change {

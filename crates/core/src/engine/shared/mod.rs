@@ -990,6 +990,12 @@ impl Inner {
                 self.index(committed, "committing")?;
                 Ok(true)
             }
+            Change::AdoptFile { .. } => Err(StoreError::InvalidRoot {
+                root: self.location.display.clone(),
+                reason: "re-indexing content files rebuilds a local root's index; a shared \
+                         root's index is PostgreSQL's (restore it from PostgreSQL's backups)"
+                    .into(),
+            }),
             Change::RemoveEmptyStore { store, cutoff } => {
                 let removed = index::delete_empty_store(&*client, &store, cutoff).await;
                 if !self.index(removed, "removing store")? {
