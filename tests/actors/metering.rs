@@ -268,3 +268,38 @@ async fn increment_refuses_a_long_value_without_reading_it() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_actor_is_served_while_one_holds_its_stream_cap() {
+    let h = Harness::start();
+    h.load(HOSTILE);
+    let store = h.root().create_store().await.unwrap();
+    let holder_done = std::sync::atomic::AtomicBool::new(false);
+    // One actor opens writers until the cap refuses it, and holds them.
+    let holder = async {
+        let param = json!({"attack": "many-writers", "store": store.id(),
+                           "writers": 600, "hold_ms": 4000});
+        let state = attack_granted(&h, store.id(), param).await;
+        holder_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        state
+    };
+    // Another, on the same host, writes meanwhile, through a writer and a
+    // plain store, and finishes while the first still holds its writers.
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let param = json!({"attack": "many-writers", "store": store.id(), "writers": 1});
+        let state = attack_granted(&h, store.id(), param).await;
+        (state, holder_done.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let (held, (served, holder_finished_first)) = tokio::join!(holder, other);
+    assert!(
+        !holder_finished_first,
+        "the other actor waited for the holder"
+    );
+    assert_eq!(
+        attempts(&served),
+        [("store beside open writers".to_owned(), None)]
+    );
+    let limit = Limits::default().max_open_streams;
+    assert_eq!(attempts(&held)[0].0, format!("writer after {limit} open"));
+}

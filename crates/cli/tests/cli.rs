@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 struct Env {
@@ -805,6 +805,108 @@ fn run_measured(env: &Env, args: &[&str], input: &Path, output: &Path) -> (i32, 
     let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(waited, child.id() as i32);
     (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+/// What a run of the binary peaked at: resident memory (from `wait4`),
+/// and threads and open files (sampled from /proc every few ms).
+#[derive(Debug)]
+struct Peak {
+    code: i32,
+    rss_kib: i64,
+    threads: usize,
+    fds: usize,
+}
+
+/// Runs the binary with `args`, sampling its threads and open files until
+/// it exits.
+fn run_sampled(env: &Env, args: &[&str]) -> Peak {
+    // Reaped by `wait4` below.
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+        .arg("--root")
+        .arg(env.root())
+        .args(args)
+        .env_remove("THEATER_STORE_ROOT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (mut threads, mut fds) = (0, 0);
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: polls our own child; both pointers are valid for the call.
+        let waited = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if waited == pid {
+            return Peak {
+                code: libc::WEXITSTATUS(status),
+                rss_kib: usage.ru_maxrss,
+                threads,
+                fds,
+            };
+        }
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let now = text
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .and_then(|count| count.trim().parse().ok())
+                .unwrap_or(0);
+            threads = threads.max(now);
+        }
+        if let Ok(open) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            fds = fds.max(open.count());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn an_actor_holding_its_stream_cap_keeps_host_memory_fds_and_threads_bounded() {
+    let env = Env::new();
+    let actor = actor_file(&env, "hostile.wasm", theater_store_examples::HOSTILE);
+    let actor = actor.to_str().unwrap();
+    let four_mib: String = (0..4 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let content = env.put("s", &four_mib, Some("big"));
+    let run = |attack: Value| {
+        let param = attack.to_string();
+        let peak = run_sampled(&env, &["run", actor, "--grant", "s", "--param", &param]);
+        assert_eq!(peak.code, 0, "{attack}: {peak:?}");
+        peak
+    };
+    // Each run holds what it opened for 1.5 s while it is sampled.
+    let idle = run(
+        json!({"attack": "many-readers", "store": "s", "ref": content,
+                          "readers": 0, "hold_ms": 1500}),
+    );
+    let readers = run(
+        json!({"attack": "many-readers", "store": "s", "ref": content,
+                             "readers": 1000, "hold_ms": 1500}),
+    );
+    let writers = run(json!({"attack": "many-writers", "store": "s",
+                             "writers": 600, "hold_ms": 1500}));
+    // Before the cap: 1,000 readers took 2.34 GB and about 2,000 files;
+    // 600 writers, 518 threads and 1,041 files. Now at most 64 streams,
+    // each reader holding two 256 KiB windows and two files (content and
+    // outboard), no writer a thread.
+    for (what, peak) in [("readers", &readers), ("writers", &writers)] {
+        assert!(
+            peak.rss_kib < idle.rss_kib + (96 << 10),
+            "{what}: {peak:?} against {idle:?}"
+        );
+        assert!(
+            peak.fds <= idle.fds + 2 * 64 + 8,
+            "{what}: {peak:?} against {idle:?}"
+        );
+        assert!(
+            peak.threads <= idle.threads + 16,
+            "{what}: {peak:?} against {idle:?}"
+        );
+    }
+    eprintln!("idle {idle:?}\nreaders {readers:?}\nwriters {writers:?}");
 }
 
 #[test]

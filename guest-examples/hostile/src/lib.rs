@@ -361,6 +361,7 @@ impl Actor for Hostile {
                         }
                     }
                 }
+                hold(&params);
                 // Another call still answers while the readers stay open.
                 attempts.record("store beside open readers", wit::store(target, b"beside"));
                 drop(readers);
@@ -392,6 +393,7 @@ impl Actor for Hostile {
                         }
                     }
                 }
+                hold(&params);
                 attempts.record("store beside open writers", wit::store(target, b"beside"));
             }
             other => return Err(format!("unknown attack {other:?}")),
@@ -399,6 +401,14 @@ impl Actor for Hostile {
         Ok((Some(
             json!({"attempts": attempts.0}).to_string().into_bytes(),
         ),))
+    }
+}
+
+/// Keeps what an attack opened open for `hold_ms` milliseconds, so that a
+/// test can measure the host meanwhile.
+fn hold(params: &Value) {
+    if let Some(millis) = params["hold_ms"].as_u64() {
+        std::thread::sleep(std::time::Duration::from_millis(millis));
     }
 }
 
