@@ -411,8 +411,11 @@ impl StoreCtx {
     /// not set (a compare-and-swap lost after storing): the content is
     /// charged, the label not.
     pub(crate) fn settle_unlabelled(&mut self, admitted: Admitted, content_was_new: bool) {
-        let content = if content_was_new { admitted.content } else { 0 };
-        self.meter.settle(admitted.reservation, content);
+        let unlabelled = Admitted {
+            label: 0,
+            ..admitted
+        };
+        self.settle(unlabelled, content_was_new);
     }
 
     /// Ends an admitted write that failed or did not apply: nothing is
