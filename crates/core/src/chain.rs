@@ -29,7 +29,7 @@ use crate::engine::{ChainAppend, ChainHead, ChainTip, Change, Expect, NewLink, u
 use crate::error::{Result, StoreError, shorten};
 use crate::names::{ContentRef, Digest, StoreId};
 use crate::root::StoreRoot;
-use crate::store::ContentStore;
+use crate::store::{ContentStore, GiveBack, WriteRecord};
 
 /// The reserved store that holds every actor's chain.
 pub(crate) const CHAIN_STORE: &str = "_chains";
@@ -1205,7 +1205,7 @@ impl Record {
     /// Wraps `change` so that it carries the pending event, if it is still
     /// pending; `None` if there is nothing to record. Give the event back
     /// with [`Record::restore`] if the change fails.
-    pub(crate) fn attach(&self, change: Change) -> (Change, Option<(EventChain, Event)>) {
+    fn take_into(&self, change: Change) -> (Change, Option<(EventChain, Event)>) {
         let Some((chain, event)) = self.lock().take() else {
             return (change, None);
         };
@@ -1234,8 +1234,29 @@ impl Record {
 
     /// Puts back an event whose write failed, so that
     /// [`Record::finish`] records the failure.
-    pub(crate) fn restore(&self, pending: (EventChain, Event)) {
+    fn restore(&self, pending: (EventChain, Event)) {
         *self.lock() = Some(pending);
+    }
+}
+
+impl WriteRecord for Record {
+    fn attach(&self, change: Change) -> (Change, Option<GiveBack>) {
+        let (change, pending) = self.take_into(change);
+        let give_back = pending.map(|pending| {
+            let record = self.clone();
+            Box::new(move || record.restore(pending)) as GiveBack
+        });
+        (change, give_back)
+    }
+}
+
+impl ContentStore {
+    /// This store, with `record`'s event carried by the next write made
+    /// through it: the event is appended to its chain inside the write's
+    /// own transaction, so a recorded write costs one commit. Reads do not
+    /// take it; finish the record to record those.
+    pub fn with_record(&self, record: &Record) -> Self {
+        self.with_write_record(Arc::new(record.clone()))
     }
 }
 

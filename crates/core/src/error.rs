@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::names::StoreId;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -225,9 +224,9 @@ pub(crate) fn shorten(text: &str) -> String {
     format!("{}… ({} bytes)", &escaped[..cut], text.len())
 }
 
-/// A [`StoreError::Io`] about `path` in `store`.
+/// A [`StoreError::Io`] about `path` in `store` (a store id).
 pub(crate) fn io_error(
-    store: &StoreId,
+    store: &impl std::fmt::Display,
     action: &'static str,
     path: &Path,
     source: std::io::Error,

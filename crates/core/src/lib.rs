@@ -31,12 +31,14 @@ mod maintenance;
 mod names;
 mod options;
 mod package;
+mod reach;
 mod recent;
 mod root;
 mod stats;
 mod store;
 mod stream;
 mod sync;
+mod task;
 mod tree;
 
 pub use chain::{
@@ -47,7 +49,7 @@ pub use chain::{
 pub use durability::Durability;
 pub use error::{BoxError, Result, StoreError};
 pub use maintenance::{
-    GcOptions, GcReport, Progress, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
+    GcOptions, GcReport, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
     TEMP_FILE_STALE_AFTER, VerifyReport,
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
@@ -58,3 +60,4 @@ pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_f
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
 pub use stream::{ContentReader, ContentWriter};
 pub use sync::{SyncConflict, SyncOptions, SyncReport};
+pub use task::Progress;

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use crate::chain::{CHAIN_STORE, HEAD_PREFIX};
 use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
 use crate::error::Result;
-use crate::links::LinkGraph;
+use crate::reach::LinkGraph;
 use crate::names::{ContentRef, Digest, StoreId};
-use crate::root::{COMPONENT_CACHE_STORE, StoreRoot, blocking};
+use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
+use crate::task::{Progress, blocking};
 use crate::store::{ContentStore, LabelEntry};
 
 /// Temporary files older than this are leftovers of a crashed writer rather
@@ -20,18 +21,6 @@ pub const TEMP_FILE_STALE_AFTER: Duration = Duration::from_secs(3600);
 
 /// How many garbage-collection deletions are queued at once.
 const GC_CHUNK: usize = 256;
-
-/// Receives progress of long operations (verify, gc, export, import), so
-/// that a front end can draw a progress bar. Both methods default to nothing.
-pub trait Progress: Send + Sync {
-    /// The amount of work ahead (bytes or items, as the operation says).
-    fn start(&self, _total: u64) {}
-    /// Some of that work is done.
-    fn advance(&self, _done: u64) {}
-}
-
-/// No progress reporting.
-impl Progress for () {}
 
 /// What [`ContentStore::verify`] found. Work is counted in bytes.
 #[derive(Clone, Debug, Default, serde::Serialize)]

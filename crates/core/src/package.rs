@@ -17,10 +17,12 @@ use std::sync::Arc;
 use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_id};
 use crate::engine::{ChainHead, Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError, io_error};
-use crate::links::{LinkGraph, Links};
-use crate::maintenance::Progress;
+use crate::links::Links;
+use crate::reach::LinkGraph;
+use crate::task::Progress;
 use crate::names::{ContentRef, Digest, MAX_LABEL_BYTES, StoreId, validate_label};
-use crate::root::{StoreRoot, blocking};
+use crate::root::StoreRoot;
+use crate::task::blocking;
 use crate::store::ContentStore;
 use crate::stream::StagingWriter;
 

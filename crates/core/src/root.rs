@@ -7,13 +7,12 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::OnceCell;
 
 use crate::durability::Durability;
-use crate::engine::{Change, Engine, Location};
+use crate::engine::{Engine, Location};
 use crate::error::{Result, StoreError};
-use crate::names::StoreId;
 use crate::options::Options;
 use crate::recent::{AsOf, RecentReads};
 use crate::stats::StoreStats;
-use crate::store::ContentStore;
+use crate::task::blocking;
 
 /// The environment variable that names the default root.
 pub const ROOT_ENV_VAR: &str = "THEATER_STORE_ROOT";
@@ -80,7 +79,7 @@ impl StoreRoot {
     /// standard `AWS_*` variables). Opens lazily; a malformed string fails
     /// here, naming what is wrong and never printing a password.
     pub fn at(root: &str, options: Options) -> Result<Self> {
-        Ok(Self::from_parts(Some(parse_location(root)?), options))
+        Ok(Self::from_parts(Some(Location::parse(root)?), options))
     }
 
     /// Opens (creating if needed) the root at `path` now, so that a bad path
@@ -121,7 +120,7 @@ impl StoreRoot {
             .get_or_init(|| {
                 let location = Self::default_location().map(|path| {
                     let root = path.to_string_lossy();
-                    parse_location(&root).unwrap_or(Location::Dir(path))
+                    Location::parse(&root).unwrap_or(Location::Dir(path))
                 });
                 Self::from_parts(location, Options::default())
             })
@@ -130,21 +129,13 @@ impl StoreRoot {
 
     /// The root directory, for a local root.
     pub fn path(&self) -> Option<&Path> {
-        match self.shared.location.as_ref()? {
-            Location::Dir(path) => Some(path),
-            #[cfg(feature = "shared")]
-            Location::Shared(_) => None,
-        }
+        self.shared.location.as_ref()?.dir()
     }
 
     /// How the root is named in messages: its directory, or its root
     /// string without the password. `None` when no root is known.
     pub fn describe(&self) -> Option<String> {
-        match self.shared.location.as_ref()? {
-            Location::Dir(path) => Some(path.display().to_string()),
-            #[cfg(feature = "shared")]
-            Location::Shared(shared) => Some(shared.display.clone()),
-        }
+        self.shared.location.as_ref().map(Location::describe)
     }
 
     /// The durability every write through this root gets.
@@ -155,23 +146,6 @@ impl StoreRoot {
     /// The options this root was made with.
     pub fn options(&self) -> &Options {
         &self.shared.options
-    }
-
-    /// Makes a store with a fresh UUID v4 id and registers it, so that it is
-    /// listed even before anything is stored in it.
-    pub async fn create_store(&self) -> Result<ContentStore> {
-        let store = ContentStore::in_root(self.clone(), StoreId::generate());
-        let engine = self.engine().await?;
-        let change = Change::CreateStore {
-            store: store.store_id().clone(),
-        };
-        engine.apply(change).await?;
-        Ok(store)
-    }
-
-    /// The store with id `id` (which need not exist yet: writes create it).
-    pub fn store(&self, id: &str) -> Result<ContentStore> {
-        Ok(ContentStore::in_root(self.clone(), StoreId::parse(id)?))
     }
 
     /// Every store in the root, by id, with its totals. The root's own
@@ -195,67 +169,11 @@ impl StoreRoot {
     /// The same name for this root from every host and process: its
     /// canonical directory, or a shared root's database and bucket.
     pub(crate) fn identity(&self) -> String {
-        match &self.shared.location {
-            Some(Location::Dir(path)) => {
-                let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-                path.display().to_string()
-            }
-            #[cfg(feature = "shared")]
-            Some(Location::Shared(shared)) => shared.identity.clone(),
-            None => String::new(),
-        }
-    }
-
-    /// The reserved store where hosts keep compiled components, labelled
-    /// by what they were compiled from and for. It is a cache: `gc` drops
-    /// entries stored before its grace period, labels and all, and no
-    /// caller can name it by id.
-    pub fn component_cache(&self) -> ContentStore {
-        ContentStore::in_root(self.clone(), StoreId::reserved(COMPONENT_CACHE_STORE))
-    }
-
-    /// The root's own stores that exist (the event chains, the component
-    /// cache), for maintenance: `verify` and `gc` over every store should
-    /// cover these too.
-    pub async fn reserved_stores(&self) -> Result<Vec<ContentStore>> {
-        let engine = self.engine().await?;
-        let rows = blocking(move || engine.stores()).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|(id, _)| id.starts_with('_'))
-            .map(|(id, _)| ContentStore::in_root(self.clone(), StoreId::reserved(id)))
-            .collect())
-    }
-
-    /// Stores that have a directory under the root but no entry in its
-    /// index: a write killed before its store's first commit leaves one,
-    /// holding only staging. [`ContentStore::collect_garbage`] on them
-    /// removes that staging once it is stale, as for any store.
-    pub async fn unindexed_stores(&self) -> Result<Vec<ContentStore>> {
-        let engine = self.engine().await?;
-        let indexed: std::collections::HashSet<String> = blocking({
-            let engine = Arc::clone(&engine);
-            move || engine.stores()
-        })
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-        let on_disk = blocking(move || {
-            engine.store_dir_ids().map_err(|source| StoreError::Io {
-                store: String::new(),
-                action: "listing store directories",
-                path: "stores".into(),
-                source,
-            })
-        })
-        .await?;
-        Ok(on_disk
-            .into_iter()
-            .filter(|id| !indexed.contains(id))
-            .filter_map(|id| StoreId::parse(&id).ok())
-            .map(|id| ContentStore::in_root(self.clone(), id))
-            .collect())
+        self.shared
+            .location
+            .as_ref()
+            .map(Location::identity)
+            .unwrap_or_default()
     }
 
     /// The opened root, opening it on first use. A failed open is retried by
@@ -280,40 +198,4 @@ impl StoreRoot {
     }
 }
 
-/// A root string's location: a shared root's URL, or a directory.
-fn parse_location(root: &str) -> Result<Location> {
-    if root.is_empty() {
-        return Err(StoreError::InvalidRoot {
-            root: String::new(),
-            reason: "a root is a directory path or a postgres:// root string; got nothing".into(),
-        });
-    }
-    #[cfg(feature = "shared")]
-    if crate::engine::shared::location::is_shared(root) {
-        return crate::engine::shared::location::SharedLocation::parse(root)
-            .map(|shared| Location::Shared(Box::new(shared)));
-    }
-    if root.contains("://") {
-        let shown = root.split_once('@').map_or(root, |(_, host)| host);
-        let reason = if cfg!(feature = "shared") {
-            "the only root URLs are postgres:// ones (the shared engine)"
-        } else {
-            "this build opens directory roots only: the shared engine is the `shared` feature"
-        };
-        return Err(StoreError::InvalidRoot {
-            root: format!("…{shown}"),
-            reason: reason.into(),
-        });
-    }
-    Ok(Location::Dir(PathBuf::from(root)))
-}
 
-/// Runs blocking filesystem or database work off the async executor.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-    }
-}

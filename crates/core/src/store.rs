@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use crate::chain::Record;
 use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::recent::{AsOf, RecentObject};
-use crate::root::{StoreRoot, blocking};
+use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
+use crate::task::blocking;
 use crate::stats::StoreStats;
 use crate::tree::TreeHasher;
 
@@ -63,12 +63,96 @@ pub struct Stored {
 pub struct ContentStore {
     root: StoreRoot,
     id: StoreId,
-    record: Option<Record>,
+    record: Option<Arc<dyn WriteRecord>>,
 }
 
 impl Default for ContentStore {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What a write carries into its own transaction besides its change: an
+/// event chain's pending event ([`crate::Record`]), defined above the store
+/// so that the store needs nothing of chains.
+pub(crate) trait WriteRecord: Send + Sync + std::fmt::Debug {
+    /// `change`, carrying what is still pending; and, if it took
+    /// something, how to give it back should the change fail.
+    fn attach(&self, change: Change) -> (Change, Option<GiveBack>);
+}
+
+/// Puts back what [`WriteRecord::attach`] took, after its change failed.
+pub(crate) type GiveBack = Box<dyn FnOnce() + Send>;
+
+/// Store handles: a root opens any store by id.
+impl StoreRoot {
+    /// Makes a store with a fresh UUID v4 id and registers it, so that it is
+    /// listed even before anything is stored in it.
+    pub async fn create_store(&self) -> Result<ContentStore> {
+        let store = ContentStore::in_root(self.clone(), StoreId::generate());
+        let engine = self.engine().await?;
+        let change = Change::CreateStore {
+            store: store.store_id().clone(),
+        };
+        engine.apply(change).await?;
+        Ok(store)
+    }
+
+    /// The store with id `id` (which need not exist yet: writes create it).
+    pub fn store(&self, id: &str) -> Result<ContentStore> {
+        Ok(ContentStore::in_root(self.clone(), StoreId::parse(id)?))
+    }
+
+    /// The reserved store where hosts keep compiled components, labelled
+    /// by what they were compiled from and for. It is a cache: `gc` drops
+    /// entries stored before its grace period, labels and all, and no
+    /// caller can name it by id.
+    pub fn component_cache(&self) -> ContentStore {
+        ContentStore::in_root(self.clone(), StoreId::reserved(COMPONENT_CACHE_STORE))
+    }
+
+    /// The root's own stores that exist (the event chains, the component
+    /// cache), for maintenance: `verify` and `gc` over every store should
+    /// cover these too.
+    pub async fn reserved_stores(&self) -> Result<Vec<ContentStore>> {
+        let engine = self.engine().await?;
+        let rows = blocking(move || engine.stores()).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(id, _)| id.starts_with('_'))
+            .map(|(id, _)| ContentStore::in_root(self.clone(), StoreId::reserved(id)))
+            .collect())
+    }
+
+    /// Stores that have a directory under the root but no entry in its
+    /// index: a write killed before its store's first commit leaves one,
+    /// holding only staging. [`ContentStore::collect_garbage`] on them
+    /// removes that staging once it is stale, as for any store.
+    pub async fn unindexed_stores(&self) -> Result<Vec<ContentStore>> {
+        let engine = self.engine().await?;
+        let indexed: std::collections::HashSet<String> = blocking({
+            let engine = Arc::clone(&engine);
+            move || engine.stores()
+        })
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+        let on_disk = blocking(move || {
+            engine.store_dir_ids().map_err(|source| StoreError::Io {
+                store: String::new(),
+                action: "listing store directories",
+                path: "stores".into(),
+                source,
+            })
+        })
+        .await?;
+        Ok(on_disk
+            .into_iter()
+            .filter(|id| !indexed.contains(id))
+            .filter_map(|id| StoreId::parse(&id).ok())
+            .map(|id| ContentStore::in_root(self.clone(), id))
+            .collect())
     }
 }
 
@@ -93,13 +177,11 @@ impl ContentStore {
         }
     }
 
-    /// This store, with `record`'s event carried by the next write made
-    /// through the returned handle: the event is appended to its chain in
-    /// the write's own transaction, so a recorded write costs one commit.
-    /// Reads do not take it; finish the record to record those.
-    pub fn with_record(&self, record: &Record) -> Self {
+    /// This store, with `record` carried by the next write made through
+    /// it ([`crate::ContentStore::with_record`]).
+    pub(crate) fn with_write_record(&self, record: Arc<dyn WriteRecord>) -> Self {
         Self {
-            record: Some(record.clone()),
+            record: Some(record),
             ..self.clone()
         }
     }
@@ -109,10 +191,10 @@ impl ContentStore {
         let Some(record) = &self.record else {
             return engine.apply(change).await;
         };
-        let (change, pending) = record.attach(change);
+        let (change, give_back) = record.attach(change);
         let applied = engine.apply(change).await;
-        if let (Err(_), Some(pending)) = (&applied, pending) {
-            record.restore(pending);
+        if let (Err(_), Some(give_back)) = (&applied, give_back) {
+            give_back();
         }
         applied
     }

@@ -30,7 +30,7 @@ use crate::engine::{Change, Engine, ObjectSource, Staged, StagingSink};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::{LinkScanner, Links};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
-use crate::root::blocking;
+use crate::task::blocking;
 use crate::store::{ContentStore, Stored};
 use crate::tree::{self, ReadFault, TreeHasher};
 

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 
 use crate::chain::CHAIN_STORE;
 use crate::error::{Result, StoreError};
-use crate::maintenance::Progress;
+use crate::task::Progress;
 use crate::names::{ContentRef, StoreId};
 use crate::package::ImportOptions;
 use crate::root::StoreRoot;

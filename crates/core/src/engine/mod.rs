@@ -10,7 +10,7 @@
 //!
 //! Point reads and writes are `async`. Bulk and maintenance work (scans,
 //! snapshots, package streams) is blocking and must be called from a
-//! blocking thread ([`crate::root::blocking`]).
+//! blocking thread ([`crate::task::blocking`]).
 
 mod local;
 #[cfg(feature = "shared")]
@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::links::Links;
-use crate::maintenance::Progress;
+use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
@@ -50,6 +50,68 @@ pub(crate) enum Location {
     /// A PostgreSQL database and an S3 bucket.
     #[cfg(feature = "shared")]
     Shared(Box<shared::location::SharedLocation>),
+}
+
+impl Location {
+    /// A root string's location: a shared root's URL, or a directory.
+    pub(crate) fn parse(root: &str) -> Result<Location> {
+        if root.is_empty() {
+            return Err(StoreError::InvalidRoot {
+                root: String::new(),
+                reason: "a root is a directory path or a postgres:// root string; got nothing".into(),
+            });
+        }
+        #[cfg(feature = "shared")]
+        if crate::engine::shared::location::is_shared(root) {
+            return crate::engine::shared::location::SharedLocation::parse(root)
+                .map(|shared| Location::Shared(Box::new(shared)));
+        }
+        if root.contains("://") {
+            let shown = root.split_once('@').map_or(root, |(_, host)| host);
+            let reason = if cfg!(feature = "shared") {
+                "the only root URLs are postgres:// ones (the shared engine)"
+            } else {
+                "this build opens directory roots only: the shared engine is the `shared` feature"
+            };
+            return Err(StoreError::InvalidRoot {
+                root: format!("…{shown}"),
+                reason: reason.into(),
+            });
+        }
+        Ok(Location::Dir(PathBuf::from(root)))
+    }
+
+    /// The root directory, for a local root.
+    pub(crate) fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Dir(path) => Some(path),
+            #[cfg(feature = "shared")]
+            Self::Shared(_) => None,
+        }
+    }
+
+    /// How the root is named in messages: its directory, or its root
+    /// string without the password.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Dir(path) => path.display().to_string(),
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.display.clone(),
+        }
+    }
+
+    /// The same name for the root from every host and process: its
+    /// canonical directory, or a shared root's database and bucket.
+    pub(crate) fn identity(&self) -> String {
+        match self {
+            Self::Dir(path) => {
+                let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                path.display().to_string()
+            }
+            #[cfg(feature = "shared")]
+            Self::Shared(shared) => shared.identity.clone(),
+        }
+    }
 }
 
 /// New content made ready for publication, not yet visible to anyone.

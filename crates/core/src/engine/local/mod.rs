@@ -26,7 +26,7 @@ use writer::Writer;
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::{ChainHead, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
-use crate::maintenance::Progress;
+use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
@@ -270,7 +270,7 @@ impl LocalEngine {
                     return self.layout.read(store, digest);
                 }
                 let (layout, store) = (self.layout.clone(), store.clone());
-                crate::root::blocking(move || layout.read(&store, digest)).await
+                crate::task::blocking(move || layout.read(&store, digest)).await
             }
         }
     }

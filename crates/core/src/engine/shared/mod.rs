@@ -41,7 +41,7 @@ use super::{
 };
 use crate::error::{BoxError, Result, StoreError};
 use crate::links::Links;
-use crate::maintenance::Progress;
+use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
