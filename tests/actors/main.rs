@@ -7,6 +7,7 @@ mod compat;
 mod hardening;
 mod hostile;
 mod keyvalue;
+mod layers;
 mod metering;
 mod patterns;
 mod streams;

@@ -901,8 +901,10 @@ fn an_actor_holding_its_stream_cap_keeps_host_memory_fds_and_threads_bounded() {
             peak.fds <= idle.fds + 2 * 64 + 8,
             "{what}: {peak:?} against {idle:?}"
         );
+        // A writer takes a thread only while its queued bytes drain, so
+        // never more than the cap's worth, however many the actor asks for.
         assert!(
-            peak.threads <= idle.threads + 16,
+            peak.threads <= idle.threads + 64 + 8,
             "{what}: {peak:?} against {idle:?}"
         );
     }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// Result alias used throughout the crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

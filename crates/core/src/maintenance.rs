@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 use crate::chain::{CHAIN_STORE, HEAD_PREFIX};
 use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
 use crate::error::Result;
-use crate::reach::LinkGraph;
 use crate::names::{ContentRef, Digest, StoreId};
+use crate::reach::LinkGraph;
 use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
-use crate::task::{Progress, blocking};
 use crate::store::{ContentStore, LabelEntry};
+use crate::task::{Progress, blocking};
 
 /// Temporary files older than this are leftovers of a crashed writer rather
 /// than writes in progress.

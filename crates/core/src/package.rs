@@ -18,13 +18,13 @@ use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_i
 use crate::engine::{ChainHead, Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::Links;
-use crate::reach::LinkGraph;
-use crate::task::Progress;
 use crate::names::{ContentRef, Digest, MAX_LABEL_BYTES, StoreId, validate_label};
+use crate::reach::LinkGraph;
 use crate::root::StoreRoot;
-use crate::task::blocking;
 use crate::store::ContentStore;
 use crate::stream::StagingWriter;
+use crate::task::Progress;
+use crate::task::blocking;
 
 /// The first bytes of every package.
 pub const PACKAGE_MAGIC: &[u8; 16] = b"THEATER-STORE-PK";

@@ -197,5 +197,3 @@ impl StoreRoot {
         self.shared.recent.as_of(engine.settled())
     }
 }
-
-

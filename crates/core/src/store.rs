@@ -8,8 +8,8 @@ use crate::links::Links;
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::recent::{AsOf, RecentObject};
 use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
-use crate::task::blocking;
 use crate::stats::StoreStats;
+use crate::task::blocking;
 use crate::tree::TreeHasher;
 
 /// Content from this size up is hashed and staged in parallel.

@@ -30,8 +30,8 @@ use crate::engine::{Change, Engine, ObjectSource, Staged, StagingSink};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::{LinkScanner, Links};
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
-use crate::task::blocking;
 use crate::store::{ContentStore, Stored};
+use crate::task::blocking;
 use crate::tree::{self, ReadFault, TreeHasher};
 
 /// Most bytes a [`ContentWriter`] queues while a piece is being written:

@@ -40,11 +40,11 @@ use tokio::task::JoinSet;
 
 use crate::chain::CHAIN_STORE;
 use crate::error::{Result, StoreError};
-use crate::task::Progress;
 use crate::names::{ContentRef, StoreId};
 use crate::package::ImportOptions;
 use crate::root::StoreRoot;
 use crate::store::{AtMost, ContentStore};
+use crate::task::Progress;
 
 /// The reserved store that holds what past syncs agreed on.
 pub(crate) const SYNC_STORE: &str = "_sync";

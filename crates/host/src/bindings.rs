@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
-        "theater:simple/store-streams.content-writer": crate::streams::WriterHandle,
+        "theater:simple/store-streams.content-writer": crate::resources::WriterHandle,
     },
 });
 
@@ -28,8 +28,8 @@ pub mod keyvalue {
         // host fault (a handle missing from the table).
         imports: { default: async | trappable },
         with: {
-            "wasi:keyvalue/store.bucket": crate::keyvalue::Bucket,
-            "wasi:keyvalue/atomics.cas": crate::keyvalue::Cas,
+            "wasi:keyvalue/store.bucket": crate::resources::Bucket,
+            "wasi:keyvalue/atomics.cas": crate::resources::Cas,
         },
     });
 }

@@ -15,7 +15,7 @@ use theater_store::{
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
-use crate::meter::{Meter, Reservation};
+use crate::meter::{Meter, Reservation, StreamSlot};
 use crate::policy::{Access, Grants, Limits};
 
 /// What one `get-chain` event costs against the listing byte limit
@@ -469,9 +469,7 @@ impl StoreCtx {
                 (open < limit).then_some(open + 1)
             });
         match taken {
-            Ok(_) => Ok(StreamSlot {
-                open: Arc::clone(&self.open_streams),
-            }),
+            Ok(_) => Ok(StreamSlot::taken_from(Arc::clone(&self.open_streams))),
             Err(open) => Err(HostError::TooManyStreams {
                 store: store.id().to_owned(),
                 open,
@@ -547,17 +545,4 @@ pub(crate) struct Admitted {
     content: u64,
     /// A new label's index space.
     label: u64,
-}
-
-/// One of an actor's open-stream slots, given back when dropped (with
-/// the reader or writer that holds it).
-#[derive(Debug)]
-pub(crate) struct StreamSlot {
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }

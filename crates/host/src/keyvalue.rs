@@ -20,6 +20,7 @@ use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::imports::call;
 use crate::policy::Access;
+pub use crate::resources::{Bucket, Cas};
 use crate::{HasStoreView, StoreCtxView, StoreView};
 
 use store::{Error, KeyResponse};
@@ -32,19 +33,6 @@ const MAX_NUMBER_BYTES: u64 = 20;
 
 /// How often `increment` retries when other writers keep changing the key.
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
-
-/// An opened bucket: the store it names. Grants are checked again at
-/// every call, as for `theater:simple/store`.
-pub struct Bucket {
-    store: ContentStore,
-}
-
-/// A `cas` handle: a key and the value (by ref) it had when remembered.
-pub struct Cas {
-    bucket: ContentStore,
-    key: String,
-    expected: Option<ContentRef>,
-}
 
 /// Adds `wasi:keyvalue/store`, `atomics` and `batch` to `linker`, served
 /// from the [`StoreCtx`](crate::StoreCtx) that `T`'s [`StoreView`] gives.

@@ -20,6 +20,7 @@ mod imports;
 pub mod keyvalue;
 mod meter;
 mod policy;
+mod resources;
 mod runner;
 mod streams;
 
@@ -29,11 +30,11 @@ pub use bindings::StoreActor;
 pub use ctx::StoreCtx;
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
+pub use resources::WriterHandle;
 pub use runner::{
     ActorComponent, ActorFailure, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun,
     RunOptions,
 };
-pub use streams::WriterHandle;
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:
 /// the actor's [`StoreCtx`], and the resource table its writers and

@@ -10,6 +10,8 @@
 //! together.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use theater_store::StoreStats;
 
@@ -159,6 +161,26 @@ impl Meter {
     /// Charges `bytes` the actor's chain grew by.
     pub(crate) fn charge_chain(&mut self, bytes: u64) {
         self.charged = self.charged.saturating_add(bytes);
+    }
+}
+
+/// One of an actor's open-stream slots, given back when dropped (with
+/// the reader or writer that holds it).
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl StreamSlot {
+    /// The slot just taken from `open`, the actor's count of open streams.
+    pub(crate) fn taken_from(open: Arc<AtomicUsize>) -> Self {
+        Self { open }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

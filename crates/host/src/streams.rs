@@ -14,30 +14,12 @@ use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, Stre
 use crate::StoreCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
 use crate::bindings::theater::simple::store_streams::{self, Error};
-use crate::ctx::{StoreCtx, StreamSlot};
+use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::imports::{call, call_at, call_with_refs};
-use crate::meter::Reservation;
+use crate::meter::StreamSlot;
 use crate::policy::Access;
-
-/// A guest's `content-writer`: the core writer, the room it holds on the
-/// actor's meter, and its open-stream slot.
-pub struct WriterHandle {
-    store: ContentStore,
-    /// What the writer has reserved so far; `None` once refused.
-    reservation: Option<Reservation>,
-    /// `None` once finished or refused.
-    writer: Option<ContentWriter>,
-    _slot: StreamSlot,
-}
-
-impl std::fmt::Debug for WriterHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriterHandle")
-            .field("store", &self.store.id())
-            .finish_non_exhaustive()
-    }
-}
+use crate::resources::WriterHandle;
 
 /// How many 256 KiB windows a guest's reader verifies ahead: with the
 /// piece it hands out, about 1 MiB of host memory per open reader.

@@ -8,6 +8,10 @@
 //! long as the process, and get SIGKILL when it ends (`PR_SET_PDEATHSIG`),
 //! so nothing outlives the tests. A server that cannot start fails the
 //! test that needed it, saying why: nothing is skipped.
+//!
+//! [`layers`] checks that a crate's modules import one another in layers.
+
+pub mod layers;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

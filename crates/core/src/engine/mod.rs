@@ -26,10 +26,10 @@ use std::time::SystemTime;
 
 use crate::error::{Result, StoreError};
 use crate::links::Links;
-use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
+use crate::task::Progress;
 use crate::tree::RandomAccess;
 
 /// An opened store root's engine.
@@ -58,7 +58,8 @@ impl Location {
         if root.is_empty() {
             return Err(StoreError::InvalidRoot {
                 root: String::new(),
-                reason: "a root is a directory path or a postgres:// root string; got nothing".into(),
+                reason: "a root is a directory path or a postgres:// root string; got nothing"
+                    .into(),
             });
         }
         #[cfg(feature = "shared")]

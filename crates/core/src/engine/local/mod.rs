@@ -26,10 +26,10 @@ use writer::Writer;
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::{ChainHead, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
-use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
+use crate::task::Progress;
 use crate::tree::{self, RandomAccess};
 
 /// Object files up to this size are read on the calling thread: a round

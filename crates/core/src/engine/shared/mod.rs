@@ -41,10 +41,10 @@ use super::{
 };
 use crate::error::{BoxError, Result, StoreError};
 use crate::links::Links;
-use crate::task::Progress;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
+use crate::task::Progress;
 use crate::tree::{RandomAccess, TreeHasher};
 
 /// Cached copies up to this size are read on the calling thread; larger
