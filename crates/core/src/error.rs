@@ -223,6 +223,79 @@ pub(crate) fn shorten(text: &str) -> String {
     format!("{}… ({} bytes)", &escaped[..cut], text.len())
 }
 
+/// What kind of failure an error is, for code that acts on the kind
+/// rather than the message: each interface maps kinds to its own error
+/// type in one place, and event chains record the kind's name.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The content or label is not there.
+    NotFound,
+    /// The caller may not do this (not granted, read-only, a store id
+    /// that could not be one).
+    AccessDenied,
+    /// Content, a read, a range, a batch or a listing is over its limit.
+    TooLarge,
+    /// A quota or a count limit would be passed.
+    QuotaExceeded,
+    /// Stored bytes no longer match their ref.
+    Corrupted,
+    /// A label that could not be one.
+    InvalidLabel,
+    /// A ref (or a range of one) that could not be one.
+    InvalidRef,
+    /// A store id that could not be one.
+    InvalidStoreId,
+    /// The call ran past its deadline.
+    TimedOut,
+    /// A value is not what the operation needs (a number, say).
+    BadValue,
+    /// Other writers kept changing what the operation needed.
+    Contended,
+    /// Anything else: storage, the index, a server.
+    Io,
+}
+
+impl ErrorKind {
+    /// The kind's name, as event chains record it (`not-found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::AccessDenied => "access-denied",
+            Self::TooLarge => "too-large",
+            Self::QuotaExceeded => "quota-exceeded",
+            Self::Corrupted => "corrupted",
+            Self::InvalidLabel => "invalid-label",
+            Self::InvalidRef => "invalid-ref",
+            Self::InvalidStoreId => "invalid-store-id",
+            Self::TimedOut => "timed-out",
+            Self::BadValue => "bad-value",
+            Self::Contended => "contended",
+            Self::Io => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl StoreError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Corrupted { .. } => ErrorKind::Corrupted,
+            Self::InvalidLabel { .. } => ErrorKind::InvalidLabel,
+            Self::InvalidRef { .. } | Self::InvalidRange { .. } => ErrorKind::InvalidRef,
+            Self::InvalidStoreId { .. } => ErrorKind::InvalidStoreId,
+            _ => ErrorKind::Io,
+        }
+    }
+}
+
 /// A [`StoreError::Io`] about `path` in `store` (a store id).
 pub(crate) fn io_error(
     store: &impl std::fmt::Display,

@@ -47,7 +47,7 @@ pub use chain::{
     TrimReport, validate_actor_id,
 };
 pub use durability::Durability;
-pub use error::{BoxError, Result, StoreError};
+pub use error::{BoxError, ErrorKind, Result, StoreError};
 pub use maintenance::{
     GcOptions, GcReport, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport, TEMP_FILE_STALE_AFTER,
     VerifyReport,

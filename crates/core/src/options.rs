@@ -44,6 +44,16 @@ pub struct Options {
     /// in the root changes; any commit by any process makes them be read
     /// again. 0 turns it off. Default: 16 MiB.
     pub read_cache_bytes: usize,
+    /// Shared roots: connections each process keeps to PostgreSQL at
+    /// most. Default: 16.
+    pub shared_connections: usize,
+    /// Shared roots: changes applied together share one transaction (one
+    /// commit, one flush of PostgreSQL's log), up to this many. Default:
+    /// 256.
+    pub shared_batch: usize,
+    /// Shared roots: how many bytes this host's read cache of objects may
+    /// hold. A root string's `cache_bytes=N` sets it. Default: 1 GiB.
+    pub shared_cache_bytes: u64,
 }
 
 impl Options {
@@ -62,6 +72,9 @@ impl Default for Options {
             max_idle_readers: 16,
             refresh_after: crate::REFRESH_AFTER,
             read_cache_bytes: 16 << 20,
+            shared_connections: 16,
+            shared_batch: 256,
+            shared_cache_bytes: 1 << 30,
         }
     }
 }

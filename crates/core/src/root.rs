@@ -79,7 +79,9 @@ impl StoreRoot {
     /// standard `AWS_*` variables). Opens lazily; a malformed string fails
     /// here, naming what is wrong and never printing a password.
     pub fn at(root: &str, options: Options) -> Result<Self> {
-        Ok(Self::from_parts(Some(Location::parse(root)?), options))
+        let mut options = options;
+        let location = Location::parse(root, &mut options)?;
+        Ok(Self::from_parts(Some(location), options))
     }
 
     /// Opens (creating if needed) the root at `path` now, so that a bad path
@@ -118,11 +120,12 @@ impl StoreRoot {
         static GLOBAL: OnceLock<StoreRoot> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
+                let mut options = Options::default();
                 let location = Self::default_location().map(|path| {
                     let root = path.to_string_lossy();
-                    Location::parse(&root).unwrap_or(Location::Dir(path))
+                    Location::parse(&root, &mut options).unwrap_or(Location::Dir(path))
                 });
-                Self::from_parts(location, Options::default())
+                Self::from_parts(location, options)
             })
             .clone()
     }

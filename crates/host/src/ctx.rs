@@ -164,7 +164,7 @@ impl StoreCtx {
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(error) => Outcome::Error {
-                kind: error.kind().to_owned(),
+                kind: error.kind().as_str().to_owned(),
                 message: error.to_string(),
             },
         };

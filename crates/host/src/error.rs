@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use theater_store::StoreError;
+use theater_store::{ErrorKind, StoreError};
 
 /// Why a store call made by an actor refused or failed. Every message
 /// names the store, label, ref or limit concerned.
@@ -187,33 +187,30 @@ pub enum HostError {
 }
 
 impl HostError {
-    /// A short, stable name for the kind of failure, as event chains
-    /// record it: `not-found`, `access-denied`, `too-large`,
-    /// `quota-exceeded`, `corrupted`, `invalid-label`, `invalid-ref`,
-    /// `timed-out` or `io`.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of failure: what each interface's error type is chosen by
+    /// (once per interface), and, by [`ErrorKind::as_str`], what event
+    /// chains record.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Store(store) => match store {
-                StoreError::NotFound { .. } => "not-found",
-                StoreError::Corrupted { .. } => "corrupted",
-                StoreError::InvalidLabel { .. } => "invalid-label",
-                StoreError::InvalidRef { .. } | StoreError::InvalidRange { .. } => "invalid-ref",
-                StoreError::InvalidStoreId { .. } => "access-denied",
-                _ => "io",
+            // A guest naming a store id that could not be one is refused
+            // like one naming a store it was not granted.
+            Self::Store(store) => match store.kind() {
+                ErrorKind::InvalidStoreId => ErrorKind::AccessDenied,
+                kind => kind,
             },
-            Self::ReadOnly { .. } | Self::NotGranted { .. } => "access-denied",
+            Self::ReadOnly { .. } | Self::NotGranted { .. } => ErrorKind::AccessDenied,
             Self::ContentTooLarge { .. }
             | Self::ReadTooLarge { .. }
             | Self::RangeTooLarge { .. }
             | Self::BatchTooLarge { .. }
-            | Self::ListingTooLong { .. } => "too-large",
+            | Self::ListingTooLong { .. } => ErrorKind::TooLarge,
             Self::StoreQuota { .. }
             | Self::ActorQuota { .. }
             | Self::TooManyStores { .. }
-            | Self::TooManyStreams { .. } => "quota-exceeded",
-            Self::TimedOut { .. } => "timed-out",
-            Self::BadValue { .. } => "bad-value",
-            Self::Contended { .. } => "contended",
+            | Self::TooManyStreams { .. } => ErrorKind::QuotaExceeded,
+            Self::TimedOut { .. } => ErrorKind::TimedOut,
+            Self::BadValue { .. } => ErrorKind::BadValue,
+            Self::Contended { .. } => ErrorKind::Contended,
         }
     }
 }

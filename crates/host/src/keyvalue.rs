@@ -12,7 +12,7 @@
 //! [`StoreCtx`](crate::StoreCtx) reached through [`StoreView`], and
 //! [`add_to_linker`] wires the imports into any linker.
 
-use theater_store::{AtMost, ContentRef, ContentStore, Event, StoreError, validate_label};
+use theater_store::{AtMost, ContentRef, ContentStore, ErrorKind, Event, validate_label};
 use wasmtime::component::{Linker, Resource, ResourceTable};
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
@@ -44,13 +44,17 @@ pub fn add_to_linker<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime
 
 impl From<HostError> for Error {
     fn from(error: HostError) -> Self {
-        match error {
-            HostError::ReadOnly { .. } | HostError::NotGranted { .. } => Error::AccessDenied,
-            HostError::Store(StoreError::InvalidStoreId { .. }) => Error::NoSuchStore,
-            HostError::Store(error @ StoreError::InvalidLabel { .. }) => {
-                Error::Other(format!("invalid key: {error}"))
-            }
-            other => Error::Other(other.to_string()),
+        // The store's own kind first: a bucket id that could not be a
+        // store is `no-such-store` here, not a refusal.
+        let kind = match &error {
+            HostError::Store(store) => store.kind(),
+            other => other.kind(),
+        };
+        match kind {
+            ErrorKind::AccessDenied => Error::AccessDenied,
+            ErrorKind::InvalidStoreId => Error::NoSuchStore,
+            ErrorKind::InvalidLabel => Error::Other(format!("invalid key: {error}")),
+            _ => Error::Other(error.to_string()),
         }
     }
 }

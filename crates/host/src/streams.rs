@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use theater_store::ContentReader;
-use theater_store::{ContentRef, ContentStore, ContentWriter, Event, StoreError};
+use theater_store::{ContentRef, ContentStore, ContentWriter, ErrorKind, Event, StoreError};
 use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
@@ -31,13 +31,13 @@ impl From<HostError> for Error {
     fn from(error: HostError) -> Self {
         let message = error.to_string();
         match error.kind() {
-            "not-found" => Error::NotFound(message),
-            "corrupted" => Error::Corrupted(message),
-            "invalid-label" => Error::InvalidLabel(message),
-            "invalid-ref" => Error::InvalidRef(message),
-            "access-denied" => Error::AccessDenied(message),
-            "too-large" => Error::TooLarge(message),
-            "quota-exceeded" => Error::QuotaExceeded(message),
+            ErrorKind::NotFound => Error::NotFound(message),
+            ErrorKind::Corrupted => Error::Corrupted(message),
+            ErrorKind::InvalidLabel => Error::InvalidLabel(message),
+            ErrorKind::InvalidRef => Error::InvalidRef(message),
+            ErrorKind::AccessDenied | ErrorKind::InvalidStoreId => Error::AccessDenied(message),
+            ErrorKind::TooLarge => Error::TooLarge(message),
+            ErrorKind::QuotaExceeded => Error::QuotaExceeded(message),
             _ => Error::Io(message),
         }
     }

@@ -42,6 +42,11 @@ pub(crate) enum Engine {
     Shared(shared::SharedEngine),
 }
 
+/// Content up to this size is read on the calling thread (an object file,
+/// a cached copy): a round trip through a thread pool costs more than
+/// reading it.
+pub(crate) const READ_ON_CALLER_MAX: u64 = 64 << 10;
+
 /// Where a root's engine keeps it.
 #[derive(Clone, Debug)]
 pub(crate) enum Location {
@@ -54,7 +59,8 @@ pub(crate) enum Location {
 
 impl Location {
     /// A root string's location: a shared root's URL, or a directory.
-    pub(crate) fn parse(root: &str) -> Result<Location> {
+    /// Settings in a shared root string's query go into `options`.
+    pub(crate) fn parse(root: &str, options: &mut Options) -> Result<Location> {
         if root.is_empty() {
             return Err(StoreError::InvalidRoot {
                 root: String::new(),
@@ -64,7 +70,7 @@ impl Location {
         }
         #[cfg(feature = "shared")]
         if crate::engine::shared::location::is_shared(root) {
-            return crate::engine::shared::location::SharedLocation::parse(root)
+            return crate::engine::shared::location::SharedLocation::parse(root, options)
                 .map(|shared| Location::Shared(Box::new(shared)));
         }
         if root.contains("://") {

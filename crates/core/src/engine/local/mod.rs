@@ -24,6 +24,7 @@ pub(crate) use steps::WRITING;
 use writer::Writer;
 
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
+use crate::engine::READ_ON_CALLER_MAX;
 use crate::engine::{ChainHead, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
@@ -31,10 +32,6 @@ use crate::options::Options;
 use crate::stats::StoreStats;
 use crate::task::Progress;
 use crate::tree::{self, RandomAccess};
-
-/// Object files up to this size are read on the calling thread: a round
-/// trip through the blocking pool costs more than reading them.
-const READ_ON_CALLER_MAX: u64 = 64 << 10;
 
 /// The opened parts of a local root.
 #[derive(Debug)]

@@ -7,9 +7,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Result, StoreError};
-
-/// The default bound on this host's read cache: 1 GiB.
-pub(crate) const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+use crate::options::Options;
 
 /// Where a shared root lives, parsed from its root string.
 #[derive(Clone)]
@@ -24,8 +22,6 @@ pub(crate) struct SharedLocation {
     pub(crate) prefix: String,
     /// This host's read cache directory.
     pub(crate) cache_dir: PathBuf,
-    /// How many bytes the read cache may hold.
-    pub(crate) cache_bytes: u64,
     /// The root string without its password: how the root is named.
     pub(crate) display: String,
     /// What every host's root string for this root has in common (no
@@ -45,8 +41,10 @@ pub(crate) fn is_shared(root: &str) -> bool {
 }
 
 impl SharedLocation {
-    /// Parses a root string, naming what is wrong with it.
-    pub(crate) fn parse(root: &str) -> Result<Self> {
+    /// Parses a root string, naming what is wrong with it. Settings in
+    /// its query (`cache_bytes=N`) go into `options`: this is the one
+    /// place a root string's tunables are read.
+    pub(crate) fn parse(root: &str, options: &mut Options) -> Result<Self> {
         let url = url::Url::parse(root).map_err(|error| invalid(root, error.to_string()))?;
         let mut display_url = url.clone();
         if display_url.password().is_some() {
@@ -56,13 +54,12 @@ impl SharedLocation {
         let refuse = |reason: String| invalid(&display, reason);
         let mut objects = None;
         let mut cache_dir = None;
-        let mut cache_bytes = DEFAULT_CACHE_BYTES;
         for (key, value) in url.query_pairs() {
             match &*key {
                 "objects" => objects = Some(value.into_owned()),
                 "cache" => cache_dir = Some(PathBuf::from(value.into_owned())),
                 "cache_bytes" => {
-                    cache_bytes = value.parse().map_err(|_| {
+                    options.shared_cache_bytes = value.parse().map_err(|_| {
                         refuse(format!("cache_bytes={value} is not a number of bytes"))
                     })?;
                 }
@@ -118,7 +115,6 @@ impl SharedLocation {
             bucket,
             prefix,
             cache_dir,
-            cache_bytes,
             display,
         })
     }
@@ -172,15 +168,17 @@ mod tests {
 
     #[test]
     fn a_full_root_string_parses_and_hides_its_password() {
+        let mut options = Options::default();
         let location = SharedLocation::parse(
             "postgres://theater:s%40cret@127.0.0.1:5433/store?objects=s3://bucket/a/b/&cache=/tmp/c&cache_bytes=1000",
+            &mut options,
         )
         .unwrap();
         assert_eq!(location.postgres_at, "127.0.0.1:5433");
         assert_eq!(location.bucket, "bucket");
         assert_eq!(location.prefix, "a/b");
         assert_eq!(location.cache_dir, PathBuf::from("/tmp/c"));
-        assert_eq!(location.cache_bytes, 1000);
+        assert_eq!(options.shared_cache_bytes, 1000);
         assert_eq!(location.postgres.get_password(), Some(&b"s@cret"[..]));
         assert!(!location.display.contains("cret"), "{}", location.display);
         assert!(!format!("{location:?}").contains("cret"));
@@ -204,7 +202,9 @@ mod tests {
             ),
         ];
         for (root, expected) in cases {
-            let error = SharedLocation::parse(root).unwrap_err().to_string();
+            let error = SharedLocation::parse(root, &mut Options::default())
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{root}: {error}");
             assert!(!error.contains("pw"), "{root}: {error}");
         }

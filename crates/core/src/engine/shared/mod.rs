@@ -39,6 +39,7 @@ use super::{
     ChainAppend, ChainHead, ChainTip, Change, Expect, LabelRow, LinkRow, ObjectSource, Scan,
     Snapshot, Staged, StagingSink, unix_now,
 };
+use crate::engine::READ_ON_CALLER_MAX;
 use crate::error::{BoxError, Result, StoreError};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
@@ -46,17 +47,6 @@ use crate::options::Options;
 use crate::stats::StoreStats;
 use crate::task::Progress;
 use crate::tree::{RandomAccess, TreeHasher};
-
-/// Cached copies up to this size are read on the calling thread; larger
-/// ones on the engine's runtime.
-const READ_ON_CALLER_MAX: u64 = 64 << 10;
-
-/// Connections each process keeps to PostgreSQL at most.
-const MAX_CONNECTIONS: usize = 16;
-
-/// Changes applied together by [`SharedEngine::apply_all`] share one
-/// transaction, so one commit (and one flush of PostgreSQL's log).
-const BATCH: usize = 256;
 
 /// An opened shared root.
 #[derive(Debug)]
@@ -72,6 +62,8 @@ struct Inner {
     objects: Objects,
     cache: ReadCache,
     inline_threshold: usize,
+    /// Row-only changes applied together in one transaction, at most.
+    batch: usize,
     /// The refresh window in milliseconds (see `Change::AddObject`).
     refresh_after: i64,
     /// Publications of one object in this process take turns: the first
@@ -115,7 +107,7 @@ impl SharedEngine {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(MAX_CONNECTIONS)
+            .max_size(options.shared_connections.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|source| postgres_error(location, "configuring connections", source))?;
@@ -126,11 +118,12 @@ impl SharedEngine {
             }
         })?;
         let inner = Arc::new(Inner {
-            cache: ReadCache::new(&location.cache_dir, location.cache_bytes),
+            cache: ReadCache::new(&location.cache_dir, options.shared_cache_bytes),
             location: location.clone(),
             pool,
             objects,
             inline_threshold: options.inline_threshold,
+            batch: options.shared_batch.max(1),
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             publishing: std::sync::Mutex::default(),
         });
@@ -700,7 +693,7 @@ impl Inner {
             .partition(|(_, change)| writes_rows_only(change));
         let mut rows_only = rows_only.into_iter().peekable();
         while rows_only.peek().is_some() {
-            let batch: Vec<(usize, Change)> = rows_only.by_ref().take(BATCH).collect();
+            let batch: Vec<(usize, Change)> = rows_only.by_ref().take(self.batch).collect();
             let indexes: Vec<usize> = batch.iter().map(|(index, _)| *index).collect();
             match self.apply_batch(batch).await {
                 Ok(results) => {
