@@ -1,0 +1,628 @@
+//! Applying changes: each `Change` as PostgreSQL statements in a
+//! transaction, row-only changes batched, labels, removals, quarantine and
+//! chain appends.
+
+use std::collections::HashSet;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::GenericClient;
+
+use super::Inner;
+use super::index::{self, LabelWrite};
+use crate::engine::local::layout;
+use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
+use crate::error::{Result, StoreError};
+use crate::links::Links;
+use crate::names::{Digest, StoreId};
+
+impl Inner {
+    pub(super) fn now_and_fresh_after(&self) -> (i64, i64) {
+        let now = unix_now();
+        (now, now.saturating_sub(self.refresh_after))
+    }
+
+    pub(super) async fn apply(self: &Arc<Self>, change: Change) -> Result<bool> {
+        let mut client = self.client().await?;
+        let applied = self.apply_on(&mut client, change).await;
+        if let Err(StoreError::Service { .. }) = applied {
+            // A failure may leave a session lock or a transaction behind.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        applied
+    }
+
+    /// Applies changes, one transaction per batch of those that only write
+    /// rows; the rest (which move bytes) one by one. A batch that fails
+    /// applies none of its changes, and each of them gets the error.
+    pub(super) async fn apply_all(self: &Arc<Self>, changes: Vec<Change>) -> Vec<Result<bool>> {
+        let mut answers: Vec<Option<Result<bool>>> = changes.iter().map(|_| None).collect();
+        let (rows_only, others): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .enumerate()
+            .partition(|(_, change)| writes_rows_only(change));
+        let mut rows_only = rows_only.into_iter().peekable();
+        while rows_only.peek().is_some() {
+            let batch: Vec<(usize, Change)> = rows_only.by_ref().take(self.batch).collect();
+            let indexes: Vec<usize> = batch.iter().map(|(index, _)| *index).collect();
+            match self.apply_batch(batch).await {
+                Ok(results) => {
+                    for (index, result) in results {
+                        answers[index] = Some(result);
+                    }
+                }
+                // Nothing of the batch was applied: each change says why.
+                Err(error) => {
+                    let message = error.to_string();
+                    let mut error = Some(error);
+                    for index in indexes {
+                        answers[index] =
+                            Some(Err(error.take().unwrap_or_else(|| StoreError::Service {
+                                root: self.location.display.clone(),
+                                service: "PostgreSQL",
+                                at: self.location.postgres_at.clone(),
+                                action: "writing a batch",
+                                source: message.clone().into(),
+                            })));
+                    }
+                }
+            }
+        }
+        for (index, change) in others {
+            answers[index] = Some(self.apply(change).await);
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("every change answered"))
+            .collect()
+    }
+
+    /// Row-only changes in one transaction, sent together.
+    pub(super) async fn apply_batch(
+        self: &Arc<Self>,
+        batch: Vec<(usize, Change)>,
+    ) -> Result<Vec<(usize, Result<bool>)>> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await;
+        let transaction = self.index(transaction, "starting a transaction")?;
+        let (now, fresh_after) = self.now_and_fresh_after();
+        // Small objects that name distinct objects and labels go in one
+        // statement; the rest (repeats, registrations, label writes) one
+        // by one after it, sent together.
+        let mut objects = HashSet::new();
+        let mut labels = HashSet::new();
+        let (together, alone): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(_, change)| match change {
+                Change::AddObject {
+                    store,
+                    digest,
+                    staged: Staged::Inline(_),
+                    label,
+                    ..
+                } => {
+                    objects.insert((store.clone(), *digest))
+                        && label
+                            .as_ref()
+                            .is_none_or(|label| labels.insert((store.clone(), label.clone())))
+                }
+                _ => false,
+            });
+        let mut answers = Vec::with_capacity(together.len() + alone.len());
+        if !together.is_empty() {
+            let rows: Vec<index::NewObject<'_>> = together
+                .iter()
+                .filter_map(|(_, change)| match change {
+                    Change::AddObject {
+                        store,
+                        digest,
+                        size,
+                        staged: Staged::Inline(bytes),
+                        label,
+                        links,
+                    } => Some((store, *digest, *size, &bytes[..], label.as_deref(), links)),
+                    _ => None,
+                })
+                .collect();
+            let added = index::add_objects(&transaction, &rows, (now, fresh_after)).await;
+            let added = self.index(added, "writing rows")?;
+            answers.extend(
+                together
+                    .iter()
+                    .map(|(index, _)| *index)
+                    .zip(added.into_iter().map(Ok)),
+            );
+        }
+        let pending = alone.into_iter().map(|(index, change)| {
+            let transaction = &transaction;
+            async move {
+                (
+                    index,
+                    self.apply_row_change(transaction, change, now, fresh_after)
+                        .await,
+                )
+            }
+        });
+        let results = futures_util::future::join_all(pending).await;
+        for (index, result) in results {
+            answers.push((index, self.index(result, "writing rows")?));
+        }
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(answers)
+    }
+
+    /// A change that writes rows only (see [`writes_rows_only`]).
+    pub(super) async fn apply_row_change(
+        &self,
+        client: &impl GenericClient,
+        change: Change,
+        now: i64,
+        fresh_after: i64,
+    ) -> Result<Result<bool>, tokio_postgres::Error> {
+        match change {
+            Change::CreateStore { store } => {
+                Ok(Ok(index::ensure_store(client, &store, now).await?))
+            }
+            Change::AddObject {
+                store,
+                digest,
+                size,
+                staged: Staged::Inline(bytes),
+                label,
+                links,
+            } => {
+                let new = index::add_object(
+                    client,
+                    &store,
+                    digest,
+                    size,
+                    Some(&bytes),
+                    label.as_deref(),
+                    &links,
+                    (now, fresh_after),
+                )
+                .await?;
+                Ok(Ok(new))
+            }
+            Change::SetLabel {
+                store,
+                label,
+                target,
+                expect,
+            } => {
+                let expected = match expect {
+                    Expect::Anything => None,
+                    Expect::Exactly(expected) => Some(expected),
+                };
+                let written = index::set_label(client, &store, &label, target, expected).await?;
+                Ok(match written {
+                    LabelWrite::Written => Ok(true),
+                    LabelWrite::ExpectationFailed => Ok(false),
+                    LabelWrite::TargetMissing => Err(not_found(&store, target)),
+                })
+            }
+            other => unreachable!("not a row-only change: {other:?}"),
+        }
+    }
+
+    /// Applies one change on `client`.
+    pub(super) async fn apply_on(
+        self: &Arc<Self>,
+        client: &mut deadpool_postgres::Object,
+        change: Change,
+    ) -> Result<bool> {
+        let (now, fresh_after) = self.now_and_fresh_after();
+        if writes_rows_only(&change) {
+            let applied = self
+                .apply_row_change(&*client, change, now, fresh_after)
+                .await;
+            return self.index(applied, "writing rows")?;
+        }
+        match change {
+            Change::AddObject {
+                store,
+                digest,
+                size,
+                staged: Staged::File(path),
+                label,
+                links,
+            } => {
+                let _turn = self.publishing_turn(&store, digest).await;
+                let object = (digest, size, &*path);
+                let published = self
+                    .publish_file_alone(client, &store, object, label.as_deref(), &links)
+                    .await;
+                let new = match published {
+                    Ok(new) => new,
+                    Err(error) => {
+                        layout::remove_staged(&path);
+                        return Err(error);
+                    }
+                };
+                // Bytes this host just hashed are a verified copy.
+                if !self.cache.admit(&store, digest, &path) {
+                    layout::remove_staged(&path);
+                }
+                Ok(new)
+            }
+            Change::AddObject { .. } | Change::CreateStore { .. } | Change::SetLabel { .. } => {
+                unreachable!("row-only changes are applied above")
+            }
+            Change::SetLinks {
+                store,
+                digest,
+                targets,
+            } => {
+                let transaction = client.transaction().await;
+                let transaction = self.index(transaction, "starting a transaction")?;
+                let held = index::set_links(&transaction, &store, digest, &targets).await;
+                let held = self.index(held, "recording links")?;
+                let committed = transaction.commit().await;
+                self.index(committed, "committing")?;
+                Ok(held)
+            }
+            Change::SetLabels {
+                store,
+                labels,
+                expected,
+            } => self.set_labels(client, &store, labels, expected).await,
+            Change::RemoveObject {
+                store,
+                digest,
+                referrers,
+                cutoff,
+            } => {
+                self.remove_object(client, &store, digest, &referrers, cutoff)
+                    .await
+            }
+            Change::RemoveUnindexed {
+                store,
+                digest,
+                cutoff,
+            } => self.remove_unindexed(client, &store, digest, cutoff).await,
+            Change::QuarantineObject { store, digest } => {
+                self.quarantine(client, &store, digest).await
+            }
+            Change::RemoveLabels { store, limit } => {
+                let removed = index::delete_labels(&*client, &store, limit).await;
+                Ok(self.index(removed, "removing labels")? > 0)
+            }
+            Change::AddOutboard {
+                store,
+                digest,
+                staged,
+            } => {
+                if self.cache.files.is_present(&store, digest) {
+                    self.cache.files.place_outboard(&store, &staged, digest);
+                }
+                layout::remove_staged(&staged);
+                Ok(true)
+            }
+            Change::Record { change, append } => self.record(client, change, append).await,
+            Change::SetChainHead {
+                store,
+                label,
+                head,
+                expected,
+            } => {
+                let transaction = client.transaction().await;
+                let transaction = self.index(transaction, "starting a transaction")?;
+                let locked = transaction
+                    .execute(
+                        "SELECT 1 FROM pg_advisory_xact_lock($1)",
+                        &[&index::chain_lock(&store, &label)],
+                    )
+                    .await;
+                self.index(locked, "locking chain head")?;
+                let current = index::label(&transaction, &store, &label).await;
+                let current = self.index(current, "reading chain head")?;
+                if current.map(|row| row.head) != expected {
+                    return Ok(false);
+                }
+                if let Some(sealed) = head.sealed {
+                    let held = index::object(&transaction, &store, sealed, false).await;
+                    if self.index(held, "looking up chain segment")?.is_none() {
+                        return Err(not_found(&store, Some(sealed)));
+                    }
+                }
+                let registered = index::ensure_store(&transaction, &store, unix_now()).await;
+                self.index(registered, "registering store")?;
+                let moved = index::set_chain_head(&transaction, &store, &label, &head).await;
+                self.index(moved, "writing chain head")?;
+                let committed = transaction.commit().await;
+                self.index(committed, "committing")?;
+                Ok(true)
+            }
+            Change::AdoptFile { .. } => Err(StoreError::InvalidRoot {
+                root: self.location.display.clone(),
+                reason: "re-indexing content files rebuilds a local root's index; a shared \
+                         root's index is PostgreSQL's (restore it from PostgreSQL's backups)"
+                    .into(),
+            }),
+            Change::RemoveEmptyStore { store, cutoff } => {
+                let removed = index::delete_empty_store(&*client, &store, cutoff).await;
+                if !self.index(removed, "removing store")? {
+                    return Ok(false);
+                }
+                self.cache.files.remove_store_files(&store)?;
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) async fn set_labels(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        store: &StoreId,
+        labels: Vec<(String, Option<Digest>)>,
+        expected: Option<Vec<Option<Digest>>>,
+    ) -> Result<bool> {
+        let transaction = client.transaction().await;
+        let transaction = self.index(transaction, "starting a transaction")?;
+        let now = unix_now();
+        let registered = index::ensure_store(&transaction, store, now).await;
+        self.index(registered, "registering store")?;
+        let names: std::collections::HashSet<&str> =
+            labels.iter().map(|(name, _)| name.as_str()).collect();
+        if names.len() == labels.len() {
+            // Distinct names: a few statements for the whole set.
+            let written =
+                index::set_labels(&transaction, store, &labels, expected.as_deref()).await;
+            return match self.index(written, "writing labels")? {
+                Ok(false) => Ok(false),
+                Err(missing) => Err(not_found(store, Some(missing))),
+                Ok(true) => {
+                    let committed = transaction.commit().await;
+                    self.index(committed, "committing")?;
+                    Ok(true)
+                }
+            };
+        }
+        let writes = labels.iter().enumerate().map(|(index, (label, target))| {
+            let expected = expected.as_ref().map(|expected| expected[index]);
+            index::set_label(&transaction, store, label, *target, expected)
+        });
+        let written = futures_util::future::join_all(writes).await;
+        for (write, (_, target)) in written.into_iter().zip(&labels) {
+            match self.index(write, "writing labels")? {
+                LabelWrite::Written => {}
+                // Dropping the transaction rolls every label back.
+                LabelWrite::ExpectationFailed => return Ok(false),
+                LabelWrite::TargetMissing => return Err(not_found(store, *target)),
+            }
+        }
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(true)
+    }
+
+    /// Runs `work` holding the object's lock exclusively (a session lock,
+    /// kept across the commit and the deletion of bytes that follows).
+    pub(super) async fn exclusively<T>(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        store: &StoreId,
+        digest: Digest,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+    ) -> Result<T> {
+        let key = index::object_lock(store, digest);
+        let locked = client
+            .execute("SELECT 1 FROM pg_advisory_lock($1)", &[&key])
+            .await;
+        self.index(locked, "locking object")?;
+        let result = work(client).await?;
+        let unlocked = client
+            .execute("SELECT 1 FROM pg_advisory_unlock($1)", &[&key])
+            .await;
+        self.index(unlocked, "unlocking object")?;
+        Ok(result)
+    }
+
+    /// Garbage collection of one object: the row goes first (only if still
+    /// old and unlabelled), then the bytes, all under the exclusive lock.
+    pub(super) async fn remove_object(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        store: &StoreId,
+        digest: Digest,
+        referrers: &[Digest],
+        cutoff: i64,
+    ) -> Result<bool> {
+        self.exclusively(client, store, digest, async |client| {
+            let transaction = client.transaction().await;
+            let transaction = self.index(transaction, "starting a transaction")?;
+            let removed =
+                index::remove_unreachable(&transaction, store, digest, referrers, cutoff).await;
+            let removed = self.index(removed, "removing object")?;
+            let committed = transaction.commit().await;
+            self.index(committed, "committing")?;
+            match removed {
+                None => Ok(false),
+                Some(inline) => {
+                    self.cache.forget(store, digest);
+                    if !inline {
+                        let deleted = self.objects.delete(&self.objects.key(store, digest)).await;
+                        self.object_store(deleted, "removing object")?;
+                    }
+                    Ok(true)
+                }
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn remove_unindexed(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        store: &StoreId,
+        digest: Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        self.exclusively(client, store, digest, async |client| {
+            let held = index::object(&*client, store, digest, false).await;
+            if self.index(held, "looking up object")?.is_some() {
+                return Ok(false);
+            }
+            let key = self.objects.key(store, digest);
+            let modified = self.objects.modified(&key).await;
+            match self.object_store(modified, "looking up object")? {
+                Some(modified) if modified < cutoff => {
+                    let deleted = self.objects.delete(&key).await;
+                    self.object_store(deleted, "removing unindexed object")?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+
+    /// Moves damaged bytes aside and forgets the object, unless its bytes
+    /// are intact again (stored anew since they were found damaged).
+    pub(super) async fn quarantine(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<bool> {
+        self.exclusively(client, store, digest, async |client| {
+            let held = index::object(&*client, store, digest, true).await;
+            let Some(held) = self.index(held, "looking up object")? else {
+                return Ok(false);
+            };
+            let key = self.objects.key(store, digest);
+            let in_objects = held.inline.is_none();
+            let bytes = match held.inline {
+                Some(bytes) => Some(bytes),
+                None => {
+                    let fetched = self.objects.get(&key).await;
+                    self.object_store(fetched, "reading object")?
+                }
+            };
+            let quarantined = match bytes {
+                Some(bytes) if Digest::of(&bytes) == digest => return Ok(false),
+                Some(bytes) => {
+                    let moved = self.objects.quarantine(store, digest, bytes).await;
+                    self.object_store(moved, "quarantining object")?;
+                    true
+                }
+                None => false,
+            };
+            let forgotten = index::forget_object(&*client, store, digest).await;
+            self.index(forgotten, "forgetting object")?;
+            self.cache.forget(store, digest);
+            if in_objects && quarantined {
+                let deleted = self.objects.delete(&key).await;
+                self.object_store(deleted, "removing quarantined object")?;
+            }
+            Ok(quarantined)
+        })
+        .await
+    }
+
+    /// Applies `change` (if any) and appends one event to a chain, in one
+    /// transaction holding the chain's lock, so appends never fork it.
+    pub(super) async fn record(
+        self: &Arc<Self>,
+        client: &mut deadpool_postgres::Object,
+        change: Option<Box<Change>>,
+        append: ChainAppend,
+    ) -> Result<bool> {
+        let transaction = client.transaction().await;
+        let transaction = self.index(transaction, "starting a transaction")?;
+        let ChainAppend {
+            store,
+            head_label,
+            build,
+        } = append;
+        let locked = transaction
+            .execute(
+                "SELECT 1 FROM pg_advisory_xact_lock($1)",
+                &[&index::chain_lock(&store, &head_label)],
+            )
+            .await;
+        self.index(locked, "locking chain")?;
+        let (now, fresh_after) = self.now_and_fresh_after();
+        let applied = match change.map(|change| *change) {
+            None => true,
+            Some(
+                change @ (Change::CreateStore { .. }
+                | Change::SetLabel { .. }
+                | Change::AddObject {
+                    staged: Staged::Inline(_),
+                    ..
+                }),
+            ) => {
+                let applied = self
+                    .apply_row_change(&transaction, change, now, fresh_after)
+                    .await;
+                self.index(applied, "writing rows")??
+            }
+            Some(Change::AddObject {
+                store,
+                digest,
+                size,
+                staged: Staged::File(path),
+                label,
+                links,
+            }) => {
+                let object = (digest, size, &*path);
+                let published = self
+                    .publish_file(&transaction, &store, object, label.as_deref(), &links)
+                    .await;
+                layout::remove_staged(&path);
+                published?
+            }
+            Some(other) => unreachable!("changes recorded in chains write rows: {other:?}"),
+        };
+        let head = index::label(&transaction, &store, &head_label).await;
+        let head = self.index(head, "reading chain head")?;
+        if head.is_none() {
+            // The chain's first event may be the store's first row.
+            let created = index::ensure_store(&transaction, &store, now).await;
+            self.index(created, "registering store")?;
+        }
+        let link = build(ChainTip { head, applied })?;
+        if let Some(segment) = &link.sealed {
+            let stored = index::add_object(
+                &transaction,
+                &store,
+                Digest::of(segment),
+                segment.len() as u64,
+                Some(segment),
+                None,
+                &Links::default(),
+                (now, fresh_after),
+            )
+            .await;
+            self.index(stored, "storing chain segment")?;
+        }
+        let moved = index::set_chain_head(&transaction, &store, &head_label, &link.head).await;
+        self.index(moved, "moving chain head")?;
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(applied)
+    }
+}
+
+/// Changes that only write rows: applied in one round trip each, and
+/// batched into shared transactions by `apply_all`.
+pub(super) fn writes_rows_only(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::CreateStore { .. }
+            | Change::SetLabel { .. }
+            | Change::AddObject {
+                staged: Staged::Inline(_),
+                ..
+            }
+    )
+}
+
+pub(super) fn not_found(store: &StoreId, target: Option<Digest>) -> StoreError {
+    StoreError::NotFound {
+        store: store.to_string(),
+        reference: target.map(Digest::to_hex).unwrap_or_default(),
+    }
+}

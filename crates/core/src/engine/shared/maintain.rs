@@ -1,0 +1,170 @@
+//! What maintenance asks of the shared engine: scans of the stored bytes,
+//! links, leftovers and the index's own consistency.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::SharedEngine;
+use super::connection::postgres_error;
+use super::index::{self};
+use super::read::HashSink;
+use crate::engine::local::layout;
+use crate::engine::{LinkRow, Scan};
+use crate::error::{Result, StoreError};
+use crate::names::{Digest, StoreId};
+use crate::task::Progress;
+
+impl SharedEngine {
+    pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        let store_id = store.clone();
+        let (rows, inline, listed) = self.block(|inner| async move {
+            let client = inner.client().await?;
+            let rows = index::object_rows(&client, &store_id).await;
+            let rows = inner.index(rows, "listing objects")?;
+            let digests: Vec<Digest> = rows.iter().map(|row| row.digest).collect();
+            let inline = index::inline_many(&client, &store_id, &digests).await;
+            let inline = inner.index(inline, "reading inline objects")?;
+            let listed = inner.objects.list(&store_id).await;
+            let listed = inner.object_store(listed, "listing objects")?;
+            Ok::<_, StoreError>((rows, inline, listed))
+        })?;
+        let indexed: std::collections::BTreeSet<Digest> =
+            rows.iter().map(|row| row.digest).collect();
+        let inline_bytes: u64 = inline.iter().flatten().map(|b| b.len() as u64).sum();
+        let listed_bytes: u64 = listed.iter().map(|(_, _, size, _)| size).sum();
+        progress.start(inline_bytes + listed_bytes);
+        let mut scan = Scan::default();
+        let tally = |scan: &mut Scan, digest: Digest, size: u64, actual: Digest| {
+            scan.objects_checked += 1;
+            scan.bytes_checked += size;
+            progress.advance(size);
+            if actual != digest {
+                scan.corrupt.push(digest);
+            } else if indexed.contains(&digest) {
+                scan.intact.push(digest);
+            } else {
+                scan.unindexed.push(digest);
+            }
+        };
+        for (row, bytes) in rows.iter().zip(&inline) {
+            if let Some(bytes) = bytes {
+                tally(&mut scan, row.digest, bytes.len() as u64, Digest::of(bytes));
+            }
+        }
+        for (digest, key, size, _) in listed {
+            let Some(digest) = digest else {
+                scan.stray.push(PathBuf::from(key.to_string()));
+                continue;
+            };
+            let hashed = self.block(|inner| async move {
+                let mut hasher = HashSink(blake3::Hasher::new());
+                let found = inner.objects.get_into(&key, &mut hasher).await;
+                let found = inner.object_store(found, "reading object")?;
+                Ok::<_, StoreError>(found.then(|| Digest(*hasher.0.finalize().as_bytes())))
+            })?;
+            // An object that vanished since the listing was collected.
+            if let Some(actual) = hashed {
+                tally(&mut scan, digest, size, actual);
+                if actual != digest {
+                    self.inner.cache.forget(store, digest);
+                }
+            }
+        }
+        // This host's cached copies must be intact too: a damaged one is
+        // dropped (it would be fetched again when needed).
+        for file in self.inner.cache.files.object_files(store)? {
+            if let Some(digest) = file.digest
+                && self.inner.cache.files.hash_file(store, &file.path)? != Some(digest)
+            {
+                self.inner.cache.forget(store, digest);
+            }
+        }
+        Ok(scan)
+    }
+
+    pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let held = index::object(&client, &store, digest, false).await;
+            match inner.index(held, "looking up object")? {
+                None => Ok(false),
+                Some(held) if held.inline.is_some() => Ok(true),
+                Some(_) => {
+                    let key = inner.objects.key(&store, digest);
+                    let exists = inner.objects.exists(&key).await;
+                    inner.object_store(exists, "looking up object")
+                }
+            }
+        })
+    }
+
+    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let links = index::links(&client, &store).await;
+            let links = inner.index(links, "listing links")?;
+            links
+                .into_iter()
+                .map(|(source, column)| {
+                    let targets = crate::links::column_targets(&store, source, &column);
+                    let targets = targets.map_err(|damaged| {
+                        postgres_error(&inner.location, "listing links", damaged)
+                    })?;
+                    Ok((source, targets))
+                })
+                .collect()
+        })
+    }
+
+    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        let store = store.clone();
+        self.query_blocking(
+            "listing objects not scanned for links",
+            move |client| async move { index::unscanned_links(&client, &store).await },
+        )
+    }
+
+    pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let digests = index::digests(&client, &store).await;
+            let indexed: std::collections::BTreeSet<Digest> = inner
+                .index(digests, "listing objects")?
+                .into_iter()
+                .collect();
+            let listed = inner.objects.list(&store).await;
+            Ok(inner
+                .object_store(listed, "listing objects")?
+                .into_iter()
+                .filter(|(_, _, _, modified)| *modified < cutoff)
+                .filter_map(|(digest, ..)| digest)
+                .filter(|digest| !indexed.contains(digest))
+                .collect())
+        })
+    }
+
+    pub(crate) fn stale_staging(
+        &self,
+        store: &StoreId,
+        cutoff: SystemTime,
+    ) -> Result<Vec<PathBuf>> {
+        self.inner.cache.files.stale_temp_files(store, cutoff)
+    }
+
+    pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+        layout::remove_files(leftovers)
+    }
+
+    pub(crate) fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
+        self.inner.cache.files.store_dir_ids()
+    }
+
+    pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
+        self.query_blocking("checking totals", move |client| async move {
+            index::totals_problems(&client).await
+        })
+    }
+}
