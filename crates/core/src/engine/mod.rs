@@ -12,9 +12,11 @@
 //! snapshots, package streams) is blocking and must be called from a
 //! blocking thread ([`crate::task::blocking`]).
 
+mod layout;
 mod local;
 #[cfg(feature = "shared")]
 pub(crate) mod shared;
+mod steps;
 
 #[cfg(test)]
 pub(crate) use local::WRITING;
@@ -61,6 +63,9 @@ impl Location {
     /// A root string's location: a shared root's URL, or a directory.
     /// Settings in a shared root string's query go into `options`.
     pub(crate) fn parse(root: &str, options: &mut Options) -> Result<Location> {
+        // Only shared root strings carry settings.
+        #[cfg(not(feature = "shared"))]
+        let _ = options;
         if root.is_empty() {
             return Err(StoreError::InvalidRoot {
                 root: String::new(),

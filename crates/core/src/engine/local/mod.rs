@@ -4,9 +4,7 @@
 //! thread per process (`writer.rs`).
 
 mod changes;
-pub(super) mod layout;
 mod sql;
-mod steps;
 mod wal;
 mod writer;
 
@@ -16,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use changes::ChangeCounter;
-use layout::ObjectFiles;
-use sql::{Place, Readers, index_error};
+use super::layout::{self, ObjectFiles, spill_sink};
 #[cfg(test)]
-pub(crate) use steps::WRITING;
+pub(crate) use super::steps::WRITING;
+use changes::ChangeCounter;
+use sql::{Place, Readers, index_error};
 use writer::Writer;
 
 use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
@@ -467,129 +465,6 @@ impl LocalEngine {
     }
 }
 
-/// A sink that keeps content in memory up to `inline_threshold` and
-/// spills it, with its outboard, into a temporary file of `layout`.
-pub(super) fn spill_sink(
-    store: &StoreId,
-    layout: ObjectFiles,
-    inline_threshold: usize,
-) -> Box<dyn StagingSink> {
-    Box::new(SpillSink {
-        store: store.clone(),
-        layout,
-        inline_threshold,
-        memory: Vec::new(),
-        outboard_memory: Vec::new(),
-        file: None,
-    })
-}
-
-/// Content being streamed in: kept in memory while it fits under the
-/// inline threshold, then in a temporary file with its outboard beside it.
-struct SpillSink {
-    store: StoreId,
-    layout: ObjectFiles,
-    inline_threshold: usize,
-    memory: Vec<u8>,
-    outboard_memory: Vec<u8>,
-    file: Option<SpillFiles>,
-}
-
-/// The temporary files of a [`SpillSink`] that outgrew memory.
-struct SpillFiles {
-    path: PathBuf,
-    data: io::BufWriter<File>,
-    outboard: io::BufWriter<File>,
-}
-
-impl SpillSink {
-    /// Moves what is in memory to new temporary files.
-    fn spill(&mut self) -> io::Result<&mut SpillFiles> {
-        let (path, data) = self
-            .layout
-            .create_temp(&self.store)
-            .map_err(io::Error::other)?;
-        let files = SpillFiles {
-            outboard: io::BufWriter::new(File::create(layout::staged_outboard(&path))?),
-            // Pieces of 256 KiB and more go straight to the file.
-            data: io::BufWriter::with_capacity(256 << 10, data),
-            path,
-        };
-        let files = self.file.insert(files);
-        files.data.write_all(&std::mem::take(&mut self.memory))?;
-        files
-            .outboard
-            .write_all(&std::mem::take(&mut self.outboard_memory))?;
-        Ok(files)
-    }
-}
-
-impl Write for SpillSink {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if let Some(files) = &mut self.file {
-            return files.data.write(bytes);
-        }
-        if self.memory.len() + bytes.len() <= self.inline_threshold {
-            self.memory.extend_from_slice(bytes);
-            return Ok(bytes.len());
-        }
-        self.spill()?.data.write(bytes)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl StagingSink for SpillSink {
-    fn write_outboard(&mut self, pairs: &[u8]) -> io::Result<()> {
-        match &mut self.file {
-            Some(files) => files.outboard.write_all(pairs),
-            None => {
-                self.outboard_memory.extend_from_slice(pairs);
-                Ok(())
-            }
-        }
-    }
-
-    fn finish(self: Box<Self>) -> Result<Staged> {
-        let Some(files) = self.file else {
-            return Ok(Staged::Inline(Arc::new(self.memory)));
-        };
-        let SpillFiles {
-            path,
-            data,
-            outboard,
-        } = files;
-        let finished = data
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)
-            .and_then(|data| self.layout.finish_temp(&path, &data));
-        // The outboard is derived data: a failure here only costs a rebuild.
-        if outboard.into_inner().is_err() {
-            let _ = std::fs::remove_file(layout::staged_outboard(&path));
-        }
-        match finished {
-            Ok(()) => Ok(Staged::File(path)),
-            Err(source) => {
-                layout::remove_staged(&path);
-                Err(io_error(
-                    &self.store,
-                    "writing staged object",
-                    &path,
-                    source,
-                ))
-            }
-        }
-    }
-
-    fn abandon(self: Box<Self>) {
-        if let Some(files) = self.file {
-            layout::remove_staged(&files.path);
-        }
-    }
-}
-
 /// Takes `index.lock` for the engine's life. When no other process has
 /// the root open, first checks the index's write-ahead log: a frame that
 /// fails its check with later frames of the same log after it means
@@ -780,7 +655,7 @@ pub(crate) fn create_index(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::steps::{RECORDED, Step};
+    use crate::engine::steps::{RECORDED, Step};
     use crate::{Durability, StoreRoot};
 
     fn take_steps() -> Vec<Step> {
@@ -796,7 +671,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn synced_writes_flush_exactly_what_they_wrote_before_the_acknowledgement() {
-        let _alone = super::steps::WRITING.lock().await;
+        let _alone = crate::engine::steps::WRITING.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let root = StoreRoot::with_durability(dir.path(), Durability::Synced);
         let store = root.store("synced").unwrap();

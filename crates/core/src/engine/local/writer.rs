@@ -33,10 +33,10 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::changes::ChangeCounter;
-use super::layout::{ObjectFiles, remove_staged, sync_dir};
 use super::sql::{self, Place, index_error};
-use super::steps::{Step, record};
 use crate::durability::Durability;
+use crate::engine::layout::{ObjectFiles, remove_staged, sync_dir};
+use crate::engine::steps::{Step, record};
 use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};

@@ -11,7 +11,7 @@ use deadpool_postgres::GenericClient;
 
 use super::Inner;
 use super::index::{self, LabelWrite};
-use crate::engine::local::layout;
+use crate::engine::layout;
 use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError};
 use crate::links::Links;

@@ -8,7 +8,7 @@ use super::SharedEngine;
 use super::connection::postgres_error;
 use super::index::{self};
 use super::read::HashSink;
-use crate::engine::local::layout;
+use crate::engine::layout;
 use crate::engine::{LinkRow, Scan};
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};

@@ -35,7 +35,7 @@ use tokio_postgres::NoTls;
 use self::connection::postgres_error;
 use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache};
-use super::local::layout;
+use super::layout;
 use super::{Change, Staged, StagingSink};
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -224,7 +224,7 @@ impl SharedEngine {
     }
 
     pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
-        super::local::spill_sink(
+        layout::spill_sink(
             store,
             self.inner.cache.files.clone(),
             self.inner.inline_threshold,

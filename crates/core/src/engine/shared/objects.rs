@@ -23,8 +23,8 @@ use object_store::{
     WriteMultipart,
 };
 
-use super::super::local::layout::{self, ObjectFiles, store_dir_name};
 use crate::durability::Durability;
+use crate::engine::layout::{self, ObjectFiles, store_dir_name};
 use crate::names::{Digest, StoreId};
 use crate::tree::{self, TreeHasher};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::connection::generic;
 use super::index::{self};
 use super::{Inner, SharedEngine};
-use crate::engine::local::layout;
+use crate::engine::layout;
 use crate::engine::{ChainHead, LabelRow, ObjectSource, READ_ON_CALLER_MAX, Snapshot};
 use crate::error::Result;
 use crate::names::{Digest, StoreId};

@@ -22,6 +22,7 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use super::steps::{Step, record};
+use super::{Staged, StagingSink};
 use crate::durability::Durability;
 use crate::error::{Result, io_error};
 use crate::names::{Digest, StoreId};
@@ -540,6 +541,129 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
     record(|| Step::DirSynced(dir.to_owned()));
     Ok(())
+}
+
+/// A sink that keeps content in memory up to `inline_threshold` and
+/// spills it, with its outboard, into a temporary file of `layout`.
+pub(crate) fn spill_sink(
+    store: &StoreId,
+    layout: ObjectFiles,
+    inline_threshold: usize,
+) -> Box<dyn StagingSink> {
+    Box::new(SpillSink {
+        store: store.clone(),
+        layout,
+        inline_threshold,
+        memory: Vec::new(),
+        outboard_memory: Vec::new(),
+        file: None,
+    })
+}
+
+/// Content being streamed in: kept in memory while it fits under the
+/// inline threshold, then in a temporary file with its outboard beside it.
+struct SpillSink {
+    store: StoreId,
+    layout: ObjectFiles,
+    inline_threshold: usize,
+    memory: Vec<u8>,
+    outboard_memory: Vec<u8>,
+    file: Option<SpillFiles>,
+}
+
+/// The temporary files of a [`SpillSink`] that outgrew memory.
+struct SpillFiles {
+    path: PathBuf,
+    data: io::BufWriter<File>,
+    outboard: io::BufWriter<File>,
+}
+
+impl SpillSink {
+    /// Moves what is in memory to new temporary files.
+    fn spill(&mut self) -> io::Result<&mut SpillFiles> {
+        let (path, data) = self
+            .layout
+            .create_temp(&self.store)
+            .map_err(io::Error::other)?;
+        let files = SpillFiles {
+            outboard: io::BufWriter::new(File::create(staged_outboard(&path))?),
+            // Pieces of 256 KiB and more go straight to the file.
+            data: io::BufWriter::with_capacity(256 << 10, data),
+            path,
+        };
+        let files = self.file.insert(files);
+        files.data.write_all(&std::mem::take(&mut self.memory))?;
+        files
+            .outboard
+            .write_all(&std::mem::take(&mut self.outboard_memory))?;
+        Ok(files)
+    }
+}
+
+impl Write for SpillSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if let Some(files) = &mut self.file {
+            return files.data.write(bytes);
+        }
+        if self.memory.len() + bytes.len() <= self.inline_threshold {
+            self.memory.extend_from_slice(bytes);
+            return Ok(bytes.len());
+        }
+        self.spill()?.data.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StagingSink for SpillSink {
+    fn write_outboard(&mut self, pairs: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(files) => files.outboard.write_all(pairs),
+            None => {
+                self.outboard_memory.extend_from_slice(pairs);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Staged> {
+        let Some(files) = self.file else {
+            return Ok(Staged::Inline(std::sync::Arc::new(self.memory)));
+        };
+        let SpillFiles {
+            path,
+            data,
+            outboard,
+        } = files;
+        let finished = data
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)
+            .and_then(|data| self.layout.finish_temp(&path, &data));
+        // The outboard is derived data: a failure here only costs a rebuild.
+        if outboard.into_inner().is_err() {
+            let _ = std::fs::remove_file(staged_outboard(&path));
+        }
+        match finished {
+            Ok(()) => Ok(Staged::File(path)),
+            Err(source) => {
+                remove_staged(&path);
+                Err(io_error(
+                    &self.store,
+                    "writing staged object",
+                    &path,
+                    source,
+                ))
+            }
+        }
+    }
+
+    fn abandon(self: Box<Self>) {
+        if let Some(files) = self.file {
+            remove_staged(&files.path);
+        }
+    }
 }
 
 #[cfg(test)]
