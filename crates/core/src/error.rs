@@ -175,6 +175,14 @@ pub enum StoreError {
          (the platform data directory is unknown here)"
     )]
     NoDefaultRoot,
+    /// A store call made outside a Tokio runtime: the store runs its file
+    /// and database work on Tokio's blocking pool.
+    #[error(
+        "the store was called outside a Tokio runtime: theater-store runs its work on Tokio \
+         (call it from within `#[tokio::main]`, a `tokio::runtime::Runtime`'s `block_on`, or a \
+         task it spawned)"
+    )]
+    NoRuntime,
     /// A root string that names no usable root.
     #[error("invalid store root {root}: {reason}")]
     InvalidRoot {

@@ -182,6 +182,9 @@ impl StoreRoot {
     /// The opened root, opening it on first use. A failed open is retried by
     /// the next call rather than remembered.
     pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {
+        // Every call comes here first: outside Tokio, say so rather than
+        // panic at the first blocking step.
+        tokio::runtime::Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
         if let Some(engine) = self.shared.engine.get() {
             return Ok(Arc::clone(engine));
         }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::Path;
 
 use common::{damage, temp_root};
@@ -568,4 +569,18 @@ async fn the_default_root_comes_from_the_environment() {
         ContentStore::from_id("../x"),
         Err(StoreError::InvalidStoreId { .. })
     ));
+}
+
+#[test]
+fn a_call_outside_a_tokio_runtime_is_a_clear_error_not_a_panic() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("s").unwrap();
+    // A minimal executor that is not Tokio.
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    let mut call = std::pin::pin!(store.store(b"x".to_vec()));
+    match call.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(Err(StoreError::NoRuntime)) => {}
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
 }
