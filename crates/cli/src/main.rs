@@ -255,6 +255,11 @@ struct RunArgs {
     /// root's cache of compiled components.
     #[arg(long)]
     no_cache: bool,
+    /// Give the component environment variable NAME (with VALUE, or, for a
+    /// bare NAME, the value it has here). Repeatable; nothing else of this
+    /// environment is passed.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse::env)]
+    env: Vec<(String, Option<String>)>,
     /// A WASI command's arguments (after `--`); its argv[0] is the file name.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,

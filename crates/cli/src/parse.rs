@@ -125,6 +125,20 @@ pub fn range(text: &str) -> Result<ByteRange, String> {
     Ok(ByteRange { start, end })
 }
 
+/// A `--env` value: `NAME=VALUE`, or `NAME` to pass this environment's
+/// value through.
+pub fn env(text: &str) -> Result<(String, Option<String>), String> {
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value.to_owned())),
+        None => (text, None),
+    };
+    if name.is_empty() || name.contains('\0') || value.as_deref().is_some_and(|v| v.contains('\0'))
+    {
+        return Err(format!("{text:?} is not NAME=VALUE or NAME"));
+    }
+    Ok((name.to_owned(), value))
+}
+
 /// A `--trim-before` value: an event position (`1200`), a time
 /// (`2026-11-01T00:00:00Z`), or an age (`30d`: events recorded more than
 /// 30 days ago).

@@ -59,10 +59,21 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         (None, false) => ChainRecording::FromComponent,
     };
     let chain_id = chain.actor_id(&actor).map(str::to_owned);
+    let mut env = Vec::with_capacity(args.env.len());
+    for (name, value) in &args.env {
+        let value = match value {
+            Some(value) => value.clone(),
+            None => std::env::var(name).map_err(|_| {
+                anyhow::anyhow!("--env {name}: {name} is not set (or not Unicode) here")
+            })?,
+        };
+        env.push((name.clone(), value));
+    }
     let options = RunOptions {
         grants,
         limits,
         chain,
+        env,
     };
     if actor.is_command() {
         return run_command(&host, &actor, options, &args, chain_id.as_deref(), json).await;

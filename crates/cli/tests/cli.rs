@@ -1210,6 +1210,57 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
         .assert()
         .success()
         .stdout("value=hello\n");
+    // Environment variables are given one by one (`--env NAME=VALUE`, or
+    // `--env NAME` to pass this one's), never the whole environment.
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args([
+            "--grant",
+            "app:ro",
+            "--env",
+            "IDENTIFIER=app",
+            "--",
+            "-",
+            "get",
+            "greeting",
+        ])
+        .assert()
+        .success()
+        .stdout("value=hello\n");
+    env.cmd()
+        .env("IDENTIFIER", "app")
+        .arg("run")
+        .arg(&command)
+        .args([
+            "--grant",
+            "app:ro",
+            "--env",
+            "IDENTIFIER",
+            "--",
+            "-",
+            "get",
+            "greeting",
+        ])
+        .assert()
+        .success()
+        .stdout("value=hello\n");
+    env.cmd()
+        .env("IDENTIFIER", "app")
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app:ro", "--", "-", "get", "greeting"])
+        .assert()
+        .code(1)
+        .stderr(contains("IDENTIFIER is not set"));
+    env.cmd()
+        .env_remove("NOT_HERE")
+        .arg("run")
+        .arg(&command)
+        .args(["--env", "NOT_HERE", "--", "-", "get", "greeting"])
+        .assert()
+        .code(1)
+        .stderr(contains("--env NOT_HERE: NOT_HERE is not set"));
     // The command's exit status passes through: 1 for a refused call (its
     // message on stderr) and for bad usage (WASI 0.2 carries success or
     // failure, so its `exit(2)` arrives as 1).

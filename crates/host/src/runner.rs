@@ -80,6 +80,9 @@ pub struct RunOptions {
     pub limits: Limits,
     /// Which event chain the run's store calls are recorded in.
     pub chain: ChainRecording,
+    /// Environment variables the component sees (`NAME`, `VALUE`); none
+    /// unless given, never the host's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// Which event chain a run's store calls are recorded in (see
@@ -269,7 +272,10 @@ impl ActorHost {
             ));
         };
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .envs(&options.env)
+            .build();
         let mut store = match self.new_store(actor, options, wasi) {
             Ok(store) => store,
             Err(failure) => return ActorRun::refused(failure),
@@ -330,7 +336,7 @@ impl ActorHost {
         let stdout = MemoryOutputPipe::new(COMMAND_OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(COMMAND_OUTPUT_CAPACITY);
         let mut wasi = WasiCtx::builder();
-        wasi.args(args);
+        wasi.args(args).envs(&options.env);
         match output {
             CommandOutput::Inherit => wasi.inherit_stdout().inherit_stderr(),
             CommandOutput::Capture => wasi.stdout(stdout.clone()).stderr(stderr.clone()),

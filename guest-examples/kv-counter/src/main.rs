@@ -26,10 +26,22 @@ use wasi::keyvalue::{atomics, batch, store};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: kv_counter BUCKET COMMAND ...");
+        eprintln!("usage: kv_counter BUCKET|- COMMAND ... (`-`: the bucket named by $IDENTIFIER)");
         std::process::exit(2);
     }
-    if let Err(message) = run(&args[1], &args[2], &args[3..]) {
+    // As wasmtime's own keyvalue test program does, the bucket can come
+    // from the environment.
+    let bucket = match args[1].as_str() {
+        "-" => match std::env::var("IDENTIFIER") {
+            Ok(bucket) => bucket,
+            Err(_) => {
+                eprintln!("kv_counter: IDENTIFIER is not set");
+                std::process::exit(2);
+            }
+        },
+        name => name.to_owned(),
+    };
+    if let Err(message) = run(&bucket, &args[2], &args[3..]) {
         eprintln!("kv_counter: {message}");
         std::process::exit(1);
     }
