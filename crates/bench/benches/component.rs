@@ -309,6 +309,7 @@ fn keyvalue(c: &mut Criterion) {
             ..Limits::default()
         },
         chain: ChainRecording::Off,
+        ..RunOptions::default()
     };
     let run_ours = |operation: &str, iterations: u64| {
         let argv = [
