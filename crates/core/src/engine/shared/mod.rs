@@ -3,7 +3,7 @@
 //! PostgreSQL (`index.rs`); larger content is in an S3-compatible object
 //! store, with a bounded read cache on each host's disk (`objects.rs`).
 //!
-//! Rules that hold across hosts (see ARCHITECTURE.md, "The shared engine"):
+//! Rules that hold across hosts (see docs/DESIGN.md, "The shared engine: rules across hosts"):
 //! - an object is published before its row: PUT (create-if-absent), then
 //!   the row, in a transaction holding the object's lock in share mode
 //!   from before the PUT to the commit;
