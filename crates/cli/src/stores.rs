@@ -388,6 +388,12 @@ pub async fn gc(
                     ""
                 }
             );
+            if report.interrupted_removals_finished > 0 {
+                println!(
+                    "  finished {} removals an interrupted gc had left half done",
+                    report.interrupted_removals_finished
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

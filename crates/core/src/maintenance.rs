@@ -113,6 +113,10 @@ pub struct GcReport {
     pub unindexed_files_removed: u64,
     /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] removed.
     pub temp_files_removed: u64,
+    /// Removals a killed collection left half done (the row still there,
+    /// the file moved aside), finished now: the file deleted where the row
+    /// is gone, put back where it is not.
+    pub interrupted_removals_finished: u64,
     /// Whether the store itself was removed (or would be, in a dry run):
     /// it was left with no object and no label, and was created before the
     /// grace period.
@@ -335,6 +339,14 @@ impl ContentStore {
                 && created_at.is_some_and(|at| at < cutoff_millis);
             return Ok(report);
         }
+        // What a killed collection left half removed, before this one
+        // removes anything of its own.
+        report.interrupted_removals_finished = blocking({
+            let (engine, store) = (Arc::clone(&engine), store.clone());
+            move || engine.finish_removals(&store)
+        })
+        .await
+        .map(|(deleted, restored)| deleted + restored)?;
         let (removed, freed) = remove_objects(
             &engine,
             &store,
@@ -343,6 +355,12 @@ impl ContentStore {
             cutoff_millis,
             &*progress,
         )
+        .await?;
+        // The files of this collection's own removals, now committed.
+        blocking({
+            let (engine, store) = (Arc::clone(&engine), store.clone());
+            move || engine.finish_removals(&store)
+        })
         .await?;
         report.objects_removed = removed;
         report.bytes_freed = freed;
@@ -517,6 +535,11 @@ impl StoreRoot {
         let (rows, mut referrers) = rows;
         (report.objects_removed, report.bytes_freed) =
             remove_objects(&engine, &store_id, &rows, &mut referrers, forever, &()).await?;
+        blocking({
+            let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
+            move || engine.finish_removals(&store_id)
+        })
+        .await?;
         let change = Change::RemoveEmptyStore {
             store: store_id,
             cutoff: forever,

@@ -18,7 +18,7 @@
 //! index's write lock; see `writer.rs`.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::steps::{Step, record};
@@ -34,6 +34,9 @@ pub(crate) struct ObjectFiles {
     stores_dir: PathBuf,
     durability: Durability,
 }
+
+/// The start of the name a removal gives an object's file in `tmp/`.
+const DOOMED_PREFIX: &str = "removing-";
 
 impl ObjectFiles {
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
@@ -106,6 +109,66 @@ impl ObjectFiles {
 
     pub(crate) fn tmp_dir(&self, store: &StoreId) -> PathBuf {
         self.store_dir(store).join("tmp")
+    }
+
+    /// Where a collection moves an object's file while the removal of its
+    /// row is not yet committed (see [`ObjectFiles::doom_object`]).
+    fn doomed_path(&self, store: &StoreId, digest: Digest) -> PathBuf {
+        self.tmp_dir(store)
+            .join(format!("{DOOMED_PREFIX}{}", digest.to_hex()))
+    }
+
+    /// Moves an object's file aside for a removal whose row deletion is not
+    /// yet committed, and drops its outboard. A process killed before the
+    /// commit leaves the row and the moved file: reads put the file back
+    /// ([`ObjectFiles::open_file`]), and the next collection finishes or
+    /// undoes the removal ([`ObjectFiles::doomed_files`]), so an
+    /// interrupted gc never looks like lost content.
+    pub(crate) fn doom_object(&self, store: &StoreId, digest: Digest) -> io::Result<()> {
+        let _ = fs::remove_file(self.outboard_path(store, digest));
+        let doomed = self.doomed_path(store, digest);
+        if let Some(dir) = doomed.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        match fs::rename(self.object_path(store, digest), doomed) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts back an object's file that an interrupted removal moved aside;
+    /// whether there was one to put back.
+    pub(crate) fn restore_doomed(&self, store: &StoreId, digest: Digest) -> bool {
+        let doomed = self.doomed_path(store, digest);
+        doomed.is_file() && fs::rename(doomed, self.object_path(store, digest)).is_ok()
+    }
+
+    /// Files moved aside by removals (finished or interrupted), with the
+    /// object each held.
+    pub(crate) fn doomed_files(&self, store: &StoreId) -> Result<Vec<(Digest, PathBuf)>> {
+        Ok(list_dir(store, &self.tmp_dir(store))?
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                let digest = Digest::parse(name.strip_prefix(DOOMED_PREFIX)?).ok()?;
+                Some((digest, path))
+            })
+            .collect())
+    }
+
+    /// Opens an object's file, putting it back first if an interrupted
+    /// removal moved it aside.
+    pub(crate) fn open_file(&self, store: &StoreId, digest: Digest) -> io::Result<File> {
+        let path = self.object_path(store, digest);
+        match File::open(&path) {
+            Err(error)
+                if error.kind() == io::ErrorKind::NotFound
+                    && self.restore_doomed(store, digest) =>
+            {
+                File::open(&path)
+            }
+            opened => opened,
+        }
     }
 
     pub(crate) fn objects_dir(&self, store: &StoreId) -> PathBuf {
@@ -358,10 +421,19 @@ impl ObjectFiles {
         store: &StoreId,
         cutoff: std::time::SystemTime,
     ) -> Result<Vec<PathBuf>> {
+        // Files moved aside by removals are a collection's to finish or
+        // undo, by what the index says ([`ObjectFiles::doomed_files`]).
+        let doomed = |path: &Path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(DOOMED_PREFIX))
+        };
         Ok(self
             .temp_files(store)?
             .into_iter()
-            .filter(|(_, metadata)| metadata.modified().is_ok_and(|at| at < cutoff))
+            .filter(|(path, metadata)| {
+                !doomed(path) && metadata.modified().is_ok_and(|at| at < cutoff)
+            })
             .map(|(path, _)| path)
             .collect())
     }
@@ -369,8 +441,12 @@ impl ObjectFiles {
     /// An object file's bytes, or `None` when the file is gone.
     pub(crate) fn read(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
         let path = self.object_path(store, digest);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
+        let mut bytes = Vec::new();
+        match self
+            .open_file(store, digest)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+        {
+            Ok(_) => Ok(Some(bytes)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(io_error(store, "reading object", &path, source)),
         }

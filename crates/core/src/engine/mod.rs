@@ -739,6 +739,18 @@ impl Engine {
         }
     }
 
+    /// Finishes or undoes the object removals an interrupted collection
+    /// left half done; returns how many were finished and undone. (The
+    /// shared engine deletes a row before its bytes, so it leaves none.)
+    /// Blocking.
+    pub(crate) fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
+        match self {
+            Self::Local(local) => local.finish_removals(store),
+            #[cfg(feature = "shared")]
+            Self::Shared(_) => Ok((0, 0)),
+        }
+    }
+
     /// Creates an empty index in local root `path` if its index is
     /// missing, so that the root opens for [`crate::StoreRoot::reindex`].
     /// Blocking.

@@ -14,7 +14,8 @@
 //!   commit's ticket overtakes it: until then no read is answered from
 //!   memory, which is slower and still correct.
 //!
-//! A third word counts the commits a checkpoint has taken from the log
+//! Two more words record where the log ended after the last commit that
+//! wrote to it, and where it ended when a checkpoint last took all of it
 //! into the database file, so that a root opened with its log missing can
 //! tell whether commits went with it ([`ChangeCounter::unfolded`]).
 //!
@@ -32,9 +33,11 @@ use memmap2::MmapMut;
 /// The file's length: one cache line, of which two words are used.
 const FILE_BYTES: u64 = 64;
 
-/// Marks a count file whose third word (commits taken into the database
-/// file) is kept up to date.
-const TRACKING_FOLDED: u64 = 0x7468_6561_7465_7201;
+/// A log end (salt, frames) as one ordered word: a later generation (its
+/// first salt is one more) or more frames compare greater.
+fn pack((salt, frames): (u32, u64)) -> u64 {
+    (u64::from(salt) << 32) | frames.min(u64::from(u32::MAX))
+}
 
 /// The root's shared commit count.
 #[derive(Debug)]
@@ -85,55 +88,39 @@ impl ChangeCounter {
         self.word(1)
     }
 
-    /// Commits known to be in the database file itself (taken in from the
-    /// log by a checkpoint); see [`ChangeCounter::unfolded`].
-    fn folded(&self) -> &AtomicU64 {
-        self.word(2)
-    }
-
-    /// [`TRACKING_FOLDED`] once a build that keeps `folded` opened the root.
-    fn tracking(&self) -> &AtomicU64 {
-        self.word(3)
-    }
-
-    /// Commits finished so far.
-    pub(crate) fn finished_now(&self) -> u64 {
-        self.finished().load(Ordering::SeqCst)
-    }
-
-    /// Records that a checkpoint took every commit up to `upto` (read
-    /// with [`ChangeCounter::finished_now`] before it started) into the
-    /// database file.
-    pub(crate) fn mark_folded(&self, upto: u64) {
-        self.folded().fetch_max(upto, Ordering::SeqCst);
-    }
-
-    /// Commits finished but not known to have reached the database file:
-    /// while the log holds them, they are safe; if the log is gone, they
-    /// are lost. A root last used by a build that did not keep the count
-    /// starts being tracked now (0).
-    pub(crate) fn unfolded(&self) -> u64 {
-        let finished = self.finished_now();
-        if self.tracking().load(Ordering::SeqCst) != TRACKING_FOLDED {
-            self.folded().store(finished, Ordering::SeqCst);
-            self.tracking().store(TRACKING_FOLDED, Ordering::SeqCst);
-            return 0;
+    /// Records that a checkpoint took the whole log, as it ended at `end`
+    /// (read with [`ChangeCounter::acknowledged_log_end`] before the
+    /// checkpoint began), into the database file.
+    pub(crate) fn mark_folded(&self, end: Option<(u32, u64)>) {
+        if let Some(end) = end {
+            self.folded_log_end().fetch_max(pack(end), Ordering::SeqCst);
         }
-        finished.saturating_sub(self.folded().load(Ordering::SeqCst))
+    }
+
+    /// Whether commits that wrote to the log since the last full
+    /// checkpoint are recorded: while the log holds them they are safe; if
+    /// the log is gone, they are lost. A commit that wrote nothing (the
+    /// log hook is not called for it) counts for nothing.
+    pub(crate) fn unfolded(&self) -> bool {
+        let acknowledged = self.log_end().load(Ordering::SeqCst);
+        acknowledged != 0 && acknowledged > self.folded_log_end().load(Ordering::SeqCst)
+    }
+
+    fn folded_log_end(&self) -> &AtomicU64 {
+        self.word(5)
     }
 
     /// Records where the log ended after a commit: its generation's first
     /// salt and its frame count. Commits of other processes may record out
     /// of order; an older end is only a weaker check.
     pub(crate) fn record_log_end(&self, salt: u32, frames: u64) {
-        let frames = frames.min(u64::from(u32::MAX));
-        self.log_end()
-            .store((u64::from(salt) << 32) | frames, Ordering::SeqCst);
+        self.log_end().store(pack((salt, frames)), Ordering::SeqCst);
     }
 
-    /// Forgets the recorded log end (the log was emptied).
+    /// Forgets the recorded log ends (the log was emptied).
     pub(crate) fn forget_log_end(&self) {
         self.log_end().store(0, Ordering::SeqCst);
+        self.folded_log_end().store(0, Ordering::SeqCst);
     }
 
     /// The log end last recorded, if any.

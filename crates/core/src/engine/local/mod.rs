@@ -145,7 +145,7 @@ impl LocalEngine {
             (Place::Inline(_) | Place::InlineMissing(_), _) => Ok(None),
             (Place::File, _) => {
                 let path = self.layout.object_path(store, digest);
-                let data = match File::open(&path) {
+                let data = match self.layout.open_file(store, digest) {
                     Ok(file) => file,
                     Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
                     Err(source) => return Err(io_error(store, "reading object", &path, source)),
@@ -383,8 +383,27 @@ impl LocalEngine {
         let row = self.read("looking up object", |db| {
             sql::object_info(db, store, digest)
         })?;
-        Ok(row
-            .is_some_and(|(_, _, place)| writer::bytes_present(&self.layout, store, digest, place)))
+        Ok(row.is_some_and(|(_, _, place)| {
+            writer::bytes_present(&self.layout, store, digest, place)
+                || (matches!(place, Place::File) && self.layout.restore_doomed(store, digest))
+        }))
+    }
+
+    /// Finishes or undoes the removals an interrupted collection left
+    /// (files moved aside, see `ObjectFiles::doom_object`): a file whose
+    /// row is gone is deleted, one whose row remains is put back. Returns
+    /// how many were deleted and put back.
+    pub(crate) fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
+        let (mut deleted, mut restored) = (0, 0);
+        for (digest, path) in self.layout.doomed_files(store)? {
+            let held = self.read("looking up object", |db| sql::has_object(db, store, digest))?;
+            if held && self.layout.restore_doomed(store, digest) {
+                restored += 1;
+            } else if !held && std::fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok((deleted, restored))
     }
 
     pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
@@ -455,7 +474,7 @@ impl LocalEngine {
             }
             Some((Place::File, _)) => {
                 let path = self.layout.object_path(store, digest);
-                match File::open(&path) {
+                match self.layout.open_file(store, digest) {
                     Ok(file) => Ok(Some(Box::new(file))),
                     Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(io_error(store, "reading object", &path, source)),
@@ -499,14 +518,11 @@ fn check_log_before_opening(path: &Path, changes: &ChangeCounter) -> Result<File
                  labels those commits changed are back as they were before them; restore them \
                  from a package, then delete {DAMAGE_FILE}\n"
             )),
-            None if log_is_empty
-                && unfolded > 0
-                && !index_is_missing(&path.join("index.sqlite")) =>
-            {
-                changes.mark_folded(changes.finished_now());
+            None if log_is_empty && unfolded && !index_is_missing(&path.join("index.sqlite")) => {
+                changes.forget_log_end();
                 Some(format!(
                     "{at}: index.sqlite-wal was missing or empty when the root was opened, but \
-                     {unfolded} commits made since the index file last took in the log are not \
+                     commits made since the index file last took in the log are not \
                      known to be in it: the labels and small content they wrote may be lost (the \
                      log was deleted, or the machine lost power under buffered durability). \
                      Check the labels you rely on, restore them from a package, then delete \

@@ -266,7 +266,7 @@ fn record_log_ends(
 /// Runs a checkpoint in `mode`; when it takes in the whole log, records
 /// that every commit finished before it is in the database file.
 fn checkpoint(connection: &Connection, changes: &ChangeCounter, mode: &str) {
-    let upto = changes.finished_now();
+    let upto = changes.acknowledged_log_end();
     let done = connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
         Ok((
             row.get::<_, i64>(0)?,
@@ -546,7 +546,9 @@ fn apply(
         } => match sql::remove_unreachable_object(db, &store, digest, &referrers, cutoff)? {
             None => Ok(Ok(false)),
             Some(true) => Ok(Ok(true)),
-            Some(false) => match layout.remove_object(&store, digest) {
+            // Moved aside, not deleted: a kill before the commit must not
+            // leave a row whose bytes are gone (see `ObjectFiles::doom_object`).
+            Some(false) => match layout.doom_object(&store, digest) {
                 Ok(()) => Ok(Ok(true)),
                 Err(source) => {
                     let path = layout.object_path(&store, digest);
