@@ -275,3 +275,37 @@ async fn remembered_reads_see_every_acknowledged_write_from_another_root() {
         last
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_collections_and_verifies_never_fail_on_each_others_removals() {
+    let (_dir, root) = common::temp_root();
+    // The race is in listing files another collection is removing: a few
+    // rounds give it its chances.
+    for round in 0..4 {
+        let store = root.store(&format!("s{round}")).unwrap();
+        for i in 0..300 {
+            let content = format!("garbage {i} ").repeat(2_000);
+            store.store(content).await.unwrap();
+        }
+        let kept = store
+            .store_at_label("keep", "kept ".repeat(5_000))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let options = GcOptions {
+            grace: Duration::ZERO,
+            dry_run: false,
+        };
+        let (a, b, c) = tokio::join!(
+            store.collect_garbage(options, Arc::new(())),
+            store.collect_garbage(options, Arc::new(())),
+            store.verify(Arc::new(())),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.objects_removed + b.objects_removed, 300, "{a:?} {b:?}");
+        let verified = c.unwrap();
+        assert!(verified.missing.is_empty(), "{verified:?}");
+        assert_eq!(store.get(&kept).await.unwrap().len(), 25_000);
+        assert!(store.verify(Arc::new(())).await.unwrap().is_clean());
+    }
+}

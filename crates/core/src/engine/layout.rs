@@ -390,8 +390,11 @@ impl ObjectFiles {
                 } else {
                     Digest::parse(&format!("{shard_name}{name}")).ok()
                 };
-                let metadata = fs::symlink_metadata(&path)
-                    .map_err(|source| io_error(store, "inspecting", &path, source))?;
+                // A file removed since the listing (a concurrent
+                // collection) is simply gone.
+                let Some(metadata) = inspect(store, &path)? else {
+                    continue;
+                };
                 found.push(ObjectFile {
                     digest,
                     path,
