@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use theater_store::{ChainEntry, Outcome, StoreRoot, TrimBefore};
 
+use crate::missing::Missing;
 use crate::stores::{print_json, printable};
 
 /// Events `chain --json` lists when no `--limit` is given: JSON of a long
@@ -24,7 +25,7 @@ pub async fn list(
 ) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
     if chain.head().await?.is_none() {
-        anyhow::bail!("{}", no_chain(actor));
+        return Err(Missing(no_chain(actor)).into());
     }
     let limit = match (limit, json) {
         (Some(limit), _) => limit,
@@ -86,7 +87,7 @@ pub async fn trim(
 ) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
     if chain.head().await?.is_none() {
-        anyhow::bail!("{}", no_chain(actor));
+        return Err(Missing(no_chain(actor)).into());
     }
     let report = chain.trim(before).await?;
     if json {
@@ -161,7 +162,7 @@ fn line(entry: &ChainEntry) -> String {
 pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result<ExitCode> {
     let chain = root.event_chain(actor)?;
     if chain.head().await?.is_none() {
-        anyhow::bail!("{}", no_chain(actor));
+        return Err(Missing(no_chain(actor)).into());
     }
     let report = chain.verify().await?;
     if json {

@@ -1,10 +1,12 @@
 //! `theater-store`: run actors against a store root, and look after stores.
 //!
 //! Exit status: 0 on success, 1 when an operation fails, an actor fails or
-//! `verify` finds a problem, 2 on usage errors.
+//! `verify` finds a problem, 2 on usage errors, 3 when a store, label,
+//! ref, actor or root the command names does not exist ([`Missing`]).
 
 mod chain;
 mod demo;
+mod missing;
 mod parse;
 mod progress;
 mod run;
@@ -289,7 +291,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            missing::exit_code(&error)
         }
     };
     // Everything the command waited for is done. What may still run is a
@@ -317,6 +319,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         return sync::sync(&from, &to, stores, options, json).await;
     }
     let root = resolve_root(cli.root)?;
+    // Only commands that write may start a root; the others, given a
+    // directory that is not there (a typo), say so.
+    let creates = matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Demo
+            | Command::Put { .. }
+            | Command::Import { .. }
+            | Command::Reindex
+    );
+    if !creates
+        && let Some(path) = root.path()
+        && !path.exists()
+    {
+        return Err(missing::Missing(format!(
+            "store root {} does not exist (commands that write create it: put, import, run, demo)",
+            path.display()
+        ))
+        .into());
+    }
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,

@@ -5,11 +5,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::json;
 use theater_store::{ContentRef, ContentStore, GcOptions, Progress, StoreRoot};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::missing::Missing;
 use crate::parse::ByteRange;
 use crate::progress::Bar;
 
@@ -92,11 +93,12 @@ async fn existing(root: &StoreRoot, id: &str) -> anyhow::Result<ContentStore> {
             .iter()
             .any(|reserved| reserved.id() == id);
     if !listed {
-        anyhow::bail!(
+        return Err(Missing(format!(
             "store {} does not exist in root {} (`theater-store stores` lists them)",
             printable(id),
             root.describe().unwrap_or_default()
-        );
+        ))
+        .into());
     }
     Ok(store)
 }
@@ -134,7 +136,7 @@ pub async fn labels(
     after: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = open(root, store)?;
+    let store = existing(root, store).await?;
     let page = store
         .list_labels_page(prefix, after, limit.unwrap_or(usize::MAX))
         .await?;
@@ -160,11 +162,7 @@ pub async fn cat(
         (Some(reference), _) => parse_ref(reference)?,
         (None, Some(label)) => match store.get_by_label(label).await? {
             Some(content_ref) => content_ref,
-            None => bail!(
-                "store {}: no label {label:?} (see `theater-store labels {}`)",
-                store.id(),
-                store.id()
-            ),
+            None => return Err(no_label(&store, label).into()),
         },
         (None, None) => unreachable!("clap requires a ref or --label"),
     };
@@ -266,8 +264,25 @@ pub async fn label(
 }
 
 pub async fn unlabel(root: &StoreRoot, store: &str, label: &str) -> anyhow::Result<ExitCode> {
-    open(root, store)?.remove_label(label).await?;
-    Ok(ExitCode::SUCCESS)
+    let store = existing(root, store).await?;
+    match store.get_by_label(label).await? {
+        Some(target) => {
+            // Only what was read is removed: a label moved meanwhile stays.
+            store.remove_from_label(label, &target).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Err(no_label(&store, label).into()),
+    }
+}
+
+/// A label `store` does not have.
+fn no_label(store: &ContentStore, label: &str) -> Missing {
+    Missing(format!(
+        "store {}: no label {:?} (see `theater-store labels {}`)",
+        store.id(),
+        printable(label),
+        store.id()
+    ))
 }
 
 pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {

@@ -178,7 +178,7 @@ fn put_cat_label_unlabel_and_labels() {
     env.cmd()
         .args(["cat", "docs", "--label", "greeting"])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains("no label \"greeting\"").and(contains("docs")));
     // The content is still there after unlabelling.
     env.cmd()
@@ -192,8 +192,16 @@ fn put_cat_label_unlabel_and_labels() {
 }
 
 #[test]
-fn store_errors_name_what_failed_and_exit_1() {
+fn store_errors_name_what_failed_and_what_is_missing_exits_3() {
     let env = Env::new();
+    // A root that is not there is named, and not created.
+    env.cmd()
+        .args(["cat", "docs", "not-a-ref"])
+        .assert()
+        .code(3)
+        .stderr(contains("store root").and(contains("does not exist")));
+    assert!(!env.root().exists());
+    env.put("docs", "x", None);
     let absent = blake3::hash(b"absent").to_hex().to_string();
     env.cmd()
         .args(["cat", "docs", "not-a-ref"])
@@ -203,13 +211,20 @@ fn store_errors_name_what_failed_and_exit_1() {
     env.cmd()
         .args(["cat", "docs", &absent])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains(format!("store docs: content {absent} not found")));
     env.cmd()
         .args(["label", "docs", "l", &absent])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains("not found"));
+    for args in [&["labels", "nodocs"][..], &["unlabel", "docs", "nolabel"]] {
+        env.cmd()
+            .args(args)
+            .assert()
+            .code(3)
+            .stderr(contains("does not exist").or(contains("no label")));
+    }
     env.cmd()
         .args(["put", "../escape", "-"])
         .write_stdin("x")
@@ -345,7 +360,7 @@ fn gc_keeps_everything_a_label_reaches() {
         ),
         (2.into(), 17.into())
     );
-    env.cmd().args(["cat", "s", &orphan]).assert().code(1);
+    env.cmd().args(["cat", "s", &orphan]).assert().code(3);
     env.cmd()
         .args(["cat", "s", &kept])
         .assert()
@@ -414,8 +429,8 @@ fn export_and_import_round_trip_into_an_empty_root() {
         .cmd()
         .args(["labels", "fresh"])
         .assert()
-        .success()
-        .stdout("");
+        .code(3)
+        .stderr(contains("store fresh does not exist"));
     let mut tampered = bytes.clone();
     let at = tampered.windows(4).position(|w| w == b"beta").unwrap();
     tampered[at] = b'B';
@@ -642,7 +657,7 @@ fn rm_store_removes_one_store_and_dry_run_changes_nothing() {
     env.cmd()
         .args(["cat", "doomed", &hash])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains("not found"));
     env.cmd()
         .args(["cat", "kept", "--label", "a"])
@@ -1177,7 +1192,7 @@ fn an_operator_trims_a_chain_and_it_still_verifies() {
     env.cmd()
         .args(["chain", "nobody", "--trim-before", "3"])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains("actor nobody has no event chain"));
     env.cmd()
         .args(["chain", "billing-7", "--trim-before", "soon"])
@@ -1917,13 +1932,13 @@ fn maintenance_of_a_missing_store_or_chain_fails_naming_it() {
         env.cmd()
             .args(args)
             .assert()
-            .code(1)
+            .code(3)
             .stderr(contains("store nosuchstore does not exist"));
     }
     env.cmd()
         .args(["verify-chain", "no-such-actor"])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(contains("actor no-such-actor has no event chain"));
 }
 
