@@ -705,6 +705,14 @@ impl Opened {
                 Ok(bytes) => return (opened, Ok(bytes)),
                 Err(fault) => fault,
             };
+            // A file shorter than its recorded size is damage too, not an
+            // I/O failure.
+            let fault = match fault {
+                ReadFault::Io(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
+                    ReadFault::Mismatch
+                }
+                fault => fault,
+            };
             match fault {
                 ReadFault::Io(source) => {
                     let object = opened.object_name();

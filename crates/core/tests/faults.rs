@@ -274,6 +274,15 @@ async fn a_truncated_object_is_reported_and_quarantined_not_served() {
         }
         other => panic!("a truncated object was served: {other:?}"),
     }
+    // Streamed, it is named as corrupted too, not as a failed read.
+    let mut reader = store.reader(&whole).await.unwrap();
+    let mut streamed = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut streamed).await;
+    let error = read.expect_err("a truncated object was streamed whole");
+    assert!(
+        error.to_string().contains("corrupted") && error.to_string().contains(whole.hash()),
+        "{error}"
+    );
     let report = store.verify(Arc::new(())).await.unwrap();
     assert_eq!(report.quarantined, std::slice::from_ref(&whole));
     assert_eq!(store.get(&other).await.unwrap(), b"unharmed");
