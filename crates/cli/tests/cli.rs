@@ -1227,53 +1227,24 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
         .stdout("value=hello\n");
     // Environment variables are given one by one (`--env NAME=VALUE`, or
     // `--env NAME` to pass this one's), never the whole environment.
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args([
-            "--grant",
-            "app:ro",
-            "--env",
-            "IDENTIFIER=app",
-            "--",
-            "-",
-            "get",
-            "greeting",
-        ])
-        .assert()
+    // `-` names the bucket by $IDENTIFIER, which the host holds here.
+    let get_by_env = |options: &[&str]| {
+        let mut cmd = env.cmd();
+        cmd.env("IDENTIFIER", "app").env_remove("NOT_HERE");
+        cmd.arg("run").arg(&command);
+        cmd.args(["--grant", "app:ro"]).args(options);
+        cmd.args(["--", "-", "get", "greeting"]).assert()
+    };
+    get_by_env(&["--env", "IDENTIFIER=app"])
         .success()
         .stdout("value=hello\n");
-    env.cmd()
-        .env("IDENTIFIER", "app")
-        .arg("run")
-        .arg(&command)
-        .args([
-            "--grant",
-            "app:ro",
-            "--env",
-            "IDENTIFIER",
-            "--",
-            "-",
-            "get",
-            "greeting",
-        ])
-        .assert()
+    get_by_env(&["--env", "IDENTIFIER"])
         .success()
         .stdout("value=hello\n");
-    env.cmd()
-        .env("IDENTIFIER", "app")
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app:ro", "--", "-", "get", "greeting"])
-        .assert()
+    get_by_env(&[])
         .code(1)
         .stderr(contains("IDENTIFIER is not set"));
-    env.cmd()
-        .env_remove("NOT_HERE")
-        .arg("run")
-        .arg(&command)
-        .args(["--env", "NOT_HERE", "--", "-", "get", "greeting"])
-        .assert()
+    get_by_env(&["--env", "NOT_HERE"])
         .code(1)
         .stderr(contains("--env NOT_HERE: NOT_HERE is not set"));
     // The command's exit status passes through: 1 for a refused call (its
