@@ -67,6 +67,21 @@ struct Inner {
 /// One object's turn to publish (see `Inner::publishing`).
 type Turn = Arc<tokio::sync::Mutex<()>>;
 
+/// One index query: a pooled client, `query` on it, a failure named by
+/// `action` (what [`SharedEngine::query`] runs on the engine's runtime).
+async fn queried<T, F>(
+    inner: Arc<Inner>,
+    action: &'static str,
+    query: impl FnOnce(deadpool_postgres::Object) -> F,
+) -> Result<T>
+where
+    F: Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+{
+    let client = inner.client().await?;
+    let found = query(client).await;
+    inner.index(found, action)
+}
+
 impl Drop for SharedEngine {
     fn drop(&mut self) {
         // Dropped from inside some async task, a runtime must not block.
@@ -159,12 +174,7 @@ impl SharedEngine {
         F: Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        self.run(move |inner| async move {
-            let client = inner.client().await?;
-            let found = query(client).await;
-            inner.index(found, action)
-        })
-        .await
+        self.run(move |inner| queried(inner, action, query)).await
     }
 
     /// [`SharedEngine::query`], waiting by blocking.
@@ -177,11 +187,7 @@ impl SharedEngine {
         F: Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        self.block(move |inner| async move {
-            let client = inner.client().await?;
-            let found = query(client).await;
-            inner.index(found, action)
-        })
+        self.block(move |inner| queried(inner, action, query))
     }
 
     /// Runs `work` on the engine's runtime and waits for it, blocking.
