@@ -287,10 +287,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            if json {
+                // Scripts read the kind, not the words.
+                let report = serde_json::json!({
+                    "error": format!("{error:#}"),
+                    "kind": missing::kind(&error),
+                });
+                eprintln!("{report}");
+            } else {
+                eprintln!("error: {error:#}");
+            }
             missing::exit_code(&error)
         }
     };
@@ -362,8 +372,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             label,
             reference,
-        } => stores::label(&root, &store, &label, &reference).await,
-        Command::Unlabel { store, label } => stores::unlabel(&root, &store, &label).await,
+        } => stores::label(&root, &store, &label, &reference, json).await,
+        Command::Unlabel { store, label } => stores::unlabel(&root, &store, &label, json).await,
         Command::Verify { store } => stores::verify(&root, store.as_deref(), json).await,
         Command::Gc {
             store,

@@ -20,6 +20,22 @@ impl std::fmt::Display for Missing {
 
 impl std::error::Error for Missing {}
 
+/// The kind of a failed command's error, as `--json` reports it: the
+/// store's own kind (`not-found`, `corrupted`, `invalid-ref`, ...) where
+/// the store said, `not-found` for what the command named and is not
+/// there, `failed` otherwise.
+pub fn kind(error: &anyhow::Error) -> &'static str {
+    for cause in error.chain() {
+        if cause.is::<Missing>() {
+            return theater_store::ErrorKind::NotFound.as_str();
+        }
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return store.kind().as_str();
+        }
+    }
+    "failed"
+}
+
 /// The exit status for a failed command: [`MISSING`] when what it named
 /// is not there (its own [`Missing`], or content the store did not find),
 /// 1 otherwise.

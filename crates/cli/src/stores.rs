@@ -257,22 +257,39 @@ pub async fn label(
     store: &str,
     label: &str,
     reference: &str,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
-    store.label(label, &parse_ref(reference)?).await?;
+    let content_ref = parse_ref(reference)?;
+    store.label(label, &content_ref).await?;
+    if json {
+        print_json(&json!({"store": store.id(), "label": label, "ref": content_ref.hash()}))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn unlabel(root: &StoreRoot, store: &str, label: &str) -> anyhow::Result<ExitCode> {
+pub async fn unlabel(
+    root: &StoreRoot,
+    store: &str,
+    label: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
-    match store.get_by_label(label).await? {
-        Some(target) => {
-            // Only what was read is removed: a label moved meanwhile stays.
-            store.remove_from_label(label, &target).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        None => Err(no_label(&store, label).into()),
+    let Some(target) = store.get_by_label(label).await? else {
+        return Err(no_label(&store, label).into());
+    };
+    // Only what was read is removed: a label moved meanwhile stays.
+    if !store.remove_from_label(label, &target).await? {
+        anyhow::bail!(
+            "store {}: label {:?} was moved while it was being removed; it stays",
+            store.id(),
+            printable(label)
+        );
     }
+    if json {
+        print_json(&json!({"store": store.id(), "label": label, "ref": target.hash()}))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A label `store` does not have.

@@ -192,6 +192,37 @@ fn put_cat_label_unlabel_and_labels() {
 }
 
 #[test]
+fn json_covers_label_unlabel_and_errors_with_their_kind() {
+    let env = Env::new();
+    let hash = env.put("docs", "hello", None);
+    let labelled = env.json(&["label", "docs", "greeting", &hash]);
+    assert_eq!(
+        labelled,
+        json!({"store": "docs", "label": "greeting", "ref": hash})
+    );
+    let removed = env.json(&["unlabel", "docs", "greeting"]);
+    assert_eq!(removed["ref"], hash.as_str());
+    // With --json, an error is a JSON object on stderr naming its kind.
+    let error_of = |args: &[&str], code: i32| -> Value {
+        let out = env
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .assert()
+            .code(code)
+            .get_output()
+            .stderr
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let missing = error_of(&["cat", "docs", "--label", "greeting"], 3);
+    assert_eq!(missing["kind"], "not-found");
+    assert!(missing["error"].as_str().unwrap().contains("no label"));
+    let invalid = error_of(&["cat", "docs", "not-a-ref"], 1);
+    assert_eq!(invalid["kind"], "invalid-ref", "{invalid}");
+}
+
+#[test]
 fn store_errors_name_what_failed_and_what_is_missing_exits_3() {
     let env = Env::new();
     // A root that is not there is named, and not created.
