@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use deadpool_postgres::GenericClient;
 
 use super::Inner;
-use super::index::{self, LabelWrite};
+use super::index::{self, LabelWrite, PostgresError};
 use crate::engine::layout;
 use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError};
@@ -46,7 +46,23 @@ impl Inner {
         while rows_only.peek().is_some() {
             let batch: Vec<(usize, Change)> = rows_only.by_ref().take(self.batch).collect();
             let indexes: Vec<usize> = batch.iter().map(|(index, _)| *index).collect();
-            match self.apply_batch(batch).await {
+            // A batch PostgreSQL rolled back for a deadlock or a
+            // serialization failure is run again (each try a copy).
+            let mut attempt = 1;
+            let applied = loop {
+                let copy = batch
+                    .iter()
+                    .map(|(index, change)| (*index, copy_row_change(change)))
+                    .collect();
+                match self.apply_batch(copy).await {
+                    Err(error) if attempt < MAX_TRIES && is_transient(&error) => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    applied => break applied,
+                }
+            };
+            match applied {
                 Ok(results) => {
                     for (index, result) in results {
                         answers[index] = Some(result);
@@ -214,10 +230,21 @@ impl Inner {
     ) -> Result<bool> {
         let (now, fresh_after) = self.now_and_fresh_after();
         if writes_rows_only(&change) {
-            let applied = self
-                .apply_row_change(&*client, change, now, fresh_after)
-                .await;
-            return self.index(applied, "writing rows")?;
+            // Run again (a copy each try) when PostgreSQL rolled the write
+            // back for a deadlock or a serialization failure.
+            let mut attempt = 1;
+            loop {
+                let applied = self
+                    .apply_row_change(&*client, copy_row_change(&change), now, fresh_after)
+                    .await;
+                match self.index(applied, "writing rows") {
+                    Err(error) if attempt < MAX_TRIES && is_transient(&error) => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    applied => return applied?,
+                }
+            }
         }
         match change {
             Change::AddObject {
@@ -624,5 +651,68 @@ pub(super) fn not_found(store: &StoreId, target: Option<Digest>) -> StoreError {
     StoreError::NotFound {
         store: store.to_string(),
         reference: target.map(Digest::to_hex).unwrap_or_default(),
+    }
+}
+
+/// How many times a write PostgreSQL rolled back for a deadlock or a
+/// serialization failure is tried in all.
+const MAX_TRIES: u32 = 5;
+
+/// The wait before try `attempt + 1`: a few milliseconds, doubling.
+fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(2u64 << attempt.min(8))
+}
+
+/// Whether PostgreSQL refused the write only because of what ran beside
+/// it (a deadlock, a serialization failure): it rolled the write back
+/// whole, and the same write may succeed now.
+pub(super) fn is_transient(error: &StoreError) -> bool {
+    let StoreError::Service { source, .. } = error else {
+        return false;
+    };
+    let Some(PostgresError(error)) = source.downcast_ref::<PostgresError>() else {
+        return false;
+    };
+    error.code().is_some_and(|code| {
+        *code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *code == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// A copy of a change that only writes rows (see [`writes_rows_only`]),
+/// to try it again: such changes carry no files, and inline content is
+/// shared.
+pub(super) fn copy_row_change(change: &Change) -> Change {
+    match change {
+        Change::CreateStore { store } => Change::CreateStore {
+            store: store.clone(),
+        },
+        Change::SetLabel {
+            store,
+            label,
+            target,
+            expect,
+        } => Change::SetLabel {
+            store: store.clone(),
+            label: label.clone(),
+            target: *target,
+            expect: *expect,
+        },
+        Change::AddObject {
+            store,
+            digest,
+            size,
+            staged: Staged::Inline(bytes),
+            label,
+            links,
+        } => Change::AddObject {
+            store: store.clone(),
+            digest: *digest,
+            size: *size,
+            staged: Staged::Inline(std::sync::Arc::clone(bytes)),
+            label: label.clone(),
+            links: links.clone(),
+        },
+        other => unreachable!("not a row-only change: {other:?}"),
     }
 }
