@@ -246,15 +246,28 @@ fn record_log_ends(
         PathBuf::from(name)
     };
     let mut log: Option<std::fs::File> = None;
+    // The salt read last, and the frame count then: a log only grows until
+    // it restarts (fewer frames) with a new salt, so the salt is read again
+    // only then, not at every commit. (Another process's restart between
+    // two of ours is missed: the record then names an old generation,
+    // which only weakens the check, see `wal.rs`.)
+    let mut known: Option<(u32, i32)> = None;
     connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames: i32| {
-        if log.is_none() {
-            log = std::fs::File::open(&log_path).ok();
-        }
-        let mut salt = [0; 4];
-        if let Some(file) = &log
-            && file.read_exact_at(&mut salt, 16).is_ok()
-        {
-            changes.record_log_end(u32::from_be_bytes(salt), u64::try_from(frames).unwrap_or(0));
+        let salt = match known {
+            Some((salt, before)) if frames > before => Some(salt),
+            _ => {
+                if log.is_none() {
+                    log = std::fs::File::open(&log_path).ok();
+                }
+                let mut salt = [0; 4];
+                log.as_ref()
+                    .filter(|file| file.read_exact_at(&mut salt, 16).is_ok())
+                    .map(|_| u32::from_be_bytes(salt))
+            }
+        };
+        known = salt.map(|salt| (salt, frames));
+        if let Some(salt) = salt {
+            changes.record_log_end(salt, u64::try_from(frames).unwrap_or(0));
         }
         if i64::from(frames) >= CHECKPOINT_FALLBACK_PAGES {
             let _ = wal.checkpoint();
