@@ -282,7 +282,7 @@ impl ContentStore {
                 let graph = if store.as_str() == CHAIN_STORE {
                     LinkGraph::default()
                 } else {
-                    LinkGraph::load(&engine, &store, &held, !dry_run)?
+                    LinkGraph::load(&*engine, &store, &held, !dry_run)?
                 };
                 let unindexed = engine.unindexed(&store, cutoff)?;
                 // Temporary files belong to writers still at work unless they
@@ -348,7 +348,7 @@ impl ContentStore {
         .await
         .map(|(deleted, restored)| deleted + restored)?;
         let (removed, freed) = remove_objects(
-            &engine,
+            &*engine,
             &store,
             &doomed,
             &mut referrers,
@@ -412,7 +412,7 @@ impl ContentStore {
         let store = self.store_id().clone();
         let held: HashSet<Digest> = engine.objects(&store).await?.into_iter().collect();
         blocking(move || {
-            let graph = LinkGraph::load(&engine, &store, &held, false)?;
+            let graph = LinkGraph::load(&*engine, &store, &held, false)?;
             Ok(graph
                 .reachable(starts)
                 .into_iter()
@@ -426,7 +426,7 @@ impl ContentStore {
     /// In a cache store, labels do not keep content: every label whose
     /// content was stored before `cutoff` goes (unless it moved meanwhile),
     /// so that collection then takes the content.
-    async fn expire_cache_entries(&self, engine: &Arc<Engine>, cutoff: i64) -> Result<()> {
+    async fn expire_cache_entries(&self, engine: &Arc<dyn Engine>, cutoff: i64) -> Result<()> {
         let snapshot = blocking({
             let (engine, store) = (Arc::clone(engine), self.store_id().clone());
             move || engine.snapshot(&store, "")
@@ -460,7 +460,7 @@ impl ContentStore {
 /// and it was last stored before `cutoff` (checked by the writer).
 /// Returns how many went and their bytes. Progress is in objects.
 async fn remove_objects(
-    engine: &Engine,
+    engine: &dyn Engine,
     store: &StoreId,
     rows: &[ObjectRow],
     referrers: &mut HashMap<Digest, Vec<Digest>>,
@@ -525,7 +525,7 @@ impl StoreRoot {
             move || {
                 let rows = engine.snapshot(&store_id, "")?.objects;
                 let held: HashSet<Digest> = rows.iter().map(|row| row.digest).collect();
-                let graph = LinkGraph::load(&engine, &store_id, &held, true)?;
+                let graph = LinkGraph::load(&*engine, &store_id, &held, true)?;
                 let rows = graph.referrers_first(rows);
                 let referrers = graph.referrers_of(&rows);
                 Ok((rows, referrers))
@@ -534,7 +534,7 @@ impl StoreRoot {
         .await?;
         let (rows, mut referrers) = rows;
         (report.objects_removed, report.bytes_freed) =
-            remove_objects(&engine, &store_id, &rows, &mut referrers, forever, &()).await?;
+            remove_objects(&*engine, &store_id, &rows, &mut referrers, forever, &()).await?;
         blocking({
             let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
             move || engine.finish_removals(&store_id)
@@ -585,7 +585,7 @@ impl StoreRoot {
                     .into(),
             });
         };
-        blocking(move || Engine::create_missing_index(&path)).await?;
+        blocking(move || crate::engine::create_missing_index(&path)).await?;
         let engine = self.engine().await?;
         let ids = blocking({
             let engine = Arc::clone(&engine);

@@ -133,7 +133,7 @@ impl ContentStore {
             let id = store.store_id().clone();
             let mut writer = PackageWriter::new(out, version).map_err(write_failed(&id))?;
             let summary =
-                export_section(&engine, &store, prefix.as_deref(), &mut writer, &*progress)?;
+                export_section(&*engine, &store, prefix.as_deref(), &mut writer, &*progress)?;
             let out = writer.finish().map_err(write_failed(&id))?;
             Ok((summary, out))
         })
@@ -208,7 +208,7 @@ impl StoreRoot {
                     .store(store.id())
                     .map_err(write_failed(store.store_id()))?;
                 summaries.push(export_section(
-                    &engine,
+                    &*engine,
                     store,
                     None,
                     &mut writer,
@@ -237,7 +237,7 @@ impl StoreRoot {
 /// Writes one store's records: its objects, then its labels (chain heads
 /// for the chain store). Blocking.
 fn export_section<W: Write>(
-    engine: &Engine,
+    engine: &dyn Engine,
     store: &ContentStore,
     prefix: Option<&str>,
     writer: &mut PackageWriter<W>,
@@ -485,10 +485,10 @@ async fn import<R: Read + Send + 'static>(
     let engine = root.engine().await?;
     let staged = blocking({
         let engine = Arc::clone(&engine);
-        move || stage(&engine, into.as_ref(), input, &*progress)
+        move || stage(&*engine, into.as_ref(), input, &*progress)
     })
     .await?;
-    publish(root, &engine, staged, options).await
+    publish(root, &*engine, staged, options).await
 }
 
 /// Publishes a staged package: objects first, then (after every chain in
@@ -496,7 +496,7 @@ async fn import<R: Read + Send + 'static>(
 /// it, agrees, or `options.overwrite`.
 async fn publish(
     root: &StoreRoot,
-    engine: &Engine,
+    engine: &dyn Engine,
     staged: StagedPackage,
     options: ImportOptions,
 ) -> Result<Vec<PackageSummary>> {
@@ -722,7 +722,7 @@ async fn publish(
 /// what they hold now, for a compare-and-swap), which already agree, and
 /// which conflict.
 async fn plan_labels(
-    engine: &Engine,
+    engine: &dyn Engine,
     store: &StoreId,
     labels: &[(String, Digest)],
     options: ImportOptions,
@@ -754,7 +754,7 @@ type LabelWrites = (Vec<(String, Option<Digest>)>, Vec<Option<Digest>>);
 /// Reads and checks the whole package, staging objects the stores lack.
 /// On any failure the staged objects are discarded.
 fn stage<R: Read>(
-    engine: &Engine,
+    engine: &dyn Engine,
     into: Option<&StoreId>,
     input: R,
     progress: &dyn Progress,
@@ -778,7 +778,7 @@ fn section_store(id: &str) -> std::result::Result<StoreId, String> {
 }
 
 fn read_package<R: Read>(
-    engine: &Engine,
+    engine: &dyn Engine,
     into: Option<&StoreId>,
     input: R,
     progress: &dyn Progress,

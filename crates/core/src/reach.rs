@@ -27,7 +27,7 @@ impl LinkGraph {
     /// index and the objects marked as scanned, so later passes need not
     /// read them again. Blocking.
     pub(crate) fn load(
-        engine: &Engine,
+        engine: &dyn Engine,
         store: &StoreId,
         objects: &HashSet<Digest>,
         record: bool,

@@ -35,7 +35,7 @@ pub struct StoreRoot {
 struct Shared {
     location: Option<Location>,
     options: Options,
-    engine: OnceCell<Arc<Engine>>,
+    engine: OnceCell<Arc<dyn Engine>>,
     recent: RecentReads,
 }
 
@@ -181,7 +181,7 @@ impl StoreRoot {
 
     /// The opened root, opening it on first use. A failed open is retried by
     /// the next call rather than remembered.
-    pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {
+    pub(crate) async fn engine(&self) -> Result<Arc<dyn Engine>> {
         // Every call comes here first: outside Tokio, say so rather than
         // panic at the first blocking step.
         tokio::runtime::Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
@@ -194,12 +194,12 @@ impl StoreRoot {
             .clone()
             .ok_or(StoreError::NoDefaultRoot)?;
         let options = self.shared.options.clone();
-        let open = || blocking(move || Engine::open(&location, &options).map(Arc::new));
+        let open = || blocking(move || crate::engine::open(&location, &options));
         self.shared.engine.get_or_try_init(open).await.cloned()
     }
 
     /// This root's remembered reads, as of `engine`'s state now.
-    pub(crate) fn recent(&self, engine: &Engine) -> AsOf<'_> {
+    pub(crate) fn recent(&self, engine: &dyn Engine) -> AsOf<'_> {
         self.shared.recent.as_of(engine.settled())
     }
 }

@@ -187,7 +187,7 @@ impl ContentStore {
     }
 
     /// Applies one change, with the pending record's event if there is one.
-    pub(crate) async fn apply(&self, engine: &Engine, change: Change) -> Result<bool> {
+    pub(crate) async fn apply(&self, engine: &dyn Engine, change: Change) -> Result<bool> {
         let Some(record) = &self.record else {
             return engine.apply(change).await;
         };
@@ -243,7 +243,7 @@ impl ContentStore {
             label: label.map(str::to_owned),
             links,
         };
-        let new = self.apply(&engine, change).await?;
+        let new = self.apply(&*engine, change).await?;
         Ok(Stored {
             content_ref: digest.into(),
             new,
@@ -255,7 +255,7 @@ impl ContentStore {
     /// content into a staging file on a blocking thread.
     async fn stage(
         &self,
-        engine: &Arc<Engine>,
+        engine: &Arc<dyn Engine>,
         content: Arc<Vec<u8>>,
     ) -> Result<(Digest, Staged, Links)> {
         if !engine.stages_to_file(content.len()) {
@@ -265,7 +265,7 @@ impl ContentStore {
         }
         let (engine, store) = (Arc::clone(engine), self.id.clone());
         blocking(move || {
-            let (digest, links, staged) = hash_and_stage(&engine, &store, content);
+            let (digest, links, staged) = hash_and_stage(&*engine, &store, content);
             Ok((digest, staged?, links))
         })
         .await
@@ -276,7 +276,7 @@ impl ContentStore {
     pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
-        let recent = self.root.recent(&engine);
+        let recent = self.root.recent(&*engine);
         if let Some(object) = recent.object(&self.id, digest) {
             return Ok(object.size);
         }
@@ -295,14 +295,14 @@ impl ContentStore {
 
     async fn get_digest(&self, digest: Digest) -> Result<Vec<u8>> {
         let engine = self.root.engine().await?;
-        let recent = self.root.recent(&engine);
+        let recent = self.root.recent(&*engine);
         if let Some(bytes) = recent
             .object(&self.id, digest)
             .and_then(|object| object.bytes)
         {
             return Ok(bytes.to_vec());
         }
-        let bytes = self.read_verified(&engine, digest).await?;
+        let bytes = self.read_verified(&*engine, digest).await?;
         recent.remember_bytes(&self.id, digest, &bytes);
         Ok(bytes)
     }
@@ -313,9 +313,9 @@ impl ContentStore {
     pub async fn get_at_most(&self, content_ref: &ContentRef, max_bytes: u64) -> Result<AtMost> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
-        let recent = self.root.recent(&engine);
+        let recent = self.root.recent(&*engine);
         let known = recent.object(&self.id, digest);
-        self.read_at_most(&engine, &recent, digest, known, max_bytes)
+        self.read_at_most(&*engine, &recent, digest, known, max_bytes)
             .await
     }
 
@@ -329,7 +329,7 @@ impl ContentStore {
     ) -> Result<Option<(ContentRef, AtMost)>> {
         validate_label(label)?;
         let engine = self.root.engine().await?;
-        let recent = self.root.recent(&engine);
+        let recent = self.root.recent(&*engine);
         let (digest, known) = match recent.label_and_object(&self.id, label) {
             Some((target, known)) => (target, known),
             None => {
@@ -342,7 +342,7 @@ impl ContentStore {
             return Ok(None);
         };
         let content = self
-            .read_at_most(&engine, &recent, digest, known, max_bytes)
+            .read_at_most(&*engine, &recent, digest, known, max_bytes)
             .await?;
         Ok(Some((digest.into(), content)))
     }
@@ -351,7 +351,7 @@ impl ContentStore {
     /// the root remembers of the object, if anything.
     async fn read_at_most(
         &self,
-        engine: &Engine,
+        engine: &dyn Engine,
         recent: &AsOf<'_>,
         digest: Digest,
         known: Option<RecentObject>,
@@ -377,7 +377,7 @@ impl ContentStore {
         Ok(AtMost::Content(bytes))
     }
 
-    async fn read_verified(&self, engine: &Engine, digest: Digest) -> Result<Vec<u8>> {
+    async fn read_verified(&self, engine: &dyn Engine, digest: Digest) -> Result<Vec<u8>> {
         let bytes = engine
             .read_object(&self.id, digest)
             .await?
@@ -423,7 +423,7 @@ impl ContentStore {
     pub async fn get_by_label(&self, label: &str) -> Result<Option<ContentRef>> {
         validate_label(label)?;
         let engine = self.root.engine().await?;
-        let recent = self.root.recent(&engine);
+        let recent = self.root.recent(&*engine);
         if let Some(target) = recent.label(&self.id, label) {
             return Ok(target.map(ContentRef::from));
         }
@@ -638,7 +638,7 @@ impl ContentStore {
 /// a file, at the same time for large content: the cost is then the
 /// slower of the two rather than their sum. Blocking.
 fn hash_and_stage(
-    engine: &Engine,
+    engine: &dyn Engine,
     store: &StoreId,
     content: Arc<Vec<u8>>,
 ) -> (Digest, Links, Result<Staged>) {

@@ -120,7 +120,7 @@ impl StagingWriter {
 /// writer costs its staging file and at most the queue.
 pub struct ContentWriter {
     store: ContentStore,
-    engine: Arc<Engine>,
+    engine: Arc<dyn Engine>,
     /// Small content, kept here until it outgrows the inline threshold.
     memory: Vec<u8>,
     /// The way to the staging file, once content outgrew `memory`.
@@ -257,7 +257,7 @@ impl Pipe {
 }
 
 impl ContentWriter {
-    pub(crate) fn new(store: ContentStore, engine: Arc<Engine>) -> Self {
+    pub(crate) fn new(store: ContentStore, engine: Arc<dyn Engine>) -> Self {
         Self {
             store,
             engine,
@@ -444,7 +444,7 @@ impl ContentWriter {
             label: label.map(str::to_owned),
             links,
         };
-        let new = self.store.apply(&self.engine, change).await?;
+        let new = self.store.apply(&*self.engine, change).await?;
         Ok(Stored {
             content_ref: digest.into(),
             new,
@@ -587,7 +587,7 @@ impl ContentStore {
 /// An object opened for verified reading. Cheap to clone.
 #[derive(Clone)]
 struct Opened {
-    engine: Arc<Engine>,
+    engine: Arc<dyn Engine>,
     store: StoreId,
     digest: Digest,
     size: u64,

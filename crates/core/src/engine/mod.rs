@@ -2,18 +2,16 @@
 //! live; everything above it (validation, hashing, read verification,
 //! verify/gc decisions, packages, progress) is written once in terms of it.
 //!
-//! [`Engine`] is an enum with one variant per engine. Today that is the
-//! local engine (`local/`: SQLite index plus object files under one
-//! directory). A second engine is a new variant and a new `match` arm per
-//! method; the public API of [`crate::ContentStore`] and
-//! [`crate::StoreRoot`] does not change.
-//!
-//! Point reads and writes are `async`. Bulk and maintenance work (scans,
-//! snapshots, package streams) is blocking and must be called from a
-//! blocking thread ([`crate::task::blocking`]).
+//! [`Engine`] is one trait; each engine is one module implementing it:
+//! `local/` (a SQLite index and object files under one directory),
+//! `shared/` (PostgreSQL rows and S3 objects shared by many hosts, the
+//! `shared` feature) and `mem.rs` (everything in this process's memory).
+//! A root string picks one ([`Location::parse`]); nothing above this
+//! module knows which it has.
 
 mod layout;
 mod local;
+mod mem;
 #[cfg(feature = "shared")]
 pub(crate) mod shared;
 mod steps;
@@ -34,16 +32,6 @@ use crate::stats::StoreStats;
 use crate::task::Progress;
 use crate::tree::RandomAccess;
 
-/// An opened store root's engine.
-#[derive(Debug)]
-pub(crate) enum Engine {
-    /// SQLite index and object files in one local directory.
-    Local(local::LocalEngine),
-    /// PostgreSQL index and S3 objects shared by many hosts.
-    #[cfg(feature = "shared")]
-    Shared(shared::SharedEngine),
-}
-
 /// Content up to this size is read on the calling thread (an object file,
 /// a cached copy): a round trip through a thread pool costs more than
 /// reading it.
@@ -54,6 +42,8 @@ pub(crate) const READ_ON_CALLER_MAX: u64 = 64 << 10;
 pub(crate) enum Location {
     /// A local directory.
     Dir(PathBuf),
+    /// A root in this process's memory, by name (`mem:NAME`).
+    Memory(String),
     /// A PostgreSQL database and an S3 bucket.
     #[cfg(feature = "shared")]
     Shared(Box<shared::location::SharedLocation>),
@@ -69,14 +59,18 @@ impl Location {
         if root.is_empty() {
             return Err(StoreError::InvalidRoot {
                 root: String::new(),
-                reason: "a root is a directory path or a postgres:// root string; got nothing"
-                    .into(),
+                reason:
+                    "a root is a directory path, a postgres:// root string or mem:NAME; got nothing"
+                        .into(),
             });
         }
         #[cfg(feature = "shared")]
         if crate::engine::shared::location::is_shared(root) {
             return crate::engine::shared::location::SharedLocation::parse(root, options)
                 .map(|shared| Location::Shared(Box::new(shared)));
+        }
+        if let Some(name) = root.strip_prefix(mem::SCHEME) {
+            return mem::parse_name(root, name).map(Location::Memory);
         }
         if root.contains("://") {
             let shown = root.split_once('@').map_or(root, |(_, host)| host);
@@ -97,6 +91,7 @@ impl Location {
     pub(crate) fn dir(&self) -> Option<&std::path::Path> {
         match self {
             Self::Dir(path) => Some(path),
+            Self::Memory(_) => None,
             #[cfg(feature = "shared")]
             Self::Shared(_) => None,
         }
@@ -107,6 +102,7 @@ impl Location {
     pub(crate) fn describe(&self) -> String {
         match self {
             Self::Dir(path) => path.display().to_string(),
+            Self::Memory(name) => format!("{}{name}", mem::SCHEME),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.display.clone(),
         }
@@ -120,6 +116,7 @@ impl Location {
                 let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 path.display().to_string()
             }
+            Self::Memory(name) => format!("{}{name}", mem::SCHEME),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.identity.clone(),
         }
@@ -392,405 +389,184 @@ pub(crate) trait StagingSink: Write + Send {
     fn abandon(self: Box<Self>);
 }
 
-impl Engine {
-    /// Opens (creating if needed) the root at `path`, migrating it to this
-    /// build's layout. Blocking.
-    pub(crate) fn open(location: &Location, options: &Options) -> Result<Self> {
-        match location {
-            Location::Dir(path) => local::LocalEngine::open(path, options).map(Self::Local),
-            #[cfg(feature = "shared")]
-            Location::Shared(shared) => {
-                shared::SharedEngine::open(shared, options).map(Self::Shared)
-            }
-        }
-    }
+/// Opens (creating if needed) the root at `location` with the engine that
+/// keeps it, migrating it to this build's layout. Blocking.
+pub(crate) fn open(location: &Location, options: &Options) -> Result<Arc<dyn Engine>> {
+    Ok(match location {
+        Location::Dir(path) => Arc::new(local::LocalEngine::open(path, options)?),
+        Location::Memory(name) => Arc::new(mem::MemEngine::open(name, options)?),
+        #[cfg(feature = "shared")]
+        Location::Shared(shared) => Arc::new(shared::SharedEngine::open(shared, options)?),
+    })
+}
 
+/// Creates an empty index in local root `path` if its index is missing,
+/// so that the root opens for [`crate::StoreRoot::reindex`]. Blocking.
+pub(crate) fn create_missing_index(path: &std::path::Path) -> Result<()> {
+    local::create_index(path)
+}
+
+/// What every engine does: keep a root's stores, labels and objects, and
+/// apply [`Change`]s to them atomically. Everything above works through
+/// `Arc<dyn Engine>` and never learns which engine it has.
+///
+/// Point reads and writes are `async`; the other methods may block and
+/// are called from a blocking thread ([`crate::task::blocking`]).
+#[async_trait::async_trait]
+pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// A token for the index's state, when no write is being committed:
     /// reads made after taking it stay current while later calls return
     /// the same token. `None` means nothing read may be remembered now.
     /// Shared by every process that has the root open, and checked in
     /// nanoseconds, so that [`crate::recent::RecentReads`] can answer
     /// repeated reads from memory.
-    pub(crate) fn settled(&self) -> Option<u64> {
-        match self {
-            Self::Local(local) => local.settled(),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.settled(),
-        }
-    }
+    fn settled(&self) -> Option<u64>;
 
     /// Whether content of `size` bytes is staged by writing a file, which
     /// belongs on a blocking thread (small content is staged in memory).
-    pub(crate) fn stages_to_file(&self, size: usize) -> bool {
-        match self {
-            Self::Local(local) => local.stages_to_file(size),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.stages_to_file(size),
-        }
-    }
+    fn stages_to_file(&self, size: usize) -> bool;
 
     /// Stages `content` for [`Change::AddObject`]. May block (see
     /// [`Engine::stages_to_file`]).
-    pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
-        match self {
-            Self::Local(local) => local.stage(store, content),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.stage(store, content),
-        }
-    }
+    fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged>;
 
     /// Stages the outboard (`crate::tree`) of staged content, to be
     /// published with it; kept only for content staged in a file. Best
     /// effort: a missing outboard is rebuilt when needed. Blocking.
-    pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
-        match self {
-            Self::Local(local) => local.attach_outboard(staged, outboard),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.attach_outboard(staged, outboard),
-        }
-    }
+    fn attach_outboard(&self, staged: &Staged, outboard: &[u8]);
 
     /// A sink to stream new content into. Blocking.
-    pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
-        match self {
-            Self::Local(local) => local.staging_sink(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.staging_sink(store),
-        }
-    }
+    fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink>;
 
     /// An indexed object's size and bytes, opened for reading; `None` when
     /// it is not indexed or its bytes are gone. Blocking.
-    pub(crate) fn open_source(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<(u64, ObjectSource)>> {
-        match self {
-            Self::Local(local) => local.open_source(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.open_source(store, digest),
-        }
-    }
+    fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>>;
 
     /// Re-hashes a file object, staging the outboard of what its bytes are
     /// now. Returns the digest they hash to and the staged outboard (for
     /// [`Change::AddOutboard`] if the digest is right, for
     /// [`Engine::discard`] if not), or `None` when the bytes are gone.
     /// Blocking.
-    pub(crate) fn build_outboard(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<(Digest, PathBuf)>> {
-        match self {
-            Self::Local(local) => local.build_outboard(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.build_outboard(store, digest),
-        }
-    }
+    fn build_outboard(&self, store: &StoreId, digest: Digest) -> Result<Option<(Digest, PathBuf)>>;
 
     /// Drops staged content that will not be published.
-    pub(crate) fn discard(&self, staged: Staged) {
-        match self {
-            Self::Local(local) => local.discard(staged),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.discard(staged),
-        }
-    }
+    fn discard(&self, staged: Staged);
 
     /// Applies one change and waits until it is committed (and durable, in
     /// synced mode). `Err` is a refusal or a failure; nothing of the change
     /// was applied.
-    pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
-        match self {
-            Self::Local(local) => local.apply(change).await,
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.apply(change).await,
-        }
-    }
+    async fn apply(&self, change: Change) -> Result<bool>;
 
     /// Applies many changes, each on its own, letting them share commits.
-    pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
-        match self {
-            Self::Local(local) => local.apply_all(changes).await,
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.apply_all(changes).await,
-        }
-    }
+    async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>>;
 
     /// The size of an indexed object, or `None`; reads no content.
-    pub(crate) async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
-        match self {
-            Self::Local(local) => local.object_size(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.object_size(store, digest).await,
-        }
-    }
+    async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>>;
 
     /// Whether the store's index lists the object.
-    pub(crate) async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
-        match self {
-            Self::Local(local) => local.has_object(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.has_object(store, digest).await,
-        }
-    }
+    async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool>;
 
     /// An indexed object's bytes as stored, not yet verified; `None` when
     /// it is not indexed or its bytes are gone.
-    pub(crate) async fn read_object(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<Vec<u8>>> {
-        match self {
-            Self::Local(local) => local.read_object(store, digest).await,
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.read_object(store, digest).await,
-        }
-    }
+    async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>>;
 
     /// The bytes of each object that the index holds inline, read
     /// together, not yet verified; `None` for any other (not indexed, or
     /// in a file), for the caller to read on its own.
-    pub(crate) async fn read_inline_many(
+    async fn read_inline_many(
         &self,
         store: &StoreId,
         digests: &[Digest],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        match self {
-            Self::Local(local) => local.read_inline_many(store, digests),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.read_inline_many(store, digests).await,
-        }
-    }
+    ) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// What `label` points at.
-    pub(crate) async fn label_target(
-        &self,
-        store: &StoreId,
-        label: &str,
-    ) -> Result<Option<Digest>> {
-        match self {
-            Self::Local(local) => local.label_target(store, label),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.label_target(store, label).await,
-        }
-    }
+    async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>>;
 
     /// A chain's head label row.
-    pub(crate) async fn chain_tip(
-        &self,
-        store: &StoreId,
-        label: &str,
-    ) -> Result<Option<ChainHead>> {
-        match self {
-            Self::Local(local) => local.chain_tip(store, label),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.chain_tip(store, label).await,
-        }
-    }
+    async fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>>;
 
     /// Up to `limit` labels starting with `prefix`, strictly after `after`,
     /// in byte order.
-    pub(crate) async fn labels_page(
+    async fn labels_page(
         &self,
         store: &StoreId,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<LabelRow>> {
-        match self {
-            Self::Local(local) => local.labels_page(store, prefix, after, limit),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.labels_page(store, prefix, after, limit).await,
-        }
-    }
+    ) -> Result<Vec<LabelRow>>;
 
     /// Every indexed object's digest, in digest order.
-    pub(crate) async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
-        match self {
-            Self::Local(local) => local.objects(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.objects(store).await,
-        }
-    }
+    async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>>;
 
     /// A store's totals, O(1).
-    pub(crate) async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
-        match self {
-            Self::Local(local) => local.store_stats(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.store_stats(store).await,
-        }
-    }
+    async fn store_stats(&self, store: &StoreId) -> Result<StoreStats>;
 
     /// When the store was registered (unix milliseconds), if it is.
-    pub(crate) async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
-        match self {
-            Self::Local(local) => local.store_created_at(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.store_created_at(store).await,
-        }
-    }
+    async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>>;
 
     /// Every store with its totals, by id. Blocking.
-    pub(crate) fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
-        match self {
-            Self::Local(local) => local.stores(),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.stores(),
-        }
-    }
+    fn stores(&self) -> Result<Vec<(String, StoreStats)>>;
 
     /// Labels starting with `prefix` and every indexed object, as of one
     /// moment. Blocking.
-    pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
-        match self {
-            Self::Local(local) => local.snapshot(store, prefix),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.snapshot(store, prefix),
-        }
-    }
+    fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot>;
 
     /// Every object of `store` with links recorded, and their targets.
     /// Blocking.
-    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
-        match self {
-            Self::Local(local) => local.links(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.links(store),
-        }
-    }
+    fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>>;
 
     /// Objects of `store` whose links are not (all) recorded: written
     /// before links were, or with more than one object may record.
     /// Blocking.
-    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
-        match self {
-            Self::Local(local) => local.unscanned_links(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.unscanned_links(store),
-        }
-    }
+    fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>>;
 
     /// Re-hashes every stored object of `store`, reporting progress in
     /// bytes. Blocking.
-    pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        match self {
-            Self::Local(local) => local.scan(store, progress),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.scan(store, progress),
-        }
-    }
+    fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan>;
 
     /// Whether the object is indexed and its bytes are there now. Blocking.
-    pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
-        match self {
-            Self::Local(local) => local.is_present(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.is_present(store, digest),
-        }
-    }
+    fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool>;
 
     /// Stored bytes no index row claims, last modified before `cutoff`
     /// (crash leftovers). Blocking.
-    pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
-        match self {
-            Self::Local(local) => local.unindexed(store, cutoff),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.unindexed(store, cutoff),
-        }
-    }
+    fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>>;
 
     /// Staging leftovers last modified before `cutoff`: writes that crashed
     /// rather than writes in progress. Blocking.
-    pub(crate) fn stale_staging(
-        &self,
-        store: &StoreId,
-        cutoff: SystemTime,
-    ) -> Result<Vec<PathBuf>> {
-        match self {
-            Self::Local(local) => local.stale_staging(store, cutoff),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.stale_staging(store, cutoff),
-        }
-    }
+    fn stale_staging(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<PathBuf>>;
 
     /// Removes staging leftovers found by [`Engine::stale_staging`];
     /// returns how many went. Blocking.
-    pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
-        match self {
-            Self::Local(local) => local.remove_staging(leftovers),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.remove_staging(leftovers),
-        }
-    }
+    fn remove_staging(&self, leftovers: &[PathBuf]) -> u64;
 
     /// The ids of every store with a directory on this host, indexed or
     /// not (staging of writes killed before their store's first commit).
     /// Blocking.
-    pub(crate) fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
-        match self {
-            Self::Local(local) => local.store_dir_ids(),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.store_dir_ids(),
-        }
-    }
+    fn store_dir_ids(&self) -> std::io::Result<Vec<String>>;
 
     /// Finishes or undoes the object removals an interrupted collection
     /// left half done; returns how many were finished and undone. (The
     /// shared engine deletes a row before its bytes, so it leaves none.)
     /// Blocking.
-    pub(crate) fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
-        match self {
-            Self::Local(local) => local.finish_removals(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(_) => Ok((0, 0)),
-        }
-    }
-
-    /// Creates an empty index in local root `path` if its index is
-    /// missing, so that the root opens for [`crate::StoreRoot::reindex`].
-    /// Blocking.
-    pub(crate) fn create_missing_index(path: &std::path::Path) -> Result<()> {
-        local::create_index(path)
+    fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
+        let _ = store;
+        Ok((0, 0))
     }
 
     /// Checks the engine's own structures (the index database's pages);
     /// returns the problems found, none when healthy. Blocking.
-    pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
-        match self {
-            Self::Local(local) => local.check_integrity(),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.check_integrity(),
-        }
-    }
+    fn check_integrity(&self) -> Result<Vec<String>>;
 
     /// The labels of `store` whose index rows fail their checksums. The
     /// shared engine leaves this to PostgreSQL's own checks. Blocking.
-    pub(crate) fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
-        match self {
-            Self::Local(local) => local.damaged_labels(store),
-            #[cfg(feature = "shared")]
-            Self::Shared(_) => Ok(Vec::new()),
-        }
+    fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
+        let _ = store;
+        Ok(Vec::new())
     }
 
     /// A reader over an object's stored bytes, not verified; `None` when
     /// the object is gone. Blocking.
-    pub(crate) fn open_object(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<Box<dyn Read + Send>>> {
-        match self {
-            Self::Local(local) => local.open_object(store, digest),
-            #[cfg(feature = "shared")]
-            Self::Shared(shared) => shared.open_object(store, digest),
-        }
-    }
+    fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>>;
 }
 
 /// Milliseconds since the Unix epoch: the unit of `stored_at`.

@@ -21,7 +21,7 @@ use changes::ChangeCounter;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
-use super::{Change, ObjectSource, Scan, Snapshot, Staged, StagingSink};
+use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::READ_ON_CALLER_MAX;
 use crate::engine::{ChainHead, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
@@ -104,18 +104,32 @@ impl LocalEngine {
         })
     }
 
-    pub(crate) fn stages_to_file(&self, size: usize) -> bool {
+    /// Runs an index query on the calling thread. Point queries and pages
+    /// take microseconds (WAL readers never wait for writers), far less
+    /// than a hop to the blocking pool and back.
+    fn read<T>(
+        &self,
+        action: &'static str,
+        query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.readers.read(action, query)
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for LocalEngine {
+    fn stages_to_file(&self, size: usize) -> bool {
         size > self.inline_threshold
     }
 
-    pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+    fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
         if !self.stages_to_file(content.len()) {
             return Ok(Staged::Inline(content));
         }
         self.layout.write_temp(store, &content).map(Staged::File)
     }
 
-    pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
+    fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
         if let Staged::File(path) = staged
             && !outboard.is_empty()
         {
@@ -123,15 +137,11 @@ impl LocalEngine {
         }
     }
 
-    pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
+    fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
         spill_sink(store, self.layout.clone(), self.inline_threshold)
     }
 
-    pub(crate) fn open_source(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<(u64, ObjectSource)>> {
+    fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {
         let found = self.read("reading object", |db| {
             let info = sql::object_info(db, store, digest)?;
             let content = sql::object_content(db, store, digest)?;
@@ -160,11 +170,7 @@ impl LocalEngine {
         }
     }
 
-    pub(crate) fn build_outboard(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<(Digest, PathBuf)>> {
+    fn build_outboard(&self, store: &StoreId, digest: Digest) -> Result<Option<(Digest, PathBuf)>> {
         let path = self.layout.object_path(store, digest);
         let staged = self.layout.new_temp_path(store);
         let outboard_path = layout::staged_outboard(&staged);
@@ -190,41 +196,30 @@ impl LocalEngine {
         }
     }
 
-    pub(crate) fn discard(&self, staged: Staged) {
+    fn discard(&self, staged: Staged) {
         writer::discard(staged);
     }
 
-    pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
+    async fn apply(&self, change: Change) -> Result<bool> {
         self.writer.write(change).await
     }
 
-    pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+    async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         self.writer.write_all(changes).await
     }
 
-    /// Runs an index query on the calling thread. Point queries and pages
-    /// take microseconds (WAL readers never wait for writers), far less
-    /// than a hop to the blocking pool and back.
-    fn read<T>(
-        &self,
-        action: &'static str,
-        query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        self.readers.read(action, query)
-    }
-
-    pub(crate) fn settled(&self) -> Option<u64> {
+    fn settled(&self) -> Option<u64> {
         self.changes.settled()
     }
 
-    pub(crate) fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
+    async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
         let row = self.read("looking up object", |db| {
             sql::object_info(db, store, digest)
         })?;
         Ok(row.map(|(size, _, _)| size))
     }
 
-    pub(crate) fn read_inline_many(
+    async fn read_inline_many(
         &self,
         store: &StoreId,
         digests: &[Digest],
@@ -243,15 +238,11 @@ impl LocalEngine {
         })
     }
 
-    pub(crate) fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+    async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         self.read("looking up object", |db| sql::has_object(db, store, digest))
     }
 
-    pub(crate) async fn read_object(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<Vec<u8>>> {
+    async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
         let found = self.read("reading object", |db| {
             sql::object_content(db, store, digest)
         })?;
@@ -270,17 +261,17 @@ impl LocalEngine {
         }
     }
 
-    pub(crate) fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
+    async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
         self.read("looking up label", |db| sql::label_target(db, store, label))
     }
 
-    pub(crate) fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
+    async fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
         self.read("looking up chain head", |db| {
             sql::chain_tip(db, store, label)
         })
     }
 
-    pub(crate) fn labels_page(
+    async fn labels_page(
         &self,
         store: &StoreId,
         prefix: &str,
@@ -292,43 +283,45 @@ impl LocalEngine {
         })
     }
 
-    pub(crate) fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
+    async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
         self.read("listing objects", |db| sql::objects(db, store))
     }
 
-    pub(crate) fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
+    async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
         self.read("reading totals", |db| sql::store_stats(db, store))
     }
 
-    pub(crate) fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
+    async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
         self.read("looking up store", |db| sql::store_created_at(db, store))
     }
 
-    pub(crate) fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
+    fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
         self.read("listing stores", sql::stores)
     }
 
-    pub(crate) fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
+    fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         self.read("listing labels and objects", |db| {
             sql::snapshot(db, store, prefix)
         })
     }
 
-    pub(crate) fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+    fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
         self.read("listing links", |db| sql::links(db, store))
     }
 
-    pub(crate) fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+    fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
         self.read("listing objects not scanned for links", |db| {
             sql::unscanned_links(db, store)
         })
     }
 
-    pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        let indexed: std::collections::BTreeSet<Digest> =
-            self.objects(store)?.into_iter().collect();
+    fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        let indexed: std::collections::BTreeSet<Digest> = self
+            .read("listing objects", |db| sql::objects(db, store))?
+            .into_iter()
+            .collect();
         let files = self.layout.object_files(store)?;
-        let stats = self.store_stats(store)?;
+        let stats = self.read("reading totals", |db| sql::store_stats(db, store))?;
         let file_bytes: u64 = files.iter().map(|file| file.metadata.len()).sum();
         // Inline bytes are what the totals count beyond the files' share.
         let indexed_file_bytes: u64 = files
@@ -379,7 +372,7 @@ impl LocalEngine {
         Ok(scan)
     }
 
-    pub(crate) fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+    fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         let row = self.read("looking up object", |db| {
             sql::object_info(db, store, digest)
         })?;
@@ -393,7 +386,7 @@ impl LocalEngine {
     /// (files moved aside, see `ObjectFiles::doom_object`): a file whose
     /// row is gone is deleted, one whose row remains is put back. Returns
     /// how many were deleted and put back.
-    pub(crate) fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
+    fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
         let (mut deleted, mut restored) = (0, 0);
         for (digest, path) in self.layout.doomed_files(store)? {
             let held = self.read("looking up object", |db| sql::has_object(db, store, digest))?;
@@ -406,9 +399,11 @@ impl LocalEngine {
         Ok((deleted, restored))
     }
 
-    pub(crate) fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
-        let indexed: std::collections::BTreeSet<Digest> =
-            self.objects(store)?.into_iter().collect();
+    fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        let indexed: std::collections::BTreeSet<Digest> = self
+            .read("listing objects", |db| sql::objects(db, store))?
+            .into_iter()
+            .collect();
         Ok(self
             .layout
             .object_files(store)?
@@ -419,29 +414,25 @@ impl LocalEngine {
             .collect())
     }
 
-    pub(crate) fn stale_staging(
-        &self,
-        store: &StoreId,
-        cutoff: SystemTime,
-    ) -> Result<Vec<PathBuf>> {
+    fn stale_staging(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<PathBuf>> {
         self.layout.stale_temp_files(store, cutoff)
     }
 
-    pub(crate) fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+    fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
         layout::remove_files(leftovers)
     }
 
-    pub(crate) fn store_dir_ids(&self) -> io::Result<Vec<String>> {
+    fn store_dir_ids(&self) -> io::Result<Vec<String>> {
         self.layout.store_dir_ids()
     }
 
     /// SQLite's own check of the database's pages, and any damage to its
     /// log found when a process opened the root.
-    pub(crate) fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
+    fn damaged_labels(&self, store: &StoreId) -> Result<Vec<String>> {
         self.read("checking label rows", |db| sql::damaged_labels(db, store))
     }
 
-    pub(crate) fn check_integrity(&self) -> Result<Vec<String>> {
+    fn check_integrity(&self) -> Result<Vec<String>> {
         let mut problems = self.read("checking integrity", sql::integrity_problems)?;
         let findings = self.root.join(DAMAGE_FILE);
         match std::fs::read_to_string(&findings) {
@@ -459,11 +450,7 @@ impl LocalEngine {
         Ok(problems)
     }
 
-    pub(crate) fn open_object(
-        &self,
-        store: &StoreId,
-        digest: Digest,
-    ) -> Result<Option<Box<dyn Read + Send>>> {
+    fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
         let found = self.read("reading object", |db| {
             sql::object_content(db, store, digest)
         })?;

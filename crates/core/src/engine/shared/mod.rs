@@ -36,10 +36,17 @@ use self::connection::postgres_error;
 use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache};
 use super::layout;
-use super::{Change, Staged, StagingSink};
+use super::{
+    ChainHead, Change, Engine, LabelRow, LinkRow, ObjectSource, Scan, Snapshot, Staged, StagingSink,
+};
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
+use crate::stats::StoreStats;
+use crate::task::Progress;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::SystemTime;
 
 /// An opened shared root.
 #[derive(Debug)]
@@ -205,12 +212,15 @@ impl SharedEngine {
             .recv()
             .expect("the shared engine's runtime ended a task without an answer")
     }
+}
 
-    pub(crate) fn stages_to_file(&self, size: usize) -> bool {
+#[async_trait::async_trait]
+impl Engine for SharedEngine {
+    fn stages_to_file(&self, size: usize) -> bool {
         size > self.inner.inline_threshold
     }
 
-    pub(crate) fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+    fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
         if !self.stages_to_file(content.len()) {
             return Ok(Staged::Inline(content));
         }
@@ -221,7 +231,7 @@ impl SharedEngine {
             .map(Staged::File)
     }
 
-    pub(crate) fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
+    fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
         if let Staged::File(path) = staged
             && !outboard.is_empty()
         {
@@ -229,7 +239,7 @@ impl SharedEngine {
         }
     }
 
-    pub(crate) fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
+    fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
         layout::spill_sink(
             store,
             self.inner.cache.files.clone(),
@@ -237,24 +247,131 @@ impl SharedEngine {
         )
     }
 
-    pub(crate) fn discard(&self, staged: Staged) {
+    fn discard(&self, staged: Staged) {
         if let Staged::File(path) = staged {
             layout::remove_staged(&path);
         }
     }
 
-    pub(crate) fn settled(&self) -> Option<u64> {
+    fn settled(&self) -> Option<u64> {
         // Other hosts announce nothing here: reads are never remembered.
         None
     }
 
-    pub(crate) async fn apply(&self, change: Change) -> Result<bool> {
+    async fn apply(&self, change: Change) -> Result<bool> {
         self.run(|inner| async move { inner.apply(change).await })
             .await
     }
 
-    pub(crate) async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+    async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         self.run(|inner| async move { inner.apply_all(changes).await })
             .await
+    }
+
+    // The rest live beside the code of their job (read.rs, maintain.rs).
+    async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
+        SharedEngine::object_size(self, store, digest).await
+    }
+
+    async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        SharedEngine::has_object(self, store, digest).await
+    }
+
+    async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+        SharedEngine::read_object(self, store, digest).await
+    }
+
+    async fn read_inline_many(
+        &self,
+        store: &StoreId,
+        digests: &[Digest],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        SharedEngine::read_inline_many(self, store, digests).await
+    }
+
+    async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
+        SharedEngine::label_target(self, store, label).await
+    }
+
+    async fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
+        SharedEngine::chain_tip(self, store, label).await
+    }
+
+    async fn labels_page(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LabelRow>> {
+        SharedEngine::labels_page(self, store, prefix, after, limit).await
+    }
+
+    async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        SharedEngine::objects(self, store).await
+    }
+
+    async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
+        SharedEngine::store_stats(self, store).await
+    }
+
+    async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
+        SharedEngine::store_created_at(self, store).await
+    }
+
+    fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
+        SharedEngine::stores(self)
+    }
+
+    fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
+        SharedEngine::snapshot(self, store, prefix)
+    }
+
+    fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {
+        SharedEngine::open_source(self, store, digest)
+    }
+
+    fn build_outboard(&self, store: &StoreId, digest: Digest) -> Result<Option<(Digest, PathBuf)>> {
+        SharedEngine::build_outboard(self, store, digest)
+    }
+
+    fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
+        SharedEngine::open_object(self, store, digest)
+    }
+
+    fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        SharedEngine::scan(self, store, progress)
+    }
+
+    fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        SharedEngine::is_present(self, store, digest)
+    }
+
+    fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        SharedEngine::links(self, store)
+    }
+
+    fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        SharedEngine::unscanned_links(self, store)
+    }
+
+    fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        SharedEngine::unindexed(self, store, cutoff)
+    }
+
+    fn stale_staging(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<PathBuf>> {
+        SharedEngine::stale_staging(self, store, cutoff)
+    }
+
+    fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+        SharedEngine::remove_staging(self, leftovers)
+    }
+
+    fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
+        SharedEngine::store_dir_ids(self)
+    }
+
+    fn check_integrity(&self) -> Result<Vec<String>> {
+        SharedEngine::check_integrity(self)
     }
 }

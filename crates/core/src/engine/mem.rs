@@ -1,0 +1,883 @@
+//! The memory engine: a root kept in this process's memory (`mem:NAME`),
+//! for unit tests of code built on the store, where a disk is beside the
+//! point. Everything is in one map behind one lock; a change runs as a
+//! transaction over it, with an undo log that puts back what a refused
+//! change had already done.
+//!
+//! A named root lives until the process exits, so that opening the same
+//! name again finds it; `mem:` alone opens a fresh root, gone once its last
+//! handle is dropped. Content is never written anywhere, so nothing here
+//! survives the process, and streamed content is held whole in memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::SystemTime;
+
+use super::{
+    ChainAppend, ChainHead, ChainTip, Change, Engine, Expect, LabelRow, LinkRow, ObjectRow,
+    ObjectSource, Scan, Snapshot, Staged, StagingSink, unix_now,
+};
+use crate::error::{Result, StoreError};
+use crate::names::{Digest, StoreId};
+use crate::options::Options;
+use crate::stats::{StoreStats, label_footprint};
+use crate::task::Progress;
+
+/// How a memory root string starts.
+pub(crate) const SCHEME: &str = "mem:";
+
+/// The name a memory root string `root` (`mem:` + `name`) opens: `name`,
+/// or a fresh one for `mem:` alone.
+pub(crate) fn parse_name(root: &str, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Ok(format!("{ANONYMOUS}{}", uuid::Uuid::new_v4().simple()));
+    }
+    if name.chars().any(char::is_control) || name.len() > 255 {
+        return Err(StoreError::InvalidRoot {
+            root: root.into(),
+            reason: "a memory root's name is 1 to 255 bytes with no control characters".into(),
+        });
+    }
+    Ok(name.to_owned())
+}
+
+/// Names given to `mem:` roots opened without one.
+const ANONYMOUS: &str = "anonymous-";
+
+/// Every memory root of the process: named ones held for the process's
+/// life, anonymous ones while a handle is open.
+fn registry() -> MutexGuard<'static, HashMap<String, Held>> {
+    static ROOTS: OnceLock<Mutex<HashMap<String, Held>>> = OnceLock::new();
+    ROOTS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+enum Held {
+    Named(Arc<Mutex<State>>),
+    Anonymous(Weak<Mutex<State>>),
+}
+
+/// A memory root opened by one [`crate::StoreRoot`].
+#[derive(Debug)]
+pub(crate) struct MemEngine {
+    /// The root string, for messages.
+    root: String,
+    state: Arc<Mutex<State>>,
+    /// The refresh window, in milliseconds (see [`Change::AddObject`]).
+    refresh_after: i64,
+}
+
+impl MemEngine {
+    /// Opens the memory root called `name`, creating it if needed.
+    pub(crate) fn open(name: &str, options: &Options) -> Result<Self> {
+        let mut roots = registry();
+        let found = match roots.get(name) {
+            Some(Held::Named(state)) => Some(Arc::clone(state)),
+            Some(Held::Anonymous(state)) => state.upgrade(),
+            None => None,
+        };
+        let state = found.unwrap_or_else(|| {
+            let state = Arc::new(Mutex::new(State::default()));
+            let held = if name.starts_with(ANONYMOUS) {
+                Held::Anonymous(Arc::downgrade(&state))
+            } else {
+                Held::Named(Arc::clone(&state))
+            };
+            roots.insert(name.to_owned(), held);
+            state
+        });
+        // Anonymous roots nobody holds any more are forgotten.
+        roots.retain(|_, held| match held {
+            Held::Named(_) => true,
+            Held::Anonymous(state) => state.strong_count() > 0,
+        });
+        Ok(Self {
+            root: format!("{SCHEME}{name}"),
+            state,
+            refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `read` over one store (an empty one if it is not registered).
+    fn read<T>(&self, store: &StoreId, read: impl FnOnce(&MemStore) -> T) -> T {
+        let state = self.state();
+        match state.stores.get(store.as_str()) {
+            Some(found) => read(found),
+            None => read(&MemStore::default()),
+        }
+    }
+
+    /// Applies one change as a transaction: all of it, or (refused) none.
+    fn apply_now(&self, change: Change) -> Result<bool> {
+        let mut state = self.state();
+        let mut txn = Txn {
+            state: &mut state,
+            undo: Vec::new(),
+        };
+        let outcome = txn.apply(change, self.refresh_after);
+        if outcome.is_err() {
+            txn.roll_back();
+        }
+        outcome
+    }
+}
+
+/// Everything a memory root holds.
+#[derive(Debug, Default)]
+struct State {
+    stores: BTreeMap<String, MemStore>,
+}
+
+/// One registered store.
+#[derive(Clone, Debug, Default)]
+struct MemStore {
+    created_at: i64,
+    labels: BTreeMap<String, ChainHead>,
+    objects: BTreeMap<Digest, MemObject>,
+    /// Objects whose links are not all recorded.
+    unscanned: BTreeSet<Digest>,
+    /// How many plain labels (not chain heads) point at each object: such
+    /// a label keeps its target from collection.
+    held_by_labels: HashMap<Digest, u64>,
+    stats: StoreStats,
+}
+
+/// One object: its bytes, when it was last stored, and its links column
+/// (`crate::links`).
+#[derive(Clone, Debug)]
+struct MemObject {
+    bytes: Arc<Vec<u8>>,
+    stored_at: i64,
+    links: Option<Vec<u8>>,
+}
+
+/// One step of a transaction, undone by putting the old value back.
+enum Undo {
+    /// The store was registered by this transaction.
+    Store(String),
+    /// The store was forgotten by this transaction.
+    Dropped(String, MemStore),
+    /// A label's row before.
+    Label(String, String, Option<ChainHead>),
+    /// An object before.
+    Object(String, Digest, Option<MemObject>),
+    /// Whether an object awaited a scan for links before.
+    Unscanned(String, Digest, bool),
+}
+
+/// A change in progress over the locked state.
+struct Txn<'a> {
+    state: &'a mut State,
+    undo: Vec<Undo>,
+}
+
+impl Txn<'_> {
+    fn store(&self, store: &StoreId) -> Option<&MemStore> {
+        self.state.stores.get(store.as_str())
+    }
+
+    fn label(&self, store: &StoreId, label: &str) -> Option<&ChainHead> {
+        self.store(store)?.labels.get(label)
+    }
+
+    fn label_target(&self, store: &StoreId, label: &str) -> Option<Digest> {
+        self.label(store, label).map(|row| row.head)
+    }
+
+    fn object(&self, store: &StoreId, digest: Digest) -> Option<&MemObject> {
+        self.store(store)?.objects.get(&digest)
+    }
+
+    fn has_object(&self, store: &StoreId, digest: Digest) -> bool {
+        self.object(store, digest).is_some()
+    }
+
+    /// Registers the store; returns whether it was new.
+    fn ensure_store(&mut self, store: &StoreId) -> bool {
+        if self.state.stores.contains_key(store.as_str()) {
+            return false;
+        }
+        let created = MemStore {
+            created_at: unix_now(),
+            ..MemStore::default()
+        };
+        self.state.stores.insert(store.to_string(), created);
+        self.undo.push(Undo::Store(store.to_string()));
+        true
+    }
+
+    /// Writes or removes a label's row, keeping the store's totals.
+    fn set_label_row(&mut self, store: &StoreId, label: &str, row: Option<ChainHead>) {
+        if row.is_some() {
+            self.ensure_store(store);
+        }
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return;
+        };
+        let old = put_label_row(held, label, row);
+        self.undo
+            .push(Undo::Label(store.to_string(), label.to_owned(), old));
+    }
+
+    /// Points a label at `target`; a chain head's other columns stay.
+    fn put_label(&mut self, store: &StoreId, label: &str, target: Digest) {
+        let row = match self.label(store, label) {
+            Some(row) => ChainHead {
+                head: target,
+                ..row.clone()
+            },
+            None => ChainHead {
+                head: target,
+                length: None,
+                open: None,
+                sealed: None,
+            },
+        };
+        self.set_label_row(store, label, Some(row));
+    }
+
+    /// Writes or removes an object, keeping the store's totals.
+    fn set_object(&mut self, store: &StoreId, digest: Digest, object: Option<MemObject>) {
+        if object.is_some() {
+            self.ensure_store(store);
+        }
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return;
+        };
+        let old = put_object(held, digest, object);
+        self.undo.push(Undo::Object(store.to_string(), digest, old));
+    }
+
+    fn set_unscanned(&mut self, store: &StoreId, digest: Digest, unscanned: bool) {
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return;
+        };
+        let was = if unscanned {
+            !held.unscanned.insert(digest)
+        } else {
+            held.unscanned.remove(&digest)
+        };
+        self.undo
+            .push(Undo::Unscanned(store.to_string(), digest, was));
+    }
+
+    /// Puts everything this transaction changed back, newest first.
+    fn roll_back(self) {
+        for step in self.undo.into_iter().rev() {
+            match step {
+                Undo::Store(id) => {
+                    self.state.stores.remove(&id);
+                }
+                Undo::Dropped(id, store) => {
+                    self.state.stores.insert(id, store);
+                }
+                Undo::Label(id, label, row) => {
+                    if let Some(held) = self.state.stores.get_mut(&id) {
+                        put_label_row(held, &label, row);
+                    }
+                }
+                Undo::Object(id, digest, object) => {
+                    if let Some(held) = self.state.stores.get_mut(&id) {
+                        put_object(held, digest, object);
+                    }
+                }
+                Undo::Unscanned(id, digest, was) => {
+                    if let Some(held) = self.state.stores.get_mut(&id) {
+                        if was {
+                            held.unscanned.insert(digest);
+                        } else {
+                            held.unscanned.remove(&digest);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `change` does (see each [`Change`] variant). `Err` is a
+    /// refusal; the caller rolls back whatever was done before it.
+    fn apply(&mut self, change: Change, refresh_after: i64) -> Result<bool> {
+        match change {
+            Change::CreateStore { store } => Ok(self.ensure_store(&store)),
+            Change::AddObject {
+                store,
+                digest,
+                size: _,
+                staged,
+                label,
+                links,
+            } => {
+                let fresh_after = unix_now().saturating_sub(refresh_after);
+                let held = self.object(&store, digest).cloned();
+                let bytes = staged_bytes(staged, &store)?;
+                self.ensure_store(&store);
+                let new = held.is_none();
+                match held {
+                    Some(held) if held.stored_at >= fresh_after => {}
+                    Some(held) => {
+                        // Stored again after the refresh window: the age
+                        // is refreshed (and the bytes rewritten).
+                        let refreshed = MemObject {
+                            bytes,
+                            stored_at: unix_now(),
+                            links: held.links,
+                        };
+                        self.set_object(&store, digest, Some(refreshed));
+                    }
+                    None => {
+                        let object = MemObject {
+                            bytes,
+                            stored_at: unix_now(),
+                            links: links.column(),
+                        };
+                        self.set_object(&store, digest, Some(object));
+                        for &target in &links.targets {
+                            if let Some(old) = self.object(&store, target)
+                                && old.stored_at < fresh_after
+                            {
+                                let refreshed = MemObject {
+                                    stored_at: unix_now(),
+                                    ..old.clone()
+                                };
+                                self.set_object(&store, target, Some(refreshed));
+                            }
+                        }
+                        if links.overflowed {
+                            self.set_unscanned(&store, digest, true);
+                        }
+                    }
+                }
+                if let Some(label) = label {
+                    self.put_label(&store, &label, digest);
+                }
+                Ok(new)
+            }
+            Change::SetLabel {
+                store,
+                label,
+                target,
+                expect,
+            } => {
+                if let Some(target) = target
+                    && !self.has_object(&store, target)
+                {
+                    return Err(not_found(&store, target));
+                }
+                if let Expect::Exactly(expected) = expect
+                    && self.label_target(&store, &label) != expected
+                {
+                    return Ok(false);
+                }
+                match target {
+                    Some(target) => self.put_label(&store, &label, target),
+                    None => self.set_label_row(&store, &label, None),
+                }
+                Ok(true)
+            }
+            Change::SetLabels {
+                store,
+                labels,
+                expected,
+            } => {
+                for ((label, _), expected) in labels.iter().zip(expected.iter().flatten()) {
+                    if self.label_target(&store, label) != *expected {
+                        return Ok(false);
+                    }
+                }
+                self.ensure_store(&store);
+                for (label, target) in &labels {
+                    match *target {
+                        Some(target) => {
+                            if !self.has_object(&store, target) {
+                                return Err(not_found(&store, target));
+                            }
+                            self.put_label(&store, label, target);
+                        }
+                        None => self.set_label_row(&store, label, None),
+                    }
+                }
+                Ok(true)
+            }
+            Change::RemoveObject {
+                store,
+                digest,
+                referrers,
+                cutoff,
+            } => {
+                let Some(held) = self.store(&store) else {
+                    return Ok(false);
+                };
+                let removable = !referrers.iter().any(|r| held.objects.contains_key(r))
+                    && held
+                        .objects
+                        .get(&digest)
+                        .is_some_and(|object| object.stored_at < cutoff)
+                    && !held.held_by_labels.contains_key(&digest)
+                    && held.unscanned.is_empty();
+                if removable {
+                    self.set_object(&store, digest, None);
+                }
+                Ok(removable)
+            }
+            Change::SetLinks {
+                store,
+                digest,
+                targets,
+            } => {
+                let Some(held) = self.object(&store, digest) else {
+                    return Ok(false);
+                };
+                let links = (!targets.is_empty()).then(|| crate::links::targets_column(&targets));
+                let updated = MemObject {
+                    links,
+                    ..held.clone()
+                };
+                self.set_object(&store, digest, Some(updated));
+                self.set_unscanned(&store, digest, false);
+                Ok(true)
+            }
+            // Nothing is ever stored here outside the index.
+            Change::RemoveUnindexed { .. } => Ok(false),
+            Change::QuarantineObject { store, digest } => {
+                let intact = self
+                    .object(&store, digest)
+                    .is_none_or(|object| Digest::of(&object.bytes) == digest);
+                if !intact {
+                    self.set_object(&store, digest, None);
+                }
+                Ok(!intact)
+            }
+            Change::RemoveLabels { store, limit } => {
+                let doomed: Vec<String> = self
+                    .store(&store)
+                    .map(|held| held.labels.keys().take(limit).cloned().collect())
+                    .unwrap_or_default();
+                for label in &doomed {
+                    self.set_label_row(&store, label, None);
+                }
+                Ok(!doomed.is_empty())
+            }
+            // No outboards are kept: content is read from memory whole.
+            Change::AddOutboard { staged, .. } => {
+                super::layout::remove_staged(&staged);
+                Ok(true)
+            }
+            Change::Record { change, append } => {
+                let applied = match change {
+                    Some(change) => self.apply(*change, refresh_after)?,
+                    None => true,
+                };
+                self.append_event(append, applied)?;
+                Ok(applied)
+            }
+            Change::SetChainHead {
+                store,
+                label,
+                head,
+                expected,
+            } => {
+                if self.label_target(&store, &label) != expected {
+                    return Ok(false);
+                }
+                if let Some(sealed) = head.sealed
+                    && !self.has_object(&store, sealed)
+                {
+                    return Err(not_found(&store, sealed));
+                }
+                self.set_label_row(&store, &label, Some(head));
+                Ok(true)
+            }
+            Change::AdoptFile { .. } => Err(StoreError::InvalidRoot {
+                root: SCHEME.into(),
+                reason: "a memory root keeps no content files to re-index".into(),
+            }),
+            Change::RemoveEmptyStore { store, cutoff } => {
+                let empty = self.store(&store).is_some_and(|held| {
+                    held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
+                });
+                if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
+                    self.undo.push(Undo::Dropped(store.to_string(), removed));
+                }
+                Ok(empty)
+            }
+        }
+    }
+
+    /// Links a new event to the chain's head and writes the head anew,
+    /// storing the segment the append sealed, if any.
+    fn append_event(&mut self, append: ChainAppend, applied: bool) -> Result<()> {
+        let ChainAppend {
+            store,
+            head_label,
+            build,
+        } = append;
+        let head = self.label(&store, &head_label).cloned();
+        let link = build(ChainTip { head, applied })?;
+        if let Some(segment) = link.sealed {
+            let digest = Digest::of(&segment);
+            if !self.has_object(&store, digest) {
+                let object = MemObject {
+                    bytes: Arc::new(segment),
+                    stored_at: unix_now(),
+                    links: None,
+                };
+                self.set_object(&store, digest, Some(object));
+            }
+        }
+        self.set_label_row(&store, &head_label, Some(link.head));
+        Ok(())
+    }
+}
+
+/// Writes or removes a label's row in `store`, keeping its totals and
+/// the count of plain labels per target; returns the old row.
+fn put_label_row(store: &mut MemStore, label: &str, row: Option<ChainHead>) -> Option<ChainHead> {
+    let old = match row {
+        Some(row) => store.labels.insert(label.to_owned(), row),
+        None => store.labels.remove(label),
+    };
+    if let Some(old) = &old {
+        store.stats.labels -= 1;
+        store.stats.label_footprint -= label_footprint(label.len());
+        if old.length.is_none() {
+            release_target(&mut store.held_by_labels, old.head);
+        }
+    }
+    if let Some(new) = store.labels.get(label) {
+        store.stats.labels += 1;
+        store.stats.label_footprint += label_footprint(label.len());
+        if new.length.is_none() {
+            *store.held_by_labels.entry(new.head).or_default() += 1;
+        }
+    }
+    old
+}
+
+fn release_target(held: &mut HashMap<Digest, u64>, target: Digest) {
+    if let Some(count) = held.get_mut(&target) {
+        *count -= 1;
+        if *count == 0 {
+            held.remove(&target);
+        }
+    }
+}
+
+/// Writes or removes an object in `store`, keeping its totals; returns
+/// the old one.
+fn put_object(
+    store: &mut MemStore,
+    digest: Digest,
+    object: Option<MemObject>,
+) -> Option<MemObject> {
+    let old = match object {
+        Some(object) => store.objects.insert(digest, object),
+        None => {
+            store.unscanned.remove(&digest);
+            store.objects.remove(&digest)
+        }
+    };
+    if let Some(old) = &old {
+        store.stats.objects -= 1;
+        store.stats.bytes -= old.bytes.len() as u64;
+    }
+    if let Some(new) = store.objects.get(&digest) {
+        store.stats.objects += 1;
+        store.stats.bytes += new.bytes.len() as u64;
+    }
+    old
+}
+
+/// The bytes of staged content: in memory, or (content staged by another
+/// engine's sink) read from its file, which is then removed.
+fn staged_bytes(staged: Staged, store: &StoreId) -> Result<Arc<Vec<u8>>> {
+    match staged {
+        Staged::Inline(bytes) => Ok(bytes),
+        Staged::File(path) => {
+            let read = std::fs::read(&path);
+            super::layout::remove_staged(&path);
+            read.map(Arc::new).map_err(|source| {
+                crate::error::io_error(store, "reading staged content", &path, source)
+            })
+        }
+    }
+}
+
+fn not_found(store: &StoreId, digest: Digest) -> StoreError {
+    StoreError::NotFound {
+        store: store.to_string(),
+        reference: digest.to_hex(),
+    }
+}
+
+/// Streamed content, held in memory until it is published.
+struct MemorySink(Vec<u8>);
+
+impl Write for MemorySink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StagingSink for MemorySink {
+    fn write_outboard(&mut self, _pairs: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<Staged> {
+        Ok(Staged::Inline(Arc::new(self.0)))
+    }
+
+    fn abandon(self: Box<Self>) {}
+}
+
+#[async_trait::async_trait]
+impl Engine for MemEngine {
+    fn settled(&self) -> Option<u64> {
+        // Reads take microseconds here: none is worth remembering.
+        None
+    }
+
+    fn stages_to_file(&self, _size: usize) -> bool {
+        false
+    }
+
+    fn stage(&self, _store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+        Ok(Staged::Inline(content))
+    }
+
+    fn attach_outboard(&self, _staged: &Staged, _outboard: &[u8]) {}
+
+    fn staging_sink(&self, _store: &StoreId) -> Box<dyn StagingSink> {
+        Box::new(MemorySink(Vec::new()))
+    }
+
+    fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {
+        let bytes = self.read(store, |held| {
+            held.objects.get(&digest).map(|o| o.bytes.clone())
+        });
+        Ok(bytes.map(|bytes| (bytes.len() as u64, ObjectSource::Inline(bytes.to_vec()))))
+    }
+
+    fn build_outboard(
+        &self,
+        _store: &StoreId,
+        _digest: Digest,
+    ) -> Result<Option<(Digest, PathBuf)>> {
+        // Only content kept in a file has an outboard; none is here.
+        Ok(None)
+    }
+
+    fn discard(&self, staged: Staged) {
+        if let Staged::File(path) = staged {
+            super::layout::remove_staged(&path);
+        }
+    }
+
+    async fn apply(&self, change: Change) -> Result<bool> {
+        self.apply_now(change)
+    }
+
+    async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+        changes
+            .into_iter()
+            .map(|change| self.apply_now(change))
+            .collect()
+    }
+
+    async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
+        Ok(self.read(store, |held| {
+            held.objects.get(&digest).map(|o| o.bytes.len() as u64)
+        }))
+    }
+
+    async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        Ok(self.read(store, |held| held.objects.contains_key(&digest)))
+    }
+
+    async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self.read(store, |held| {
+            held.objects.get(&digest).map(|o| o.bytes.to_vec())
+        }))
+    }
+
+    async fn read_inline_many(
+        &self,
+        store: &StoreId,
+        digests: &[Digest],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(self.read(store, |held| {
+            digests
+                .iter()
+                .map(|digest| held.objects.get(digest).map(|o| o.bytes.to_vec()))
+                .collect()
+        }))
+    }
+
+    async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
+        Ok(self.read(store, |held| held.labels.get(label).map(|row| row.head)))
+    }
+
+    async fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
+        Ok(self.read(store, |held| held.labels.get(label).cloned()))
+    }
+
+    async fn labels_page(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LabelRow>> {
+        Ok(self.read(store, |held| labels_page(held, prefix, after, limit)))
+    }
+
+    async fn objects(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        Ok(self.read(store, |held| held.objects.keys().copied().collect()))
+    }
+
+    async fn store_stats(&self, store: &StoreId) -> Result<StoreStats> {
+        Ok(self.read(store, |held| held.stats))
+    }
+
+    async fn store_created_at(&self, store: &StoreId) -> Result<Option<i64>> {
+        Ok(self
+            .state()
+            .stores
+            .get(store.as_str())
+            .map(|held| held.created_at))
+    }
+
+    fn stores(&self) -> Result<Vec<(String, StoreStats)>> {
+        let state = self.state();
+        Ok(state
+            .stores
+            .iter()
+            .map(|(id, held)| (id.clone(), held.stats))
+            .collect())
+    }
+
+    fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
+        Ok(self.read(store, |held| Snapshot {
+            labels: labels_page(held, prefix, None, usize::MAX),
+            objects: held
+                .objects
+                .iter()
+                .map(|(&digest, object)| ObjectRow {
+                    digest,
+                    size: object.bytes.len() as u64,
+                    stored_at: object.stored_at,
+                })
+                .collect(),
+        }))
+    }
+
+    fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
+        let columns: Vec<(Digest, Vec<u8>)> = self.read(store, |held| {
+            held.objects
+                .iter()
+                .filter_map(|(&digest, object)| Some((digest, object.links.clone()?)))
+                .collect()
+        });
+        columns
+            .into_iter()
+            .map(|(source, column)| {
+                crate::links::column_targets(store, source, &column)
+                    .map(|targets| (source, targets))
+                    .map_err(|damaged| StoreError::Index {
+                        root: PathBuf::from(&self.root),
+                        action: "listing links",
+                        source: damaged.into(),
+                    })
+            })
+            .collect()
+    }
+
+    fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {
+        Ok(self.read(store, |held| held.unscanned.iter().copied().collect()))
+    }
+
+    fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        let objects: Vec<(Digest, Arc<Vec<u8>>)> = self.read(store, |held| {
+            held.objects
+                .iter()
+                .map(|(&digest, object)| (digest, Arc::clone(&object.bytes)))
+                .collect()
+        });
+        progress.start(objects.iter().map(|(_, bytes)| bytes.len() as u64).sum());
+        let mut scan = Scan::default();
+        for (digest, bytes) in objects {
+            scan.objects_checked += 1;
+            scan.bytes_checked += bytes.len() as u64;
+            progress.advance(bytes.len() as u64);
+            if Digest::of(&bytes) == digest {
+                scan.intact.push(digest);
+            } else {
+                scan.corrupt.push(digest);
+            }
+        }
+        Ok(scan)
+    }
+
+    fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
+        Ok(self.read(store, |held| held.objects.contains_key(&digest)))
+    }
+
+    fn unindexed(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<Vec<Digest>> {
+        Ok(Vec::new())
+    }
+
+    fn stale_staging(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    fn remove_staging(&self, _leftovers: &[PathBuf]) -> u64 {
+        0
+    }
+
+    fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    fn check_integrity(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
+        let bytes = self.read(store, |held| {
+            held.objects.get(&digest).map(|o| o.bytes.clone())
+        });
+        Ok(bytes
+            .map(|bytes| Box::new(std::io::Cursor::new(bytes.to_vec())) as Box<dyn Read + Send>))
+    }
+}
+
+/// Up to `limit` labels of `store` starting with `prefix`, strictly after
+/// `after`, in byte order.
+fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize) -> Vec<LabelRow> {
+    let start = match after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+        _ => std::ops::Bound::Included(prefix),
+    };
+    store
+        .labels
+        .range::<str, _>((start, std::ops::Bound::Unbounded))
+        .take_while(|(name, _)| name.starts_with(prefix))
+        .take(limit)
+        .map(|(name, row)| (name.clone(), row.head))
+        .collect()
+}
