@@ -28,19 +28,63 @@ use crate::task::Progress;
 /// How a memory root string starts.
 pub(crate) const SCHEME: &str = "mem:";
 
-/// The name a memory root string `root` (`mem:` + `name`) opens: `name`,
-/// or a fresh one for `mem:` alone.
-pub(crate) fn parse_name(root: &str, name: &str) -> Result<String> {
-    if name.is_empty() {
-        return Ok(format!("{ANONYMOUS}{}", uuid::Uuid::new_v4().simple()));
+/// A memory root, found or made when its root string is parsed: a handle
+/// on an anonymous root keeps it alive even before its engine is opened.
+#[derive(Clone)]
+pub(crate) struct MemRoot {
+    name: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MemRoot").field(&self.name).finish()
     }
+}
+
+impl MemRoot {
+    /// The root string that opens this root again (while it lives).
+    pub(crate) fn root_string(&self) -> String {
+        format!("{SCHEME}{}", self.name)
+    }
+}
+
+/// The memory root a root string `root` (`mem:` + `name`) names: the one
+/// called `name`, made if new, or a fresh anonymous one for `mem:` alone.
+pub(crate) fn find_or_make(root: &str, name: &str) -> Result<MemRoot> {
     if name.chars().any(char::is_control) || name.len() > 255 {
         return Err(StoreError::InvalidRoot {
             root: root.into(),
-            reason: "a memory root's name is 1 to 255 bytes with no control characters".into(),
+            reason: "a memory root's name is up to 255 bytes with no control characters".into(),
         });
     }
-    Ok(name.to_owned())
+    let mut roots = registry();
+    // Anonymous roots nobody holds any more are forgotten.
+    roots.retain(|_, held| match held {
+        Held::Named(_) => true,
+        Held::Anonymous(state) => state.strong_count() > 0,
+    });
+    let name = if name.is_empty() {
+        format!("{ANONYMOUS}{}", uuid::Uuid::new_v4().simple())
+    } else {
+        name.to_owned()
+    };
+    let found = match roots.get(&name) {
+        Some(Held::Named(state)) => Some(Arc::clone(state)),
+        Some(Held::Anonymous(state)) => state.upgrade(),
+        None => None,
+    };
+    let state = found.unwrap_or_else(|| {
+        let state = Arc::new(Mutex::new(State::default()));
+        let held = if name.starts_with(ANONYMOUS) {
+            Held::Anonymous(Arc::downgrade(&state))
+        } else {
+            Held::Named(Arc::clone(&state))
+        };
+        roots.insert(name.clone(), held);
+        state
+    });
+    Ok(MemRoot { name, state })
 }
 
 /// Names given to `mem:` roots opened without one.
@@ -72,34 +116,13 @@ pub(crate) struct MemEngine {
 }
 
 impl MemEngine {
-    /// Opens the memory root called `name`, creating it if needed.
-    pub(crate) fn open(name: &str, options: &Options) -> Result<Self> {
-        let mut roots = registry();
-        let found = match roots.get(name) {
-            Some(Held::Named(state)) => Some(Arc::clone(state)),
-            Some(Held::Anonymous(state)) => state.upgrade(),
-            None => None,
-        };
-        let state = found.unwrap_or_else(|| {
-            let state = Arc::new(Mutex::new(State::default()));
-            let held = if name.starts_with(ANONYMOUS) {
-                Held::Anonymous(Arc::downgrade(&state))
-            } else {
-                Held::Named(Arc::clone(&state))
-            };
-            roots.insert(name.to_owned(), held);
-            state
-        });
-        // Anonymous roots nobody holds any more are forgotten.
-        roots.retain(|_, held| match held {
-            Held::Named(_) => true,
-            Held::Anonymous(state) => state.strong_count() > 0,
-        });
-        Ok(Self {
-            root: format!("{SCHEME}{name}"),
-            state,
+    /// Opens a memory root.
+    pub(crate) fn open(root: &MemRoot, options: &Options) -> Self {
+        Self {
+            root: root.root_string(),
+            state: Arc::clone(&root.state),
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
-        })
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

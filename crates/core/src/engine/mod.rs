@@ -42,8 +42,8 @@ pub(crate) const READ_ON_CALLER_MAX: u64 = 64 << 10;
 pub(crate) enum Location {
     /// A local directory.
     Dir(PathBuf),
-    /// A root in this process's memory, by name (`mem:NAME`).
-    Memory(String),
+    /// A root in this process's memory (`mem:NAME`).
+    Memory(mem::MemRoot),
     /// A PostgreSQL database and an S3 bucket.
     #[cfg(feature = "shared")]
     Shared(Box<shared::location::SharedLocation>),
@@ -70,7 +70,7 @@ impl Location {
                 .map(|shared| Location::Shared(Box::new(shared)));
         }
         if let Some(name) = root.strip_prefix(mem::SCHEME) {
-            return mem::parse_name(root, name).map(Location::Memory);
+            return mem::find_or_make(root, name).map(Location::Memory);
         }
         if root.contains("://") {
             let shown = root.split_once('@').map_or(root, |(_, host)| host);
@@ -102,7 +102,7 @@ impl Location {
     pub(crate) fn describe(&self) -> String {
         match self {
             Self::Dir(path) => path.display().to_string(),
-            Self::Memory(name) => format!("{}{name}", mem::SCHEME),
+            Self::Memory(root) => root.root_string(),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.display.clone(),
         }
@@ -116,7 +116,7 @@ impl Location {
                 let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 path.display().to_string()
             }
-            Self::Memory(name) => format!("{}{name}", mem::SCHEME),
+            Self::Memory(root) => root.root_string(),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.identity.clone(),
         }
@@ -394,7 +394,7 @@ pub(crate) trait StagingSink: Write + Send {
 pub(crate) fn open(location: &Location, options: &Options) -> Result<Arc<dyn Engine>> {
     Ok(match location {
         Location::Dir(path) => Arc::new(local::LocalEngine::open(path, options)?),
-        Location::Memory(name) => Arc::new(mem::MemEngine::open(name, options)?),
+        Location::Memory(root) => Arc::new(mem::MemEngine::open(root, options)),
         #[cfg(feature = "shared")]
         Location::Shared(shared) => Arc::new(shared::SharedEngine::open(shared, options)?),
     })

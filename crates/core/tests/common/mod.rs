@@ -11,9 +11,16 @@ use theater_store::{ContentRef, ContentStore, StoreRoot};
 
 /// The engine the suites run against: `THEATER_STORE_TEST_ENGINE=shared`
 /// selects the shared engine (PostgreSQL + S3, on private servers this
-/// process starts); anything else, the local one.
+/// process starts), `mem` the memory engine; anything else, the local one.
 pub fn shared_engine() -> bool {
     std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "shared")
+}
+
+/// Whether the suites run against the memory engine, whose content lives
+/// in this process only: tests of damaged or lost bytes on a disk or in a
+/// bucket have nothing to damage there, and return early.
+pub fn memory_engine() -> bool {
+    std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "mem")
 }
 
 /// The root string another process (or another root in this one) opens
@@ -40,6 +47,10 @@ pub fn temp_root() -> (TempDir, StoreRoot) {
 /// [`temp_root`] with the given options.
 pub fn temp_root_with(options: theater_store::Options) -> (TempDir, StoreRoot) {
     let dir = tempfile::tempdir().unwrap();
+    if memory_engine() {
+        let root = StoreRoot::at("mem:", options).expect("a memory root string");
+        return (dir, root);
+    }
     if shared_engine() {
         let services = theater_store_testing::Services::shared();
         services.configure_environment();
@@ -196,6 +207,9 @@ fn set_inline(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, 
 /// bucket), and staging files left in the store's temporary directory.
 pub fn stored_outside_index(root: &StoreRoot, id: &str) -> (usize, usize) {
     let dir = store_dir_name(id);
+    if memory_engine() {
+        return (0, 0);
+    }
     if shared_engine() {
         let (_, cache) = shared_parts(root);
         let keys = bucket_keys(root, &dir, "objects").len();

@@ -1,0 +1,174 @@
+//! The same random change sequences through every engine: the local one,
+//! the memory one, and (with `THEATER_STORE_TEST_ENGINE=shared`) the shared
+//! one. Each step must have the same outcome on all of them, and afterwards
+//! their labels, totals and content must be the same: what a change means
+//! does not depend on where it is kept.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use theater_store::{ContentRef, ContentStore, GcOptions, Options, StoreRoot};
+
+mod common;
+
+/// Small contents live in the index, the last one (over the 16 KiB inline
+/// threshold) in a file on the engines that have files.
+const CONTENTS: [&[u8]; 5] = [
+    b"",
+    b"alpha",
+    b"beta",
+    b"a longer piece of content",
+    &[7u8; 20_000],
+];
+const LABELS: [&str; 4] = ["a", "a:b", "log/1", "z"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Store(usize),
+    /// Content naming another content's ref: gc follows it.
+    StoreLinking(usize, usize),
+    StoreAtLabel(usize, usize),
+    Label(usize, usize),
+    RemoveLabel(usize),
+    Cas(usize, Option<usize>, Option<usize>),
+    /// Several labels set or removed at once, all or nothing.
+    SetLabels(Vec<(usize, Option<usize>)>),
+    /// A collection with no grace period.
+    Collect,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let content = 0..CONTENTS.len();
+    let label = 0..LABELS.len();
+    prop_oneof![
+        content.clone().prop_map(Op::Store),
+        (content.clone(), content.clone()).prop_map(|(a, b)| Op::StoreLinking(a, b)),
+        (label.clone(), content.clone()).prop_map(|(l, c)| Op::StoreAtLabel(l, c)),
+        (label.clone(), content.clone()).prop_map(|(l, c)| Op::Label(l, c)),
+        label.clone().prop_map(Op::RemoveLabel),
+        (
+            label.clone(),
+            proptest::option::of(content.clone()),
+            proptest::option::of(content.clone())
+        )
+            .prop_map(|(l, e, n)| Op::Cas(l, e, n)),
+        proptest::collection::vec(
+            (label, proptest::option::of(content.clone())),
+            1..3
+        )
+        .prop_map(Op::SetLabels),
+        Just(Op::Collect),
+    ]
+}
+
+/// The bytes of content `index`, or of a node naming content `target`.
+fn linking(index: usize, target: usize) -> Vec<u8> {
+    let named = ContentRef::for_content(CONTENTS[target]);
+    format!("node {index} names {}", named.hash()).into_bytes()
+}
+
+/// What one step returned, comparable between engines (errors by kind).
+async fn run(store: &ContentStore, op: &Op) -> String {
+    let reference = |c: usize| ContentRef::for_content(CONTENTS[c]);
+    let outcome = match op {
+        Op::Store(c) => store.store(CONTENTS[*c]).await.map(|r| r.to_string()),
+        Op::StoreLinking(a, b) => store.store(linking(*a, *b)).await.map(|r| r.to_string()),
+        Op::StoreAtLabel(l, c) => store
+            .store_at_label(LABELS[*l], CONTENTS[*c])
+            .await
+            .map(|r| r.to_string()),
+        Op::Label(l, c) => store
+            .label(LABELS[*l], &reference(*c))
+            .await
+            .map(|()| String::new()),
+        Op::RemoveLabel(l) => store.remove_label(LABELS[*l]).await.map(|()| String::new()),
+        Op::Cas(l, expected, new) => store
+            .compare_and_swap_label(
+                LABELS[*l],
+                expected.map(reference).as_ref(),
+                new.map(reference).as_ref(),
+            )
+            .await
+            .map(|swapped| swapped.to_string()),
+        Op::SetLabels(labels) => {
+            let labels: Vec<(String, Option<ContentRef>)> = labels
+                .iter()
+                .map(|(l, c)| (LABELS[*l].to_owned(), c.map(reference)))
+                .collect();
+            store.set_labels(&labels).await.map(|()| String::new())
+        }
+        Op::Collect => {
+            // Past the millisecond of the last write, so that every engine
+            // finds it older than the cutoff.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let options = GcOptions {
+                grace: Duration::ZERO,
+                dry_run: false,
+            };
+            store
+                .collect_garbage(options, std::sync::Arc::new(()))
+                .await
+                .map(|report| format!("removed {} ({} bytes)", report.objects_removed, report.bytes_freed))
+        }
+    };
+    outcome.unwrap_or_else(|error| format!("error {:?}", error.kind()))
+}
+
+/// Everything a store holds: labels and targets, totals, content.
+async fn contents(store: &ContentStore) -> String {
+    let mut held = String::new();
+    for label in store.list_labels().await.unwrap() {
+        let target = store.get_by_label(&label).await.unwrap().unwrap();
+        held += &format!("label {label} -> {target}\n");
+    }
+    let stats = store.stats().await.unwrap();
+    held += &format!("{stats:?}\n");
+    for content_ref in store.list_all_content().await.unwrap() {
+        let bytes = store.get(&content_ref).await.unwrap();
+        held += &format!("{content_ref}: {} bytes\n", bytes.len());
+    }
+    held
+}
+
+/// The roots compared: a local one, a memory one, and a shared one when
+/// the suite runs on the shared engine.
+fn roots(dir: &std::path::Path) -> Vec<StoreRoot> {
+    let mut roots = vec![
+        StoreRoot::with_options(dir.join("local"), Options::default()),
+        StoreRoot::at("mem:", Options::default()).unwrap(),
+    ];
+    if common::shared_engine() {
+        roots.push(common::temp_root().1);
+    }
+    roots
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn every_engine_gives_a_change_the_same_meaning(ops in proptest::collection::vec(op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let roots = roots(dir.path());
+        let stores: Vec<ContentStore> =
+            roots.iter().map(|root| root.store("same").unwrap()).collect();
+        runtime.block_on(async {
+            for (step, op) in ops.iter().enumerate() {
+                let first = run(&stores[0], op).await;
+                for (engine, store) in stores.iter().enumerate().skip(1) {
+                    let outcome = run(store, op).await;
+                    prop_assert_eq!(&outcome, &first, "step {} ({:?}), engine {}", step, op, engine);
+                }
+            }
+            let first = contents(&stores[0]).await;
+            for store in &stores[1..] {
+                prop_assert_eq!(contents(store).await, first.clone());
+            }
+            Ok(())
+        })?;
+    }
+}
