@@ -76,8 +76,26 @@ impl StoreRoot {
     /// `postgres://USER@HOST:PORT/DB?objects=s3://BUCKET/PREFIX` for the
     /// shared engine (add `&cache=DIR` for this host's read cache, and
     /// `&cache_bytes=N` to bound it; the object store is configured by the
-    /// standard `AWS_*` variables). Opens lazily; a malformed string fails
-    /// here, naming what is wrong and never printing a password.
+    /// standard `AWS_*` variables), or `mem:NAME` for a root in this
+    /// process's memory. Opens lazily; a malformed string fails here, naming
+    /// what is wrong and never printing a password.
+    ///
+    /// A memory root behaves like the others (the same suites run on every
+    /// engine) and keeps nothing on disk: for unit tests of code built on
+    /// the store. `mem:NAME` opens the same root each time in this process,
+    /// until it exits; `mem:` alone makes a fresh one, gone with its last
+    /// handle ([`StoreRoot::describe`] names it for other handles).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use theater_store::{Options, StoreRoot};
+    /// let root = StoreRoot::at("mem:", Options::default())?;
+    /// let store = root.store("notes")?;
+    /// let stored = store.store_at_label("today", "no disk touched").await?;
+    /// assert_eq!(store.get_by_label("today").await?, Some(stored));
+    /// # Ok::<(), theater_store::StoreError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn at(root: &str, options: Options) -> Result<Self> {
         let mut options = options;
         let location = Location::parse(root, &mut options)?;
