@@ -176,10 +176,22 @@ impl ContentStore {
                 // missing or dangling is checked again against the store as
                 // it is now, so concurrent writers and collections do not
                 // show up as damage.
+                // A removal in flight moves the file aside before its row
+                // deletion commits, and a reader or another collection may
+                // be putting such a file back: an object is missing only if
+                // it stays indexed and absent over a few looks.
                 let still_missing = |digest: Digest| -> Result<bool> {
                     let handle = tokio::runtime::Handle::current();
-                    let indexed = handle.block_on(engine.has_object(&store, digest))?;
-                    Ok(indexed && !engine.is_present(&store, digest)?)
+                    for look in 0..MISSING_LOOKS {
+                        if look > 0 {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        let indexed = handle.block_on(engine.has_object(&store, digest))?;
+                        if !indexed || engine.is_present(&store, digest)? {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
                 };
                 for row in &snapshot.objects {
                     if !intact.contains(&row.digest)
@@ -488,6 +500,10 @@ async fn remove_objects(
     }
     Ok((removed, freed))
 }
+
+/// How many times verify looks at an object that seems missing before it
+/// says so (see `still_missing` in `ContentStore::verify`).
+const MISSING_LOOKS: u32 = 3;
 
 impl StoreRoot {
     /// Removes store `id` with all its labels and content. A dry run

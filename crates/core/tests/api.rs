@@ -80,9 +80,8 @@ async fn concurrent_identical_writes_end_as_one_object() {
         assert_eq!(refs.len(), 1);
         assert_eq!(store.stats().await.unwrap().objects, 1);
         assert_eq!(store.calculate_total_size().await.unwrap(), size as u64);
-        let files = usize::from(
-            size > Options::default().inline_threshold && !common::memory_engine(),
-        );
+        let files =
+            usize::from(size > Options::default().inline_threshold && !common::memory_engine());
         let (outside, staging) = common::stored_outside_index(&root, id);
         assert_eq!(outside, files);
         assert_eq!(staging, 0, "temporary files left behind");

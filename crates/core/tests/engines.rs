@@ -52,11 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(content.clone())
         )
             .prop_map(|(l, e, n)| Op::Cas(l, e, n)),
-        proptest::collection::vec(
-            (label, proptest::option::of(content.clone())),
-            1..3
-        )
-        .prop_map(Op::SetLabels),
+        proptest::collection::vec((label, proptest::option::of(content.clone())), 1..3)
+            .prop_map(Op::SetLabels),
         Just(Op::Collect),
     ]
 }
@@ -108,7 +105,12 @@ async fn run(store: &ContentStore, op: &Op) -> String {
             store
                 .collect_garbage(options, std::sync::Arc::new(()))
                 .await
-                .map(|report| format!("removed {} ({} bytes)", report.objects_removed, report.bytes_freed))
+                .map(|report| {
+                    format!(
+                        "removed {} ({} bytes)",
+                        report.objects_removed, report.bytes_freed
+                    )
+                })
         }
     };
     outcome.unwrap_or_else(|error| format!("error {:?}", error.kind()))
