@@ -13,7 +13,7 @@ use crate::Harness;
 /// A component whose core module declares `extra` memories besides its
 /// main one, and whose `init` grows each of them by `pages` 64 KiB pages,
 /// trapping if a grow is refused. Its signature is the actor world's.
-fn multi_memory_actor(extra: usize, pages: u32) -> Vec<u8> {
+pub(crate) fn multi_memory_actor(extra: usize, pages: u32) -> Vec<u8> {
     let memories: String = (0..extra).map(|i| format!("(memory $m{i} 0)\n")).collect();
     let grows: String = (0..extra)
         .map(|i| {

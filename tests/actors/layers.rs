@@ -39,7 +39,7 @@ fn the_host_imports_only_downwards() {
         &["resources"],
         &["bindings"],
         &["ctx"],
-        &["imports"],
+        &["enforce", "imports"],
         &["streams", "keyvalue"],
         &["runner"],
     ];

@@ -4,6 +4,7 @@
 mod cache;
 mod chain;
 mod compat;
+mod embedding;
 mod hardening;
 mod hostile;
 mod keyvalue;

@@ -67,7 +67,7 @@ impl Bench {
         let engine = Engine::new(&config).unwrap();
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        theater_store_host::add_to_linker(&mut linker).unwrap();
+        theater_store_host::add_to_linker_async(&mut linker).unwrap();
         linker
             .instance("theater:bench/probe")
             .unwrap()

@@ -50,8 +50,12 @@ pub struct StoreCtx {
 }
 
 impl StoreCtx {
-    /// A context serving stores from `root` under `grants` and `limits`.
+    /// A context serving stores from `root` under `grants` and `limits`,
+    /// for one run starting now: host calls still waiting for the store
+    /// once [`Limits::timeout`] has passed give up (see
+    /// [`StoreCtx::set_deadline`]).
     pub fn new(root: StoreRoot, grants: Grants, limits: Limits) -> Self {
+        let deadline = Instant::now().checked_add(limits.timeout);
         Self {
             root,
             grants,
@@ -62,7 +66,7 @@ impl StoreCtx {
             shutdown: None,
             meter: Meter::default(),
             open_streams: Arc::new(AtomicUsize::new(0)),
-            deadline: None,
+            deadline,
             timed_out: AtomicBool::new(false),
             chain: None,
             pending: None,
@@ -177,8 +181,9 @@ impl StoreCtx {
     }
 
     /// Host calls still waiting for the store when `deadline` passes give
-    /// up with a timeout error. [`ActorHost`](crate::ActorHost) sets it from
-    /// [`Limits::timeout`] at the start of each run.
+    /// up with a timeout error. [`StoreCtx::new`] sets it to
+    /// [`Limits::timeout`] from then; a context made well before its run
+    /// starts sets it again here (`None`: no deadline).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
     }

@@ -10,7 +10,7 @@
 //!
 //! Shaped like wasmtime-wasi-keyvalue: the context is the actor's
 //! [`StoreCtx`](crate::StoreCtx) reached through [`StoreView`], and
-//! [`add_to_linker`] wires the imports into any linker.
+//! [`add_to_linker_async`] wires the imports into any linker.
 
 use theater_store::{AtMost, ContentRef, ContentStore, ErrorKind, Event, validate_label};
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -20,8 +20,8 @@ use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::imports::call;
 use crate::policy::Access;
-pub use crate::resources::{Bucket, Cas};
-use crate::{HasStoreView, StoreCtxView, StoreView};
+use crate::resources::{Bucket, Cas};
+use crate::{HasStoreView, StoreCtxView, StoreView, wasi_table_view};
 
 use store::{Error, KeyResponse};
 
@@ -35,11 +35,12 @@ const MAX_NUMBER_BYTES: u64 = 20;
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
 
 /// Adds `wasi:keyvalue/store`, `atomics` and `batch` to `linker`, served
-/// from the [`StoreCtx`](crate::StoreCtx) that `T`'s [`StoreView`] gives.
-pub fn add_to_linker<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
-    atomics::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
-    batch::add_to_linker::<T, HasStoreView>(linker, T::store_view)
+/// from the [`StoreCtx`](crate::StoreCtx) that `T`'s [`StoreView`] gives
+/// (an engine with async support, as for [`crate::add_to_linker_async`]).
+pub fn add_to_linker_async<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
+    atomics::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
+    batch::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)
 }
 
 impl From<HostError> for Error {

@@ -1,20 +1,37 @@
-//! Serves `theater:simple/store` and `theater:simple/runtime` to wasmtime
-//! components from a [`theater_store::StoreRoot`].
+//! Serves `theater:simple/store`, `store-streams`, `runtime` and
+//! `wasi:keyvalue` to wasmtime components from a
+//! [`theater_store::StoreRoot`]. Built against wasmtime 48, re-exported as
+//! [`wasmtime`] and [`wasmtime_wasi`]; the imports are async, so the
+//! engine runs in a Tokio runtime, as the core requires.
 //!
 //! Two ways in:
-//! - Embedders with their own wasmtime setup keep a [`StoreCtx`] in their
-//!   `Store<T>` data, implement [`StoreView`] for `T`, and call
-//!   [`add_to_linker`].
-//! - Everyone else uses [`ActorHost`], which loads actor components, runs
-//!   their `init` under grants and limits, and returns the new state and logs.
+//! - [`ActorHost`] loads actor components, runs their `init` (or a WASI
+//!   command's `main`) under grants and limits, and returns the new state
+//!   and logs. The CLI uses it.
+//! - Embedders with their own engine and linker keep a [`StoreCtx`] in
+//!   their `Store<T>` data, implement [`StoreView`] (beside WASI's
+//!   `WasiView`) and call [`add_to_linker_async`]. [`ActorLimiter`],
+//!   [`enforce_limits`], [`start_epoch_clock`] and
+//!   [`ActorFailure::of_call`] are the pieces `ActorHost` is built from, so
+//!   the same [`Limits`] hold: memory over all of an actor's memories and
+//!   tables, the deadline, and the classification of what went wrong.
 //!
 //! The host does no file I/O of its own: every call becomes a call on the
-//! core store. Access is denied by default; see [`Grants`].
+//! core store. Access is denied by default; see [`Grants`]. A new
+//! [`StoreCtx`] (a restart) grants nothing the actor created before: keep
+//! [`StoreCtx::created_stores`] and grant them again, as below.
+//!
+//! A complete embedding (`examples/embed.rs`, run as this doc test):
+//!
+//! ```
+#![doc = include_str!("../examples/embed.rs")]
+//! ```
 
 #![warn(missing_docs)]
 
-mod bindings;
+pub mod bindings;
 mod ctx;
+mod enforce;
 mod error;
 mod imports;
 pub mod keyvalue;
@@ -25,15 +42,22 @@ mod runner;
 mod streams;
 
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::WasiView;
 
-pub use bindings::StoreActor;
+/// The wasmtime this crate is built against (48.x): use it for the
+/// `Engine`, `Linker` and `Store` the host is added to.
+pub use wasmtime;
+/// The wasmtime-wasi this crate is built against, for the WASI p2 imports
+/// every actor needs beside the store's.
+pub use wasmtime_wasi;
+
+pub use bindings::{StoreActor, StoreActorPre};
 pub use ctx::StoreCtx;
+pub use enforce::{ActorFailure, ActorLimiter, EPOCH_TICK, enforce_limits, start_epoch_clock};
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
-pub use resources::WriterHandle;
 pub use runner::{
-    ActorComponent, ActorFailure, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun,
-    RunOptions,
+    ActorComponent, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun, RunOptions,
 };
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:
@@ -48,8 +72,11 @@ pub struct StoreCtxView<'a> {
 }
 
 /// Access to the [`StoreCtx`] inside an embedder's `Store<T>` data, the way
-/// `wasmtime_wasi::WasiView` gives access to WASI's context.
-pub trait StoreView: Send {
+/// `wasmtime_wasi::WasiView` gives access to WASI's context. The table in
+/// the view must be the one `WasiView::ctx` returns: streamed reads are
+/// `wasi:io` streams, which WASI finds in its own table. The imports check
+/// this at every call and panic, naming this rule, if it is broken.
+pub trait StoreView: WasiView + Send {
     /// The actor's store context and resource table.
     fn store_view(&mut self) -> StoreCtxView<'_>;
 }
@@ -62,12 +89,27 @@ impl HasData for HasStoreView {
 }
 
 /// Adds `theater:simple/store`, `theater:simple/store-streams` and
-/// `theater:simple/runtime` to `linker`. Add WASI p2 too
+/// `theater:simple/runtime` to `linker`, for an engine with async support
+/// (the imports are async; instantiate with `instantiate_async` and call
+/// with `call_…` `.await`). Add WASI p2 too
 /// (`wasmtime_wasi::p2::add_to_linker_async`): Rust's std on
 /// `wasm32-wasip2` imports it, and streams are its `wasi:io` streams.
-pub fn add_to_linker<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub fn add_to_linker_async<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use bindings::theater::simple::{runtime, store, store_streams};
     store::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)?;
-    store_streams::add_to_linker::<T, HasStoreView>(linker, T::store_view)?;
+    store_streams::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
     runtime::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)
+}
+
+/// `T`'s view, once checked to hold WASI's resource table (see
+/// [`StoreView`]): a pointer comparison per call.
+fn wasi_table_view<T: StoreView>(data: &mut T) -> StoreCtxView<'_> {
+    let wasi_table: *const ResourceTable = WasiView::ctx(data).table;
+    let view = data.store_view();
+    assert!(
+        std::ptr::eq(wasi_table, view.table),
+        "StoreView::store_view must return the ResourceTable that WasiView::ctx returns: \
+         streamed reads are wasi:io streams, which live in WASI's table"
+    );
+    view
 }

@@ -2,22 +2,19 @@
 //! grants and limits the embedder chose, one wasmtime `Store` per run.
 
 use std::path::Path;
-use std::time::Duration;
 
 use theater_store::{ContentRef, StoreRoot};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::StoreActorPre;
 use crate::ctx::StoreCtx;
+use crate::enforce::{ActorFailure, ActorLimiter, enforce_limits, start_epoch_clock};
 use crate::policy::{Grants, Limits};
-use crate::{StoreCtxView, StoreView, add_to_linker};
-
-/// How often the deadline clock ticks. A deadline is enforced to within one tick.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+use crate::{StoreCtxView, StoreView, add_to_linker_async};
 
 /// How much of an actor's stderr (panic messages, mostly) is kept.
 const STDERR_CAPACITY: usize = 64 << 10;
@@ -126,46 +123,17 @@ pub struct ActorRun {
     pub stderr: String,
 }
 
-/// Why a run produced no new state.
-#[derive(Debug, thiserror::Error)]
-pub enum ActorFailure {
-    /// `init` returned `err(message)`.
-    #[error("the actor returned an error: {0}")]
-    Returned(String),
-    /// The actor ran past [`Limits::timeout`] and was stopped.
-    #[error("the actor ran past its {0:?} deadline and was stopped")]
-    TimedOut(Duration),
-    /// The actor tried to grow its memories and tables, all together, past
-    /// [`Limits::max_memory_bytes`].
-    #[error("the actor tried to grow its memory past the {limit} byte limit and trapped: {trap}")]
-    OutOfMemory {
-        /// The limit in force.
-        limit: usize,
-        /// The trap that followed.
-        trap: String,
-    },
-    /// The actor trapped (a panic, an `unreachable`, a bad memory access).
-    #[error("the actor trapped: {0}")]
-    Trapped(String),
-    /// The component could not be instantiated.
-    #[error("the actor could not be instantiated: {0}")]
-    Instantiation(String),
-    /// The run's options were refused (an invalid actor id).
-    #[error("the run could not start: {0}")]
-    InvalidOptions(String),
-}
-
 impl ActorHost {
     /// A host serving stores from `root`.
     pub fn new(root: StoreRoot) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
-        spawn_epoch_clock(&engine);
+        start_epoch_clock(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        add_to_linker(&mut linker)?;
-        crate::keyvalue::add_to_linker(&mut linker)?;
+        add_to_linker_async(&mut linker)?;
+        crate::keyvalue::add_to_linker_async(&mut linker)?;
         let engine_key = engine_key(&engine);
         Ok(Self {
             engine,
@@ -282,7 +250,7 @@ impl ActorHost {
         };
 
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => Err(instantiation_failure(&error, &store, &limits)),
+            Err(error) => Err(ActorFailure::of_instantiation(&error, &store.data().memory)),
             Ok(instance) => {
                 let call = instance
                     .theater_simple_actor()
@@ -291,7 +259,10 @@ impl ActorHost {
                 match call {
                     Ok(Ok((new_state,))) => Ok(new_state),
                     Ok(Err(message)) => Err(ActorFailure::Returned(message)),
-                    Err(trap) => Err(classify_trap(&trap, &store, &limits)),
+                    Err(trap) => {
+                        let data = store.data();
+                        Err(ActorFailure::of_call(&trap, &data.store, &data.memory))
+                    }
                 }
             }
         };
@@ -346,13 +317,16 @@ impl ActorHost {
             Err(failure) => return CommandRun::refused(failure),
         };
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => Err(instantiation_failure(&error, &store, &limits)),
+            Err(error) => Err(ActorFailure::of_instantiation(&error, &store.data().memory)),
             Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
                 Ok(Ok(())) => Ok(0),
                 Ok(Err(())) => Ok(1),
                 Err(trap) => match trap.downcast_ref::<I32Exit>() {
                     Some(exit) => Ok(exit.0),
-                    None => Err(classify_trap(&trap, &store, &limits)),
+                    None => {
+                        let data = store.data();
+                        Err(ActorFailure::of_call(&trap, &data.store, &data.memory))
+                    }
                 },
             },
         };
@@ -384,7 +358,6 @@ impl ActorHost {
             .map_err(|error| ActorFailure::InvalidOptions(error.to_string()))?;
         let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
         store_ctx.set_chain(chain);
-        store_ctx.set_deadline(std::time::Instant::now().checked_add(limits.timeout));
         let data = ActorState {
             wasi,
             table: ResourceTable::new(),
@@ -392,9 +365,7 @@ impl ActorHost {
             memory: ActorLimiter::new(&limits),
         };
         let mut store = Store::new(&self.engine, data);
-        store.limiter(|data| &mut data.memory);
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        store.epoch_deadline_trap();
+        enforce_limits(&mut store, &limits, |data| &mut data.memory);
         Ok(store)
     }
 }
@@ -469,61 +440,6 @@ impl ActorRun {
     }
 }
 
-/// Why instantiation failed: the memory limit, or anything else.
-fn instantiation_failure(
-    error: &wasmtime::Error,
-    store: &Store<ActorState>,
-    limits: &Limits,
-) -> ActorFailure {
-    if store.data().memory.refused {
-        ActorFailure::OutOfMemory {
-            limit: limits.max_memory_bytes,
-            trap: format!("{error:#}"),
-        }
-    } else {
-        ActorFailure::Instantiation(format!("{error:#}"))
-    }
-}
-
-fn classify_trap(
-    trap: &wasmtime::Error,
-    store: &Store<ActorState>,
-    limits: &Limits,
-) -> ActorFailure {
-    let message = format!("{trap:#}");
-    if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        ActorFailure::TimedOut(limits.timeout)
-    } else if store.data().memory.refused {
-        ActorFailure::OutOfMemory {
-            limit: limits.max_memory_bytes,
-            trap: message,
-        }
-    } else {
-        ActorFailure::Trapped(message)
-    }
-}
-
-fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
-}
-
-/// Advances the engine's epoch every tick until the engine is dropped.
-fn spawn_epoch_clock(engine: &Engine) {
-    let engine = engine.weak();
-    std::thread::Builder::new()
-        .name("theater-store-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        })
-        .expect("spawning the epoch clock thread");
-}
-
 /// The data of each run's wasmtime `Store`.
 struct ActorState {
     wasi: WasiCtx,
@@ -547,83 +463,6 @@ impl StoreView for ActorState {
             ctx: &mut self.store,
             table: &mut self.table,
         }
-    }
-}
-
-/// Bytes charged per table element: a pointer-sized reference.
-const TABLE_ELEMENT_BYTES: usize = 8;
-
-/// Caps what an actor's instances may allocate, all together: every linear
-/// memory and table counts against one [`Limits::max_memory_bytes`], so a
-/// component with many memories gets no more than one with a single
-/// memory. Remembers whether it had to refuse, so that the trap that
-/// follows can be reported as what it is.
-struct ActorLimiter {
-    max_bytes: usize,
-    used_bytes: usize,
-    max_instances: usize,
-    max_memories: usize,
-    max_tables: usize,
-    refused: bool,
-}
-
-impl ActorLimiter {
-    fn new(limits: &Limits) -> Self {
-        Self {
-            max_bytes: limits.max_memory_bytes,
-            used_bytes: 0,
-            max_instances: limits.max_instances,
-            max_memories: limits.max_memories,
-            max_tables: limits.max_tables,
-            refused: false,
-        }
-    }
-
-    /// Grows the total by `added` bytes if that stays within the limit.
-    fn charge(&mut self, added: usize) -> bool {
-        match self.used_bytes.checked_add(added) {
-            Some(total) if total <= self.max_bytes => {
-                self.used_bytes = total;
-                true
-            }
-            _ => {
-                self.refused = true;
-                false
-            }
-        }
-    }
-}
-
-impl ResourceLimiter for ActorLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self.charge(desired.saturating_sub(current)))
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let added = desired.saturating_sub(current);
-        Ok(self.charge(added.saturating_mul(TABLE_ELEMENT_BYTES)))
-    }
-
-    fn instances(&self) -> usize {
-        self.max_instances
-    }
-
-    fn memories(&self) -> usize {
-        self.max_memories
-    }
-
-    fn tables(&self) -> usize {
-        self.max_tables
     }
 }
 

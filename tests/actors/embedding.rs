@@ -1,0 +1,158 @@
+//! A hand-built embedding (own engine, linker and store data, as
+//! crates/host/examples/embed.rs shows) gets the same limits as
+//! `ActorHost`: the hostile actors are stopped the same way, with the
+//! same figures.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use theater_store::StoreRoot;
+use theater_store_examples::HOSTILE;
+use theater_store_host::wasmtime::component::{Component, Linker, ResourceTable};
+use theater_store_host::wasmtime::{Config, Engine, Store};
+use theater_store_host::wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use theater_store_host::{
+    ActorFailure, ActorLimiter, Grants, Limits, RunOptions, StoreActorPre, StoreCtx, StoreCtxView,
+    StoreView, enforce_limits, start_epoch_clock,
+};
+
+use crate::Harness;
+use crate::hardening::multi_memory_actor;
+
+struct Data {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    store: StoreCtx,
+    limiter: ActorLimiter,
+}
+
+impl WasiView for Data {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreView for Data {
+    fn store_view(&mut self) -> StoreCtxView<'_> {
+        StoreCtxView {
+            ctx: &mut self.store,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Runs `wasm`'s `init` with `param` in an embedding built from the host
+/// crate's public pieces only.
+async fn run_by_hand(
+    root: &StoreRoot,
+    wasm: &[u8],
+    limits: &Limits,
+    param: &Value,
+) -> Result<Option<Vec<u8>>, ActorFailure> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).unwrap();
+    start_epoch_clock(&engine).unwrap();
+    let mut linker = Linker::<Data>::new(&engine);
+    theater_store_host::wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    theater_store_host::add_to_linker_async(&mut linker).unwrap();
+    let component = Component::new(&engine, wasm).unwrap();
+    let pre = StoreActorPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let data = Data {
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        store: StoreCtx::new(root.clone(), Grants::none(), limits.clone()),
+        limiter: ActorLimiter::new(limits),
+    };
+    let mut store = Store::new(&engine, data);
+    enforce_limits(&mut store, limits, |data| &mut data.limiter);
+    let instance = match pre.instantiate_async(&mut store).await {
+        Ok(instance) => instance,
+        Err(error) => {
+            return Err(ActorFailure::of_instantiation(
+                &error,
+                &store.data().limiter,
+            ));
+        }
+    };
+    let param = param.to_string();
+    match instance
+        .theater_simple_actor()
+        .call_init(&mut store, None, (&param,))
+        .await
+    {
+        Ok(Ok((state,))) => Ok(state),
+        Ok(Err(message)) => Err(ActorFailure::Returned(message)),
+        Err(trap) => {
+            let data = store.data();
+            Err(ActorFailure::of_call(&trap, &data.store, &data.limiter))
+        }
+    }
+}
+
+/// The failure as a comparable summary: its kind and the limit named.
+fn summary(outcome: &Result<Option<Vec<u8>>, ActorFailure>) -> String {
+    match outcome {
+        Err(ActorFailure::OutOfMemory { limit, .. }) => format!("out of memory at {limit}"),
+        Err(ActorFailure::TimedOut(after)) => format!("timed out after {after:?}"),
+        Err(ActorFailure::Trapped(_)) => "trapped".into(),
+        Err(ActorFailure::Instantiation(_)) => "not instantiated".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs the same attack under `ActorHost` and by hand; both summaries.
+async fn both(wasm: &'static [u8], limits: Limits, param: Value) -> (String, String) {
+    let h = Harness::start();
+    let options = RunOptions {
+        limits: limits.clone(),
+        ..RunOptions::default()
+    };
+    let actor = h.host.load(wasm).unwrap();
+    let hosted = h.run_raw(&actor, options, &param).await.outcome;
+    let by_hand = run_by_hand(h.root(), wasm, &limits, &param).await;
+    (summary(&hosted), summary(&by_hand))
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_stopped_at_the_same_limit_by_hand() {
+    let limits = Limits {
+        max_memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    let (hosted, by_hand) = both(HOSTILE, limits, json!({"attack": "memory-bomb"})).await;
+    assert_eq!(hosted, "out of memory at 67108864");
+    assert_eq!(by_hand, hosted);
+}
+
+#[tokio::test]
+async fn many_memories_share_one_budget_by_hand() {
+    let limits = Limits {
+        max_memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    // Each memory alone within the limit; together twelve times over it.
+    let greedy: &'static [u8] = Vec::leak(multi_memory_actor(12, 900));
+    let (hosted, by_hand) = both(greedy, limits.clone(), json!(null)).await;
+    assert_eq!(hosted, "out of memory at 67108864");
+    assert_eq!(by_hand, hosted);
+    // More memories than allowed at all: refused at instantiation.
+    let many: &'static [u8] = Vec::leak(multi_memory_actor(40, 0));
+    let (hosted, by_hand) = both(many, limits, json!(null)).await;
+    assert_eq!(hosted, "not instantiated");
+    assert_eq!(by_hand, hosted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_times_out_by_hand() {
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (hosted, by_hand) = both(HOSTILE, limits, json!({"attack": "infinite-loop"})).await;
+    assert_eq!(hosted, "timed out after 300ms");
+    assert_eq!(by_hand, hosted);
+}
