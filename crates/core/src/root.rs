@@ -133,7 +133,7 @@ impl StoreRoot {
     }
 
     /// The process-wide root at [`StoreRoot::default_location`], used by
-    /// [`ContentStore::new`] and [`ContentStore::from_id`]. Resolved once.
+    /// [`crate::ContentStore::new`] and [`crate::ContentStore::from_id`]. Resolved once.
     pub fn global() -> StoreRoot {
         static GLOBAL: OnceLock<StoreRoot> = OnceLock::new();
         GLOBAL

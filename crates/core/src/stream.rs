@@ -114,7 +114,7 @@ impl StagingWriter {
 /// before that stores nothing and removes what was staged.
 ///
 /// Content past the inline threshold is hashed and staged on a blocking
-/// thread that drains the pieces queued for it (up to [`QUEUE_BYTES`])
+/// thread that drains the pieces queued for it (up to 1 MiB)
 /// and ends when none is left; the next piece starts another. So no
 /// thread is held while the writer waits for its caller, and an idle
 /// writer costs its staging file and at most the queue.

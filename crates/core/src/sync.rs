@@ -1,36 +1,5 @@
-//! Sync: brings a store in one root up to date with the same store in
-//! another, copying only the content the destination lacks and moving
-//! labels with compare-and-swap, so that nothing changed on the
-//! destination is ever overwritten without being noticed.
-//!
-//! What two roots last agreed on is kept in both of them, in the reserved
-//! store `_sync`, one record per (other root, store): for each label, the
-//! values either side may hold and still count as "unchanged since the
-//! last sync", whichever direction that sync ran. The newer of the two
-//! copies is the one read. A label is then, by its source value `S`,
-//! destination value `D` and that record:
-//!
-//! - in sync when `S == D`;
-//! - moved to `S` (by compare-and-swap against `D`) when `D` is unchanged;
-//! - kept when only the destination changed it (the destination's change
-//!   stays, and a sync the other way carries it back);
-//! - a conflict when both changed it, or when a first sync finds
-//!   different values: reported, never overwritten.
-//!
-//! Before labels move, the record is written with both the old and the
-//! new value allowed, so a sync killed half way and run again resumes:
-//! labels it already moved count as unchanged. Content is copied before
-//! any label that points at it, read verified and stored re-hashed.
-//!
-//! Every root has an identity, a UUID created the first time it syncs
-//! and kept in its `_sync` store (not derived from its path). Records name
-//! both identities, and every save of a record gets a new agreement id.
-//! A record counts only when both roots hold the same one (or the
-//! destination holds the direct successor of the source's: a sync killed
-//! between writing the two copies). Otherwise (a root wiped, restored
-//! from a backup, copied, or never synced with this peer) the sync is a
-//! first sync: a union, in which a label the sides disagree on is a
-//! conflict and nothing is deleted, and the report says why.
+//! Sync between roots; the rules are documented on
+//! [`StoreRoot::sync_store_to`], which is where users read them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -239,10 +208,43 @@ enum Plan {
 }
 
 impl StoreRoot {
-    /// Brings store `id` in `destination` up to date with store `id` here
-    /// (see the module documentation of `sync.rs` for the rules). Progress
-    /// counts objects. Conflicts are reported, not errors: check
+    /// Brings store `id` in `destination` up to date with store `id` here.
+    /// Progress counts objects. Conflicts are reported, not errors: check
     /// [`SyncReport::converged`].
+    ///
+    /// Sync: brings a store in one root up to date with the same store in
+    /// another, copying only the content the destination lacks and moving
+    /// labels with compare-and-swap, so that nothing changed on the
+    /// destination is ever overwritten without being noticed.
+    ///
+    /// What two roots last agreed on is kept in both of them, in the reserved
+    /// store `_sync`, one record per (other root, store): for each label, the
+    /// values either side may hold and still count as "unchanged since the
+    /// last sync", whichever direction that sync ran. The newer of the two
+    /// copies is the one read. A label is then, by its source value `S`,
+    /// destination value `D` and that record:
+    ///
+    /// - in sync when `S == D`;
+    /// - moved to `S` (by compare-and-swap against `D`) when `D` is unchanged;
+    /// - kept when only the destination changed it (the destination's change
+    ///   stays, and a sync the other way carries it back);
+    /// - a conflict when both changed it, or when a first sync finds
+    ///   different values: reported, never overwritten.
+    ///
+    /// Before labels move, the record is written with both the old and the
+    /// new value allowed, so a sync killed half way and run again resumes:
+    /// labels it already moved count as unchanged. Content is copied before
+    /// any label that points at it, read verified and stored re-hashed.
+    ///
+    /// Every root has an identity, a UUID created the first time it syncs
+    /// and kept in its `_sync` store (not derived from its path). Records name
+    /// both identities, and every save of a record gets a new agreement id.
+    /// A record counts only when both roots hold the same one (or the
+    /// destination holds the direct successor of the source's: a sync killed
+    /// between writing the two copies). Otherwise (a root wiped, restored
+    /// from a backup, copied, or never synced with this peer) the sync is a
+    /// first sync: a union, in which a label the sides disagree on is a
+    /// conflict and nothing is deleted, and the report says why.
     pub async fn sync_store_to(
         &self,
         destination: &StoreRoot,

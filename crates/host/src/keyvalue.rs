@@ -9,7 +9,7 @@
 //! value that is not one is refused, never reinterpreted.
 //!
 //! Shaped like wasmtime-wasi-keyvalue: the context is the actor's
-//! [`StoreCtx`](crate::StoreCtx) reached through [`StoreView`], and
+//! [`StoreCtx`] reached through [`StoreView`], and
 //! [`add_to_linker_async`] wires the imports into any linker.
 
 use theater_store::{AtMost, ContentRef, ContentStore, ErrorKind, Event, validate_label};
@@ -35,7 +35,7 @@ const MAX_NUMBER_BYTES: u64 = 20;
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
 
 /// Adds `wasi:keyvalue/store`, `atomics` and `batch` to `linker`, served
-/// from the [`StoreCtx`](crate::StoreCtx) that `T`'s [`StoreView`] gives
+/// from the [`StoreCtx`] that `T`'s [`StoreView`] gives
 /// (an engine with async support, as for [`crate::add_to_linker_async`]).
 pub fn add_to_linker_async<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     store::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
