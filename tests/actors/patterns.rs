@@ -516,3 +516,27 @@ async fn the_15_patterns_on_the_shared_engine() {
     p14_migration_between_actors_on(Harness::start_shared()).await;
     p15_synchronization_between_stores_on(Harness::start_shared()).await;
 }
+
+/// `update_json_at_label` (the guest's read-modify-write helper) loses no
+/// update while four runs of the actor increment one counter at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_writes_lose_no_update() {
+    let h = std::sync::Arc::new(Harness::start());
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let actor = h.load(SEED_PATTERNS);
+                let param = json!({"pattern": "counter", "store": "counters", "times": 25});
+                h.run(&actor, granted("counters", Access::ReadWrite), None, &param)
+                    .await
+            })
+        })
+        .collect();
+    for run in runs {
+        let out = run.await.unwrap();
+        assert!(out["last"].as_u64().unwrap() <= 100);
+    }
+    let counters = h.root().store("counters").unwrap();
+    assert_eq!(json_at(&counters, "count").await, json!(100));
+}

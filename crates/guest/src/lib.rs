@@ -31,6 +31,12 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// The serde this crate's JSON helpers use, for `#[derive(serde::Serialize,
+/// serde::Deserialize)]` on your own types without a dependency of your own.
+pub use serde;
+/// The serde_json this crate's JSON helpers use.
+pub use serde_json;
+
 /// Bindings generated from `wit/` by wit-bindgen.
 #[allow(missing_docs)]
 pub mod bindings {
@@ -89,7 +95,10 @@ impl From<Error> for String {
 /// Result of every store call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A reference to stored content: the lowercase hex BLAKE3 digest of its bytes.
+/// A reference to stored content: the lowercase hex BLAKE3 digest of its
+/// bytes. As JSON (inside your own serialized values) it is an object,
+/// `{"hash":"<64 hex digits>"}`, the same as Theater's WIT record; store it
+/// so, and gc follows it from the content that holds it.
 #[derive(
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -165,12 +174,16 @@ impl ContentStore {
         Ok(wit::exists(&self.id, &content_ref.to_wit())?)
     }
 
-    /// Points a label at stored content.
+    /// Points a label at stored content, creating the label or moving it
+    /// from whatever it pointed at.
     pub fn label(&self, label: &str, content_ref: &ContentRef) -> Result<()> {
         Ok(wit::label(&self.id, label, &content_ref.to_wit())?)
     }
 
-    /// Moves a label to stored content.
+    /// The same as [`ContentStore::label`]: both create or move the label.
+    /// Theater's interface has both names, kept for compatibility. To move
+    /// a label only if it still points where you last saw it, use
+    /// [`ContentStore::compare_and_swap`].
     pub fn replace_at_label(&self, label: &str, content_ref: &ContentRef) -> Result<()> {
         Ok(wit::replace_at_label(
             &self.id,
@@ -192,12 +205,13 @@ impl ContentStore {
         }
     }
 
-    /// Stores bytes and points a label at them.
+    /// Stores bytes and points a label at them, creating or moving it.
     pub fn store_at_label(&self, label: &str, content: impl AsRef<[u8]>) -> Result<ContentRef> {
         Ok(wit::store_at_label(&self.id, label, content.as_ref())?.into())
     }
 
-    /// Stores bytes and moves a label to them.
+    /// The same as [`ContentStore::store_at_label`] (Theater has both
+    /// names): stores bytes and creates or moves the label to them.
     pub fn replace_content_at_label(
         &self,
         label: &str,
@@ -262,4 +276,47 @@ impl ContentStore {
             None => Ok(None),
         }
     }
+
+    /// Read-modify-write of the JSON value at `label`, safe against other
+    /// writers of the same label (other actors, other runs of this one):
+    /// reads the value (`None`: no label), lets `update` make the new one,
+    /// stores it and moves the label with compare-and-swap, and starts
+    /// again from the new value if someone moved the label meanwhile.
+    /// Returns the new value and its ref. A value stored by a lost attempt
+    /// is left unlabelled, for gc. Gives up after 100 lost attempts.
+    ///
+    /// ```no_run
+    /// # fn main() -> theater_store_guest::Result<()> {
+    /// let store = theater_store_guest::ContentStore::from_id("counters");
+    /// let (count, _) = store.update_json_at_label("visits", |count: Option<u64>| {
+    ///     count.unwrap_or(0) + 1
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn update_json_at_label<T, F>(&self, label: &str, mut update: F) -> Result<(T, ContentRef)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> T,
+    {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let current = self.get_by_label(label)?;
+            let old = match &current {
+                Some(content_ref) => Some(self.get_json(content_ref)?),
+                None => None,
+            };
+            let new = update(old);
+            let stored = self.store_json(&new)?;
+            if self.compare_and_swap(label, current.as_ref(), Some(&stored))? {
+                return Ok((new, stored));
+            }
+        }
+        Err(Error(format!(
+            "label {label} of store {} kept changing: {MAX_UPDATE_ATTEMPTS} updates in a row \
+             lost to other writers",
+            self.id
+        )))
+    }
 }
+
+/// How often [`ContentStore::update_json_at_label`] tries before it gives up.
+const MAX_UPDATE_ATTEMPTS: usize = 100;

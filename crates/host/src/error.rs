@@ -22,8 +22,13 @@ pub enum HostError {
         /// The store.
         store: String,
     },
-    /// The store was neither created by the actor nor granted to it.
-    #[error("access denied: store {store} was neither created by this actor nor granted to it")]
+    /// The store was neither created by the actor in this run nor granted
+    /// to it. A store's creator is not remembered across runs: the
+    /// embedder grants it again (`--grant` in the CLI).
+    #[error(
+        "access denied: store {store} was neither created by this actor in this run nor granted \
+         to it (stores created in earlier runs must be granted again, e.g. --grant {store})"
+    )]
     NotGranted {
         /// The store.
         store: String,

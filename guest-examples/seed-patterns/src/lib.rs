@@ -40,6 +40,7 @@ impl Actor for SeedPatterns {
             "append-log" => append_log(&params, &previous),
             "migrate" => migrate(&params),
             "sync" => sync(&params),
+            "counter" => counter(&params),
             other => return Err(format!("unknown pattern {other:?}")),
         }?;
         Ok((Some(result.to_string().into_bytes()),))
@@ -365,4 +366,17 @@ fn sync(params: &Value) -> Outcome {
             Ok(json!({"store": store.id(), "labels": store.list_labels()?}))
         }
     }
+}
+
+/// Beyond the seed: `times` read-modify-writes of a JSON counter at label
+/// `count` of store `store`, safe while other runs do the same.
+fn counter(params: &Value) -> Outcome {
+    let store = ContentStore::from_id(text(params, "store")?);
+    let times = params["times"].as_u64().unwrap_or(1);
+    let mut last = 0;
+    for _ in 0..times {
+        (last, _) =
+            store.update_json_at_label("count", |count: Option<u64>| count.unwrap_or(0) + 1)?;
+    }
+    Ok(json!({ "last": last }))
 }
