@@ -540,3 +540,31 @@ async fn concurrent_read_modify_writes_lose_no_update() {
     let counters = h.root().store("counters").unwrap();
     assert_eq!(json_at(&counters, "count").await, json!(100));
 }
+
+/// A guest moves a document's head and version labels in one
+/// `compare-and-swap-labels`; a stale publish moves neither.
+#[tokio::test]
+async fn a_guest_moves_several_labels_at_once_or_none() {
+    let h = Harness::start();
+    let actor = h.load(SEED_PATTERNS);
+    let docs = h.root().store("docs").unwrap();
+    for version in 1..=2 {
+        let param = json!({"pattern": "publish", "store": "docs", "version": version});
+        let out = h
+            .run(&actor, granted("docs", Access::ReadWrite), None, &param)
+            .await;
+        assert_eq!(out["moved"], true);
+        assert_eq!(out["stale_moved"], false);
+        let doc = ContentRef::new(out["doc"].as_str().unwrap());
+        assert_eq!(docs.get_by_label("head").await.unwrap(), Some(doc.clone()));
+        assert_eq!(
+            docs.get_by_label(&format!("version/{version}"))
+                .await
+                .unwrap(),
+            Some(doc)
+        );
+    }
+    assert_eq!(docs.get_by_label("version/stale").await.unwrap(), None);
+    // The labels moved are charged to the store quota like any other.
+    assert_eq!(docs.stats().await.unwrap().labels, 3);
+}

@@ -515,8 +515,10 @@ impl ContentStore {
     /// Moves each label from its expected value to its new one (`None`:
     /// absent), all in one index transaction, and only if every label still
     /// has its expected value; returns whether it did. Many labels at once
-    /// for the price of one write, which is what a sync needs.
-    pub(crate) async fn compare_and_swap_labels(
+    /// for the price of one write (what a sync needs), or a structure's
+    /// head and its version label moved together. Fails with
+    /// [`StoreError::NotFound`], moving none, when a new ref is not stored.
+    pub async fn compare_and_swap_labels(
         &self,
         moves: &[(String, Option<ContentRef>, Option<ContentRef>)],
     ) -> Result<bool> {

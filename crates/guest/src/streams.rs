@@ -149,6 +149,37 @@ impl ContentStore {
         wit::compare_and_swap(self.id(), label, expected.as_ref(), new.as_ref())
     }
 
+    /// Moves several labels in one transaction, and only if each still
+    /// points at its expected ref (`None`: absent): all move to their new
+    /// refs (`None`: removed), or none does. Returns whether they moved;
+    /// on `false`, read them again and retry. For structures whose head
+    /// and version labels must move together.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), theater_store_guest::StreamError> {
+    /// # let store = theater_store_guest::ContentStore::from_id("docs");
+    /// # let (old_head, new_doc) = (None, theater_store_guest::ContentRef::new("…"));
+    /// let moved = store.compare_and_swap_labels(&[
+    ///     ("head", old_head.as_ref(), Some(&new_doc)),
+    ///     ("version/7", None, Some(&new_doc)),
+    /// ])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn compare_and_swap_labels(
+        &self,
+        swaps: &[(&str, Option<&ContentRef>, Option<&ContentRef>)],
+    ) -> Result<bool, StreamError> {
+        let swaps: Vec<wit::LabelSwap> = swaps
+            .iter()
+            .map(|(label, expected, new)| wit::LabelSwap {
+                label: (*label).to_owned(),
+                expected: expected.map(ContentRef::to_wit),
+                new: new.map(ContentRef::to_wit),
+            })
+            .collect();
+        wit::compare_and_swap_labels(self.id(), &swaps)
+    }
+
     /// Up to `limit` labels starting with `prefix`, after `after`, in byte
     /// order, with their targets. Pass the last label of a page as `after`
     /// to get the next.

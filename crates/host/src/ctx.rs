@@ -404,6 +404,24 @@ impl StoreCtx {
         })
     }
 
+    /// Refuses a batch of more keys or labels than a listing may return.
+    pub(crate) fn admit_batch(
+        &self,
+        store: &ContentStore,
+        entries: usize,
+    ) -> Result<(), HostError> {
+        let limit = self.limits.max_list_entries;
+        if entries > limit {
+            return Err(HostError::BatchTooLarge {
+                store: store.id().to_owned(),
+                what: "keys",
+                amount: entries as u64,
+                limit: limit as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Ends an admitted write that succeeded: charges its label, and its
     /// content if the store did not hold it before.
     pub(crate) fn settle(&mut self, admitted: Admitted, content_was_new: bool) {

@@ -152,7 +152,7 @@ pub enum HostError {
     BatchTooLarge {
         /// The store (bucket).
         store: String,
-        /// "keys" or "bytes".
+        /// "keys" (keys or labels) or "bytes".
         what: &'static str,
         /// How many it carries.
         amount: u64,

@@ -213,15 +213,6 @@ impl StoreCtx {
         Ok(values)
     }
 
-    /// Refuses a batch of more keys than a listing may return.
-    fn admit_batch(&self, store: &ContentStore, keys: usize) -> Result<(), HostError> {
-        let limit = self.limits().max_list_entries;
-        if keys > limit {
-            return Err(batch_too_large(store, "keys", keys as u64, limit as u64));
-        }
-        Ok(())
-    }
-
     async fn set_many(
         &mut self,
         store: &ContentStore,

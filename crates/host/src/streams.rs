@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, Stre
 
 use crate::StoreCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
-use crate::bindings::theater::simple::store_streams::{self, Error};
+use crate::bindings::theater::simple::store_streams::{self, Error, LabelSwap};
 use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::imports::{call, call_at, call_with_refs};
@@ -423,6 +423,65 @@ impl store_streams::Host for StoreCtxView<'_> {
             match swapped {
                 Ok(true) => self.ctx.settle(admitted, false),
                 _ => self.ctx.release(admitted),
+            }
+            swapped
+        };
+        let swapped = swapped.await;
+        Ok(self.ctx.end(swapped).await.map_err(Error::from))
+    }
+
+    async fn compare_and_swap_labels(
+        &mut self,
+        store_id: String,
+        swaps: Vec<LabelSwap>,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        // The event names the first label; the refs of a long batch would
+        // not fit one event.
+        let first = swaps.first().map(|swap| swap.label.clone());
+        self.ctx
+            .begin(|| call_with_refs("compare-and-swap-labels", &store_id, first.as_deref(), &[]));
+        let swapped = async {
+            let store = self.ctx.open(&store_id, Access::ReadWrite)?;
+            self.ctx.admit_batch(&store, swaps.len())?;
+            for swap in &swaps {
+                theater_store::validate_label(&swap.label)?;
+            }
+            // Each label that will point somewhere is charged its index
+            // space if new; all of it only if the swap happens.
+            let mut admitted = Vec::with_capacity(swaps.len());
+            let mut refused = None;
+            for swap in swaps.iter().filter(|swap| swap.new.is_some()) {
+                match self.ctx.admit(&store, None, Some(&swap.label)).await {
+                    Ok(admission) => admitted.push(admission),
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            let swapped = match refused {
+                Some(error) => Err(error),
+                None => {
+                    let moves: Vec<_> = swaps
+                        .into_iter()
+                        .map(|swap| {
+                            (
+                                swap.label,
+                                swap.expected.map(to_core),
+                                swap.new.map(to_core),
+                            )
+                        })
+                        .collect();
+                    self.ctx
+                        .within_deadline(store.compare_and_swap_labels(&moves))
+                        .await
+                }
+            };
+            for admission in admitted {
+                match swapped {
+                    Ok(true) => self.ctx.settle(admission, false),
+                    _ => self.ctx.release(admission),
+                }
             }
             swapped
         };

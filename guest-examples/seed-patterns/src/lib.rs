@@ -41,6 +41,7 @@ impl Actor for SeedPatterns {
             "migrate" => migrate(&params),
             "sync" => sync(&params),
             "counter" => counter(&params),
+            "publish" => publish(&params),
             other => return Err(format!("unknown pattern {other:?}")),
         }?;
         Ok((Some(result.to_string().into_bytes()),))
@@ -379,4 +380,27 @@ fn counter(params: &Value) -> Outcome {
             store.update_json_at_label("count", |count: Option<u64>| count.unwrap_or(0) + 1)?;
     }
     Ok(json!({ "last": last }))
+}
+
+/// Beyond the seed: publishes version `version` of a document, moving the
+/// `head` label and a `version/N` label together, only if `head` still
+/// points where the previous version left it. A stale publisher (one that
+/// read `head` before another's publish) is refused, and moves neither.
+fn publish(params: &Value) -> Outcome {
+    let store = ContentStore::from_id(text(params, "store")?);
+    let version = params["version"].as_u64().unwrap_or(1);
+    let seen_head = store.get_by_label("head")?;
+    let doc = store.store(format!("document, version {version}"))?;
+    let version_label = format!("version/{version}");
+    let moved = store.compare_and_swap_labels(&[
+        ("head", seen_head.as_ref(), Some(&doc)),
+        (&version_label, None, Some(&doc)),
+    ])?;
+    // The same publish again, now stale: refused as a whole.
+    let stale = store.store(format!("document, version {version}, stale copy"))?;
+    let stale_moved = store.compare_and_swap_labels(&[
+        ("head", seen_head.as_ref(), Some(&stale)),
+        ("version/stale", None, Some(&stale)),
+    ])?;
+    Ok(json!({ "moved": moved, "stale_moved": stale_moved, "doc": doc.hash() }))
 }
