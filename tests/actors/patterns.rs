@@ -568,3 +568,27 @@ async fn a_guest_moves_several_labels_at_once_or_none() {
     // The labels moved are charged to the store quota like any other.
     assert_eq!(docs.stats().await.unwrap().labels, 3);
 }
+
+/// A guest tells failures apart by kind through both interfaces, and the
+/// message it gets carries no kind tag.
+#[tokio::test]
+async fn a_guest_sees_the_kind_of_every_failure() {
+    let h = Harness::start();
+    let out = h
+        .run(
+            &h.load(SEED_PATTERNS),
+            own_stores_only(),
+            None,
+            &json!({"pattern": "error-kinds"}),
+        )
+        .await;
+    assert_eq!(out["get_missing"], "NotFound");
+    assert_eq!(out["range_missing"], "NotFound");
+    assert_eq!(out["not_granted"], "AccessDenied");
+    assert_eq!(out["not_granted_stream"], "AccessDenied");
+    assert_eq!(out["bad_label"], "Invalid");
+    assert_eq!(out["bad_ref"], "Invalid");
+    let message = out["message"].as_str().unwrap();
+    assert!(message.contains(&"0".repeat(64)), "{message}");
+    assert!(!message.contains('['), "{message}");
+}

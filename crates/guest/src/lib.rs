@@ -57,38 +57,145 @@ pub use bindings::exports::theater::simple::actor::Guest as Actor;
 pub use bindings::theater::simple::runtime::{get_chain, log, shutdown};
 /// The event chain `get_chain` returns: every store call this actor made.
 pub use bindings::theater::simple::types::{Chain, Event as ChainEvent, MetaEvent};
-pub use streams::{ContentReader, ContentWriter, StreamError};
+pub use streams::{ContentReader, ContentWriter};
 
 use bindings::theater::simple::store as wit;
 
-/// An error from the host (its message names the store, label or ref) or
-/// from encoding a value.
+/// What kind of failure an [`Error`] is, whichever interface it came
+/// from, so that code can tell "not found" from "access denied" without
+/// reading messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The store holds no such content, or no such store exists.
+    NotFound,
+    /// The store was not granted to this actor, or only read-only.
+    AccessDenied,
+    /// Content, a range, a batch or a listing is over the actor's limits.
+    TooLarge,
+    /// The write would take the store or the actor over its quota.
+    QuotaExceeded,
+    /// The stored bytes no longer match their ref.
+    Corrupted,
+    /// A label, ref, store id or value that could not be one.
+    Invalid,
+    /// Other writers kept changing what this call depends on.
+    Conflict,
+    /// The call ran out of the actor's time.
+    TimedOut,
+    /// The store failed (disk, index, network).
+    Io,
+    /// A value could not be encoded or decoded (JSON).
+    Encoding,
+    /// Anything else: an error the actor made itself, or a host that
+    /// does not say (Theater's own store).
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind a host names at the end of a `store` interface error
+    /// (`… [not-found]`).
+    fn from_tag(tag: &str) -> Option<Self> {
+        Some(match tag {
+            "not-found" => Self::NotFound,
+            "access-denied" => Self::AccessDenied,
+            "too-large" => Self::TooLarge,
+            "quota-exceeded" => Self::QuotaExceeded,
+            "corrupted" => Self::Corrupted,
+            "invalid-label" | "invalid-ref" | "invalid-store-id" | "bad-value" => Self::Invalid,
+            "contended" => Self::Conflict,
+            "timed-out" => Self::TimedOut,
+            "io" => Self::Io,
+            _ => return None,
+        })
+    }
+}
+
+/// Every failure of this crate's calls, from any of the store interfaces
+/// or from encoding a value: a [`ErrorKind`] and a message naming the
+/// store, label, ref or limit concerned. Converts into the `String` that
+/// `init` returns and into [`std::io::Error`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error(pub String);
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An error of the actor's own ([`ErrorKind::Other`]).
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Other, message)
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, naming what failed.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for Error {}
 
+/// An error string from the `store` interface: this crate's host ends it
+/// with its kind in brackets, which is read and taken off; other hosts'
+/// strings are [`ErrorKind::Other`].
 impl From<String> for Error {
     fn from(message: String) -> Self {
-        Self(message)
+        let tagged = message
+            .strip_suffix(']')
+            .and_then(|rest| rest.rsplit_once(" ["))
+            .and_then(|(text, tag)| Some((text, ErrorKind::from_tag(tag)?)));
+        match tagged {
+            Some((text, kind)) => Self::new(kind, text),
+            None => Self::other(message),
+        }
     }
 }
 
 impl From<serde_json::Error> for Error {
     fn from(error: serde_json::Error) -> Self {
-        Self(format!("JSON: {error}"))
+        Self::new(ErrorKind::Encoding, format!("JSON: {error}"))
     }
 }
 
 impl From<Error> for String {
     fn from(error: Error) -> Self {
-        error.0
+        error.message
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(error: Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let kind = match error.kind {
+            ErrorKind::NotFound => Io::NotFound,
+            ErrorKind::AccessDenied => Io::PermissionDenied,
+            ErrorKind::QuotaExceeded => Io::StorageFull,
+            ErrorKind::Corrupted | ErrorKind::Encoding => Io::InvalidData,
+            ErrorKind::Invalid => Io::InvalidInput,
+            ErrorKind::TimedOut => Io::TimedOut,
+            ErrorKind::TooLarge => Io::FileTooLarge,
+            ErrorKind::Conflict | ErrorKind::Io | ErrorKind::Other => Io::Other,
+        };
+        std::io::Error::new(kind, error.message)
     }
 }
 
@@ -310,11 +417,14 @@ impl ContentStore {
                 return Ok((new, stored));
             }
         }
-        Err(Error(format!(
-            "label {label} of store {} kept changing: {MAX_UPDATE_ATTEMPTS} updates in a row \
-             lost to other writers",
-            self.id
-        )))
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "label {label} of store {} kept changing: {MAX_UPDATE_ATTEMPTS} updates in a row \
+                 lost to other writers",
+                self.id
+            ),
+        ))
     }
 }
 

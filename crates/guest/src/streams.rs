@@ -5,44 +5,23 @@ use std::io;
 
 use crate::bindings::theater::simple::store_streams as wit;
 use crate::bindings::wasi::io::streams::{InputStream, StreamError as WasiStreamError};
-use crate::{ContentRef, ContentStore};
+use crate::{ContentRef, ContentStore, Error, ErrorKind, Result};
 
-pub use wit::Error as StreamError;
+use wit::Error as StreamError;
 
-/// The message of a [`StreamError`], whatever its kind (its `Display`,
-/// from the bindings, shows the kind too).
-pub fn message(error: &StreamError) -> &str {
-    match error {
-        StreamError::NotFound(m)
-        | StreamError::AccessDenied(m)
-        | StreamError::TooLarge(m)
-        | StreamError::QuotaExceeded(m)
-        | StreamError::Corrupted(m)
-        | StreamError::InvalidLabel(m)
-        | StreamError::InvalidRef(m)
-        | StreamError::Io(m) => m,
-    }
-}
-
-impl From<StreamError> for io::Error {
+/// A `store-streams` error, typed by the host, as this crate's [`Error`].
+impl From<StreamError> for Error {
     fn from(error: StreamError) -> Self {
-        let kind = match error {
-            StreamError::NotFound(_) => io::ErrorKind::NotFound,
-            StreamError::AccessDenied(_) => io::ErrorKind::PermissionDenied,
-            StreamError::QuotaExceeded(_) => io::ErrorKind::StorageFull,
-            StreamError::Corrupted(_) => io::ErrorKind::InvalidData,
-            StreamError::InvalidLabel(_) | StreamError::InvalidRef(_) => {
-                io::ErrorKind::InvalidInput
-            }
-            StreamError::TooLarge(_) | StreamError::Io(_) => io::ErrorKind::Other,
+        let (kind, message) = match error {
+            StreamError::NotFound(m) => (ErrorKind::NotFound, m),
+            StreamError::AccessDenied(m) => (ErrorKind::AccessDenied, m),
+            StreamError::TooLarge(m) => (ErrorKind::TooLarge, m),
+            StreamError::QuotaExceeded(m) => (ErrorKind::QuotaExceeded, m),
+            StreamError::Corrupted(m) => (ErrorKind::Corrupted, m),
+            StreamError::InvalidLabel(m) | StreamError::InvalidRef(m) => (ErrorKind::Invalid, m),
+            StreamError::Io(m) => (ErrorKind::Io, m),
         };
-        io::Error::new(kind, message(&error).to_owned())
-    }
-}
-
-impl From<StreamError> for crate::Error {
-    fn from(error: StreamError) -> Self {
-        Self(message(&error).to_owned())
+        Error::new(kind, message)
     }
 }
 
@@ -60,13 +39,13 @@ impl ContentWriter {
     }
 
     /// Stores the content and returns its ref.
-    pub fn finish(self) -> Result<ContentRef, StreamError> {
-        wit::ContentWriter::finish(self.inner).map(ContentRef::from)
+    pub fn finish(self) -> Result<ContentRef> {
+        Ok(wit::ContentWriter::finish(self.inner)?.into())
     }
 
     /// Stores the content and points `label` at it, in one step.
-    pub fn finish_at_label(self, label: &str) -> Result<ContentRef, StreamError> {
-        wit::ContentWriter::finish_at_label(self.inner, label).map(ContentRef::from)
+    pub fn finish_at_label(self, label: &str) -> Result<ContentRef> {
+        Ok(wit::ContentWriter::finish_at_label(self.inner, label)?.into())
     }
 }
 
@@ -74,7 +53,7 @@ impl io::Write for ContentWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         // Pieces of at most 1 MiB keep each call's copy small.
         let piece = &bytes[..bytes.len().min(1 << 20)];
-        self.inner.write(piece)?;
+        self.inner.write(piece).map_err(Error::from)?;
         Ok(piece.len())
     }
 
@@ -111,28 +90,32 @@ impl io::Read for ContentReader {
 
 impl ContentStore {
     /// A writer for new content of any size.
-    pub fn writer(&self) -> Result<ContentWriter, StreamError> {
-        wit::open_writer(self.id()).map(|inner| ContentWriter { inner })
+    pub fn writer(&self) -> Result<ContentWriter> {
+        Ok(ContentWriter {
+            inner: wit::open_writer(self.id())?,
+        })
     }
 
     /// A verified stream of the content behind `content_ref`.
-    pub fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader, StreamError> {
-        wit::open_reader(self.id(), &content_ref.to_wit()).map(|stream| ContentReader { stream })
+    pub fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader> {
+        Ok(ContentReader {
+            stream: wit::open_reader(self.id(), &content_ref.to_wit())?,
+        })
     }
 
     /// The size of the content behind `content_ref`.
-    pub fn content_size(&self, content_ref: &ContentRef) -> Result<u64, StreamError> {
-        wit::content_size(self.id(), &content_ref.to_wit())
+    pub fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
+        Ok(wit::content_size(self.id(), &content_ref.to_wit())?)
     }
 
     /// `len` bytes of the content from `offset`, verified.
-    pub fn read_range(
-        &self,
-        content_ref: &ContentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StreamError> {
-        wit::read_range(self.id(), &content_ref.to_wit(), offset, len)
+    pub fn read_range(&self, content_ref: &ContentRef, offset: u64, len: u64) -> Result<Vec<u8>> {
+        Ok(wit::read_range(
+            self.id(),
+            &content_ref.to_wit(),
+            offset,
+            len,
+        )?)
     }
 
     /// Points `label` at `new` (or removes it, for `None`) only if it now
@@ -143,10 +126,15 @@ impl ContentStore {
         label: &str,
         expected: Option<&ContentRef>,
         new: Option<&ContentRef>,
-    ) -> Result<bool, StreamError> {
+    ) -> Result<bool> {
         let expected = expected.map(ContentRef::to_wit);
         let new = new.map(ContentRef::to_wit);
-        wit::compare_and_swap(self.id(), label, expected.as_ref(), new.as_ref())
+        Ok(wit::compare_and_swap(
+            self.id(),
+            label,
+            expected.as_ref(),
+            new.as_ref(),
+        )?)
     }
 
     /// Moves several labels in one transaction, and only if each still
@@ -156,7 +144,7 @@ impl ContentStore {
     /// and version labels must move together.
     ///
     /// ```no_run
-    /// # fn main() -> Result<(), theater_store_guest::StreamError> {
+    /// # fn main() -> theater_store_guest::Result<()> {
     /// # let store = theater_store_guest::ContentStore::from_id("docs");
     /// # let (old_head, new_doc) = (None, theater_store_guest::ContentRef::new("…"));
     /// let moved = store.compare_and_swap_labels(&[
@@ -168,7 +156,7 @@ impl ContentStore {
     pub fn compare_and_swap_labels(
         &self,
         swaps: &[(&str, Option<&ContentRef>, Option<&ContentRef>)],
-    ) -> Result<bool, StreamError> {
+    ) -> Result<bool> {
         let swaps: Vec<wit::LabelSwap> = swaps
             .iter()
             .map(|(label, expected, new)| wit::LabelSwap {
@@ -177,7 +165,7 @@ impl ContentStore {
                 new: new.map(ContentRef::to_wit),
             })
             .collect();
-        wit::compare_and_swap_labels(self.id(), &swaps)
+        Ok(wit::compare_and_swap_labels(self.id(), &swaps)?)
     }
 
     /// Up to `limit` labels starting with `prefix`, after `after`, in byte
@@ -188,7 +176,7 @@ impl ContentStore {
         prefix: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<(String, ContentRef)>, StreamError> {
+    ) -> Result<Vec<(String, ContentRef)>> {
         let page = wit::list_labels_page(self.id(), prefix, after, limit)?;
         Ok(page
             .into_iter()

@@ -221,8 +221,11 @@ impl HostError {
 }
 
 /// What the guest receives: the message.
+/// The error string of a `theater:simple/store` call: the message, then
+/// the kind in brackets (`… [not-found]`), which the guest crate reads so
+/// that actors tell failures apart without matching words.
 impl From<HostError> for String {
     fn from(error: HostError) -> Self {
-        error.to_string()
+        format!("{error} [{}]", error.kind())
     }
 }

@@ -42,6 +42,7 @@ impl Actor for SeedPatterns {
             "sync" => sync(&params),
             "counter" => counter(&params),
             "publish" => publish(&params),
+            "error-kinds" => error_kinds(),
             other => return Err(format!("unknown pattern {other:?}")),
         }?;
         Ok((Some(result.to_string().into_bytes()),))
@@ -54,7 +55,7 @@ fn text(params: &Value, key: &str) -> Result<String, Error> {
     params[key]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| Error(format!("parameter {key:?} is missing")))
+        .ok_or_else(|| Error::other(format!("parameter {key:?} is missing")))
 }
 
 /// The store named by `key` in `params` or the previous state, or a new one.
@@ -78,7 +79,8 @@ fn stores(params: &Value) -> Outcome {
 fn basic() -> Outcome {
     let store = ContentStore::new()?;
     let content_ref = store.store("Important information")?;
-    let text = String::from_utf8(store.get(&content_ref)?).map_err(|e| Error(e.to_string()))?;
+    let text =
+        String::from_utf8(store.get(&content_ref)?).map_err(|e| Error::other(e.to_string()))?;
     Ok(json!({"store": store.id(), "ref": content_ref, "text": text}))
 }
 
@@ -99,7 +101,7 @@ fn labels() -> Outcome {
     let by_ref: Config = store.get_json(
         &store
             .get_by_label("app:config")?
-            .ok_or(Error("label vanished".into()))?,
+            .ok_or(Error::other("label vanished"))?,
     )?;
     let by_label: Option<Config> = store.get_json_by_label("app:config")?;
     let same = by_label.as_ref() == Some(&by_ref) && by_ref == config;
@@ -260,7 +262,7 @@ fn inject(params: &Value) -> Outcome {
             let label = format!("config:environment:{}", text(params, "environment")?);
             let config: Config = store
                 .get_json_by_label(&label)?
-                .ok_or_else(|| Error(format!("no configuration under {label}")))?;
+                .ok_or_else(|| Error::other(format!("no configuration under {label}")))?;
             log(&format!("configured for {}", config.url));
             Ok(json!({"url": config.url, "retries": config.retries}))
         }
@@ -358,7 +360,9 @@ fn sync(params: &Value) -> Outcome {
             let store = ContentStore::new()?;
             for (hash, content) in package.content {
                 if !store.exists(&ContentRef::new(&hash))? && store.store(content)?.hash() != hash {
-                    return Err(Error(format!("content for {hash} did not match its hash")));
+                    return Err(Error::other(format!(
+                        "content for {hash} did not match its hash"
+                    )));
                 }
             }
             for (label, hash) in package.labels {
@@ -403,4 +407,26 @@ fn publish(params: &Value) -> Outcome {
         ("version/stale", None, Some(&stale)),
     ])?;
     Ok(json!({ "moved": moved, "stale_moved": stale_moved, "doc": doc.hash() }))
+}
+
+/// Beyond the seed: the kind of each failure, through both interfaces
+/// (`store`'s strings and `store-streams`' typed errors), for the host's
+/// tests to check.
+fn error_kinds() -> Outcome {
+    let own = ContentStore::new()?;
+    let missing = ContentRef::new("0".repeat(64));
+    let not_granted = ContentStore::from_id("not-granted");
+    let kind = |result: Result<(), Error>| match result {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => format!("{:?}", error.kind()),
+    };
+    Ok(json!({
+        "get_missing": kind(own.get(&missing).map(drop)),
+        "range_missing": kind(own.read_range(&missing, 0, 1).map(drop)),
+        "not_granted": kind(not_granted.store("x").map(drop)),
+        "not_granted_stream": kind(not_granted.writer().map(drop)),
+        "bad_label": kind(own.store_at_label("", "x").map(drop)),
+        "bad_ref": kind(own.get(&ContentRef::new("not a ref")).map(drop)),
+        "message": own.get(&missing).unwrap_err().to_string(),
+    }))
 }
