@@ -76,7 +76,7 @@ async fn large_content_streams_in_and_out_in_small_memory() {
         json!({"op": "range", "store": "media", "label": "video", "offset": size - 1, "len": 2});
     let error = run(&h, options(), past_end).await.unwrap_err();
     assert!(
-        error.contains("InvalidRef") && error.contains("outside content"),
+        error.contains("Invalid: ") && error.contains("outside content"),
         "{error}"
     );
 }

@@ -59,6 +59,11 @@ fn number(param: &Value, key: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("missing number {key}"))
 }
 
+/// An error for `init` to return, its kind first (`NotFound: …`).
+fn describe(error: theater_store_guest::Error) -> String {
+    format!("{:?}: {error}", error.kind())
+}
+
 fn text<'a>(param: &'a Value, key: &str) -> Result<&'a str, String> {
     param[key]
         .as_str()
@@ -72,7 +77,7 @@ fn write(store: &ContentStore, param: &Value) -> Result<Value, String> {
         number(param, "seed")?,
     );
     let check = param["check"].as_bool().unwrap_or(true);
-    let mut writer = store.writer().map_err(|e| e.to_string())?;
+    let mut writer = store.writer().map_err(describe)?;
     let mut piece = vec![0u8; chunk as usize];
     let mut offset = 0;
     while offset < size {
@@ -88,7 +93,7 @@ fn write(store: &ContentStore, param: &Value) -> Result<Value, String> {
     }
     let stored = writer
         .finish_at_label(text(param, "label")?)
-        .map_err(|e| e.to_string())?;
+        .map_err(describe)?;
     Ok(json!({"ref": stored.hash(), "bytes": size}))
 }
 
@@ -96,7 +101,7 @@ fn read(store: &ContentStore, param: &Value) -> Result<Value, String> {
     let (chunk, seed) = (number(param, "chunk")?, number(param, "seed")?);
     let check = param["check"].as_bool().unwrap_or(true);
     let content_ref = labelled(store, text(param, "label")?)?;
-    let mut reader = store.reader(&content_ref).map_err(|e| e.to_string())?;
+    let mut reader = store.reader(&content_ref).map_err(describe)?;
     let mut piece = vec![0u8; chunk as usize];
     let mut expected = vec![0u8; chunk as usize];
     let mut offset = 0u64;
@@ -136,7 +141,7 @@ fn append(store: &ContentStore, param: &Value) -> Result<Value, String> {
         // from absent first; everyone else moves on to the next.
         while !store
             .compare_and_swap(&format!("{prefix}{slot:08}"), None, Some(&content))
-            .map_err(|e| e.to_string())?
+            .map_err(describe)?
         {
             slot += 1;
         }
@@ -152,7 +157,7 @@ fn count(store: &ContentStore, param: &Value) -> Result<Value, String> {
     loop {
         let page = store
             .list_labels_page(prefix, after.as_deref(), 1000)
-            .map_err(|e| e.to_string())?;
+            .map_err(describe)?;
         let Some((last, _)) = page.last() else {
             return Ok(json!({"entries": entries}));
         };
@@ -173,12 +178,12 @@ impl Actor for LargeFiles {
                 let (offset, len) = (number(&param, "offset")?, number(&param, "len")?);
                 let bytes = store
                     .read_range(&content_ref, offset, len)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(describe)?;
                 json!({"bytes": bytes})
             }
             "append" => append(&store, &param)?,
             "abandon" => {
-                let mut writer = store.writer().map_err(|e| e.to_string())?;
+                let mut writer = store.writer().map_err(describe)?;
                 let piece = vec![7u8; 65536];
                 for _ in 0..number(&param, "size")?.div_ceil(65536) {
                     writer.write_all(&piece).map_err(|e| e.to_string())?;
