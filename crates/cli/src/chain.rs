@@ -70,6 +70,60 @@ pub async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One actor with a chain, for `actors`.
+#[derive(serde::Serialize)]
+struct ActorSummary {
+    actor: String,
+    /// Events ever recorded.
+    events: u64,
+    /// Events still kept (after trims).
+    kept: u64,
+    /// When the newest event was recorded, in milliseconds since the epoch.
+    last_at: Option<u64>,
+}
+
+/// Lists every actor with an event chain in the root: its id (what
+/// `chain` and `verify-chain` take), its event count, how many are kept
+/// after trims, and when it last recorded a call.
+pub async fn actors(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
+    let mut summaries = Vec::new();
+    for actor in root.chain_actors().await? {
+        let chain = root.event_chain(&actor)?;
+        let Some((_, events)) = chain.head().await? else {
+            continue;
+        };
+        let trimmed = chain.checkpoint().await?.map_or(0, |point| point.before);
+        let newest = chain.events(1).await?;
+        summaries.push(ActorSummary {
+            actor,
+            events,
+            kept: events.saturating_sub(trimmed),
+            last_at: newest.first().map(|entry| entry.event.at),
+        });
+    }
+    if json {
+        print_json(&summaries)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if summaries.is_empty() {
+        println!("no actor has recorded a call in this root");
+    }
+    for summary in &summaries {
+        let last = summary.last_at.map_or_else(
+            || "never".to_owned(),
+            |at| {
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(at))
+                    .to_string()
+            },
+        );
+        println!(
+            "{}  {} events ({} kept)  last {last}",
+            summary.actor, summary.events, summary.kept
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What to say about an actor with no events in this root.
 fn no_chain(actor: &str) -> String {
     format!(

@@ -46,7 +46,24 @@ enum Command {
     /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
     Demo,
     /// List every store in the root with its object count, bytes and label count.
-    Stores,
+    Stores {
+        /// Also the root's own stores: `_chains` (event chains), `_compiled` (the compiled-component cache), `_sync` (what syncs agreed on).
+        #[arg(long)]
+        all: bool,
+    },
+    /// List every actor with an event chain: its id (for `chain`), events recorded and kept, and when it last recorded a call
+    Actors,
+    /// Space by label prefix: labels grouped by their first DEPTH `/`-separated parts, with the distinct content they point at (content under several groups counts in each)
+    Du {
+        /// The store id.
+        store: String,
+        /// Only labels starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// How many `/`-separated parts of a label name its group.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        depth: usize,
+    },
     /// List a store's labels with the refs they point at.
     Labels {
         /// The store id.
@@ -91,16 +108,25 @@ enum Command {
         /// The store id.
         store: String,
         /// The label.
-        label: String,
+        #[arg(required_unless_present = "from")]
+        label: Option<String>,
         /// The content ref.
-        reference: String,
+        #[arg(required_unless_present = "from")]
+        reference: Option<String>,
+        /// Many labels in one transaction (all or none): one `LABEL REF` per line of FILE (`-`: stdin); blank lines and lines starting with # are skipped.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["label", "reference"])]
+        from: Option<PathBuf>,
     },
     /// Remove a label (the content stays).
     Unlabel {
         /// The store id.
         store: String,
         /// The label.
-        label: String,
+        #[arg(required_unless_present = "from")]
+        label: Option<String>,
+        /// Many labels in one transaction (all or none): one label per line of FILE (`-`: stdin); blank lines and lines starting with # are skipped.
+        #[arg(long, value_name = "FILE", conflicts_with = "label")]
+        from: Option<PathBuf>,
     },
     /// Re-hash every object, find dangling labels and leftovers; quarantine corrupt objects.
     Verify {
@@ -352,7 +378,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,
-        Command::Stores => stores::list_stores(&root, json).await,
+        Command::Stores { all } => stores::list_stores(&root, all, json).await,
+        Command::Actors => chain::actors(&root, json).await,
+        Command::Du {
+            store,
+            prefix,
+            depth,
+        } => stores::du(&root, &store, &prefix, depth, json).await,
         Command::Labels {
             store,
             prefix,
@@ -372,8 +404,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             label,
             reference,
-        } => stores::label(&root, &store, &label, &reference, json).await,
-        Command::Unlabel { store, label } => stores::unlabel(&root, &store, &label, json).await,
+            from,
+        } => match (from, label, reference) {
+            (Some(file), _, _) => stores::label_many(&root, &store, &file, json).await,
+            (None, Some(label), Some(reference)) => {
+                stores::label(&root, &store, &label, &reference, json).await
+            }
+            _ => unreachable!("clap requires a label and a ref, or --from"),
+        },
+        Command::Unlabel { store, label, from } => match (from, label) {
+            (Some(file), _) => stores::unlabel_many(&root, &store, &file, json).await,
+            (None, Some(label)) => stores::unlabel(&root, &store, &label, json).await,
+            (None, None) => unreachable!("clap requires a label or --from"),
+        },
         Command::Verify { store } => stores::verify(&root, store.as_deref(), json).await,
         Command::Gc {
             store,

@@ -103,8 +103,17 @@ async fn existing(root: &StoreRoot, id: &str) -> anyhow::Result<ContentStore> {
     Ok(store)
 }
 
-pub async fn list_stores(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
-    let stores = root.stores().await?;
+pub async fn list_stores(root: &StoreRoot, all: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let mut stores = root.stores().await?;
+    if all {
+        for reserved in root.reserved_stores().await? {
+            stores.push(theater_store::StoreSummary {
+                id: reserved.id().to_owned(),
+                stats: reserved.stats().await?,
+            });
+        }
+        stores.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     if json {
         print_json(&stores)?;
     } else if stores.is_empty() {
@@ -288,6 +297,175 @@ pub async fn unlabel(
     }
     if json {
         print_json(&json!({"store": store.id(), "label": label, "ref": target.hash()}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One group of `du`.
+#[derive(Default, serde::Serialize)]
+struct Usage {
+    prefix: String,
+    labels: u64,
+    objects: u64,
+    bytes: u64,
+}
+
+/// `du`: labels grouped by their first `depth` `/`-separated parts, each
+/// group with the distinct content its labels point at.
+pub async fn du(
+    root: &StoreRoot,
+    store: &str,
+    prefix: &str,
+    depth: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let labels = store.list_labels_page(prefix, None, usize::MAX).await?;
+    let mut groups: std::collections::BTreeMap<
+        String,
+        (u64, std::collections::BTreeSet<ContentRef>),
+    > = std::collections::BTreeMap::new();
+    for entry in labels {
+        let parts: Vec<&str> = entry.label.splitn(depth.max(1) + 1, '/').collect();
+        let group = if parts.len() > depth.max(1) {
+            format!("{}/", parts[..depth.max(1)].join("/"))
+        } else {
+            entry.label.clone()
+        };
+        let (count, targets) = groups.entry(group).or_default();
+        *count += 1;
+        targets.insert(entry.content_ref);
+    }
+    let mut sizes = std::collections::HashMap::new();
+    let mut usage = Vec::with_capacity(groups.len());
+    for (group, (labels, targets)) in groups {
+        let mut bytes = 0;
+        for target in &targets {
+            if !sizes.contains_key(target) {
+                // A dangling label's target has no size; verify reports it.
+                let size = match store.content_size(target).await {
+                    Err(theater_store::StoreError::NotFound { .. }) => 0,
+                    size => size?,
+                };
+                sizes.insert(target.clone(), size);
+            }
+            bytes += sizes[target];
+        }
+        usage.push(Usage {
+            prefix: group,
+            labels,
+            objects: targets.len() as u64,
+            bytes,
+        });
+    }
+    if json {
+        print_json(&usage)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<40} {:>8} {:>10} {:>14}",
+        "PREFIX", "LABELS", "OBJECTS", "BYTES"
+    );
+    for group in &usage {
+        println!(
+            "{:<40} {:>8} {:>10} {:>14}",
+            printable(&group.prefix),
+            group.labels,
+            group.objects,
+            group.bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lines of `file` (`-`: stdin) that carry something: not blank,
+/// not a `#` comment.
+fn list_lines(file: &Path) -> anyhow::Result<Vec<String>> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|error| anyhow::anyhow!("reading {}: {error}", file.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// How `--from FILE` is named in messages.
+fn source_name(file: &Path) -> String {
+    if file == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        file.display().to_string()
+    }
+}
+
+/// `label --from FILE`: every `LABEL REF` line's label points at its ref,
+/// in one transaction; a ref that is not stored changes nothing.
+pub async fn label_many(
+    root: &StoreRoot,
+    store: &str,
+    file: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open(root, store)?;
+    let mut pairs = Vec::new();
+    for (number, line) in list_lines(file)?.into_iter().enumerate() {
+        let Some((label, reference)) = line.trim_end().rsplit_once(char::is_whitespace) else {
+            anyhow::bail!(
+                "{} line {}: expected `LABEL REF`, got {:?}",
+                source_name(file),
+                number + 1,
+                printable(&line)
+            );
+        };
+        let content_ref = parse_ref(reference).map_err(|error| {
+            anyhow::anyhow!("{} line {}: {error}", source_name(file), number + 1)
+        })?;
+        pairs.push((label.trim_end().to_owned(), Some(content_ref)));
+    }
+    store.set_labels(&pairs).await?;
+    if json {
+        print_json(&json!({"store": store.id(), "labelled": pairs.len()}))?;
+    } else {
+        println!("store {}: {} labels set", store.id(), pairs.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `unlabel --from FILE`: every listed label is removed, in one
+/// transaction; if any is not there, none is removed.
+pub async fn unlabel_many(
+    root: &StoreRoot,
+    store: &str,
+    file: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let labels = list_lines(file)?;
+    // Each is removed only from what was read: a label moved meanwhile
+    // makes the whole removal fail, and nothing changes.
+    let mut swaps = Vec::with_capacity(labels.len());
+    for label in labels {
+        let Some(target) = store.get_by_label(&label).await? else {
+            return Err(no_label(&store, &label).into());
+        };
+        swaps.push((label, Some(target), None));
+    }
+    if !store.compare_and_swap_labels(&swaps).await? {
+        anyhow::bail!(
+            "store {}: a listed label was moved while they were being removed; none was removed",
+            store.id()
+        );
+    }
+    if json {
+        print_json(&json!({"store": store.id(), "unlabelled": swaps.len()}))?;
+    } else {
+        println!("store {}: {} labels removed", store.id(), swaps.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2020,3 +2020,107 @@ fn a_whole_root_and_its_chains_are_backed_up_and_restored_in_one_command() {
         .success()
         .stdout(contains("chain intact"));
 }
+
+#[test]
+fn bulk_label_and_unlabel_are_all_or_nothing() {
+    let env = Env::new();
+    let a = env.put("docs", "alpha", None);
+    let b = env.put("docs", "beta", None);
+    let list = format!("# versions\nv1/a {a}\n\nv1/b {b}\nwith space {a}\n");
+    env.cmd()
+        .args(["label", "docs", "--from", "-"])
+        .write_stdin(list)
+        .assert()
+        .success()
+        .stdout(contains("3 labels set"));
+    let labels = env.json(&["labels", "docs"]);
+    assert_eq!(labels.as_array().unwrap().len(), 3);
+    // A ref not stored: nothing changes, and the line is named.
+    let missing = "0".repeat(64);
+    env.cmd()
+        .args(["label", "docs", "--from", "-"])
+        .write_stdin(format!("v2/a {a}\nv2/b {missing}\n"))
+        .assert()
+        .failure()
+        .stderr(contains(missing.as_str()));
+    env.cmd()
+        .args(["label", "docs", "--from", "-"])
+        .write_stdin("v3/a not-a-ref\n")
+        .assert()
+        .failure()
+        .stderr(contains("stdin line 1"));
+    assert_eq!(env.json(&["labels", "docs"]).as_array().unwrap().len(), 3);
+    // One absent label: none is removed (exit 3, as for one label).
+    env.cmd()
+        .args(["unlabel", "docs", "--from", "-"])
+        .write_stdin("v1/a\nnope\n")
+        .assert()
+        .code(3)
+        .stderr(contains("nope"));
+    assert_eq!(env.json(&["labels", "docs"]).as_array().unwrap().len(), 3);
+    env.cmd()
+        .args(["--json", "unlabel", "docs", "--from", "-"])
+        .write_stdin("v1/a\nv1/b\n")
+        .assert()
+        .success()
+        .stdout(contains(r#""unlabelled":2"#));
+    let labels = env.json(&["labels", "docs"]);
+    assert_eq!(labels[0]["label"], "with space");
+    assert_eq!(labels.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn du_groups_labels_by_prefix_and_counts_shared_content_once_per_group() {
+    let env = Env::new();
+    let a = env.put("docs", "alpha", Some("v1/a"));
+    env.put("docs", "beta!", Some("v1/b"));
+    env.cmd()
+        .args(["label", "docs", "v1/again", &a])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["label", "docs", "v2/x/a", &a])
+        .assert()
+        .success();
+    let usage = env.json(&["du", "docs"]);
+    assert_eq!(
+        usage,
+        json!([
+            {"prefix": "v1/", "labels": 3, "objects": 2, "bytes": 10},
+            {"prefix": "v2/", "labels": 1, "objects": 1, "bytes": 5},
+        ])
+    );
+    let deeper = env.json(&["du", "docs", "--prefix", "v2/", "--depth", "2"]);
+    assert_eq!(
+        deeper,
+        json!([{"prefix": "v2/x/", "labels": 1, "objects": 1, "bytes": 5}])
+    );
+    env.cmd().args(["du", "nosuchstore"]).assert().code(3);
+}
+
+#[test]
+fn actors_and_reserved_stores_are_listed() {
+    let env = Env::new();
+    env.cmd().arg("actors").assert().failure().code(3);
+    env.cmd().arg("demo").assert().success();
+    let actors = env.json(&["actors"]);
+    let actors = actors.as_array().unwrap();
+    assert_eq!(actors.len(), 1, "{actors:?}");
+    let actor = actors[0]["actor"].as_str().unwrap();
+    let events = actors[0]["events"].as_u64().unwrap();
+    assert!(events > 0);
+    assert_eq!(actors[0]["kept"], events);
+    // The id is what `chain` takes, and it lists as many events.
+    let chain = env.json(&["chain", actor, "--limit", "100000"]);
+    assert_eq!(chain.as_array().unwrap().len() as u64, events);
+    let plain = env.json(&["stores"]);
+    assert!(
+        plain
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["id"].as_str().unwrap().starts_with('_'))
+    );
+    let all = env.json(&["stores", "--all"]);
+    assert!(all.as_array().unwrap().iter().any(|s| s["id"] == "_chains"));
+}
