@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 use theater_store::Outcome;
-use theater_store_examples::{HOSTILE, THEATER_COMPAT};
+use theater_store_examples::{HOSTILE, SEED_PATTERNS, THEATER_COMPAT};
 use theater_store_host::{ChainRecording, RunOptions};
 
 use crate::{Harness, fields};
@@ -36,12 +36,14 @@ async fn a_theater_actor_reads_its_own_calls_with_get_chain() {
         .run_init(&actor, RunOptions::default(), None, "one")
         .await;
     let state = fields(run.outcome.unwrap().unwrap());
-    assert_eq!(state["chain_types"], COMPAT_CALLS.join(","));
+    // The run's own start comes first, then every call the actor made.
+    let seen = format!("run-start,{}", COMPAT_CALLS.join(","));
+    assert_eq!(state["chain_types"], seen);
     assert_eq!(state["chain_linked"], "true");
     let last: serde_json::Value = serde_json::from_str(&state["chain_last_data"]).unwrap();
     assert_eq!(last["type"], "calculate-total-size");
     assert_eq!(last["store"], state["store"].as_str());
-    assert_eq!(last["seq"], 13);
+    assert_eq!(last["seq"], 14);
 
     // The host side sees the same chain, intact, under the component's id.
     let chain = h.root().event_chain(actor.default_actor_id()).unwrap();
@@ -74,13 +76,12 @@ async fn a_theater_actor_reads_its_own_calls_with_get_chain() {
         .run_init(&actor, RunOptions::default(), None, "two")
         .await;
     let state = fields(run.outcome.unwrap().unwrap());
-    assert_eq!(
-        state["chain_types"],
-        [COMPAT_CALLS, COMPAT_CALLS].concat().join(",")
-    );
+    let run = format!("run-start,{}", COMPAT_CALLS.join(","));
+    assert_eq!(state["chain_types"], format!("{run},run-end,{run}"));
     let report = chain.verify().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
-    assert_eq!(report.recorded_length, 28);
+    // Two runs of 14 calls, each with its start and end.
+    assert_eq!(report.recorded_length, 32);
 }
 
 #[tokio::test]
@@ -102,7 +103,10 @@ async fn refusals_are_recorded_and_chains_are_per_actor() {
     let chain = h.root().event_chain("intruder").unwrap();
     let events = chain.events(usize::MAX).await.unwrap();
     assert!(!events.is_empty());
-    for entry in &events {
+    // Newest first: the run's end, its calls, its start.
+    assert_eq!(events.first().unwrap().event.event.event_type, "run-end");
+    assert_eq!(events.last().unwrap().event.event.event_type, "run-start");
+    for entry in &events[1..events.len() - 1] {
         let event = &entry.event.event;
         assert_eq!(event.store.as_deref(), Some("victim"), "{event:?}");
         match &event.outcome {
@@ -135,4 +139,68 @@ async fn refusals_are_recorded_and_chains_are_per_actor() {
     let run = h.host.run_init(&actor, bad, None, "").await;
     let failure = run.outcome.unwrap_err().to_string();
     assert!(failure.contains("invalid actor id"), "{failure}");
+}
+
+/// Every run is delimited in its chain: `run-start` names the component,
+/// `run-end` says how it ended, even when the actor was stopped for
+/// memory or time, which its own calls could never record.
+#[tokio::test]
+async fn runs_are_delimited_with_their_outcome_even_when_stopped() {
+    let h = Harness::start();
+    let chain = |id: &str| ChainRecording::Actor(id.into());
+    let bomb = RunOptions {
+        chain: chain("bomber"),
+        limits: theater_store_host::Limits {
+            max_memory_bytes: 32 << 20,
+            ..theater_store_host::Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let run = h
+        .run_raw(&h.load(HOSTILE), bomb, &json!({"attack": "memory-bomb"}))
+        .await;
+    assert!(run.outcome.is_err());
+    let events = h
+        .root()
+        .event_chain("bomber")
+        .unwrap()
+        .events(usize::MAX)
+        .await
+        .unwrap();
+    let start = &events.last().unwrap().event.event;
+    assert_eq!(start.event_type, "run-start");
+    assert_eq!(start.label.as_deref(), Some("init"));
+    assert_eq!(start.refs.len(), 1, "the component's hash");
+    let end = &events.first().unwrap().event.event;
+    assert_eq!(end.event_type, "run-end");
+    match &end.outcome {
+        Outcome::Error { kind, message } => {
+            assert_eq!(kind, "out-of-memory");
+            assert!(message.contains("33554432"), "{message}");
+        }
+        other => panic!("run-end recorded {other:?}"),
+    }
+    // A good run ends ok, its state's size recorded.
+    let good = RunOptions {
+        chain: chain("good"),
+        ..RunOptions::default()
+    };
+    h.run(
+        &h.load(SEED_PATTERNS),
+        good,
+        None,
+        &json!({"pattern": "basic"}),
+    )
+    .await;
+    let events = h
+        .root()
+        .event_chain("good")
+        .unwrap()
+        .events(1)
+        .await
+        .unwrap();
+    let end = &events[0].event.event;
+    assert_eq!(end.event_type, "run-end");
+    assert_eq!(end.outcome, Outcome::Ok);
+    assert!(end.size.unwrap() > 0);
 }

@@ -74,6 +74,7 @@ async fn run_by_hand(
         Err(error) => {
             return Err(ActorFailure::of_instantiation(
                 &error,
+                &store.data().store,
                 &store.data().limiter,
             ));
         }

@@ -280,14 +280,18 @@ async fn keyvalue_calls_are_recorded_in_the_actors_chain() {
     assert_eq!(
         types,
         [
+            "run-start",
             "wasi:keyvalue/store.open",
             "wasi:keyvalue/store.set",
+            "run-end",
+            "run-start",
             "wasi:keyvalue/store.open",
             "wasi:keyvalue/store.get",
+            "run-end",
         ]
     );
     let hello = ContentRef::for_content(b"hello");
-    for entry in [&events[1], &events[3]] {
+    for entry in [&events[2], &events[6]] {
         let event = &entry.event.event;
         assert_eq!(event.store.as_deref(), Some("kv"), "{event:?}");
         assert_eq!(event.label.as_deref(), Some("greeting"), "{event:?}");

@@ -1092,10 +1092,14 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
 
     let events = env.json(&["chain", "billing-7"]);
     let events = events.as_array().unwrap();
-    assert_eq!(events.len(), 14);
-    assert_eq!(events[0]["type"], "calculate-total-size");
-    assert_eq!(events[13]["type"], "new");
-    assert_eq!(events[0]["seq"], 13);
+    // The run's start, its 14 calls, its end; newest first.
+    assert_eq!(events.len(), 16);
+    assert_eq!(events[0]["type"], "run-end");
+    assert_eq!(events[0]["outcome"]["status"], "ok");
+    assert_eq!(events[1]["type"], "calculate-total-size");
+    assert_eq!(events[14]["type"], "new");
+    assert_eq!(events[15]["type"], "run-start");
+    assert_eq!(events[1]["seq"], 14);
     assert_eq!(events[1]["ref"], events[0]["parent"]);
     let limited = env.json(&["chain", "billing-7", "--limit", "3"]);
     assert_eq!(limited.as_array().unwrap().len(), 3);
@@ -1112,19 +1116,19 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
         .args(["verify-chain", "billing-7"])
         .assert()
         .success()
-        .stdout(contains("chain intact (14 events"));
+        .stdout(contains("chain intact (16 events"));
     // Chains are kept by gc and checked by verify with every store.
     env.cmd().args(["gc", "--grace", "0s"]).assert().success();
     env.cmd().arg("verify").assert().success();
     assert_eq!(
         env.json(&["chain", "billing-7"]).as_array().unwrap().len(),
-        14
+        16
     );
 
     // One event's bytes altered inside the sealed segment that holds it:
     // verify-chain names the event and exits 1.
-    let victim = events[5]["ref"].as_str().unwrap();
-    let segment = events[5]["stored_in"]
+    let victim = events[7]["ref"].as_str().unwrap();
+    let segment = events[7]["stored_in"]
         .as_str()
         .expect("an older event is sealed");
     let mut stored = small_object(&env.root(), "_chains", segment);
@@ -1199,7 +1203,7 @@ fn an_operator_trims_a_chain_and_it_still_verifies() {
         .args(["verify-chain", "billing-7"])
         .assert()
         .success()
-        .stdout(contains(format!("chain intact ({} events", 42 - starts_at)))
+        .stdout(contains(format!("chain intact ({} events", 48 - starts_at)))
         .stdout(contains(format!("events before #{starts_at} trimmed")));
     let events = env.json(&["chain", "billing-7"]);
     let oldest = events.as_array().unwrap().last().unwrap();

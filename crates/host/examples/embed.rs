@@ -76,6 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let outcome = match actor.instantiate_async(&mut store).await {
         Err(error) => Err(ActorFailure::of_instantiation(
             &error,
+            &store.data().store,
             &store.data().limiter,
         )),
         Ok(instance) => match instance

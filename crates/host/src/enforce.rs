@@ -180,10 +180,31 @@ pub enum ActorFailure {
 }
 
 impl ActorFailure {
-    /// What a failed instantiation was: the memory limit (a start
-    /// function or data segments asking for too much), or anything else.
-    pub fn of_instantiation(error: &wasmtime::Error, limiter: &ActorLimiter) -> Self {
-        if limiter.refused() {
+    /// A short, stable name for the failure, as a run's `run-end` event
+    /// records it: `returned`, `timed-out`, `out-of-memory`, `trapped`,
+    /// `instantiation` or `invalid-options`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Returned(_) => "returned",
+            Self::TimedOut(_) => "timed-out",
+            Self::OutOfMemory { .. } => "out-of-memory",
+            Self::Trapped(_) => "trapped",
+            Self::Instantiation(_) => "instantiation",
+            Self::InvalidOptions(_) => "invalid-options",
+        }
+    }
+
+    /// What a failed instantiation was: the deadline (a start function
+    /// still running when it passed), the memory limit (a start function
+    /// or data segments asking for too much), or anything else.
+    pub fn of_instantiation(
+        error: &wasmtime::Error,
+        ctx: &StoreCtx,
+        limiter: &ActorLimiter,
+    ) -> Self {
+        if ctx.timed_out() || error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            Self::TimedOut(ctx.limits().timeout)
+        } else if limiter.refused() {
             Self::OutOfMemory {
                 limit: limiter.max_bytes,
                 trap: format!("{error:#}"),

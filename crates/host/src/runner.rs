@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use theater_store::{ContentRef, StoreRoot};
+use theater_store::{ContentRef, Event, EventChain, Outcome, StoreRoot};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -44,6 +44,8 @@ pub struct ActorHost {
 #[derive(Clone)]
 pub struct ActorComponent {
     kind: Kind,
+    /// The component's BLAKE3 hash, recorded when a run starts.
+    hash: ContentRef,
     default_actor_id: String,
 }
 
@@ -215,6 +217,7 @@ impl ActorHost {
         Ok(ActorComponent {
             kind,
             default_actor_id: format!("component-{}", &hash.hash()[..16]),
+            hash: hash.clone(),
         })
     }
 
@@ -248,9 +251,18 @@ impl ActorHost {
             Ok(store) => store,
             Err(failure) => return ActorRun::refused(failure),
         };
+        let chain = store.data().store.chain().cloned();
+        let mut host_notes = record_start(chain.as_ref(), actor, "init", &limits).await;
 
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => Err(ActorFailure::of_instantiation(&error, &store.data().memory)),
+            Err(error) => {
+                let data = store.data();
+                Err(ActorFailure::of_instantiation(
+                    &error,
+                    &data.store,
+                    &data.memory,
+                ))
+            }
             Ok(instance) => {
                 let call = instance
                     .theater_simple_actor()
@@ -273,7 +285,17 @@ impl ActorHost {
             _ if data.store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
             outcome => outcome,
         };
-        let (logs, dropped_log_lines) = data.store.take_logs();
+        let end = Event {
+            size: outcome
+                .as_ref()
+                .ok()
+                .map(|state| state.as_ref().map_or(0, |s| s.len() as u64)),
+            outcome: run_outcome(outcome.as_ref().err()),
+            ..Event::new("run-end")
+        };
+        host_notes.extend(record(chain.as_ref(), end, &limits).await);
+        let (mut logs, dropped_log_lines) = data.store.take_logs();
+        logs.extend(host_notes);
         let mut created_stores: Vec<String> =
             data.store.created_stores().map(str::to_owned).collect();
         created_stores.sort();
@@ -316,8 +338,17 @@ impl ActorHost {
             Ok(store) => store,
             Err(failure) => return CommandRun::refused(failure),
         };
+        let chain = store.data().store.chain().cloned();
+        let mut host_notes = record_start(chain.as_ref(), command, "command", &limits).await;
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => Err(ActorFailure::of_instantiation(&error, &store.data().memory)),
+            Err(error) => {
+                let data = store.data();
+                Err(ActorFailure::of_instantiation(
+                    &error,
+                    &data.store,
+                    &data.memory,
+                ))
+            }
             Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
                 Ok(Ok(())) => Ok(0),
                 Ok(Err(())) => Ok(1),
@@ -334,10 +365,28 @@ impl ActorHost {
             _ if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
             outcome => outcome,
         };
+        let end_outcome = match &outcome {
+            Ok(0) => Outcome::Ok,
+            Ok(code) => Outcome::Error {
+                kind: "exit".into(),
+                message: format!("exited with code {code}"),
+            },
+            Err(failure) => run_outcome(Some(failure)),
+        };
+        let end = Event {
+            outcome: end_outcome,
+            ..Event::new("run-end")
+        };
+        host_notes.extend(record(chain.as_ref(), end, &limits).await);
+        let mut stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        for note in host_notes {
+            stderr.push_str(&note);
+            stderr.push('\n');
+        }
         CommandRun {
             outcome,
             stdout: stdout.contents().to_vec(),
-            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+            stderr,
         }
     }
 
@@ -437,6 +486,55 @@ impl ActorRun {
             shutdown: None,
             stderr: String::new(),
         }
+    }
+}
+
+/// Records that a run of `component` starts (`how`: `init` or `command`)
+/// in its chain, if it has one. Returns a note for the run's output if
+/// the chain could not take it.
+async fn record_start(
+    chain: Option<&EventChain>,
+    component: &ActorComponent,
+    how: &str,
+    limits: &Limits,
+) -> Vec<String> {
+    let start = Event {
+        label: Some(how.to_owned()),
+        refs: vec![component.hash.hash().to_owned()],
+        ..Event::new("run-start")
+    };
+    record(chain, start, limits).await
+}
+
+/// Appends a run's own event (`run-start`, `run-end`) to its chain, if it
+/// has one, waiting no longer than the run's timeout (the root's write
+/// lock may be held elsewhere); a failure becomes a note for the run's
+/// output, never silence.
+async fn record(chain: Option<&EventChain>, event: Event, limits: &Limits) -> Vec<String> {
+    let Some(chain) = chain else {
+        return Vec::new();
+    };
+    let event_type = event.event_type.clone();
+    let appended = tokio::time::timeout(limits.timeout, chain.append(event.bounded())).await;
+    let error = match appended {
+        Ok(Ok(())) => return Vec::new(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("the store did not take it within {:?}", limits.timeout),
+    };
+    vec![format!(
+        "host: could not record {event_type} in the chain of {}: {error}",
+        chain.actor()
+    )]
+}
+
+/// How a run ended, as its `run-end` event records it.
+fn run_outcome(failure: Option<&ActorFailure>) -> Outcome {
+    match failure {
+        None => Outcome::Ok,
+        Some(failure) => Outcome::Error {
+            kind: failure.kind().into(),
+            message: failure.to_string(),
+        },
     }
 }
 
