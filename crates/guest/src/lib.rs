@@ -25,6 +25,64 @@
 //!
 //! theater_store_guest::export_actor!(Counter);
 //! ```
+//!
+//! # Errors
+//!
+//! Every call returns this crate's [`Error`], whichever interface served
+//! it; [`Error::kind`] tells "not found" from "access denied" or "over
+//! quota" without reading the message, and `?` turns it into the `String`
+//! `init` returns.
+//!
+//! # What gc keeps
+//!
+//! A label keeps the content it points at, and every piece of content
+//! whose ref is written (as 64 hex digits) inside kept content, however
+//! deep. So a structure needs one label at its top: a [`ContentRef`]
+//! inside your JSON (`{"hash":"…"}`) keeps what it names. Content no
+//! label reaches is removed by the operator's `gc` once it is older than
+//! the grace period (an hour by default), never sooner.
+//!
+//! # A versioned document, worked through
+//!
+//! Each version names the one before, so the `head` label keeps the whole
+//! history; a `version/N` label makes each one easy to find. Publishing
+//! moves both labels in one transaction, and only if nobody published
+//! since we read `head`, so concurrent editors never lose a version:
+//!
+//! ```no_run
+//! use theater_store_guest::serde::{Deserialize, Serialize};
+//! use theater_store_guest::{ContentRef, ContentStore, Error, ErrorKind, Result};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "theater_store_guest::serde")]
+//! struct Version {
+//!     number: u64,
+//!     text: String,
+//!     previous: Option<ContentRef>, // keeps the older versions from gc
+//! }
+//!
+//! fn publish(store: &ContentStore, text: &str) -> Result<u64> {
+//!     for _ in 0..10 {
+//!         let head = store.get_by_label("head")?;
+//!         let number = match &head {
+//!             Some(head) => store.get_json::<Version>(head)?.number + 1,
+//!             None => 1,
+//!         };
+//!         let version = Version { number, text: text.into(), previous: head.clone() };
+//!         let stored = store.store_json(&version)?;
+//!         let label = format!("version/{number}");
+//!         let moved = store.compare_and_swap_labels(&[
+//!             ("head", head.as_ref(), Some(&stored)),
+//!             (&label, None, Some(&stored)),
+//!         ])?;
+//!         if moved {
+//!             return Ok(number);
+//!         }
+//!         // Someone published first: read the new head and try again.
+//!     }
+//!     Err(Error::new(ErrorKind::Conflict, "too many concurrent publishers"))
+//! }
+//! ```
 
 #![warn(missing_docs)]
 
