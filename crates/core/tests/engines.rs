@@ -11,16 +11,7 @@ use theater_store::{ContentRef, ContentStore, GcOptions, Options, StoreRoot};
 
 mod common;
 
-/// Small contents live in the index, the last one (over the 16 KiB inline
-/// threshold) in a file on the engines that have files.
-const CONTENTS: [&[u8]; 5] = [
-    b"",
-    b"alpha",
-    b"beta",
-    b"a longer piece of content",
-    &[7u8; 20_000],
-];
-const LABELS: [&str; 4] = ["a", "a:b", "log/1", "z"];
+use common::{CONTENTS, LABELS};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -8,16 +8,7 @@ use theater_store::{ContentRef, StoreError};
 
 mod common;
 
-/// Small contents live in the index, the last one (over the 16 KiB inline
-/// threshold) in a file.
-const CONTENTS: [&[u8]; 5] = [
-    b"",
-    b"alpha",
-    b"beta",
-    b"a longer piece of content",
-    &[7u8; 20_000],
-];
-const LABELS: [&str; 4] = ["a", "a:b", "log/1", "z"];
+use common::{CONTENTS, LABELS};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -202,22 +202,23 @@ impl ActorFailure {
         ctx: &StoreCtx,
         limiter: &ActorLimiter,
     ) -> Self {
-        if ctx.timed_out() || error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            Self::TimedOut(ctx.limits().timeout)
-        } else if limiter.refused() {
-            Self::OutOfMemory {
-                limit: limiter.max_bytes,
-                trap: format!("{error:#}"),
-            }
-        } else {
-            Self::Instantiation(format!("{error:#}"))
-        }
+        Self::classify(error, ctx, limiter, Self::Instantiation)
     }
 
     /// What a failed call into the actor was: the deadline (an epoch
     /// interrupt, or a host call that gave up at it), the memory limit,
     /// or another trap.
     pub fn of_call(error: &wasmtime::Error, ctx: &StoreCtx, limiter: &ActorLimiter) -> Self {
+        Self::classify(error, ctx, limiter, Self::Trapped)
+    }
+
+    /// The deadline, then the memory limit, then `otherwise`.
+    fn classify(
+        error: &wasmtime::Error,
+        ctx: &StoreCtx,
+        limiter: &ActorLimiter,
+        otherwise: fn(String) -> Self,
+    ) -> Self {
         if ctx.timed_out() || error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             Self::TimedOut(ctx.limits().timeout)
         } else if limiter.refused() {
@@ -226,7 +227,7 @@ impl ActorFailure {
                 trap: format!("{error:#}"),
             }
         } else {
-            Self::Trapped(format!("{error:#}"))
+            otherwise(format!("{error:#}"))
         }
     }
 }

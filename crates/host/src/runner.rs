@@ -255,14 +255,7 @@ impl ActorHost {
         let mut host_notes = record_start(chain.as_ref(), actor, "init", &limits).await;
 
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => {
-                let data = store.data();
-                Err(ActorFailure::of_instantiation(
-                    &error,
-                    &data.store,
-                    &data.memory,
-                ))
-            }
+            Err(error) => Err(store.data().failure(&error, ActorFailure::of_instantiation)),
             Ok(instance) => {
                 let call = instance
                     .theater_simple_actor()
@@ -271,10 +264,7 @@ impl ActorHost {
                 match call {
                     Ok(Ok((new_state,))) => Ok(new_state),
                     Ok(Err(message)) => Err(ActorFailure::Returned(message)),
-                    Err(trap) => {
-                        let data = store.data();
-                        Err(ActorFailure::of_call(&trap, &data.store, &data.memory))
-                    }
+                    Err(trap) => Err(store.data().failure(&trap, ActorFailure::of_call)),
                 }
             }
         };
@@ -341,23 +331,13 @@ impl ActorHost {
         let chain = store.data().store.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), command, "command", &limits).await;
         let outcome = match pre.instantiate_async(&mut store).await {
-            Err(error) => {
-                let data = store.data();
-                Err(ActorFailure::of_instantiation(
-                    &error,
-                    &data.store,
-                    &data.memory,
-                ))
-            }
+            Err(error) => Err(store.data().failure(&error, ActorFailure::of_instantiation)),
             Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
                 Ok(Ok(())) => Ok(0),
                 Ok(Err(())) => Ok(1),
                 Err(trap) => match trap.downcast_ref::<I32Exit>() {
                     Some(exit) => Ok(exit.0),
-                    None => {
-                        let data = store.data();
-                        Err(ActorFailure::of_call(&trap, &data.store, &data.memory))
-                    }
+                    None => Err(store.data().failure(&trap, ActorFailure::of_call)),
                 },
             },
         };
@@ -544,6 +524,19 @@ struct ActorState {
     table: ResourceTable,
     store: StoreCtx,
     memory: ActorLimiter,
+}
+
+impl ActorState {
+    /// What `error` from instantiating or calling the actor was, by
+    /// `classify` ([`ActorFailure::of_instantiation`] or
+    /// [`ActorFailure::of_call`]).
+    fn failure(
+        &self,
+        error: &wasmtime::Error,
+        classify: fn(&wasmtime::Error, &StoreCtx, &ActorLimiter) -> ActorFailure,
+    ) -> ActorFailure {
+        classify(error, &self.store, &self.memory)
+    }
 }
 
 impl WasiView for ActorState {

@@ -537,3 +537,18 @@ pub fn restore_events(
 fn index_db(root: &StoreRoot) -> rusqlite::Connection {
     rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap()
 }
+
+/// Contents the model and cross-engine property tests draw from: small
+/// ones live in the index, the last one (over the 16 KiB inline
+/// threshold) in a file on the engines that have files.
+pub const CONTENTS: [&[u8]; 5] = [
+    b"",
+    b"alpha",
+    b"beta",
+    b"a longer piece of content",
+    &[7u8; 20_000],
+];
+
+/// Labels the property tests draw from: nested, with separators, and in
+/// both orders of a prefix.
+pub const LABELS: [&str; 4] = ["a", "a:b", "log/1", "z"];
