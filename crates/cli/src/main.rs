@@ -77,6 +77,12 @@ enum Command {
         /// Only labels after this one (for paging: pass the last label printed).
         #[arg(long, value_name = "LABEL")]
         after: Option<String>,
+        /// Instead of labels: the content no label reaches, oldest first, and whether gc with --grace would take it now or the grace period keeps it.
+        #[arg(long, conflicts_with_all = ["prefix", "limit", "after"])]
+        unlabelled: bool,
+        /// With --unlabelled: the grace period gc would use (e.g. 0s, 10m, 1h).
+        #[arg(long, default_value = "1h", value_parser = parse::duration, requires = "unlabelled")]
+        grace: Duration,
     },
     /// Write content to stdout, verified against its hash.
     Cat {
@@ -387,9 +393,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => stores::du(&root, &store, &prefix, depth, json).await,
         Command::Labels {
             store,
+            unlabelled: true,
+            grace,
+            ..
+        } => stores::unlabelled(&root, &store, grace, json).await,
+        Command::Labels {
+            store,
             prefix,
             limit,
             after,
+            ..
         } => stores::labels(&root, &store, &prefix, limit, after.as_deref(), json).await,
         Command::Cat {
             store,

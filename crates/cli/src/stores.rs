@@ -301,6 +301,41 @@ pub async fn unlabel(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `labels --unlabelled`: content no label reaches, oldest first, and
+/// whether gc with `grace` would take it now.
+pub async fn unlabelled(
+    root: &StoreRoot,
+    store: &str,
+    grace: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let unreachable = store.unreachable(grace).await?;
+    if json {
+        print_json(&unreachable)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for entry in &unreachable {
+        let stored = std::time::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(entry.stored_at_millis).unwrap_or(0));
+        let fate = if entry.kept_by_grace {
+            "kept by the grace period"
+        } else {
+            "gc takes it"
+        };
+        println!(
+            "{}\t{} bytes\tstored {}\t{fate}",
+            entry.content_ref,
+            entry.size,
+            humantime::format_rfc3339_seconds(stored)
+        );
+    }
+    if unreachable.is_empty() {
+        eprintln!("store {}: every object is reached by a label", store.id());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One group of `du`.
 #[derive(Default, serde::Serialize)]
 struct Usage {

@@ -2128,3 +2128,24 @@ fn actors_and_reserved_stores_are_listed() {
     let all = env.json(&["stores", "--all"]);
     assert!(all.as_array().unwrap().iter().any(|s| s["id"] == "_chains"));
 }
+
+#[test]
+fn labels_unlabelled_lists_what_gc_would_take() {
+    let env = Env::new();
+    env.put("app", "kept", Some("keep"));
+    let loose = env.put("app", "loose", None);
+    let listed = env.json(&["labels", "app", "--unlabelled", "--grace", "0s"]);
+    assert_eq!(
+        listed,
+        json!([{"ref": {"hash": loose}, "size": 5, "stored_at_millis": listed[0]["stored_at_millis"], "kept_by_grace": false}])
+    );
+    env.cmd()
+        .args(["labels", "app", "--unlabelled"])
+        .assert()
+        .success()
+        .stdout(contains(loose.as_str()).and(contains("kept by the grace period")));
+    env.cmd()
+        .args(["labels", "app", "--unlabelled", "--prefix", "x"])
+        .assert()
+        .code(2);
+}

@@ -240,33 +240,43 @@ impl ContentStore {
         Ok(report)
     }
 
-    /// Removes content no label reaches, once it is older than the grace
-    /// period, plus crash leftovers (stale temporary and unindexed files).
-    ///
-    /// A label reaches the content it points at and, through it, every
-    /// object whose ref (64 hex digits) is written inside reachable
-    /// content, however deep. Content stored within the grace period, and
-    /// what it names, is kept too. Each removal re-checks, under the
-    /// index's write lock, that no label points at the object, that no
-    /// object still held names it, and that it was not stored again
-    /// meanwhile. Progress is reported in objects.
-    pub async fn collect_garbage(
-        &self,
-        options: GcOptions,
-        progress: Arc<dyn Progress>,
-    ) -> Result<GcReport> {
+    /// Content no label reaches, oldest first: what `collect_garbage`
+    /// with this `grace` would remove now, and what only the grace period
+    /// keeps (stored within it, or named by such content). Reads only.
+    pub async fn unreachable(&self, grace: Duration) -> Result<Vec<Unreachable>> {
         let engine = self.root().engine().await?;
+        let census = self
+            .census(&engine, SystemTime::now() - grace, false)
+            .await?;
+        let kept = census.recent.into_iter().map(|row| (row, true));
+        let doomed = census.doomed.into_iter().map(|row| (row, false));
+        let mut unreachable: Vec<Unreachable> = kept
+            .chain(doomed)
+            .map(|(row, kept_by_grace)| Unreachable {
+                content_ref: row.digest.into(),
+                size: row.size,
+                stored_at_millis: row.stored_at,
+                kept_by_grace,
+            })
+            .collect();
+        unreachable.sort_by_key(|entry| entry.stored_at_millis);
+        Ok(unreachable)
+    }
+
+    /// Sorts every indexed object of the store by what keeps it: a label
+    /// (directly, through refs inside reachable content, or, in the chain
+    /// store, a chain head), the grace period (stored after `cutoff`, or
+    /// named by such content), or nothing (`doomed`). Also lists crash
+    /// leftovers. `record_links` lets the link scan record what it finds
+    /// for objects not scanned before (a dry run records nothing).
+    async fn census(
+        &self,
+        engine: &Arc<dyn Engine>,
+        cutoff: SystemTime,
+        record_links: bool,
+    ) -> Result<Census> {
         let store = self.store_id().clone();
-        let cutoff = SystemTime::now() - options.grace;
         let cutoff_millis = unix_millis(cutoff);
-        let mut report = GcReport {
-            store: store.to_string(),
-            dry_run: options.dry_run,
-            ..GcReport::default()
-        };
-        if store.as_str() == COMPONENT_CACHE_STORE && !options.dry_run {
-            self.expire_cache_entries(&engine, cutoff_millis).await?;
-        }
         // In the chain store, a head label keeps its whole chain: every
         // segment it reaches counts as labelled. Segments sealed after this
         // walk are younger than the cutoff.
@@ -279,9 +289,8 @@ impl ContentStore {
         } else {
             BTreeSet::new()
         };
-        let dry_run = options.dry_run;
         let (rows, labels, graph, unindexed, stale_temps) = blocking({
-            let engine = Arc::clone(&engine);
+            let engine = Arc::clone(engine);
             let store = store.clone();
             move || {
                 let snapshot = engine.snapshot(&store, "")?;
@@ -294,7 +303,7 @@ impl ContentStore {
                 let graph = if store.as_str() == CHAIN_STORE {
                     LinkGraph::default()
                 } else {
-                    LinkGraph::load(&*engine, &store, &held, !dry_run)?
+                    LinkGraph::load(&*engine, &store, &held, record_links)?
                 };
                 let unindexed = engine.unindexed(&store, cutoff)?;
                 // Temporary files belong to writers still at work unless they
@@ -326,16 +335,65 @@ impl ContentStore {
                 .filter(|row| row.stored_at >= cutoff_millis)
                 .map(|row| row.digest),
         );
-        let mut doomed = Vec::new();
+        let mut census = Census {
+            graph: LinkGraph::default(),
+            unindexed,
+            stale_temps,
+            kept_labelled: 0,
+            recent: Vec::new(),
+            doomed: Vec::new(),
+        };
         for row in rows {
             if labelled.contains(&row.digest) {
-                report.kept_labelled += 1;
+                census.kept_labelled += 1;
             } else if recent.contains(&row.digest) {
-                report.kept_recent += 1;
+                census.recent.push(row);
             } else {
-                doomed.push(row);
+                census.doomed.push(row);
             }
         }
+        census.graph = graph;
+        Ok(census)
+    }
+
+    /// Removes content no label reaches, once it is older than the grace
+    /// period, plus crash leftovers (stale temporary and unindexed files).
+    ///
+    /// A label reaches the content it points at and, through it, every
+    /// object whose ref (64 hex digits) is written inside reachable
+    /// content, however deep. Content stored within the grace period, and
+    /// what it names, is kept too. Each removal re-checks, under the
+    /// index's write lock, that no label points at the object, that no
+    /// object still held names it, and that it was not stored again
+    /// meanwhile. Progress is reported in objects.
+    pub async fn collect_garbage(
+        &self,
+        options: GcOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GcReport> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let cutoff = SystemTime::now() - options.grace;
+        let cutoff_millis = unix_millis(cutoff);
+        let mut report = GcReport {
+            store: store.to_string(),
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        if store.as_str() == COMPONENT_CACHE_STORE && !options.dry_run {
+            self.expire_cache_entries(&engine, cutoff_millis).await?;
+        }
+        let dry_run = options.dry_run;
+        let Census {
+            kept_labelled,
+            recent: kept_by_grace,
+            doomed,
+            graph,
+            unindexed,
+            stale_temps,
+        } = self.census(&engine, cutoff, !dry_run).await?;
+        report.kept_labelled = kept_labelled;
+        report.kept_recent = kept_by_grace.len() as u64;
         let doomed = graph.referrers_first(doomed);
         let mut referrers = graph.referrers_of(&doomed);
         progress.start((doomed.len() + unindexed.len()) as u64);
@@ -499,6 +557,37 @@ async fn remove_objects(
         progress.advance(chunk.len() as u64);
     }
     Ok((removed, freed))
+}
+
+/// What [`ContentStore::census`] found.
+struct Census {
+    /// Objects a label (or a chain head) reaches.
+    kept_labelled: u64,
+    /// Objects no label reaches that the grace period keeps.
+    recent: Vec<ObjectRow>,
+    /// Objects no label reaches, older than the grace period.
+    doomed: Vec<ObjectRow>,
+    /// The links between the store's objects.
+    graph: LinkGraph,
+    /// Stored bytes no index row claims, older than the cutoff.
+    unindexed: Vec<Digest>,
+    /// Staging files old enough to be a crashed write's.
+    stale_temps: Vec<PathBuf>,
+}
+
+/// One piece of content no label reaches (see
+/// [`ContentStore::unreachable`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unreachable {
+    /// Its ref.
+    #[serde(rename = "ref")]
+    pub content_ref: ContentRef,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last stored, in milliseconds since the Unix epoch.
+    pub stored_at_millis: i64,
+    /// Whether only the grace period keeps it (`false`: gc removes it now).
+    pub kept_by_grace: bool,
 }
 
 /// How many times verify looks at an object that seems missing before it

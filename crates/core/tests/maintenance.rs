@@ -822,3 +822,43 @@ async fn a_root_restored_from_a_whole_root_package_holds_the_same_labels_content
         .unwrap_err();
     assert!(refused.to_string().contains("import --all"), "{refused}");
 }
+
+/// `unreachable` lists exactly what no label reaches, and says which of
+/// it gc would take now and which only the grace period keeps; a dry run
+/// of gc agrees with it.
+#[tokio::test]
+async fn unreachable_lists_what_gc_would_take_and_what_the_grace_period_keeps() {
+    let (_dir, root) = temp_root();
+    let store = root.store("census").unwrap();
+    let leaf = store.store("a leaf").await.unwrap();
+    store
+        .store_at_label("top", format!("names {}", leaf.hash()))
+        .await
+        .unwrap();
+    let loose = store.store("loose").await.unwrap();
+    let dropped = store.store_at_label("gone", "dropped").await.unwrap();
+    store.remove_label("gone").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let now = store.unreachable(Duration::ZERO).await.unwrap();
+    let mut refs: Vec<theater_store::ContentRef> =
+        now.iter().map(|entry| entry.content_ref.clone()).collect();
+    refs.sort();
+    let mut expected = vec![loose.clone(), dropped.clone()];
+    expected.sort();
+    assert_eq!(refs, expected);
+    assert!(now.iter().all(|entry| !entry.kept_by_grace));
+    assert_eq!(now.iter().map(|entry| entry.size).sum::<u64>(), 12);
+    let dry = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: true,
+    };
+    let report = store.collect_garbage(dry, no_progress()).await.unwrap();
+    assert_eq!(report.objects_removed, 2);
+
+    let within_grace = store.unreachable(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(within_grace.len(), 2);
+    assert!(within_grace.iter().all(|entry| entry.kept_by_grace));
+    // Listing changed nothing.
+    assert!(store.exists(&loose).await.unwrap());
+}
