@@ -139,6 +139,17 @@ enum Command {
         /// Only this store [default: every store].
         store: Option<String>,
     },
+    /// List what verify moved aside as corrupt; with --purge, delete what was moved more than --older-than ago
+    Quarantine {
+        /// Only this store [default: every store].
+        store: Option<String>,
+        /// Delete quarantined bytes moved aside more than --older-than ago.
+        #[arg(long)]
+        purge: bool,
+        /// With --purge: keep what was quarantined more recently than this (e.g. 0s, 7d).
+        #[arg(long, default_value = "7d", value_parser = parse::duration, requires = "purge")]
+        older_than: Duration,
+    },
     /// Remove content that no label reaches and that is older than the grace period.
     Gc {
         /// Only this store [default: every store].
@@ -386,6 +397,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => demo::demo(&root, json).await,
         Command::Stores { all } => stores::list_stores(&root, all, json).await,
         Command::Actors => chain::actors(&root, json).await,
+        Command::Quarantine {
+            store,
+            purge,
+            older_than,
+        } => {
+            let purge = purge.then_some(older_than);
+            stores::quarantine(&root, store.as_deref(), purge, json).await
+        }
         Command::Du {
             store,
             prefix,

@@ -301,6 +301,61 @@ pub async fn unlabel(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `quarantine`: what verify moved aside, per store; with `purge`, what
+/// was moved more than that long ago is deleted first.
+pub async fn quarantine(
+    root: &StoreRoot,
+    store: Option<&str>,
+    purge: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let stores = match store {
+        Some(id) => vec![existing(root, id).await?],
+        None => {
+            let mut all = Vec::new();
+            for summary in root.stores().await? {
+                all.push(root.store(&summary.id)?);
+            }
+            all.extend(root.reserved_stores().await?);
+            all
+        }
+    };
+    let mut listing = Vec::new();
+    for store in &stores {
+        let purged = match purge {
+            Some(older_than) => Some(store.purge_quarantine(older_than).await?),
+            None => None,
+        };
+        let kept = store.quarantined().await?;
+        if purged.is_some() || !kept.is_empty() {
+            listing.push(json!({"store": store.id(), "purged": purged, "quarantined": kept}));
+        }
+        if json {
+            continue;
+        }
+        if let Some(purged) = purged {
+            println!("store {}: {purged} quarantined pieces purged", store.id());
+        }
+        for entry in &kept {
+            let moved = std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(entry.quarantined_at_millis).unwrap_or(0));
+            println!(
+                "{}\t{}\t{} bytes\tquarantined {}",
+                store.id(),
+                entry.content_ref,
+                entry.size,
+                humantime::format_rfc3339_seconds(moved)
+            );
+        }
+    }
+    if json {
+        print_json(&listing)?;
+    } else if listing.is_empty() {
+        eprintln!("nothing is quarantined");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `labels --unlabelled`: content no label reaches, oldest first, and
 /// whether gc with `grace` would take it now.
 pub async fn unlabelled(

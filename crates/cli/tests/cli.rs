@@ -361,6 +361,24 @@ fn verify_catches_corruption_and_quarantines_it() {
     let report: Value = serde_json::from_slice(&report).unwrap();
     assert_eq!(report["clean"], false);
     assert_eq!(report["stores"][0]["dangling_labels"][0]["label"], "bad");
+
+    // The quarantine is listed; a purge keeps what is recent, then takes it.
+    let listed = env.json(&["quarantine"]);
+    assert_eq!(listed[0]["store"], "s");
+    assert_eq!(listed[0]["quarantined"][0]["ref"]["hash"], bad.as_str());
+    assert_eq!(listed[0]["quarantined"][0]["size"], 4);
+    env.cmd()
+        .args(["quarantine", "s"])
+        .assert()
+        .success()
+        .stdout(contains(bad.as_str()));
+    let kept = env.json(&["quarantine", "s", "--purge"]);
+    assert_eq!(kept[0]["purged"], 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let purged = env.json(&["quarantine", "s", "--purge", "--older-than", "0s"]);
+    assert_eq!(purged[0]["purged"], 1);
+    assert_eq!(purged[0]["quarantined"], json!([]));
+    env.cmd().args(["quarantine", "nosuch"]).assert().code(3);
 }
 
 #[test]

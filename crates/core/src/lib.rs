@@ -49,8 +49,8 @@ pub use chain::{
 pub use durability::Durability;
 pub use error::{BoxError, ErrorKind, Result, StoreError};
 pub use maintenance::{
-    GcOptions, GcReport, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport, TEMP_FILE_STALE_AFTER,
-    Unreachable, VerifyReport,
+    GcOptions, GcReport, Quarantined, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
+    TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use options::Options;

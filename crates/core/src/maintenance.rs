@@ -240,6 +240,35 @@ impl ContentStore {
         Ok(report)
     }
 
+    /// What `verify` moved aside as corrupt in this store, oldest first:
+    /// each piece's ref (what the bytes were filed under, not what they
+    /// hash to), size and when it was moved. Kept for inspection until
+    /// [`ContentStore::purge_quarantine`].
+    pub async fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let found = blocking(move || engine.quarantined(&store)).await?;
+        let mut found: Vec<Quarantined> = found
+            .into_iter()
+            .map(|(digest, size, moved_at)| Quarantined {
+                content_ref: digest.into(),
+                size,
+                quarantined_at_millis: unix_millis(moved_at),
+            })
+            .collect();
+        found.sort_by_key(|entry| entry.quarantined_at_millis);
+        Ok(found)
+    }
+
+    /// Deletes what quarantine moved aside more than `older_than` ago;
+    /// returns how many pieces went.
+    pub async fn purge_quarantine(&self, older_than: Duration) -> Result<u64> {
+        let engine = self.root().engine().await?;
+        let store = self.store_id().clone();
+        let cutoff = SystemTime::now() - older_than;
+        blocking(move || engine.purge_quarantine(&store, cutoff)).await
+    }
+
     /// Content no label reaches, oldest first: what `collect_garbage`
     /// with this `grace` would remove now, and what only the grace period
     /// keeps (stored within it, or named by such content). Reads only.
@@ -573,6 +602,19 @@ struct Census {
     unindexed: Vec<Digest>,
     /// Staging files old enough to be a crashed write's.
     stale_temps: Vec<PathBuf>,
+}
+
+/// Bytes `verify` moved aside as corrupt (see
+/// [`ContentStore::quarantined`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Quarantined {
+    /// The ref the bytes were filed under.
+    #[serde(rename = "ref")]
+    pub content_ref: ContentRef,
+    /// Their size in bytes.
+    pub size: u64,
+    /// When they were moved aside, in milliseconds since the Unix epoch.
+    pub quarantined_at_millis: i64,
 }
 
 /// One piece of content no label reaches (see

@@ -82,6 +82,22 @@ async fn verify_finds_damage(id: &str, repeat: usize) {
         store.get_content_by_label("bad").await.unwrap().unwrap(),
         content("will be corrupted").as_bytes()
     );
+
+    // The quarantine is listed, kept within the purge's age, then purged.
+    let quarantined = store.quarantined().await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].content_ref, bad);
+    assert_eq!(quarantined[0].size, 12);
+    let purged = store
+        .purge_quarantine(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(purged, 0);
+    assert_eq!(store.quarantined().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.purge_quarantine(Duration::ZERO).await.unwrap(), 1);
+    assert!(store.quarantined().await.unwrap().is_empty());
+    assert!(common::quarantined(&root, id).is_empty());
 }
 
 #[tokio::test]

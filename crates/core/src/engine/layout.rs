@@ -355,6 +355,36 @@ impl ObjectFiles {
         Ok(moved)
     }
 
+    /// What quarantine moved aside in `store`, with each file's path
+    /// (named `<hex>-<unix seconds>`; other files there are not ours).
+    pub(crate) fn quarantined(
+        &self,
+        store: &StoreId,
+    ) -> Result<Vec<(super::QuarantinedBytes, PathBuf)>> {
+        let dir = self.store_dir(store).join("quarantine");
+        let mut found = Vec::new();
+        for path in list_dir(store, &dir)? {
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            let Some((hex, stamp)) = name.split_once('-') else {
+                continue;
+            };
+            let (Ok(digest), Ok(secs)) = (Digest::parse(hex), stamp.parse::<u64>()) else {
+                continue;
+            };
+            let size = match fs::symlink_metadata(&path) {
+                Ok(metadata) => metadata.len(),
+                // Purged by another process meanwhile.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(io_error(store, "inspecting", &path, source)),
+            };
+            let moved_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            found.push(((digest, size, moved_at), path));
+        }
+        Ok(found)
+    }
+
     /// A new name in the store's `quarantine/` for damaged bytes of `digest`.
     fn quarantine_path(&self, store: &StoreId, digest: Digest) -> io::Result<PathBuf> {
         let dir = self.store_dir(store).join("quarantine");

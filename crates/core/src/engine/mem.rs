@@ -880,6 +880,15 @@ impl Engine for MemEngine {
         Ok(Vec::new())
     }
 
+    fn quarantined(&self, _store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
+        // Memory never damages bytes; nothing is ever moved aside.
+        Ok(Vec::new())
+    }
+
+    fn purge_quarantine(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<u64> {
+        Ok(0)
+    }
+
     fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
         let bytes = self.read(store, |held| {
             held.objects.get(&digest).map(|o| o.bytes.clone())

@@ -279,6 +279,10 @@ pub(crate) enum Change {
 /// A label and its target.
 pub(crate) type LabelRow = (String, Digest);
 
+/// Bytes quarantine moved aside: the object they were filed under, their
+/// size, and when they were moved.
+pub(crate) type QuarantinedBytes = (Digest, u64, SystemTime);
+
 /// An event to add to a chain (see [`Change::Record`]). The engine knows
 /// nothing of the event's format: it reads the chain's head row, lets
 /// `build` make the new event from it, stores a sealed segment if `build`
@@ -563,6 +567,14 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
         let _ = store;
         Ok(Vec::new())
     }
+
+    /// What quarantine moved aside in `store`: each piece's object, size
+    /// and when it was moved. Blocking.
+    fn quarantined(&self, store: &StoreId) -> Result<Vec<QuarantinedBytes>>;
+
+    /// Deletes what quarantine moved aside in `store` before `cutoff`;
+    /// returns how many went. Blocking.
+    fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64>;
 
     /// A reader over an object's stored bytes, not verified; `None` when
     /// the object is gone. Blocking.

@@ -118,6 +118,26 @@ impl LocalEngine {
 
 #[async_trait::async_trait]
 impl Engine for LocalEngine {
+    fn quarantined(&self, store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
+        let found = self.layout.quarantined(store)?;
+        Ok(found.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64> {
+        let mut purged = 0;
+        for ((_, _, moved_at), path) in self.layout.quarantined(store)? {
+            if moved_at >= cutoff {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => purged += 1,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(io_error(store, "purging quarantine", &path, source)),
+            }
+        }
+        Ok(purged)
+    }
+
     fn stages_to_file(&self, size: usize) -> bool {
         size > self.inline_threshold
     }

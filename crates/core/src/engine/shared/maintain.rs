@@ -9,7 +9,7 @@ use super::connection::postgres_error;
 use super::index::{self};
 use super::read::HashSink;
 use crate::engine::layout;
-use crate::engine::{LinkRow, Scan};
+use crate::engine::{LinkRow, QuarantinedBytes, Scan};
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::task::Progress;
@@ -143,6 +143,32 @@ impl SharedEngine {
                 .filter_map(|(digest, ..)| digest)
                 .filter(|digest| !indexed.contains(digest))
                 .collect())
+        })
+    }
+
+    pub(crate) fn quarantined(&self, store: &StoreId) -> Result<Vec<QuarantinedBytes>> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let listed = inner.objects.quarantined(&store).await;
+            let listed = inner.object_store(listed, "listing quarantine")?;
+            Ok(listed.into_iter().map(|(entry, _)| entry).collect())
+        })
+    }
+
+    pub(crate) fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let listed = inner.objects.quarantined(&store).await;
+            let listed = inner.object_store(listed, "listing quarantine")?;
+            let mut purged = 0;
+            for ((_, _, moved_at), key) in listed {
+                if moved_at < cutoff {
+                    let deleted = inner.objects.delete(&key).await;
+                    inner.object_store(deleted, "purging quarantine")?;
+                    purged += 1;
+                }
+            }
+            Ok(purged)
         })
     }
 

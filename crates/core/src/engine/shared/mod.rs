@@ -269,6 +269,14 @@ impl Engine for SharedEngine {
     }
 
     // The rest live beside the code of their job (read.rs, maintain.rs).
+    fn quarantined(&self, store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
+        SharedEngine::quarantined(self, store)
+    }
+
+    fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64> {
+        SharedEngine::purge_quarantine(self, store, cutoff)
+    }
+
     async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
         SharedEngine::object_size(self, store, digest).await
     }

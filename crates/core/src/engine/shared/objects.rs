@@ -255,6 +255,32 @@ impl Objects {
         Ok(key)
     }
 
+    /// What quarantine copied aside for `store` (keys named
+    /// `<hex>.<unix millis>`; other keys there are not ours), with each key.
+    pub(super) async fn quarantined(
+        &self,
+        store: &StoreId,
+    ) -> Result<Vec<(crate::engine::QuarantinedBytes, Key)>, object_store::Error> {
+        let folder = self.store_key(store, &["quarantine"]);
+        let mut listing = self.store.list(Some(&folder));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let Some((hex, millis)) = name.split_once('.') else {
+                continue;
+            };
+            let (Ok(digest), Ok(millis)) = (Digest::parse(hex), millis.parse::<u64>()) else {
+                continue;
+            };
+            let moved_at = SystemTime::UNIX_EPOCH + Duration::from_millis(millis);
+            found.push(((digest, meta.size, moved_at), meta.location));
+        }
+        Ok(found)
+    }
+
     /// Every object stored for `store`: its digest (`None` for a key that
     /// is not an object name), key, size and when it was written.
     pub(super) async fn list(
