@@ -58,6 +58,20 @@ pub enum StoreError {
         /// What the bytes on disk actually hash to.
         actual: String,
     },
+    /// The index holds the content but its bytes are gone (deleted by
+    /// hand, lost in a crash of the disk): damage, like
+    /// [`StoreError::Corrupted`], and not a ref the store never held.
+    #[error(
+        "store {store}: content {reference} is indexed but its bytes are gone; run \
+         `theater-store verify {store}`, then restore it from a package (`import`) or by \
+         storing the same bytes again"
+    )]
+    Missing {
+        /// The store holding the object.
+        store: String,
+        /// The ref the object is filed under.
+        reference: String,
+    },
     /// A range read reaches past the end of the content.
     #[error("store {store}: range {start}..{end} is outside content {reference} of {size} bytes")]
     InvalidRange {
@@ -246,7 +260,7 @@ pub enum ErrorKind {
     TooLarge,
     /// A quota or a count limit would be passed.
     QuotaExceeded,
-    /// Stored bytes no longer match their ref.
+    /// Stored bytes no longer match their ref, or are gone.
     Corrupted,
     /// A label that could not be one.
     InvalidLabel,
@@ -295,7 +309,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::Corrupted { .. } => ErrorKind::Corrupted,
+            Self::Corrupted { .. } | Self::Missing { .. } => ErrorKind::Corrupted,
             Self::InvalidLabel { .. } => ErrorKind::InvalidLabel,
             Self::InvalidRef { .. } | Self::InvalidRange { .. } => ErrorKind::InvalidRef,
             Self::InvalidStoreId { .. } => ErrorKind::InvalidStoreId,

@@ -378,10 +378,9 @@ impl ContentStore {
     }
 
     async fn read_verified(&self, engine: &dyn Engine, digest: Digest) -> Result<Vec<u8>> {
-        let bytes = engine
-            .read_object(&self.id, digest)
-            .await?
-            .ok_or_else(|| self.not_found(digest))?;
+        let Some(bytes) = engine.read_object(&self.id, digest).await? else {
+            return Err(absent(engine, &self.id, digest).await);
+        };
         // Small content is verified on the calling thread: a round trip
         // through the blocking pool costs more than hashing it.
         if bytes.len() <= VERIFY_ON_CALLER_MAX {
@@ -683,4 +682,21 @@ fn verified(store: &StoreId, digest: Digest, bytes: Vec<u8>) -> Result<Vec<u8>> 
         });
     }
     Ok(bytes)
+}
+
+/// Why the engine returned no bytes for `digest`: the store never held it
+/// ([`StoreError::NotFound`]), or it is indexed and its bytes are gone
+/// ([`StoreError::Missing`]).
+pub(crate) async fn absent(engine: &dyn Engine, store: &StoreId, digest: Digest) -> StoreError {
+    match engine.has_object(store, digest).await {
+        Ok(true) => StoreError::Missing {
+            store: store.to_string(),
+            reference: digest.to_hex(),
+        },
+        Ok(false) => StoreError::NotFound {
+            store: store.to_string(),
+            reference: digest.to_hex(),
+        },
+        Err(error) => error,
+    }
 }

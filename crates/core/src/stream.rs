@@ -618,11 +618,13 @@ impl Opened {
     async fn open(store: &ContentStore, digest: Digest) -> Result<Self> {
         let engine = store.root().engine().await?;
         let id = store.store_id().clone();
-        let (size, source) = {
+        let opened = {
             let (engine, id) = (Arc::clone(&engine), id.clone());
             blocking(move || engine.open_source(&id, digest)).await?
-        }
-        .ok_or_else(|| not_found(&id, digest))?;
+        };
+        let Some((size, source)) = opened else {
+            return Err(crate::store::absent(&*engine, &id, digest).await);
+        };
         let mut opened = Self {
             engine,
             store: id,
@@ -657,7 +659,7 @@ impl Opened {
         let (engine, store, digest) = (Arc::clone(&self.engine), self.store.clone(), self.digest);
         let built = blocking(move || engine.build_outboard(&store, digest)).await?;
         let Some((actual, staged)) = built else {
-            return Err(not_found(&self.store, digest));
+            return Err(crate::store::absent(&*self.engine, &self.store, digest).await);
         };
         if actual != digest {
             self.engine.discard(Staged::File(staged));
@@ -683,7 +685,7 @@ impl Opened {
                 source: Arc::new(Source::File { data, outboard }),
                 ..self
             }),
-            _ => Err(not_found(&self.store, digest)),
+            _ => Err(crate::store::absent(&*self.engine, &self.store, digest).await),
         }
     }
 
@@ -821,13 +823,6 @@ impl tree::RandomAccess for Span {
     fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let from = usize::try_from(offset.checked_sub(self.start)?).ok()?;
         self.bytes.get(from..from.checked_add(len)?)
-    }
-}
-
-fn not_found(store: &StoreId, digest: Digest) -> StoreError {
-    StoreError::NotFound {
-        store: store.to_string(),
-        reference: digest.to_hex(),
     }
 }
 

@@ -591,3 +591,34 @@ fn a_call_outside_a_tokio_runtime_is_a_clear_error_not_a_panic() {
         other => panic!("expected NoRuntime, got {other:?}"),
     }
 }
+
+/// Content whose bytes were lost is damage, named as such; a ref the store
+/// never held is plain "not found". An operator can tell the two apart.
+#[tokio::test]
+async fn lost_bytes_are_missing_not_merely_not_found() {
+    if common::memory_engine() {
+        return; // Nothing to do in memory: bytes are deleted by hand below.
+    }
+    let (_dir, root) = temp_root();
+    let store = root.store("lossy").unwrap();
+    for content in ["small".to_owned(), "large ".repeat(5_000)] {
+        let content_ref = store.store_at_label("doc", content).await.unwrap();
+        common::lose_bytes(&root, &store, &content_ref);
+        match store.get(&content_ref).await {
+            Err(error @ StoreError::Missing { .. }) => {
+                assert_eq!(error.kind(), theater_store::ErrorKind::Corrupted);
+                assert!(error.to_string().contains(content_ref.hash()), "{error}");
+            }
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        assert!(matches!(
+            store.reader(&content_ref).await.map(drop),
+            Err(StoreError::Missing { .. })
+        ));
+    }
+    let never = ContentRef::for_content(b"never stored");
+    assert!(matches!(
+        store.get(&never).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
