@@ -142,7 +142,8 @@ impl ContentStore {
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
     /// deletes them). Progress is reported in bytes.
-    pub async fn verify(&self, progress: Arc<dyn Progress>) -> Result<VerifyReport> {
+    pub async fn verify(&self, progress: impl Progress + 'static) -> Result<VerifyReport> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
         let (mut report, corrupt) = blocking({
@@ -398,8 +399,9 @@ impl ContentStore {
     pub async fn collect_garbage(
         &self,
         options: GcOptions,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<GcReport> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
         let cutoff = SystemTime::now() - options.grace;
@@ -723,7 +725,8 @@ impl StoreRoot {
     /// chains and content small enough to live inside the index cannot be
     /// rebuilt; restore those from a package. Creates an empty index first
     /// when there is none. Progress is reported in bytes, per store.
-    pub async fn reindex(&self, progress: Arc<dyn Progress>) -> Result<Vec<ReindexReport>> {
+    pub async fn reindex(&self, progress: impl Progress + 'static) -> Result<Vec<ReindexReport>> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let Some(path) = self.path().map(std::path::Path::to_owned) else {
             return Err(crate::StoreError::InvalidRoot {
                 root: self.describe().unwrap_or_default(),

@@ -119,8 +119,9 @@ impl ContentStore {
         &self,
         prefix: Option<&str>,
         out: W,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<(PackageSummary, W)> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let store = self.clone();
         let prefix = prefix.map(str::to_owned);
         let engine = self.root().engine().await?;
@@ -145,8 +146,9 @@ impl ContentStore {
     pub async fn import_package<R: Read + Send + 'static>(
         &self,
         input: R,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<PackageSummary> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         self.import_package_with(input, ImportOptions::default(), progress)
             .await
     }
@@ -163,8 +165,9 @@ impl ContentStore {
         &self,
         input: R,
         options: ImportOptions,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<PackageSummary> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let into = self.store_id().clone();
         let mut summaries = import(self.root(), Some(into), input, options, progress).await?;
         Ok(summaries.pop().unwrap_or_else(|| PackageSummary {
@@ -183,8 +186,9 @@ impl StoreRoot {
     pub async fn export_root<W: Write + Send + 'static>(
         &self,
         out: W,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<(Vec<PackageSummary>, W)> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         let mut stores: Vec<ContentStore> = Vec::new();
         for summary in self.stores().await? {
             stores.push(self.store(&summary.id)?);
@@ -228,8 +232,9 @@ impl StoreRoot {
         &self,
         input: R,
         options: ImportOptions,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<Vec<PackageSummary>> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         import(self, None, input, options, progress).await
     }
 }

@@ -250,8 +250,9 @@ impl StoreRoot {
         destination: &StoreRoot,
         id: &str,
         options: &SyncOptions,
-        progress: Arc<dyn Progress>,
+        progress: impl Progress + 'static,
     ) -> Result<SyncReport> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
         if id == CHAIN_STORE {
             return self.sync_chains_to(destination, options, progress).await;
         }
@@ -397,7 +398,7 @@ impl StoreRoot {
             dry_run: options.dry_run,
             overwrite: false,
         };
-        let import = target.import_package_with(reader, import_options, Arc::new(()));
+        let import = target.import_package_with(reader, import_options, ());
         let (exported, imported) = tokio::join!(export, import);
         let summary = match (exported, imported) {
             (Ok(_), Ok(summary)) => summary,

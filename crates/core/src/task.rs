@@ -12,8 +12,19 @@ pub trait Progress: Send + Sync {
     fn advance(&self, _done: u64) {}
 }
 
-/// No progress reporting.
+/// No progress reporting: pass `()` where a progress argument is asked.
 impl Progress for () {}
+
+/// A shared reporter reports through what it shares.
+impl<P: Progress + ?Sized> Progress for std::sync::Arc<P> {
+    fn start(&self, total: u64) {
+        (**self).start(total);
+    }
+
+    fn advance(&self, done: u64) {
+        (**self).advance(done);
+    }
+}
 
 /// Runs blocking filesystem or database work off the async executor.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -622,3 +622,24 @@ async fn lost_bytes_are_missing_not_merely_not_found() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// Progress is optional: `()` reports nothing, and a shared reporter
+/// (what a progress bar is) is taken as it is.
+#[tokio::test]
+async fn progress_arguments_take_nothing_or_a_shared_reporter() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[derive(Default)]
+    struct Counted(AtomicU64);
+    impl theater_store::Progress for Counted {
+        fn advance(&self, done: u64) {
+            self.0.fetch_add(done, Ordering::Relaxed);
+        }
+    }
+    let (_dir, root) = temp_root();
+    let store = root.store("progress").unwrap();
+    store.store_at_label("a", "twelve bytes").await.unwrap();
+    assert!(store.verify(()).await.unwrap().is_clean());
+    let counted = std::sync::Arc::new(Counted::default());
+    store.verify(counted.clone()).await.unwrap();
+    assert_eq!(counted.0.load(Ordering::Relaxed), 12);
+}
