@@ -169,7 +169,7 @@ fn put_cat_label_unlabel_and_labels() {
         .stdout(format!("log:2\t{file_hash}\n"));
     let listed = env.json(&["labels", "docs", "--prefix", "log:"]);
     assert_eq!(listed[1]["label"], "log:2");
-    assert_eq!(listed[1]["content_ref"]["hash"], file_hash.as_str());
+    assert_eq!(listed[1]["ref"], file_hash.as_str());
 
     env.cmd()
         .args(["unlabel", "docs", "greeting"])
@@ -292,7 +292,7 @@ fn stores_lists_totals() {
         .success()
         .stdout(contains("alpha").and(contains("beta")));
     let stores = env.json(&["stores"]);
-    assert_eq!(stores[0]["id"], "alpha");
+    assert_eq!(stores[0]["store"], "alpha");
     assert_eq!(
         (
             stores[0]["objects"].clone(),
@@ -365,7 +365,7 @@ fn verify_catches_corruption_and_quarantines_it() {
     // The quarantine is listed; a purge keeps what is recent, then takes it.
     let listed = env.json(&["quarantine"]);
     assert_eq!(listed[0]["store"], "s");
-    assert_eq!(listed[0]["quarantined"][0]["ref"]["hash"], bad.as_str());
+    assert_eq!(listed[0]["quarantined"][0]["ref"], bad.as_str());
     assert_eq!(listed[0]["quarantined"][0]["size"], 4);
     env.cmd()
         .args(["quarantine", "s"])
@@ -700,7 +700,7 @@ fn rm_store_removes_one_store_and_dry_run_changes_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_str().unwrap())
+        .map(|s| s["store"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["kept"]);
     env.cmd()
@@ -1799,7 +1799,7 @@ fn reachable_through_content(env: &Env) -> std::collections::BTreeSet<(String, S
     let stores = env.json(&["stores"]);
     let mut reached = std::collections::BTreeSet::new();
     for store in stores.as_array().unwrap() {
-        let id = store["id"].as_str().unwrap().to_owned();
+        let id = store["store"].as_str().unwrap().to_owned();
         let labels = env.json(&["labels", &id]);
         let mut pending = hex_refs(&labels.to_string());
         while let Some(content_ref) = pending.pop() {
@@ -1986,7 +1986,7 @@ fn a_whole_root_and_its_chains_are_backed_up_and_restored_in_one_command() {
         .success();
     let stores = env.json(&["stores"]);
     for store in stores.as_array().unwrap() {
-        let id = store["id"].as_str().unwrap();
+        let id = store["store"].as_str().unwrap();
         let labels = |env: &Env| env.cmd().args(["labels", id]).output().unwrap().stdout;
         assert_eq!(labels(&env), labels(&restored), "store {id}");
     }
@@ -2141,10 +2141,15 @@ fn actors_and_reserved_stores_are_listed() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|s| !s["id"].as_str().unwrap().starts_with('_'))
+            .all(|s| !s["store"].as_str().unwrap().starts_with('_'))
     );
     let all = env.json(&["stores", "--all"]);
-    assert!(all.as_array().unwrap().iter().any(|s| s["id"] == "_chains"));
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["store"] == "_chains")
+    );
 }
 
 #[test]
@@ -2155,7 +2160,7 @@ fn labels_unlabelled_lists_what_gc_would_take() {
     let listed = env.json(&["labels", "app", "--unlabelled", "--grace", "0s"]);
     assert_eq!(
         listed,
-        json!([{"ref": {"hash": loose}, "size": 5, "stored_at_millis": listed[0]["stored_at_millis"], "kept_by_grace": false}])
+        json!([{"ref": loose, "size": 5, "stored_at_millis": listed[0]["stored_at_millis"], "kept_by_grace": false}])
     );
     env.cmd()
         .args(["labels", "app", "--unlabelled"])
@@ -2166,4 +2171,120 @@ fn labels_unlabelled_lists_what_gc_would_take() {
         .args(["labels", "app", "--unlabelled", "--prefix", "x"])
         .assert()
         .code(2);
+}
+
+/// Checks docs/JSON.md's vocabulary on one value: a store is `"store"`
+/// (never `"id"`), and every `"ref"` or list of `"refs"` holds hex strings.
+fn check_vocabulary(command: &str, value: &Value) {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| check_vocabulary(command, item)),
+        Value::Object(fields) => {
+            assert!(!fields.contains_key("id"), "{command}: \"id\" in {value}");
+            assert!(
+                !fields.contains_key("content_ref"),
+                "{command}: \"content_ref\" in {value}"
+            );
+            for (name, field) in fields {
+                let is_ref = |v: &Value| v.as_str().is_some_and(|s| s.len() == 64);
+                match name.as_str() {
+                    "ref" | "head" if !field.is_null() => {
+                        assert!(is_ref(field), "{command}: {name} is {field}");
+                    }
+                    "refs" | "missing" | "unindexed" | "vanished" => {
+                        let all = field.as_array().unwrap();
+                        assert!(all.iter().all(is_ref), "{command}: {name} is {field}");
+                    }
+                    _ => check_vocabulary(command, field),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_command_prints_json_in_one_vocabulary() {
+    let env = Env::new();
+    let a = env.put("docs", "alpha", Some("a"));
+    env.put("docs", "loose", None);
+    let actor = actor_file(&env, "seed.wasm", theater_store_examples::SEED_PATTERNS);
+    let package = env.dir.path().join("docs.pkg");
+    let other = env.dir.path().join("other");
+    let mut outputs = vec![(
+        "put",
+        env.json(&["put", "docs", env.file("b", b"beta").to_str().unwrap()]),
+    )];
+    let run = env
+        .cmd()
+        .args(["--json", "run"])
+        .arg(&actor)
+        .args(["--param", r#"{"pattern":"basic"}"#, "--actor", "seed"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    outputs.push(("run", serde_json::from_slice(&run).unwrap()));
+    for args in [
+        &["label", "docs", "b", a.as_str()][..],
+        &["unlabel", "docs", "b"],
+        &["labels", "docs"],
+        &["labels", "docs", "--unlabelled", "--grace", "0s"],
+        &["stores", "--all"],
+        &["du", "docs"],
+        &["actors"],
+        &["verify"],
+        &["quarantine"],
+        &["gc", "--dry-run"],
+        &["chain", "seed"],
+        &["chain", "seed", "--trim-before", "0"],
+        &["verify-chain", "seed"],
+        &["export", "docs", "-o", package.to_str().unwrap()],
+        &["rm-store", "docs", "--dry-run"],
+    ] {
+        outputs.push((args[0], env.json(args)));
+    }
+    let imported = Command::cargo_bin("theater-store")
+        .unwrap()
+        .env_remove("THEATER_STORE_ROOT")
+        .args(["--json", "--root"])
+        .arg(&other)
+        .args(["import", "docs"])
+        .arg(&package)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    outputs.push(("import", serde_json::from_slice(&imported).unwrap()));
+    let synced = env
+        .cmd()
+        .args(["--json", "sync"])
+        .arg(env.root())
+        .arg(&other)
+        .arg("docs")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    outputs.push(("sync", serde_json::from_slice(&synced).unwrap()));
+    for (command, value) in &outputs {
+        assert!(!value.is_null(), "{command} printed null");
+        check_vocabulary(command, value);
+    }
+    // Errors are one JSON object on stderr, with the kind.
+    let failed = env
+        .cmd()
+        .args(["--json", "labels", "nosuch"])
+        .assert()
+        .code(3)
+        .get_output()
+        .stderr
+        .clone();
+    let error: Value = serde_json::from_slice(&failed).unwrap();
+    assert_eq!(error["kind"], "not-found");
+    assert!(error["error"].as_str().unwrap().contains("nosuch"));
 }

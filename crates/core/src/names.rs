@@ -165,9 +165,38 @@ const HEX_VALUES: [u8; 256] = {
 /// around freely; every store operation validates it before use and answers
 /// [`StoreError::InvalidRef`] for a malformed one. Use [`ContentRef::parse`]
 /// to validate up front.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// In JSON it is the hex string itself (`"ab12…"`), as every `--json`
+/// output of the CLI shows it; reading also accepts the record form
+/// `{"hash":"ab12…"}` that Theater's WIT and the guest crate use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContentRef {
     hash: String,
+}
+
+impl Serialize for ContentRef {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.hash)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentRef {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        /// The two JSON forms a ref is read from.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Hex(String),
+            Record { hash: String },
+        }
+        let (Form::Hex(hash) | Form::Record { hash }) = Form::deserialize(deserializer)?;
+        Ok(Self { hash })
+    }
 }
 
 impl ContentRef {

@@ -42,7 +42,8 @@ struct Shared {
 /// A store's id and totals, as listed by [`StoreRoot::stores`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StoreSummary {
-    /// The store id.
+    /// The store id (`"store"` in JSON, as everywhere else).
+    #[serde(rename = "store")]
     pub id: String,
     /// Its totals.
     #[serde(flatten)]

@@ -40,7 +40,8 @@ pub enum AtMost {
 pub struct LabelEntry {
     /// The label.
     pub label: String,
-    /// What it points at.
+    /// What it points at (`"ref"` in JSON).
+    #[serde(rename = "ref")]
     pub content_ref: ContentRef,
 }
 
