@@ -138,6 +138,9 @@ enum Command {
     Verify {
         /// Only this store [default: every store].
         store: Option<String>,
+        /// Then store again, from the same store in root FROM (a directory or a shared root string), the content found missing or quarantined, and check again.
+        #[arg(long, value_name = "FROM")]
+        repair: Option<String>,
     },
     /// List what verify moved aside as corrupt; with --purge, delete what was moved more than --older-than ago
     Quarantine {
@@ -449,7 +452,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             (None, Some(label)) => stores::unlabel(&root, &store, &label, json).await,
             (None, None) => unreachable!("clap requires a label or --from"),
         },
-        Command::Verify { store } => stores::verify(&root, store.as_deref(), json).await,
+        Command::Verify { store, repair } => {
+            let repair = repair.map(|from| resolve_root(Some(from))).transpose()?;
+            stores::verify(&root, store.as_deref(), repair.as_ref(), json).await
+        }
         Command::Gc {
             store,
             dry_run,

@@ -570,18 +570,51 @@ fn no_label(store: &ContentStore, label: &str) -> Missing {
     ))
 }
 
-pub async fn verify(root: &StoreRoot, store: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn verify(
+    root: &StoreRoot,
+    store: Option<&str>,
+    repair_from: Option<&StoreRoot>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
+    let mut repairs = Vec::new();
     for store in selected(root, store).await? {
         let bar = Bar::new(&format!("verifying {}", store.id()), true);
-        let report = store.verify(bar.clone()).await?;
+        let mut report = store.verify(bar.clone()).await?;
         bar.finish();
+        if let Some(source) = repair_from
+            && !report.is_clean()
+        {
+            let mut damaged: Vec<theater_store::ContentRef> = report.missing.clone();
+            damaged.extend(report.quarantined.iter().cloned());
+            damaged.extend(report.dangling_labels.iter().map(|e| e.content_ref.clone()));
+            damaged.sort();
+            damaged.dedup();
+            let source_store = source.store(store.id())?;
+            let repaired = store.repair_from(&source_store, &damaged).await?;
+            if !repaired.healed.is_empty() {
+                // Checked again: what the repair left is what is reported.
+                report = store.verify(()).await?;
+            }
+            repairs.push(repaired);
+        }
         reports.push(report);
     }
     let clean = reports.iter().all(|report| report.is_clean());
     if json {
-        print_json(&json!({"clean": clean, "stores": reports}))?;
+        print_json(&json!({"clean": clean, "stores": reports, "repairs": repairs}))?;
     } else {
+        for repaired in &repairs {
+            println!(
+                "{}: repaired {} objects from {}; {} not held whole there either",
+                repaired.store,
+                repaired.healed.len(),
+                repair_from
+                    .and_then(StoreRoot::describe)
+                    .unwrap_or_default(),
+                repaired.unavailable.len()
+            );
+        }
         for report in &reports {
             let verdict = if report.is_clean() { "ok" } else { "PROBLEMS" };
             println!(

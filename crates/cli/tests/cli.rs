@@ -2288,3 +2288,65 @@ fn every_command_prints_json_in_one_vocabulary() {
     assert_eq!(error["kind"], "not-found");
     assert!(error["error"].as_str().unwrap().contains("nosuch"));
 }
+
+#[test]
+fn verify_repairs_lost_and_corrupt_content_from_another_root() {
+    let env = Env::new();
+    let backup = env.dir.path().join("backup");
+    let small = env.put("docs", "small and precious", Some("small"));
+    let large_text = "large and precious ".repeat(2_000);
+    let large = env.put("docs", &large_text, Some("large"));
+    let unique = env.put("docs", "only here", Some("unique"));
+    for content in ["small and precious", large_text.as_str()] {
+        Command::cargo_bin("theater-store")
+            .unwrap()
+            .env_remove("THEATER_STORE_ROOT")
+            .arg("--root")
+            .arg(&backup)
+            .args(["put", "docs", "-"])
+            .write_stdin(content)
+            .assert()
+            .success();
+    }
+    damage_small_object(&env.root(), "docs", &small, b"rot");
+    std::fs::remove_file(
+        env.root()
+            .join("stores/docs/objects")
+            .join(&large[..2])
+            .join(&large[2..]),
+    )
+    .unwrap();
+    damage_small_object(&env.root(), "docs", &unique, b"gone for good");
+
+    env.cmd()
+        .args(["verify", "docs", "--repair"])
+        .arg(&backup)
+        .assert()
+        .code(1)
+        .stdout(contains("repaired 2 objects").and(contains("1 not held whole there either")));
+    env.cmd()
+        .args(["cat", "docs", &small])
+        .assert()
+        .success()
+        .stdout("small and precious");
+    env.cmd()
+        .args(["cat", "docs", &large])
+        .assert()
+        .success()
+        .stdout(large_text.clone());
+    // What the backup lacked is still reported, by its label.
+    let report = env
+        .cmd()
+        .args(["--json", "verify", "docs"])
+        .assert()
+        .code(1);
+    let report: Value = serde_json::from_slice(&report.get_output().stdout).unwrap();
+    assert_eq!(report["stores"][0]["dangling_labels"][0]["label"], "unique");
+    assert_eq!(
+        report["stores"][0]["dangling_labels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::chain::{CHAIN_STORE, HEAD_PREFIX};
 use crate::engine::{Change, Engine, Expect, ObjectRow, unix_millis};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::names::{ContentRef, Digest, StoreId};
 use crate::reach::LinkGraph;
 use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
@@ -236,6 +236,39 @@ impl ContentStore {
             // during the scan is whole again and stays.
             if engine.apply(change).await? {
                 report.quarantined.push(digest.into());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stores again, from the same store in another root, each of `refs`
+    /// (what `verify` found missing or quarantined): the bytes are read
+    /// verified from `source` and stored here, which heals an object whose
+    /// bytes were lost and brings back one that was quarantined, and with
+    /// it every label that pointed at it. Refs `source` does not hold
+    /// whole are reported, not errors.
+    pub async fn repair_from(
+        &self,
+        source: &ContentStore,
+        refs: &[ContentRef],
+    ) -> Result<RepairReport> {
+        let mut report = RepairReport {
+            store: self.id().to_owned(),
+            ..RepairReport::default()
+        };
+        for content_ref in refs {
+            let copied = match source.reader(content_ref).await {
+                Ok(reader) => self.store_reader(reader).await,
+                Err(error) => Err(error),
+            };
+            match copied {
+                Ok(_) => report.healed.push(content_ref.clone()),
+                Err(
+                    StoreError::NotFound { .. }
+                    | StoreError::Missing { .. }
+                    | StoreError::Corrupted { .. },
+                ) => report.unavailable.push(content_ref.clone()),
+                Err(error) => return Err(error),
             }
         }
         Ok(report)
@@ -604,6 +637,17 @@ struct Census {
     unindexed: Vec<Digest>,
     /// Staging files old enough to be a crashed write's.
     stale_temps: Vec<PathBuf>,
+}
+
+/// What [`ContentStore::repair_from`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RepairReport {
+    /// The store repaired.
+    pub store: String,
+    /// Content stored again from the source, whole and verified.
+    pub healed: Vec<ContentRef>,
+    /// Content the source does not hold whole either.
+    pub unavailable: Vec<ContentRef>,
 }
 
 /// Bytes `verify` moved aside as corrupt (see
