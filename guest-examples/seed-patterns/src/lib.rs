@@ -5,6 +5,27 @@
 //! that the host, or the next actor in a two-actor pattern, can check and
 //! continue the work. Patterns that span runs (actor state, cache,
 //! append-only log) read their store id back from the previous state.
+//!
+//! Parameters, by pattern (`theater-store run seed_patterns.wasm --param
+//! '{"pattern":"basic"}'`; grant the stores named with `--grant`):
+//!
+//! | pattern | other parameters |
+//! | --- | --- |
+//! | `stores` | `named`: a store id to use besides a new one of its own |
+//! | `basic`, `labels`, `dedupe`, `linked-list` | none |
+//! | `versioned` | optional `store` (else a new store) |
+//! | `actor-state` | `actor_id`; the next run gets the previous state |
+//! | `share` | `role`: `owner`, or any other role with `store` (a reader) |
+//! | `cache` | `input` (a number, 10 if absent) |
+//! | `snapshot` | `timestamps`: a list of snapshot times; optional `store` |
+//! | `message` | `role`: `sender` with `size`, or any other role with `store_id` and `data_ref` (a receiver) |
+//! | `inject` | `role`: `configurator`, or any other role with `store` and `environment` (a worker) |
+//! | `append-log` | `log` (a name) and `entry` (any JSON); optional `store`, else the previous state's |
+//! | `migrate` | `role`: `old` with `actor_id` and `state`, or any other role with `store`, `package` and `actor_id` (the new actor) |
+//! | `sync` | `role`: `source` with `prefix`, or any other role with `package` (the target) |
+//! | `counter` | `store`, `times`: read-modify-writes of label `count` |
+//! | `publish` | `store`, `version`: head and version labels moved together |
+//! | `error-kinds` | none: the kind of each failure, for tests |
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
