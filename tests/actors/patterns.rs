@@ -134,29 +134,43 @@ async fn p04_actor_specific_state_survives_restarts_on(h: Harness) {
         json!({"pattern": "actor-state", "actor_id": "7e3f4a21-9c8b-4e5d-a6f7-1b2c3d4e5f6a"});
     let first = h.run(&actor, own_stores_only(), None, &param).await;
     let store_id = first["store"].as_str().unwrap();
-    // The restarted actor gets its previous state (holding its store id) and
-    // a grant to the store it created in its previous life.
-    let second = h
-        .run(
-            &actor,
-            granted(store_id, Access::ReadWrite),
-            Some(&first),
-            &param,
-        )
-        .await;
+    // The restarted actor gets its previous state (holding its store id);
+    // the store it created in its previous life is still its own (the root
+    // records it under the actor's id), with no grant.
+    let second = h.run(&actor, own_stores_only(), Some(&first), &param).await;
     let third = h
-        .run(
-            &actor,
-            granted(store_id, Access::ReadWrite),
-            Some(&second),
-            &param,
-        )
+        .run(&actor, own_stores_only(), Some(&second), &param)
         .await;
     assert_eq!(third["runs"], 3);
+    // Under another actor id the store is not its own: it must be granted.
+    let stranger = RunOptions {
+        chain: theater_store_host::ChainRecording::Actor("stranger".into()),
+        ..own_stores_only()
+    };
+    let refused = h
+        .host
+        .run_init(
+            &actor,
+            stranger.clone(),
+            Some(third.to_string().into_bytes()),
+            &param.to_string(),
+        )
+        .await;
+    let message = refused.outcome.unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("access denied: store {store_id}")),
+        "{message}"
+    );
+    let granted_run = RunOptions {
+        grants: theater_store_host::Grants::none().store(store_id, Access::ReadWrite),
+        ..stranger
+    };
+    let fourth = h.run(&actor, granted_run, Some(&third), &param).await;
+    assert_eq!(fourth["runs"], 4);
     let store = store_at(&h, &first, "store");
     assert_eq!(
         json_at(&store, "actor:7e3f4a21-9c8b-4e5d-a6f7-1b2c3d4e5f6a:state").await,
-        json!(3)
+        json!(4)
     );
 }
 

@@ -20,6 +20,9 @@ pub const ROOT_ENV_VAR: &str = "THEATER_STORE_ROOT";
 /// The reserved store where hosts keep compiled components.
 pub(crate) const COMPONENT_CACHE_STORE: &str = "_compiled";
 
+/// The reserved store where hosts record which actor created which store.
+pub(crate) const OWNERS_STORE: &str = "_owners";
+
 /// Where stores live: a directory, e.g. `~/.local/share/theater-store`,
 /// or (with the `shared` feature) a PostgreSQL database and an S3 bucket
 /// shared by many hosts ([`StoreRoot::at`]).

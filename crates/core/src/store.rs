@@ -7,7 +7,7 @@ use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::recent::{AsOf, RecentObject};
-use crate::root::{COMPONENT_CACHE_STORE, StoreRoot};
+use crate::root::{COMPONENT_CACHE_STORE, OWNERS_STORE, StoreRoot};
 use crate::stats::StoreStats;
 use crate::task::blocking;
 use crate::tree::TreeHasher;
@@ -102,6 +102,13 @@ impl StoreRoot {
     /// The store with id `id` (which need not exist yet: writes create it).
     pub fn store(&self, id: &str) -> Result<ContentStore> {
         Ok(ContentStore::in_root(self.clone(), StoreId::parse(id)?))
+    }
+
+    /// The reserved store where hosts record which actor created which
+    /// store, so that a store stays its creator's across runs: one label
+    /// `<actor>/<store id>` per store. No caller can name it by id.
+    pub fn owners_store(&self) -> ContentStore {
+        ContentStore::in_root(self.clone(), StoreId::reserved(OWNERS_STORE))
     }
 
     /// The reserved store where hosts keep compiled components, labelled

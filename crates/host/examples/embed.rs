@@ -71,6 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut store = Store::new(&engine, data);
     enforce_limits(&mut store, &limits, |data| &mut data.limiter);
+    // Record its calls in its chain under a stable id, and give it back
+    // the stores it created in earlier runs under that id.
+    let chain = root.event_chain("embedded-example")?;
+    store.data_mut().store.set_chain(Some(chain));
+    store.data_mut().store.restore_created_stores().await?;
 
     let param = r#"{"pattern": "stores", "named": "notes"}"#;
     let outcome = match actor.instantiate_async(&mut store).await {
@@ -95,8 +100,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = outcome?.unwrap_or_default();
     println!("init returned {}", String::from_utf8_lossy(&state));
 
-    // What the actor stored, read back through the core API. Keep the
-    // stores it created: a later run's new context must grant them again.
+    // What the actor stored, read back through the core API; the stores
+    // it created stay its own in later runs under the same actor id.
     let created: Vec<String> = store
         .data()
         .store

@@ -36,6 +36,9 @@ pub struct StoreCtx {
     grants: Grants,
     limits: Limits,
     created: HashSet<String>,
+    /// Stores this actor created in earlier runs (see
+    /// [`StoreCtx::restore_created_stores`]).
+    owned: HashSet<String>,
     logs: Vec<String>,
     dropped_log_lines: usize,
     shutdown: Option<Option<Vec<u8>>>,
@@ -61,6 +64,7 @@ impl StoreCtx {
             grants,
             limits,
             created: HashSet::new(),
+            owned: HashSet::new(),
             logs: Vec::new(),
             dropped_log_lines: 0,
             shutdown: None,
@@ -242,7 +246,9 @@ impl StoreCtx {
     }
 
     /// Makes a new store owned by this actor, up to
-    /// [`Limits::max_stores_created`] per run.
+    /// [`Limits::max_stores_created`] per run. With a chain (the actor's
+    /// identity), the root records the store as this actor's, so that it
+    /// stays its own in later runs.
     pub(crate) async fn create_store(&mut self) -> Result<String, HostError> {
         self.room_for_event("")?;
         if self.created.len() >= self.limits.max_stores_created {
@@ -251,8 +257,44 @@ impl StoreCtx {
             });
         }
         let store = self.within_deadline(self.root.create_store()).await?;
-        self.created.insert(store.id().to_owned());
-        Ok(store.id().to_owned())
+        let id = store.id().to_owned();
+        self.created.insert(id.clone());
+        if let Some(actor) = self.chain.as_ref().map(|chain| chain.actor().to_owned()) {
+            let owners = self.root.owners_store();
+            let label = format!("{actor}/{id}");
+            let recorded = self
+                .within_deadline(owners.store_at_label(&label, id.as_bytes()))
+                .await;
+            if let Err(error) = recorded {
+                // The store is the actor's for this run all the same.
+                self.record_log(format!(
+                    "host: store {id} could not be recorded as actor {actor}'s for later runs: {error}"
+                ));
+            }
+        }
+        Ok(id)
+    }
+
+    /// Makes the stores this actor created in earlier runs its own again,
+    /// as the root recorded them (see [`StoreCtx::create_store`]), keyed by
+    /// the actor's id: the chain's ([`StoreCtx::set_chain`]). Call it once
+    /// the chain is set, before the actor runs; without a chain there is
+    /// no identity and nothing to restore. Returns how many were restored.
+    pub async fn restore_created_stores(&mut self) -> Result<usize, HostError> {
+        let Some(actor) = self.chain.as_ref().map(|chain| chain.actor().to_owned()) else {
+            return Ok(0);
+        };
+        let prefix = format!("{actor}/");
+        let owners = self.root.owners_store();
+        let page = self
+            .within_deadline(owners.list_labels_page(&prefix, None, usize::MAX))
+            .await?;
+        for entry in page {
+            if let Some(id) = entry.label.strip_prefix(&prefix) {
+                self.owned.insert(id.to_owned());
+            }
+        }
+        Ok(self.owned.len())
     }
 
     /// Opens store `id` for an operation that needs `needed` access, or
@@ -280,7 +322,7 @@ impl StoreCtx {
     ) -> Result<Cow<'s, ContentStore>, HostError> {
         let id = store.id();
         self.room_for_event(id)?;
-        let granted = if self.created.contains(id) {
+        let granted = if self.created.contains(id) || self.owned.contains(id) {
             Some(Access::ReadWrite)
         } else {
             self.grants.access_to(id)

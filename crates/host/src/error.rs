@@ -22,12 +22,14 @@ pub enum HostError {
         /// The store.
         store: String,
     },
-    /// The store was neither created by the actor in this run nor granted
-    /// to it. A store's creator is not remembered across runs: the
-    /// embedder grants it again (`--grant` in the CLI).
+    /// The store was neither created by the actor nor granted to it.
+    /// Stores an actor created stay its own across runs under the same
+    /// actor id (its chain's); a run under another id, or with no chain,
+    /// must be granted them.
     #[error(
-        "access denied: store {store} was neither created by this actor in this run nor granted \
-         to it (stores created in earlier runs must be granted again, e.g. --grant {store})"
+        "access denied: store {store} was neither created by this actor nor granted to it \
+         (a store stays its creator's across runs under the same actor id; otherwise grant it, \
+         e.g. --grant {store})"
     )]
     NotGranted {
         /// The store.

@@ -17,9 +17,10 @@
 //!   tables, the deadline, and the classification of what went wrong.
 //!
 //! The host does no file I/O of its own: every call becomes a call on the
-//! core store. Access is denied by default; see [`Grants`]. A new
-//! [`StoreCtx`] (a restart) grants nothing the actor created before: keep
-//! [`StoreCtx::created_stores`] and grant them again, as below.
+//! core store. Access is denied by default; see [`Grants`]. The stores an
+//! actor creates stay its own across runs under the same actor id (its
+//! chain's): call [`StoreCtx::restore_created_stores`] when a run starts,
+//! as below ([`ActorHost`] does).
 //!
 //! A complete embedding (`examples/embed.rs`, run as this doc test):
 //!

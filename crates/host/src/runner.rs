@@ -253,6 +253,7 @@ impl ActorHost {
         };
         let chain = store.data().store.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), actor, "init", &limits).await;
+        host_notes.extend(restore_created(&mut store).await);
 
         let outcome = match pre.instantiate_async(&mut store).await {
             Err(error) => Err(store.data().failure(&error, ActorFailure::of_instantiation)),
@@ -330,6 +331,7 @@ impl ActorHost {
         };
         let chain = store.data().store.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), command, "command", &limits).await;
+        host_notes.extend(restore_created(&mut store).await);
         let outcome = match pre.instantiate_async(&mut store).await {
             Err(error) => Err(store.data().failure(&error, ActorFailure::of_instantiation)),
             Ok(instance) => match instance.wasi_cli_run().call_run(&mut store).await {
@@ -505,6 +507,17 @@ async fn record(chain: Option<&EventChain>, event: Event, limits: &Limits) -> Ve
         "host: could not record {event_type} in the chain of {}: {error}",
         chain.actor()
     )]
+}
+
+/// Gives the actor back the stores it created in earlier runs; a failure
+/// becomes a note for the run's output (the run goes on without them).
+async fn restore_created(store: &mut Store<ActorState>) -> Vec<String> {
+    match store.data_mut().store.restore_created_stores().await {
+        Ok(_) => Vec::new(),
+        Err(error) => vec![format!(
+            "host: the stores this actor created in earlier runs could not be restored: {error}"
+        )],
+    }
 }
 
 /// How a run ended, as its `run-end` event records it.
