@@ -276,7 +276,7 @@ impl StoreCtx {
     }
 
     /// Makes the stores this actor created in earlier runs its own again,
-    /// as the root recorded them (see [`StoreCtx::create_store`]), keyed by
+    /// as the root recorded them when they were created, keyed by
     /// the actor's id: the chain's ([`StoreCtx::set_chain`]). Call it once
     /// the chain is set, before the actor runs; without a chain there is
     /// no identity and nothing to restore. Returns how many were restored.
