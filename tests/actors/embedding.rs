@@ -157,3 +157,75 @@ async fn an_infinite_loop_times_out_by_hand() {
     assert_eq!(hosted, "timed out after 300ms");
     assert_eq!(by_hand, hosted);
 }
+
+/// A view whose resource table is not WASI's (so a streamed read could
+/// not be found later) is caught at the first streaming call, naming the
+/// rule, instead of failing obscurely at a later read.
+#[tokio::test]
+async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
+    struct Split {
+        wasi: WasiCtx,
+        wasi_table: ResourceTable,
+        store_table: ResourceTable,
+        store: StoreCtx,
+    }
+    impl WasiView for Split {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.wasi_table,
+            }
+        }
+    }
+    impl StoreView for Split {
+        fn store_view(&mut self) -> StoreCtxView<'_> {
+            StoreCtxView {
+                ctx: &mut self.store,
+                table: &mut self.store_table,
+            }
+        }
+    }
+    let h = Harness::start();
+    let root = h.root().clone();
+    let run = tokio::spawn(async move {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let mut linker = Linker::<Split>::new(&engine);
+        theater_store_host::wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        theater_store_host::add_to_linker_async(&mut linker).unwrap();
+        let component = Component::new(&engine, theater_store_examples::LARGE_FILES).unwrap();
+        let pre = StoreActorPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        let data = Split {
+            wasi: WasiCtx::builder().build(),
+            wasi_table: ResourceTable::new(),
+            store_table: ResourceTable::new(),
+            store: StoreCtx::new(
+                root,
+                Grants::none().any_store(theater_store_host::Access::ReadWrite),
+                Limits::default(),
+            ),
+        };
+        let mut store = Store::new(&engine, data);
+        store.set_epoch_deadline(u64::MAX);
+        let instance = pre.instantiate_async(&mut store).await.unwrap();
+        let param = json!({"op": "write", "store": "media", "label": "clip", "size": 1024, "chunk": 512, "seed": 1});
+        let _ = instance
+            .theater_simple_actor()
+            .call_init(&mut store, None, (&param.to_string(),))
+            .await;
+    });
+    let panic = run
+        .await
+        .expect_err("the wrong table is refused")
+        .into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("StoreView::store_view must return"),
+        "{message}"
+    );
+}
