@@ -56,11 +56,6 @@ impl ActorLimiter {
         self.refused
     }
 
-    /// Bytes of memory and table the actor holds now.
-    pub fn used_bytes(&self) -> usize {
-        self.used_bytes
-    }
-
     /// Grows the total by `added` bytes if that stays within the limit.
     fn charge(&mut self, added: usize) -> bool {
         match self.used_bytes.checked_add(added) {
