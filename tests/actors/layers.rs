@@ -23,7 +23,7 @@ fn the_core_imports_only_downwards() {
         &["engine"],
         &["root", "reach"],
         &["store"],
-        &["stream", "chain"],
+        &["stream", "chain", "feed"],
         &["maintenance", "package"],
         &["sync"],
     ];

@@ -45,6 +45,20 @@ pub enum StoreError {
         /// The ref that is missing.
         reference: String,
     },
+    /// A read of a store's change log from a point older than what is
+    /// kept: the log was trimmed past it (see [`crate::Options::change_retention`]).
+    #[error(
+        "store {store}: the change log no longer holds what came after change {since}; \
+         the oldest change kept is {oldest}, so resume from there or copy the store whole"
+    )]
+    ChangesTrimmed {
+        /// The store whose log was asked.
+        store: String,
+        /// The sequence asked to read after.
+        since: u64,
+        /// The oldest sequence the log still holds (or will hold next).
+        oldest: u64,
+    },
     /// The bytes on disk no longer hash to their ref.
     #[error(
         "store {store}: content {reference} is corrupted on disk (its bytes hash to {actual}); \
@@ -274,6 +288,8 @@ pub enum ErrorKind {
     BadValue,
     /// Other writers kept changing what the operation needed.
     Contended,
+    /// History asked for is older than what is kept.
+    Trimmed,
     /// Anything else: storage, the index, a server.
     Io,
 }
@@ -291,6 +307,7 @@ impl ErrorKind {
             Self::InvalidRef => "invalid-ref",
             Self::InvalidStoreId => "invalid-store-id",
             Self::TimedOut => "timed-out",
+            Self::Trimmed => "trimmed",
             Self::BadValue => "bad-value",
             Self::Contended => "contended",
             Self::Io => "io",
@@ -309,6 +326,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::ChangesTrimmed { .. } => ErrorKind::Trimmed,
             Self::Corrupted { .. } | Self::Missing { .. } => ErrorKind::Corrupted,
             Self::InvalidLabel { .. } => ErrorKind::InvalidLabel,
             Self::InvalidRef { .. } | Self::InvalidRange { .. } => ErrorKind::InvalidRef,

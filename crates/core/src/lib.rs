@@ -26,6 +26,7 @@ mod chain;
 mod durability;
 mod engine;
 mod error;
+mod feed;
 mod links;
 mod maintenance;
 mod names;
@@ -48,6 +49,7 @@ pub use chain::{
 };
 pub use durability::Durability;
 pub use error::{BoxError, ErrorKind, Result, StoreError};
+pub use feed::{ChangePage, LabelChange, MAX_CHANGES_PAGE, Watch};
 pub use maintenance::{
     GcOptions, GcReport, Quarantined, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
     TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,
@@ -56,7 +58,9 @@ pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, valida
 pub use options::Options;
 pub use package::{ImportConflict, ImportOptions, PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
-pub use stats::{LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint};
+pub use stats::{
+    CHANGE_OVERHEAD_BYTES, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint,
+};
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
 pub use stream::{ContentReader, ContentWriter};
 pub use sync::{SyncConflict, SyncOptions, SyncReport};

@@ -121,6 +121,11 @@ pub struct GcReport {
     /// it was left with no object and no label, and was created before the
     /// grace period.
     pub store_removed: bool,
+    /// Change log entries trimmed: older than
+    /// [`crate::Options::change_retention`] and not among the newest
+    /// [`crate::Options::change_retention_min`]. A dry run trims none and
+    /// counts none.
+    pub changes_trimmed: u64,
 }
 
 /// What [`StoreRoot::remove_store`] removed (or, in a dry run, would remove).
@@ -518,6 +523,7 @@ impl ContentStore {
             move || Ok(engine.remove_staging(&stale_temps))
         })
         .await?;
+        report.changes_trimmed = self.trim_changes(&*engine).await?;
         // A store left empty is dropped too, once it is older than the
         // grace period, so that stores made and abandoned (by `new`, say)
         // do not pile up. The writer re-checks that it is still empty.
@@ -531,6 +537,26 @@ impl ContentStore {
 }
 
 impl ContentStore {
+    /// Trims the change log past the root's retention; returns how many
+    /// entries went.
+    async fn trim_changes(&self, engine: &dyn Engine) -> Result<u64> {
+        let options = self.root().options();
+        let before = SystemTime::now()
+            .checked_sub(options.change_retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let held = engine.store_stats(self.store_id()).await?.changes;
+        let change = Change::TrimChanges {
+            store: self.store_id().clone(),
+            before: unix_millis(before),
+            keep_last: options.change_retention_min,
+        };
+        if !engine.apply(change).await? {
+            return Ok(0);
+        }
+        let left = engine.store_stats(self.store_id()).await?.changes;
+        Ok(held.saturating_sub(left))
+    }
+
     /// The objects `starts` reach: themselves and every object named by a
     /// ref inside reachable content, however deep; only objects the store
     /// holds.

@@ -44,6 +44,15 @@ pub struct Options {
     /// in the root changes; any commit by any process makes them be read
     /// again. 0 turns it off. Default: 16 MiB.
     pub read_cache_bytes: usize,
+    /// How long each store's change log keeps an entry: garbage
+    /// collection trims entries older than this, except the newest
+    /// [`Options::change_retention_min`]. Readers of the log (watchers,
+    /// incremental syncs) that fall further behind must start again from
+    /// a whole copy. Default: 7 days.
+    pub change_retention: Duration,
+    /// The fewest change log entries a store keeps, however old.
+    /// Default: 10,000.
+    pub change_retention_min: u64,
     /// Shared roots: connections each process keeps to PostgreSQL at
     /// most. Default: 16.
     pub shared_connections: usize,
@@ -72,6 +81,8 @@ impl Default for Options {
             max_idle_readers: 16,
             refresh_after: crate::REFRESH_AFTER,
             read_cache_bytes: 16 << 20,
+            change_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            change_retention_min: 10_000,
             shared_connections: 16,
             shared_batch: 256,
             shared_cache_bytes: 1 << 30,

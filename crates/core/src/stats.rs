@@ -11,6 +11,10 @@ pub const OBJECT_OVERHEAD_BYTES: u64 = 4096;
 /// store id and b-tree overhead. Measured on 4 KiB pages.
 pub const LABEL_OVERHEAD_BYTES: u64 = 200;
 
+/// Space a change log entry takes on top of its label's name: two refs,
+/// its sequence, time and actor, and b-tree overhead.
+pub const CHANGE_OVERHEAD_BYTES: u64 = 128;
+
 /// Labels longer than this no longer fit in a b-tree cell: each of their
 /// two index entries spills into an overflow page of its own.
 pub(crate) const LABEL_SPILL_BYTES: u64 = 900;
@@ -43,15 +47,21 @@ pub struct StoreStats {
     /// Space the labels take in the index, summed over labels as
     /// [`label_footprint`] estimates it.
     pub label_footprint: u64,
+    /// Entries kept in the store's change log.
+    pub changes: u64,
+    /// Space the change log takes: each entry's label plus
+    /// [`CHANGE_OVERHEAD_BYTES`].
+    pub change_footprint: u64,
 }
 
 impl StoreStats {
     /// What the store takes on disk, as quotas count it: content, plus
     /// [`OBJECT_OVERHEAD_BYTES`] per object, plus its labels'
-    /// [`label_footprint`]s.
+    /// [`label_footprint`]s, plus its change log.
     pub fn footprint(&self) -> u64 {
         self.bytes
             .saturating_add(self.objects.saturating_mul(OBJECT_OVERHEAD_BYTES))
             .saturating_add(self.label_footprint)
+            .saturating_add(self.change_footprint)
     }
 }

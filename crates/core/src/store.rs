@@ -54,6 +54,9 @@ pub struct Stored {
     pub new: bool,
 }
 
+/// The longest actor name the change log keeps ([`ContentStore::by_actor`]).
+const MAX_ACTOR_NAME_BYTES: usize = 128;
+
 /// A named content-addressed store inside a [`StoreRoot`].
 ///
 /// Content is stored once per store under its BLAKE3 digest; labels are
@@ -65,6 +68,8 @@ pub struct ContentStore {
     root: StoreRoot,
     id: StoreId,
     record: Option<Arc<dyn WriteRecord>>,
+    /// Who writes through this handle, named in the change log.
+    actor: Option<Arc<str>>,
 }
 
 impl Default for ContentStore {
@@ -182,7 +187,30 @@ impl ContentStore {
             root,
             id,
             record: None,
+            actor: None,
         }
+    }
+
+    /// This store, with every label change made through the returned
+    /// handle recorded in the change log as made by `actor` (an actor's
+    /// name, a user, a service: any text). Hosts give each actor such a
+    /// handle, so that `changes` and `watch` say who changed what. Names
+    /// are cut to their first 128 bytes (at a character boundary).
+    pub fn by_actor(&self, actor: &str) -> Self {
+        let mut end = actor.len().min(MAX_ACTOR_NAME_BYTES);
+        while !actor.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            actor: Some(Arc::from(&actor[..end])),
+            ..self.clone()
+        }
+    }
+
+    /// Who writes through this handle, if it was given one
+    /// ([`ContentStore::by_actor`]).
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
     }
 
     /// This store, with `record` carried by the next write made through
@@ -196,11 +224,19 @@ impl ContentStore {
 
     /// Applies one change, with the pending record's event if there is one.
     pub(crate) async fn apply(&self, engine: &dyn Engine, change: Change) -> Result<bool> {
+        // The actor wraps the record, so that an engine meets it first.
+        let by_actor = |change| match &self.actor {
+            Some(actor) => Change::ByActor {
+                actor: Arc::clone(actor),
+                change: Box::new(change),
+            },
+            None => change,
+        };
         let Some(record) = &self.record else {
-            return engine.apply(change).await;
+            return engine.apply(by_actor(change)).await;
         };
         let (change, give_back) = record.attach(change);
-        let applied = engine.apply(change).await;
+        let applied = engine.apply(by_actor(change)).await;
         if let (Err(_), Some(give_back)) = (&applied, give_back) {
             give_back();
         }

@@ -107,9 +107,16 @@ async fn run(store: &ContentStore, op: &Op) -> String {
     outcome.unwrap_or_else(|error| format!("error {:?}", error.kind()))
 }
 
-/// Everything a store holds: labels and targets, totals, content.
+/// Everything a store holds: labels and targets, totals, content, and
+/// its change log (all but the times).
 async fn contents(store: &ContentStore) -> String {
     let mut held = String::new();
+    for change in store.changes(0, usize::MAX).await.unwrap().changes {
+        held += &format!(
+            "change {} {}: {:?} -> {:?} by {:?}\n",
+            change.seq, change.label, change.old, change.new, change.actor
+        );
+    }
     for label in store.list_labels().await.unwrap() {
         let target = store.get_by_label(&label).await.unwrap().unwrap();
         held += &format!("label {label} -> {target}\n");

@@ -303,9 +303,14 @@ async fn footprints_count_object_overhead_and_label_space() {
         stats.label_footprint,
         label_footprint(7) + label_footprint(1020)
     );
+    // Two changes logged (setting a label to what it names is none).
+    assert_eq!(
+        stats.change_footprint,
+        7 + 1020 + 2 * theater_store::CHANGE_OVERHEAD_BYTES
+    );
     assert_eq!(
         stats.footprint(),
-        8 + OBJECT_OVERHEAD_BYTES + stats.label_footprint
+        8 + OBJECT_OVERHEAD_BYTES + stats.label_footprint + stats.change_footprint
     );
     // A long label spills out of its b-tree cells and costs pages.
     assert!(label_footprint(1020) > 8 << 10 && label_footprint(7) < 256);

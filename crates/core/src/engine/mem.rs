@@ -9,15 +9,15 @@
 //! handle is dropped. Content is never written anywhere, so nothing here
 //! survives the process, and streamed content is held whole in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::SystemTime;
 
 use super::{
-    ChainAppend, ChainHead, ChainTip, Change, Engine, Expect, LabelRow, LinkRow, ObjectRow,
-    ObjectSource, Scan, Snapshot, Staged, StagingSink, unix_now,
+    ChainAppend, ChainHead, ChainTip, Change, ChangeLog, ChangeRow, CommitSignal, Engine, Expect,
+    LabelRow, LinkRow, ObjectRow, ObjectSource, Scan, Snapshot, Staged, StagingSink, unix_now,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -113,6 +113,8 @@ pub(crate) struct MemEngine {
     state: Arc<Mutex<State>>,
     /// The refresh window, in milliseconds (see [`Change::AddObject`]).
     refresh_after: i64,
+    /// The root's commit signal (see [`State::commits`]).
+    commits: Arc<CommitSignal>,
 }
 
 impl MemEngine {
@@ -122,6 +124,13 @@ impl MemEngine {
             root: root.root_string(),
             state: Arc::clone(&root.state),
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
+            commits: Arc::clone(
+                &root
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .commits,
+            ),
         }
     }
 
@@ -146,10 +155,13 @@ impl MemEngine {
         let mut txn = Txn {
             state: &mut state,
             undo: Vec::new(),
+            actor: None,
         };
         let outcome = txn.apply(change, self.refresh_after);
         if outcome.is_err() {
             txn.roll_back();
+        } else {
+            self.commits.bump();
         }
         outcome
     }
@@ -159,6 +171,8 @@ impl MemEngine {
 #[derive(Debug, Default)]
 struct State {
     stores: BTreeMap<String, MemStore>,
+    /// Bumped by every change to the root, through any of its engines.
+    commits: Arc<CommitSignal>,
 }
 
 /// One registered store.
@@ -173,6 +187,11 @@ struct MemStore {
     /// a label keeps its target from collection.
     held_by_labels: HashMap<Digest, u64>,
     stats: StoreStats,
+    /// The change log's entries kept, oldest first.
+    log: VecDeque<ChangeRow>,
+    /// The newest sequence given, and the newest one trimmed.
+    change_seq: u64,
+    changes_trimmed: u64,
 }
 
 /// One object: its bytes, when it was last stored, and its links column
@@ -196,12 +215,19 @@ enum Undo {
     Object(String, Digest, Option<MemObject>),
     /// Whether an object awaited a scan for links before.
     Unscanned(String, Digest, bool),
+    /// A change log entry was added.
+    Logged(String),
+    /// Change log entries were trimmed (oldest first), and where the
+    /// trimmed mark stood before.
+    Trimmed(String, Vec<ChangeRow>, u64),
 }
 
 /// A change in progress over the locked state.
 struct Txn<'a> {
     state: &'a mut State,
     undo: Vec<Undo>,
+    /// Who the change is made for, for the change log.
+    actor: Option<Arc<str>>,
 }
 
 impl Txn<'_> {
@@ -248,8 +274,54 @@ impl Txn<'_> {
             return;
         };
         let old = put_label_row(held, label, row);
+        let new = held.labels.get(label).map(|row| row.head);
+        let moved = old.as_ref().map(|row| row.head) != new;
+        self.undo.push(Undo::Label(
+            store.to_string(),
+            label.to_owned(),
+            old.clone(),
+        ));
+        if moved && super::logs_changes(store) {
+            held.change_seq += 1;
+            held.stats.changes += 1;
+            held.stats.change_footprint += super::change_footprint(label.len());
+            held.log.push_back(ChangeRow {
+                seq: held.change_seq,
+                label: label.to_owned(),
+                old: old.map(|row| row.head),
+                new,
+                at: unix_now(),
+                actor: self.actor.as_deref().map(str::to_owned),
+            });
+            self.undo.push(Undo::Logged(store.to_string()));
+        }
+    }
+
+    /// Drops change log entries made before `before`, keeping the newest
+    /// `keep_last`; returns whether any went.
+    fn trim_changes(&mut self, store: &StoreId, before: i64, keep_last: u64) -> bool {
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return false;
+        };
+        let through = held.change_seq.saturating_sub(keep_last);
+        let was = held.changes_trimmed;
+        let mut trimmed = Vec::new();
+        while let Some(oldest) = held.log.front()
+            && oldest.seq <= through
+            && oldest.at < before
+        {
+            let entry = held.log.pop_front().expect("an entry");
+            held.stats.changes -= 1;
+            held.stats.change_footprint -= super::change_footprint(entry.label.len());
+            held.changes_trimmed = entry.seq;
+            trimmed.push(entry);
+        }
+        if trimmed.is_empty() {
+            return false;
+        }
         self.undo
-            .push(Undo::Label(store.to_string(), label.to_owned(), old));
+            .push(Undo::Trimmed(store.to_string(), trimmed, was));
+        true
     }
 
     /// Points a label at `target`; a chain head's other columns stay.
@@ -312,6 +384,26 @@ impl Txn<'_> {
                 Undo::Object(id, digest, object) => {
                     if let Some(held) = self.state.stores.get_mut(&id) {
                         put_object(held, digest, object);
+                    }
+                }
+                Undo::Logged(id) => {
+                    if let Some(held) = self.state.stores.get_mut(&id)
+                        && let Some(entry) = held.log.pop_back()
+                    {
+                        held.change_seq -= 1;
+                        held.stats.changes -= 1;
+                        held.stats.change_footprint -= super::change_footprint(entry.label.len());
+                    }
+                }
+                Undo::Trimmed(id, entries, was) => {
+                    if let Some(held) = self.state.stores.get_mut(&id) {
+                        for entry in entries.into_iter().rev() {
+                            held.stats.changes += 1;
+                            held.stats.change_footprint +=
+                                super::change_footprint(entry.label.len());
+                            held.log.push_front(entry);
+                        }
+                        held.changes_trimmed = was;
                     }
                 }
                 Undo::Unscanned(id, digest, was) => {
@@ -524,6 +616,17 @@ impl Txn<'_> {
                 root: SCHEME.into(),
                 reason: "a memory root keeps no content files to re-index".into(),
             }),
+            Change::ByActor { actor, change } => {
+                let before = self.actor.replace(actor);
+                let applied = self.apply(*change, refresh_after);
+                self.actor = before;
+                applied
+            }
+            Change::TrimChanges {
+                store,
+                before,
+                keep_last,
+            } => Ok(self.trim_changes(&store, before, keep_last)),
             Change::RemoveEmptyStore { store, cutoff } => {
                 let empty = self.store(&store).is_some_and(|held| {
                     held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
@@ -673,6 +776,26 @@ impl Engine for MemEngine {
     fn settled(&self) -> Option<u64> {
         // Reads take microseconds here: none is worth remembering.
         None
+    }
+
+    async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog> {
+        Ok(self.read(store, |held| {
+            // Sequences have no gaps, so the entry after `since` is found
+            // by its distance from the oldest kept.
+            let skip = held
+                .log
+                .front()
+                .map_or(0, |oldest| since.saturating_sub(oldest.seq - 1) as usize);
+            ChangeLog {
+                entries: held.log.iter().skip(skip).take(limit).cloned().collect(),
+                last: held.change_seq,
+                trimmed_through: held.changes_trimmed,
+            }
+        }))
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     fn stages_to_file(&self, _size: usize) -> bool {

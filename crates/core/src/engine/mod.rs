@@ -274,6 +274,80 @@ pub(crate) enum Change {
     /// before `cutoff` (unix milliseconds), and delete what it left on
     /// disk, keeping writes in flight. Returns whether it did.
     RemoveEmptyStore { store: StoreId, cutoff: i64 },
+    /// Apply `change` on behalf of `actor`: the change log names it beside
+    /// every label change `change` makes. Returns what `change` returns.
+    ByActor {
+        actor: Arc<str>,
+        change: Box<Change>,
+    },
+    /// Drop the store's change log entries made before `before` (unix
+    /// milliseconds), keeping at least the newest `keep_last`. Returns
+    /// whether any went.
+    TrimChanges {
+        store: StoreId,
+        before: i64,
+        keep_last: u64,
+    },
+}
+
+impl Change {
+    /// The store whose labels the change may move (a recorded change's
+    /// own store, not its chain's), if it moves any.
+    pub(crate) fn store(&self) -> Option<&StoreId> {
+        match self {
+            Self::AddObject { store, .. }
+            | Self::SetLabel { store, .. }
+            | Self::SetLabels { store, .. }
+            | Self::RemoveLabels { store, .. }
+            | Self::SetChainHead { store, .. }
+            | Self::AdoptFile { store, .. } => Some(store),
+            Self::Record { change, .. } => change.as_deref().and_then(Change::store),
+            Self::ByActor { change, .. } => change.store(),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a store's change log: a label's move, in the order the
+/// store's commits made them. Every engine writes one for each label row
+/// that changes in a store that is not reserved, in the transaction that
+/// changes it, so the log and the labels never disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChangeRow {
+    /// The store's sequence number for it: 1, 2, 3, ... with no gaps.
+    pub(crate) seq: u64,
+    pub(crate) label: String,
+    /// What the label named before (`None`: it did not exist).
+    pub(crate) old: Option<Digest>,
+    /// What it names after (`None`: it was removed).
+    pub(crate) new: Option<Digest>,
+    /// When, in unix milliseconds.
+    pub(crate) at: i64,
+    /// The actor that made it, when one did.
+    pub(crate) actor: Option<String>,
+}
+
+/// A page of a store's change log, and where the log stands.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ChangeLog {
+    /// Entries after the asked-for sequence, oldest first.
+    pub(crate) entries: Vec<ChangeRow>,
+    /// The newest sequence number given so far (0: none yet).
+    pub(crate) last: u64,
+    /// Every entry up to this sequence was trimmed (0: none was).
+    pub(crate) trimmed_through: u64,
+}
+
+/// Whether changes to a store's labels go into its change log: those of
+/// reserved stores (chains, the component cache, store owners) do not.
+pub(crate) fn logs_changes(store: &StoreId) -> bool {
+    !store.as_str().starts_with('_')
+}
+
+/// Space one change log entry takes, as quotas count it: its label plus
+/// the two refs, the sequence, the time and the row's overhead.
+pub(crate) fn change_footprint(label_bytes: usize) -> u64 {
+    label_bytes as u64 + crate::stats::CHANGE_OVERHEAD_BYTES
 }
 
 /// A label and its target.
@@ -579,6 +653,86 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// A reader over an object's stored bytes, not verified; `None` when
     /// the object is gone. Blocking.
     fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>>;
+
+    /// Up to `limit` entries of the store's change log after sequence
+    /// `since`, with the log's bounds, read as of one moment.
+    async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog>;
+
+    /// A counter that moves soon after any commit to the root, by this or
+    /// any other process or host (within milliseconds on one machine), so
+    /// that watchers wait without reading the log in a loop. It may also
+    /// move when nothing changed.
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The counter behind [`Engine::commits`]. An engine bumps it itself on
+/// commits it sees (the memory engine, notifications from PostgreSQL), or
+/// hands it a probe of a count other processes move (the local engine's
+/// shared commit count), which a thread of its own polls every
+/// millisecond while anyone is watching.
+#[derive(Debug)]
+pub(crate) struct CommitSignal {
+    sender: Arc<tokio::sync::watch::Sender<u64>>,
+    poller: std::sync::OnceLock<()>,
+}
+
+/// How often a probed count is read while someone watches.
+const COMMIT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Default for CommitSignal {
+    fn default() -> Self {
+        Self {
+            sender: Arc::new(tokio::sync::watch::Sender::new(0)),
+            poller: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl CommitSignal {
+    /// Moves the counter: something may have changed.
+    pub(crate) fn bump(&self) {
+        self.sender
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A receiver, starting (once) a thread that polls `probe` while any
+    /// receiver is held and copies what it reads into the counter. The
+    /// thread ends when the signal is dropped.
+    pub(crate) fn subscribe_polling(
+        &self,
+        probe: impl Fn() -> u64 + Send + 'static,
+    ) -> tokio::sync::watch::Receiver<u64> {
+        let receiver = self.sender.subscribe();
+        self.poller.get_or_init(|| {
+            let sender = Arc::downgrade(&self.sender);
+            std::thread::Builder::new()
+                .name("theater-store-commit-watch".into())
+                .spawn(move || {
+                    while let Some(sender) = sender.upgrade() {
+                        if sender.receiver_count() == 0 {
+                            drop(sender);
+                            std::thread::sleep(COMMIT_POLL * 50);
+                            continue;
+                        }
+                        let now = probe();
+                        sender.send_if_modified(|count| {
+                            let moved = *count != now;
+                            *count = now;
+                            moved
+                        });
+                        drop(sender);
+                        std::thread::sleep(COMMIT_POLL);
+                    }
+                })
+                .expect("spawning the commit watch thread");
+        });
+        receiver
+    }
+
+    /// A receiver, for an engine that bumps the counter itself.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
 }
 
 /// Milliseconds since the Unix epoch: the unit of `stored_at`.

@@ -144,6 +144,11 @@ impl ChangeCounter {
         self.finished().fetch_max(ticket.0, Ordering::SeqCst);
     }
 
+    /// Commits finished so far, in any process: it moves with every commit.
+    pub(crate) fn finished_count(&self) -> u64 {
+        self.finished().load(Ordering::SeqCst)
+    }
+
     /// The count now, if no commit is in flight. Reads made after taking
     /// it may be remembered under it; they stay current for as long as
     /// `settled` keeps returning the same value.

@@ -23,7 +23,7 @@ use writer::Writer;
 
 use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::READ_ON_CALLER_MAX;
-use crate::engine::{ChainHead, LabelRow, LinkRow};
+use crate::engine::{ChainHead, ChangeLog, LabelRow, LinkRow};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -39,6 +39,8 @@ pub(crate) struct LocalEngine {
     readers: Readers,
     writer: Writer,
     changes: Arc<ChangeCounter>,
+    /// Moves with the shared commit count, for watchers.
+    commits: super::CommitSignal,
     /// `index.lock`, held shared while the root is open: a process that
     /// can hold it alone knows no other has the index open.
     _open: File,
@@ -99,6 +101,7 @@ impl LocalEngine {
             writer,
             layout,
             changes,
+            commits: super::CommitSignal::default(),
             _open: open,
             root: path.to_owned(),
         })
@@ -230,6 +233,18 @@ impl Engine for LocalEngine {
 
     fn settled(&self) -> Option<u64> {
         self.changes.settled()
+    }
+
+    async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog> {
+        self.read("reading the change log", |db| {
+            sql::changes(db, store, since, limit)
+        })
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        let count = Arc::clone(&self.changes);
+        self.commits
+            .subscribe_polling(move || count.finished_count())
     }
 
     async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {

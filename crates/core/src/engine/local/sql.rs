@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::durability::Durability;
-use crate::engine::{ChainHead, LinkRow, ObjectRow, Snapshot, unix_now};
+use crate::engine::{ChainHead, ChangeLog, ChangeRow, LinkRow, ObjectRow, Snapshot, unix_now};
 use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -175,6 +175,108 @@ fn migration_v8() -> String {
     "ALTER TABLE labels ADD COLUMN checksum INTEGER;".to_owned()
 }
 
+/// Version 9: a change log per store (`changes`), written by triggers on
+/// `labels`, so that every label write of every path lands in it in its
+/// own transaction. `stores.change_seq` is the newest sequence given,
+/// `changes_trimmed` the newest one trimmed; the count and footprint are
+/// the log's totals for quotas. Reserved stores (`_…`) keep no log. The
+/// writer names the actor in the entries afterwards ([`name_actor`]).
+fn migration_v9() -> String {
+    let footprint = |name: &str| {
+        format!(
+            "length(CAST({name} AS BLOB)) + {}",
+            crate::stats::CHANGE_OVERHEAD_BYTES
+        )
+    };
+    let (new, old) = (footprint("NEW.name"), footprint("OLD.name"));
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    let log = |when: &str, store: &str, name: &str, cost: &str, old: &str, new: &str| {
+        format!(
+            "AFTER {when} ON labels WHEN substr({store}, 1, 1) <> '_'{extra} BEGIN
+    UPDATE stores SET change_seq = change_seq + 1, change_count = change_count + 1,
+        change_footprint = change_footprint + {cost}
+    WHERE id = {store};
+    INSERT INTO changes (store, seq, label, old, new, at, actor)
+    VALUES ({store}, (SELECT change_seq FROM stores WHERE id = {store}), {name}, {old}, {new},
+        {now}, NULL);
+END;",
+            extra = if when.starts_with("UPDATE") {
+                " AND OLD.hash IS NOT NEW.hash"
+            } else {
+                ""
+            }
+        )
+    };
+    format!(
+        "
+ALTER TABLE stores ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stores ADD COLUMN changes_trimmed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stores ADD COLUMN change_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stores ADD COLUMN change_footprint INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE changes (
+    store TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    old BLOB,
+    new BLOB,
+    at INTEGER NOT NULL,
+    actor TEXT,
+    PRIMARY KEY (store, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER label_set_logged {set}
+CREATE TRIGGER label_moved_logged {moved}
+CREATE TRIGGER label_removed_logged {removed}
+CREATE TRIGGER change_trimmed AFTER DELETE ON changes BEGIN
+    UPDATE stores SET change_count = change_count - 1,
+        change_footprint = change_footprint - (length(CAST(OLD.label AS BLOB)) + {overhead}),
+        changes_trimmed = max(changes_trimmed, OLD.seq)
+    WHERE id = OLD.store;
+END;
+CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
+    DELETE FROM changes WHERE store = OLD.id;
+END;
+",
+        set = log("INSERT", "NEW.store", "NEW.name", &new, "NULL", "NEW.hash"),
+        moved = log(
+            "UPDATE OF hash",
+            "NEW.store",
+            "NEW.name",
+            &new,
+            "OLD.hash",
+            "NEW.hash"
+        ),
+        removed = log("DELETE", "OLD.store", "OLD.name", &old, "OLD.hash", "NULL"),
+        overhead = crate::stats::CHANGE_OVERHEAD_BYTES,
+    )
+}
+
+/// The newest sequence given in a store's change log (0: none).
+pub(crate) fn change_seq(connection: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = connection
+        .prepare_cached("SELECT change_seq FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
+        .optional()?;
+    Ok(seq.map_or(0, |seq| u64::try_from(seq).unwrap_or(0)))
+}
+
+/// Names `actor` in the store's change log entries after `since`: those
+/// the change just applied made (the triggers cannot know who acts).
+pub(crate) fn name_actor(
+    connection: &Connection,
+    store: &StoreId,
+    since: u64,
+    actor: &str,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("UPDATE changes SET actor = ?3 WHERE store = ?1 AND seq > ?2")?
+        .execute(params![
+            store.as_str(),
+            i64::try_from(since).unwrap_or(i64::MAX),
+            actor
+        ])?;
+    Ok(())
+}
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
 const MIGRATIONS: &[fn() -> String] = &[
@@ -185,6 +287,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v6,
     migration_v7,
     migration_v8,
+    migration_v9,
 ];
 
 /// The schema version this build writes.
@@ -991,7 +1094,9 @@ pub(crate) fn store_stats(
 ) -> rusqlite::Result<StoreStats> {
     connection
         .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_footprint FROM stores WHERE id = ?1",
+            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
+                 change_footprint
+             FROM stores WHERE id = ?1",
         )?
         .query_row([store.as_str()], stats_columns)
         .optional()
@@ -1000,9 +1105,11 @@ pub(crate) fn store_stats(
 
 pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
     let mut statement = connection.prepare_cached(
-        "SELECT object_count, total_bytes, label_count, label_footprint, id FROM stores ORDER BY id",
+        "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
+             change_footprint, id
+         FROM stores ORDER BY id",
     )?;
-    let rows = statement.query_map([], |row| Ok((row.get(4)?, stats_columns(row)?)))?;
+    let rows = statement.query_map([], |row| Ok((row.get(6)?, stats_columns(row)?)))?;
     rows.collect()
 }
 
@@ -1016,7 +1123,87 @@ fn stats_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreStats> {
         bytes: count(1)?,
         labels: count(2)?,
         label_footprint: count(3)?,
+        changes: count(4)?,
+        change_footprint: count(5)?,
     })
+}
+
+/// Up to `limit` entries of a store's change log after `since`, and the
+/// log's bounds, in one read transaction.
+pub(crate) fn changes(
+    connection: &Connection,
+    store: &StoreId,
+    since: u64,
+    limit: usize,
+) -> rusqlite::Result<ChangeLog> {
+    let transaction = connection.unchecked_transaction()?;
+    let (last, trimmed_through) = transaction
+        .prepare_cached("SELECT change_seq, changes_trimmed FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()?
+        .unwrap_or_default();
+    let mut statement = transaction.prepare_cached(
+        "SELECT seq, label, old, new, at, actor FROM changes
+         WHERE store = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let optional_digest = |row: &rusqlite::Row<'_>, column| -> rusqlite::Result<Option<Digest>> {
+        match row.get_ref(column)? {
+            rusqlite::types::ValueRef::Null => Ok(None),
+            _ => digest_column(row, column).map(Some),
+        }
+    };
+    let rows = statement.query_map(params![store.as_str(), since, limit], |row| {
+        Ok(ChangeRow {
+            seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+            label: row.get(1)?,
+            old: optional_digest(row, 2)?,
+            new: optional_digest(row, 3)?,
+            at: row.get(4)?,
+            actor: row.get(5)?,
+        })
+    })?;
+    let entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ChangeLog {
+        entries,
+        last: u64::try_from(last).unwrap_or(0),
+        trimmed_through: u64::try_from(trimmed_through).unwrap_or(0),
+    })
+}
+
+/// Deletes a store's change log entries made before `before`, keeping at
+/// least the newest `keep_last`; returns how many went. The entries are
+/// in time order as well as sequence order, so the scan stops at the
+/// first one to keep.
+pub(crate) fn trim_changes(
+    connection: &Connection,
+    store: &StoreId,
+    before: i64,
+    keep_last: u64,
+) -> rusqlite::Result<usize> {
+    let last: i64 = connection
+        .prepare_cached("SELECT change_seq FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let by_count = last.saturating_sub(i64::try_from(keep_last).unwrap_or(i64::MAX));
+    let first_recent: Option<i64> = connection
+        .prepare_cached(
+            "SELECT seq FROM changes WHERE store = ?1 AND at >= ?2 ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![store.as_str(), before], |row| row.get(0))
+        .optional()?;
+    let by_time = first_recent.map_or(last, |seq| seq - 1);
+    let through = by_count.min(by_time);
+    if through <= 0 {
+        return Ok(0);
+    }
+    connection
+        .prepare_cached("DELETE FROM changes WHERE store = ?1 AND seq <= ?2")?
+        .execute(params![store.as_str(), through])
 }
 
 /// A pool of read connections, so concurrent readers do not queue on one.

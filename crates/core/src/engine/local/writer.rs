@@ -37,7 +37,7 @@ use super::sql::{self, Place, index_error};
 use crate::durability::Durability;
 use crate::engine::layout::{ObjectFiles, remove_staged, sync_dir};
 use crate::engine::steps::{Step, record};
-use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
+use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, logs_changes, unix_now};
 use crate::error::{Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -438,7 +438,8 @@ fn remove_staged_of(change: &Change) {
         Change::Record {
             change: Some(change),
             ..
-        } => remove_staged_of(change),
+        }
+        | Change::ByActor { change, .. } => remove_staged_of(change),
         _ => {}
     }
 }
@@ -668,6 +669,23 @@ fn apply(
             sql::set_chain_head(db, &store, &label, &head, current.is_some())?;
             Ok(Ok(true))
         }
+        Change::ByActor { actor, change } => {
+            let logged = change.store().filter(|store| logs_changes(store)).cloned();
+            let since = match &logged {
+                Some(store) => sql::change_seq(db, store)?,
+                None => 0,
+            };
+            let applied = apply(db, layout, refresh_after, *change, touched)?;
+            if let (Some(store), Ok(_)) = (&logged, &applied) {
+                sql::name_actor(db, store, since, &actor)?;
+            }
+            Ok(applied)
+        }
+        Change::TrimChanges {
+            store,
+            before,
+            keep_last,
+        } => Ok(Ok(sql::trim_changes(db, &store, before, keep_last)? > 0)),
         Change::RemoveEmptyStore { store, cutoff } => {
             if !sql::delete_empty_store(db, &store, cutoff)? {
                 return Ok(Ok(false));

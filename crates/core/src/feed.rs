@@ -1,0 +1,227 @@
+//! The change feed: every store's ordered, durable log of label changes,
+//! read a page at a time ([`ContentStore::changes`]) or followed as it
+//! grows ([`ContentStore::watch`]).
+//!
+//! The engines write the log: each label row that changes gets the
+//! store's next sequence number in the transaction that changes it (see
+//! `engine::ChangeRow`). Watching needs no table polling: a watcher reads
+//! what is new, then waits on the engine's commit signal, which moves
+//! within milliseconds of any commit by any process or host.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+
+use crate::engine::{ChangeRow, Engine};
+use crate::error::{Result, StoreError};
+use crate::names::ContentRef;
+use crate::store::ContentStore;
+
+/// The most entries one page of the change log holds; larger limits are
+/// cut to it.
+pub const MAX_CHANGES_PAGE: usize = 10_000;
+
+/// One change to one label, as the store's change log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LabelChange {
+    /// Its place in the store's log: 1 for the store's first label change,
+    /// then one more for each, with no gaps.
+    pub seq: u64,
+    /// The label that changed.
+    pub label: String,
+    /// What the label named before (`None`: it did not exist).
+    pub old: Option<ContentRef>,
+    /// What it names after (`None`: it was removed).
+    pub new: Option<ContentRef>,
+    /// When the change was made, in milliseconds since the Unix epoch.
+    pub time: i64,
+    /// Who made it, when the handle that made it named an actor
+    /// ([`ContentStore::by_actor`]).
+    pub actor: Option<String>,
+}
+
+impl LabelChange {
+    fn from_row(row: ChangeRow) -> Self {
+        Self {
+            seq: row.seq,
+            label: row.label,
+            old: row.old.map(ContentRef::from),
+            new: row.new.map(ContentRef::from),
+            time: row.at,
+            actor: row.actor,
+        }
+    }
+
+    /// When the change was made.
+    pub fn system_time(&self) -> SystemTime {
+        let millis = u64::try_from(self.time).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_millis(millis)
+    }
+}
+
+/// A page of a store's change log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// The changes after the sequence asked for, oldest first.
+    pub changes: Vec<LabelChange>,
+    /// The newest sequence the store has given (0: no change yet). When it
+    /// is beyond the page's last change, more pages follow.
+    pub last_seq: u64,
+    /// The oldest sequence the log still holds (or will hold next, when it
+    /// is empty): reading after anything older fails with
+    /// [`StoreError::ChangesTrimmed`].
+    pub oldest_kept: u64,
+}
+
+impl ContentStore {
+    /// Up to `limit` changes (at most [`MAX_CHANGES_PAGE`]) to the store's
+    /// labels after sequence `since`, oldest first; pass 0 for the first
+    /// page and the last change's `seq` for the next. Fails with
+    /// [`StoreError::ChangesTrimmed`] when changes right after `since` were
+    /// trimmed by garbage collection (see [`crate::Options::change_retention`]).
+    pub async fn changes(&self, since: u64, limit: usize) -> Result<ChangePage> {
+        let engine = self.root().engine().await?;
+        read_page(&*engine, self, since, limit.min(MAX_CHANGES_PAGE)).await
+    }
+
+    /// The store's newest change sequence (0: none yet): a watch started
+    /// from it sees only what happens next.
+    pub async fn last_change(&self) -> Result<u64> {
+        Ok(self.changes(u64::MAX, 0).await?.last_seq)
+    }
+
+    /// Follows the changes to labels starting with `prefix` after sequence
+    /// `since`: first those already made, then each new one soon after its
+    /// commit (by this process, another process, or another host of a
+    /// shared root). Each change comes once, in order; a watcher that
+    /// stops and starts again from the last `seq` it handled misses
+    /// nothing. The stream ends after yielding an error (a trimmed log,
+    /// a failing index), and never ends otherwise.
+    pub fn watch(&self, prefix: &str, since: u64) -> Watch {
+        let state = WatchState {
+            store: self.clone(),
+            prefix: prefix.to_owned(),
+            since,
+            ready: VecDeque::new(),
+            signal: None,
+            done: false,
+        };
+        Watch {
+            inner: futures_util::stream::unfold(state, next_change).boxed(),
+        }
+    }
+}
+
+async fn read_page(
+    engine: &dyn Engine,
+    store: &ContentStore,
+    since: u64,
+    limit: usize,
+) -> Result<ChangePage> {
+    let log = engine.changes(store.store_id(), since, limit).await?;
+    if since < log.trimmed_through {
+        return Err(StoreError::ChangesTrimmed {
+            store: store.id().to_owned(),
+            since,
+            oldest: log.trimmed_through + 1,
+        });
+    }
+    Ok(ChangePage {
+        changes: log.entries.into_iter().map(LabelChange::from_row).collect(),
+        last_seq: log.last,
+        oldest_kept: log.trimmed_through + 1,
+    })
+}
+
+/// A store's changes as they happen: see [`ContentStore::watch`]. A
+/// [`Stream`]; [`Watch::next`] reads it without one.
+pub struct Watch {
+    inner: BoxStream<'static, Result<LabelChange>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    /// The next change, waiting for it if need be; `None` after an error
+    /// ended the watch.
+    pub async fn next(&mut self) -> Option<Result<LabelChange>> {
+        self.inner.next().await
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<LabelChange>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// How many entries a watcher reads at once.
+const WATCH_PAGE: usize = 1_000;
+
+struct WatchState {
+    store: ContentStore,
+    prefix: String,
+    /// The newest sequence read (matching the prefix or not).
+    since: u64,
+    /// Changes read and not yet yielded.
+    ready: VecDeque<LabelChange>,
+    signal: Option<(Arc<dyn Engine>, tokio::sync::watch::Receiver<u64>)>,
+    done: bool,
+}
+
+async fn next_change(mut state: WatchState) -> Option<(Result<LabelChange>, WatchState)> {
+    loop {
+        if let Some(change) = state.ready.pop_front() {
+            return Some((Ok(change), state));
+        }
+        if state.done {
+            return None;
+        }
+        match fill(&mut state).await {
+            Ok(()) => {}
+            Err(error) => {
+                state.done = true;
+                return Some((Err(error), state));
+            }
+        }
+    }
+}
+
+/// Reads what is new after `state.since`; if nothing is, waits for the
+/// next commit first.
+async fn fill(state: &mut WatchState) -> Result<()> {
+    if state.signal.is_none() {
+        let engine = state.store.root().engine().await?;
+        let commits = engine.commits();
+        state.signal = Some((engine, commits));
+    }
+    let (engine, commits) = state.signal.as_mut().expect("set above");
+    // Marked seen before reading, so a commit landing after the read
+    // wakes the wait below.
+    commits.borrow_and_update();
+    let page = read_page(&**engine, &state.store, state.since, WATCH_PAGE).await?;
+    let Some(newest) = page.changes.last().map(|change| change.seq) else {
+        if commits.changed().await.is_err() {
+            // The engine is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        return Ok(());
+    };
+    state.since = newest;
+    state.ready.extend(
+        page.changes
+            .into_iter()
+            .filter(|change| change.label.starts_with(&state.prefix)),
+    );
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The change feed: every label change of every path lands in its store's
+//! log once, in order, with what it replaced; watchers replay and then
+//! follow, across tasks and processes; gc trims past the retention.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use theater_store::{
+    ContentRef, ContentStore, ErrorKind, GcOptions, LabelChange, Options, StoreError, StoreRoot,
+};
+
+/// `(label, old, new)` of each change, in order.
+fn moves(changes: &[LabelChange]) -> Vec<(String, Option<ContentRef>, Option<ContentRef>)> {
+    changes
+        .iter()
+        .map(|change| (change.label.clone(), change.old.clone(), change.new.clone()))
+        .collect()
+}
+
+async fn all_changes(store: &ContentStore) -> Vec<LabelChange> {
+    store.changes(0, usize::MAX).await.unwrap().changes
+}
+
+#[tokio::test]
+async fn every_label_write_is_logged_once_with_what_it_replaced() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("feed").unwrap();
+    let a = store
+        .store_at_label("config", b"one".to_vec())
+        .await
+        .unwrap();
+    // The same value again changes nothing, and logs nothing.
+    store
+        .store_at_label("config", b"one".to_vec())
+        .await
+        .unwrap();
+    let b = store.store(b"two".to_vec()).await.unwrap();
+    store.replace_at_label("config", &b).await.unwrap();
+    store.label("copy", &a).await.unwrap();
+    // A compare-and-swap that loses logs nothing; one that wins logs its move.
+    assert!(
+        !store
+            .compare_and_swap_label("config", Some(&a), Some(&b))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .compare_and_swap_label("config", Some(&b), None)
+            .await
+            .unwrap()
+    );
+    store
+        .set_labels(&[
+            ("batch-1".to_owned(), Some(a.clone())),
+            ("copy".to_owned(), None),
+        ])
+        .await
+        .unwrap();
+    // A batch refused for a missing target logs nothing of it.
+    let missing = ContentRef::new(&"ab".repeat(32));
+    let refused = store
+        .set_labels(&[
+            ("batch-2".to_owned(), Some(a.clone())),
+            ("batch-3".to_owned(), Some(missing)),
+        ])
+        .await;
+    assert!(refused.is_err());
+    store.remove_label("batch-1").await.unwrap();
+    // Removing a label that is not there changes nothing.
+    store.remove_label("never-set").await.unwrap();
+
+    let changes = all_changes(&store).await;
+    let expected = vec![
+        ("config".to_owned(), None, Some(a.clone())),
+        ("config".to_owned(), Some(a.clone()), Some(b.clone())),
+        ("copy".to_owned(), None, Some(a.clone())),
+        ("config".to_owned(), Some(b.clone()), None),
+        ("batch-1".to_owned(), None, Some(a.clone())),
+        ("copy".to_owned(), Some(a.clone()), None),
+        ("batch-1".to_owned(), Some(a.clone()), None),
+    ];
+    assert_eq!(moves(&changes), expected);
+    let seqs: Vec<u64> = changes.iter().map(|change| change.seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(store.last_change().await.unwrap(), 7);
+    // Times are real and in order; no actor was named.
+    let now = std::time::SystemTime::now();
+    for pair in changes.windows(2) {
+        assert!(pair[0].time <= pair[1].time);
+    }
+    for change in &changes {
+        assert!(change.system_time() <= now);
+        assert!(now.duration_since(change.system_time()).unwrap() < Duration::from_secs(60));
+        assert_eq!(change.actor, None);
+    }
+}
+
+#[tokio::test]
+async fn a_page_starts_after_its_sequence_and_says_where_the_log_ends() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("paged").unwrap();
+    for i in 0..25 {
+        store
+            .store_at_label(&format!("k{i:02}"), format!("v{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut since = 0;
+    let mut labels = Vec::new();
+    loop {
+        let page = store.changes(since, 10).await.unwrap();
+        assert_eq!(page.last_seq, 25);
+        assert_eq!(page.oldest_kept, 1);
+        let Some(last) = page.changes.last() else {
+            break;
+        };
+        assert!(page.changes.len() <= 10);
+        since = last.seq;
+        labels.extend(page.changes.iter().map(|change| change.label.clone()));
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(labels, expected);
+    // A store with no change yet has an empty log at 0.
+    let empty = root.store("untouched").unwrap();
+    let page = empty.changes(0, 10).await.unwrap();
+    assert_eq!((page.changes.len(), page.last_seq), (0, 0));
+}
+
+#[tokio::test]
+async fn changes_name_the_actor_whose_handle_made_them() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("acted").unwrap();
+    let alice = store.by_actor("alice");
+    alice
+        .store_at_label("by-alice", b"a".to_vec())
+        .await
+        .unwrap();
+    store
+        .store_at_label("by-nobody", b"n".to_vec())
+        .await
+        .unwrap();
+    alice
+        .set_labels(&[("by-alice-too".to_owned(), None)])
+        .await
+        .unwrap();
+    alice.remove_label("by-nobody").await.unwrap();
+    let long = "x".repeat(300);
+    store
+        .by_actor(&long)
+        .store_at_label("by-long", b"l".to_vec())
+        .await
+        .unwrap();
+    let actors: Vec<(String, Option<String>)> = all_changes(&store)
+        .await
+        .into_iter()
+        .map(|change| (change.label, change.actor))
+        .collect();
+    assert_eq!(
+        actors,
+        vec![
+            ("by-alice".to_owned(), Some("alice".to_owned())),
+            ("by-nobody".to_owned(), None),
+            ("by-nobody".to_owned(), Some("alice".to_owned())),
+            ("by-long".to_owned(), Some("x".repeat(128))),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reserved_stores_keep_no_log_and_the_log_counts_against_quota() {
+    let (_dir, root) = common::temp_root();
+    let owners = root.owners_store();
+    let target = owners.store(b"owner record".to_vec()).await.unwrap();
+    owners.label("someone/some-store", &target).await.unwrap();
+    assert_eq!(owners.changes(0, 10).await.unwrap().last_seq, 0);
+
+    let store = root.store("counted").unwrap();
+    let before = store.stats().await.unwrap();
+    store.store_at_label("label", b"x".to_vec()).await.unwrap();
+    store.remove_label("label").await.unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.labels, 0);
+    assert_eq!(after.changes, 2);
+    let per_change = "label".len() as u64 + theater_store::CHANGE_OVERHEAD_BYTES;
+    assert_eq!(after.change_footprint, 2 * per_change);
+    assert_eq!(
+        after.footprint() - before.footprint(),
+        after.bytes + after.objects * theater_store::OBJECT_OVERHEAD_BYTES + 2 * per_change
+    );
+}
+
+#[tokio::test]
+async fn gc_trims_past_retention_and_a_trimmed_read_says_so() {
+    let options = Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 3,
+        ..Options::default()
+    };
+    let (_dir, root) = common::temp_root_with(options);
+    let store = root.store("trimmed").unwrap();
+    for i in 0..10 {
+        store
+            .store_at_label("counter", format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = store
+        .collect_garbage(
+            GcOptions {
+                grace: Duration::from_secs(3600),
+                dry_run: false,
+            },
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.changes_trimmed, 7);
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.changes, 3);
+    let page = store.changes(7, 100).await.unwrap();
+    assert_eq!(page.oldest_kept, 8);
+    assert_eq!(
+        page.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [8, 9, 10]
+    );
+    let error = store.changes(6, 100).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Trimmed);
+    assert!(
+        matches!(
+            error,
+            StoreError::ChangesTrimmed {
+                since: 6,
+                oldest: 8,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("trimmed") && message.contains("8"),
+        "{message}"
+    );
+    // New changes carry on from where the log was.
+    store.remove_label("counter").await.unwrap();
+    assert_eq!(store.last_change().await.unwrap(), 11);
+    // A watch from a trimmed point ends with the error.
+    let mut watch = store.watch("", 0);
+    let first = watch.next().await.unwrap();
+    assert_eq!(first.unwrap_err().kind(), ErrorKind::Trimmed);
+    assert!(watch.next().await.is_none());
+}
+
+#[tokio::test]
+async fn the_default_retention_keeps_recent_changes() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("kept").unwrap();
+    for i in 0..5 {
+        store
+            .store_at_label(&format!("k{i}"), b"v".to_vec())
+            .await
+            .unwrap();
+    }
+    let report = store
+        .collect_garbage(
+            GcOptions {
+                grace: Duration::ZERO,
+                dry_run: false,
+            },
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.changes_trimmed, 0);
+    assert_eq!(all_changes(&store).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_replays_then_follows_in_order_and_resumes_without_repeats() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("watched").unwrap();
+    store.store_at_label("app/a", b"1".to_vec()).await.unwrap();
+    store.store_at_label("other", b"1".to_vec()).await.unwrap();
+    store.store_at_label("app/b", b"1".to_vec()).await.unwrap();
+
+    let mut watch = store.watch("app/", 0);
+    let replayed = [
+        watch.next().await.unwrap().unwrap(),
+        watch.next().await.unwrap().unwrap(),
+    ];
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|c| (c.seq, c.label.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "app/a"), (3, "app/b")]
+    );
+    // Writers in other tasks, after the watcher is waiting.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let label = if i % 2 == 0 { "app/even" } else { "noise" };
+                store
+                    .store_at_label(label, format!("{i}").into_bytes())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 25 {
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("a change within 10 s")
+            .unwrap()
+            .unwrap();
+        seen.push(change);
+    }
+    writer.await.unwrap();
+    assert!(seen.iter().all(|change| change.label == "app/even"));
+    assert!(seen.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    let contents: Vec<ContentRef> = seen.iter().map(|c| c.new.clone().unwrap()).collect();
+    let mut expected = Vec::new();
+    for i in (0..50).step_by(2) {
+        expected.push(store.store(format!("{i}").into_bytes()).await.unwrap());
+    }
+    assert_eq!(contents, expected);
+
+    // Resuming from the last seq seen gives what came after it only.
+    let resume_from = seen[10].seq;
+    let mut resumed = store.watch("app/", resume_from);
+    let next = resumed.next().await.unwrap().unwrap();
+    assert_eq!(next, seen[11]);
+}
+
+/// A child process that makes labelled writes to the root in `FEED_ROOT`.
+#[tokio::test]
+#[ignore = "run as a child process by a_watch_sees_writes_of_another_process"]
+async fn feed_writer_child() {
+    let root = std::env::var("FEED_ROOT").expect("started by the parent test");
+    let store = StoreRoot::at(&root, Options::default())
+        .unwrap()
+        .store("across")
+        .unwrap()
+        .by_actor("child");
+    for i in 0..20 {
+        store
+            .store_at_label(&format!("from-child/{i:02}"), format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_writes_of_another_process() {
+    if common::memory_engine() {
+        return; // Other processes cannot open a memory root.
+    }
+    let (dir, root) = common::temp_root();
+    let store = root.store("across").unwrap();
+    // The store exists, and the watch waits from its current end.
+    store.store_at_label("before", b"b".to_vec()).await.unwrap();
+    let since = store.last_change().await.unwrap();
+    let mut watch = store.watch("from-child/", since);
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "feed_writer_child", "--ignored", "--quiet"])
+        .env(
+            "FEED_ROOT",
+            common::root_string_for(&root, dir.path(), "child"),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut labels = Vec::new();
+    while labels.len() < 20 {
+        let change = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("the child's changes within 30 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.actor.as_deref(), Some("child"));
+        labels.push(change.label);
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let expected: Vec<String> = (0..20).map(|i| format!("from-child/{i:02}")).collect();
+    assert_eq!(labels, expected);
+}
