@@ -367,6 +367,28 @@ impl Inner {
                          root's index is PostgreSQL's (restore it from PostgreSQL's backups)"
                     .into(),
             }),
+            Change::ByActor { actor, change } => {
+                let named = client
+                    .execute("SELECT set_config('theater.actor', $1, false)", &[&&*actor])
+                    .await;
+                self.index(named, "naming the actor")?;
+                let applied = Box::pin(self.apply_on(client, *change)).await;
+                if !matches!(applied, Err(StoreError::Service { .. })) {
+                    let cleared = client
+                        .execute("SELECT set_config('theater.actor', '', false)", &[])
+                        .await;
+                    self.index(cleared, "clearing the actor")?;
+                }
+                applied
+            }
+            Change::TrimChanges {
+                store,
+                before,
+                keep_last,
+            } => {
+                let trimmed = index::trim_changes(&*client, &store, before, keep_last).await;
+                Ok(self.index(trimmed, "trimming the change log")? > 0)
+            }
             Change::RemoveEmptyStore { store, cutoff } => {
                 let removed = index::delete_empty_store(&*client, &store, cutoff).await;
                 if !self.index(removed, "removing store")? {

@@ -10,7 +10,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::engine::{ChainHead, LabelRow, ObjectRow};
+use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, ObjectRow};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -20,12 +20,17 @@ use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, 
 /// (Version 2 keeps totals with statement-level triggers; the script
 /// below drops version 1's row-level ones. Version 3 keeps a chain's open
 /// segment in its head label's row. Version 4 records links between
-/// objects: refs written inside content, which gc follows.)
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// objects: refs written inside content, which gc follows. Version 5
+/// keeps a change log per store, written by a trigger on labels.)
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// The first version that records links: objects from before it are
 /// marked as not yet scanned for them when a database is brought up to it.
 const LINKS_SINCE: i64 = 4;
+
+/// The channel the change log's trigger notifies at commit (its payload:
+/// the store).
+pub(super) const CHANGES_CHANNEL: &str = "theater_changes";
 
 /// Serializes schema creation between hosts that open the root at once.
 const SCHEMA_LOCK: i64 = 0x7468_6561_7465_7221;
@@ -39,6 +44,7 @@ fn schema() -> String {
         )
     };
     let label_cost = cost("l.name");
+    let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS theater_meta (key text PRIMARY KEY, value bigint NOT NULL);
@@ -136,6 +142,83 @@ CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_added();
 CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
+
+-- The change log (version 5): each label row that changes in a store
+-- that is not reserved gets the store's next sequence number, taken from
+-- its row under the row's lock in the same transaction (never a clock),
+-- so that entries commit in sequence order. The actor is the session's
+-- `theater.actor` setting; commit wakes the LISTENers of every host.
+ALTER TABLE theater_stores ADD COLUMN IF NOT EXISTS change_seq bigint NOT NULL DEFAULT 0;
+ALTER TABLE theater_stores ADD COLUMN IF NOT EXISTS changes_trimmed bigint NOT NULL DEFAULT 0;
+ALTER TABLE theater_stores ADD COLUMN IF NOT EXISTS change_count bigint NOT NULL DEFAULT 0;
+ALTER TABLE theater_stores ADD COLUMN IF NOT EXISTS change_footprint bigint NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS theater_changes (
+    store text COLLATE "C" NOT NULL,
+    seq bigint NOT NULL,
+    label text COLLATE "C" NOT NULL,
+    old bytea,
+    new bytea,
+    at bigint NOT NULL,
+    actor text,
+    PRIMARY KEY (store, seq)
+);
+CREATE OR REPLACE FUNCTION theater_label_logged() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r_store text;
+    r_name text;
+    r_old bytea;
+    r_new bytea;
+    next_seq bigint;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        r_store := OLD.store; r_name := OLD.name; r_old := OLD.target; r_new := NULL;
+    ELSIF TG_OP = 'INSERT' THEN
+        r_store := NEW.store; r_name := NEW.name; r_old := NULL; r_new := NEW.target;
+    ELSE
+        IF OLD.target = NEW.target THEN
+            RETURN NULL;
+        END IF;
+        r_store := NEW.store; r_name := NEW.name; r_old := OLD.target; r_new := NEW.target;
+    END IF;
+    IF left(r_store, 1) = '_' THEN
+        RETURN NULL;
+    END IF;
+    UPDATE theater_stores SET change_seq = change_seq + 1, change_count = change_count + 1,
+        change_footprint = change_footprint + octet_length(r_name) + {change_overhead}
+    WHERE id = r_store RETURNING change_seq INTO next_seq;
+    IF next_seq IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO theater_changes (store, seq, label, old, new, at, actor)
+    VALUES (r_store, next_seq, r_name, r_old, r_new,
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+        nullif(current_setting('theater.actor', true), ''));
+    PERFORM pg_notify('theater_changes', r_store);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_label_logged
+    AFTER INSERT OR DELETE OR UPDATE OF target ON theater_labels
+    FOR EACH ROW EXECUTE FUNCTION theater_label_logged();
+CREATE OR REPLACE FUNCTION theater_changes_trimmed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE theater_stores s SET change_count = s.change_count - n.count,
+        change_footprint = s.change_footprint - n.footprint,
+        changes_trimmed = greatest(s.changes_trimmed, n.through)
+    FROM (SELECT store, count(*) AS count,
+              sum(octet_length(label) + {change_overhead}) AS footprint, max(seq) AS through
+          FROM removed GROUP BY store) n
+    WHERE s.id = n.store;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_changes_trimmed AFTER DELETE ON theater_changes
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_changes_trimmed();
+CREATE OR REPLACE FUNCTION theater_store_forgotten() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM theater_changes c USING removed r WHERE c.store = r.id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER theater_store_forgotten AFTER DELETE ON theater_stores
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_store_forgotten();
 
 -- Adds (or refreshes) an object row with its links column, and points
 -- p_label at it. A new row's targets (p_targets) that were stored before
@@ -899,7 +982,8 @@ pub(super) async fn store_stats(
 ) -> Result<StoreStats, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_footprint
+            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
+                 change_footprint
              FROM theater_stores WHERE id = $1",
         )
         .await?;
@@ -925,7 +1009,8 @@ pub(super) async fn stores(
 ) -> Result<Vec<(String, StoreStats)>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, object_count, total_bytes, label_count, label_footprint
+            "SELECT id, object_count, total_bytes, label_count, label_footprint, change_count,
+                 change_footprint
              FROM theater_stores ORDER BY id",
             &[],
         )
@@ -1084,7 +1169,86 @@ fn stats_columns(row: &Row, first: usize) -> StoreStats {
         bytes: size_column(row, first + 1),
         labels: size_column(row, first + 2),
         label_footprint: size_column(row, first + 3),
+        changes: size_column(row, first + 4),
+        change_footprint: size_column(row, first + 5),
     }
+}
+
+/// Up to `limit` entries of a store's change log after `since`, with the
+/// log's bounds. The bounds are read after the page, so a trim between
+/// the two shows as trimmed rather than as a silent gap.
+pub(super) async fn changes(
+    client: &impl GenericClient,
+    store: &StoreId,
+    since: u64,
+    limit: usize,
+) -> Result<ChangeLog, tokio_postgres::Error> {
+    let page = client
+        .prepare_cached(
+            "SELECT seq, label, old, new, at, actor FROM theater_changes
+             WHERE store = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &page,
+            &[&store.as_str(), &to_i64(since), &to_i64(limit as u64)],
+        )
+        .await?;
+    let optional_digest = |row: &Row, column| {
+        row.get::<_, Option<&[u8]>>(column)
+            .and_then(Digest::from_slice)
+    };
+    let entries = rows
+        .iter()
+        .map(|row| ChangeRow {
+            seq: size_column(row, 0),
+            label: row.get(1),
+            old: optional_digest(row, 2),
+            new: optional_digest(row, 3),
+            at: row.get(4),
+            actor: row.get(5),
+        })
+        .collect();
+    let bounds = client
+        .prepare_cached("SELECT change_seq, changes_trimmed FROM theater_stores WHERE id = $1")
+        .await?;
+    let (last, trimmed_through) = client
+        .query_opt(&bounds, &[&store.as_str()])
+        .await?
+        .map_or((0, 0), |row| (size_column(&row, 0), size_column(&row, 1)));
+    Ok(ChangeLog {
+        entries,
+        last,
+        trimmed_through,
+    })
+}
+
+/// Deletes a store's change log entries made before `before`, keeping at
+/// least the newest `keep_last`; returns how many went.
+pub(super) async fn trim_changes(
+    client: &impl GenericClient,
+    store: &StoreId,
+    before: i64,
+    keep_last: u64,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "WITH bound AS (
+                 SELECT least(
+                     (SELECT change_seq FROM theater_stores WHERE id = $1) - $3,
+                     coalesce(
+                         (SELECT seq - 1 FROM theater_changes
+                          WHERE store = $1 AND at >= $2 ORDER BY seq LIMIT 1),
+                         (SELECT change_seq FROM theater_stores WHERE id = $1))) AS through
+             )
+             DELETE FROM theater_changes
+             WHERE store = $1 AND seq <= (SELECT through FROM bound)",
+        )
+        .await?;
+    client
+        .execute(&statement, &[&store.as_str(), &before, &to_i64(keep_last)])
+        .await
 }
 
 fn size_column(row: &Row, column: usize) -> u64 {

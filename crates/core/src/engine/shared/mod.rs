@@ -19,6 +19,7 @@
 mod apply;
 mod connection;
 mod index;
+mod listen;
 pub(crate) mod location;
 mod maintain;
 mod objects;
@@ -37,7 +38,8 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache};
 use super::layout;
 use super::{
-    ChainHead, Change, Engine, LabelRow, LinkRow, ObjectSource, Scan, Snapshot, Staged, StagingSink,
+    ChainHead, Change, ChangeLog, Engine, LabelRow, LinkRow, ObjectSource, Scan, Snapshot, Staged,
+    StagingSink,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -53,6 +55,11 @@ use std::time::SystemTime;
 pub(crate) struct SharedEngine {
     inner: Arc<Inner>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Moved by this process's listener (listen.rs) on every commit any
+    /// host makes to a label.
+    commits: Arc<super::CommitSignal>,
+    /// Set once the listener is started.
+    listening: std::sync::OnceLock<()>,
 }
 
 #[derive(Debug)]
@@ -145,6 +152,8 @@ impl SharedEngine {
         let engine = Self {
             inner,
             runtime: Some(runtime),
+            commits: Arc::default(),
+            listening: std::sync::OnceLock::new(),
         };
         engine.block(|inner| async move { inner.connect().await })?;
         Ok(engine)
@@ -256,6 +265,18 @@ impl Engine for SharedEngine {
     fn settled(&self) -> Option<u64> {
         // Other hosts announce nothing here: reads are never remembered.
         None
+    }
+
+    async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog> {
+        let store = store.clone();
+        self.query("reading the change log", move |client| async move {
+            index::changes(&client, &store, since, limit).await
+        })
+        .await
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commit_receiver()
     }
 
     async fn apply(&self, change: Change) -> Result<bool> {
