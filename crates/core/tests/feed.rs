@@ -60,7 +60,7 @@ async fn every_label_write_is_logged_once_with_what_it_replaced() {
         .await
         .unwrap();
     // A batch refused for a missing target logs nothing of it.
-    let missing = ContentRef::new(&"ab".repeat(32));
+    let missing = ContentRef::new("ab".repeat(32));
     let refused = store
         .set_labels(&[
             ("batch-2".to_owned(), Some(a.clone())),
