@@ -301,3 +301,33 @@ async fn keyvalue_calls_are_recorded_in_the_actors_chain() {
     }
     assert!(chain.verify().await.unwrap().is_intact());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actors_label_changes_name_it_in_the_change_log() {
+    let h = Harness::start();
+    let options = RunOptions {
+        chain: ChainRecording::Actor("kv-writer".into()),
+        ..granted("kv", Access::ReadWrite)
+    };
+    succeed(&h, options.clone(), &["kv", "set", "greeting", "hello"]).await;
+    succeed(&h, options, &["kv", "set", "greeting", "bye"]).await;
+    // A write from outside any actor names no one.
+    let store = h.root().store("kv").unwrap();
+    store
+        .store_at_label("by-host", b"x".to_vec())
+        .await
+        .unwrap();
+    let changes = store.changes(0, 100).await.unwrap().changes;
+    let seen: Vec<(&str, bool, Option<&str>)> = changes
+        .iter()
+        .map(|c| (c.label.as_str(), c.old.is_some(), c.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("greeting", false, Some("kv-writer")),
+            ("greeting", true, Some("kv-writer")),
+            ("by-host", false, None),
+        ]
+    );
+}

@@ -6,6 +6,7 @@
 
 mod chain;
 mod demo;
+mod feed;
 mod missing;
 mod parse;
 mod progress;
@@ -63,6 +64,28 @@ enum Command {
         /// How many `/`-separated parts of a label name its group.
         #[arg(long, value_name = "N", default_value_t = 1)]
         depth: usize,
+    },
+    /// A page of a store's change log: each label change after --since, one line each (seq, time, label, old ref, new ref, actor; `-` for none).
+    Changes {
+        /// The store id.
+        store: String,
+        /// Only changes after this sequence number (0: from the oldest kept).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// At most this many changes (at most 10000).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Print a store's label changes as they happen, one line each (as `changes` prints them), until stopped.
+    Watch {
+        /// The store id.
+        store: String,
+        /// Only labels starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// First replay the changes after this sequence number; without it, only changes from now on.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
     },
     /// List a store's labels with the refs they point at.
     Labels {
@@ -413,6 +436,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prefix,
             depth,
         } => stores::du(&root, &store, &prefix, depth, json).await,
+        Command::Changes {
+            store,
+            since,
+            limit,
+        } => feed::changes(&root, &store, since, limit, json).await,
+        Command::Watch {
+            store,
+            prefix,
+            since,
+        } => feed::watch(&root, &store, &prefix, since, json).await,
         Command::Labels {
             store,
             unlabelled: true,

@@ -84,7 +84,7 @@ async fn selected(root: &StoreRoot, store: Option<&str>) -> anyhow::Result<Vec<C
 
 /// Store `id`, which must exist: maintenance of a mistyped store would
 /// otherwise report an empty store as healthy.
-async fn existing(root: &StoreRoot, id: &str) -> anyhow::Result<ContentStore> {
+pub async fn existing(root: &StoreRoot, id: &str) -> anyhow::Result<ContentStore> {
     let store = open(root, id)?;
     let listed = root.stores().await?.iter().any(|summary| summary.id == id)
         || root

@@ -2350,3 +2350,86 @@ fn verify_repairs_lost_and_corrupt_content_from_another_root() {
         1
     );
 }
+
+#[test]
+fn changes_and_watch_print_the_change_log_one_line_each() {
+    let env = Env::new();
+    let first = env.put("feed", "one", Some("app/config"));
+    let second = env.put("feed", "two", Some("app/config"));
+    env.put("feed", "x", Some("line\nbreak"));
+    env.cmd()
+        .args(["unlabel", "feed", "app/config"])
+        .assert()
+        .success();
+    // Text: seq, time, label (escaped), old, new, actor; `-` for none.
+    let out = env
+        .cmd()
+        .args(["changes", "feed", "--since", "1"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0][0], "2");
+    assert_eq!(&lines[0][2..], ["app/config", &first, &second, "-"]);
+    assert_eq!(lines[1][2], "line\\nbreak");
+    assert_eq!(&lines[2][2..], ["app/config", &second, "-", "-"]);
+    assert!(lines[0][1].starts_with("20") && lines[0][1].ends_with('Z'));
+    // JSON: one object per line.
+    let out = env
+        .cmd()
+        .args(["--json", "changes", "feed", "--limit", "2"])
+        .assert()
+        .success()
+        .stderr(contains("--since 2"))
+        .get_output()
+        .stdout
+        .clone();
+    let objects: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[0]["seq"], 1);
+    assert_eq!(objects[0]["old"], Value::Null);
+    assert_eq!(objects[0]["new"], json!(first));
+    assert_eq!(objects[1]["old"], json!(first));
+    assert!(objects[1]["time"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(objects[1]["actor"], Value::Null);
+    // A typo is an error, not an empty log.
+    env.cmd()
+        .args(["changes", "nosuchstore"])
+        .assert()
+        .code(3)
+        .stderr(contains("nosuchstore does not exist"));
+
+    // `watch` replays from --since, then follows another process's writes.
+    let mut watcher = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+        .arg("--root")
+        .arg(env.root())
+        .args([
+            "--json", "watch", "feed", "--prefix", "app/", "--since", "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(watcher.stdout.take().unwrap()));
+    let replayed: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (replayed["seq"].clone(), replayed["new"].clone()),
+        (json!(4), Value::Null)
+    );
+    env.put("feed", "noise", Some("elsewhere"));
+    let third = env.put("feed", "three", Some("app/next"));
+    let live: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(live["label"], "app/next");
+    assert_eq!(live["new"], json!(third));
+    assert_eq!(live["seq"], 6);
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+}

@@ -78,8 +78,9 @@ impl StoreCtx {
     }
 
     /// Records every store call the actor makes in `chain` (see
-    /// [`theater_store::EventChain`]); `None`, the default, records
-    /// nothing. [`ActorHost`](crate::ActorHost) sets it from
+    /// [`theater_store::EventChain`]), and names the chain's actor in the
+    /// change log of every label it changes; `None`, the default, records
+    /// nothing and names no one. [`ActorHost`](crate::ActorHost) sets it from
     /// [`RunOptions::chain`](crate::RunOptions).
     pub fn set_chain(&mut self, chain: Option<EventChain>) {
         self.chain = chain;
@@ -328,9 +329,13 @@ impl StoreCtx {
             self.grants.access_to(id)
         };
         match granted {
-            Some(access) if access >= needed => Ok(match &self.pending {
-                Some(record) => Cow::Owned(store.with_record(record)),
-                None => Cow::Borrowed(store),
+            Some(access) if access >= needed => Ok(match (&self.pending, &self.chain) {
+                (Some(record), Some(chain)) => {
+                    Cow::Owned(store.with_record(record).by_actor(chain.actor()))
+                }
+                (None, Some(chain)) => Cow::Owned(store.by_actor(chain.actor())),
+                (Some(record), None) => Cow::Owned(store.with_record(record)),
+                (None, None) => Cow::Borrowed(store),
             }),
             Some(_) => Err(HostError::ReadOnly {
                 store: id.to_owned(),

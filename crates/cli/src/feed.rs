@@ -1,0 +1,91 @@
+//! `changes` and `watch`: a store's change log, a page at a time or as it
+//! grows, one line per change (text or JSON).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use theater_store::{LabelChange, StoreRoot};
+
+use crate::stores::{existing, printable};
+
+/// One change as a line: JSON, or tab-separated text (`-` for nothing).
+fn line(change: &LabelChange, json: bool) -> anyhow::Result<String> {
+    if json {
+        return Ok(serde_json::to_string(change)?);
+    }
+    let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".into());
+    Ok(format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        change.seq,
+        humantime::format_rfc3339_millis(change.system_time()),
+        printable(&change.label),
+        or_dash(change.old.as_ref().map(ToString::to_string)),
+        or_dash(change.new.as_ref().map(ToString::to_string)),
+        or_dash(
+            change
+                .actor
+                .as_deref()
+                .map(|actor| printable(actor).into_owned())
+        ),
+    ))
+}
+
+/// Writes `text` as a line to stdout and flushes it; `false` once stdout
+/// is closed (a pipe whose reader went away).
+fn emit(text: &str) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `theater-store changes`: one page of the log after `since`.
+pub async fn changes(
+    root: &StoreRoot,
+    store: &str,
+    since: u64,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let page = store.changes(since, limit).await?;
+    for change in &page.changes {
+        if !emit(&line(change, json)?)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if let Some(last) = page.changes.last()
+        && last.seq < page.last_seq
+    {
+        eprintln!(
+            "more changes follow (up to {}): rerun with --since {}",
+            page.last_seq, last.seq
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `theater-store watch`: the changes to labels under `prefix`, from
+/// after `since` (or from now), as they happen, until stopped.
+pub async fn watch(
+    root: &StoreRoot,
+    store: &str,
+    prefix: &str,
+    since: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let since = match since {
+        Some(since) => since,
+        None => store.last_change().await?,
+    };
+    let mut watch = store.watch(prefix, since);
+    while let Some(change) = watch.next().await {
+        if !emit(&line(&change?, json)?)? {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
