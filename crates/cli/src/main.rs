@@ -259,8 +259,14 @@ enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
         /// Report what would change without changing anything.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         dry_run: bool,
+        /// Compare every label of both sides (and copy unlabelled content too), rather than only what the change logs say changed since the last sync.
+        #[arg(long)]
+        full: bool,
+        /// Keep syncing: after each sync, wait for the next change to the store and sync again, until stopped (one store only).
+        #[arg(long)]
+        follow: bool,
     },
     /// Remove a store with all its labels and content.
     RmStore {
@@ -388,13 +394,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         stores,
         prefix,
         dry_run,
+        full,
+        follow,
     } = cli.command
     {
         let options = theater_store::SyncOptions {
             prefix,
             dry_run,
+            full,
             ..Default::default()
         };
+        if follow {
+            return sync::follow(&from, &to, stores, options, json).await;
+        }
         return sync::sync(&from, &to, stores, options, json).await;
     }
     let root = resolve_root(cli.root)?;

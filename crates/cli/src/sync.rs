@@ -64,7 +64,51 @@ pub async fn sync(
     })
 }
 
+/// `sync --follow`: syncs one store, then again after each change to it,
+/// printing each report (one JSON object per line with --json), until
+/// stopped.
+pub async fn follow(
+    from: &str,
+    to: &str,
+    stores: Vec<String>,
+    options: SyncOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let [store] = &stores[..] else {
+        bail!("sync --follow follows one store: name exactly one");
+    };
+    let (source, destination) = (root_at(from)?, root_at(to)?);
+    let name = |root: &StoreRoot| printable(&root.describe().unwrap_or_default()).to_string();
+    let (from, to) = (name(&source), name(&destination));
+    if source.same_root_as(&destination) {
+        bail!("{from} and {to} are the same root");
+    }
+    let mut printed = Ok(());
+    source
+        .follow_store_to(&destination, store, &options, |report| {
+            if json {
+                if printed.is_ok() {
+                    printed = print_json(&report);
+                }
+            } else {
+                print_report(&report);
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        })
+        .await
+        .with_context(|| format!("following store {store} from {from} to {to}"))?;
+    printed?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_report(report: &SyncReport) {
+    if report.incremental {
+        println!(
+            "{}: read {} changes since the last sync",
+            report.store, report.changes_read
+        );
+    }
     if let Some(why) = &report.first_sync {
         println!(
             "{}: first sync, as {why}: nothing is deleted, and labels the two roots disagree on are conflicts",

@@ -30,6 +30,10 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// A label to move on the destination: from its value there to the source's.
 type Move = (String, Option<ContentRef>, Option<ContentRef>);
 
+/// How long a following sync waits after a change before it syncs, so
+/// that changes made together go in one sync.
+const FOLLOW_SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// How a sync runs.
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
@@ -42,6 +46,10 @@ pub struct SyncOptions {
     /// Batches (of up to 256 objects or labels) worked on at once.
     /// Default: 4.
     pub parallel: usize,
+    /// Compare every label of both sides, as a first sync does, even when
+    /// the change logs could say what changed since the last sync (which
+    /// is then much cheaper). It also copies content no label reaches.
+    pub full: bool,
 }
 
 impl Default for SyncOptions {
@@ -50,6 +58,7 @@ impl Default for SyncOptions {
             prefix: String::new(),
             dry_run: false,
             parallel: 4,
+            full: false,
         }
     }
 }
@@ -81,6 +90,12 @@ pub struct SyncReport {
     /// disagreement a conflict); `None` when it continued from their shared
     /// record.
     pub first_sync: Option<String>,
+    /// Whether the sync read only what changed since the last one, from
+    /// the two stores' change logs, rather than comparing every label.
+    /// Its counts then cover only the labels it looked at.
+    pub incremental: bool,
+    /// Change log entries it read, on both sides (0 for a whole comparison).
+    pub changes_read: u64,
 }
 
 impl SyncReport {
@@ -122,9 +137,31 @@ struct Agreed {
     #[serde(default)]
     previous: Option<String>,
     labels: BTreeMap<String, Vec<Option<String>>>,
+    /// Where each root's change log stood (by root identity) when a sync
+    /// under a prefix (the key) last read it: the next sync under that
+    /// prefix reads only what came after.
+    #[serde(default)]
+    positions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Labels left in conflict by an incremental sync: reported again by
+    /// each sync until the two sides agree on them.
+    #[serde(default)]
+    open_conflicts: BTreeSet<String>,
 }
 
 impl Agreed {
+    /// Where the two roots' logs stood when the last sync under `prefix`
+    /// read them, if it recorded that for both.
+    fn positions(&self, prefix: &str, ids: &[String; 2]) -> Option<[u64; 2]> {
+        let positions = self.positions.get(prefix)?;
+        Some([*positions.get(&ids[0])?, *positions.get(&ids[1])?])
+    }
+
+    fn set_positions(&mut self, prefix: &str, ids: &[String; 2], at: [u64; 2]) {
+        let positions = self.positions.entry(prefix.to_owned()).or_default();
+        positions.insert(ids[0].clone(), at[0]);
+        positions.insert(ids[1].clone(), at[1]);
+    }
+
     /// Whether this record was made by the two roots `ids`, either way round.
     fn between(&self, ids: &[String; 2]) -> bool {
         (self.roots[0] == ids[0] && self.roots[1] == ids[1])
@@ -170,11 +207,19 @@ fn shared_record(
 
 impl Agreed {
     fn allows(&self, label: &str, value: Option<&ContentRef>) -> Option<bool> {
+        Some(self.place(label, value)?.is_some())
+    }
+
+    /// Where `value` stands among the values the record allows for
+    /// `label`, oldest first (a move in progress allows where it moves
+    /// from, then where it moves to): `None` when the record holds no
+    /// entry, `Some(None)` when it holds one without `value`.
+    fn place(&self, label: &str, value: Option<&ContentRef>) -> Option<Option<usize>> {
         let values = self.labels.get(label)?;
         Some(
             values
                 .iter()
-                .any(|v| v.as_deref() == value.map(ContentRef::hash)),
+                .position(|v| v.as_deref() == value.map(ContentRef::hash)),
         )
     }
 
@@ -196,14 +241,15 @@ impl Agreed {
 enum Plan {
     InSync {
         label: String,
-        value: Option<ContentRef>,
     },
     Move {
         label: String,
         from: Option<ContentRef>,
         to: Option<ContentRef>,
     },
-    Keep,
+    Keep {
+        label: String,
+    },
     Conflict(SyncConflict),
 }
 
@@ -280,27 +326,106 @@ impl StoreRoot {
                 Agreed::default()
             }
         };
-        agreed.roots = ids;
+        agreed.roots = ids.clone();
         agreed.store = id.to_owned();
-
-        let source_labels = labels(&source, &options.prefix).await?;
-        let plans = plan(&target, &source_labels, &agreed, &options.prefix).await?;
-        let wanted: BTreeSet<ContentRef> = if options.prefix.is_empty() {
-            source.list_all_content().await?.into_iter().collect()
-        } else {
-            source.reachable_from(source_labels.values()).await?
+        let sides = Sides {
+            source: &source,
+            target: &target,
+            markers: [sync_actor(&ids[0]), sync_actor(&ids[1])],
         };
-        copy_missing(&source, &target, wanted, options, progress, &mut report).await?;
+        let prefix = options.prefix.as_str();
+
+        // What each log shows changed since the last sync under this
+        // prefix, and the values the sides agreed on before those changes.
+        let mut logs = None;
+        if report.first_sync.is_none()
+            && let Some(since) = agreed.positions(prefix, &ids)
+        {
+            match sides.read_logs(since, prefix).await {
+                Ok(read) => logs = Some(read),
+                Err(StoreError::ChangesTrimmed { store, .. }) => {
+                    report.first_sync = Some(format!(
+                        "the change log of store {store} was trimmed past the last sync, \
+                         so the two sides were compared as in a first sync"
+                    ));
+                    agreed.labels.clear();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let mut ends = match &logs {
+            Some([source_log, target_log]) => [source_log.end, target_log.end],
+            None => [source.last_change().await?, target.last_change().await?],
+        };
+        if let Some(read) = &logs {
+            report.changes_read = read[0].read + read[1].read;
+            // The record holds the labels the sides still disagree on;
+            // for the rest, what a label held before its first change
+            // since the last sync is what the sides agreed on.
+            for log in read {
+                for (label, old) in &log.labels {
+                    agreed
+                        .labels
+                        .entry(label.clone())
+                        .or_insert_with(|| vec![old.as_ref().map(|r| r.hash().to_owned())]);
+                }
+            }
+        }
+
+        let plans = if let (Some(_), false) = (&logs, options.full) {
+            // Only labels that changed, or that the sides disagreed on.
+            report.incremental = true;
+            let candidates: Vec<String> = agreed
+                .labels
+                .keys()
+                .filter(|label| label.starts_with(prefix))
+                .cloned()
+                .collect();
+            let mut plans = Vec::with_capacity(candidates.len());
+            let mut starts = Vec::new();
+            for label in candidates {
+                let (from_source, at_target) = sides.values(&label).await?;
+                let plan = decide(&label, from_source.as_ref(), at_target.as_ref(), &agreed);
+                if let Plan::Move { to: Some(to), .. } = &plan {
+                    starts.push(to.clone());
+                }
+                plans.push(plan);
+            }
+            let missing = sides.missing_reached(starts, &mut report).await?;
+            copy_wanted(&source, &target, missing, options, progress, &mut report).await?;
+            plans
+        } else {
+            let source_labels = labels(&source, prefix).await?;
+            let plans = plan(&target, &source_labels, &agreed, prefix).await?;
+            let wanted: BTreeSet<ContentRef> = if prefix.is_empty() {
+                source.list_all_content().await?.into_iter().collect()
+            } else {
+                source.reachable_from(source_labels.values()).await?
+            };
+            copy_missing(&source, &target, wanted, options, progress, &mut report).await?;
+            plans
+        };
 
         let mut moves = Vec::new();
         for plan in plans {
             match plan {
-                Plan::InSync { label, value } => {
+                Plan::InSync { label, .. } => {
                     report.labels_in_sync += 1;
-                    agreed.set(&label, &[value.as_ref()]);
+                    agreed.labels.remove(&label);
                 }
-                Plan::Keep => report.labels_kept += 1,
-                Plan::Conflict(conflict) => report.conflicts.push(conflict),
+                Plan::Keep { label } => {
+                    // Remembered until a sync the other way carries it:
+                    // with no value agreed on, the source never had it.
+                    agreed.labels.entry(label).or_insert_with(|| vec![None]);
+                    report.labels_kept += 1;
+                }
+                Plan::Conflict(conflict) => {
+                    // Remembered, so that every later sync looks at it
+                    // again until the sides agree (with no value agreed
+                    // on, a first sync's conflicts stay conflicts).
+                    agreed.labels.entry(conflict.label.clone()).or_default();
+                    report.conflicts.push(conflict);
+                }
                 Plan::Move { label, from, to } => moves.push((label, from, to)),
             }
         }
@@ -308,6 +433,7 @@ impl StoreRoot {
             report.labels_moved = moves.len() as u64;
             return Ok(report);
         }
+        agreed.set_positions(prefix, &ids, ends);
         // First allow both values, so that a sync killed while moving
         // labels finds them unchanged when it runs again.
         for (label, from, to) in &moves {
@@ -318,10 +444,11 @@ impl StoreRoot {
         }
         // Labels move in batches, each one transaction that applies only
         // if no label in it changed since it was read; a batch that meets
-        // such a change falls back to one label at a time.
+        // such a change falls back to one label at a time. The moves are
+        // named in the destination's log as this sync's.
         let batches: Vec<Vec<Move>> = moves.chunks(BATCH).map(<[Move]>::to_vec).collect();
         let moved = |batch: Vec<Move>| {
-            let target = target.clone();
+            let target = target.by_actor(&sides.markers[0]);
             async move {
                 if target.compare_and_swap_labels(&batch).await? {
                     return Ok(batch.into_iter().map(|m| (m, None)).collect());
@@ -348,7 +475,7 @@ impl StoreRoot {
                 match now {
                     None => {
                         report.labels_moved += 1;
-                        agreed.set(&label, &[to.as_ref()]);
+                        agreed.labels.remove(&label);
                     }
                     Some(destination) => {
                         agreed.set(&label, &[from.as_ref()]);
@@ -364,8 +491,44 @@ impl StoreRoot {
         })
         .await?;
         report.conflicts.sort_by(|a, b| a.label.cmp(&b.label));
+        // The destination's log past this sync's own moves need not be
+        // read again.
+        ends[1] = sides.past_own_moves(ends[1]).await?;
+        agreed.set_positions(prefix, &ids, ends);
         save(&copies, &mut agreed).await?;
         Ok(report)
+    }
+
+    /// Keeps store `id` in `destination` following the one here: syncs it
+    /// (as [`StoreRoot::sync_store_to`]), hands the report to `each`, then
+    /// waits for the next change to the store's labels under
+    /// `options.prefix` and syncs again, until an error stops it. Each sync
+    /// reads only what changed since the last (the two roots' record
+    /// remembers how far they got), so stopping and starting again, or a
+    /// crash of either side, loses nothing: the next run carries on from
+    /// what was agreed. Conflicts are reported in each report, never
+    /// overwritten.
+    pub async fn follow_store_to(
+        &self,
+        destination: &StoreRoot,
+        id: &str,
+        options: &SyncOptions,
+        mut each: impl FnMut(SyncReport) + Send,
+    ) -> Result<()> {
+        let source = self.store(id)?;
+        loop {
+            let seen = source.last_change().await?;
+            each(self.sync_store_to(destination, id, options, ()).await?);
+            let mut watch = source.watch(&options.prefix, seen);
+            match watch.next().await {
+                Some(change) => {
+                    change?;
+                }
+                None => return Ok(()),
+            }
+            // Changes made together are synced together.
+            tokio::time::sleep(FOLLOW_SETTLE).await;
+        }
     }
 
     /// Syncs event chains (the chain store, or the heads under
@@ -433,6 +596,8 @@ impl StoreRoot {
                 })
                 .collect(),
             first_sync: None,
+            incremental: false,
+            changes_read: 0,
         })
     }
 
@@ -466,6 +631,166 @@ impl StoreRoot {
             }
         }
     }
+}
+
+/// The actor a sync names in the change log of the destination for the
+/// labels it moves there: the source root's identity. A later sync skips
+/// these entries, as changes that came from the other side.
+fn sync_actor(identity: &str) -> String {
+    format!("sync:{identity}")
+}
+
+/// The two sides of one store's sync.
+struct Sides<'a> {
+    source: &'a ContentStore,
+    target: &'a ContentStore,
+    /// The actors the two roots' syncs name ([`sync_actor`]), source first.
+    markers: [String; 2],
+}
+
+impl Sides<'_> {
+    /// What each side's log shows changed under `prefix` since positions
+    /// `since` (source, destination), leaving out what the other side's
+    /// syncs wrote (its own values coming back). Fails with
+    /// [`StoreError::ChangesTrimmed`] when a log no longer reaches back.
+    async fn read_logs(&self, since: [u64; 2], prefix: &str) -> Result<[LogRead; 2]> {
+        Ok([
+            changed_labels(self.source, since[0], prefix, &self.markers[1]).await?,
+            changed_labels(self.target, since[1], prefix, &self.markers[0]).await?,
+        ])
+    }
+
+    /// What `label` points at on the source and on the destination.
+    async fn values(&self, label: &str) -> Result<(Option<ContentRef>, Option<ContentRef>)> {
+        Ok((
+            self.source.get_by_label(label).await?,
+            self.target.get_by_label(label).await?,
+        ))
+    }
+
+    /// Where the destination's log stands past `end` and this sync's own
+    /// moves right after it: the first entry another writer made stops it.
+    async fn past_own_moves(&self, end: u64) -> Result<u64> {
+        let mut end = end;
+        loop {
+            let page = self.target.changes(end, crate::MAX_CHANGES_PAGE).await?;
+            for change in &page.changes {
+                if change.actor.as_deref() != Some(self.markers[0].as_str()) {
+                    return Ok(end);
+                }
+                end = change.seq;
+            }
+            if page.changes.is_empty() {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// The objects `starts` reach on the source (through refs written
+    /// inside content) that the destination lacks. Content the destination
+    /// holds is taken to hold what it names, as the sync that copied it
+    /// left it, so the walk stops there: it costs what changed, not the
+    /// store's size.
+    async fn missing_reached(
+        &self,
+        starts: Vec<ContentRef>,
+        report: &mut SyncReport,
+    ) -> Result<Vec<ContentRef>> {
+        let mut seen = BTreeSet::new();
+        let mut frontier = starts;
+        let mut missing = Vec::new();
+        while let Some(content_ref) = frontier.pop() {
+            if !seen.insert(content_ref.clone()) {
+                continue;
+            }
+            if self.target.exists(&content_ref).await? {
+                report.objects_present += 1;
+                continue;
+            }
+            if !self.source.exists(&content_ref).await? {
+                continue;
+            }
+            for link in content_links(self.source, &content_ref).await? {
+                frontier.push(link);
+            }
+            missing.push(content_ref);
+        }
+        Ok(missing)
+    }
+}
+
+/// The labels under `prefix` that a store's change log shows changed
+/// after `since`, leaving out entries made by `skip_actor`.
+struct LogRead {
+    /// Each label, with what it named before its first change read.
+    labels: BTreeMap<String, Option<ContentRef>>,
+    /// The newest sequence read (`since` when there was none).
+    end: u64,
+    /// Entries read.
+    read: u64,
+}
+
+async fn changed_labels(
+    store: &ContentStore,
+    since: u64,
+    prefix: &str,
+    skip_actor: &str,
+) -> Result<LogRead> {
+    let mut log = LogRead {
+        labels: BTreeMap::new(),
+        end: since,
+        read: 0,
+    };
+    loop {
+        let page = store.changes(log.end, crate::MAX_CHANGES_PAGE).await?;
+        let Some(last) = page.changes.last() else {
+            return Ok(log);
+        };
+        log.end = last.seq;
+        log.read += page.changes.len() as u64;
+        for change in page.changes {
+            if change.label.starts_with(prefix) && change.actor.as_deref() != Some(skip_actor) {
+                log.labels.entry(change.label).or_insert(change.old);
+            }
+        }
+    }
+}
+
+/// The refs written inside an object's content that name objects its
+/// store holds.
+async fn content_links(store: &ContentStore, content_ref: &ContentRef) -> Result<Vec<ContentRef>> {
+    let digest = content_ref.digest()?;
+    let links = match store.get_at_most(content_ref, COPY_WHOLE_MAX).await? {
+        AtMost::Content(content) => crate::links::Links::of(&content, digest),
+        AtMost::TooLarge { .. } => {
+            let mut reader = store.reader(content_ref).await?;
+            let mut scanner = crate::links::LinkScanner::new();
+            let mut buffer = vec![0u8; 256 << 10];
+            loop {
+                let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buffer)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        store: store.id().to_owned(),
+                        action: "reading content for the refs inside it",
+                        path: content_ref.hash().into(),
+                        source,
+                    })?;
+                if read == 0 {
+                    break;
+                }
+                scanner.update(&buffer[..read]);
+            }
+            scanner.finish(digest)
+        }
+    };
+    let mut held = Vec::new();
+    for target in links.targets {
+        let target = ContentRef::from(target);
+        if store.exists(&target).await? {
+            held.push(target);
+        }
+    }
+    Ok(held)
 }
 
 /// The label under which `_sync` keeps this root's identity.
@@ -504,44 +829,74 @@ async fn plan(
 ) -> Result<Vec<Plan>> {
     let target_labels = labels(target, prefix).await?;
     let remembered = agreed.labels.keys().filter(|l| l.starts_with(prefix));
-    let names: BTreeSet<&String> = source_labels.keys().chain(remembered).collect();
+    let names: BTreeSet<&String> = source_labels
+        .keys()
+        .chain(target_labels.keys())
+        .chain(remembered)
+        .collect();
     let mut plans = Vec::with_capacity(names.len());
     for label in names {
-        let source = source_labels.get(label);
-        let destination = target_labels.get(label);
-        let plan = if source == destination {
-            Plan::InSync {
-                label: label.clone(),
-                value: source.cloned(),
-            }
-        } else {
-            let destination_unchanged = agreed
-                .allows(label, destination)
-                .unwrap_or(destination.is_none());
-            let source_unchanged = agreed.allows(label, source).unwrap_or(false);
-            if destination_unchanged {
-                Plan::Move {
-                    label: label.clone(),
-                    from: destination.cloned(),
-                    to: source.cloned(),
-                }
-            } else if source_unchanged {
-                Plan::Keep
-            } else {
-                Plan::Conflict(SyncConflict {
-                    label: label.clone(),
-                    source: source.cloned(),
-                    destination: destination.cloned(),
-                    last_agreed: agreed
-                        .labels
-                        .get(label)
-                        .map(|values| values.last().cloned().flatten().map(ContentRef::new)),
-                })
-            }
-        };
-        plans.push(plan);
+        plans.push(decide(
+            label,
+            source_labels.get(label),
+            target_labels.get(label),
+            agreed,
+        ));
     }
     Ok(plans)
+}
+
+/// What to do with `label`, by its source value, its destination value and
+/// what the record says the two sides agreed on (see
+/// [`StoreRoot::sync_store_to`]).
+fn decide(
+    label: &str,
+    source: Option<&ContentRef>,
+    destination: Option<&ContentRef>,
+    agreed: &Agreed,
+) -> Plan {
+    if source == destination {
+        return Plan::InSync {
+            label: label.to_owned(),
+        };
+    }
+    // With no agreed value (a first sync, or a label neither side had),
+    // the sides are joined: what only one side has is the other's to
+    // take, and different values are a conflict.
+    let mut destination_unchanged = agreed
+        .allows(label, destination)
+        .unwrap_or(destination.is_none());
+    let source_unchanged = agreed.allows(label, source).unwrap_or(source.is_none());
+    // Both values allowed: a move between them is in progress (a sync the
+    // other way, or one that was killed). The side holding the newer one
+    // is the changed one; the older one must never overwrite it.
+    if let (Some(Some(at_source)), Some(Some(at_destination))) = (
+        agreed.place(label, source),
+        agreed.place(label, destination),
+    ) {
+        destination_unchanged = at_destination < at_source;
+    }
+    if destination_unchanged {
+        Plan::Move {
+            label: label.to_owned(),
+            from: destination.cloned(),
+            to: source.cloned(),
+        }
+    } else if source_unchanged {
+        Plan::Keep {
+            label: label.to_owned(),
+        }
+    } else {
+        Plan::Conflict(SyncConflict {
+            label: label.to_owned(),
+            source: source.cloned(),
+            destination: destination.cloned(),
+            last_agreed: agreed
+                .labels
+                .get(label)
+                .map(|values| values.last().cloned().flatten().map(ContentRef::new)),
+        })
+    }
 }
 
 /// Copies what of `wanted` the target lacks, in batches that share
@@ -554,11 +909,23 @@ async fn copy_missing(
     progress: Arc<dyn Progress>,
     report: &mut SyncReport,
 ) -> Result<()> {
-    progress.start(wanted.len() as u64);
     let held: BTreeSet<ContentRef> = target.list_all_content().await?.into_iter().collect();
     let (present, missing): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|r| held.contains(r));
     report.objects_present = present.len() as u64;
-    progress.advance(present.len() as u64);
+    copy_wanted(source, target, missing, options, progress, report).await
+}
+
+/// Copies `missing` (objects the target lacks), in batches that share
+/// commits, `options.parallel` batches at once.
+async fn copy_wanted(
+    source: &ContentStore,
+    target: &ContentStore,
+    missing: Vec<ContentRef>,
+    options: &SyncOptions,
+    progress: Arc<dyn Progress>,
+    report: &mut SyncReport,
+) -> Result<()> {
+    progress.start(missing.len() as u64);
     let batches: Vec<Vec<ContentRef>> = missing.chunks(BATCH).map(<[ContentRef]>::to_vec).collect();
     let dry_run = options.dry_run;
     let copy = |batch: Vec<ContentRef>| {

@@ -52,9 +52,20 @@ async fn a_first_sync_copies_everything_and_a_second_copies_nothing() {
     assert_eq!(target.get_content_by_label("big").await.unwrap(), Some(big));
     assert!(target.exists(&unlabelled).await.unwrap());
 
+    // The next sync reads the change logs: nothing changed, nothing read.
     let again = sync(&a, &b, &SyncOptions::default()).await;
-    assert_eq!((again.objects_copied, again.objects_present), (0, 52));
-    assert_eq!((again.labels_moved, again.labels_in_sync), (0, 51));
+    assert!(again.incremental && again.first_sync.is_none());
+    assert_eq!((again.objects_copied, again.labels_moved), (0, 0));
+    assert_eq!((again.changes_read, again.labels_in_sync), (0, 0));
+    // A whole comparison finds everything there.
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let whole = sync(&a, &b, &full).await;
+    assert!(!whole.incremental);
+    assert_eq!((whole.objects_copied, whole.objects_present), (0, 52));
+    assert_eq!((whole.labels_moved, whole.labels_in_sync), (0, 51));
 }
 
 #[tokio::test]
@@ -91,9 +102,11 @@ async fn changes_move_only_where_the_destination_did_not_change_the_label() {
     assert_eq!(value(&target, "both").await.as_deref(), Some("v2 from b"));
     assert_eq!(value(&target, "removed").await, None);
     assert_eq!(value(&target, "new").await.as_deref(), Some("v1"));
+    assert!(report.incremental);
     assert_eq!(report.labels_moved, 3, "{report:?}");
     assert_eq!(report.labels_kept, 1);
-    assert_eq!(report.labels_in_sync, 1);
+    // Only what changed is looked at: "same" is not counted.
+    assert_eq!(report.labels_in_sync, 0);
     assert!(!report.converged());
     let [conflict] = &report.conflicts[..] else {
         panic!("one conflict expected: {report:?}");
@@ -396,4 +409,182 @@ async fn a_sync_by_prefix_carries_what_the_labels_reach_through_content() {
     for node in [&head, &middle, &tail] {
         target.get(node).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_sync_after_a_few_changes_reads_only_those_from_the_change_logs() {
+    let (_dir, a, b) = two_roots();
+    let (source, target) = (a.store("docs").unwrap(), b.store("docs").unwrap());
+    for i in 0..300 {
+        source
+            .store_at_label(&format!("doc:{i:03}"), format!("v1 {i}"))
+            .await
+            .unwrap();
+    }
+    let first = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(!first.incremental && first.first_sync.is_some());
+
+    for i in 0..10 {
+        source
+            .store_at_label(&format!("doc:{i:03}"), format!("v2 {i}"))
+            .await
+            .unwrap();
+    }
+    source.remove_label("doc:299").await.unwrap();
+    target.store_at_label("doc:100", "from b").await.unwrap();
+    source.store_at_label("doc:200", "a says").await.unwrap();
+    target.store_at_label("doc:200", "b says").await.unwrap();
+
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(
+        report.incremental && report.first_sync.is_none(),
+        "{report:?}"
+    );
+    assert_eq!(report.changes_read, 14);
+    assert_eq!(report.labels_moved, 11);
+    assert_eq!(report.labels_kept, 1);
+    assert_eq!(report.objects_copied, 10);
+    assert_eq!(value(&target, "doc:005").await.as_deref(), Some("v2 5"));
+    assert_eq!(value(&target, "doc:299").await, None);
+    assert_eq!(value(&target, "doc:100").await.as_deref(), Some("from b"));
+    let [conflict] = &report.conflicts[..] else {
+        panic!("one conflict expected: {report:?}");
+    };
+    assert_eq!(conflict.label, "doc:200");
+    assert_eq!(
+        conflict.last_agreed,
+        Some(Some(ContentRef::for_content(b"v1 200")))
+    );
+
+    // The other way: the destination's change comes back, the conflict
+    // is reported again (and on every sync until the sides agree).
+    let back = sync(&b, &a, &SyncOptions::default()).await;
+    assert!(back.incremental);
+    assert_eq!(value(&source, "doc:100").await.as_deref(), Some("from b"));
+    assert_eq!(back.labels_moved, 1, "{back:?}");
+    assert_eq!(back.conflicts.len(), 1);
+    let again = sync(&a, &b, &SyncOptions::default()).await;
+    assert_eq!((again.labels_moved, again.conflicts.len()), (0, 1));
+    // Someone settles it on one side; the next sync carries it over.
+    target.store_at_label("doc:200", "a says").await.unwrap();
+    let settled = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(settled.converged(), "{settled:?}");
+    let quiet = sync(&b, &a, &SyncOptions::default()).await;
+    assert!(quiet.converged() && quiet.labels_moved == 0, "{quiet:?}");
+    assert_eq!(labels_of(&source).await, labels_of(&target).await);
+}
+
+#[tokio::test]
+async fn an_incremental_sync_copies_what_moved_labels_reach_through_refs() {
+    let (_dir, a, b) = two_roots();
+    let (source, target) = (a.store("docs").unwrap(), b.store("docs").unwrap());
+    source.store_at_label("seed", "first").await.unwrap();
+    sync(&a, &b, &SyncOptions::default()).await;
+
+    let leaf = source
+        .store("a leaf, named only by the tree")
+        .await
+        .unwrap();
+    let tree = format!("{{\"children\":[\"{leaf}\"]}}");
+    source.store_at_label("tree", tree.clone()).await.unwrap();
+    let unlabelled = source.store("stored, never labelled").await.unwrap();
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(report.incremental);
+    assert_eq!(report.objects_copied, 2, "{report:?}");
+    assert!(target.exists(&leaf).await.unwrap());
+    assert_eq!(value(&target, "tree").await, Some(tree));
+    // Content no label reaches comes with a whole comparison only.
+    assert!(!target.exists(&unlabelled).await.unwrap());
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let whole = sync(&a, &b, &full).await;
+    assert_eq!(whole.objects_copied, 1);
+    assert!(target.exists(&unlabelled).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_log_trimmed_past_the_last_sync_makes_it_compare_whole() {
+    let options = theater_store::Options {
+        change_retention: std::time::Duration::ZERO,
+        change_retention_min: 0,
+        ..theater_store::Options::default()
+    };
+    let (dir, a) = common::temp_root_with(options);
+    let b = StoreRoot::new(dir.path().join("b"));
+    let (source, target) = (a.store("docs").unwrap(), b.store("docs").unwrap());
+    source.store_at_label("kept", "v1").await.unwrap();
+    source.store_at_label("changed", "v1").await.unwrap();
+    sync(&a, &b, &SyncOptions::default()).await;
+    source.store_at_label("changed", "v2").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let gc = theater_store::GcOptions {
+        grace: std::time::Duration::from_secs(3600),
+        dry_run: false,
+    };
+    assert!(
+        source
+            .collect_garbage(gc, ())
+            .await
+            .unwrap()
+            .changes_trimmed
+            > 0
+    );
+
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(!report.incremental);
+    let why = report.first_sync.clone().unwrap();
+    assert!(why.contains("trimmed"), "{why}");
+    // As in a first sync, a label both sides hold differently is a
+    // conflict: nothing is overwritten on a guess.
+    assert_eq!(report.conflicts.len(), 1, "{report:?}");
+    assert_eq!(value(&target, "changed").await.as_deref(), Some("v1"));
+    assert_eq!(value(&target, "kept").await.as_deref(), Some("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_syncs_both_ways_converge_while_both_sides_are_written() {
+    let (_dir, a, b) = two_roots();
+    let (at_a, at_b) = (a.store("docs").unwrap(), b.store("docs").unwrap());
+    at_a.store_at_label("start", "s").await.unwrap();
+    let follow = |from: &StoreRoot, to: &StoreRoot| {
+        let (from, to) = (from.clone(), to.clone());
+        tokio::spawn(async move {
+            from.follow_store_to(&to, "docs", &SyncOptions::default(), |_| {})
+                .await
+        })
+    };
+    let forward = follow(&a, &b);
+    let backward = follow(&b, &a);
+    let writes = |store: ContentStore, side: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..40 {
+                store
+                    .store_at_label(&format!("{side}/{i:02}"), format!("{side} {i}"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let (one, two) = (writes(at_a.clone(), "a"), writes(at_b.clone(), "b"));
+    one.await.unwrap();
+    two.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (left, right) = (labels_of(&at_a).await, labels_of(&at_b).await);
+        if left == right && left.len() == 81 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let only_a: Vec<_> = left.iter().filter(|l| !right.contains(l)).collect();
+            let only_b: Vec<_> = right.iter().filter(|l| !left.contains(l)).collect();
+            panic!("not converged after 30 s: only at a {only_a:?}, only at b {only_b:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!forward.is_finished() && !backward.is_finished());
+    forward.abort();
+    backward.abort();
 }
