@@ -213,3 +213,112 @@ async fn eight_actors_append_to_one_log_without_losing_an_entry() {
     }
     assert_eq!(seen.len(), 8000);
 }
+
+/// The seed-patterns actor's `follow` pattern: it blocks on the host's
+/// pollable until `count` changes under `prefix` follow `since`.
+async fn follow(h: &Harness, options: RunOptions, since: u64, count: u64) -> Result<Value, String> {
+    let actor = h.load(theater_store_examples::SEED_PATTERNS);
+    let param = json!({"pattern": "follow", "store": "feed", "prefix": "jobs/", "since": since, "count": count});
+    let run = h.run_raw(&actor, options, &param).await;
+    match run.outcome {
+        Ok(state) => Ok(serde_json::from_slice(&state.unwrap()).unwrap()),
+        Err(ActorFailure::Returned(message)) => Err(message),
+        Err(other) => panic!("{param}: {other}\nstderr: {}", run.stderr),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_reads_and_waits_on_a_stores_change_log() {
+    let h = Harness::start();
+    let store = h.root().store("feed").unwrap();
+    store
+        .store_at_label("jobs/1", b"one".to_vec())
+        .await
+        .unwrap();
+    store.store_at_label("other", b"x".to_vec()).await.unwrap();
+    let read_only = || granted("feed", Access::ReadOnly, Limits::default());
+
+    // What is there already: read, not waited for.
+    let read = follow(&h, read_only(), 0, 1).await.unwrap();
+    assert_eq!(read["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(read["changes"][0]["label"], "jobs/1");
+    assert_eq!(read["changes"][0]["old"], Value::Null);
+    assert_eq!(read["next"], 2);
+    assert_eq!(read["waits"], 0);
+
+    // Waiting: the actor blocks until the host writes three more jobs.
+    let since = store.last_change().await.unwrap();
+    let waiting = {
+        let (root, component) = (
+            h.host.clone(),
+            h.load(theater_store_examples::SEED_PATTERNS),
+        );
+        let param = json!({"pattern": "follow", "store": "feed", "prefix": "jobs/", "since": since, "count": 3});
+        tokio::spawn(async move {
+            root.run_init(&component, read_only(), None, &param.to_string())
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the actor did not wait");
+    for job in 2..5 {
+        store
+            .store_at_label(&format!("jobs/{job}"), format!("job {job}").into_bytes())
+            .await
+            .unwrap();
+        store
+            .store_at_label("other", format!("{job}").into_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let run = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("the actor woke up")
+        .unwrap();
+    let state: Value = serde_json::from_slice(&run.outcome.unwrap().unwrap()).unwrap();
+    let labels: Vec<&str> = state["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["jobs/2", "jobs/3", "jobs/4"]);
+    assert!(state["waits"].as_u64().unwrap() >= 1);
+
+    // No grant, no log.
+    let refused = follow(&h, RunOptions::default(), 0, 0).await.unwrap_err();
+    assert!(
+        refused.contains("not granted") || refused.contains("access"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_actor_is_stopped_by_its_timeout() {
+    let h = Harness::start();
+    h.root()
+        .store("feed")
+        .unwrap()
+        .store_at_label("seed", b"s".to_vec())
+        .await
+        .unwrap();
+    let options = RunOptions {
+        grants: Grants::none().store("feed", Access::ReadOnly),
+        limits: Limits {
+            timeout: std::time::Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let actor = h.load(theater_store_examples::SEED_PATTERNS);
+    let param =
+        json!({"pattern": "follow", "store": "feed", "prefix": "jobs/", "since": 1, "count": 1});
+    let run = h.run_raw(&actor, options, &param).await;
+    assert!(
+        run.outcome.is_err(),
+        "a run that waits past its timeout fails"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

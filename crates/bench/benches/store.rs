@@ -89,6 +89,12 @@ fn small_objects(c: &mut Criterion) {
         .block_on(store.store(distinct(&counter, KIB)))
         .unwrap();
     let mut flip = false;
+    let label_store = store.clone();
+    let label_counter = AtomicU64::new(1 << 40);
+    group.bench_function("store_at_label", |b| {
+        b.to_async(&runtime)
+            .iter(|| label_store.store_at_label("bench:feed", distinct(&label_counter, KIB)))
+    });
     group.bench_function("label_set", |b| {
         b.to_async(&runtime).iter(|| {
             flip = !flip;
@@ -582,6 +588,140 @@ fn sync(c: &mut Criterion) {
     group.finish();
 }
 
+/// The change feed: how soon a watcher hears of a label write (in this
+/// process, and through another process's view of the root, which polls
+/// the shared commit count), with p50 and p99 printed beside criterion's
+/// figures.
+fn change_feed(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().join("feed"));
+    let store = root.store("bench").unwrap();
+    let counter = AtomicU64::new(0);
+    let mut group = c.benchmark_group("change_feed");
+    let (one, two) = runtime.block_on(async {
+        (
+            store.store(distinct(&counter, KIB)).await.unwrap(),
+            store.store(distinct(&counter, KIB)).await.unwrap(),
+        )
+    });
+    // A second root value on the same directory, as another process has:
+    // same engine rules, its own commit signal.
+    let watchers = [
+        ("notify/same_root", root.clone()),
+        (
+            "notify/another_handle",
+            StoreRoot::new(dir.path().join("feed")),
+        ),
+    ];
+    // Kept across both: each write must move the label, or no change is
+    // logged and the watcher would wait forever.
+    let mut flip = false;
+    for (name, watching) in watchers {
+        let watched = watching.store("bench").unwrap();
+        let mut latencies = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let since = watched.last_change().await.unwrap();
+                    let mut watch = watched.watch("bench:notify", since);
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        flip = !flip;
+                        let target = if flip { &one } else { &two };
+                        let started = Instant::now();
+                        store.label("bench:notify", target).await.unwrap();
+                        watch.next().await.unwrap().unwrap();
+                        let took = started.elapsed();
+                        latencies.push(took);
+                        total += took;
+                    }
+                    total
+                })
+            })
+        });
+        latencies.sort();
+        if !latencies.is_empty() {
+            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+            eprintln!(
+                "change_feed/{name}: p50 {:?}, p99 {:?} over {} changes",
+                at(0.5),
+                at(0.99),
+                latencies.len()
+            );
+        }
+    }
+    group.finish();
+}
+
+/// `sync` after 10 label changes in a store of many labels (100,000, or
+/// `THEATER_STORE_BENCH_SYNC_LABELS`): the incremental sync that reads
+/// the change logs, against the whole comparison it replaces.
+fn sync_after_changes(c: &mut Criterion) {
+    let labels: u64 = std::env::var("THEATER_STORE_BENCH_SYNC_LABELS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (source, destination) = (
+        StoreRoot::new(dir.path().join("source")),
+        StoreRoot::new(dir.path().join("destination")),
+    );
+    let from = source.store("bench").unwrap();
+    let counter = AtomicU64::new(0);
+    runtime.block_on(async {
+        let mut done = 0;
+        while done < labels {
+            let batch = (labels - done).min(10_000);
+            let mut moves = Vec::with_capacity(batch as usize);
+            for i in done..done + batch {
+                let content_ref = from.store(distinct(&counter, 64)).await.unwrap();
+                moves.push((format!("doc:{i:07}"), Some(content_ref)));
+            }
+            from.set_labels(&moves).await.unwrap();
+            done += batch;
+        }
+        source
+            .sync_store_to(&destination, "bench", &SyncOptions::default(), ())
+            .await
+            .unwrap();
+    });
+    let mut group = c.benchmark_group(format!("sync_after_10_changes_{labels}_labels"));
+    group.sample_size(10);
+    let mut round = 0u64;
+    for (name, full) in [("incremental", false), ("whole_comparison", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    runtime.block_on(async {
+                        for i in 0..10 {
+                            round += 1;
+                            let label = format!("doc:{:07}", (round * 7919 + i) % labels);
+                            from.store_at_label(&label, distinct(&counter, 64))
+                                .await
+                                .unwrap();
+                        }
+                    });
+                    let options = SyncOptions {
+                        full,
+                        ..SyncOptions::default()
+                    };
+                    let started = Instant::now();
+                    let report = runtime
+                        .block_on(source.sync_store_to(&destination, "bench", &options, ()))
+                        .unwrap();
+                    total += started.elapsed();
+                    assert_eq!(report.labels_moved, 10, "{report:?}");
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Asks the kernel to forget a file's cached pages, so the next read goes
 /// to the disk.
 fn drop_from_page_cache(path: &Path) {
@@ -600,6 +740,8 @@ criterion_group!(
     concurrent_durable_writers,
     labels_at_scale,
     maintenance_at_scale,
-    sync
+    sync,
+    change_feed,
+    sync_after_changes
 );
 criterion_main!(benches);

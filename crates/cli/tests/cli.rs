@@ -2189,7 +2189,7 @@ fn check_vocabulary(command: &str, value: &Value) {
             for (name, field) in fields {
                 let is_ref = |v: &Value| v.as_str().is_some_and(|s| s.len() == 64);
                 match name.as_str() {
-                    "ref" | "head" if !field.is_null() => {
+                    "ref" | "head" | "old" | "new" if !field.is_null() => {
                         assert!(is_ref(field), "{command}: {name} is {field}");
                     }
                     "refs" | "missing" | "unindexed" | "vanished" => {
@@ -2243,6 +2243,7 @@ fn every_command_prints_json_in_one_vocabulary() {
         &["verify-chain", "seed"],
         &["export", "docs", "-o", package.to_str().unwrap()],
         &["rm-store", "docs", "--dry-run"],
+        &["changes", "docs", "--limit", "1"],
     ] {
         outputs.push((args[0], env.json(args)));
     }

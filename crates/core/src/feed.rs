@@ -116,6 +116,28 @@ impl ContentStore {
     }
 }
 
+impl ContentStore {
+    /// Resolves once the store's log holds a change after `since` (at
+    /// once if it already does), or with the error that reading it met
+    /// (a trimmed log, a failing index). Costs nothing while it waits: it
+    /// wakes on the engine's commit signal, not on a timer.
+    pub async fn wait_for_change(&self, since: u64) -> Result<()> {
+        let engine = self.root().engine().await?;
+        let mut commits = engine.commits();
+        loop {
+            commits.borrow_and_update();
+            let page = read_page(&*engine, self, since, 1).await?;
+            if !page.changes.is_empty() {
+                return Ok(());
+            }
+            if commits.changed().await.is_err() {
+                // The engine is gone: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 async fn read_page(
     engine: &dyn Engine,
     store: &ContentStore,

@@ -115,7 +115,7 @@ pub use bindings::exports::theater::simple::actor::Guest as Actor;
 pub use bindings::theater::simple::runtime::{get_chain, log, shutdown};
 /// The event chain `get_chain` returns: every store call this actor made.
 pub use bindings::theater::simple::types::{Chain, Event as ChainEvent, MetaEvent};
-pub use streams::{ContentReader, ContentWriter};
+pub use streams::{ChangePage, ContentReader, ContentWriter, LabelChange};
 
 use bindings::theater::simple::store as wit;
 
@@ -141,6 +141,8 @@ pub enum ErrorKind {
     Conflict,
     /// The call ran out of the actor's time.
     TimedOut,
+    /// The change log no longer holds the changes asked for.
+    Trimmed,
     /// The store failed (disk, index, network).
     Io,
     /// A value could not be encoded or decoded (JSON).
@@ -163,6 +165,7 @@ impl ErrorKind {
             "invalid-label" | "invalid-ref" | "invalid-store-id" | "bad-value" => Self::Invalid,
             "contended" => Self::Conflict,
             "timed-out" => Self::TimedOut,
+            "trimmed" => Self::Trimmed,
             "io" => Self::Io,
             _ => return None,
         })
@@ -251,6 +254,7 @@ impl From<Error> for std::io::Error {
             ErrorKind::Invalid => Io::InvalidInput,
             ErrorKind::TimedOut => Io::TimedOut,
             ErrorKind::TooLarge => Io::FileTooLarge,
+            ErrorKind::Trimmed => Io::NotFound,
             ErrorKind::Conflict | ErrorKind::Io | ErrorKind::Other => Io::Other,
         };
         std::io::Error::new(kind, error.message)

@@ -1,9 +1,11 @@
-//! Large content as `std::io` streams, label compare-and-swap and paged
-//! listing: the `theater:simple/store-streams` side of [`ContentStore`].
+//! Large content as `std::io` streams, label compare-and-swap, paged
+//! listing and the change log: the `theater:simple/store-streams` side
+//! of [`ContentStore`].
 
 use std::io;
 
 use crate::bindings::theater::simple::store_streams as wit;
+use crate::bindings::wasi::io::poll::Pollable;
 use crate::bindings::wasi::io::streams::{InputStream, StreamError as WasiStreamError};
 use crate::{ContentRef, ContentStore, Error, ErrorKind, Result};
 
@@ -20,6 +22,7 @@ impl From<StreamError> for Error {
             StreamError::Corrupted(m) => (ErrorKind::Corrupted, m),
             StreamError::InvalidLabel(m) | StreamError::InvalidRef(m) => (ErrorKind::Invalid, m),
             StreamError::Io(m) => (ErrorKind::Io, m),
+            StreamError::Trimmed(m) => (ErrorKind::Trimmed, m),
         };
         Error::new(kind, message)
     }
@@ -183,4 +186,74 @@ impl ContentStore {
             .map(|(label, target)| (label, ContentRef::from(target)))
             .collect())
     }
+
+    /// Reads up to `limit` entries of the store's change log after
+    /// sequence `since` (0: from the oldest kept), keeping those that
+    /// touch labels starting with `prefix`. Read on from the page's
+    /// [`ChangePage::next`]. Fails with [`ErrorKind::Trimmed`] when the
+    /// changes right after `since` are no longer kept.
+    pub fn read_changes(&self, prefix: &str, since: u64, limit: u32) -> Result<ChangePage> {
+        let page = wit::read_changes(self.id(), prefix, since, limit)?;
+        Ok(ChangePage {
+            changes: page
+                .changes
+                .into_iter()
+                .map(|change| LabelChange {
+                    seq: change.seq,
+                    label: change.label,
+                    old: change.old.map(ContentRef::from),
+                    new: change.new.map(ContentRef::from),
+                    time: change.time,
+                    actor: change.actor,
+                })
+                .collect(),
+            next: page.next,
+            last_seq: page.last_seq,
+        })
+    }
+
+    /// Blocks until the store's change log holds a change after `since`
+    /// (at once if it already does), without spinning; then read it with
+    /// [`ContentStore::read_changes`]. Returns early when the actor's time
+    /// is up.
+    pub fn wait_for_change(&self, since: u64) -> Result<()> {
+        self.watch_changes(since)?.block();
+        Ok(())
+    }
+
+    /// A `wasi:io` pollable that becomes ready once the store's change log
+    /// holds a change after `since`, to wait on together with others
+    /// (`wasi::io::poll::poll`). It counts as an open stream until dropped.
+    pub fn watch_changes(&self, since: u64) -> Result<Pollable> {
+        Ok(wit::watch_changes(self.id(), since)?)
+    }
+}
+
+/// One change to one label, as its store's change log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelChange {
+    /// Its place in the store's log: 1, 2, 3, ... with no gaps.
+    pub seq: u64,
+    /// The label that changed.
+    pub label: String,
+    /// What it pointed at before (`None`: it did not exist).
+    pub old: Option<ContentRef>,
+    /// What it points at after (`None`: it was removed).
+    pub new: Option<ContentRef>,
+    /// When, in milliseconds since the Unix epoch.
+    pub time: u64,
+    /// The actor that made it, when an actor did.
+    pub actor: Option<String>,
+}
+
+/// A page of a store's change log ([`ContentStore::read_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// The changes read that touch the prefix asked for, oldest first.
+    pub changes: Vec<LabelChange>,
+    /// How far the read got: pass it as `since` to read on (equal to
+    /// `since` when nothing new was there).
+    pub next: u64,
+    /// The newest change the store has made.
+    pub last_seq: u64,
 }

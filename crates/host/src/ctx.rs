@@ -346,6 +346,11 @@ impl StoreCtx {
         }
     }
 
+    /// When host calls stop waiting for the store, if they ever do.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// Runs a host call, giving up with a timeout error once the actor's
     /// deadline passes (a change whose caller gave up is not applied).
     /// The actor itself is stopped by the deadline as soon as it runs again.

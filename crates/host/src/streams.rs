@@ -9,11 +9,15 @@ use theater_store::ContentReader;
 use theater_store::{ContentRef, ContentStore, ContentWriter, ErrorKind, Event, StoreError};
 use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynPollable, InputStream, Pollable, StreamError, StreamResult,
+};
 
 use crate::StoreCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
-use crate::bindings::theater::simple::store_streams::{self, Error, LabelSwap};
+use crate::bindings::theater::simple::store_streams::{
+    self, ChangePage, Error, LabelChange, LabelSwap,
+};
 use crate::ctx::StoreCtx;
 use crate::error::HostError;
 use crate::imports::{call, call_at, call_with_refs};
@@ -38,6 +42,7 @@ impl From<HostError> for Error {
             ErrorKind::AccessDenied | ErrorKind::InvalidStoreId => Error::AccessDenied(message),
             ErrorKind::TooLarge => Error::TooLarge(message),
             ErrorKind::QuotaExceeded => Error::QuotaExceeded(message),
+            ErrorKind::Trimmed => Error::Trimmed(message),
             _ => Error::Io(message),
         }
     }
@@ -516,5 +521,106 @@ impl store_streams::Host for StoreCtxView<'_> {
         };
         let listed = listed.await;
         Ok(self.ctx.end(listed).await.map_err(Error::from))
+    }
+
+    async fn read_changes(
+        &mut self,
+        store_id: String,
+        prefix: String,
+        since: u64,
+        limit: u32,
+    ) -> wasmtime::Result<Result<ChangePage, Error>> {
+        self.ctx.begin(|| call("read-changes", &store_id));
+        let read = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let limits = self.ctx.limits();
+            let limit = (limit as usize).min(limits.max_list_entries);
+            let page = self
+                .ctx
+                .within_deadline(store.changes(since, limit))
+                .await?;
+            let next = page.changes.last().map_or(since, |change| change.seq);
+            let changes: Vec<LabelChange> = page
+                .changes
+                .into_iter()
+                .filter(|change| change.label.starts_with(&prefix))
+                .map(|change| LabelChange {
+                    seq: change.seq,
+                    label: change.label,
+                    old: change.old.map(to_wit),
+                    new: change.new.map(to_wit),
+                    time: u64::try_from(change.time).unwrap_or(0),
+                    actor: change.actor,
+                })
+                .collect();
+            let bytes = changes
+                .iter()
+                .map(|change| {
+                    change.label.len() + change.actor.as_ref().map_or(0, String::len) + 160
+                })
+                .sum();
+            self.ctx
+                .admit_listing(&store, changes.len(), bytes, "changes")?;
+            Ok::<_, HostError>(ChangePage {
+                changes,
+                next,
+                last_seq: page.last_seq,
+            })
+        };
+        let read = read.await;
+        Ok(self.ctx.end(read).await.map_err(Error::from))
+    }
+
+    async fn watch_changes(
+        &mut self,
+        store_id: String,
+        since: u64,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, Error>> {
+        self.ctx.begin(|| call("watch-changes", &store_id));
+        let opened = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let slot = self.ctx.open_stream(&store)?;
+            Ok::<_, HostError>(ChangeWaiter {
+                store,
+                since,
+                deadline: self.ctx.deadline(),
+                _slot: slot,
+            })
+        };
+        let opened = opened.await;
+        match self.ctx.end(opened).await {
+            Ok(waiter) => {
+                let waiter = self.table.push(waiter)?;
+                Ok(Ok(wasmtime_wasi::p2::subscribe(self.table, waiter)?))
+            }
+            Err(error) => Ok(Err(error.into())),
+        }
+    }
+}
+
+/// What `watch-changes` hands out (as a pollable): ready once the store's
+/// log holds a change after `since`, or the actor's time is up.
+struct ChangeWaiter {
+    store: ContentStore,
+    since: u64,
+    deadline: Option<std::time::Instant>,
+    /// Held while the pollable lives: it counts as an open stream.
+    _slot: StreamSlot,
+}
+
+#[async_trait::async_trait]
+impl Pollable for ChangeWaiter {
+    async fn ready(&mut self) {
+        // An error (a trimmed log, a failing index) is ready too: the
+        // actor's next read says what it is.
+        let changed = self.store.wait_for_change(self.since);
+        match self.deadline {
+            Some(deadline) => {
+                let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+            }
+            None => {
+                let _ = changed.await;
+            }
+        }
     }
 }

@@ -64,6 +64,7 @@ impl Actor for SeedPatterns {
             "counter" => counter(&params),
             "publish" => publish(&params),
             "error-kinds" => error_kinds(),
+            "follow" => follow(&params),
             other => return Err(format!("unknown pattern {other:?}")),
         }?;
         Ok((Some(result.to_string().into_bytes()),))
@@ -428,6 +429,40 @@ fn publish(params: &Value) -> Outcome {
         ("version/stale", None, Some(&stale)),
     ])?;
     Ok(json!({ "moved": moved, "stale_moved": stale_moved, "doc": doc.hash() }))
+}
+
+/// Beyond the seed: following a store's change log. Waits (blocking on the
+/// host's pollable, not spinning) until `count` changes to labels under
+/// `prefix` have come after `since`, and returns them; `count` 0 only
+/// reads what is there.
+fn follow(params: &Value) -> Outcome {
+    let store = ContentStore::from_id(text(params, "store")?);
+    let prefix = params["prefix"].as_str().unwrap_or("");
+    let want = params["count"].as_u64().unwrap_or(0) as usize;
+    let mut since = params["since"].as_u64().unwrap_or(0);
+    let mut seen = Vec::new();
+    let mut waits = 0;
+    loop {
+        let page = store.read_changes(prefix, since, 100)?;
+        since = page.next;
+        seen.extend(page.changes.into_iter().map(|change| {
+            json!({
+                "seq": change.seq,
+                "label": change.label,
+                "old": change.old.map(|r| r.hash().to_owned()),
+                "new": change.new.map(|r| r.hash().to_owned()),
+                "actor": change.actor,
+            })
+        }));
+        if seen.len() >= want {
+            break;
+        }
+        if since == page.last_seq {
+            store.wait_for_change(since)?;
+            waits += 1;
+        }
+    }
+    Ok(json!({ "changes": seen, "next": since, "waits": waits }))
 }
 
 /// Beyond the seed: the kind of each failure, through both interfaces

@@ -177,42 +177,41 @@ fn migration_v8() -> String {
 
 /// Version 9: a change log per store (`changes`), written by triggers on
 /// `labels`, so that every label write of every path lands in it in its
-/// own transaction. `stores.change_seq` is the newest sequence given,
-/// `changes_trimmed` the newest one trimmed; the count and footprint are
-/// the log's totals for quotas. Reserved stores (`_…`) keep no log. The
-/// writer names the actor in the entries afterwards ([`name_actor`]).
+/// own transaction. Logging a change writes its row and nothing else: the
+/// row carries the store's running total of log footprint (`total`), so
+/// the next sequence and the log's totals are read from the newest row
+/// (an index seek) rather than kept in the store's row, which would be one
+/// more page written per change. `stores.changes_trimmed` and
+/// `trimmed_total` are where the last trim left the log. Reserved stores
+/// (`_…`) keep no log. The writer names the actor in the entries
+/// afterwards ([`name_actor`]).
 fn migration_v9() -> String {
-    let footprint = |name: &str| {
-        format!(
-            "length(CAST({name} AS BLOB)) + {}",
-            crate::stats::CHANGE_OVERHEAD_BYTES
-        )
-    };
-    let (new, old) = (footprint("NEW.name"), footprint("OLD.name"));
     let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
-    let log = |when: &str, store: &str, name: &str, cost: &str, old: &str, new: &str| {
+    let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
+    let log = |when: &str, row: &str, old: &str, new: &str| {
+        let extra = if when.starts_with("UPDATE") {
+            " AND OLD.hash IS NOT NEW.hash"
+        } else {
+            ""
+        };
         format!(
-            "AFTER {when} ON labels WHEN substr({store}, 1, 1) <> '_'{extra} BEGIN
-    UPDATE stores SET change_seq = change_seq + 1, change_count = change_count + 1,
-        change_footprint = change_footprint + {cost}
-    WHERE id = {store};
-    INSERT INTO changes (store, seq, label, old, new, at, actor)
-    VALUES ({store}, (SELECT change_seq FROM stores WHERE id = {store}), {name}, {old}, {new},
-        {now}, NULL);
-END;",
-            extra = if when.starts_with("UPDATE") {
-                " AND OLD.hash IS NOT NEW.hash"
-            } else {
-                ""
-            }
+            "AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{extra} BEGIN
+    INSERT INTO changes (store, seq, label, old, new, at, total)
+    SELECT {row}.store, last.seq + 1, {row}.name, {old}, {new}, {now},
+        last.total + length(CAST({row}.name AS BLOB)) + {overhead}
+    FROM (SELECT seq, total FROM (
+              SELECT seq, total FROM changes WHERE store = {row}.store
+              ORDER BY seq DESC LIMIT 1)
+          UNION ALL
+          SELECT changes_trimmed, trimmed_total FROM stores WHERE id = {row}.store
+          LIMIT 1) AS last;
+END;"
         )
     };
     format!(
         "
-ALTER TABLE stores ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stores ADD COLUMN changes_trimmed INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE stores ADD COLUMN change_count INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE stores ADD COLUMN change_footprint INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stores ADD COLUMN trimmed_total INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE changes (
     store TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -221,42 +220,42 @@ CREATE TABLE changes (
     new BLOB,
     at INTEGER NOT NULL,
     actor TEXT,
+    total INTEGER NOT NULL,
     PRIMARY KEY (store, seq)
 ) WITHOUT ROWID;
 CREATE TRIGGER label_set_logged {set}
 CREATE TRIGGER label_moved_logged {moved}
 CREATE TRIGGER label_removed_logged {removed}
-CREATE TRIGGER change_trimmed AFTER DELETE ON changes BEGIN
-    UPDATE stores SET change_count = change_count - 1,
-        change_footprint = change_footprint - (length(CAST(OLD.label AS BLOB)) + {overhead}),
-        changes_trimmed = max(changes_trimmed, OLD.seq)
-    WHERE id = OLD.store;
-END;
 CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
     DELETE FROM changes WHERE store = OLD.id;
 END;
 ",
-        set = log("INSERT", "NEW.store", "NEW.name", &new, "NULL", "NEW.hash"),
-        moved = log(
-            "UPDATE OF hash",
-            "NEW.store",
-            "NEW.name",
-            &new,
-            "OLD.hash",
-            "NEW.hash"
-        ),
-        removed = log("DELETE", "OLD.store", "OLD.name", &old, "OLD.hash", "NULL"),
-        overhead = crate::stats::CHANGE_OVERHEAD_BYTES,
+        set = log("INSERT", "NEW", "NULL", "NEW.hash"),
+        moved = log("UPDATE OF hash", "NEW", "OLD.hash", "NEW.hash"),
+        removed = log("DELETE", "OLD", "OLD.hash", "NULL"),
     )
+}
+
+/// Where a store's change log ends: the newest sequence and running total,
+/// or where the last trim left them when it holds nothing.
+fn log_end(connection: &Connection, store: &StoreId) -> rusqlite::Result<(i64, i64)> {
+    connection
+        .prepare_cached(
+            "SELECT seq, total FROM (
+                 SELECT seq, total FROM changes WHERE store = ?1 ORDER BY seq DESC LIMIT 1)
+             UNION ALL
+             SELECT changes_trimmed, trimmed_total FROM stores WHERE id = ?1
+             LIMIT 1",
+        )?
+        .query_row([store.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map(Option::unwrap_or_default)
 }
 
 /// The newest sequence given in a store's change log (0: none).
 pub(crate) fn change_seq(connection: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
-    let seq: Option<i64> = connection
-        .prepare_cached("SELECT change_seq FROM stores WHERE id = ?1")?
-        .query_row([store.as_str()], |row| row.get(0))
-        .optional()?;
-    Ok(seq.map_or(0, |seq| u64::try_from(seq).unwrap_or(0)))
+    let (seq, _) = log_end(connection, store)?;
+    Ok(u64::try_from(seq).unwrap_or(0))
 }
 
 /// Names `actor` in the store's change log entries after `since`: those
@@ -1094,9 +1093,13 @@ pub(crate) fn store_stats(
 ) -> rusqlite::Result<StoreStats> {
     connection
         .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
-                 change_footprint
-             FROM stores WHERE id = ?1",
+            "SELECT object_count, total_bytes, label_count, label_footprint,
+                 coalesce(l.seq, s.changes_trimmed) - s.changes_trimmed,
+                 coalesce(l.total, s.trimmed_total) - s.trimmed_total
+             FROM stores s
+             LEFT JOIN (SELECT seq, total FROM changes WHERE store = ?1
+                        ORDER BY seq DESC LIMIT 1) l
+             WHERE s.id = ?1",
         )?
         .query_row([store.as_str()], stats_columns)
         .optional()
@@ -1105,9 +1108,13 @@ pub(crate) fn store_stats(
 
 pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
     let mut statement = connection.prepare_cached(
-        "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
-             change_footprint, id
-         FROM stores ORDER BY id",
+        "SELECT object_count, total_bytes, label_count, label_footprint,
+             coalesce((SELECT seq FROM changes WHERE store = s.id ORDER BY seq DESC LIMIT 1),
+                      changes_trimmed) - changes_trimmed,
+             coalesce((SELECT total FROM changes WHERE store = s.id ORDER BY seq DESC LIMIT 1),
+                      trimmed_total) - trimmed_total,
+             id
+         FROM stores s ORDER BY id",
     )?;
     let rows = statement.query_map([], |row| Ok((row.get(6)?, stats_columns(row)?)))?;
     rows.collect()
@@ -1137,13 +1144,12 @@ pub(crate) fn changes(
     limit: usize,
 ) -> rusqlite::Result<ChangeLog> {
     let transaction = connection.unchecked_transaction()?;
-    let (last, trimmed_through) = transaction
-        .prepare_cached("SELECT change_seq, changes_trimmed FROM stores WHERE id = ?1")?
-        .query_row([store.as_str()], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-        })
+    let (last, _) = log_end(&transaction, store)?;
+    let trimmed_through: i64 = transaction
+        .prepare_cached("SELECT changes_trimmed FROM stores WHERE id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
         .optional()?
-        .unwrap_or_default();
+        .unwrap_or(0);
     let mut statement = transaction.prepare_cached(
         "SELECT seq, label, old, new, at, actor FROM changes
          WHERE store = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
@@ -1184,11 +1190,7 @@ pub(crate) fn trim_changes(
     before: i64,
     keep_last: u64,
 ) -> rusqlite::Result<usize> {
-    let last: i64 = connection
-        .prepare_cached("SELECT change_seq FROM stores WHERE id = ?1")?
-        .query_row([store.as_str()], |row| row.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let (last, _) = log_end(connection, store)?;
     let by_count = last.saturating_sub(i64::try_from(keep_last).unwrap_or(i64::MAX));
     let first_recent: Option<i64> = connection
         .prepare_cached(
@@ -1198,12 +1200,25 @@ pub(crate) fn trim_changes(
         .optional()?;
     let by_time = first_recent.map_or(last, |seq| seq - 1);
     let through = by_count.min(by_time);
-    if through <= 0 {
+    // The newest entry to go: where the log will start from.
+    let Some((seq, total)) = connection
+        .prepare_cached(
+            "SELECT seq, total FROM changes WHERE store = ?1 AND seq <= ?2
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![store.as_str(), through], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()?
+    else {
         return Ok(0);
-    }
+    };
+    connection
+        .prepare_cached("UPDATE stores SET changes_trimmed = ?2, trimmed_total = ?3 WHERE id = ?1")?
+        .execute(params![store.as_str(), seq, total])?;
     connection
         .prepare_cached("DELETE FROM changes WHERE store = ?1 AND seq <= ?2")?
-        .execute(params![store.as_str(), through])
+        .execute(params![store.as_str(), seq])
 }
 
 /// A pool of read connections, so concurrent readers do not queue on one.
