@@ -2434,3 +2434,45 @@ fn changes_and_watch_print_the_change_log_one_line_each() {
     watcher.kill().unwrap();
     watcher.wait().unwrap();
 }
+
+#[test]
+fn a_watch_killed_and_resumed_from_its_last_line_misses_nothing_and_repeats_nothing() {
+    let env = Env::new();
+    for i in 0..5 {
+        env.put("jobs", &format!("job {i}"), Some(&format!("job/{i}")));
+    }
+    let watch = |since: u64| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+            .arg("--root")
+            .arg(env.root())
+            .args(["--json", "watch", "jobs", "--since", &since.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let read = |child: &mut std::process::Child, count: usize| -> Vec<Value> {
+        let stdout = child.stdout.as_mut().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        (0..count)
+            .map(|_| serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap())
+            .collect()
+    };
+    let mut first = watch(0);
+    let mut seen = read(&mut first, 3);
+    // SIGKILL: no chance to say where it stopped; the last line is that.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for i in 5..8 {
+        env.put("jobs", &format!("job {i}"), Some(&format!("job/{i}")));
+    }
+    let last = seen.last().unwrap()["seq"].as_u64().unwrap();
+    let mut second = watch(last);
+    seen.extend(read(&mut second, 5));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let labels: Vec<&str> = seen.iter().map(|c| c["label"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("job/{i}")).collect();
+    assert_eq!(labels, expected);
+    let seqs: Vec<u64> = seen.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+}

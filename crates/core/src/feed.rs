@@ -82,7 +82,9 @@ impl ContentStore {
     /// labels after sequence `since`, oldest first; pass 0 for the first
     /// page and the last change's `seq` for the next. Fails with
     /// [`StoreError::ChangesTrimmed`] when changes right after `since` were
-    /// trimmed by garbage collection (see [`crate::Options::change_retention`]).
+    /// trimmed by garbage collection (see [`crate::Options::change_retention`]),
+    /// or when `since` is past the store's newest change (the store was
+    /// removed and made again since, and its log started over).
     pub async fn changes(&self, since: u64, limit: usize) -> Result<ChangePage> {
         let engine = self.root().engine().await?;
         read_page(&*engine, self, since, limit.min(MAX_CHANGES_PAGE)).await
@@ -91,7 +93,8 @@ impl ContentStore {
     /// The store's newest change sequence (0: none yet): a watch started
     /// from it sees only what happens next.
     pub async fn last_change(&self) -> Result<u64> {
-        Ok(self.changes(u64::MAX, 0).await?.last_seq)
+        let engine = self.root().engine().await?;
+        Ok(engine.changes(self.store_id(), 0, 0).await?.last)
     }
 
     /// Follows the changes to labels starting with `prefix` after sequence
@@ -145,7 +148,10 @@ async fn read_page(
     limit: usize,
 ) -> Result<ChangePage> {
     let log = engine.changes(store.store_id(), since, limit).await?;
-    if since < log.trimmed_through {
+    // Before what is kept, or past the end (the store was removed and
+    // made again, and its log started over): either way the log cannot
+    // say what came after `since`.
+    if since < log.trimmed_through || since > log.last {
         return Err(StoreError::ChangesTrimmed {
             store: store.id().to_owned(),
             since,

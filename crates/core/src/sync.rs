@@ -345,8 +345,9 @@ impl StoreRoot {
                 Ok(read) => logs = Some(read),
                 Err(StoreError::ChangesTrimmed { store, .. }) => {
                     report.first_sync = Some(format!(
-                        "the change log of store {store} was trimmed past the last sync, \
-                         so the two sides were compared as in a first sync"
+                        "the change log of store {store} no longer holds what came after \
+                         the last sync (trimmed, or the store was made anew), so the two \
+                         sides were compared as in a first sync"
                     ));
                     agreed.labels.clear();
                 }

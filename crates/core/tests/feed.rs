@@ -344,17 +344,86 @@ async fn a_watch_replays_then_follows_in_order_and_resumes_without_repeats() {
 #[ignore = "run as a child process by a_watch_sees_writes_of_another_process"]
 async fn feed_writer_child() {
     let root = std::env::var("FEED_ROOT").expect("started by the parent test");
+    let name = std::env::var("FEED_CHILD").unwrap_or_else(|_| "child".into());
+    let count: usize = std::env::var("FEED_COUNT").map_or(20, |n| n.parse().unwrap());
     let store = StoreRoot::at(&root, Options::default())
         .unwrap()
         .store("across")
         .unwrap()
-        .by_actor("child");
-    for i in 0..20 {
+        .by_actor(&name);
+    for i in 0..count {
         store
-            .store_at_label(&format!("from-child/{i:02}"), format!("{i}").into_bytes())
+            .store_at_label(
+                &format!("from-{name}/{i:02}"),
+                format!("{name} {i}").into_bytes(),
+            )
             .await
             .unwrap();
     }
+}
+
+fn spawn_writer(
+    root: &StoreRoot,
+    dir: &std::path::Path,
+    name: &str,
+    count: usize,
+) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "feed_writer_child", "--ignored", "--quiet"])
+        .env("FEED_ROOT", common::root_string_for(root, dir, name))
+        .env("FEED_CHILD", name)
+        .env("FEED_COUNT", count.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_in_several_processes_are_watched_in_order_each_change_once() {
+    if common::memory_engine() {
+        return; // Other processes cannot open a memory root.
+    }
+    let (dir, root) = common::temp_root();
+    let store = root.store("across").unwrap();
+    store.store_at_label("before", b"b".to_vec()).await.unwrap();
+    let mut watch = store.watch("", 1);
+    let children: Vec<_> = ["one", "two", "three"]
+        .iter()
+        .map(|name| spawn_writer(&root, dir.path(), name, 40))
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 120 {
+        let change = tokio::time::timeout(Duration::from_secs(60), watch.next())
+            .await
+            .expect("every change within 60 s")
+            .unwrap()
+            .unwrap();
+        seen.push(change);
+    }
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    // Sequences follow one another with no gap and no repeat.
+    let seqs: Vec<u64> = seen.iter().map(|change| change.seq).collect();
+    assert_eq!(seqs, (2..122).collect::<Vec<_>>());
+    // Each writer's changes, in its own order, each named by its writer.
+    for name in ["one", "two", "three"] {
+        let labels: Vec<&str> = seen
+            .iter()
+            .filter(|change| change.actor.as_deref() == Some(name))
+            .map(|change| change.label.as_str())
+            .collect();
+        let expected: Vec<String> = (0..40).map(|i| format!("from-{name}/{i:02}")).collect();
+        assert_eq!(labels, expected);
+    }
+    // Nothing more comes.
+    let more = tokio::time::timeout(Duration::from_millis(200), watch.next()).await;
+    assert!(more.is_err(), "an extra change: {more:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

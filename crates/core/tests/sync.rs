@@ -588,3 +588,25 @@ async fn following_syncs_both_ways_converge_while_both_sides_are_written() {
     forward.abort();
     backward.abort();
 }
+
+#[tokio::test]
+async fn a_store_removed_and_made_again_is_compared_whole_not_skipped() {
+    let (_dir, a, b) = two_roots();
+    let source = a.store("docs").unwrap();
+    for i in 0..5 {
+        source
+            .store_at_label(&format!("old/{i}"), format!("old {i}"))
+            .await
+            .unwrap();
+    }
+    sync(&a, &b, &SyncOptions::default()).await;
+    a.remove_store("docs", false).await.unwrap();
+    // Made again: its log starts over, behind where the last sync read.
+    source.store_at_label("new", "fresh").await.unwrap();
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(report.first_sync.is_some(), "{report:?}");
+    let target = b.store("docs").unwrap();
+    assert_eq!(value(&target, "new").await.as_deref(), Some("fresh"));
+    // As in a first sync, nothing is deleted at the destination.
+    assert_eq!(value(&target, "old/0").await.as_deref(), Some("old 0"));
+}
