@@ -249,5 +249,66 @@ fn sync(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, put, get, sync);
+/// How soon a watcher on another host (another engine on the same
+/// database and bucket, with its own cache) hears of a label write: the
+/// PostgreSQL trigger's NOTIFY, LISTENed for by one connection per host.
+/// p50 and p99 are printed beside criterion's figures.
+fn notify(c: &mut Criterion) {
+    let setup = Setup::new();
+    let writer_root = setup.shared_root("notify-writer", 0);
+    let described = writer_root.describe().unwrap();
+    let (base, _) = described.split_once("&cache=").unwrap();
+    let other_host = format!(
+        "{base}&cache={}",
+        setup.dir.path().join("notify-watcher").display()
+    );
+    let watcher_root = StoreRoot::at(&other_host, Options::default()).unwrap();
+    let (writer, watched) = (
+        writer_root.store("bench").unwrap(),
+        watcher_root.store("bench").unwrap(),
+    );
+    let counter = AtomicU64::new(0);
+    let (one, two) = setup.runtime.block_on(async {
+        (
+            writer.store(distinct(&counter, KIB)).await.unwrap(),
+            writer.store(distinct(&counter, KIB)).await.unwrap(),
+        )
+    });
+    let mut group = c.benchmark_group("shared_notify");
+    let mut latencies = Vec::new();
+    let mut flip = false;
+    group.bench_function("another_host", |b| {
+        b.iter_custom(|iters| {
+            setup.runtime.block_on(async {
+                let since = watched.last_change().await.unwrap();
+                let mut watch = watched.watch("", since);
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flip = !flip;
+                    let target = if flip { &one } else { &two };
+                    let started = Instant::now();
+                    writer.label("notified", target).await.unwrap();
+                    watch.next().await.unwrap().unwrap();
+                    let took = started.elapsed();
+                    latencies.push(took);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+    latencies.sort();
+    if !latencies.is_empty() {
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "shared_notify/another_host: p50 {:?}, p99 {:?} over {} changes",
+            at(0.5),
+            at(0.99),
+            latencies.len()
+        );
+    }
+}
+
+criterion_group!(benches, put, get, sync, notify);
 criterion_main!(benches);
