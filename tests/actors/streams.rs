@@ -39,7 +39,18 @@ fn small_memory() -> Limits {
 }
 
 async fn run(h: &Harness, options: RunOptions, param: Value) -> Result<Value, String> {
-    let actor = h.load(LARGE_FILES);
+    run_actor(h, LARGE_FILES, options, param).await
+}
+
+/// Runs one of the example actors: its new state as JSON, or the error it
+/// returned; any other failure fails the test.
+async fn run_actor(
+    h: &Harness,
+    wasm: &'static [u8],
+    options: RunOptions,
+    param: Value,
+) -> Result<Value, String> {
+    let actor = h.load(wasm);
     let run = h.run_raw(&actor, options, &param).await;
     match run.outcome {
         Ok(state) => Ok(serde_json::from_slice(&state.unwrap()).unwrap()),
@@ -217,14 +228,8 @@ async fn eight_actors_append_to_one_log_without_losing_an_entry() {
 /// The seed-patterns actor's `follow` pattern: it blocks on the host's
 /// pollable until `count` changes under `prefix` follow `since`.
 async fn follow(h: &Harness, options: RunOptions, since: u64, count: u64) -> Result<Value, String> {
-    let actor = h.load(theater_store_examples::SEED_PATTERNS);
     let param = json!({"pattern": "follow", "store": "feed", "prefix": "jobs/", "since": since, "count": count});
-    let run = h.run_raw(&actor, options, &param).await;
-    match run.outcome {
-        Ok(state) => Ok(serde_json::from_slice(&state.unwrap()).unwrap()),
-        Err(ActorFailure::Returned(message)) => Err(message),
-        Err(other) => panic!("{param}: {other}\nstderr: {}", run.stderr),
-    }
+    run_actor(h, theater_store_examples::SEED_PATTERNS, options, param).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

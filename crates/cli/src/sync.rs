@@ -14,6 +14,18 @@ fn root_at(location: &str) -> anyhow::Result<StoreRoot> {
     Ok(StoreRoot::at(location, Options::default())?)
 }
 
+/// The two roots of a sync and how to name them (as they describe
+/// themselves: never with a password); two names for one root are refused.
+fn open_both(from: &str, to: &str) -> anyhow::Result<(StoreRoot, StoreRoot, String, String)> {
+    let (source, destination) = (root_at(from)?, root_at(to)?);
+    let name = |root: &StoreRoot| printable(&root.describe().unwrap_or_default()).to_string();
+    let (from, to) = (name(&source), name(&destination));
+    if source.same_root_as(&destination) {
+        bail!("{from} and {to} are the same root");
+    }
+    Ok((source, destination, from, to))
+}
+
 /// Runs the sync of `stores` (every store in `from` when empty) and
 /// reports each; exit 1 when any label is in conflict.
 pub async fn sync(
@@ -23,13 +35,7 @@ pub async fn sync(
     options: SyncOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (source, destination) = (root_at(from)?, root_at(to)?);
-    // Named as the roots describe themselves: never with a password.
-    let name = |root: &StoreRoot| printable(&root.describe().unwrap_or_default()).to_string();
-    let (from, to) = (name(&source), name(&destination));
-    if source.same_root_as(&destination) {
-        bail!("{from} and {to} are the same root");
-    }
+    let (source, destination, from, to) = open_both(from, to)?;
     let stores = if stores.is_empty() {
         let listed = source
             .stores()
@@ -77,12 +83,7 @@ pub async fn follow(
     let [store] = &stores[..] else {
         bail!("sync --follow follows one store: name exactly one");
     };
-    let (source, destination) = (root_at(from)?, root_at(to)?);
-    let name = |root: &StoreRoot| printable(&root.describe().unwrap_or_default()).to_string();
-    let (from, to) = (name(&source), name(&destination));
-    if source.same_root_as(&destination) {
-        bail!("{from} and {to} are the same root");
-    }
+    let (source, destination, from, to) = open_both(from, to)?;
     let mut printed = Ok(());
     source
         .follow_store_to(&destination, store, &options, |report| {
