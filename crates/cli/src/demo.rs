@@ -218,7 +218,7 @@ pub async fn demo(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         println!(
-            "Inspect with: theater-store stores, theater-store labels STORE, theater-store cat STORE --label LABEL"
+            "Inspect with: theater-store stores, theater-store labels STORE, theater-store cat STORE --label LABEL, theater-store changes STORE"
         );
     }
     Ok(ExitCode::SUCCESS)
