@@ -89,3 +89,46 @@ pub async fn watch(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `theater-store history`: a label's past values, newest first, one line
+/// each (seq, time, ref or `-` where it was removed, actor), or with
+/// `--json` one object per line: `{"seq", "ref", "old", "time", "actor"}`.
+pub async fn history(
+    root: &StoreRoot,
+    store: &str,
+    label: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    for change in store.history(label, limit).await? {
+        let text = if json {
+            serde_json::json!({
+                "seq": change.seq,
+                "ref": change.new,
+                "old": change.old,
+                "time": change.time,
+                "actor": change.actor,
+            })
+            .to_string()
+        } else {
+            let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".into());
+            format!(
+                "{}\t{}\t{}\t{}",
+                change.seq,
+                humantime::format_rfc3339_millis(change.system_time()),
+                or_dash(change.new.as_ref().map(ToString::to_string)),
+                or_dash(
+                    change
+                        .actor
+                        .as_deref()
+                        .map(|actor| printable(actor).into_owned())
+                ),
+            )
+        };
+        if !emit(&text)? {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -76,6 +76,16 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: usize,
     },
+    /// A label's past values from the change log, newest first: seq, time, ref (`-` where it was removed), actor.
+    History {
+        /// The store id.
+        store: String,
+        /// The label.
+        label: String,
+        /// At most this many versions.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
     /// Print a store's label changes as they happen, one line each (as `changes` prints them), until stopped.
     Watch {
         /// The store id.
@@ -458,6 +468,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prefix,
             since,
         } => feed::watch(&root, &store, &prefix, since, json).await,
+        Command::History {
+            store,
+            label,
+            limit,
+        } => feed::history(&root, &store, &label, limit, json).await,
         Command::Labels {
             store,
             unlabelled: true,

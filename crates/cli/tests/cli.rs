@@ -2244,6 +2244,7 @@ fn every_command_prints_json_in_one_vocabulary() {
         &["export", "docs", "-o", package.to_str().unwrap()],
         &["rm-store", "docs", "--dry-run"],
         &["changes", "docs", "--limit", "1"],
+        &["history", "docs", "a", "--limit", "1"],
     ] {
         outputs.push((args[0], env.json(args)));
     }

@@ -97,6 +97,38 @@ impl ContentStore {
         Ok(engine.changes(self.store_id(), 0, 0).await?.last)
     }
 
+    /// The past values of `label`, newest first: each change the store's
+    /// log still holds for it (as far back as [`crate::Options::change_retention`]
+    /// keeps), at most `limit`. A change whose `new` is `None` removed it.
+    /// Reads the log backwards a page at a time, so it costs up to the
+    /// whole kept log for a label that rarely changes.
+    pub async fn history(&self, label: &str, limit: usize) -> Result<Vec<LabelChange>> {
+        crate::names::validate_label(label)?;
+        let engine = self.root().engine().await?;
+        let bounds = engine.changes(self.store_id(), 0, 0).await?;
+        let mut found = Vec::new();
+        let mut end = bounds.last;
+        while end > bounds.trimmed_through && found.len() < limit {
+            let start = end
+                .saturating_sub(HISTORY_PAGE as u64)
+                .max(bounds.trimmed_through);
+            let log = engine
+                .changes(self.store_id(), start, (end - start) as usize)
+                .await?;
+            let mut page: Vec<LabelChange> = log
+                .entries
+                .into_iter()
+                .filter(|row| row.label == label && row.seq <= end)
+                .map(LabelChange::from_row)
+                .collect();
+            page.reverse();
+            found.extend(page);
+            end = start;
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// Follows the changes to labels starting with `prefix` after sequence
     /// `since`: first those already made, then each new one soon after its
     /// commit (by this process, another process, or another host of a
@@ -192,6 +224,9 @@ impl Stream for Watch {
         self.inner.as_mut().poll_next(cx)
     }
 }
+
+/// How many entries a history read takes from the log at once.
+const HISTORY_PAGE: usize = 4_096;
 
 /// How many entries a watcher reads at once.
 const WATCH_PAGE: usize = 1_000;

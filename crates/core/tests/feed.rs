@@ -465,3 +465,58 @@ async fn a_watch_sees_writes_of_another_process() {
     let expected: Vec<String> = (0..20).map(|i| format!("from-child/{i:02}")).collect();
     assert_eq!(labels, expected);
 }
+
+#[tokio::test]
+async fn a_labels_history_lists_its_past_values_newest_first() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("versions").unwrap().by_actor("editor");
+    let mut refs = Vec::new();
+    for version in 0..5 {
+        refs.push(
+            store
+                .store_at_label("doc", format!("version {version}").into_bytes())
+                .await
+                .unwrap(),
+        );
+        store
+            .store_at_label("other", format!("noise {version}").into_bytes())
+            .await
+            .unwrap();
+    }
+    store.remove_label("doc").await.unwrap();
+    let history = store.history("doc", 100).await.unwrap();
+    let values: Vec<Option<ContentRef>> = history.iter().map(|c| c.new.clone()).collect();
+    let mut expected: Vec<Option<ContentRef>> = refs.iter().cloned().map(Some).collect();
+    expected.push(None);
+    expected.reverse();
+    assert_eq!(values, expected);
+    assert!(history.windows(2).all(|pair| pair[0].seq > pair[1].seq));
+    assert!(history.iter().all(|c| c.actor.as_deref() == Some("editor")));
+    // Limited, and empty for a label never set.
+    assert_eq!(store.history("doc", 2).await.unwrap(), history[..2]);
+    assert!(store.history("never", 10).await.unwrap().is_empty());
+    assert!(store.history("", 10).await.is_err());
+}
+
+#[tokio::test]
+async fn history_reaches_back_across_many_other_changes() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("busy").unwrap();
+    let first = store
+        .store_at_label("doc", b"first".to_vec())
+        .await
+        .unwrap();
+    let noise = store.store(b"noise".to_vec()).await.unwrap();
+    let batch: Vec<(String, Option<ContentRef>)> = (0..9_000)
+        .map(|i| (format!("noise/{i:05}"), Some(noise.clone())))
+        .collect();
+    store.set_labels(&batch).await.unwrap();
+    let second = store
+        .store_at_label("doc", b"second".to_vec())
+        .await
+        .unwrap();
+    let history = store.history("doc", 10).await.unwrap();
+    let values: Vec<(u64, Option<ContentRef>)> =
+        history.into_iter().map(|c| (c.seq, c.new)).collect();
+    assert_eq!(values, [(9_002, Some(second)), (1, Some(first))]);
+}
