@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use theater_store::{LabelChange, StoreRoot};
 
-use crate::stores::{existing, printable};
+use crate::stores::{existing, print_json, printable};
 
 /// One change as a line: JSON, or tab-separated text (`-` for nothing).
 fn line(change: &LabelChange, json: bool) -> anyhow::Result<String> {
@@ -130,5 +130,73 @@ pub async fn history(
             break;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `labels STORE --at SEQ`: the labels as they were right after change SEQ.
+pub async fn labels_at(
+    root: &StoreRoot,
+    store: &str,
+    prefix: &str,
+    at: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let labels = store.labels_at(prefix, at).await?;
+    if json {
+        print_json(&labels)?;
+    } else {
+        for entry in labels {
+            if !emit(&format!(
+                "{}\t{}",
+                printable(&entry.label),
+                entry.content_ref
+            ))? {
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revert STORE --to SEQ`: puts labels back, printing each move.
+pub async fn revert(
+    root: &StoreRoot,
+    store: &str,
+    prefix: &str,
+    to: u64,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = existing(root, store).await?;
+    let moved = store.revert_to(prefix, to, dry_run).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "store": store.id(),
+            "dry_run": dry_run,
+            "to": to,
+            "moved": moved,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |value: &Option<theater_store::ContentRef>| {
+        value
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
+    };
+    for change in &moved {
+        println!(
+            "{}\t{}\t{}",
+            printable(&change.label),
+            show(&change.from),
+            show(&change.to)
+        );
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    eprintln!(
+        "{}: {verb} {} labels back to how they were after change {to}",
+        store.id(),
+        moved.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

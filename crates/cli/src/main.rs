@@ -116,6 +116,23 @@ enum Command {
         /// With --unlabelled: the grace period gc would use (e.g. 0s, 10m, 1h).
         #[arg(long, default_value = "1h", value_parser = parse::duration, requires = "unlabelled")]
         grace: Duration,
+        /// The labels as they were right after change SEQ of the store's change log (see `changes`).
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["unlabelled", "limit", "after"])]
+        at: Option<u64>,
+    },
+    /// Put labels back as they were right after change SEQ of the store's change log, in one transaction, as new changes (themselves revertible); prints what moved.
+    Revert {
+        /// The store id.
+        store: String,
+        /// The change to go back to (see `changes` and `history`).
+        #[arg(long, value_name = "SEQ")]
+        to: u64,
+        /// Only labels starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Say what would move without moving it.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write content to stdout, verified against its hash.
     Cat {
@@ -482,10 +499,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Labels {
             store,
             prefix,
+            at: Some(at),
+            ..
+        } => feed::labels_at(&root, &store, &prefix, at, json).await,
+        Command::Labels {
+            store,
+            prefix,
             limit,
             after,
             ..
         } => stores::labels(&root, &store, &prefix, limit, after.as_deref(), json).await,
+        Command::Revert {
+            store,
+            to,
+            prefix,
+            dry_run,
+        } => feed::revert(&root, &store, &prefix, to, dry_run, json).await,
         Command::Cat {
             store,
             reference,

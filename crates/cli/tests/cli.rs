@@ -2189,7 +2189,9 @@ fn check_vocabulary(command: &str, value: &Value) {
             for (name, field) in fields {
                 let is_ref = |v: &Value| v.as_str().is_some_and(|s| s.len() == 64);
                 match name.as_str() {
-                    "ref" | "head" | "old" | "new" if !field.is_null() => {
+                    // `revert`'s top-level "to" is a sequence number.
+                    "to" if field.is_number() => {}
+                    "ref" | "head" | "old" | "new" | "from" | "to" if !field.is_null() => {
                         assert!(is_ref(field), "{command}: {name} is {field}");
                     }
                     "refs" | "missing" | "unindexed" | "vanished" => {
@@ -2245,6 +2247,8 @@ fn every_command_prints_json_in_one_vocabulary() {
         &["rm-store", "docs", "--dry-run"],
         &["changes", "docs", "--limit", "1"],
         &["history", "docs", "a", "--limit", "1"],
+        &["labels", "docs", "--at", "1"],
+        &["revert", "docs", "--to", "1", "--dry-run"],
     ] {
         outputs.push((args[0], env.json(args)));
     }

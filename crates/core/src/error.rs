@@ -59,6 +59,15 @@ pub enum StoreError {
         /// The oldest sequence the log still holds (or will hold next).
         oldest: u64,
     },
+    /// Other writers kept changing the labels an operation had to move
+    /// together, try after try.
+    #[error("store {store}: {action} gave up: other writers kept changing the same labels")]
+    Contended {
+        /// The store.
+        store: String,
+        /// What gave up.
+        action: &'static str,
+    },
     /// The bytes on disk no longer hash to their ref.
     #[error(
         "store {store}: content {reference} is corrupted on disk (its bytes hash to {actual}); \
@@ -327,6 +336,7 @@ impl StoreError {
         match self {
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::ChangesTrimmed { .. } => ErrorKind::Trimmed,
+            Self::Contended { .. } => ErrorKind::Contended,
             Self::Corrupted { .. } | Self::Missing { .. } => ErrorKind::Corrupted,
             Self::InvalidLabel { .. } => ErrorKind::InvalidLabel,
             Self::InvalidRef { .. } | Self::InvalidRange { .. } => ErrorKind::InvalidRef,

@@ -8,7 +8,7 @@
 //! what is new, then waits on the engine's commit signal, which moves
 //! within milliseconds of any commit by any process or host.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +19,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use crate::engine::{ChangeRow, Engine};
 use crate::error::{Result, StoreError};
 use crate::names::ContentRef;
-use crate::store::ContentStore;
+use crate::store::{ContentStore, LabelEntry};
 
 /// The most entries one page of the change log holds; larger limits are
 /// cut to it.
@@ -129,6 +129,111 @@ impl ContentStore {
         Ok(found)
     }
 
+    /// The labels starting with `prefix` as they were right after change
+    /// `seq` (0: before the store's first change), in byte order. Each
+    /// label's value then is what its first change after `seq` replaced,
+    /// or, if it has not changed since, its value now. Fails with
+    /// [`StoreError::ChangesTrimmed`] for a point older than what the log
+    /// keeps; a point past the newest change is now. The content named
+    /// may since have been collected by gc.
+    pub async fn labels_at(&self, prefix: &str, seq: u64) -> Result<Vec<LabelEntry>> {
+        Ok(self
+            .values_at(prefix, seq)
+            .await?
+            .into_iter()
+            .filter_map(|(label, (_, then))| {
+                then.map(|content_ref| LabelEntry { label, content_ref })
+            })
+            .collect())
+    }
+
+    /// Puts the labels starting with `prefix` back as they were right
+    /// after change `seq` ([`ContentStore::labels_at`]): every label that
+    /// differs moves, in one transaction, only if none of them changed
+    /// meanwhile (tried again a few times if one did). The moves are new
+    /// changes in the log, so a revert is itself watchable, syncable and
+    /// revertible. Returns the moves (made, or for `dry_run` to be made).
+    /// Fails with [`StoreError::NotFound`], moving nothing, when content a
+    /// label named then is no longer held.
+    pub async fn revert_to(&self, prefix: &str, seq: u64, dry_run: bool) -> Result<Vec<Revert>> {
+        for _ in 0..REVERT_TRIES {
+            let moves: Vec<Revert> = self
+                .values_at(prefix, seq)
+                .await?
+                .into_iter()
+                .filter(|(_, (now, then))| now != then)
+                .map(|(label, (now, then))| Revert {
+                    label,
+                    from: now,
+                    to: then,
+                })
+                .collect();
+            if dry_run || moves.is_empty() {
+                return Ok(moves);
+            }
+            let swaps: Vec<(String, Option<ContentRef>, Option<ContentRef>)> = moves
+                .iter()
+                .map(|m| (m.label.clone(), m.from.clone(), m.to.clone()))
+                .collect();
+            if self.compare_and_swap_labels(&swaps).await? {
+                return Ok(moves);
+            }
+        }
+        Err(StoreError::Contended {
+            store: self.id().to_owned(),
+            action: "reverting labels",
+        })
+    }
+
+    /// For each label under `prefix` that exists now or did right after
+    /// `seq`: its value now and its value then.
+    async fn values_at(&self, prefix: &str, seq: u64) -> Result<BTreeMap<String, LabelThen>> {
+        let engine = self.root().engine().await?;
+        let bounds = engine.changes(self.store_id(), 0, 0).await?;
+        if seq < bounds.trimmed_through {
+            return Err(StoreError::ChangesTrimmed {
+                store: self.id().to_owned(),
+                since: seq,
+                oldest: bounds.trimmed_through + 1,
+            });
+        }
+        // The labels now, then every change after `seq`, read after them:
+        // a change the listing missed is in the log.
+        let mut values: BTreeMap<String, LabelThen> = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .list_labels_page(prefix, after.as_deref(), HISTORY_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.label.clone());
+            for entry in page {
+                values.insert(
+                    entry.label,
+                    (Some(entry.content_ref.clone()), Some(entry.content_ref)),
+                );
+            }
+        }
+        let mut since = seq;
+        let mut undone = std::collections::HashSet::new();
+        loop {
+            let page = read_page(&*engine, self, since, HISTORY_PAGE).await?;
+            let Some(newest) = page.changes.last().map(|change| change.seq) else {
+                break;
+            };
+            since = newest;
+            for change in page.changes {
+                if !change.label.starts_with(prefix) || !undone.insert(change.label.clone()) {
+                    continue;
+                }
+                // The first change after `seq` replaced the value then.
+                let entry = values.entry(change.label).or_insert((None, None));
+                entry.1 = change.old;
+            }
+        }
+        Ok(values)
+    }
+
     /// Follows the changes to labels starting with `prefix` after sequence
     /// `since`: first those already made, then each new one soon after its
     /// commit (by this process, another process, or another host of a
@@ -223,6 +328,24 @@ impl Stream for Watch {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
+}
+
+/// A label's value now and right after the point asked for.
+type LabelThen = (Option<ContentRef>, Option<ContentRef>);
+
+/// How many times a revert reads and tries again when labels it moves
+/// change under it.
+const REVERT_TRIES: usize = 5;
+
+/// One label a revert moves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Revert {
+    /// The label.
+    pub label: String,
+    /// What it points at before the revert (`None`: absent).
+    pub from: Option<ContentRef>,
+    /// What it points at after (`None`: removed).
+    pub to: Option<ContentRef>,
 }
 
 /// How many entries a history read takes from the log at once.

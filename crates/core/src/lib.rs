@@ -49,7 +49,7 @@ pub use chain::{
 };
 pub use durability::Durability;
 pub use error::{BoxError, ErrorKind, Result, StoreError};
-pub use feed::{ChangePage, LabelChange, MAX_CHANGES_PAGE, Watch};
+pub use feed::{ChangePage, LabelChange, MAX_CHANGES_PAGE, Revert, Watch};
 pub use maintenance::{
     GcOptions, GcReport, Quarantined, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
     TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,

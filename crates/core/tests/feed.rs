@@ -520,3 +520,110 @@ async fn history_reaches_back_across_many_other_changes() {
         history.into_iter().map(|c| (c.seq, c.new)).collect();
     assert_eq!(values, [(9_002, Some(second)), (1, Some(first))]);
 }
+
+#[tokio::test]
+async fn labels_read_as_of_a_point_and_a_revert_puts_them_back_as_new_changes() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("config").unwrap();
+    let one = store.store_at_label("app/a", b"a1".to_vec()).await.unwrap();
+    let b = store.store_at_label("app/b", b"b1".to_vec()).await.unwrap();
+    store.store_at_label("other", b"o1".to_vec()).await.unwrap();
+    let good = store.last_change().await.unwrap();
+    // A bad deploy: a changed, b removed, c added; outside the prefix too.
+    let two = store.store_at_label("app/a", b"a2".to_vec()).await.unwrap();
+    store.remove_label("app/b").await.unwrap();
+    store.store_at_label("app/c", b"c1".to_vec()).await.unwrap();
+    store.store_at_label("other", b"o2".to_vec()).await.unwrap();
+
+    let then = store.labels_at("app/", good).await.unwrap();
+    let then: Vec<(String, ContentRef)> =
+        then.into_iter().map(|e| (e.label, e.content_ref)).collect();
+    assert_eq!(
+        then,
+        [
+            ("app/a".to_owned(), one.clone()),
+            ("app/b".to_owned(), b.clone())
+        ]
+    );
+    assert!(store.labels_at("app/", 0).await.unwrap().is_empty());
+
+    // A dry run says what would move and moves nothing.
+    let planned = store.revert_to("app/", good, true).await.unwrap();
+    assert_eq!(planned.len(), 3);
+    assert_eq!(
+        store.get_by_label("app/a").await.unwrap(),
+        Some(two.clone())
+    );
+    let before_revert = store.last_change().await.unwrap();
+    let moved = store
+        .by_actor("operator")
+        .revert_to("app/", good, false)
+        .await
+        .unwrap();
+    assert_eq!(moved, planned);
+    assert_eq!(
+        store.get_by_label("app/a").await.unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(store.get_by_label("app/b").await.unwrap(), Some(b.clone()));
+    assert_eq!(store.get_by_label("app/c").await.unwrap(), None);
+    // Outside the prefix, nothing moved.
+    assert_eq!(
+        store
+            .get_content_by_label("other")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"o2"[..])
+    );
+    // The revert is in the log, named, and can itself be reverted.
+    let logged = store.changes(before_revert, 10).await.unwrap().changes;
+    assert_eq!(logged.len(), 3);
+    assert!(
+        logged
+            .iter()
+            .all(|c| c.actor.as_deref() == Some("operator"))
+    );
+    store.revert_to("app/", before_revert, false).await.unwrap();
+    assert_eq!(store.get_by_label("app/a").await.unwrap(), Some(two));
+    assert!(
+        store
+            .revert_to("app/", before_revert, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_point_older_than_the_log_keeps_is_refused_naming_the_oldest_kept() {
+    let options = Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 2,
+        ..Options::default()
+    };
+    let (_dir, root) = common::temp_root_with(options);
+    let store = root.store("old").unwrap();
+    for i in 0..6 {
+        store
+            .store_at_label("x", format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let gc = GcOptions {
+        grace: Duration::from_secs(3600),
+        dry_run: false,
+    };
+    store.collect_garbage(gc, ()).await.unwrap();
+    let error = store.labels_at("", 1).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ChangesTrimmed { oldest: 5, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        store.revert_to("", 2, false).await.unwrap_err().kind(),
+        ErrorKind::Trimmed
+    );
+    assert_eq!(store.labels_at("", 4).await.unwrap().len(), 1);
+}
