@@ -4,29 +4,37 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use theater_store::{LabelChange, StoreRoot};
+use theater_store::{ContentRef, LabelChange, StoreRoot};
 
 use crate::stores::{existing, print_json, printable};
+
+/// A ref as text, `-` for none.
+fn or_dash(content_ref: Option<&ContentRef>) -> String {
+    content_ref.map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+/// A change's time and actor as text columns (`-` for no actor).
+fn when_and_who(change: &LabelChange) -> (String, String) {
+    let actor = change
+        .actor
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), |actor| printable(actor).into_owned());
+    let time = humantime::format_rfc3339_millis(change.system_time()).to_string();
+    (time, actor)
+}
 
 /// One change as a line: JSON, or tab-separated text (`-` for nothing).
 fn line(change: &LabelChange, json: bool) -> anyhow::Result<String> {
     if json {
         return Ok(serde_json::to_string(change)?);
     }
-    let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".into());
+    let (time, actor) = when_and_who(change);
     Ok(format!(
-        "{}\t{}\t{}\t{}\t{}\t{}",
+        "{}\t{time}\t{}\t{}\t{}\t{actor}",
         change.seq,
-        humantime::format_rfc3339_millis(change.system_time()),
         printable(&change.label),
-        or_dash(change.old.as_ref().map(ToString::to_string)),
-        or_dash(change.new.as_ref().map(ToString::to_string)),
-        or_dash(
-            change
-                .actor
-                .as_deref()
-                .map(|actor| printable(actor).into_owned())
-        ),
+        or_dash(change.old.as_ref()),
+        or_dash(change.new.as_ref()),
     ))
 }
 
@@ -112,18 +120,11 @@ pub async fn history(
             })
             .to_string()
         } else {
-            let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".into());
+            let (time, actor) = when_and_who(&change);
             format!(
-                "{}\t{}\t{}\t{}",
+                "{}\t{time}\t{}\t{actor}",
                 change.seq,
-                humantime::format_rfc3339_millis(change.system_time()),
-                or_dash(change.new.as_ref().map(ToString::to_string)),
-                or_dash(
-                    change
-                        .actor
-                        .as_deref()
-                        .map(|actor| printable(actor).into_owned())
-                ),
+                or_dash(change.new.as_ref())
             )
         };
         if !emit(&text)? {
@@ -179,17 +180,12 @@ pub async fn revert(
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let show = |value: &Option<theater_store::ContentRef>| {
-        value
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string)
-    };
     for change in &moved {
         println!(
             "{}\t{}\t{}",
             printable(&change.label),
-            show(&change.from),
-            show(&change.to)
+            or_dash(change.from.as_ref()),
+            or_dash(change.to.as_ref())
         );
     }
     let verb = if dry_run { "would move" } else { "moved" };
