@@ -327,3 +327,55 @@ async fn a_waiting_actor_is_stopped_by_its_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_reads_a_labels_history_and_its_value_at_a_point() {
+    let h = Harness::start();
+    let store = h.root().store("docs").unwrap();
+    let mut refs = Vec::new();
+    for version in 1..=3 {
+        refs.push(
+            store
+                .store_at_label("readme", format!("version {version}").into_bytes())
+                .await
+                .unwrap(),
+        );
+    }
+    store.remove_label("readme").await.unwrap();
+    let options = granted("docs", Access::ReadOnly, Limits::default());
+    let param = json!({"pattern": "history", "store": "docs", "label": "readme", "at": 2});
+    let read = run_actor(&h, theater_store_examples::SEED_PATTERNS, options, param)
+        .await
+        .unwrap();
+    let versions: Vec<(u64, Value)> = read["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["seq"].as_u64().unwrap(), v["ref"].clone()))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (4, Value::Null),
+            (3, json!(refs[2].hash())),
+            (2, json!(refs[1].hash())),
+            (1, json!(refs[0].hash())),
+        ]
+    );
+    assert_eq!(read["at"], json!(refs[1].hash()));
+    assert_eq!(read["content_at"], "version 2");
+    // Not granted: refused like any read.
+    let param = json!({"pattern": "history", "store": "docs", "label": "readme", "at": 2});
+    let refused = run_actor(
+        &h,
+        theater_store_examples::SEED_PATTERNS,
+        RunOptions::default(),
+        param,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("not granted") || refused.contains("access"),
+        "{refused}"
+    );
+}

@@ -147,6 +147,14 @@ impl ContentStore {
             .collect())
     }
 
+    /// What `label` pointed at right after change `seq`, as
+    /// [`ContentStore::labels_at`] reads it.
+    pub async fn label_at(&self, label: &str, seq: u64) -> Result<Option<ContentRef>> {
+        crate::names::validate_label(label)?;
+        let mut values = self.values_at(label, seq).await?;
+        Ok(values.remove(label).and_then(|(_, then)| then))
+    }
+
     /// Puts the labels starting with `prefix` back as they were right
     /// after change `seq` ([`ContentStore::labels_at`]): every label that
     /// differs moves, in one transaction, only if none of them changed
@@ -197,6 +205,8 @@ impl ContentStore {
                 oldest: bounds.trimmed_through + 1,
             });
         }
+        // A point past the newest change is now.
+        let seq = seq.min(bounds.last);
         // The labels now, then every change after `seq`, read after them:
         // a change the listing missed is in the log.
         let mut values: BTreeMap<String, LabelThen> = BTreeMap::new();

@@ -546,6 +546,15 @@ async fn labels_read_as_of_a_point_and_a_revert_puts_them_back_as_new_changes() 
         ]
     );
     assert!(store.labels_at("app/", 0).await.unwrap().is_empty());
+    assert_eq!(
+        store.label_at("app/a", good).await.unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(store.label_at("app/c", good).await.unwrap(), None);
+    assert_eq!(
+        store.label_at("app/a", u64::MAX).await.unwrap(),
+        Some(two.clone())
+    );
 
     // A dry run says what would move and moves nothing.
     let planned = store.revert_to("app/", good, true).await.unwrap();

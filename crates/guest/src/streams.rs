@@ -195,21 +195,25 @@ impl ContentStore {
     pub fn read_changes(&self, prefix: &str, since: u64, limit: u32) -> Result<ChangePage> {
         let page = wit::read_changes(self.id(), prefix, since, limit)?;
         Ok(ChangePage {
-            changes: page
-                .changes
-                .into_iter()
-                .map(|change| LabelChange {
-                    seq: change.seq,
-                    label: change.label,
-                    old: change.old.map(ContentRef::from),
-                    new: change.new.map(ContentRef::from),
-                    time: change.time,
-                    actor: change.actor,
-                })
-                .collect(),
+            changes: page.changes.into_iter().map(LabelChange::from).collect(),
             next: page.next,
             last_seq: page.last_seq,
         })
+    }
+
+    /// The past values of `label`, newest first, at most `limit`, as far
+    /// back as the store's change log keeps them; a change whose `new` is
+    /// `None` removed the label.
+    pub fn label_history(&self, label: &str, limit: u32) -> Result<Vec<LabelChange>> {
+        let history = wit::label_history(self.id(), label, limit)?;
+        Ok(history.into_iter().map(LabelChange::from).collect())
+    }
+
+    /// What `label` pointed at right after change `seq` of the store's
+    /// log (`None`: it did not exist then). Fails with
+    /// [`ErrorKind::Trimmed`] for a point older than the log keeps.
+    pub fn get_label_at(&self, label: &str, seq: u64) -> Result<Option<ContentRef>> {
+        Ok(wit::get_label_at(self.id(), label, seq)?.map(ContentRef::from))
     }
 
     /// Blocks until the store's change log holds a change after `since`
@@ -244,6 +248,19 @@ pub struct LabelChange {
     pub time: u64,
     /// The actor that made it, when an actor did.
     pub actor: Option<String>,
+}
+
+impl From<wit::LabelChange> for LabelChange {
+    fn from(change: wit::LabelChange) -> Self {
+        Self {
+            seq: change.seq,
+            label: change.label,
+            old: change.old.map(ContentRef::from),
+            new: change.new.map(ContentRef::from),
+            time: change.time,
+            actor: change.actor,
+        }
+    }
 }
 
 /// A page of a store's change log ([`ContentStore::read_changes`]).

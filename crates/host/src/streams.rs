@@ -544,21 +544,9 @@ impl store_streams::Host for StoreCtxView<'_> {
                 .changes
                 .into_iter()
                 .filter(|change| change.label.starts_with(&prefix))
-                .map(|change| LabelChange {
-                    seq: change.seq,
-                    label: change.label,
-                    old: change.old.map(to_wit),
-                    new: change.new.map(to_wit),
-                    time: u64::try_from(change.time).unwrap_or(0),
-                    actor: change.actor,
-                })
+                .map(wit_change)
                 .collect();
-            let bytes = changes
-                .iter()
-                .map(|change| {
-                    change.label.len() + change.actor.as_ref().map_or(0, String::len) + 160
-                })
-                .sum();
+            let bytes = changes.iter().map(change_bytes).sum();
             self.ctx
                 .admit_listing(&store, changes.len(), bytes, "changes")?;
             Ok::<_, HostError>(ChangePage {
@@ -566,6 +554,51 @@ impl store_streams::Host for StoreCtxView<'_> {
                 next,
                 last_seq: page.last_seq,
             })
+        };
+        let read = read.await;
+        Ok(self.ctx.end(read).await.map_err(Error::from))
+    }
+
+    async fn label_history(
+        &mut self,
+        store_id: String,
+        label: String,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<LabelChange>, Error>> {
+        self.ctx
+            .begin(|| call_at("label-history", &store_id, &label));
+        let read = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let limit = (limit as usize).min(self.ctx.limits().max_list_entries);
+            let history = self
+                .ctx
+                .within_deadline(store.history(&label, limit))
+                .await?;
+            let changes: Vec<LabelChange> = history.into_iter().map(wit_change).collect();
+            let bytes = changes.iter().map(change_bytes).sum();
+            self.ctx
+                .admit_listing(&store, changes.len(), bytes, "versions")?;
+            Ok::<_, HostError>(changes)
+        };
+        let read = read.await;
+        Ok(self.ctx.end(read).await.map_err(Error::from))
+    }
+
+    async fn get_label_at(
+        &mut self,
+        store_id: String,
+        label: String,
+        seq: u64,
+    ) -> wasmtime::Result<Result<Option<WitRef>, Error>> {
+        self.ctx
+            .begin(|| call_at("get-label-at", &store_id, &label));
+        let read = async {
+            let store = self.ctx.open(&store_id, Access::ReadOnly)?;
+            let then = self
+                .ctx
+                .within_deadline(store.label_at(&label, seq))
+                .await?;
+            Ok::<_, HostError>(then.map(to_wit))
         };
         let read = read.await;
         Ok(self.ctx.end(read).await.map_err(Error::from))
@@ -596,6 +629,24 @@ impl store_streams::Host for StoreCtxView<'_> {
             Err(error) => Ok(Err(error.into())),
         }
     }
+}
+
+/// A change log entry as the interface carries it.
+fn wit_change(change: theater_store::LabelChange) -> LabelChange {
+    LabelChange {
+        seq: change.seq,
+        label: change.label,
+        old: change.old.map(to_wit),
+        new: change.new.map(to_wit),
+        time: u64::try_from(change.time).unwrap_or(0),
+        actor: change.actor,
+    }
+}
+
+/// What a listing limit counts for one change: its label and actor, two
+/// refs and the numbers.
+fn change_bytes(change: &LabelChange) -> usize {
+    change.label.len() + change.actor.as_ref().map_or(0, String::len) + 160
 }
 
 /// What `watch-changes` hands out (as a pollable): ready once the store's

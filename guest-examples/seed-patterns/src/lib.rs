@@ -65,6 +65,7 @@ impl Actor for SeedPatterns {
             "publish" => publish(&params),
             "error-kinds" => error_kinds(),
             "follow" => follow(&params),
+            "history" => history(&params),
             other => return Err(format!("unknown pattern {other:?}")),
         }?;
         Ok((Some(result.to_string().into_bytes()),))
@@ -463,6 +464,27 @@ fn follow(params: &Value) -> Outcome {
         }
     }
     Ok(json!({ "changes": seen, "next": since, "waits": waits }))
+}
+
+/// Beyond the seed: a label's past values and its value at a point of the
+/// store's change log, read back through `store-streams`.
+fn history(params: &Value) -> Outcome {
+    let store = ContentStore::from_id(text(params, "store")?);
+    let label = text(params, "label")?;
+    let seq = params["at"].as_u64().unwrap_or(0);
+    let versions: Vec<Value> = store
+        .label_history(&label, 100)?
+        .into_iter()
+        .map(|change| json!({ "seq": change.seq, "ref": change.new.map(|r| r.hash().to_owned()) }))
+        .collect();
+    let then = store.get_label_at(&label, seq)?;
+    let then_content = match &then {
+        Some(content_ref) => Some(String::from_utf8_lossy(&store.get(content_ref)?).into_owned()),
+        None => None,
+    };
+    Ok(
+        json!({ "versions": versions, "at": then.map(|r| r.hash().to_owned()), "content_at": then_content }),
+    )
 }
 
 /// Beyond the seed: the kind of each failure, through both interfaces
