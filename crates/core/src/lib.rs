@@ -59,7 +59,8 @@ pub use options::Options;
 pub use package::{ImportConflict, ImportOptions, PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{
-    CHANGE_OVERHEAD_BYTES, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats, label_footprint,
+    CHANGE_OVERHEAD_BYTES, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats,
+    change_footprint, label_footprint,
 };
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
 pub use stream::{ContentReader, ContentWriter};

@@ -35,6 +35,12 @@ pub fn label_footprint(length: usize) -> u64 {
     }
 }
 
+/// Space a change log entry for a label of `length` bytes takes, as
+/// quotas count it: the label plus [`CHANGE_OVERHEAD_BYTES`].
+pub fn change_footprint(length: usize) -> u64 {
+    length as u64 + CHANGE_OVERHEAD_BYTES
+}
+
 /// Totals for one store, read in O(1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreStats {
@@ -49,8 +55,8 @@ pub struct StoreStats {
     pub label_footprint: u64,
     /// Entries kept in the store's change log.
     pub changes: u64,
-    /// Space the change log takes: each entry's label plus
-    /// [`CHANGE_OVERHEAD_BYTES`].
+    /// Space the change log takes, summed over its entries as
+    /// [`change_footprint`] estimates each.
     pub change_footprint: u64,
 }
 

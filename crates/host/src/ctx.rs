@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use theater_store::{
     AtMost, ContentRef, ContentStore, Event, EventChain, MAX_EVENT_BYTES, OBJECT_OVERHEAD_BYTES,
-    Outcome, Record, StoreRoot, label_footprint,
+    Outcome, Record, StoreRoot, change_footprint, label_footprint,
 };
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
@@ -438,8 +438,8 @@ impl StoreCtx {
         Err(refusal)
     }
 
-    /// The index space setting `label` adds: nothing for a label the store
-    /// has already.
+    /// The index space setting `label` adds: its change log entry, and
+    /// the label itself unless the store has it already.
     pub(crate) async fn label_cost(
         &self,
         store: &ContentStore,
@@ -449,11 +449,12 @@ impl StoreCtx {
             return Ok(0);
         };
         let held = self.within_deadline(store.get_by_label(label)).await?;
-        Ok(if held.is_none() {
+        let new_label = if held.is_none() {
             label_footprint(label.len())
         } else {
             0
-        })
+        };
+        Ok(new_label + change_footprint(label.len()))
     }
 
     /// Refuses a batch of more keys or labels than a listing may return.

@@ -22,7 +22,7 @@ use super::{
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
-use crate::stats::{StoreStats, label_footprint};
+use crate::stats::{StoreStats, change_footprint, label_footprint};
 use crate::task::Progress;
 
 /// How a memory root string starts.
@@ -284,7 +284,7 @@ impl Txn<'_> {
         if moved && super::logs_changes(store) {
             held.change_seq += 1;
             held.stats.changes += 1;
-            held.stats.change_footprint += super::change_footprint(label.len());
+            held.stats.change_footprint += change_footprint(label.len());
             held.log.push_back(ChangeRow {
                 seq: held.change_seq,
                 label: label.to_owned(),
@@ -312,7 +312,7 @@ impl Txn<'_> {
         {
             let entry = held.log.pop_front().expect("an entry");
             held.stats.changes -= 1;
-            held.stats.change_footprint -= super::change_footprint(entry.label.len());
+            held.stats.change_footprint -= change_footprint(entry.label.len());
             held.changes_trimmed = entry.seq;
             trimmed.push(entry);
         }
@@ -392,15 +392,14 @@ impl Txn<'_> {
                     {
                         held.change_seq -= 1;
                         held.stats.changes -= 1;
-                        held.stats.change_footprint -= super::change_footprint(entry.label.len());
+                        held.stats.change_footprint -= change_footprint(entry.label.len());
                     }
                 }
                 Undo::Trimmed(id, entries, was) => {
                     if let Some(held) = self.state.stores.get_mut(&id) {
                         for entry in entries.into_iter().rev() {
                             held.stats.changes += 1;
-                            held.stats.change_footprint +=
-                                super::change_footprint(entry.label.len());
+                            held.stats.change_footprint += change_footprint(entry.label.len());
                             held.log.push_front(entry);
                         }
                         held.changes_trimmed = was;

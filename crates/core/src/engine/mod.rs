@@ -344,12 +344,6 @@ pub(crate) fn logs_changes(store: &StoreId) -> bool {
     !store.as_str().starts_with('_')
 }
 
-/// Space one change log entry takes, as quotas count it: its label plus
-/// the two refs, the sequence, the time and the row's overhead.
-pub(crate) fn change_footprint(label_bytes: usize) -> u64 {
-    label_bytes as u64 + crate::stats::CHANGE_OVERHEAD_BYTES
-}
-
 /// A label and its target.
 pub(crate) type LabelRow = (String, Digest);
 
