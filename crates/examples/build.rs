@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const ACTORS: [&str; 8] = [
+const ACTORS: [&str; 9] = [
     "seed_patterns",
     "hostile",
     "theater_compat",
@@ -16,6 +16,7 @@ const ACTORS: [&str; 8] = [
     "kv_counter",
     "kv_bench",
     "kv_bench_draft",
+    "kv_watcher",
 ];
 
 fn main() {

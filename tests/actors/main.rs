@@ -12,6 +12,7 @@ mod layers;
 mod metering;
 mod patterns;
 mod streams;
+mod watcher;
 
 use std::sync::{LazyLock, Mutex};
 

@@ -42,7 +42,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run an actor's init (its new state to stdout or --state FILE, its logs to stderr), or a WASI command's main (exit code passed through).
+    /// Run an actor's init (its new state to stdout or --state FILE, its logs to stderr), a WASI command's main (exit code passed through), or a keyvalue watcher on the buckets given with --watch until stopped.
     Run(RunArgs),
     /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
     Demo,
@@ -364,6 +364,17 @@ struct RunArgs {
     /// environment is passed.
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse::env)]
     env: Vec<(String, Option<String>)>,
+    /// For a keyvalue watcher (a component exporting wasi:keyvalue/watcher):
+    /// call it for each change to the keys of BUCKET starting with PREFIX,
+    /// in order, until stopped (Ctrl-C). The bucket needs a grant (`:ro`
+    /// will do). Repeatable. Where it got is kept per actor (--actor), so
+    /// the next run carries on from there.
+    #[arg(long = "watch", value_name = "BUCKET[:PREFIX]", value_parser = parse::watched)]
+    watch: Vec<theater_store_host::WatchedBucket>,
+    /// Start every watched bucket after this change, instead of where
+    /// this actor stopped last (0: from the oldest change kept).
+    #[arg(long, value_name = "SEQ", requires = "watch")]
+    watch_since: Option<u64>,
     /// A WASI command's arguments (after `--`); its argv[0] is the file name.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,

@@ -21,6 +21,17 @@ pub fn grant(text: &str) -> Result<Grant, String> {
     })
 }
 
+/// `BUCKET[:PREFIX]`: a bucket (a store id, which has no `:`) and the
+/// keys in it to watch.
+pub fn watched(text: &str) -> Result<theater_store_host::WatchedBucket, String> {
+    let (bucket, prefix) = text.split_once(':').unwrap_or((text, ""));
+    theater_store::StoreId::parse(bucket).map_err(|e| e.to_string())?;
+    Ok(theater_store_host::WatchedBucket {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+    })
+}
+
 /// Sizes such as `4096`, `64KiB`, `64MiB`, `1GiB` (K, M, G are binary too).
 pub fn size(text: &str) -> Result<usize, String> {
     let text = text.trim();

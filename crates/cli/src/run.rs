@@ -8,7 +8,8 @@ use anyhow::Context;
 use serde_json::json;
 use theater_store::StoreRoot;
 use theater_store_host::{
-    Access, ActorComponent, ActorHost, ChainRecording, CommandOutput, Grants, Limits, RunOptions,
+    Access, ActorComponent, ActorFailure, ActorHost, ChainRecording, CommandOutput, Grants, Limits,
+    RunOptions, StartAt, WatchOptions, WatchProgress,
 };
 
 use crate::RunArgs;
@@ -75,6 +76,9 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         chain,
         env,
     };
+    if actor.is_watcher() || !args.watch.is_empty() {
+        return run_watcher(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+    }
     if actor.is_command() {
         return run_command(&host, &actor, options, &args, chain_id.as_deref(), json).await;
     }
@@ -185,6 +189,112 @@ async fn run_command(
             }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Runs a keyvalue watcher on the `--watch` buckets until Ctrl-C or
+/// SIGTERM (between two calls), or until it fails.
+async fn run_watcher(
+    host: &ActorHost,
+    watcher: &ActorComponent,
+    options: RunOptions,
+    args: &RunArgs,
+    chain_id: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = args.actor.display();
+    if !watcher.is_watcher() {
+        anyhow::bail!(
+            "{name} does not export wasi:keyvalue/watcher, so it cannot --watch (a watcher is \
+             built for world watch-service of wasi:keyvalue@0.2.0-draft2)"
+        );
+    }
+    if args.watch.is_empty() {
+        anyhow::bail!(
+            "{name} is a keyvalue watcher: name the buckets it watches with --watch BUCKET[:PREFIX]"
+        );
+    }
+    if args.state.is_some() || !args.param.is_empty() || !args.args.is_empty() {
+        anyhow::bail!("{name} is a keyvalue watcher: it takes no --param, --state or arguments");
+    }
+    let watch = WatchOptions {
+        buckets: args.watch.clone(),
+        start: args.watch_since.map_or(StartAt::Resume, StartAt::After),
+        output: Some(CommandOutput::Inherit),
+    };
+    let report = |progress: WatchProgress<'_>| match progress {
+        WatchProgress::Started { bucket, after } => {
+            let keys = match bucket.prefix.as_str() {
+                "" => String::new(),
+                prefix => format!(" (keys starting {})", printable(prefix)),
+            };
+            eprintln!(
+                "watching bucket {}{keys} after change {after}",
+                bucket.bucket
+            );
+        }
+        WatchProgress::Skipped { bucket, change } => eprintln!(
+            "bucket {}: change {} (key {}) skipped: its value is no longer stored, and a later \
+             change moved the key",
+            bucket.bucket,
+            change.seq,
+            printable(&change.label)
+        ),
+        WatchProgress::Delivered { .. } => {}
+    };
+    let run = host
+        .run_watcher(watcher, options, watch, stop_signal(), report)
+        .await;
+    let started = !matches!(run.outcome, Err(ActorFailure::InvalidOptions(_)));
+    if started {
+        eprintln!("{} changes delivered", run.delivered);
+        if let Some(id) = chain_id {
+            eprintln!(
+                "deliveries and store calls recorded in the event chain of actor {id} \
+                 (`theater-store chain {id}`)"
+            );
+        }
+    }
+    if !run.stderr.is_empty() {
+        eprint!("{}", run.stderr);
+    }
+    match run.outcome {
+        Ok(()) => {
+            if json {
+                print_json(&json!({"ok": true, "delivered": run.delivered, "actor": chain_id}))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            eprintln!("error: watcher {name}: {failure}");
+            if json {
+                print_json(&json!({
+                    "ok": false,
+                    "error": failure.to_string(),
+                    "delivered": run.delivered,
+                }))?;
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM; never, when neither can be listened for.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    if interrupt.await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -2481,3 +2481,138 @@ fn a_watch_killed_and_resumed_from_its_last_line_misses_nothing_and_repeats_noth
     let seqs: Vec<u64> = seen.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_keyvalue_watcher_killed_and_started_again_carries_on_and_misses_no_change() {
+    let env = Env::new();
+    let watcher = actor_file(&env, "kv_watcher.wasm", theater_store_examples::KV_WATCHER);
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"));
+        cmd.arg("--root").arg(env.root()).arg("run").arg(&watcher);
+        cmd.args([
+            "--grant", "src:ro", "--grant", "mirror", "--actor", "mirror-1",
+        ]);
+        cmd.args(["--watch", "src"]).args(extra);
+        cmd.stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let journal = || -> Vec<String> {
+        let out = env
+            .cmd()
+            .args(["labels", "mirror", "--prefix", "journal/"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8(out.stdout).unwrap();
+        listing
+            .lines()
+            .map(|line| {
+                let label = line.split('\t').next().unwrap();
+                let out = env
+                    .cmd()
+                    .args(["cat", "mirror", "--label", label])
+                    .output()
+                    .unwrap();
+                String::from_utf8(out.stdout).unwrap()
+            })
+            .collect()
+    };
+    let wait_for_journal = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // A change delivered twice (the one a kill cut short) counts once.
+        while {
+            let mut lines = journal();
+            lines.dedup();
+            lines.len() < count
+        } {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the journal never reached {count}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    for i in 0..3 {
+        env.put("src", &"x".repeat(i + 1), Some(&format!("before/{i}")));
+    }
+    let mut first = run(&["--watch-since", "0"]);
+    wait_for_journal(3);
+    for i in 0..4 {
+        env.put("src", &"y".repeat(i + 1), Some(&format!("during/{i}")));
+    }
+    wait_for_journal(5);
+    // SIGKILL, perhaps in the middle of a call: that change comes again.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    env.cmd()
+        .args(["unlabel", "src", "before/0"])
+        .assert()
+        .success();
+    env.put("src", "zzz", Some("stopped/0"));
+    let second = run(&[]);
+    wait_for_journal(9);
+    // SIGTERM: stops between two calls, and says what it did.
+    assert_eq!(unsafe { libc::kill(second.id() as i32, libc::SIGTERM) }, 0);
+    let output = second.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("watching bucket src after change"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("changes delivered"), "{stderr}");
+
+    let mut lines = journal();
+    lines.dedup();
+    assert_eq!(
+        lines,
+        [
+            "set before/0 1",
+            "set before/1 2",
+            "set before/2 3",
+            "set during/0 1",
+            "set during/1 2",
+            "set during/2 3",
+            "set during/3 4",
+            "delete before/0",
+            "set stopped/0 3",
+        ]
+    );
+    env.cmd()
+        .args(["cat", "mirror", "--label", "during/3"])
+        .assert()
+        .success()
+        .stdout("yyyy");
+    env.cmd()
+        .args(["cat", "mirror", "--label", "before/0"])
+        .assert()
+        .code(3);
+}
+
+#[test]
+fn run_watch_is_refused_without_a_grant_or_for_a_component_that_is_no_watcher() {
+    let env = Env::new();
+    env.put("src", "one", Some("a"));
+    let watcher = actor_file(&env, "kv_watcher.wasm", theater_store_examples::KV_WATCHER);
+    env.cmd()
+        .arg("run")
+        .arg(&watcher)
+        .args(["--grant", "mirror", "--watch", "src"])
+        .assert()
+        .code(1)
+        .stderr(contains("cannot watch bucket src").and(contains("grant")));
+    env.cmd()
+        .arg("run")
+        .arg(&watcher)
+        .args(["--grant", "src"])
+        .assert()
+        .failure()
+        .stderr(contains("--watch BUCKET"));
+    let counter = actor_file(&env, "kv.wasm", theater_store_examples::KV_COUNTER);
+    env.cmd()
+        .arg("run")
+        .arg(&counter)
+        .args(["--grant", "src", "--watch", "src"])
+        .assert()
+        .failure()
+        .stderr(contains("does not export wasi:keyvalue/watcher"));
+}

@@ -59,6 +59,20 @@ pub enum StoreError {
         /// The oldest sequence the log still holds (or will hold next).
         oldest: u64,
     },
+    /// A change cursor's record does not decode (changed by hand, or
+    /// damaged): the consumer cannot know where to resume.
+    #[error(
+        "store {store}: the change cursor of {consumer} is damaged ({reason}); reset it to \
+         start that consumer again from a chosen point"
+    )]
+    CursorDamaged {
+        /// The store the cursor follows.
+        store: String,
+        /// The consumer whose cursor it is.
+        consumer: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Other writers kept changing the labels an operation had to move
     /// together, try after try.
     #[error("store {store}: {action} gave up: other writers kept changing the same labels")]
@@ -337,7 +351,9 @@ impl StoreError {
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::ChangesTrimmed { .. } => ErrorKind::Trimmed,
             Self::Contended { .. } => ErrorKind::Contended,
-            Self::Corrupted { .. } | Self::Missing { .. } => ErrorKind::Corrupted,
+            Self::Corrupted { .. } | Self::Missing { .. } | Self::CursorDamaged { .. } => {
+                ErrorKind::Corrupted
+            }
             Self::InvalidLabel { .. } => ErrorKind::InvalidLabel,
             Self::InvalidRef { .. } | Self::InvalidRange { .. } => ErrorKind::InvalidRef,
             Self::InvalidStoreId { .. } => ErrorKind::InvalidStoreId,

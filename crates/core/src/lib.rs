@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod chain;
+mod cursor;
 mod durability;
 mod engine;
 mod error;
@@ -47,6 +48,7 @@ pub use chain::{
     MAX_ACTOR_ID_BYTES, MAX_EVENT_BYTES, MAX_RECORDED_NAME_BYTES, Outcome, Record, TrimBefore,
     TrimReport, validate_actor_id,
 };
+pub use cursor::ChangeCursor;
 pub use durability::Durability;
 pub use error::{BoxError, ErrorKind, Result, StoreError};
 pub use feed::{ChangePage, LabelChange, MAX_CHANGES_PAGE, Revert, Watch};

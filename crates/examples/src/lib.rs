@@ -31,3 +31,8 @@ pub const KV_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_bench.w
 /// The same loops built against `wasi:keyvalue@0.2.0-draft`, the draft
 /// wasmtime-wasi-keyvalue serves, so that the benchmarks can run both.
 pub const KV_BENCH_DRAFT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_bench_draft.wasm"));
+
+/// A `wasi:keyvalue` watcher (world `watch-service`) that mirrors each
+/// change into another bucket and journals its calls in order (see
+/// guest-examples/kv-watcher).
+pub const KV_WATCHER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_watcher.wasm"));

@@ -33,3 +33,18 @@ pub mod keyvalue {
         },
     });
 }
+
+/// `wasi:keyvalue@0.2.0-draft2` world `watch-service`: the `watcher`
+/// export this host calls on each change; its imports are those above.
+pub mod watch_service {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "wasi:keyvalue/watch-service",
+        exports: { default: async },
+        with: {
+            "wasi:keyvalue/store": super::keyvalue::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics": super::keyvalue::wasi::keyvalue::atomics,
+            "wasi:keyvalue/batch": super::keyvalue::wasi::keyvalue::batch,
+        },
+    });
+}

@@ -140,7 +140,7 @@ pub fn enforce_limits<T: 'static>(
 }
 
 /// Epoch ticks until `timeout` has passed (one more, so never early).
-fn deadline_ticks(timeout: Duration) -> u64 {
+pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
     let ticks = timeout.as_nanos() / EPOCH_TICK.as_nanos();
     u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
 }
@@ -169,6 +169,11 @@ pub enum ActorFailure {
     /// The component could not be instantiated.
     #[error("the actor could not be instantiated: {0}")]
     Instantiation(String),
+    /// A watcher could not be given its next change (its bucket's log
+    /// was trimmed past its position, a value is over its read limit,
+    /// the store failed), so it was stopped before that change.
+    #[error("the watcher was stopped: {0}")]
+    WatchStopped(String),
     /// The run's options were refused (an invalid actor id).
     #[error("the run could not start: {0}")]
     InvalidOptions(String),
@@ -177,7 +182,7 @@ pub enum ActorFailure {
 impl ActorFailure {
     /// A short, stable name for the failure, as a run's `run-end` event
     /// records it: `returned`, `timed-out`, `out-of-memory`, `trapped`,
-    /// `instantiation` or `invalid-options`.
+    /// `instantiation`, `watch-stopped` or `invalid-options`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Returned(_) => "returned",
@@ -185,6 +190,7 @@ impl ActorFailure {
             Self::OutOfMemory { .. } => "out-of-memory",
             Self::Trapped(_) => "trapped",
             Self::Instantiation(_) => "instantiation",
+            Self::WatchStopped(_) => "watch-stopped",
             Self::InvalidOptions(_) => "invalid-options",
         }
     }

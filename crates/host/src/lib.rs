@@ -41,6 +41,7 @@ mod policy;
 mod resources;
 mod runner;
 mod streams;
+mod watcher;
 
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::WasiView;
@@ -60,6 +61,7 @@ pub use policy::{Access, Grants, Limits};
 pub use runner::{
     ActorComponent, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun, RunOptions,
 };
+pub use watcher::{StartAt, WatchOptions, WatchProgress, WatchedBucket, WatcherRun};
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:
 /// the actor's [`StoreCtx`], and the resource table its writers and

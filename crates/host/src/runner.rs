@@ -11,6 +11,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::StoreActorPre;
+use crate::bindings::watch_service::WatchServicePre;
 use crate::ctx::StoreCtx;
 use crate::enforce::{ActorFailure, ActorLimiter, enforce_limits, start_epoch_clock};
 use crate::policy::{Grants, Limits};
@@ -38,20 +39,22 @@ pub struct ActorHost {
 }
 
 /// A compiled, linked component, ready to be instantiated any number of
-/// times: a Theater actor (exports `theater:simple/actor`) or a plain
-/// WASI command (exports `wasi:cli/run`, as a `fn main()` program built
-/// for `wasm32-wasip2` does).
+/// times: a Theater actor (exports `theater:simple/actor`), a keyvalue
+/// watcher (exports `wasi:keyvalue/watcher`, world `watch-service`) or a
+/// plain WASI command (exports `wasi:cli/run`, as a `fn main()` program
+/// built for `wasm32-wasip2` does).
 #[derive(Clone)]
 pub struct ActorComponent {
-    kind: Kind,
+    pub(crate) kind: Kind,
     /// The component's BLAKE3 hash, recorded when a run starts.
     hash: ContentRef,
     default_actor_id: String,
 }
 
 #[derive(Clone)]
-enum Kind {
+pub(crate) enum Kind {
     Actor(StoreActorPre<ActorState>),
+    Watcher(WatchServicePre<ActorState>),
     Command(CommandPre<ActorState>),
 }
 
@@ -60,6 +63,12 @@ impl ActorComponent {
     /// rather than [`ActorHost::run_init`].
     pub fn is_command(&self) -> bool {
         matches!(self.kind, Kind::Command(_))
+    }
+
+    /// Whether this is a keyvalue watcher, run with
+    /// [`ActorHost::run_watcher`].
+    pub fn is_watcher(&self) -> bool {
+        matches!(self.kind, Kind::Watcher(_))
     }
 
     /// The actor id its store calls are recorded under unless a run names
@@ -202,17 +211,21 @@ impl ActorHost {
 
     fn link(&self, component: Component, hash: &ContentRef) -> wasmtime::Result<ActorComponent> {
         let pre = self.linker.instantiate_pre(&component)?;
-        let kind = match StoreActorPre::new(pre.clone()) {
-            Ok(actor) => Kind::Actor(actor),
-            Err(not_actor) => match CommandPre::new(pre) {
+        let kind = if let Ok(actor) = StoreActorPre::new(pre.clone()) {
+            Kind::Actor(actor)
+        } else if let Ok(watcher) = WatchServicePre::new(pre.clone()) {
+            Kind::Watcher(watcher)
+        } else {
+            match CommandPre::new(pre) {
                 Ok(command) => Kind::Command(command),
-                Err(_) => {
-                    return Err(not_actor.context(
-                        "the component is neither a Theater actor (exporting \
-                         theater:simple/actor) nor a WASI command (exporting wasi:cli/run)",
+                Err(not_command) => {
+                    return Err(not_command.context(
+                        "the component is not a Theater actor (exporting theater:simple/actor), \
+                         a keyvalue watcher (exporting wasi:keyvalue/watcher) or a WASI command \
+                         (exporting wasi:cli/run)",
                     ));
                 }
-            },
+            }
         };
         Ok(ActorComponent {
             kind,
@@ -239,7 +252,9 @@ impl ActorHost {
         let limits = options.limits.clone();
         let Kind::Actor(pre) = &actor.kind else {
             return ActorRun::refused(ActorFailure::InvalidOptions(
-                "the component is a WASI command, which has no init: run it as a command".into(),
+                "the component is not a Theater actor, so it has no init: run it as a command \
+                 or a watcher"
+                    .into(),
             ));
         };
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
@@ -314,7 +329,9 @@ impl ActorHost {
         let limits = options.limits.clone();
         let Kind::Command(pre) = &command.kind else {
             return CommandRun::refused(ActorFailure::InvalidOptions(
-                "the component is a Theater actor, not a WASI command: run its init".into(),
+                "the component is not a WASI command: run a Theater actor's init, or a \
+                 watcher with buckets to watch"
+                    .into(),
             ));
         };
         let stdout = MemoryOutputPipe::new(COMMAND_OUTPUT_CAPACITY);
@@ -374,7 +391,7 @@ impl ActorHost {
 
     /// A wasmtime store for one run: the context under the run's grants,
     /// limits and chain, its deadline, and the memory limiter.
-    fn new_store(
+    pub(crate) fn new_store(
         &self,
         component: &ActorComponent,
         options: RunOptions,
@@ -474,7 +491,7 @@ impl ActorRun {
 /// Records that a run of `component` starts (`how`: `init` or `command`)
 /// in its chain, if it has one. Returns a note for the run's output if
 /// the chain could not take it.
-async fn record_start(
+pub(crate) async fn record_start(
     chain: Option<&EventChain>,
     component: &ActorComponent,
     how: &str,
@@ -492,7 +509,11 @@ async fn record_start(
 /// has one, waiting no longer than the run's timeout (the root's write
 /// lock may be held elsewhere); a failure becomes a note for the run's
 /// output, never silence.
-async fn record(chain: Option<&EventChain>, event: Event, limits: &Limits) -> Vec<String> {
+pub(crate) async fn record(
+    chain: Option<&EventChain>,
+    event: Event,
+    limits: &Limits,
+) -> Vec<String> {
     let Some(chain) = chain else {
         return Vec::new();
     };
@@ -511,7 +532,7 @@ async fn record(chain: Option<&EventChain>, event: Event, limits: &Limits) -> Ve
 
 /// Gives the actor back the stores it created in earlier runs; a failure
 /// becomes a note for the run's output (the run goes on without them).
-async fn restore_created(store: &mut Store<ActorState>) -> Vec<String> {
+pub(crate) async fn restore_created(store: &mut Store<ActorState>) -> Vec<String> {
     match store.data_mut().store.restore_created_stores().await {
         Ok(_) => Vec::new(),
         Err(error) => vec![format!(
@@ -521,7 +542,7 @@ async fn restore_created(store: &mut Store<ActorState>) -> Vec<String> {
 }
 
 /// How a run ended, as its `run-end` event records it.
-fn run_outcome(failure: Option<&ActorFailure>) -> Outcome {
+pub(crate) fn run_outcome(failure: Option<&ActorFailure>) -> Outcome {
     match failure {
         None => Outcome::Ok,
         Some(failure) => Outcome::Error {
@@ -532,18 +553,18 @@ fn run_outcome(failure: Option<&ActorFailure>) -> Outcome {
 }
 
 /// The data of each run's wasmtime `Store`.
-struct ActorState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    store: StoreCtx,
-    memory: ActorLimiter,
+pub(crate) struct ActorState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) store: StoreCtx,
+    pub(crate) memory: ActorLimiter,
 }
 
 impl ActorState {
     /// What `error` from instantiating or calling the actor was, by
     /// `classify` ([`ActorFailure::of_instantiation`] or
     /// [`ActorFailure::of_call`]).
-    fn failure(
+    pub(crate) fn failure(
         &self,
         error: &wasmtime::Error,
         classify: fn(&wasmtime::Error, &StoreCtx, &ActorLimiter) -> ActorFailure,

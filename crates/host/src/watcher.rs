@@ -1,0 +1,391 @@
+//! Keyvalue watchers: a component exporting `wasi:keyvalue/watcher`
+//! (world `watch-service`) is kept instantiated and called with `on-set`
+//! or `on-delete` for each change to the buckets it watches, in the order
+//! of each bucket's change log, under the run's grants and limits.
+//!
+//! How far it got is kept per bucket in a [`ChangeCursor`] named after the
+//! run's actor, advanced after each call returns. A watcher stopped
+//! between calls, or killed, carries on where it was: each change is
+//! delivered once, except one whose call was cut short by a crash, which
+//! is delivered again.
+
+use std::future::Future;
+use std::time::Instant;
+
+use futures_util::stream::{self, StreamExt};
+use theater_store::{AtMost, ChangeCursor, ContentStore, Event, LabelChange, StoreError};
+use wasmtime::Store;
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::bindings::watch_service::WatchService;
+use crate::enforce::{ActorFailure, deadline_ticks};
+use crate::policy::{Access, Limits};
+use crate::resources::Bucket;
+use crate::runner::{
+    ActorComponent, ActorHost, ActorState, CommandOutput, Kind, RunOptions, record, record_start,
+    restore_created, run_outcome,
+};
+
+/// How much of a watcher's stdout and stderr is kept when captured.
+const OUTPUT_CAPACITY: usize = 1 << 20;
+
+/// One bucket a watcher follows: the store, and the keys (labels) in it
+/// that start with `prefix` (empty: all of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedBucket {
+    /// The bucket identifier, which is a store id.
+    pub bucket: String,
+    /// Only keys starting with this.
+    pub prefix: String,
+}
+
+/// Where a watcher starts in each bucket's change log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// Where the run's actor got to last time; for a bucket it never
+    /// watched, with the changes made from now on.
+    #[default]
+    Resume,
+    /// With the changes after sequence number `seq` (0: every change
+    /// the log still holds), whatever was delivered before.
+    After(u64),
+}
+
+/// What a watcher run does, beyond [`RunOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// The buckets to follow.
+    pub buckets: Vec<WatchedBucket>,
+    /// Where to start in each.
+    pub start: StartAt,
+    /// Where its stdout and stderr go.
+    pub output: Option<CommandOutput>,
+}
+
+/// What happens during a watcher run, as it happens, for the embedder to
+/// show or log.
+#[derive(Debug)]
+pub enum WatchProgress<'a> {
+    /// The watcher follows `bucket` from after change `after`.
+    Started {
+        /// The bucket.
+        bucket: &'a WatchedBucket,
+        /// The last change it will not be given.
+        after: u64,
+    },
+    /// A change was handed to the watcher and its call returned.
+    Delivered {
+        /// The bucket.
+        bucket: &'a WatchedBucket,
+        /// The change.
+        change: &'a LabelChange,
+    },
+    /// A change could not be delivered because its value is no longer
+    /// stored (collected after the key moved on); the newer change that
+    /// moved it comes next.
+    Skipped {
+        /// The bucket.
+        bucket: &'a WatchedBucket,
+        /// The change.
+        change: &'a LabelChange,
+    },
+}
+
+/// What a watcher run produced.
+#[derive(Debug)]
+pub struct WatcherRun {
+    /// `Ok` when it was stopped by the embedder; otherwise why it ended.
+    pub outcome: Result<(), ActorFailure>,
+    /// How many changes were delivered (calls that returned).
+    pub delivered: u64,
+    /// Its stdout, when captured.
+    pub stdout: Vec<u8>,
+    /// Its stderr, when captured; then any notes from the host.
+    pub stderr: String,
+}
+
+impl WatcherRun {
+    fn refused(failure: ActorFailure) -> Self {
+        Self {
+            outcome: Err(failure),
+            delivered: 0,
+            stdout: Vec::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
+/// A bucket being followed: what the guest gets a handle on, and where
+/// its position is kept.
+struct Followed {
+    watched: WatchedBucket,
+    store: ContentStore,
+    cursor: ChangeCursor,
+}
+
+impl ActorHost {
+    /// Instantiates a keyvalue watcher once and calls its `on-set` or
+    /// `on-delete` for each change to the keys it watches, one call at a
+    /// time, each bucket's changes in their log order, until `stop`
+    /// resolves (between calls) or the run fails. Each call gets
+    /// [`crate::Limits::timeout`] of its own; memory and quotas are the
+    /// run's, as for any actor. Every bucket must be granted at least
+    /// read-only.
+    ///
+    /// Positions are kept per bucket under the run's actor id (the
+    /// chain's, or the component's when recording is off; see
+    /// [`RunOptions::chain`]): another run as the same actor resumes.
+    /// `progress` hears of each start and delivery.
+    pub async fn run_watcher(
+        &self,
+        watcher: &ActorComponent,
+        options: RunOptions,
+        watch: WatchOptions,
+        stop: impl Future<Output = ()>,
+        mut progress: impl FnMut(WatchProgress<'_>),
+    ) -> WatcherRun {
+        let limits = options.limits.clone();
+        let Kind::Watcher(pre) = &watcher.kind else {
+            return WatcherRun::refused(ActorFailure::InvalidOptions(
+                "the component does not export wasi:keyvalue/watcher (world watch-service)".into(),
+            ));
+        };
+        if watch.buckets.is_empty() {
+            return WatcherRun::refused(ActorFailure::InvalidOptions(
+                "a watcher needs at least one bucket to watch".into(),
+            ));
+        }
+        let consumer = options
+            .chain
+            .actor_id(watcher)
+            .unwrap_or(watcher.default_actor_id())
+            .to_owned();
+        let output = watch.output.unwrap_or(CommandOutput::Capture);
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&options.env);
+        match output {
+            CommandOutput::Inherit => wasi.inherit_stdout().inherit_stderr(),
+            CommandOutput::Capture => wasi.stdout(stdout.clone()).stderr(stderr.clone()),
+        };
+        let mut store = match self.new_store(watcher, options, wasi.build()) {
+            Ok(store) => store,
+            Err(failure) => return WatcherRun::refused(failure),
+        };
+        let followed = match follow(&store, &consumer, &watch.buckets) {
+            Ok(followed) => followed,
+            Err(failure) => return WatcherRun::refused(failure),
+        };
+        let chain = store.data().store.chain().cloned();
+        let mut host_notes = record_start(chain.as_ref(), watcher, "watch", &limits).await;
+        host_notes.extend(restore_created(&mut store).await);
+
+        let mut delivered = 0;
+        let outcome = async {
+            let mut feeds = Vec::with_capacity(followed.len());
+            for (index, bucket) in followed.iter().enumerate() {
+                let after = start_position(bucket, watch.start).await?;
+                progress(WatchProgress::Started {
+                    bucket: &bucket.watched,
+                    after,
+                });
+                let changes = bucket.store.watch(&bucket.watched.prefix, after);
+                feeds.push(changes.map(move |change| (index, change)));
+            }
+            let mut changes = stream::select_all(feeds);
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|error| store.data().failure(&error, ActorFailure::of_instantiation))?;
+            let mut stop = std::pin::pin!(stop);
+            loop {
+                let next = tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    next = changes.next() => next,
+                };
+                let Some((index, change)) = next else {
+                    // Watches end only after an error, which came first.
+                    return Ok(());
+                };
+                let bucket = &followed[index];
+                let change = change.map_err(|error| watch_failed(bucket, &error))?;
+                if !deliver(&mut store, &instance, bucket, &change, &limits).await? {
+                    progress(WatchProgress::Skipped {
+                        bucket: &bucket.watched,
+                        change: &change,
+                    });
+                } else {
+                    delivered += 1;
+                    progress(WatchProgress::Delivered {
+                        bucket: &bucket.watched,
+                        change: &change,
+                    });
+                }
+                bucket
+                    .cursor
+                    .advance(change.seq)
+                    .await
+                    .map_err(|error| watch_failed(bucket, &error))?;
+            }
+        }
+        .await;
+
+        let outcome = match outcome {
+            Err(_) if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            outcome => outcome,
+        };
+        let end = Event {
+            outcome: run_outcome(outcome.as_ref().err()),
+            ..Event::new("run-end")
+        };
+        host_notes.extend(record(chain.as_ref(), end, &limits).await);
+        let mut stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        for note in host_notes {
+            stderr.push_str(&note);
+            stderr.push('\n');
+        }
+        WatcherRun {
+            outcome,
+            delivered,
+            stdout: stdout.contents().to_vec(),
+            stderr,
+        }
+    }
+}
+
+/// Opens each watched bucket, checking the grants, and its cursor.
+fn follow(
+    store: &Store<ActorState>,
+    consumer: &str,
+    buckets: &[WatchedBucket],
+) -> Result<Vec<Followed>, ActorFailure> {
+    let ctx = &store.data().store;
+    buckets
+        .iter()
+        .map(|watched| {
+            let refused = |error: &dyn std::fmt::Display| {
+                ActorFailure::InvalidOptions(format!(
+                    "cannot watch bucket {}: {error}",
+                    watched.bucket
+                ))
+            };
+            let handle = ctx.store_handle(&watched.bucket).map_err(|e| refused(&e))?;
+            ctx.grant(&handle, Access::ReadOnly)
+                .map_err(|e| refused(&e))?;
+            let cursor = handle
+                .cursor(consumer, &watched.prefix)
+                .map_err(|e| refused(&e))?;
+            Ok(Followed {
+                watched: watched.clone(),
+                store: handle,
+                cursor,
+            })
+        })
+        .collect()
+}
+
+/// The last change not to deliver: the one `start` names, else the
+/// cursor's, else the newest now. Recorded at once, so that a watcher
+/// that stops before its first change still misses none made meanwhile.
+async fn start_position(bucket: &Followed, start: StartAt) -> Result<u64, ActorFailure> {
+    let position = match start {
+        StartAt::After(seq) => seq,
+        StartAt::Resume => match bucket.cursor.position().await {
+            Ok(Some(seq)) => return Ok(seq),
+            Ok(None) => bucket.store.last_change().await,
+            Err(error) => Err(error),
+        }
+        .map_err(|error| watch_failed(bucket, &error))?,
+    };
+    bucket
+        .cursor
+        .advance(position)
+        .await
+        .map_err(|error| watch_failed(bucket, &error))?;
+    Ok(position)
+}
+
+/// Calls the watcher for one change, under a deadline of its own.
+/// Returns `false`, calling nothing, when the value set is no longer
+/// stored.
+async fn deliver(
+    store: &mut Store<ActorState>,
+    instance: &WatchService,
+    bucket: &Followed,
+    change: &LabelChange,
+    limits: &Limits,
+) -> Result<bool, ActorFailure> {
+    let value = match &change.new {
+        None => None,
+        Some(target) => {
+            let read_limit = store.data().store.read_limit();
+            match bucket.store.get_at_most(target, read_limit).await {
+                Ok(AtMost::Content(value)) => Some(value),
+                Ok(AtMost::TooLarge { size }) => {
+                    return Err(ActorFailure::WatchStopped(format!(
+                        "bucket {}: the value of key {:?} at change {} is {size} bytes, more \
+                         than the {read_limit} bytes this watcher may read",
+                        bucket.watched.bucket, change.label, change.seq
+                    )));
+                }
+                Err(StoreError::NotFound { .. }) => return Ok(false),
+                Err(error) => return Err(watch_failed(bucket, &error)),
+            }
+        }
+    };
+    let (call, size) = match &value {
+        Some(value) => ("on-set", Some(value.len() as u64)),
+        None => ("on-delete", None),
+    };
+    let event = Event {
+        store: Some(bucket.watched.bucket.clone()),
+        label: Some(change.label.clone()),
+        refs: change.new.iter().map(|r| r.hash().to_owned()).collect(),
+        size,
+        ..Event::new(format!("wasi:keyvalue/watcher.{call}"))
+    };
+    store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    let ctx = &mut store.data_mut().store;
+    ctx.set_deadline(Instant::now().checked_add(limits.timeout));
+    // The delivery is an input of the actor's: its chain records it
+    // first, charged to the actor's budget as its own calls are.
+    ctx.begin(|| event);
+    ctx.end(Ok(())).await.map_err(|error| {
+        ActorFailure::WatchStopped(format!(
+            "bucket {}: the delivery of change {} could not be recorded: {error}",
+            bucket.watched.bucket, change.seq
+        ))
+    })?;
+    let handle = store
+        .data_mut()
+        .table
+        .push(Bucket {
+            store: bucket.store.clone(),
+        })
+        .map_err(|error| ActorFailure::Trapped(format!("{error:#}")))?;
+    let watcher = instance.wasi_keyvalue_watcher();
+    let called = match &value {
+        Some(value) => {
+            watcher
+                .call_on_set(&mut *store, handle, &change.label, value)
+                .await
+        }
+        None => {
+            watcher
+                .call_on_delete(&mut *store, handle, &change.label)
+                .await
+        }
+    };
+    called.map_err(|trap| store.data().failure(&trap, ActorFailure::of_call))?;
+    Ok(true)
+}
+
+/// A watch that cannot go on because reading the store failed.
+fn watch_failed(bucket: &Followed, error: &StoreError) -> ActorFailure {
+    ActorFailure::WatchStopped(format!(
+        "bucket {} (keys starting {:?}): {error}",
+        bucket.watched.bucket, bucket.watched.prefix
+    ))
+}
