@@ -48,7 +48,7 @@ enum Command {
     Demo,
     /// List every store in the root with its object count, bytes and label count.
     Stores {
-        /// Also the root's own stores: `_chains` (event chains), `_compiled` (the compiled-component cache), `_sync` (what syncs agreed on).
+        /// Also the root's own stores: `_chains` (event chains), `_compiled` (the compiled-component cache), `_sync` (what syncs agreed on), `_owners` (which actor created which store), `_cursors` (how far keyvalue watchers got).
         #[arg(long)]
         all: bool,
     },
