@@ -213,6 +213,15 @@ enum Command {
         /// Keep unlabelled content younger than this (e.g. 30s, 10m, 1h, 2d).
         #[arg(long, default_value = "1h", value_parser = parse::duration)]
         grace: Duration,
+        /// Trim each change log to entries younger than this, and stop
+        /// keeping the content only trimmed entries named (what history and
+        /// reads at a past point need). `0s` with `--history-min 0` frees
+        /// everything no label reaches.
+        #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse::duration)]
+        history: Duration,
+        /// Keep at least this many of each log's newest entries, however old.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        history_min: u64,
     },
     /// Write a package of a store's labels and content (see docs/PACKAGE-FORMAT.md).
     Export {
@@ -381,14 +390,14 @@ struct RunArgs {
 }
 
 /// The root the command works on.
-fn resolve_root(root: Option<String>) -> anyhow::Result<StoreRoot> {
+fn resolve_root(root: Option<String>, options: Options) -> anyhow::Result<StoreRoot> {
     if let Some(root) = root {
-        return Ok(StoreRoot::at(&root, Options::default())?);
+        return Ok(StoreRoot::at(&root, options)?);
     }
     let path = StoreRoot::default_location().context(
         "no store root: pass --root DIR or set THEATER_STORE_ROOT (the platform data directory is unknown)",
     )?;
-    Ok(StoreRoot::new(path))
+    Ok(StoreRoot::with_options(path, options))
 }
 
 fn main() -> ExitCode {
@@ -447,7 +456,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return sync::sync(&from, &to, stores, options, json).await;
     }
-    let root = resolve_root(cli.root)?;
+    let mut options = Options::default();
+    if let Command::Gc {
+        history,
+        history_min,
+        ..
+    } = &cli.command
+    {
+        options.change_retention = *history;
+        options.change_retention_min = *history_min;
+    }
+    let root = resolve_root(cli.root, options)?;
     // Only commands that write may start a root; the others, given a
     // directory that is not there (a typo), say so.
     let creates = matches!(
@@ -553,13 +572,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             (None, None) => unreachable!("clap requires a label or --from"),
         },
         Command::Verify { store, repair } => {
-            let repair = repair.map(|from| resolve_root(Some(from))).transpose()?;
+            let repair = repair
+                .map(|from| resolve_root(Some(from), Options::default()))
+                .transpose()?;
             stores::verify(&root, store.as_deref(), repair.as_ref(), json).await
         }
         Command::Gc {
             store,
             dry_run,
             grace,
+            ..
         } => stores::gc(&root, store.as_deref(), grace, dry_run, json).await,
         Command::Export {
             store,

@@ -706,12 +706,13 @@ pub async fn gc(
         let verb = if dry_run { "would free" } else { "freed" };
         for report in &reports {
             println!(
-                "{}: {verb} {} bytes in {} objects; kept {} labelled and {} within the grace period; \
-                 removed {} temporary and {} unindexed files{}",
+                "{}: {verb} {} bytes in {} objects; kept {} labelled, {} for history and {} within \
+                 the grace period; removed {} temporary and {} unindexed files{}",
                 report.store,
                 report.bytes_freed,
                 report.objects_removed,
                 report.kept_labelled,
+                report.kept_for_history,
                 report.kept_recent,
                 report.temp_files_removed,
                 report.unindexed_files_removed,

@@ -109,6 +109,11 @@ pub struct GcReport {
     /// Objects some label reaches, directly or through refs written inside
     /// reachable content, kept.
     pub kept_labelled: u64,
+    /// Objects no label reaches but the change log still names (a label
+    /// pointed at them before it moved), or that such content names, kept
+    /// until those entries are trimmed, so that history and reads at a
+    /// past point stay readable.
+    pub kept_for_history: u64,
     /// Unindexed object files (crash leftovers) removed.
     pub unindexed_files_removed: u64,
     /// Temporary files older than [`TEMP_FILE_STALE_AFTER`] removed.
@@ -345,6 +350,9 @@ impl ContentStore {
     ) -> Result<Census> {
         let store = self.store_id().clone();
         let cutoff_millis = unix_millis(cutoff);
+        // What the log keeps after this collection's trim (a dry run, or
+        // a listing, counts as if it had trimmed).
+        let (before, keep_last) = self.retention();
         // In the chain store, a head label keeps its whole chain: every
         // segment it reaches counts as labelled. Segments sealed after this
         // walk are younger than the cutoff.
@@ -357,11 +365,16 @@ impl ContentStore {
         } else {
             BTreeSet::new()
         };
-        let (rows, labels, graph, unindexed, stale_temps) = blocking({
+        let (rows, labels, replaced, graph, unindexed, stale_temps) = blocking({
             let engine = Arc::clone(engine);
             let store = store.clone();
             move || {
                 let snapshot = engine.snapshot(&store, "")?;
+                // After the snapshot: a label moved since is then either
+                // held by a label (checked again at removal) or named here;
+                // one moved after this read changes the log's end, which
+                // each removal checks.
+                let replaced = engine.replaced_targets(&store, before, keep_last)?;
                 let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
                 // Links are read after the snapshot: any link added since
                 // comes from an object stored since, which is recent. The
@@ -381,6 +394,7 @@ impl ContentStore {
                 Ok((
                     snapshot.objects,
                     snapshot.labels,
+                    replaced,
                     graph,
                     unindexed,
                     stale_temps,
@@ -398,6 +412,9 @@ impl ContentStore {
                 .map(|(_, target)| *target)
                 .chain(chained.iter().copied()),
         );
+        // What the change log still names, so that every point it can
+        // go back to stays readable.
+        let historic = graph.reachable(replaced.digests);
         let recent = graph.reachable(
             rows.iter()
                 .filter(|row| row.stored_at >= cutoff_millis)
@@ -405,15 +422,19 @@ impl ContentStore {
         );
         let mut census = Census {
             graph: LinkGraph::default(),
+            log_end: replaced.log_end,
             unindexed,
             stale_temps,
             kept_labelled: 0,
+            kept_for_history: 0,
             recent: Vec::new(),
             doomed: Vec::new(),
         };
         for row in rows {
             if labelled.contains(&row.digest) {
                 census.kept_labelled += 1;
+            } else if historic.contains(&row.digest) {
+                census.kept_for_history += 1;
             } else if recent.contains(&row.digest) {
                 census.recent.push(row);
             } else {
@@ -453,8 +474,15 @@ impl ContentStore {
             self.expire_cache_entries(&engine, cutoff_millis).await?;
         }
         let dry_run = options.dry_run;
+        // The log first: content only trimmed entries named goes in this
+        // same collection.
+        if !dry_run {
+            report.changes_trimmed = self.trim_changes(&*engine).await?;
+        }
         let Census {
             kept_labelled,
+            kept_for_history,
+            log_end,
             recent: kept_by_grace,
             doomed,
             graph,
@@ -462,6 +490,7 @@ impl ContentStore {
             stale_temps,
         } = self.census(&engine, cutoff, !dry_run).await?;
         report.kept_labelled = kept_labelled;
+        report.kept_for_history = kept_for_history;
         report.kept_recent = kept_by_grace.len() as u64;
         let doomed = graph.referrers_first(doomed);
         let mut referrers = graph.referrers_of(&doomed);
@@ -491,7 +520,8 @@ impl ContentStore {
             &store,
             &doomed,
             &mut referrers,
-            cutoff_millis,
+            &graph,
+            (cutoff_millis, log_end),
             &*progress,
         )
         .await?;
@@ -523,7 +553,6 @@ impl ContentStore {
             move || Ok(engine.remove_staging(&stale_temps))
         })
         .await?;
-        report.changes_trimmed = self.trim_changes(&*engine).await?;
         // A store left empty is dropped too, once it is older than the
         // grace period, so that stores made and abandoned (by `new`, say)
         // do not pile up. The writer re-checks that it is still empty.
@@ -537,18 +566,30 @@ impl ContentStore {
 }
 
 impl ContentStore {
-    /// Trims the change log past the root's retention; returns how many
-    /// entries went.
-    async fn trim_changes(&self, engine: &dyn Engine) -> Result<u64> {
+    /// What the root's retention keeps of a change log now: entries made
+    /// at or after the first (unix milliseconds), and the newest `keep_last`
+    /// whatever their age. Entries as old as the retention go: with a
+    /// retention of zero, everything made up to now (this millisecond too).
+    fn retention(&self) -> (i64, u64) {
         let options = self.root().options();
         let before = SystemTime::now()
             .checked_sub(options.change_retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        (
+            unix_millis(before).saturating_add(1),
+            options.change_retention_min,
+        )
+    }
+
+    /// Trims the change log past the root's retention; returns how many
+    /// entries went.
+    async fn trim_changes(&self, engine: &dyn Engine) -> Result<u64> {
+        let (before, keep_last) = self.retention();
         let held = engine.store_stats(self.store_id()).await?.changes;
         let change = Change::TrimChanges {
             store: self.store_id().clone(),
-            before: unix_millis(before),
-            keep_last: options.change_retention_min,
+            before,
+            keep_last,
         };
         if !engine.apply(change).await? {
             return Ok(0);
@@ -624,35 +665,91 @@ async fn remove_objects(
     store: &StoreId,
     rows: &[ObjectRow],
     referrers: &mut HashMap<Digest, Vec<Digest>>,
-    cutoff: i64,
+    graph: &LinkGraph,
+    (cutoff, mut log_end): (i64, u64),
     progress: &dyn Progress,
 ) -> Result<(u64, u64)> {
     let (mut removed, mut freed) = (0, 0);
+    // What label changes made during the collection name: kept like the
+    // rest of the log.
+    let mut historic = HashSet::new();
     for chunk in rows.chunks(GC_CHUNK) {
-        let changes = chunk
-            .iter()
-            .map(|row| Change::RemoveObject {
-                store: store.clone(),
-                digest: row.digest,
-                referrers: referrers.remove(&row.digest).unwrap_or_default(),
-                cutoff,
-            })
-            .collect();
-        for (row, gone) in chunk.iter().zip(engine.apply_all(changes).await) {
-            if gone? {
-                removed += 1;
-                freed += row.size;
+        let mut left: Vec<&ObjectRow> = chunk.iter().collect();
+        for _ in 0..REMOVAL_TRIES {
+            let named = logged_since(engine, store, &mut log_end).await?;
+            historic.extend(graph.reachable(named));
+            left.retain(|row| !historic.contains(&row.digest));
+            let changes = left
+                .iter()
+                .map(|row| Change::RemoveObject {
+                    store: store.clone(),
+                    digest: row.digest,
+                    referrers: referrers.get(&row.digest).cloned().unwrap_or_default(),
+                    cutoff,
+                    log_end,
+                })
+                .collect();
+            let mut refused = Vec::new();
+            for (row, gone) in left.iter().zip(engine.apply_all(changes).await) {
+                if gone? {
+                    removed += 1;
+                    freed += row.size;
+                    referrers.remove(&row.digest);
+                } else {
+                    refused.push(*row);
+                }
             }
+            // Refused for another reason than a label moving meanwhile:
+            // they stay (a referrer, a label, a new store of the same bytes).
+            let log_moved = engine.changes(store, log_end, 0).await?.last != log_end;
+            if refused.is_empty() || !log_moved {
+                break;
+            }
+            left = refused;
         }
         progress.advance(chunk.len() as u64);
     }
     Ok((removed, freed))
 }
 
+/// How often a chunk of removals is tried again when labels moved while
+/// it was applied.
+const REMOVAL_TRIES: usize = 3;
+
+/// Every ref the store's change log names (old and new) after `log_end`,
+/// which moves to the log's end.
+async fn logged_since(
+    engine: &dyn Engine,
+    store: &StoreId,
+    log_end: &mut u64,
+) -> Result<Vec<Digest>> {
+    let mut named = Vec::new();
+    loop {
+        let page = engine
+            .changes(store, *log_end, crate::feed::MAX_CHANGES_PAGE)
+            .await?;
+        for entry in &page.entries {
+            named.extend(entry.old);
+            named.extend(entry.new);
+        }
+        match page.entries.last() {
+            Some(entry) if entry.seq < page.last => *log_end = entry.seq,
+            _ => {
+                *log_end = page.last;
+                return Ok(named);
+            }
+        }
+    }
+}
+
 /// What [`ContentStore::census`] found.
 struct Census {
     /// Objects a label (or a chain head) reaches.
     kept_labelled: u64,
+    /// Objects only the change log still names (or what they name).
+    kept_for_history: u64,
+    /// Where the change log ended when the census read it.
+    log_end: u64,
     /// Objects no label reaches that the grace period keeps.
     recent: Vec<ObjectRow>,
     /// Objects no label reaches, older than the grace period.
@@ -747,13 +844,24 @@ impl StoreRoot {
                 let graph = LinkGraph::load(&*engine, &store_id, &held, true)?;
                 let rows = graph.referrers_first(rows);
                 let referrers = graph.referrers_of(&rows);
-                Ok((rows, referrers))
+                Ok((rows, referrers, graph))
             }
         })
         .await?;
-        let (rows, mut referrers) = rows;
-        (report.objects_removed, report.bytes_freed) =
-            remove_objects(&*engine, &store_id, &rows, &mut referrers, forever, &()).await?;
+        let (rows, mut referrers, graph) = rows;
+        // The store goes with its log: only labels set from here on keep
+        // anything.
+        let log_end = engine.changes(&store_id, 0, 0).await?.last;
+        (report.objects_removed, report.bytes_freed) = remove_objects(
+            &*engine,
+            &store_id,
+            &rows,
+            &mut referrers,
+            &graph,
+            (forever, log_end),
+            &(),
+        )
+        .await?;
         blocking({
             let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
             move || engine.finish_removals(&store_id)

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{object_path, temp_root};
+use common::{object_path, temp_root_without_history};
 use theater_store::{ContentRef, GcOptions, Options, StoreError, StoreRoot};
 
 const THRESHOLD: usize = 16 << 10;
@@ -36,7 +36,7 @@ fn content_of(size: usize) -> Vec<u8> {
 #[tokio::test]
 async fn every_operation_behaves_alike_on_both_sides_of_the_threshold() {
     assert_eq!(Options::default().inline_threshold, THRESHOLD);
-    let (_dir, root) = temp_root();
+    let (_dir, root) = temp_root_without_history();
     let store = root.store("sizes").unwrap();
     let sizes = [0, 1, THRESHOLD - 1, THRESHOLD, THRESHOLD + 1, 1 << 20];
     let mut total = 0;
@@ -234,7 +234,7 @@ async fn roots_of_the_previous_release_open_with_all_their_data() {
             ("plain", "config", b"{\"debug\":true}"),
         ],
     );
-    let root = StoreRoot::new(&path);
+    let root = StoreRoot::with_options(&path, no_history());
     let mixed = root.store("Mixed").unwrap();
     assert_eq!(
         mixed.get_content_by_label("small").await.unwrap().unwrap(),
@@ -273,4 +273,13 @@ async fn roots_of_the_previous_release_open_with_all_their_data() {
     // A second opener finds the upgrade done.
     let again = StoreRoot::new(&path).store("Mixed").unwrap();
     assert!(again.get_content_by_label("large").await.unwrap().is_some());
+}
+
+/// Options whose change logs keep nothing past a collection.
+fn no_history() -> theater_store::Options {
+    theater_store::Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 0,
+        ..theater_store::Options::default()
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{damage, lose_bytes, temp_root};
+use common::{damage, lose_bytes, temp_root, temp_root_without_history};
 use theater_store::{ContentStore, GcOptions, StoreError};
 
 fn no_progress() -> Arc<dyn theater_store::Progress> {
@@ -102,7 +102,7 @@ async fn verify_finds_damage(id: &str, repeat: usize) {
 
 #[tokio::test]
 async fn gc_removes_only_unreachable_content_past_the_grace_period() {
-    let (_dir, root) = temp_root();
+    let (_dir, root) = temp_root_without_history();
     let store = root.store("gc").unwrap();
     let kept = store.store_at_label("keep", "labelled").await.unwrap();
     let orphan = store.store("orphan").await.unwrap();
@@ -523,7 +523,7 @@ async fn linked_list(store: &ContentStore, nodes: usize) -> Vec<theater_store::C
 
 #[tokio::test]
 async fn gc_keeps_everything_a_labelled_structure_names_and_takes_it_all_once_unlabelled() {
-    let (_dir, root) = temp_root();
+    let (_dir, root) = temp_root_without_history();
     let store = root.store("linked").unwrap();
     let nodes = linked_list(&store, 3).await;
     // A large node (a file, not a row) named in upper case by a small one.
@@ -559,7 +559,7 @@ async fn gc_keeps_everything_a_labelled_structure_names_and_takes_it_all_once_un
 
 #[tokio::test]
 async fn content_stored_within_the_grace_period_keeps_what_it_names() {
-    let (_dir, root) = temp_root();
+    let (_dir, root) = temp_root_without_history();
     let store = root.store("recent").unwrap();
     let nodes = linked_list(&store, 2).await;
     store.remove_label("list:head").await.unwrap();
@@ -660,7 +660,7 @@ fn gc_removes_exactly_what_no_label_reaches_through_links() {
                 .enable_all()
                 .build()
                 .unwrap();
-            let (_dir, root) = temp_root();
+            let (_dir, root) = temp_root_without_history();
             runtime.block_on(async {
                 let store = root.store("graph").unwrap();
                 let mut refs: Vec<theater_store::ContentRef> = Vec::new();
@@ -844,7 +844,7 @@ async fn a_root_restored_from_a_whole_root_package_holds_the_same_labels_content
 /// of gc agrees with it.
 #[tokio::test]
 async fn unreachable_lists_what_gc_would_take_and_what_the_grace_period_keeps() {
-    let (_dir, root) = temp_root();
+    let (_dir, root) = temp_root_without_history();
     let store = root.store("census").unwrap();
     let leaf = store.store("a leaf").await.unwrap();
     store
@@ -877,4 +877,146 @@ async fn unreachable_lists_what_gc_would_take_and_what_the_grace_period_keeps() 
     assert!(within_grace.iter().all(|entry| entry.kept_by_grace));
     // Listing changed nothing.
     assert!(store.exists(&loose).await.unwrap());
+}
+
+fn zero_grace() -> GcOptions {
+    GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    }
+}
+
+#[tokio::test]
+async fn gc_keeps_what_the_kept_change_log_names_and_takes_it_once_trimmed() {
+    // Every entry kept here (at least the newest 2, none by age).
+    let (_dir, root) = common::temp_root_with(theater_store::Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 2,
+        ..theater_store::Options::default()
+    });
+    let store = root.store("history").unwrap();
+    let leaf = store.store("a leaf v1 names").await.unwrap();
+    let v1 = store
+        .store_at_label("config", format!("v1 names {}", leaf.hash()))
+        .await
+        .unwrap();
+    store.store_at_label("config", "v2").await.unwrap(); // 2
+    let brief = store.store_at_label("temp", "short-lived").await.unwrap(); // 3
+    store.remove_label("temp").await.unwrap(); // 4
+    let orphan = store.store("never labelled").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Entries 3 and 4 are kept: the removed label's content stays, for
+    // reads at point 3. Entry 2 (config's v1) goes with what only it named.
+    let dry = GcOptions {
+        dry_run: true,
+        ..zero_grace()
+    };
+    let predicted = store.collect_garbage(dry, no_progress()).await.unwrap();
+    let report = store
+        .collect_garbage(zero_grace(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.objects_removed,
+            report.kept_for_history,
+            report.kept_labelled
+        ),
+        (3, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(predicted.objects_removed, report.objects_removed);
+    assert_eq!(report.changes_trimmed, 2);
+    for gone in [&v1, &leaf, &orphan] {
+        assert!(!store.exists(gone).await.unwrap());
+    }
+    assert_eq!(
+        store.label_at("temp", 3).await.unwrap(),
+        Some(brief.clone())
+    );
+    assert_eq!(store.get(&brief).await.unwrap(), b"short-lived");
+
+    // Two more changes push entry 4 (the last to name it) out of the kept
+    // two, and config's v2 into history: the short-lived content goes, v2
+    // stays.
+    let v2 = store.get_by_label("config").await.unwrap().unwrap();
+    store.store_at_label("config", "v3").await.unwrap(); // 5
+    store.store_at_label("other", "x").await.unwrap(); // 6
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = store
+        .collect_garbage(zero_grace(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.objects_removed, report.kept_for_history),
+        (1, 1),
+        "{report:?}"
+    );
+    assert!(!store.exists(&brief).await.unwrap());
+    assert_eq!(store.label_at("config", 4).await.unwrap(), Some(v2.clone()));
+    assert!(
+        store.label_at("temp", 3).await.is_err(),
+        "point 3 is trimmed"
+    );
+    assert_eq!(store.get(&v2).await.unwrap(), b"v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_a_label_passes_through_during_a_collection_stays_readable_at_that_point() {
+    let (_dir, root) = temp_root();
+    let store = root.store("passing").unwrap();
+    let mut pool = Vec::new();
+    for i in 0..20 {
+        pool.push(store.store(format!("pool {i}")).await.unwrap());
+    }
+    store
+        .store_at_label("resting", "where the label rests")
+        .await
+        .unwrap();
+    let resting = store.get_by_label("resting").await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A label visits unlabelled content and moves on, again and again,
+    // while collections with no grace period run.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..1000 {
+                let visited = &pool[round % pool.len()];
+                // The collector may have taken it already: that is fine.
+                if store.label("visitor", visited).await.is_ok() {
+                    store.label("visitor", &resting).await.unwrap();
+                }
+            }
+        })
+    };
+    while !writer.is_finished() {
+        store
+            .collect_garbage(zero_grace(), no_progress())
+            .await
+            .unwrap();
+    }
+    writer.await.unwrap();
+    store
+        .collect_garbage(zero_grace(), no_progress())
+        .await
+        .unwrap();
+    // Every point the log can go back to still reads.
+    let mut since = 0;
+    loop {
+        let page = store.changes(since, 1000).await.unwrap();
+        for change in &page.changes {
+            for named in change.old.iter().chain(&change.new) {
+                assert!(
+                    store.get(named).await.is_ok(),
+                    "change {} names {named}, which gc took",
+                    change.seq
+                );
+            }
+        }
+        match page.changes.last() {
+            Some(last) => since = last.seq,
+            None => break,
+        }
+    }
 }

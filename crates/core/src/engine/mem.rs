@@ -17,7 +17,8 @@ use std::time::SystemTime;
 
 use super::{
     ChainAppend, ChainHead, ChainTip, Change, ChangeLog, ChangeRow, CommitSignal, Engine, Expect,
-    LabelRow, LinkRow, ObjectRow, ObjectSource, Scan, Snapshot, Staged, StagingSink, unix_now,
+    LabelRow, LinkRow, ObjectRow, ObjectSource, ReplacedTargets, Scan, Snapshot, Staged,
+    StagingSink, unix_now,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -527,11 +528,13 @@ impl Txn<'_> {
                 digest,
                 referrers,
                 cutoff,
+                log_end,
             } => {
                 let Some(held) = self.store(&store) else {
                     return Ok(false);
                 };
-                let removable = !referrers.iter().any(|r| held.objects.contains_key(r))
+                let removable = held.change_seq == log_end
+                    && !referrers.iter().any(|r| held.objects.contains_key(r))
                     && held
                         .objects
                         .get(&digest)
@@ -928,6 +931,27 @@ impl Engine for MemEngine {
                     stored_at: object.stored_at,
                 })
                 .collect(),
+        }))
+    }
+
+    fn replaced_targets(
+        &self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<ReplacedTargets> {
+        Ok(self.read(store, |held| {
+            let by_count = held.change_seq.saturating_sub(keep_last);
+            let replaced: BTreeSet<Digest> = held
+                .log
+                .iter()
+                .filter(|row| row.seq > by_count || row.at >= before)
+                .filter_map(|row| row.old)
+                .collect();
+            ReplacedTargets {
+                log_end: held.change_seq,
+                digests: replaced.into_iter().collect(),
+            }
         }))
     }
 

@@ -208,8 +208,10 @@ pub(crate) enum Change {
         expected: Option<Vec<Option<Digest>>>,
     },
     /// Delete an object if none of `referrers` is still held, no label
-    /// points at it, no object of the store awaits a scan for links, and
-    /// it was last stored before `cutoff` (unix milliseconds). Returns
+    /// points at it, no object of the store awaits a scan for links, the
+    /// store's change log still ends at `log_end` (no entry made since the
+    /// collection read it can name the object), and it was last stored
+    /// before `cutoff` (unix milliseconds). Returns
     /// whether it did. `referrers` are the objects whose content linked
     /// to it when the collection listed them; garbage collection removes
     /// them first, so a whole unreachable structure goes in one pass, and
@@ -221,6 +223,7 @@ pub(crate) enum Change {
         digest: Digest,
         referrers: Vec<Digest>,
         cutoff: i64,
+        log_end: u64,
     },
     /// Delete stored bytes that no index row claims, if they were last
     /// modified before `cutoff`. Returns whether it did.
@@ -420,6 +423,15 @@ pub(crate) struct ObjectRow {
 /// digests it names (see links.rs).
 pub(crate) type LinkRow = (Digest, Vec<crate::links::LinkPrefix>);
 
+/// What [`Engine::replaced_targets`] found.
+#[derive(Debug, Default)]
+pub(crate) struct ReplacedTargets {
+    /// The newest sequence the store's log had given when read.
+    pub(crate) log_end: u64,
+    /// Every distinct `old` of the entries kept then (or since).
+    pub(crate) digests: Vec<Digest>,
+}
+
 /// A store's labels and objects as of one moment.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
@@ -586,6 +598,20 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// Every object of `store` with links recorded, and their targets.
     /// Blocking.
     fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>>;
+
+    /// What the store's change log still names: the newest sequence, read
+    /// first, then every distinct ref some entry says a label pointed at
+    /// before it moved (`old`), so that gc keeps what a past point can
+    /// read. (An entry's `new` is the label's value now, or the `old` of a
+    /// later entry.) Only entries a trim with the same arguments as
+    /// `Change::TrimChanges` would keep count: made at or after `before`,
+    /// or among the newest `keep_last`. Blocking.
+    fn replaced_targets(
+        &self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<ReplacedTargets>;
 
     /// Objects of `store` whose links are not (all) recorded: written
     /// before links were, or with more than one object may record.

@@ -44,6 +44,16 @@ pub fn temp_root() -> (TempDir, StoreRoot) {
     temp_root_with(theater_store::Options::default())
 }
 
+/// [`temp_root`] whose change logs keep nothing past a collection, so
+/// that gc takes whatever no label reaches now (history keeps nothing).
+pub fn temp_root_without_history() -> (TempDir, StoreRoot) {
+    temp_root_with(theater_store::Options {
+        change_retention: std::time::Duration::ZERO,
+        change_retention_min: 0,
+        ..theater_store::Options::default()
+    })
+}
+
 /// [`temp_root`] with the given options.
 pub fn temp_root_with(options: theater_store::Options) -> (TempDir, StoreRoot) {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use writer::Writer;
 
 use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::READ_ON_CALLER_MAX;
-use crate::engine::{ChainHead, ChangeLog, LabelRow, LinkRow};
+use crate::engine::{ChainHead, ChangeLog, LabelRow, LinkRow, ReplacedTargets};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -342,6 +342,17 @@ impl Engine for LocalEngine {
 
     fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
         self.read("listing links", |db| sql::links(db, store))
+    }
+
+    fn replaced_targets(
+        &self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<ReplacedTargets> {
+        self.read("listing what the change log names", |db| {
+            sql::replaced_targets(db, store, before, keep_last)
+        })
     }
 
     fn unscanned_links(&self, store: &StoreId) -> Result<Vec<Digest>> {

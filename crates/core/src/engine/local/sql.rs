@@ -17,7 +17,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::durability::Durability;
-use crate::engine::{ChainHead, ChangeLog, ChangeRow, LinkRow, ObjectRow, Snapshot, unix_now};
+use crate::engine::{
+    ChainHead, ChangeLog, ChangeRow, LinkRow, ObjectRow, ReplacedTargets, Snapshot, unix_now,
+};
 use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
@@ -256,6 +258,29 @@ fn log_end(connection: &Connection, store: &StoreId) -> rusqlite::Result<(i64, i
 pub(crate) fn change_seq(connection: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
     let (seq, _) = log_end(connection, store)?;
     Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// The newest sequence of a store's change log, then every distinct
+/// `old` ref of its kept entries (see `Engine::replaced_targets`).
+pub(crate) fn replaced_targets(
+    connection: &Connection,
+    store: &StoreId,
+    before: i64,
+    keep_last: u64,
+) -> rusqlite::Result<ReplacedTargets> {
+    let transaction = connection.unchecked_transaction()?;
+    let log_end = change_seq(&transaction, store)?;
+    let by_count = i64::try_from(log_end.saturating_sub(keep_last)).unwrap_or(i64::MAX);
+    let mut statement = transaction.prepare_cached(
+        "SELECT DISTINCT old FROM changes
+         WHERE store = ?1 AND old IS NOT NULL AND (seq > ?2 OR at >= ?3)",
+    )?;
+    let digests = statement
+        .query_map(params![store.as_str(), by_count, before], |row| {
+            digest_column(row, 0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ReplacedTargets { log_end, digests })
 }
 
 /// Names `actor` in the store's change log entries after `since`: those
@@ -858,7 +883,11 @@ pub(crate) fn remove_unreachable_object(
     digest: Digest,
     referrers: &[Digest],
     cutoff: i64,
+    log_end: u64,
 ) -> rusqlite::Result<Option<bool>> {
+    if change_seq(connection, store)? != log_end {
+        return Ok(None);
+    }
     for &referrer in referrers {
         if has_object(connection, store, referrer)? {
             return Ok(None);

@@ -557,7 +557,9 @@ fn apply(
             digest,
             referrers,
             cutoff,
-        } => match sql::remove_unreachable_object(db, &store, digest, &referrers, cutoff)? {
+            log_end,
+        } => match sql::remove_unreachable_object(db, &store, digest, &referrers, cutoff, log_end)?
+        {
             None => Ok(Ok(false)),
             Some(true) => Ok(Ok(true)),
             // Moved aside, not deleted: a kill before the commit must not

@@ -299,8 +299,9 @@ impl Inner {
                 digest,
                 referrers,
                 cutoff,
+                log_end,
             } => {
-                self.remove_object(client, &store, digest, &referrers, cutoff)
+                self.remove_object(client, &store, digest, &referrers, cutoff, log_end)
                     .await
             }
             Change::RemoveUnindexed {
@@ -477,12 +478,14 @@ impl Inner {
         digest: Digest,
         referrers: &[Digest],
         cutoff: i64,
+        log_end: u64,
     ) -> Result<bool> {
         self.exclusively(client, store, digest, async |client| {
             let transaction = client.transaction().await;
             let transaction = self.index(transaction, "starting a transaction")?;
             let removed =
-                index::remove_unreachable(&transaction, store, digest, referrers, cutoff).await;
+                index::remove_unreachable(&transaction, store, digest, referrers, cutoff, log_end)
+                    .await;
             let removed = self.index(removed, "removing object")?;
             let committed = transaction.commit().await;
             self.index(committed, "committing")?;

@@ -917,6 +917,36 @@ pub(super) async fn links(
         .collect())
 }
 
+/// The newest sequence of a store's change log, then every distinct
+/// `old` ref of its kept entries (see `Engine::replaced_targets`).
+pub(super) async fn replaced_targets(
+    client: &impl GenericClient,
+    store: &StoreId,
+    before: i64,
+    keep_last: u64,
+) -> Result<(u64, Vec<Digest>), tokio_postgres::Error> {
+    let log_end = client
+        .query_opt(
+            "SELECT change_seq FROM theater_stores WHERE id = $1",
+            &[&store.as_str()],
+        )
+        .await?
+        .map_or(0, |row| size_column(&row, 0));
+    let by_count = i64::try_from(log_end.saturating_sub(keep_last)).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "SELECT DISTINCT old FROM theater_changes
+             WHERE store = $1 AND old IS NOT NULL AND (seq > $2 OR at >= $3)",
+            &[&store.as_str(), &by_count, &before],
+        )
+        .await?;
+    let digests = rows
+        .iter()
+        .filter_map(|row| digest_column(row, 0))
+        .collect();
+    Ok((log_end, digests))
+}
+
 /// Objects of a store not yet scanned for links.
 pub(super) async fn unscanned_links(
     client: &impl GenericClient,
@@ -1035,6 +1065,7 @@ pub(super) async fn remove_unreachable(
     digest: Digest,
     referrers: &[Digest],
     cutoff: i64,
+    log_end: u64,
 ) -> Result<Option<bool>, tokio_postgres::Error> {
     let referrers: Vec<&[u8]> = referrers.iter().map(|digest| &digest.0[..]).collect();
     client
@@ -1043,17 +1074,26 @@ pub(super) async fn remove_unreachable(
             &[&store.as_str(), &&digest.0[..]],
         )
         .await?;
+    // Read after the row lock, so that a label write that locked the
+    // object first has committed its log entry by now.
     let row = client
         .query_opt(
             "DELETE FROM theater_objects o WHERE o.store = $1 AND o.digest = $2
                AND o.stored_at < $3
+               AND COALESCE((SELECT change_seq FROM theater_stores WHERE id = $1), 0) = $5
                AND NOT EXISTS (SELECT 1 FROM theater_labels l
                                WHERE l.store = $1 AND l.target = $2 AND l.chain_length IS NULL)
                AND NOT EXISTS (SELECT 1 FROM theater_objects r
                                WHERE r.store = $1 AND r.digest = ANY($4))
                AND NOT EXISTS (SELECT 1 FROM theater_links_unscanned WHERE store = $1)
              RETURNING o.inline IS NOT NULL",
-            &[&store.as_str(), &&digest.0[..], &cutoff, &referrers],
+            &[
+                &store.as_str(),
+                &&digest.0[..],
+                &cutoff,
+                &referrers,
+                &i64::try_from(log_end).unwrap_or(i64::MAX),
+            ],
         )
         .await?;
     Ok(row.map(|row| row.get(0)))

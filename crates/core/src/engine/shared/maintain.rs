@@ -9,7 +9,7 @@ use super::connection::postgres_error;
 use super::index::{self};
 use super::read::HashSink;
 use crate::engine::layout;
-use crate::engine::{LinkRow, QuarantinedBytes, Scan};
+use crate::engine::{LinkRow, QuarantinedBytes, ReplacedTargets, Scan};
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::task::Progress;
@@ -96,6 +96,21 @@ impl SharedEngine {
                     inner.object_store(exists, "looking up object")
                 }
             }
+        })
+    }
+
+    pub(crate) fn replaced_targets(
+        &self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<ReplacedTargets> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let client = inner.client().await?;
+            let read = index::replaced_targets(&client, &store, before, keep_last).await;
+            let (log_end, digests) = inner.index(read, "listing what the change log names")?;
+            Ok(ReplacedTargets { log_end, digests })
         })
     }
 

@@ -38,8 +38,8 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache};
 use super::layout;
 use super::{
-    ChainHead, Change, ChangeLog, Engine, LabelRow, LinkRow, ObjectSource, Scan, Snapshot, Staged,
-    StagingSink,
+    ChainHead, Change, ChangeLog, Engine, LabelRow, LinkRow, ObjectSource, ReplacedTargets, Scan,
+    Snapshot, Staged, StagingSink,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -374,6 +374,15 @@ impl Engine for SharedEngine {
 
     fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
         SharedEngine::is_present(self, store, digest)
+    }
+
+    fn replaced_targets(
+        &self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<ReplacedTargets> {
+        SharedEngine::replaced_targets(self, store, before, keep_last)
     }
 
     fn links(&self, store: &StoreId) -> Result<Vec<LinkRow>> {
