@@ -386,7 +386,7 @@ fn gc_keeps_everything_a_label_reaches() {
     let env = Env::new();
     let kept = env.put("s", "kept", Some("keep"));
     let orphan = env.put("s", "orphan", None);
-    env.put("s", "old version", Some("doc"));
+    let old = env.put("s", "old version", Some("doc"));
     env.put("s", "new version", Some("doc"));
     // Within the default grace period nothing goes.
     env.cmd()
@@ -395,20 +395,46 @@ fn gc_keeps_everything_a_label_reaches() {
         .success()
         .stdout(contains("freed 0 bytes in 0 objects"));
     std::thread::sleep(std::time::Duration::from_millis(20));
+    // The old version is history (the change log names it): kept.
     env.cmd()
         .args(["gc", "--dry-run", "--grace", "10ms"])
         .assert()
         .success()
-        .stdout(contains("would free 17 bytes in 2 objects"));
+        .stdout(contains("would free 6 bytes in 1 objects").and(contains("1 for history")));
     env.cmd().args(["cat", "s", &orphan]).assert().success();
     let report = env.json(&["gc", "s", "--grace", "10ms"]);
     assert_eq!(
         (
             report[0]["objects_removed"].clone(),
+            report[0]["bytes_freed"].clone(),
+            report[0]["kept_for_history"].clone()
+        ),
+        (1.into(), 6.into(), 1.into())
+    );
+    env.cmd()
+        .args(["cat", "s", &old])
+        .assert()
+        .success()
+        .stdout("old version");
+    // Keeping no history frees it too.
+    let report = env.json(&[
+        "gc",
+        "s",
+        "--grace",
+        "10ms",
+        "--history",
+        "0s",
+        "--history-min",
+        "0",
+    ]);
+    assert_eq!(
+        (
+            report[0]["objects_removed"].clone(),
             report[0]["bytes_freed"].clone()
         ),
-        (2.into(), 17.into())
+        (1.into(), 11.into())
     );
+    env.cmd().args(["cat", "s", &old]).assert().code(3);
     env.cmd().args(["cat", "s", &orphan]).assert().code(3);
     env.cmd()
         .args(["cat", "s", &kept])
