@@ -139,11 +139,12 @@ pub async fn labels_at(
     root: &StoreRoot,
     store: &str,
     prefix: &str,
-    at: u64,
+    at: theater_store::Point,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
-    let labels = store.labels_at(prefix, at).await?;
+    let then = store.at(at).await?;
+    let labels = then.list_labels_page(prefix, None, usize::MAX).await?;
     if json {
         print_json(&labels)?;
     } else {
@@ -165,11 +166,12 @@ pub async fn revert(
     root: &StoreRoot,
     store: &str,
     prefix: &str,
-    to: u64,
+    to: theater_store::Point,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
+    let to = store.resolve_point(to).await?;
     let moved = store.revert_to(prefix, to, dry_run).await?;
     if json {
         print_json(&serde_json::json!({

@@ -116,17 +116,17 @@ enum Command {
         /// With --unlabelled: the grace period gc would use (e.g. 0s, 10m, 1h).
         #[arg(long, default_value = "1h", value_parser = parse::duration, requires = "unlabelled")]
         grace: Duration,
-        /// The labels as they were right after change SEQ of the store's change log (see `changes`).
-        #[arg(long, value_name = "SEQ", conflicts_with_all = ["unlabelled", "limit", "after"])]
-        at: Option<u64>,
+        /// The labels as they were at a point of the store's change log: right after change SEQ (see `changes`), at a TIME (2026-11-01T09:00:00Z) or an AGE ago (30m).
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point, conflicts_with_all = ["unlabelled", "limit", "after"])]
+        at: Option<theater_store::Point>,
     },
-    /// Put labels back as they were right after change SEQ of the store's change log, in one transaction, as new changes (themselves revertible); prints what moved.
+    /// Put labels back as they were at a point of the store's change log (right after change SEQ, at a TIME, or an AGE ago), in one transaction, as new changes (themselves revertible); prints what moved.
     Revert {
         /// The store id.
         store: String,
-        /// The change to go back to (see `changes` and `history`).
-        #[arg(long, value_name = "SEQ")]
-        to: u64,
+        /// The point to go back to: a change number (see `changes` and `history`), a time (2026-11-01T09:00:00Z) or an age (30m).
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point)]
+        to: theater_store::Point,
         /// Only labels starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
@@ -144,6 +144,9 @@ enum Command {
         /// Read the content this label points at instead.
         #[arg(long)]
         label: Option<String>,
+        /// With --label: the content the label pointed at at a point of the store's change log (SEQ, TIME or AGE, as for `labels --at`).
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point, requires = "label")]
+        at: Option<theater_store::Point>,
         /// Only bytes START up to END (exclusive); `START..` runs to the end.
         /// Only the 16 KiB groups the range touches are read and verified.
         #[arg(long, value_name = "START..END", value_parser = parse::range)]
@@ -236,6 +239,10 @@ enum Command {
         /// The whole root: every store and every event chain, for `import --all`.
         #[arg(long, conflicts_with_all = ["store", "prefix"])]
         all: bool,
+        /// The store as it was at a point of its change log (SEQ, TIME or
+        /// AGE, as for `labels --at`): its labels then and what they reach.
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point, conflicts_with = "all")]
+        at: Option<theater_store::Point>,
         /// The package file to write (`-`: standard output). A device, FIFO
         /// or symlink is written into as it is; a regular file is replaced
         /// only once the package is whole.
@@ -549,8 +556,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             reference,
             label,
+            at,
             range,
-        } => stores::cat(&root, &store, reference.as_deref(), label.as_deref(), range).await,
+        } => {
+            let label = label.as_deref().map(|label| (label, at));
+            stores::cat(&root, &store, reference.as_deref(), label, range).await
+        }
         Command::Put { store, file, label } => {
             stores::put(&root, &store, file.as_deref(), label.as_deref(), json).await
         }
@@ -587,12 +598,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             prefix,
             all,
+            at,
             output,
         } => {
             let what = match store.as_deref() {
                 Some(id) if !all => stores::Exported::Store {
                     id,
                     prefix: prefix.as_deref(),
+                    at,
                 },
                 _ => stores::Exported::Root,
             };

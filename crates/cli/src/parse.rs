@@ -161,20 +161,7 @@ pub fn trim_before(text: &str) -> Result<theater_store::TrimBefore, String> {
             .map(theater_store::TrimBefore::Seq)
             .map_err(|_| format!("{text} is too large for an event position"));
     }
-    let time = match humantime::parse_rfc3339_weak(text) {
-        Ok(time) => time,
-        Err(_) => {
-            let age = duration(text).map_err(|_| {
-                format!(
-                    "{text:?} is neither an event position (1200), a time \
-                     (2026-11-01T00:00:00Z) nor an age (30d)"
-                )
-            })?;
-            std::time::SystemTime::now()
-                .checked_sub(age)
-                .ok_or_else(|| format!("{text} reaches back before the Unix epoch"))?
-        }
-    };
+    let time = time_or_age(text, "an event position (1200)")?;
     let millis = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("{text} is before the Unix epoch"))?
@@ -182,4 +169,31 @@ pub fn trim_before(text: &str) -> Result<theater_store::TrimBefore, String> {
     Ok(theater_store::TrimBefore::Time(
         u64::try_from(millis).unwrap_or(u64::MAX),
     ))
+}
+
+/// A point of a store's change log: `SEQ` (right after that change), a
+/// time (`2026-11-01T00:00:00Z`) or an age (`30m`: that long ago).
+pub fn point(text: &str) -> Result<theater_store::Point, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(theater_store::Point::After)
+            .map_err(|_| format!("{text} is too large for a change number"));
+    }
+    time_or_age(text, "a change number (1200)").map(theater_store::Point::Time)
+}
+
+/// A time (RFC 3339) or an age before now (`30d`); `other` names what else
+/// the argument could have been, for the error.
+fn time_or_age(text: &str, other: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    let age = duration(text).map_err(|_| {
+        format!("{text:?} is neither {other}, a time (2026-11-01T00:00:00Z) nor an age (30d)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| format!("{text} reaches back before the Unix epoch"))
 }

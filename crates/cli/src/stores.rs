@@ -163,16 +163,31 @@ pub async fn cat(
     root: &StoreRoot,
     store: &str,
     reference: Option<&str>,
-    label: Option<&str>,
+    label: Option<(&str, Option<theater_store::Point>)>,
     range: Option<ByteRange>,
 ) -> anyhow::Result<ExitCode> {
     let store = open(root, store)?;
     let content_ref = match (reference, label) {
         (Some(reference), _) => parse_ref(reference)?,
-        (None, Some(label)) => match store.get_by_label(label).await? {
+        (None, Some((label, None))) => match store.get_by_label(label).await? {
             Some(content_ref) => content_ref,
             None => return Err(no_label(&store, label).into()),
         },
+        (None, Some((label, Some(point)))) => {
+            let then = store.at(point).await?;
+            match then.get_by_label(label).await? {
+                Some(content_ref) => content_ref,
+                None => {
+                    return Err(crate::missing::Missing(format!(
+                        "store {}: label {} did not exist right after change {}",
+                        store.id(),
+                        printable(label),
+                        then.seq()
+                    ))
+                    .into());
+                }
+            }
+        }
         (None, None) => unreachable!("clap requires a ref or --label"),
     };
     let range = range.unwrap_or(ByteRange {
@@ -739,6 +754,8 @@ pub enum Exported<'a> {
     Store {
         id: &'a str,
         prefix: Option<&'a str>,
+        /// As the store was at this point of its change log, if given.
+        at: Option<theater_store::Point>,
     },
     /// The whole root: every store and every event chain.
     Root,
@@ -753,10 +770,21 @@ pub async fn export(
     let target = Output::for_path(output)?;
     let bar = Bar::new("exporting", true);
     let (name, exported) = match what {
-        Exported::Store { id, prefix } => {
+        Exported::Store { id, prefix, at } => {
             let store = existing(root, id).await?;
+            let seq = match at {
+                Some(point) => Some(store.resolve_point(point).await?),
+                None => None,
+            };
             let sink = target.sink()?;
-            let exported = store.export_package(prefix, sink, bar.clone()).await;
+            let exported = match seq {
+                Some(seq) => {
+                    store
+                        .export_package_at(seq, prefix, sink, bar.clone())
+                        .await
+                }
+                None => store.export_package(prefix, sink, bar.clone()).await,
+            };
             let name = format!("store {}", store.id());
             (name, exported.map(|(summary, sink)| (vec![summary], sink)))
         }

@@ -33,6 +33,7 @@ mod maintenance;
 mod names;
 mod options;
 mod package;
+mod past;
 mod reach;
 mod recent;
 mod root;
@@ -59,6 +60,7 @@ pub use maintenance::{
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use options::Options;
 pub use package::{ImportConflict, ImportOptions, PACKAGE_MAGIC, PACKAGE_VERSION, PackageSummary};
+pub use past::{PastView, Point};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{
     CHANGE_OVERHEAD_BYTES, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats,

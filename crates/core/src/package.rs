@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_id};
-use crate::engine::{ChainHead, Change, Engine, Expect, Staged};
+use crate::engine::{ChainHead, Change, Engine, Expect, LabelRow, Staged};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::Links;
 use crate::names::{ContentRef, Digest, MAX_LABEL_BYTES, StoreId, validate_label};
@@ -133,8 +133,51 @@ impl ContentStore {
             };
             let id = store.store_id().clone();
             let mut writer = PackageWriter::new(out, version).map_err(write_failed(&id))?;
-            let summary =
-                export_section(&*engine, &store, prefix.as_deref(), &mut writer, &*progress)?;
+            let summary = export_section(
+                &*engine,
+                &store,
+                (prefix.as_deref(), None),
+                &mut writer,
+                &*progress,
+            )?;
+            let out = writer.finish().map_err(write_failed(&id))?;
+            Ok((summary, out))
+        })
+        .await
+    }
+
+    /// [`ContentStore::export_package`] of the store as it was right after
+    /// change `seq` ([`ContentStore::labels_at`]): the labels starting with
+    /// `prefix` then, and the content they reach. Fails with
+    /// [`StoreError::ChangesTrimmed`] for a point the log no longer keeps.
+    /// Not for the chain store, which keeps no change log.
+    pub async fn export_package_at<W: Write + Send + 'static>(
+        &self,
+        seq: u64,
+        prefix: Option<&str>,
+        out: W,
+        progress: impl Progress + 'static,
+    ) -> Result<(PackageSummary, W)> {
+        let progress: Arc<dyn Progress> = Arc::new(progress);
+        let then: Vec<(String, Digest)> = self
+            .labels_at(prefix.unwrap_or(""), seq)
+            .await?
+            .into_iter()
+            .map(|entry| Ok((entry.label, entry.content_ref.digest()?)))
+            .collect::<Result<_>>()?;
+        let store = self.clone();
+        let prefix = prefix.map(str::to_owned);
+        let engine = self.root().engine().await?;
+        blocking(move || {
+            let id = store.store_id().clone();
+            let mut writer = PackageWriter::new(out, PLAIN_VERSION).map_err(write_failed(&id))?;
+            let summary = export_section(
+                &*engine,
+                &store,
+                (prefix.as_deref(), Some(then)),
+                &mut writer,
+                &*progress,
+            )?;
             let out = writer.finish().map_err(write_failed(&id))?;
             Ok((summary, out))
         })
@@ -214,7 +257,7 @@ impl StoreRoot {
                 summaries.push(export_section(
                     &*engine,
                     store,
-                    None,
+                    (None, None),
                     &mut writer,
                     &*progress,
                 )?);
@@ -241,10 +284,13 @@ impl StoreRoot {
 
 /// Writes one store's records: its objects, then its labels (chain heads
 /// for the chain store). Blocking.
+/// Writes one store's section: the labels starting with the prefix (as
+/// they are now, or the ones given, read at a past point) and the content
+/// they reach; without a prefix or past labels, every object.
 fn export_section<W: Write>(
     engine: &dyn Engine,
     store: &ContentStore,
-    prefix: Option<&str>,
+    (prefix, then): (Option<&str>, Option<Vec<LabelRow>>),
     writer: &mut PackageWriter<W>,
     progress: &dyn Progress,
 ) -> Result<PackageSummary> {
@@ -252,7 +298,8 @@ fn export_section<W: Write>(
     // Labels and objects as of one moment; content a collection removes
     // after it is left out below, with the labels that pointed at it.
     let snapshot = engine.snapshot(id, prefix.unwrap_or(""))?;
-    let (mut labels, rows) = (snapshot.labels, snapshot.objects);
+    let past = then.is_some();
+    let (mut labels, rows) = (then.unwrap_or(snapshot.labels), snapshot.objects);
     let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
     let chains = id.as_str() == CHAIN_STORE;
     let handle = tokio::runtime::Handle::current();
@@ -279,7 +326,7 @@ fn export_section<W: Write>(
         }
     }
     let digests: BTreeSet<Digest> = match prefix {
-        None => sizes.keys().copied().collect(),
+        None if !past => sizes.keys().copied().collect(),
         // A chain's segments, from its head.
         Some(_) if chains => {
             let mut reached = BTreeSet::new();
@@ -294,7 +341,7 @@ fn export_section<W: Write>(
         // What the chosen labels reach, through refs written inside
         // content too, so that the package holds every object the source
         // could resolve from them.
-        Some(_) => {
+        _ => {
             let held = sizes.keys().copied().collect();
             let graph = LinkGraph::load(engine, id, &held, false)?;
             graph

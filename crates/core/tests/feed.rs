@@ -636,3 +636,185 @@ async fn a_point_older_than_the_log_keeps_is_refused_naming_the_oldest_kept() {
     );
     assert_eq!(store.labels_at("", 4).await.unwrap().len(), 1);
 }
+
+/// A small deterministic generator, so that a failing run can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test]
+async fn reads_at_random_points_agree_with_a_model_of_every_point() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("points").unwrap();
+    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    // The model: the labels right after each change (index = seq).
+    let mut model: Vec<std::collections::BTreeMap<String, ContentRef>> = vec![Default::default()];
+    for _ in 0..300 {
+        let label = format!("k/{}", rng.below(12));
+        let mut now = model.last().unwrap().clone();
+        let seq_before = store.last_change().await.unwrap();
+        match rng.below(4) {
+            0 => {
+                store.remove_label(&label).await.unwrap();
+                now.remove(&label);
+            }
+            // A value that may come again, so that labels revisit content.
+            _ => {
+                let value = format!("value {}", rng.below(20));
+                let stored = store
+                    .store_at_label(&label, value.into_bytes())
+                    .await
+                    .unwrap();
+                now.insert(label, stored);
+            }
+        }
+        // A write that changes nothing logs nothing.
+        if store.last_change().await.unwrap() > seq_before {
+            model.push(now);
+        }
+    }
+    assert_eq!(store.last_change().await.unwrap() as usize, model.len() - 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Collected with no grace: history keeps what every point names.
+    let gc = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    store
+        .collect_garbage(gc, std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        let seq = rng.below(model.len() as u64);
+        let then = store.at(theater_store::Point::After(seq)).await.unwrap();
+        let expected = &model[seq as usize];
+        let listed = then.list_labels_page("k/", None, 100).await.unwrap();
+        let listed: std::collections::BTreeMap<String, ContentRef> = listed
+            .into_iter()
+            .map(|entry| (entry.label, entry.content_ref))
+            .collect();
+        assert_eq!(&listed, expected, "labels right after change {seq}");
+        let label = format!("k/{}", rng.below(12));
+        let value = then.get_content_by_label(&label).await.unwrap();
+        let wanted = match expected.get(&label) {
+            Some(content_ref) => Some(store.get(content_ref).await.unwrap()),
+            None => None,
+        };
+        assert_eq!(value, wanted, "{label} right after change {seq}");
+        // Paging goes on after the last label of a page.
+        let first = then.list_labels_page("k/", None, 2).await.unwrap();
+        if let Some(last) = first.last() {
+            let rest = then
+                .list_labels_page("k/", Some(&last.label), 100)
+                .await
+                .unwrap();
+            assert_eq!(first.len() + rest.len(), expected.len());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_time_names_the_last_change_made_by_then() {
+    let (_dir, root) = common::temp_root();
+    let store = root.store("times").unwrap();
+    let before_any = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut between = Vec::new();
+    for i in 0..6 {
+        store
+            .store_at_label("clock", format!("tick {i}").into_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        between.push(std::time::SystemTime::now());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    use theater_store::Point;
+    assert_eq!(
+        store.resolve_point(Point::Time(before_any)).await.unwrap(),
+        0
+    );
+    for (i, time) in between.iter().enumerate() {
+        assert_eq!(
+            store.resolve_point(Point::Time(*time)).await.unwrap(),
+            i as u64 + 1
+        );
+        let then = store.at(Point::Time(*time)).await.unwrap();
+        assert_eq!(
+            then.get_content_by_label("clock").await.unwrap().unwrap(),
+            format!("tick {i}").into_bytes()
+        );
+    }
+    assert_eq!(
+        store.resolve_point(Point::After(4)).await.unwrap(),
+        4,
+        "a sequence names itself"
+    );
+    // A store exported as it was at a point holds its labels then.
+    let (summary, package) = store
+        .export_package_at(2, None, Vec::new(), ())
+        .await
+        .unwrap();
+    assert_eq!(summary.labels, 1);
+    let copy = root.store("times-copy").unwrap();
+    copy.import_package(std::io::Cursor::new(package), ())
+        .await
+        .unwrap();
+    assert_eq!(
+        copy.get_content_by_label("clock").await.unwrap().unwrap(),
+        b"tick 1"
+    );
+}
+
+#[tokio::test]
+async fn a_time_before_the_trimmed_log_is_refused_naming_the_oldest_kept() {
+    let (_dir, root) = common::temp_root_with(Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 2,
+        ..Options::default()
+    });
+    let store = root.store("trimmed").unwrap();
+    let early = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for i in 0..5 {
+        store
+            .store_at_label("l", format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let gc = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    store
+        .collect_garbage(gc, std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    for point in [
+        theater_store::Point::Time(early),
+        theater_store::Point::After(1),
+    ] {
+        let error = store.at(point).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::ChangesTrimmed { oldest: 4, .. }),
+            "{point:?}: {error}"
+        );
+    }
+    assert_eq!(
+        store
+            .at(theater_store::Point::After(3))
+            .await
+            .unwrap()
+            .get_content_by_label("l")
+            .await
+            .unwrap()
+            .unwrap(),
+        b"2"
+    );
+}

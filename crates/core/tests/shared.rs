@@ -16,11 +16,13 @@ fn shared_roots(dir: &Path, cache_bytes: u64) -> (StoreRoot, StoreRoot) {
     let (base, _) = first.split_once("&cache=").unwrap();
     let second = format!("{base}&cache={}", dir.join("cache-b").display());
     let open = |root: String| {
-        StoreRoot::at(
-            &format!("{root}&cache_bytes={cache_bytes}"),
-            Options::default(),
-        )
-        .unwrap()
+        // No history kept: gc takes what no label reaches now.
+        let options = Options {
+            change_retention: std::time::Duration::ZERO,
+            change_retention_min: 0,
+            ..Options::default()
+        };
+        StoreRoot::at(&format!("{root}&cache_bytes={cache_bytes}"), options).unwrap()
     };
     (open(first), open(second))
 }
