@@ -145,7 +145,7 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
         /// With --label: the content the label pointed at at a point of the store's change log (SEQ, TIME or AGE, as for `labels --at`).
-        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point, requires = "label")]
+        #[arg(long, value_name = "SEQ|TIME|AGE", value_parser = parse::point, conflicts_with = "reference")]
         at: Option<theater_store::Point>,
         /// Only bytes START up to END (exclusive); `START..` runs to the end.
         /// Only the 16 KiB groups the range touches are read and verified.

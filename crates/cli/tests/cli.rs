@@ -2642,3 +2642,89 @@ fn run_watch_is_refused_without_a_grant_or_for_a_component_that_is_no_watcher() 
         .failure()
         .stderr(contains("does not export wasi:keyvalue/watcher"));
 }
+
+#[test]
+fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
+    let env = Env::new();
+    let good = env.put("app", "{\"replicas\":3}", Some("config"));
+    env.put("app", "v1 assets", Some("assets"));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before_deploy = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    env.put("app", "{\"replicas\":0}", Some("config"));
+    env.cmd()
+        .args(["unlabel", "app", "assets"])
+        .assert()
+        .success();
+    // gc with no grace keeps what history names.
+    env.cmd()
+        .args(["gc", "app", "--grace", "0s"])
+        .assert()
+        .success();
+
+    env.cmd()
+        .args(["cat", "app", "--label", "config", "--at", &before_deploy])
+        .assert()
+        .success()
+        .stdout("{\"replicas\":3}");
+    env.cmd()
+        .args(["cat", "app", "--label", "config", "--at", "0"])
+        .assert()
+        .code(3)
+        .stderr(contains("label config did not exist right after change 0"));
+    env.cmd()
+        .args(["labels", "app", "--at", &before_deploy])
+        .assert()
+        .success()
+        .stdout(contains("assets").and(contains(good.as_str())));
+    env.cmd()
+        .args(["cat", "app", "--at", "1", "deadbeef"])
+        .assert()
+        .code(2);
+    let package = env.dir.path().join("before.pkg");
+    env.cmd()
+        .args(["export", "app", "--at", &before_deploy, "-o"])
+        .arg(&package)
+        .assert()
+        .success();
+    let other = env.dir.path().join("other");
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .env_remove("THEATER_STORE_ROOT")
+        .arg("--root")
+        .arg(&other)
+        .args(["import", "app"])
+        .arg(&package)
+        .assert()
+        .success();
+    Command::cargo_bin("theater-store")
+        .unwrap()
+        .env_remove("THEATER_STORE_ROOT")
+        .arg("--root")
+        .arg(&other)
+        .args(["cat", "app", "--label", "assets"])
+        .assert()
+        .success()
+        .stdout("v1 assets");
+    // An age works as a point too: a minute ago, everything was as before.
+    env.cmd()
+        .args(["revert", "app", "--to", &before_deploy])
+        .assert()
+        .success()
+        .stderr(contains("moved 2 labels back"));
+    env.cmd()
+        .args(["cat", "app", "--label", "config"])
+        .assert()
+        .success()
+        .stdout("{\"replicas\":3}");
+    env.cmd()
+        .args(["labels", "app", "--at", "1m"])
+        .assert()
+        .success()
+        .stdout("");
+    env.cmd()
+        .args(["labels", "app", "--at", "yesterday-ish"])
+        .assert()
+        .code(2)
+        .stderr(contains("neither a change number"));
+}
