@@ -100,33 +100,15 @@ impl ContentStore {
     /// The past values of `label`, newest first: each change the store's
     /// log still holds for it (as far back as [`crate::Options::change_retention`]
     /// keeps), at most `limit`. A change whose `new` is `None` removed it.
-    /// Reads the log backwards a page at a time, so it costs up to the
-    /// whole kept log for a label that rarely changes.
+    /// Reads the log's index by label: the cost grows with `limit`, not
+    /// with the other labels' changes.
     pub async fn history(&self, label: &str, limit: usize) -> Result<Vec<LabelChange>> {
         crate::names::validate_label(label)?;
         let engine = self.root().engine().await?;
-        let bounds = engine.changes(self.store_id(), 0, 0).await?;
-        let mut found = Vec::new();
-        let mut end = bounds.last;
-        while end > bounds.trimmed_through && found.len() < limit {
-            let start = end
-                .saturating_sub(HISTORY_PAGE as u64)
-                .max(bounds.trimmed_through);
-            let log = engine
-                .changes(self.store_id(), start, (end - start) as usize)
-                .await?;
-            let mut page: Vec<LabelChange> = log
-                .entries
-                .into_iter()
-                .filter(|row| row.label == label && row.seq <= end)
-                .map(LabelChange::from_row)
-                .collect();
-            page.reverse();
-            found.extend(page);
-            end = start;
-        }
-        found.truncate(limit);
-        Ok(found)
+        let rows = engine
+            .label_changes_before(self.store_id(), label, u64::MAX, limit)
+            .await?;
+        Ok(rows.into_iter().map(LabelChange::from_row).collect())
     }
 
     /// The labels starting with `prefix` as they were right after change
@@ -151,8 +133,26 @@ impl ContentStore {
     /// [`ContentStore::labels_at`] reads it.
     pub async fn label_at(&self, label: &str, seq: u64) -> Result<Option<ContentRef>> {
         crate::names::validate_label(label)?;
-        let mut values = self.values_at(label, seq).await?;
-        Ok(values.remove(label).and_then(|(_, then)| then))
+        let engine = self.root().engine().await?;
+        let bounds = engine.changes(self.store_id(), 0, 0).await?;
+        if seq < bounds.trimmed_through {
+            return Err(StoreError::ChangesTrimmed {
+                store: self.id().to_owned(),
+                since: seq,
+                oldest: bounds.trimmed_through + 1,
+            });
+        }
+        // The value now, then the label's first change after `seq`, read
+        // after it: if there is none, nothing moved the label from `seq`
+        // to that read, so the value now is the value then.
+        let now = self.get_by_label(label).await?;
+        let next = engine
+            .label_change_after(self.store_id(), label, seq)
+            .await?;
+        Ok(match next {
+            Some(change) => change.old.map(ContentRef::from),
+            None => now,
+        })
     }
 
     /// Puts the labels starting with `prefix` back as they were right

@@ -796,6 +796,38 @@ impl Engine for MemEngine {
         }))
     }
 
+    async fn label_change_after(
+        &self,
+        store: &StoreId,
+        label: &str,
+        seq: u64,
+    ) -> Result<Option<ChangeRow>> {
+        Ok(self.read(store, |held| {
+            held.log
+                .iter()
+                .find(|row| row.seq > seq && row.label == label)
+                .cloned()
+        }))
+    }
+
+    async fn label_changes_before(
+        &self,
+        store: &StoreId,
+        label: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>> {
+        Ok(self.read(store, |held| {
+            held.log
+                .iter()
+                .rev()
+                .filter(|row| row.seq < before && row.label == label)
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
+    }
+
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commits.subscribe()
     }

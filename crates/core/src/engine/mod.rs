@@ -678,6 +678,25 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// `since`, with the log's bounds, read as of one moment.
     async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog>;
 
+    /// The first entry of the store's change log for `label` after
+    /// sequence `seq`, if any (an index seek, however long the log).
+    async fn label_change_after(
+        &self,
+        store: &StoreId,
+        label: &str,
+        seq: u64,
+    ) -> Result<Option<ChangeRow>>;
+
+    /// Up to `limit` entries of the store's change log for `label` before
+    /// sequence `before`, newest first.
+    async fn label_changes_before(
+        &self,
+        store: &StoreId,
+        label: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>>;
+
     /// A counter that moves soon after any commit to the root, by this or
     /// any other process or host (within milliseconds on one machine), so
     /// that watchers wait without reading the log in a loop. It may also

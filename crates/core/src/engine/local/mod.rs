@@ -23,7 +23,7 @@ use writer::Writer;
 
 use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink};
 use crate::engine::READ_ON_CALLER_MAX;
-use crate::engine::{ChainHead, ChangeLog, LabelRow, LinkRow, ReplacedTargets};
+use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, LinkRow, ReplacedTargets};
 use crate::error::{BoxError, Result, StoreError, io_error};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -238,6 +238,29 @@ impl Engine for LocalEngine {
     async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog> {
         self.read("reading the change log", |db| {
             sql::changes(db, store, since, limit)
+        })
+    }
+
+    async fn label_change_after(
+        &self,
+        store: &StoreId,
+        label: &str,
+        seq: u64,
+    ) -> Result<Option<ChangeRow>> {
+        self.read("reading a label's change log", |db| {
+            sql::label_change_after(db, store, label, seq)
+        })
+    }
+
+    async fn label_changes_before(
+        &self,
+        store: &StoreId,
+        label: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>> {
+        self.read("reading a label's change log", |db| {
+            sql::label_changes_before(db, store, label, before, limit)
         })
     }
 

@@ -21,8 +21,9 @@ use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, 
 /// below drops version 1's row-level ones. Version 3 keeps a chain's open
 /// segment in its head label's row. Version 4 records links between
 /// objects: refs written inside content, which gc follows. Version 5
-/// keeps a change log per store, written by a trigger on labels.)
-pub(super) const SCHEMA_VERSION: i64 = 5;
+/// keeps a change log per store, written by a trigger on labels; version
+/// 6 indexes it by label, for history and reads at a past point.)
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// The first version that records links: objects from before it are
 /// marked as not yet scanned for them when a database is brought up to it.
@@ -162,6 +163,7 @@ CREATE TABLE IF NOT EXISTS theater_changes (
     actor text,
     PRIMARY KEY (store, seq)
 );
+CREATE INDEX IF NOT EXISTS theater_changes_by_label ON theater_changes (store, label, seq);
 CREATE OR REPLACE FUNCTION theater_label_logged() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     r_store text;
@@ -917,6 +919,70 @@ pub(super) async fn links(
         .collect())
 }
 
+/// A change log entry from a row of `seq, label, old, new, at, actor`.
+fn change_row(row: &Row) -> ChangeRow {
+    let optional_digest = |column| {
+        row.get::<_, Option<&[u8]>>(column)
+            .and_then(Digest::from_slice)
+    };
+    ChangeRow {
+        seq: size_column(row, 0),
+        label: row.get(1),
+        old: optional_digest(2),
+        new: optional_digest(3),
+        at: row.get(4),
+        actor: row.get(5),
+    }
+}
+
+/// The first entry of a store's change log for `label` after `seq`.
+pub(super) async fn label_change_after(
+    client: &impl GenericClient,
+    store: &StoreId,
+    label: &str,
+    seq: u64,
+) -> Result<Option<ChangeRow>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT seq, label, old, new, at, actor FROM theater_changes
+             WHERE store = $1 AND label = $2 AND seq > $3 ORDER BY seq LIMIT 1",
+        )
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&store.as_str(), &label, &to_i64(seq)])
+        .await?;
+    Ok(row.as_ref().map(change_row))
+}
+
+/// Up to `limit` entries of a store's change log for `label` before
+/// `before`, newest first.
+pub(super) async fn label_changes_before(
+    client: &impl GenericClient,
+    store: &StoreId,
+    label: &str,
+    before: u64,
+    limit: usize,
+) -> Result<Vec<ChangeRow>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT seq, label, old, new, at, actor FROM theater_changes
+             WHERE store = $1 AND label = $2 AND seq < $3 ORDER BY seq DESC LIMIT $4",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &store.as_str(),
+                &label,
+                &to_i64(before),
+                &to_i64(limit as u64),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(change_row).collect())
+}
+
 /// The newest sequence of a store's change log, then every distinct
 /// `old` ref of its kept entries (see `Engine::replaced_targets`).
 pub(super) async fn replaced_targets(
@@ -1235,21 +1301,7 @@ pub(super) async fn changes(
             &[&store.as_str(), &to_i64(since), &to_i64(limit as u64)],
         )
         .await?;
-    let optional_digest = |row: &Row, column| {
-        row.get::<_, Option<&[u8]>>(column)
-            .and_then(Digest::from_slice)
-    };
-    let entries = rows
-        .iter()
-        .map(|row| ChangeRow {
-            seq: size_column(row, 0),
-            label: row.get(1),
-            old: optional_digest(row, 2),
-            new: optional_digest(row, 3),
-            at: row.get(4),
-            actor: row.get(5),
-        })
-        .collect();
+    let entries = rows.iter().map(change_row).collect();
     let bounds = client
         .prepare_cached("SELECT change_seq, changes_trimmed FROM theater_stores WHERE id = $1")
         .await?;

@@ -38,8 +38,8 @@ use self::location::SharedLocation;
 use self::objects::{Objects, ReadCache};
 use super::layout;
 use super::{
-    ChainHead, Change, ChangeLog, Engine, LabelRow, LinkRow, ObjectSource, ReplacedTargets, Scan,
-    Snapshot, Staged, StagingSink,
+    ChainHead, Change, ChangeLog, ChangeRow, Engine, LabelRow, LinkRow, ObjectSource,
+    ReplacedTargets, Scan, Snapshot, Staged, StagingSink,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -271,6 +271,33 @@ impl Engine for SharedEngine {
         let store = store.clone();
         self.query("reading the change log", move |client| async move {
             index::changes(&client, &store, since, limit).await
+        })
+        .await
+    }
+
+    async fn label_change_after(
+        &self,
+        store: &StoreId,
+        label: &str,
+        seq: u64,
+    ) -> Result<Option<ChangeRow>> {
+        let (store, label) = (store.clone(), label.to_owned());
+        self.query("reading a label's change log", move |client| async move {
+            index::label_change_after(&client, &store, &label, seq).await
+        })
+        .await
+    }
+
+    async fn label_changes_before(
+        &self,
+        store: &StoreId,
+        label: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>> {
+        let (store, label) = (store.clone(), label.to_owned());
+        self.query("reading a label's change log", move |client| async move {
+            index::label_changes_before(&client, &store, &label, before, limit).await
         })
         .await
     }
