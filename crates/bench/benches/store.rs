@@ -732,6 +732,87 @@ fn drop_from_page_cache(path: &Path) {
     assert_eq!(advised, 0, "posix_fadvise on {}", path.display());
 }
 
+/// History at scale: a store whose log holds 1,000,000 changes (or
+/// `THEATER_STORE_BENCH_HISTORY_CHANGES`) to 10,000 labels. Reads a label
+/// as it was at an early and a late point, against a read of it now; a
+/// label's newest 10 versions; and a revert that moves all 10,000 labels.
+/// Prints the index bytes each change costs.
+fn history_at_scale(c: &mut Criterion) {
+    const LABELS: u64 = 10_000;
+    let changes: u64 = std::env::var("THEATER_STORE_BENCH_HISTORY_CHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().join("history"));
+    let store = root.store("bench").unwrap();
+    let counter = AtomicU64::new(0);
+    let index_bytes = |root: &Path| -> u64 {
+        ["index.sqlite", "index.sqlite-wal"]
+            .iter()
+            .filter_map(|name| std::fs::metadata(root.join(name)).ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    };
+    runtime.block_on(async {
+        let mut pool = Vec::new();
+        for _ in 0..100 {
+            pool.push(store.store(distinct(&counter, 64)).await.unwrap());
+        }
+        let before = index_bytes(&dir.path().join("history"));
+        // Each round moves every label to the next object of the pool.
+        for round in 0..changes / LABELS {
+            let moves: Vec<_> = (0..LABELS)
+                .map(|i| {
+                    let target = &pool[((round + i) % pool.len() as u64) as usize];
+                    (format!("doc:{i:05}"), Some(target.clone()))
+                })
+                .collect();
+            store.set_labels(&moves).await.unwrap();
+        }
+        let grown = index_bytes(&dir.path().join("history")) - before;
+        eprintln!(
+            "history_at_scale: {} changes, index grew {} bytes: {} bytes per change",
+            store.last_change().await.unwrap(),
+            grown,
+            grown / changes.max(1)
+        );
+    });
+    let last = runtime.block_on(store.last_change()).unwrap();
+    let mut group = c.benchmark_group(format!("history_{changes}_changes"));
+    group.bench_function("get_by_label_now", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { store.get_by_label("doc:04321").await.unwrap() })
+    });
+    for (name, seq) in [("label_at_early_point", 5_000), ("label_at_late_point", last - 5_000)] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime)
+                .iter(|| async { store.label_at("doc:04321", seq).await.unwrap() })
+        });
+    }
+    group.bench_function("history_newest_10", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { store.history("doc:04321", 10).await.unwrap() })
+    });
+    group.sample_size(10);
+    // Back and forth between the last two rounds: each revert moves every
+    // label.
+    let points = [last - LABELS, last];
+    let mut turn = 0;
+    group.bench_function("revert_10k_labels", |b| {
+        b.iter(|| {
+            let point = points[turn % 2];
+            turn += 1;
+            let moved = runtime
+                .block_on(store.revert_to("doc:", point, false))
+                .unwrap();
+            assert_eq!(moved.len() as u64, LABELS);
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     small_objects,
@@ -740,6 +821,7 @@ criterion_group!(
     concurrent_durable_writers,
     labels_at_scale,
     maintenance_at_scale,
+    history_at_scale,
     sync,
     change_feed,
     sync_after_changes

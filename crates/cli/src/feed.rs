@@ -162,17 +162,28 @@ pub async fn labels_at(
 }
 
 /// `revert STORE --to SEQ`: puts labels back, printing each move.
+/// What a revert moves.
+pub enum Reverted<'a> {
+    /// The labels starting with this.
+    Prefix(&'a str),
+    /// This one label.
+    Label(&'a str),
+}
+
 pub async fn revert(
     root: &StoreRoot,
     store: &str,
-    prefix: &str,
+    scope: Reverted<'_>,
     to: theater_store::Point,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
     let to = store.resolve_point(to).await?;
-    let moved = store.revert_to(prefix, to, dry_run).await?;
+    let moved = match scope {
+        Reverted::Prefix(prefix) => store.revert_to(prefix, to, dry_run).await?,
+        Reverted::Label(label) => store.revert_label_to(label, to, dry_run).await?,
+    };
     if json {
         print_json(&serde_json::json!({
             "store": store.id(),

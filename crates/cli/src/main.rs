@@ -130,6 +130,9 @@ enum Command {
         /// Only labels starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Only this one label.
+        #[arg(long, conflicts_with = "prefix")]
+        label: Option<String>,
         /// Say what would move without moving it.
         #[arg(long)]
         dry_run: bool,
@@ -550,8 +553,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             to,
             prefix,
+            label,
             dry_run,
-        } => feed::revert(&root, &store, &prefix, to, dry_run, json).await,
+        } => {
+            let scope = match &label {
+                Some(label) => feed::Reverted::Label(label),
+                None => feed::Reverted::Prefix(&prefix),
+            };
+            feed::revert(&root, &store, scope, to, dry_run, json).await
+        }
         Command::Cat {
             store,
             reference,

@@ -2706,7 +2706,12 @@ fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
         .assert()
         .success()
         .stdout("v1 assets");
-    // An age works as a point too: a minute ago, everything was as before.
+    // One label alone, or every label.
+    env.cmd()
+        .args(["revert", "app", "--to", &before_deploy, "--label", "config", "--dry-run"])
+        .assert()
+        .success()
+        .stderr(contains("would move 1 labels back"));
     env.cmd()
         .args(["revert", "app", "--to", &before_deploy])
         .assert()
@@ -2717,6 +2722,7 @@ fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
         .assert()
         .success()
         .stdout("{\"replicas\":3}");
+    // An age works as a point too: a minute ago the store had no label.
     env.cmd()
         .args(["labels", "app", "--at", "1m"])
         .assert()

@@ -164,12 +164,35 @@ impl ContentStore {
     /// Fails with [`StoreError::NotFound`], moving nothing, when content a
     /// label named then is no longer held.
     pub async fn revert_to(&self, prefix: &str, seq: u64, dry_run: bool) -> Result<Vec<Revert>> {
+        self.revert_where(prefix, |_| true, seq, dry_run).await
+    }
+
+    /// [`ContentStore::revert_to`] for the one label `label`.
+    pub async fn revert_label_to(
+        &self,
+        label: &str,
+        seq: u64,
+        dry_run: bool,
+    ) -> Result<Vec<Revert>> {
+        crate::names::validate_label(label)?;
+        self.revert_where(label, |found| found == label, seq, dry_run)
+            .await
+    }
+
+    /// Reverts the labels under `prefix` that `chosen` picks.
+    async fn revert_where(
+        &self,
+        prefix: &str,
+        chosen: impl Fn(&str) -> bool,
+        seq: u64,
+        dry_run: bool,
+    ) -> Result<Vec<Revert>> {
         for _ in 0..REVERT_TRIES {
             let moves: Vec<Revert> = self
                 .values_at(prefix, seq)
                 .await?
                 .into_iter()
-                .filter(|(_, (now, then))| now != then)
+                .filter(|(label, (now, then))| now != then && chosen(label))
                 .map(|(label, (now, then))| Revert {
                     label,
                     from: now,

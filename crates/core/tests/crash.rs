@@ -295,6 +295,13 @@ async fn check_after_kill(
             .await
             .unwrap()
             .map(|r| r.hash().to_owned());
+        // The change log survived with the label: its newest entry for
+        // the label names the value the label holds.
+        let newest = store.history(&label(l), 1).await.unwrap();
+        let logged = newest
+            .first()
+            .and_then(|change| change.new.as_ref().map(|r| r.hash().to_owned()));
+        assert_eq!(logged, actual, "label {l}: the log's newest entry disagrees");
         let acknowledged = model.labels.get(&l).cloned().flatten();
         match &flying_label {
             Some((fl, value)) if *fl == l && actual == *value => {
@@ -307,6 +314,18 @@ async fn check_after_kill(
             ),
         }
         checked += 1;
+    }
+    // And its sequence has no gap.
+    let mut since = 0;
+    loop {
+        let page = store.changes(since, 10_000).await.unwrap();
+        for change in &page.changes {
+            assert_eq!(change.seq, since + 1, "a gap in the change log");
+            since = change.seq;
+        }
+        if page.changes.is_empty() {
+            break;
+        }
     }
     // Content of an in-flight store may or may not be there; if it is, it is whole.
     if let Some((parts, _)) = in_flight

@@ -1231,7 +1231,7 @@ pub(crate) fn label_change_after(
 ) -> rusqlite::Result<Option<ChangeRow>> {
     connection
         .prepare_cached(
-            "SELECT seq, label, old, new, at, actor FROM changes
+            "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
              WHERE store = ?1 AND label = ?2 AND seq > ?3 ORDER BY seq LIMIT 1",
         )?
         .query_row(
@@ -1256,7 +1256,7 @@ pub(crate) fn label_changes_before(
 ) -> rusqlite::Result<Vec<ChangeRow>> {
     connection
         .prepare_cached(
-            "SELECT seq, label, old, new, at, actor FROM changes
+            "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
              WHERE store = ?1 AND label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
         )?
         .query_map(
