@@ -785,7 +785,10 @@ fn history_at_scale(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| async { store.get_by_label("doc:04321").await.unwrap() })
     });
-    for (name, seq) in [("label_at_early_point", 5_000), ("label_at_late_point", last - 5_000)] {
+    for (name, seq) in [
+        ("label_at_early_point", 5_000),
+        ("label_at_late_point", last - 5_000),
+    ] {
         group.bench_function(name, |b| {
             b.to_async(&runtime)
                 .iter(|| async { store.label_at("doc:04321", seq).await.unwrap() })

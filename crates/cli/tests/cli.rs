@@ -2708,7 +2708,15 @@ fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
         .stdout("v1 assets");
     // One label alone, or every label.
     env.cmd()
-        .args(["revert", "app", "--to", &before_deploy, "--label", "config", "--dry-run"])
+        .args([
+            "revert",
+            "app",
+            "--to",
+            &before_deploy,
+            "--label",
+            "config",
+            "--dry-run",
+        ])
         .assert()
         .success()
         .stderr(contains("would move 1 labels back"));

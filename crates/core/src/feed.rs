@@ -272,8 +272,11 @@ impl ContentStore {
     /// commit (by this process, another process, or another host of a
     /// shared root). Each change comes once, in order; a watcher that
     /// stops and starts again from the last `seq` it handled misses
-    /// nothing. The stream ends after yielding an error (a trimmed log,
-    /// a failing index), and never ends otherwise.
+    /// nothing. A shared root's server going away (PostgreSQL killed or
+    /// restarting) is waited out: the watch reads again, from where it
+    /// was, until the server is back. The stream ends after yielding any
+    /// other error (a trimmed log, a failing index), and never ends
+    /// otherwise.
     pub fn watch(&self, prefix: &str, since: u64) -> Watch {
         let state = WatchState {
             store: self.clone(),
@@ -282,6 +285,7 @@ impl ContentStore {
             ready: VecDeque::new(),
             signal: None,
             done: false,
+            outage: Duration::ZERO,
         };
         Watch {
             inner: futures_util::stream::unfold(state, next_change).boxed(),
@@ -387,6 +391,11 @@ const HISTORY_PAGE: usize = 4_096;
 /// How many entries a watcher reads at once.
 const WATCH_PAGE: usize = 1_000;
 
+/// The first and the longest wait before a watcher reads again while a
+/// shared root's server is unreachable; the wait doubles in between.
+const OUTAGE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const OUTAGE_RETRY_MAX: Duration = Duration::from_secs(2);
+
 struct WatchState {
     store: ContentStore,
     prefix: String,
@@ -396,6 +405,9 @@ struct WatchState {
     ready: VecDeque<LabelChange>,
     signal: Option<(Arc<dyn Engine>, tokio::sync::watch::Receiver<u64>)>,
     done: bool,
+    /// How long it last waited for a server to come back (zero: none is
+    /// down).
+    outage: Duration,
 }
 
 async fn next_change(mut state: WatchState) -> Option<(Result<LabelChange>, WatchState)> {
@@ -407,7 +419,13 @@ async fn next_change(mut state: WatchState) -> Option<(Result<LabelChange>, Watc
             return None;
         }
         match fill(&mut state).await {
-            Ok(()) => {}
+            Ok(()) => state.outage = Duration::ZERO,
+            // A shared root's server down or restarting: wait it out and
+            // read again from the same point, so that nothing is missed.
+            Err(StoreError::Service { .. }) => {
+                state.outage = (state.outage * 2).clamp(OUTAGE_RETRY_FIRST, OUTAGE_RETRY_MAX);
+                tokio::time::sleep(state.outage).await;
+            }
             Err(error) => {
                 state.done = true;
                 return Some((Err(error), state));

@@ -301,7 +301,10 @@ async fn check_after_kill(
         let logged = newest
             .first()
             .and_then(|change| change.new.as_ref().map(|r| r.hash().to_owned()));
-        assert_eq!(logged, actual, "label {l}: the log's newest entry disagrees");
+        assert_eq!(
+            logged, actual,
+            "label {l}: the log's newest entry disagrees"
+        );
         let acknowledged = model.labels.get(&l).cloned().flatten();
         match &flying_label {
             Some((fl, value)) if *fl == l && actual == *value => {

@@ -59,6 +59,20 @@ async fn servers_killed_mid_run_fail_clearly_and_come_back() {
         acknowledged.push((format!("l{i}"), big));
     }
 
+    // A watcher from here on, through both outages: it must see every
+    // change made meanwhile once, in order, on another host's root.
+    let watching = StoreRoot::at(&format!("{root_string}-watcher"), Options::default()).unwrap();
+    let since = store.last_change().await.unwrap();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watch = watching.store("faults").unwrap().watch("", since);
+    let watcher = tokio::spawn(async move {
+        while let Some(change) = watch.next().await {
+            if seen.send(change).is_err() {
+                return;
+            }
+        }
+    });
+
     // The object store down: large content cannot be stored, and the
     // error names it; small content (rows only) still can.
     services.kill_s3();
@@ -120,4 +134,20 @@ async fn servers_killed_mid_run_fail_clearly_and_come_back() {
     check(&fresh.store("faults").unwrap(), &acknowledged).await;
     let report = store.verify(Arc::new(())).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
+
+    // The watcher waited out PostgreSQL's restart and missed nothing.
+    let mut labels = Vec::new();
+    let mut expected_seq = since + 1;
+    while labels.last().map(String::as_str) != Some("s-after") {
+        let change = tokio::time::timeout(std::time::Duration::from_secs(30), seen_rx.recv())
+            .await
+            .expect("the watcher goes on after the restart")
+            .expect("the watch does not end")
+            .expect("the watch yields no error");
+        assert_eq!(change.seq, expected_seq, "once each, in order");
+        expected_seq += 1;
+        labels.push(change.label);
+    }
+    assert_eq!(labels, ["s-down", "l-after", "s-after"]);
+    watcher.abort();
 }

@@ -610,3 +610,57 @@ async fn a_store_removed_and_made_again_is_compared_whole_not_skipped() {
     // As in a first sync, nothing is deleted at the destination.
     assert_eq!(value(&target, "old/0").await.as_deref(), Some("old 0"));
 }
+
+#[tokio::test]
+async fn a_sync_is_history_too_and_a_revert_after_a_conflict_resolves_it() {
+    let (_dir, a, b) = two_roots();
+    let (source, target) = (a.store("docs").unwrap(), b.store("docs").unwrap());
+    source.store_at_label("config", "v1").await.unwrap();
+    source.store_at_label("notes", "n1").await.unwrap();
+    sync(&a, &b, &SyncOptions::default()).await;
+    let agreed = target.last_change().await.unwrap();
+
+    // Both sides change config; the source also changes notes.
+    source.store_at_label("config", "v2 from a").await.unwrap();
+    source.store_at_label("notes", "n2").await.unwrap();
+    target.store_at_label("config", "v2 from b").await.unwrap();
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert_eq!(report.conflicts.len(), 1, "{report:?}");
+    assert_eq!(value(&target, "notes").await.as_deref(), Some("n2"));
+
+    // The destination's log holds what the syncs did, named as theirs.
+    let notes = target.history("notes", 10).await.unwrap();
+    assert_eq!(notes.len(), 2);
+    assert!(
+        notes
+            .iter()
+            .all(|c| c.actor.as_deref().is_some_and(|a| a.starts_with("sync:"))),
+        "{notes:?}"
+    );
+    // Resolving the conflict by going back to what both agreed on: the
+    // revert moves config and notes back, as new changes.
+    let moved = target.revert_to("", agreed, false).await.unwrap();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert_eq!(value(&target, "config").await.as_deref(), Some("v1"));
+    assert_eq!(value(&target, "notes").await.as_deref(), Some("n1"));
+    // The next sync no longer conflicts: config is back where both last
+    // agreed, so the source's change comes over; notes moved back here
+    // after they agreed on n2, a change of the destination's, kept.
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert!(report.conflicts.is_empty(), "{report:?}");
+    assert_eq!(report.labels_kept, 1, "{report:?}");
+    assert_eq!(value(&target, "config").await.as_deref(), Some("v2 from a"));
+    assert_eq!(value(&target, "notes").await.as_deref(), Some("n1"));
+    // And every step stays readable at its point.
+    let then = target
+        .at(theater_store::Point::After(agreed))
+        .await
+        .unwrap();
+    assert_eq!(
+        then.get_content_by_label("config")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+}
