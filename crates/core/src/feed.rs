@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 
-use crate::engine::{ChangeRow, Engine};
+use crate::engine::{ChangeLog, ChangeRow, Engine};
 use crate::error::{Result, StoreError};
 use crate::names::ContentRef;
 use crate::store::{ContentStore, LabelEntry};
@@ -134,14 +134,7 @@ impl ContentStore {
     pub async fn label_at(&self, label: &str, seq: u64) -> Result<Option<ContentRef>> {
         crate::names::validate_label(label)?;
         let engine = self.root().engine().await?;
-        let bounds = engine.changes(self.store_id(), 0, 0).await?;
-        if seq < bounds.trimmed_through {
-            return Err(StoreError::ChangesTrimmed {
-                store: self.id().to_owned(),
-                since: seq,
-                oldest: bounds.trimmed_through + 1,
-            });
-        }
+        self.kept_point(&*engine, seq).await?;
         // The value now, then the label's first change after `seq`, read
         // after it: if there is none, nothing moved the label from `seq`
         // to that read, so the value now is the value then.
@@ -216,10 +209,9 @@ impl ContentStore {
         })
     }
 
-    /// For each label under `prefix` that exists now or did right after
-    /// `seq`: its value now and its value then.
-    async fn values_at(&self, prefix: &str, seq: u64) -> Result<BTreeMap<String, LabelThen>> {
-        let engine = self.root().engine().await?;
+    /// The log's bounds, once `seq` is known to be a point the log still
+    /// keeps; [`StoreError::ChangesTrimmed`] otherwise.
+    pub(crate) async fn kept_point(&self, engine: &dyn Engine, seq: u64) -> Result<ChangeLog> {
         let bounds = engine.changes(self.store_id(), 0, 0).await?;
         if seq < bounds.trimmed_through {
             return Err(StoreError::ChangesTrimmed {
@@ -228,6 +220,14 @@ impl ContentStore {
                 oldest: bounds.trimmed_through + 1,
             });
         }
+        Ok(bounds)
+    }
+
+    /// For each label under `prefix` that exists now or did right after
+    /// `seq`: its value now and its value then.
+    async fn values_at(&self, prefix: &str, seq: u64) -> Result<BTreeMap<String, LabelThen>> {
+        let engine = self.root().engine().await?;
+        let bounds = self.kept_point(&*engine, seq).await?;
         // A point past the newest change is now.
         let seq = seq.min(bounds.last);
         // The labels now, then every change after `seq`, read after them:

@@ -121,29 +121,8 @@ impl ContentStore {
         out: W,
         progress: impl Progress + 'static,
     ) -> Result<(PackageSummary, W)> {
-        let progress: Arc<dyn Progress> = Arc::new(progress);
-        let store = self.clone();
-        let prefix = prefix.map(str::to_owned);
-        let engine = self.root().engine().await?;
-        blocking(move || {
-            let version = if store.id() == CHAIN_STORE {
-                PACKAGE_VERSION
-            } else {
-                PLAIN_VERSION
-            };
-            let id = store.store_id().clone();
-            let mut writer = PackageWriter::new(out, version).map_err(write_failed(&id))?;
-            let summary = export_section(
-                &*engine,
-                &store,
-                (prefix.as_deref(), None),
-                &mut writer,
-                &*progress,
-            )?;
-            let out = writer.finish().map_err(write_failed(&id))?;
-            Ok((summary, out))
-        })
-        .await
+        self.export_labels(prefix, None, out, Arc::new(progress))
+            .await
     }
 
     /// [`ContentStore::export_package`] of the store as it was right after
@@ -158,23 +137,40 @@ impl ContentStore {
         out: W,
         progress: impl Progress + 'static,
     ) -> Result<(PackageSummary, W)> {
-        let progress: Arc<dyn Progress> = Arc::new(progress);
         let then: Vec<(String, Digest)> = self
             .labels_at(prefix.unwrap_or(""), seq)
             .await?
             .into_iter()
             .map(|entry| Ok((entry.label, entry.content_ref.digest()?)))
             .collect::<Result<_>>()?;
+        self.export_labels(prefix, Some(then), out, Arc::new(progress))
+            .await
+    }
+
+    /// Writes a package of one store: its labels under `prefix` now, or
+    /// the ones given (`then`, read at a past point), and what they reach.
+    async fn export_labels<W: Write + Send + 'static>(
+        &self,
+        prefix: Option<&str>,
+        then: Option<Vec<LabelRow>>,
+        out: W,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(PackageSummary, W)> {
         let store = self.clone();
         let prefix = prefix.map(str::to_owned);
         let engine = self.root().engine().await?;
         blocking(move || {
+            let version = if store.id() == CHAIN_STORE {
+                PACKAGE_VERSION
+            } else {
+                PLAIN_VERSION
+            };
             let id = store.store_id().clone();
-            let mut writer = PackageWriter::new(out, PLAIN_VERSION).map_err(write_failed(&id))?;
+            let mut writer = PackageWriter::new(out, version).map_err(write_failed(&id))?;
             let summary = export_section(
                 &*engine,
                 &store,
-                (prefix.as_deref(), Some(then)),
+                (prefix.as_deref(), then),
                 &mut writer,
                 &*progress,
             )?;

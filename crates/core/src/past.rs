@@ -73,14 +73,8 @@ impl ContentStore {
     /// keeps; a point past the newest change is now.
     pub async fn at(&self, point: Point) -> Result<PastView> {
         let seq = self.resolve_point(point).await?;
-        let kept = self.changes(self.last_change().await?, 0).await?;
-        if seq + 1 < kept.oldest_kept {
-            return Err(StoreError::ChangesTrimmed {
-                store: self.id().to_owned(),
-                since: seq,
-                oldest: kept.oldest_kept,
-            });
-        }
+        let engine = self.root().engine().await?;
+        self.kept_point(&*engine, seq).await?;
         Ok(PastView {
             store: self.clone(),
             seq,

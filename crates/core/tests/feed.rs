@@ -683,14 +683,7 @@ async fn reads_at_random_points_agree_with_a_model_of_every_point() {
     assert_eq!(store.last_change().await.unwrap() as usize, model.len() - 1);
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Collected with no grace: history keeps what every point names.
-    let gc = GcOptions {
-        grace: Duration::ZERO,
-        dry_run: false,
-    };
-    store
-        .collect_garbage(gc, std::sync::Arc::new(()))
-        .await
-        .unwrap();
+    collect_now(&store).await;
     for _ in 0..60 {
         let seq = rng.below(model.len() as u64);
         let then = store.at(theater_store::Point::After(seq)).await.unwrap();
@@ -788,14 +781,7 @@ async fn a_time_before_the_trimmed_log_is_refused_naming_the_oldest_kept() {
             .await
             .unwrap();
     }
-    let gc = GcOptions {
-        grace: Duration::ZERO,
-        dry_run: false,
-    };
-    store
-        .collect_garbage(gc, std::sync::Arc::new(()))
-        .await
-        .unwrap();
+    collect_now(&store).await;
     for point in [
         theater_store::Point::Time(early),
         theater_store::Point::After(1),
@@ -817,4 +803,16 @@ async fn a_time_before_the_trimmed_log_is_refused_naming_the_oldest_kept() {
             .unwrap(),
         b"2"
     );
+}
+
+/// Garbage collection with no grace period.
+async fn collect_now(store: &ContentStore) {
+    let gc = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    store
+        .collect_garbage(gc, std::sync::Arc::new(()))
+        .await
+        .unwrap();
 }

@@ -372,16 +372,7 @@ impl ActorHost {
             },
             Err(failure) => run_outcome(Some(failure)),
         };
-        let end = Event {
-            outcome: end_outcome,
-            ..Event::new("run-end")
-        };
-        host_notes.extend(record(chain.as_ref(), end, &limits).await);
-        let mut stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
-        for note in host_notes {
-            stderr.push_str(&note);
-            stderr.push('\n');
-        }
+        let stderr = end_run(chain.as_ref(), end_outcome, &limits, host_notes, &stderr).await;
         CommandRun {
             outcome,
             stdout: stdout.contents().to_vec(),
@@ -528,6 +519,28 @@ pub(crate) async fn record(
         "host: could not record {event_type} in the chain of {}: {error}",
         chain.actor()
     )]
+}
+
+/// Records a run's `run-end` event with `outcome`, and gives the run's
+/// stderr followed by the host's notes (one per line).
+pub(crate) async fn end_run(
+    chain: Option<&EventChain>,
+    outcome: Outcome,
+    limits: &Limits,
+    mut host_notes: Vec<String>,
+    stderr: &MemoryOutputPipe,
+) -> String {
+    let end = Event {
+        outcome,
+        ..Event::new("run-end")
+    };
+    host_notes.extend(record(chain, end, limits).await);
+    let mut text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    for note in host_notes {
+        text.push_str(&note);
+        text.push('\n');
+    }
+    text
 }
 
 /// Gives the actor back the stores it created in earlier runs; a failure

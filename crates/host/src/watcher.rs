@@ -23,7 +23,7 @@ use crate::enforce::{ActorFailure, deadline_ticks};
 use crate::policy::{Access, Limits};
 use crate::resources::Bucket;
 use crate::runner::{
-    ActorComponent, ActorHost, ActorState, CommandOutput, Kind, RunOptions, record, record_start,
+    ActorComponent, ActorHost, ActorState, CommandOutput, Kind, RunOptions, end_run, record_start,
     restore_created, run_outcome,
 };
 
@@ -236,16 +236,8 @@ impl ActorHost {
             Err(_) if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
             outcome => outcome,
         };
-        let end = Event {
-            outcome: run_outcome(outcome.as_ref().err()),
-            ..Event::new("run-end")
-        };
-        host_notes.extend(record(chain.as_ref(), end, &limits).await);
-        let mut stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
-        for note in host_notes {
-            stderr.push_str(&note);
-            stderr.push('\n');
-        }
+        let end = run_outcome(outcome.as_ref().err());
+        let stderr = end_run(chain.as_ref(), end, &limits, host_notes, &stderr).await;
         WatcherRun {
             outcome,
             delivered,
