@@ -11,6 +11,7 @@ mod missing;
 mod parse;
 mod progress;
 mod run;
+mod serve;
 mod stores;
 mod sync;
 
@@ -46,6 +47,15 @@ enum Command {
     Run(RunArgs),
     /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
     Demo,
+    /// Serve the root over HTTP under /v1 (docs/HTTP.md): content by label and ref, streamed and verified, with ETags and ranges; label writes with compare-and-swap; the change feed as Server-Sent Events. Until Ctrl-C.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = theater_store_gateway::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Bearer tokens and what each grants, one per line: `TOKEN STORE[:ro]...` (`*` for every store). Without it the gateway serves reads only, and only on loopback.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+    },
     /// List every store in the root with its object count, bytes and label count.
     Stores {
         /// Also the root's own stores: `_chains` (event chains), `_compiled` (the compiled-component cache), `_sync` (what syncs agreed on), `_owners` (which actor created which store), `_cursors` (how far keyvalue watchers got).
@@ -500,6 +510,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,
+        Command::Serve { listen, tokens } => serve::serve(&root, listen, tokens.as_deref()).await,
         Command::Stores { all } => stores::list_stores(&root, all, json).await,
         Command::Actors => chain::actors(&root, json).await,
         Command::Quarantine {

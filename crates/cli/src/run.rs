@@ -280,7 +280,7 @@ async fn run_watcher(
 }
 
 /// Resolves on Ctrl-C or SIGTERM; never, when neither can be listened for.
-async fn stop_signal() {
+pub async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

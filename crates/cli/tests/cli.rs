@@ -2742,3 +2742,62 @@ fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
         .code(2)
         .stderr(contains("neither a change number"));
 }
+
+/// One HTTP/1.1 request over a fresh connection; the whole answer as text.
+fn http(address: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
+    let env = Env::new();
+    let stored = env.put("docs", "served over http", Some("readme"));
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+        .arg("--root")
+        .arg(env.root())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.contains("reads only"), "{banner}");
+    let address = banner
+        .strip_prefix("serving http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let answer = http(
+        &address,
+        "GET /v1/stores/docs/labels/readme HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("etag: \"{stored}\"")), "{answer}");
+    assert!(answer.ends_with("served over http"), "{answer}");
+    let refused = http(
+        &address,
+        "PUT /v1/stores/docs/labels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGTERM) }, 0);
+    assert!(server.wait().unwrap().success());
+
+    env.cmd()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .assert()
+        .failure()
+        .stderr(contains("only on loopback"));
+    let tokens = env.file("tokens", b"short docs\n");
+    env.cmd()
+        .args(["serve", "--listen", "0.0.0.0:0", "--tokens"])
+        .arg(&tokens)
+        .assert()
+        .failure()
+        .stderr(contains("line 1").and(contains("16 characters")));
+}

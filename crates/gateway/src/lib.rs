@@ -1,0 +1,83 @@
+//! An HTTP view of a theater-store root, under `/v1`:
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /v1/stores` | the stores the caller may read, with their totals |
+//! | `GET /v1/stores/{store}/labels?prefix=&after=&limit=` | one page of labels, and the cursor of the next |
+//! | `GET /v1/stores/{store}/labels/{label}` | the content a label names, streamed and verified |
+//! | `GET /v1/stores/{store}/content/{ref}` | content by ref, cacheable forever |
+//! | `PUT /v1/stores/{store}/labels/{label}` | the body stored and labelled; `If-Match: "REF"` or `If-None-Match: *` make it a compare-and-swap |
+//! | `DELETE /v1/stores/{store}/labels/{label}` | the label removed (`If-Match` as for `PUT`) |
+//! | `POST /v1/stores/{store}/content` | the body stored, its ref answered |
+//! | `GET /v1/stores/{store}/changes?since=&prefix=` | the change log as Server-Sent Events, resumable with `Last-Event-ID` |
+//!
+//! A ref is a strong `ETag` (`"<64 hex>"`); `If-None-Match` answers 304;
+//! a single `Range: bytes=…` is answered 206 from a verified range read
+//! (a request naming several ranges gets the whole content, 200). Errors
+//! are JSON, `{"error", "kind"}`, with the store's error kinds. Access is
+//! checked per store ([`Access`]).
+
+#![warn(missing_docs)]
+
+mod access;
+mod error;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use theater_store::StoreRoot;
+
+pub use access::{Access, MIN_TOKEN_CHARS, Need, Tokens};
+pub use error::ApiError;
+
+/// Where the gateway listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+/// Limits on what one request may ask of the gateway.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest request body (`PUT`, `POST`). Default: 64 MiB.
+    pub max_body_bytes: usize,
+    /// How long a request may take to be answered (its headers; a body
+    /// then streams at the client's pace). Default: 30 s.
+    pub timeout: Duration,
+    /// Requests handled at once; more wait their turn. Default: 64.
+    pub max_concurrent_requests: usize,
+    /// The most labels one page lists. Default: 10,000.
+    pub max_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 << 20,
+            timeout: Duration::from_secs(30),
+            max_concurrent_requests: 64,
+            max_page: 10_000,
+        }
+    }
+}
+
+/// The gateway's routes over `root`, for `access`, within `limits`: an
+/// axum [`Router`] to serve (see [`serve`]) or to nest in another.
+pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
+    routes::router(Arc::new(routes::Gateway {
+        root,
+        access,
+        limits,
+    }))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; requests in
+/// progress then finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
