@@ -46,8 +46,9 @@ pub async fn serve(
         "root {}; stop with Ctrl-C",
         root.describe().unwrap_or_default()
     );
-    let app = theater_store_gateway::router(root.clone(), access, Limits::default());
-    theater_store_gateway::serve(listener, app, crate::run::stop_signal())
+    let limits = Limits::default();
+    let app = theater_store_gateway::router(root.clone(), access, limits.clone());
+    theater_store_gateway::serve(listener, app, &limits, crate::run::stop_signal())
         .await
         .context("serving")?;
     Ok(ExitCode::SUCCESS)

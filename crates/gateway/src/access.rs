@@ -150,6 +150,23 @@ impl Access {
         }
     }
 
+    /// Whether the request may read actors' event chains: chains cross
+    /// stores, so a token needs a grant of every store (`*` or `*:ro`).
+    pub fn check_chains(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self {
+            Self::ReadOnlyToAll => Ok(()),
+            Self::Tokens(tokens) => {
+                let grants = tokens.grants_of(headers)?;
+                if grants.iter().any(|grant| grant.store.is_none()) {
+                    return Ok(());
+                }
+                Err(ApiError::Forbidden(
+                    "event chains need a token granting every store (*:ro)".into(),
+                ))
+            }
+        }
+    }
+
     /// Whether the request holds a valid token at all (or needs none):
     /// for listings, which show only what it may read.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -54,6 +54,10 @@ impl ApiError {
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorKind::InvalidRef.as_str(),
             ),
+            // An actor id is checked by the store but has no kind of its own.
+            Self::Store(StoreError::InvalidActorId { .. }) => {
+                (StatusCode::BAD_REQUEST, "bad-request")
+            }
             Self::Store(error) => {
                 let kind = error.kind();
                 let status = match kind {

@@ -47,6 +47,14 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// The most labels one page lists. Default: 10,000.
     pub max_page: usize,
+    /// How long a connection may take to send a request's headers.
+    /// Default: 10 s.
+    pub header_timeout: Duration,
+    /// The most bytes a request's head may take (at least 8 KiB).
+    /// Default: 64 KiB.
+    pub max_header_bytes: usize,
+    /// Connections open at once. Default: 1024.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +64,9 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             max_concurrent_requests: 64,
             max_page: 10_000,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            max_connections: 1024,
         }
     }
 }
@@ -70,14 +81,46 @@ pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
     }))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; requests in
-/// progress then finish.
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting connections. Each connection must send a request's headers
+/// within [`Limits::header_timeout`] (also between requests on a kept-alive
+/// connection) and within [`Limits::max_header_bytes`]; beyond
+/// [`Limits::max_connections`] open at once, new ones are closed at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: &Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors, a connection reset before it
+                // was taken: the listener itself is fine.
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A connection that ends badly (a client gone, headers too
+            // slow or too large) concerns only itself.
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
 }

@@ -57,6 +57,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v1/stores/{store}/content/{reference}", get(get_content))
         .route("/v1/stores/{store}/changes", get(changes))
+        .route("/v1/chains/{actor}", get(chain))
         .layer(layers)
         .with_state(gateway)
 }
@@ -377,4 +378,51 @@ async fn changes(
         })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+struct ChainQuery {
+    limit: Option<usize>,
+}
+
+/// An actor's newest events, newest first, each checked link by link from
+/// the chain's head: `{"actor", "events", "verified", "error"}`. A chain
+/// damaged below the head lists the events above the damage, with
+/// `verified: false` and what is wrong.
+async fn chain(
+    State(gateway): Shared,
+    headers: HeaderMap,
+    Path(actor): Path<String>,
+    Query(query): Query<ChainQuery>,
+) -> Result<Response, ApiError> {
+    gateway.access.check_chains(&headers)?;
+    let chain = gateway.root.event_chain(&actor)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, gateway.limits.max_page);
+    let mut events = Vec::new();
+    let walked = chain
+        .for_each_event(limit, |entry| {
+            let mut event = serde_json::to_value(&entry.event).unwrap_or_default();
+            event["ref"] = entry.content_ref.hash().into();
+            event["outcome"] = serde_json::to_value(&entry.event.event.outcome).unwrap_or_default();
+            events.push(event);
+            true
+        })
+        .await;
+    let error = match walked {
+        Ok(()) => None,
+        Err(damaged @ theater_store::StoreError::ChainDamaged { .. }) => Some(damaged.to_string()),
+        Err(other) => return Err(other.into()),
+    };
+    if events.is_empty() && error.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no event chain for actor {actor}"
+        )));
+    }
+    Ok(Json(serde_json::json!({
+        "actor": actor,
+        "events": events,
+        "verified": error.is_none(),
+        "error": error,
+    }))
+    .into_response())
 }

@@ -10,9 +10,11 @@ use tower::ServiceExt;
 
 const WRITER: &str = "writer-token-0123456789";
 const READER: &str = "reader-token-0123456789";
+const AUDITOR: &str = "auditor-token-0123456789";
 
 fn tokens() -> Access {
-    let file = format!("# who may do what\n{WRITER} docs other:ro\n\n{READER} docs:ro\n");
+    let file =
+        format!("# who may do what\n{WRITER} docs other:ro\n\n{READER} docs:ro\n{AUDITOR} *:ro\n");
     Access::Tokens(Tokens::parse(&file).unwrap())
 }
 
@@ -533,4 +535,147 @@ async fn damaged_content_is_never_served_past_the_damage() {
         );
         assert_eq!(served[..], text[..served.len()]);
     }
+}
+
+#[tokio::test]
+async fn an_actors_chain_is_listed_newest_first_and_verified_for_tokens_reaching_every_store() {
+    let (_dir, root) = root();
+    let chain = root.event_chain("actor-1").unwrap();
+    for label in ["a", "b", "c"] {
+        let event = theater_store::Event {
+            store: Some("docs".into()),
+            label: Some(label.into()),
+            ..theater_store::Event::new("store-at-label")
+        };
+        chain.append(event).await.unwrap();
+    }
+    let app = router(root, tokens(), Limits::default());
+    let listed = send(
+        &app,
+        get("/v1/chains/actor-1?limit=2", Some(AUDITOR))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    let listed = json(listed).await;
+    assert_eq!(listed["verified"], true);
+    let labels: Vec<&str> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["c", "b"]);
+    let one_store = send(
+        &app,
+        get("/v1/chains/actor-1", Some(WRITER))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(one_store.status(), StatusCode::FORBIDDEN);
+    let nobody = send(
+        &app,
+        get("/v1/chains/nobody", Some(AUDITOR))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+    let bad = send(
+        &app,
+        get("/v1/chains/bad%20id", Some(AUDITOR))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Reads what the server sends until it closes the connection, giving up
+/// after `within`.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn slow_headers_huge_headers_and_too_many_connections_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let (_dir, root) = root();
+    root.store("docs")
+        .unwrap()
+        .store_at_label("a", b"fine".to_vec())
+        .await
+        .unwrap();
+    let limits = Limits {
+        header_timeout: std::time::Duration::from_millis(300),
+        max_header_bytes: 8192,
+        max_connections: 3,
+        ..Limits::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = router(root, Access::ReadOnlyToAll, limits.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        theater_store_gateway::serve(listener, app, &limits, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let second = std::time::Duration::from_secs(5);
+
+    // Headers trickling in too slowly: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /v1/stores HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    until_closed(&mut slow, second).await;
+    assert!(started.elapsed() < second);
+
+    // Headers over the limit: refused, closed.
+    let mut huge = tokio::net::TcpStream::connect(address).await.unwrap();
+    let padding = "x".repeat(20_000);
+    let request = format!("GET /v1/stores HTTP/1.1\r\nHost: x\r\nX-Pad: {padding}\r\n\r\n");
+    let _ = huge.write_all(request.as_bytes()).await;
+    let answer = until_closed(&mut huge, second).await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Three idle connections take every slot: a fourth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /v1/stores HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = until_closed(&mut extra, std::time::Duration::from_millis(250)).await;
+    assert!(answer.is_empty(), "{answer}");
+    // Once they are cut off (they send nothing), service carries on.
+    drop(idle);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut fine = tokio::net::TcpStream::connect(address).await.unwrap();
+    fine.write_all(
+        b"GET /v1/stores/docs/labels/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut fine, second).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("fine"),
+        "{answer}"
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }
