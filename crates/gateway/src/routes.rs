@@ -45,6 +45,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> Router {
         ))
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests));
     Router::new()
+        .route("/", get(ui))
         .route("/v1/stores", get(list_stores))
         .route("/v1/stores/{store}/labels", get(list_labels))
         .route(
@@ -69,6 +70,22 @@ impl Gateway {
         self.access.check(headers, id, need)?;
         Ok(store)
     }
+}
+
+/// The browser UI: one page, its script a client of the API above.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:",
+            ),
+        ],
+        include_str!("../ui/index.html"),
+    )
+        .into_response()
 }
 
 async fn list_stores(State(gateway): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
