@@ -37,6 +37,12 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// How log lines (on stderr) look: `text`, or `json` (one object per
+    /// line). Which are written is up to RUST_LOG [default:
+    /// warn,theater_store_gateway=info].
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -409,6 +415,22 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+/// Log lines to stderr, filtered by RUST_LOG, as text or JSON.
+fn start_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,theater_store_gateway=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // Another subscriber already set (never, in this binary) keeps its own.
+    let _ = match format {
+        "json" => logs.json().try_init(),
+        _ => logs.try_init(),
+    };
+}
+
 /// The root the command works on.
 fn resolve_root(root: Option<String>, options: Options) -> anyhow::Result<StoreRoot> {
     if let Some(root) = root {
@@ -422,6 +444,7 @@ fn resolve_root(root: Option<String>, options: Options) -> anyhow::Result<StoreR
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    start_logging(&cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -2760,7 +2760,8 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
     let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
         .arg("--root")
         .arg(env.root())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -2786,7 +2787,21 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
     );
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGTERM) }, 0);
-    assert!(server.wait().unwrap().success());
+    let output = server.wait_with_output().unwrap();
+    assert!(output.status.success());
+    // One JSON log line per request, with its route and status.
+    let logs = String::from_utf8(output.stderr).unwrap();
+    let requests: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &Value| line["fields"]["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 2, "{logs}");
+    assert_eq!(
+        requests[0]["span"]["route"], "/v1/stores/{store}/labels/{label}",
+        "{logs}"
+    );
+    assert_eq!(requests[1]["fields"]["status"], "403", "{logs}");
 
     env.cmd()
         .args(["serve", "--listen", "0.0.0.0:0"])

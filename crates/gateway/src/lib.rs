@@ -15,12 +15,15 @@
 //! a single `Range: bytes=…` is answered 206 from a verified range read
 //! (a request naming several ranges gets the whole content, 200). Errors
 //! are JSON, `{"error", "kind"}`, with the store's error kinds. Access is
-//! checked per store ([`Access`]).
+//! checked per store ([`Access`]). `GET /` is a browser UI over the same
+//! API; `GET /metrics` gives Prometheus metrics (requests, latency and
+//! bytes by route); each request is a `tracing` span.
 
 #![warn(missing_docs)]
 
 mod access;
 mod error;
+mod observe;
 mod routes;
 
 use std::sync::Arc;
@@ -74,6 +77,7 @@ impl Default for Limits {
 /// The gateway's routes over `root`, for `access`, within `limits`: an
 /// axum [`Router`] to serve (see [`serve`]) or to nest in another.
 pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
+    observe::install();
     routes::router(Arc::new(routes::Gateway {
         root,
         access,

@@ -679,3 +679,53 @@ async fn slow_headers_huge_headers_and_too_many_connections_are_cut_off() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_in_prometheus_format() {
+    let (_dir, root) = root();
+    root.store("docs")
+        .unwrap()
+        .store_at_label("m", b"metric".to_vec())
+        .await
+        .unwrap();
+    let app = router(root, Access::ReadOnlyToAll, Limits::default());
+    for _ in 0..3 {
+        send(
+            &app,
+            get("/v1/stores/docs/labels/m", None)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    }
+    send(
+        &app,
+        get("/v1/stores/docs/labels/nothing-here", None)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let page = send(&app, get("/metrics", None).body(Body::empty()).unwrap()).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let text = String::from_utf8(body(page).await).unwrap();
+    let count = |status: &str| -> u64 {
+        text.lines()
+            .find(|line| {
+                line.starts_with("theater_gateway_requests_total")
+                    && line.contains("route=\"/v1/stores/{store}/labels/{label}\"")
+                    && line.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no count for {status} in {text}"))
+    };
+    // Other tests in this binary share the process's recorder: at least.
+    assert!(count("200") >= 3 && count("404") >= 1, "{text}");
+    assert!(
+        text.contains("theater_gateway_request_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("nothing-here") && !text.contains("docs"),
+        "labels stay out: {text}"
+    );
+}
