@@ -58,6 +58,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections open at once. Default: 1024.
     pub max_connections: usize,
+    /// The most space a store may take, as `StoreStats::footprint` counts
+    /// it, for writes through the gateway to be taken: a write that would
+    /// pass it gets 413. Writes in flight count until they finish, so
+    /// concurrent requests cannot pass it together. Default: 1 GiB, as
+    /// for `theater-store run`.
+    pub max_store_bytes: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +76,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
             max_connections: 1024,
+            max_store_bytes: 1 << 30,
         }
     }
 }
@@ -82,6 +89,7 @@ pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
         root,
         access,
         limits,
+        reserved: std::sync::Mutex::default(),
     }))
 }
 

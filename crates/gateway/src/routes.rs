@@ -28,6 +28,32 @@ pub(crate) struct Gateway {
     pub(crate) root: StoreRoot,
     pub(crate) access: Access,
     pub(crate) limits: Limits,
+    /// Bytes of writes in flight, per store, counted against the quota
+    /// until they finish.
+    pub(crate) reserved: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// Room held on a store's quota by one write; given back when dropped.
+struct Reservation<'a> {
+    gateway: &'a Gateway,
+    store: String,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut reserved = self
+            .gateway
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = reserved.get_mut(&self.store) {
+            *held = held.saturating_sub(self.bytes);
+            if *held == 0 {
+                reserved.remove(&self.store);
+            }
+        }
+    }
 }
 
 type Shared = State<Arc<Gateway>>;
@@ -66,6 +92,46 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 impl Gateway {
+    /// Holds room for writing `body` (and setting `label`) into `store`,
+    /// or says it would pass the quota. Content the store holds already
+    /// costs nothing.
+    async fn admit(
+        &self,
+        store: &ContentStore,
+        body: &[u8],
+        label: Option<&str>,
+    ) -> Result<Reservation<'_>, ApiError> {
+        let held = store.exists(&ContentRef::for_content(body)).await?;
+        let content = if held {
+            0
+        } else {
+            body.len() as u64 + theater_store::OBJECT_OVERHEAD_BYTES
+        };
+        let label = label.map_or(0, |label| {
+            theater_store::label_footprint(label.len())
+                + theater_store::change_footprint(label.len())
+        });
+        let cost = content + label;
+        let footprint = store.stats().await?.footprint();
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = reserved.entry(store.id().to_owned()).or_default();
+        let taken = footprint.saturating_add(*in_flight);
+        if taken.saturating_add(cost) > self.limits.max_store_bytes {
+            return Err(ApiError::QuotaExceeded {
+                store: store.id().to_owned(),
+                cost,
+                limit: self.limits.max_store_bytes,
+                taken,
+            });
+        }
+        *in_flight += cost;
+        Ok(Reservation {
+            gateway: self,
+            store: store.id().to_owned(),
+            bytes: cost,
+        })
+    }
+
     /// Store `id`, if the request may do `need` to it.
     fn store(&self, headers: &HeaderMap, id: &str, need: Need) -> Result<ContentStore, ApiError> {
         let store = self.root.store(id)?;
@@ -275,6 +341,7 @@ async fn put_label(
     let store = gateway.store(&headers, &store, Need::Write)?;
     theater_store::validate_label(&label)?;
     let expected = precondition(&headers)?;
+    let _room = gateway.admit(&store, &body, Some(&label)).await?;
     let stored = match &expected {
         None => store.store_at_label(&label, body.to_vec()).await?,
         Some(expected) => {
@@ -334,6 +401,7 @@ async fn post_content(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let store = gateway.store(&headers, &store, Need::Write)?;
+    let _room = gateway.admit(&store, &body, None).await?;
     let stored = store.store(body.to_vec()).await?;
     Ok(written(&store, None, &stored))
 }

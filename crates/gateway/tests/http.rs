@@ -729,3 +729,48 @@ async fn metrics_count_requests_by_route_and_status_in_prometheus_format() {
         "labels stay out: {text}"
     );
 }
+
+#[tokio::test]
+async fn writes_past_the_store_quota_are_refused_even_when_sent_together() {
+    let (_dir, root) = root();
+    let limits = Limits {
+        max_store_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let app = router(root.clone(), tokens(), limits);
+    let put = |label: String, size: usize| {
+        Request::put(format!("/v1/stores/docs/labels/{label}"))
+            .header(header::AUTHORIZATION, format!("Bearer {WRITER}"))
+            .body(Body::from(vec![label.len() as u8; size]))
+            .unwrap()
+    };
+    // Eight writes of 12 KiB at once under a 64 KiB quota: only those
+    // that fit are taken (each also costs its object and label overhead).
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let app = app.clone();
+            let request = put(format!("w{i:0width$}", width = i + 1), 12 << 10);
+            tokio::spawn(async move { app.oneshot(request).await.unwrap().status() })
+        })
+        .collect();
+    let mut taken = 0;
+    for write in writes {
+        match write.await.unwrap() {
+            StatusCode::CREATED => taken += 1,
+            StatusCode::PAYLOAD_TOO_LARGE => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((1..8).contains(&taken), "{taken} taken");
+    let footprint = root
+        .store("docs")
+        .unwrap()
+        .stats()
+        .await
+        .unwrap()
+        .footprint();
+    assert!(footprint <= 64 << 10, "{footprint}");
+    let refused = send(&app, put("late".into(), 60 << 10)).await;
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(refused).await["kind"], "quota-exceeded");
+}
