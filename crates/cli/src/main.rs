@@ -61,6 +61,12 @@ enum Command {
         /// Bearer tokens and what each grants, one per line: `TOKEN STORE[:ro]...` (`*` for every store). Without it the gateway serves reads only, and only on loopback.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
+        /// The largest request body (e.g. 64MiB) [default: 64MiB].
+        #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+        max_body: Option<usize>,
+        /// The most space a store may take for writes through the gateway to be taken [default: 1GiB].
+        #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+        store_quota: Option<usize>,
     },
     /// List every store in the root with its object count, bytes and label count.
     Stores {
@@ -533,7 +539,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,
-        Command::Serve { listen, tokens } => serve::serve(&root, listen, tokens.as_deref()).await,
+        Command::Serve {
+            listen,
+            tokens,
+            max_body,
+            store_quota,
+        } => {
+            let defaults = theater_store_gateway::Limits::default();
+            let limits = theater_store_gateway::Limits {
+                max_body_bytes: max_body.unwrap_or(defaults.max_body_bytes),
+                max_store_bytes: store_quota.map_or(defaults.max_store_bytes, |q| q as u64),
+                ..defaults
+            };
+            serve::serve(&root, listen, tokens.as_deref(), limits).await
+        }
         Command::Stores { all } => stores::list_stores(&root, all, json).await,
         Command::Actors => chain::actors(&root, json).await,
         Command::Quarantine {

@@ -12,6 +12,7 @@ pub async fn serve(
     root: &StoreRoot,
     listen: SocketAddr,
     tokens: Option<&Path>,
+    limits: Limits,
 ) -> anyhow::Result<ExitCode> {
     let access = match tokens {
         Some(path) => {
@@ -46,7 +47,6 @@ pub async fn serve(
         "root {}; stop with Ctrl-C",
         root.describe().unwrap_or_default()
     );
-    let limits = Limits::default();
     let app = theater_store_gateway::router(root.clone(), access, limits.clone());
     theater_store_gateway::serve(listener, app, &limits, crate::run::stop_signal())
         .await

@@ -2760,7 +2760,15 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
     let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
         .arg("--root")
         .arg(env.root())
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body",
+            "4KiB",
+        ])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -2786,6 +2794,11 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
         "PUT /v1/stores/docs/labels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
     );
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let too_big = http(
+        &address,
+        "POST /v1/stores/docs/content HTTP/1.1\r\nHost: x\r\nContent-Length: 8192\r\nConnection: close\r\n\r\n",
+    );
+    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
     assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGTERM) }, 0);
     let output = server.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -2796,7 +2809,7 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
         .filter_map(|line| serde_json::from_str(line).ok())
         .filter(|line: &Value| line["fields"]["message"] == "request")
         .collect();
-    assert_eq!(requests.len(), 2, "{logs}");
+    assert_eq!(requests.len(), 3, "{logs}");
     assert_eq!(
         requests[0]["span"]["route"], "/v1/stores/{store}/labels/{label}",
         "{logs}"
