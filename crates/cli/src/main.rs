@@ -421,6 +421,25 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+/// Resolves on Ctrl-C or SIGTERM; never, when neither can be listened for.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    if interrupt.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Log lines to stderr, filtered by RUST_LOG, as text or JSON.
 fn start_logging(format: &str) {
     use tracing_subscriber::EnvFilter;

@@ -243,7 +243,7 @@ async fn run_watcher(
         WatchProgress::Delivered { .. } => {}
     };
     let run = host
-        .run_watcher(watcher, options, watch, stop_signal(), report)
+        .run_watcher(watcher, options, watch, crate::stop_signal(), report)
         .await;
     let started = !matches!(run.outcome, Err(ActorFailure::InvalidOptions(_)));
     if started {
@@ -276,25 +276,6 @@ async fn run_watcher(
             }
             Ok(ExitCode::FAILURE)
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM; never, when neither can be listened for.
-pub async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-            return;
-        }
-    }
-    if interrupt.await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

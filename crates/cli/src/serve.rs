@@ -48,7 +48,7 @@ pub async fn serve(
         root.describe().unwrap_or_default()
     );
     let app = theater_store_gateway::router(root.clone(), access, limits.clone());
-    theater_store_gateway::serve(listener, app, &limits, crate::run::stop_signal())
+    theater_store_gateway::serve(listener, app, &limits, crate::stop_signal())
         .await
         .context("serving")?;
     Ok(ExitCode::SUCCESS)

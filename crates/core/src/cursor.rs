@@ -89,20 +89,4 @@ impl ChangeCursor {
         self.cursors.store_at_label(&self.label, bytes).await?;
         Ok(())
     }
-
-    /// Forgets the position: the consumer starts as if new.
-    pub async fn reset(&self) -> Result<()> {
-        self.cursors.remove_label(&self.label).await?;
-        Ok(())
-    }
-
-    /// The consumer's name.
-    pub fn consumer(&self) -> &str {
-        &self.record.consumer
-    }
-
-    /// The prefix of the labels it follows.
-    pub fn prefix(&self) -> &str {
-        &self.record.prefix
-    }
 }

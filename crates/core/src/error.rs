@@ -62,8 +62,9 @@ pub enum StoreError {
     /// A change cursor's record does not decode (changed by hand, or
     /// damaged): the consumer cannot know where to resume.
     #[error(
-        "store {store}: the change cursor of {consumer} is damaged ({reason}); reset it to \
-         start that consumer again from a chosen point"
+        "store {store}: the change cursor of {consumer} is damaged ({reason}); start that \
+         consumer again from a chosen point (`theater-store run … --watch-since SEQ`), which \
+         writes the cursor anew"
     )]
     CursorDamaged {
         /// The store the cursor follows.

@@ -701,8 +701,7 @@ async fn remove_objects(
             }
             // Refused for another reason than a label moving meanwhile:
             // they stay (a referrer, a label, a new store of the same bytes).
-            let log_moved = engine.changes(store, log_end, 0).await?.last != log_end;
-            if refused.is_empty() || !log_moved {
+            if refused.is_empty() || engine.changes(store, log_end, 0).await?.last == log_end {
                 break;
             }
             left = refused;

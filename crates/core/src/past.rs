@@ -37,8 +37,10 @@ impl ContentStore {
             Point::After(seq) => return Ok(seq),
             Point::Time(time) => millis(time),
         };
-        let bounds = self.changes(self.last_change().await?, 0).await?;
-        let (first, last) = (bounds.oldest_kept, bounds.last_seq);
+        // The log's bounds, in one read.
+        let engine = self.root().engine().await?;
+        let bounds = engine.changes(self.store_id(), 0, 0).await?;
+        let (first, last) = (bounds.trimmed_through + 1, bounds.last);
         let made_at = |seq: u64| async move {
             let page = self.changes(seq - 1, 1).await?;
             Ok::<_, StoreError>(page.changes.first().map_or(i64::MAX, |change| change.time))

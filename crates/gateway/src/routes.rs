@@ -101,18 +101,24 @@ impl Gateway {
         body: &[u8],
         label: Option<&str>,
     ) -> Result<Reservation<'_>, ApiError> {
-        let held = store.exists(&ContentRef::for_content(body)).await?;
-        let content = if held {
-            0
-        } else {
-            body.len() as u64 + theater_store::OBJECT_OVERHEAD_BYTES
-        };
         let label = label.map_or(0, |label| {
             theater_store::label_footprint(label.len())
                 + theater_store::change_footprint(label.len())
         });
-        let cost = content + label;
         let footprint = store.stats().await?.footprint();
+        let in_flight = || {
+            let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+            reserved.get(store.id()).copied().unwrap_or(0)
+        };
+        // Content is taken to be new; only when that would not fit is it
+        // hashed, to see whether the store holds it already (costing the
+        // label alone), so most writes hash their body once, not twice.
+        let mut cost = body.len() as u64 + theater_store::OBJECT_OVERHEAD_BYTES + label;
+        if footprint.saturating_add(in_flight()).saturating_add(cost) > self.limits.max_store_bytes
+            && store.exists(&ContentRef::for_content(body)).await?
+        {
+            cost = label;
+        }
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         let in_flight = reserved.entry(store.id().to_owned()).or_default();
         let taken = footprint.saturating_add(*in_flight);
