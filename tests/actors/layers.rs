@@ -34,7 +34,7 @@ fn the_core_imports_only_downwards() {
 #[test]
 fn the_host_imports_only_downwards() {
     let layers: &[&[&str]] = &[
-        &["error", "policy"],
+        &["error", "policy", "observe"],
         &["meter"],
         &["resources"],
         &["bindings"],

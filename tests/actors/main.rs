@@ -10,6 +10,7 @@ mod hostile;
 mod keyvalue;
 mod layers;
 mod metering;
+mod observe;
 mod patterns;
 mod streams;
 mod watcher;

@@ -54,20 +54,7 @@ enum Command {
     /// Run the bundled example actors for the 15 seed usage patterns, and show what they stored.
     Demo,
     /// Serve the root over HTTP under /v1 (docs/HTTP.md): content by label and ref, streamed and verified, with ETags and ranges; label writes with compare-and-swap; the change feed as Server-Sent Events. Until Ctrl-C.
-    Serve {
-        /// The address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = theater_store_gateway::DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
-        /// Bearer tokens and what each grants, one per line: `TOKEN STORE[:ro]...` (`*` for every store). Without it the gateway serves reads only, and only on loopback.
-        #[arg(long, value_name = "FILE")]
-        tokens: Option<PathBuf>,
-        /// The largest request body (e.g. 64MiB) [default: 64MiB].
-        #[arg(long, value_name = "SIZE", value_parser = parse::size)]
-        max_body: Option<usize>,
-        /// The most space a store may take for writes through the gateway to be taken [default: 1GiB].
-        #[arg(long, value_name = "SIZE", value_parser = parse::size)]
-        store_quota: Option<usize>,
-    },
+    Serve(serve::ServeArgs),
     /// List every store in the root with its object count, bytes and label count.
     Stores {
         /// Also the root's own stores: `_chains` (event chains), `_compiled` (the compiled-component cache), `_sync` (what syncs agreed on), `_owners` (which actor created which store), `_cursors` (how far keyvalue watchers got).
@@ -558,20 +545,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(&root, args, json).await,
         Command::Demo => demo::demo(&root, json).await,
-        Command::Serve {
-            listen,
-            tokens,
-            max_body,
-            store_quota,
-        } => {
-            let defaults = theater_store_gateway::Limits::default();
-            let limits = theater_store_gateway::Limits {
-                max_body_bytes: max_body.unwrap_or(defaults.max_body_bytes),
-                max_store_bytes: store_quota.map_or(defaults.max_store_bytes, |q| q as u64),
-                ..defaults
-            };
-            serve::serve(&root, listen, tokens.as_deref(), limits).await
-        }
+        Command::Serve(args) => serve::serve(&root, args).await,
         Command::Stores { all } => stores::list_stores(&root, all, json).await,
         Command::Actors => chain::actors(&root, json).await,
         Command::Quarantine {

@@ -2768,6 +2768,8 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
             "127.0.0.1:0",
             "--max-body",
             "4KiB",
+            "--header-timeout",
+            "1s",
         ])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
@@ -2799,6 +2801,16 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
         "POST /v1/stores/docs/content HTTP/1.1\r\nHost: x\r\nContent-Length: 8192\r\nConnection: close\r\n\r\n",
     );
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
+    // A client that never sends its headers is let go after
+    // --header-timeout (1 s), before this read gives up (5 s; the
+    // default would wait 10 s).
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut nothing = Vec::new();
+    std::io::Read::read_to_end(&mut silent, &mut nothing)
+        .expect("the server closes a connection that sends no headers");
     assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGTERM) }, 0);
     let output = server.wait_with_output().unwrap();
     assert!(output.status.success());

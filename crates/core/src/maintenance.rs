@@ -70,6 +70,41 @@ impl VerifyReport {
             && self.leftover_temp_files.is_empty()
             && self.index_problems.is_empty()
     }
+
+    /// Logs the result and counts it in the metrics:
+    /// `theater_store_verify_runs_total{result}` (`clean` or `problems`),
+    /// `theater_store_verify_objects_total`,
+    /// `theater_store_verify_problems_total{problem}`.
+    fn observe(&self) {
+        let problems = [
+            ("quarantined", self.quarantined.len()),
+            ("missing", self.missing.len()),
+            ("dangling_label", self.dangling_labels.len()),
+            ("damaged_label", self.damaged_labels.len()),
+            ("stray_file", self.stray_files.len()),
+            ("leftover_temp_file", self.leftover_temp_files.len()),
+            ("index_problem", self.index_problems.len()),
+            ("damaged_outboard", self.damaged_outboards.len()),
+        ];
+        let result = if self.is_clean() { "clean" } else { "problems" };
+        tracing::info!(
+            result,
+            objects = self.objects_checked,
+            bytes = self.bytes_checked,
+            quarantined = self.quarantined.len(),
+            missing = self.missing.len(),
+            dangling_labels = self.dangling_labels.len(),
+            "verify finished"
+        );
+        metrics::counter!("theater_store_verify_runs_total", "result" => result).increment(1);
+        metrics::counter!("theater_store_verify_objects_total").increment(self.objects_checked);
+        for (problem, count) in problems {
+            if count > 0 {
+                metrics::counter!("theater_store_verify_problems_total", "problem" => problem)
+                    .increment(count as u64);
+            }
+        }
+    }
 }
 
 /// How [`ContentStore::collect_garbage`] runs.
@@ -133,6 +168,35 @@ pub struct GcReport {
     pub changes_trimmed: u64,
 }
 
+impl GcReport {
+    /// Logs the result and counts it in the metrics:
+    /// `theater_store_gc_runs_total{dry_run}`, and for real runs
+    /// `theater_store_gc_removed_objects_total`,
+    /// `theater_store_gc_freed_bytes_total` and
+    /// `theater_store_gc_trimmed_changes_total`.
+    fn observe(&self) {
+        tracing::info!(
+            dry_run = self.dry_run,
+            objects_removed = self.objects_removed,
+            bytes_freed = self.bytes_freed,
+            kept_labelled = self.kept_labelled,
+            kept_recent = self.kept_recent,
+            kept_for_history = self.kept_for_history,
+            changes_trimmed = self.changes_trimmed,
+            "gc finished"
+        );
+        let dry_run = if self.dry_run { "true" } else { "false" };
+        metrics::counter!("theater_store_gc_runs_total", "dry_run" => dry_run).increment(1);
+        if !self.dry_run {
+            metrics::counter!("theater_store_gc_removed_objects_total")
+                .increment(self.objects_removed);
+            metrics::counter!("theater_store_gc_freed_bytes_total").increment(self.bytes_freed);
+            metrics::counter!("theater_store_gc_trimmed_changes_total")
+                .increment(self.changes_trimmed);
+        }
+    }
+}
+
 /// What [`StoreRoot::remove_store`] removed (or, in a dry run, would remove).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RemoveStoreReport {
@@ -152,7 +216,17 @@ impl ContentStore {
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
     /// deletes them). Progress is reported in bytes.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
     pub async fn verify(&self, progress: impl Progress + 'static) -> Result<VerifyReport> {
+        let report = self.verify_unobserved(progress).await;
+        match &report {
+            Ok(report) => report.observe(),
+            Err(error) => tracing::warn!(%error, "verify failed"),
+        }
+        report
+    }
+
+    async fn verify_unobserved(&self, progress: impl Progress + 'static) -> Result<VerifyReport> {
         let progress: Arc<dyn Progress> = Arc::new(progress);
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
@@ -257,6 +331,7 @@ impl ContentStore {
     /// bytes were lost and brings back one that was quarantined, and with
     /// it every label that pointed at it. Refs `source` does not hold
     /// whole are reported, not errors.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id(), refs = refs.len()))]
     pub async fn repair_from(
         &self,
         source: &ContentStore,
@@ -306,6 +381,7 @@ impl ContentStore {
 
     /// Deletes what quarantine moved aside more than `older_than` ago;
     /// returns how many pieces went.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
     pub async fn purge_quarantine(&self, older_than: Duration) -> Result<u64> {
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
@@ -455,7 +531,25 @@ impl ContentStore {
     /// index's write lock, that no label points at the object, that no
     /// object still held names it, and that it was not stored again
     /// meanwhile. Progress is reported in objects.
+    #[tracing::instrument(
+        level = "info",
+        skip_all,
+        fields(store = %self.store_id(), dry_run = options.dry_run)
+    )]
     pub async fn collect_garbage(
+        &self,
+        options: GcOptions,
+        progress: impl Progress + 'static,
+    ) -> Result<GcReport> {
+        let report = self.collect_garbage_unobserved(options, progress).await;
+        match &report {
+            Ok(report) => report.observe(),
+            Err(error) => tracing::warn!(%error, "gc failed"),
+        }
+        report
+    }
+
+    async fn collect_garbage_unobserved(
         &self,
         options: GcOptions,
         progress: impl Progress + 'static,
@@ -808,6 +902,7 @@ impl StoreRoot {
     /// Removes store `id` with all its labels and content. A dry run
     /// reports what would go. Writers using the store meanwhile may
     /// recreate it; what they add then stays.
+    #[tracing::instrument(level = "info", skip(self))]
     pub async fn remove_store(&self, id: &str, dry_run: bool) -> Result<RemoveStoreReport> {
         let store = self.store(id)?;
         let stats = store.stats().await?;
@@ -902,6 +997,7 @@ impl StoreRoot {
     /// chains and content small enough to live inside the index cannot be
     /// rebuilt; restore those from a package. Creates an empty index first
     /// when there is none. Progress is reported in bytes, per store.
+    #[tracing::instrument(level = "info", skip_all)]
     pub async fn reindex(&self, progress: impl Progress + 'static) -> Result<Vec<ReindexReport>> {
         let progress: Arc<dyn Progress> = Arc::new(progress);
         let Some(path) = self.path().map(std::path::Path::to_owned) else {

@@ -115,6 +115,7 @@ impl ContentStore {
     /// store ([`StoreRoot::chain_store`]), the package holds chain heads
     /// (`--prefix head/ACTOR` for one actor's) and their segments. Progress
     /// is reported in bytes of content. Returns the writer when done.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.id(), prefix = prefix))]
     pub async fn export_package<W: Write + Send + 'static>(
         &self,
         prefix: Option<&str>,
@@ -130,6 +131,7 @@ impl ContentStore {
     /// `prefix` then, and the content they reach. Fails with
     /// [`StoreError::ChangesTrimmed`] for a point the log no longer keeps.
     /// Not for the chain store, which keeps no change log.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.id(), seq = seq, prefix = prefix))]
     pub async fn export_package_at<W: Write + Send + 'static>(
         &self,
         seq: u64,
@@ -200,6 +202,7 @@ impl ContentStore {
     /// any label moves. Nothing is published unless the whole package is
     /// sound, and nothing at all in a dry run. Progress is reported in
     /// bytes of the package.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.id(), dry_run = options.dry_run))]
     pub async fn import_package_with<R: Read + Send + 'static>(
         &self,
         input: R,
@@ -222,6 +225,7 @@ impl StoreRoot {
     /// and objects, and every event chain, one section per store. Sync
     /// records (`_sync`) and the compiled-component cache are left out: a
     /// root restored from the package is a new peer, and compiles again.
+    #[tracing::instrument(level = "info", skip_all)]
     pub async fn export_root<W: Write + Send + 'static>(
         &self,
         out: W,
@@ -267,6 +271,7 @@ impl StoreRoot {
     /// Imports a package of a whole root ([`StoreRoot::export_root`]) into
     /// this one, store by store, as [`ContentStore::import_package_with`]
     /// imports one. Returns a summary per store.
+    #[tracing::instrument(level = "info", skip_all, fields(dry_run = options.dry_run))]
     pub async fn import_root<R: Read + Send + 'static>(
         &self,
         input: R,

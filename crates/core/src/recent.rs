@@ -83,12 +83,15 @@ impl AsOf<'_> {
         store: &StoreId,
         lookup: impl FnOnce(&StoreReads) -> Option<T>,
     ) -> Option<T> {
-        let token = self.token?;
-        let state = self.reads.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.token != token {
-            return None;
-        }
-        state.stores.get(store).and_then(lookup)
+        let found = self.token.and_then(|token| {
+            let state = self.reads.state.lock().unwrap_or_else(|e| e.into_inner());
+            (state.token == token)
+                .then(|| state.stores.get(store).and_then(lookup))
+                .flatten()
+        });
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("theater_store_read_cache_total", "result" => result).increment(1);
+        found
     }
 
     /// Remembers a read of `cost` bytes, made under this view's token.

@@ -269,6 +269,7 @@ impl ContentStore {
     /// is given, points it at the content in the same index transaction, so
     /// that no collection can come between the two. Also tells whether the
     /// content was new to the store, for callers that account for space.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, label = label.unwrap_or_default()))]
     pub async fn write(&self, content: impl Into<Vec<u8>>, label: Option<&str>) -> Result<Stored> {
         if let Some(label) = label {
             validate_label(label)?;
@@ -317,6 +318,7 @@ impl ContentStore {
 
     /// The size of the content behind `content_ref`, without reading it.
     /// Fails with [`StoreError::NotFound`] when the store does not hold it.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, content_ref = %content_ref))]
     pub async fn content_size(&self, content_ref: &ContentRef) -> Result<u64> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
@@ -332,6 +334,7 @@ impl ContentStore {
 
     /// The content behind `content_ref`, re-hashed on the way out: bytes that
     /// no longer match their ref give [`StoreError::Corrupted`], never data.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, content_ref = %content_ref))]
     pub async fn get(&self, content_ref: &ContentRef) -> Result<Vec<u8>> {
         let digest = content_ref.digest()?;
         self.get_digest(digest).await
@@ -354,6 +357,7 @@ impl ContentStore {
     /// The content behind `content_ref` if it is at most `max_bytes` long,
     /// verified like [`ContentStore::get`]; otherwise only its size, without
     /// reading it. For callers that must not take in more than they can hold.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, content_ref = %content_ref))]
     pub async fn get_at_most(&self, content_ref: &ContentRef, max_bytes: u64) -> Result<AtMost> {
         let digest = content_ref.digest()?;
         let engine = self.root.engine().await?;
@@ -366,6 +370,7 @@ impl ContentStore {
     /// What `label` points at, and that content as
     /// [`ContentStore::get_at_most`] gives it; `None` when the label is not
     /// defined. One call for the commonest read of all.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, label = label))]
     pub async fn get_label_at_most(
         &self,
         label: &str,
@@ -442,6 +447,7 @@ impl ContentStore {
     }
 
     /// Whether this store holds `content_ref`.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, content_ref = %content_ref))]
     pub async fn exists(&self, content_ref: &ContentRef) -> Result<bool> {
         let digest = content_ref.digest()?;
         self.root.engine().await?.has_object(&self.id, digest).await
@@ -463,6 +469,7 @@ impl ContentStore {
     }
 
     /// What `label` points at, or `None` when it is not defined.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, label = label))]
     pub async fn get_by_label(&self, label: &str) -> Result<Option<ContentRef>> {
         validate_label(label)?;
         let engine = self.root.engine().await?;
@@ -536,6 +543,7 @@ impl ContentStore {
     /// index transaction: either every label changes or none does. Fails
     /// with [`StoreError::NotFound`] (changing nothing) when a ref is not
     /// stored.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, labels = labels.len()))]
     pub async fn set_labels(&self, labels: &[(String, Option<ContentRef>)]) -> Result<()> {
         let mut rows = Vec::with_capacity(labels.len());
         for (label, target) in labels {
@@ -561,6 +569,7 @@ impl ContentStore {
     /// for the price of one write (what a sync needs), or a structure's
     /// head and its version label moved together. Fails with
     /// [`StoreError::NotFound`], moving none, when a new ref is not stored.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, labels = moves.len()))]
     pub async fn compare_and_swap_labels(
         &self,
         moves: &[(String, Option<ContentRef>, Option<ContentRef>)],
@@ -633,6 +642,7 @@ impl ContentStore {
     /// Up to `limit` labels that start with `prefix`, strictly after `after`,
     /// in byte order, with their targets. Pass the last label of one page as
     /// `after` to get the next. Costs O(log n + limit).
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, prefix = prefix))]
     pub async fn list_labels_page(
         &self,
         prefix: &str,
@@ -651,6 +661,7 @@ impl ContentStore {
     }
 
     /// Every content ref in the store, in hash order.
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id))]
     pub async fn list_all_content(&self) -> Result<Vec<ContentRef>> {
         let digests = self.root.engine().await?.objects(&self.id).await?;
         Ok(digests.into_iter().map(ContentRef::from).collect())
@@ -663,10 +674,12 @@ impl ContentStore {
     }
 
     /// Object count, total bytes and label count. O(1).
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id))]
     pub async fn stats(&self) -> Result<StoreStats> {
         self.root.engine().await?.store_stats(&self.id).await
     }
 
+    #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, label = label))]
     async fn set_label(&self, label: &str, target: Option<Digest>, expect: Expect) -> Result<bool> {
         validate_label(label)?;
         let change = Change::SetLabel {

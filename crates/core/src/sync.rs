@@ -291,6 +291,7 @@ impl StoreRoot {
     /// from a backup, copied, or never synced with this peer) the sync is a
     /// first sync: a union, in which a label the sides disagree on is a
     /// conflict and nothing is deleted, and the report says why.
+    #[tracing::instrument(level = "info", skip_all, fields(store = id))]
     pub async fn sync_store_to(
         &self,
         destination: &StoreRoot,
@@ -509,6 +510,7 @@ impl StoreRoot {
     /// crash of either side, loses nothing: the next run carries on from
     /// what was agreed. Conflicts are reported in each report, never
     /// overwritten.
+    #[tracing::instrument(level = "info", skip_all, fields(store = id))]
     pub async fn follow_store_to(
         &self,
         destination: &StoreRoot,

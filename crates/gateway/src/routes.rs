@@ -123,6 +123,7 @@ impl Gateway {
         let in_flight = reserved.entry(store.id().to_owned()).or_default();
         let taken = footprint.saturating_add(*in_flight);
         if taken.saturating_add(cost) > self.limits.max_store_bytes {
+            metrics::counter!("theater_quota_refusals_total", "by" => "gateway").increment(1);
             return Err(ApiError::QuotaExceeded {
                 store: store.id().to_owned(),
                 cost,

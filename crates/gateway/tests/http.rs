@@ -728,6 +728,53 @@ async fn metrics_count_requests_by_route_and_status_in_prometheus_format() {
         !text.contains("nothing-here") && !text.contains("docs"),
         "labels stay out: {text}"
     );
+    // Reads after the first are answered from the read cache, and the
+    // core's figures are on the same page.
+    assert!(
+        metric(&text, "theater_store_read_cache_total{result=\"hit\"}") >= 2,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn maintenance_run_in_the_serving_process_shows_in_its_metrics() {
+    let (_dir, root) = root();
+    let store = root.store("docs").unwrap();
+    let kept = store
+        .store_at_label("kept", b"kept".to_vec())
+        .await
+        .unwrap();
+    store.store(b"unlabelled".to_vec()).await.unwrap();
+    let app = router(root.clone(), Access::ReadOnlyToAll, Limits::default());
+    // Past the zero grace period, at the index's millisecond resolution.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let report = store
+        .collect_garbage(
+            theater_store::GcOptions {
+                grace: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.objects_removed, 1);
+    assert!(store.verify(()).await.unwrap().is_clean());
+    assert!(store.exists(&kept).await.unwrap());
+    let page = send(&app, get("/metrics", None).body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(body(page).await).unwrap();
+    assert!(
+        metric(&text, "theater_store_gc_runs_total{dry_run=\"false\"}") >= 1,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "theater_store_gc_removed_objects_total") >= 1,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "theater_store_verify_runs_total{result=\"clean\"}") >= 1,
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -773,4 +820,16 @@ async fn writes_past_the_store_quota_are_refused_even_when_sent_together() {
     let refused = send(&app, put("late".into(), 60 << 10)).await;
     assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json(refused).await["kind"], "quota-exceeded");
+    let page = send(&app, get("/metrics", None).body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(body(page).await).unwrap();
+    let refusals: u64 = metric(&text, "theater_quota_refusals_total{by=\"gateway\"}");
+    // Other tests share the process's recorder: at least these.
+    assert!(refusals >= 9 - taken, "{refusals} refusals counted: {text}");
+}
+
+/// The value of the metric line starting with `name` (name and labels).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
@@ -12,10 +11,12 @@ use theater_store::{
     AtMost, ContentRef, ContentStore, Event, EventChain, MAX_EVENT_BYTES, OBJECT_OVERHEAD_BYTES,
     Outcome, Record, StoreRoot, change_footprint, label_footprint,
 };
+use tracing::Instrument;
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
 use crate::meter::{Meter, Reservation, StreamSlot};
+use crate::observe::CallObserver;
 use crate::policy::{Access, Grants, Limits};
 
 /// What one `get-chain` event costs against the listing byte limit
@@ -50,6 +51,8 @@ pub struct StoreCtx {
     chain: Option<EventChain>,
     /// The event of the call in progress, while it is not yet recorded.
     pending: Option<Record>,
+    /// The call in progress, as operators see it (span and metrics).
+    observed: Option<CallObserver>,
 }
 
 impl StoreCtx {
@@ -74,6 +77,7 @@ impl StoreCtx {
             timed_out: AtomicBool::new(false),
             chain: None,
             pending: None,
+            observed: None,
         }
     }
 
@@ -126,23 +130,29 @@ impl StoreCtx {
         events
     }
 
-    /// Starts recording one store call as `event`. The store opened for
-    /// the call carries the event into its write's transaction; whatever
-    /// is left is recorded by [`StoreCtx::end`].
-    /// `event` is only called when recording is on.
+    /// Starts one store call of operation `op`, described by `event`: its
+    /// span and metrics start now, and when recording is on its event is
+    /// recorded. The store opened for the call carries the event into its
+    /// write's transaction; whatever is left is recorded by
+    /// [`StoreCtx::end`]. `event` is only called when recording is on or
+    /// the call's span is traced.
     ///
     /// Each event is charged to the actor's budget (see
     /// [`Limits::max_actor_bytes`]). When the budget has no room left for
     /// one, nothing is recorded, and the call is refused when it opens its
     /// store ([`StoreCtx::open`]).
-    pub(crate) fn begin(&mut self, event: impl FnOnce() -> Event) {
+    pub(crate) fn begin(&mut self, op: &'static str, event: impl FnOnce(&'static str) -> Event) {
         self.pending = None;
-        let Some(chain) = &self.chain else {
-            return;
-        };
-        if self.room_for_event("").is_ok() {
-            self.pending = Some(Record::new(chain, event()));
+        let observed = CallObserver::start(op, self.chain.as_ref().map(EventChain::actor));
+        let recording = self.chain.is_some() && self.room_for_event("").is_ok();
+        if recording || observed.wants_details() {
+            let event = event(op);
+            observed.describe(&event);
+            if let (true, Some(chain)) = (recording, &self.chain) {
+                self.pending = Some(Record::new(chain, event));
+            }
         }
+        self.observed = Some(observed);
     }
 
     /// Whether the actor's budget can take one more chain event (always,
@@ -167,6 +177,15 @@ impl StoreCtx {
     /// cannot be recorded fails, so that the chain misses no call that
     /// succeeded.
     pub(crate) async fn end<T>(&mut self, result: Result<T, HostError>) -> Result<T, HostError> {
+        let result = self.record_end(result).await;
+        if let Some(observed) = self.observed.take() {
+            observed.finish(result.as_ref().err().map(HostError::kind));
+        }
+        result
+    }
+
+    /// The chain's side of [`StoreCtx::end`].
+    async fn record_end<T>(&mut self, result: Result<T, HostError>) -> Result<T, HostError> {
         let Some(record) = self.pending.take() else {
             return result;
         };
@@ -358,6 +377,9 @@ impl StoreCtx {
         &self,
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, HostError> {
+        // The core's work is traced inside the call's span.
+        let span = (self.observed.as_ref()).map_or_else(tracing::Span::none, |o| o.span().clone());
+        let call = call.instrument(span);
         let Some(deadline) = self.deadline else {
             return call.await.map_err(Into::into);
         };

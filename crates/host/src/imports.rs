@@ -142,7 +142,7 @@ impl StoreCtx {
 
 impl store::Host for StoreCtx {
     async fn new(&mut self) -> Result<String, String> {
-        self.begin(|| Event::new("new"));
+        self.begin("new", Event::new);
         let created = self.create_store().await;
         if let Ok(id) = &created {
             self.note(|event| event.store = Some(id.clone()));
@@ -151,19 +151,23 @@ impl store::Host for StoreCtx {
     }
 
     async fn store(&mut self, store_id: String, content: Vec<u8>) -> Result<WitRef, String> {
-        self.begin(|| call("store", &store_id));
+        self.begin("store", |op| call(op, &store_id));
         let result = self.write(&store_id, content, None).await;
         Ok(self.end(result).await?)
     }
 
     async fn get(&mut self, store_id: String, content_ref: WitRef) -> Result<Vec<u8>, String> {
-        self.begin(|| call_with_refs("get", &store_id, None, &[&content_ref]));
+        self.begin("get", |op| {
+            call_with_refs(op, &store_id, None, &[&content_ref])
+        });
         let result = self.get_content(&store_id, content_ref).await;
         Ok(self.end(result).await?)
     }
 
     async fn exists(&mut self, store_id: String, content_ref: WitRef) -> Result<bool, String> {
-        self.begin(|| call_with_refs("exists", &store_id, None, &[&content_ref]));
+        self.begin("exists", |op| {
+            call_with_refs(op, &store_id, None, &[&content_ref])
+        });
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -179,7 +183,9 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        self.begin(|| call_with_refs("label", &store_id, Some(&label), &[&content_ref]));
+        self.begin("label", |op| {
+            call_with_refs(op, &store_id, Some(&label), &[&content_ref])
+        });
         let result = self.set_label(&store_id, &label, content_ref).await;
         Ok(self.end(result).await?)
     }
@@ -189,7 +195,7 @@ impl store::Host for StoreCtx {
         store_id: String,
         label: String,
     ) -> Result<Option<WitRef>, String> {
-        self.begin(|| call_at("get-by-label", &store_id, &label));
+        self.begin("get-by-label", |op| call_at(op, &store_id, &label));
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             self.within_deadline(store.get_by_label(&label)).await
@@ -202,7 +208,7 @@ impl store::Host for StoreCtx {
     }
 
     async fn remove_label(&mut self, store_id: String, label: String) -> Result<(), String> {
-        self.begin(|| call_at("remove-label", &store_id, &label));
+        self.begin("remove-label", |op| call_at(op, &store_id, &label));
         let result = async {
             let store = self.open(&store_id, Access::ReadWrite)?;
             self.within_deadline(store.remove_label(&label)).await
@@ -217,13 +223,8 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        self.begin(|| {
-            call_with_refs(
-                "remove-from-label",
-                &store_id,
-                Some(&label),
-                &[&content_ref],
-            )
+        self.begin("remove-from-label", |op| {
+            call_with_refs(op, &store_id, Some(&label), &[&content_ref])
         });
         let result = async {
             let store = self.open(&store_id, Access::ReadWrite)?;
@@ -242,7 +243,7 @@ impl store::Host for StoreCtx {
         label: String,
         content: Vec<u8>,
     ) -> Result<WitRef, String> {
-        self.begin(|| call_at("store-at-label", &store_id, &label));
+        self.begin("store-at-label", |op| call_at(op, &store_id, &label));
         let result = self.write(&store_id, content, Some(&label)).await;
         Ok(self.end(result).await?)
     }
@@ -253,7 +254,9 @@ impl store::Host for StoreCtx {
         label: String,
         content: Vec<u8>,
     ) -> Result<WitRef, String> {
-        self.begin(|| call_at("replace-content-at-label", &store_id, &label));
+        self.begin("replace-content-at-label", |op| {
+            call_at(op, &store_id, &label)
+        });
         let result = self.write(&store_id, content, Some(&label)).await;
         Ok(self.end(result).await?)
     }
@@ -264,25 +267,27 @@ impl store::Host for StoreCtx {
         label: String,
         content_ref: WitRef,
     ) -> Result<(), String> {
-        self.begin(|| call_with_refs("replace-at-label", &store_id, Some(&label), &[&content_ref]));
+        self.begin("replace-at-label", |op| {
+            call_with_refs(op, &store_id, Some(&label), &[&content_ref])
+        });
         let result = self.set_label(&store_id, &label, content_ref).await;
         Ok(self.end(result).await?)
     }
 
     async fn list_labels(&mut self, store_id: String) -> Result<Vec<String>, String> {
-        self.begin(|| call("list-labels", &store_id));
+        self.begin("list-labels", |op| call(op, &store_id));
         let result = self.list_label_names(&store_id).await;
         Ok(self.end(result).await?)
     }
 
     async fn list_all_content(&mut self, store_id: String) -> Result<Vec<WitRef>, String> {
-        self.begin(|| call("list-all-content", &store_id));
+        self.begin("list-all-content", |op| call(op, &store_id));
         let result = self.list_refs(&store_id).await;
         Ok(self.end(result).await?)
     }
 
     async fn calculate_total_size(&mut self, store_id: String) -> Result<u64, String> {
-        self.begin(|| call("calculate-total-size", &store_id));
+        self.begin("calculate-total-size", |op| call(op, &store_id));
         let result = async {
             let store = self.open(&store_id, Access::ReadOnly)?;
             self.within_deadline(store.calculate_total_size()).await

@@ -74,11 +74,12 @@ fn bucket_store<'t>(
     Ok(&table.get(bucket).map_err(missing)?.store)
 }
 
-/// The event of a keyvalue call.
+/// The event of a keyvalue call (`function` is its full name, such as
+/// `wasi:keyvalue/store.get`).
 fn kv_call(function: &str, bucket: &str, key: Option<&str>) -> Event {
     Event {
         label: key.map(str::to_owned),
-        ..call(&format!("wasi:keyvalue/{function}"), bucket)
+        ..call(function, bucket)
     }
 }
 
@@ -310,7 +311,7 @@ impl store::Host for StoreCtxView<'_> {
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
         self.ctx
-            .begin(|| call("wasi:keyvalue/store.open", &identifier));
+            .begin("wasi:keyvalue/store.open", |op| call(op, &identifier));
         // The bucket keeps a plain handle: this call's event stays here.
         let opened = self.ctx.store_handle(&identifier).and_then(|store| {
             self.ctx.grant(&store, Access::ReadOnly)?;
@@ -330,8 +331,9 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("store.get", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/store.get", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self.ctx.value(&store, &key).await,
             Err(error) => Err(error),
@@ -346,8 +348,9 @@ impl store::HostBucket for StoreCtxView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("store.set", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/store.set", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(_) => self
                 .ctx
@@ -365,8 +368,9 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("store.delete", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/store.delete", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.within_deadline(store.remove_label(&key)).await,
             Err(error) => Err(error),
@@ -380,8 +384,9 @@ impl store::HostBucket for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("store.exists", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/store.exists", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self
                 .ctx
@@ -399,8 +404,9 @@ impl store::HostBucket for StoreCtxView<'_> {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<KeyResponse, Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("store.list-keys", bucket.id(), None));
+        self.ctx.begin("wasi:keyvalue/store.list-keys", |op| {
+            kv_call(op, bucket.id(), None)
+        });
         let result = async {
             let store = self.ctx.grant(bucket, Access::ReadOnly)?;
             let limit = KEYS_PER_PAGE.min(self.ctx.limits().max_list_entries);
@@ -436,8 +442,9 @@ impl atomics::Host for StoreCtxView<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("atomics.increment", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/atomics.increment", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.increment(&store, &key, delta).await,
             Err(error) => Err(error),
@@ -456,8 +463,9 @@ impl atomics::Host for StoreCtxView<'_> {
             handle.key.clone(),
             handle.expected.clone(),
         );
-        self.ctx
-            .begin(|| kv_call("atomics.swap", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/atomics.swap", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = match self.ctx.grant(&bucket, Access::ReadWrite) {
             Ok(store) => {
                 self.ctx
@@ -503,8 +511,9 @@ impl atomics::HostCas for StoreCtxView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
         let bucket = bucket_store(self.table, &bucket)?.clone();
-        self.ctx
-            .begin(|| kv_call("atomics.cas.new", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/atomics.cas.new", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = async {
             validate_label(&key)?;
             let store = self.ctx.grant(&bucket, Access::ReadOnly)?;
@@ -531,8 +540,9 @@ impl atomics::HostCas for StoreCtxView<'_> {
             handle.key.clone(),
             handle.expected.clone(),
         );
-        self.ctx
-            .begin(|| kv_call("atomics.cas.current", bucket.id(), Some(&key)));
+        self.ctx.begin("wasi:keyvalue/atomics.cas.current", |op| {
+            kv_call(op, bucket.id(), Some(&key))
+        });
         let result = async {
             let store = self.ctx.grant(&bucket, Access::ReadOnly)?;
             let Some(expected) = expected else {
@@ -557,8 +567,9 @@ impl batch::Host for StoreCtxView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("batch.get-many", bucket.id(), None));
+        self.ctx.begin("wasi:keyvalue/batch.get-many", |op| {
+            kv_call(op, bucket.id(), None)
+        });
         let result = match self.ctx.grant(bucket, Access::ReadOnly) {
             Ok(store) => self.ctx.get_many(&store, keys).await,
             Err(error) => Err(error),
@@ -572,8 +583,9 @@ impl batch::Host for StoreCtxView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("batch.set-many", bucket.id(), None));
+        self.ctx.begin("wasi:keyvalue/batch.set-many", |op| {
+            kv_call(op, bucket.id(), None)
+        });
         let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.set_many(&store, key_values).await,
             Err(error) => Err(error),
@@ -587,8 +599,9 @@ impl batch::Host for StoreCtxView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let bucket = bucket_store(self.table, &bucket)?;
-        self.ctx
-            .begin(|| kv_call("batch.delete-many", bucket.id(), None));
+        self.ctx.begin("wasi:keyvalue/batch.delete-many", |op| {
+            kv_call(op, bucket.id(), None)
+        });
         let result = match self.ctx.grant(bucket, Access::ReadWrite) {
             Ok(store) => self.ctx.delete_many(&store, keys).await,
             Err(error) => Err(error),

@@ -37,6 +37,7 @@ mod error;
 mod imports;
 pub mod keyvalue;
 mod meter;
+mod observe;
 mod policy;
 mod resources;
 mod runner;

@@ -83,9 +83,9 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         // Pieces are not events of their own; a refused one ends the
         // stream, and that is recorded.
         if written.is_err() {
-            self.ctx.begin(|| Event {
+            self.ctx.begin("content-writer.write", |op| Event {
                 size: Some(size),
-                ..call("content-writer.write", &store_id)
+                ..call(op, &store_id)
             });
         }
         Ok(self.ctx.end(written).await.map_err(Error::from))
@@ -105,7 +105,7 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
         self.ctx
-            .begin(|| call("content-writer.finish", handle.store.id()));
+            .begin("content-writer.finish", |op| call(op, handle.store.id()));
         let finished = finish(self.ctx, handle, None).await;
         Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
@@ -116,8 +116,9 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
         label: String,
     ) -> wasmtime::Result<Result<WitRef, Error>> {
         let handle = self.table.delete(writer).map_err(missing)?;
-        self.ctx
-            .begin(|| call_at("content-writer.finish-at-label", handle.store.id(), &label));
+        self.ctx.begin("content-writer.finish-at-label", |op| {
+            call_at(op, handle.store.id(), &label)
+        });
         let finished = finish(self.ctx, handle, Some(&label)).await;
         Ok(self.ctx.end(finished).await.map_err(Error::from))
     }
@@ -300,7 +301,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         &mut self,
         store_id: String,
     ) -> wasmtime::Result<Result<Resource<WriterHandle>, Error>> {
-        self.ctx.begin(|| call("open-writer", &store_id));
+        self.ctx.begin("open-writer", |op| call(op, &store_id));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             let slot = self.ctx.open_stream(&store)?;
@@ -331,8 +332,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<Resource<DynInputStream>, Error>> {
-        self.ctx
-            .begin(|| call_with_refs("open-reader", &store_id, None, &[&content_ref]));
+        self.ctx.begin("open-reader", |op| {
+            call_with_refs(op, &store_id, None, &[&content_ref])
+        });
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let slot = self.ctx.open_stream(&store)?;
@@ -356,8 +358,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         content_ref: WitRef,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        self.ctx
-            .begin(|| call_with_refs("content-size", &store_id, None, &[&content_ref]));
+        self.ctx.begin("content-size", |op| {
+            call_with_refs(op, &store_id, None, &[&content_ref])
+        });
         let sized = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let content_ref = to_core(content_ref);
@@ -376,9 +379,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         offset: u64,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        self.ctx.begin(|| Event {
+        self.ctx.begin("read-range", |op| Event {
             size: Some(len),
-            ..call_with_refs("read-range", &store_id, None, &[&content_ref])
+            ..call_with_refs(op, &store_id, None, &[&content_ref])
         });
         let read = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
@@ -409,8 +412,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         new: Option<WitRef>,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let refs: Vec<&WitRef> = expected.iter().chain(new.iter()).collect();
-        self.ctx
-            .begin(|| call_with_refs("compare-and-swap", &store_id, Some(&label), &refs));
+        self.ctx.begin("compare-and-swap", |op| {
+            call_with_refs(op, &store_id, Some(&label), &refs)
+        });
         let swapped = async {
             theater_store::validate_label(&label)?;
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
@@ -443,8 +447,9 @@ impl store_streams::Host for StoreCtxView<'_> {
         // The event names the first label; the refs of a long batch would
         // not fit one event.
         let first = swaps.first().map(|swap| swap.label.clone());
-        self.ctx
-            .begin(|| call_with_refs("compare-and-swap-labels", &store_id, first.as_deref(), &[]));
+        self.ctx.begin("compare-and-swap-labels", |op| {
+            call_with_refs(op, &store_id, first.as_deref(), &[])
+        });
         let swapped = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             self.ctx.admit_batch(&store, swaps.len())?;
@@ -501,7 +506,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<(String, WitRef)>, Error>> {
-        self.ctx.begin(|| call("list-labels-page", &store_id));
+        self.ctx.begin("list-labels-page", |op| call(op, &store_id));
         let listed = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let limits = self.ctx.limits();
@@ -530,7 +535,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         since: u64,
         limit: u32,
     ) -> wasmtime::Result<Result<ChangePage, Error>> {
-        self.ctx.begin(|| call("read-changes", &store_id));
+        self.ctx.begin("read-changes", |op| call(op, &store_id));
         let read = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let limits = self.ctx.limits();
@@ -566,7 +571,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<LabelChange>, Error>> {
         self.ctx
-            .begin(|| call_at("label-history", &store_id, &label));
+            .begin("label-history", |op| call_at(op, &store_id, &label));
         let read = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let limit = (limit as usize).min(self.ctx.limits().max_list_entries);
@@ -591,7 +596,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         seq: u64,
     ) -> wasmtime::Result<Result<Option<WitRef>, Error>> {
         self.ctx
-            .begin(|| call_at("get-label-at", &store_id, &label));
+            .begin("get-label-at", |op| call_at(op, &store_id, &label));
         let read = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let then = self
@@ -609,7 +614,7 @@ impl store_streams::Host for StoreCtxView<'_> {
         store_id: String,
         since: u64,
     ) -> wasmtime::Result<Result<Resource<DynPollable>, Error>> {
-        self.ctx.begin(|| call("watch-changes", &store_id));
+        self.ctx.begin("watch-changes", |op| call(op, &store_id));
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadOnly)?;
             let slot = self.ctx.open_stream(&store)?;

@@ -328,22 +328,22 @@ async fn deliver(
         }
     };
     let (call, size) = match &value {
-        Some(value) => ("on-set", Some(value.len() as u64)),
-        None => ("on-delete", None),
+        Some(value) => ("wasi:keyvalue/watcher.on-set", Some(value.len() as u64)),
+        None => ("wasi:keyvalue/watcher.on-delete", None),
     };
-    let event = Event {
+    let event = |op| Event {
         store: Some(bucket.watched.bucket.clone()),
         label: Some(change.label.clone()),
         refs: change.new.iter().map(|r| r.hash().to_owned()).collect(),
         size,
-        ..Event::new(format!("wasi:keyvalue/watcher.{call}"))
+        ..Event::new(op)
     };
     store.set_epoch_deadline(deadline_ticks(limits.timeout));
     let ctx = &mut store.data_mut().store;
     ctx.set_deadline(Instant::now().checked_add(limits.timeout));
     // The delivery is an input of the actor's: its chain records it
     // first, charged to the actor's budget as its own calls are.
-    ctx.begin(|| event);
+    ctx.begin(call, event);
     ctx.end(Ok(())).await.map_err(|error| {
         ActorFailure::WatchStopped(format!(
             "bucket {}: the delivery of change {} could not be recorded: {error}",
