@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// Requests handled at once; more wait their turn [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent: Option<u32>,
-    /// Connections open at once; more wait to be accepted [default: 1024].
+    /// Connections open at once; more are closed as soon as they arrive [default: 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
 }

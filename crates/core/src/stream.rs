@@ -528,7 +528,8 @@ impl ContentStore {
     /// piece before handing it out and can seek.
     pub async fn reader(&self, content_ref: &ContentRef) -> Result<ContentReader> {
         let opened = Opened::open(self, content_ref.digest()?).await?;
-        Ok(ContentReader::new(opened, 0))
+        let size = opened.size;
+        Ok(ContentReader::new(opened, 0, size))
     }
 
     /// `len` bytes of the content behind `content_ref` from `offset`,
@@ -557,7 +558,7 @@ impl ContentStore {
     ) -> Result<tokio::io::Take<ContentReader>> {
         let opened = Opened::open(self, content_ref.digest()?).await?;
         let range = self.check_range(content_ref, offset, len, opened.size)?;
-        Ok(ContentReader::new(opened, range.start).take(range.end - range.start))
+        Ok(ContentReader::new(opened, range.start, range.end).take(range.end - range.start))
     }
 
     fn check_range(
@@ -854,6 +855,9 @@ impl Drop for ContentReader {
 /// in 256 KiB windows, verified on blocking threads in parallel.
 pub struct ContentReader {
     size: u64,
+    /// Where reading stops: the content's end, or a range's. Nothing past
+    /// it is read ahead, so a small range costs only its own groups.
+    end: u64,
     /// Offset of `buffer[0]` in the content.
     position: u64,
     buffer: Vec<u8>,
@@ -869,9 +873,10 @@ pub struct ContentReader {
 }
 
 impl ContentReader {
-    fn new(opened: Opened, position: u64) -> Self {
+    fn new(opened: Opened, position: u64, end: u64) -> Self {
         Self {
             size: opened.size,
+            end,
             position,
             buffer: Vec::new(),
             consumed: 0,
@@ -917,12 +922,12 @@ impl AsyncRead for ContentReader {
                 return Poll::Ready(Ok(()));
             }
             let next = this.position + this.buffer.len() as u64;
-            if next >= this.size {
+            if next >= this.end {
                 return Poll::Ready(Ok(()));
             }
-            while this.ahead.len() < this.read_ahead && this.scheduled_to < this.size {
+            while this.ahead.len() < this.read_ahead && this.scheduled_to < this.end {
                 let start = this.scheduled_to;
-                let end = (start + READ_WINDOW).min(this.size);
+                let end = (start + READ_WINDOW).min(this.end);
                 let window = tokio::spawn(this.opened.clone().read(start..end));
                 this.ahead.push_back(window);
                 this.scheduled_to = end;

@@ -201,6 +201,22 @@ async fn ranges_read_back_exactly_and_out_of_bounds_is_an_error() {
             let got = store.read_range(&stored, offset, len).await.unwrap();
             assert_eq!(got, bytes[offset as usize..(offset + len) as usize]);
         }
+        // The same ranges streamed, and ranges across the reader's 256 KiB
+        // windows and to the end (open-ended).
+        let window = 256u64 << 10;
+        for (offset, len) in [
+            (0, Some(0)),
+            (size / 2, Some(4096.min(size / 2))),
+            (size.saturating_sub(window + 3), Some(window.min(size) / 2 + 5)),
+            (size / 3, None),
+            (0, None),
+        ] {
+            let end = len.map_or(size, |len| offset + len);
+            let mut reader = store.range_reader(&stored, offset, len).await.unwrap();
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, bytes[offset as usize..end as usize], "{offset} {len:?}");
+        }
         let error = store.read_range(&stored, size - 1, 2).await.unwrap_err();
         assert!(matches!(error, StoreError::InvalidRange { .. }), "{error}");
         assert!(

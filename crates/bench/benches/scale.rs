@@ -1,0 +1,188 @@
+//! One store grown by decades to 1,000,000 labelled 1 KiB objects (issue
+//! 32's scale table): at each decade, what a write, a lookup and a
+//! verified read cost, what each maintenance job takes in all and per
+//! object, and the disk each object needs. A query whose plan turns
+//! per-row shows here as a per-object cost that grows with the decade.
+//!
+//! The store is filled by 8 writers (`store_at_label`, buffered, each
+//! label `item/NNNNNNNN` naming distinct content). Then, one task at a
+//! time: 2,000 more `store_at_label`s; 10,000 `get_by_label`s and
+//! verified `get`s of scattered labels, each named once, so neither is
+//! answered from the read cache; `verify`, `gc --dry-run`, a real gc
+//! (which finds nothing to remove, but looks at everything), and an
+//! export of the whole store into a sink.
+//!
+//! Run: `cargo bench -p theater-store-bench --bench scale`
+//! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use theater_store::{ContentRef, ContentStore, Durability, GcOptions, StoreRoot};
+
+const WRITERS: usize = 8;
+const PROBES: usize = 10_000;
+const MORE_WRITES: usize = 2_000;
+
+fn label(i: usize) -> String {
+    format!("item/{i:08}")
+}
+
+/// 1 KiB naming `i`, distinct for each `i`.
+fn content(i: usize) -> Vec<u8> {
+    let mut bytes = vec![0x5au8; 1024];
+    bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    bytes
+}
+
+/// Fills labels `from..to` with `WRITERS` tasks.
+async fn fill(store: &ContentStore, from: usize, to: usize) {
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (from + writer..to).step_by(WRITERS) {
+                    store.store_at_label(&label(i), content(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Scattered indexes below `n`, each once (a stride coprime with `n`).
+fn scattered(n: usize, count: usize) -> impl Iterator<Item = usize> {
+    let stride = (n / 2..n).find(|s| gcd(*s, n) == 1).unwrap_or(1);
+    (0..count.min(n)).map(move |k| (k * stride + 7) % n)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn micros_each(took: Duration, count: usize) -> f64 {
+    took.as_secs_f64() * 1e6 / count as f64
+}
+
+/// Bytes of every file under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+fn main() {
+    let max: usize = std::env::var("THEATER_STORE_BENCH_SCALE_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
+    let store = root.store("scale").unwrap();
+    eprintln!(
+        "{:>9} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
+        "objects",
+        "fill µs",
+        "put µs",
+        "label µs",
+        "get µs",
+        "verify s",
+        "µs/obj",
+        "dry gc s",
+        "µs/obj",
+        "gc s",
+        "µs/obj",
+        "export s",
+        "µs/obj",
+        "B/obj"
+    );
+    let mut filled = 0;
+    let mut decade = 10_000;
+    runtime.block_on(async {
+        while decade <= max {
+            let started = Instant::now();
+            fill(&store, filled, decade).await;
+            let fill_each = micros_each(started.elapsed(), decade - filled);
+            filled = decade;
+
+            // One writer at a time, beside what is there.
+            let started = Instant::now();
+            for i in filled..filled + MORE_WRITES {
+                store.store_at_label(&label(i), content(i)).await.unwrap();
+            }
+            let put_each = micros_each(started.elapsed(), MORE_WRITES);
+            filled += MORE_WRITES;
+
+            let probes: Vec<usize> = scattered(filled, PROBES).collect();
+            let started = Instant::now();
+            let mut refs: Vec<ContentRef> = Vec::with_capacity(probes.len());
+            for &i in &probes {
+                refs.push(store.get_by_label(&label(i)).await.unwrap().unwrap());
+            }
+            let label_each = micros_each(started.elapsed(), probes.len());
+            let started = Instant::now();
+            for (content_ref, &i) in refs.iter().zip(&probes) {
+                assert_eq!(store.get(content_ref).await.unwrap(), content(i));
+            }
+            let get_each = micros_each(started.elapsed(), refs.len());
+
+            let started = Instant::now();
+            let report = store.verify(Arc::new(())).await.unwrap();
+            let verify = started.elapsed();
+            assert!(report.is_clean());
+            assert_eq!(report.objects_checked as usize, filled);
+
+            let sweep = |dry_run| GcOptions {
+                grace: Duration::ZERO,
+                dry_run,
+            };
+            let started = Instant::now();
+            let report = store.collect_garbage(sweep(true), Arc::new(())).await.unwrap();
+            let dry_gc = started.elapsed();
+            assert_eq!(report.kept_labelled as usize, filled);
+            let started = Instant::now();
+            let report = store.collect_garbage(sweep(false), Arc::new(())).await.unwrap();
+            let gc = started.elapsed();
+            assert_eq!(report.objects_removed, 0);
+
+            let started = Instant::now();
+            store
+                .export_package(None, std::io::sink(), Arc::new(()))
+                .await
+                .unwrap();
+            let export = started.elapsed();
+
+            let per_object = disk_bytes(&dir.path().join("root")) / filled as u64;
+            let each = |took: Duration| micros_each(took, filled);
+            eprintln!(
+                "{:>9} | {:>8.1} {:>8.1} | {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
+                filled,
+                fill_each,
+                put_each,
+                label_each,
+                get_each,
+                verify.as_secs_f64(),
+                each(verify),
+                dry_gc.as_secs_f64(),
+                each(dry_gc),
+                gc.as_secs_f64(),
+                each(gc),
+                export.as_secs_f64(),
+                each(export),
+                per_object
+            );
+            decade *= 10;
+        }
+    });
+}
