@@ -906,6 +906,74 @@ impl ContentReader {
     }
 }
 
+impl ContentReader {
+    /// Makes `buffer` hold bytes not yet handed out, waiting for the next
+    /// verified window when it holds none; `false` at the end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if self.consumed < self.buffer.len() {
+                return Poll::Ready(Ok(true));
+            }
+            let next = self.position + self.buffer.len() as u64;
+            if next >= self.end {
+                return Poll::Ready(Ok(false));
+            }
+            while self.ahead.len() < self.read_ahead && self.scheduled_to < self.end {
+                let start = self.scheduled_to;
+                let end = (start + READ_WINDOW).min(self.end);
+                let window = tokio::spawn(self.opened.clone().read(start..end));
+                self.ahead.push_back(window);
+                self.scheduled_to = end;
+            }
+            let front = self.ahead.front_mut().expect("a window is scheduled");
+            let finished = ready!(Pin::new(front).poll(cx));
+            self.ahead.pop_front();
+            let (opened, result) =
+                finished.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            // The object may have been reopened (its outboard rebuilt).
+            self.opened = opened;
+            let bytes =
+                result.map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            self.position = next;
+            let finished = std::mem::replace(&mut self.buffer, bytes);
+            self.opened.recycle(finished);
+            self.consumed = 0;
+        }
+    }
+
+    /// The next verified piece, up to 256 KiB, handed over without a copy
+    /// (the buffer it was read and checked in); `None` at the end. For
+    /// senders that pass buffers on, such as an HTTP body. Errors as for
+    /// reads: damaged content fails before any byte of its 16 KiB group.
+    pub async fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if !std::future::poll_fn(|cx| self.poll_fill(cx)).await? {
+            return Ok(None);
+        }
+        let piece = if self.consumed == 0 {
+            std::mem::take(&mut self.buffer)
+        } else {
+            self.buffer.split_off(self.consumed)
+        };
+        self.position += (self.consumed + piece.len()) as u64;
+        self.buffer.clear();
+        self.consumed = 0;
+        Ok(Some(piece))
+    }
+
+    /// The rest of the content as a stream of verified pieces (see
+    /// [`ContentReader::next_piece`]), ending after the first error.
+    pub fn into_pieces(self) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> + Send {
+        futures_util::stream::unfold(Some(self), |reader| async move {
+            let mut reader = reader?;
+            match reader.next_piece().await {
+                Ok(Some(piece)) => Some((Ok(piece), Some(reader))),
+                Ok(None) => None,
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+    }
+}
+
 impl AsyncRead for ContentReader {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -913,39 +981,13 @@ impl AsyncRead for ContentReader {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if this.consumed < this.buffer.len() {
-                let available = &this.buffer[this.consumed..];
-                let take = available.len().min(out.remaining());
-                out.put_slice(&available[..take]);
-                this.consumed += take;
-                return Poll::Ready(Ok(()));
-            }
-            let next = this.position + this.buffer.len() as u64;
-            if next >= this.end {
-                return Poll::Ready(Ok(()));
-            }
-            while this.ahead.len() < this.read_ahead && this.scheduled_to < this.end {
-                let start = this.scheduled_to;
-                let end = (start + READ_WINDOW).min(this.end);
-                let window = tokio::spawn(this.opened.clone().read(start..end));
-                this.ahead.push_back(window);
-                this.scheduled_to = end;
-            }
-            let front = this.ahead.front_mut().expect("a window is scheduled");
-            let finished = ready!(Pin::new(front).poll(cx));
-            this.ahead.pop_front();
-            let (opened, result) =
-                finished.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
-            // The object may have been reopened (its outboard rebuilt).
-            this.opened = opened;
-            let bytes =
-                result.map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-            this.position = next;
-            let finished = std::mem::replace(&mut this.buffer, bytes);
-            this.opened.recycle(finished);
-            this.consumed = 0;
+        if ready!(this.poll_fill(cx))? {
+            let available = &this.buffer[this.consumed..];
+            let take = available.len().min(out.remaining());
+            out.put_slice(&available[..take]);
+            this.consumed += take;
         }
+        Poll::Ready(Ok(()))
     }
 }
 

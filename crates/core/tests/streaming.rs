@@ -207,7 +207,10 @@ async fn ranges_read_back_exactly_and_out_of_bounds_is_an_error() {
         for (offset, len) in [
             (0, Some(0)),
             (size / 2, Some(4096.min(size / 2))),
-            (size.saturating_sub(window + 3), Some(window.min(size) / 2 + 5)),
+            (
+                size.saturating_sub(window + 3),
+                Some(window.min(size) / 2 + 5),
+            ),
             (size / 3, None),
             (0, None),
         ] {
@@ -215,7 +218,11 @@ async fn ranges_read_back_exactly_and_out_of_bounds_is_an_error() {
             let mut reader = store.range_reader(&stored, offset, len).await.unwrap();
             let mut got = Vec::new();
             reader.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, bytes[offset as usize..end as usize], "{offset} {len:?}");
+            assert_eq!(
+                got,
+                bytes[offset as usize..end as usize],
+                "{offset} {len:?}"
+            );
         }
         let error = store.read_range(&stored, size - 1, 2).await.unwrap_err();
         assert!(matches!(error, StoreError::InvalidRange { .. }), "{error}");
@@ -229,6 +236,39 @@ async fn ranges_read_back_exactly_and_out_of_bounds_is_an_error() {
     let missing = ContentRef::for_content(b"never stored");
     let error = store.read_range(&missing, 0, 1).await.unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }));
+}
+
+#[tokio::test]
+async fn pieces_hand_over_the_verified_windows_after_whatever_was_read() {
+    let (_dir, root) = temp_root();
+    let store = root.store("pieces").unwrap();
+    let bytes = content(MIB + 12_345, 5);
+    let stored = store.store(bytes.clone()).await.unwrap();
+    // A range, partly read through `AsyncRead` first: the pieces carry on
+    // from there, to the range's end and no further.
+    let (offset, len) = (1000u64, 700_000u64);
+    let mut reader = store
+        .range_reader(&stored, offset, Some(len))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut start = vec![0u8; 10];
+    reader.read_exact(&mut start).await.unwrap();
+    let mut got = start;
+    let mut count = 0;
+    while let Some(piece) = reader.next_piece().await.unwrap() {
+        assert!(!piece.is_empty() && piece.len() <= 256 << 10);
+        got.extend_from_slice(&piece);
+        count += 1;
+    }
+    assert!(count >= 3, "{count} pieces");
+    assert_eq!(got, bytes[offset as usize..(offset + len) as usize]);
+    // The whole content as a stream of pieces.
+    let pieces: Vec<Vec<u8>> =
+        futures_util::TryStreamExt::try_collect(store.reader(&stored).await.unwrap().into_pieces())
+            .await
+            .unwrap();
+    assert_eq!(pieces.concat(), bytes);
 }
 
 #[tokio::test]

@@ -10,10 +10,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::TryStreamExt;
 use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
 use theater_store::{ContentRef, ContentStore, StoreRoot};
-use tokio_util::io::ReaderStream;
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -22,12 +22,6 @@ use tower_http::timeout::TimeoutLayer;
 use crate::Limits;
 use crate::access::{Access, Need};
 use crate::error::ApiError;
-
-/// The pieces a content body is sent in: the core reader's window, so
-/// that a 1 GiB body is 4,096 socket writes rather than 262,144 of the
-/// default 4 KiB (loopback TCP here moves 1.2–1.6 GiB/s in 64 KiB writes,
-/// 2.0–2.5 GiB/s in 256 KiB ones).
-const BODY_CHUNK_BYTES: usize = 256 << 10;
 
 /// What every handler shares.
 pub(crate) struct Gateway {
@@ -286,15 +280,17 @@ async fn content(
         }
         None => (StatusCode::OK, 0, size),
     };
+    // The reader's verified windows (256 KiB) go out as they are, without
+    // a copy: loopback TCP here moves 1.2–1.6 GiB/s in 64 KiB writes and
+    // 2.0–2.5 GiB/s in 256 KiB ones, and a 4 KiB piece per write (tokio's
+    // `ReaderStream` default) would cap a 1 GiB body far lower.
     let reader = store.range_reader(content_ref, start, Some(len)).await?;
+    let pieces = reader.into_inner().into_pieces().map_ok(Bytes::from);
     Ok(response
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(ReaderStream::with_capacity(
-            reader,
-            BODY_CHUNK_BYTES,
-        )))
+        .body(Body::from_stream(pieces))
         .expect("valid headers"))
 }
 
