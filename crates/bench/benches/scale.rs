@@ -8,7 +8,9 @@
 //! label `item/NNNNNNNN` naming distinct content). Then, one task at a
 //! time: 2,000 more `store_at_label`s; 10,000 `get_by_label`s and
 //! verified `get`s of scattered labels, each named once, so neither is
-//! answered from the read cache; `verify`, `gc --dry-run`, a real gc
+//! answered from the read cache (and the bytes those writes handed the
+//! kernel, from `/proc/self/io`: log frames and checkpoints); `verify`,
+//! `gc --dry-run`, a real gc
 //! (which finds nothing to remove, but looks at everything), and an
 //! export of the whole store into a sink.
 //!
@@ -67,6 +69,15 @@ fn micros_each(took: Duration, count: usize) -> f64 {
     took.as_secs_f64() * 1e6 / count as f64
 }
 
+/// Bytes this process has passed to `write` and friends so far.
+fn bytes_written() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar: "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap()
+}
+
 /// Bytes of every file under `dir`.
 fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;
@@ -91,10 +102,11 @@ fn main() {
     let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
     let store = root.store("scale").unwrap();
     eprintln!(
-        "{:>9} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
+        "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
         "objects",
         "fill µs",
         "put µs",
+        "put B",
         "label µs",
         "get µs",
         "verify s",
@@ -117,11 +129,12 @@ fn main() {
             filled = decade;
 
             // One writer at a time, beside what is there.
-            let started = Instant::now();
+            let (started, written) = (Instant::now(), bytes_written());
             for i in filled..filled + MORE_WRITES {
                 store.store_at_label(&label(i), content(i)).await.unwrap();
             }
             let put_each = micros_each(started.elapsed(), MORE_WRITES);
+            let put_bytes = (bytes_written() - written) / MORE_WRITES as u64;
             filled += MORE_WRITES;
 
             let probes: Vec<usize> = scattered(filled, PROBES).collect();
@@ -166,10 +179,11 @@ fn main() {
             let per_object = disk_bytes(&dir.path().join("root")) / filled as u64;
             let each = |took: Duration| micros_each(took, filled);
             eprintln!(
-                "{:>9} | {:>8.1} {:>8.1} | {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
+                "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
                 filled,
                 fill_each,
                 put_each,
+                put_bytes,
                 label_each,
                 get_each,
                 verify.as_secs_f64(),

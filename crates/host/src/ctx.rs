@@ -381,7 +381,10 @@ impl StoreCtx {
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, HostError> {
         // The core's work is traced inside the call's span.
-        let span = (self.observed.as_ref()).map_or_else(tracing::Span::none, |o| o.span().clone());
+        let span = self
+            .observed
+            .as_ref()
+            .map_or_else(tracing::Span::none, |o| o.span().clone());
         let call = call.instrument(span);
         let Some(deadline) = self.deadline else {
             return call.await.map_err(Into::into);
