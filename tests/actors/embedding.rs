@@ -12,8 +12,8 @@ use theater_store_host::wasmtime::component::{Component, Linker, ResourceTable};
 use theater_store_host::wasmtime::{Config, Engine, Store};
 use theater_store_host::wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use theater_store_host::{
-    ActorFailure, ActorLimiter, Grants, Limits, RunOptions, StoreActorPre, StoreCtx, StoreCtxView,
-    StoreView, enforce_limits, start_epoch_clock,
+    ActorFailure, ActorLimiter, Grants, Limits, RunOptions, StoreActorPre, TheaterCtx,
+    TheaterCtxView, TheaterView, enforce_limits, start_epoch_clock,
 };
 
 use crate::Harness;
@@ -22,7 +22,7 @@ use crate::hardening::multi_memory_actor;
 struct Data {
     wasi: WasiCtx,
     table: ResourceTable,
-    store: StoreCtx,
+    theater: TheaterCtx,
     limiter: ActorLimiter,
 }
 
@@ -35,10 +35,10 @@ impl WasiView for Data {
     }
 }
 
-impl StoreView for Data {
-    fn store_view(&mut self) -> StoreCtxView<'_> {
-        StoreCtxView {
-            ctx: &mut self.store,
+impl TheaterView for Data {
+    fn theater_view(&mut self) -> TheaterCtxView<'_> {
+        TheaterCtxView {
+            ctx: &mut self.theater,
             table: &mut self.table,
         }
     }
@@ -64,7 +64,7 @@ async fn run_by_hand(
     let data = Data {
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
-        store: StoreCtx::new(root.clone(), Grants::none(), limits.clone()),
+        theater: TheaterCtx::new(root.clone(), Grants::none(), limits.clone()),
         limiter: ActorLimiter::new(limits),
     };
     let mut store = Store::new(&engine, data);
@@ -74,7 +74,7 @@ async fn run_by_hand(
         Err(error) => {
             return Err(ActorFailure::of_instantiation(
                 &error,
-                &store.data().store,
+                &store.data().theater,
                 &store.data().limiter,
             ));
         }
@@ -89,7 +89,7 @@ async fn run_by_hand(
         Ok(Err(message)) => Err(ActorFailure::Returned(message)),
         Err(trap) => {
             let data = store.data();
-            Err(ActorFailure::of_call(&trap, &data.store, &data.limiter))
+            Err(ActorFailure::of_call(&trap, &data.theater, &data.limiter))
         }
     }
 }
@@ -167,7 +167,7 @@ async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
         wasi: WasiCtx,
         wasi_table: ResourceTable,
         store_table: ResourceTable,
-        store: StoreCtx,
+        theater: TheaterCtx,
     }
     impl WasiView for Split {
         fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -177,10 +177,10 @@ async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
             }
         }
     }
-    impl StoreView for Split {
-        fn store_view(&mut self) -> StoreCtxView<'_> {
-            StoreCtxView {
-                ctx: &mut self.store,
+    impl TheaterView for Split {
+        fn theater_view(&mut self) -> TheaterCtxView<'_> {
+            TheaterCtxView {
+                ctx: &mut self.theater,
                 table: &mut self.store_table,
             }
         }
@@ -200,7 +200,7 @@ async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
             wasi: WasiCtx::builder().build(),
             wasi_table: ResourceTable::new(),
             store_table: ResourceTable::new(),
-            store: StoreCtx::new(
+            theater: TheaterCtx::new(
                 root,
                 Grants::none().any_store(theater_store_host::Access::ReadWrite),
                 Limits::default(),
@@ -225,7 +225,7 @@ async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default();
     assert!(
-        message.contains("StoreView::store_view must return"),
+        message.contains("TheaterView::theater_view must return"),
         "{message}"
     );
 }

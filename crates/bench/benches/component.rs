@@ -10,7 +10,7 @@ use theater_store::{Durability, GcOptions, StoreRoot};
 use theater_store_examples::{BENCH_ACTOR, KV_BENCH, KV_BENCH_DRAFT, KV_COUNTER, LARGE_FILES};
 use theater_store_host::{
     Access, ActorHost, ChainRecording, CommandOutput, Grants, Limits, RunOptions, StoreActor,
-    StoreCtx, StoreCtxView, StoreView,
+    TheaterCtx, TheaterCtxView, TheaterView,
 };
 use tokio::runtime::Runtime;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -25,7 +25,7 @@ use wasmtime_wasi_keyvalue::{WasiKeyValue, WasiKeyValueCtx};
 struct BenchState {
     wasi: WasiCtx,
     table: ResourceTable,
-    store: StoreCtx,
+    theater: TheaterCtx,
 }
 
 impl WasiView for BenchState {
@@ -37,10 +37,10 @@ impl WasiView for BenchState {
     }
 }
 
-impl StoreView for BenchState {
-    fn store_view(&mut self) -> StoreCtxView<'_> {
-        StoreCtxView {
-            ctx: &mut self.store,
+impl TheaterView for BenchState {
+    fn theater_view(&mut self) -> TheaterCtxView<'_> {
+        TheaterCtxView {
+            ctx: &mut self.theater,
             table: &mut self.table,
         }
     }
@@ -103,12 +103,12 @@ impl Bench {
             Some(id) => Grants::none().store(id, Access::ReadWrite),
             None => Grants::none(),
         };
-        let mut store_ctx = StoreCtx::new(self.root.clone(), grants, limits);
+        let mut store_ctx = TheaterCtx::new(self.root.clone(), grants, limits);
         store_ctx.set_chain(actor.map(|actor| self.root.event_chain(actor).unwrap()));
         let state = BenchState {
             wasi,
             table: ResourceTable::new(),
-            store: store_ctx,
+            theater: store_ctx,
         };
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(u64::MAX / 2);

@@ -76,11 +76,16 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         chain,
         env,
     };
+    let absent = absent_grants(root, &args).await?;
     if actor.is_watcher() || !args.watch.is_empty() {
-        return run_watcher(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+        let exit = run_watcher(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+        say_created(root, &absent).await;
+        return exit;
     }
     if actor.is_command() {
-        return run_command(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+        let exit = run_command(&host, &actor, options, &args, chain_id.as_deref(), json).await;
+        say_created(root, &absent).await;
+        return exit;
     }
     if !args.args.is_empty() {
         anyhow::bail!(
@@ -102,6 +107,7 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
     for store in &run.created_stores {
         eprintln!("created store {store}");
     }
+    say_created(root, &absent).await;
     if let Some(id) = &chain_id {
         eprintln!(
             "store calls recorded in the event chain of actor {id} (`theater-store chain {id}`)"
@@ -142,6 +148,32 @@ pub async fn run(root: &StoreRoot, args: RunArgs, json: bool) -> anyhow::Result<
         }))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--grant`ed stores that do not exist yet. The actor's first write
+/// to one creates it, and the run then says so, so that a mistyped grant
+/// shows rather than quietly making a new store.
+async fn absent_grants(root: &StoreRoot, args: &RunArgs) -> anyhow::Result<Vec<String>> {
+    let mut absent = Vec::new();
+    for grant in &args.grants {
+        if !root.store(&grant.store)?.is_created().await? {
+            absent.push(grant.store.clone());
+        }
+    }
+    Ok(absent)
+}
+
+/// Says which of the `absent` granted stores the run created.
+async fn say_created(root: &StoreRoot, absent: &[String]) {
+    for id in absent {
+        let created = match root.store(id) {
+            Ok(store) => store.is_created().await.unwrap_or(false),
+            Err(_) => false,
+        };
+        if created {
+            eprintln!("created granted store {id} (it did not exist before this run)");
+        }
+    }
 }
 
 /// Runs a WASI command's `main` with the arguments after `--`; its output

@@ -1290,7 +1290,16 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
         .args(["--grant", "app", "--", "app", "set", "greeting", "hello"])
         .assert()
         .success()
-        .stdout("ok\n");
+        .stdout("ok\n")
+        // A granted store the run brought into being is named, once.
+        .stderr(contains("created granted store app"));
+    env.cmd()
+        .arg("run")
+        .arg(&command)
+        .args(["--grant", "app", "--", "app", "set", "greeting", "hello"])
+        .assert()
+        .success()
+        .stderr(contains("created granted store").not());
     // The key is a label like any other.
     env.cmd()
         .args(["cat", "app", "--label", "greeting"])

@@ -679,6 +679,14 @@ impl ContentStore {
         self.root.engine().await?.store_stats(&self.id).await
     }
 
+    /// Whether the store exists yet. A store comes into being with its
+    /// first write (or [`StoreRoot::create_store`]), so a handle to a
+    /// store no one has written to is valid but names nothing.
+    pub async fn is_created(&self) -> Result<bool> {
+        let engine = self.root.engine().await?;
+        Ok(engine.store_created_at(&self.id).await?.is_some())
+    }
+
     #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, label = label))]
     async fn set_label(&self, label: &str, target: Option<Digest>, expect: Expect) -> Result<bool> {
         validate_label(label)?;

@@ -8,8 +8,8 @@ use theater_store_host::wasmtime::component::{Component, Linker, ResourceTable};
 use theater_store_host::wasmtime::{Config, Engine, Store};
 use theater_store_host::wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use theater_store_host::{
-    Access, ActorFailure, ActorLimiter, Grants, Limits, StoreActorPre, StoreCtx, StoreCtxView,
-    StoreView, enforce_limits, start_epoch_clock,
+    Access, ActorFailure, ActorLimiter, Grants, Limits, StoreActorPre, TheaterCtx, TheaterCtxView,
+    TheaterView, enforce_limits, start_epoch_clock,
 };
 
 /// What each wasmtime `Store` holds: WASI's context and resource table,
@@ -17,7 +17,7 @@ use theater_store_host::{
 struct ActorData {
     wasi: WasiCtx,
     table: ResourceTable,
-    store: StoreCtx,
+    theater: TheaterCtx,
     limiter: ActorLimiter,
 }
 
@@ -30,11 +30,11 @@ impl WasiView for ActorData {
     }
 }
 
-impl StoreView for ActorData {
-    fn store_view(&mut self) -> StoreCtxView<'_> {
+impl TheaterView for ActorData {
+    fn theater_view(&mut self) -> TheaterCtxView<'_> {
         // The same table as WASI's: streamed reads are wasi:io streams.
-        StoreCtxView {
-            ctx: &mut self.store,
+        TheaterCtxView {
+            ctx: &mut self.theater,
             table: &mut self.table,
         }
     }
@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = ActorData {
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
-        store: StoreCtx::new(root.clone(), grants, limits.clone()),
+        theater: TheaterCtx::new(root.clone(), grants, limits.clone()),
         limiter: ActorLimiter::new(&limits),
     };
     let mut store = Store::new(&engine, data);
@@ -74,14 +74,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Record its calls in its chain under a stable id, and give it back
     // the stores it created in earlier runs under that id.
     let chain = root.event_chain("embedded-example")?;
-    store.data_mut().store.set_chain(Some(chain));
-    store.data_mut().store.restore_created_stores().await?;
+    store.data_mut().theater.set_chain(Some(chain));
+    store.data_mut().theater.restore_created_stores().await?;
 
     let param = r#"{"pattern": "stores", "named": "notes"}"#;
     let outcome = match actor.instantiate_async(&mut store).await {
         Err(error) => Err(ActorFailure::of_instantiation(
             &error,
-            &store.data().store,
+            &store.data().theater,
             &store.data().limiter,
         )),
         Ok(instance) => match instance
@@ -93,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Err(message)) => Err(ActorFailure::Returned(message)),
             Err(trap) => {
                 let data = store.data();
-                Err(ActorFailure::of_call(&trap, &data.store, &data.limiter))
+                Err(ActorFailure::of_call(&trap, &data.theater, &data.limiter))
             }
         },
     };
@@ -104,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // it created stay its own in later runs under the same actor id.
     let created: Vec<String> = store
         .data()
-        .store
+        .theater
         .created_stores()
         .map(str::to_owned)
         .collect();

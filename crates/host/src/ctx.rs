@@ -30,15 +30,15 @@ const MAX_LOG_LINE_BYTES: usize = 4096;
 /// the root, what the actor may reach, its limits, and what it logged.
 ///
 /// Embedders keep one in their `Store<T>` data and expose it through
-/// [`StoreView`](crate::StoreView).
+/// [`TheaterView`](crate::TheaterView).
 #[derive(Debug)]
-pub struct StoreCtx {
+pub struct TheaterCtx {
     root: StoreRoot,
     grants: Grants,
     limits: Limits,
     created: HashSet<String>,
     /// Stores this actor created in earlier runs (see
-    /// [`StoreCtx::restore_created_stores`]).
+    /// [`TheaterCtx::restore_created_stores`]).
     owned: HashSet<String>,
     logs: Vec<String>,
     dropped_log_lines: usize,
@@ -56,11 +56,11 @@ pub struct StoreCtx {
     call_metrics: CallMetrics,
 }
 
-impl StoreCtx {
+impl TheaterCtx {
     /// A context serving stores from `root` under `grants` and `limits`,
     /// for one run starting now: host calls still waiting for the store
     /// once [`Limits::timeout`] has passed give up (see
-    /// [`StoreCtx::set_deadline`]).
+    /// [`TheaterCtx::set_deadline`]).
     pub fn new(root: StoreRoot, grants: Grants, limits: Limits) -> Self {
         let deadline = Instant::now().checked_add(limits.timeout);
         Self {
@@ -136,13 +136,13 @@ impl StoreCtx {
     /// span and metrics start now, and when recording is on its event is
     /// recorded. The store opened for the call carries the event into its
     /// write's transaction; whatever is left is recorded by
-    /// [`StoreCtx::end`]. `event` is only called when recording is on or
+    /// [`TheaterCtx::end`]. `event` is only called when recording is on or
     /// the call's span is traced.
     ///
     /// Each event is charged to the actor's budget (see
     /// [`Limits::max_actor_bytes`]). When the budget has no room left for
     /// one, nothing is recorded, and the call is refused when it opens its
-    /// store ([`StoreCtx::open`]).
+    /// store ([`TheaterCtx::open`]).
     pub(crate) fn begin(&mut self, op: &'static str, event: impl FnOnce(&'static str) -> Event) {
         self.pending = None;
         let observed = CallObserver::start(op, self.chain.as_ref().map(EventChain::actor));
@@ -174,7 +174,7 @@ impl StoreCtx {
         }
     }
 
-    /// Finishes the call begun with [`StoreCtx::begin`]: records its event
+    /// Finishes the call begun with [`TheaterCtx::begin`]: records its event
     /// with its outcome, unless its write already did. A call whose event
     /// cannot be recorded fails, so that the chain misses no call that
     /// succeeded.
@@ -187,7 +187,7 @@ impl StoreCtx {
         result
     }
 
-    /// The chain's side of [`StoreCtx::end`].
+    /// The chain's side of [`TheaterCtx::end`].
     async fn record_end<T>(&mut self, result: Result<T, HostError>) -> Result<T, HostError> {
         let Some(record) = self.pending.take() else {
             return result;
@@ -208,7 +208,7 @@ impl StoreCtx {
     }
 
     /// Host calls still waiting for the store when `deadline` passes give
-    /// up with a timeout error. [`StoreCtx::new`] sets it to
+    /// up with a timeout error. [`TheaterCtx::new`] sets it to
     /// [`Limits::timeout`] from then; a context made well before its run
     /// starts sets it again here (`None`: no deadline).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
@@ -300,7 +300,7 @@ impl StoreCtx {
 
     /// Makes the stores this actor created in earlier runs its own again,
     /// as the root recorded them when they were created, keyed by
-    /// the actor's id: the chain's ([`StoreCtx::set_chain`]). Call it once
+    /// the actor's id: the chain's ([`TheaterCtx::set_chain`]). Call it once
     /// the chain is set, before the actor runs; without a chain there is
     /// no identity and nothing to restore. Returns how many were restored.
     pub async fn restore_created_stores(&mut self) -> Result<usize, HostError> {
@@ -330,12 +330,12 @@ impl StoreCtx {
 
     /// A handle on store `id`, unchecked against the grants and carrying
     /// no event: for keeping (a keyvalue bucket), then passing to
-    /// [`StoreCtx::grant`] at each use.
+    /// [`TheaterCtx::grant`] at each use.
     pub(crate) fn store_handle(&self, id: &str) -> Result<ContentStore, HostError> {
         Ok(self.root.store(id)?)
     }
 
-    /// [`StoreCtx::open`] for a store already opened once (a keyvalue
+    /// [`TheaterCtx::open`] for a store already opened once (a keyvalue
     /// bucket): checks the grants again, and carries the call's pending
     /// event, if any.
     pub(crate) fn grant<'s>(
@@ -413,8 +413,8 @@ impl StoreCtx {
     /// set, if any. A label the store has already costs nothing. Content is
     /// first taken to be new; only when that would not fit is it hashed, to
     /// see whether the store holds it already (and it then costs nothing).
-    /// Give the result to [`StoreCtx::settle`] once the write succeeds, or
-    /// to [`StoreCtx::release`] if it fails.
+    /// Give the result to [`TheaterCtx::settle`] once the write succeeds, or
+    /// to [`TheaterCtx::release`] if it fails.
     pub(crate) async fn admit(
         &mut self,
         store: &ContentStore,
@@ -529,7 +529,7 @@ impl StoreCtx {
     }
 
     /// Reserves room for a streamed write into `store`: its per-object
-    /// overhead now, each piece with [`StoreCtx::reserve_piece`] as it comes.
+    /// overhead now, each piece with [`TheaterCtx::reserve_piece`] as it comes.
     pub(crate) async fn reserve_stream(
         &mut self,
         store: &ContentStore,
@@ -601,7 +601,7 @@ impl StoreCtx {
         (self.limits.max_content_bytes as u64).min(self.limits.max_memory_bytes as u64)
     }
 
-    /// The content read under [`StoreCtx::read_limit`], or the refusal.
+    /// The content read under [`TheaterCtx::read_limit`], or the refusal.
     pub(crate) fn admit_content(
         &self,
         store: &ContentStore,
@@ -641,7 +641,7 @@ impl StoreCtx {
     }
 }
 
-/// A write admitted by [`StoreCtx::admit`]: its reservation, and what it
+/// A write admitted by [`TheaterCtx::admit`]: its reservation, and what it
 /// adds to the store's footprint.
 pub(crate) struct Admitted {
     reservation: Reservation,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
-use crate::ctx::StoreCtx;
+use crate::ctx::TheaterCtx;
 use crate::policy::Limits;
 
 /// How often [`start_epoch_clock`] ticks: the deadline's resolution.
@@ -126,8 +126,8 @@ pub fn start_epoch_clock(engine: &Engine) -> std::io::Result<()> {
 /// Puts a new `store` under `limits`: the limiter `limiter` finds in its
 /// data caps memory and tables, and wasm code traps once
 /// [`Limits::timeout`] has passed (with [`start_epoch_clock`] running).
-/// The actor's [`StoreCtx`] carries the same deadline for host calls
-/// ([`StoreCtx::new`] starts it).
+/// The actor's [`TheaterCtx`] carries the same deadline for host calls
+/// ([`TheaterCtx::new`] starts it).
 pub fn enforce_limits<T: 'static>(
     store: &mut Store<T>,
     limits: &Limits,
@@ -200,7 +200,7 @@ impl ActorFailure {
     /// or data segments asking for too much), or anything else.
     pub fn of_instantiation(
         error: &wasmtime::Error,
-        ctx: &StoreCtx,
+        ctx: &TheaterCtx,
         limiter: &ActorLimiter,
     ) -> Self {
         Self::classify(error, ctx, limiter, Self::Instantiation)
@@ -209,14 +209,14 @@ impl ActorFailure {
     /// What a failed call into the actor was: the deadline (an epoch
     /// interrupt, or a host call that gave up at it), the memory limit,
     /// or another trap.
-    pub fn of_call(error: &wasmtime::Error, ctx: &StoreCtx, limiter: &ActorLimiter) -> Self {
+    pub fn of_call(error: &wasmtime::Error, ctx: &TheaterCtx, limiter: &ActorLimiter) -> Self {
         Self::classify(error, ctx, limiter, Self::Trapped)
     }
 
     /// The deadline, then the memory limit, then `otherwise`.
     fn classify(
         error: &wasmtime::Error,
-        ctx: &StoreCtx,
+        ctx: &TheaterCtx,
         limiter: &ActorLimiter,
         otherwise: fn(String) -> Self,
     ) -> Self {

@@ -5,13 +5,13 @@
 //! names the store, label or ref. Nothing here traps the guest.
 //!
 //! Every store call is recorded in the actor's event chain, when it has
-//! one: [`StoreCtx::begin`] names the call, [`StoreCtx::end`] records how
+//! one: [`TheaterCtx::begin`] names the call, [`TheaterCtx::end`] records how
 //! it ended (a write records its event in its own transaction).
 
 use theater_store::{ContentRef, Event};
 
 use crate::bindings::theater::simple::{runtime, store, types};
-use crate::ctx::StoreCtx;
+use crate::ctx::TheaterCtx;
 use crate::error::HostError;
 use crate::policy::Access;
 
@@ -27,7 +27,7 @@ fn to_wit(content_ref: ContentRef) -> WitRef {
     }
 }
 
-impl StoreCtx {
+impl TheaterCtx {
     /// `store` and `store-at-label`: admit (reserving on the meter), write,
     /// then charge the actor for what the write added, or nothing if it
     /// failed.
@@ -104,7 +104,7 @@ pub(crate) fn call_with_refs(
     }
 }
 
-impl StoreCtx {
+impl TheaterCtx {
     async fn get_content(
         &mut self,
         store_id: &str,
@@ -140,7 +140,7 @@ impl StoreCtx {
     }
 }
 
-impl store::Host for StoreCtx {
+impl store::Host for TheaterCtx {
     async fn new(&mut self) -> Result<String, String> {
         self.begin("new", Event::new);
         let created = self.create_store().await;
@@ -297,9 +297,9 @@ impl store::Host for StoreCtx {
     }
 }
 
-impl types::Host for StoreCtx {}
+impl types::Host for TheaterCtx {}
 
-impl runtime::Host for StoreCtx {
+impl runtime::Host for TheaterCtx {
     async fn log(&mut self, msg: String) {
         self.record_log(msg);
     }

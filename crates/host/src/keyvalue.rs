@@ -9,19 +9,19 @@
 //! value that is not one is refused, never reinterpreted.
 //!
 //! Shaped like wasmtime-wasi-keyvalue: the context is the actor's
-//! [`StoreCtx`] reached through [`StoreView`], and
+//! [`TheaterCtx`] reached through [`TheaterView`], and
 //! [`add_to_linker_async`] wires the imports into any linker.
 
 use theater_store::{AtMost, ContentRef, ContentStore, ErrorKind, Event, validate_label};
 use wasmtime::component::{Linker, Resource, ResourceTable};
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
-use crate::ctx::StoreCtx;
+use crate::ctx::TheaterCtx;
 use crate::error::HostError;
 use crate::imports::call;
 use crate::policy::Access;
 use crate::resources::{Bucket, Cas};
-use crate::{HasStoreView, StoreCtxView, StoreView, wasi_table_view};
+use crate::{HasStoreView, TheaterCtxView, TheaterView, wasi_table_view};
 
 use store::{Error, KeyResponse};
 
@@ -35,9 +35,11 @@ const MAX_NUMBER_BYTES: u64 = 20;
 const MAX_INCREMENT_ATTEMPTS: usize = 1000;
 
 /// Adds `wasi:keyvalue/store`, `atomics` and `batch` to `linker`, served
-/// from the [`StoreCtx`] that `T`'s [`StoreView`] gives
+/// from the [`TheaterCtx`] that `T`'s [`TheaterView`] gives
 /// (an engine with async support, as for [`crate::add_to_linker_async`]).
-pub fn add_to_linker_async<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub fn add_to_linker_async<T: TheaterView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     store::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
     atomics::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
     batch::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)
@@ -83,7 +85,7 @@ fn kv_call(function: &str, bucket: &str, key: Option<&str>) -> Event {
     }
 }
 
-impl StoreCtx {
+impl TheaterCtx {
     /// The value of `key`, read within the actor's limits.
     async fn value(
         &mut self,
@@ -305,7 +307,7 @@ fn parse_number(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-impl store::Host for StoreCtxView<'_> {
+impl store::Host for TheaterCtxView<'_> {
     async fn open(
         &mut self,
         identifier: String,
@@ -324,7 +326,7 @@ impl store::Host for StoreCtxView<'_> {
     }
 }
 
-impl store::HostBucket for StoreCtxView<'_> {
+impl store::HostBucket for TheaterCtxView<'_> {
     async fn get(
         &mut self,
         bucket: Resource<Bucket>,
@@ -434,7 +436,7 @@ impl store::HostBucket for StoreCtxView<'_> {
     }
 }
 
-impl atomics::Host for StoreCtxView<'_> {
+impl atomics::Host for TheaterCtxView<'_> {
     async fn increment(
         &mut self,
         bucket: Resource<Bucket>,
@@ -504,7 +506,7 @@ impl atomics::Host for StoreCtxView<'_> {
     }
 }
 
-impl atomics::HostCas for StoreCtxView<'_> {
+impl atomics::HostCas for TheaterCtxView<'_> {
     async fn new(
         &mut self,
         bucket: Resource<Bucket>,
@@ -560,7 +562,7 @@ impl atomics::HostCas for StoreCtxView<'_> {
     }
 }
 
-impl batch::Host for StoreCtxView<'_> {
+impl batch::Host for TheaterCtxView<'_> {
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,

@@ -8,8 +8,8 @@
 //! - [`ActorHost`] loads actor components, runs their `init` (or a WASI
 //!   command's `main`) under grants and limits, and returns the new state
 //!   and logs. The CLI uses it.
-//! - Embedders with their own engine and linker keep a [`StoreCtx`] in
-//!   their `Store<T>` data, implement [`StoreView`] (beside WASI's
+//! - Embedders with their own engine and linker keep a [`TheaterCtx`] in
+//!   their `Store<T>` data, implement [`TheaterView`] (beside WASI's
 //!   `WasiView`) and call [`add_to_linker_async`]. [`ActorLimiter`],
 //!   [`enforce_limits`], [`start_epoch_clock`] and
 //!   [`ActorFailure::of_call`] are the pieces `ActorHost` is built from, so
@@ -19,7 +19,7 @@
 //! The host does no file I/O of its own: every call becomes a call on the
 //! core store. Access is denied by default; see [`Grants`]. The stores an
 //! actor creates stay its own across runs under the same actor id (its
-//! chain's): call [`StoreCtx::restore_created_stores`] when a run starts,
+//! chain's): call [`TheaterCtx::restore_created_stores`] when a run starts,
 //! as below ([`ActorHost`] does).
 //!
 //! A complete embedding (`examples/embed.rs`, run as this doc test):
@@ -55,7 +55,7 @@ pub use wasmtime;
 pub use wasmtime_wasi;
 
 pub use bindings::{StoreActor, StoreActorPre};
-pub use ctx::StoreCtx;
+pub use ctx::TheaterCtx;
 pub use enforce::{ActorFailure, ActorLimiter, EPOCH_TICK, enforce_limits, start_epoch_clock};
 pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
@@ -65,31 +65,31 @@ pub use runner::{
 pub use watcher::{StartAt, WatchOptions, WatchProgress, WatchedBucket, WatcherRun};
 
 /// The parts of an embedder's `Store<T>` data the store interfaces use:
-/// the actor's [`StoreCtx`], and the resource table its writers and
+/// the actor's [`TheaterCtx`], and the resource table its writers and
 /// streams live in. The table must be the one WASI uses
 /// (`wasmtime_wasi::WasiView`), since reads are `wasi:io` streams.
-pub struct StoreCtxView<'a> {
+pub struct TheaterCtxView<'a> {
     /// The actor's store context.
-    pub ctx: &'a mut StoreCtx,
+    pub ctx: &'a mut TheaterCtx,
     /// The component's resource table, shared with WASI.
     pub table: &'a mut ResourceTable,
 }
 
-/// Access to the [`StoreCtx`] inside an embedder's `Store<T>` data, the way
+/// Access to the [`TheaterCtx`] inside an embedder's `Store<T>` data, the way
 /// `wasmtime_wasi::WasiView` gives access to WASI's context. The table in
 /// the view must be the one `WasiView::ctx` returns: streamed reads are
 /// `wasi:io` streams, which WASI finds in its own table. The imports check
 /// this at every call and panic, naming this rule, if it is broken.
-pub trait StoreView: WasiView + Send {
+pub trait TheaterView: WasiView + Send {
     /// The actor's store context and resource table.
-    fn store_view(&mut self) -> StoreCtxView<'_>;
+    fn theater_view(&mut self) -> TheaterCtxView<'_>;
 }
 
-/// Marks [`StoreCtxView`] as what the streaming interface's imports work on.
+/// Marks [`TheaterCtxView`] as what the streaming interface's imports work on.
 struct HasStoreView;
 
 impl HasData for HasStoreView {
-    type Data<'a> = StoreCtxView<'a>;
+    type Data<'a> = TheaterCtxView<'a>;
 }
 
 /// Adds `theater:simple/store`, `theater:simple/store-streams` and
@@ -98,21 +98,23 @@ impl HasData for HasStoreView {
 /// with `call_…` `.await`). Add WASI p2 too
 /// (`wasmtime_wasi::p2::add_to_linker_async`): Rust's std on
 /// `wasm32-wasip2` imports it, and streams are its `wasi:io` streams.
-pub fn add_to_linker_async<T: StoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub fn add_to_linker_async<T: TheaterView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     use bindings::theater::simple::{runtime, store, store_streams};
-    store::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)?;
+    store::add_to_linker::<T, HasSelf<TheaterCtx>>(linker, |t| t.theater_view().ctx)?;
     store_streams::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
-    runtime::add_to_linker::<T, HasSelf<StoreCtx>>(linker, |t| t.store_view().ctx)
+    runtime::add_to_linker::<T, HasSelf<TheaterCtx>>(linker, |t| t.theater_view().ctx)
 }
 
 /// `T`'s view, once checked to hold WASI's resource table (see
-/// [`StoreView`]): a pointer comparison per call.
-fn wasi_table_view<T: StoreView>(data: &mut T) -> StoreCtxView<'_> {
+/// [`TheaterView`]): a pointer comparison per call.
+fn wasi_table_view<T: TheaterView>(data: &mut T) -> TheaterCtxView<'_> {
     let wasi_table: *const ResourceTable = WasiView::ctx(data).table;
-    let view = data.store_view();
+    let view = data.theater_view();
     assert!(
         std::ptr::eq(wasi_table, view.table),
-        "StoreView::store_view must return the ResourceTable that WasiView::ctx returns: \
+        "TheaterView::theater_view must return the ResourceTable that WasiView::ctx returns: \
          streamed reads are wasi:io streams, which live in WASI's table"
     );
     view

@@ -12,10 +12,10 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::StoreActorPre;
 use crate::bindings::watch_service::WatchServicePre;
-use crate::ctx::StoreCtx;
+use crate::ctx::TheaterCtx;
 use crate::enforce::{ActorFailure, ActorLimiter, enforce_limits, start_epoch_clock};
 use crate::policy::{Grants, Limits};
-use crate::{StoreCtxView, StoreView, add_to_linker_async};
+use crate::{TheaterCtxView, TheaterView, add_to_linker_async};
 
 /// How much of an actor's stderr (panic messages, mostly) is kept.
 const STDERR_CAPACITY: usize = 64 << 10;
@@ -266,7 +266,7 @@ impl ActorHost {
             Ok(store) => store,
             Err(failure) => return ActorRun::refused(failure),
         };
-        let chain = store.data().store.chain().cloned();
+        let chain = store.data().theater.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), actor, "init", &limits).await;
         host_notes.extend(restore_created(&mut store).await);
 
@@ -288,7 +288,7 @@ impl ActorHost {
         // An actor whose host call gave up at the deadline may have carried
         // on and returned; it still ran out of time.
         let outcome = match outcome {
-            _ if data.store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            _ if data.theater.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
             outcome => outcome,
         };
         let end = Event {
@@ -300,17 +300,17 @@ impl ActorHost {
             ..Event::new("run-end")
         };
         host_notes.extend(record(chain.as_ref(), end, &limits).await);
-        let (mut logs, dropped_log_lines) = data.store.take_logs();
+        let (mut logs, dropped_log_lines) = data.theater.take_logs();
         logs.extend(host_notes);
         let mut created_stores: Vec<String> =
-            data.store.created_stores().map(str::to_owned).collect();
+            data.theater.created_stores().map(str::to_owned).collect();
         created_stores.sort();
         ActorRun {
             outcome,
             logs,
             dropped_log_lines,
             created_stores,
-            shutdown: data.store.shutdown_requested().cloned(),
+            shutdown: data.theater.shutdown_requested().cloned(),
             stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
         }
     }
@@ -346,7 +346,7 @@ impl ActorHost {
             Ok(store) => store,
             Err(failure) => return CommandRun::refused(failure),
         };
-        let chain = store.data().store.chain().cloned();
+        let chain = store.data().theater.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), command, "command", &limits).await;
         host_notes.extend(restore_created(&mut store).await);
         let outcome = match pre.instantiate_async(&mut store).await {
@@ -361,7 +361,7 @@ impl ActorHost {
             },
         };
         let outcome = match outcome {
-            _ if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            _ if store.data().theater.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
             outcome => outcome,
         };
         let end_outcome = match &outcome {
@@ -395,12 +395,12 @@ impl ActorHost {
             .map(|id| self.root.event_chain(id))
             .transpose()
             .map_err(|error| ActorFailure::InvalidOptions(error.to_string()))?;
-        let mut store_ctx = StoreCtx::new(self.root.clone(), options.grants, options.limits);
+        let mut store_ctx = TheaterCtx::new(self.root.clone(), options.grants, options.limits);
         store_ctx.set_chain(chain);
         let data = ActorState {
             wasi,
             table: ResourceTable::new(),
-            store: store_ctx,
+            theater: store_ctx,
             memory: ActorLimiter::new(&limits),
         };
         let mut store = Store::new(&self.engine, data);
@@ -546,7 +546,7 @@ pub(crate) async fn end_run(
 /// Gives the actor back the stores it created in earlier runs; a failure
 /// becomes a note for the run's output (the run goes on without them).
 pub(crate) async fn restore_created(store: &mut Store<ActorState>) -> Vec<String> {
-    match store.data_mut().store.restore_created_stores().await {
+    match store.data_mut().theater.restore_created_stores().await {
         Ok(_) => Vec::new(),
         Err(error) => vec![format!(
             "host: the stores this actor created in earlier runs could not be restored: {error}"
@@ -569,7 +569,7 @@ pub(crate) fn run_outcome(failure: Option<&ActorFailure>) -> Outcome {
 pub(crate) struct ActorState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) store: StoreCtx,
+    pub(crate) theater: TheaterCtx,
     pub(crate) memory: ActorLimiter,
 }
 
@@ -580,9 +580,9 @@ impl ActorState {
     pub(crate) fn failure(
         &self,
         error: &wasmtime::Error,
-        classify: fn(&wasmtime::Error, &StoreCtx, &ActorLimiter) -> ActorFailure,
+        classify: fn(&wasmtime::Error, &TheaterCtx, &ActorLimiter) -> ActorFailure,
     ) -> ActorFailure {
-        classify(error, &self.store, &self.memory)
+        classify(error, &self.theater, &self.memory)
     }
 }
 
@@ -595,10 +595,10 @@ impl WasiView for ActorState {
     }
 }
 
-impl StoreView for ActorState {
-    fn store_view(&mut self) -> StoreCtxView<'_> {
-        StoreCtxView {
-            ctx: &mut self.store,
+impl TheaterView for ActorState {
+    fn theater_view(&mut self) -> TheaterCtxView<'_> {
+        TheaterCtxView {
+            ctx: &mut self.theater,
             table: &mut self.table,
         }
     }

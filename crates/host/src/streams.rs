@@ -1,7 +1,7 @@
 //! The hand-written side of `theater:simple/store-streams`: content
 //! written through a `content-writer` resource and read through a
 //! `wasi:io` `input-stream`, range reads, label compare-and-swap and paged
-//! listing. Access, limits and quotas are [`StoreCtx`]'s, as for
+//! listing. Access, limits and quotas are [`TheaterCtx`]'s, as for
 //! `theater:simple/store`; errors become the interface's typed `error`.
 
 use bytes::{Bytes, BytesMut};
@@ -13,12 +13,12 @@ use wasmtime_wasi::p2::{
     DynInputStream, DynPollable, InputStream, Pollable, StreamError, StreamResult,
 };
 
-use crate::StoreCtxView;
+use crate::TheaterCtxView;
 use crate::bindings::theater::simple::store::ContentRef as WitRef;
 use crate::bindings::theater::simple::store_streams::{
     self, ChangePage, Error, LabelChange, LabelSwap,
 };
-use crate::ctx::StoreCtx;
+use crate::ctx::TheaterCtx;
 use crate::error::HostError;
 use crate::imports::{call, call_at, call_with_refs};
 use crate::meter::StreamSlot;
@@ -70,7 +70,7 @@ fn missing(error: wasmtime::component::ResourceTableError) -> wasmtime::Error {
     wasmtime::Error::new(error)
 }
 
-impl store_streams::HostContentWriter for StoreCtxView<'_> {
+impl store_streams::HostContentWriter for TheaterCtxView<'_> {
     async fn write(
         &mut self,
         writer: Resource<WriterHandle>,
@@ -139,7 +139,7 @@ impl store_streams::HostContentWriter for StoreCtxView<'_> {
 /// piece spends the writer: what it staged is removed and its reservation
 /// given back.
 async fn write_piece(
-    ctx: &mut StoreCtx,
+    ctx: &mut TheaterCtx,
     handle: &mut WriterHandle,
     bytes: Vec<u8>,
 ) -> Result<(), HostError> {
@@ -174,7 +174,7 @@ async fn write_piece(
 }
 
 async fn finish(
-    ctx: &mut StoreCtx,
+    ctx: &mut TheaterCtx,
     mut handle: WriterHandle,
     label: Option<&str>,
 ) -> Result<WitRef, HostError> {
@@ -296,7 +296,7 @@ impl InputStream for ContentStream {
     }
 }
 
-impl store_streams::Host for StoreCtxView<'_> {
+impl store_streams::Host for TheaterCtxView<'_> {
     async fn open_writer(
         &mut self,
         store_id: String,

@@ -178,7 +178,7 @@ impl ActorHost {
             Ok(followed) => followed,
             Err(failure) => return WatcherRun::refused(failure),
         };
-        let chain = store.data().store.chain().cloned();
+        let chain = store.data().theater.chain().cloned();
         let mut host_notes = record_start(chain.as_ref(), watcher, "watch", &limits).await;
         host_notes.extend(restore_created(&mut store).await);
 
@@ -233,7 +233,9 @@ impl ActorHost {
         .await;
 
         let outcome = match outcome {
-            Err(_) if store.data().store.timed_out() => Err(ActorFailure::TimedOut(limits.timeout)),
+            Err(_) if store.data().theater.timed_out() => {
+                Err(ActorFailure::TimedOut(limits.timeout))
+            }
             outcome => outcome,
         };
         let end = run_outcome(outcome.as_ref().err());
@@ -253,7 +255,7 @@ fn follow(
     consumer: &str,
     buckets: &[WatchedBucket],
 ) -> Result<Vec<Followed>, ActorFailure> {
-    let ctx = &store.data().store;
+    let ctx = &store.data().theater;
     buckets
         .iter()
         .map(|watched| {
@@ -312,7 +314,7 @@ async fn deliver(
     let value = match &change.new {
         None => None,
         Some(target) => {
-            let read_limit = store.data().store.read_limit();
+            let read_limit = store.data().theater.read_limit();
             match bucket.store.get_at_most(target, read_limit).await {
                 Ok(AtMost::Content(value)) => Some(value),
                 Ok(AtMost::TooLarge { size }) => {
@@ -339,7 +341,7 @@ async fn deliver(
         ..Event::new(op)
     };
     store.set_epoch_deadline(deadline_ticks(limits.timeout));
-    let ctx = &mut store.data_mut().store;
+    let ctx = &mut store.data_mut().theater;
     ctx.set_deadline(Instant::now().checked_add(limits.timeout));
     // The delivery is an input of the actor's: its chain records it
     // first, charged to the actor's budget as its own calls are.
