@@ -48,6 +48,18 @@ async fn store_and_get_round_trip_with_blake3_refs() {
 }
 
 #[tokio::test]
+async fn a_store_exists_from_its_first_write_or_its_creation() {
+    let (_dir, root) = temp_root();
+    let store = root.store("later").unwrap();
+    assert!(!store.is_created().await.unwrap());
+    store.store_at_label("first", b"x".to_vec()).await.unwrap();
+    assert!(store.is_created().await.unwrap());
+    let created = root.create_store().await.unwrap();
+    assert!(created.is_created().await.unwrap());
+    assert!(!root.store("never").unwrap().is_created().await.unwrap());
+}
+
+#[tokio::test]
 async fn identical_content_is_stored_once() {
     let (_dir, root) = temp_root();
     let store = root.store("dedupe").unwrap();

@@ -21,7 +21,7 @@ use crate::error::HostError;
 use crate::imports::call;
 use crate::policy::Access;
 use crate::resources::{Bucket, Cas};
-use crate::{HasStoreView, TheaterCtxView, TheaterView, wasi_table_view};
+use crate::{HasTheaterView, TheaterCtxView, TheaterView, wasi_table_view};
 
 use store::{Error, KeyResponse};
 
@@ -40,9 +40,9 @@ const MAX_INCREMENT_ATTEMPTS: usize = 1000;
 pub fn add_to_linker_async<T: TheaterView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
-    atomics::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
-    batch::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)
+    store::add_to_linker::<T, HasTheaterView>(linker, wasi_table_view::<T>)?;
+    atomics::add_to_linker::<T, HasTheaterView>(linker, wasi_table_view::<T>)?;
+    batch::add_to_linker::<T, HasTheaterView>(linker, wasi_table_view::<T>)
 }
 
 impl From<HostError> for Error {

@@ -86,9 +86,9 @@ pub trait TheaterView: WasiView + Send {
 }
 
 /// Marks [`TheaterCtxView`] as what the streaming interface's imports work on.
-struct HasStoreView;
+struct HasTheaterView;
 
-impl HasData for HasStoreView {
+impl HasData for HasTheaterView {
     type Data<'a> = TheaterCtxView<'a>;
 }
 
@@ -103,7 +103,7 @@ pub fn add_to_linker_async<T: TheaterView + 'static>(
 ) -> wasmtime::Result<()> {
     use bindings::theater::simple::{runtime, store, store_streams};
     store::add_to_linker::<T, HasSelf<TheaterCtx>>(linker, |t| t.theater_view().ctx)?;
-    store_streams::add_to_linker::<T, HasStoreView>(linker, wasi_table_view::<T>)?;
+    store_streams::add_to_linker::<T, HasTheaterView>(linker, wasi_table_view::<T>)?;
     runtime::add_to_linker::<T, HasSelf<TheaterCtx>>(linker, |t| t.theater_view().ctx)
 }
 
