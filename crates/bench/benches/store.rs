@@ -95,6 +95,35 @@ fn small_objects(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| label_store.store_at_label("bench:feed", distinct(&label_counter, KIB)))
     });
+    // The same from 8 tasks at once, each on labels of its own: the time
+    // per put, for the throughput against one task (issue 32's 4x).
+    let shared_counter = Arc::new(AtomicU64::new(1 << 41));
+    group.bench_function("store_at_label_8_tasks", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (store, counter) = (store.clone(), Arc::clone(&shared_counter));
+            async move {
+                let started = std::time::Instant::now();
+                let tasks: Vec<_> = (0..8u64)
+                    .map(|task| {
+                        let (store, counter) = (store.clone(), Arc::clone(&counter));
+                        tokio::spawn(async move {
+                            let label = format!("bench:feed:{task}");
+                            for _ in (task..iters).step_by(8) {
+                                store
+                                    .store_at_label(&label, distinct(&counter, KIB))
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                started.elapsed()
+            }
+        })
+    });
     group.bench_function("label_set", |b| {
         b.to_async(&runtime).iter(|| {
             flip = !flip;

@@ -7,7 +7,9 @@
 //! for its acknowledgement, or, in buffered mode when the writer is idle
 //! and no other process holds the root's lock, apply it themselves with
 //! the writer's connection (no thread hand-off; the same code, one change
-//! per transaction). The thread takes up to `max_batch` queued
+//! per transaction). While the thread has work, callers queue rather than
+//! apply their own, so that concurrent writers share its transactions
+//! instead of taking turns at one each. The thread takes up to `max_batch` queued
 //! changes at once, drops those whose caller has given up, and applies the
 //! rest in transactions of at most `max_transaction_time` each, so that no
 //! process waits long for the root's write lock. Each change gets its own
@@ -26,6 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -57,6 +60,9 @@ pub(crate) struct Writer {
     /// (buffered mode; in synced mode every change goes through the
     /// thread, where concurrent changes share one flush).
     direct: bool,
+    /// Changes queued for the thread and not yet answered: while there are
+    /// any, callers queue too (see [`Writer::try_direct`]).
+    queued: Arc<AtomicUsize>,
     root: PathBuf,
 }
 
@@ -129,14 +135,17 @@ impl Writer {
             changes,
         }));
         let thread_publisher = Arc::clone(&publisher);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread_queued = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("theater-store-writer".into())
-            .spawn(move || run(&thread_publisher, jobs))
+            .spawn(move || run(&thread_publisher, jobs, &thread_queued))
             .expect("spawning the index writer thread");
         Ok(Self {
             queue,
             publisher,
             direct: options.durability == Durability::Buffered,
+            queued,
             root,
         })
     }
@@ -166,11 +175,13 @@ impl Writer {
 
     /// Applies `change` at once if nobody else is writing; hands it back
     /// otherwise. Never waits: not for the thread, not for another
-    /// process's lock.
+    /// process's lock. With changes queued, it hands back at once: a
+    /// caller taking the connection between two of the thread's batches
+    /// would commit alone and hold those changes up.
     // The change is handed back whole, to be queued: no copy is made.
     #[allow(clippy::result_large_err)]
     fn try_direct(&self, change: Change) -> std::result::Result<Result<bool>, Change> {
-        if !self.direct {
+        if !self.direct || self.queued.load(Ordering::Acquire) > 0 {
             return Err(change);
         }
         let Ok(mut publisher) = self.publisher.try_lock() else {
@@ -181,7 +192,11 @@ impl Writer {
 
     fn enqueue(&self, change: Change) -> Option<oneshot::Receiver<Result<bool>>> {
         let (reply, acknowledged) = oneshot::channel();
-        self.queue.send(Job { change, reply }).ok()?;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.queue.send(Job { change, reply }).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         Some(acknowledged)
     }
 
@@ -196,8 +211,9 @@ impl Writer {
     }
 }
 
-/// The writer thread: takes what is queued, in batches, and publishes it.
-fn run(publisher: &Mutex<Publisher>, jobs: mpsc::Receiver<Job>) {
+/// The writer thread: takes what is queued, in batches, and publishes it;
+/// counts each batch off `queued` once it is answered.
+fn run(publisher: &Mutex<Publisher>, jobs: mpsc::Receiver<Job>, queued: &AtomicUsize) {
     while let Ok(first) = jobs.recv() {
         let mut publisher = publisher.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = vec![first];
@@ -207,10 +223,12 @@ fn run(publisher: &Mutex<Publisher>, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
         let mut batch = batch.into_iter().peekable();
         while batch.peek().is_some() {
             publisher.commit_some(&mut batch);
         }
+        queued.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 
