@@ -9,8 +9,9 @@
 //! the writer's connection (no thread hand-off; the same code, one change
 //! per transaction). While the thread has work, callers queue rather than
 //! apply their own, so that concurrent writers share its transactions
-//! instead of taking turns at one each. The thread takes up to `max_batch` queued
-//! changes at once, drops those whose caller has given up, and applies the
+//! instead of taking turns at one each. The thread takes up to
+//! `max_batch` queued changes at once, drops those whose caller has given
+//! up, and applies the
 //! rest in transactions of at most `max_transaction_time` each, so that no
 //! process waits long for the root's write lock. Each change gets its own
 //! savepoint: one refused change does not fail its neighbours.
