@@ -11,9 +11,9 @@
 //! apply their own, so that concurrent writers share its transactions
 //! instead of taking turns at one each. The thread takes up to
 //! `max_batch` queued changes at once, drops those whose caller has given
-//! up, and applies the
-//! rest in transactions of at most `max_transaction_time` each, so that no
-//! process waits long for the root's write lock. Each change gets its own
+//! up, and applies the rest in transactions of at most
+//! `max_transaction_time` each, so that no process waits long for the
+//! root's write lock. Each change gets its own
 //! savepoint: one refused change does not fail its neighbours.
 //!
 //! Publication happens here, inside the transaction, under the index's
