@@ -25,6 +25,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use theater_store::{ContentRef, StoreRoot};
+use theater_store_bench::env_number;
 use theater_store_gateway::{Access, Limits, Tokens};
 use tokio::io::AsyncReadExt;
 
@@ -224,14 +225,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("THEATER_STORE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let big_mib: u64 = std::env::var("THEATER_STORE_BENCH_BIG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let rounds: usize = env_number("THEATER_STORE_BENCH_ROUNDS", 3);
+    let big_mib: u64 = env_number("THEATER_STORE_BENCH_BIG_MIB", 1024);
     let big_size = big_mib << 20;
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let runtime = tokio::runtime::Builder::new_multi_thread()

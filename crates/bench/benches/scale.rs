@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use theater_store::{ContentRef, ContentStore, Durability, GcOptions, StoreRoot};
+use theater_store_bench::env_number;
 
 const WRITERS: usize = 8;
 const PROBES: usize = 10_000;
@@ -93,10 +94,7 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 fn main() {
-    let max: usize = std::env::var("THEATER_STORE_BENCH_SCALE_MAX")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let max: usize = env_number("THEATER_STORE_BENCH_SCALE_MAX", 1_000_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use theater_store::{ContentStore, Durability, GcOptions, StoreRoot, SyncOptions};
-use theater_store_bench::distinct;
+use theater_store_bench::{distinct, env_number};
 use tokio::runtime::Runtime;
 
 const KIB: usize = 1 << 10;
@@ -687,10 +687,7 @@ fn change_feed(c: &mut Criterion) {
 /// `THEATER_STORE_BENCH_SYNC_LABELS`): the incremental sync that reads
 /// the change logs, against the whole comparison it replaces.
 fn sync_after_changes(c: &mut Criterion) {
-    let labels: u64 = std::env::var("THEATER_STORE_BENCH_SYNC_LABELS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000);
+    let labels: u64 = env_number("THEATER_STORE_BENCH_SYNC_LABELS", 100_000);
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (source, destination) = (
@@ -768,10 +765,7 @@ fn drop_from_page_cache(path: &Path) {
 /// Prints the index bytes each change costs.
 fn history_at_scale(c: &mut Criterion) {
     const LABELS: u64 = 10_000;
-    let changes: u64 = std::env::var("THEATER_STORE_BENCH_HISTORY_CHANGES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let changes: u64 = env_number("THEATER_STORE_BENCH_HISTORY_CHANGES", 1_000_000);
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = StoreRoot::new(dir.path().join("history"));

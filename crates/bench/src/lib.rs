@@ -1,6 +1,8 @@
 //! Benchmarks live in `benches/`: `store` (the Rust API against the raw
-//! filesystem floor and cacache) and `component` (calls across the wasm
-//! component boundary, and cold start). Run them with `just bench`; the
+//! filesystem floor and cacache), `component` (calls across the wasm
+//! component boundary, and cold start), `shared` (PostgreSQL + S3),
+//! `gateway` (HTTP, beside SeaweedFS's S3 gateway) and `scale` (one store
+//! grown to 1,000,000 objects). Run them with `just bench`; the
 //! results and what dominates each cost are in docs/PERFORMANCE.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,4 +14,13 @@ pub fn distinct(counter: &AtomicU64, size: usize) -> Vec<u8> {
     bytes[..8].copy_from_slice(&counter.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     bytes.truncate(size);
     bytes
+}
+
+/// The number in environment variable `name` (a bench's size or rounds),
+/// or `default` when it is unset or not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
