@@ -243,6 +243,11 @@ impl Drop for Writer {
         let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
         let connection = &publisher.connection;
         let _ = connection.busy_timeout(std::time::Duration::ZERO);
+        // Folded first and recorded as folded, then emptied: a process
+        // killed between emptying the log and recording it would otherwise
+        // leave an empty log with commits not known to be folded, which
+        // the next open reports as lost.
+        checkpoint(connection, &publisher.changes, "PASSIVE");
         checkpoint(connection, &publisher.changes, "TRUNCATE");
     }
 }
