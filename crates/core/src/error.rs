@@ -202,6 +202,20 @@ pub enum StoreError {
         /// Store directories holding content files.
         stores: usize,
     },
+    /// The disk holding a local root is full. Removing labels and
+    /// collecting garbage still work: they may use the root's space
+    /// reserve ([`crate::Options::space_reserve`]).
+    #[error(
+        "store root {root}: {action} failed: the disk is full. Free space with \
+         `theater-store unlabel` and `theater-store gc` (they may use the root's space reserve), \
+         or elsewhere on the disk"
+    )]
+    DiskFull {
+        /// The root whose disk is full.
+        root: PathBuf,
+        /// What was being done.
+        action: &'static str,
+    },
     /// The label index (SQLite) failed.
     #[error("store root {root}: label index {action} failed: {source}")]
     Index {
@@ -346,6 +360,16 @@ impl std::fmt::Display for ErrorKind {
 }
 
 impl StoreError {
+    /// Whether the disk ran out of space: the index reported it full, or a
+    /// file operation failed with no space left.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::DiskFull { .. } => true,
+            Self::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {

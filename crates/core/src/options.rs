@@ -63,6 +63,13 @@ pub struct Options {
     /// Shared roots: how many bytes this host's read cache of objects may
     /// hold. A root string's `cache_bytes=N` sets it. Default: 1 GiB.
     pub shared_cache_bytes: u64,
+    /// Local roots: disk space kept aside in a file of the root
+    /// (`space.reserve`), so that removing labels and collecting garbage
+    /// still work once the disk is full: a change that only frees space
+    /// and finds the disk full gives the file up and is tried again. The
+    /// file is made again once there is room for it twice over. 0 keeps
+    /// none. Default: 16 MiB.
+    pub space_reserve: u64,
 }
 
 impl Options {
@@ -86,6 +93,7 @@ impl Default for Options {
             shared_connections: 16,
             shared_batch: 256,
             shared_cache_bytes: 1 << 30,
+            space_reserve: 16 << 20,
         }
     }
 }

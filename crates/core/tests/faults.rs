@@ -40,21 +40,21 @@ fn assert_child_passed(output: &std::process::Output) {
     );
 }
 
-/// The child: fills a 2 MiB filesystem, then checks what was acknowledged.
+/// The child: fills a 2 MiB filesystem, checks what was acknowledged,
+/// then frees space with the store's own commands on the full disk.
 #[tokio::test]
 #[ignore = "run by disk_full_mid_write_loses_nothing inside a private 2 MiB tmpfs"]
 async fn disk_full_child() {
     let root = PathBuf::from(std::env::var("FAULT_ROOT").unwrap());
-    // Something else on the same disk, that the operator deletes later.
-    let ballast = root.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 384 << 10]).unwrap();
     // An operator short of space keeps no history: gc may then take
-    // whatever no label reaches now.
+    // whatever no label reaches now. The reserve is scaled to the disk.
     let options = Options {
         change_retention: Duration::ZERO,
         change_retention_min: 0,
+        space_reserve: 192 << 10,
         ..Options::default()
     };
+    let reserve = root.join("root/space.reserve");
     let store = StoreRoot::with_options(root.join("root"), options)
         .store("full")
         .unwrap();
@@ -67,20 +67,28 @@ async fn disk_full_child() {
             Err(error) => break error,
         }
         assert!(n < 1000, "a 2 MiB filesystem never filled up");
+        // Made when the root opened, before the disk filled.
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 192 << 10);
     };
     let message = error.to_string();
     println!(
         "first failure after {} writes: {message}",
         acknowledged.len()
     );
+    assert!(error.is_disk_full(), "not told as a full disk: {message}");
     assert!(
-        message.contains("No space left") || message.contains("full"),
+        message.contains("No space left") || message.contains("disk is full"),
         "unclear error: {message}"
     );
     assert!(
         acknowledged.len() >= 5,
         "the disk filled too early to test anything"
     );
+    // The disk is full to the last page: fill what the failed write left.
+    let filler = root.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
 
     // Everything acknowledged reads back intact; nothing half-written is visible.
     for (n, content_ref) in acknowledged.iter().enumerate() {
@@ -105,8 +113,13 @@ async fn disk_full_child() {
         "{report:?}"
     );
 
-    // Once the operator frees space, the store carries on.
-    std::fs::remove_file(&ballast).unwrap();
+    // The reserve is not for adding: a small write (into the index
+    // alone) still fails.
+    let refused = store.store_at_label("small", "x").await.unwrap_err();
+    assert!(refused.is_disk_full(), "{refused}");
+
+    // With the disk still full, removing labels and collecting garbage
+    // free space: they use the reserve.
     for n in 0..acknowledged.len() / 2 {
         store.remove_label(&format!("item:{n}")).await.unwrap();
     }
@@ -116,11 +129,23 @@ async fn disk_full_child() {
     };
     let freed = store.collect_garbage(options, Arc::new(())).await.unwrap();
     assert!(freed.objects_removed > 0, "{freed:?}");
-    for n in 0..4 {
+    assert_eq!(
+        std::fs::metadata(&reserve).map(|meta| meta.len()).ok(),
+        Some(192 << 10),
+        "the reserve is made again once gc freed room for it"
+    );
+    for n in 0..2 {
         store
             .store_at_label(&format!("after:{n}"), vec![n; 64 << 10])
             .await
             .unwrap();
+    }
+    let kept = acknowledged.len() / 2;
+    for (n, content_ref) in acknowledged.iter().enumerate().skip(kept) {
+        assert_eq!(
+            store.get(content_ref).await.unwrap(),
+            vec![(n % 251) as u8; 64 << 10]
+        );
     }
     assert!(store.verify(Arc::new(())).await.unwrap().is_clean());
 }

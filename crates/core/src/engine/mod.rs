@@ -294,6 +294,79 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// A copy of the change if all it does is free space (removing labels,
+    /// objects, stale bytes, old log entries), so that it can be tried
+    /// again once a full disk has been given room; `None` for any change
+    /// that adds.
+    pub(crate) fn freeing_copy(&self) -> Option<Change> {
+        Some(match self {
+            Self::SetLabel {
+                store,
+                label,
+                target: None,
+                expect,
+            } => Self::SetLabel {
+                store: store.clone(),
+                label: label.clone(),
+                target: None,
+                expect: *expect,
+            },
+            Self::SetLabels {
+                store,
+                labels,
+                expected,
+            } if labels.iter().all(|(_, target)| target.is_none()) => Self::SetLabels {
+                store: store.clone(),
+                labels: labels.clone(),
+                expected: expected.clone(),
+            },
+            Self::RemoveObject {
+                store,
+                digest,
+                referrers,
+                cutoff,
+                log_end,
+            } => Self::RemoveObject {
+                store: store.clone(),
+                digest: *digest,
+                referrers: referrers.clone(),
+                cutoff: *cutoff,
+                log_end: *log_end,
+            },
+            Self::RemoveUnindexed {
+                store,
+                digest,
+                cutoff,
+            } => Self::RemoveUnindexed {
+                store: store.clone(),
+                digest: *digest,
+                cutoff: *cutoff,
+            },
+            Self::RemoveLabels { store, limit } => Self::RemoveLabels {
+                store: store.clone(),
+                limit: *limit,
+            },
+            Self::RemoveEmptyStore { store, cutoff } => Self::RemoveEmptyStore {
+                store: store.clone(),
+                cutoff: *cutoff,
+            },
+            Self::TrimChanges {
+                store,
+                before,
+                keep_last,
+            } => Self::TrimChanges {
+                store: store.clone(),
+                before: *before,
+                keep_last: *keep_last,
+            },
+            Self::ByActor { actor, change } => Self::ByActor {
+                actor: Arc::clone(actor),
+                change: Box::new(change.freeing_copy()?),
+            },
+            _ => return None,
+        })
+    }
+
     /// The store whose labels the change may move (a recorded change's
     /// own store, not its chain's), if it moves any.
     pub(crate) fn store(&self) -> Option<&StoreId> {

@@ -4,6 +4,7 @@
 //! thread per process (`writer.rs`).
 
 mod changes;
+mod reserve;
 mod sql;
 mod wal;
 mod writer;
@@ -18,6 +19,7 @@ use super::layout::{self, ObjectFiles, spill_sink};
 #[cfg(test)]
 pub(crate) use super::steps::WRITING;
 use changes::ChangeCounter;
+use reserve::SpaceReserve;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
@@ -41,6 +43,8 @@ pub(crate) struct LocalEngine {
     changes: Arc<ChangeCounter>,
     /// Moves with the shared commit count, for watchers.
     commits: super::CommitSignal,
+    /// Room that changes freeing space may use on a full disk.
+    reserve: SpaceReserve,
     /// `index.lock`, held shared while the root is open: a process that
     /// can hold it alone knows no other has the index open.
     _open: File,
@@ -102,9 +106,21 @@ impl LocalEngine {
             layout,
             changes,
             commits: super::CommitSignal::default(),
+            reserve: SpaceReserve::open(path, options.space_reserve),
             _open: open,
             root: path.to_owned(),
         })
+    }
+
+    /// After a change that freed space, while this process has given the
+    /// space reserve up: empties the write-ahead log, which otherwise grows
+    /// with every commit into the room the changes made, then makes the
+    /// reserve again if there is now room for it.
+    async fn after_freeing(&self) {
+        if self.reserve.is_given_up() {
+            self.writer.fold_log().await;
+            self.reserve.refill_if_given_up();
+        }
     }
 
     /// Runs an index query on the calling thread. Point queries and pages
@@ -223,12 +239,43 @@ impl Engine for LocalEngine {
         writer::discard(staged);
     }
 
+    /// A change that only frees space and finds the disk full is tried
+    /// once more with the root's space reserve given up.
     async fn apply(&self, change: Change) -> Result<bool> {
-        self.writer.write(change).await
+        let Some(again) = change.freeing_copy() else {
+            return self.writer.write(change).await;
+        };
+        let applied = match self.writer.write(change).await {
+            Err(error) if error.is_disk_full() && self.reserve.give_up() => {
+                self.writer.write(again).await
+            }
+            applied => applied,
+        };
+        if applied.is_ok() {
+            self.after_freeing().await;
+        }
+        applied
     }
 
+    /// As [`LocalEngine::apply`], for each change of the batch.
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
-        self.writer.write_all(changes).await
+        let mut copies: Vec<_> = changes.iter().map(Change::freeing_copy).collect();
+        let frees = copies.iter().any(Option::is_some);
+        let mut results = self.writer.write_all(changes).await;
+        let full = |result: &Result<bool>| result.as_ref().is_err_and(StoreError::is_disk_full);
+        let retry: Vec<usize> = (0..results.len())
+            .filter(|&at| copies[at].is_some() && full(&results[at]))
+            .collect();
+        if !retry.is_empty() && self.reserve.give_up() {
+            let again = retry.iter().filter_map(|&at| copies[at].take()).collect();
+            for (at, result) in retry.into_iter().zip(self.writer.write_all(again).await) {
+                results[at] = result;
+            }
+        }
+        if frees && results.iter().any(Result::is_ok) {
+            self.after_freeing().await;
+        }
+        results
     }
 
     fn settled(&self) -> Option<u64> {

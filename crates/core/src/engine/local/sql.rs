@@ -1367,6 +1367,16 @@ pub(crate) fn index_error(
                 rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
             )
         });
+    let full = source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        == Some(rusqlite::ErrorCode::DiskFull);
+    if full {
+        return StoreError::DiskFull {
+            root: root.to_owned(),
+            action,
+        };
+    }
     if damaged {
         return StoreError::IndexDamaged {
             root: root.to_owned(),

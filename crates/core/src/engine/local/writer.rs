@@ -163,6 +163,16 @@ impl Writer {
         self.wait(acknowledged).await
     }
 
+    /// Folds the write-ahead log into the database and empties it, giving
+    /// its disk space back (on a full disk, see `reserve.rs`).
+    pub(crate) async fn fold_log(&self) {
+        let publisher = Arc::clone(&self.publisher);
+        let _ = tokio::task::spawn_blocking(move || {
+            fold_and_empty_log(&publisher.lock().unwrap_or_else(|e| e.into_inner()));
+        })
+        .await;
+    }
+
     /// Queues all of `changes` at once, so they can share commits, and
     /// waits for each.
     pub(crate) async fn write_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
@@ -241,15 +251,22 @@ impl Drop for Writer {
     /// waits for it.
     fn drop(&mut self) {
         let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        let connection = &publisher.connection;
-        let _ = connection.busy_timeout(std::time::Duration::ZERO);
-        // Folded first and recorded as folded, then emptied: a process
-        // killed between emptying the log and recording it would otherwise
-        // leave an empty log with commits not known to be folded, which
-        // the next open reports as lost.
-        checkpoint(connection, &publisher.changes, "PASSIVE");
-        checkpoint(connection, &publisher.changes, "TRUNCATE");
+        fold_and_empty_log(&publisher);
     }
+}
+
+/// Folds the write-ahead log into the database file and empties it,
+/// unless a reader of this or another process still needs it; never waits.
+fn fold_and_empty_log(publisher: &Publisher) {
+    let connection = &publisher.connection;
+    let _ = connection.busy_timeout(Duration::ZERO);
+    // Folded first and recorded as folded, then emptied: a process killed
+    // between emptying the log and recording it would otherwise leave an
+    // empty log with commits not known to be folded, which the next open
+    // reports as lost.
+    checkpoint(connection, &publisher.changes, "PASSIVE");
+    checkpoint(connection, &publisher.changes, "TRUNCATE");
+    let _ = connection.busy_timeout(sql::BUSY_TIMEOUT);
 }
 
 /// After each commit, records where the log ends (its generation's salt
