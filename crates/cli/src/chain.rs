@@ -38,7 +38,7 @@ pub async fn list(
     let walk = chain.for_each_event(limit, |entry| {
         let result = if json {
             let separator = if written == 0 { "[" } else { "," };
-            write!(out, "{separator}{}", entry_json(&entry))
+            write!(out, "{separator}{}", entry.to_json())
         } else {
             writeln!(out, "{}", line(&entry))
         };
@@ -163,22 +163,6 @@ pub async fn trim(
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One event as JSON: its ref, its recorded fields and where it is stored.
-fn entry_json(entry: &ChainEntry) -> serde_json::Value {
-    let mut value = serde_json::to_value(&entry.event).expect("events serialize");
-    value["ref"] = entry.content_ref.hash().into();
-    // Stored events leave out a successful outcome; operators see it.
-    value["outcome"] =
-        serde_json::to_value(&entry.event.event.outcome).expect("outcomes serialize");
-    // The sealed segment holding it (null while it is in the head's row).
-    value["stored_in"] = entry
-        .stored_in
-        .as_ref()
-        .map(|segment| segment.hash().to_owned())
-        .into();
-    value
 }
 
 /// One event on one line: position, time, call, outcome, then what it named.

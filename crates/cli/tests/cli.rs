@@ -1144,7 +1144,7 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
     assert_eq!(events[14]["type"], "new");
     assert_eq!(events[15]["type"], "run-start");
     assert_eq!(events[1]["seq"], 14);
-    assert_eq!(events[1]["ref"], events[0]["parent"]);
+    assert_eq!(events[1]["event"], events[0]["parent"]);
     let limited = env.json(&["chain", "billing-7", "--limit", "3"]);
     assert_eq!(limited.as_array().unwrap().len(), 3);
     env.cmd()
@@ -1171,7 +1171,7 @@ fn chain_lists_an_actors_calls_and_verify_chain_names_a_tampered_event() {
 
     // One event's bytes altered inside the sealed segment that holds it:
     // verify-chain names the event and exits 1.
-    let victim = events[7]["ref"].as_str().unwrap();
+    let victim = events[7]["event"].as_str().unwrap();
     let segment = events[7]["stored_in"]
         .as_str()
         .expect("an older event is sealed");

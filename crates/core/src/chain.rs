@@ -211,6 +211,24 @@ impl ChainEntry {
     pub fn parent_link_id(&self) -> Option<u64> {
         self.event.parent.as_deref().map(short_link)
     }
+
+    /// The entry as operators and scripts read it (the CLI's `chain --json`,
+    /// the gateway's chain listing): the recorded fields, the outcome
+    /// always (stored events leave a success out), the event's own hash
+    /// as `"event"` (`"parent"` names the one before; `"refs"` the content
+    /// the call named), and `"stored_in"`, the sealed segment holding it
+    /// (`null` while it is in the head's row).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.event).unwrap_or_default();
+        value["event"] = self.content_ref.hash().into();
+        value["outcome"] = serde_json::to_value(&self.event.event.outcome).unwrap_or_default();
+        value["stored_in"] = self
+            .stored_in
+            .as_ref()
+            .map(|segment| segment.hash().to_owned())
+            .into();
+        value
+    }
 }
 
 /// The first 8 bytes of a hex ref as a big-endian number.

@@ -500,10 +500,7 @@ async fn chain(
     let mut events = Vec::new();
     let walked = chain
         .for_each_event(limit, |entry| {
-            let mut event = serde_json::to_value(&entry.event).unwrap_or_default();
-            event["ref"] = entry.content_ref.hash().into();
-            event["outcome"] = serde_json::to_value(&entry.event.event.outcome).unwrap_or_default();
-            events.push(event);
+            events.push(entry.to_json());
             true
         })
         .await;
