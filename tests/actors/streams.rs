@@ -379,3 +379,42 @@ async fn an_actor_reads_a_labels_history_and_its_value_at_a_point() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_piece_a_writer_takes_is_a_recorded_call() {
+    let h = Harness::start();
+    let options = RunOptions {
+        chain: theater_store_host::ChainRecording::Actor("streamer".into()),
+        ..granted("media", Access::ReadWrite, small_memory())
+    };
+    let size = 3 * 65536 + 8192;
+    let write = json!({"op": "write", "store": "media", "label": "clip", "size": size, "chunk": 65536, "seed": 5});
+    let written = run(&h, options, write).await.unwrap();
+
+    let chain = h.root().event_chain("streamer").unwrap();
+    let mut events = chain.events(usize::MAX).await.unwrap();
+    events.reverse();
+    let calls: Vec<_> = events
+        .iter()
+        .map(|entry| &entry.event.event)
+        .filter(|event| event.event_type.starts_with("content-writer."))
+        .collect();
+    let pieces: Vec<_> = calls
+        .iter()
+        .filter(|event| event.event_type == "content-writer.write")
+        .map(|event| (event.store.as_deref(), event.size))
+        .collect();
+    let piece = |size| (Some("media"), Some(size));
+    assert_eq!(
+        pieces,
+        [piece(65536), piece(65536), piece(65536), piece(8192)]
+    );
+    let finish = calls.last().unwrap();
+    assert!(
+        finish.event_type.starts_with("content-writer.finish"),
+        "{finish:?}"
+    );
+    assert_eq!(finish.size, Some(size));
+    assert_eq!(finish.refs, [written["ref"].as_str().unwrap()]);
+    assert!(chain.verify().await.unwrap().is_intact());
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 
-use theater_store::{Durability, GcOptions, StoreRoot};
+use theater_store::{Durability, GcOptions, Options, StoreRoot};
 use theater_store_examples::{BENCH_ACTOR, KV_BENCH, KV_BENCH_DRAFT, KV_COUNTER, LARGE_FILES};
 use theater_store_host::{
     Access, ActorHost, ChainRecording, CommandOutput, Grants, Limits, RunOptions, StoreActor,
@@ -484,7 +484,14 @@ fn guest_streaming(c: &mut Criterion) {
     const GIB: u64 = 1 << 30;
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::new(dir.path().join("root"));
+    // No history: each round's replaced copy is collected at once (a kept
+    // change log would keep every copy, 1 GiB a round).
+    let no_history = Options {
+        change_retention: Duration::ZERO,
+        change_retention_min: 0,
+        ..Options::default()
+    };
+    let root = StoreRoot::with_options(dir.path().join("root"), no_history);
     let host = ActorHost::new(root.clone()).unwrap();
     let actor = host.load(LARGE_FILES).unwrap();
     let options = || RunOptions {

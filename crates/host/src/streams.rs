@@ -77,18 +77,19 @@ impl store_streams::HostContentWriter for TheaterCtxView<'_> {
         bytes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let handle = self.table.get_mut(&writer).map_err(missing)?;
-        let store_id = handle.store.id().to_owned();
         let size = bytes.len() as u64;
+        self.ctx.begin("content-writer.write", |op| Event {
+            size: Some(size),
+            ..call(op, handle.store.id())
+        });
         let written = write_piece(self.ctx, handle, bytes).await;
-        // Pieces are not events of their own; a refused one ends the
-        // stream, and that is recorded.
-        if written.is_err() {
-            self.ctx.begin("content-writer.write", |op| Event {
-                size: Some(size),
-                ..call(op, &store_id)
-            });
+        let recorded = self.ctx.end(written).await;
+        if recorded.is_err() {
+            // A piece the chain could not record is not kept either: the
+            // stream is spent, as for any refused piece.
+            spend(self.ctx, handle).await;
         }
-        Ok(self.ctx.end(written).await.map_err(Error::from))
+        Ok(recorded.map_err(Error::from))
     }
 
     async fn bytes_written(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<u64> {
@@ -125,12 +126,7 @@ impl store_streams::HostContentWriter for TheaterCtxView<'_> {
 
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
         let mut handle = self.table.delete(writer).map_err(missing)?;
-        if let Some(writer) = handle.writer.take() {
-            writer.abandon().await;
-        }
-        if let Some(reservation) = handle.reservation.take() {
-            self.ctx.settle_stream(reservation, 0);
-        }
+        spend(self.ctx, &mut handle).await;
         Ok(())
     }
 }
@@ -155,22 +151,33 @@ async fn write_piece(
             limit: ctx.limits().max_content_bytes as u64,
         })
     } else {
-        match ctx.reserve_piece(&handle.store, reservation, size).await {
-            Ok(()) => ctx.within_deadline(writer.write_owned(bytes)).await,
+        // Each piece is a recorded call: refused, storing nothing, when
+        // its event would not fit the actor's budget.
+        match ctx.room_for_event(handle.store.id()) {
+            Ok(()) => match ctx.reserve_piece(&handle.store, reservation, size).await {
+                Ok(()) => ctx.within_deadline(writer.write_owned(bytes)).await,
+                Err(refused) => Err(refused),
+            },
             Err(refused) => Err(refused),
         }
     };
     if result.is_err() {
         // Nothing of a refused stream stays behind, before the guest
         // hears of the refusal.
-        if let Some(writer) = handle.writer.take() {
-            writer.abandon().await;
-        }
-        if let Some(reservation) = handle.reservation.take() {
-            ctx.settle_stream(reservation, 0);
-        }
+        spend(ctx, handle).await;
     }
     result
+}
+
+/// Ends a writer's stream early: what it staged is removed and its
+/// reservation given back. Later calls on it fail as spent.
+async fn spend(ctx: &mut TheaterCtx, handle: &mut WriterHandle) {
+    if let Some(writer) = handle.writer.take() {
+        writer.abandon().await;
+    }
+    if let Some(reservation) = handle.reservation.take() {
+        ctx.settle_stream(reservation, 0);
+    }
 }
 
 async fn finish(
