@@ -52,12 +52,26 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// Store `store`: an ordinary store, or the chain store by its reserved
 /// id (`_chains`), which export, import and sync carry like any other.
+/// Label changes made through it are logged as the operator's
+/// ([`operator`]).
 fn open(root: &StoreRoot, store: &str) -> anyhow::Result<ContentStore> {
     let chains = root.chain_store();
     if store == chains.id() {
         return Ok(chains);
     }
-    Ok(root.store(store)?)
+    Ok(root.store(store)?.by_actor(&operator()))
+}
+
+/// Who the change log says made a CLI write: `cli:` and the user's name
+/// (`$USER`, else the numeric user id), so that `changes` and `watch`
+/// tell an operator's edits from an actor's.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|| unsafe { libc::getuid() }.to_string());
+    format!("cli:{user}")
 }
 
 fn parse_ref(reference: &str) -> anyhow::Result<ContentRef> {

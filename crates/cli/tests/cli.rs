@@ -2399,6 +2399,7 @@ fn changes_and_watch_print_the_change_log_one_line_each() {
     let second = env.put("feed", "two", Some("app/config"));
     env.put("feed", "x", Some("line\nbreak"));
     env.cmd()
+        .env("USER", "alice")
         .args(["unlabel", "feed", "app/config"])
         .assert()
         .success();
@@ -2415,9 +2416,11 @@ fn changes_and_watch_print_the_change_log_one_line_each() {
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[0][0], "2");
-    assert_eq!(&lines[0][2..], ["app/config", &first, &second, "-"]);
+    // CLI writes are the operator's: `cli:` and the user.
+    assert_eq!(&lines[0][2..5], ["app/config", &first, &second]);
+    assert!(lines[0][5].starts_with("cli:"), "{text}");
     assert_eq!(lines[1][2], "line\\nbreak");
-    assert_eq!(&lines[2][2..], ["app/config", &second, "-", "-"]);
+    assert_eq!(&lines[2][2..], ["app/config", &second, "-", "cli:alice"]);
     assert!(lines[0][1].starts_with("20") && lines[0][1].ends_with('Z'));
     // JSON: one object per line.
     let out = env
@@ -2440,7 +2443,7 @@ fn changes_and_watch_print_the_change_log_one_line_each() {
     assert_eq!(objects[0]["new"], json!(first));
     assert_eq!(objects[1]["old"], json!(first));
     assert!(objects[1]["time"].as_i64().unwrap() > 1_700_000_000_000);
-    assert_eq!(objects[1]["actor"], Value::Null);
+    assert!(objects[1]["actor"].as_str().unwrap().starts_with("cli:"));
     // A typo is an error, not an empty log.
     env.cmd()
         .args(["changes", "nosuchstore"])

@@ -167,6 +167,24 @@ impl Access {
         }
     }
 
+    /// Who the change log says made the request's writes: `http:token-`
+    /// and the first 8 hex digits of its token's BLAKE3 hash (which tells
+    /// nothing of the token; `printf %s TOKEN | b3sum` finds it), or
+    /// `http` without tokens.
+    pub fn writer(&self, headers: &HeaderMap) -> String {
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match (self, presented) {
+            (Self::Tokens(_), Some(token)) => {
+                let hash = blake3::hash(token.trim().as_bytes()).to_hex();
+                format!("http:token-{}", &hash[..8])
+            }
+            _ => "http".to_owned(),
+        }
+    }
+
     /// Whether the request holds a valid token at all (or needs none):
     /// for listings, which show only what it may read.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), ApiError> {

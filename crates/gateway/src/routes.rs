@@ -140,10 +140,15 @@ impl Gateway {
     }
 
     /// Store `id`, if the request may do `need` to it.
+    /// Writes through it are logged as the request's token's
+    /// ([`Access::writer`]).
     fn store(&self, headers: &HeaderMap, id: &str, need: Need) -> Result<ContentStore, ApiError> {
         let store = self.root.store(id)?;
         self.access.check(headers, id, need)?;
-        Ok(store)
+        Ok(match need {
+            Need::Write => store.by_actor(&self.access.writer(headers)),
+            Need::Read => store,
+        })
     }
 }
 

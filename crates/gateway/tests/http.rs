@@ -189,7 +189,7 @@ async fn tokens_grant_stores_read_write_or_read_only_and_nothing_else() {
         .store_at_label("c", b"three".to_vec())
         .await
         .unwrap();
-    let app = router(root, tokens(), Limits::default());
+    let app = router(root.clone(), tokens(), Limits::default());
 
     let anonymous = send(
         &app,
@@ -257,6 +257,19 @@ async fn tokens_grant_stores_read_write_or_read_only_and_nothing_else() {
     let created = json(created).await;
     assert_eq!(created["ref"], ContentRef::for_content(b"hello").hash());
     assert_eq!(created["label"], "x/y");
+    // The change log names the token that wrote, by its hash, never itself.
+    let log = root
+        .store("docs")
+        .unwrap()
+        .changes(0, 10)
+        .await
+        .unwrap()
+        .changes;
+    let writer = format!(
+        "http:token-{}",
+        &blake3::hash(WRITER.as_bytes()).to_hex()[..8]
+    );
+    assert_eq!(log.last().unwrap().actor.as_deref(), Some(writer.as_str()));
 }
 
 #[tokio::test]
