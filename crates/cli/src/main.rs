@@ -471,12 +471,12 @@ fn main() -> ExitCode {
             if json {
                 // Scripts read the kind, not the words.
                 let report = serde_json::json!({
-                    "error": format!("{error:#}"),
+                    "error": message(&error),
                     "kind": missing::kind(&error),
                 });
                 eprintln!("{report}");
             } else {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", message(&error));
             }
             missing::exit_code(&error)
         }
@@ -486,6 +486,22 @@ fn main() -> ExitCode {
     // process's lock); it was never acknowledged, so do not wait for it.
     runtime.shutdown_background();
     code
+}
+
+/// The error and its causes, each said once: the store's errors already
+/// name their cause in their own words, and anyhow's `{:#}` would repeat it.
+fn message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -696,5 +712,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RmStore { store, dry_run } => stores::rm_store(&root, &store, dry_run, json).await,
         Command::Reindex => stores::reindex(&root, json).await,
         Command::Sync { .. } => unreachable!("handled before the root is resolved"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let store_error = theater_store::StoreError::Io {
+            store: "s".into(),
+            action: "writing object",
+            path: "/r/stores/s/tmp/x".into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(store_error).context("putting big.bin");
+        let said = message(&error);
+        assert_eq!(said.matches("os error 28").count(), 1, "{said}");
+        assert!(
+            said.starts_with("putting big.bin: store s: writing object /r/stores/s/tmp/x failed: ")
+        );
     }
 }
