@@ -63,8 +63,8 @@ pub use package::{ImportConflict, ImportOptions, PACKAGE_MAGIC, PACKAGE_VERSION,
 pub use past::{PastView, Point};
 pub use root::{ROOT_ENV_VAR, StoreRoot, StoreSummary};
 pub use stats::{
-    CHANGE_OVERHEAD_BYTES, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, StoreStats,
-    change_footprint, label_footprint,
+    CHANGE_OVERHEAD_BYTES, InFlightWrites, LABEL_OVERHEAD_BYTES, OBJECT_OVERHEAD_BYTES, OverQuota,
+    StoreQuota, StoreStats, change_footprint, label_footprint,
 };
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
 pub use stream::{ContentReader, ContentWriter};

@@ -71,3 +71,120 @@ impl StoreStats {
             .saturating_add(self.change_footprint)
     }
 }
+
+/// A store quota: the most a store may take, as [`StoreStats::footprint`]
+/// counts it, and the most objects it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreQuota {
+    /// Footprint in bytes.
+    pub bytes: u64,
+    /// Distinct objects.
+    pub objects: u64,
+}
+
+/// Why [`InFlightWrites::hold`] refused: where the store stands with
+/// every write in progress counted, and what the refused one would add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverQuota {
+    /// The store's footprint, with what writes in progress hold.
+    pub footprint: u64,
+    /// Its objects, with the new ones writes in progress will add.
+    pub objects: u64,
+    /// What the refused write would have added.
+    pub adds: u64,
+}
+
+/// What one writer's writes in progress hold, per store: the admission
+/// rule every writer of the store quota follows (the host's meter for
+/// each actor, the HTTP gateway for its requests). A write is admitted
+/// only if the store's committed footprint, plus everything held, plus
+/// the write fits the quota; it holds its bytes until it ends, so
+/// concurrent writes cannot each fit alone and overflow together.
+#[derive(Debug, Default)]
+pub struct InFlightWrites {
+    held: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl InFlightWrites {
+    /// Holds `bytes`, and one object if `new_object`, for a write into
+    /// `store` whose committed totals are `stats`, if it fits `quota`.
+    pub fn hold(
+        &mut self,
+        store: &str,
+        stats: &StoreStats,
+        quota: StoreQuota,
+        bytes: u64,
+        new_object: bool,
+    ) -> Result<(), OverQuota> {
+        let (held_bytes, held_objects) = self.held.get(store).copied().unwrap_or_default();
+        let footprint = stats.footprint().saturating_add(held_bytes);
+        let objects = stats.objects.saturating_add(held_objects);
+        if footprint.saturating_add(bytes) > quota.bytes || (new_object && objects >= quota.objects)
+        {
+            return Err(OverQuota {
+                footprint,
+                objects,
+                adds: bytes,
+            });
+        }
+        let entry = self.held.entry(store.to_owned()).or_default();
+        entry.0 += bytes;
+        entry.1 += u64::from(new_object);
+        Ok(())
+    }
+
+    /// Gives back what a write held in `store`, once it ended.
+    pub fn give_back(&mut self, store: &str, bytes: u64, objects: u64) {
+        if let Some((held_bytes, held_objects)) = self.held.get_mut(store) {
+            *held_bytes = held_bytes.saturating_sub(bytes);
+            *held_objects = held_objects.saturating_sub(objects);
+            if *held_bytes == 0 && *held_objects == 0 {
+                self.held.remove(store);
+            }
+        }
+    }
+
+    /// Bytes writes in progress hold in `store`.
+    pub fn held_bytes(&self, store: &str) -> u64 {
+        self.held.get(store).map_or(0, |held| held.0)
+    }
+
+    /// Whether no write holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_in_progress_count_against_each_other_per_store() {
+        let quota = StoreQuota {
+            bytes: 100,
+            objects: 2,
+        };
+        let stats = StoreStats::default();
+        let mut writes = InFlightWrites::default();
+        writes.hold("s", &stats, quota, 60, true).unwrap();
+        // Alone, 60 more would fit; beside the first write it does not.
+        let refused = writes.hold("s", &stats, quota, 60, true).unwrap_err();
+        assert_eq!((refused.footprint, refused.adds), (60, 60));
+        // Another store has its own quota.
+        writes.hold("t", &stats, quota, 60, true).unwrap();
+        writes.hold("s", &stats, quota, 40, true).unwrap();
+        // Two objects held: a third is refused whatever its size.
+        assert!(writes.hold("s", &stats, quota, 0, true).is_err());
+        writes.give_back("s", 100, 2);
+        writes.give_back("t", 60, 1);
+        assert!(writes.is_empty());
+        // Committed totals count too.
+        let full = StoreStats {
+            bytes: 90,
+            ..StoreStats::default()
+        };
+        assert!(writes.hold("s", &full, quota, 11, false).is_err());
+        writes.hold("s", &full, quota, 10, false).unwrap();
+    }
+}

@@ -89,7 +89,7 @@ pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
         root,
         access,
         limits,
-        reserved: std::sync::Mutex::default(),
+        in_flight: std::sync::Mutex::default(),
     }))
 }
 

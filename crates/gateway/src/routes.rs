@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
-use theater_store::{ContentRef, ContentStore, StoreRoot};
+use theater_store::{ContentRef, ContentStore, InFlightWrites, StoreQuota, StoreRoot};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -28,9 +28,10 @@ pub(crate) struct Gateway {
     pub(crate) root: StoreRoot,
     pub(crate) access: Access,
     pub(crate) limits: Limits,
-    /// Bytes of writes in flight, per store, counted against the quota
-    /// until they finish.
-    pub(crate) reserved: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// What writes in flight hold, per store, counted against the quota
+    /// until they finish (the core's admission rule, as actors' meters
+    /// follow it).
+    pub(crate) in_flight: std::sync::Mutex<InFlightWrites>,
 }
 
 /// Room held on a store's quota by one write; given back when dropped.
@@ -42,17 +43,11 @@ struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut reserved = self
-            .gateway
-            .reserved
+        self.gateway
+            .in_flight
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = reserved.get_mut(&self.store) {
-            *held = held.saturating_sub(self.bytes);
-            if *held == 0 {
-                reserved.remove(&self.store);
-            }
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(&self.store, self.bytes, 0);
     }
 }
 
@@ -105,33 +100,42 @@ impl Gateway {
             theater_store::label_footprint(label.len())
                 + theater_store::change_footprint(label.len())
         });
-        let footprint = store.stats().await?.footprint();
-        let in_flight = || {
-            let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-            reserved.get(store.id()).copied().unwrap_or(0)
+        let stats = store.stats().await?;
+        let held = || {
+            let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.held_bytes(store.id())
         };
         // Content is taken to be new; only when that would not fit is it
         // hashed, to see whether the store holds it already (costing the
         // label alone), so most writes hash their body once, not twice.
         let mut cost = body.len() as u64 + theater_store::OBJECT_OVERHEAD_BYTES + label;
-        if footprint.saturating_add(in_flight()).saturating_add(cost) > self.limits.max_store_bytes
+        let quota = StoreQuota {
+            bytes: self.limits.max_store_bytes,
+            objects: u64::MAX,
+        };
+        if stats
+            .footprint()
+            .saturating_add(held())
+            .saturating_add(cost)
+            > quota.bytes
             && store.exists(&ContentRef::for_content(body)).await?
         {
             cost = label;
         }
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let in_flight = reserved.entry(store.id().to_owned()).or_default();
-        let taken = footprint.saturating_add(*in_flight);
-        if taken.saturating_add(cost) > self.limits.max_store_bytes {
+        let admitted = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hold(store.id(), &stats, quota, cost, false);
+        if let Err(over) = admitted {
             metrics::counter!("theater_quota_refusals_total", "by" => "gateway").increment(1);
             return Err(ApiError::QuotaExceeded {
                 store: store.id().to_owned(),
                 cost,
-                limit: self.limits.max_store_bytes,
-                taken,
+                limit: quota.bytes,
+                taken: over.footprint,
             });
         }
-        *in_flight += cost;
         Ok(Reservation {
             gateway: self,
             store: store.id().to_owned(),

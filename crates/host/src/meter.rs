@@ -7,23 +7,16 @@
 //! finished; then it is *settled* (charged for what it really added) or
 //! *released* (a refused or failed write, which leaves nothing charged).
 //! Parallel writers therefore cannot each fit on their own and overflow
-//! together.
+//! together. The store-quota half of the rule is the core's
+//! [`InFlightWrites`], which the HTTP gateway follows too.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use theater_store::StoreStats;
+use theater_store::{InFlightWrites, StoreQuota, StoreStats};
 
 use crate::error::HostError;
 use crate::policy::Limits;
-
-/// Bytes and objects an actor has in flight in one store.
-#[derive(Clone, Copy, Debug, Default)]
-struct InFlight {
-    bytes: u64,
-    objects: u64,
-}
 
 /// The actor's running account: what it has added, and what its writes
 /// in progress hold.
@@ -33,8 +26,8 @@ pub(crate) struct Meter {
     charged: u64,
     /// Footprint reserved by writes not yet settled, across stores.
     reserved: u64,
-    /// The same, per store.
-    in_flight: HashMap<String, InFlight>,
+    /// The same, per store, admitted by the core's store-quota rule.
+    in_flight: InFlightWrites,
 }
 
 /// Space held for one write until it is settled or released. Not `Clone`:
@@ -91,27 +84,27 @@ impl Meter {
         new_object: bool,
     ) -> Result<(), HostError> {
         let store = reservation.store.as_str();
-        let held = self.in_flight.get(store).copied().unwrap_or_default();
-        let objects = u64::from(new_object);
-        let footprint = stats.footprint().saturating_add(held.bytes);
-        let held_objects = stats.objects.saturating_add(held.objects);
-        if footprint.saturating_add(bytes) > limits.max_store_bytes
-            || (new_object && held_objects >= limits.max_store_objects)
-        {
+        let quota = StoreQuota {
+            bytes: limits.max_store_bytes,
+            objects: limits.max_store_objects,
+        };
+        let admitted = self.in_flight.hold(store, stats, quota, bytes, new_object);
+        if let Err(over) = admitted {
             return Err(HostError::StoreQuota {
                 store: store.to_owned(),
-                footprint,
-                objects: held_objects,
+                footprint: over.footprint,
+                objects: over.objects,
                 labels: stats.labels,
-                quota_bytes: limits.max_store_bytes,
-                quota_objects: limits.max_store_objects,
-                adds: bytes,
+                quota_bytes: quota.bytes,
+                quota_objects: quota.objects,
+                adds: over.adds,
             });
         }
-        self.actor_room(limits, store, bytes)?;
-        let entry = self.in_flight.entry(store.to_owned()).or_default();
-        entry.bytes += bytes;
-        entry.objects += objects;
+        let objects = u64::from(new_object);
+        if let Err(refused) = self.actor_room(limits, store, bytes) {
+            self.in_flight.give_back(store, bytes, objects);
+            return Err(refused);
+        }
         self.reserved += bytes;
         reservation.bytes += bytes;
         reservation.objects += objects;
@@ -129,13 +122,8 @@ impl Meter {
     /// failed.
     pub(crate) fn release(&mut self, reservation: Reservation) {
         self.reserved = self.reserved.saturating_sub(reservation.bytes);
-        if let Some(entry) = self.in_flight.get_mut(&reservation.store) {
-            entry.bytes = entry.bytes.saturating_sub(reservation.bytes);
-            entry.objects = entry.objects.saturating_sub(reservation.objects);
-            if entry.bytes == 0 && entry.objects == 0 {
-                self.in_flight.remove(&reservation.store);
-            }
-        }
+        self.in_flight
+            .give_back(&reservation.store, reservation.bytes, reservation.objects);
     }
 
     /// Whether the actor's budget still has `bytes` free, counting what is
