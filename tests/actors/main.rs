@@ -15,7 +15,7 @@ mod patterns;
 mod streams;
 mod watcher;
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Condvar, LazyLock, Mutex};
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -27,6 +27,71 @@ pub struct Harness {
     /// The directory holding the root (and nothing else), for escape checks.
     pub dir: TempDir,
     pub host: ActorHost,
+    /// Held by tests on the shared servers, so that a test stopping one
+    /// ([`servers_to_myself`]) runs alone.
+    _servers: Option<ServersInUse>,
+}
+
+/// Who uses the shared servers: tests count themselves in; a test that
+/// stops one waits until none does and keeps new ones out meanwhile.
+#[derive(Default)]
+struct Servers {
+    users: usize,
+    stopping: bool,
+}
+
+static SERVERS: Mutex<Servers> = Mutex::new(Servers {
+    users: 0,
+    stopping: false,
+});
+static SERVERS_CHANGED: Condvar = Condvar::new();
+
+fn servers() -> std::sync::MutexGuard<'static, Servers> {
+    SERVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_for_servers(
+    servers: std::sync::MutexGuard<'static, Servers>,
+    until: impl Fn(&Servers) -> bool,
+) -> std::sync::MutexGuard<'static, Servers> {
+    SERVERS_CHANGED
+        .wait_while(servers, |state| !until(state))
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A test's use of the shared servers, ended when dropped.
+pub struct ServersInUse(());
+
+impl ServersInUse {
+    fn start() -> Self {
+        wait_for_servers(servers(), |state| !state.stopping).users += 1;
+        Self(())
+    }
+}
+
+impl Drop for ServersInUse {
+    fn drop(&mut self) {
+        servers().users -= 1;
+        SERVERS_CHANGED.notify_all();
+    }
+}
+
+/// The shared servers, for one test alone, until dropped.
+pub struct ServersAlone(());
+
+impl Drop for ServersAlone {
+    fn drop(&mut self) {
+        servers().stopping = false;
+        SERVERS_CHANGED.notify_all();
+    }
+}
+
+/// Waits until no other test uses the shared servers and keeps them from
+/// starting, for a test that stops and restarts one.
+pub fn servers_to_myself() -> ServersAlone {
+    wait_for_servers(servers(), |state| !state.stopping).stopping = true;
+    drop(wait_for_servers(servers(), |state| state.users == 0));
+    ServersAlone(())
 }
 
 /// One engine for the whole test binary, so each example is compiled once.
@@ -37,19 +102,33 @@ impl Harness {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let host = SHARED_HOST.with_root(StoreRoot::new(dir.path().join("root")));
-        Self { dir, host }
+        Self {
+            dir,
+            host,
+            _servers: None,
+        }
     }
 
     /// A host over a fresh shared root (a new database and bucket prefix
     /// on this process's private PostgreSQL and SeaweedFS).
     pub fn start_shared() -> Self {
+        let servers = ServersInUse::start();
         let dir = tempfile::tempdir().unwrap();
         let services = theater_store_testing::Services::shared();
         services.configure_environment();
         let root = services.new_root(&dir.path().join("cache"));
-        let root = StoreRoot::at(&root, theater_store::Options::default()).unwrap();
+        Self::on_shared_root(dir, &root, Some(servers))
+    }
+
+    /// A host over the shared root `root` (a root string).
+    pub fn on_shared_root(dir: TempDir, root: &str, servers: Option<ServersInUse>) -> Self {
+        let root = StoreRoot::at(root, theater_store::Options::default()).unwrap();
         let host = SHARED_HOST.with_root(root);
-        Self { dir, host }
+        Self {
+            dir,
+            host,
+            _servers: servers,
+        }
     }
 
     pub fn root(&self) -> &StoreRoot {

@@ -380,3 +380,44 @@ async fn a_watcher_follows_a_shared_root() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_waits_out_an_object_store_outage_and_misses_nothing() {
+    let _alone = crate::servers_to_myself();
+    let services = theater_store_testing::Services::shared();
+    services.configure_environment();
+    let dir = tempfile::tempdir().unwrap();
+    let root_string = services.new_root(&dir.path().join("writer-cache"));
+    let writer =
+        theater_store::StoreRoot::at(&root_string, theater_store::Options::default()).unwrap();
+    let src = writer.store("src").unwrap();
+    // Values over the inline size live in the object store, not in rows.
+    for i in 0..3 {
+        src.store_at_label(&format!("k{i}"), vec![b'x'; (64 << 10) + i])
+            .await
+            .unwrap();
+    }
+    // The watcher's host has a cache of its own (empty): it must read each
+    // value from the object store, which is down when it starts.
+    services.kill_s3();
+    let h = Harness::on_shared_root(
+        tempfile::tempdir().unwrap(),
+        &format!("{root_string}-watcher"),
+        None,
+    );
+    let run = tokio::spawn(async move {
+        let run = watch_until(&h, options(), watching("", StartAt::After(0)), 3).await;
+        (h, run)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!run.is_finished(), "the watcher waits for the object store");
+    services.restart_s3();
+    let (h, run) = run.await.unwrap();
+    assert_eq!(run.delivered, 3, "{:?}", run.outcome);
+    run.outcome.unwrap();
+    let mirror = h.root().store("mirror").unwrap();
+    assert_eq!(
+        journal(&mirror).await,
+        ["set k0 65536", "set k1 65537", "set k2 65538"]
+    );
+}

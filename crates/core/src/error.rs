@@ -370,6 +370,13 @@ impl StoreError {
         }
     }
 
+    /// Whether a server a shared root depends on could not be reached or
+    /// failed: worth trying again once it is back, unlike every other
+    /// error, which trying again would only repeat.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Service { .. })
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {

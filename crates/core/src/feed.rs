@@ -285,7 +285,7 @@ impl ContentStore {
             ready: VecDeque::new(),
             signal: None,
             done: false,
-            outage: Duration::ZERO,
+            outage: OutageBackoff::default(),
         };
         Watch {
             inner: futures_util::stream::unfold(state, next_change).boxed(),
@@ -396,6 +396,47 @@ const WATCH_PAGE: usize = 1_000;
 const OUTAGE_RETRY_FIRST: Duration = Duration::from_millis(50);
 const OUTAGE_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// The wait between tries while a shared root's server is unreachable:
+/// 50 ms, doubling up to 2 s. One per piece of work that waits out an
+/// outage; [`OutageBackoff::reset`] once the server answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutageBackoff {
+    wait: Duration,
+}
+
+impl OutageBackoff {
+    /// Waits before the next try, after `error` (an outage).
+    pub async fn wait(&mut self, error: &StoreError) {
+        self.wait = (self.wait * 2).clamp(OUTAGE_RETRY_FIRST, OUTAGE_RETRY_MAX);
+        tracing::warn!(%error, retry_in = ?self.wait, "a server of the store root is unreachable");
+        tokio::time::sleep(self.wait).await;
+    }
+
+    /// The server answered: the next outage starts with the shortest wait.
+    pub fn reset(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+}
+
+/// Runs `attempt` until it ends in anything but an outage of a shared
+/// root's server ([`StoreError::is_outage`]), waiting between tries
+/// ([`OutageBackoff`]). For work that must carry on where it was once the
+/// server is back, such as a consumer of the change feed; it waits as long
+/// as the outage lasts, so race it against a stop signal where one exists.
+pub async fn through_outages<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = OutageBackoff::default();
+    loop {
+        match attempt().await {
+            Err(error) if error.is_outage() => backoff.wait(&error).await,
+            done => return done,
+        }
+    }
+}
+
 struct WatchState {
     store: ContentStore,
     prefix: String,
@@ -405,9 +446,8 @@ struct WatchState {
     ready: VecDeque<LabelChange>,
     signal: Option<(Arc<dyn Engine>, tokio::sync::watch::Receiver<u64>)>,
     done: bool,
-    /// How long it last waited for a server to come back (zero: none is
-    /// down).
-    outage: Duration,
+    /// How long to wait for a server to come back.
+    outage: OutageBackoff,
 }
 
 async fn next_change(mut state: WatchState) -> Option<(Result<LabelChange>, WatchState)> {
@@ -419,13 +459,10 @@ async fn next_change(mut state: WatchState) -> Option<(Result<LabelChange>, Watc
             return None;
         }
         match fill(&mut state).await {
-            Ok(()) => state.outage = Duration::ZERO,
+            Ok(()) => state.outage.reset(),
             // A shared root's server down or restarting: wait it out and
             // read again from the same point, so that nothing is missed.
-            Err(StoreError::Service { .. }) => {
-                state.outage = (state.outage * 2).clamp(OUTAGE_RETRY_FIRST, OUTAGE_RETRY_MAX);
-                tokio::time::sleep(state.outage).await;
-            }
+            Err(error) if error.is_outage() => state.outage.wait(&error).await,
             Err(error) => {
                 state.done = true;
                 return Some((Err(error), state));

@@ -52,7 +52,9 @@ pub use chain::{
 pub use cursor::ChangeCursor;
 pub use durability::Durability;
 pub use error::{BoxError, ErrorKind, Result, StoreError};
-pub use feed::{ChangePage, LabelChange, MAX_CHANGES_PAGE, Revert, Watch};
+pub use feed::{
+    ChangePage, LabelChange, MAX_CHANGES_PAGE, OutageBackoff, Revert, Watch, through_outages,
+};
 pub use maintenance::{
     GcOptions, GcReport, Quarantined, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
     TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,

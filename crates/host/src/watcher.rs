@@ -10,14 +10,19 @@
 //! is delivered again.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
-use theater_store::{AtMost, ChangeCursor, ContentStore, Event, LabelChange, StoreError};
+use theater_store::{
+    AtMost, ChangeCursor, ContentStore, Event, LabelChange, OutageBackoff, StoreError,
+    through_outages,
+};
 use wasmtime::Store;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use crate::HostError;
 use crate::bindings::watch_service::WatchService;
 use crate::enforce::{ActorFailure, deadline_ticks};
 use crate::policy::{Access, Limits};
@@ -184,9 +189,14 @@ impl ActorHost {
 
         let mut delivered = 0;
         let outcome = async {
+            let mut stop = std::pin::pin!(stop);
             let mut feeds = Vec::with_capacity(followed.len());
             for (index, bucket) in followed.iter().enumerate() {
-                let after = start_position(bucket, watch.start).await?;
+                let started = outage_or_stop(&mut stop, || start_position(bucket, watch.start));
+                let Some(after) = started.await else {
+                    return Ok(());
+                };
+                let after = after.map_err(|error| watch_failed(bucket, &error))?;
                 progress(WatchProgress::Started {
                     bucket: &bucket.watched,
                     after,
@@ -199,7 +209,6 @@ impl ActorHost {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|error| store.data().failure(&error, ActorFailure::of_instantiation))?;
-            let mut stop = std::pin::pin!(stop);
             loop {
                 let next = tokio::select! {
                     () = &mut stop => return Ok(()),
@@ -211,23 +220,49 @@ impl ActorHost {
                 };
                 let bucket = &followed[index];
                 let change = change.map_err(|error| watch_failed(bucket, &error))?;
-                if !deliver(&mut store, &instance, bucket, &change, &limits).await? {
-                    progress(WatchProgress::Skipped {
-                        bucket: &bucket.watched,
-                        change: &change,
-                    });
-                } else {
+                // The host's own reads and writes wait out a shared root's
+                // server outage and carry on; a stop during an outage ends
+                // the run (before the call, or with the cursor left before
+                // this change, which is then delivered again).
+                let read_limit = store.data().theater.read_limit();
+                let read = outage_or_stop(&mut stop, || read_value(bucket, &change, read_limit));
+                let Some(value) = read.await else {
+                    return Ok(());
+                };
+                let value = match value.map_err(|error| watch_failed(bucket, &error))? {
+                    Value::Gone => None,
+                    Value::TooLarge { size } => {
+                        return Err(ActorFailure::WatchStopped(format!(
+                            "bucket {}: the value of key {:?} at change {} is {size} bytes, more \
+                             than the {read_limit} bytes this watcher may read",
+                            bucket.watched.bucket, change.label, change.seq
+                        )));
+                    }
+                    value => Some(value),
+                };
+                if let Some(value) = value {
+                    let recorded =
+                        record_delivery(&mut store, &mut stop, bucket, &change, &value, &limits);
+                    if !recorded.await? {
+                        return Ok(());
+                    }
+                    deliver(&mut store, &instance, bucket, &change, value, &limits).await?;
                     delivered += 1;
                     progress(WatchProgress::Delivered {
                         bucket: &bucket.watched,
                         change: &change,
                     });
+                } else {
+                    progress(WatchProgress::Skipped {
+                        bucket: &bucket.watched,
+                        change: &change,
+                    });
                 }
-                bucket
-                    .cursor
-                    .advance(change.seq)
-                    .await
-                    .map_err(|error| watch_failed(bucket, &error))?;
+                let advanced = outage_or_stop(&mut stop, || bucket.cursor.advance(change.seq));
+                let Some(advanced) = advanced.await else {
+                    return Ok(());
+                };
+                advanced.map_err(|error| watch_failed(bucket, &error))?;
             }
         }
         .await;
@@ -283,55 +318,83 @@ fn follow(
 /// The last change not to deliver: the one `start` names, else the
 /// cursor's, else the newest now. Recorded at once, so that a watcher
 /// that stops before its first change still misses none made meanwhile.
-async fn start_position(bucket: &Followed, start: StartAt) -> Result<u64, ActorFailure> {
+async fn start_position(bucket: &Followed, start: StartAt) -> Result<u64, StoreError> {
     let position = match start {
         StartAt::After(seq) => seq,
-        StartAt::Resume => match bucket.cursor.position().await {
-            Ok(Some(seq)) => return Ok(seq),
-            Ok(None) => bucket.store.last_change().await,
-            Err(error) => Err(error),
-        }
-        .map_err(|error| watch_failed(bucket, &error))?,
+        StartAt::Resume => match bucket.cursor.position().await? {
+            Some(seq) => return Ok(seq),
+            None => bucket.store.last_change().await?,
+        },
     };
-    bucket
-        .cursor
-        .advance(position)
-        .await
-        .map_err(|error| watch_failed(bucket, &error))?;
+    bucket.cursor.advance(position).await?;
     Ok(position)
 }
 
-/// Calls the watcher for one change, under a deadline of its own.
-/// Returns `false`, calling nothing, when the value set is no longer
-/// stored.
-async fn deliver(
-    store: &mut Store<ActorState>,
-    instance: &WatchService,
+/// What a change hands the watcher.
+enum Value {
+    /// A key set to these bytes.
+    Set(Vec<u8>),
+    /// A key deleted.
+    Deleted,
+    /// A key set to a value no longer stored: nothing to deliver.
+    Gone,
+    /// A value larger than the watcher may read.
+    TooLarge { size: u64 },
+}
+
+/// Reads what `change` set (at most `read_limit` bytes).
+async fn read_value(
     bucket: &Followed,
     change: &LabelChange,
+    read_limit: u64,
+) -> Result<Value, StoreError> {
+    let Some(target) = &change.new else {
+        return Ok(Value::Deleted);
+    };
+    match bucket.store.get_at_most(target, read_limit).await {
+        Ok(AtMost::Content(value)) => Ok(Value::Set(value)),
+        Ok(AtMost::TooLarge { size }) => Ok(Value::TooLarge { size }),
+        Err(StoreError::NotFound { .. }) => Ok(Value::Gone),
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs `attempt`; if a shared root's server is down, tries again until
+/// it is back ([`through_outages`]) or `stop` comes (`None`). Only an
+/// outage is raced with the stop: work that can finish, finishes.
+async fn outage_or_stop<T, S, F, Fut>(
+    stop: &mut Pin<&mut S>,
+    mut attempt: F,
+) -> Option<Result<T, StoreError>>
+where
+    S: Future<Output = ()>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    match attempt().await {
+        Err(error) if error.is_outage() => tokio::select! {
+            () = stop.as_mut() => None,
+            done = through_outages(attempt) => Some(done),
+        },
+        done => Some(done),
+    }
+}
+
+/// The delivery is an input of the actor's: its chain records it before
+/// the call, charged to the actor's budget as its own calls are. Waits out
+/// a server outage (returning `false` if `stop` comes meanwhile); any
+/// other failure stops the watcher.
+async fn record_delivery<S: Future<Output = ()>>(
+    store: &mut Store<ActorState>,
+    stop: &mut Pin<&mut S>,
+    bucket: &Followed,
+    change: &LabelChange,
+    value: &Value,
     limits: &Limits,
 ) -> Result<bool, ActorFailure> {
-    let value = match &change.new {
-        None => None,
-        Some(target) => {
-            let read_limit = store.data().theater.read_limit();
-            match bucket.store.get_at_most(target, read_limit).await {
-                Ok(AtMost::Content(value)) => Some(value),
-                Ok(AtMost::TooLarge { size }) => {
-                    return Err(ActorFailure::WatchStopped(format!(
-                        "bucket {}: the value of key {:?} at change {} is {size} bytes, more \
-                         than the {read_limit} bytes this watcher may read",
-                        bucket.watched.bucket, change.label, change.seq
-                    )));
-                }
-                Err(StoreError::NotFound { .. }) => return Ok(false),
-                Err(error) => return Err(watch_failed(bucket, &error)),
-            }
-        }
-    };
-    let (call, size) = match &value {
-        Some(value) => ("wasi:keyvalue/watcher.on-set", Some(value.len() as u64)),
-        None => ("wasi:keyvalue/watcher.on-delete", None),
+    let (call, size) = match value {
+        Value::Set(value) => ("wasi:keyvalue/watcher.on-set", Some(value.len() as u64)),
+        _ => ("wasi:keyvalue/watcher.on-delete", None),
     };
     let event = |op| Event {
         store: Some(bucket.watched.bucket.clone()),
@@ -340,18 +403,40 @@ async fn deliver(
         size,
         ..Event::new(op)
     };
+    let mut backoff = OutageBackoff::default();
+    let failed = loop {
+        let ctx = &mut store.data_mut().theater;
+        ctx.set_deadline(Instant::now().checked_add(limits.timeout));
+        ctx.begin(call, event);
+        match ctx.end(Ok(())).await {
+            Ok(()) => return Ok(true),
+            Err(HostError::Store(error)) if error.is_outage() => tokio::select! {
+                () = stop.as_mut() => return Ok(false),
+                () = backoff.wait(&error) => {}
+            },
+            Err(error) => break error,
+        }
+    };
+    Err(ActorFailure::WatchStopped(format!(
+        "bucket {}: the delivery of change {} could not be recorded: {failed}",
+        bucket.watched.bucket, change.seq
+    )))
+}
+
+/// Calls the watcher for one change, under a deadline of its own.
+async fn deliver(
+    store: &mut Store<ActorState>,
+    instance: &WatchService,
+    bucket: &Followed,
+    change: &LabelChange,
+    value: Value,
+    limits: &Limits,
+) -> Result<(), ActorFailure> {
     store.set_epoch_deadline(deadline_ticks(limits.timeout));
-    let ctx = &mut store.data_mut().theater;
-    ctx.set_deadline(Instant::now().checked_add(limits.timeout));
-    // The delivery is an input of the actor's: its chain records it
-    // first, charged to the actor's budget as its own calls are.
-    ctx.begin(call, event);
-    ctx.end(Ok(())).await.map_err(|error| {
-        ActorFailure::WatchStopped(format!(
-            "bucket {}: the delivery of change {} could not be recorded: {error}",
-            bucket.watched.bucket, change.seq
-        ))
-    })?;
+    store
+        .data_mut()
+        .theater
+        .set_deadline(Instant::now().checked_add(limits.timeout));
     let handle = store
         .data_mut()
         .table
@@ -361,19 +446,19 @@ async fn deliver(
         .map_err(|error| ActorFailure::Trapped(format!("{error:#}")))?;
     let watcher = instance.wasi_keyvalue_watcher();
     let called = match &value {
-        Some(value) => {
+        Value::Set(value) => {
             watcher
                 .call_on_set(&mut *store, handle, &change.label, value)
                 .await
         }
-        None => {
+        _ => {
             watcher
                 .call_on_delete(&mut *store, handle, &change.label)
                 .await
         }
     };
     called.map_err(|trap| store.data().failure(&trap, ActorFailure::of_call))?;
-    Ok(true)
+    Ok(())
 }
 
 /// A watch that cannot go on because reading the store failed.
