@@ -63,7 +63,16 @@ fn observed_run(access: Access, args: &[&str]) -> (String, Vec<(String, u64)>) {
         grants: Grants::none().store("b", access),
         ..RunOptions::default()
     };
+    // While only one dispatcher is registered, tracing decides whether a
+    // callsite is on from the default of whichever thread first reaches it:
+    // another test reaching `ContentStore::write` first would switch it
+    // off for this one. A second live dispatcher makes it ask every
+    // registered one, this test's included, and the rebuild corrects
+    // callsites decided before this test's subscriber existed.
+    let _every_dispatcher_asked =
+        tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let run = tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
         metrics::with_local_recorder(&recorder, || {
             runtime.block_on(
                 h.host
