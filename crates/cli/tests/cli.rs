@@ -1284,20 +1284,18 @@ fn an_operator_trims_a_chain_and_it_still_verifies() {
 fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() {
     let env = Env::new();
     let command = actor_file(&env, "kv.wasm", theater_store_examples::KV_COUNTER);
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app", "--", "app", "set", "greeting", "hello"])
-        .assert()
+    // `run kv.wasm ARGS...`: the grants, `--` and the command's own argv.
+    let run_kv = |args: &[&str]| {
+        let mut cmd = env.cmd();
+        cmd.arg("run").arg(&command).args(args);
+        cmd.assert()
+    };
+    run_kv(&["--grant", "app", "--", "app", "set", "greeting", "hello"])
         .success()
         .stdout("ok\n")
         // A granted store the run brought into being is named, once.
         .stderr(contains("created granted store app"));
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app", "--", "app", "set", "greeting", "hello"])
-        .assert()
+    run_kv(&["--grant", "app", "--", "app", "set", "greeting", "hello"])
         .success()
         .stderr(contains("created granted store").not());
     // The key is a label like any other.
@@ -1306,11 +1304,7 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
         .assert()
         .success()
         .stdout("hello");
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app:ro", "--", "app", "get", "greeting"])
-        .assert()
+    run_kv(&["--grant", "app:ro", "--", "app", "get", "greeting"])
         .success()
         .stdout("value=hello\n");
     // Environment variables are given one by one (`--env NAME=VALUE`, or
@@ -1338,18 +1332,10 @@ fn run_executes_wasi_commands_with_keyvalue_and_caches_the_compiled_component() 
     // The command's exit status passes through: 1 for a refused call (its
     // message on stderr) and for bad usage (WASI 0.2 carries success or
     // failure, so its `exit(2)` arrives as 1).
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app:ro", "--", "app", "set", "greeting", "bye"])
-        .assert()
+    run_kv(&["--grant", "app:ro", "--", "app", "set", "greeting", "bye"])
         .code(1)
         .stderr(contains("access denied"));
-    env.cmd()
-        .arg("run")
-        .arg(&command)
-        .args(["--grant", "app", "--", "app", "frobnicate"])
-        .assert()
+    run_kv(&["--grant", "app", "--", "app", "frobnicate"])
         .code(1)
         .stderr(contains("unknown command"));
     // Arguments after `--` are for commands only.
