@@ -10,17 +10,19 @@
 //! survives the process, and streamed content is held whole in memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::SystemTime;
 
+use super::apply::{self, HeldObject, Transaction};
 use super::{
-    ChainAppend, ChainHead, ChainTip, Change, ChangeLog, ChangeRow, CommitSignal, Engine, Expect,
-    LabelRow, LinkRow, ObjectRow, ObjectSource, ReplacedTargets, Scan, Snapshot, Staged,
-    StagingSink, unix_now,
+    ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
+    ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, unix_now,
 };
 use crate::error::{Result, StoreError};
+use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::{StoreStats, change_footprint, label_footprint};
@@ -156,9 +158,8 @@ impl MemEngine {
         let mut txn = Txn {
             state: &mut state,
             undo: Vec::new(),
-            actor: None,
         };
-        let outcome = txn.apply(change, self.refresh_after);
+        let Ok(outcome) = apply::apply(&mut txn, change, self.refresh_after);
         if outcome.is_err() {
             txn.roll_back();
         } else {
@@ -227,8 +228,6 @@ enum Undo {
 struct Txn<'a> {
     state: &'a mut State,
     undo: Vec<Undo>,
-    /// Who the change is made for, for the change log.
-    actor: Option<Arc<str>>,
 }
 
 impl Txn<'_> {
@@ -240,20 +239,12 @@ impl Txn<'_> {
         self.store(store)?.labels.get(label)
     }
 
-    fn label_target(&self, store: &StoreId, label: &str) -> Option<Digest> {
-        self.label(store, label).map(|row| row.head)
-    }
-
-    fn object(&self, store: &StoreId, digest: Digest) -> Option<&MemObject> {
+    fn object_row(&self, store: &StoreId, digest: Digest) -> Option<&MemObject> {
         self.store(store)?.objects.get(&digest)
     }
 
-    fn has_object(&self, store: &StoreId, digest: Digest) -> bool {
-        self.object(store, digest).is_some()
-    }
-
     /// Registers the store; returns whether it was new.
-    fn ensure_store(&mut self, store: &StoreId) -> bool {
+    fn register(&mut self, store: &StoreId) -> bool {
         if self.state.stores.contains_key(store.as_str()) {
             return false;
         }
@@ -266,10 +257,11 @@ impl Txn<'_> {
         true
     }
 
-    /// Writes or removes a label's row, keeping the store's totals.
+    /// Writes or removes a label's row, keeping the store's totals and
+    /// its change log.
     fn set_label_row(&mut self, store: &StoreId, label: &str, row: Option<ChainHead>) {
         if row.is_some() {
-            self.ensure_store(store);
+            self.register(store);
         }
         let Some(held) = self.state.stores.get_mut(store.as_str()) else {
             return;
@@ -292,79 +284,22 @@ impl Txn<'_> {
                 old: old.map(|row| row.head),
                 new,
                 at: unix_now(),
-                actor: self.actor.as_deref().map(str::to_owned),
+                actor: None,
             });
             self.undo.push(Undo::Logged(store.to_string()));
         }
     }
 
-    /// Drops change log entries made before `before`, keeping the newest
-    /// `keep_last`; returns whether any went.
-    fn trim_changes(&mut self, store: &StoreId, before: i64, keep_last: u64) -> bool {
-        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
-            return false;
-        };
-        let through = held.change_seq.saturating_sub(keep_last);
-        let was = held.changes_trimmed;
-        let mut trimmed = Vec::new();
-        while let Some(oldest) = held.log.front()
-            && oldest.seq <= through
-            && oldest.at < before
-        {
-            let entry = held.log.pop_front().expect("an entry");
-            held.stats.changes -= 1;
-            held.stats.change_footprint -= change_footprint(entry.label.len());
-            held.changes_trimmed = entry.seq;
-            trimmed.push(entry);
-        }
-        if trimmed.is_empty() {
-            return false;
-        }
-        self.undo
-            .push(Undo::Trimmed(store.to_string(), trimmed, was));
-        true
-    }
-
-    /// Points a label at `target`; a chain head's other columns stay.
-    fn put_label(&mut self, store: &StoreId, label: &str, target: Digest) {
-        let row = match self.label(store, label) {
-            Some(row) => ChainHead {
-                head: target,
-                ..row.clone()
-            },
-            None => ChainHead {
-                head: target,
-                length: None,
-                open: None,
-                sealed: None,
-            },
-        };
-        self.set_label_row(store, label, Some(row));
-    }
-
     /// Writes or removes an object, keeping the store's totals.
     fn set_object(&mut self, store: &StoreId, digest: Digest, object: Option<MemObject>) {
         if object.is_some() {
-            self.ensure_store(store);
+            self.register(store);
         }
         let Some(held) = self.state.stores.get_mut(store.as_str()) else {
             return;
         };
         let old = put_object(held, digest, object);
         self.undo.push(Undo::Object(store.to_string(), digest, old));
-    }
-
-    fn set_unscanned(&mut self, store: &StoreId, digest: Digest, unscanned: bool) {
-        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
-            return;
-        };
-        let was = if unscanned {
-            !held.unscanned.insert(digest)
-        } else {
-            held.unscanned.remove(&digest)
-        };
-        self.undo
-            .push(Undo::Unscanned(store.to_string(), digest, was));
     }
 
     /// Puts everything this transaction changed back, newest first.
@@ -418,252 +353,313 @@ impl Txn<'_> {
             }
         }
     }
+}
 
-    /// What `change` does (see each [`Change`] variant). `Err` is a
-    /// refusal; the caller rolls back whatever was done before it.
-    fn apply(&mut self, change: Change, refresh_after: i64) -> Result<bool> {
-        match change {
-            Change::CreateStore { store } => Ok(self.ensure_store(&store)),
-            Change::AddObject {
-                store,
-                digest,
-                size: _,
-                staged,
-                label,
-                links,
-            } => {
-                let fresh_after = unix_now().saturating_sub(refresh_after);
-                let held = self.object(&store, digest).cloned();
-                let bytes = staged_bytes(staged, &store)?;
-                self.ensure_store(&store);
-                let new = held.is_none();
-                match held {
-                    Some(held) if held.stored_at >= fresh_after => {}
-                    Some(held) => {
-                        // Stored again after the refresh window: the age
-                        // is refreshed (and the bytes rewritten).
-                        let refreshed = MemObject {
-                            bytes,
-                            stored_at: unix_now(),
-                            links: held.links,
-                        };
-                        self.set_object(&store, digest, Some(refreshed));
-                    }
-                    None => {
-                        let object = MemObject {
-                            bytes,
-                            stored_at: unix_now(),
-                            links: links.column(),
-                        };
-                        self.set_object(&store, digest, Some(object));
-                        for &target in &links.targets {
-                            if let Some(old) = self.object(&store, target)
-                                && old.stored_at < fresh_after
-                            {
-                                let refreshed = MemObject {
-                                    stored_at: unix_now(),
-                                    ..old.clone()
-                                };
-                                self.set_object(&store, target, Some(refreshed));
-                            }
-                        }
-                        if links.overflowed {
-                            self.set_unscanned(&store, digest, true);
-                        }
-                    }
-                }
-                if let Some(label) = label {
-                    self.put_label(&store, &label, digest);
-                }
-                Ok(new)
-            }
-            Change::SetLabel {
-                store,
-                label,
-                target,
-                expect,
-            } => {
-                if let Some(target) = target
-                    && !self.has_object(&store, target)
-                {
-                    return Err(not_found(&store, target));
-                }
-                if let Expect::Exactly(expected) = expect
-                    && self.label_target(&store, &label) != expected
-                {
-                    return Ok(false);
-                }
-                match target {
-                    Some(target) => self.put_label(&store, &label, target),
-                    None => self.set_label_row(&store, &label, None),
-                }
-                Ok(true)
-            }
-            Change::SetLabels {
-                store,
-                labels,
-                expected,
-            } => {
-                for ((label, _), expected) in labels.iter().zip(expected.iter().flatten()) {
-                    if self.label_target(&store, label) != *expected {
-                        return Ok(false);
-                    }
-                }
-                self.ensure_store(&store);
-                for (label, target) in &labels {
-                    match *target {
-                        Some(target) => {
-                            if !self.has_object(&store, target) {
-                                return Err(not_found(&store, target));
-                            }
-                            self.put_label(&store, label, target);
-                        }
-                        None => self.set_label_row(&store, label, None),
-                    }
-                }
-                Ok(true)
-            }
-            Change::RemoveObject {
-                store,
-                digest,
-                referrers,
-                cutoff,
-                log_end,
-            } => {
-                let Some(held) = self.store(&store) else {
-                    return Ok(false);
-                };
-                let removable = held.change_seq == log_end
-                    && !referrers.iter().any(|r| held.objects.contains_key(r))
-                    && held
-                        .objects
-                        .get(&digest)
-                        .is_some_and(|object| object.stored_at < cutoff)
-                    && !held.held_by_labels.contains_key(&digest)
-                    && held.unscanned.is_empty();
-                if removable {
-                    self.set_object(&store, digest, None);
-                }
-                Ok(removable)
-            }
-            Change::SetLinks {
-                store,
-                digest,
-                targets,
-            } => {
-                let Some(held) = self.object(&store, digest) else {
-                    return Ok(false);
-                };
-                let links = (!targets.is_empty()).then(|| crate::links::targets_column(&targets));
-                let updated = MemObject {
-                    links,
-                    ..held.clone()
-                };
-                self.set_object(&store, digest, Some(updated));
-                self.set_unscanned(&store, digest, false);
-                Ok(true)
-            }
-            // Nothing is ever stored here outside the index.
-            Change::RemoveUnindexed { .. } => Ok(false),
-            Change::QuarantineObject { store, digest } => {
-                let intact = self
-                    .object(&store, digest)
-                    .is_none_or(|object| Digest::of(&object.bytes) == digest);
-                if !intact {
-                    self.set_object(&store, digest, None);
-                }
-                Ok(!intact)
-            }
-            Change::RemoveLabels { store, limit } => {
-                let doomed: Vec<String> = self
-                    .store(&store)
-                    .map(|held| held.labels.keys().take(limit).cloned().collect())
-                    .unwrap_or_default();
-                for label in &doomed {
-                    self.set_label_row(&store, label, None);
-                }
-                Ok(!doomed.is_empty())
-            }
-            // No outboards are kept: content is read from memory whole.
-            Change::AddOutboard { staged, .. } => {
-                super::layout::remove_staged(&staged);
-                Ok(true)
-            }
-            Change::Record { change, append } => {
-                let applied = match change {
-                    Some(change) => self.apply(*change, refresh_after)?,
-                    None => true,
-                };
-                self.append_event(append, applied)?;
-                Ok(applied)
-            }
-            Change::SetChainHead {
-                store,
-                label,
-                head,
-                expected,
-            } => {
-                if self.label_target(&store, &label) != expected {
-                    return Ok(false);
-                }
-                if let Some(sealed) = head.sealed
-                    && !self.has_object(&store, sealed)
-                {
-                    return Err(not_found(&store, sealed));
-                }
-                self.set_label_row(&store, &label, Some(head));
-                Ok(true)
-            }
-            Change::AdoptFile { .. } => Err(StoreError::InvalidRoot {
-                root: SCHEME.into(),
-                reason: "a memory root keeps no content files to re-index".into(),
-            }),
-            Change::ByActor { actor, change } => {
-                let before = self.actor.replace(actor);
-                let applied = self.apply(*change, refresh_after);
-                self.actor = before;
-                applied
-            }
-            Change::TrimChanges {
-                store,
-                before,
-                keep_last,
-            } => Ok(self.trim_changes(&store, before, keep_last)),
-            Change::RemoveEmptyStore { store, cutoff } => {
-                let empty = self.store(&store).is_some_and(|held| {
-                    held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
-                });
-                if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
-                    self.undo.push(Undo::Dropped(store.to_string(), removed));
-                }
-                Ok(empty)
-            }
-        }
+/// The memory engine's side of applying a change (what a change means is
+/// decided in `engine::apply`). Nothing here can fail; refusals are
+/// answers.
+impl Transaction for Txn<'_> {
+    type Fault = std::convert::Infallible;
+    /// Bytes are always held in memory, beside the row.
+    type Place = ();
+
+    fn ensure_store(&mut self, store: &StoreId) -> Result<bool, Infallible> {
+        Ok(self.register(store))
     }
 
-    /// Links a new event to the chain's head and writes the head anew,
-    /// storing the segment the append sealed, if any.
-    fn append_event(&mut self, append: ChainAppend, applied: bool) -> Result<()> {
-        let ChainAppend {
-            store,
-            head_label,
-            build,
-        } = append;
-        let head = self.label(&store, &head_label).cloned();
-        let link = build(ChainTip { head, applied })?;
-        if let Some(segment) = link.sealed {
-            let digest = Digest::of(&segment);
-            if !self.has_object(&store, digest) {
-                let object = MemObject {
-                    bytes: Arc::new(segment),
+    fn label_target(&mut self, store: &StoreId, label: &str) -> Result<Option<Digest>, Infallible> {
+        Ok(self.label(store, label).map(|row| row.head))
+    }
+
+    fn chain_tip(&mut self, store: &StoreId, label: &str) -> Result<Option<ChainHead>, Infallible> {
+        Ok(self.label(store, label).cloned())
+    }
+
+    fn has_object(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Infallible> {
+        Ok(self.object_row(store, digest).is_some())
+    }
+
+    fn object(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<HeldObject<()>>, Infallible> {
+        let held = self.object_row(store, digest);
+        Ok(held.map(|object| HeldObject {
+            stored_at: object.stored_at,
+            place: (),
+        }))
+    }
+
+    fn bytes_present(&mut self, _store: &StoreId, _digest: Digest, _place: ()) -> bool {
+        true
+    }
+
+    fn held_by_label(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Infallible> {
+        Ok(self
+            .store(store)
+            .is_some_and(|held| held.held_by_labels.contains_key(&digest)))
+    }
+
+    fn awaits_scan(&mut self, store: &StoreId) -> Result<bool, Infallible> {
+        Ok(self
+            .store(store)
+            .is_some_and(|held| !held.unscanned.is_empty()))
+    }
+
+    fn change_seq(&mut self, store: &StoreId) -> Result<u64, Infallible> {
+        Ok(self.store(store).map_or(0, |held| held.change_seq))
+    }
+
+    fn write_object(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        _size: u64,
+        staged: Staged,
+        links: &Links,
+        held: Option<()>,
+    ) -> Result<Result<()>, Infallible> {
+        let bytes = match staged_bytes(staged, store) {
+            Ok(bytes) => bytes,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let links = match held {
+            Some(()) => self
+                .object_row(store, digest)
+                .and_then(|object| object.links.clone()),
+            None => links.column(),
+        };
+        let object = MemObject {
+            bytes,
+            stored_at: unix_now(),
+            links,
+        };
+        self.set_object(store, digest, Some(object));
+        Ok(Ok(()))
+    }
+
+    fn discard(&mut self, _staged: Staged) {}
+
+    fn refresh_targets(
+        &mut self,
+        store: &StoreId,
+        targets: &[Digest],
+        fresh_after: i64,
+    ) -> Result<(), Infallible> {
+        for &target in targets {
+            if let Some(old) = self.object_row(store, target)
+                && old.stored_at < fresh_after
+            {
+                let refreshed = MemObject {
                     stored_at: unix_now(),
-                    links: None,
+                    ..old.clone()
                 };
-                self.set_object(&store, digest, Some(object));
+                self.set_object(store, target, Some(refreshed));
             }
         }
-        self.set_label_row(&store, &head_label, Some(link.head));
         Ok(())
+    }
+
+    fn mark_unscanned(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        unscanned: bool,
+    ) -> Result<(), Infallible> {
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return Ok(());
+        };
+        let was = if unscanned {
+            !held.unscanned.insert(digest)
+        } else {
+            held.unscanned.remove(&digest)
+        };
+        self.undo
+            .push(Undo::Unscanned(store.to_string(), digest, was));
+        Ok(())
+    }
+
+    fn put_label(
+        &mut self,
+        store: &StoreId,
+        label: &str,
+        target: Digest,
+    ) -> Result<(), Infallible> {
+        let row = match self.label(store, label) {
+            Some(row) => ChainHead {
+                head: target,
+                ..row.clone()
+            },
+            None => ChainHead {
+                head: target,
+                length: None,
+                open: None,
+                sealed: None,
+            },
+        };
+        self.set_label_row(store, label, Some(row));
+        Ok(())
+    }
+
+    fn delete_label(&mut self, store: &StoreId, label: &str) -> Result<(), Infallible> {
+        self.set_label_row(store, label, None);
+        Ok(())
+    }
+
+    fn delete_labels(&mut self, store: &StoreId, limit: usize) -> Result<usize, Infallible> {
+        let doomed: Vec<String> = self
+            .store(store)
+            .map(|held| held.labels.keys().take(limit).cloned().collect())
+            .unwrap_or_default();
+        for label in &doomed {
+            self.set_label_row(store, label, None);
+        }
+        Ok(doomed.len())
+    }
+
+    fn set_chain_head(
+        &mut self,
+        store: &StoreId,
+        label: &str,
+        head: ChainHead,
+        _exists: bool,
+    ) -> Result<(), Infallible> {
+        self.set_label_row(store, label, Some(head));
+        Ok(())
+    }
+
+    fn add_segment(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        segment: Vec<u8>,
+    ) -> Result<(), Infallible> {
+        if self.object_row(store, digest).is_none() {
+            let object = MemObject {
+                bytes: Arc::new(segment),
+                stored_at: unix_now(),
+                links: None,
+            };
+            self.set_object(store, digest, Some(object));
+        }
+        Ok(())
+    }
+
+    fn set_links(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        column: Option<Vec<u8>>,
+    ) -> Result<bool, Infallible> {
+        let Some(held) = self.object_row(store, digest) else {
+            return Ok(false);
+        };
+        let updated = MemObject {
+            links: column,
+            ..held.clone()
+        };
+        self.set_object(store, digest, Some(updated));
+        Ok(true)
+    }
+
+    fn delete_object(
+        &mut self,
+        store: &StoreId,
+        digest: Digest,
+        _place: (),
+    ) -> Result<Result<()>, Infallible> {
+        self.set_object(store, digest, None);
+        Ok(Ok(()))
+    }
+
+    fn name_actor(&mut self, store: &StoreId, since: u64, actor: &str) -> Result<(), Infallible> {
+        // Every entry after `since` was made by this transaction, so
+        // undoing it drops them: the naming needs no undo of its own.
+        if let Some(held) = self.state.stores.get_mut(store.as_str()) {
+            for entry in held.log.iter_mut().rev().take_while(|e| e.seq > since) {
+                entry.actor = Some(actor.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn trim_changes(
+        &mut self,
+        store: &StoreId,
+        before: i64,
+        keep_last: u64,
+    ) -> Result<bool, Infallible> {
+        let Some(held) = self.state.stores.get_mut(store.as_str()) else {
+            return Ok(false);
+        };
+        let through = held.change_seq.saturating_sub(keep_last);
+        let was = held.changes_trimmed;
+        let mut trimmed = Vec::new();
+        while let Some(oldest) = held.log.front()
+            && oldest.seq <= through
+            && oldest.at < before
+        {
+            let entry = held.log.pop_front().expect("an entry");
+            held.stats.changes -= 1;
+            held.stats.change_footprint -= change_footprint(entry.label.len());
+            held.changes_trimmed = entry.seq;
+            trimmed.push(entry);
+        }
+        if trimmed.is_empty() {
+            return Ok(false);
+        }
+        self.undo
+            .push(Undo::Trimmed(store.to_string(), trimmed, was));
+        Ok(true)
+    }
+
+    fn delete_empty_store(
+        &mut self,
+        store: &StoreId,
+        cutoff: i64,
+    ) -> Result<Result<bool>, Infallible> {
+        let empty = self.store(store).is_some_and(|held| {
+            held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
+        });
+        if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
+            self.undo.push(Undo::Dropped(store.to_string(), removed));
+        }
+        Ok(Ok(empty))
+    }
+
+    fn quarantine(&mut self, store: &StoreId, digest: Digest) -> Result<Result<bool>, Infallible> {
+        let intact = self
+            .object_row(store, digest)
+            .is_none_or(|object| Digest::of(&object.bytes) == digest);
+        if !intact {
+            self.set_object(store, digest, None);
+        }
+        Ok(Ok(!intact))
+    }
+
+    /// Nothing is ever stored here outside the index.
+    fn remove_unindexed(
+        &mut self,
+        _store: &StoreId,
+        _digest: Digest,
+        _cutoff: SystemTime,
+    ) -> Result<Result<bool>, Infallible> {
+        Ok(Ok(false))
+    }
+
+    /// No outboards are kept: content is read from memory whole.
+    fn keep_outboard(&mut self, _store: &StoreId, _digest: Digest, _place: (), _staged: &Path) {}
+
+    fn index_file(
+        &mut self,
+        _store: &StoreId,
+        _digest: Digest,
+    ) -> Result<Result<bool>, Infallible> {
+        Ok(Err(StoreError::InvalidRoot {
+            root: SCHEME.into(),
+            reason: "a memory root keeps no content files to re-index".into(),
+        }))
     }
 }
 
@@ -737,13 +733,6 @@ fn staged_bytes(staged: Staged, store: &StoreId) -> Result<Arc<Vec<u8>>> {
                 crate::error::io_error(store, "reading staged content", &path, source)
             })
         }
-    }
-}
-
-fn not_found(store: &StoreId, digest: Digest) -> StoreError {
-    StoreError::NotFound {
-        store: store.to_string(),
-        reference: digest.to_hex(),
     }
 }
 

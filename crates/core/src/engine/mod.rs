@@ -9,6 +9,7 @@
 //! A root string picks one ([`Location::parse`]); nothing above this
 //! module knows which it has.
 
+mod apply;
 mod layout;
 mod local;
 mod mem;

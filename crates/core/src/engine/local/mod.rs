@@ -6,6 +6,7 @@
 mod changes;
 mod reserve;
 mod sql;
+mod txn;
 mod wal;
 mod writer;
 
@@ -236,7 +237,7 @@ impl Engine for LocalEngine {
     }
 
     fn discard(&self, staged: Staged) {
-        writer::discard(staged);
+        txn::discard(staged);
     }
 
     /// A change that only frees space and finds the disk full is tried
@@ -493,7 +494,7 @@ impl Engine for LocalEngine {
             sql::object_info(db, store, digest)
         })?;
         Ok(row.is_some_and(|(_, _, place)| {
-            writer::bytes_present(&self.layout, store, digest, place)
+            txn::bytes_present(&self.layout, store, digest, place)
                 || (matches!(place, Place::File) && self.layout.restore_doomed(store, digest))
         }))
     }

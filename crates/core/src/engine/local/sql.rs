@@ -428,17 +428,8 @@ pub(crate) fn store_ids(connection: &Connection) -> rusqlite::Result<Vec<String>
     rows.collect()
 }
 
-pub(crate) fn upsert_label(
-    connection: &Connection,
-    store: &StoreId,
-    label: &str,
-    target: Digest,
-) -> rusqlite::Result<()> {
-    ensure_store(connection, store)?;
-    put_label(connection, store, label, target)
-}
-
-/// [`upsert_label`] in a store known to be registered.
+/// Points a label of a registered store at `target`; a chain head keeps
+/// its other columns.
 pub(crate) fn put_label(
     connection: &Connection,
     store: &StoreId,
@@ -879,44 +870,30 @@ pub(crate) fn move_to_file(
     Ok(())
 }
 
-/// Deletes an object row (its inline bytes go with it, by trigger) if
-/// none of `referrers` (the objects that linked to it when the collection
-/// looked) is still held, no label points at it, no object of the store
-/// awaits a scan for links, and it was last stored before `cutoff`.
-/// Returns whether it did, and whether the bytes were inline. Every check
-/// is an index probe (the objects' and `links_unscanned`'s primary keys,
-/// `labels_by_target`).
-pub(crate) fn remove_unreachable_object(
+/// Whether a plain label (not a chain head) points at the object: a probe
+/// of the partial `labels_by_target` index.
+pub(crate) fn held_by_label(
     connection: &Connection,
     store: &StoreId,
     digest: Digest,
-    referrers: &[Digest],
-    cutoff: i64,
-    log_end: u64,
-) -> rusqlite::Result<Option<bool>> {
-    if change_seq(connection, store)? != log_end {
-        return Ok(None);
-    }
-    for &referrer in referrers {
-        if has_object(connection, store, referrer)? {
-            return Ok(None);
-        }
-    }
+) -> rusqlite::Result<bool> {
     connection
         .prepare_cached(
-            "DELETE FROM objects WHERE store = ?1 AND hash = ?2 AND stored_at < ?3
-             AND NOT EXISTS (SELECT 1 FROM labels
-                             WHERE store = ?1 AND hash = ?2 AND chain_length IS NULL)
-             AND NOT EXISTS (SELECT 1 FROM links_unscanned WHERE store = ?1)
-             RETURNING inline_id IS NOT NULL",
+            "SELECT 1 FROM labels INDEXED BY labels_by_target
+             WHERE store = ?1 AND hash = ?2 AND chain_length IS NULL",
         )?
-        .query_row(params![store.as_str(), &digest.0[..], cutoff], |row| {
-            row.get(0)
-        })
-        .optional()
+        .exists(params![store.as_str(), &digest.0[..]])
 }
 
-/// Deletes an object row, whatever reaches it (quarantine).
+/// Whether any object of the store awaits a scan for links.
+pub(crate) fn awaits_scan(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
+    connection
+        .prepare_cached("SELECT 1 FROM links_unscanned WHERE store = ?1")?
+        .exists(params![store.as_str()])
+}
+
+/// Deletes an object row, whatever reaches it (its inline bytes go with
+/// it, by trigger).
 pub(crate) fn forget_object(
     connection: &Connection,
     store: &StoreId,
