@@ -1,19 +1,19 @@
 //! A hand-built embedding (own engine, linker and store data, as
 //! crates/host/examples/embed.rs shows) gets the same limits as
 //! `ActorHost`: the hostile actors are stopped the same way, with the
-//! same figures.
+//! same figures, and records in the same chain when asked to.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use theater_store::StoreRoot;
-use theater_store_examples::HOSTILE;
+use theater_store::{ContentRef, EventChain, StoreRoot};
+use theater_store_examples::{HOSTILE, THEATER_COMPAT};
 use theater_store_host::wasmtime::component::{Component, Linker, ResourceTable};
 use theater_store_host::wasmtime::{Config, Engine, Store};
 use theater_store_host::wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use theater_store_host::{
     ActorFailure, ActorLimiter, Grants, Limits, RunOptions, StoreActorPre, TheaterCtx,
-    TheaterCtxView, TheaterView, enforce_limits, start_epoch_clock,
+    TheaterCtxView, TheaterView, default_actor_id, enforce_limits, start_epoch_clock,
 };
 
 use crate::Harness;
@@ -45,12 +45,13 @@ impl TheaterView for Data {
 }
 
 /// Runs `wasm`'s `init` with `param` in an embedding built from the host
-/// crate's public pieces only.
+/// crate's public pieces only, recording its calls in `chain`.
 async fn run_by_hand(
     root: &StoreRoot,
     wasm: &[u8],
     limits: &Limits,
-    param: &Value,
+    param: &str,
+    chain: Option<EventChain>,
 ) -> Result<Option<Vec<u8>>, ActorFailure> {
     let mut config = Config::new();
     config.epoch_interruption(true);
@@ -68,6 +69,7 @@ async fn run_by_hand(
         limiter: ActorLimiter::new(limits),
     };
     let mut store = Store::new(&engine, data);
+    store.data_mut().theater.set_chain(chain);
     enforce_limits(&mut store, limits, |data| &mut data.limiter);
     let instance = match pre.instantiate_async(&mut store).await {
         Ok(instance) => instance,
@@ -79,10 +81,9 @@ async fn run_by_hand(
             ));
         }
     };
-    let param = param.to_string();
     match instance
         .theater_simple_actor()
-        .call_init(&mut store, None, (&param,))
+        .call_init(&mut store, None, (param,))
         .await
     {
         Ok(Ok((state,))) => Ok(state),
@@ -114,7 +115,7 @@ async fn both(wasm: &'static [u8], limits: Limits, param: Value) -> (String, Str
     };
     let actor = h.host.load(wasm).unwrap();
     let hosted = h.run_raw(&actor, options, &param).await.outcome;
-    let by_hand = run_by_hand(h.root(), wasm, &limits, &param).await;
+    let by_hand = run_by_hand(h.root(), wasm, &limits, &param.to_string(), None).await;
     (summary(&hosted), summary(&by_hand))
 }
 
@@ -228,4 +229,35 @@ async fn a_view_with_a_table_other_than_wasis_is_caught_at_the_first_call() {
         message.contains("TheaterView::theater_view must return"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn an_embedding_records_in_the_chain_the_cli_uses_by_default() {
+    let h = Harness::start();
+    let actor = h.load(THEATER_COMPAT);
+    let id = default_actor_id(&ContentRef::for_content(THEATER_COMPAT));
+    assert_eq!(id, actor.default_actor_id());
+    let hosted = h.host.run_init(&actor, RunOptions::default(), None, "one");
+    hosted.await.outcome.unwrap();
+    let chain = h.root().event_chain(&id).unwrap();
+    let before = chain.events(usize::MAX).await.unwrap().len();
+    assert!(before > 1, "ActorHost recorded the run under {id}");
+
+    let limits = Limits::default();
+    let by_hand = run_by_hand(
+        h.root(),
+        THEATER_COMPAT,
+        &limits,
+        "one",
+        Some(chain.clone()),
+    );
+    let state = by_hand.await.unwrap().unwrap();
+    // The actor reads its chain with get-chain: the hosted run's events
+    // come first, then this run's own calls, one chain.
+    let fields = crate::fields(state);
+    assert_eq!(fields["chain_linked"], "true");
+    let after = chain.events(usize::MAX).await.unwrap();
+    // The hosted run adds run-start and run-end; the embedding, only calls.
+    assert_eq!(after.len(), before + (before - 2));
+    assert!(chain.verify().await.unwrap().is_intact());
 }

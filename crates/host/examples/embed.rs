@@ -71,8 +71,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut store = Store::new(&engine, data);
     enforce_limits(&mut store, &limits, |data| &mut data.limiter);
-    // Record its calls in its chain under a stable id, and give it back
-    // the stores it created in earlier runs under that id.
+    // Record its calls in its chain under a stable id (one that survives
+    // rebuilds; `theater_store_host::default_actor_id` gives the per-build
+    // id the CLI uses when none is named), and give it back the stores it
+    // created in earlier runs under that id.
     let chain = root.event_chain("embedded-example")?;
     store.data_mut().theater.set_chain(Some(chain));
     store.data_mut().theater.restore_created_stores().await?;

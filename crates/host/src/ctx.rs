@@ -85,9 +85,12 @@ impl TheaterCtx {
 
     /// Records every store call the actor makes in `chain` (see
     /// [`theater_store::EventChain`]), and names the chain's actor in the
-    /// change log of every label it changes; `None`, the default, records
-    /// nothing and names no one. [`ActorHost`](crate::ActorHost) sets it from
-    /// [`RunOptions::chain`](crate::RunOptions).
+    /// change log of every label it changes; `None`, the default of a new
+    /// context, records nothing and names no one. [`ActorHost`](crate::ActorHost)
+    /// (and so the CLI) sets it from [`RunOptions::chain`](crate::RunOptions),
+    /// by default the chain of [`default_actor_id`](crate::default_actor_id):
+    /// call this with that chain to record as they do. The actor id is also
+    /// whose created stores [`TheaterCtx::restore_created_stores`] gives back.
     pub fn set_chain(&mut self, chain: Option<EventChain>) {
         self.chain = chain;
     }

@@ -61,6 +61,7 @@ pub use error::HostError;
 pub use policy::{Access, Grants, Limits};
 pub use runner::{
     ActorComponent, ActorHost, ActorRun, ChainRecording, CommandOutput, CommandRun, RunOptions,
+    default_actor_id,
 };
 pub use watcher::{StartAt, WatchOptions, WatchProgress, WatchedBucket, WatcherRun};
 

@@ -79,6 +79,18 @@ impl ActorComponent {
     }
 }
 
+/// The actor id a component's store calls are recorded under when no
+/// other is named, by [`ActorHost`] and the CLI alike: `component-` and the
+/// first 16 hex digits of the component's BLAKE3 hash
+/// ([`ContentRef::for_content`] of its bytes). A rebuilt component gets a
+/// new id, so a new chain and none of the stores the old build created;
+/// name the actor (`--actor ID`, [`ChainRecording::Actor`]) to keep them.
+/// An embedding that records like the CLI does:
+/// `ctx.set_chain(Some(root.event_chain(&default_actor_id(&ContentRef::for_content(&wasm)))?))`.
+pub fn default_actor_id(component: &ContentRef) -> String {
+    format!("component-{}", &component.hash()[..16])
+}
+
 /// What a run may reach and use.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -229,7 +241,7 @@ impl ActorHost {
         };
         Ok(ActorComponent {
             kind,
-            default_actor_id: format!("component-{}", &hash.hash()[..16]),
+            default_actor_id: default_actor_id(hash),
             hash: hash.clone(),
         })
     }
