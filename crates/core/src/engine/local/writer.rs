@@ -251,9 +251,6 @@ impl Drop for Writer {
     /// waits for it.
     fn drop(&mut self) {
         let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        if std::env::var_os("DEBUG_COMMITS").is_some() {
-            eprintln!("commits: {}", publisher.commits.get());
-        }
         fold_and_empty_log(&publisher);
     }
 }
