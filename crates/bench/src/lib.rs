@@ -1,8 +1,9 @@
 //! Benchmarks live in `benches/`: `store` (the Rust API against the raw
 //! filesystem floor and cacache), `component` (calls across the wasm
 //! component boundary, and cold start), `shared` (PostgreSQL + S3),
-//! `gateway` (HTTP, beside SeaweedFS's S3 gateway) and `scale` (one store
-//! grown to 1,000,000 objects). Run them with `just bench`; the
+//! `gateway` (HTTP, beside SeaweedFS's S3 gateway), `scale` (one store
+//! grown to 1,000,000 objects) and `proposal` (an append-only log's write
+//! path beside the store's, for issue 32). Run them with `just bench`; the
 //! results and what dominates each cost are in docs/PERFORMANCE.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
