@@ -899,10 +899,10 @@ pub(crate) fn forget_object(
     store: &StoreId,
     digest: Digest,
 ) -> rusqlite::Result<()> {
-    connection.execute(
-        "DELETE FROM objects WHERE store = ?1 AND hash = ?2",
-        params![store.as_str(), &digest.0[..]],
-    )?;
+    // Prepared once: gc removes objects one change at a time.
+    connection
+        .prepare_cached("DELETE FROM objects WHERE store = ?1 AND hash = ?2")?
+        .execute(params![store.as_str(), &digest.0[..]])?;
     Ok(())
 }
 
