@@ -35,12 +35,13 @@ const RING_BYTES: u64 = 256 << 20;
 /// The write path of an append-only engine: a log file and an in-memory
 /// index of objects (offset, length) and labels.
 struct AppendLog {
+    /// Written outside the lock (positioned writes need no shared offset).
+    file: File,
     state: Mutex<LogState>,
     appended: Condvar,
 }
 
 struct LogState {
-    file: File,
     /// Records queued for the next append, and where the log will end
     /// once they are written.
     queued: Vec<u8>,
@@ -56,8 +57,8 @@ impl AppendLog {
     fn create(path: &std::path::Path) -> Self {
         let file = File::create(path).unwrap();
         Self {
+            file,
             state: Mutex::new(LogState {
-                file,
                 queued: Vec::new(),
                 queued_end: 0,
                 written_end: 0,
@@ -100,7 +101,6 @@ impl AppendLog {
             state.appending = true;
             let batch = std::mem::take(&mut state.queued);
             let end = state.queued_end;
-            let file = state.file.try_clone().unwrap();
             // The log's space is reused past RING_BYTES, as a real engine's
             // compaction would reclaim it: otherwise a run leaves gigabytes
             // of dirty pages that slow whatever runs next.
@@ -109,7 +109,7 @@ impl AppendLog {
                 at = 0;
             }
             drop(state);
-            file.write_all_at(&batch, at).unwrap();
+            self.file.write_all_at(&batch, at).unwrap();
             state = self.state.lock().unwrap();
             state.written_end = end;
             state.appending = false;

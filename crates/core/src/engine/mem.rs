@@ -359,7 +359,7 @@ impl Txn<'_> {
 /// decided in `engine::apply`). Nothing here can fail; refusals are
 /// answers.
 impl Transaction for Txn<'_> {
-    type Fault = std::convert::Infallible;
+    type Fault = Infallible;
     /// Bytes are always held in memory, beside the row.
     type Place = ();
 

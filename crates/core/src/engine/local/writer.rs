@@ -16,8 +16,8 @@
 //! root's write lock. Each change gets its own
 //! savepoint: one refused change does not fail its neighbours.
 //!
-//! Publication happens here, inside the transaction, under the index's
-//! write lock, so that a garbage collection in this or any other process
+//! Publication happens in the writer's transaction (`txn.rs` does it for
+//! `engine::apply`), under the index's write lock, so that a garbage collection in this or any other process
 //! never interleaves with it: inline content is inserted as a row; a
 //! staged file is renamed into place.
 //!
