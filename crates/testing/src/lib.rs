@@ -495,13 +495,27 @@ fn kill(pid: &Mutex<Option<u32>>) {
 /// Five consecutive ports for SeaweedFS (S3, master, volume, filer,
 /// admin), free a moment ago with the five 10000 above them (where it puts
 /// each one's gRPC service): none of the ten can be another's gRPC port.
+///
+/// All ten lie below the kernel's ephemeral range, so no outgoing
+/// connection (to PostgreSQL, S3, or anything else on the machine) can be
+/// handed one of them between this check and SeaweedFS binding it.
 fn free_weed_ports() -> u16 {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let lowest = 10_000u16;
+    // The highest base whose gRPC ports (base + 10_004) stay below the range.
+    let highest = ephemeral_start
+        .checked_sub(10_005)
+        .filter(|highest| *highest > lowest)
+        .expect("the ephemeral port range leaves no room for SeaweedFS's test ports");
     let mut seed = u64::from(std::process::id()) ^ uuid::Uuid::new_v4().as_u64_pair().0;
     loop {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let base = 20_000 + ((seed >> 33) % 20_000) as u16;
+        let base = lowest + ((seed >> 33) % u64::from(highest - lowest)) as u16;
         let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
         if (0..5).all(|n| free(base + n) && free(base + n + 10_000)) {
             return base;
