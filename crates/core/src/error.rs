@@ -45,6 +45,30 @@ pub enum StoreError {
         /// The ref that is missing.
         reference: String,
     },
+    /// A write was refused inside its transaction because it would have
+    /// grown the store past the quota it was made under
+    /// ([`crate::ContentStore::within_quota`]). Nothing of it was kept.
+    #[error(
+        "store {store} quota exceeded: it takes {footprint} bytes on disk in {objects} objects \
+         and {labels} labels, the quota is {quota_bytes} bytes and {quota_objects} objects, and \
+         this call adds {adds} bytes"
+    )]
+    QuotaExceeded {
+        /// The store.
+        store: String,
+        /// What it takes, as [`crate::StoreStats::footprint`] counts it.
+        footprint: u64,
+        /// Its objects.
+        objects: u64,
+        /// Its labels.
+        labels: u64,
+        /// The quota in bytes.
+        quota_bytes: u64,
+        /// The quota in objects.
+        quota_objects: u64,
+        /// What the write would have added.
+        adds: u64,
+    },
     /// A read of a store's change log from a point older than what is
     /// kept: the log was trimmed past it (see [`crate::Options::change_retention`]).
     #[error(
@@ -381,6 +405,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             Self::ChangesTrimmed { .. } => ErrorKind::Trimmed,
             Self::Contended { .. } => ErrorKind::Contended,
             Self::Corrupted { .. } | Self::Missing { .. } | Self::CursorDamaged { .. } => {

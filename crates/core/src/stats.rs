@@ -82,6 +82,19 @@ pub struct StoreQuota {
     pub objects: u64,
 }
 
+impl StoreQuota {
+    /// Whether a write that took a store's totals from `before` to
+    /// `after` breaks the quota: it grew the footprint past
+    /// [`StoreQuota::bytes`] or the objects past [`StoreQuota::objects`].
+    /// A write that grows neither passes even in a store already over its
+    /// quota (one whose quota was lowered), so space can always be freed.
+    pub fn refuses(&self, before: &StoreStats, after: &StoreStats) -> bool {
+        let (was, is) = (before.footprint(), after.footprint());
+        (is > was && is > self.bytes)
+            || (after.objects > before.objects && after.objects > self.objects)
+    }
+}
+
 /// Why [`InFlightWrites::hold`] refused: where the store stands with
 /// every write in progress counted, and what the refused one would add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,5 +199,27 @@ mod tests {
         };
         assert!(writes.hold("s", &full, quota, 11, false).is_err());
         writes.hold("s", &full, quota, 10, false).unwrap();
+    }
+
+    #[test]
+    fn a_quota_refuses_growth_past_it_never_shrinking() {
+        let quota = StoreQuota {
+            bytes: 10_000,
+            objects: 2,
+        };
+        let at = |objects, bytes| StoreStats {
+            objects,
+            bytes,
+            ..StoreStats::default()
+        };
+        assert!(!quota.refuses(&at(0, 0), &at(1, 5_000)));
+        // 4096 of overhead per object: the second object's bytes do not fit.
+        assert!(quota.refuses(&at(1, 5_000), &at(2, 6_000)));
+        assert!(quota.refuses(&at(2, 0), &at(3, 0)));
+        // Over the quota already (lowered since): freeing passes, as does
+        // a write that adds nothing.
+        assert!(!quota.refuses(&at(5, 90_000), &at(4, 80_000)));
+        assert!(!quota.refuses(&at(5, 90_000), &at(5, 90_000)));
+        assert!(quota.refuses(&at(5, 90_000), &at(5, 90_001)));
     }
 }

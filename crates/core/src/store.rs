@@ -1,6 +1,7 @@
 //! [`ContentStore`]: the API that host-side Rust code and the wasm host use.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::{Change, Engine, Expect, Staged};
 use crate::error::{Result, StoreError};
@@ -8,7 +9,7 @@ use crate::links::Links;
 use crate::names::{ContentRef, Digest, StoreId, validate_label};
 use crate::recent::{AsOf, RecentObject};
 use crate::root::{COMPONENT_CACHE_STORE, OWNERS_STORE, StoreRoot};
-use crate::stats::StoreStats;
+use crate::stats::{StoreQuota, StoreStats};
 use crate::task::blocking;
 use crate::tree::TreeHasher;
 
@@ -70,6 +71,9 @@ pub struct ContentStore {
     record: Option<Arc<dyn WriteRecord>>,
     /// Who writes through this handle, named in the change log.
     actor: Option<Arc<str>>,
+    /// The quota every write through this handle is checked against, in
+    /// its transaction, and what those writes added to the footprint.
+    quota: Option<(StoreQuota, Arc<AtomicU64>)>,
 }
 
 impl Default for ContentStore {
@@ -188,6 +192,7 @@ impl ContentStore {
             id,
             record: None,
             actor: None,
+            quota: None,
         }
     }
 
@@ -207,6 +212,33 @@ impl ContentStore {
         }
     }
 
+    /// This store, with every write made through the returned handle (and
+    /// its clones) refused with [`StoreError::QuotaExceeded`] if it would
+    /// grow the store past `quota`: content, labels, label moves, streamed
+    /// writes. The check reads the store's totals inside the write's own
+    /// transaction, so writers in other tasks, processes or hosts cannot
+    /// each fit alone and overflow together, and a refused write leaves
+    /// nothing behind. Writes that free space are never refused. Hosts
+    /// give each call of a guest such a handle; see
+    /// [`ContentStore::footprint_added`] for what it cost.
+    pub fn within_quota(&self, quota: StoreQuota) -> Self {
+        Self {
+            quota: Some((quota, Arc::new(AtomicU64::new(0)))),
+            ..self.clone()
+        }
+    }
+
+    /// What the writes made through this handle (and its clones) since
+    /// [`ContentStore::within_quota`] added to the store's footprint, as
+    /// [`StoreStats::footprint`] counts it: new content with its object
+    /// overhead, new labels, change log entries. 0 for a handle without a
+    /// quota.
+    pub fn footprint_added(&self) -> u64 {
+        self.quota
+            .as_ref()
+            .map_or(0, |(_, growth)| growth.load(Ordering::Relaxed))
+    }
+
     /// Who writes through this handle, if it was given one
     /// ([`ContentStore::by_actor`]).
     pub fn actor(&self) -> Option<&str> {
@@ -224,19 +256,30 @@ impl ContentStore {
 
     /// Applies one change, with the pending record's event if there is one.
     pub(crate) async fn apply(&self, engine: &dyn Engine, change: Change) -> Result<bool> {
-        // The actor wraps the record, so that an engine meets it first.
-        let by_actor = |change| match &self.actor {
-            Some(actor) => Change::ByActor {
-                actor: Arc::clone(actor),
-                change: Box::new(change),
-            },
-            None => change,
+        // The actor wraps the quota, which wraps the record, so that an
+        // engine meets them in that order and a refusal takes the event too.
+        let wrap = |change| {
+            let change = match &self.quota {
+                Some((quota, growth)) => Change::WithinQuota {
+                    quota: *quota,
+                    change: Box::new(change),
+                    growth: Arc::clone(growth),
+                },
+                None => change,
+            };
+            match &self.actor {
+                Some(actor) => Change::ByActor {
+                    actor: Arc::clone(actor),
+                    change: Box::new(change),
+                },
+                None => change,
+            }
         };
         let Some(record) = &self.record else {
-            return engine.apply(by_actor(change)).await;
+            return engine.apply(wrap(change)).await;
         };
         let (change, give_back) = record.attach(change);
-        let applied = engine.apply(by_actor(change)).await;
+        let applied = engine.apply(wrap(change)).await;
         if let (Err(_), Some(give_back)) = (&applied, give_back) {
             give_back();
         }

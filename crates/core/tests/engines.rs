@@ -26,9 +26,22 @@ enum Op {
     SetLabels(Vec<(usize, Option<usize>)>),
     /// A collection with no grace period.
     Collect,
+    /// A write made under a store quota (bytes, objects).
+    WithinQuota(u64, u64, Box<Op>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let write = write();
+    prop_oneof![
+        4 => write.clone(),
+        1 => Just(Op::Collect),
+        // Quotas around what a few small objects and labels take.
+        1 => (0..30_000u64, 0..6u64, write)
+            .prop_map(|(bytes, objects, op)| Op::WithinQuota(bytes, objects, Box::new(op))),
+    ]
+}
+
+fn write() -> impl Strategy<Value = Op> + Clone {
     let content = 0..CONTENTS.len();
     let label = 0..LABELS.len();
     prop_oneof![
@@ -45,7 +58,6 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(l, e, n)| Op::Cas(l, e, n)),
         proptest::collection::vec((label, proptest::option::of(content.clone())), 1..3)
             .prop_map(Op::SetLabels),
-        Just(Op::Collect),
     ]
 }
 
@@ -84,6 +96,15 @@ async fn run(store: &ContentStore, op: &Op) -> String {
                 .map(|(l, c)| (LABELS[*l].to_owned(), c.map(reference)))
                 .collect();
             store.set_labels(&labels).await.map(|()| String::new())
+        }
+        Op::WithinQuota(bytes, objects, op) => {
+            let quota = theater_store::StoreQuota {
+                bytes: *bytes,
+                objects: *objects,
+            };
+            let bounded = store.within_quota(quota);
+            let outcome = Box::pin(run(&bounded, op)).await;
+            return format!("{outcome}, added {}", bounded.footprint_added());
         }
         Op::Collect => {
             // Past the millisecond of the last write, so that every engine

@@ -14,6 +14,7 @@
 //! three engines to one behaviour.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::layout::remove_staged;
@@ -21,6 +22,7 @@ use super::{ChainAppend, ChainHead, ChainTip, Change, Expect, Staged, logs_chang
 use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
+use crate::stats::{StoreQuota, StoreStats};
 
 /// An object the index holds: when it was last stored, and where its
 /// bytes are, in the engine's own terms.
@@ -63,6 +65,8 @@ pub(crate) trait Transaction {
     fn held_by_label(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Self::Fault>;
     /// Whether any object of the store awaits a scan for links.
     fn awaits_scan(&mut self, store: &StoreId) -> Result<bool, Self::Fault>;
+    /// The store's running totals (zero for a store not yet registered).
+    fn totals(&mut self, store: &StoreId) -> Result<StoreStats, Self::Fault>;
     /// The newest sequence number of the store's change log (0: none).
     fn change_seq(&mut self, store: &StoreId) -> Result<u64, Self::Fault>;
 
@@ -372,6 +376,29 @@ pub(crate) fn apply<T: Transaction>(
             }
             Ok(applied)
         }
+        Change::WithinQuota {
+            quota,
+            change,
+            growth,
+        } => {
+            let Some(store) = change.store().cloned() else {
+                return apply(txn, *change, refresh_after);
+            };
+            let before = txn.totals(&store)?;
+            let applied = apply(txn, *change, refresh_after)?;
+            if applied.is_err() {
+                return Ok(applied);
+            }
+            let after = txn.totals(&store)?;
+            if quota.refuses(&before, &after) {
+                return Ok(Err(over_quota(&store, quota, &before, &after)));
+            }
+            growth.fetch_add(
+                after.footprint().saturating_sub(before.footprint()),
+                Ordering::Relaxed,
+            );
+            Ok(applied)
+        }
         Change::TrimChanges {
             store,
             before,
@@ -448,6 +475,25 @@ fn append_event<T: Transaction>(
     }
     txn.set_chain_head(&store, &head_label, link.head, exists)?;
     Ok(Ok(()))
+}
+
+/// The refusal of a write that took `store` from `before` to `after`,
+/// past `quota`.
+pub(crate) fn over_quota(
+    store: &StoreId,
+    quota: StoreQuota,
+    before: &StoreStats,
+    after: &StoreStats,
+) -> StoreError {
+    StoreError::QuotaExceeded {
+        store: store.to_string(),
+        footprint: before.footprint(),
+        objects: before.objects,
+        labels: before.labels,
+        quota_bytes: quota.bytes,
+        quota_objects: quota.objects,
+        adds: after.footprint().saturating_sub(before.footprint()),
+    }
 }
 
 fn not_found(store: &StoreId, digest: Digest) -> StoreError {

@@ -407,6 +407,12 @@ impl Transaction for Txn<'_> {
             .is_some_and(|held| !held.unscanned.is_empty()))
     }
 
+    fn totals(&mut self, store: &StoreId) -> Result<StoreStats, Infallible> {
+        Ok(self
+            .store(store)
+            .map_or_else(StoreStats::default, |held| held.stats))
+    }
+
     fn change_seq(&mut self, store: &StoreId) -> Result<u64, Infallible> {
         Ok(self.store(store).map_or(0, |held| held.change_seq))
     }

@@ -23,13 +23,14 @@ pub(crate) use local::WRITING;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
-use crate::stats::StoreStats;
+use crate::stats::{StoreQuota, StoreStats};
 use crate::task::Progress;
 use crate::tree::RandomAccess;
 
@@ -284,6 +285,18 @@ pub(crate) enum Change {
         actor: Arc<str>,
         change: Box<Change>,
     },
+    /// Apply `change`, then refuse it (undoing it whole, with any chain
+    /// event it carries) if it grew its store's totals past `quota` (see
+    /// `StoreQuota::refuses`); the check runs on the totals inside the
+    /// write's own transaction, so concurrent writers, in this process or
+    /// any other, cannot each fit alone and overflow together. What an
+    /// applied change added to the store's footprint is added to `growth`.
+    /// Returns what `change` returns.
+    WithinQuota {
+        quota: StoreQuota,
+        change: Box<Change>,
+        growth: Arc<AtomicU64>,
+    },
     /// Drop the store's change log entries made before `before` (unix
     /// milliseconds), keeping at least the newest `keep_last`. Returns
     /// whether any went.
@@ -364,6 +377,15 @@ impl Change {
                 actor: Arc::clone(actor),
                 change: Box::new(change.freeing_copy()?),
             },
+            Self::WithinQuota {
+                quota,
+                change,
+                growth,
+            } => Self::WithinQuota {
+                quota: *quota,
+                change: Box::new(change.freeing_copy()?),
+                growth: Arc::clone(growth),
+            },
             _ => return None,
         })
     }
@@ -379,7 +401,7 @@ impl Change {
             | Self::SetChainHead { store, .. }
             | Self::AdoptFile { store, .. } => Some(store),
             Self::Record { change, .. } => change.as_deref().and_then(Change::store),
-            Self::ByActor { change, .. } => change.store(),
+            Self::ByActor { change, .. } | Self::WithinQuota { change, .. } => change.store(),
             _ => None,
         }
     }

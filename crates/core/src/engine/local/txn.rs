@@ -16,10 +16,13 @@ use crate::engine::{ChainHead, Change, Staged};
 use crate::error::{Result, io_error};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
+use crate::stats::StoreStats;
 
 /// Applies one change inside the writer's open transaction. Directories
 /// that got a new entry are added to `touched`, for fsync in synced mode.
-/// An `Ok(Err(_))` is a refusal: the caller rolls this change back alone.
+/// An `Ok(Err(_))` is a refusal: the caller rolls this change back alone,
+/// and the files it published for new objects are removed here (a quota
+/// refused after the rename), so a refused write leaves nothing behind.
 pub(super) fn apply_in(
     db: &Connection,
     layout: &ObjectFiles,
@@ -31,14 +34,25 @@ pub(super) fn apply_in(
         db,
         layout,
         touched,
+        published: Vec::new(),
     };
-    apply::apply(&mut txn, change, refresh_after)
+    let applied = apply::apply(&mut txn, change, refresh_after)?;
+    if applied.is_err() {
+        for (store, digest) in &txn.published {
+            // A leftover would only wait for gc's sweep of unindexed bytes.
+            let _ = layout.remove_object(store, *digest);
+        }
+    }
+    Ok(applied)
 }
 
 struct LocalTxn<'a> {
     db: &'a Connection,
     layout: &'a ObjectFiles,
     touched: &'a mut BTreeSet<PathBuf>,
+    /// Files renamed into place for objects new to their store, which a
+    /// refusal later in the change takes away again.
+    published: Vec<(StoreId, Digest)>,
 }
 
 impl Transaction for LocalTxn<'_> {
@@ -82,6 +96,10 @@ impl Transaction for LocalTxn<'_> {
         sql::awaits_scan(self.db, store)
     }
 
+    fn totals(&mut self, store: &StoreId) -> rusqlite::Result<StoreStats> {
+        sql::store_stats(self.db, store)
+    }
+
     fn change_seq(&mut self, store: &StoreId) -> rusqlite::Result<u64> {
         sql::change_seq(self.db, store)
     }
@@ -102,6 +120,7 @@ impl Transaction for LocalTxn<'_> {
                     if let Err(refused) = publish(self.layout, store, digest, &path, self.touched) {
                         return Ok(Err(refused));
                     }
+                    self.published.push((store.clone(), digest));
                     None
                 }
             },

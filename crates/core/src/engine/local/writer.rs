@@ -480,7 +480,8 @@ fn remove_staged_of(change: &Change) {
             change: Some(change),
             ..
         }
-        | Change::ByActor { change, .. } => remove_staged_of(change),
+        | Change::ByActor { change, .. }
+        | Change::WithinQuota { change, .. } => remove_staged_of(change),
         _ => {}
     }
 }

@@ -5,17 +5,20 @@
 use std::collections::HashSet;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use deadpool_postgres::GenericClient;
 
 use super::Inner;
 use super::index::{self, LabelWrite, PostgresError};
+use crate::engine::apply::over_quota;
 use crate::engine::layout;
 use crate::engine::{ChainAppend, ChainTip, Change, Expect, Staged, unix_now};
 use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
+use crate::stats::{StoreQuota, StoreStats};
 
 impl Inner {
     pub(super) fn now_and_fresh_after(&self) -> (i64, i64) {
@@ -328,6 +331,11 @@ impl Inner {
                 Ok(true)
             }
             Change::Record { change, append } => self.record(client, change, append).await,
+            Change::WithinQuota {
+                quota,
+                change,
+                growth,
+            } => self.bounded(client, quota, *change, growth).await,
             Change::SetChainHead {
                 store,
                 label,
@@ -410,40 +418,53 @@ impl Inner {
     ) -> Result<bool> {
         let transaction = client.transaction().await;
         let transaction = self.index(transaction, "starting a transaction")?;
+        // Dropping the transaction rolls every label back.
+        if !self
+            .set_labels_in(&transaction, store, labels, expected)
+            .await?
+        {
+            return Ok(false);
+        }
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(true)
+    }
+
+    /// [`Change::SetLabels`] inside `transaction`. On `false` (an
+    /// expectation failed) some labels may have been written: the caller
+    /// rolls the transaction (or its savepoint) back.
+    async fn set_labels_in(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        store: &StoreId,
+        labels: Vec<(String, Option<Digest>)>,
+        expected: Option<Vec<Option<Digest>>>,
+    ) -> Result<bool> {
         let now = unix_now();
-        let registered = index::ensure_store(&transaction, store, now).await;
+        let registered = index::ensure_store(transaction, store, now).await;
         self.index(registered, "registering store")?;
         let names: std::collections::HashSet<&str> =
             labels.iter().map(|(name, _)| name.as_str()).collect();
         if names.len() == labels.len() {
             // Distinct names: a few statements for the whole set.
-            let written =
-                index::set_labels(&transaction, store, &labels, expected.as_deref()).await;
+            let written = index::set_labels(transaction, store, &labels, expected.as_deref()).await;
             return match self.index(written, "writing labels")? {
-                Ok(false) => Ok(false),
+                Ok(written) => Ok(written),
                 Err(missing) => Err(not_found(store, Some(missing))),
-                Ok(true) => {
-                    let committed = transaction.commit().await;
-                    self.index(committed, "committing")?;
-                    Ok(true)
-                }
             };
         }
         let writes = labels.iter().enumerate().map(|(index, (label, target))| {
             let expected = expected.as_ref().map(|expected| expected[index]);
-            index::set_label(&transaction, store, label, *target, expected)
+            index::set_label(transaction, store, label, *target, expected)
         });
         let written = futures_util::future::join_all(writes).await;
         for (write, (_, target)) in written.into_iter().zip(&labels) {
             match self.index(write, "writing labels")? {
                 LabelWrite::Written => {}
-                // Dropping the transaction rolls every label back.
                 LabelWrite::ExpectationFailed => return Ok(false),
                 LabelWrite::TargetMissing => return Err(not_found(store, *target)),
             }
         }
-        let committed = transaction.commit().await;
-        self.index(committed, "committing")?;
         Ok(true)
     }
 
@@ -582,7 +603,20 @@ impl Inner {
         append: ChainAppend,
     ) -> Result<bool> {
         let transaction = client.transaction().await;
-        let transaction = self.index(transaction, "starting a transaction")?;
+        let mut transaction = self.index(transaction, "starting a transaction")?;
+        let applied = self.record_in(&mut transaction, change, append).await?;
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(applied)
+    }
+
+    /// [`Change::Record`] inside `transaction`.
+    async fn record_in(
+        self: &Arc<Self>,
+        transaction: &mut deadpool_postgres::Transaction<'_>,
+        change: Option<Box<Change>>,
+        append: ChainAppend,
+    ) -> Result<bool> {
         let ChainAppend {
             store,
             head_label,
@@ -595,50 +629,22 @@ impl Inner {
             )
             .await;
         self.index(locked, "locking chain")?;
-        let (now, fresh_after) = self.now_and_fresh_after();
-        let applied = match change.map(|change| *change) {
+        let applied = match change {
             None => true,
-            Some(
-                change @ (Change::CreateStore { .. }
-                | Change::SetLabel { .. }
-                | Change::AddObject {
-                    staged: Staged::Inline(_),
-                    ..
-                }),
-            ) => {
-                let applied = self
-                    .apply_row_change(&transaction, change, now, fresh_after)
-                    .await;
-                self.index(applied, "writing rows")??
-            }
-            Some(Change::AddObject {
-                store,
-                digest,
-                size,
-                staged: Staged::File(path),
-                label,
-                links,
-            }) => {
-                let object = (digest, size, &*path);
-                let published = self
-                    .publish_file(&transaction, &store, object, label.as_deref(), &links)
-                    .await;
-                layout::remove_staged(&path);
-                published?
-            }
-            Some(other) => unreachable!("changes recorded in chains write rows: {other:?}"),
+            Some(change) => Box::pin(self.apply_within(transaction, *change)).await?,
         };
-        let head = index::label(&transaction, &store, &head_label).await;
+        let (now, fresh_after) = self.now_and_fresh_after();
+        let head = index::label(&*transaction, &store, &head_label).await;
         let head = self.index(head, "reading chain head")?;
         if head.is_none() {
             // The chain's first event may be the store's first row.
-            let created = index::ensure_store(&transaction, &store, now).await;
+            let created = index::ensure_store(&*transaction, &store, now).await;
             self.index(created, "registering store")?;
         }
         let link = build(ChainTip { head, applied })?;
         if let Some(segment) = &link.sealed {
             let stored = index::add_object(
-                &transaction,
+                &*transaction,
                 &store,
                 Digest::of(segment),
                 segment.len() as u64,
@@ -650,11 +656,144 @@ impl Inner {
             .await;
             self.index(stored, "storing chain segment")?;
         }
-        let moved = index::set_chain_head(&transaction, &store, &head_label, &link.head).await;
+        let moved = index::set_chain_head(&*transaction, &store, &head_label, &link.head).await;
         self.index(moved, "moving chain head")?;
+        Ok(applied)
+    }
+
+    /// [`Change::WithinQuota`] in a transaction of its own.
+    async fn bounded(
+        self: &Arc<Self>,
+        client: &mut deadpool_postgres::Object,
+        quota: StoreQuota,
+        change: Change,
+        growth: Arc<AtomicU64>,
+    ) -> Result<bool> {
+        let transaction = client.transaction().await;
+        let mut transaction = self.index(transaction, "starting a transaction")?;
+        let applied = self
+            .bounded_in(&mut transaction, quota, change, growth)
+            .await?;
         let committed = transaction.commit().await;
         self.index(committed, "committing")?;
         Ok(applied)
+    }
+
+    /// [`Change::WithinQuota`] inside `transaction`: the store's row is
+    /// locked and its totals read, the change applied, the totals read
+    /// again. A refusal is an error, on which the caller drops (rolls
+    /// back) the transaction. A large object that would not fit if new is
+    /// refused before its upload, so that a refused write leaves no bytes
+    /// in S3 for gc to find.
+    async fn bounded_in(
+        self: &Arc<Self>,
+        transaction: &mut deadpool_postgres::Transaction<'_>,
+        quota: StoreQuota,
+        change: Change,
+        growth: Arc<AtomicU64>,
+    ) -> Result<bool> {
+        let Some(store) = change.store().cloned() else {
+            return Box::pin(self.apply_within(transaction, change)).await;
+        };
+        let registered = index::ensure_store(&*transaction, &store, unix_now()).await;
+        self.index(registered, "registering store")?;
+        let before = index::store_stats_locked(&*transaction, &store).await;
+        let before = self.index(before, "reading the store's totals")?;
+        if let Change::AddObject {
+            digest,
+            size,
+            staged: Staged::File(path),
+            ..
+        } = &change
+        {
+            let with_it = StoreStats {
+                objects: before.objects + 1,
+                bytes: before.bytes.saturating_add(*size),
+                ..before
+            };
+            if quota.refuses(&before, &with_it) {
+                let held = index::object(&*transaction, &store, *digest, false).await;
+                if self.index(held, "looking up object")?.is_none() {
+                    layout::remove_staged(path);
+                    return Err(over_quota(&store, quota, &before, &with_it));
+                }
+            }
+        }
+        let applied = Box::pin(self.apply_within(transaction, change)).await?;
+        let after = index::store_stats(&*transaction, &store).await;
+        let after = self.index(after, "reading the store's totals")?;
+        if quota.refuses(&before, &after) {
+            return Err(over_quota(&store, quota, &before, &after));
+        }
+        growth.fetch_add(
+            after.footprint().saturating_sub(before.footprint()),
+            Ordering::Relaxed,
+        );
+        Ok(applied)
+    }
+
+    /// A change that a recorded write or a write within a quota carries,
+    /// applied inside their `transaction`. A refusal is an error, on which
+    /// the caller rolls the transaction back.
+    async fn apply_within(
+        self: &Arc<Self>,
+        transaction: &mut deadpool_postgres::Transaction<'_>,
+        change: Change,
+    ) -> Result<bool> {
+        let (now, fresh_after) = self.now_and_fresh_after();
+        match change {
+            change @ (Change::CreateStore { .. }
+            | Change::SetLabel { .. }
+            | Change::AddObject {
+                staged: Staged::Inline(_),
+                ..
+            }) => {
+                let applied = self
+                    .apply_row_change(&*transaction, change, now, fresh_after)
+                    .await;
+                self.index(applied, "writing rows")?
+            }
+            Change::AddObject {
+                store,
+                digest,
+                size,
+                staged: Staged::File(path),
+                label,
+                links,
+            } => {
+                let object = (digest, size, &*path);
+                let published = self
+                    .publish_file(transaction, &store, object, label.as_deref(), &links)
+                    .await;
+                layout::remove_staged(&path);
+                published
+            }
+            Change::SetLabels {
+                store,
+                labels,
+                expected,
+            } => {
+                // A savepoint: a failed expectation undoes only these labels.
+                let savepoint = transaction.transaction().await;
+                let savepoint = self.index(savepoint, "starting a savepoint")?;
+                if !self
+                    .set_labels_in(&savepoint, &store, labels, expected)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                let released = savepoint.commit().await;
+                self.index(released, "releasing a savepoint")?;
+                Ok(true)
+            }
+            Change::Record { change, append } => self.record_in(transaction, change, append).await,
+            Change::WithinQuota {
+                quota,
+                change,
+                growth,
+            } => self.bounded_in(transaction, quota, *change, growth).await,
+            other => unreachable!("only writes are carried by a record or a quota: {other:?}"),
+        }
     }
 }
 

@@ -1087,6 +1087,24 @@ pub(super) async fn store_stats(
     Ok(row.map(|row| stats_columns(&row, 0)).unwrap_or_default())
 }
 
+/// A registered store's totals, its row locked until the transaction
+/// ends: a write checked against a quota holds it, so writes to one store
+/// from every host are checked one after another.
+pub(super) async fn store_stats_locked(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<StoreStats, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
+                 change_footprint
+             FROM theater_stores WHERE id = $1 FOR UPDATE",
+        )
+        .await?;
+    let row = client.query_opt(&statement, &[&store.as_str()]).await?;
+    Ok(row.map(|row| stats_columns(&row, 0)).unwrap_or_default())
+}
+
 /// When a store was registered, if it is.
 pub(super) async fn store_created_at(
     client: &impl GenericClient,

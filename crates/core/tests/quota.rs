@@ -1,0 +1,214 @@
+//! Writes made under a store quota (`ContentStore::within_quota`): the
+//! check runs inside each write's transaction, on every engine.
+
+mod common;
+
+use common::{stored_outside_index, temp_root};
+use theater_store::{ContentRef, StoreError, StoreQuota, StoreStats};
+
+fn quota(bytes: u64, objects: u64) -> StoreQuota {
+    StoreQuota { bytes, objects }
+}
+
+#[tokio::test]
+async fn a_write_past_the_quota_is_refused_whole_and_names_the_store() {
+    let (_dir, root) = temp_root();
+    let store = root.store("capped").unwrap();
+    let bounded = store.within_quota(quota(10_000, 100));
+    bounded
+        .store_at_label("first", vec![1u8; 3_000])
+        .await
+        .unwrap();
+    let before = store.stats().await.unwrap();
+    let refused = bounded
+        .store_at_label("second", vec![2u8; 3_000])
+        .await
+        .unwrap_err();
+    match &refused {
+        StoreError::QuotaExceeded {
+            store: id,
+            footprint,
+            quota_bytes,
+            adds,
+            ..
+        } => {
+            assert_eq!(id, "capped");
+            assert_eq!(*footprint, before.footprint());
+            assert_eq!(*quota_bytes, 10_000);
+            assert!(*adds > 3_000, "the content and its overhead: {adds}");
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    }
+    assert!(refused.to_string().contains("store capped quota exceeded"));
+    assert_eq!(refused.kind(), theater_store::ErrorKind::QuotaExceeded);
+    // Nothing of it was kept: no label, no object, no log entry.
+    assert_eq!(store.stats().await.unwrap(), before);
+    assert_eq!(store.get_by_label("second").await.unwrap(), None);
+    let second = ContentRef::for_content(&[2u8; 3_000]);
+    assert!(!store.exists(&second).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_object_count_is_a_quota_too() {
+    let (_dir, root) = temp_root();
+    let store = root.store("few").unwrap();
+    let bounded = store.within_quota(quota(u64::MAX, 2));
+    bounded.store(b"one".to_vec()).await.unwrap();
+    bounded.store(b"two".to_vec()).await.unwrap();
+    let refused = bounded.store(b"three".to_vec()).await.unwrap_err();
+    assert!(matches!(
+        refused,
+        StoreError::QuotaExceeded { objects: 2, .. }
+    ));
+    // Content already held adds no object: it is not refused.
+    bounded
+        .store_at_label("again", b"one".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.stats().await.unwrap().objects, 2);
+}
+
+#[tokio::test]
+async fn footprint_added_is_what_the_totals_grew_by() {
+    let (_dir, root) = temp_root();
+    let store = root.store("counted").unwrap();
+    let bounded = store.within_quota(quota(1 << 30, 1_000));
+    let before = store.stats().await.unwrap();
+    let stored = bounded
+        .store_at_label("doc", vec![7u8; 5_000])
+        .await
+        .unwrap();
+    bounded.label("alias", &stored).await.unwrap();
+    // The same content again: only the label's log entry is new.
+    bounded
+        .store_at_label("doc", vec![7u8; 5_000])
+        .await
+        .unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(
+        bounded.footprint_added(),
+        after.footprint() - before.footprint()
+    );
+    // A fresh handle counts from zero; one without a quota counts nothing.
+    let fresh = store.within_quota(quota(1 << 30, 1_000));
+    assert_eq!(fresh.footprint_added(), 0);
+    fresh.remove_label("alias").await.unwrap();
+    assert_eq!(fresh.footprint_added(), 0, "removing frees space");
+    assert_eq!(store.footprint_added(), 0);
+}
+
+#[tokio::test]
+async fn writes_that_free_space_pass_in_a_store_over_its_quota() {
+    let (_dir, root) = temp_root();
+    let store = root.store("shrunk").unwrap();
+    for n in 0..4u8 {
+        store
+            .store_at_label(&format!("l{n}"), vec![n; 2_000])
+            .await
+            .unwrap();
+    }
+    let footprint = store.stats().await.unwrap().footprint();
+    // The quota is now below what the store holds.
+    let bounded = store.within_quota(quota(footprint / 2, 100));
+    bounded.remove_label("l0").await.unwrap();
+    let target = store.get_by_label("l1").await.unwrap().unwrap();
+    let moved = bounded.label("l2", &target).await;
+    assert!(
+        matches!(moved, Err(StoreError::QuotaExceeded { .. })),
+        "moving a label adds a log entry: {moved:?}"
+    );
+    assert!(matches!(
+        bounded.store(b"more".to_vec()).await,
+        Err(StoreError::QuotaExceeded { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_writers_cannot_overflow_the_quota_together() {
+    let (_dir, root) = temp_root();
+    let store = root.store("contended").unwrap();
+    let limit = 20 * (1_000 + theater_store::OBJECT_OVERHEAD_BYTES);
+    let mut writers = Vec::new();
+    for n in 0..64u32 {
+        // One handle per writer, as a host gives each call its own.
+        let bounded = store.within_quota(quota(limit, 1_000));
+        writers.push(tokio::spawn(async move {
+            let content = [n.to_le_bytes().to_vec(), vec![0u8; 996]].concat();
+            bounded.store(content).await
+        }));
+    }
+    let mut stored = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(StoreError::QuotaExceeded { .. }) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    let stats: StoreStats = store.stats().await.unwrap();
+    assert!(
+        stats.footprint() <= limit,
+        "{} > {limit}",
+        stats.footprint()
+    );
+    assert_eq!(stats.objects, stored);
+    assert!((15..=20).contains(&stored), "{stored} writes fit");
+}
+
+#[tokio::test]
+async fn a_refused_large_write_leaves_no_bytes_behind() {
+    let (_dir, root) = temp_root();
+    let store = root.store("big").unwrap();
+    store.store(b"first".to_vec()).await.unwrap();
+    let before = stored_outside_index(&root, "big");
+    // Large enough to be staged as a file (or uploaded) on every engine.
+    let large = vec![9u8; 3 << 20];
+    let refused = store
+        .within_quota(quota(1 << 20, 100))
+        .store_at_label("large", large.clone())
+        .await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
+    assert_eq!(stored_outside_index(&root, "big"), before);
+    assert!(
+        !store
+            .exists(&ContentRef::for_content(&large))
+            .await
+            .unwrap()
+    );
+    // The same write fits a larger quota.
+    store
+        .within_quota(quota(1 << 30, 100))
+        .store_at_label("large", large)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn streamed_and_batched_writes_are_bounded_too() {
+    let (_dir, root) = temp_root();
+    let store = root.store("streamed").unwrap();
+    let bounded = store.within_quota(quota(10_000, 100));
+    let mut writer = bounded.writer().await.unwrap();
+    writer.write(&[5u8; 8_000]).await.unwrap();
+    let refused = writer.finish_at_label("streamed").await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
+    assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+
+    let small = store.store(b"x".to_vec()).await.unwrap();
+    let footprint = store.stats().await.unwrap().footprint();
+    let labels: Vec<(String, Option<ContentRef>)> = (0..40)
+        .map(|n| (format!("many-{n:03}"), Some(small.clone())))
+        .collect();
+    let refused = store
+        .within_quota(quota(footprint + 1_000, 100))
+        .set_labels(&labels)
+        .await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
+    assert_eq!(store.stats().await.unwrap().labels, 0);
+    store
+        .within_quota(quota(footprint + 100_000, 100))
+        .set_labels(&labels)
+        .await
+        .unwrap();
+    assert_eq!(store.stats().await.unwrap().labels, 40);
+}
