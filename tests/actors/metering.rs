@@ -303,3 +303,45 @@ async fn another_actor_is_served_while_one_holds_its_stream_cap() {
     let limit = Limits::default().max_open_streams;
     assert_eq!(attempts(&held)[0].0, format!("writer after {limit} open"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_writing_one_store_at_once_cannot_overflow_its_quota_together() {
+    let h = Harness::start();
+    h.load(HOSTILE);
+    let store = h.root().create_store().await.unwrap();
+    let quota = 256 * 1024;
+    // Each actor alone would fit: only the store's quota, checked in each
+    // write's transaction, stops them.
+    let h = &h;
+    let flood = |salt: u64| {
+        let options = RunOptions {
+            grants: Grants::none().store(store.id(), Access::ReadWrite),
+            limits: Limits {
+                max_store_bytes: quota,
+                ..Limits::default()
+            },
+            ..RunOptions::default()
+        };
+        let param = json!({"attack": "quota", "store": store.id(), "salt": salt});
+        let component = h.load(HOSTILE);
+        async move { h.run(&component, options, None, &param).await }
+    };
+    let (first, second) = tokio::join!(flood(1), flood(2));
+    for state in [first, second] {
+        let (what, error) = &attempts(&state)[0];
+        let error = error.as_deref().unwrap_or_else(|| panic!("{what}"));
+        assert!(
+            error.contains(&format!("store {} quota exceeded", store.id())),
+            "{error}"
+        );
+    }
+    let stats = store.stats().await.unwrap();
+    assert!(
+        stats.footprint() <= quota,
+        "the store takes {} bytes under a {quota}-byte quota",
+        stats.footprint()
+    );
+    // Nearly full: the last write that fit left less than one more.
+    let one_write = 1 + 1024 + OBJECT_OVERHEAD_BYTES;
+    assert!(stats.footprint() + one_write > quota, "{stats:?}");
+}

@@ -35,21 +35,6 @@ pub enum ApiError {
         /// The content's size.
         size: u64,
     },
-    /// A write would take the store past the gateway's quota.
-    #[error(
-        "store {store}: this write of {cost} bytes would take it past its {limit} byte quota \
-         (it takes {taken} now)"
-    )]
-    QuotaExceeded {
-        /// The store.
-        store: String,
-        /// What the write would add.
-        cost: u64,
-        /// The quota.
-        limit: u64,
-        /// What the store takes now, with writes in flight.
-        taken: u64,
-    },
     /// What the store said.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -65,10 +50,6 @@ impl ApiError {
             Self::PreconditionFailed { .. } => {
                 (StatusCode::PRECONDITION_FAILED, "precondition-failed")
             }
-            Self::QuotaExceeded { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorKind::QuotaExceeded.as_str(),
-            ),
             Self::RangeNotSatisfiable { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorKind::InvalidRef.as_str(),

@@ -89,7 +89,6 @@ pub fn router(root: StoreRoot, access: Access, limits: Limits) -> Router {
         root,
         access,
         limits,
-        in_flight: std::sync::Mutex::default(),
     }))
 }
 

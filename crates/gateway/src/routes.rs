@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
-use theater_store::{ContentRef, ContentStore, InFlightWrites, StoreQuota, StoreRoot};
+use theater_store::{ContentRef, ContentStore, ErrorKind, StoreError, StoreQuota, StoreRoot};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -28,27 +28,6 @@ pub(crate) struct Gateway {
     pub(crate) root: StoreRoot,
     pub(crate) access: Access,
     pub(crate) limits: Limits,
-    /// What writes in flight hold, per store, counted against the quota
-    /// until they finish (the core's admission rule, as actors' meters
-    /// follow it).
-    pub(crate) in_flight: std::sync::Mutex<InFlightWrites>,
-}
-
-/// Room held on a store's quota by one write; given back when dropped.
-struct Reservation<'a> {
-    gateway: &'a Gateway,
-    store: String,
-    bytes: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.gateway
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .give_back(&self.store, self.bytes, 0);
-    }
 }
 
 type Shared = State<Arc<Gateway>>;
@@ -87,59 +66,12 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 impl Gateway {
-    /// Holds room for writing `body` (and setting `label`) into `store`,
-    /// or says it would pass the quota. Content the store holds already
-    /// costs nothing.
-    async fn admit(
-        &self,
-        store: &ContentStore,
-        body: &[u8],
-        label: Option<&str>,
-    ) -> Result<Reservation<'_>, ApiError> {
-        let label = label.map_or(0, |label| {
-            theater_store::label_footprint(label.len())
-                + theater_store::change_footprint(label.len())
-        });
-        let stats = store.stats().await?;
-        let held = || {
-            let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.held_bytes(store.id())
-        };
-        // Content is taken to be new; only when that would not fit is it
-        // hashed, to see whether the store holds it already (costing the
-        // label alone), so most writes hash their body once, not twice.
-        let mut cost = body.len() as u64 + theater_store::OBJECT_OVERHEAD_BYTES + label;
-        let quota = StoreQuota {
+    /// `store`, with its writes refused inside their transaction if they
+    /// would take it past the gateway's quota (counted as a refusal).
+    fn within_quota(&self, store: &ContentStore) -> ContentStore {
+        store.within_quota(StoreQuota {
             bytes: self.limits.max_store_bytes,
             objects: u64::MAX,
-        };
-        if stats
-            .footprint()
-            .saturating_add(held())
-            .saturating_add(cost)
-            > quota.bytes
-            && store.exists(&ContentRef::for_content(body)).await?
-        {
-            cost = label;
-        }
-        let admitted = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .hold(store.id(), &stats, quota, cost, false);
-        if let Err(over) = admitted {
-            metrics::counter!("theater_quota_refusals_total", "by" => "gateway").increment(1);
-            return Err(ApiError::QuotaExceeded {
-                store: store.id().to_owned(),
-                cost,
-                limit: quota.bytes,
-                taken: over.footprint,
-            });
-        }
-        Ok(Reservation {
-            gateway: self,
-            store: store.id().to_owned(),
-            bytes: cost,
         })
     }
 
@@ -362,15 +294,15 @@ async fn put_label(
     let store = gateway.store(&headers, &store, Need::Write)?;
     theater_store::validate_label(&label)?;
     let expected = precondition(&headers)?;
-    let _room = gateway.admit(&store, &body, Some(&label)).await?;
+    let bounded = gateway.within_quota(&store);
     let stored = match &expected {
-        None => store.store_at_label(&label, body.to_vec()).await?,
+        None => counted(bounded.store_at_label(&label, body.to_vec()).await)?,
         Some(expected) => {
-            let stored = store.write(body.to_vec(), None).await?.content_ref;
-            let swapped = store
+            let stored = counted(bounded.write(body.to_vec(), None).await)?.content_ref;
+            let swapped = bounded
                 .compare_and_swap_label(&label, expected.as_ref(), Some(&stored))
-                .await?;
-            if !swapped {
+                .await;
+            if !counted(swapped)? {
                 return Err(precondition_failed(&store, &label).await);
             }
             stored
@@ -422,9 +354,18 @@ async fn post_content(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let store = gateway.store(&headers, &store, Need::Write)?;
-    let _room = gateway.admit(&store, &body, None).await?;
-    let stored = store.store(body.to_vec()).await?;
-    Ok(written(&store, None, &stored))
+    let stored = gateway.within_quota(&store).store(body.to_vec()).await;
+    Ok(written(&store, None, &counted(stored)?))
+}
+
+/// `result`, counting a quota refusal in the metrics.
+fn counted<T>(result: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(error) = &result
+        && error.kind() == ErrorKind::QuotaExceeded
+    {
+        metrics::counter!("theater_quota_refusals_total", "by" => "gateway").increment(1);
+    }
+    result
 }
 
 /// 201 with the ref, as JSON and as the ETag.

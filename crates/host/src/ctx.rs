@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::bindings::theater::simple::types::{Event as ChainEvent, MetaEvent};
 use crate::error::HostError;
-use crate::meter::{Meter, Reservation, StreamSlot};
+use crate::meter::{Admitted, Meter, Reservation, StreamSlot, store_quota};
 use crate::observe::{CallMetrics, CallObserver};
 use crate::policy::{Access, Grants, Limits};
 
@@ -410,82 +410,68 @@ impl TheaterCtx {
         }
     }
 
-    /// Admits a write into `store`: checks it against the size limit, then
-    /// reserves it on the meter against the store's quota and the actor's
-    /// budget. `content` is the content written, if any; `label` the label
-    /// set, if any. A label the store has already costs nothing. Content is
-    /// first taken to be new; only when that would not fit is it hashed, to
-    /// see whether the store holds it already (and it then costs nothing).
-    /// Give the result to [`TheaterCtx::settle`] once the write succeeds, or
-    /// to [`TheaterCtx::release`] if it fails.
+    /// Admits a write into `store` of each of `contents` (each checked
+    /// against the size limit) and of each of `labels`: reserves on the
+    /// actor's budget the most it could add (every content new, every
+    /// label new), and returns the handle to write through, on which the
+    /// core checks the store's quota inside each write's transaction.
+    /// Content is first taken to be new; only when the budget would not
+    /// have room is it hashed, to see whether the store holds it already
+    /// (it then costs nothing). Nothing is read from the store otherwise.
+    /// Give the result to [`TheaterCtx::settle`] once the write is done,
+    /// whether it succeeded or not.
     pub(crate) async fn admit(
         &mut self,
         store: &ContentStore,
-        content: Option<&[u8]>,
-        label: Option<&str>,
+        contents: &[&[u8]],
+        labels: &[&str],
     ) -> Result<Admitted, HostError> {
-        if let Some(content) = content
-            && content.len() > self.limits.max_content_bytes
-        {
-            return Err(HostError::ContentTooLarge {
-                store: store.id().to_owned(),
-                size: content.len() as u64,
-                limit: self.limits.max_content_bytes as u64,
-            });
-        }
-        let label_cost = self.label_cost(store, label).await?;
-        let content_cost = content.map_or(0, |c| c.len() as u64 + OBJECT_OVERHEAD_BYTES);
-        let stats = self.within_deadline(store.stats()).await?;
-        let reserved = self.meter.reserve(
-            &self.limits,
-            store.id(),
-            &stats,
-            content_cost + label_cost,
-            content.is_some(),
-        );
-        let refusal = match reserved {
-            Ok(reservation) => {
-                return Ok(Admitted {
-                    reservation,
-                    content: content_cost,
-                    label: label_cost,
+        for content in contents {
+            if content.len() > self.limits.max_content_bytes {
+                return Err(HostError::ContentTooLarge {
+                    store: store.id().to_owned(),
+                    size: content.len() as u64,
+                    limit: self.limits.max_content_bytes as u64,
                 });
             }
+        }
+        let content_cost = |content: &&[u8]| content.len() as u64 + OBJECT_OVERHEAD_BYTES;
+        let label_cost: u64 = labels
+            .iter()
+            .map(|label| label_footprint(label.len()) + change_footprint(label.len()))
+            .sum();
+        let most = contents.iter().map(content_cost).sum::<u64>() + label_cost;
+        let refusal = match self.meter.reserve(&self.limits, store.id(), most) {
+            Ok(reservation) => return Ok(self.admitted(store, reservation)),
             Err(refusal) => refusal,
         };
-        if let Some(content) = content {
+        let mut new_content = 0;
+        for content in contents {
             let content_ref = ContentRef::for_content(content);
-            if self.within_deadline(store.exists(&content_ref)).await? {
-                let reservation =
-                    self.meter
-                        .reserve(&self.limits, store.id(), &stats, label_cost, false)?;
-                return Ok(Admitted {
-                    reservation,
-                    content: 0,
-                    label: label_cost,
-                });
+            if !self.within_deadline(store.exists(&content_ref)).await? {
+                new_content += content_cost(content);
             }
         }
-        Err(refusal)
+        if new_content + label_cost == most {
+            return Err(refusal);
+        }
+        let reservation = self
+            .meter
+            .reserve(&self.limits, store.id(), new_content + label_cost)?;
+        Ok(self.admitted(store, reservation))
     }
 
-    /// The index space setting `label` adds: its change log entry, and
-    /// the label itself unless the store has it already.
-    pub(crate) async fn label_cost(
-        &self,
-        store: &ContentStore,
-        label: Option<&str>,
-    ) -> Result<u64, HostError> {
-        let Some(label) = label else {
-            return Ok(0);
-        };
-        let held = self.within_deadline(store.get_by_label(label)).await?;
-        let new_label = if held.is_none() {
-            label_footprint(label.len())
-        } else {
-            0
-        };
-        Ok(new_label + change_footprint(label.len()))
+    fn admitted(&self, store: &ContentStore, reservation: Reservation) -> Admitted {
+        Admitted {
+            store: store.within_quota(store_quota(&self.limits)),
+            reservation,
+        }
+    }
+
+    /// The most setting `label` can add to a store: the label's index
+    /// space, should it be new, and its change log entry.
+    pub(crate) fn label_cost(label: &str) -> u64 {
+        label_footprint(label.len()) + change_footprint(label.len())
     }
 
     /// Refuses a batch of more keys or labels than a listing may return.
@@ -506,44 +492,50 @@ impl TheaterCtx {
         Ok(())
     }
 
-    /// Ends an admitted write that succeeded: charges its label, and its
-    /// content if the store did not hold it before.
-    pub(crate) fn settle(&mut self, admitted: Admitted, content_was_new: bool) {
-        let content = if content_was_new { admitted.content } else { 0 };
-        self.meter
-            .settle(admitted.reservation, content + admitted.label);
-    }
-
-    /// Ends an admitted write whose content was stored but whose label was
-    /// not set (a compare-and-swap lost after storing): the content is
-    /// charged, the label not.
-    pub(crate) fn settle_unlabelled(&mut self, admitted: Admitted, content_was_new: bool) {
-        let unlabelled = Admitted {
-            label: 0,
-            ..admitted
-        };
-        self.settle(unlabelled, content_was_new);
-    }
-
-    /// Ends an admitted write that failed or did not apply: nothing is
-    /// charged.
-    pub(crate) fn release(&mut self, admitted: Admitted) {
-        self.meter.release(admitted.reservation);
+    /// Ends an admitted write, whatever its outcome: charges what its
+    /// writes added to the store (measured in their transactions), and
+    /// gives back the rest of the reservation.
+    pub(crate) fn settle(&mut self, admitted: Admitted) {
+        let kept = admitted.store.footprint_added();
+        self.meter.settle(admitted.reservation, kept);
     }
 
     /// Reserves room for a streamed write into `store`: its per-object
-    /// overhead now, each piece with [`TheaterCtx::reserve_piece`] as it comes.
+    /// overhead now, each piece with [`TheaterCtx::reserve_piece`] as it
+    /// comes. Write through the returned handle, which the core checks
+    /// against the store's quota when the stream commits.
     pub(crate) async fn reserve_stream(
         &mut self,
         store: &ContentStore,
-    ) -> Result<Reservation, HostError> {
+    ) -> Result<Admitted, HostError> {
         let stats = self.within_deadline(store.stats()).await?;
-        self.meter.reserve(
+        let mut reservation = self.meter.reserve(&self.limits, store.id(), 0)?;
+        let staged = self.meter.reserve_staging(
             &self.limits,
-            store.id(),
+            &mut reservation,
             &stats,
             OBJECT_OVERHEAD_BYTES,
             true,
+        );
+        if let Err(refused) = staged {
+            self.meter.settle(reservation, 0);
+            return Err(refused);
+        }
+        Ok(self.admitted(store, reservation))
+    }
+
+    /// Reserves on the actor's budget the most setting `label` at the end
+    /// of a streamed write can add, or refuses (the reservation is then as
+    /// it was).
+    pub(crate) fn reserve_label(
+        &mut self,
+        admitted: &mut Admitted,
+        label: &str,
+    ) -> Result<(), HostError> {
+        self.meter.reserve_more(
+            &self.limits,
+            &mut admitted.reservation,
+            Self::label_cost(label),
         )
     }
 
@@ -551,19 +543,17 @@ impl TheaterCtx {
     /// reservation is then as it was).
     pub(crate) async fn reserve_piece(
         &mut self,
-        store: &ContentStore,
-        reservation: &mut Reservation,
+        admitted: &mut Admitted,
         bytes: u64,
     ) -> Result<(), HostError> {
-        let stats = self.within_deadline(store.stats()).await?;
-        self.meter
-            .grow(&self.limits, reservation, &stats, bytes, false)
-    }
-
-    /// Ends a streamed write's reservation, charging `kept` bytes (nothing
-    /// when it failed).
-    pub(crate) fn settle_stream(&mut self, reservation: Reservation, kept: u64) {
-        self.meter.settle(reservation, kept);
+        let stats = self.within_deadline(admitted.store.stats()).await?;
+        self.meter.reserve_staging(
+            &self.limits,
+            &mut admitted.reservation,
+            &stats,
+            bytes,
+            false,
+        )
     }
 
     /// Takes one of the actor's [`Limits::max_open_streams`] slots for a
@@ -642,14 +632,4 @@ impl TheaterCtx {
         }
         Ok(())
     }
-}
-
-/// A write admitted by [`TheaterCtx::admit`]: its reservation, and what it
-/// adds to the store's footprint.
-pub(crate) struct Admitted {
-    reservation: Reservation,
-    /// The content and its per-object overhead, should it be new.
-    content: u64,
-    /// A new label's index space.
-    label: u64,
 }

@@ -75,28 +75,6 @@ pub enum HostError {
         /// The most one call may return.
         limit: u64,
     },
-    /// The write would take the store past its quota.
-    #[error(
-        "store {store} quota exceeded: it takes {footprint} bytes on disk in {objects} objects \
-         and {labels} labels, the quota is {quota_bytes} bytes and {quota_objects} objects, and \
-         this call adds {adds} bytes"
-    )]
-    StoreQuota {
-        /// The store.
-        store: String,
-        /// What it takes now.
-        footprint: u64,
-        /// Its objects.
-        objects: u64,
-        /// Its labels.
-        labels: u64,
-        /// The quota in bytes.
-        quota_bytes: u64,
-        /// The quota in objects.
-        quota_objects: u64,
-        /// What the call would add.
-        adds: u64,
-    },
     /// The write would take the actor past its budget across all stores.
     #[error(
         "actor quota exceeded: this actor has added {added} bytes across its stores in this \
@@ -211,10 +189,9 @@ impl HostError {
             | Self::RangeTooLarge { .. }
             | Self::BatchTooLarge { .. }
             | Self::ListingTooLong { .. } => ErrorKind::TooLarge,
-            Self::StoreQuota { .. }
-            | Self::ActorQuota { .. }
-            | Self::TooManyStores { .. }
-            | Self::TooManyStreams { .. } => ErrorKind::QuotaExceeded,
+            Self::ActorQuota { .. } | Self::TooManyStores { .. } | Self::TooManyStreams { .. } => {
+                ErrorKind::QuotaExceeded
+            }
             Self::TimedOut { .. } => ErrorKind::TimedOut,
             Self::BadValue { .. } => ErrorKind::BadValue,
             Self::Contended { .. } => ErrorKind::Contended,

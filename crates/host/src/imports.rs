@@ -28,9 +28,9 @@ fn to_wit(content_ref: ContentRef) -> WitRef {
 }
 
 impl TheaterCtx {
-    /// `store` and `store-at-label`: admit (reserving on the meter), write,
-    /// then charge the actor for what the write added, or nothing if it
-    /// failed.
+    /// `store` and `store-at-label`: admit (reserving the actor's budget),
+    /// write through the admitted handle (the store quota is checked in
+    /// the write's transaction), then charge what the write added.
     pub(crate) async fn write(
         &mut self,
         store_id: &str,
@@ -41,17 +41,12 @@ impl TheaterCtx {
             theater_store::validate_label(label)?;
         }
         let store = self.open(store_id, Access::ReadWrite)?;
-        let admitted = self.admit(&store, Some(&content), label).await?;
-        match self.within_deadline(store.write(content, label)).await {
-            Ok(stored) => {
-                self.settle(admitted, stored.new);
-                Ok(to_wit(stored.content_ref))
-            }
-            Err(error) => {
-                self.release(admitted);
-                Err(error)
-            }
-        }
+        let admitted = self.admit(&store, &[&content], label.as_slice()).await?;
+        let stored = self
+            .within_deadline(admitted.store.write(content, label))
+            .await;
+        self.settle(admitted);
+        Ok(to_wit(stored?.content_ref))
     }
 
     /// `label` and `replace-at-label`.
@@ -63,13 +58,12 @@ impl TheaterCtx {
     ) -> Result<(), HostError> {
         theater_store::validate_label(label)?;
         let store = self.open(store_id, Access::ReadWrite)?;
-        let admitted = self.admit(&store, None, Some(label)).await?;
+        let admitted = self.admit(&store, &[], &[label]).await?;
         let content_ref = to_core(content_ref);
-        let labelled = self.within_deadline(store.label(label, &content_ref)).await;
-        match labelled {
-            Ok(()) => self.settle(admitted, false),
-            Err(_) => self.release(admitted),
-        }
+        let labelled = self
+            .within_deadline(admitted.store.label(label, &content_ref))
+            .await;
+        self.settle(admitted);
         labelled
     }
 }

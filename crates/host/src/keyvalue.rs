@@ -121,21 +121,16 @@ impl TheaterCtx {
         if current.as_ref() != expected {
             return Ok(false);
         }
-        let admitted = self.admit(store, Some(&value), Some(key)).await?;
-        let stored = match self.within_deadline(store.write(value, None)).await {
-            Ok(stored) => stored,
-            Err(error) => {
-                self.release(admitted);
-                return Err(error);
-            }
-        };
-        let swapped = self
-            .within_deadline(store.compare_and_swap_label(key, expected, Some(&stored.content_ref)))
-            .await;
-        match swapped {
-            Ok(true) => self.settle(admitted, stored.new),
-            _ => self.settle_unlabelled(admitted, stored.new),
+        let admitted = self.admit(store, &[&value], &[key]).await?;
+        let bounded = admitted.store.clone();
+        let swapped = async {
+            let stored = self.within_deadline(bounded.write(value, None)).await?;
+            let new = Some(&stored.content_ref);
+            self.within_deadline(bounded.compare_and_swap_label(key, expected, new))
+                .await
         }
+        .await;
+        self.settle(admitted);
         swapped
     }
 
@@ -231,42 +226,23 @@ impl TheaterCtx {
             validate_label(key)?;
         }
         // The values are stored first, unlabelled (the grace period keeps
-        // them), then every key moves in one index transaction. The batch
-        // is charged only if that commits; before, what it stored is
-        // unlabelled, for gc.
-        let mut labels = Vec::with_capacity(pairs.len());
-        let mut admitted = Vec::with_capacity(pairs.len());
-        let mut stored_all = Ok(());
-        for (key, value) in pairs {
-            let admission = match self.admit(store, Some(&value), Some(&key)).await {
-                Ok(admission) => admission,
-                Err(error) => {
-                    stored_all = Err(error);
-                    break;
-                }
-            };
-            match self.within_deadline(store.write(value, None)).await {
-                Ok(stored) => {
-                    admitted.push((admission, stored.new));
-                    labels.push((key, Some(stored.content_ref)));
-                }
-                Err(error) => {
-                    self.release(admission);
-                    stored_all = Err(error);
-                    break;
-                }
+        // them), then every key moves in one index transaction. What was
+        // stored is charged even if the move fails: it takes space until
+        // gc takes it.
+        let values: Vec<&[u8]> = pairs.iter().map(|(_, value)| &value[..]).collect();
+        let keys: Vec<&str> = pairs.iter().map(|(key, _)| &key[..]).collect();
+        let admitted = self.admit(store, &values, &keys).await?;
+        let bounded = admitted.store.clone();
+        let result = async {
+            let mut labels = Vec::with_capacity(pairs.len());
+            for (key, value) in pairs {
+                let stored = self.within_deadline(bounded.write(value, None)).await?;
+                labels.push((key, Some(stored.content_ref)));
             }
+            self.within_deadline(bounded.set_labels(&labels)).await
         }
-        let result = match stored_all {
-            Ok(()) => self.within_deadline(store.set_labels(&labels)).await,
-            Err(error) => Err(error),
-        };
-        for (admission, new) in admitted {
-            match result {
-                Ok(()) => self.settle(admission, new),
-                Err(_) => self.release(admission),
-            }
-        }
+        .await;
+        self.settle(admitted);
         result
     }
 

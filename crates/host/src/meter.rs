@@ -1,19 +1,24 @@
-//! The one place where what an actor keeps is admitted and charged.
+//! The one place where what an actor keeps is charged to its budget.
 //!
 //! Every byte an actor causes to be kept (content, labels, chain events,
-//! streamed writes in progress) passes through [`Meter`]: a write is first
-//! *reserved* against the store's quota and the actor's budget, counting
-//! everything other writes of this actor have reserved and not yet
-//! finished; then it is *settled* (charged for what it really added) or
-//! *released* (a refused or failed write, which leaves nothing charged).
-//! Parallel writers therefore cannot each fit on their own and overflow
-//! together. The store-quota half of the rule is the core's
-//! [`InFlightWrites`], which the HTTP gateway follows too.
+//! streamed writes in progress) passes through [`Meter`]: a write first
+//! *reserves* the most it could add against the actor's budget, counting
+//! what its other writes in progress hold; then it is *settled*, charged
+//! exactly what it added (what the store's totals grew by, which the
+//! write's own transaction measured), the rest given back. Parallel writes
+//! therefore cannot each fit on their own and overflow the budget
+//! together.
+//!
+//! The store quota is not checked here but inside each write's transaction
+//! (`ContentStore::within_quota`), where every writer of the store, in any
+//! process, is counted. Only a streamed write's staging is held against
+//! it here as it grows ([`Meter::reserve_staging`]), so that a stream
+//! cannot stage far past the quota before its final, checked, commit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use theater_store::{InFlightWrites, StoreQuota, StoreStats};
+use theater_store::{ContentStore, InFlightWrites, StoreError, StoreQuota, StoreStats};
 
 use crate::error::HostError;
 use crate::policy::Limits;
@@ -26,25 +31,40 @@ pub(crate) struct Meter {
     charged: u64,
     /// Footprint reserved by writes not yet settled, across stores.
     reserved: u64,
-    /// The same, per store, admitted by the core's store-quota rule.
-    in_flight: InFlightWrites,
+    /// What streamed writes in progress have staged, per store.
+    staging: InFlightWrites,
 }
 
-/// Space held for one write until it is settled or released. Not `Clone`:
-/// each reservation is given back exactly once.
+/// Budget held for one write until it is settled. Not `Clone`: each
+/// reservation is given back exactly once.
 #[derive(Debug)]
-#[must_use = "a reservation is settled or released"]
+#[must_use = "a reservation is settled"]
 pub(crate) struct Reservation {
     store: String,
+    /// Held on the actor's budget.
     bytes: u64,
-    objects: u64,
+    /// Held on the store's quota for staging (streams only).
+    staged_bytes: u64,
+    staged_objects: u64,
 }
 
+#[cfg(test)]
 impl Reservation {
-    /// The bytes held.
+    /// The bytes held on the actor's budget.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+/// A write admitted by `TheaterCtx::admit` or `TheaterCtx::reserve_stream`:
+/// the handle to write through, and the budget held until it is settled.
+#[derive(Debug)]
+#[must_use = "an admitted write is settled"]
+pub(crate) struct Admitted {
+    /// The store under the actor's store quota, which the core checks in
+    /// each write's transaction; it also counts what the writes added.
+    pub(crate) store: ContentStore,
+    pub(crate) reservation: Reservation,
 }
 
 impl Meter {
@@ -53,29 +73,44 @@ impl Meter {
         self.charged
     }
 
-    /// Reserves `bytes` (and one object, if `new_object`) in `store`, whose
-    /// totals are `stats`, or says which quota it would break.
+    /// Reserves `bytes` of the actor's budget for a write into `store`.
     pub(crate) fn reserve(
         &mut self,
         limits: &Limits,
         store: &str,
-        stats: &StoreStats,
         bytes: u64,
-        new_object: bool,
     ) -> Result<Reservation, HostError> {
-        let mut reservation = Reservation {
+        self.actor_room(limits, store, bytes)?;
+        self.reserved += bytes;
+        Ok(Reservation {
             store: store.to_owned(),
-            bytes: 0,
-            objects: 0,
-        };
-        self.grow(limits, &mut reservation, stats, bytes, new_object)?;
-        Ok(reservation)
+            bytes,
+            staged_bytes: 0,
+            staged_objects: 0,
+        })
     }
 
-    /// Adds `bytes` (and one object, if `new_object`) to `reservation`, as
-    /// a streamed write grows; refused like [`Meter::reserve`], leaving the
-    /// reservation as it was.
-    pub(crate) fn grow(
+    /// Adds `bytes` of the actor's budget to `reservation`; refused like
+    /// [`Meter::reserve`], leaving it as it was.
+    pub(crate) fn reserve_more(
+        &mut self,
+        limits: &Limits,
+        reservation: &mut Reservation,
+        bytes: u64,
+    ) -> Result<(), HostError> {
+        self.actor_room(limits, &reservation.store, bytes)?;
+        self.reserved += bytes;
+        reservation.bytes += bytes;
+        Ok(())
+    }
+
+    /// Reserves room for a streamed write to stage `bytes` (and one
+    /// object, if `new_object`) in `store`, whose committed totals are
+    /// `stats`: on the actor's budget, and on the store's quota beside
+    /// what the actor's other streams have staged. Refused like
+    /// [`Meter::reserve`], or with [`StoreError::QuotaExceeded`], leaving
+    /// the reservation as it was.
+    pub(crate) fn reserve_staging(
         &mut self,
         limits: &Limits,
         reservation: &mut Reservation,
@@ -84,13 +119,10 @@ impl Meter {
         new_object: bool,
     ) -> Result<(), HostError> {
         let store = reservation.store.as_str();
-        let quota = StoreQuota {
-            bytes: limits.max_store_bytes,
-            objects: limits.max_store_objects,
-        };
-        let admitted = self.in_flight.hold(store, stats, quota, bytes, new_object);
+        let quota = store_quota(limits);
+        let admitted = self.staging.hold(store, stats, quota, bytes, new_object);
         if let Err(over) = admitted {
-            return Err(HostError::StoreQuota {
+            return Err(HostError::Store(StoreError::QuotaExceeded {
                 store: store.to_owned(),
                 footprint: over.footprint,
                 objects: over.objects,
@@ -98,32 +130,30 @@ impl Meter {
                 quota_bytes: quota.bytes,
                 quota_objects: quota.objects,
                 adds: over.adds,
-            });
+            }));
         }
         let objects = u64::from(new_object);
         if let Err(refused) = self.actor_room(limits, store, bytes) {
-            self.in_flight.give_back(store, bytes, objects);
+            self.staging.give_back(store, bytes, objects);
             return Err(refused);
         }
         self.reserved += bytes;
         reservation.bytes += bytes;
-        reservation.objects += objects;
+        reservation.staged_bytes += bytes;
+        reservation.staged_objects += objects;
         Ok(())
     }
 
     /// Ends `reservation`, charging `kept` bytes: what the write really
-    /// added (nothing for content the store already held).
+    /// added to the store (nothing for a write refused or failed).
     pub(crate) fn settle(&mut self, reservation: Reservation, kept: u64) {
-        self.release(reservation);
-        self.charged = self.charged.saturating_add(kept);
-    }
-
-    /// Ends `reservation` with nothing charged: the write was refused or
-    /// failed.
-    pub(crate) fn release(&mut self, reservation: Reservation) {
         self.reserved = self.reserved.saturating_sub(reservation.bytes);
-        self.in_flight
-            .give_back(&reservation.store, reservation.bytes, reservation.objects);
+        self.staging.give_back(
+            &reservation.store,
+            reservation.staged_bytes,
+            reservation.staged_objects,
+        );
+        self.charged = self.charged.saturating_add(kept);
     }
 
     /// Whether the actor's budget still has `bytes` free, counting what is
@@ -149,6 +179,14 @@ impl Meter {
     /// Charges `bytes` the actor's chain grew by.
     pub(crate) fn charge_chain(&mut self, bytes: u64) {
         self.charged = self.charged.saturating_add(bytes);
+    }
+}
+
+/// The store quota `limits` set, as the core checks it.
+pub(crate) fn store_quota(limits: &Limits) -> StoreQuota {
+    StoreQuota {
+        bytes: limits.max_store_bytes,
+        objects: limits.max_store_objects,
     }
 }
 
@@ -186,21 +224,42 @@ mod tests {
 
     #[test]
     fn writes_in_progress_count_against_each_other() {
+        let limits = limits(1000, 100);
+        let mut meter = Meter::default();
+        let first = meter.reserve(&limits, "s", 60).unwrap();
+        // Alone, 60 more would fit the budget; beside the first write not.
+        assert!(meter.reserve(&limits, "t", 60).is_err());
+        // Settled for less than it held, the rest is free again.
+        meter.settle(first, 10);
+        let second = meter.reserve(&limits, "t", 90).unwrap();
+        meter.settle(second, 0);
+        assert_eq!(meter.charged(), 10);
+        assert_eq!(meter.reserved, 0);
+    }
+
+    #[test]
+    fn streams_stage_against_the_store_quota_beside_each_other() {
         let limits = limits(100, 1000);
         let stats = StoreStats::default();
         let mut meter = Meter::default();
-        let first = meter.reserve(&limits, "s", &stats, 60, true).unwrap();
-        // Alone, 60 more would fit; beside the first write it does not.
-        assert!(meter.reserve(&limits, "s", &stats, 60, true).is_err());
-        // Another store has its own quota.
-        let other = meter.reserve(&limits, "t", &stats, 60, true).unwrap();
-        meter.release(first);
-        let again = meter.reserve(&limits, "s", &stats, 60, true).unwrap();
-        meter.settle(again, 60);
-        meter.settle(other, 0);
+        let mut first = meter.reserve(&limits, "s", 0).unwrap();
+        meter
+            .reserve_staging(&limits, &mut first, &stats, 60, true)
+            .unwrap();
+        let mut second = meter.reserve(&limits, "s", 0).unwrap();
+        let refused = meter.reserve_staging(&limits, &mut second, &stats, 60, true);
+        assert!(matches!(
+            refused,
+            Err(HostError::Store(StoreError::QuotaExceeded { adds: 60, .. }))
+        ));
+        assert_eq!(second.bytes(), 0);
+        meter.settle(first, 0);
+        meter
+            .reserve_staging(&limits, &mut second, &stats, 60, true)
+            .unwrap();
+        meter.settle(second, 60);
+        assert!(meter.staging.is_empty());
         assert_eq!(meter.charged(), 60);
-        assert_eq!(meter.reserved, 0);
-        assert!(meter.in_flight.is_empty());
     }
 
     #[test]
@@ -208,15 +267,18 @@ mod tests {
         let limits = limits(1000, 100);
         let stats = StoreStats::default();
         let mut meter = Meter::default();
-        let mut writer = meter.reserve(&limits, "s", &stats, 40, true).unwrap();
-        meter.grow(&limits, &mut writer, &stats, 40, false).unwrap();
+        let mut writer = meter.reserve(&limits, "s", 40).unwrap();
+        meter
+            .reserve_staging(&limits, &mut writer, &stats, 40, false)
+            .unwrap();
         assert!(meter.actor_room(&limits, "s", 21).is_err());
         meter.actor_room(&limits, "s", 20).unwrap();
         // A refused growth leaves the reservation as it was.
-        assert!(meter.grow(&limits, &mut writer, &stats, 30, false).is_err());
+        let refused = meter.reserve_staging(&limits, &mut writer, &stats, 30, false);
+        assert!(matches!(refused, Err(HostError::ActorQuota { .. })));
         assert_eq!(writer.bytes(), 80);
         meter.settle(writer, 80);
         meter.charge_chain(20);
-        assert!(meter.reserve(&limits, "t", &stats, 1, true).is_err());
+        assert!(meter.reserve(&limits, "t", 1).is_err());
     }
 }

@@ -4,14 +4,15 @@
 
 use theater_store::{ContentRef, ContentStore, ContentWriter};
 
-use crate::meter::{Reservation, StreamSlot};
+use crate::meter::{Admitted, StreamSlot};
 
 /// A guest's `content-writer`: the core writer, the room it holds on the
 /// actor's meter, and its open-stream slot.
 pub struct WriterHandle {
     pub(crate) store: ContentStore,
-    /// What the writer has reserved so far; `None` once refused.
-    pub(crate) reservation: Option<Reservation>,
+    /// The handle the writer writes through and what it has reserved so
+    /// far; `None` once finished or refused.
+    pub(crate) admitted: Option<Admitted>,
     /// `None` once finished or refused.
     pub(crate) writer: Option<ContentWriter>,
     pub(crate) _slot: StreamSlot,

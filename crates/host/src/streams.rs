@@ -139,8 +139,7 @@ async fn write_piece(
     handle: &mut WriterHandle,
     bytes: Vec<u8>,
 ) -> Result<(), HostError> {
-    let (Some(writer), Some(reservation)) = (handle.writer.as_mut(), handle.reservation.as_mut())
-    else {
+    let (Some(writer), Some(admitted)) = (handle.writer.as_mut(), handle.admitted.as_mut()) else {
         return Err(spent(&handle.store));
     };
     let size = bytes.len() as u64;
@@ -154,7 +153,7 @@ async fn write_piece(
         // Each piece is a recorded call: refused, storing nothing, when
         // its event would not fit the actor's budget.
         match ctx.room_for_event(handle.store.id()) {
-            Ok(()) => match ctx.reserve_piece(&handle.store, reservation, size).await {
+            Ok(()) => match ctx.reserve_piece(admitted, size).await {
                 Ok(()) => ctx.within_deadline(writer.write_owned(bytes)).await,
                 Err(refused) => Err(refused),
             },
@@ -175,8 +174,8 @@ async fn spend(ctx: &mut TheaterCtx, handle: &mut WriterHandle) {
     if let Some(writer) = handle.writer.take() {
         writer.abandon().await;
     }
-    if let Some(reservation) = handle.reservation.take() {
-        ctx.settle_stream(reservation, 0);
+    if let Some(admitted) = handle.admitted.take() {
+        ctx.settle(admitted);
     }
 }
 
@@ -185,8 +184,7 @@ async fn finish(
     mut handle: WriterHandle,
     label: Option<&str>,
 ) -> Result<WitRef, HostError> {
-    let (Some(writer), Some(mut reservation)) = (handle.writer.take(), handle.reservation.take())
-    else {
+    let (Some(writer), Some(mut admitted)) = (handle.writer.take(), handle.admitted.take()) else {
         return Err(spent(&handle.store));
     };
     let writer_size = writer.bytes_written();
@@ -194,30 +192,19 @@ async fn finish(
         // A finish is recorded like any call: refused, storing nothing,
         // when its event would not fit the actor's budget.
         ctx.room_for_event(handle.store.id())?;
-        let label_cost = ctx.label_cost(&handle.store, label).await?;
-        ctx.reserve_piece(&handle.store, &mut reservation, label_cost)
-            .await?;
-        let stored = match label {
-            Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await?,
-            None => ctx.within_deadline(writer.finish()).await?,
-        };
-        Ok::<_, HostError>((stored, label_cost))
+        if let Some(label) = label {
+            ctx.reserve_label(&mut admitted, label)?;
+        }
+        // The writer writes through the admitted handle: the store quota
+        // is checked as it commits, and what it added is counted.
+        match label {
+            Some(label) => ctx.within_deadline(writer.finish_at_label(label)).await,
+            None => ctx.within_deadline(writer.finish()).await,
+        }
     }
     .await;
-    let (stored, label_cost) = match finished {
-        Ok(finished) => finished,
-        Err(error) => {
-            ctx.settle_stream(reservation, 0);
-            return Err(error);
-        }
-    };
-    // Content the store held already adds only the label.
-    let kept = if stored.new {
-        reservation.bytes()
-    } else {
-        label_cost
-    };
-    ctx.settle_stream(reservation, kept);
+    ctx.settle(admitted);
+    let stored = finished?;
     ctx.note(|event| {
         event.refs.push(stored.content_ref.hash().to_owned());
         event.size = Some(writer_size);
@@ -312,17 +299,17 @@ impl store_streams::Host for TheaterCtxView<'_> {
         let opened = async {
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
             let slot = self.ctx.open_stream(&store)?;
-            let reservation = self.ctx.reserve_stream(&store).await?;
-            let writer = match self.ctx.within_deadline(store.writer()).await {
+            let admitted = self.ctx.reserve_stream(&store).await?;
+            let writer = match self.ctx.within_deadline(admitted.store.writer()).await {
                 Ok(writer) => writer,
                 Err(error) => {
-                    self.ctx.settle_stream(reservation, 0);
+                    self.ctx.settle(admitted);
                     return Err(error);
                 }
             };
             Ok::<_, HostError>(WriterHandle {
                 store,
-                reservation: Some(reservation),
+                admitted: Some(admitted),
                 writer: Some(writer),
                 _slot: slot,
             })
@@ -425,21 +412,22 @@ impl store_streams::Host for TheaterCtxView<'_> {
         let swapped = async {
             theater_store::validate_label(&label)?;
             let store = self.ctx.open(&store_id, Access::ReadWrite)?;
-            let label_cost = new.is_some().then_some(label.as_str());
-            let admitted = self.ctx.admit(&store, None, label_cost).await?;
+            let labels = if new.is_some() {
+                vec![label.as_str()]
+            } else {
+                Vec::new()
+            };
+            let admitted = self.ctx.admit(&store, &[], &labels).await?;
             let (expected, new) = (expected.map(to_core), new.map(to_core));
             let swapped = self
                 .ctx
-                .within_deadline(store.compare_and_swap_label(
+                .within_deadline(admitted.store.compare_and_swap_label(
                     &label,
                     expected.as_ref(),
                     new.as_ref(),
                 ))
                 .await;
-            match swapped {
-                Ok(true) => self.ctx.settle(admitted, false),
-                _ => self.ctx.release(admitted),
-            }
+            self.ctx.settle(admitted);
             swapped
         };
         let swapped = swapped.await;
@@ -463,43 +451,29 @@ impl store_streams::Host for TheaterCtxView<'_> {
             for swap in &swaps {
                 theater_store::validate_label(&swap.label)?;
             }
-            // Each label that will point somewhere is charged its index
-            // space if new; all of it only if the swap happens.
-            let mut admitted = Vec::with_capacity(swaps.len());
-            let mut refused = None;
-            for swap in swaps.iter().filter(|swap| swap.new.is_some()) {
-                match self.ctx.admit(&store, None, Some(&swap.label)).await {
-                    Ok(admission) => admitted.push(admission),
-                    Err(error) => {
-                        refused = Some(error);
-                        break;
-                    }
-                }
-            }
-            let swapped = match refused {
-                Some(error) => Err(error),
-                None => {
-                    let moves: Vec<_> = swaps
-                        .into_iter()
-                        .map(|swap| {
-                            (
-                                swap.label,
-                                swap.expected.map(to_core),
-                                swap.new.map(to_core),
-                            )
-                        })
-                        .collect();
-                    self.ctx
-                        .within_deadline(store.compare_and_swap_labels(&moves))
-                        .await
-                }
-            };
-            for admission in admitted {
-                match swapped {
-                    Ok(true) => self.ctx.settle(admission, false),
-                    _ => self.ctx.release(admission),
-                }
-            }
+            // Each label that will point somewhere may add its index space
+            // and a log entry; what the swap really added is charged.
+            let labels: Vec<&str> = swaps
+                .iter()
+                .filter(|swap| swap.new.is_some())
+                .map(|swap| swap.label.as_str())
+                .collect();
+            let admitted = self.ctx.admit(&store, &[], &labels).await?;
+            let moves: Vec<_> = swaps
+                .into_iter()
+                .map(|swap| {
+                    (
+                        swap.label,
+                        swap.expected.map(to_core),
+                        swap.new.map(to_core),
+                    )
+                })
+                .collect();
+            let swapped = self
+                .ctx
+                .within_deadline(admitted.store.compare_and_swap_labels(&moves))
+                .await;
+            self.ctx.settle(admitted);
             swapped
         };
         let swapped = swapped.await;

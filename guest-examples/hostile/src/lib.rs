@@ -146,10 +146,17 @@ impl Actor for Hostile {
                 );
             }
             "quota" => {
-                let own = wit::new()?;
+                // Its own store, or a granted one shared with other actors,
+                // whose content `salt` keeps apart from theirs.
+                let own = match params["store"].as_str() {
+                    Some(store) => store.to_owned(),
+                    None => wit::new()?,
+                };
+                let salt = params["salt"].as_u64().unwrap_or(0) as u8;
                 let mut stored = 0u32;
                 loop {
-                    match wit::store(&own, stored.to_le_bytes().repeat(256).as_slice()) {
+                    let content = [&[salt][..], &stored.to_le_bytes().repeat(256)].concat();
+                    match wit::store(&own, &content) {
                         Ok(_) => stored += 1,
                         Err(error) => {
                             attempts.record(
