@@ -107,12 +107,13 @@ pub struct OverQuota {
     pub adds: u64,
 }
 
-/// What one writer's writes in progress hold, per store: the admission
-/// rule every writer of the store quota follows (the host's meter for
-/// each actor, the HTTP gateway for its requests). A write is admitted
+/// What one writer's streamed writes hold while they stage, per store
+/// (the host's meter keeps one per actor). A stream's bytes are admitted
 /// only if the store's committed footprint, plus everything held, plus
-/// the write fits the quota; it holds its bytes until it ends, so
-/// concurrent writes cannot each fit alone and overflow together.
+/// them fits the quota, so that a stream cannot stage far past the quota
+/// before its commit, which [`crate::ContentStore::within_quota`] checks
+/// exactly. For one-shot writes use that check alone: it counts every
+/// writer, this only one.
 #[derive(Debug, Default)]
 pub struct InFlightWrites {
     held: std::collections::HashMap<String, (u64, u64)>,
