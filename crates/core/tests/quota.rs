@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
+
 use common::{stored_outside_index, temp_root};
-use theater_store::{ContentRef, StoreError, StoreQuota, StoreStats};
+use theater_store::{ContentRef, Options, StoreError, StoreQuota, StoreRoot, StoreStats};
 
 fn quota(bytes: u64, objects: u64) -> StoreQuota {
     StoreQuota { bytes, objects }
@@ -211,4 +213,89 @@ async fn streamed_and_batched_writes_are_bounded_too() {
         .await
         .unwrap();
     assert_eq!(store.stats().await.unwrap().labels, 40);
+}
+
+/// The quota of the store the processes below share.
+const SHARED_QUOTA: StoreQuota = StoreQuota {
+    bytes: 200 * (1_000 + theater_store::OBJECT_OVERHEAD_BYTES),
+    objects: 1_000,
+};
+
+/// A child process: stores distinct 1,000-byte pieces under the shared
+/// quota from four tasks until each is refused, and says how many fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by processes_writing_one_store_cannot_overflow_its_quota"]
+async fn quota_child() {
+    let root = std::env::var("QUOTA_ROOT").expect("started by the parent test");
+    let name = std::env::var("QUOTA_CHILD").unwrap();
+    let store = StoreRoot::at(&root, Options::default())
+        .unwrap()
+        .store("shared")
+        .unwrap();
+    let tasks: Vec<_> = (0..4u32)
+        .map(|task| {
+            let store = store.within_quota(SHARED_QUOTA);
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut stored = 0u32;
+                loop {
+                    let content = format!("{name}/{task}/{stored}").into_bytes();
+                    let content = [content, vec![0u8; 1_000]].concat()[..1_000].to_vec();
+                    match store.store(content).await {
+                        Ok(_) => stored += 1,
+                        Err(StoreError::QuotaExceeded { .. }) => return stored,
+                        Err(other) => panic!("unexpected: {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await.unwrap();
+    }
+    println!("stored {stored}");
+}
+
+#[tokio::test]
+async fn processes_writing_one_store_cannot_overflow_its_quota() {
+    if common::memory_engine() {
+        return; // Other processes cannot open a memory root.
+    }
+    let (dir, root) = temp_root();
+    let children: Vec<_> = (0..3)
+        .map(|n| {
+            let name = format!("child-{n}");
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "quota_child", "--ignored", "--nocapture"])
+                .env(
+                    "QUOTA_ROOT",
+                    common::root_string_for(&root, dir.path(), &name),
+                )
+                .env("QUOTA_CHILD", &name)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut stored = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "a child failed:\n{stdout}");
+        let count = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("stored "))
+            .unwrap_or_else(|| panic!("no count in:\n{stdout}"));
+        stored += count.trim().parse::<u64>().unwrap();
+    }
+    let stats = root.store("shared").unwrap().stats().await.unwrap();
+    assert_eq!(stats.objects, stored, "every write that fit was kept");
+    assert!(
+        stats.footprint() <= SHARED_QUOTA.bytes,
+        "{} > {}",
+        stats.footprint(),
+        SHARED_QUOTA.bytes
+    );
+    assert_eq!(stats.objects, 200, "the store was filled exactly");
 }

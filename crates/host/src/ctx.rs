@@ -436,10 +436,7 @@ impl TheaterCtx {
             }
         }
         let content_cost = |content: &&[u8]| content.len() as u64 + OBJECT_OVERHEAD_BYTES;
-        let label_cost: u64 = labels
-            .iter()
-            .map(|label| label_footprint(label.len()) + change_footprint(label.len()))
-            .sum();
+        let label_cost: u64 = labels.iter().map(|label| Self::label_cost(label)).sum();
         let most = contents.iter().map(content_cost).sum::<u64>() + label_cost;
         let refusal = match self.meter.reserve(&self.limits, store.id(), most) {
             Ok(reservation) => return Ok(self.admitted(store, reservation)),
