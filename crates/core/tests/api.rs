@@ -655,3 +655,33 @@ async fn progress_arguments_take_nothing_or_a_shared_reporter() {
     store.verify(counted.clone()).await.unwrap();
     assert_eq!(counted.0.load(Ordering::Relaxed), 12);
 }
+
+#[tokio::test]
+async fn exists_answers_from_memory_only_until_the_root_changes() {
+    let (_dir, root) = common::temp_root_without_history();
+    let store = root.store("remembered").unwrap();
+    let content_ref = store.store(b"here for now".to_vec()).await.unwrap();
+    assert!(store.exists(&content_ref).await.unwrap());
+    assert!(store.exists(&content_ref).await.unwrap());
+    // Past the millisecond of the write, so that it is older than the cutoff.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let options = theater_store::GcOptions {
+        grace: std::time::Duration::ZERO,
+        dry_run: false,
+    };
+    let report = store
+        .collect_garbage(options, std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    assert_eq!(report.objects_removed, 1);
+    assert!(!store.exists(&content_ref).await.unwrap());
+    // Another handle to the same store sees the same.
+    assert!(
+        !root
+            .store("remembered")
+            .unwrap()
+            .exists(&content_ref)
+            .await
+            .unwrap()
+    );
+}
