@@ -489,21 +489,11 @@ impl ContentStore {
         }
     }
 
-    /// Whether this store holds `content_ref`. Answered from memory while
-    /// the root has not changed since the object was last looked up.
+    /// Whether this store holds `content_ref`.
     #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id, content_ref = %content_ref))]
     pub async fn exists(&self, content_ref: &ContentRef) -> Result<bool> {
         let digest = content_ref.digest()?;
-        let engine = self.root.engine().await?;
-        let recent = self.root.recent(&*engine);
-        if recent.object(&self.id, digest).is_some() {
-            return Ok(true);
-        }
-        let size = engine.object_size(&self.id, digest).await?;
-        if let Some(size) = size {
-            recent.remember_size(&self.id, digest, size);
-        }
-        Ok(size.is_some())
+        self.root.engine().await?.has_object(&self.id, digest).await
     }
 
     /// Points `label` at existing content, replacing what it pointed at.

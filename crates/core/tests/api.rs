@@ -657,7 +657,7 @@ async fn progress_arguments_take_nothing_or_a_shared_reporter() {
 }
 
 #[tokio::test]
-async fn exists_answers_from_memory_only_until_the_root_changes() {
+async fn exists_sees_content_collected_after_it_was_asked() {
     let (_dir, root) = common::temp_root_without_history();
     let store = root.store("remembered").unwrap();
     let content_ref = store.store(b"here for now".to_vec()).await.unwrap();
