@@ -695,10 +695,19 @@ impl Inner {
         let Some(store) = change.store().cloned() else {
             return Box::pin(self.apply_within(transaction, change)).await;
         };
-        let registered = index::ensure_store(&*transaction, &store, unix_now()).await;
-        self.index(registered, "registering store")?;
-        let before = index::store_stats_locked(&*transaction, &store).await;
-        let before = self.index(before, "reading the store's totals")?;
+        let locked = index::store_stats_locked(&*transaction, &store).await;
+        let before = match self.index(locked, "reading the store's totals")? {
+            Some(before) => before,
+            // A store's first write registers it first, so that its row is
+            // there to lock (a racing first write waits for this one).
+            None => {
+                let registered = index::ensure_store(&*transaction, &store, unix_now()).await;
+                self.index(registered, "registering store")?;
+                let locked = index::store_stats_locked(&*transaction, &store).await;
+                self.index(locked, "reading the store's totals")?
+                    .unwrap_or_default()
+            }
+        };
         if let Change::AddObject {
             digest,
             size,

@@ -1089,11 +1089,12 @@ pub(super) async fn store_stats(
 
 /// A registered store's totals, its row locked until the transaction
 /// ends: a write checked against a quota holds it, so writes to one store
-/// from every host are checked one after another.
+/// from every host are checked one after another. `None` for a store not
+/// registered yet.
 pub(super) async fn store_stats_locked(
     client: &impl GenericClient,
     store: &StoreId,
-) -> Result<StoreStats, tokio_postgres::Error> {
+) -> Result<Option<StoreStats>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
             "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
@@ -1102,7 +1103,7 @@ pub(super) async fn store_stats_locked(
         )
         .await?;
     let row = client.query_opt(&statement, &[&store.as_str()]).await?;
-    Ok(row.map(|row| stats_columns(&row, 0)).unwrap_or_default())
+    Ok(row.map(|row| stats_columns(&row, 0)))
 }
 
 /// When a store was registered, if it is.
