@@ -330,12 +330,14 @@ impl Inner {
                 layout::remove_staged(&staged);
                 Ok(true)
             }
-            Change::Record { change, append } => self.record(client, change, append).await,
-            Change::WithinQuota {
-                quota,
-                change,
-                growth,
-            } => self.bounded(client, quota, *change, growth).await,
+            change @ (Change::Record { .. } | Change::WithinQuota { .. }) => {
+                let transaction = client.transaction().await;
+                let mut transaction = self.index(transaction, "starting a transaction")?;
+                let applied = self.apply_within(&mut transaction, change).await?;
+                let committed = transaction.commit().await;
+                self.index(committed, "committing")?;
+                Ok(applied)
+            }
             Change::SetChainHead {
                 store,
                 label,
@@ -594,23 +596,9 @@ impl Inner {
         .await
     }
 
-    /// Applies `change` (if any) and appends one event to a chain, in one
-    /// transaction holding the chain's lock, so appends never fork it.
-    pub(super) async fn record(
-        self: &Arc<Self>,
-        client: &mut deadpool_postgres::Object,
-        change: Option<Box<Change>>,
-        append: ChainAppend,
-    ) -> Result<bool> {
-        let transaction = client.transaction().await;
-        let mut transaction = self.index(transaction, "starting a transaction")?;
-        let applied = self.record_in(&mut transaction, change, append).await?;
-        let committed = transaction.commit().await;
-        self.index(committed, "committing")?;
-        Ok(applied)
-    }
-
-    /// [`Change::Record`] inside `transaction`.
+    /// [`Change::Record`] inside `transaction`: the change (if any) and
+    /// one event appended to the chain, holding the chain's lock, so that
+    /// appends never fork it.
     async fn record_in(
         self: &Arc<Self>,
         transaction: &mut deadpool_postgres::Transaction<'_>,
@@ -658,24 +646,6 @@ impl Inner {
         }
         let moved = index::set_chain_head(&*transaction, &store, &head_label, &link.head).await;
         self.index(moved, "moving chain head")?;
-        Ok(applied)
-    }
-
-    /// [`Change::WithinQuota`] in a transaction of its own.
-    async fn bounded(
-        self: &Arc<Self>,
-        client: &mut deadpool_postgres::Object,
-        quota: StoreQuota,
-        change: Change,
-        growth: Arc<AtomicU64>,
-    ) -> Result<bool> {
-        let transaction = client.transaction().await;
-        let mut transaction = self.index(transaction, "starting a transaction")?;
-        let applied = self
-            .bounded_in(&mut transaction, quota, change, growth)
-            .await?;
-        let committed = transaction.commit().await;
-        self.index(committed, "committing")?;
         Ok(applied)
     }
 

@@ -1071,18 +1071,21 @@ pub(super) async fn set_links(
     Ok(true)
 }
 
+/// What a store's totals are read with.
+macro_rules! store_totals {
+    () => {
+        "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
+             change_footprint
+         FROM theater_stores WHERE id = $1"
+    };
+}
+
 /// A store's totals (zero for a store never written).
 pub(super) async fn store_stats(
     client: &impl GenericClient,
     store: &StoreId,
 ) -> Result<StoreStats, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
-                 change_footprint
-             FROM theater_stores WHERE id = $1",
-        )
-        .await?;
+    let statement = client.prepare_cached(store_totals!()).await?;
     let row = client.query_opt(&statement, &[&store.as_str()]).await?;
     Ok(row.map(|row| stats_columns(&row, 0)).unwrap_or_default())
 }
@@ -1096,11 +1099,7 @@ pub(super) async fn store_stats_locked(
     store: &StoreId,
 ) -> Result<Option<StoreStats>, tokio_postgres::Error> {
     let statement = client
-        .prepare_cached(
-            "SELECT object_count, total_bytes, label_count, label_footprint, change_count,
-                 change_footprint
-             FROM theater_stores WHERE id = $1 FOR UPDATE",
-        )
+        .prepare_cached(concat!(store_totals!(), " FOR UPDATE"))
         .await?;
     let row = client.query_opt(&statement, &[&store.as_str()]).await?;
     Ok(row.map(|row| stats_columns(&row, 0)))
