@@ -60,9 +60,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// The most space a store may take, as `StoreStats::footprint` counts
     /// it, for writes through the gateway to be taken: a write that would
-    /// pass it gets 413. Writes in flight count until they finish, so
-    /// concurrent requests cannot pass it together. Default: 1 GiB, as
-    /// for `theater-store run`.
+    /// pass it gets 413. It is checked inside each write's transaction,
+    /// so concurrent requests (and actors and other hosts writing the
+    /// same store) cannot pass it together. Default: 1 GiB, as for
+    /// `theater-store run`.
     pub max_store_bytes: u64,
 }
 

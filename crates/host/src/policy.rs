@@ -57,9 +57,13 @@ pub struct Limits {
     /// Largest content one `store`-family call may pass, and one `get` may return.
     pub max_content_bytes: usize,
     /// Largest footprint a store may reach through this actor's writes:
-    /// content, per-object overhead and labels (checked before each write).
+    /// content, per-object overhead, labels and change log entries,
+    /// checked inside each write's transaction, so that writes by other
+    /// actors, processes and hosts count too
+    /// (`theater_store::ContentStore::within_quota`).
     pub max_store_bytes: u64,
-    /// Most distinct objects a store may hold once written by an actor.
+    /// Most distinct objects a store may hold once written by an actor
+    /// (checked the same way).
     pub max_store_objects: u64,
     /// Most footprint the actor may add in one run, across every store it
     /// writes and its event chain, so that many stores each under quota
