@@ -1228,14 +1228,19 @@ impl Record {
             return (change, None);
         };
         let mut recorded = event.clone();
+        // What the write is, under the quota it may carry.
+        let write = match &change {
+            Change::WithinQuota { change, .. } => change,
+            write => write,
+        };
         let conditional = matches!(
-            change,
+            write,
             Change::SetLabel {
                 expect: Expect::Exactly(_),
                 ..
             }
         );
-        if let Change::AddObject { digest, size, .. } = &change {
+        if let Change::AddObject { digest, size, .. } = write {
             recorded.refs.push(digest.to_hex());
             recorded.size = Some(*size);
         }

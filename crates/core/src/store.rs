@@ -256,30 +256,29 @@ impl ContentStore {
 
     /// Applies one change, with the pending record's event if there is one.
     pub(crate) async fn apply(&self, engine: &dyn Engine, change: Change) -> Result<bool> {
-        // The actor wraps the quota, which wraps the record, so that an
-        // engine meets them in that order and a refusal takes the event too.
-        let wrap = |change| {
-            let change = match &self.quota {
-                Some((quota, growth)) => Change::WithinQuota {
-                    quota: *quota,
-                    change: Box::new(change),
-                    growth: Arc::clone(growth),
-                },
-                None => change,
-            };
-            match &self.actor {
-                Some(actor) => Change::ByActor {
-                    actor: Arc::clone(actor),
-                    change: Box::new(change),
-                },
-                None => change,
-            }
+        // The actor wraps the record, which wraps the quota, so that an
+        // engine meets them in that order; a write refused for the quota
+        // is refused whole, with its event.
+        let change = match &self.quota {
+            Some((quota, growth)) => Change::WithinQuota {
+                quota: *quota,
+                change: Box::new(change),
+                growth: Arc::clone(growth),
+            },
+            None => change,
+        };
+        let by_actor = |change| match &self.actor {
+            Some(actor) => Change::ByActor {
+                actor: Arc::clone(actor),
+                change: Box::new(change),
+            },
+            None => change,
         };
         let Some(record) = &self.record else {
-            return engine.apply(wrap(change)).await;
+            return engine.apply(by_actor(change)).await;
         };
         let (change, give_back) = record.attach(change);
-        let applied = engine.apply(wrap(change)).await;
+        let applied = engine.apply(by_actor(change)).await;
         if let (Err(_), Some(give_back)) = (&applied, give_back) {
             give_back();
         }

@@ -330,14 +330,26 @@ impl Inner {
                 layout::remove_staged(&staged);
                 Ok(true)
             }
-            change @ (Change::Record { .. } | Change::WithinQuota { .. }) => {
-                let transaction = client.transaction().await;
-                let mut transaction = self.index(transaction, "starting a transaction")?;
-                let applied = self.apply_within(&mut transaction, change).await?;
-                let committed = transaction.commit().await;
-                self.index(committed, "committing")?;
-                Ok(applied)
-            }
+            Change::WithinQuota {
+                quota,
+                change,
+                growth,
+            } => match self
+                .bounded_statement(&*client, quota, *change, &growth)
+                .await
+            {
+                Ok(answer) => answer,
+                // Anything but a small object or a label: in a transaction.
+                Err(change) => {
+                    let change = Change::WithinQuota {
+                        quota,
+                        change: Box::new(change),
+                        growth,
+                    };
+                    self.in_transaction(client, change).await
+                }
+            },
+            change @ Change::Record { .. } => self.in_transaction(client, change).await,
             Change::SetChainHead {
                 store,
                 label,
@@ -649,12 +661,107 @@ impl Inner {
         Ok(applied)
     }
 
-    /// [`Change::WithinQuota`] inside `transaction`: the store's row is
-    /// locked and its totals read, the change applied, the totals read
-    /// again. A refusal is an error, on which the caller drops (rolls
-    /// back) the transaction. A large object that would not fit if new is
-    /// refused before its upload, so that a refused write leaves no bytes
-    /// in S3 for gc to find.
+    /// A change that carries others (a recorded write, a write within a
+    /// quota) in a transaction of its own.
+    async fn in_transaction(
+        self: &Arc<Self>,
+        client: &mut deadpool_postgres::Object,
+        change: Change,
+    ) -> Result<bool> {
+        let transaction = client.transaction().await;
+        let mut transaction = self.index(transaction, "starting a transaction")?;
+        let applied = self.apply_within(&mut transaction, change).await?;
+        let committed = transaction.commit().await;
+        self.index(committed, "committing")?;
+        Ok(applied)
+    }
+
+    /// A small object or a label written under `quota` in one statement,
+    /// which locks the store's row, writes, and refuses (undoing itself)
+    /// if the write grew the store past the quota (`theater_…_within`);
+    /// `Err(change)` hands any other change back.
+    async fn bounded_statement(
+        &self,
+        client: &impl GenericClient,
+        quota: StoreQuota,
+        change: Change,
+        growth: &AtomicU64,
+    ) -> std::result::Result<Result<bool>, Change> {
+        let times = self.now_and_fresh_after();
+        let (store, answered) = match change {
+            Change::AddObject {
+                store,
+                digest,
+                size,
+                staged: Staged::Inline(bytes),
+                label,
+                links,
+            } => {
+                let object = (
+                    &store,
+                    digest,
+                    size,
+                    Some(&bytes[..]),
+                    label.as_deref(),
+                    &links,
+                );
+                let added = index::add_object_within(client, quota, object, times).await;
+                let answered = added.map(|added| added.map(|(new, grew)| (Ok(new), grew)));
+                (store, answered)
+            }
+            Change::SetLabel {
+                store,
+                label,
+                target,
+                expect,
+            } => {
+                let expected = match expect {
+                    Expect::Anything => None,
+                    Expect::Exactly(expected) => Some(expected),
+                };
+                let written =
+                    index::set_label_within(client, quota, &store, &label, target, expected).await;
+                let answered = written.map(|written| {
+                    written.map(|(written, grew)| {
+                        let answer = match written {
+                            LabelWrite::Written => Ok(true),
+                            LabelWrite::ExpectationFailed => Ok(false),
+                            LabelWrite::TargetMissing => Err(not_found(&store, target)),
+                        };
+                        (answer, grew)
+                    })
+                });
+                (store, answered)
+            }
+            other => return Err(other),
+        };
+        Ok(match self.index(answered, "writing rows") {
+            Err(error) => Err(error),
+            Ok(Err(over)) => Err(StoreError::QuotaExceeded {
+                store: store.to_string(),
+                footprint: over.footprint,
+                objects: over.objects,
+                labels: over.labels,
+                quota_bytes: quota.bytes,
+                quota_objects: quota.objects,
+                adds: over.adds,
+            }),
+            Ok(Ok((answer, grew))) => {
+                if answer.is_ok() {
+                    growth.fetch_add(grew, Ordering::Relaxed);
+                }
+                answer
+            }
+        })
+    }
+
+    /// [`Change::WithinQuota`] inside `transaction`: a small object or a
+    /// label in one statement (see [`Inner::bounded_statement`]); anything
+    /// else with the store's row locked and its totals read, the change
+    /// applied, the totals read again. A refusal is an error, on which the
+    /// caller drops (rolls back) the transaction. A large object that
+    /// would not fit if new is refused before its upload, so that a
+    /// refused write leaves no bytes in S3 for gc to find.
     async fn bounded_in(
         self: &Arc<Self>,
         transaction: &mut deadpool_postgres::Transaction<'_>,
@@ -662,6 +769,13 @@ impl Inner {
         change: Change,
         growth: Arc<AtomicU64>,
     ) -> Result<bool> {
+        let change = match self
+            .bounded_statement(&*transaction, quota, change, &growth)
+            .await
+        {
+            Ok(answer) => return answer,
+            Err(change) => change,
+        };
         let Some(store) = change.store().cloned() else {
             return Box::pin(self.apply_within(transaction, change)).await;
         };

@@ -13,7 +13,9 @@ use tokio_postgres::Row;
 use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, ObjectRow};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
-use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreStats};
+use crate::stats::{
+    LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, StoreQuota, StoreStats,
+};
 
 /// The schema version this build writes; a database at a newer version is
 /// refused rather than written by a build that does not know its rules.
@@ -22,8 +24,10 @@ use crate::stats::{LABEL_OVERHEAD_BYTES, LABEL_SPILL_BYTES, LABEL_SPILLED_COST, 
 /// segment in its head label's row. Version 4 records links between
 /// objects: refs written inside content, which gc follows. Version 5
 /// keeps a change log per store, written by a trigger on labels; version
-/// 6 indexes it by label, for history and reads at a past point.)
-pub(super) const SCHEMA_VERSION: i64 = 6;
+/// 6 indexes it by label, for history and reads at a past point; version
+/// 7 adds the functions that check a write against a quota in its own
+/// statement.)
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// The first version that records links: objects from before it are
 /// marked as not yet scanned for them when a database is brought up to it.
@@ -46,6 +50,7 @@ fn schema() -> String {
     };
     let label_cost = cost("l.name");
     let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
+    let object_overhead = crate::stats::OBJECT_OVERHEAD_BYTES;
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS theater_meta (key text PRIMARY KEY, value bigint NOT NULL);
@@ -311,6 +316,82 @@ BEGIN
     END IF;
     RETURN 1;
 END $$;
+
+-- A write under a quota, in its own statement: theater_quota_before locks
+-- the store's row and returns its totals; theater_quota_after compares them
+-- with the totals now and raises 'theater quota exceeded' (undoing the
+-- statement) if the write grew the footprint past p_bytes or the objects
+-- past p_objects, with the totals before and what it added as the detail;
+-- otherwise it returns what the write added to the footprint.
+CREATE OR REPLACE FUNCTION theater_footprint(s theater_stores) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(s.total_bytes + s.object_count * {object_overhead}
+                    + s.label_footprint + s.change_footprint, 0)
+$$;
+
+CREATE OR REPLACE FUNCTION theater_quota_before(p_store text) RETURNS theater_stores
+    LANGUAGE plpgsql AS $$
+DECLARE
+    b theater_stores;
+BEGIN
+    SELECT * INTO b FROM theater_stores WHERE id = p_store FOR UPDATE;
+    RETURN b;
+END $$;
+
+CREATE OR REPLACE FUNCTION theater_quota_after(
+    p_store text, b theater_stores, p_bytes bigint, p_objects bigint)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a theater_stores;
+    was bigint := theater_footprint(b);
+    now_ bigint;
+BEGIN
+    SELECT * INTO a FROM theater_stores WHERE id = p_store;
+    now_ := theater_footprint(a);
+    IF (now_ > was AND now_ > p_bytes)
+        OR (coalesce(a.object_count, 0) > coalesce(b.object_count, 0)
+            AND coalesce(a.object_count, 0) > p_objects) THEN
+        RAISE EXCEPTION 'theater quota exceeded' USING DETAIL = format('%s %s %s %s',
+            was, coalesce(b.object_count, 0), coalesce(b.label_count, 0), now_ - was);
+    END IF;
+    RETURN greatest(now_ - was, 0);
+END $$;
+
+-- theater_add_object under a quota: returns its answer and the growth.
+CREATE OR REPLACE FUNCTION theater_add_object_within(
+    p_bytes bigint, p_objects bigint,
+    p_store text, p_digest bytea, p_size bigint, p_inline bytea, p_label text,
+    p_now bigint, p_fresh_after bigint, p_links bytea, p_targets bytea[],
+    p_unscanned boolean)
+    RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    b theater_stores;
+    answer int;
+BEGIN
+    -- Registered first, so that its row is there to lock.
+    INSERT INTO theater_stores (id, created_at) VALUES (p_store, p_now) ON CONFLICT DO NOTHING;
+    b := theater_quota_before(p_store);
+    answer := theater_add_object(p_store, p_digest, p_size, p_inline, p_label, p_now,
+        p_fresh_after, p_links, p_targets, p_unscanned);
+    RETURN ARRAY[answer, theater_quota_after(p_store, b, p_bytes, p_objects)];
+END $$;
+
+-- theater_set_label under a quota: returns its answer and the growth.
+CREATE OR REPLACE FUNCTION theater_set_label_within(
+    p_bytes bigint, p_objects bigint,
+    p_store text, p_label text, p_target bytea, p_conditional boolean, p_expected bytea)
+    RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    b theater_stores;
+    answer int;
+BEGIN
+    b := theater_quota_before(p_store);
+    answer := theater_set_label(p_store, p_label, p_target, p_conditional, p_expected);
+    IF answer <> 1 THEN
+        RETURN ARRAY[answer, 0];
+    END IF;
+    RETURN ARRAY[answer, theater_quota_after(p_store, b, p_bytes, p_objects)];
+END $$;
 "#
     )
 }
@@ -424,31 +505,117 @@ pub(super) async fn add_object(
     inline: Option<&[u8]>,
     label: Option<&str>,
     links: &Links,
-    (now, fresh_after): (i64, i64),
+    times: (i64, i64),
 ) -> Result<bool, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-        .await?;
+    let object = (store, digest, size, inline, label, links);
+    match add_object_under(client, None, object, times).await? {
+        Ok((new, _)) => Ok(new),
+        Err(_) => unreachable!("a write under no quota is never refused for one"),
+    }
+}
+
+/// [`add_object`] checked against `quota` in the same statement (see
+/// `theater_add_object_within`): whether the row is new and what the write
+/// added to the store's footprint, or the refusal.
+pub(super) async fn add_object_within(
+    client: &impl GenericClient,
+    quota: StoreQuota,
+    object: (&StoreId, Digest, u64, Option<&[u8]>, Option<&str>, &Links),
+    times: (i64, i64),
+) -> Result<Result<(bool, u64), OverQuota>, tokio_postgres::Error> {
+    add_object_under(client, Some(quota), object, times).await
+}
+
+async fn add_object_under(
+    client: &impl GenericClient,
+    quota: Option<StoreQuota>,
+    (store, digest, size, inline, label, links): (
+        &StoreId,
+        Digest,
+        u64,
+        Option<&[u8]>,
+        Option<&str>,
+        &Links,
+    ),
+    (now, fresh_after): (i64, i64),
+) -> Result<Result<(bool, u64), OverQuota>, tokio_postgres::Error> {
     let targets: Vec<&[u8]> = links.targets.iter().map(|target| &target.0[..]).collect();
     let column = links.column();
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &store.as_str(),
-                &&digest.0[..],
-                &to_i64(size),
-                &inline,
-                &label,
-                &now,
-                &fresh_after,
-                &column,
-                &targets,
-                &links.overflowed,
-            ],
+    let (size, digest) = (to_i64(size), &digest.0[..]);
+    let store = store.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &store,
+        &digest,
+        &size,
+        &inline,
+        &label,
+        &now,
+        &fresh_after,
+        &column,
+        &targets,
+        &links.overflowed,
+    ];
+    let Some(quota) = quota else {
+        let statement = client
+            .prepare_cached("SELECT theater_add_object($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .await?;
+        let row = client.query_one(&statement, &params).await?;
+        return Ok(Ok((row.get::<_, i32>(0) == 1, 0)));
+    };
+    let statement = client
+        .prepare_cached(
+            "SELECT theater_add_object_within($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .await?;
-    Ok(row.get::<_, i32>(0) == 1)
+    let (bytes, objects) = (to_i64(quota.bytes), to_i64(quota.objects));
+    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&bytes, &objects];
+    all.extend(params);
+    Ok(within(client.query_one(&statement, &all).await)?
+        .map(|(answer, growth)| (answer == 1, growth)))
+}
+
+/// What the store held when a write under a quota was refused, and what
+/// the write would have added (see `theater_quota_after`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OverQuota {
+    pub(super) footprint: u64,
+    pub(super) objects: u64,
+    pub(super) labels: u64,
+    pub(super) adds: u64,
+}
+
+/// The answer of a `theater_…_within` call: the write's own answer and
+/// its growth, or the refusal its exception carries.
+fn within(
+    row: Result<tokio_postgres::Row, tokio_postgres::Error>,
+) -> Result<Result<(i64, u64), OverQuota>, tokio_postgres::Error> {
+    let error = match row {
+        Ok(row) => {
+            let answer: Vec<i64> = row.get(0);
+            return Ok(Ok((answer[0], u64::try_from(answer[1]).unwrap_or(0))));
+        }
+        Err(error) => error,
+    };
+    let refused = error
+        .as_db_error()
+        .filter(|db| db.message() == "theater quota exceeded")
+        .and_then(|db| db.detail())
+        .and_then(|detail| {
+            let numbers: Vec<u64> = detail
+                .split(' ')
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            match numbers[..] {
+                [footprint, objects, labels, adds] => Some(OverQuota {
+                    footprint,
+                    objects,
+                    labels,
+                    adds,
+                }),
+                _ => None,
+            }
+        });
+    refused.map(Err).ok_or(error)
 }
 
 /// One row of [`add_objects`]: store, digest, size, inline bytes, label,
@@ -679,25 +846,68 @@ pub(super) async fn set_label(
     target: Option<Digest>,
     expected: Option<Option<Digest>>,
 ) -> Result<LabelWrite, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached("SELECT theater_set_label($1, $2, $3, $4, $5)")
-        .await?;
+    match set_label_under(client, None, store, label, target, expected).await? {
+        Ok((written, _)) => Ok(written),
+        Err(_) => unreachable!("a write under no quota is never refused for one"),
+    }
+}
+
+/// [`set_label`] checked against `quota` in the same statement (see
+/// `theater_set_label_within`): how it went and what it added to the
+/// store's footprint, or the refusal.
+pub(super) async fn set_label_within(
+    client: &impl GenericClient,
+    quota: StoreQuota,
+    store: &StoreId,
+    label: &str,
+    target: Option<Digest>,
+    expected: Option<Option<Digest>>,
+) -> Result<Result<(LabelWrite, u64), OverQuota>, tokio_postgres::Error> {
+    set_label_under(client, Some(quota), store, label, target, expected).await
+}
+
+async fn set_label_under(
+    client: &impl GenericClient,
+    quota: Option<StoreQuota>,
+    store: &StoreId,
+    label: &str,
+    target: Option<Digest>,
+    expected: Option<Option<Digest>>,
+) -> Result<Result<(LabelWrite, u64), OverQuota>, tokio_postgres::Error> {
     let target = target.map(|digest| digest.0.to_vec());
     let (conditional, expected) = match expected {
         Some(expected) => (true, expected.map(|digest| digest.0.to_vec())),
         None => (false, None),
     };
-    let row = client
-        .query_one(
-            &statement,
-            &[&store.as_str(), &label, &target, &conditional, &expected],
-        )
-        .await?;
-    Ok(match row.get::<_, i32>(0) {
-        1 => LabelWrite::Written,
-        0 => LabelWrite::ExpectationFailed,
-        _ => LabelWrite::TargetMissing,
-    })
+    let store = store.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&store, &label, &target, &conditional, &expected];
+    let answered = match quota {
+        None => {
+            let statement = client
+                .prepare_cached("SELECT theater_set_label($1, $2, $3, $4, $5)")
+                .await?;
+            let row = client.query_one(&statement, &params).await?;
+            Ok((i64::from(row.get::<_, i32>(0)), 0))
+        }
+        Some(quota) => {
+            let statement = client
+                .prepare_cached("SELECT theater_set_label_within($1, $2, $3, $4, $5, $6, $7)")
+                .await?;
+            let (bytes, objects) = (to_i64(quota.bytes), to_i64(quota.objects));
+            let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&bytes, &objects];
+            all.extend(params);
+            within(client.query_one(&statement, &all).await)?
+        }
+    };
+    Ok(answered.map(|(answer, growth)| {
+        let written = match answer {
+            1 => LabelWrite::Written,
+            0 => LabelWrite::ExpectationFailed,
+            _ => LabelWrite::TargetMissing,
+        };
+        (written, growth)
+    }))
 }
 
 /// Registers a store; returns whether it was new.
