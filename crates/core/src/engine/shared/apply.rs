@@ -210,16 +210,9 @@ impl Inner {
                 target,
                 expect,
             } => {
-                let expected = match expect {
-                    Expect::Anything => None,
-                    Expect::Exactly(expected) => Some(expected),
-                };
+                let expected = expected_target(expect);
                 let written = index::set_label(client, &store, &label, target, expected).await?;
-                Ok(match written {
-                    LabelWrite::Written => Ok(true),
-                    LabelWrite::ExpectationFailed => Ok(false),
-                    LabelWrite::TargetMissing => Err(not_found(&store, target)),
-                })
+                Ok(label_answer(written, &store, target))
             }
             other => unreachable!("not a row-only change: {other:?}"),
         }
@@ -715,21 +708,11 @@ impl Inner {
                 target,
                 expect,
             } => {
-                let expected = match expect {
-                    Expect::Anything => None,
-                    Expect::Exactly(expected) => Some(expected),
-                };
+                let expected = expected_target(expect);
                 let written =
                     index::set_label_within(client, quota, &store, &label, target, expected).await;
                 let answered = written.map(|written| {
-                    written.map(|(written, grew)| {
-                        let answer = match written {
-                            LabelWrite::Written => Ok(true),
-                            LabelWrite::ExpectationFailed => Ok(false),
-                            LabelWrite::TargetMissing => Err(not_found(&store, target)),
-                        };
-                        (answer, grew)
-                    })
+                    written.map(|(written, grew)| (label_answer(written, &store, target), grew))
                 });
                 (store, answered)
             }
@@ -902,6 +885,24 @@ pub(super) fn writes_rows_only(change: &Change) -> bool {
                 ..
             }
     )
+}
+
+/// A label write's expectation as `index::set_label` takes it: `None` to
+/// write unconditionally, `Some(target)` for a compare-and-swap.
+fn expected_target(expect: Expect) -> Option<Option<Digest>> {
+    match expect {
+        Expect::Anything => None,
+        Expect::Exactly(expected) => Some(expected),
+    }
+}
+
+/// What a label write answers (see `Change::SetLabel`).
+fn label_answer(written: LabelWrite, store: &StoreId, target: Option<Digest>) -> Result<bool> {
+    match written {
+        LabelWrite::Written => Ok(true),
+        LabelWrite::ExpectationFailed => Ok(false),
+        LabelWrite::TargetMissing => Err(not_found(store, target)),
+    }
 }
 
 pub(super) fn not_found(store: &StoreId, target: Option<Digest>) -> StoreError {
