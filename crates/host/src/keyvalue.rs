@@ -122,7 +122,7 @@ impl TheaterCtx {
             return Ok(false);
         }
         let admitted = self.admit(store, &[&value], &[key]).await?;
-        let bounded = admitted.store.clone();
+        let bounded = &admitted.store;
         let swapped = async {
             let stored = self.within_deadline(bounded.write(value, None)).await?;
             let new = Some(&stored.content_ref);
@@ -232,7 +232,7 @@ impl TheaterCtx {
         let values: Vec<&[u8]> = pairs.iter().map(|(_, value)| &value[..]).collect();
         let keys: Vec<&str> = pairs.iter().map(|(key, _)| &key[..]).collect();
         let admitted = self.admit(store, &values, &keys).await?;
-        let bounded = admitted.store.clone();
+        let bounded = &admitted.store;
         let result = async {
             let mut labels = Vec::with_capacity(pairs.len());
             for (key, value) in pairs {
