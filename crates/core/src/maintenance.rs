@@ -445,12 +445,14 @@ impl ContentStore {
             let engine = Arc::clone(engine);
             let store = store.clone();
             move || {
-                let snapshot = engine.snapshot(&store, "")?;
-                // After the snapshot: a label moved since is then either
-                // held by a label (checked again at removal) or named here;
-                // one moved after this read changes the log's end, which
-                // each removal checks.
+                // Before the snapshot, so that the log's end it gives is
+                // no later than the snapshot: every label moved after the
+                // snapshot was read moves the log past it, which each
+                // removal checks, and the removals read what it named.
+                // (Reserved stores keep no log; their removals ask their
+                // labels instead.)
                 let replaced = engine.replaced_targets(&store, before, keep_last)?;
+                let snapshot = engine.snapshot(&store, "")?;
                 let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
                 // Links are read after the snapshot: any link added since
                 // comes from an object stored since, which is recent. The

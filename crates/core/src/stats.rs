@@ -8,7 +8,10 @@ pub const OBJECT_OVERHEAD_BYTES: u64 = 4096;
 
 /// Space a label takes in the index on top of twice its name (the label
 /// table and the by-target index each hold it): the target hash twice, the
-/// store id and b-tree overhead. Measured on 4 KiB pages.
+/// store id and b-tree overhead. Measured on 4 KiB pages. Every engine
+/// charges this, so that one quota means the same on each; it is the
+/// shared engine's cost, and more than the local engine takes since it
+/// stopped indexing ordinary stores' labels by target (schema 11).
 pub const LABEL_OVERHEAD_BYTES: u64 = 200;
 
 /// Space a change log entry takes on top of its label's name: two refs,

@@ -62,6 +62,7 @@ pub(crate) trait Transaction {
     /// removed a file; a damaged database may have lost a row).
     fn bytes_present(&mut self, store: &StoreId, digest: Digest, place: Self::Place) -> bool;
     /// Whether a plain label (not a chain head) points at the object.
+    /// Asked only of reserved stores, which keep no change log.
     fn held_by_label(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Self::Fault>;
     /// Whether any object of the store awaits a scan for links.
     fn awaits_scan(&mut self, store: &StoreId) -> Result<bool, Self::Fault>;
@@ -284,8 +285,11 @@ pub(crate) fn apply<T: Transaction>(
             let Some(held) = txn.object(&store, digest)? else {
                 return Ok(Ok(false));
             };
+            // A logged store's labels moved since the collection's listing
+            // only if its log did (checked above); a reserved store keeps
+            // no log, so its labels are asked.
             if held.stored_at >= cutoff
-                || txn.held_by_label(&store, digest)?
+                || (!logs_changes(&store) && txn.held_by_label(&store, digest)?)
                 || txn.awaits_scan(&store)?
             {
                 return Ok(Ok(false));
