@@ -4,6 +4,8 @@
 //! thread per process (`writer.rs`).
 
 mod changes;
+#[cfg(test)]
+mod plans;
 mod reserve;
 mod sql;
 mod txn;

@@ -355,6 +355,8 @@ pub(crate) fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    #[cfg(test)]
+    let connection = super::plans::watched(connection, db);
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // Plan each statement once. Without this, SQLite (built with STAT4)
     // re-parses and re-plans a cached statement whenever a bound value
