@@ -214,6 +214,28 @@ async fn no_statement_scans_what_it_should_seek() {
     store.collect_garbage(dry_run, ()).await.unwrap();
     store.collect_garbage(grace, ()).await.unwrap();
     store.export_package(None, Vec::new(), ()).await.unwrap();
+    store.unreachable(Duration::ZERO).await.unwrap();
+    store.quarantined().await.unwrap();
+    store.list_all_content().await.unwrap();
+    store
+        .at(crate::Point::After(3))
+        .await
+        .unwrap()
+        .get_by_label("doc/1")
+        .await
+        .unwrap();
+    store.revert_to("doc/", 3, false).await.unwrap();
+    chain.trim(crate::TrimBefore::Seq(1)).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mirror = StoreRoot::new(other.path());
+    for _ in 0..2 {
+        root.sync_store_to(&mirror, store.id(), &crate::SyncOptions::default(), ())
+            .await
+            .unwrap();
+    }
+    let doomed = root.create_store().await.unwrap();
+    doomed.store_at_label("gone", "soon").await.unwrap();
+    root.remove_store(doomed.id(), false).await.unwrap();
 
     let db = dir.path().join("index.sqlite");
     let connection = Connection::open(&db).unwrap();
