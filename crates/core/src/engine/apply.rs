@@ -286,8 +286,10 @@ pub(crate) fn apply<T: Transaction>(
                 return Ok(Ok(false));
             };
             // A logged store's labels moved since the collection's listing
-            // only if its log did (checked above); a reserved store keeps
-            // no log, so its labels are asked.
+            // only if its log did (checked above; a store removed and made
+            // again starts its log over, but then holds only objects
+            // stored since, which the cutoff keeps). A reserved store
+            // keeps no log, so its labels are asked.
             if held.stored_at >= cutoff
                 || (!logs_changes(&store) && txn.held_by_label(&store, digest)?)
                 || txn.awaits_scan(&store)?
