@@ -111,6 +111,10 @@ fn plan_problem(connection: &Connection, sql: &str) -> Option<String> {
         .map(|(_, _, detail)| detail.as_str())
         .collect::<Vec<_>>()
         .join("; ");
+    // What the statement's text says, the same for every row of its plan.
+    let on_purpose = WHOLE_TABLE_ON_PURPOSE.iter().any(|s| sql.contains(s));
+    let one_key = POINT_KEYS.iter().any(|key| sql.contains(key));
+    let newest_entry = sql.contains(NEWEST_ENTRY);
     for (_, parent, detail) in &rows {
         // Tables by name or by the alias a statement gives them. A
         // materialized subquery is judged by its own plan's rows.
@@ -125,17 +129,15 @@ fn plan_problem(connection: &Connection, sql: &str) -> Option<String> {
                 })
         };
         let per_row = inside_correlated(*parent);
-        let on_purpose = WHOLE_TABLE_ON_PURPOSE.iter().any(|s| sql.contains(s));
         if reads_table("SCAN") && (per_row || !on_purpose) {
             return Some(plan);
         }
-        let whole_store = detail.ends_with("(store=?)") && !sql.contains(NEWEST_ENTRY);
+        let whole_store = detail.ends_with("(store=?)") && !newest_entry;
         if per_row && reads_table("SEARCH") && whole_store && !on_purpose {
             return Some(plan);
         }
         // A lookup of one label, object or label's history that reads the
         // whole store to find it.
-        let one_key = POINT_KEYS.iter().any(|key| sql.contains(key));
         if reads_table("SEARCH") && whole_store && one_key {
             return Some(plan);
         }
