@@ -43,7 +43,9 @@ const SMALL: [&str; 2] = ["CONSTANT ROW", "("];
 /// whole-root job (verify's integrity check, the store listing) or once
 /// per root (a migration bringing it up to date), never per object or per
 /// call on a store.
-const WHOLE_TABLE_ON_PURPOSE: [&str; 6] = [
+const WHOLE_TABLE_ON_PURPOSE: [&str; 7] = [
+    // migration 12: each store's row copied, with its log end, once.
+    "INSERT INTO stores_v12",
     // verify: labels and objects whose store has no row.
     "NOT IN (SELECT id FROM stores)",
     // verify: each store's counted totals against its rows.
@@ -71,9 +73,14 @@ const NEWEST_ENTRY: &str = "ORDER BY seq DESC LIMIT 1";
 /// of the outer query, so quadratic in the store's size), or a lookup of
 /// one key that searches by store alone.
 fn plan_problem(connection: &Connection, sql: &str) -> Option<String> {
-    let mut statement = connection
-        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-        .unwrap_or_else(|error| panic!("planning `{sql}`: {error}"));
+    // What the statement's text says, the same for every row of its plan.
+    let on_purpose = WHOLE_TABLE_ON_PURPOSE.iter().any(|s| sql.contains(s));
+    let mut statement = match connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")) {
+        Ok(statement) => statement,
+        // A migration's statement on a table it then replaced.
+        Err(_) if on_purpose => return None,
+        Err(error) => panic!("planning `{sql}`: {error}"),
+    };
     // Parameters left unbound: the plan does not depend on their values
     // (each connection plans a statement once, see `open_connection`).
     let mut raw = statement.raw_query();
@@ -111,15 +118,16 @@ fn plan_problem(connection: &Connection, sql: &str) -> Option<String> {
         .map(|(_, _, detail)| detail.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    // What the statement's text says, the same for every row of its plan.
-    let on_purpose = WHOLE_TABLE_ON_PURPOSE.iter().any(|s| sql.contains(s));
     let one_key = POINT_KEYS.iter().any(|key| sql.contains(key));
     let newest_entry = sql.contains(NEWEST_ENTRY);
     for (_, parent, detail) in &rows {
         // Tables by name or by the alias a statement gives them. A
         // materialized subquery is judged by its own plan's rows.
+        // A virtual table is a store's log tail (`jsonb_each`), a few
+        // entries in its row, never a table.
         let reads_table = |verb: &str| {
             detail.starts_with(&format!("{verb} "))
+                && !detail.contains(" VIRTUAL TABLE ")
                 && !SMALL
                     .iter()
                     .any(|small| detail.starts_with(&format!("{verb} {small}")))

@@ -10,6 +10,7 @@
 //! (`writer.rs`); reads use a small pool of connections and never block
 //! the writer (WAL).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -238,17 +239,11 @@ END;
     )
 }
 
-/// Where a store's change log ends: the newest sequence and running total,
-/// or where the last trim left them when it holds nothing.
+/// Where a store's change log ends: the newest sequence and running total
+/// (kept in its row since schema 12).
 fn log_end(connection: &Connection, store: &StoreId) -> rusqlite::Result<(i64, i64)> {
     connection
-        .prepare_cached(
-            "SELECT seq, total FROM (
-                 SELECT seq, total FROM changes WHERE store = ?1 ORDER BY seq DESC LIMIT 1)
-             UNION ALL
-             SELECT changes_trimmed, trimmed_total FROM stores WHERE id = ?1
-             LIMIT 1",
-        )?
+        .prepare_cached("SELECT log_seq, log_total FROM stores WHERE id = ?1")?
         .query_row([store.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()
         .map(Option::unwrap_or_default)
@@ -271,16 +266,26 @@ pub(crate) fn replaced_targets(
     let transaction = connection.unchecked_transaction()?;
     let log_end = change_seq(&transaction, store)?;
     let by_count = i64::try_from(log_end.saturating_sub(keep_last)).unwrap_or(i64::MAX);
-    let mut statement = transaction.prepare_cached(
-        "SELECT DISTINCT old FROM changes
-         WHERE store = ?1 AND old IS NOT NULL AND (seq > ?2 OR at >= ?3)",
-    )?;
-    let digests = statement
-        .query_map(params![store.as_str(), by_count, before], |row| {
+    let filed = "SELECT DISTINCT old FROM changes
+                 WHERE store = ?1 AND old IS NOT NULL AND (seq > ?2 OR at >= ?3)";
+    let in_row = format!(
+        "SELECT DISTINCT old FROM ({TAIL_ROWS})
+         WHERE old IS NOT NULL AND (seq > ?2 OR at >= ?3)"
+    );
+    let mut digests = BTreeSet::new();
+    for sql in [filed, &in_row] {
+        let mut statement = transaction.prepare_cached(sql)?;
+        let rows = statement.query_map(params![store.as_str(), by_count, before], |row| {
             digest_column(row, 0)
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(ReplacedTargets { log_end, digests })
+        })?;
+        for digest in rows {
+            digests.insert(digest?);
+        }
+    }
+    Ok(ReplacedTargets {
+        log_end,
+        digests: digests.into_iter().collect(),
+    })
 }
 
 /// Names `actor` in the store's change log entries after `since`: those
@@ -291,13 +296,23 @@ pub(crate) fn name_actor(
     since: u64,
     actor: &str,
 ) -> rusqlite::Result<()> {
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
     connection
         .prepare_cached("UPDATE changes SET actor = ?3 WHERE store = ?1 AND seq > ?2")?
-        .execute(params![
-            store.as_str(),
-            i64::try_from(since).unwrap_or(i64::MAX),
-            actor
-        ])?;
+        .execute(params![store.as_str(), since, actor])?;
+    // Entries still in the store's row: the tail rebuilt with the actor
+    // set in those after `since`.
+    connection
+        .prepare_cached(
+            "UPDATE stores SET log_tail = (
+                 SELECT jsonb_group_array(
+                     CASE WHEN e.value ->> 0 > ?2 THEN jsonb_replace(e.value, '$[5]', ?3)
+                          ELSE e.value END
+                     ORDER BY e.key)
+                 FROM jsonb_each(stores.log_tail) AS e)
+             WHERE id = ?1 AND log_tail IS NOT NULL AND log_seq > ?2",
+        )?
+        .execute(params![store.as_str(), since, actor])?;
     Ok(())
 }
 
@@ -323,6 +338,111 @@ CREATE INDEX labels_by_target ON labels (store, hash)
     .to_owned()
 }
 
+/// Bytes of unfiled change log entries a store's row holds before they are
+/// filed into `changes` (see [`migration_v12`]). Small enough that the row
+/// stays on its page (SQLite keeps a row of up to about 4 KiB there).
+const LOG_TAIL_BYTES: usize = 2048;
+
+/// Version 12: a store's newest change log entries live in its own row
+/// (`stores.log_tail`, a JSONB array), beside its totals and log end
+/// (`log_seq`, `log_total`), and are filed into `changes` together once
+/// they pass [`LOG_TAIL_BYTES`]. The store's row is written by every put
+/// anyway (its totals), so logging a change costs no page of its own:
+/// before this, every change wrote a leaf of `changes` and one of
+/// `changes_by_label` (7.5 pages per 1 KiB `store_at_label` instead of
+/// 5). `stores` becomes a rowid table (its id a unique key) because a
+/// row of a table without rowid spills to overflow pages past about 1 KiB,
+/// and a spilled row costs pages of its own at every write. Readers of
+/// the log read both places ([`TAIL_ROWS`]).
+fn migration_v12() -> String {
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
+    let log = |when: &str, row: &str, old: &str, new: &str| {
+        let extra = if when.starts_with("UPDATE") {
+            " AND OLD.hash IS NOT NEW.hash"
+        } else {
+            ""
+        };
+        format!(
+            "AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{extra} BEGIN
+    UPDATE stores SET
+        log_seq = log_seq + 1,
+        log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
+        log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
+            log_seq + 1, {row}.name, {old}, {new}, {now}, NULL,
+            log_total + length(CAST({row}.name AS BLOB)) + {overhead}))
+    WHERE id = {row}.store;
+END;"
+        )
+    };
+    let newest = |column: &str, otherwise: &str| {
+        format!(
+            "coalesce((SELECT {column} FROM changes WHERE store = stores.id
+                       ORDER BY seq DESC LIMIT 1), {otherwise})"
+        )
+    };
+    format!(
+        "
+CREATE TABLE stores_v12 (
+    id TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    object_count INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    label_count INTEGER NOT NULL DEFAULT 0,
+    label_footprint INTEGER NOT NULL DEFAULT 0,
+    changes_trimmed INTEGER NOT NULL DEFAULT 0,
+    trimmed_total INTEGER NOT NULL DEFAULT 0,
+    log_seq INTEGER NOT NULL DEFAULT 0,
+    log_total INTEGER NOT NULL DEFAULT 0,
+    log_tail BLOB
+);
+INSERT INTO stores_v12 (id, created_at, object_count, total_bytes, label_count,
+    label_footprint, changes_trimmed, trimmed_total, log_seq, log_total)
+SELECT id, created_at, object_count, total_bytes, label_count, label_footprint,
+    changes_trimmed, trimmed_total, {seq}, {total}
+FROM stores ORDER BY id;
+DROP TABLE stores;
+-- The triggers on other tables that name `stores` would fail a modern
+-- rename's check while no table has that name; they name it again after.
+PRAGMA legacy_alter_table = ON;
+ALTER TABLE stores_v12 RENAME TO stores;
+PRAGMA legacy_alter_table = OFF;
+CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
+    DELETE FROM changes WHERE store = OLD.id;
+END;
+DROP TRIGGER label_set_logged;
+DROP TRIGGER label_moved_logged;
+DROP TRIGGER label_removed_logged;
+CREATE TRIGGER label_set_logged {set}
+CREATE TRIGGER label_moved_logged {moved}
+CREATE TRIGGER label_removed_logged {removed}
+CREATE TRIGGER log_tail_filed AFTER UPDATE OF log_tail ON stores
+WHEN length(NEW.log_tail) >= {LOG_TAIL_BYTES} BEGIN
+    INSERT INTO changes (store, seq, label, old, new, at, actor, total)
+    SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
+    UPDATE stores SET log_tail = NULL WHERE id = NEW.id;
+END;
+",
+        seq = newest("seq", "changes_trimmed"),
+        total = newest("total", "trimmed_total"),
+        set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)"),
+        moved = log("UPDATE OF hash", "NEW", "hex(OLD.hash)", "hex(NEW.hash)"),
+        removed = log("DELETE", "OLD", "hex(OLD.hash)", "NULL"),
+        columns = tail_columns!(),
+    )
+}
+
+/// The columns of a log tail's entries `e` (from `jsonb_each`): each entry
+/// is an array `[seq, label, old, new, at, actor, total]`, refs in hex.
+macro_rules! tail_columns {
+    () => {
+        "e.value ->> 0 AS seq, e.value ->> 1 AS label, unhex(e.value ->> 2) AS old, \
+         unhex(e.value ->> 3) AS new, e.value ->> 4 AS at, e.value ->> 5 AS actor, \
+         e.value ->> 6 AS total"
+    };
+}
+use tail_columns;
+
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
 const MIGRATIONS: &[fn() -> String] = &[
@@ -336,6 +456,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v9,
     migration_v10,
     migration_v11,
+    migration_v12,
 ];
 
 /// The schema version this build writes.
@@ -1129,12 +1250,8 @@ pub(crate) fn store_stats(
     connection
         .prepare_cached(
             "SELECT object_count, total_bytes, label_count, label_footprint,
-                 coalesce(l.seq, s.changes_trimmed) - s.changes_trimmed,
-                 coalesce(l.total, s.trimmed_total) - s.trimmed_total
-             FROM stores s
-             LEFT JOIN (SELECT seq, total FROM changes WHERE store = ?1
-                        ORDER BY seq DESC LIMIT 1) l
-             WHERE s.id = ?1",
+                 log_seq - changes_trimmed, log_total - trimmed_total
+             FROM stores WHERE id = ?1",
         )?
         .query_row([store.as_str()], stats_columns)
         .optional()
@@ -1144,11 +1261,7 @@ pub(crate) fn store_stats(
 pub(crate) fn stores(connection: &Connection) -> rusqlite::Result<Vec<(String, StoreStats)>> {
     let mut statement = connection.prepare_cached(
         "SELECT object_count, total_bytes, label_count, label_footprint,
-             coalesce((SELECT seq FROM changes WHERE store = s.id ORDER BY seq DESC LIMIT 1),
-                      changes_trimmed) - changes_trimmed,
-             coalesce((SELECT total FROM changes WHERE store = s.id ORDER BY seq DESC LIMIT 1),
-                      trimmed_total) - trimmed_total,
-             id
+             log_seq - changes_trimmed, log_total - trimmed_total, id
          FROM stores s ORDER BY id",
     )?;
     let rows = statement.query_map([], |row| Ok((row.get(6)?, stats_columns(row)?)))?;
@@ -1190,9 +1303,19 @@ pub(crate) fn changes(
          WHERE store = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let since = i64::try_from(since).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map(params![store.as_str(), since, limit], change_row)?;
-    let entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![store.as_str(), since, wanted], change_row)?;
+    let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    // The store's row holds the newest entries, all after those filed.
+    if entries.len() < limit {
+        let left = i64::try_from(limit - entries.len()).unwrap_or(i64::MAX);
+        let mut statement = transaction.prepare_cached(&format!(
+            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
+             WHERE seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?;
+        let rows = statement.query_map(params![store.as_str(), since, left], change_row)?;
+        entries.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
     Ok(ChangeLog {
         entries,
         last: u64::try_from(last).unwrap_or(0),
@@ -1226,19 +1349,28 @@ pub(crate) fn label_change_after(
     label: &str,
     seq: u64,
 ) -> rusqlite::Result<Option<ChangeRow>> {
-    connection
+    let transaction = connection.unchecked_transaction()?;
+    let arguments = params![
+        store.as_str(),
+        label,
+        i64::try_from(seq).unwrap_or(i64::MAX)
+    ];
+    let filed = transaction
         .prepare_cached(
             "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
              WHERE store = ?1 AND label = ?2 AND seq > ?3 ORDER BY seq LIMIT 1",
         )?
-        .query_row(
-            params![
-                store.as_str(),
-                label,
-                i64::try_from(seq).unwrap_or(i64::MAX)
-            ],
-            change_row,
-        )
+        .query_row(arguments, change_row)
+        .optional()?;
+    if filed.is_some() {
+        return Ok(filed);
+    }
+    transaction
+        .prepare_cached(&format!(
+            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
+             WHERE label = ?2 AND seq > ?3 ORDER BY seq LIMIT 1"
+        ))?
+        .query_row(arguments, change_row)
         .optional()
 }
 
@@ -1251,21 +1383,36 @@ pub(crate) fn label_changes_before(
     before: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<ChangeRow>> {
-    connection
-        .prepare_cached(
-            "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
-             WHERE store = ?1 AND label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
-        )?
+    let transaction = connection.unchecked_transaction()?;
+    let (store, before) = (store.as_str(), i64::try_from(before).unwrap_or(i64::MAX));
+    // Newest first: the store's row holds the newest entries.
+    let mut entries = transaction
+        .prepare_cached(&format!(
+            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
+             WHERE label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+        ))?
         .query_map(
             params![
-                store.as_str(),
+                store,
                 label,
-                i64::try_from(before).unwrap_or(i64::MAX),
+                before,
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
             change_row,
         )?
-        .collect()
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if entries.len() < limit {
+        let left = i64::try_from(limit - entries.len()).unwrap_or(i64::MAX);
+        let filed = transaction
+            .prepare_cached(
+                "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
+                 WHERE store = ?1 AND label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
+            )?
+            .query_map(params![store, label, before, left], change_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        entries.extend(filed);
+    }
+    Ok(entries)
 }
 
 /// Deletes a store's change log entries made before `before`, keeping at
@@ -1278,6 +1425,7 @@ pub(crate) fn trim_changes(
     before: i64,
     keep_last: u64,
 ) -> rusqlite::Result<usize> {
+    file_log_tail(connection, store)?;
     let (last, _) = log_end(connection, store)?;
     let by_count = last.saturating_sub(i64::try_from(keep_last).unwrap_or(i64::MAX));
     let first_recent: Option<i64> = connection
@@ -1308,6 +1456,30 @@ pub(crate) fn trim_changes(
         .prepare_cached("DELETE FROM changes WHERE store = ?1 AND seq <= ?2")?
         .execute(params![store.as_str(), seq])
 }
+
+/// Files a store's log tail into `changes` now, whatever its size, so that
+/// a trim sees every entry in one place.
+fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(concat!(
+            "INSERT INTO changes (store, seq, label, old, new, at, actor, total) SELECT s.id, ",
+            tail_columns!(),
+            " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
+        ))?
+        .execute([store.as_str()])?;
+    connection
+        .prepare_cached("UPDATE stores SET log_tail = NULL WHERE id = ?1 AND log_tail IS NOT NULL")?
+        .execute([store.as_str()])?;
+    Ok(())
+}
+
+/// The entries of the log tail in store `?1`'s row, as rows of `seq,
+/// label, old, new, at, actor`.
+const TAIL_ROWS: &str = concat!(
+    "SELECT ",
+    tail_columns!(),
+    " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
+);
 
 /// A pool of read connections, so concurrent readers do not queue on one.
 #[derive(Debug)]
@@ -1390,7 +1562,80 @@ pub(crate) fn index_error(
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use super::*;
+
+    /// Sets `name` in store `store` to a ref made of `byte`.
+    fn set(db: &Connection, store: &str, name: &str, byte: u8) {
+        db.execute(
+            "INSERT INTO labels (store, name, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, name) DO UPDATE SET hash = excluded.hash",
+            params![store, name, [byte; 32]],
+        )
+        .unwrap();
+    }
+
+    /// `(seq, label, new ref's first byte, total)` of every entry, filed
+    /// ones first, and then (`in_row`) those in the store's row.
+    fn log_of(db: &Connection, store: &str, in_row: bool) -> Vec<(i64, String, Option<u8>, i64)> {
+        let entries = |sql: &str| -> Vec<(i64, String, Option<u8>, i64)> {
+            let mut statement = db.prepare(sql).unwrap();
+            statement
+                .query_map([store], |row| {
+                    let new: Option<Vec<u8>> = row.get(2)?;
+                    Ok((row.get(0)?, row.get(1)?, new.map(|n| n[0]), row.get(3)?))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let mut all = entries("SELECT seq, label, new, total FROM changes WHERE store = ?1");
+        if in_row {
+            all.extend(entries(&format!(
+                "SELECT seq, label, new, total FROM ({TAIL_ROWS})"
+            )));
+        }
+        all
+    }
+
+    #[test]
+    fn an_index_of_schema_11_keeps_its_log_and_goes_on_from_where_it_ended() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA_V1).unwrap();
+        for migration in &MIGRATIONS[..10] {
+            db.execute_batch(&migration()).unwrap();
+        }
+        db.execute("INSERT INTO stores (id, created_at) VALUES ('s', 0)", [])
+            .unwrap();
+        for i in 0..5u8 {
+            set(&db, "s", &format!("k{i}"), i);
+        }
+        let before = log_of(&db, "s", false);
+        assert_eq!(before.len(), 5);
+
+        db.execute_batch(&migration_v12()).unwrap();
+        let store = StoreId::parse("s").unwrap();
+        assert_eq!(log_end(&db, &store).unwrap(), (5, before[4].3));
+        // Enough changes that the row's tail is filed at least twice.
+        for i in 0..40u8 {
+            set(&db, "s", "moving", 100 + i);
+        }
+        let after = log_of(&db, "s", true);
+        let seqs: Vec<i64> = after.iter().map(|entry| entry.0).collect();
+        assert_eq!(seqs, (1..=45).collect::<Vec<_>>());
+        assert_eq!(after[..5], before[..]);
+        assert_eq!(after[44].2, Some(139));
+        let cost = i64::try_from(crate::stats::change_footprint("moving".len())).unwrap();
+        assert_eq!(after[44].3, before[4].3 + 40 * cost);
+        let filed: i64 = db
+            .query_row(
+                "SELECT count(*) FROM changes WHERE store = 's'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(filed > 5 && filed < 45, "{filed} of 45 entries filed");
+        assert_eq!(log_end(&db, &store).unwrap(), (45, after[44].3));
+    }
 
     #[test]
     fn prefix_upper_bound_is_the_next_string_after_the_prefix_range() {
