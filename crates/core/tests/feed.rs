@@ -167,6 +167,15 @@ async fn changes_name_the_actor_whose_handle_made_them() {
             ("by-long".to_owned(), Some("x".repeat(128))),
         ]
     );
+    // An actor's first write, which makes the store, is named too.
+    let fresh = root.store("acted-fresh").unwrap();
+    fresh
+        .by_actor("carol")
+        .store_at_label("first", b"c".to_vec())
+        .await
+        .unwrap();
+    let first = all_changes(&fresh).await;
+    assert_eq!(first[0].actor.as_deref(), Some("carol"));
 }
 
 /// The newest entries of a store's log wait in the store's own row and

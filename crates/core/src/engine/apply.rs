@@ -141,8 +141,9 @@ pub(crate) trait Transaction {
         digest: Digest,
         place: Self::Place,
     ) -> Result<Result<()>, Self::Fault>;
-    /// Names `actor` on every change log entry of the store after `since`.
-    fn name_actor(&mut self, store: &StoreId, since: u64, actor: &str) -> Result<(), Self::Fault>;
+    /// Names `actor` (`None`: no one) as the maker of the change log
+    /// entries this transaction writes to `store` (registered) from now on.
+    fn act_as(&mut self, store: &StoreId, actor: Option<&str>) -> Result<(), Self::Fault>;
     /// Drops change log entries made before `before`, keeping the newest
     /// `keep_last`; returns whether any went.
     fn trim_changes(
@@ -371,16 +372,13 @@ pub(crate) fn apply<T: Transaction>(
             Ok(Ok(true))
         }
         Change::ByActor { actor, change } => {
-            let logged = change.store().filter(|store| logs_changes(store)).cloned();
-            let since = match &logged {
-                Some(store) => txn.change_seq(store)?,
-                None => 0,
+            let Some(store) = change.store().filter(|store| logs_changes(store)).cloned() else {
+                return apply(txn, *change, refresh_after);
             };
-            let applied = apply(txn, *change, refresh_after)?;
-            if let (Some(store), Ok(_)) = (&logged, &applied) {
-                txn.name_actor(store, since, &actor)?;
-            }
-            Ok(applied)
+            txn.act_as(&store, Some(&actor))?;
+            let applied = apply(txn, *change, refresh_after);
+            txn.act_as(&store, None)?;
+            applied
         }
         Change::WithinQuota {
             quota,

@@ -158,6 +158,7 @@ impl MemEngine {
         let mut txn = Txn {
             state: &mut state,
             undo: Vec::new(),
+            acting: None,
         };
         let Ok(outcome) = apply::apply(&mut txn, change, self.refresh_after);
         if outcome.is_err() {
@@ -228,6 +229,8 @@ enum Undo {
 struct Txn<'a> {
     state: &'a mut State,
     undo: Vec<Undo>,
+    /// Who makes the changes now being applied (see `act_as`).
+    acting: Option<String>,
 }
 
 impl Txn<'_> {
@@ -284,7 +287,7 @@ impl Txn<'_> {
                 old: old.map(|row| row.head),
                 new,
                 at: unix_now(),
-                actor: None,
+                actor: self.acting.clone(),
             });
             self.undo.push(Undo::Logged(store.to_string()));
         }
@@ -579,14 +582,8 @@ impl Transaction for Txn<'_> {
         Ok(Ok(()))
     }
 
-    fn name_actor(&mut self, store: &StoreId, since: u64, actor: &str) -> Result<(), Infallible> {
-        // Every entry after `since` was made by this transaction, so
-        // undoing it drops them: the naming needs no undo of its own.
-        if let Some(held) = self.state.stores.get_mut(store.as_str()) {
-            for entry in held.log.iter_mut().rev().take_while(|e| e.seq > since) {
-                entry.actor = Some(actor.to_owned());
-            }
-        }
+    fn act_as(&mut self, _store: &StoreId, actor: Option<&str>) -> Result<(), Infallible> {
+        self.acting = actor.map(str::to_owned);
         Ok(())
     }
 

@@ -288,31 +288,19 @@ pub(crate) fn replaced_targets(
     })
 }
 
-/// Names `actor` in the store's change log entries after `since`: those
-/// the change just applied made (the triggers cannot know who acts).
-pub(crate) fn name_actor(
+/// Names `actor` (`None`: no one) as the maker of the label changes
+/// written to `store` from now on in this transaction: the log's triggers
+/// read it from the store's row (`stores.acting`), so an entry is written
+/// once, complete. A store not yet registered gets it when it is
+/// ([`ensure_store`]).
+pub(crate) fn act_as(
     connection: &Connection,
     store: &StoreId,
-    since: u64,
-    actor: &str,
+    actor: Option<&str>,
 ) -> rusqlite::Result<()> {
-    let since = i64::try_from(since).unwrap_or(i64::MAX);
     connection
-        .prepare_cached("UPDATE changes SET actor = ?3 WHERE store = ?1 AND seq > ?2")?
-        .execute(params![store.as_str(), since, actor])?;
-    // Entries still in the store's row: the tail rebuilt with the actor
-    // set in those after `since`.
-    connection
-        .prepare_cached(
-            "UPDATE stores SET log_tail = (
-                 SELECT jsonb_group_array(
-                     CASE WHEN e.value ->> 0 > ?2 THEN jsonb_replace(e.value, '$[5]', ?3)
-                          ELSE e.value END
-                     ORDER BY e.key)
-                 FROM jsonb_each(stores.log_tail) AS e)
-             WHERE id = ?1 AND log_tail IS NOT NULL AND log_seq > ?2",
-        )?
-        .execute(params![store.as_str(), since, actor])?;
+        .prepare_cached("UPDATE stores SET acting = ?2 WHERE id = ?1")?
+        .execute(params![store.as_str(), actor])?;
     Ok(())
 }
 
@@ -350,7 +338,8 @@ const LOG_TAIL_BYTES: usize = 2048;
 /// anyway (its totals), so logging a change costs no page of its own:
 /// before this, every change wrote a leaf of `changes` and one of
 /// `changes_by_label` (7.5 pages per 1 KiB `store_at_label` instead of
-/// 5). `stores` becomes a rowid table (its id a unique key) because a
+/// 5). Who makes a change is read from the row too (`acting`, see
+/// [`act_as`]). `stores` becomes a rowid table (its id a unique key) because a
 /// row of a table without rowid spills to overflow pages past about 1 KiB,
 /// and a spilled row costs pages of its own at every write. Readers of
 /// the log read both places ([`TAIL_ROWS`]).
@@ -369,7 +358,7 @@ fn migration_v12() -> String {
         log_seq = log_seq + 1,
         log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
         log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
-            log_seq + 1, {row}.name, {old}, {new}, {now}, NULL,
+            log_seq + 1, {row}.name, {old}, {new}, {now}, acting,
             log_total + length(CAST({row}.name AS BLOB)) + {overhead}))
     WHERE id = {row}.store;
 END;"
@@ -394,7 +383,8 @@ CREATE TABLE stores_v12 (
     trimmed_total INTEGER NOT NULL DEFAULT 0,
     log_seq INTEGER NOT NULL DEFAULT 0,
     log_total INTEGER NOT NULL DEFAULT 0,
-    log_tail BLOB
+    log_tail BLOB,
+    acting TEXT
 );
 INSERT INTO stores_v12 (id, created_at, object_count, total_bytes, label_count,
     label_footprint, changes_trimmed, trimmed_total, log_seq, log_total)
@@ -720,10 +710,18 @@ pub(crate) fn chain_tip(
         .optional()
 }
 
-pub(crate) fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
+/// Registers `store`, with `acting` as the maker of its changes (see
+/// [`act_as`]) when the row is new; returns whether it was.
+pub(crate) fn ensure_store(
+    connection: &Connection,
+    store: &StoreId,
+    acting: Option<&str>,
+) -> rusqlite::Result<bool> {
     let inserted = connection
-        .prepare_cached("INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, ?2)")?
-        .execute(params![store.as_str(), unix_now()])?;
+        .prepare_cached(
+            "INSERT OR IGNORE INTO stores (id, created_at, acting) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![store.as_str(), unix_now(), acting])?;
     Ok(inserted == 1)
 }
 
@@ -1617,8 +1615,17 @@ mod tests {
         assert_eq!(log_end(&db, &store).unwrap(), (5, before[4].3));
         // Enough changes that the row's tail is filed at least twice.
         for i in 0..40u8 {
+            act_as(&db, &store, (i == 39).then_some("alice")).unwrap();
             set(&db, "s", "moving", 100 + i);
         }
+        let actor: Option<String> = db
+            .query_row(
+                &format!("SELECT actor FROM ({TAIL_ROWS}) WHERE seq = 45"),
+                ["s"],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(actor.as_deref(), Some("alice"));
         let after = log_of(&db, "s", true);
         let seqs: Vec<i64> = after.iter().map(|entry| entry.0).collect();
         assert_eq!(seqs, (1..=45).collect::<Vec<_>>());

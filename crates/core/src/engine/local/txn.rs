@@ -35,6 +35,7 @@ pub(super) fn apply_in(
         layout,
         touched,
         published: Vec::new(),
+        acting: None,
     };
     let applied = apply::apply(&mut txn, change, refresh_after)?;
     if applied.is_err() {
@@ -53,6 +54,9 @@ struct LocalTxn<'a> {
     /// Files renamed into place for objects new to their store, which a
     /// refusal later in the change takes away again.
     published: Vec<(StoreId, Digest)>,
+    /// Who makes the change being applied, and to which store (see
+    /// [`Transaction::act_as`]).
+    acting: Option<(StoreId, String)>,
 }
 
 impl Transaction for LocalTxn<'_> {
@@ -60,7 +64,12 @@ impl Transaction for LocalTxn<'_> {
     type Place = Place;
 
     fn ensure_store(&mut self, store: &StoreId) -> rusqlite::Result<bool> {
-        sql::ensure_store(self.db, store)
+        let acting = self
+            .acting
+            .as_ref()
+            .filter(|(of, _)| of == store)
+            .map(|(_, actor)| actor.as_str());
+        sql::ensure_store(self.db, store, acting)
     }
 
     fn label_target(&mut self, store: &StoreId, label: &str) -> rusqlite::Result<Option<Digest>> {
@@ -215,8 +224,9 @@ impl Transaction for LocalTxn<'_> {
         }))
     }
 
-    fn name_actor(&mut self, store: &StoreId, since: u64, actor: &str) -> rusqlite::Result<()> {
-        sql::name_actor(self.db, store, since, actor)
+    fn act_as(&mut self, store: &StoreId, actor: Option<&str>) -> rusqlite::Result<()> {
+        self.acting = actor.map(|actor| (store.clone(), actor.to_owned()));
+        sql::act_as(self.db, store, actor)
     }
 
     fn trim_changes(
