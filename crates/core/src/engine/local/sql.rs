@@ -331,24 +331,37 @@ CREATE INDEX labels_by_target ON labels (store, hash)
 /// stays on its page (SQLite keeps a row of up to about 4 KiB there).
 const LOG_TAIL_BYTES: usize = 2048;
 
-/// Version 12: a store's newest change log entries live in its own row
-/// (`stores.log_tail`, a JSONB array), beside its totals and log end
-/// (`log_seq`, `log_total`), and are filed into `changes` together once
-/// they pass [`LOG_TAIL_BYTES`]. The store's row is written by every put
-/// anyway (its totals), so logging a change costs no page of its own:
-/// before this, every change wrote a leaf of `changes` and one of
-/// `changes_by_label` (7.5 pages per 1 KiB `store_at_label` instead of
-/// 5). Who makes a change is read from the row too (`acting`, see
-/// [`act_as`]). `stores` becomes a rowid table (its id a unique key) because a
-/// row of a table without rowid spills to overflow pages past about 1 KiB,
-/// and a spilled row costs pages of its own at every write. Readers of
-/// the log read both places ([`TAIL_ROWS`]).
+/// Version 12: logging a change costs no page of its own. Before it,
+/// every change wrote a leaf of `changes` and one of `changes_by_label`
+/// (7.5 pages per 1 KiB `store_at_label` instead of 5).
+/// - A store's newest entries live in its own row (`stores.log_tail`, a
+///   JSONB array), beside its totals and log end (`log_seq`,
+///   `log_total`), a row every put writes anyway, and are filed into
+///   `changes` together once they pass [`LOG_TAIL_BYTES`]. Who makes a
+///   change is read from the row too (`acting`, see [`act_as`]).
+/// - A label's history is a chain (see [`History`]): each entry names the
+///   label's entry before it (`prev`) and the label's row its newest
+///   (`labels.log_seq`), a row the change writes anyway; only removals
+///   are indexed by label (`changes_removals`).
+/// - `stores` becomes a rowid table (its id a unique key): a row of a
+///   table without rowid spills to overflow pages past about 1 KiB, and a
+///   spilled row costs pages of its own at every write.
+///
+/// Readers of the log read the row and the table ([`TAIL_ROWS`]).
 fn migration_v12() -> String {
     let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
-    let log = |when: &str, row: &str, old: &str, new: &str| {
+    let log = |when: &str, row: &str, old: &str, new: &str, prev: &str| {
         let extra = if when.starts_with("UPDATE") {
             " AND OLD.hash IS NOT NEW.hash"
+        } else {
+            ""
+        };
+        // A label that is still there remembers its newest entry.
+        let remembered = if row == "NEW" {
+            "
+    UPDATE labels SET log_seq = (SELECT log_seq FROM stores WHERE id = NEW.store)
+    WHERE store = NEW.store AND name = NEW.name;"
         } else {
             ""
         };
@@ -359,8 +372,8 @@ fn migration_v12() -> String {
         log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
         log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
             log_seq + 1, {row}.name, {old}, {new}, {now}, acting,
-            log_total + length(CAST({row}.name AS BLOB)) + {overhead}))
-    WHERE id = {row}.store;
+            log_total + length(CAST({row}.name AS BLOB)) + {overhead}, {prev}))
+    WHERE id = {row}.store;{remembered}
 END;"
         )
     };
@@ -400,6 +413,20 @@ PRAGMA legacy_alter_table = OFF;
 CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
     DELETE FROM changes WHERE store = OLD.id;
 END;
+ALTER TABLE changes ADD COLUMN prev INTEGER;
+UPDATE changes SET prev = (
+    SELECT c.seq FROM changes AS c
+    WHERE c.store = changes.store AND c.label = changes.label AND c.seq < changes.seq
+    ORDER BY c.seq DESC LIMIT 1)
+WHERE old IS NOT NULL;
+ALTER TABLE labels ADD COLUMN log_seq INTEGER;
+UPDATE labels SET log_seq = (
+    SELECT c.seq FROM changes AS c
+    WHERE c.store = labels.store AND c.label = labels.name
+    ORDER BY c.seq DESC LIMIT 1)
+WHERE substr(store, 1, 1) <> '_';
+DROP INDEX changes_by_label;
+CREATE INDEX changes_removals ON changes (store, label, seq) WHERE new IS NULL;
 DROP TRIGGER label_set_logged;
 DROP TRIGGER label_moved_logged;
 DROP TRIGGER label_removed_logged;
@@ -408,27 +435,34 @@ CREATE TRIGGER label_moved_logged {moved}
 CREATE TRIGGER label_removed_logged {removed}
 CREATE TRIGGER log_tail_filed AFTER UPDATE OF log_tail ON stores
 WHEN length(NEW.log_tail) >= {LOG_TAIL_BYTES} BEGIN
-    INSERT INTO changes (store, seq, label, old, new, at, actor, total)
+    INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev)
     SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
     UPDATE stores SET log_tail = NULL WHERE id = NEW.id;
 END;
 ",
         seq = newest("seq", "changes_trimmed"),
         total = newest("total", "trimmed_total"),
-        set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)"),
-        moved = log("UPDATE OF hash", "NEW", "hex(OLD.hash)", "hex(NEW.hash)"),
-        removed = log("DELETE", "OLD", "hex(OLD.hash)", "NULL"),
+        set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)", "NULL"),
+        moved = log(
+            "UPDATE OF hash",
+            "NEW",
+            "hex(OLD.hash)",
+            "hex(NEW.hash)",
+            "OLD.log_seq"
+        ),
+        removed = log("DELETE", "OLD", "hex(OLD.hash)", "NULL", "OLD.log_seq"),
         columns = tail_columns!(),
     )
 }
 
 /// The columns of a log tail's entries `e` (from `jsonb_each`): each entry
-/// is an array `[seq, label, old, new, at, actor, total]`, refs in hex.
+/// is an array `[seq, label, old, new, at, actor, total, prev]`, refs in
+/// hex.
 macro_rules! tail_columns {
     () => {
         "e.value ->> 0 AS seq, e.value ->> 1 AS label, unhex(e.value ->> 2) AS old, \
          unhex(e.value ->> 3) AS new, e.value ->> 4 AS at, e.value ->> 5 AS actor, \
-         e.value ->> 6 AS total"
+         e.value ->> 6 AS total, e.value ->> 7 AS prev"
     };
 }
 use tail_columns;
@@ -1339,8 +1373,118 @@ fn change_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRow> {
     })
 }
 
-/// The first entry of a store's change log for `label` after `seq`
-/// (`changes_by_label`: one index seek).
+/// One entry of a label's history, and the sequence of the entry before
+/// it, where the entry knows it.
+struct Linked {
+    row: ChangeRow,
+    prev: Option<i64>,
+}
+
+/// A label's history is a chain through the log: each entry names the
+/// label's entry before it (`prev`), and the label's row names its newest
+/// (`labels.log_seq`), so walking it costs a point read per entry and no
+/// index of its own (schema 12; an index by label cost a page write per
+/// change). A creation names no entry before it: that is the label's
+/// newest removal before it (a partial index of removals). Reads run in
+/// one transaction, and see the store's row tail and its filed entries.
+struct History<'a> {
+    db: &'a Connection,
+    store: &'a str,
+    label: &'a str,
+}
+
+impl History<'_> {
+    /// The entry with sequence `seq`, wherever it is kept.
+    fn entry(&self, seq: i64) -> rusqlite::Result<Option<Linked>> {
+        let linked = |row: &rusqlite::Row<'_>| {
+            Ok(Linked {
+                row: change_row(row)?,
+                prev: row.get(6)?,
+            })
+        };
+        let filed = self
+            .db
+            .prepare_cached(
+                "SELECT seq, label, old, new, at, actor, prev FROM changes
+                 WHERE store = ?1 AND seq = ?2",
+            )?
+            .query_row(params![self.store, seq], linked)
+            .optional()?;
+        if filed.is_some() {
+            return Ok(filed);
+        }
+        self.db
+            .prepare_cached(&format!(
+                "SELECT seq, label, old, new, at, actor, prev FROM ({TAIL_ROWS}) WHERE seq = ?2"
+            ))?
+            .query_row(params![self.store, seq], linked)
+            .optional()
+    }
+
+    /// The sequence of the label's newest removal before `before`.
+    fn removal_before(&self, before: i64) -> rusqlite::Result<Option<i64>> {
+        let arguments = params![self.store, self.label, before];
+        let in_row: Option<i64> = self
+            .db
+            .prepare_cached(&format!(
+                "SELECT max(seq) FROM ({TAIL_ROWS})
+                 WHERE label = ?2 AND new IS NULL AND seq < ?3"
+            ))?
+            .query_row(arguments, |row| row.get(0))?;
+        if in_row.is_some() {
+            return Ok(in_row);
+        }
+        self.db
+            .prepare_cached(
+                "SELECT seq FROM changes INDEXED BY changes_removals
+                 WHERE store = ?1 AND label = ?2 AND new IS NULL AND seq < ?3
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(arguments, |row| row.get(0))
+            .optional()
+    }
+
+    /// The label's newest entry: its row says, or, for a label not there
+    /// now, its newest removal does.
+    fn newest(&self) -> rusqlite::Result<Option<Linked>> {
+        let held: Option<Option<i64>> = self
+            .db
+            .prepare_cached("SELECT log_seq FROM labels WHERE store = ?1 AND name = ?2")?
+            .query_row(params![self.store, self.label], |row| row.get(0))
+            .optional()?;
+        let seq = match held {
+            Some(seq) => seq,
+            None => self.removal_before(i64::MAX)?,
+        };
+        self.at(seq)
+    }
+
+    /// The entry at `seq` when there is one and it is this label's.
+    fn at(&self, seq: Option<i64>) -> rusqlite::Result<Option<Linked>> {
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        Ok(self
+            .entry(seq)?
+            .filter(|entry| entry.row.label == self.label))
+    }
+
+    /// The label's entry before `entry`.
+    fn before(&self, entry: &Linked) -> rusqlite::Result<Option<Linked>> {
+        let seq = match entry.prev {
+            Some(seq) => Some(seq),
+            None if entry.row.old.is_none() => {
+                self.removal_before(i64::try_from(entry.row.seq).unwrap_or(i64::MAX))?
+            }
+            None => None,
+        };
+        self.at(seq)
+    }
+}
+
+/// The first entry of a store's change log for `label` after `seq`: a walk
+/// back from the label's newest entry, so its cost grows with the label's
+/// own changes since `seq`.
 pub(crate) fn label_change_after(
     connection: &Connection,
     store: &StoreId,
@@ -1348,32 +1492,23 @@ pub(crate) fn label_change_after(
     seq: u64,
 ) -> rusqlite::Result<Option<ChangeRow>> {
     let transaction = connection.unchecked_transaction()?;
-    let arguments = params![
-        store.as_str(),
+    let history = History {
+        db: &transaction,
+        store: store.as_str(),
         label,
-        i64::try_from(seq).unwrap_or(i64::MAX)
-    ];
-    let filed = transaction
-        .prepare_cached(
-            "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
-             WHERE store = ?1 AND label = ?2 AND seq > ?3 ORDER BY seq LIMIT 1",
-        )?
-        .query_row(arguments, change_row)
-        .optional()?;
-    if filed.is_some() {
-        return Ok(filed);
+    };
+    let mut first = None;
+    let mut next = history.newest()?;
+    while let Some(entry) = next.filter(|entry| entry.row.seq > seq) {
+        next = history.before(&entry)?;
+        first = Some(entry.row);
     }
-    transaction
-        .prepare_cached(&format!(
-            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
-             WHERE label = ?2 AND seq > ?3 ORDER BY seq LIMIT 1"
-        ))?
-        .query_row(arguments, change_row)
-        .optional()
+    Ok(first)
 }
 
 /// Up to `limit` entries of a store's change log for `label` before
-/// `before`, newest first.
+/// `before`, newest first. A `before` that is one of the label's own
+/// entries (a page's cursor) starts the walk there.
 pub(crate) fn label_changes_before(
     connection: &Connection,
     store: &StoreId,
@@ -1382,33 +1517,27 @@ pub(crate) fn label_changes_before(
     limit: usize,
 ) -> rusqlite::Result<Vec<ChangeRow>> {
     let transaction = connection.unchecked_transaction()?;
-    let (store, before) = (store.as_str(), i64::try_from(before).unwrap_or(i64::MAX));
-    // Newest first: the store's row holds the newest entries.
-    let mut entries = transaction
-        .prepare_cached(&format!(
-            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
-             WHERE label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
-        ))?
-        .query_map(
-            params![
-                store,
-                label,
-                before,
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            change_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    if entries.len() < limit {
-        let left = i64::try_from(limit - entries.len()).unwrap_or(i64::MAX);
-        let filed = transaction
-            .prepare_cached(
-                "SELECT seq, label, old, new, at, actor FROM changes INDEXED BY changes_by_label
-                 WHERE store = ?1 AND label = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
-            )?
-            .query_map(params![store, label, before, left], change_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        entries.extend(filed);
+    let history = History {
+        db: &transaction,
+        store: store.as_str(),
+        label,
+    };
+    let cursor = match i64::try_from(before) {
+        Ok(seq) => history.at(Some(seq))?,
+        Err(_) => None,
+    };
+    let mut next = match &cursor {
+        Some(entry) => history.before(entry)?,
+        None => history.newest()?,
+    };
+    let mut entries = Vec::new();
+    while entries.len() < limit
+        && let Some(entry) = next
+    {
+        next = history.before(&entry)?;
+        if entry.row.seq < before {
+            entries.push(entry.row);
+        }
     }
     Ok(entries)
 }
@@ -1460,7 +1589,7 @@ pub(crate) fn trim_changes(
 fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<()> {
     connection
         .prepare_cached(concat!(
-            "INSERT INTO changes (store, seq, label, old, new, at, actor, total) SELECT s.id, ",
+            "INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev) SELECT s.id, ",
             tail_columns!(),
             " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
         ))?
@@ -1642,6 +1771,26 @@ mod tests {
             .unwrap();
         assert!(filed > 5 && filed < 45, "{filed} of 45 entries filed");
         assert_eq!(log_end(&db, &store).unwrap(), (45, after[44].3));
+
+        // Histories reach back past the migration, and through a removal.
+        let history = |label: &str| -> Vec<u64> {
+            label_changes_before(&db, &store, label, u64::MAX, 100)
+                .unwrap()
+                .iter()
+                .map(|entry| entry.seq)
+                .collect()
+        };
+        assert_eq!(history("moving"), (6..=45).rev().collect::<Vec<_>>());
+        set(&db, "s", "k2", 9);
+        db.execute("DELETE FROM labels WHERE store = 's' AND name = 'k2'", [])
+            .unwrap();
+        assert_eq!(history("k2"), [47, 46, 3]);
+        set(&db, "s", "k2", 10);
+        assert_eq!(history("k2"), [48, 47, 46, 3]);
+        let paged = label_changes_before(&db, &store, "k2", 47, 1).unwrap();
+        assert_eq!(paged[0].seq, 46);
+        let after_first = label_change_after(&db, &store, "k2", 3).unwrap();
+        assert_eq!(after_first.map(|entry| entry.seq), Some(46));
     }
 
     #[test]
