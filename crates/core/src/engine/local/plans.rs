@@ -45,7 +45,7 @@ const SMALL: [&str; 2] = ["CONSTANT ROW", "("];
 /// call on a store.
 const WHOLE_TABLE_ON_PURPOSE: [&str; 9] = [
     // migration 12: each entry and label linked to its label's newest.
-    "UPDATE changes SET prev = (",
+    "UPDATE changes SET mark = 1, prev = (",
     "UPDATE labels SET log_seq = (",
     // migration 12: each store's row copied, with its log end, once.
     "INSERT INTO stores_v12",

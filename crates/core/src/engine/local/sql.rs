@@ -326,6 +326,10 @@ CREATE INDEX labels_by_target ON labels (store, hash)
     .to_owned()
 }
 
+/// Links of a label's history chain between two that are indexed (see
+/// [`migration_v12`]): a read at a past point walks at most this many.
+const MARK_EVERY: u32 = 16;
+
 /// Bytes of unfiled change log entries a store's row holds before they are
 /// filed into `changes` (see [`migration_v12`]). Small enough that the row
 /// stays on its page (SQLite keeps a row of up to about 4 KiB there).
@@ -341,8 +345,10 @@ const LOG_TAIL_BYTES: usize = 2048;
 ///   change is read from the row too (`acting`, see [`act_as`]).
 /// - A label's history is a chain (see [`History`]): each entry names the
 ///   label's entry before it (`prev`) and the label's row its newest
-///   (`labels.log_seq`), a row the change writes anyway; only removals
-///   are indexed by label (`changes_removals`).
+///   (`labels.log_seq`), a row the change writes anyway. Only every
+///   [`MARK_EVERY`]th link of a chain (`mark`) and removals are indexed
+///   by label (`changes_marks`, `changes_removals`), so a read at a past
+///   point walks at most that many links.
 /// - `stores` becomes a rowid table (its id a unique key): a row of a
 ///   table without rowid spills to overflow pages past about 1 KiB, and a
 ///   spilled row costs pages of its own at every write.
@@ -351,19 +357,23 @@ const LOG_TAIL_BYTES: usize = 2048;
 fn migration_v12() -> String {
     let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
-    let log = |when: &str, row: &str, old: &str, new: &str, prev: &str| {
+    let log = |when: &str, row: &str, old: &str, new: &str, prev: &str, depth: &str| {
         let extra = if when.starts_with("UPDATE") {
             " AND OLD.hash IS NOT NEW.hash"
         } else {
             ""
         };
-        // A label that is still there remembers its newest entry.
+        // A label that is still there remembers its newest entry and how
+        // far down its chain that is.
         let remembered = if row == "NEW" {
-            "
-    UPDATE labels SET log_seq = (SELECT log_seq FROM stores WHERE id = NEW.store)
+            format!(
+                "
+    UPDATE labels SET log_seq = (SELECT log_seq FROM stores WHERE id = NEW.store),
+        log_depth = {depth}
     WHERE store = NEW.store AND name = NEW.name;"
+            )
         } else {
-            ""
+            String::new()
         };
         format!(
             "AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{extra} BEGIN
@@ -372,7 +382,8 @@ fn migration_v12() -> String {
         log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
         log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
             log_seq + 1, {row}.name, {old}, {new}, {now}, acting,
-            log_total + length(CAST({row}.name AS BLOB)) + {overhead}, {prev}))
+            log_total + length(CAST({row}.name AS BLOB)) + {overhead}, {prev},
+            CASE WHEN {depth} % {MARK_EVERY} = 0 THEN 1 END))
     WHERE id = {row}.store;{remembered}
 END;"
         )
@@ -414,12 +425,14 @@ CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
     DELETE FROM changes WHERE store = OLD.id;
 END;
 ALTER TABLE changes ADD COLUMN prev INTEGER;
-UPDATE changes SET prev = (
+ALTER TABLE changes ADD COLUMN mark INTEGER;
+UPDATE changes SET mark = 1, prev = (
     SELECT c.seq FROM changes AS c
     WHERE c.store = changes.store AND c.label = changes.label AND c.seq < changes.seq
     ORDER BY c.seq DESC LIMIT 1)
 WHERE old IS NOT NULL;
 ALTER TABLE labels ADD COLUMN log_seq INTEGER;
+ALTER TABLE labels ADD COLUMN log_depth INTEGER;
 UPDATE labels SET log_seq = (
     SELECT c.seq FROM changes AS c
     WHERE c.store = labels.store AND c.label = labels.name
@@ -427,6 +440,7 @@ UPDATE labels SET log_seq = (
 WHERE substr(store, 1, 1) <> '_';
 DROP INDEX changes_by_label;
 CREATE INDEX changes_removals ON changes (store, label, seq) WHERE new IS NULL;
+CREATE INDEX changes_marks ON changes (store, label, seq) WHERE mark IS NOT NULL;
 DROP TRIGGER label_set_logged;
 DROP TRIGGER label_moved_logged;
 DROP TRIGGER label_removed_logged;
@@ -435,34 +449,44 @@ CREATE TRIGGER label_moved_logged {moved}
 CREATE TRIGGER label_removed_logged {removed}
 CREATE TRIGGER log_tail_filed AFTER UPDATE OF log_tail ON stores
 WHEN length(NEW.log_tail) >= {LOG_TAIL_BYTES} BEGIN
-    INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev)
+    INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev, mark)
     SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
     UPDATE stores SET log_tail = NULL WHERE id = NEW.id;
 END;
 ",
         seq = newest("seq", "changes_trimmed"),
         total = newest("total", "trimmed_total"),
-        set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)", "NULL"),
+        // A chain starts at depth 0 (marked) when its label is made, and
+        // at a change of a label from before schema 12.
+        set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)", "NULL", "0"),
         moved = log(
             "UPDATE OF hash",
             "NEW",
             "hex(OLD.hash)",
             "hex(NEW.hash)",
-            "OLD.log_seq"
+            "OLD.log_seq",
+            "coalesce(OLD.log_depth + 1, 0)"
         ),
-        removed = log("DELETE", "OLD", "hex(OLD.hash)", "NULL", "OLD.log_seq"),
+        removed = log(
+            "DELETE",
+            "OLD",
+            "hex(OLD.hash)",
+            "NULL",
+            "OLD.log_seq",
+            "coalesce(OLD.log_depth + 1, 0)"
+        ),
         columns = tail_columns!(),
     )
 }
 
 /// The columns of a log tail's entries `e` (from `jsonb_each`): each entry
-/// is an array `[seq, label, old, new, at, actor, total, prev]`, refs in
-/// hex.
+/// is an array `[seq, label, old, new, at, actor, total, prev, mark]`,
+/// refs in hex.
 macro_rules! tail_columns {
     () => {
         "e.value ->> 0 AS seq, e.value ->> 1 AS label, unhex(e.value ->> 2) AS old, \
          unhex(e.value ->> 3) AS new, e.value ->> 4 AS at, e.value ->> 5 AS actor, \
-         e.value ->> 6 AS total, e.value ->> 7 AS prev"
+         e.value ->> 6 AS total, e.value ->> 7 AS prev, e.value ->> 8 AS mark"
     };
 }
 use tail_columns;
@@ -1382,11 +1406,13 @@ struct Linked {
 
 /// A label's history is a chain through the log: each entry names the
 /// label's entry before it (`prev`), and the label's row names its newest
-/// (`labels.log_seq`), so walking it costs a point read per entry and no
-/// index of its own (schema 12; an index by label cost a page write per
-/// change). A creation names no entry before it: that is the label's
-/// newest removal before it (a partial index of removals). Reads run in
-/// one transaction, and see the store's row tail and its filed entries.
+/// (`labels.log_seq`), so walking it costs a point read per entry (schema
+/// 12; an index of every entry by label cost a page write per change). A
+/// creation names no entry before it: that is the label's newest removal
+/// before it (a partial index of removals). Every [`MARK_EVERY`]th link
+/// is indexed by label, which bounds the walk to a past point. Reads run
+/// in one transaction, and see the store's row tail and its filed
+/// entries.
 struct History<'a> {
     db: &'a Connection,
     store: &'a str,
@@ -1469,6 +1495,42 @@ impl History<'_> {
             .filter(|entry| entry.row.label == self.label))
     }
 
+    /// The label's oldest entry after `seq`: from the oldest marked entry
+    /// after it (or the newest entry, when none is), back along the chain
+    /// while the entries are after `seq`, fewer than [`MARK_EVERY`] links.
+    fn first_after(&self, seq: i64) -> rusqlite::Result<Option<Linked>> {
+        let arguments = params![self.store, self.label, seq];
+        let mut marked: Option<i64> = self
+            .db
+            .prepare_cached(
+                "SELECT seq FROM changes INDEXED BY changes_marks
+                 WHERE store = ?1 AND label = ?2 AND mark IS NOT NULL AND seq > ?3
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(arguments, |row| row.get(0))
+            .optional()?;
+        if marked.is_none() {
+            marked = self
+                .db
+                .prepare_cached(&format!(
+                    "SELECT min(seq) FROM ({TAIL_ROWS})
+                     WHERE label = ?2 AND mark IS NOT NULL AND seq > ?3"
+                ))?
+                .query_row(arguments, |row| row.get(0))?;
+        }
+        let mut next = match marked {
+            Some(seq) => self.at(Some(seq))?,
+            None => self.newest()?,
+        };
+        let mut first = None;
+        let after = |entry: &Linked| i64::try_from(entry.row.seq).unwrap_or(i64::MAX) > seq;
+        while let Some(entry) = next.filter(after) {
+            next = self.before(&entry)?;
+            first = Some(entry);
+        }
+        Ok(first)
+    }
+
     /// The label's entry before `entry`.
     fn before(&self, entry: &Linked) -> rusqlite::Result<Option<Linked>> {
         let seq = match entry.prev {
@@ -1482,9 +1544,8 @@ impl History<'_> {
     }
 }
 
-/// The first entry of a store's change log for `label` after `seq`: a walk
-/// back from the label's newest entry, so its cost grows with the label's
-/// own changes since `seq`.
+/// The first entry of a store's change log for `label` after `seq` (see
+/// [`History::first_after`]).
 pub(crate) fn label_change_after(
     connection: &Connection,
     store: &StoreId,
@@ -1497,18 +1558,13 @@ pub(crate) fn label_change_after(
         store: store.as_str(),
         label,
     };
-    let mut first = None;
-    let mut next = history.newest()?;
-    while let Some(entry) = next.filter(|entry| entry.row.seq > seq) {
-        next = history.before(&entry)?;
-        first = Some(entry.row);
-    }
-    Ok(first)
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    Ok(history.first_after(seq)?.map(|entry| entry.row))
 }
 
 /// Up to `limit` entries of a store's change log for `label` before
-/// `before`, newest first. A `before` that is one of the label's own
-/// entries (a page's cursor) starts the walk there.
+/// `before`, newest first: from the label's entry before its first at or
+/// after `before` (or its newest, when none is), back along the chain.
 pub(crate) fn label_changes_before(
     connection: &Connection,
     store: &StoreId,
@@ -1522,11 +1578,11 @@ pub(crate) fn label_changes_before(
         store: store.as_str(),
         label,
     };
-    let cursor = match i64::try_from(before) {
-        Ok(seq) => history.at(Some(seq))?,
+    let at_or_after = match i64::try_from(before) {
+        Ok(seq) => history.first_after(seq - 1)?,
         Err(_) => None,
     };
-    let mut next = match &cursor {
+    let mut next = match &at_or_after {
         Some(entry) => history.before(entry)?,
         None => history.newest()?,
     };
@@ -1535,9 +1591,7 @@ pub(crate) fn label_changes_before(
         && let Some(entry) = next
     {
         next = history.before(&entry)?;
-        if entry.row.seq < before {
-            entries.push(entry.row);
-        }
+        entries.push(entry.row);
     }
     Ok(entries)
 }
@@ -1589,7 +1643,8 @@ pub(crate) fn trim_changes(
 fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<()> {
     connection
         .prepare_cached(concat!(
-            "INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev) SELECT s.id, ",
+            "INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev, mark) \
+             SELECT s.id, ",
             tail_columns!(),
             " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
         ))?
@@ -1781,6 +1836,16 @@ mod tests {
                 .collect()
         };
         assert_eq!(history("moving"), (6..=45).rev().collect::<Vec<_>>());
+        // From any point, through the marked links and between them.
+        for seq in 0..46u64 {
+            let first = label_change_after(&db, &store, "moving", seq).unwrap();
+            let expected = (seq < 45).then_some(seq.max(5) + 1);
+            assert_eq!(first.map(|entry| entry.seq), expected, "after {seq}");
+            let older = label_changes_before(&db, &store, "moving", seq, 3).unwrap();
+            let older: Vec<u64> = older.iter().map(|entry| entry.seq).collect();
+            let expected: Vec<u64> = (6..seq).rev().take(3).collect();
+            assert_eq!(older, expected, "before {seq}");
+        }
         set(&db, "s", "k2", 9);
         db.execute("DELETE FROM labels WHERE store = 's' AND name = 'k2'", [])
             .unwrap();
