@@ -100,8 +100,9 @@ impl ContentStore {
     /// The past values of `label`, newest first: each change the store's
     /// log still holds for it (as far back as [`crate::Options::change_retention`]
     /// keeps), at most `limit`. A change whose `new` is `None` removed it.
-    /// Reads the log's index by label: the cost grows with `limit`, not
-    /// with the other labels' changes.
+    /// Follows the label's own entries (an index by label, or a chain of
+    /// them): the cost grows with `limit`, not with the other labels'
+    /// changes.
     pub async fn history(&self, label: &str, limit: usize) -> Result<Vec<LabelChange>> {
         crate::names::validate_label(label)?;
         let engine = self.root().engine().await?;
