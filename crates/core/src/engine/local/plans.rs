@@ -43,9 +43,10 @@ const SMALL: [&str; 2] = ["CONSTANT ROW", "("];
 /// whole-root job (verify's integrity check, the store listing) or once
 /// per root (a migration bringing it up to date), never per object or per
 /// call on a store.
-const WHOLE_TABLE_ON_PURPOSE: [&str; 9] = [
+const WHOLE_TABLE_ON_PURPOSE: [&str; 10] = [
     // migration 12: each entry and label linked to its label's newest.
-    "UPDATE changes SET mark = 1, prev = (",
+    "UPDATE changes SET mark = 1",
+    "UPDATE changes SET prev = (",
     "UPDATE labels SET log_seq = (",
     // migration 12: each store's row copied, with its log end, once.
     "INSERT INTO stores_v12",

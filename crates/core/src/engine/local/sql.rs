@@ -426,7 +426,8 @@ CREATE TRIGGER store_forgotten AFTER DELETE ON stores BEGIN
 END;
 ALTER TABLE changes ADD COLUMN prev INTEGER;
 ALTER TABLE changes ADD COLUMN mark INTEGER;
-UPDATE changes SET mark = 1, prev = (
+UPDATE changes SET mark = 1;
+UPDATE changes SET prev = (
     SELECT c.seq FROM changes AS c
     WHERE c.store = changes.store AND c.label = changes.label AND c.seq < changes.seq
     ORDER BY c.seq DESC LIMIT 1)
