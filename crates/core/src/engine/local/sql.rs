@@ -1657,7 +1657,7 @@ fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<(
 }
 
 /// The entries of the log tail in store `?1`'s row, as rows of `seq,
-/// label, old, new, at, actor`.
+/// label, old, new, at, actor, total, prev, mark` (see [`tail_columns`]).
 const TAIL_ROWS: &str = concat!(
     "SELECT ",
     tail_columns!(),
