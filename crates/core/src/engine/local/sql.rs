@@ -69,7 +69,7 @@ END;
 ";
 
 /// Version 2: what labels take in the index is totalled per store (see
-/// [`label_footprint`]), so that quotas can charge labels for their space.
+/// [`crate::stats::label_footprint`]), so that quotas can charge labels for their space.
 /// (Version 2 also moved store directories to case-safe names; the
 /// writer's open does that part, see root.rs.)
 fn migration_v2() -> String {
@@ -186,8 +186,9 @@ fn migration_v8() -> String {
 /// (an index seek) rather than kept in the store's row, which would be one
 /// more page written per change. `stores.changes_trimmed` and
 /// `trimmed_total` are where the last trim left the log. Reserved stores
-/// (`_…`) keep no log. The writer names the actor in the entries
-/// afterwards ([`name_actor`]).
+/// (`_…`) keep no log. The writer named the actor in the entries
+/// afterwards (until schema 12, whose triggers read it from the store's
+/// row, see [`act_as`]).
 fn migration_v9() -> String {
     let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
