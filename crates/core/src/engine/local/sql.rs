@@ -178,6 +178,10 @@ fn migration_v8() -> String {
     "ALTER TABLE labels ADD COLUMN checksum INTEGER;".to_owned()
 }
 
+/// The time now in milliseconds since the Unix epoch, in SQL (the change
+/// log's triggers stamp entries with it).
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
 /// Version 9: a change log per store (`changes`), written by triggers on
 /// `labels`, so that every label write of every path lands in it in its
 /// own transaction. Logging a change writes its row and nothing else: the
@@ -190,7 +194,7 @@ fn migration_v8() -> String {
 /// afterwards (until schema 12, whose triggers read it from the store's
 /// row, see [`act_as`]).
 fn migration_v9() -> String {
-    let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    let now = NOW_MS;
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     let log = |when: &str, row: &str, old: &str, new: &str| {
         let extra = if when.starts_with("UPDATE") {
@@ -356,7 +360,7 @@ const LOG_TAIL_BYTES: usize = 2048;
 ///
 /// Readers of the log read the row and the table ([`TAIL_ROWS`]).
 fn migration_v12() -> String {
-    let now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    let now = NOW_MS;
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     let log = |when: &str, row: &str, old: &str, new: &str, prev: &str, depth: &str| {
         let extra = if when.starts_with("UPDATE") {
@@ -451,8 +455,7 @@ CREATE TRIGGER label_moved_logged {moved}
 CREATE TRIGGER label_removed_logged {removed}
 CREATE TRIGGER log_tail_filed AFTER UPDATE OF log_tail ON stores
 WHEN length(NEW.log_tail) >= {LOG_TAIL_BYTES} BEGIN
-    INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev, mark)
-    SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
+    {file_into} SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
     UPDATE stores SET log_tail = NULL WHERE id = NEW.id;
 END;
 ",
@@ -477,6 +480,7 @@ END;
             "OLD.log_seq",
             "coalesce(OLD.log_depth + 1, 0)"
         ),
+        file_into = file_into_changes!(),
         columns = tail_columns!(),
     )
 }
@@ -492,6 +496,15 @@ macro_rules! tail_columns {
     };
 }
 use tail_columns;
+
+/// The start of the statement that files a store's log tail into
+/// `changes`, followed by a `SELECT` of the store and [`tail_columns`].
+macro_rules! file_into_changes {
+    () => {
+        "INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev, mark)"
+    };
+}
+use file_into_changes;
 
 /// Schema changes after version 1, in order; entry `i` brings a root from
 /// version `i + 1` to `i + 2`.
@@ -1645,8 +1658,8 @@ pub(crate) fn trim_changes(
 fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<()> {
     connection
         .prepare_cached(concat!(
-            "INSERT INTO changes (store, seq, label, old, new, at, actor, total, prev, mark) \
-             SELECT s.id, ",
+            file_into_changes!(),
+            " SELECT s.id, ",
             tail_columns!(),
             " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
         ))?
