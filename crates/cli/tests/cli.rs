@@ -62,17 +62,22 @@ impl Env {
     }
 }
 
-/// A small object's bytes as the root's index holds them.
+/// A small object's bytes as the root's index holds them: its content
+/// row, then the last bytes its object row may keep (see ARCHITECTURE.md).
 fn small_object(root: &Path, store: &str, hash: &str) -> Vec<u8> {
     let db = rusqlite::Connection::open(root.join("index.sqlite")).unwrap();
     let hash = blake3::Hash::from_hex(hash).unwrap();
-    db.query_row(
-        "SELECT content FROM inline_content WHERE id =
-         (SELECT inline_id FROM objects WHERE store = ?1 AND hash = ?2)",
-        rusqlite::params![store, &hash.as_bytes()[..]],
-        |row| row.get(0),
-    )
-    .unwrap()
+    let (mut head, tail): (Vec<u8>, Option<Vec<u8>>) = db
+        .query_row(
+            "SELECT c.content, o.inline_tail FROM objects o
+             JOIN inline_content c ON c.id = o.inline_id
+             WHERE o.store = ?1 AND o.hash = ?2",
+            rusqlite::params![store, &hash.as_bytes()[..]],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    head.extend(tail.unwrap_or_default());
+    head
 }
 
 /// Overwrites a small object's bytes where the store keeps them, in the
@@ -88,6 +93,11 @@ fn damage_small_object(root: &Path, store: &str, hash: &str, bytes: &[u8]) {
         )
         .unwrap();
     assert_eq!(changed, 1, "the object is not inline");
+    db.execute(
+        "UPDATE objects SET inline_tail = NULL WHERE store = ?1 AND hash = ?2",
+        rusqlite::params![store, &hash.as_bytes()[..]],
+    )
+    .unwrap();
 }
 
 #[test]

@@ -260,9 +260,15 @@ pub fn damage(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, 
     match place(root, store, content_ref) {
         Place::File(path) => std::fs::write(path, bytes).unwrap(),
         Place::Inline(db, id) => {
+            // The whole content in its row, none kept in the object's row.
             db.execute(
                 "UPDATE inline_content SET content = ?2 WHERE id = ?1",
                 rusqlite::params![id, bytes],
+            )
+            .unwrap();
+            db.execute(
+                "UPDATE objects SET inline_tail = NULL WHERE inline_id = ?1",
+                [id],
             )
             .unwrap();
         }

@@ -485,6 +485,14 @@ END;
     )
 }
 
+/// Version 13: an inline object's last few bytes may be kept in its
+/// object row (`objects.inline_tail`), so that its content row packs into
+/// the index's pages (see [`inline_head_len`]). Rows from before keep
+/// all their bytes in `inline_content`, and read the same.
+fn migration_v13() -> String {
+    "ALTER TABLE objects ADD COLUMN inline_tail BLOB;".to_owned()
+}
+
 /// The columns of a log tail's entries `e` (from `jsonb_each`): each entry
 /// is an array `[seq, label, old, new, at, actor, total, prev, mark]`,
 /// refs in hex.
@@ -520,6 +528,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v10,
     migration_v11,
     migration_v12,
+    migration_v13,
 ];
 
 /// The schema version this build writes.
@@ -869,12 +878,16 @@ pub(crate) fn object_content(
 ) -> rusqlite::Result<Option<(Place, Option<Vec<u8>>)>> {
     connection
         .prepare_cached(
-            "SELECT o.inline_id, c.id IS NOT NULL, c.content
+            "SELECT o.inline_id, c.id IS NOT NULL, c.content, o.inline_tail
              FROM objects o LEFT JOIN inline_content c ON c.id = o.inline_id
              WHERE o.store = ?1 AND o.hash = ?2",
         )?
         .query_row(params![store.as_str(), &digest.0[..]], |row| {
-            Ok((place_column(row, 0)?, row.get(2)?))
+            let content = row.get::<_, Option<Vec<u8>>>(2)?.map(|mut head| {
+                head.extend_from_slice(tail_column(row, 3));
+                head
+            });
+            Ok((place_column(row, 0)?, content))
         })
         .optional()
 }
@@ -888,24 +901,125 @@ pub(crate) fn for_each_inline<E: From<rusqlite::Error>>(
     mut visit: impl FnMut(Digest, &[u8]) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let mut statement = connection.prepare(
-        "SELECT o.hash, c.content FROM objects o JOIN inline_content c ON c.id = o.inline_id
+        "SELECT o.hash, c.content, o.inline_tail
+         FROM objects o JOIN inline_content c ON c.id = o.inline_id
          WHERE o.store = ?1 ORDER BY o.hash",
     )?;
     let mut rows = statement.query([store.as_str()])?;
+    let mut joined = Vec::new();
     while let Some(row) = rows.next()? {
         let digest = digest_column(row, 0)?;
-        let content = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        visit(digest, content)?;
+        let head = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let tail = tail_column(row, 2);
+        if tail.is_empty() {
+            visit(digest, head)?;
+        } else {
+            joined.clear();
+            joined.extend_from_slice(head);
+            joined.extend_from_slice(tail);
+            visit(digest, &joined)?;
+        }
     }
     Ok(())
 }
 
-/// Stores inline bytes; returns the row id an object row points at.
-pub(crate) fn insert_inline(connection: &Connection, content: &[u8]) -> rusqlite::Result<i64> {
+/// An object row's `inline_tail`: empty when it has none (or, after
+/// damage, holds something other than bytes, which verification of the
+/// whole content then reports).
+fn tail_column<'a>(row: &'a rusqlite::Row<'_>, column: usize) -> &'a [u8] {
+    match row.get_ref(column) {
+        Ok(rusqlite::types::ValueRef::Blob(bytes) | rusqlite::types::ValueRef::Text(bytes)) => {
+            bytes
+        }
+        _ => &[],
+    }
+}
+
+/// The usable bytes of an index page: SQLite's default page size, which
+/// this crate never changes.
+const PAGE_BYTES: usize = 4096;
+
+/// The most bytes of an inline object kept in its object row.
+const INLINE_TAIL_MAX: usize = 64;
+
+/// The largest inline content row for which `rows` rows share a page.
+fn inline_row_capacity(rows: usize) -> usize {
+    (LEAF_BYTES / rows.max(1))
+        .saturating_sub(CELL_OVERHEAD)
+        .min(ON_PAGE_MAX)
+}
+
+/// The bytes of a table leaf page that rows can use (8 are its header).
+const LEAF_BYTES: usize = PAGE_BYTES - 8;
+/// What an inline content row costs its page beside its bytes: a 2-byte
+/// cell pointer, its length (2 bytes), its row id (4 bytes for the first
+/// 2^28 rows), a 3-byte record header, and one byte more that filling
+/// pages shows SQLite keeps (checked by a test below).
+const CELL_OVERHEAD: usize = 2 + 2 + 4 + 3 + 1;
+/// The longest inline content row SQLite keeps wholly on its page; a
+/// longer one spills into an overflow page (found the same way).
+const ON_PAGE_MAX: usize = PAGE_BYTES - 39;
+
+/// How many inline content rows of `len` bytes share a page (0: the row
+/// spills to an overflow page).
+fn inline_rows_per_page(len: usize) -> usize {
+    if len > ON_PAGE_MAX {
+        return 0;
+    }
+    LEAF_BYTES / (len + CELL_OVERHEAD)
+}
+
+/// How many of an inline object's `len` bytes its `inline_content` row
+/// keeps; the rest, at most [`INLINE_TAIL_MAX`], go into its object row,
+/// which the write writes anyway. SQLite packs whole rows into pages, so
+/// content a few bytes too long for `n` rows to share a page took a page
+/// share of `1/(n-1)`: a 1 KiB object a third of a page, a 4 KiB one a
+/// page and an overflow page. Moving those bytes out lets `n` share
+/// (issue 32: disk per 1 KiB object). Only done where the page share
+/// saved is well above the bytes moved.
+pub(crate) fn inline_head_len(len: usize) -> usize {
+    let natural = inline_rows_per_page(len);
+    let packed = inline_rows_per_page(len.saturating_sub(INLINE_TAIL_MAX));
+    if packed <= natural {
+        return len;
+    }
+    let head = inline_row_capacity(packed).min(len);
+    // A row that spills takes a page of its own beside its share.
+    let saved = match natural {
+        0 => PAGE_BYTES,
+        rows => PAGE_BYTES / rows - PAGE_BYTES / packed,
+    };
+    // The tail costs about twice its size in the object rows' B-tree.
+    if saved > 2 * (len - head) { head } else { len }
+}
+
+/// Where an inline object's bytes went: the id of its content row, and
+/// the tail its object row keeps (see [`inline_head_len`]).
+#[derive(Debug)]
+pub(crate) struct InlineRow {
+    pub(crate) id: i64,
+    pub(crate) tail: Vec<u8>,
+}
+
+/// Stores an object's bytes inline: the content row, and the tail that
+/// its object row is to keep ([`upsert_object`]).
+pub(crate) fn insert_inline(
+    connection: &Connection,
+    content: &[u8],
+) -> rusqlite::Result<InlineRow> {
+    let (head, tail) = content.split_at(inline_head_len(content.len()));
     connection
         .prepare_cached("INSERT INTO inline_content (content) VALUES (?1)")?
-        .execute([content])?;
-    Ok(connection.last_insert_rowid())
+        .execute([head])?;
+    Ok(InlineRow {
+        id: connection.last_insert_rowid(),
+        tail: tail.to_vec(),
+    })
+}
+
+/// An object row's `inline_tail` value: `NULL` for none.
+fn tail_value(tail: &[u8]) -> Option<&[u8]> {
+    (!tail.is_empty()).then_some(tail)
 }
 
 /// Adds a sealed chain segment as a new inline object, in two statements:
@@ -918,42 +1032,50 @@ pub(crate) fn insert_event(
     digest: Digest,
     event: &[u8],
 ) -> rusqlite::Result<bool> {
-    let inline_id = insert_inline(connection, event)?;
+    let inline = insert_inline(connection, event)?;
     let added = connection
         .prepare_cached(
-            "INSERT INTO objects (store, hash, size, stored_at, inline_id)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (store, hash) DO NOTHING",
+            "INSERT INTO objects (store, hash, size, stored_at, inline_id, inline_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (store, hash) DO NOTHING",
         )?
         .execute(params![
             store.as_str(),
             &digest.0[..],
             i64::try_from(event.len()).unwrap_or(i64::MAX),
             unix_now(),
-            inline_id
+            inline.id,
+            tail_value(&inline.tail)
         ])?;
     if added == 0 {
         connection
             .prepare_cached("DELETE FROM inline_content WHERE id = ?1")?
-            .execute([inline_id])?;
+            .execute([inline.id])?;
     }
     Ok(added == 1)
 }
 
-/// Rewrites inline bytes in place (healing a damaged copy).
+/// Rewrites an object's inline bytes in place, its content row `id` and
+/// its tail (healing a damaged copy).
 pub(crate) fn rewrite_inline(
     connection: &Connection,
+    store: &StoreId,
+    digest: Digest,
     id: i64,
     content: &[u8],
 ) -> rusqlite::Result<()> {
+    let (head, tail) = content.split_at(inline_head_len(content.len()));
     connection
         .prepare_cached("INSERT OR REPLACE INTO inline_content (id, content) VALUES (?1, ?2)")?
-        .execute(params![id, content])?;
+        .execute(params![id, head])?;
+    connection
+        .prepare_cached("UPDATE objects SET inline_tail = ?3 WHERE store = ?1 AND hash = ?2")?
+        .execute(params![store.as_str(), &digest.0[..], tail_value(tail)])?;
     Ok(())
 }
 
 /// Records an object, or refreshes its `stored_at` when already recorded.
-/// `inline_id` is where its bytes are (`None`: a file); an existing row
-/// keeps its place unless `inline_id` is given and it had none. `links` is
+/// `inline` is where its bytes are (`None`: a file); an existing row
+/// keeps its place unless `inline` is given and it had none. `links` is
 /// the new row's links column (see links.rs); an existing row keeps its
 /// own, since the same content names the same refs.
 pub(crate) fn upsert_object(
@@ -961,22 +1083,27 @@ pub(crate) fn upsert_object(
     store: &StoreId,
     digest: Digest,
     size: u64,
-    inline_id: Option<i64>,
+    inline: Option<&InlineRow>,
     links: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
+    // SQLite computes every SET from the row as it was, so the tail
+    // follows the place it belongs to.
     connection
         .prepare_cached(
-            "INSERT INTO objects (store, hash, size, stored_at, inline_id, links)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO objects (store, hash, size, stored_at, inline_id, inline_tail, links)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (store, hash) DO UPDATE SET stored_at = excluded.stored_at,
-                 inline_id = COALESCE(objects.inline_id, excluded.inline_id)",
+                 inline_id = COALESCE(objects.inline_id, excluded.inline_id),
+                 inline_tail = CASE WHEN objects.inline_id IS NULL
+                     THEN excluded.inline_tail ELSE objects.inline_tail END",
         )?
         .execute(params![
             store.as_str(),
             &digest.0[..],
             i64::try_from(size).unwrap_or(i64::MAX),
             unix_now(),
-            inline_id,
+            inline.map(|row| row.id),
+            inline.and_then(|row| tail_value(&row.tail)),
             links
         ])?;
     Ok(())
@@ -1073,7 +1200,7 @@ pub(crate) fn move_to_file(
     digest: Digest,
 ) -> rusqlite::Result<()> {
     connection.execute(
-        "UPDATE objects SET inline_id = NULL WHERE store = ?1 AND hash = ?2",
+        "UPDATE objects SET inline_id = NULL, inline_tail = NULL WHERE store = ?1 AND hash = ?2",
         params![store.as_str(), &digest.0[..]],
     )?;
     Ok(())
@@ -1792,6 +1919,68 @@ mod tests {
             )));
         }
         all
+    }
+
+    #[test]
+    fn an_inline_object_keeps_at_most_a_small_tail_in_its_object_row() {
+        for len in 0..=20_000 {
+            let head = inline_head_len(len);
+            assert!(
+                head <= len && len - head <= INLINE_TAIL_MAX,
+                "{len} bytes: head {head}"
+            );
+        }
+        // The sizes whose rows were a few bytes too long to pack.
+        assert_eq!(inline_head_len(1024), inline_row_capacity(4));
+        assert_eq!(inline_head_len(2048), inline_row_capacity(2));
+        assert_eq!(inline_head_len(4096), inline_row_capacity(1));
+        // Rows that pack already, small ones, and ones far past a page.
+        for len in [0, 100, 1000, 3000, 16 << 10] {
+            assert_eq!(inline_head_len(len), len, "{len} bytes");
+        }
+    }
+
+    /// Pages the index grows by when 400 objects of `len` bytes go inline,
+    /// their content rows numbered as in an index of 2^27 rows (the row id
+    /// takes its widest assumed size).
+    fn pages_for_400_objects(len: usize) -> i64 {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA_V1).unwrap();
+        for migration in MIGRATIONS {
+            db.execute_batch(&migration()).unwrap();
+        }
+        db.execute(
+            "INSERT INTO inline_content (id, content) VALUES (?1, x'00')",
+            [1i64 << 27],
+        )
+        .unwrap();
+        let pages = || -> i64 {
+            db.query_row("PRAGMA page_count", [], |row| row.get(0))
+                .unwrap()
+        };
+        let before = pages();
+        for i in 0..400usize {
+            let mut content = vec![0u8; len];
+            content[..8].copy_from_slice(&i.to_le_bytes());
+            let row = insert_inline(&db, &content).unwrap();
+            assert_eq!(row.tail, content[inline_head_len(len)..]);
+        }
+        pages() - before
+    }
+
+    #[test]
+    fn inline_objects_of_1_2_and_4_kib_fill_whole_pages() {
+        // Four 1 KiB objects to a page (three before schema 13), two of
+        // 2 KiB, one of 4 KiB (and no overflow page); a few pages more
+        // for the B-tree's interior.
+        for (len, per_page) in [(1024, 4), (2048, 2), (4096, 1)] {
+            let pages = pages_for_400_objects(len);
+            let full = 400 / per_page;
+            assert!(
+                pages >= full && pages <= full + full / 20 + 2,
+                "{len} bytes: {pages} pages"
+            );
+        }
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Transaction for LocalTxn<'_> {
         links: &Links,
         held: Option<Place>,
     ) -> rusqlite::Result<Result<()>> {
-        let inline_id = match held {
+        let inline = match held {
             None => match staged {
                 Staged::Inline(bytes) => Some(sql::insert_inline(self.db, &bytes)?),
                 Staged::File(path) => {
@@ -134,12 +134,19 @@ impl Transaction for LocalTxn<'_> {
                 }
             },
             Some(place) => match self.republish(store, digest, place, staged)? {
-                Ok(inline_id) => inline_id,
+                Ok(inline) => inline,
                 Err(refused) => return Ok(Err(refused)),
             },
         };
         let column = links.column();
-        sql::upsert_object(self.db, store, digest, size, inline_id, column.as_deref())?;
+        sql::upsert_object(
+            self.db,
+            store,
+            digest,
+            size,
+            inline.as_ref(),
+            column.as_deref(),
+        )?;
         Ok(Ok(()))
     }
 
@@ -327,11 +334,11 @@ impl LocalTxn<'_> {
         digest: Digest,
         place: Place,
         staged: Staged,
-    ) -> rusqlite::Result<Result<Option<i64>>> {
+    ) -> rusqlite::Result<Result<Option<sql::InlineRow>>> {
         let (db, layout) = (self.db, self.layout);
         match (place, staged) {
             (Place::Inline(id) | Place::InlineMissing(id), Staged::Inline(bytes)) => {
-                sql::rewrite_inline(db, id, &bytes)?;
+                sql::rewrite_inline(db, store, digest, id, &bytes)?;
                 Ok(Ok(None))
             }
             (Place::Inline(_), staged @ Staged::File(_)) => {
