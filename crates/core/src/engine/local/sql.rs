@@ -883,10 +883,18 @@ pub(crate) fn object_content(
              WHERE o.store = ?1 AND o.hash = ?2",
         )?
         .query_row(params![store.as_str(), &digest.0[..]], |row| {
-            let content = row.get::<_, Option<Vec<u8>>>(2)?.map(|mut head| {
-                head.extend_from_slice(tail_column(row, 3));
-                head
-            });
+            // One allocation for both parts.
+            let content = match row.get_ref(2)? {
+                rusqlite::types::ValueRef::Null => None,
+                head => {
+                    let head = head.as_blob().map_err(rusqlite::Error::from)?;
+                    let tail = tail_column(row, 3);
+                    let mut content = Vec::with_capacity(head.len() + tail.len());
+                    content.extend_from_slice(head);
+                    content.extend_from_slice(tail);
+                    Some(content)
+                }
+            };
             Ok((place_column(row, 0)?, content))
         })
         .optional()
