@@ -182,6 +182,18 @@ fn migration_v8() -> String {
 /// log's triggers stamp entries with it).
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
+/// When a change log trigger on `labels` fires for event `when` (`INSERT`,
+/// `UPDATE OF hash`, `DELETE`) of row `row` (`NEW` or `OLD`): a label of a
+/// store that keeps a log, and for an update only a real move.
+fn logged_label_change(when: &str, row: &str) -> String {
+    let moved = if when.starts_with("UPDATE") {
+        " AND OLD.hash IS NOT NEW.hash"
+    } else {
+        ""
+    };
+    format!("AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{moved}")
+}
+
 /// Version 9: a change log per store (`changes`), written by triggers on
 /// `labels`, so that every label write of every path lands in it in its
 /// own transaction. Logging a change writes its row and nothing else: the
@@ -197,13 +209,9 @@ fn migration_v9() -> String {
     let now = NOW_MS;
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     let log = |when: &str, row: &str, old: &str, new: &str| {
-        let extra = if when.starts_with("UPDATE") {
-            " AND OLD.hash IS NOT NEW.hash"
-        } else {
-            ""
-        };
+        let fires = logged_label_change(when, row);
         format!(
-            "AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{extra} BEGIN
+            "{fires} BEGIN
     INSERT INTO changes (store, seq, label, old, new, at, total)
     SELECT {row}.store, last.seq + 1, {row}.name, {old}, {new}, {now},
         last.total + length(CAST({row}.name AS BLOB)) + {overhead}
@@ -273,12 +281,14 @@ pub(crate) fn replaced_targets(
     let by_count = i64::try_from(log_end.saturating_sub(keep_last)).unwrap_or(i64::MAX);
     let filed = "SELECT DISTINCT old FROM changes
                  WHERE store = ?1 AND old IS NOT NULL AND (seq > ?2 OR at >= ?3)";
-    let in_row = format!(
-        "SELECT DISTINCT old FROM ({TAIL_ROWS})
+    let in_row = concat!(
+        "SELECT DISTINCT old FROM (",
+        tail_rows!(),
+        ")
          WHERE old IS NOT NULL AND (seq > ?2 OR at >= ?3)"
     );
     let mut digests = BTreeSet::new();
-    for sql in [filed, &in_row] {
+    for sql in [filed, in_row] {
         let mut statement = transaction.prepare_cached(sql)?;
         let rows = statement.query_map(params![store.as_str(), by_count, before], |row| {
             digest_column(row, 0)
@@ -358,16 +368,12 @@ const LOG_TAIL_BYTES: usize = 2048;
 ///   table without rowid spills to overflow pages past about 1 KiB, and a
 ///   spilled row costs pages of its own at every write.
 ///
-/// Readers of the log read the row and the table ([`TAIL_ROWS`]).
+/// Readers of the log read the row and the table ([`tail_rows`]).
 fn migration_v12() -> String {
     let now = NOW_MS;
     let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     let log = |when: &str, row: &str, old: &str, new: &str, prev: &str, depth: &str| {
-        let extra = if when.starts_with("UPDATE") {
-            " AND OLD.hash IS NOT NEW.hash"
-        } else {
-            ""
-        };
+        let fires = logged_label_change(when, row);
         // A label that is still there remembers its newest entry and how
         // far down its chain that is.
         let remembered = if row == "NEW" {
@@ -381,7 +387,7 @@ fn migration_v12() -> String {
             String::new()
         };
         format!(
-            "AFTER {when} ON labels WHEN substr({row}.store, 1, 1) <> '_'{extra} BEGIN
+            "{fires} BEGIN
     UPDATE stores SET
         log_seq = log_seq + 1,
         log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
@@ -883,17 +889,12 @@ pub(crate) fn object_content(
              WHERE o.store = ?1 AND o.hash = ?2",
         )?
         .query_row(params![store.as_str(), &digest.0[..]], |row| {
-            // One allocation for both parts.
             let content = match row.get_ref(2)? {
                 rusqlite::types::ValueRef::Null => None,
-                head => {
-                    let head = head.as_blob().map_err(rusqlite::Error::from)?;
-                    let tail = tail_column(row, 3);
-                    let mut content = Vec::with_capacity(head.len() + tail.len());
-                    content.extend_from_slice(head);
-                    content.extend_from_slice(tail);
-                    Some(content)
-                }
+                head => Some(joined(
+                    head.as_blob().map_err(rusqlite::Error::from)?,
+                    tail_column(row, 3),
+                )),
             };
             Ok((place_column(row, 0)?, content))
         })
@@ -914,21 +915,24 @@ pub(crate) fn for_each_inline<E: From<rusqlite::Error>>(
          WHERE o.store = ?1 ORDER BY o.hash",
     )?;
     let mut rows = statement.query([store.as_str()])?;
-    let mut joined = Vec::new();
     while let Some(row) = rows.next()? {
         let digest = digest_column(row, 0)?;
         let head = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        let tail = tail_column(row, 2);
-        if tail.is_empty() {
-            visit(digest, head)?;
-        } else {
-            joined.clear();
-            joined.extend_from_slice(head);
-            joined.extend_from_slice(tail);
-            visit(digest, &joined)?;
+        match tail_column(row, 2) {
+            [] => visit(digest, head)?,
+            tail => visit(digest, &joined(head, tail))?,
         }
     }
     Ok(())
+}
+
+/// An inline object's content from its content row and its object row's
+/// tail, in one allocation.
+fn joined(head: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(head.len() + tail.len());
+    content.extend_from_slice(head);
+    content.extend_from_slice(tail);
+    content
 }
 
 /// An object row's `inline_tail`: empty when it has none (or, after
@@ -1515,8 +1519,10 @@ pub(crate) fn changes(
     // The store's row holds the newest entries, all after those filed.
     if entries.len() < limit {
         let left = i64::try_from(limit - entries.len()).unwrap_or(i64::MAX);
-        let mut statement = transaction.prepare_cached(&format!(
-            "SELECT seq, label, old, new, at, actor FROM ({TAIL_ROWS})
+        let mut statement = transaction.prepare_cached(concat!(
+            "SELECT seq, label, old, new, at, actor FROM (",
+            tail_rows!(),
+            ")
              WHERE seq > ?2 ORDER BY seq LIMIT ?3"
         ))?;
         let rows = statement.query_map(params![store.as_str(), since, left], change_row)?;
@@ -1590,8 +1596,10 @@ impl History<'_> {
             return Ok(filed);
         }
         self.db
-            .prepare_cached(&format!(
-                "SELECT seq, label, old, new, at, actor, prev FROM ({TAIL_ROWS}) WHERE seq = ?2"
+            .prepare_cached(concat!(
+                "SELECT seq, label, old, new, at, actor, prev FROM (",
+                tail_rows!(),
+                ") WHERE seq = ?2"
             ))?
             .query_row(params![self.store, seq], linked)
             .optional()
@@ -1602,8 +1610,10 @@ impl History<'_> {
         let arguments = params![self.store, self.label, before];
         let in_row: Option<i64> = self
             .db
-            .prepare_cached(&format!(
-                "SELECT max(seq) FROM ({TAIL_ROWS})
+            .prepare_cached(concat!(
+                "SELECT max(seq) FROM (",
+                tail_rows!(),
+                ")
                  WHERE label = ?2 AND new IS NULL AND seq < ?3"
             ))?
             .query_row(arguments, |row| row.get(0))?;
@@ -1662,8 +1672,10 @@ impl History<'_> {
         if marked.is_none() {
             marked = self
                 .db
-                .prepare_cached(&format!(
-                    "SELECT min(seq) FROM ({TAIL_ROWS})
+                .prepare_cached(concat!(
+                    "SELECT min(seq) FROM (",
+                    tail_rows!(),
+                    ")
                      WHERE label = ?2 AND mark IS NOT NULL AND seq > ?3"
                 ))?
                 .query_row(arguments, |row| row.get(0))?;
@@ -1794,9 +1806,9 @@ fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<(
     connection
         .prepare_cached(concat!(
             file_into_changes!(),
-            " SELECT s.id, ",
-            tail_columns!(),
-            " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
+            " SELECT ?1, * FROM (",
+            tail_rows!(),
+            ")"
         ))?
         .execute([store.as_str()])?;
     connection
@@ -1807,11 +1819,17 @@ fn file_log_tail(connection: &Connection, store: &StoreId) -> rusqlite::Result<(
 
 /// The entries of the log tail in store `?1`'s row, as rows of `seq,
 /// label, old, new, at, actor, total, prev, mark` (see [`tail_columns`]).
-const TAIL_ROWS: &str = concat!(
-    "SELECT ",
-    tail_columns!(),
-    " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
-);
+/// A macro, so that the statements reading it are built at compile time.
+macro_rules! tail_rows {
+    () => {
+        concat!(
+            "SELECT ",
+            tail_columns!(),
+            " FROM stores AS s, jsonb_each(s.log_tail) AS e WHERE s.id = ?1"
+        )
+    };
+}
+use tail_rows;
 
 /// A pool of read connections, so concurrent readers do not queue on one.
 #[derive(Debug)]
@@ -1922,8 +1940,10 @@ mod tests {
         };
         let mut all = entries("SELECT seq, label, new, total FROM changes WHERE store = ?1");
         if in_row {
-            all.extend(entries(&format!(
-                "SELECT seq, label, new, total FROM ({TAIL_ROWS})"
+            all.extend(entries(concat!(
+                "SELECT seq, label, new, total FROM (",
+                tail_rows!(),
+                ")"
             )));
         }
         all
@@ -2016,7 +2036,7 @@ mod tests {
         }
         let actor: Option<String> = db
             .query_row(
-                &format!("SELECT actor FROM ({TAIL_ROWS}) WHERE seq = 45"),
+                concat!("SELECT actor FROM (", tail_rows!(), ") WHERE seq = 45"),
                 ["s"],
                 |row| row.get(0),
             )
