@@ -9,7 +9,8 @@
 //! time: 2,000 more `store_at_label`s; 10,000 `get_by_label`s and
 //! verified `get`s of scattered labels, each named once, so neither is
 //! answered from the read cache (and the bytes those writes handed the
-//! kernel, from `/proc/self/io`: log frames and checkpoints); `verify`,
+//! kernel, from `/proc/self/io`: log frames and checkpoints); the same
+//! reads again, warm (answered from the read cache); `verify`,
 //! `gc --dry-run`, a real gc
 //! (which finds nothing to remove, but looks at everything), and an
 //! export of the whole store into a sink.
@@ -56,9 +57,13 @@ async fn fill(store: &ContentStore, from: usize, to: usize) {
     }
 }
 
-/// Scattered indexes below `n`, each once (a stride coprime with `n`).
+/// Scattered indexes below `n`, each once: a stride coprime with `n` near
+/// its golden section, so that no two probes close in time land close in
+/// the store (a stride near `n / 2` made every other probe a neighbour of
+/// the one before it, on a page already read).
 fn scattered(n: usize, count: usize) -> impl Iterator<Item = usize> {
-    let stride = (n / 2..n).find(|s| gcd(*s, n) == 1).unwrap_or(1);
+    let golden = (n as f64 * 0.618_033_988_7) as usize;
+    let stride = (golden..n).find(|s| gcd(*s, n) == 1).unwrap_or(1);
     (0..count.min(n)).map(move |k| (k * stride + 7) % n)
 }
 
@@ -100,13 +105,15 @@ fn main() {
     let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
     let store = root.store("scale").unwrap();
     eprintln!(
-        "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
+        "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
         "objects",
         "fill µs",
         "put µs",
         "put B",
         "label µs",
         "get µs",
+        "warm l.",
+        "warm g.",
         "verify s",
         "µs/obj",
         "dry gc s",
@@ -148,6 +155,18 @@ fn main() {
             }
             let get_each = micros_each(started.elapsed(), refs.len());
 
+            // Again, now that the read cache holds them (nothing changed).
+            let started = Instant::now();
+            for &i in &probes {
+                assert!(store.get_by_label(&label(i)).await.unwrap().is_some());
+            }
+            let warm_label_each = micros_each(started.elapsed(), probes.len());
+            let started = Instant::now();
+            for content_ref in &refs {
+                assert_eq!(store.get(content_ref).await.unwrap().len(), 1024);
+            }
+            let warm_get_each = micros_each(started.elapsed(), refs.len());
+
             let started = Instant::now();
             let report = store.verify(Arc::new(())).await.unwrap();
             let verify = started.elapsed();
@@ -177,13 +196,15 @@ fn main() {
             let per_object = disk_bytes(&dir.path().join("root")) / filled as u64;
             let each = |took: Duration| micros_each(took, filled);
             eprintln!(
-                "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
+                "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
                 filled,
                 fill_each,
                 put_each,
                 put_bytes,
                 label_each,
                 get_each,
+                warm_label_each,
+                warm_get_each,
                 verify.as_secs_f64(),
                 each(verify),
                 dry_gc.as_secs_f64(),

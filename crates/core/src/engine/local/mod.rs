@@ -80,8 +80,9 @@ impl LocalEngine {
             .map(Arc::new)
             .map_err(|source| index_error(path, "opening the change count", source))?;
         let open = check_log_before_opening(path, &changes)?;
-        let mut connection = sql::open_connection(&db, options.durability, true)
-            .map_err(|source| index_error(path, "opening", source))?;
+        let mut connection =
+            sql::open_connection(&db, options.durability, true, options.index_map_bytes)
+                .map_err(|source| index_error(path, "opening", source))?;
         let layout = ObjectFiles::new(path, options.durability);
         // An upgrade rewrites rows other processes may have read.
         let ticket = changes.start();
@@ -104,7 +105,7 @@ impl LocalEngine {
         .map_err(|source| index_error(path, "opening", source))?;
         Ok(Self {
             inline_threshold: options.inline_threshold,
-            readers: Readers::new(db, path.to_owned(), options.max_idle_readers),
+            readers: Readers::new(db, path.to_owned(), options),
             writer,
             layout,
             changes,
@@ -768,7 +769,8 @@ pub(crate) fn create_index(path: &Path) -> Result<()> {
     if !index_is_missing(&db) {
         return Ok(());
     }
-    let mut connection = sql::open_connection(&db, crate::Durability::Synced, true)
+    // Opened for a moment to write the schema: nothing to map.
+    let mut connection = sql::open_connection(&db, crate::Durability::Synced, true, 0)
         .map_err(|source| index_error(path, "creating", source))?;
     sql::create_schema(&mut connection, |_, _| Ok(()))
         .map_err(|source| index_error(path, "creating schema", source))?;
