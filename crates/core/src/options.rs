@@ -70,17 +70,6 @@ pub struct Options {
     /// file is made again once there is room for it twice over. 0 keeps
     /// none. Default: 16 MiB.
     pub space_reserve: u64,
-    /// Local roots: how much of the index database each of its
-    /// connections reads through a memory map rather than copying each
-    /// page in with a read call. A lookup in a big store touches pages
-    /// that no connection's own cache holds (and in WAL mode a connection
-    /// forgets its cache whenever another commits); through the map they
-    /// cost a memory access instead of a system call. SQLite caps it at
-    /// just under 2 GiB; the index beyond is read as before. The cost: a
-    /// disk failing under a mapped page stops the process (`SIGBUS`)
-    /// where a read call would have returned an error. 0 maps nothing.
-    /// Default: 2 GiB.
-    pub index_map_bytes: u64,
 }
 
 impl Options {
@@ -105,7 +94,6 @@ impl Default for Options {
             shared_batch: 256,
             shared_cache_bytes: 1 << 30,
             space_reserve: 16 << 20,
-            index_map_bytes: 2 << 30,
         }
     }
 }

@@ -308,37 +308,3 @@ fn no_history() -> theater_store::Options {
         ..theater_store::Options::default()
     }
 }
-
-/// Whether this process has `file` mapped into memory.
-#[cfg(target_os = "linux")]
-fn mapped(file: &std::path::Path) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let file = file.to_str().unwrap();
-    maps.lines().any(|line| line.ends_with(file))
-}
-
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn the_index_is_read_through_a_map_unless_the_options_say_not() {
-    for (map_bytes, expect_mapped) in [(Options::default().index_map_bytes, true), (0, false)] {
-        let dir = tempfile::tempdir().unwrap();
-        let root = StoreRoot::with_options(dir.path(), options_for(map_bytes));
-        let store = root.store("s").unwrap();
-        let content_ref = store.store_at_label("doc", "mapped or not").await.unwrap();
-        // A second handle to the root reads through a connection of its
-        // own, not the first handle's memory of the write.
-        let reader = StoreRoot::with_options(dir.path(), options_for(map_bytes));
-        let read = reader.store("s").unwrap().get(&content_ref).await.unwrap();
-        assert_eq!(read, b"mapped or not");
-        let index = dir.path().canonicalize().unwrap().join("index.sqlite");
-        assert_eq!(mapped(&index), expect_mapped, "index_map_bytes {map_bytes}");
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn options_for(index_map_bytes: u64) -> Options {
-    Options {
-        index_map_bytes,
-        ..Options::default()
-    }
-}

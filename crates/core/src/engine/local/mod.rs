@@ -80,9 +80,8 @@ impl LocalEngine {
             .map(Arc::new)
             .map_err(|source| index_error(path, "opening the change count", source))?;
         let open = check_log_before_opening(path, &changes)?;
-        let mut connection =
-            sql::open_connection(&db, options.durability, true, options.index_map_bytes)
-                .map_err(|source| index_error(path, "opening", source))?;
+        let mut connection = sql::open_connection(&db, options.durability, true)
+            .map_err(|source| index_error(path, "opening", source))?;
         let layout = ObjectFiles::new(path, options.durability);
         // An upgrade rewrites rows other processes may have read.
         let ticket = changes.start();
@@ -105,7 +104,7 @@ impl LocalEngine {
         .map_err(|source| index_error(path, "opening", source))?;
         Ok(Self {
             inline_threshold: options.inline_threshold,
-            readers: Readers::new(db, path.to_owned(), options),
+            readers: Readers::new(db, path.to_owned(), options.max_idle_readers),
             writer,
             layout,
             changes,
@@ -769,8 +768,7 @@ pub(crate) fn create_index(path: &Path) -> Result<()> {
     if !index_is_missing(&db) {
         return Ok(());
     }
-    // Opened for a moment to write the schema: nothing to map.
-    let mut connection = sql::open_connection(&db, crate::Durability::Synced, true, 0)
+    let mut connection = sql::open_connection(&db, crate::Durability::Synced, true)
         .map_err(|source| index_error(path, "creating", source))?;
     sql::create_schema(&mut connection, |_, _| Ok(()))
         .map_err(|source| index_error(path, "creating schema", source))?;

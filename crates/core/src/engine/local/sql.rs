@@ -547,7 +547,6 @@ pub(crate) fn open_connection(
     db: &Path,
     durability: Durability,
     writer: bool,
-    map_bytes: u64,
 ) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(
         db,
@@ -590,13 +589,6 @@ pub(crate) fn open_connection(
         Durability::Buffered => "NORMAL",
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
-    // Pages read through the map need no read call and survive other
-    // connections' commits (see `Options::index_map_bytes`).
-    connection.pragma_update(
-        None,
-        "mmap_size",
-        i64::try_from(map_bytes).unwrap_or(i64::MAX),
-    )?;
     Ok(connection)
 }
 
@@ -1846,17 +1838,15 @@ pub(crate) struct Readers {
     root: PathBuf,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
-    map_bytes: u64,
 }
 
 impl Readers {
-    pub(crate) fn new(db: PathBuf, root: PathBuf, options: &crate::Options) -> Self {
+    pub(crate) fn new(db: PathBuf, root: PathBuf, max_idle: usize) -> Self {
         Self {
             db,
             root,
             idle: Mutex::new(Vec::new()),
-            max_idle: options.max_idle_readers,
-            map_bytes: options.index_map_bytes,
+            max_idle,
         }
     }
 
@@ -1869,7 +1859,7 @@ impl Readers {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let connection = match pooled {
             Some(connection) => connection,
-            None => open_connection(&self.db, Durability::Buffered, false, self.map_bytes)
+            None => open_connection(&self.db, Durability::Buffered, false)
                 .map_err(|source| index_error(&self.root, "opening", source))?,
         };
         let result = query(&connection).map_err(|source| index_error(&self.root, action, source));

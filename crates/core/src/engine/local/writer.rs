@@ -109,9 +109,7 @@ impl Writer {
         // fsyncs) is the writer's slowest step; a thread of its own does it
         // beside the writes instead of inside one of them.
         record_log_ends(&mut connection, db, Arc::clone(&changes))?;
-        // A checkpoint copies pages from the log into the database with
-        // write calls; a map would only cost address space.
-        let checkpointer = sql::open_connection(db, options.durability, false, 0)?;
+        let checkpointer = sql::open_connection(db, options.durability, false)?;
         let (checkpoints, due) = mpsc::sync_channel(1);
         let counter = Arc::clone(&changes);
         std::thread::Builder::new()
