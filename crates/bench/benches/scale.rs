@@ -13,7 +13,8 @@
 //! reads again, warm (answered from the read cache); `verify`,
 //! `gc --dry-run`, a real gc
 //! (which finds nothing to remove, but looks at everything), and an
-//! export of the whole store into a sink.
+//! export of the whole store into a sink. Then a second root of 1,000
+//! stores of 100 objects each, every store verified and collected.
 //!
 //! Run: `cargo bench -p theater-store-bench --bench scale`
 //! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000).
@@ -28,6 +29,10 @@ use theater_store_bench::env_number;
 const WRITERS: usize = 8;
 const PROBES: usize = 10_000;
 const MORE_WRITES: usize = 2_000;
+/// The root of many stores: this many stores, holding this many objects
+/// in all.
+const MANY_STORES: usize = 1_000;
+const MANY_STORES_OBJECTS: usize = 100_000;
 
 fn label(i: usize) -> String {
     format!("item/{i:08}")
@@ -217,5 +222,65 @@ fn main() {
             );
             decade *= 10;
         }
+        many_stores().await;
     });
+}
+
+/// One root of many small stores (one per actor, say), every store
+/// verified and collected as `theater-store verify` and `gc` do: work
+/// that reads the whole root once per store shows here as a per-object
+/// cost far above the single store's.
+async fn many_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
+    let per_store = MANY_STORES_OBJECTS / MANY_STORES;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let root = root.clone();
+            tokio::spawn(async move {
+                for s in (writer..MANY_STORES).step_by(WRITERS) {
+                    let store = root.store(&format!("actor-{s:04}")).unwrap();
+                    for i in 0..per_store {
+                        let n = s * per_store + i;
+                        store.store_at_label(&label(n), content(n)).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stores: Vec<ContentStore> = root
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|summary| root.store(&summary.id).unwrap())
+        .collect();
+    assert_eq!(stores.len(), MANY_STORES);
+
+    let started = Instant::now();
+    let index = root.check_index().await.unwrap();
+    for store in &stores {
+        assert!(store.verify_with(&index, ()).await.unwrap().is_clean());
+    }
+    let verify = started.elapsed();
+    let started = Instant::now();
+    for store in &stores {
+        let sweep = GcOptions {
+            grace: Duration::ZERO,
+            dry_run: false,
+        };
+        let report = store.collect_garbage(sweep, Arc::new(())).await.unwrap();
+        assert_eq!(report.objects_removed, 0);
+    }
+    let gc = started.elapsed();
+    eprintln!(
+        "{MANY_STORES} stores of {per_store} objects: verify every store {:.2} s ({:.2} µs/object), gc every store {:.2} s ({:.2} µs/object)",
+        verify.as_secs_f64(),
+        micros_each(verify, MANY_STORES_OBJECTS),
+        gc.as_secs_f64(),
+        micros_each(gc, MANY_STORES_OBJECTS),
+    );
 }

@@ -607,9 +607,12 @@ pub async fn verify(
 ) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     let mut repairs = Vec::new();
-    for store in selected(root, store).await? {
+    let stores = selected(root, store).await?;
+    // The index is checked as a whole once, not once per store.
+    let index = root.check_index().await?;
+    for store in stores {
         let bar = Bar::new(&format!("verifying {}", store.id()), true);
-        let mut report = store.verify(bar.clone()).await?;
+        let mut report = store.verify_with(&index, bar.clone()).await?;
         bar.finish();
         if let Some(source) = repair_from
             && !report.is_clean()

@@ -56,8 +56,8 @@ pub use feed::{
     ChangePage, LabelChange, MAX_CHANGES_PAGE, OutageBackoff, Revert, Watch, through_outages,
 };
 pub use maintenance::{
-    GcOptions, GcReport, Quarantined, RECOVERED_PREFIX, ReindexReport, RemoveStoreReport,
-    TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,
+    GcOptions, GcReport, IndexCheck, Quarantined, RECOVERED_PREFIX, ReindexReport,
+    RemoveStoreReport, TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};
 pub use options::Options;

@@ -212,13 +212,58 @@ pub struct RemoveStoreReport {
     pub bytes_freed: u64,
 }
 
+/// What the checks of a root's index as a whole found
+/// ([`StoreRoot::check_index`]). Those checks read the whole index, so a
+/// caller verifying many stores of one root runs them once and hands the
+/// result to [`ContentStore::verify_with`] for each store.
+#[derive(Clone, Debug, Default)]
+pub struct IndexCheck {
+    problems: Vec<String>,
+}
+
+impl IndexCheck {
+    /// What was found; empty when the index is healthy.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl StoreRoot {
+    /// Checks the root's index as a whole: the database's own integrity
+    /// check, rows of stores that are not registered, every store's
+    /// running totals against its rows, and damage found in its log when
+    /// it was opened. It reads the whole index, whatever store asks.
+    #[tracing::instrument(level = "info", skip_all)]
+    pub async fn check_index(&self) -> Result<IndexCheck> {
+        let engine = self.engine().await?;
+        let problems = blocking(move || engine.check_integrity()).await?;
+        Ok(IndexCheck { problems })
+    }
+}
+
 impl ContentStore {
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
-    /// deletes them). Progress is reported in bytes.
-    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
+    /// deletes them). Checks the root's index as a whole too
+    /// ([`StoreRoot::check_index`]); to verify many stores, run that once
+    /// and call [`ContentStore::verify_with`] for each. Progress is
+    /// reported in bytes.
     pub async fn verify(&self, progress: impl Progress + 'static) -> Result<VerifyReport> {
-        let report = self.verify_unobserved(progress).await;
+        let index = self.root().check_index().await?;
+        self.verify_with(&index, progress).await
+    }
+
+    /// [`ContentStore::verify`], reporting `index`'s findings as its
+    /// `index_problems` instead of checking the whole index again.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
+    pub async fn verify_with(
+        &self,
+        index: &IndexCheck,
+        progress: impl Progress + 'static,
+    ) -> Result<VerifyReport> {
+        let report = self
+            .verify_unobserved(index.problems.clone(), progress)
+            .await;
         match &report {
             Ok(report) => report.observe(),
             Err(error) => tracing::warn!(%error, "verify failed"),
@@ -226,14 +271,17 @@ impl ContentStore {
         report
     }
 
-    async fn verify_unobserved(&self, progress: impl Progress + 'static) -> Result<VerifyReport> {
+    async fn verify_unobserved(
+        &self,
+        index_problems: Vec<String>,
+        progress: impl Progress + 'static,
+    ) -> Result<VerifyReport> {
         let progress: Arc<dyn Progress> = Arc::new(progress);
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
         let (mut report, corrupt) = blocking({
             let engine = Arc::clone(&engine);
             move || {
-                let index_problems = engine.check_integrity()?;
                 let snapshot = engine.snapshot(&store, "")?;
                 let damaged_labels = engine.damaged_labels(&store)?;
                 let stale_before = SystemTime::now() - TEMP_FILE_STALE_AFTER;

@@ -751,6 +751,48 @@ async fn objects_stored_before_links_were_recorded_are_scanned_before_anything_g
 }
 
 #[tokio::test]
+async fn many_stores_are_verified_against_one_check_of_the_whole_index() {
+    if common::shared_engine() || common::memory_engine() {
+        return; // The local index is edited by hand below.
+    }
+    let (_dir, root) = temp_root();
+    let mut stores = Vec::new();
+    for id in ["a", "b", "c"] {
+        let store = root.store(id).unwrap();
+        store.store_at_label("doc", id).await.unwrap();
+        stores.push(store);
+    }
+    let healthy = root.check_index().await.unwrap();
+    assert!(healthy.problems().is_empty(), "{healthy:?}");
+    // Store b's running totals no longer agree with its rows.
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    db.execute(
+        "UPDATE stores SET object_count = object_count + 5 WHERE id = 'b'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let damaged = root.check_index().await.unwrap();
+    assert_eq!(damaged.problems().len(), 1, "{damaged:?}");
+    assert!(damaged.problems()[0].contains("store b"), "{damaged:?}");
+    // The root-wide finding is in every store's report, as `verify` alone
+    // gives it, though the index was checked once.
+    for store in &stores {
+        let report = store.verify_with(&damaged, ()).await.unwrap();
+        assert_eq!(report.index_problems, damaged.problems(), "{}", store.id());
+        assert!(!report.is_clean());
+    }
+    assert_eq!(
+        stores[0].verify(()).await.unwrap().index_problems,
+        damaged.problems()
+    );
+    // `verify_with` reports the check it is handed and reads no more of
+    // the index than its own store.
+    let report = stores[2].verify_with(&healthy, ()).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test]
 async fn a_root_restored_from_a_whole_root_package_holds_the_same_labels_content_and_chains() {
     let (_dir, original) = temp_root();
     let docs = original.store("docs").unwrap();
