@@ -5,6 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::out::outln;
+
 use theater_store::{ChainEntry, Outcome, StoreRoot, TrimBefore};
 
 use crate::missing::Missing;
@@ -106,7 +108,7 @@ pub async fn actors(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if summaries.is_empty() {
-        println!("no actor has recorded a call in this root");
+        outln!("no actor has recorded a call in this root");
     }
     for summary in &summaries {
         let last = summary.last_at.map_or_else(
@@ -116,9 +118,11 @@ pub async fn actors(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
                     .to_string()
             },
         );
-        println!(
+        outln!(
             "{}  {} events ({} kept)  last {last}",
-            summary.actor, summary.events, summary.kept
+            summary.actor,
+            summary.events,
+            summary.kept
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -147,14 +151,14 @@ pub async fn trim(
     if json {
         print_json(&report)?;
     } else if report.events_trimmed == 0 {
-        println!(
+        outln!(
             "actor {actor}: nothing trimmed; the chain holds events #{} to #{} and keeps at \
              least its newest segment",
             report.starts_at,
             report.recorded_length.saturating_sub(1)
         );
     } else {
-        println!(
+        outln!(
             "actor {actor}: trimmed {} events; the chain now starts at event #{} (checkpoint {}); \
              run `theater-store gc _chains` to free their space",
             report.events_trimmed,
@@ -207,7 +211,7 @@ pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result
         print_json(&report)?;
     } else {
         match &report.broken {
-            None => println!(
+            None => outln!(
                 "actor {actor}: chain intact ({} events, head {}){}",
                 report.events_checked,
                 report.head.as_deref().unwrap_or("none"),
@@ -221,7 +225,7 @@ pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result
                     .unwrap_or_default()
             ),
             Some(broken) => {
-                println!(
+                outln!(
                     "actor {actor}: chain BROKEN at event #{}{}: {}",
                     broken.seq,
                     broken
@@ -231,7 +235,7 @@ pub async fn verify(root: &StoreRoot, actor: &str, json: bool) -> anyhow::Result
                         .unwrap_or_default(),
                     broken.problem
                 );
-                println!(
+                outln!(
                     "  {} of {} recorded events checked before it",
                     report.events_checked.saturating_sub(1),
                     report.recorded_length

@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::out::outln;
+
 use serde_json::{Value, json};
 use theater_store::StoreRoot;
 use theater_store_examples::SEED_PATTERNS;
@@ -138,7 +140,7 @@ pub async fn demo(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
     let actor = host.load(SEED_PATTERNS)?;
     if !json {
         let location = root.describe().unwrap_or_else(|| "?".into());
-        println!("Running the 15 seed patterns as wasm actors against {location}\n");
+        outln!("Running the 15 seed patterns as wasm actors against {location}\n");
     }
     let mut report = Vec::new();
     for (number, pattern) in patterns().into_iter().enumerate() {
@@ -217,7 +219,7 @@ pub async fn demo(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "Inspect with: theater-store stores, theater-store labels STORE, theater-store cat STORE --label LABEL, theater-store changes STORE"
         );
     }
@@ -225,13 +227,13 @@ pub async fn demo(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn print_pattern(entry: &Value) {
-    println!(
+    outln!(
         "{:>2}. {}",
         entry["pattern"],
         entry["title"].as_str().unwrap_or_default()
     );
     for store in entry["stores"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "    store {}: {} objects, {} bytes",
             store["store"].as_str().unwrap_or_default(),
             store["objects"],
@@ -239,7 +241,7 @@ fn print_pattern(entry: &Value) {
         );
         for label in store["labels"].as_array().into_iter().flatten() {
             let hash = label["ref"].as_str().unwrap_or_default();
-            println!(
+            outln!(
                 "      {:<44} -> {}… ({} bytes)",
                 label["label"].as_str().unwrap_or_default(),
                 &hash[..hash.len().min(16)],
@@ -252,5 +254,5 @@ fn print_pattern(entry: &Value) {
         result.truncate(result.floor_char_boundary(157));
         result.push_str("...");
     }
-    println!("    actor returned: {result}\n");
+    outln!("    actor returned: {result}\n");
 }

@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::out::outln;
+
 use theater_store::{ContentRef, LabelChange, StoreRoot};
 
 use crate::stores::{existing, print_json, printable};
@@ -194,7 +196,7 @@ pub async fn revert(
         return Ok(ExitCode::SUCCESS);
     }
     for change in &moved {
-        println!(
+        outln!(
             "{}\t{}\t{}",
             printable(&change.label),
             or_dash(change.from.as_ref()),

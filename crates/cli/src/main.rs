@@ -4,10 +4,14 @@
 //! `verify` finds a problem, 2 on usage errors, 3 when a store, label,
 //! ref, actor or root the command names does not exist ([`Missing`]).
 
+// Lines go through `out::outln!`, which stops quietly at a closed pipe.
+#![deny(clippy::print_stdout)]
+
 mod chain;
 mod demo;
 mod feed;
 mod missing;
+mod out;
 mod parse;
 mod progress;
 mod run;
@@ -20,6 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
 use clap::{Args, Parser, Subcommand};
 use theater_store::{Options, ROOT_ENV_VAR, StoreRoot};
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::out::outln;
+
 use anyhow::Context;
 use clap::Args;
 use theater_store::StoreRoot;
@@ -103,7 +105,7 @@ pub async fn serve(root: &StoreRoot, args: ServeArgs) -> anyhow::Result<ExitCode
         Access::ReadOnlyToAll => "reads only, to anyone on this machine (no --tokens)".to_owned(),
         Access::Tokens(tokens) => format!("to the holders of {} tokens", tokens.len()),
     };
-    println!("serving http://{bound}/v1/ ({who})");
+    outln!("serving http://{bound}/v1/ ({who})");
     eprintln!(
         "root {}; stop with Ctrl-C",
         root.describe().unwrap_or_default()

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::out::outln;
+
 use anyhow::Context;
 use serde_json::json;
 use theater_store::{ContentRef, ContentStore, GcOptions, Progress, StoreRoot};
@@ -46,7 +48,7 @@ pub fn temp_file_beside(path: &Path) -> anyhow::Result<tempfile::NamedTempFile> 
 
 /// Prints `value` as one line of JSON.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    outln!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -136,15 +138,21 @@ pub async fn list_stores(root: &StoreRoot, all: bool, json: bool) -> anyhow::Res
             root.describe().unwrap_or_else(|| "?".into())
         );
     } else {
-        println!(
+        outln!(
             "{:<40} {:>10} {:>14} {:>8}",
-            "STORE", "OBJECTS", "BYTES", "LABELS"
+            "STORE",
+            "OBJECTS",
+            "BYTES",
+            "LABELS"
         );
         for store in stores {
             let stats = store.stats;
-            println!(
+            outln!(
                 "{:<40} {:>10} {:>14} {:>8}",
-                store.id, stats.objects, stats.bytes, stats.labels
+                store.id,
+                stats.objects,
+                stats.bytes,
+                stats.labels
             );
         }
     }
@@ -167,7 +175,7 @@ pub async fn labels(
         print_json(&page)?;
     } else {
         for entry in page {
-            println!("{}\t{}", printable(&entry.label), entry.content_ref);
+            outln!("{}\t{}", printable(&entry.label), entry.content_ref);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -285,7 +293,7 @@ pub async fn put(
             &json!({"store": store.id(), "ref": content_ref.hash(), "bytes": size, "label": label}),
         )?;
     } else {
-        println!("{content_ref}");
+        outln!("{content_ref}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -363,12 +371,12 @@ pub async fn quarantine(
             continue;
         }
         if let Some(purged) = purged {
-            println!("store {}: {purged} quarantined pieces purged", store.id());
+            outln!("store {}: {purged} quarantined pieces purged", store.id());
         }
         for entry in &kept {
             let moved = std::time::UNIX_EPOCH
                 + Duration::from_millis(u64::try_from(entry.quarantined_at_millis).unwrap_or(0));
-            println!(
+            outln!(
                 "{}\t{}\t{} bytes\tquarantined {}",
                 store.id(),
                 entry.content_ref,
@@ -407,7 +415,7 @@ pub async fn unlabelled(
         } else {
             "gc takes it"
         };
-        println!(
+        outln!(
             "{}\t{} bytes\tstored {}\t{fate}",
             entry.content_ref,
             entry.size,
@@ -481,12 +489,15 @@ pub async fn du(
         print_json(&usage)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<40} {:>8} {:>10} {:>14}",
-        "PREFIX", "LABELS", "OBJECTS", "BYTES"
+        "PREFIX",
+        "LABELS",
+        "OBJECTS",
+        "BYTES"
     );
     for group in &usage {
-        println!(
+        outln!(
             "{:<40} {:>8} {:>10} {:>14}",
             printable(&group.prefix),
             group.labels,
@@ -551,7 +562,7 @@ pub async fn label_many(
     if json {
         print_json(&json!({"store": store.id(), "labelled": pairs.len()}))?;
     } else {
-        println!("store {}: {} labels set", store.id(), pairs.len());
+        outln!("store {}: {} labels set", store.id(), pairs.len());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -584,7 +595,7 @@ pub async fn unlabel_many(
     if json {
         print_json(&json!({"store": store.id(), "unlabelled": swaps.len()}))?;
     } else {
-        println!("store {}: {} labels removed", store.id(), swaps.len());
+        outln!("store {}: {} labels removed", store.id(), swaps.len());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -637,7 +648,7 @@ pub async fn verify(
         print_json(&json!({"clean": clean, "stores": reports, "repairs": repairs}))?;
     } else {
         for repaired in &repairs {
-            println!(
+            outln!(
                 "{}: repaired {} objects from {}; {} not held whole there either",
                 repaired.store,
                 repaired.healed.len(),
@@ -649,40 +660,43 @@ pub async fn verify(
         }
         for report in &reports {
             let verdict = if report.is_clean() { "ok" } else { "PROBLEMS" };
-            println!(
+            outln!(
                 "{}: {verdict} ({} objects, {} bytes checked)",
-                report.store, report.objects_checked, report.bytes_checked
+                report.store,
+                report.objects_checked,
+                report.bytes_checked
             );
             for content_ref in &report.quarantined {
-                println!("  corrupt object {content_ref}: moved to quarantine/");
+                outln!("  corrupt object {content_ref}: moved to quarantine/");
             }
             for content_ref in &report.missing {
-                println!("  missing object {content_ref}: indexed but its bytes are gone");
+                outln!("  missing object {content_ref}: indexed but its bytes are gone");
             }
             for entry in &report.dangling_labels {
-                println!(
+                outln!(
                     "  dangling label {:?} -> {}: its content is missing",
-                    entry.label, entry.content_ref
+                    entry.label,
+                    entry.content_ref
                 );
             }
             for label in &report.damaged_labels {
-                println!(
+                outln!(
                     "  damaged label row {:?}: it fails its checksum, so its name or target \
                      may not be what was written; set it again, or restore it from an export",
                     printable(label)
                 );
             }
             for path in &report.stray_files {
-                println!("  stray file {}: not an object name", path.display());
+                outln!("  stray file {}: not an object name", path.display());
             }
             for path in &report.leftover_temp_files {
-                println!(
+                outln!(
                     "  leftover temporary file {}: `theater-store gc` removes it",
                     path.display()
                 );
             }
             if !report.unindexed.is_empty() {
-                println!(
+                outln!(
                     "  {} unindexed object files (crash leftovers, harmless; gc removes them)",
                     report.unindexed.len()
                 );
@@ -690,9 +704,9 @@ pub async fn verify(
         }
         // The index check covers the whole root: report it once.
         if let Some(report) = reports.iter().find(|r| !r.index_problems.is_empty()) {
-            println!("index.sqlite: PROBLEMS (small content lives in it)");
+            outln!("index.sqlite: PROBLEMS (small content lives in it)");
             for problem in &report.index_problems {
-                println!("  {}", printable(problem));
+                outln!("  {}", printable(problem));
             }
             eprintln!(
                 "the index is damaged: copy out what still reads (`export`) or import a recent export into a fresh root"
@@ -737,7 +751,7 @@ pub async fn gc(
     } else {
         let verb = if dry_run { "would free" } else { "freed" };
         for report in &reports {
-            println!(
+            outln!(
                 "{}: {verb} {} bytes in {} objects; kept {} labelled, {} for history and {} within \
                  the grace period; removed {} temporary and {} unindexed files{}",
                 report.store,
@@ -755,7 +769,7 @@ pub async fn gc(
                 }
             );
             if report.interrupted_removals_finished > 0 {
-                println!(
+                outln!(
                     "  finished {} removals an interrupted gc had left half done",
                     report.interrupted_removals_finished
                 );
@@ -836,7 +850,7 @@ pub async fn export(
         if to_stdout {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            outln!("{line}");
         }
     };
     if json {
@@ -980,7 +994,7 @@ fn print_import(summary: &theater_store::PackageSummary) {
     } else {
         "imported"
     };
-    println!(
+    outln!(
         "{verb} {} objects ({} new, {} bytes) and {} labels into {} ({} already so, {} in conflict)",
         summary.objects,
         summary.new_objects,
@@ -991,7 +1005,7 @@ fn print_import(summary: &theater_store::PackageSummary) {
         summary.conflicts.len()
     );
     for conflict in &summary.conflicts {
-        println!(
+        outln!(
             "conflict in {}: label {} is {} here and {} in the package; kept (--overwrite replaces it)",
             summary.store,
             printable(&conflict.label),
@@ -1013,9 +1027,12 @@ pub async fn rm_store(
         print_json(&report)?;
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
-        println!(
+        outln!(
             "{}: {verb} {} labels and {} objects ({} bytes)",
-            report.store, report.labels_removed, report.objects_removed, report.bytes_freed
+            report.store,
+            report.labels_removed,
+            report.objects_removed,
+            report.bytes_freed
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -1031,7 +1048,7 @@ pub async fn reindex(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for report in &reports {
-        println!(
+        outln!(
             "{}: {} objects ({} bytes) indexed again, labelled {}REF",
             report.store,
             report.objects_recovered,
@@ -1039,12 +1056,10 @@ pub async fn reindex(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
             theater_store::RECOVERED_PREFIX
         );
         for content_ref in &report.corrupt {
-            println!(
-                "  corrupt file {content_ref}: its bytes do not match its name; left as it is"
-            );
+            outln!("  corrupt file {content_ref}: its bytes do not match its name; left as it is");
         }
     }
-    println!(
+    outln!(
         "labels, event chains and small content (up to 16 KiB by default) lived only in the index: restore \
          them from a package (`import --all`); relabel what you need with `label`, and \
          `unlabel` the rest for gc to remove"

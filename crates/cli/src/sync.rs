@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::out::outln;
+
 use anyhow::{Context, bail};
 use theater_store::{Options, StoreRoot, SyncOptions, SyncReport};
 
@@ -105,13 +107,14 @@ pub async fn follow(
 
 fn print_report(report: &SyncReport) {
     if report.incremental {
-        println!(
+        outln!(
             "{}: read {} changes since the last sync",
-            report.store, report.changes_read
+            report.store,
+            report.changes_read
         );
     }
     if let Some(why) = &report.first_sync {
-        println!(
+        outln!(
             "{}: first sync, as {why}: nothing is deleted, and labels the two roots disagree on are conflicts",
             report.store
         );
@@ -121,7 +124,7 @@ fn print_report(report: &SyncReport) {
     } else {
         "copied"
     };
-    println!(
+    outln!(
         "{}: {verb} {} objects ({} bytes), {} already there; labels: {} moved, {} in sync, {} kept as changed here, {} in conflict",
         report.store,
         report.objects_copied,
@@ -138,7 +141,7 @@ fn print_report(report: &SyncReport) {
             .map_or_else(|| "(none)".to_owned(), ToString::to_string)
     };
     for conflict in &report.conflicts {
-        println!(
+        outln!(
             "conflict in {}: label {} is {} at the source and {} at the destination",
             report.store,
             printable(&conflict.label),

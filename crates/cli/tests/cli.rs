@@ -2849,3 +2849,44 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
         .failure()
         .stderr(contains("line 1").and(contains("16 characters")));
 }
+
+#[test]
+fn a_listing_cut_short_by_its_reader_ends_quietly() {
+    use std::io::Read;
+    let env = Env::new();
+    let content = env.put("s", "one content, many names", None);
+    // 2,000 lines of about 80 bytes: more than a pipe holds, so the
+    // listing is still writing when its reader goes.
+    let batch: String = (0..2000)
+        .map(|i| format!("label/{i:05} {content}\n"))
+        .collect();
+    let batch = env.file("batch", batch.as_bytes());
+    env.cmd()
+        .args(["label", "s", "--from"])
+        .arg(&batch)
+        .assert()
+        .success();
+    for listing in [&["labels", "s"][..], &["--json", "labels", "s"][..]] {
+        // As `theater-store labels s | head -c 16` does.
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
+            .arg("--root")
+            .arg(env.root())
+            .args(listing)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{listing:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(stderr.is_empty(), "{listing:?}: {stderr}");
+    }
+}
