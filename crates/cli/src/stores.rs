@@ -428,15 +428,6 @@ pub async fn unlabelled(
     Ok(ExitCode::SUCCESS)
 }
 
-/// One group of `du`.
-#[derive(Default, serde::Serialize)]
-struct Usage {
-    prefix: String,
-    labels: u64,
-    objects: u64,
-    bytes: u64,
-}
-
 /// `du`: labels grouped by their first `depth` `/`-separated parts, each
 /// group with the distinct content its labels point at.
 pub async fn du(
@@ -447,44 +438,7 @@ pub async fn du(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
-    let labels = store.list_labels_page(prefix, None, usize::MAX).await?;
-    let mut groups: std::collections::BTreeMap<
-        String,
-        (u64, std::collections::BTreeSet<ContentRef>),
-    > = std::collections::BTreeMap::new();
-    for entry in labels {
-        let parts: Vec<&str> = entry.label.splitn(depth.max(1) + 1, '/').collect();
-        let group = if parts.len() > depth.max(1) {
-            format!("{}/", parts[..depth.max(1)].join("/"))
-        } else {
-            entry.label.clone()
-        };
-        let (count, targets) = groups.entry(group).or_default();
-        *count += 1;
-        targets.insert(entry.content_ref);
-    }
-    let mut sizes = std::collections::HashMap::new();
-    let mut usage = Vec::with_capacity(groups.len());
-    for (group, (labels, targets)) in groups {
-        let mut bytes = 0;
-        for target in &targets {
-            if !sizes.contains_key(target) {
-                // A dangling label's target has no size; verify reports it.
-                let size = match store.content_size(target).await {
-                    Err(theater_store::StoreError::NotFound { .. }) => 0,
-                    size => size?,
-                };
-                sizes.insert(target.clone(), size);
-            }
-            bytes += sizes[target];
-        }
-        usage.push(Usage {
-            prefix: group,
-            labels,
-            objects: targets.len() as u64,
-            bytes,
-        });
-    }
+    let usage = store.usage(prefix, depth).await?;
     if json {
         print_json(&usage)?;
         return Ok(ExitCode::SUCCESS);

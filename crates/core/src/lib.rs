@@ -56,7 +56,7 @@ pub use feed::{
     ChangePage, LabelChange, MAX_CHANGES_PAGE, OutageBackoff, Revert, Watch, through_outages,
 };
 pub use maintenance::{
-    GcOptions, GcReport, IndexCheck, Quarantined, RECOVERED_PREFIX, ReindexReport,
+    GcOptions, GcReport, IndexCheck, PrefixUsage, Quarantined, RECOVERED_PREFIX, ReindexReport,
     RemoveStoreReport, TEMP_FILE_STALE_AFTER, Unreachable, VerifyReport,
 };
 pub use names::{ContentRef, MAX_LABEL_BYTES, MAX_STORE_ID_BYTES, StoreId, validate_label};

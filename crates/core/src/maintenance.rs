@@ -197,6 +197,22 @@ impl GcReport {
     }
 }
 
+/// The labels under one prefix and the distinct content they point at
+/// ([`ContentStore::usage`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrefixUsage {
+    /// The group: a label's first parts and a trailing `/`, or a whole
+    /// label that has fewer parts.
+    pub prefix: String,
+    /// Labels in the group.
+    pub labels: u64,
+    /// Distinct objects they point at.
+    pub objects: u64,
+    /// Those objects' total size (a dangling label's target counts 0;
+    /// `verify` reports it).
+    pub bytes: u64,
+}
+
 /// What [`StoreRoot::remove_store`] removed (or, in a dry run, would remove).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RemoveStoreReport {
@@ -242,6 +258,49 @@ impl StoreRoot {
 }
 
 impl ContentStore {
+    /// Space by label prefix: the labels starting with `prefix`, grouped
+    /// by their first `depth` `/`-separated parts (at least 1), each group
+    /// with the distinct content its labels point at. One pass over the
+    /// store's labels and objects, whatever their number, rather than a
+    /// lookup per object.
+    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
+    pub async fn usage(&self, prefix: &str, depth: usize) -> Result<Vec<PrefixUsage>> {
+        let engine = self.root().engine().await?;
+        let (store, prefix) = (self.store_id().clone(), prefix.to_owned());
+        let depth = depth.max(1);
+        blocking(move || {
+            let snapshot = engine.snapshot(&store, &prefix)?;
+            let mut groups: std::collections::BTreeMap<String, (u64, HashSet<Digest>)> =
+                std::collections::BTreeMap::new();
+            for (label, target) in snapshot.labels {
+                let parts: Vec<&str> = label.splitn(depth + 1, '/').collect();
+                let group = if parts.len() > depth {
+                    format!("{}/", parts[..depth].join("/"))
+                } else {
+                    label
+                };
+                let (labels, targets) = groups.entry(group).or_default();
+                *labels += 1;
+                targets.insert(target);
+            }
+            let sizes: HashMap<Digest, u64> = snapshot
+                .objects
+                .iter()
+                .map(|object| (object.digest, object.size))
+                .collect();
+            Ok(groups
+                .into_iter()
+                .map(|(prefix, (labels, targets))| PrefixUsage {
+                    prefix,
+                    labels,
+                    objects: targets.len() as u64,
+                    bytes: targets.iter().filter_map(|digest| sizes.get(digest)).sum(),
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Re-hashes every object, finds labels pointing at missing content and
     /// leftover temporary files, and quarantines corrupt objects (never
     /// deletes them). Checks the root's index as a whole too

@@ -751,6 +751,42 @@ async fn objects_stored_before_links_were_recorded_are_scanned_before_anything_g
 }
 
 #[tokio::test]
+async fn usage_groups_labels_by_prefix_and_counts_shared_content_once_per_group() {
+    let (_dir, root) = temp_root();
+    let store = root.store("du").unwrap();
+    let alpha = store.store_at_label("v1/a", "alpha").await.unwrap();
+    store.store_at_label("v1/b", "beta!").await.unwrap();
+    store.label("v1/again", &alpha).await.unwrap();
+    store.label("v2/x/a", &alpha).await.unwrap();
+    store.store_at_label("top", "12345678").await.unwrap();
+    store.store("unlabelled content").await.unwrap();
+    let usage = |prefix: &'static str, depth| {
+        let store = store.clone();
+        async move {
+            store
+                .usage(prefix, depth)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|group| (group.prefix, group.labels, group.objects, group.bytes))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        usage("", 1).await,
+        [
+            ("top".to_owned(), 1, 1, 8),
+            ("v1/".to_owned(), 3, 2, 10),
+            ("v2/".to_owned(), 1, 1, 5),
+        ]
+    );
+    assert_eq!(usage("v2/", 2).await, [("v2/x/".to_owned(), 1, 1, 5)]);
+    // Depth 0 groups as depth 1.
+    assert_eq!(usage("v", 0).await, usage("v", 1).await);
+    assert!(usage("nothing/", 1).await.is_empty());
+}
+
+#[tokio::test]
 async fn many_stores_are_verified_against_one_check_of_the_whole_index() {
     if common::shared_engine() || common::memory_engine() {
         return; // The local index is edited by hand below.
