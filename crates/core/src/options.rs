@@ -70,6 +70,12 @@ pub struct Options {
     /// file is made again once there is room for it twice over. 0 keeps
     /// none. Default: 16 MiB.
     pub space_reserve: u64,
+    /// How much small content (kept in the index once published) a
+    /// package import holds in memory while it checks the package; the
+    /// rest waits in a temporary file in the root's directory (the
+    /// system's for other roots), so that a package of any size imports
+    /// in bounded memory. Default: 64 MiB.
+    pub import_memory_bytes: u64,
 }
 
 impl Options {
@@ -94,6 +100,7 @@ impl Default for Options {
             shared_batch: 256,
             shared_cache_bytes: 1 << 30,
             space_reserve: 16 << 20,
+            import_memory_bytes: 64 << 20,
         }
     }
 }

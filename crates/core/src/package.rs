@@ -10,8 +10,8 @@
 //! package is refused with the store unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_id};
@@ -516,14 +516,114 @@ fn write_failed(store: &StoreId) -> impl Fn(io::Error) -> StoreError + '_ {
     move |source| io_error(store, "writing package", &PathBuf::from("<output>"), source)
 }
 
+/// Objects published together (one `apply_all`), so that spilled content
+/// comes back into memory a batch at a time.
+const OBJECTS_PER_BATCH: usize = 1024;
+
+/// Where a staged package keeps an object until it is published.
+enum Held {
+    /// Staged by the engine (small content in memory, large in a file).
+    Staged(Staged),
+    /// Small content written to the package's [`Spill`] file.
+    Spilled { offset: u64, len: usize },
+}
+
+/// Small content past the first `Options::import_memory_bytes` of a package,
+/// kept in one temporary file (in a local root's directory, else the
+/// system's), so that importing a package takes memory for its records,
+/// not its content: nothing is published before the whole package is
+/// checked, so everything waits somewhere.
+struct Spill {
+    dir: Option<PathBuf>,
+    file: Option<BufWriter<std::fs::File>>,
+    len: u64,
+    in_memory: u64,
+    memory_budget: u64,
+}
+
+impl Spill {
+    fn new(dir: Option<PathBuf>, memory_budget: u64) -> Self {
+        Self {
+            dir,
+            file: None,
+            len: 0,
+            in_memory: 0,
+            memory_budget,
+        }
+    }
+
+    /// Keeps `staged` in memory while the budget lasts, else in the file.
+    fn keep(&mut self, staged: Staged) -> io::Result<Held> {
+        let Staged::Inline(bytes) = &staged else {
+            return Ok(Held::Staged(staged));
+        };
+        let len = bytes.len();
+        if self.in_memory + len as u64 <= self.memory_budget {
+            self.in_memory += len as u64;
+            return Ok(Held::Staged(staged));
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let file = match &self.dir {
+                    Some(dir) => tempfile::tempfile_in(dir)?,
+                    None => tempfile::tempfile()?,
+                };
+                self.file.insert(BufWriter::with_capacity(1 << 20, file))
+            }
+        };
+        file.write_all(bytes)?;
+        let held = Held::Spilled {
+            offset: self.len,
+            len,
+        };
+        self.len += len as u64;
+        Ok(held)
+    }
+
+    /// `source`, from the spill file, as the store's error.
+    fn error(&self, store: &StoreId, source: io::Error) -> StoreError {
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        io_error(
+            store,
+            "keeping package content in a temporary file",
+            &dir,
+            source,
+        )
+    }
+
+    /// Makes everything kept readable by [`Spill::take`].
+    fn finish(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+
+    /// The staged object `held` stands for, read back if it was spilled.
+    /// Only after [`Spill::finish`].
+    fn take(&mut self, held: Held) -> io::Result<Staged> {
+        let (offset, len) = match held {
+            Held::Staged(staged) => return Ok(staged),
+            Held::Spilled { offset, len } => (offset, len),
+        };
+        let file = self
+            .file
+            .as_mut()
+            .expect("spilled content has a file")
+            .get_mut();
+        file.seek(io::SeekFrom::Start(offset))?;
+        let mut bytes = vec![0; len];
+        file.read_exact(&mut bytes)?;
+        Ok(Staged::Inline(Arc::new(bytes)))
+    }
+}
+
 /// A package read and checked, its objects staged.
-#[derive(Default)]
 struct StagedPackage {
-    objects: BTreeMap<(StoreId, Digest), (u64, Staged, Links)>,
+    objects: BTreeMap<(StoreId, Digest), (u64, Held, Links)>,
     labels: Vec<(StoreId, String, Digest)>,
     chains: Vec<(String, ChainHead)>,
     /// One per store section, in the package's order.
     summaries: Vec<PackageSummary>,
+    spill: Spill,
 }
 
 /// Reads, checks and stages a package (into store `into`, or a whole
@@ -536,9 +636,13 @@ async fn import<R: Read + Send + 'static>(
     progress: Arc<dyn Progress>,
 ) -> Result<Vec<PackageSummary>> {
     let engine = root.engine().await?;
+    let spill = Spill::new(
+        root.path().map(Path::to_path_buf),
+        root.options().import_memory_bytes,
+    );
     let staged = blocking({
         let engine = Arc::clone(&engine);
-        move || stage(&*engine, into.as_ref(), input, &*progress)
+        move || stage(&*engine, into.as_ref(), input, spill, &*progress)
     })
     .await?;
     publish(root, &*engine, staged, options).await
@@ -558,6 +662,7 @@ async fn publish(
         labels,
         chains,
         mut summaries,
+        mut spill,
     } = staged;
     let section = |summaries: &mut Vec<PackageSummary>, store: &StoreId| -> usize {
         summaries
@@ -569,33 +674,51 @@ async fn publish(
         summary.dry_run = options.dry_run;
     }
     if options.dry_run {
-        for ((store, _), (size, staged, _)) in objects {
+        for ((store, _), (size, held, _)) in objects {
             let at = section(&mut summaries, &store);
             summaries[at].new_objects += 1;
             summaries[at].new_bytes += size;
-            engine.discard(staged);
+            if let Held::Staged(staged) = held {
+                engine.discard(staged);
+            }
         }
     } else {
-        let mut owners = Vec::with_capacity(objects.len());
-        let changes = objects
-            .into_iter()
-            .map(|((store, digest), (size, staged, links))| {
-                owners.push((store.clone(), size));
-                Change::AddObject {
-                    store,
-                    digest,
-                    size,
-                    staged,
-                    label: None,
-                    links,
+        let whole = StoreId::reserved("_root");
+        spill
+            .finish()
+            .map_err(|source| spill.error(&whole, source))?;
+        let mut objects = objects.into_iter().peekable();
+        while objects.peek().is_some() {
+            // A batch at a time, so that spilled content is read back a
+            // batch at a time.
+            let batch: Vec<_> = objects.by_ref().take(OBJECTS_PER_BATCH).collect();
+            let (back, owners, changes) = blocking(move || {
+                let mut owners = Vec::with_capacity(batch.len());
+                let mut changes = Vec::with_capacity(batch.len());
+                for ((store, digest), (size, held, links)) in batch {
+                    let staged = spill
+                        .take(held)
+                        .map_err(|source| spill.error(&store, source))?;
+                    owners.push((store.clone(), size));
+                    changes.push(Change::AddObject {
+                        store,
+                        digest,
+                        size,
+                        staged,
+                        label: None,
+                        links,
+                    });
                 }
+                Ok((spill, owners, changes))
             })
-            .collect();
-        for ((store, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
-            if added? {
-                let at = section(&mut summaries, store);
-                summaries[at].new_objects += 1;
-                summaries[at].new_bytes += size;
+            .await?;
+            spill = back;
+            for ((store, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
+                if added? {
+                    let at = section(&mut summaries, store);
+                    summaries[at].new_objects += 1;
+                    summaries[at].new_bytes += size;
+                }
             }
         }
     }
@@ -810,13 +933,22 @@ fn stage<R: Read>(
     engine: &dyn Engine,
     into: Option<&StoreId>,
     input: R,
+    spill: Spill,
     progress: &dyn Progress,
 ) -> Result<StagedPackage> {
-    let mut staged = StagedPackage::default();
+    let mut staged = StagedPackage {
+        objects: BTreeMap::new(),
+        labels: Vec::new(),
+        chains: Vec::new(),
+        summaries: Vec::new(),
+        spill,
+    };
     let result = read_package(engine, into, input, progress, &mut staged);
     if result.is_err() {
         for (_, (_, object, _)) in std::mem::take(&mut staged.objects) {
-            engine.discard(object);
+            if let Held::Staged(object) = object {
+                engine.discard(object);
+            }
         }
     }
     result.map(|()| staged)
@@ -930,9 +1062,13 @@ fn read_package<R: Read>(
                     match input.copy_to(&mut |bytes| writer.write(bytes), size, digest, &store) {
                         Ok(()) => {
                             let (actual, _, object, links) = writer.finish()?;
+                            let held = staged
+                                .spill
+                                .keep(object)
+                                .map_err(|source| staged.spill.error(&store, source))?;
                             staged
                                 .objects
-                                .insert((store.clone(), digest), (size, object, links));
+                                .insert((store.clone(), digest), (size, held, links));
                             actual
                         }
                         Err(error) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{damage, lose_bytes, temp_root, temp_root_without_history};
-use theater_store::{ContentStore, GcOptions, StoreError};
+use theater_store::{ContentStore, GcOptions, Options, StoreError};
 
 fn no_progress() -> Arc<dyn theater_store::Progress> {
     Arc::new(())
@@ -410,6 +410,57 @@ async fn packages_round_trip_labels_and_content_once_each() {
         everything.calculate_total_size().await.unwrap(),
         source.calculate_total_size().await.unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_package_past_the_import_memory_waits_in_a_file_and_imports_whole() {
+    let (_dir, root) = temp_root();
+    let source = root.store("source").unwrap();
+    let mut expected = Vec::new();
+    for i in 0..200u32 {
+        let mut content = vec![b'x'; 1000 + i as usize];
+        content[..4].copy_from_slice(&i.to_le_bytes());
+        let label = format!("small/{i:03}");
+        expected.push((label.clone(), content.clone()));
+        source.store_at_label(&label, content).await.unwrap();
+    }
+    let large = vec![9u8; 300_000];
+    source.store_at_label("large", large.clone()).await.unwrap();
+    expected.push(("large".to_owned(), large));
+    let package = export_bytes(&source, None).await;
+
+    // Room in memory for two small objects: the rest wait in a file.
+    let (_other_dir, other) = common::temp_root_with(Options {
+        import_memory_bytes: 2048,
+        ..Options::default()
+    });
+    let target = other.store("target").unwrap();
+    // A package damaged at its very end is refused after everything was
+    // kept, and leaves nothing.
+    let mut damaged = package.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    let refused = target
+        .import_package(std::io::Cursor::new(damaged), no_progress())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidPackage { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(target.stats().await.unwrap().objects, 0);
+
+    let summary = target
+        .import_package(std::io::Cursor::new(package), no_progress())
+        .await
+        .unwrap();
+    assert_eq!((summary.new_objects, summary.labels), (201, 201));
+    for (label, content) in &expected {
+        assert_eq!(
+            target.get_content_by_label(label).await.unwrap().as_ref(),
+            Some(content),
+            "{label}"
+        );
+    }
+    assert!(target.verify(()).await.unwrap().is_clean());
 }
 
 #[tokio::test]
