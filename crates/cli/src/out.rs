@@ -18,10 +18,26 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// Prints formatted text to standard output with no newline, as
+/// [`outln`] prints a line.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out::text(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
 /// Writes `args` and a newline to standard output (see [`outln`]).
 pub fn line(args: fmt::Arguments<'_>) {
     let mut out = io::stdout().lock();
     if let Err(error) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        stop(error);
+    }
+}
+
+/// Writes `args` to standard output (see [`out`]).
+pub fn text(args: fmt::Arguments<'_>) {
+    if let Err(error) = io::stdout().lock().write_fmt(args) {
         stop(error);
     }
 }

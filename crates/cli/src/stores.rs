@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::out::outln;
+use crate::out::{out, outln};
 
 use anyhow::Context;
 use serde_json::json;
@@ -168,18 +168,45 @@ pub async fn labels(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = existing(root, store).await?;
-    let page = store
-        .list_labels_page(prefix, after, limit.unwrap_or(usize::MAX))
-        .await?;
-    if json {
-        print_json(&page)?;
-    } else {
-        for entry in page {
-            outln!("{}\t{}", printable(&entry.label), entry.content_ref);
+    // A page at a time, so that memory stays flat however many labels
+    // there are; each page is read as the store is when it is read.
+    let mut remaining = limit.unwrap_or(usize::MAX);
+    let mut after = after.map(str::to_owned);
+    let mut printed = 0usize;
+    while remaining > 0 {
+        let want = remaining.min(LABELS_PER_PAGE);
+        let page = store
+            .list_labels_page(prefix, after.as_deref(), want)
+            .await?;
+        // One write per page, not per label.
+        let mut text = String::new();
+        for entry in &page {
+            if json {
+                text.push(if printed == 0 { '[' } else { ',' });
+                text.push_str(&serde_json::to_string(entry)?);
+            } else {
+                std::fmt::Write::write_fmt(
+                    &mut text,
+                    format_args!("{}\t{}\n", printable(&entry.label), entry.content_ref),
+                )?;
+            }
+            printed += 1;
         }
+        out!("{text}");
+        remaining -= page.len();
+        if page.len() < want {
+            break;
+        }
+        after = page.last().map(|entry| entry.label.clone());
+    }
+    if json {
+        outln!("{}", if printed == 0 { "[]" } else { "]" });
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Labels `labels` reads from the store at a time.
+const LABELS_PER_PAGE: usize = 10_000;
 
 pub async fn cat(
     root: &StoreRoot,

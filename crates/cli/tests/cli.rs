@@ -2890,3 +2890,54 @@ fn a_listing_cut_short_by_its_reader_ends_quietly() {
         assert!(stderr.is_empty(), "{listing:?}: {stderr}");
     }
 }
+
+#[test]
+fn labels_are_listed_whole_and_in_order_across_pages() {
+    let env = Env::new();
+    let content = env.put("s", "one content, many names", None);
+    // More than one page of the listing (10,000 labels a page).
+    let batch: String = (0..10_005)
+        .map(|i| format!("n/{i:05} {content}\n"))
+        .collect();
+    let batch = env.file("batch", batch.as_bytes());
+    env.cmd()
+        .args(["label", "s", "--from"])
+        .arg(&batch)
+        .assert()
+        .success();
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = env
+            .cmd()
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| line.split('\t').next().unwrap().to_owned())
+            .collect()
+    };
+    let all = names(&["labels", "s"]);
+    let expected: Vec<String> = (0..10_005).map(|i| format!("n/{i:05}")).collect();
+    assert_eq!(all, expected);
+    let json = env.json(&["labels", "s"]);
+    let json: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(json, expected);
+    assert_eq!(
+        names(&["labels", "s", "--limit", "10001"]),
+        expected[..10_001]
+    );
+    assert_eq!(
+        names(&["labels", "s", "--after", "n/00003", "--limit", "10000"]),
+        expected[4..10_004]
+    );
+    assert_eq!(env.json(&["labels", "s", "--prefix", "none/"]), json!([]));
+}
