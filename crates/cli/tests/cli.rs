@@ -37,6 +37,19 @@ impl Env {
         path
     }
 
+    /// Stores one content in `store` and points every label of `names`
+    /// at it, in one `label --from` batch.
+    fn label_one_content(&self, store: &str, names: impl Iterator<Item = String>) {
+        let content = self.put(store, "one content, many names", None);
+        let batch: String = names.map(|name| format!("{name} {content}\n")).collect();
+        let batch = self.file("batch", batch.as_bytes());
+        self.cmd()
+            .args(["label", store, "--from"])
+            .arg(&batch)
+            .assert()
+            .success();
+    }
+
     /// `put` and return the printed ref.
     fn put(&self, store: &str, content: &str, label: Option<&str>) -> String {
         let mut cmd = self.cmd();
@@ -2854,18 +2867,9 @@ fn serve_answers_http_until_stopped_and_needs_tokens_beyond_loopback() {
 fn a_listing_cut_short_by_its_reader_ends_quietly() {
     use std::io::Read;
     let env = Env::new();
-    let content = env.put("s", "one content, many names", None);
     // 2,000 lines of about 80 bytes: more than a pipe holds, so the
     // listing is still writing when its reader goes.
-    let batch: String = (0..2000)
-        .map(|i| format!("label/{i:05} {content}\n"))
-        .collect();
-    let batch = env.file("batch", batch.as_bytes());
-    env.cmd()
-        .args(["label", "s", "--from"])
-        .arg(&batch)
-        .assert()
-        .success();
+    env.label_one_content("s", (0..2000).map(|i| format!("label/{i:05}")));
     for listing in [&["labels", "s"][..], &["--json", "labels", "s"][..]] {
         // As `theater-store labels s | head -c 16` does.
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("theater-store"))
@@ -2894,17 +2898,8 @@ fn a_listing_cut_short_by_its_reader_ends_quietly() {
 #[test]
 fn labels_are_listed_whole_and_in_order_across_pages() {
     let env = Env::new();
-    let content = env.put("s", "one content, many names", None);
     // More than one page of the listing (10,000 labels a page).
-    let batch: String = (0..10_005)
-        .map(|i| format!("n/{i:05} {content}\n"))
-        .collect();
-    let batch = env.file("batch", batch.as_bytes());
-    env.cmd()
-        .args(["label", "s", "--from"])
-        .arg(&batch)
-        .assert()
-        .success();
+    env.label_one_content("s", (0..10_005).map(|i| format!("n/{i:05}")));
     let names = |args: &[&str]| -> Vec<String> {
         let out = env
             .cmd()

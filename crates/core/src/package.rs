@@ -688,11 +688,12 @@ async fn publish(
             .finish()
             .map_err(|source| spill.error(&whole, source))?;
         let mut objects = objects.into_iter().peekable();
+        let mut failure = None;
         while objects.peek().is_some() {
             // A batch at a time, so that spilled content is read back a
             // batch at a time.
             let batch: Vec<_> = objects.by_ref().take(OBJECTS_PER_BATCH).collect();
-            let (back, owners, changes) = blocking(move || {
+            let read = blocking(move || {
                 let mut owners = Vec::with_capacity(batch.len());
                 let mut changes = Vec::with_capacity(batch.len());
                 for ((store, digest), (size, held, links)) in batch {
@@ -711,15 +712,40 @@ async fn publish(
                 }
                 Ok((spill, owners, changes))
             })
-            .await?;
+            .await;
+            let (back, owners, changes) = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
             spill = back;
             for ((store, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
-                if added? {
-                    let at = section(&mut summaries, store);
-                    summaries[at].new_objects += 1;
-                    summaries[at].new_bytes += size;
+                match added {
+                    Ok(true) => {
+                        let at = section(&mut summaries, store);
+                        summaries[at].new_objects += 1;
+                        summaries[at].new_bytes += size;
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                    }
                 }
             }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some(error) = failure {
+            // What was not published leaves no staged file behind.
+            for (_, (_, held, _)) in objects {
+                if let Held::Staged(staged) = held {
+                    engine.discard(staged);
+                }
+            }
+            return Err(error);
         }
     }
     // Chains are verified, their segments now in place, before any label
