@@ -5,11 +5,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::out::outln;
-
 use theater_store::{ChainEntry, Outcome, StoreRoot, TrimBefore};
 
 use crate::missing::Missing;
+use crate::out::outln;
 use crate::stores::{print_json, printable};
 
 /// Events `chain --json` lists when no `--limit` is given: JSON of a long

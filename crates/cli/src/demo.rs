@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use crate::out::outln;
-
 use serde_json::{Value, json};
 use theater_store::StoreRoot;
 use theater_store_examples::SEED_PATTERNS;
 use theater_store_host::{Access, ActorHost, Grants, RunOptions};
 
+use crate::out::outln;
 use crate::stores::print_json;
 
 /// The named store pattern 1 opens by id (granted to it).

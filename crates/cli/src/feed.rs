@@ -4,10 +4,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::out::outln;
-
 use theater_store::{ContentRef, LabelChange, StoreRoot};
 
+use crate::out::outln;
 use crate::stores::{existing, print_json, printable};
 
 /// A ref as text, `-` for none.

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::out::outln;
-
 use anyhow::Context;
 use clap::Args;
 use theater_store::StoreRoot;
 use theater_store_gateway::{Access, Limits, Tokens};
 
+use crate::out::outln;
 use crate::parse;
 
 /// Serve the root over HTTP under /v1 (docs/HTTP.md): content by label and ref, streamed and verified, with ETags and ranges; label writes with compare-and-swap; the change feed as Server-Sent Events. Until Ctrl-C.

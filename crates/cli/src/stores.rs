@@ -1,11 +1,11 @@
 //! The store-keeping commands: each parses its arguments, makes one or a few
 //! core calls, and prints the result as text or JSON.
 
+// `writeln!` into a page of text.
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
-
-use crate::out::{out, outln};
 
 use anyhow::Context;
 use serde_json::json;
@@ -13,6 +13,7 @@ use theater_store::{ContentRef, ContentStore, GcOptions, Progress, StoreRoot};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::missing::Missing;
+use crate::out::{out, outln};
 use crate::parse::ByteRange;
 use crate::progress::Bar;
 
@@ -185,10 +186,7 @@ pub async fn labels(
                 text.push(if printed == 0 { '[' } else { ',' });
                 text.push_str(&serde_json::to_string(entry)?);
             } else {
-                std::fmt::Write::write_fmt(
-                    &mut text,
-                    format_args!("{}\t{}\n", printable(&entry.label), entry.content_ref),
-                )?;
+                writeln!(text, "{}\t{}", printable(&entry.label), entry.content_ref)?;
             }
             printed += 1;
         }

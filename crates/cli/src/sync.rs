@@ -3,11 +3,10 @@
 
 use std::process::ExitCode;
 
-use crate::out::outln;
-
 use anyhow::{Context, bail};
 use theater_store::{Options, StoreRoot, SyncOptions, SyncReport};
 
+use crate::out::outln;
 use crate::progress::Bar;
 use crate::stores::{print_json, printable};
 

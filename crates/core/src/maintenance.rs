@@ -1,7 +1,7 @@
 //! Checking and cleaning a store: [`ContentStore::verify`] and
 //! [`ContentStore::collect_garbage`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -232,7 +232,7 @@ pub struct RemoveStoreReport {
 /// ([`StoreRoot::check_index`]). Those checks read the whole index, so a
 /// caller verifying many stores of one root runs them once and hands the
 /// result to [`ContentStore::verify_with`] for each store.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct IndexCheck {
     problems: Vec<String>,
 }
@@ -270,8 +270,7 @@ impl ContentStore {
         let depth = depth.max(1);
         blocking(move || {
             let snapshot = engine.snapshot(&store, &prefix)?;
-            let mut groups: std::collections::BTreeMap<String, (u64, HashSet<Digest>)> =
-                std::collections::BTreeMap::new();
+            let mut groups: BTreeMap<String, (u64, HashSet<Digest>)> = BTreeMap::new();
             for (label, target) in snapshot.labels {
                 let parts: Vec<&str> = label.splitn(depth + 1, '/').collect();
                 let group = if parts.len() > depth {
