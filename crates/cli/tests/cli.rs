@@ -61,17 +61,24 @@ impl Env {
         String::from_utf8(out).unwrap().trim().to_owned()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    /// What a successful command printed.
+    fn stdout(&self, args: &[&str]) -> String {
         let out = self
             .cmd()
-            .arg("--json")
             .args(args)
             .assert()
             .success()
             .get_output()
             .stdout
             .clone();
-        serde_json::from_slice(&out).unwrap()
+        String::from_utf8(out).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = std::iter::once("--json")
+            .chain(args.iter().copied())
+            .collect();
+        serde_json::from_str(&self.stdout(&args)).unwrap()
     }
 }
 
@@ -2901,16 +2908,7 @@ fn labels_are_listed_whole_and_in_order_across_pages() {
     // More than one page of the listing (10,000 labels a page).
     env.label_one_content("s", (0..10_005).map(|i| format!("n/{i:05}")));
     let names = |args: &[&str]| -> Vec<String> {
-        let out = env
-            .cmd()
-            .args(args)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        String::from_utf8(out)
-            .unwrap()
+        env.stdout(args)
             .lines()
             .map(|line| line.split('\t').next().unwrap().to_owned())
             .collect()
