@@ -47,15 +47,25 @@ fn content(i: usize) -> Vec<u8> {
 
 /// Fills labels `from..to` with `WRITERS` tasks.
 async fn fill(store: &ContentStore, from: usize, to: usize) {
+    with_writers(|writer| {
+        let store = store.clone();
+        async move {
+            for i in (from + writer..to).step_by(WRITERS) {
+                store.store_at_label(&label(i), content(i)).await.unwrap();
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs `work(writer)` for each of `WRITERS` writers at once, and waits
+/// for them all.
+async fn with_writers<Work>(work: impl Fn(usize) -> Work)
+where
+    Work: std::future::Future<Output = ()> + Send + 'static,
+{
     let tasks: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in (from + writer..to).step_by(WRITERS) {
-                    store.store_at_label(&label(i), content(i)).await.unwrap();
-                }
-            })
-        })
+        .map(|writer| tokio::spawn(work(writer)))
         .collect();
     for task in tasks {
         task.await.unwrap();
@@ -234,23 +244,19 @@ async fn many_stores() {
     let dir = tempfile::tempdir().unwrap();
     let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
     let per_store = MANY_STORES_OBJECTS / MANY_STORES;
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            let root = root.clone();
-            tokio::spawn(async move {
-                for s in (writer..MANY_STORES).step_by(WRITERS) {
-                    let store = root.store(&format!("actor-{s:04}")).unwrap();
-                    for i in 0..per_store {
-                        let n = s * per_store + i;
-                        store.store_at_label(&label(n), content(n)).await.unwrap();
-                    }
+    with_writers(|writer| {
+        let root = root.clone();
+        async move {
+            for s in (writer..MANY_STORES).step_by(WRITERS) {
+                let store = root.store(&format!("actor-{s:04}")).unwrap();
+                for i in 0..per_store {
+                    let n = s * per_store + i;
+                    store.store_at_label(&label(n), content(n)).await.unwrap();
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+            }
+        }
+    })
+    .await;
     let stores: Vec<ContentStore> = root
         .stores()
         .await

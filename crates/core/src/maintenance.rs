@@ -313,7 +313,7 @@ impl ContentStore {
 
     /// [`ContentStore::verify`], reporting `index`'s findings as its
     /// `index_problems` instead of checking the whole index again.
-    #[tracing::instrument(level = "info", skip_all, fields(store = %self.store_id()))]
+    #[tracing::instrument(name = "verify", level = "info", skip_all, fields(store = %self.store_id()))]
     pub async fn verify_with(
         &self,
         index: &IndexCheck,
