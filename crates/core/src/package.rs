@@ -616,14 +616,42 @@ impl Spill {
     }
 }
 
-/// A package read and checked, its objects staged.
+/// A package read and checked, its objects staged. Records name their
+/// store by its section's index (a [`Section`]), so that a package of a
+/// million objects keeps no store id per object.
 struct StagedPackage {
-    objects: BTreeMap<(StoreId, Digest), (u64, Held, Links)>,
-    labels: Vec<(StoreId, String, Digest)>,
-    chains: Vec<(String, ChainHead)>,
-    /// One per store section, in the package's order.
+    /// The store of each section, in the package's order.
+    sections: Vec<StoreId>,
+    /// One per section, in the same order.
     summaries: Vec<PackageSummary>,
+    /// Objects the package holds that their store lacks, staged, with
+    /// their size and the refs written inside them.
+    objects: BTreeMap<(Section, Digest), (u64, Held, Links)>,
+    /// Objects the package holds that their store already has.
+    present: BTreeSet<(Section, Digest)>,
+    /// Labels, in the package's order (so each section's together).
+    labels: Vec<(Section, Box<str>, Digest)>,
+    chains: Vec<(String, ChainHead)>,
     spill: Spill,
+}
+
+/// The index of a package's store section in [`StagedPackage::sections`].
+type Section = u32;
+
+impl StagedPackage {
+    /// Starts a section for `store`, whose records follow.
+    fn open_section(&mut self, store: StoreId) {
+        self.summaries.push(PackageSummary {
+            store: store.to_string(),
+            ..PackageSummary::default()
+        });
+        self.sections.push(store);
+    }
+
+    /// Whether the package holds `digest` in `section`'s store.
+    fn holds(&self, section: Section, digest: Digest) -> bool {
+        self.objects.contains_key(&(section, digest)) || self.present.contains(&(section, digest))
+    }
 }
 
 /// Reads, checks and stages a package (into store `into`, or a whole
@@ -658,24 +686,29 @@ async fn publish(
     options: ImportOptions,
 ) -> Result<Vec<PackageSummary>> {
     let StagedPackage {
-        objects,
-        labels,
-        chains,
+        sections,
         mut summaries,
+        objects,
+        present: _,
+        mut labels,
+        chains,
         mut spill,
     } = staged;
-    let section = |summaries: &mut Vec<PackageSummary>, store: &StoreId| -> usize {
-        summaries
+    let chain_store = StoreId::reserved(CHAIN_STORE);
+    // Where the chain store's records are counted (a package with chains
+    // has its section).
+    let chain_section = || {
+        sections
             .iter()
-            .position(|summary| summary.store == store.as_str())
-            .expect("every record belongs to a section")
+            .position(|store| *store == chain_store)
+            .expect("a chain record belongs to the chain store's section")
     };
     for summary in &mut summaries {
         summary.dry_run = options.dry_run;
     }
     if options.dry_run {
-        for ((store, _), (size, held, _)) in objects {
-            let at = section(&mut summaries, &store);
+        for ((section, _), (size, held, _)) in objects {
+            let at = section as usize;
             summaries[at].new_objects += 1;
             summaries[at].new_bytes += size;
             if let Held::Staged(staged) = held {
@@ -692,15 +725,21 @@ async fn publish(
         while objects.peek().is_some() {
             // A batch at a time, so that spilled content is read back a
             // batch at a time.
-            let batch: Vec<_> = objects.by_ref().take(OBJECTS_PER_BATCH).collect();
+            let batch: Vec<_> = objects
+                .by_ref()
+                .take(OBJECTS_PER_BATCH)
+                .map(|((section, digest), object)| {
+                    (section, sections[section as usize].clone(), digest, object)
+                })
+                .collect();
             let read = blocking(move || {
                 let mut owners = Vec::with_capacity(batch.len());
                 let mut changes = Vec::with_capacity(batch.len());
-                for ((store, digest), (size, held, links)) in batch {
+                for (section, store, digest, (size, held, links)) in batch {
                     let staged = spill
                         .take(held)
                         .map_err(|source| spill.error(&store, source))?;
-                    owners.push((store.clone(), size));
+                    owners.push((section, size));
                     changes.push(Change::AddObject {
                         store,
                         digest,
@@ -721,10 +760,10 @@ async fn publish(
                 }
             };
             spill = back;
-            for ((store, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
+            for ((section, size), added) in owners.iter().zip(engine.apply_all(changes).await) {
                 match added {
                     Ok(true) => {
-                        let at = section(&mut summaries, store);
+                        let at = *section as usize;
                         summaries[at].new_objects += 1;
                         summaries[at].new_bytes += size;
                     }
@@ -750,14 +789,11 @@ async fn publish(
     }
     // Chains are verified, their segments now in place, before any label
     // or head moves: a chain that does not check out refuses the package.
-    let chain_store = StoreId::reserved(CHAIN_STORE);
     // A trimmed chain's checkpoint goes with its head (see below).
-    let (checkpoints, labels): (Vec<_>, Vec<_>) =
-        labels.into_iter().partition(|(store, label, _)| {
-            *store == chain_store && label.starts_with(CHECKPOINT_PREFIX)
-        });
-    let mut checkpoints: BTreeMap<String, Digest> = checkpoints
-        .into_iter()
+    let mut checkpoints: BTreeMap<String, Digest> = labels
+        .extract_if(.., |(section, label, _)| {
+            sections[*section as usize] == chain_store && label.starts_with(CHECKPOINT_PREFIX)
+        })
         .map(|(_, label, digest)| (label[CHECKPOINT_PREFIX.len()..].to_owned(), digest))
         .collect();
     let mut checkpoint_moves = Vec::new();
@@ -765,7 +801,7 @@ async fn publish(
     for (label, head) in chains {
         let chain = root.event_chain(&label[HEAD_PREFIX.len()..])?;
         let current = engine.label_target(&chain_store, &label).await?;
-        let at = section(&mut summaries, &chain_store);
+        let at = chain_section();
         let checkpoint = match checkpoints.remove(chain.actor()) {
             Some(digest) if !options.dry_run => {
                 let read = chain.read_checkpoint(digest).await;
@@ -835,7 +871,7 @@ async fn publish(
     }
     // A checkpoint with no head in the package trims nothing here.
     if !checkpoints.is_empty() {
-        let at = section(&mut summaries, &chain_store);
+        let at = chain_section();
         summaries[at].labels_unchanged += checkpoints.len() as u64;
     }
     // Labels go in chunks, so that a package with many labels never
@@ -843,17 +879,14 @@ async fn publish(
     // some labels applied, and importing again finishes the job. Each
     // chunk applies only if its labels still hold what was read;
     // otherwise it is read and decided again.
-    let mut by_store: BTreeMap<StoreId, Vec<(String, Digest)>> = BTreeMap::new();
-    for (store, label, target) in labels {
-        by_store.entry(store).or_default().push((label, target));
-    }
-    for (store, labels) in by_store {
-        let at = section(&mut summaries, &store);
-        for chunk in labels.chunks(LABELS_PER_TRANSACTION) {
+    for section_labels in labels.chunk_by(|a, b| a.0 == b.0) {
+        let at = section_labels[0].0 as usize;
+        let store = &sections[at];
+        for chunk in section_labels.chunks(LABELS_PER_TRANSACTION) {
             loop {
                 let mut decided = PackageSummary::default();
                 let (writes, expected) =
-                    plan_labels(engine, &store, chunk, options, &mut decided).await?;
+                    plan_labels(engine, store, chunk, options, &mut decided).await?;
                 let applied = options.dry_run || {
                     let change = Change::SetLabels {
                         store: store.clone(),
@@ -874,7 +907,7 @@ async fn publish(
     // head reaches it, a chain walk never meets its boundary and checks
     // the chain whole.
     for (chain, (digest, checkpoint)) in checkpoint_moves {
-        let at = section(&mut summaries, &chain_store);
+        let at = chain_section();
         let current = chain.checkpoint_row().await?;
         let newer = current
             .as_ref()
@@ -926,23 +959,23 @@ async fn publish(
 async fn plan_labels(
     engine: &dyn Engine,
     store: &StoreId,
-    labels: &[(String, Digest)],
+    labels: &[(Section, Box<str>, Digest)],
     options: ImportOptions,
     summary: &mut PackageSummary,
 ) -> Result<LabelWrites> {
     let mut writes = Vec::new();
     let mut expected = Vec::new();
-    for (label, target) in labels {
+    for (_, label, target) in labels {
         let current = engine.label_target(store, label).await?;
         match current {
             Some(current) if current == *target => summary.labels_unchanged += 1,
             Some(current) if !options.overwrite => summary.conflicts.push(ImportConflict {
-                label: label.clone(),
+                label: label.to_string(),
                 current: current.into(),
                 package: (*target).into(),
             }),
             _ => {
-                writes.push((label.clone(), Some(*target)));
+                writes.push((label.to_string(), Some(*target)));
                 expected.push(current);
             }
         }
@@ -963,10 +996,12 @@ fn stage<R: Read>(
     progress: &dyn Progress,
 ) -> Result<StagedPackage> {
     let mut staged = StagedPackage {
+        sections: Vec::new(),
+        summaries: Vec::new(),
         objects: BTreeMap::new(),
+        present: BTreeSet::new(),
         labels: Vec::new(),
         chains: Vec::new(),
-        summaries: Vec::new(),
         spill,
     };
     let result = read_package(engine, into, input, progress, &mut staged);
@@ -1004,10 +1039,7 @@ fn read_package<R: Read>(
         reason,
     };
     if let Some(store) = into {
-        staged.summaries.push(PackageSummary {
-            store: store.to_string(),
-            ..PackageSummary::default()
-        });
+        staged.open_section(store.clone());
     }
     let mut input = HashingReader {
         inner: BufReader::with_capacity(1 << 16, input),
@@ -1032,7 +1064,6 @@ fn read_package<R: Read>(
             ),
         ));
     }
-    let mut seen: BTreeSet<(StoreId, Digest)> = BTreeSet::new();
     let (mut objects, mut labels) = (0u64, 0u64);
     loop {
         let at = naming(&current);
@@ -1049,7 +1080,9 @@ fn read_package<R: Read>(
             }
             _ => None,
         };
-        let summary = |staged: &mut StagedPackage| -> usize { staged.summaries.len() - 1 };
+        // The section the record belongs to (the last one opened).
+        let section = staged.sections.len().saturating_sub(1);
+        let key = section as Section;
         match tag {
             STORE if version >= 2 => {
                 if into.is_some() {
@@ -1062,26 +1095,24 @@ fn read_package<R: Read>(
                 }
                 let id = input.string("a store section", &at)?;
                 let store = section_store(&id).map_err(|reason| refuse(&current, reason))?;
-                if staged.summaries.iter().any(|s| s.store == store.as_str()) {
+                if staged.sections.contains(&store) {
                     return Err(refuse(&current, format!("store {id} has two sections")));
                 }
-                staged.summaries.push(PackageSummary {
-                    store: store.to_string(),
-                    ..PackageSummary::default()
-                });
+                staged.open_section(store.clone());
                 current = Some(store);
             }
             OBJECT => {
                 let store = store.expect("checked above");
                 let size = u64::from_le_bytes(input.array("an object header", &store)?);
                 let digest = Digest(input.array("an object header", &store)?);
-                if !seen.insert((store.clone(), digest)) {
+                if staged.holds(key, digest) {
                     return Err(refuse(
                         &current,
                         format!("object {} appears twice", digest.to_hex()),
                     ));
                 }
                 let actual = if engine.is_present(&store, digest)? {
+                    staged.present.insert((key, digest));
                     input.discard(size, digest, &store)?
                 } else {
                     let mut writer = StagingWriter::new(store.clone(), engine.staging_sink(&store));
@@ -1092,9 +1123,7 @@ fn read_package<R: Read>(
                                 .spill
                                 .keep(object)
                                 .map_err(|source| staged.spill.error(&store, source))?;
-                            staged
-                                .objects
-                                .insert((store.clone(), digest), (size, held, links));
+                            staged.objects.insert((key, digest), (size, held, links));
                             actual
                         }
                         Err(error) => {
@@ -1113,9 +1142,8 @@ fn read_package<R: Read>(
                         ),
                     ));
                 }
-                let at = summary(staged);
-                staged.summaries[at].objects += 1;
-                staged.summaries[at].bytes += size;
+                staged.summaries[section].objects += 1;
+                staged.summaries[section].bytes += size;
                 objects += 1;
             }
             LABEL => {
@@ -1123,8 +1151,7 @@ fn read_package<R: Read>(
                 let label = input.label(&store)?;
                 validate_label(&label)?;
                 let target = Digest(input.array("a label", &store)?);
-                let available =
-                    seen.contains(&(store.clone(), target)) || engine.is_present(&store, target)?;
+                let available = staged.holds(key, target) || engine.is_present(&store, target)?;
                 if !available {
                     return Err(refuse(
                         &current,
@@ -1135,9 +1162,8 @@ fn read_package<R: Read>(
                         ),
                     ));
                 }
-                staged.labels.push((store, label, target));
-                let at = summary(staged);
-                staged.summaries[at].labels += 1;
+                staged.labels.push((key, label.into_boxed_str(), target));
+                staged.summaries[section].labels += 1;
                 labels += 1;
             }
             CHAIN if version >= 2 => {
@@ -1183,7 +1209,7 @@ fn read_package<R: Read>(
                     _ => Some(Digest(input.array("a chain head", &store)?)),
                 };
                 if let Some(sealed) = sealed
-                    && !seen.contains(&(store.clone(), sealed))
+                    && !staged.holds(key, sealed)
                     && !engine.is_present(&store, sealed)?
                 {
                     return Err(refuse(
@@ -1204,9 +1230,8 @@ fn read_package<R: Read>(
                         sealed,
                     },
                 ));
-                let at = summary(staged);
-                staged.summaries[at].labels += 1;
-                staged.summaries[at].chains += 1;
+                staged.summaries[section].labels += 1;
+                staged.summaries[section].chains += 1;
                 labels += 1;
             }
             END => {

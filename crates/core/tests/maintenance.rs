@@ -493,6 +493,12 @@ async fn damaged_packages_are_refused_and_change_nothing() {
     trailing.push(0);
     let mut bad_checksum = package.clone();
     *bad_checksum.last_mut().unwrap() ^= 1;
+    // An object twice, new to the store and one it holds: each refused
+    // wherever the importer keeps what it has seen.
+    let twice = |content: &[u8]| {
+        let object = object_record(content);
+        package_of(&[object.clone(), object].concat(), 2, 0)
+    };
     let cases = [
         (
             "truncated in an object",
@@ -509,6 +515,12 @@ async fn damaged_packages_are_refused_and_change_nothing() {
         ("bad magic", bad_magic, "not a theater-store package"),
         ("bytes after the end", trailing, "after the end record"),
         ("bad checksum", bad_checksum, "checksum"),
+        (
+            "a new object twice",
+            twice(b"gamma content"),
+            "appears twice",
+        ),
+        ("a held object twice", twice(b"untouched"), "appears twice"),
     ];
     for (case, bytes, expected) in cases {
         match target
@@ -532,6 +544,29 @@ async fn damaged_packages_are_refused_and_change_nothing() {
         .map(|d| d.collect())
         .unwrap_or_default();
     assert!(staged_left.is_empty(), "staged files were left behind");
+}
+
+/// An object record of a package (docs/PACKAGE-FORMAT.md).
+fn object_record(content: &[u8]) -> Vec<u8> {
+    let mut record = vec![b'O'];
+    record.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    record.extend_from_slice(blake3::hash(content).as_bytes());
+    record.extend_from_slice(content);
+    record
+}
+
+/// A version 1 package of `records`, its end record counting `objects`
+/// and `labels`, with a checksum that matches.
+fn package_of(records: &[u8], objects: u64, labels: u64) -> Vec<u8> {
+    let mut package = b"THEATER-STORE-PK".to_vec();
+    package.extend_from_slice(&1u32.to_le_bytes());
+    package.extend_from_slice(records);
+    package.push(b'E');
+    package.extend_from_slice(&objects.to_le_bytes());
+    package.extend_from_slice(&labels.to_le_bytes());
+    let checksum = blake3::hash(&package);
+    package.extend_from_slice(checksum.as_bytes());
+    package
 }
 
 // ---- Refs written inside content keep what they name -------------------
