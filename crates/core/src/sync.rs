@@ -1072,9 +1072,12 @@ async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<
     agreed.previous =
         Some(std::mem::replace(&mut agreed.agreement, next)).filter(|p| !p.is_empty());
     let bytes = serde_json::to_vec(agreed).expect("a sync record serializes");
+    // Streamed from the one copy of the bytes: the record holds a value
+    // for every label a sync moves, so a first sync of a million labels
+    // makes it over 100 MB.
     for (root, label) in copies {
         root.sync_records()
-            .store_at_label(label, bytes.clone())
+            .store_reader_at_label(label, bytes.as_slice())
             .await?;
     }
     Ok(())
