@@ -229,10 +229,14 @@ async fn gc_never_takes_old_content_that_a_concurrent_write_links_or_labels() {
         pairs.push((parent, leaf));
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
+    // The first item is written before any collection starts, so that the
+    // race is run whatever the scheduler does; the rest race.
+    let (first_written, first_done) = tokio::sync::oneshot::channel();
     let writer = {
         let (store, olds, pairs) = (store.clone(), olds.clone(), pairs.clone());
         tokio::spawn(async move {
             let (mut named, mut labelled) = (Vec::new(), Vec::new());
+            let mut first_written = Some(first_written);
             for (i, (old, (parent, leaf))) in olds.iter().zip(&pairs).enumerate() {
                 store
                     .store_at_label(&format!("names:{i}"), format!("names {old}"))
@@ -249,6 +253,9 @@ async fn gc_never_takes_old_content_that_a_concurrent_write_links_or_labels() {
                     Err(StoreError::NotFound { .. }) => {}
                     Err(other) => panic!("{other}"),
                 }
+                if let Some(first_written) = first_written.take() {
+                    let _ = first_written.send(());
+                }
             }
             (named, labelled)
         })
@@ -257,6 +264,7 @@ async fn gc_never_takes_old_content_that_a_concurrent_write_links_or_labels() {
         grace: Duration::ZERO,
         dry_run: false,
     };
+    first_done.await.unwrap();
     while !writer.is_finished() {
         store.collect_garbage(gc, no_progress()).await.unwrap();
     }
@@ -271,8 +279,7 @@ async fn gc_never_takes_old_content_that_a_concurrent_write_links_or_labels() {
     for leaf in &labelled_leaves {
         store.get(leaf).await.unwrap();
     }
-    // The race was run: some writes met content the collection had not
-    // taken yet.
+    // The first item met content no collection had looked at.
     assert!(!named.is_empty() && !labelled_leaves.is_empty());
     assert!(store.verify(no_progress()).await.unwrap().is_clean());
 }
