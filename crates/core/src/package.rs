@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::chain::{CHAIN_STORE, CHECKPOINT_PREFIX, HEAD_PREFIX, validate_actor_id};
-use crate::engine::{ChainHead, Change, Engine, Expect, LabelRow, Staged};
+use crate::engine::{ChainHead, Change, Engine, Expect, LabelRow, ObjectRow, Staged};
 use crate::error::{Result, StoreError, io_error};
 use crate::links::Links;
 use crate::names::{ContentRef, Digest, MAX_LABEL_BYTES, StoreId, validate_label};
@@ -300,8 +300,17 @@ fn export_section<W: Write>(
     // after it is left out below, with the labels that pointed at it.
     let snapshot = engine.snapshot(id, prefix.unwrap_or(""))?;
     let past = then.is_some();
-    let (mut labels, rows) = (then.unwrap_or(snapshot.labels), snapshot.objects);
-    let sizes: BTreeMap<Digest, u64> = rows.iter().map(|row| (row.digest, row.size)).collect();
+    let (mut labels, mut objects) = (then.unwrap_or(snapshot.labels), snapshot.objects);
+    // Sorted by digest (as the local engine lists them already), so that
+    // a size is a binary search away and the package's objects come in
+    // digest order whichever engine wrote it.
+    objects.sort_unstable_by_key(|row| row.digest);
+    let size_of = |objects: &[ObjectRow], digest: Digest| {
+        objects
+            .binary_search_by_key(&digest, |row| row.digest)
+            .ok()
+            .map(|at| objects[at].size)
+    };
     let chains = id.as_str() == CHAIN_STORE;
     let handle = tokio::runtime::Handle::current();
     // A chain head's row, with its open segment, read as it is now, and
@@ -326,8 +335,14 @@ fn export_section<W: Write>(
             }
         }
     }
-    let digests: BTreeSet<Digest> = match prefix {
-        None if !past => sizes.keys().copied().collect(),
+    // The objects to write, in digest order, with their sizes (`None`:
+    // not held, reported as vanished). A whole store's are its object
+    // rows, turned into these in place.
+    let selected: Vec<(Digest, Option<u64>)> = match prefix {
+        None if !past => objects
+            .into_iter()
+            .map(|row| (row.digest, Some(row.size)))
+            .collect(),
         // A chain's segments, from its head.
         Some(_) if chains => {
             let mut reached = BTreeSet::new();
@@ -338,33 +353,38 @@ fn export_section<W: Write>(
                 reached.extend(handle.block_on(walk)?);
             }
             reached
+                .into_iter()
+                .map(|digest| (digest, size_of(&objects, digest)))
+                .collect()
         }
         // What the chosen labels reach, through refs written inside
         // content too, so that the package holds every object the source
         // could resolve from them.
         _ => {
-            let held = sizes.keys().copied().collect();
+            let held = objects.iter().map(|row| row.digest).collect();
             let graph = LinkGraph::load(engine, id, &held, false)?;
-            graph
+            let reached: BTreeSet<Digest> = graph
                 .reachable(labels.iter().map(|(_, target)| *target))
                 .into_iter()
-                .filter(|digest| sizes.contains_key(digest))
+                .collect();
+            reached
+                .into_iter()
+                .filter_map(|digest| Some((digest, Some(size_of(&objects, digest)?))))
                 .collect()
         }
     };
-    progress.start(digests.iter().filter_map(|d| sizes.get(d)).sum());
+    progress.start(selected.iter().filter_map(|(_, size)| *size).sum());
     let mut summary = PackageSummary {
         store: id.to_string(),
         ..PackageSummary::default()
     };
     let mut vanished = BTreeSet::new();
-    for digest in &digests {
-        let (Some(object), Some(&size)) = (engine.open_object(id, *digest)?, sizes.get(digest))
-        else {
-            vanished.insert(*digest);
+    for &(digest, size) in &selected {
+        let (Some(object), Some(size)) = (engine.open_object(id, digest)?, size) else {
+            vanished.insert(digest);
             continue;
         };
-        writer.object(id, *digest, size, object, progress)?;
+        writer.object(id, digest, size, object, progress)?;
         summary.objects += 1;
         summary.bytes += size;
     }
