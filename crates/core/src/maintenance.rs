@@ -547,7 +547,7 @@ impl ContentStore {
         } else {
             BTreeSet::new()
         };
-        let (rows, labels, replaced, graph, unindexed, stale_temps) = blocking({
+        let (rows, targets, replaced, graph, unindexed, stale_temps) = blocking({
             let engine = Arc::clone(engine);
             let store = store.clone();
             move || {
@@ -559,6 +559,13 @@ impl ContentStore {
                 // labels instead.)
                 let replaced = engine.replaced_targets(&store, before, keep_last)?;
                 let snapshot = engine.snapshot(&store, "")?;
+                // Only what labels point at counts here, not their names
+                // (a million of them would take about 100 MB).
+                let targets: Vec<Digest> = snapshot
+                    .labels
+                    .into_iter()
+                    .map(|(_, target)| target)
+                    .collect();
                 let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
                 // Links are read after the snapshot: any link added since
                 // comes from an object stored since, which is recent. The
@@ -577,7 +584,7 @@ impl ContentStore {
                 let stale_temps = engine.stale_staging(&store, stale_before)?;
                 Ok((
                     snapshot.objects,
-                    snapshot.labels,
+                    targets,
                     replaced,
                     graph,
                     unindexed,
@@ -590,12 +597,7 @@ impl ContentStore {
         // What labels reach, directly or through links inside reachable
         // content; then what recent content reaches, which stays too (a
         // writer may be about to label it).
-        let labelled = graph.reachable(
-            labels
-                .iter()
-                .map(|(_, target)| *target)
-                .chain(chained.iter().copied()),
-        );
+        let labelled = graph.reachable(targets.into_iter().chain(chained.iter().copied()));
         // What the change log still names, so that every point it can
         // go back to stays readable.
         let historic = graph.reachable(replaced.digests);

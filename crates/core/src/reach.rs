@@ -76,8 +76,10 @@ impl LinkGraph {
     /// included. Iterative, so a chain of any length is walked in linear
     /// time without recursion.
     pub(crate) fn reachable(&self, starts: impl IntoIterator<Item = Digest>) -> HashSet<Digest> {
-        let mut seen = HashSet::new();
         let mut stack: Vec<Digest> = starts.into_iter().collect();
+        // Sized for the starts at once, rather than grown (and rehashed)
+        // step by step up to a million of them.
+        let mut seen = HashSet::with_capacity(stack.len());
         while let Some(digest) = stack.pop() {
             if !seen.insert(digest) {
                 continue;
