@@ -664,11 +664,17 @@ async fn changed_and_reported(path: &Path, acknowledged: &Acknowledged) -> (bool
         }
         Err(_) => (changed, reported) = (true, true),
     }
+    // A store id damaged in the index lists, and then refuses to open:
+    // reported.
     let mut stores: Vec<_> = match root.stores().await {
-        Ok(stores) => stores
+        Ok(stores) => match stores
             .iter()
-            .map(|summary| root.store(&summary.id).unwrap())
-            .collect(),
+            .map(|summary| root.store(&summary.id))
+            .collect::<Result<_, _>>()
+        {
+            Ok(stores) => stores,
+            Err(_) => return (true, true),
+        },
         Err(_) => return (true, true),
     };
     changed |= stores.len() != 2;
