@@ -435,17 +435,17 @@ impl Engine for LocalEngine {
     }
 
     fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        let indexed: std::collections::BTreeSet<Digest> = self
-            .read("listing objects", |db| sql::objects(db, store))?
-            .into_iter()
-            .collect();
+        // In digest order (the listing's), searched rather than copied
+        // into a set.
+        let indexed = self.read("listing objects", |db| sql::objects(db, store))?;
+        let indexed = |digest: &Digest| indexed.binary_search(digest).is_ok();
         let files = self.layout.object_files(store)?;
         let stats = self.read("reading totals", |db| sql::store_stats(db, store))?;
         let file_bytes: u64 = files.iter().map(|file| file.metadata.len()).sum();
         // Inline bytes are what the totals count beyond the files' share.
         let indexed_file_bytes: u64 = files
             .iter()
-            .filter(|file| file.digest.is_some_and(|d| indexed.contains(&d)))
+            .filter(|file| file.digest.is_some_and(|d| indexed(&d)))
             .map(|file| file.metadata.len())
             .sum();
         progress.start(file_bytes + stats.bytes.saturating_sub(indexed_file_bytes));
@@ -458,7 +458,7 @@ impl Engine for LocalEngine {
             progress.advance(size);
             if actual != digest {
                 scan.corrupt.push(digest);
-            } else if indexed.contains(&digest) {
+            } else if indexed(&digest) {
                 scan.intact.push(digest);
             } else {
                 unindexed.push(digest);
@@ -519,17 +519,17 @@ impl Engine for LocalEngine {
     }
 
     fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
-        let indexed: std::collections::BTreeSet<Digest> = self
-            .read("listing objects", |db| sql::objects(db, store))?
-            .into_iter()
-            .collect();
+        // In digest order (the listing's), searched rather than copied
+        // into a set.
+        let indexed = self.read("listing objects", |db| sql::objects(db, store))?;
+        let indexed = |digest: &Digest| indexed.binary_search(digest).is_ok();
         Ok(self
             .layout
             .object_files(store)?
             .into_iter()
             .filter(|file| file.metadata.modified().is_ok_and(|at| at < cutoff))
             .filter_map(|file| file.digest)
-            .filter(|digest| !indexed.contains(digest))
+            .filter(|digest| !indexed(digest))
             .collect())
     }
 
