@@ -362,8 +362,8 @@ impl ContentStore {
                         .collect(),
                     ..VerifyReport::default()
                 };
-                // Sorted and searched: a million digests take 32 MB so,
-                // half what a set of them takes.
+                // Sorted and searched: a million digests take 32 MB in a
+                // list, about half what a set of them takes.
                 let mut intact = scan.intact;
                 intact.sort_unstable();
                 let intact = |digest: &Digest| intact.binary_search(digest).is_ok();
