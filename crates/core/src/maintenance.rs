@@ -586,14 +586,9 @@ impl ContentStore {
                 // (Reserved stores keep no log; their removals ask their
                 // labels instead.)
                 let replaced = engine.replaced_targets(&store, before, keep_last)?;
-                let snapshot = engine.snapshot(&store, "")?;
                 // Only what labels point at counts here, not their names
                 // (a million of them would take about 100 MB).
-                let targets: Vec<Digest> = snapshot
-                    .labels
-                    .into_iter()
-                    .map(|(_, target)| target)
-                    .collect();
+                let snapshot = engine.target_snapshot(&store)?;
                 let held: HashSet<Digest> = snapshot.objects.iter().map(|row| row.digest).collect();
                 // Links are read after the snapshot: any link added since
                 // comes from an object stored since, which is recent. The
@@ -612,7 +607,7 @@ impl ContentStore {
                 let stale_temps = engine.stale_staging(&store, stale_before)?;
                 Ok((
                     snapshot.objects,
-                    targets,
+                    snapshot.targets,
                     replaced,
                     graph,
                     unindexed,

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use super::apply::{self, HeldObject, Transaction};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
-    ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, unix_now,
+    ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
 };
 use crate::error::{Result, StoreError};
 use crate::links::Links;
@@ -943,18 +943,17 @@ impl Engine for MemEngine {
             .collect())
     }
 
+    fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot> {
+        Ok(self.read(store, |held| TargetSnapshot {
+            targets: held.labels.values().map(|row| row.head).collect(),
+            objects: object_rows(held),
+        }))
+    }
+
     fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         Ok(self.read(store, |held| Snapshot {
             labels: labels_page(held, prefix, None, usize::MAX),
-            objects: held
-                .objects
-                .iter()
-                .map(|(&digest, object)| ObjectRow {
-                    digest,
-                    size: object.bytes.len() as u64,
-                    stored_at: object.stored_at,
-                })
-                .collect(),
+            objects: object_rows(held),
         }))
     }
 
@@ -1070,6 +1069,19 @@ impl Engine for MemEngine {
 
 /// Up to `limit` labels of `store` starting with `prefix`, strictly after
 /// `after`, in byte order.
+/// Every object of `store`, as a listing gives them.
+fn object_rows(store: &MemStore) -> Vec<ObjectRow> {
+    store
+        .objects
+        .iter()
+        .map(|(&digest, object)| ObjectRow {
+            digest,
+            size: object.bytes.len() as u64,
+            stored_at: object.stored_at,
+        })
+        .collect()
+}
+
 fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize) -> Vec<LabelRow> {
     let start = match after {
         Some(after) if after >= prefix => std::ops::Bound::Excluded(after),

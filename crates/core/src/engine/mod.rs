@@ -535,6 +535,16 @@ pub(crate) struct Snapshot {
     pub(crate) objects: Vec<ObjectRow>,
 }
 
+/// What a store's labels point at (not their names) and its objects, as
+/// of one moment: what a collection needs, in a third of the memory of a
+/// [`Snapshot`] for a store of short labels.
+#[derive(Debug, Default)]
+pub(crate) struct TargetSnapshot {
+    /// One per label, in no particular order.
+    pub(crate) targets: Vec<Digest>,
+    pub(crate) objects: Vec<ObjectRow>,
+}
+
 /// What an engine's scan of a store's stored bytes found. Every stored
 /// object was re-hashed.
 #[derive(Debug, Default)]
@@ -690,6 +700,10 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// Labels starting with `prefix` and every indexed object, as of one
     /// moment. Blocking.
     fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot>;
+
+    /// Every label's target and every indexed object, as of one moment.
+    /// Blocking.
+    fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot>;
 
     /// Every object of `store` with links recorded, and their targets.
     /// Blocking.

@@ -26,7 +26,7 @@ use reserve::SpaceReserve;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
-use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink};
+use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink, TargetSnapshot};
 use crate::engine::READ_ON_CALLER_MAX;
 use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, LinkRow, ReplacedTargets};
 use crate::error::{BoxError, Result, StoreError, io_error};
@@ -410,6 +410,12 @@ impl Engine for LocalEngine {
     fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         self.read("listing labels and objects", |db| {
             sql::snapshot(db, store, prefix)
+        })
+    }
+
+    fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot> {
+        self.read("listing label targets and objects", |db| {
+            sql::target_snapshot(db, store)
         })
     }
 

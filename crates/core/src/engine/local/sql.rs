@@ -19,7 +19,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use crate::durability::Durability;
 use crate::engine::{
-    ChainHead, ChangeLog, ChangeRow, LinkRow, ObjectRow, ReplacedTargets, Snapshot, unix_now,
+    ChainHead, ChangeLog, ChangeRow, LinkRow, ObjectRow, ReplacedTargets, Snapshot, TargetSnapshot,
+    unix_now,
 };
 use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -1389,6 +1390,21 @@ pub(crate) fn snapshot(
     let labels = labels_page(&transaction, store, prefix, None, usize::MAX)?;
     let objects = object_rows(&transaction, store)?;
     Ok(Snapshot { labels, objects })
+}
+
+/// Every label's target and every object of `store`, in one read
+/// transaction.
+pub(crate) fn target_snapshot(
+    connection: &Connection,
+    store: &StoreId,
+) -> rusqlite::Result<TargetSnapshot> {
+    let transaction = connection.unchecked_transaction()?;
+    let targets = transaction
+        .prepare_cached("SELECT hash FROM labels WHERE store = ?1")?
+        .query_map([store.as_str()], |row| digest_column(row, 0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let objects = object_rows(&transaction, store)?;
+    Ok(TargetSnapshot { targets, objects })
 }
 
 pub(crate) fn label_target(

@@ -1088,6 +1088,23 @@ pub(super) async fn digests(
 
 /// Every object row of a store, in digest order: one index range scan
 /// (what reaches each object is worked out in memory, not per row).
+/// What every label of a store points at, in no particular order.
+pub(super) async fn label_targets(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Vec<Digest>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT target FROM theater_labels WHERE store = $1",
+            &[&store.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| digest_column(row, 0))
+        .collect())
+}
+
 pub(super) async fn object_rows(
     client: &impl GenericClient,
     store: &StoreId,

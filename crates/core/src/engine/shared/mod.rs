@@ -39,7 +39,7 @@ use self::objects::{Objects, ReadCache};
 use super::layout;
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, Engine, LabelRow, LinkRow, ObjectSource,
-    ReplacedTargets, Scan, Snapshot, Staged, StagingSink,
+    ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot,
 };
 use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
@@ -381,6 +381,10 @@ impl Engine for SharedEngine {
 
     fn snapshot(&self, store: &StoreId, prefix: &str) -> Result<Snapshot> {
         SharedEngine::snapshot(self, store, prefix)
+    }
+
+    fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot> {
+        SharedEngine::target_snapshot(self, store)
     }
 
     fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {

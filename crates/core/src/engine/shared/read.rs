@@ -9,7 +9,9 @@ use super::connection::generic;
 use super::index::{self};
 use super::{Inner, SharedEngine};
 use crate::engine::layout;
-use crate::engine::{ChainHead, LabelRow, ObjectSource, READ_ON_CALLER_MAX, Snapshot};
+use crate::engine::{
+    ChainHead, LabelRow, ObjectSource, READ_ON_CALLER_MAX, Snapshot, TargetSnapshot,
+};
 use crate::error::Result;
 use crate::names::{Digest, StoreId};
 use crate::stats::StoreStats;
@@ -139,6 +141,26 @@ impl SharedEngine {
                 Ok(Snapshot { labels, objects })
             };
             inner.index(taken.await, "listing labels and objects")
+        })
+    }
+
+    pub(crate) fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot> {
+        let store = store.clone();
+        self.block(|inner| async move {
+            let mut client = inner.client().await?;
+            let taken = async {
+                let transaction = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let targets = index::label_targets(&transaction, &store).await?;
+                let objects = index::object_rows(&transaction, &store).await?;
+                transaction.commit().await?;
+                Ok(TargetSnapshot { targets, objects })
+            };
+            inner.index(taken.await, "listing label targets and objects")
         })
     }
 
