@@ -96,8 +96,28 @@ pub fn validate_label(label: &str) -> Result<()> {
 }
 
 /// A parsed BLAKE3 digest: the internal form of a content ref.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Digest(pub(crate) [u8; 32]);
+
+/// Byte order, as SQLite and PostgreSQL sort digests, decided by the
+/// first eight bytes in one comparison (they differ for all but equal
+/// digests): sorted listings and searches of a million digests spent a
+/// sixth of `verify`'s time in a `memcmp` call per comparison.
+impl Ord for Digest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let first =
+            |digest: &Self| u64::from_be_bytes(digest.0[..8].try_into().expect("eight bytes"));
+        first(self)
+            .cmp(&first(other))
+            .then_with(|| self.0[8..].cmp(&other.0[8..]))
+    }
+}
+
+impl PartialOrd for Digest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Digest {
     pub(crate) fn of(content: &[u8]) -> Self {
@@ -305,6 +325,19 @@ mod tests {
                 Err(StoreError::InvalidLabel { .. })
             ));
         }
+    }
+
+    #[test]
+    fn digests_sort_in_byte_order_as_the_index_does() {
+        let mut digests: Vec<Digest> = (0..200u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        // Two that agree on their first eight bytes and differ after.
+        let (mut low, mut high) = ([7u8; 32], [7u8; 32]);
+        (low[20], high[20]) = (1, 2);
+        digests.extend([Digest(high), Digest(low)]);
+        let mut by_bytes = digests.clone();
+        by_bytes.sort_by(|a, b| a.0.cmp(&b.0));
+        digests.sort();
+        assert!(digests == by_bytes);
     }
 
     #[test]
