@@ -335,7 +335,7 @@ mod tests {
         (low[20], high[20]) = (1, 2);
         digests.extend([Digest(high), Digest(low)]);
         let mut by_bytes = digests.clone();
-        by_bytes.sort_by(|a, b| a.0.cmp(&b.0));
+        by_bytes.sort_by_key(|digest| digest.0);
         digests.sort();
         assert!(digests == by_bytes);
     }
