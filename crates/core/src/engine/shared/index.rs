@@ -1071,14 +1071,13 @@ pub(super) async fn labels_page(
         .collect())
 }
 
-/// Every object of a store, in digest order (no other columns).
-pub(super) async fn digests(
+/// The digests `query` (one digest column, the store as `$1`) lists.
+async fn store_digests(
     client: &impl GenericClient,
+    query: &str,
     store: &StoreId,
 ) -> Result<Vec<Digest>, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached("SELECT digest FROM theater_objects WHERE store = $1 ORDER BY digest")
-        .await?;
+    let statement = client.prepare_cached(query).await?;
     let rows = client.query(&statement, &[&store.as_str()]).await?;
     Ok(rows
         .iter()
@@ -1086,25 +1085,26 @@ pub(super) async fn digests(
         .collect())
 }
 
-/// Every object row of a store, in digest order: one index range scan
-/// (what reaches each object is worked out in memory, not per row).
+/// Every object of a store, in digest order (no other columns).
+pub(super) async fn digests(
+    client: &impl GenericClient,
+    store: &StoreId,
+) -> Result<Vec<Digest>, tokio_postgres::Error> {
+    let query = "SELECT digest FROM theater_objects WHERE store = $1 ORDER BY digest";
+    store_digests(client, query, store).await
+}
+
 /// What every label of a store points at, in no particular order.
 pub(super) async fn label_targets(
     client: &impl GenericClient,
     store: &StoreId,
 ) -> Result<Vec<Digest>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT target FROM theater_labels WHERE store = $1",
-            &[&store.as_str()],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| digest_column(row, 0))
-        .collect())
+    let query = "SELECT target FROM theater_labels WHERE store = $1";
+    store_digests(client, query, store).await
 }
 
+/// Every object row of a store, in digest order: one index range scan
+/// (what reaches each object is worked out in memory, not per row).
 pub(super) async fn object_rows(
     client: &impl GenericClient,
     store: &StoreId,
@@ -1245,16 +1245,8 @@ pub(super) async fn unscanned_links(
     client: &impl GenericClient,
     store: &StoreId,
 ) -> Result<Vec<Digest>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT digest FROM theater_links_unscanned WHERE store = $1",
-            &[&store.as_str()],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| digest_column(row, 0))
-        .collect())
+    let query = "SELECT digest FROM theater_links_unscanned WHERE store = $1";
+    store_digests(client, query, store).await
 }
 
 /// Marks an object as not yet scanned for links, or (`false`) as scanned.

@@ -128,12 +128,7 @@ impl SharedEngine {
         self.block(|inner| async move {
             let mut client = inner.client().await?;
             let taken = async {
-                let transaction = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let transaction = snapshot_transaction(&mut client).await?;
                 let labels =
                     index::labels_page(&transaction, &store, &prefix, None, usize::MAX).await?;
                 let objects = index::object_rows(&transaction, &store).await?;
@@ -149,12 +144,7 @@ impl SharedEngine {
         self.block(|inner| async move {
             let mut client = inner.client().await?;
             let taken = async {
-                let transaction = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let transaction = snapshot_transaction(&mut client).await?;
                 let targets = index::label_targets(&transaction, &store).await?;
                 let objects = index::object_rows(&transaction, &store).await?;
                 transaction.commit().await?;
@@ -447,4 +437,16 @@ impl Write for HashSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// A read-only transaction that sees one moment of the index throughout.
+async fn snapshot_transaction(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }
