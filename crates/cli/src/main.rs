@@ -24,7 +24,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-
 use clap::{Args, Parser, Subcommand};
 use theater_store::{Options, ROOT_ENV_VAR, StoreRoot};
 

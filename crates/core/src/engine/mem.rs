@@ -1067,8 +1067,6 @@ impl Engine for MemEngine {
     }
 }
 
-/// Up to `limit` labels of `store` starting with `prefix`, strictly after
-/// `after`, in byte order.
 /// Every object of `store`, as a listing gives them.
 fn object_rows(store: &MemStore) -> Vec<ObjectRow> {
     store
@@ -1082,6 +1080,8 @@ fn object_rows(store: &MemStore) -> Vec<ObjectRow> {
         .collect()
 }
 
+/// Up to `limit` labels of `store` starting with `prefix`, strictly after
+/// `after`, in byte order.
 fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize) -> Vec<LabelRow> {
     let start = match after {
         Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
