@@ -136,7 +136,7 @@ struct Agreed {
     /// The agreement this one replaced.
     #[serde(default)]
     previous: Option<String>,
-    labels: BTreeMap<String, Vec<Option<String>>>,
+    labels: BTreeMap<String, Vec<Option<ContentRef>>>,
     /// Where each root's change log stood (by root identity) when a sync
     /// under a prefix (the key) last read it: the next sync under that
     /// prefix reads only what came after.
@@ -216,18 +216,11 @@ impl Agreed {
     /// entry, `Some(None)` when it holds one without `value`.
     fn place(&self, label: &str, value: Option<&ContentRef>) -> Option<Option<usize>> {
         let values = self.labels.get(label)?;
-        Some(
-            values
-                .iter()
-                .position(|v| v.as_deref() == value.map(ContentRef::hash)),
-        )
+        Some(values.iter().position(|v| v.as_ref() == value))
     }
 
     fn set(&mut self, label: &str, values: &[Option<&ContentRef>]) {
-        let mut values: Vec<_> = values
-            .iter()
-            .map(|v| v.map(|r| r.hash().to_owned()))
-            .collect();
+        let mut values: Vec<_> = values.iter().map(|v| v.cloned()).collect();
         values.dedup();
         if values == [None] {
             self.labels.remove(label);
@@ -369,7 +362,7 @@ impl StoreRoot {
                     agreed
                         .labels
                         .entry(label.clone())
-                        .or_insert_with(|| vec![old.as_ref().map(|r| r.hash().to_owned())]);
+                        .or_insert_with(|| vec![old.clone()]);
                 }
             }
         }
@@ -404,11 +397,16 @@ impl StoreRoot {
             } else {
                 source.reachable_from(source_labels.values()).await?
             };
+            // The plans hold what is needed of the labels from here on.
+            drop(source_labels);
             copy_missing(&source, &target, wanted, options, progress, &mut report).await?;
             plans
         };
 
-        let mut moves = Vec::new();
+        let moving = plans
+            .iter()
+            .filter(|plan| matches!(plan, Plan::Move { .. }));
+        let mut moves = Vec::with_capacity(moving.count());
         for plan in plans {
             match plan {
                 Plan::InSync { label, .. } => {
@@ -448,7 +446,7 @@ impl StoreRoot {
         // if no label in it changed since it was read; a batch that meets
         // such a change falls back to one label at a time. The moves are
         // named in the destination's log as this sync's.
-        let batches: Vec<Vec<Move>> = moves.chunks(BATCH).map(<[Move]>::to_vec).collect();
+        let batches = batched(moves, BATCH);
         let moved = |batch: Vec<Move>| {
             let target = target.by_actor(&sides.markers[0]);
             async move {
@@ -897,7 +895,7 @@ fn decide(
             last_agreed: agreed
                 .labels
                 .get(label)
-                .map(|values| values.last().cloned().flatten().map(ContentRef::new)),
+                .map(|values| values.last().cloned().flatten()),
         })
     }
 }
@@ -929,7 +927,7 @@ async fn copy_wanted(
     report: &mut SyncReport,
 ) -> Result<()> {
     progress.start(missing.len() as u64);
-    let batches: Vec<Vec<ContentRef>> = missing.chunks(BATCH).map(<[ContentRef]>::to_vec).collect();
+    let batches = batched(missing, BATCH);
     let dry_run = options.dry_run;
     let copy = |batch: Vec<ContentRef>| {
         let (source, target) = (source.clone(), target.clone());
@@ -1016,6 +1014,18 @@ fn check_copy(target: &ContentStore, wanted: &ContentRef, stored: &ContentRef) -
     })
 }
 
+/// `items` in batches of `size`, each moved out of `items` as it is
+/// taken: a first sync of a million labels has a million moves and a
+/// million objects to copy, and copying them into batches up front held
+/// each twice.
+fn batched<T>(items: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut items = items.into_iter();
+    std::iter::from_fn(move || {
+        let batch: Vec<T> = items.by_ref().take(size).collect();
+        (!batch.is_empty()).then_some(batch)
+    })
+}
+
 /// Runs `work` on every item, at most `limit` at once, and hands each
 /// result to `done` as it comes. Stops at the first error.
 async fn in_parallel<I, T, Work, Running>(
@@ -1061,6 +1071,20 @@ async fn load(root: &StoreRoot, label: &str) -> Result<Option<Agreed>> {
     Ok(Some(record))
 }
 
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes the record of what the two sides agree on to both of them, the
 /// destination's copy first.
 async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<()> {
@@ -1071,7 +1095,13 @@ async fn save(copies: &[(StoreRoot, String); 2], agreed: &mut Agreed) -> Result<
     let next = uuid::Uuid::new_v4().to_string();
     agreed.previous =
         Some(std::mem::replace(&mut agreed.agreement, next)).filter(|p| !p.is_empty());
-    let bytes = serde_json::to_vec(agreed).expect("a sync record serializes");
+    // Written twice, first only counted: a record made for a million
+    // moves is over 100 MB, and growing its buffer by doubling held up to
+    // three times that at once.
+    let mut counted = ByteCount(0);
+    serde_json::to_writer(&mut counted, agreed).expect("a sync record serializes");
+    let mut bytes = Vec::with_capacity(counted.0);
+    serde_json::to_writer(&mut bytes, agreed).expect("a sync record serializes");
     // Streamed from the one copy of the bytes: the record holds a value
     // for every label a sync moves, so a first sync of a million labels
     // makes it over 100 MB.
