@@ -622,12 +622,14 @@ impl ContentStore {
         // writer may be about to label it).
         let labelled = graph.reachable(targets.into_iter().chain(chained.iter().copied()));
         // What the change log still names, so that every point it can
-        // go back to stays readable.
-        let historic = graph.reachable(replaced.digests);
-        let recent = graph.reachable(
+        // go back to stays readable. Each set holds only what the ones
+        // before it do not: an object counts once, as the first keeps it.
+        let historic = graph.reachable_beyond(replaced.digests, |d| labelled.contains(d));
+        let recent = graph.reachable_beyond(
             rows.iter()
                 .filter(|row| row.stored_at >= cutoff_millis)
                 .map(|row| row.digest),
+            |d| labelled.contains(d) || historic.contains(d),
         );
         let mut census = Census {
             graph: LinkGraph::default(),

@@ -76,7 +76,21 @@ impl LinkGraph {
     /// included. Iterative, so a chain of any length is walked in linear
     /// time without recursion.
     pub(crate) fn reachable(&self, starts: impl IntoIterator<Item = Digest>) -> HashSet<Digest> {
-        let mut stack: Vec<Digest> = starts.into_iter().collect();
+        self.reachable_beyond(starts, |_| false)
+    }
+
+    /// What is reachable from `starts` and not `known`, walking no further
+    /// than a known object. When `known` holds sets that [`Self::reachable`]
+    /// returned, which are closed under links, whatever lies past a known
+    /// object is known too: gc asks what history and the grace period keep
+    /// beyond what labels keep, which is usually nothing, without holding a
+    /// second set of a million digests.
+    pub(crate) fn reachable_beyond(
+        &self,
+        starts: impl IntoIterator<Item = Digest>,
+        known: impl Fn(&Digest) -> bool,
+    ) -> HashSet<Digest> {
+        let mut stack: Vec<Digest> = starts.into_iter().filter(|start| !known(start)).collect();
         // Sized for the starts at once, rather than grown (and rehashed)
         // step by step up to a million of them.
         let mut seen = HashSet::with_capacity(stack.len());
@@ -85,7 +99,11 @@ impl LinkGraph {
                 continue;
             }
             if let Some(targets) = self.edges.get(&digest) {
-                stack.extend(targets.iter().filter(|target| !seen.contains(target)));
+                stack.extend(
+                    targets
+                        .iter()
+                        .filter(|target| !seen.contains(target) && !known(target)),
+                );
             }
         }
         seen
@@ -199,5 +217,25 @@ mod tests {
         shuffled.reverse();
         let order = graph.removal_order(shuffled);
         assert_eq!(order, digests);
+    }
+
+    #[test]
+    fn walks_beyond_a_closed_set_stop_at_it() {
+        let [a, b, c, d, e, f] = [0u8, 1, 2, 3, 4, 5].map(|i| Digest::of(&[i]));
+        let mut graph = LinkGraph::default();
+        // a -> b -> c, d -> b, d -> e -> f.
+        for (from, to) in [(a, b), (b, c), (d, b), (d, e), (e, f)] {
+            graph.edges.entry(from).or_default().push(to);
+        }
+        let labelled = graph.reachable([a]);
+        assert_eq!(labelled, HashSet::from([a, b, c]));
+        let known = |digest: &Digest| labelled.contains(digest);
+        assert_eq!(graph.reachable_beyond([d], known), HashSet::from([d, e, f]));
+        assert!(graph.reachable_beyond([b, c], known).is_empty());
+        // What is known is never walked into, even when it links onwards.
+        assert_eq!(
+            graph.reachable_beyond([e], |x: &Digest| *x == f),
+            HashSet::from([e])
+        );
     }
 }
