@@ -291,6 +291,74 @@ fn chain_recording(c: &mut Criterion) {
     }
 }
 
+/// What the guest path adds to a 1 KiB `store-at-label` (issue 32: under
+/// 3 µs): the bench actor's calls into a long-lived store, unrecorded,
+/// against the same calls made by the host through the core's API (the
+/// same store id, label and contents), side by side as in
+/// [`chain_recording`]: every sample runs both, in alternating chunks, each
+/// on a root of its own. The difference per call over all calls of both is
+/// printed at the end.
+fn guest_path(c: &mut Criterion) {
+    const CHUNK: u64 = 1024;
+    const STORE: &str = "5b0e7c1a-9d2f-4e63-8a41-2f6b9c0d7e15";
+    const SIZE: usize = 1 << 10;
+    let runtime = Runtime::new().unwrap();
+    let (guest, host) = (Bench::new(), Bench::new());
+    let core = host.root.store(STORE).unwrap();
+    let totals = std::cell::Cell::new((Duration::ZERO, Duration::ZERO));
+    let written = std::cell::Cell::new(0);
+    let side_by_side = |iters: u64| {
+        let (mut guest_time, mut core_time) = (Duration::ZERO, Duration::ZERO);
+        let mut left = iters;
+        while left > 0 {
+            let (calls, first) = (left.min(CHUNK), written.get());
+            guest_time += runtime.block_on(guest.guest_loop_recording(
+                &guest.component,
+                "store-at-label",
+                calls,
+                SIZE,
+                None,
+                LoopStore::LongLived { id: STORE, first },
+            ));
+            // The bench actor's loop, made by the host.
+            core_time += runtime.block_on(async {
+                let mut distinct = vec![0x5a_u8; SIZE];
+                let started = Instant::now();
+                for i in first..first + calls {
+                    distinct[..8].copy_from_slice(&i.to_le_bytes());
+                    core.store_at_label("bench:latest", distinct.clone())
+                        .await
+                        .unwrap();
+                }
+                started.elapsed()
+            });
+            written.set(first + calls);
+            left -= calls;
+        }
+        let (guest_total, core_total) = totals.get();
+        totals.set((guest_total + guest_time, core_total + core_time));
+        (guest_time, core_time)
+    };
+    let mut group = c.benchmark_group("guest_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("store_at_label_1KiB_guest", |b| {
+        b.iter_custom(|iters| side_by_side(iters).0)
+    });
+    group.bench_function("store_at_label_1KiB_core", |b| {
+        b.iter_custom(|iters| side_by_side(iters).1)
+    });
+    group.finish();
+    let ((guest_total, core_total), calls) = (totals.get(), written.get());
+    let per_call = |total: Duration| total.as_secs_f64() * 1e6 / calls as f64;
+    println!(
+        "guest_path/store_at_label_1KiB: the guest path adds {:+.2} µs a call over {calls} calls \
+         of each, side by side ({:.1} µs from the guest, {:.1} µs through the core's API)",
+        per_call(guest_total) - per_call(core_total),
+        per_call(guest_total),
+        per_call(core_total)
+    );
+}
+
 /// A guest program's `wasi:keyvalue` `get` and `set` of 1 KiB: served
 /// from the store, and by wasmtime-wasi-keyvalue's in-memory map (its
 /// older draft, hence a second build of the same loops), side by side,
@@ -621,6 +689,7 @@ criterion_group!(
     benches,
     boundary,
     chain_recording,
+    guest_path,
     keyvalue,
     cold_start,
     guest_streaming
