@@ -645,8 +645,10 @@ struct StagedPackage {
     /// One per section, in the same order.
     summaries: Vec<PackageSummary>,
     /// Objects the package holds that their store lacks, staged, with
-    /// their size and the refs written inside them.
-    objects: BTreeMap<(Section, Digest), (u64, Held, Links)>,
+    /// their size and the refs written inside them (boxed, and only when
+    /// there are some: most content names none, and an empty list would
+    /// take 32 bytes in each of a million records).
+    objects: BTreeMap<(Section, Digest), (u64, Held, Option<Box<Links>>)>,
     /// Objects the package holds that their store already has.
     present: BTreeSet<(Section, Digest)>,
     /// Labels, in the package's order (so each section's together).
@@ -766,7 +768,7 @@ async fn publish(
                         size,
                         staged,
                         label: None,
-                        links,
+                        links: links.map(|links| *links).unwrap_or_default(),
                     });
                 }
                 Ok((spill, owners, changes))
@@ -1143,6 +1145,7 @@ fn read_package<R: Read>(
                                 .spill
                                 .keep(object)
                                 .map_err(|source| staged.spill.error(&store, source))?;
+                            let links = (links != Links::default()).then(|| Box::new(links));
                             staged.objects.insert((key, digest), (size, held, links));
                             actual
                         }

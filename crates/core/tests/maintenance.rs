@@ -725,6 +725,17 @@ async fn export_with_a_prefix_carries_what_the_labels_reach_through_content() {
     for node in &nodes {
         copy.get(node).await.unwrap();
     }
+    // The import recorded the refs inside the content: only the list's
+    // head is labelled, and gc keeps the rest through it.
+    let report = collect_now(&copy, gc_now()).await;
+    assert_eq!(
+        (report.objects_removed, report.kept_labelled),
+        (0, 3),
+        "{report:?}"
+    );
+    for node in &nodes {
+        copy.get(node).await.unwrap();
+    }
 }
 
 #[test]
