@@ -644,11 +644,8 @@ struct StagedPackage {
     sections: Vec<StoreId>,
     /// One per section, in the same order.
     summaries: Vec<PackageSummary>,
-    /// Objects the package holds that their store lacks, staged, with
-    /// their size and the refs written inside them (boxed, and only when
-    /// there are some: most content names none, and an empty list would
-    /// take 32 bytes in each of a million records).
-    objects: BTreeMap<(Section, Digest), (u64, Held, Option<Box<Links>>)>,
+    /// Objects the package holds that their store lacks, staged.
+    objects: BTreeMap<(Section, Digest), StagedObject>,
     /// Objects the package holds that their store already has.
     present: BTreeSet<(Section, Digest)>,
     /// Labels, in the package's order (so each section's together).
@@ -659,6 +656,12 @@ struct StagedPackage {
 
 /// The index of a package's store section in [`StagedPackage::sections`].
 type Section = u32;
+
+/// A staged object's size, where its bytes wait, and the refs written
+/// inside it (boxed, and only when there are some: most content names
+/// none, and an empty list would take 32 bytes in each of a million
+/// records).
+type StagedObject = (u64, Held, Option<Box<Links>>);
 
 impl StagedPackage {
     /// Starts a section for `store`, whose records follow.
