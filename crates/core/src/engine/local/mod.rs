@@ -136,6 +136,14 @@ impl LocalEngine {
     ) -> Result<T> {
         self.readers.read(action, query)
     }
+
+    /// Whether a digest is indexed in `store`, as the index stands now.
+    /// The listing comes in digest order and is searched rather than
+    /// copied into a set (a million digests take half the memory).
+    fn indexed(&self, store: &StoreId) -> Result<impl Fn(&Digest) -> bool + use<>> {
+        let indexed = self.read("listing objects", |db| sql::objects(db, store))?;
+        Ok(move |digest: &Digest| indexed.binary_search(digest).is_ok())
+    }
 }
 
 #[async_trait::async_trait]
@@ -441,10 +449,7 @@ impl Engine for LocalEngine {
     }
 
     fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        // In digest order (the listing's), searched rather than copied
-        // into a set.
-        let indexed = self.read("listing objects", |db| sql::objects(db, store))?;
-        let indexed = |digest: &Digest| indexed.binary_search(digest).is_ok();
+        let indexed = self.indexed(store)?;
         let files = self.layout.object_files(store)?;
         let stats = self.read("reading totals", |db| sql::store_stats(db, store))?;
         let file_bytes: u64 = files.iter().map(|file| file.metadata.len()).sum();
@@ -525,10 +530,7 @@ impl Engine for LocalEngine {
     }
 
     fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
-        // In digest order (the listing's), searched rather than copied
-        // into a set.
-        let indexed = self.read("listing objects", |db| sql::objects(db, store))?;
-        let indexed = |digest: &Digest| indexed.binary_search(digest).is_ok();
+        let indexed = self.indexed(store)?;
         Ok(self
             .layout
             .object_files(store)?
