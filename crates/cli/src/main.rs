@@ -42,8 +42,8 @@ struct Cli {
     json: bool,
 
     /// How log lines (on stderr) look: `text`, or `json` (one object per
-    /// line). Which are written is up to RUST_LOG [default:
-    /// warn,theater_store_gateway=info].
+    /// line). Which are written is up to RUST_LOG (unset:
+    /// `warn,theater_store_gateway=info`).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 

@@ -78,8 +78,7 @@ fn operator() -> String {
 }
 
 fn parse_ref(reference: &str) -> anyhow::Result<ContentRef> {
-    ContentRef::parse(reference)
-        .context("a ref is the 64-digit hex hash printed by `put` or `labels`")
+    ContentRef::parse(reference).context("refs are printed by `put` and `labels`")
 }
 
 /// The stores to work on: one by id, or every store in the root and the
@@ -218,7 +217,11 @@ pub async fn cat(
         (Some(reference), _) => parse_ref(reference)?,
         (None, Some((label, None))) => match store.get_by_label(label).await? {
             Some(content_ref) => content_ref,
-            None => return Err(no_label(&store, label).into()),
+            None => {
+                // A mistyped store reads as one with no labels: say which.
+                existing(root, store.id()).await?;
+                return Err(no_label(&store, label).into());
+            }
         },
         (None, Some((label, Some(point)))) => {
             let then = store.at(point).await?;
@@ -242,7 +245,13 @@ pub async fn cat(
         end: None,
     });
     let len = range.end.map(|end| end - range.start);
-    let mut reader = store.range_reader(&content_ref, range.start, len).await?;
+    let mut reader = match store.range_reader(&content_ref, range.start, len).await {
+        Ok(reader) => reader,
+        Err(error) => {
+            existing(root, store.id()).await?;
+            return Err(error.into());
+        }
+    };
     let bar = Bar::new("reading", true);
     bar.start(reader.limit());
     let mut stdout = tokio::io::stdout();
@@ -640,9 +649,10 @@ pub async fn verify(
         for report in &reports {
             let verdict = if report.is_clean() { "ok" } else { "PROBLEMS" };
             outln!(
-                "{}: {verdict} ({} objects, {} bytes checked)",
+                "{}: {verdict} ({} object{}, {} bytes checked)",
                 report.store,
                 report.objects_checked,
+                if report.objects_checked == 1 { "" } else { "s" },
                 report.bytes_checked
             );
             for content_ref in &report.quarantined {

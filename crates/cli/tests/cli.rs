@@ -2003,6 +2003,12 @@ fn maintenance_of_a_missing_store_or_chain_fails_naming_it() {
         &["gc", "nosuchstore"],
         &["export", "nosuchstore", "-o", "x.pkg"],
         &["rm-store", "nosuchstore"],
+        &["cat", "nosuchstore", "--label", "cfg"],
+        &[
+            "cat",
+            "nosuchstore",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ],
     ] {
         env.cmd()
             .args(args)

@@ -2,7 +2,9 @@
 //! the kinds being the store's own (`theater_store::ErrorKind`).
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use theater_store::{ErrorKind, StoreError};
 
@@ -105,4 +107,70 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The most of a plain-text error body kept as its message.
+const MAX_PLAIN_ERROR_BYTES: usize = 4096;
+
+/// Gives the answers the HTTP stack makes on its own (a path or query
+/// that does not parse, a method a path does not take, a body over the
+/// limit, a request past its deadline) the same JSON shape as the
+/// handlers' errors, keeping their status and headers (`Allow`).
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let allowed = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|value| value.to_str().ok());
+    let message = match (status, allowed) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allowed)) => {
+            format!("this path does not take {method} (it takes {allowed})")
+        }
+        (StatusCode::REQUEST_TIMEOUT, _) => "the request was not answered in time".to_owned(),
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => "the request body is over the limit".to_owned(),
+        _ if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let kind = match status {
+        StatusCode::NOT_FOUND => ErrorKind::NotFound.as_str(),
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => ErrorKind::TimedOut.as_str(),
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge.as_str(),
+        status if status.is_client_error() => "bad-request",
+        _ => ErrorKind::Io.as_str(),
+    };
+    let mut answer = (
+        status,
+        Json(serde_json::json!({"error": message, "kind": kind})),
+    )
+        .into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// What a path outside the API gets.
+pub(crate) async fn no_route(request: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}: the API is under /v1 (docs/HTTP.md)",
+        request.method(),
+        request.uri().path()
+    ))
 }

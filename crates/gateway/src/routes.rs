@@ -60,7 +60,9 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/stores/{store}/changes", get(changes))
         .route("/v1/chains/{actor}", get(chain))
         .route("/metrics", get(crate::observe::metrics_page))
+        .fallback(crate::error::no_route)
         .layer(layers)
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn(crate::observe::observe))
         .with_state(gateway)
 }

@@ -423,6 +423,64 @@ async fn labels_come_a_page_at_a_time_and_bodies_over_the_limit_are_refused() {
 }
 
 #[tokio::test]
+async fn requests_the_routes_cannot_take_get_json_errors_too() {
+    let (_dir, root) = root();
+    let limits = Limits {
+        max_body_bytes: 1024,
+        ..Limits::default()
+    };
+    let app = router(root, tokens(), limits);
+    let answer = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = send(&app, request).await;
+            let status = response.status();
+            let allow = response.headers().get(header::ALLOW).cloned();
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{status}"
+            );
+            (status, allow, json(response).await)
+        }
+    };
+
+    let (status, _, error) = answer(get("/v2/stores", None).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["kind"], "not-found");
+    assert!(
+        error["error"].as_str().unwrap().contains("/v2/stores"),
+        "{error}"
+    );
+
+    let patch = Request::patch("/v1/stores").body(Body::empty()).unwrap();
+    let (status, allow, error) = answer(patch).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error["kind"], "method-not-allowed");
+    assert_eq!(allow.unwrap(), "GET,HEAD", "the Allow header stays");
+
+    for path in [
+        "/v1/stores/docs/labels?limit=many",
+        "/v1/stores/docs/changes?since=-1",
+        "/v1/stores/docs/labels/%FF",
+    ] {
+        let (status, _, error) = answer(get(path, Some(READER)).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(error["kind"], "bad-request", "{path}");
+        assert!(!error["error"].as_str().unwrap().is_empty(), "{path}");
+    }
+
+    let too_big = Request::put("/v1/stores/docs/labels/huge")
+        .header(header::AUTHORIZATION, format!("Bearer {WRITER}"))
+        .header(header::CONTENT_LENGTH, "4096")
+        .body(Body::from(vec![0u8; 4096]))
+        .unwrap();
+    let (status, _, error) = answer(too_big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error["kind"], "too-large");
+}
+
+#[tokio::test]
 async fn changes_stream_as_server_sent_events_and_resume_after_the_last_id() {
     let (_dir, root) = root();
     let docs = root.store("docs").unwrap();
