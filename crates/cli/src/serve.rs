@@ -102,7 +102,10 @@ pub async fn serve(root: &StoreRoot, args: ServeArgs) -> anyhow::Result<ExitCode
     let bound = listener.local_addr()?;
     let who = match &access {
         Access::ReadOnlyToAll => "reads only, to anyone on this machine (no --tokens)".to_owned(),
-        Access::Tokens(tokens) => format!("to the holders of {} tokens", tokens.len()),
+        Access::Tokens(tokens) => match tokens.len() {
+            1 => "to the holder of its one token".to_owned(),
+            n => format!("to the holders of {n} tokens"),
+        },
     };
     outln!("serving http://{bound}/v1/ ({who})");
     eprintln!(

@@ -168,9 +168,11 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
 
 /// What a path outside the API gets.
 pub(crate) async fn no_route(request: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {} {}: the API is under /v1 (docs/HTTP.md)",
-        request.method(),
-        request.uri().path()
-    ))
+    let path = request.uri().path();
+    let hint = if path.starts_with("/v1/") {
+        "docs/HTTP.md lists the routes"
+    } else {
+        "the API is under /v1 (docs/HTTP.md)"
+    };
+    ApiError::NotFound(format!("no route for {} {path}: {hint}", request.method()))
 }
