@@ -763,7 +763,7 @@ fn rm_store_removes_one_store_and_dry_run_changes_nothing() {
         .args(["cat", "doomed", &hash])
         .assert()
         .code(3)
-        .stderr(contains("not found"));
+        .stderr(contains("store doomed does not exist"));
     env.cmd()
         .args(["cat", "kept", "--label", "a"])
         .assert()

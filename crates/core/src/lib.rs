@@ -69,6 +69,6 @@ pub use stats::{
     StoreQuota, StoreStats, change_footprint, label_footprint,
 };
 pub use store::{AtMost, ContentStore, LabelEntry, REFRESH_AFTER, Stored};
-pub use stream::{ContentReader, ContentWriter};
+pub use stream::{ContentReader, ContentWriter, VerifiedPiece};
 pub use sync::{SyncConflict, SyncOptions, SyncReport};
 pub use task::Progress;

@@ -593,10 +593,68 @@ struct Opened {
     digest: Digest,
     size: u64,
     source: Arc<Source>,
-    /// Window buffers a reader has finished with, for the next windows:
-    /// a fresh 1 MiB allocation costs more in page faults than reading
-    /// and hashing into it.
-    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Window buffers a reader (or the holder of a piece) has finished
+    /// with, for the next windows: a fresh 256 KiB allocation costs more in
+    /// zeroing and page faults than reading and hashing into it.
+    spare: SpareBuffers,
+}
+
+/// Window buffers kept for reuse by one reader's windows.
+type SpareBuffers = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// Keeps `bytes` for a later window, unless enough are kept already or it
+/// is too small to serve as one.
+fn keep_spare(spare: &SpareBuffers, bytes: Vec<u8>) {
+    if let Ok(mut spare) = spare.lock()
+        && spare.len() < READ_AHEAD + 1
+        && bytes.capacity() >= READ_WINDOW as usize
+    {
+        spare.push(bytes);
+    }
+}
+
+/// A verified piece of content from [`ContentReader::next_piece`], in the
+/// buffer it was read and checked in. Dropping it hands the buffer back to
+/// its reader for a later window, so that streaming gigabytes reuses a few
+/// buffers instead of allocating and zeroing one per piece.
+pub struct VerifiedPiece {
+    bytes: Vec<u8>,
+    spare: SpareBuffers,
+}
+
+impl VerifiedPiece {
+    /// The bytes as a vector of their own (the buffer is not reused).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl std::ops::Deref for VerifiedPiece {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl AsRef<[u8]> for VerifiedPiece {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::fmt::Debug for VerifiedPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedPiece")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Drop for VerifiedPiece {
+    fn drop(&mut self) {
+        keep_spare(&self.spare, std::mem::take(&mut self.bytes));
+    }
 }
 
 impl Opened {
@@ -805,12 +863,7 @@ impl Opened {
 
     /// Keeps a finished window's buffer for a later window.
     fn recycle(&self, bytes: Vec<u8>) {
-        if let Ok(mut spare) = self.spare.lock()
-            && spare.len() < READ_AHEAD + 1
-            && bytes.capacity() >= READ_WINDOW as usize
-        {
-            spare.push(bytes);
-        }
+        keep_spare(&self.spare, bytes);
     }
 }
 
@@ -942,10 +995,11 @@ impl ContentReader {
     }
 
     /// The next verified piece, up to 256 KiB, handed over without a copy
-    /// (the buffer it was read and checked in); `None` at the end. For
-    /// senders that pass buffers on, such as an HTTP body. Errors as for
-    /// reads: damaged content fails before any byte of its 16 KiB group.
-    pub async fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// (the buffer it was read and checked in, given back for reuse when
+    /// the piece is dropped); `None` at the end. For senders that pass
+    /// buffers on, such as an HTTP body. Errors as for reads: damaged
+    /// content fails before any byte of its 16 KiB group.
+    pub async fn next_piece(&mut self) -> io::Result<Option<VerifiedPiece>> {
         if !std::future::poll_fn(|cx| self.poll_fill(cx)).await? {
             return Ok(None);
         }
@@ -957,12 +1011,15 @@ impl ContentReader {
         self.position += (self.consumed + piece.len()) as u64;
         self.buffer.clear();
         self.consumed = 0;
-        Ok(Some(piece))
+        Ok(Some(VerifiedPiece {
+            bytes: piece,
+            spare: Arc::clone(&self.opened.spare),
+        }))
     }
 
     /// The rest of the content as a stream of verified pieces (see
     /// [`ContentReader::next_piece`]), ending after the first error.
-    pub fn into_pieces(self) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> + Send {
+    pub fn into_pieces(self) -> impl futures_util::Stream<Item = io::Result<VerifiedPiece>> + Send {
         futures_util::stream::unfold(Some(self), |reader| async move {
             let mut reader = reader?;
             match reader.next_piece().await {

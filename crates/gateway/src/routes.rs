@@ -228,7 +228,7 @@ async fn content(
     // 2.0–2.5 GiB/s in 256 KiB ones, and a 4 KiB piece per write (tokio's
     // `ReaderStream` default) would cap a 1 GiB body far lower.
     let reader = store.range_reader(content_ref, start, Some(len)).await?;
-    let pieces = reader.into_inner().into_pieces().map_ok(Bytes::from);
+    let pieces = reader.into_inner().into_pieces().map_ok(Bytes::from_owner);
     Ok(response
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
