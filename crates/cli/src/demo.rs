@@ -233,9 +233,9 @@ fn print_pattern(entry: &Value) {
     );
     for store in entry["stores"].as_array().into_iter().flatten() {
         outln!(
-            "    store {}: {} objects, {} bytes",
+            "    store {}: {}, {} bytes",
             store["store"].as_str().unwrap_or_default(),
-            store["objects"],
+            crate::out::count(store["objects"].as_u64().unwrap_or_default(), "object"),
             store["bytes"]
         );
         for label in store["labels"].as_array().into_iter().flatten() {

@@ -204,9 +204,9 @@ pub async fn revert(
     }
     let verb = if dry_run { "would move" } else { "moved" };
     eprintln!(
-        "{}: {verb} {} labels back to how they were after change {to}",
+        "{}: {verb} {} back to how they were after change {to}",
         store.id(),
-        moved.len()
+        crate::out::count(moved.len() as u64, "label")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -54,3 +54,21 @@ fn stop(error: io::Error) -> ! {
     eprintln!("error: writing to standard output: {error}");
     std::process::exit(1);
 }
+
+/// `n` and a noun, singular for one (`1 object`, `2 objects`).
+pub fn count(n: impl Into<u64>, noun: &'static str) -> Counted {
+    Counted { n: n.into(), noun }
+}
+
+/// What [`count`] returns, shown as `n noun` or `n nouns`.
+pub struct Counted {
+    n: u64,
+    noun: &'static str,
+}
+
+impl fmt::Display for Counted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.n == 1 { "" } else { "s" };
+        write!(f, "{} {}{plural}", self.n, self.noun)
+    }
+}

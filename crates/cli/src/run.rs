@@ -279,7 +279,7 @@ async fn run_watcher(
         .await;
     let started = !matches!(run.outcome, Err(ActorFailure::InvalidOptions(_)));
     if started {
-        eprintln!("{} changes delivered", run.delivered);
+        eprintln!("{} delivered", crate::out::count(run.delivered, "change"));
         if let Some(id) = chain_id {
             eprintln!(
                 "deliveries and store calls recorded in the event chain of actor {id} \

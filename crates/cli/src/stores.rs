@@ -14,7 +14,7 @@ use theater_store::{ContentRef, ContentStore, GcOptions, Progress, StoreRoot};
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use crate::missing::Missing;
-use crate::out::{out, outln};
+use crate::out::{count, out, outln};
 use crate::parse::ByteRange;
 use crate::progress::Bar;
 
@@ -551,7 +551,11 @@ pub async fn label_many(
     if json {
         print_json(&json!({"store": store.id(), "labelled": pairs.len()}))?;
     } else {
-        outln!("store {}: {} labels set", store.id(), pairs.len());
+        outln!(
+            "store {}: {} set",
+            store.id(),
+            count(pairs.len() as u64, "label")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -584,7 +588,11 @@ pub async fn unlabel_many(
     if json {
         print_json(&json!({"store": store.id(), "unlabelled": swaps.len()}))?;
     } else {
-        outln!("store {}: {} labels removed", store.id(), swaps.len());
+        outln!(
+            "store {}: {} removed",
+            store.id(),
+            count(swaps.len() as u64, "label")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -638,9 +646,9 @@ pub async fn verify(
     } else {
         for repaired in &repairs {
             outln!(
-                "{}: repaired {} objects from {}; {} not held whole there either",
+                "{}: repaired {} from {}; {} not held whole there either",
                 repaired.store,
-                repaired.healed.len(),
+                count(repaired.healed.len() as u64, "object"),
                 repair_from
                     .and_then(StoreRoot::describe)
                     .unwrap_or_default(),
@@ -650,10 +658,9 @@ pub async fn verify(
         for report in &reports {
             let verdict = if report.is_clean() { "ok" } else { "PROBLEMS" };
             outln!(
-                "{}: {verdict} ({} object{}, {} bytes checked)",
+                "{}: {verdict} ({}, {} bytes checked)",
                 report.store,
-                report.objects_checked,
-                if report.objects_checked == 1 { "" } else { "s" },
+                count(report.objects_checked, "object"),
                 report.bytes_checked
             );
             for content_ref in &report.quarantined {
@@ -742,11 +749,11 @@ pub async fn gc(
         let verb = if dry_run { "would free" } else { "freed" };
         for report in &reports {
             outln!(
-                "{}: {verb} {} bytes in {} objects; kept {} labelled, {} for history and {} within \
+                "{}: {verb} {} bytes in {}; kept {} labelled, {} for history and {} within \
                  the grace period; removed {} temporary and {} unindexed files{}",
                 report.store,
                 report.bytes_freed,
-                report.objects_removed,
+                count(report.objects_removed, "object"),
                 report.kept_labelled,
                 report.kept_for_history,
                 report.kept_recent,
@@ -852,10 +859,10 @@ pub async fn export(
     } else {
         for summary in &summaries {
             say(format!(
-                "exported {} objects ({} bytes) and {} labels from {} to {}",
-                summary.objects,
+                "exported {} ({} bytes) and {} from {} to {}",
+                count(summary.objects, "object"),
                 summary.bytes,
-                summary.labels,
+                count(summary.labels, "label"),
                 summary.store,
                 output.display()
             ));
@@ -985,11 +992,11 @@ fn print_import(summary: &theater_store::PackageSummary) {
         "imported"
     };
     outln!(
-        "{verb} {} objects ({} new, {} bytes) and {} labels into {} ({} already so, {} in conflict)",
-        summary.objects,
+        "{verb} {} ({} new, {} bytes) and {} into {} ({} already so, {} in conflict)",
+        count(summary.objects, "object"),
         summary.new_objects,
         summary.bytes,
-        summary.labels,
+        count(summary.labels, "label"),
         summary.store,
         summary.labels_unchanged,
         summary.conflicts.len()
@@ -1018,10 +1025,10 @@ pub async fn rm_store(
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
         outln!(
-            "{}: {verb} {} labels and {} objects ({} bytes)",
+            "{}: {verb} {} and {} ({} bytes)",
             report.store,
-            report.labels_removed,
-            report.objects_removed,
+            count(report.labels_removed, "label"),
+            count(report.objects_removed, "object"),
             report.bytes_freed
         );
     }
@@ -1039,9 +1046,9 @@ pub async fn reindex(root: &StoreRoot, json: bool) -> anyhow::Result<ExitCode> {
     }
     for report in &reports {
         outln!(
-            "{}: {} objects ({} bytes) indexed again, labelled {}REF",
+            "{}: {} ({} bytes) indexed again, labelled {}REF",
             report.store,
-            report.objects_recovered,
+            count(report.objects_recovered, "object"),
             report.bytes_recovered,
             theater_store::RECOVERED_PREFIX
         );

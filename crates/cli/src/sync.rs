@@ -82,7 +82,9 @@ pub async fn follow(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let [store] = &stores[..] else {
-        bail!("sync --follow follows one store: name exactly one");
+        bail!(
+            "sync --follow follows one store: name it after the roots (`sync FROM TO STORE --follow`)"
+        );
     };
     let (source, destination, from, to) = open_both(from, to)?;
     let mut printed = Ok(());
@@ -107,9 +109,9 @@ pub async fn follow(
 fn print_report(report: &SyncReport) {
     if report.incremental {
         outln!(
-            "{}: read {} changes since the last sync",
+            "{}: read {} since the last sync",
             report.store,
-            report.changes_read
+            crate::out::count(report.changes_read, "change")
         );
     }
     if let Some(why) = &report.first_sync {
@@ -124,9 +126,9 @@ fn print_report(report: &SyncReport) {
         "copied"
     };
     outln!(
-        "{}: {verb} {} objects ({} bytes), {} already there; labels: {} moved, {} in sync, {} kept as changed here, {} in conflict",
+        "{}: {verb} {} ({} bytes), {} already there; labels: {} moved, {} in sync, {} kept as changed here, {} in conflict",
         report.store,
-        report.objects_copied,
+        crate::out::count(report.objects_copied, "object"),
         report.bytes_copied,
         report.objects_present,
         report.labels_moved,

@@ -430,7 +430,7 @@ fn gc_keeps_everything_a_label_reaches() {
         .args(["gc", "--dry-run", "--grace", "10ms"])
         .assert()
         .success()
-        .stdout(contains("would free 6 bytes in 1 objects").and(contains("1 for history")));
+        .stdout(contains("would free 6 bytes in 1 object").and(contains("1 for history")));
     env.cmd().args(["cat", "s", &orphan]).assert().success();
     let report = env.json(&["gc", "s", "--grace", "10ms"]);
     assert_eq!(
@@ -750,7 +750,7 @@ fn rm_store_removes_one_store_and_dry_run_changes_nothing() {
         .args(["rm-store", "doomed"])
         .assert()
         .success()
-        .stdout(contains("doomed: removed 1 labels and 2 objects"));
+        .stdout(contains("doomed: removed 1 label and 2 objects"));
     let stores = env.json(&["stores"]);
     let ids: Vec<&str> = stores
         .as_array()
@@ -1247,7 +1247,7 @@ fn a_lost_index_is_refused_until_the_operator_reindexes_the_content_files() {
         .arg("reindex")
         .assert()
         .success()
-        .stdout(contains("app: 1 objects").and(contains("restore them from a package")));
+        .stdout(contains("app: 1 object").and(contains("restore them from a package")));
     env.cmd()
         .args(["cat", "app", "--label", &format!("recovered/{large_ref}")])
         .assert()
@@ -1897,7 +1897,7 @@ fn export_writes_into_fifos_symlinks_and_stdout_without_replacing_them() {
         .get_output()
         .clone();
     assert!(out.stdout.starts_with(b"THEATER-STORE-PK"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 1 objects"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 1 object"));
     // A symlink: the target is written, the link stays a link.
     let target = env.file("target.pkg", b"old");
     let link = env.dir.path().join("link.pkg");
@@ -2753,7 +2753,7 @@ fn an_operator_reads_exports_and_reverts_to_a_time_before_a_bad_deploy() {
         ])
         .assert()
         .success()
-        .stderr(contains("would move 1 labels back"));
+        .stderr(contains("would move 1 label back"));
     env.cmd()
         .args(["revert", "app", "--to", &before_deploy])
         .assert()
