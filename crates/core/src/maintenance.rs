@@ -830,14 +830,11 @@ impl ContentStore {
     /// The objects `starts` reach: themselves and every object named by a
     /// ref inside reachable content, however deep; only objects the store
     /// holds.
-    pub(crate) async fn reachable_from<'a>(
+    pub(crate) async fn reachable_from(
         &self,
-        starts: impl IntoIterator<Item = &'a ContentRef>,
+        starts: impl IntoIterator<Item = Digest>,
     ) -> Result<BTreeSet<ContentRef>> {
-        let starts = starts
-            .into_iter()
-            .map(ContentRef::digest)
-            .collect::<Result<Vec<_>>>()?;
+        let starts: Vec<Digest> = starts.into_iter().collect();
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
         let held: HashSet<Digest> = engine.objects(&store).await?.into_iter().collect();

@@ -158,6 +158,29 @@ impl Digest {
     }
 }
 
+/// The same JSON as a [`ContentRef`]'s (hex), for records that hold many
+/// refs: 33 bytes each in memory as `Option<Digest>` rather than a
+/// string of 64.
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
+    }
+}
+
+/// Read from either JSON form of a [`ContentRef`], and checked.
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        ContentRef::deserialize(deserializer)?
+            .digest()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())

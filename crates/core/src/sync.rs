@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::chain::CHAIN_STORE;
 use crate::error::{Result, StoreError};
-use crate::names::{ContentRef, StoreId};
+use crate::names::{ContentRef, Digest, StoreId};
 use crate::package::ImportOptions;
 use crate::root::StoreRoot;
 use crate::store::{AtMost, ContentStore};
@@ -27,8 +27,19 @@ const BATCH: usize = 256;
 /// The most copied content a batch holds in memory before storing it.
 const BATCH_BYTES: u64 = 8 << 20;
 
-/// A label to move on the destination: from its value there to the source's.
-type Move = (String, Option<ContentRef>, Option<ContentRef>);
+/// A label to move on the destination: from its value there to the
+/// source's. Held as digests (33 bytes each rather than a string of 64):
+/// a first sync holds one for every label.
+type Move = (String, Option<Digest>, Option<Digest>);
+
+/// The refs of a move, as the store's compare-and-swap takes them.
+fn move_refs((label, from, to): &Move) -> (String, Option<ContentRef>, Option<ContentRef>) {
+    (
+        label.clone(),
+        from.map(ContentRef::from),
+        to.map(ContentRef::from),
+    )
+}
 
 /// How long a following sync waits after a change before it syncs, so
 /// that changes made together go in one sync.
@@ -136,7 +147,9 @@ struct Agreed {
     /// The agreement this one replaced.
     #[serde(default)]
     previous: Option<String>,
-    labels: BTreeMap<String, Vec<Option<ContentRef>>>,
+    /// As digests (33 bytes each, where a ref's string takes 64 and its
+    /// own allocation); the JSON is the refs' hex all the same.
+    labels: BTreeMap<String, Vec<Option<Digest>>>,
     /// Where each root's change log stood (by root identity) when a sync
     /// under a prefix (the key) last read it: the next sync under that
     /// prefix reads only what came after.
@@ -206,7 +219,7 @@ fn shared_record(
 }
 
 impl Agreed {
-    fn allows(&self, label: &str, value: Option<&ContentRef>) -> Option<bool> {
+    fn allows(&self, label: &str, value: Option<Digest>) -> Option<bool> {
         Some(self.place(label, value)?.is_some())
     }
 
@@ -214,13 +227,13 @@ impl Agreed {
     /// `label`, oldest first (a move in progress allows where it moves
     /// from, then where it moves to): `None` when the record holds no
     /// entry, `Some(None)` when it holds one without `value`.
-    fn place(&self, label: &str, value: Option<&ContentRef>) -> Option<Option<usize>> {
+    fn place(&self, label: &str, value: Option<Digest>) -> Option<Option<usize>> {
         let values = self.labels.get(label)?;
-        Some(values.iter().position(|v| v.as_ref() == value))
+        Some(values.iter().position(|v| *v == value))
     }
 
-    fn set(&mut self, label: &str, values: &[Option<&ContentRef>]) {
-        let mut values: Vec<_> = values.iter().map(|v| v.cloned()).collect();
+    fn set(&mut self, label: &str, values: &[Option<Digest>]) {
+        let mut values = values.to_vec();
         values.dedup();
         if values == [None] {
             self.labels.remove(label);
@@ -237,8 +250,8 @@ enum Plan {
     },
     Move {
         label: String,
-        from: Option<ContentRef>,
-        to: Option<ContentRef>,
+        from: Option<Digest>,
+        to: Option<Digest>,
     },
     Keep {
         label: String,
@@ -359,10 +372,11 @@ impl StoreRoot {
             // since the last sync is what the sides agreed on.
             for log in read {
                 for (label, old) in &log.labels {
+                    let old = old.as_ref().map(ContentRef::digest).transpose()?;
                     agreed
                         .labels
                         .entry(label.clone())
-                        .or_insert_with(|| vec![old.clone()]);
+                        .or_insert_with(|| vec![old]);
                 }
             }
         }
@@ -380,9 +394,9 @@ impl StoreRoot {
             let mut starts = Vec::new();
             for label in candidates {
                 let (from_source, at_target) = sides.values(&label).await?;
-                let plan = decide(&label, from_source.as_ref(), at_target.as_ref(), &agreed);
+                let plan = decide(&label, from_source, at_target, &agreed);
                 if let Plan::Move { to: Some(to), .. } = &plan {
-                    starts.push(to.clone());
+                    starts.push(ContentRef::from(*to));
                 }
                 plans.push(plan);
             }
@@ -395,7 +409,9 @@ impl StoreRoot {
             let wanted: BTreeSet<ContentRef> = if prefix.is_empty() {
                 source.list_all_content().await?.into_iter().collect()
             } else {
-                source.reachable_from(source_labels.values()).await?
+                source
+                    .reachable_from(source_labels.values().copied())
+                    .await?
             };
             // The plans hold what is needed of the labels from here on.
             drop(source_labels);
@@ -437,7 +453,7 @@ impl StoreRoot {
         // First allow both values, so that a sync killed while moving
         // labels finds them unchanged when it runs again.
         for (label, from, to) in &moves {
-            agreed.set(label, &[from.as_ref(), to.as_ref()]);
+            agreed.set(label, &[*from, *to]);
         }
         if !moves.is_empty() {
             save(&copies, &mut agreed).await?;
@@ -450,13 +466,18 @@ impl StoreRoot {
         let moved = |batch: Vec<Move>| {
             let target = target.by_actor(&sides.markers[0]);
             async move {
-                if target.compare_and_swap_labels(&batch).await? {
+                let refs: Vec<_> = batch.iter().map(move_refs).collect();
+                if target.compare_and_swap_labels(&refs).await? {
                     return Ok(batch.into_iter().map(|m| (m, None)).collect());
                 }
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for (label, from, to) in batch {
                     let swapped = target
-                        .compare_and_swap_label(&label, from.as_ref(), to.as_ref())
+                        .compare_and_swap_label(
+                            &label,
+                            from.map(ContentRef::from).as_ref(),
+                            to.map(ContentRef::from).as_ref(),
+                        )
                         .await?;
                     // Not swapped: changed on the destination since it was
                     // read, so both sides changed it.
@@ -478,12 +499,12 @@ impl StoreRoot {
                         agreed.labels.remove(&label);
                     }
                     Some(destination) => {
-                        agreed.set(&label, &[from.as_ref()]);
+                        agreed.set(&label, &[from]);
                         report.conflicts.push(SyncConflict {
                             label,
-                            source: to,
+                            source: to.map(ContentRef::from),
                             destination,
-                            last_agreed: Some(from),
+                            last_agreed: Some(from.map(ContentRef::from)),
                         });
                     }
                 }
@@ -662,10 +683,11 @@ impl Sides<'_> {
     }
 
     /// What `label` points at on the source and on the destination.
-    async fn values(&self, label: &str) -> Result<(Option<ContentRef>, Option<ContentRef>)> {
+    async fn values(&self, label: &str) -> Result<(Option<Digest>, Option<Digest>)> {
+        let digest = |value: Option<ContentRef>| value.as_ref().map(ContentRef::digest).transpose();
         Ok((
-            self.source.get_by_label(label).await?,
-            self.target.get_by_label(label).await?,
+            digest(self.source.get_by_label(label).await?)?,
+            digest(self.target.get_by_label(label).await?)?,
         ))
     }
 
@@ -804,8 +826,9 @@ fn record_label(peer: &str, id: &str) -> String {
     format!("with/{}/{id}", &name[..32])
 }
 
-/// Every label under `prefix`, with its target.
-async fn labels(store: &ContentStore, prefix: &str) -> Result<BTreeMap<String, ContentRef>> {
+/// Every label under `prefix`, with its target (as a digest: a first sync
+/// holds every label of both sides).
+async fn labels(store: &ContentStore, prefix: &str) -> Result<BTreeMap<String, Digest>> {
     let mut labels = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -816,7 +839,10 @@ async fn labels(store: &ContentStore, prefix: &str) -> Result<BTreeMap<String, C
             return Ok(labels);
         };
         after = Some(last.label.clone());
-        labels.extend(page.into_iter().map(|e| (e.label, e.content_ref)));
+        for entry in page {
+            let digest = entry.content_ref.digest()?;
+            labels.insert(entry.label, digest);
+        }
     }
 }
 
@@ -824,7 +850,7 @@ async fn labels(store: &ContentStore, prefix: &str) -> Result<BTreeMap<String, C
 /// or that the last sync agreed on.
 async fn plan(
     target: &ContentStore,
-    source_labels: &BTreeMap<String, ContentRef>,
+    source_labels: &BTreeMap<String, Digest>,
     agreed: &Agreed,
     prefix: &str,
 ) -> Result<Vec<Plan>> {
@@ -839,8 +865,8 @@ async fn plan(
     for label in names {
         plans.push(decide(
             label,
-            source_labels.get(label),
-            target_labels.get(label),
+            source_labels.get(label).copied(),
+            target_labels.get(label).copied(),
             agreed,
         ));
     }
@@ -852,8 +878,8 @@ async fn plan(
 /// [`StoreRoot::sync_store_to`]).
 fn decide(
     label: &str,
-    source: Option<&ContentRef>,
-    destination: Option<&ContentRef>,
+    source: Option<Digest>,
+    destination: Option<Digest>,
     agreed: &Agreed,
 ) -> Plan {
     if source == destination {
@@ -880,8 +906,8 @@ fn decide(
     if destination_unchanged {
         Plan::Move {
             label: label.to_owned(),
-            from: destination.cloned(),
-            to: source.cloned(),
+            from: destination,
+            to: source,
         }
     } else if source_unchanged {
         Plan::Keep {
@@ -890,12 +916,12 @@ fn decide(
     } else {
         Plan::Conflict(SyncConflict {
             label: label.to_owned(),
-            source: source.cloned(),
-            destination: destination.cloned(),
+            source: source.map(ContentRef::from),
+            destination: destination.map(ContentRef::from),
             last_agreed: agreed
                 .labels
                 .get(label)
-                .map(|values| values.last().cloned().flatten()),
+                .map(|values| values.last().copied().flatten().map(ContentRef::from)),
         })
     }
 }
