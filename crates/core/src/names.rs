@@ -289,6 +289,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_digest_reads_and_writes_the_json_of_its_ref() {
+        let digest = Digest::of(b"some content");
+        let as_ref = ContentRef::from(digest);
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(json, serde_json::to_string(&as_ref).unwrap());
+        let values = vec![Some(digest), None];
+        let written = serde_json::to_string(&values).unwrap();
+        assert_eq!(written, format!("[\"{}\",null]", as_ref.hash()));
+        let read: Vec<Option<Digest>> = serde_json::from_str(&written).unwrap();
+        assert_eq!(read, values);
+        let record = format!("{{\"hash\":\"{}\"}}", as_ref.hash());
+        assert_eq!(serde_json::from_str::<Digest>(&record).unwrap(), digest);
+        for bad in ["\"abc\"", "\"ZZ\"", "17"] {
+            assert!(serde_json::from_str::<Digest>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn store_ids_accept_uuids_and_simple_names() {
         for id in [
             "my-store-id",
