@@ -238,8 +238,10 @@ async fn content(
 }
 
 /// One range of `Range: bytes=…` as `[start, end)`: `a-b`, `a-` or `-n`.
-/// `None` (serve the whole) for several ranges or another unit; 416 for
-/// one outside the content.
+/// `None` (serve the whole, as RFC 9110 lets a server do) for several
+/// ranges, another unit, or a header that does not parse or whose last
+/// byte comes before its first; 416 for a range that starts past the
+/// content (or asks for its last 0 bytes).
 fn byte_range(text: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(spec) = text.trim().strip_prefix("bytes=") else {
         return Ok(None);
@@ -247,16 +249,30 @@ fn byte_range(text: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     if spec.contains(',') {
         return Ok(None);
     }
-    let bad = || ApiError::BadRequest(format!("malformed Range header {text:?}"));
-    let (first, last) = spec.split_once('-').ok_or_else(bad)?;
-    let number = |digits: &str| digits.trim().parse::<u64>().map_err(|_| bad());
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let number = |digits: &str| digits.trim().parse::<u64>().ok();
     let (start, end) = match (first.trim(), last.trim()) {
         ("", suffix) => {
-            let suffix = number(suffix)?.min(size);
+            let Some(suffix) = number(suffix) else {
+                return Ok(None);
+            };
+            let suffix = suffix.min(size);
             (size - suffix, size)
         }
-        (first, "") => (number(first)?, size),
-        (first, last) => (number(first)?, number(last)?.saturating_add(1).min(size)),
+        (first, last) => {
+            let (Some(start), Some(last)) = (
+                number(first),
+                number(last).or(last.is_empty().then_some(u64::MAX)),
+            ) else {
+                return Ok(None);
+            };
+            if last < start {
+                return Ok(None);
+            }
+            (start, last.saturating_add(1).min(size))
+        }
     };
     if start >= end || start >= size {
         return Err(ApiError::RangeNotSatisfiable { size });
