@@ -833,7 +833,7 @@ impl ContentStore {
     pub(crate) async fn reachable_from(
         &self,
         starts: impl IntoIterator<Item = Digest>,
-    ) -> Result<BTreeSet<ContentRef>> {
+    ) -> Result<Vec<Digest>> {
         let starts: Vec<Digest> = starts.into_iter().collect();
         let engine = self.root().engine().await?;
         let store = self.store_id().clone();
@@ -844,7 +844,6 @@ impl ContentStore {
                 .reachable(starts)
                 .into_iter()
                 .filter(|digest| held.contains(digest))
-                .map(ContentRef::from)
                 .collect())
         })
         .await

@@ -705,8 +705,14 @@ impl ContentStore {
     /// Every content ref in the store, in hash order.
     #[tracing::instrument(level = "trace", skip_all, fields(store = %self.id))]
     pub async fn list_all_content(&self) -> Result<Vec<ContentRef>> {
-        let digests = self.root.engine().await?.objects(&self.id).await?;
+        let digests = self.object_digests().await?;
         Ok(digests.into_iter().map(ContentRef::from).collect())
+    }
+
+    /// Every object's digest, in digest order: 32 bytes each, for callers
+    /// that hold every object of a large store at once.
+    pub(crate) async fn object_digests(&self) -> Result<Vec<Digest>> {
+        self.root.engine().await?.objects(&self.id).await
     }
 
     /// Total bytes of distinct content in the store. O(1): kept as a running
