@@ -100,19 +100,19 @@ async fn reads_carry_etags_ranges_and_cache_rules_and_anonymous_gateways_refuse_
     .await;
     assert_eq!(weak.status(), StatusCode::NOT_MODIFIED);
 
+    let ranged = |range: &str| {
+        let request = get(&by_ref, None)
+            .header(header::RANGE, range)
+            .body(Body::empty())
+            .unwrap();
+        send(&app, request)
+    };
     for (range, start, end) in [
         ("bytes=1000-1099", 1000, 1100),
         ("bytes=-10", 399_990, 400_000),
         ("bytes=399999-", 399_999, 400_000),
     ] {
-        let part = send(
-            &app,
-            get(&by_ref, None)
-                .header(header::RANGE, range)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let part = ranged(range).await;
         assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT, "{range}");
         assert_eq!(
             part.headers()[header::CONTENT_RANGE],
@@ -120,14 +120,7 @@ async fn reads_carry_etags_ranges_and_cache_rules_and_anonymous_gateways_refuse_
         );
         assert_eq!(body(part).await, text[start..end], "{range}");
     }
-    let outside = send(
-        &app,
-        get(&by_ref, None)
-            .header(header::RANGE, "bytes=400000-")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let outside = ranged("bytes=400000-").await;
     assert_eq!(outside.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(outside.headers()[header::CONTENT_RANGE], "bytes */400000");
     // Several ranges: the whole content, bounded work. So too a header
@@ -139,14 +132,7 @@ async fn reads_carry_etags_ranges_and_cache_rules_and_anonymous_gateways_refuse_
         "bytes=-",
         "pages=1-2",
     ] {
-        let whole = send(
-            &app,
-            get(&by_ref, None)
-                .header(header::RANGE, range)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let whole = ranged(range).await;
         assert_eq!(whole.status(), StatusCode::OK, "{range}");
         assert_eq!(body(whole).await.len(), text.len(), "{range}");
     }
