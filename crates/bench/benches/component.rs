@@ -204,6 +204,54 @@ fn boundary(c: &mut Criterion) {
     group.finish();
 }
 
+/// Calls made in chunks of 1,024.
+const CHUNK: u64 = 1024;
+
+/// Two variants of a call measured side by side: every sample of either
+/// runs both, in alternating chunks, so that this machine's drift lands on
+/// both alike. Keeps the totals over all samples, and how many calls each
+/// variant made.
+#[derive(Default)]
+struct SideBySide {
+    totals: std::cell::Cell<(Duration, Duration)>,
+    calls: std::cell::Cell<u64>,
+}
+
+impl SideBySide {
+    /// Runs `iters` calls of each variant; `chunk(first, calls)` runs
+    /// `calls` of both, numbered from `first`, and returns their times.
+    fn run(
+        &self,
+        iters: u64,
+        mut chunk: impl FnMut(u64, u64) -> (Duration, Duration),
+    ) -> (Duration, Duration) {
+        let (mut first_time, mut second_time) = (Duration::ZERO, Duration::ZERO);
+        let mut left = iters;
+        while left > 0 {
+            let (calls, first) = (left.min(CHUNK), self.calls.get());
+            let (one, two) = chunk(first, calls);
+            first_time += one;
+            second_time += two;
+            self.calls.set(first + calls);
+            left -= calls;
+        }
+        let (first_total, second_total) = self.totals.get();
+        self.totals
+            .set((first_total + first_time, second_total + second_time));
+        (first_time, second_time)
+    }
+
+    /// Microseconds per call of each variant over everything run.
+    fn per_call(&self) -> (f64, f64) {
+        let (first, second) = self.totals.get();
+        let calls = self.calls.get().max(1) as f64;
+        (
+            first.as_secs_f64() * 1e6 / calls,
+            second.as_secs_f64() * 1e6 / calls,
+        )
+    }
+}
+
 /// What recording every call in an event chain costs: a 1 KiB
 /// `store-at-label` from a guest, with recording off and on, in both
 /// durability modes: into one long-lived store, as an actor writing to its
@@ -216,7 +264,6 @@ fn boundary(c: &mut Criterion) {
 /// own; the one named is what it reports. The cost over all calls of both
 /// is printed at the end.
 fn chain_recording(c: &mut Criterion) {
-    const CHUNK: u64 = 1024;
     // Shaped like the ids `new` gives: events name the store, so its
     // length is part of what recording writes.
     const LONG_LIVED: &str = "5b0e7c1a-9d2f-4e63-8a41-2f6b9c0d7e15";
@@ -228,23 +275,19 @@ fn chain_recording(c: &mut Criterion) {
         for (shape, long_lived) in [("", true), ("fresh_stores_", false)] {
             let plain = Bench::with_durability(durability);
             let recorded = Bench::with_durability(durability);
-            let totals = std::cell::Cell::new((Duration::ZERO, Duration::ZERO));
-            let written = std::cell::Cell::new(0);
+            let runs = SideBySide::default();
             let side_by_side = |iters: u64| {
-                let (mut plain_time, mut recorded_time) = (Duration::ZERO, Duration::ZERO);
-                let mut left = iters;
-                while left > 0 {
-                    let calls = left.min(CHUNK);
+                runs.run(iters, |first, calls| {
                     let target = if long_lived {
                         LoopStore::LongLived {
                             id: LONG_LIVED,
-                            first: written.get(),
+                            first,
                         }
                     } else {
                         LoopStore::New
                     };
                     let size = 1 << 10;
-                    plain_time += runtime.block_on(plain.guest_loop_recording(
+                    let plain_time = runtime.block_on(plain.guest_loop_recording(
                         &plain.component,
                         "store-at-label",
                         calls,
@@ -252,7 +295,7 @@ fn chain_recording(c: &mut Criterion) {
                         None,
                         target,
                     ));
-                    recorded_time += runtime.block_on(recorded.guest_loop_recording(
+                    let recorded_time = runtime.block_on(recorded.guest_loop_recording(
                         &recorded.component,
                         "store-at-label",
                         calls,
@@ -260,12 +303,8 @@ fn chain_recording(c: &mut Criterion) {
                         Some("bench-actor"),
                         target,
                     ));
-                    written.set(written.get() + calls);
-                    left -= calls;
-                }
-                let (plain_total, recorded_total) = totals.get();
-                totals.set((plain_total + plain_time, recorded_total + recorded_time));
-                (plain_time, recorded_time)
+                    (plain_time, recorded_time)
+                })
             };
             let name = format!("{mode}{shape}store_at_label_1KiB");
             group.bench_function(format!("{name}_unrecorded"), |b| {
@@ -274,19 +313,15 @@ fn chain_recording(c: &mut Criterion) {
             group.bench_function(format!("{name}_recorded"), |b| {
                 b.iter_custom(|iters| side_by_side(iters).1)
             });
-            costs.push((name, totals.get(), written.get()));
+            costs.push((name, runs.per_call(), runs.calls.get()));
         }
     }
     group.finish();
     for (name, (plain, recorded), calls) in costs {
-        let cost = recorded.as_secs_f64() / plain.as_secs_f64() - 1.0;
-        let per_call = |total: Duration| total.as_secs_f64() * 1e6 / calls as f64;
         println!(
             "chain/{name}: recording costs {:+.1}% over {calls} calls of each, side by side \
-             ({:.1} µs unrecorded, {:.1} µs recorded, per call)",
-            cost * 100.0,
-            per_call(plain),
-            per_call(recorded)
+             ({plain:.1} µs unrecorded, {recorded:.1} µs recorded, per call)",
+            (recorded / plain - 1.0) * 100.0,
         );
     }
 }
@@ -299,20 +334,15 @@ fn chain_recording(c: &mut Criterion) {
 /// on a root of its own. The difference per call over all calls of both is
 /// printed at the end.
 fn guest_path(c: &mut Criterion) {
-    const CHUNK: u64 = 1024;
     const STORE: &str = "5b0e7c1a-9d2f-4e63-8a41-2f6b9c0d7e15";
     const SIZE: usize = 1 << 10;
     let runtime = Runtime::new().unwrap();
     let (guest, host) = (Bench::new(), Bench::new());
     let core = host.root.store(STORE).unwrap();
-    let totals = std::cell::Cell::new((Duration::ZERO, Duration::ZERO));
-    let written = std::cell::Cell::new(0);
+    let runs = SideBySide::default();
     let side_by_side = |iters: u64| {
-        let (mut guest_time, mut core_time) = (Duration::ZERO, Duration::ZERO);
-        let mut left = iters;
-        while left > 0 {
-            let (calls, first) = (left.min(CHUNK), written.get());
-            guest_time += runtime.block_on(guest.guest_loop_recording(
+        runs.run(iters, |first, calls| {
+            let guest_time = runtime.block_on(guest.guest_loop_recording(
                 &guest.component,
                 "store-at-label",
                 calls,
@@ -321,7 +351,7 @@ fn guest_path(c: &mut Criterion) {
                 LoopStore::LongLived { id: STORE, first },
             ));
             // The bench actor's loop, made by the host.
-            core_time += runtime.block_on(async {
+            let core_time = runtime.block_on(async {
                 let mut distinct = vec![0x5a_u8; SIZE];
                 let started = Instant::now();
                 for i in first..first + calls {
@@ -332,12 +362,8 @@ fn guest_path(c: &mut Criterion) {
                 }
                 started.elapsed()
             });
-            written.set(first + calls);
-            left -= calls;
-        }
-        let (guest_total, core_total) = totals.get();
-        totals.set((guest_total + guest_time, core_total + core_time));
-        (guest_time, core_time)
+            (guest_time, core_time)
+        })
     };
     let mut group = c.benchmark_group("guest_path");
     group.throughput(Throughput::Elements(1));
@@ -348,14 +374,11 @@ fn guest_path(c: &mut Criterion) {
         b.iter_custom(|iters| side_by_side(iters).1)
     });
     group.finish();
-    let ((guest_total, core_total), calls) = (totals.get(), written.get());
-    let per_call = |total: Duration| total.as_secs_f64() * 1e6 / calls as f64;
+    let ((guest, core), calls) = (runs.per_call(), runs.calls.get());
     println!(
         "guest_path/store_at_label_1KiB: the guest path adds {:+.2} µs a call over {calls} calls \
-         of each, side by side ({:.1} µs from the guest, {:.1} µs through the core's API)",
-        per_call(guest_total) - per_call(core_total),
-        per_call(guest_total),
-        per_call(core_total)
+         of each, side by side ({guest:.1} µs from the guest, {core:.1} µs through the core's API)",
+        guest - core,
     );
 }
 
