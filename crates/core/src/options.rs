@@ -76,6 +76,12 @@ pub struct Options {
     /// system's for other roots), so that a package of any size imports
     /// in bounded memory. Default: 64 MiB.
     pub import_memory_bytes: u64,
+    /// Log roots (`log:DIR`): the size below which the log is never
+    /// compacted. Past it, a log holding more than twice what is live
+    /// (after labels moved on and garbage was collected) is rewritten
+    /// with only the live state, writers waiting meanwhile. Default:
+    /// 64 MiB.
+    pub log_compact_min: u64,
 }
 
 impl Options {
@@ -101,6 +107,7 @@ impl Default for Options {
             shared_cache_bytes: 1 << 30,
             space_reserve: 16 << 20,
             import_memory_bytes: 64 << 20,
+            log_compact_min: 64 << 20,
         }
     }
 }

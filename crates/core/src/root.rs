@@ -80,9 +80,17 @@ impl StoreRoot {
     /// `postgres://USER@HOST:PORT/DB?objects=s3://BUCKET/PREFIX` for the
     /// shared engine (add `&cache=DIR` for this host's read cache, and
     /// `&cache_bytes=N` to bound it; the object store is configured by the
-    /// standard `AWS_*` variables), or `mem:NAME` for a root in this
-    /// process's memory. Opens lazily; a malformed string fails here, naming
-    /// what is wrong and never printing a password.
+    /// standard `AWS_*` variables), `mem:NAME` for a root in this
+    /// process's memory, or `log:DIR` for a root kept as one append-only
+    /// log in directory `DIR`. Opens lazily; a malformed string fails here,
+    /// naming what is wrong and never printing a password.
+    ///
+    /// A log root writes each change as one append to its log and keeps
+    /// its index in memory, rebuilt from the log when opened: small writes
+    /// and reads cost a fraction of a local root's. It belongs to one
+    /// process at a time (others are refused while it is open; handles in
+    /// that process share it), and its index takes memory in proportion
+    /// to its labels and objects (see docs/DESIGN.md, "The log engine").
     ///
     /// A memory root behaves like the others (the same suites run on every
     /// engine) and keeps nothing on disk: for unit tests of code built on

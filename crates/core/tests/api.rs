@@ -92,8 +92,9 @@ async fn concurrent_identical_writes_end_as_one_object() {
         assert_eq!(refs.len(), 1);
         assert_eq!(store.stats().await.unwrap().objects, 1);
         assert_eq!(store.calculate_total_size().await.unwrap(), size as u64);
-        let files =
-            usize::from(size > Options::default().inline_threshold && !common::memory_engine());
+        let files = usize::from(
+            size > Options::default().inline_threshold && !common::kept_by_this_process(),
+        );
         let (outside, staging) = common::stored_outside_index(&root, id);
         assert_eq!(outside, files);
         assert_eq!(staging, 0, "temporary files left behind");
@@ -436,7 +437,7 @@ async fn label_pages_follow_prefix_and_cursor() {
 
 #[tokio::test]
 async fn corrupted_objects_are_reported_never_returned() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are damaged by hand below.
     }
     let (_dir, root) = temp_root();
@@ -456,7 +457,7 @@ async fn corrupted_objects_are_reported_never_returned() {
 /// next commit to the root makes reads go back to disk and report it.
 #[tokio::test]
 async fn remembered_reads_never_return_damaged_bytes() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are damaged by hand below.
     }
     if common::shared_engine() {
@@ -608,7 +609,7 @@ fn a_call_outside_a_tokio_runtime_is_a_clear_error_not_a_panic() {
 /// never held is plain "not found". An operator can tell the two apart.
 #[tokio::test]
 async fn lost_bytes_are_missing_not_merely_not_found() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are deleted by hand below.
     }
     let (_dir, root) = temp_root();

@@ -166,7 +166,7 @@ async fn many_writers_in_many_roots_never_fork_a_chain() {
 
 #[tokio::test]
 async fn an_altered_event_is_named_by_verify_whether_sealed_or_open() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, root) = temp_root();
@@ -212,7 +212,7 @@ async fn an_altered_event_is_named_by_verify_whether_sealed_or_open() {
 
 #[tokio::test]
 async fn moving_the_head_back_is_detected_even_after_more_appends() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, root) = temp_root();
@@ -304,7 +304,7 @@ async fn gc_keeps_every_event_a_head_reaches_and_the_chain_store_is_hidden() {
 
 #[tokio::test]
 async fn a_chain_recorded_one_object_per_event_is_read_and_continued() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, root) = temp_root();
@@ -358,7 +358,7 @@ async fn a_chain_recorded_one_object_per_event_is_read_and_continued() {
 
 #[tokio::test]
 async fn gc_collects_nothing_from_a_chain_it_cannot_follow_to_its_start() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, root) = temp_root();
@@ -481,7 +481,7 @@ async fn a_chain_exported_and_imported_verifies_and_moves_forward_but_never_side
 
 #[tokio::test]
 async fn a_chain_that_does_not_verify_is_refused_on_import() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, a) = temp_root();
@@ -643,7 +643,7 @@ async fn a_trimmed_chain_verifies_frees_its_segments_and_travels_with_its_checkp
 
 #[tokio::test]
 async fn a_forged_checkpoint_or_a_damaged_chain_is_caught_and_never_trimmed() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: the chain's rows or segments are edited by hand below.
     }
     let (_dir, root) = temp_root();

@@ -8,6 +8,8 @@
 //! one in flight.
 //!
 //! `CRASH_CYCLES` sets the number of cycles (default 200; `just crash` runs 1000).
+//! `THEATER_STORE_TEST_ENGINE=log` runs it on a log root, which the parent
+//! opens only between children (one process holds a log root at a time).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use theater_store::{
-    ContentRef, ContentStore, Durability, Event, EventChain, Outcome, Record, StoreRoot,
+    ContentRef, ContentStore, Durability, Event, EventChain, Options, Outcome, Record, StoreRoot,
 };
 
 const LABELS: usize = 12;
@@ -71,7 +73,11 @@ async fn crash_child() {
         .append(true)
         .open(std::env::var("CRASH_LOG").unwrap())
         .unwrap();
-    let root = StoreRoot::with_durability(root, durability);
+    let options = Options {
+        durability,
+        ..Options::default()
+    };
+    let root = StoreRoot::at(&root, options).unwrap();
     let store = root.store("crash").unwrap();
     let chain = root.event_chain("crash").unwrap();
     let mut rng = Rng(seed | 1);
@@ -369,9 +375,22 @@ async fn writes_survive_sigkill_at_random_moments() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let store = StoreRoot::new(&root).store("crash").unwrap();
-    let chain = store.root().event_chain("crash").unwrap();
+    let log_engine = std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "log");
+    let root = dir.path().join("root").display().to_string();
+    let root = if log_engine {
+        format!("log:{root}")
+    } else {
+        root
+    };
+    let open = || {
+        let root = StoreRoot::at(&root, Options::default()).unwrap();
+        (
+            root.store("crash").unwrap(),
+            root.event_chain("crash").unwrap(),
+        )
+    };
+    // A local root stays open here while the children write to it.
+    let held = (!log_engine).then(open);
     let mut chain_length = 0;
     let mut model = Model::default();
     let mut rng = Rng(0x5eed_cafe);
@@ -397,6 +416,7 @@ async fn writes_survive_sigkill_at_random_moments() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
+        let (store, chain) = held.clone().unwrap_or_else(open);
         let log = std::fs::read_to_string(&log_path).unwrap();
         operations += log.lines().filter(|line| *line == "ack").count() as u64;
         let before = model.objects.clone();

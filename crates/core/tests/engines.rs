@@ -1,8 +1,11 @@
 //! The same random change sequences through every engine: the local one,
-//! the memory one, and (with `THEATER_STORE_TEST_ENGINE=shared`) the shared
-//! one. Each step must have the same outcome on all of them, and afterwards
-//! their labels, totals and content must be the same: what a change means
-//! does not depend on where it is kept.
+//! the memory one, the log one, and (with `THEATER_STORE_TEST_ENGINE=shared`)
+//! the shared one. Each step must have the same outcome on all of them, and
+//! afterwards their labels, totals, change logs and content must be the
+//! same: what a change means does not depend on where it is kept. The log
+//! root, compacting as often as it can, must also reopen from its log to
+//! what it held. Then the log engine's own faults: damaged bytes, a write
+//! cut off by a crash.
 
 use std::time::Duration;
 
@@ -169,6 +172,14 @@ async fn contents(store: &ContentStore) -> String {
     }
     let stats = store.stats().await.unwrap();
     held += &format!("{stats:?}\n");
+    let page = store.changes(0, 10_000).await.unwrap();
+    for change in page.changes {
+        let refs = (
+            change.old.map(|r| r.to_string()),
+            change.new.map(|r| r.to_string()),
+        );
+        held += &format!("change {} {} {:?}\n", change.seq, change.label, refs);
+    }
     for content_ref in store.list_all_content().await.unwrap() {
         let bytes = store.get(&content_ref).await.unwrap();
         held += &format!("{content_ref}: {} bytes\n", bytes.len());
@@ -176,12 +187,23 @@ async fn contents(store: &ContentStore) -> String {
     held
 }
 
-/// The roots compared: a local one, a memory one, and a shared one when
-/// the suite runs on the shared engine.
+/// The log root of [`roots`], compacted whenever it is more than half
+/// dead.
+fn log_root(dir: &std::path::Path) -> StoreRoot {
+    let options = Options {
+        log_compact_min: 0,
+        ..Options::default()
+    };
+    StoreRoot::at(&format!("log:{}", dir.join("log").display()), options).unwrap()
+}
+
+/// The roots compared: a local one, a memory one, a log one (third), and a
+/// shared one when the suite runs on the shared engine.
 fn roots(dir: &std::path::Path) -> Vec<StoreRoot> {
     let mut roots = vec![
         StoreRoot::with_options(dir.join("local"), Options::default()),
         StoreRoot::at("mem:", Options::default()).unwrap(),
+        log_root(dir),
     ];
     if common::shared_engine() {
         roots.push(common::temp_root().1);
@@ -216,5 +238,130 @@ proptest! {
             }
             Ok(())
         })?;
+        let held = runtime.block_on(contents(&stores[2]));
+        drop((stores, roots));
+        let reopened = log_root(dir.path()).store("same").unwrap();
+        prop_assert_eq!(runtime.block_on(contents(&reopened)), held);
     }
+}
+
+/// The log file of a log root made by [`log_root`].
+fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("log").join("log")
+}
+
+#[tokio::test]
+async fn a_damaged_byte_in_a_log_root_is_found_by_verify_and_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = log_root(dir.path()).store("damaged").unwrap();
+    let content = b"bytes a disk fault will flip".repeat(10);
+    let stored = store.store_at_label("kept", content.clone()).await.unwrap();
+    let other = store.store(b"untouched".to_vec()).await.unwrap();
+    // Flip one byte of the content where the log holds it.
+    let log = std::fs::read(log_file(dir.path())).unwrap();
+    let at = log
+        .windows(content.len())
+        .position(|window| window == content)
+        .unwrap();
+    let file = std::fs::File::options()
+        .write(true)
+        .open(log_file(dir.path()))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"X", (at + 3) as u64).unwrap();
+    let refused = store.get(&stored).await.unwrap_err();
+    assert!(
+        matches!(refused, theater_store::StoreError::Corrupted { .. }),
+        "{refused}"
+    );
+    let report = store.verify(std::sync::Arc::new(())).await.unwrap();
+    assert_eq!(report.quarantined, vec![stored.clone()]);
+    let dangling: Vec<&str> = report
+        .dangling_labels
+        .iter()
+        .map(|e| e.label.as_str())
+        .collect();
+    assert_eq!(dangling, ["kept"]);
+    assert_eq!(store.get(&other).await.unwrap(), b"untouched");
+    // What verify found is in the log: a reopened root agrees.
+    drop(store);
+    let reopened = log_root(dir.path()).store("damaged").unwrap();
+    assert!(!reopened.exists(&stored).await.unwrap());
+    assert_eq!(reopened.get(&other).await.unwrap(), b"untouched");
+}
+
+#[tokio::test]
+async fn a_log_root_cut_off_mid_write_keeps_every_change_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<ContentRef> = {
+        let store = log_root(dir.path()).store("cut").unwrap();
+        let mut written = Vec::new();
+        for n in 0..5 {
+            let content = format!("change {n}").repeat(100).into_bytes();
+            written.push(
+                store
+                    .store_at_label(&format!("l{n}"), content)
+                    .await
+                    .unwrap(),
+            );
+        }
+        written
+    };
+    // A crash in the middle of the last change's write.
+    let file = std::fs::File::options()
+        .write(true)
+        .open(log_file(dir.path()))
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - 40).unwrap();
+    let store = log_root(dir.path()).store("cut").unwrap();
+    for (n, target) in written.iter().enumerate().take(4) {
+        assert_eq!(
+            store.get_by_label(&format!("l{n}")).await.unwrap().as_ref(),
+            Some(target)
+        );
+    }
+    assert_eq!(store.get_by_label("l4").await.unwrap(), None);
+    assert_eq!(store.changes(0, 100).await.unwrap().last_seq, 4);
+    // The cut-off bytes are kept aside, and the log goes on.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("log").join("damaged"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let again = store.store_at_label("l4", b"again".to_vec()).await.unwrap();
+    drop(store);
+    let store = log_root(dir.path()).store("cut").unwrap();
+    assert_eq!(store.get_by_label("l4").await.unwrap(), Some(again));
+    assert!(
+        store
+            .verify(std::sync::Arc::new(()))
+            .await
+            .unwrap()
+            .quarantined
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn handles_on_one_log_root_in_a_process_share_it_and_other_processes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = log_root(dir.path()).store("shared").unwrap();
+    let second = log_root(dir.path()).store("shared").unwrap();
+    let stored = first
+        .store_at_label("seen", b"by both".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(second.get_by_label("seen").await.unwrap(), Some(stored));
+    // Another process: its open takes the same lock, from a file of its own.
+    let lock = std::fs::File::open(dir.path().join("log").join("lock")).unwrap();
+    assert!(
+        lock.try_lock().is_err(),
+        "the lock is held while the root is open"
+    );
+    drop((first, second));
+    assert!(
+        lock.try_lock().is_ok(),
+        "the lock is let go with the last handle"
+    );
 }

@@ -456,7 +456,7 @@ fn spawn_writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_in_several_processes_are_watched_in_order_each_change_once() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Other processes cannot open a memory root.
     }
     let (dir, root) = common::temp_root();
@@ -504,7 +504,7 @@ async fn writers_in_several_processes_are_watched_in_order_each_change_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_writes_of_another_process() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Other processes cannot open a memory root.
     }
     let (dir, root) = common::temp_root();

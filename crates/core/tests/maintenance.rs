@@ -30,7 +30,7 @@ async fn verify_passes_a_healthy_store() {
 
 #[tokio::test]
 async fn verify_quarantines_corruption_and_reports_dangling_labels() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are damaged by hand below.
     }
     // Small content is checked in the index, large content in its files.
@@ -286,7 +286,7 @@ async fn gc_never_takes_old_content_that_a_concurrent_write_links_or_labels() {
 
 #[tokio::test]
 async fn gc_cleans_crash_leftovers() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: crash leftovers are placed by hand below.
     }
     let (_dir, root) = temp_root();
@@ -317,7 +317,7 @@ async fn gc_cleans_crash_leftovers() {
 
 #[tokio::test]
 async fn gc_reclaims_staging_of_a_store_that_never_reached_the_index() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: staging files are placed by hand below.
     }
     let (_dir, root) = temp_root();
@@ -472,7 +472,7 @@ async fn a_package_past_the_import_memory_waits_in_a_file_and_imports_whole() {
 
 #[tokio::test]
 async fn damaged_packages_are_refused_and_change_nothing() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are damaged by hand below.
     }
     let (_dir, root) = temp_root();
@@ -818,7 +818,7 @@ fn gc_removes_exactly_what_no_label_reaches_through_links() {
 
 #[tokio::test]
 async fn objects_stored_before_links_were_recorded_are_scanned_before_anything_goes() {
-    if common::shared_engine() || common::memory_engine() {
+    if common::shared_engine() || common::kept_by_this_process() {
         return; // The local index is edited by hand below.
     }
     let (_dir, root) = temp_root();
@@ -892,7 +892,7 @@ async fn usage_groups_labels_by_prefix_and_counts_shared_content_once_per_group(
 
 #[tokio::test]
 async fn many_stores_are_verified_against_one_check_of_the_whole_index() {
-    if common::shared_engine() || common::memory_engine() {
+    if common::shared_engine() || common::kept_by_this_process() {
         return; // The local index is edited by hand below.
     }
     let (_dir, root) = temp_root();

@@ -259,7 +259,7 @@ async fn quota_child() {
 
 #[tokio::test]
 async fn processes_writing_one_store_cannot_overflow_its_quota() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Other processes cannot open a memory root.
     }
     let (dir, root) = temp_root();

@@ -244,7 +244,7 @@ async fn syncs_in_opposite_directions_lose_no_label() {
 /// error naming it, and it is neither copied nor labelled.
 #[tokio::test]
 async fn damaged_source_content_is_never_copied() {
-    if common::memory_engine() {
+    if common::kept_by_this_process() {
         return; // Nothing to do in memory: bytes are damaged by hand below.
     }
     for (label, content) in [

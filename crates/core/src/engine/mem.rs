@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::SystemTime;
 
 use super::apply::{self, HeldObject, Transaction};
+use super::journal::{self, Journal, LoggedObject, Step};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
     ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
 };
+use crate::durability::Durability;
 use crate::error::{Result, StoreError};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
@@ -108,8 +110,8 @@ enum Held {
     Anonymous(Weak<Mutex<State>>),
 }
 
-/// A memory root opened by one [`crate::StoreRoot`].
-#[derive(Debug)]
+/// A memory root, or a log root, opened by one [`crate::StoreRoot`].
+#[derive(Clone, Debug)]
 pub(crate) struct MemEngine {
     /// The root string, for messages.
     root: String,
@@ -118,23 +120,62 @@ pub(crate) struct MemEngine {
     refresh_after: i64,
     /// The root's commit signal (see [`State::commits`]).
     commits: Arc<CommitSignal>,
+    /// Whether each change waits for its log write to reach the disk
+    /// (a log root in synced mode), and so runs off the async executor.
+    synced: bool,
 }
 
 impl MemEngine {
     /// Opens a memory root.
     pub(crate) fn open(root: &MemRoot, options: &Options) -> Self {
+        Self::over(root.root_string(), Arc::clone(&root.state), options)
+    }
+
+    fn over(root: String, state: Arc<Mutex<State>>, options: &Options) -> Self {
+        let (commits, synced) = {
+            let held = state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let synced = held.journal.is_some() && options.durability == Durability::Synced;
+            (Arc::clone(&held.commits), synced)
+        };
         Self {
-            root: root.root_string(),
-            state: Arc::clone(&root.state),
+            root,
+            state,
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
-            commits: Arc::clone(
-                &root
-                    .state
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .commits,
-            ),
+            commits,
+            synced,
         }
+    }
+
+    /// Opens (creating if needed) the log root in `dir`: the state other
+    /// handles in this process share, or else the state its log replays
+    /// to. Blocking.
+    pub(crate) fn open_log(dir: &Path, options: &Options) -> Result<Self> {
+        static ROOTS: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<State>>>>> = OnceLock::new();
+        std::fs::create_dir_all(dir).map_err(|source| {
+            crate::error::io_error(&"root", "creating the log root", dir, source)
+        })?;
+        let dir = std::fs::canonicalize(dir).map_err(|source| {
+            crate::error::io_error(&"root", "finding the log root", dir, source)
+        })?;
+        let root = format!("{}{}", journal::SCHEME, dir.display());
+        let mut roots = ROOTS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        roots.retain(|_, state| state.strong_count() > 0);
+        if let Some(state) = roots.get(&dir).and_then(Weak::upgrade) {
+            return Ok(Self::over(root, state, options));
+        }
+        let mut state = State::default();
+        let journal = Journal::open(&dir, options.durability, |steps| state.replay(steps))?;
+        state.compact_min = options.log_compact_min;
+        state.compact_at = options.log_compact_min.max(2 * journal.len());
+        state.journal = Some(journal);
+        let state = Arc::new(Mutex::new(state));
+        roots.insert(dir, Arc::downgrade(&state));
+        Ok(Self::over(root, state, options))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -152,7 +193,21 @@ impl MemEngine {
         }
     }
 
+    /// An object's bytes, read without the root's lock held.
+    fn object_bytes(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+        let readable = {
+            let state = self.state();
+            let object = state
+                .stores
+                .get(store.as_str())
+                .and_then(|held| held.objects.get(&digest));
+            object.map(|object| state.readable(object))
+        };
+        readable.map(|readable| readable.bytes(store)).transpose()
+    }
+
     /// Applies one change as a transaction: all of it, or (refused) none.
+    /// A log root writes it to its log before anyone sees it.
     fn apply_now(&self, change: Change) -> Result<bool> {
         let mut state = self.state();
         let mut txn = Txn {
@@ -163,9 +218,14 @@ impl MemEngine {
         let Ok(outcome) = apply::apply(&mut txn, change, self.refresh_after);
         if outcome.is_err() {
             txn.roll_back();
-        } else {
-            self.commits.bump();
+            return outcome;
         }
+        if let Err(failed) = txn.write_to_journal() {
+            txn.roll_back();
+            return Err(failed);
+        }
+        self.commits.bump();
+        state.compact_if_worthwhile();
         outcome
     }
 }
@@ -176,6 +236,204 @@ struct State {
     stores: BTreeMap<String, MemStore>,
     /// Bumped by every change to the root, through any of its engines.
     commits: Arc<CommitSignal>,
+    /// A log root's file, where every change is written.
+    journal: Option<Journal>,
+    /// The log's size past which compacting it is next considered.
+    compact_at: u64,
+    /// The least size at which a log is compacted (`Options::log_compact_min`).
+    compact_min: u64,
+}
+
+impl State {
+    /// Where an object's bytes are, to read them once the lock is let go.
+    fn readable(&self, object: &MemObject) -> Readable {
+        match (&object.body, &self.journal) {
+            (Body::Held(bytes), _) => Readable::Held(Arc::clone(bytes)),
+            (Body::Logged(offset), Some(journal)) => {
+                Readable::Logged(journal.slice(*offset, object.size))
+            }
+            (Body::Logged(_), None) => unreachable!("only a log root logs bodies"),
+        }
+    }
+
+    /// Applies the steps of one logged change (replaying the log).
+    fn replay(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::MakeStore { store, created_at } => {
+                    self.stores.entry(store).or_insert_with(|| MemStore {
+                        created_at,
+                        ..MemStore::default()
+                    });
+                }
+                Step::DropStore { store } => {
+                    self.stores.remove(&store);
+                }
+                Step::Label { store, label, row } => {
+                    if let Some(held) = self.replayed_store(store, row.is_some()) {
+                        put_label_row(held, &label, row);
+                    }
+                }
+                Step::Object {
+                    store,
+                    digest,
+                    object,
+                } => {
+                    if let Some(held) = self.replayed_store(store, object.is_some()) {
+                        let object = object.map(|logged| MemObject {
+                            body: Body::Logged(logged.offset),
+                            size: logged.size,
+                            stored_at: logged.stored_at,
+                            links: logged.links,
+                        });
+                        put_object(held, digest, object);
+                    }
+                }
+                Step::Unscanned {
+                    store,
+                    digest,
+                    unscanned,
+                } => {
+                    if let Some(held) = self.stores.get_mut(&store) {
+                        if unscanned {
+                            held.unscanned.insert(digest);
+                        } else {
+                            held.unscanned.remove(&digest);
+                        }
+                    }
+                }
+                Step::Logged { store, entry } => {
+                    if let Some(held) = self.replayed_store(store, true) {
+                        held.change_seq = entry.seq;
+                        held.stats.changes += 1;
+                        held.stats.change_footprint += change_footprint(entry.label.len());
+                        held.log.push_back(entry);
+                    }
+                }
+                Step::Trimmed { store, through } => {
+                    if let Some(held) = self.stores.get_mut(&store) {
+                        while let Some(oldest) = held.log.front()
+                            && oldest.seq <= through
+                        {
+                            held.stats.changes -= 1;
+                            held.stats.change_footprint -= change_footprint(oldest.label.len());
+                            held.log.pop_front();
+                        }
+                        held.changes_trimmed = through;
+                        held.change_seq = held.change_seq.max(through);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store a replayed step changes: registered if `make`, else
+    /// `None` when it is not there.
+    fn replayed_store(&mut self, store: String, make: bool) -> Option<&mut MemStore> {
+        if make {
+            Some(self.stores.entry(store).or_default())
+        } else {
+            self.stores.get_mut(&store)
+        }
+    }
+
+    /// Writes a log root's live state as a new log in place of the old
+    /// one, when the old one has grown to more than twice what is live.
+    /// A failure is logged and leaves the old log in use.
+    fn compact_if_worthwhile(&mut self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if journal.len() < self.compact_at {
+            return;
+        }
+        let live: u64 = self
+            .stores
+            .values()
+            .map(|held| {
+                let stats = held.stats;
+                stats.bytes + stats.label_footprint + stats.change_footprint + stats.objects * 64
+            })
+            .sum();
+        if journal.len() > 2 * live
+            && let Err(failed) = self.compact()
+        {
+            tracing::warn!(error = %failed, "compacting the log failed; the old log stays in use");
+        }
+        let len = self.journal.as_ref().map_or(0, Journal::len);
+        self.compact_at = self.compact_min.max(2 * len);
+    }
+
+    /// Writes the live state as a new log and reads from it from now on.
+    fn compact(&mut self) -> Result<()> {
+        let State {
+            stores, journal, ..
+        } = self;
+        let Some(journal) = journal else {
+            return Ok(());
+        };
+        let moved = journal.compact(|rewriter| {
+            let mut moved = Vec::with_capacity(stores.len());
+            for (id, held) in stores.iter() {
+                let store = || id.clone();
+                rewriter.step(Step::MakeStore {
+                    store: store(),
+                    created_at: held.created_at,
+                })?;
+                rewriter.step(Step::Trimmed {
+                    store: store(),
+                    through: held.changes_trimmed,
+                })?;
+                let mut offsets = Vec::with_capacity(held.objects.len());
+                for (&digest, object) in &held.objects {
+                    let offset = match &object.body {
+                        Body::Logged(offset) => rewriter.copy_blob(*offset, object.size)?,
+                        Body::Held(bytes) => rewriter.blob(bytes)?,
+                    };
+                    offsets.push(offset);
+                    rewriter.step(Step::Object {
+                        store: store(),
+                        digest,
+                        object: Some(LoggedObject {
+                            offset,
+                            size: object.size,
+                            stored_at: object.stored_at,
+                            links: object.links.clone(),
+                        }),
+                    })?;
+                }
+                moved.push(offsets);
+                for &digest in &held.unscanned {
+                    rewriter.step(Step::Unscanned {
+                        store: store(),
+                        digest,
+                        unscanned: true,
+                    })?;
+                }
+                for (label, row) in &held.labels {
+                    rewriter.step(Step::Label {
+                        store: store(),
+                        label: label.clone(),
+                        row: Some(row.clone()),
+                    })?;
+                }
+                for entry in &held.log {
+                    rewriter.step(Step::Logged {
+                        store: store(),
+                        entry: entry.clone(),
+                    })?;
+                }
+            }
+            Ok(moved)
+        })?;
+        // The objects' bytes are where the new log has them.
+        for (held, offsets) in stores.values_mut().zip(moved) {
+            for (object, offset) in held.objects.values_mut().zip(offsets) {
+                object.body = Body::Logged(offset);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One registered store.
@@ -201,9 +459,48 @@ struct MemStore {
 /// (`crate::links`).
 #[derive(Clone, Debug)]
 struct MemObject {
-    bytes: Arc<Vec<u8>>,
+    body: Body,
+    size: u64,
     stored_at: i64,
     links: Option<Vec<u8>>,
+}
+
+/// Where an object's bytes are.
+#[derive(Clone, Debug)]
+enum Body {
+    /// In memory: every object of a memory root, and a log root's new
+    /// content until its change is written.
+    Held(Arc<Vec<u8>>),
+    /// In a log root's file, at this offset.
+    Logged(u64),
+}
+
+impl MemObject {
+    fn held(bytes: Arc<Vec<u8>>, stored_at: i64, links: Option<Vec<u8>>) -> Self {
+        Self {
+            size: bytes.len() as u64,
+            body: Body::Held(bytes),
+            stored_at,
+            links,
+        }
+    }
+}
+
+/// An object's bytes, found under the root's lock and read after it.
+enum Readable {
+    Held(Arc<Vec<u8>>),
+    Logged(journal::Slice),
+}
+
+impl Readable {
+    fn bytes(self, store: &StoreId) -> Result<Vec<u8>> {
+        match self {
+            Self::Held(bytes) => Ok(Arc::unwrap_or_clone(bytes)),
+            Self::Logged(slice) => slice.read().map_err(|source| {
+                crate::error::io_error(store, "reading content from", slice.path(), source)
+            }),
+        }
+    }
 }
 
 /// One step of a transaction, undone by putting the old value back.
@@ -303,6 +600,101 @@ impl Txn<'_> {
         };
         let old = put_object(held, digest, object);
         self.undo.push(Undo::Object(store.to_string(), digest, old));
+    }
+
+    /// Writes what this transaction changed to the root's log (for a log
+    /// root): each piece of state it touched, with the value it holds now,
+    /// and the bytes of objects new to the log.
+    fn write_to_journal(&mut self) -> Result<()> {
+        let State {
+            stores, journal, ..
+        } = &mut *self.state;
+        let Some(journal) = journal else {
+            return Ok(());
+        };
+        if self.undo.is_empty() {
+            return Ok(());
+        }
+        let mut batch = journal.batch();
+        let mut blobs: HashMap<(&str, Digest), u64> = HashMap::new();
+        // Entries this transaction added to each store's change log, in
+        // order: the newest of its log.
+        let mut logged: HashMap<&str, usize> = HashMap::new();
+        for step in &self.undo {
+            if let Undo::Logged(id) = step {
+                *logged.entry(id).or_default() += 1;
+            }
+        }
+        let mut steps = Vec::with_capacity(self.undo.len());
+        for step in &self.undo {
+            let found = |id: &String| stores.get(id);
+            steps.push(match step {
+                Undo::Store(id) => match found(id) {
+                    Some(held) => Step::MakeStore {
+                        store: id.clone(),
+                        created_at: held.created_at,
+                    },
+                    None => continue,
+                },
+                Undo::Dropped(id, _) => Step::DropStore { store: id.clone() },
+                Undo::Label(id, label, _) => Step::Label {
+                    store: id.clone(),
+                    label: label.clone(),
+                    row: found(id).and_then(|held| held.labels.get(label).cloned()),
+                },
+                Undo::Object(id, digest, _) => {
+                    let object = found(id).and_then(|held| held.objects.get(digest));
+                    Step::Object {
+                        store: id.clone(),
+                        digest: *digest,
+                        object: object.map(|object| LoggedObject {
+                            offset: match &object.body {
+                                Body::Logged(offset) => *offset,
+                                Body::Held(bytes) => *blobs
+                                    .entry((id.as_str(), *digest))
+                                    .or_insert_with(|| batch.blob(bytes)),
+                            },
+                            size: object.size,
+                            stored_at: object.stored_at,
+                            links: object.links.clone(),
+                        }),
+                    }
+                }
+                Undo::Unscanned(id, digest, _) => Step::Unscanned {
+                    store: id.clone(),
+                    digest: *digest,
+                    unscanned: found(id).is_some_and(|held| held.unscanned.contains(digest)),
+                },
+                Undo::Logged(id) => {
+                    let (Some(held), Some(newer)) = (found(id), logged.get_mut(id.as_str())) else {
+                        continue;
+                    };
+                    let entry = held.log[held.log.len() - *newer].clone();
+                    *newer -= 1;
+                    Step::Logged {
+                        store: id.clone(),
+                        entry,
+                    }
+                }
+                Undo::Trimmed(id, ..) => match found(id) {
+                    Some(held) => Step::Trimmed {
+                        store: id.clone(),
+                        through: held.changes_trimmed,
+                    },
+                    None => continue,
+                },
+            });
+        }
+        journal.write(batch, &steps)?;
+        for ((id, digest), offset) in blobs {
+            if let Some(object) = stores
+                .get_mut(id)
+                .and_then(|held| held.objects.get_mut(&digest))
+            {
+                object.body = Body::Logged(offset);
+            }
+        }
+        Ok(())
     }
 
     /// Puts everything this transaction changed back, newest first.
@@ -439,12 +831,11 @@ impl Transaction for Txn<'_> {
                 .and_then(|object| object.links.clone()),
             None => links.column(),
         };
-        let object = MemObject {
-            bytes,
-            stored_at: unix_now(),
-            links,
-        };
-        self.set_object(store, digest, Some(object));
+        self.set_object(
+            store,
+            digest,
+            Some(MemObject::held(bytes, unix_now(), links)),
+        );
         Ok(Ok(()))
     }
 
@@ -545,11 +936,7 @@ impl Transaction for Txn<'_> {
         segment: Vec<u8>,
     ) -> Result<(), Infallible> {
         if self.object_row(store, digest).is_none() {
-            let object = MemObject {
-                bytes: Arc::new(segment),
-                stored_at: unix_now(),
-                links: None,
-            };
+            let object = MemObject::held(Arc::new(segment), unix_now(), None);
             self.set_object(store, digest, Some(object));
         }
         Ok(())
@@ -632,9 +1019,16 @@ impl Transaction for Txn<'_> {
     }
 
     fn quarantine(&mut self, store: &StoreId, digest: Digest) -> Result<Result<bool>, Infallible> {
-        let intact = self
-            .object_row(store, digest)
-            .is_none_or(|object| Digest::of(&object.bytes) == digest);
+        let intact = match self.object_row(store, digest) {
+            None => true,
+            Some(object) => {
+                let readable = self.state.readable(object);
+                match readable.bytes(store) {
+                    Ok(bytes) => Digest::of(&bytes) == digest,
+                    Err(failed) => return Ok(Err(failed)),
+                }
+            }
+        };
         if !intact {
             self.set_object(store, digest, None);
         }
@@ -715,11 +1109,11 @@ fn put_object(
     };
     if let Some(old) = &old {
         store.stats.objects -= 1;
-        store.stats.bytes -= old.bytes.len() as u64;
+        store.stats.bytes -= old.size;
     }
     if let Some(new) = store.objects.get(&digest) {
         store.stats.objects += 1;
-        store.stats.bytes += new.bytes.len() as u64;
+        store.stats.bytes += new.size;
     }
     old
 }
@@ -839,10 +1233,8 @@ impl Engine for MemEngine {
     }
 
     fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {
-        let bytes = self.read(store, |held| {
-            held.objects.get(&digest).map(|o| o.bytes.clone())
-        });
-        Ok(bytes.map(|bytes| (bytes.len() as u64, ObjectSource::Inline(bytes.to_vec()))))
+        let bytes = self.object_bytes(store, digest)?;
+        Ok(bytes.map(|bytes| (bytes.len() as u64, ObjectSource::Inline(bytes))))
     }
 
     fn build_outboard(
@@ -861,10 +1253,24 @@ impl Engine for MemEngine {
     }
 
     async fn apply(&self, change: Change) -> Result<bool> {
+        if self.synced {
+            let engine = self.clone();
+            return crate::task::blocking(move || engine.apply_now(change)).await;
+        }
         self.apply_now(change)
     }
 
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+        if self.synced {
+            let engine = self.clone();
+            let applied = crate::task::blocking(move || {
+                Ok(changes
+                    .into_iter()
+                    .map(|change| engine.apply_now(change))
+                    .collect())
+            });
+            return applied.await.unwrap_or_else(|never| vec![Err(never)]);
+        }
         changes
             .into_iter()
             .map(|change| self.apply_now(change))
@@ -872,9 +1278,7 @@ impl Engine for MemEngine {
     }
 
     async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
-        Ok(self.read(store, |held| {
-            held.objects.get(&digest).map(|o| o.bytes.len() as u64)
-        }))
+        Ok(self.read(store, |held| held.objects.get(&digest).map(|o| o.size)))
     }
 
     async fn has_object(&self, store: &StoreId, digest: Digest) -> Result<bool> {
@@ -882,9 +1286,7 @@ impl Engine for MemEngine {
     }
 
     async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
-        Ok(self.read(store, |held| {
-            held.objects.get(&digest).map(|o| o.bytes.to_vec())
-        }))
+        self.object_bytes(store, digest)
     }
 
     async fn read_inline_many(
@@ -892,12 +1294,10 @@ impl Engine for MemEngine {
         store: &StoreId,
         digests: &[Digest],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(self.read(store, |held| {
-            digests
-                .iter()
-                .map(|digest| held.objects.get(digest).map(|o| o.bytes.to_vec()))
-                .collect()
-        }))
+        digests
+            .iter()
+            .map(|&digest| self.object_bytes(store, digest))
+            .collect()
     }
 
     async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
@@ -1004,15 +1404,22 @@ impl Engine for MemEngine {
     }
 
     fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        let objects: Vec<(Digest, Arc<Vec<u8>>)> = self.read(store, |held| {
-            held.objects
-                .iter()
-                .map(|(&digest, object)| (digest, Arc::clone(&object.bytes)))
-                .collect()
-        });
-        progress.start(objects.iter().map(|(_, bytes)| bytes.len() as u64).sum());
+        let objects: Vec<(Digest, Readable)> = {
+            let state = self.state();
+            state
+                .stores
+                .get(store.as_str())
+                .map_or_else(Vec::new, |held| {
+                    held.objects
+                        .iter()
+                        .map(|(&digest, object)| (digest, state.readable(object)))
+                        .collect()
+                })
+        };
+        progress.start(self.read(store, |held| held.stats.bytes));
         let mut scan = Scan::default();
-        for (digest, bytes) in objects {
+        for (digest, readable) in objects {
+            let bytes = readable.bytes(store)?;
             scan.objects_checked += 1;
             scan.bytes_checked += bytes.len() as u64;
             progress.advance(bytes.len() as u64);
@@ -1059,11 +1466,8 @@ impl Engine for MemEngine {
     }
 
     fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
-        let bytes = self.read(store, |held| {
-            held.objects.get(&digest).map(|o| o.bytes.clone())
-        });
-        Ok(bytes
-            .map(|bytes| Box::new(std::io::Cursor::new(bytes.to_vec())) as Box<dyn Read + Send>))
+        let bytes = self.object_bytes(store, digest)?;
+        Ok(bytes.map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn Read + Send>))
     }
 }
 
@@ -1074,7 +1478,7 @@ fn object_rows(store: &MemStore) -> Vec<ObjectRow> {
         .iter()
         .map(|(&digest, object)| ObjectRow {
             digest,
-            size: object.bytes.len() as u64,
+            size: object.size,
             stored_at: object.stored_at,
         })
         .collect()

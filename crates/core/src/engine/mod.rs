@@ -10,6 +10,7 @@
 //! module knows which it has.
 
 mod apply;
+mod journal;
 mod layout;
 mod local;
 mod mem;
@@ -46,6 +47,9 @@ pub(crate) enum Location {
     Dir(PathBuf),
     /// A root in this process's memory (`mem:NAME`).
     Memory(mem::MemRoot),
+    /// A directory kept as one append-only log, its index in the memory
+    /// of the one process that has it open (`log:DIR`).
+    Log(PathBuf),
     /// A PostgreSQL database and an S3 bucket.
     #[cfg(feature = "shared")]
     Shared(Box<shared::location::SharedLocation>),
@@ -62,7 +66,7 @@ impl Location {
             return Err(StoreError::InvalidRoot {
                 root: String::new(),
                 reason:
-                    "a root is a directory path, a postgres:// root string or mem:NAME; got nothing"
+                    "a root is a directory path, a postgres:// root string, mem:NAME or log:DIR; got nothing"
                         .into(),
             });
         }
@@ -73,6 +77,15 @@ impl Location {
         }
         if let Some(name) = root.strip_prefix(mem::SCHEME) {
             return mem::find_or_make(root, name).map(Location::Memory);
+        }
+        if let Some(dir) = root.strip_prefix(journal::SCHEME) {
+            if dir.is_empty() {
+                return Err(StoreError::InvalidRoot {
+                    root: root.into(),
+                    reason: "a log root names its directory: log:DIR".into(),
+                });
+            }
+            return Ok(Location::Log(PathBuf::from(dir)));
         }
         if root.contains("://") {
             let shown = root.split_once('@').map_or(root, |(_, host)| host);
@@ -93,7 +106,7 @@ impl Location {
     pub(crate) fn dir(&self) -> Option<&std::path::Path> {
         match self {
             Self::Dir(path) => Some(path),
-            Self::Memory(_) => None,
+            Self::Memory(_) | Self::Log(_) => None,
             #[cfg(feature = "shared")]
             Self::Shared(_) => None,
         }
@@ -105,6 +118,7 @@ impl Location {
         match self {
             Self::Dir(path) => path.display().to_string(),
             Self::Memory(root) => root.root_string(),
+            Self::Log(dir) => format!("{}{}", journal::SCHEME, dir.display()),
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.display.clone(),
         }
@@ -119,6 +133,10 @@ impl Location {
                 path.display().to_string()
             }
             Self::Memory(root) => root.root_string(),
+            Self::Log(dir) => {
+                let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+                format!("{}{}", journal::SCHEME, dir.display())
+            }
             #[cfg(feature = "shared")]
             Self::Shared(shared) => shared.identity.clone(),
         }
@@ -585,6 +603,7 @@ pub(crate) fn open(location: &Location, options: &Options) -> Result<Arc<dyn Eng
     Ok(match location {
         Location::Dir(path) => Arc::new(local::LocalEngine::open(path, options)?),
         Location::Memory(root) => Arc::new(mem::MemEngine::open(root, options)),
+        Location::Log(dir) => Arc::new(mem::MemEngine::open_log(dir, options)?),
         #[cfg(feature = "shared")]
         Location::Shared(shared) => Arc::new(shared::SharedEngine::open(shared, options)?),
     })

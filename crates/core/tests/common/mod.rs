@@ -11,7 +11,8 @@ use theater_store::{ContentRef, ContentStore, StoreRoot};
 
 /// The engine the suites run against: `THEATER_STORE_TEST_ENGINE=shared`
 /// selects the shared engine (PostgreSQL + S3, on private servers this
-/// process starts), `mem` the memory engine; anything else, the local one.
+/// process starts), `mem` the memory engine, `log` the log engine;
+/// anything else, the local one.
 pub fn shared_engine() -> bool {
     std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "shared")
 }
@@ -21,6 +22,21 @@ pub fn shared_engine() -> bool {
 /// bucket have nothing to damage there, and return early.
 pub fn memory_engine() -> bool {
     std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "mem")
+}
+
+/// Whether the suites run against the log engine (`log:DIR`), whose
+/// content is in one log file rather than files of its own.
+pub fn log_engine() -> bool {
+    std::env::var("THEATER_STORE_TEST_ENGINE").is_ok_and(|engine| engine == "log")
+}
+
+/// Whether the root under test belongs to this process alone, its bytes
+/// out of a test's reach: the memory engine's, or the log engine's (one
+/// log file, locked by the process that has it open; the log engine's own
+/// tests damage it). Tests that damage bytes by hand, or open the root from
+/// other processes, return early.
+pub fn kept_by_this_process() -> bool {
+    memory_engine() || log_engine()
 }
 
 /// The root string another process (or another root in this one) opens
@@ -59,6 +75,11 @@ pub fn temp_root_with(options: theater_store::Options) -> (TempDir, StoreRoot) {
     let dir = tempfile::tempdir().unwrap();
     if memory_engine() {
         let root = StoreRoot::at("mem:", options).expect("a memory root string");
+        return (dir, root);
+    }
+    if log_engine() {
+        let root_string = format!("log:{}", dir.path().join("root").display());
+        let root = StoreRoot::at(&root_string, options).expect("a log root string");
         return (dir, root);
     }
     if shared_engine() {
@@ -217,7 +238,7 @@ fn set_inline(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef, 
 /// bucket), and staging files left in the store's temporary directory.
 pub fn stored_outside_index(root: &StoreRoot, id: &str) -> (usize, usize) {
     let dir = store_dir_name(id);
-    if memory_engine() {
+    if kept_by_this_process() {
         return (0, 0);
     }
     if shared_engine() {
