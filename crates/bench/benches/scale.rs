@@ -17,7 +17,8 @@
 //! stores of 100 objects each, every store verified and collected.
 //!
 //! Run: `cargo bench -p theater-store-bench --bench scale`
-//! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000).
+//! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000;
+//! `THEATER_STORE_BENCH_ENGINE=log` for log roots instead of local ones).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -113,11 +114,21 @@ fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// A buffered root at `path`: a local one, or a log one when
+/// `THEATER_STORE_BENCH_ENGINE=log`.
+fn bench_root(path: &Path) -> StoreRoot {
+    if std::env::var("THEATER_STORE_BENCH_ENGINE").is_ok_and(|engine| engine == "log") {
+        let root = format!("log:{}", path.display());
+        return StoreRoot::at(&root, theater_store::Options::default()).unwrap();
+    }
+    StoreRoot::with_durability(path, Durability::Buffered)
+}
+
 fn main() {
     let max: usize = env_number("THEATER_STORE_BENCH_SCALE_MAX", 1_000_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
+    let root = bench_root(&dir.path().join("root"));
     let store = root.store("scale").unwrap();
     eprintln!(
         "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
@@ -242,7 +253,7 @@ fn main() {
 /// cost far above the single store's.
 async fn many_stores() {
     let dir = tempfile::tempdir().unwrap();
-    let root = StoreRoot::with_durability(dir.path().join("root"), Durability::Buffered);
+    let root = bench_root(&dir.path().join("root"));
     let per_store = MANY_STORES_OBJECTS / MANY_STORES;
     with_writers(|writer| {
         let root = root.clone();

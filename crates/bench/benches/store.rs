@@ -38,6 +38,30 @@ fn raw_write(dir: &Path, content: &[u8], durable: bool) {
     }
 }
 
+/// `iters` 1 KiB `store_at_label`s from 8 tasks at once, each on labels of
+/// its own; returns how long they took together.
+async fn from_8_tasks(store: ContentStore, counter: Arc<AtomicU64>, iters: u64) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let (store, counter) = (store.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let label = format!("bench:feed:{task}");
+                for _ in (task..iters).step_by(8) {
+                    store
+                        .store_at_label(&label, distinct(&counter, KIB))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
+}
+
 fn small_objects(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -99,30 +123,32 @@ fn small_objects(c: &mut Criterion) {
     // per put, for the throughput against one task (issue 32's 4x).
     let shared_counter = Arc::new(AtomicU64::new(1 << 41));
     group.bench_function("store_at_label_8_tasks", |b| {
-        b.to_async(&runtime).iter_custom(|iters| {
-            let (store, counter) = (store.clone(), Arc::clone(&shared_counter));
-            async move {
-                let started = std::time::Instant::now();
-                let tasks: Vec<_> = (0..8u64)
-                    .map(|task| {
-                        let (store, counter) = (store.clone(), Arc::clone(&counter));
-                        tokio::spawn(async move {
-                            let label = format!("bench:feed:{task}");
-                            for _ in (task..iters).step_by(8) {
-                                store
-                                    .store_at_label(&label, distinct(&counter, KIB))
-                                    .await
-                                    .unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
-                started.elapsed()
-            }
-        })
+        b.to_async(&runtime)
+            .iter_custom(|iters| from_8_tasks(store.clone(), Arc::clone(&shared_counter), iters))
+    });
+    // The same writes and reads on a log root (`log:DIR`, issue 32's
+    // engine), against the same floor below.
+    let log_store = StoreRoot::at(
+        &format!("log:{}", dir.path().join("log").display()),
+        theater_store::Options::default(),
+    )
+    .unwrap()
+    .store("bench")
+    .unwrap();
+    let log_counter = Arc::new(AtomicU64::new(1 << 42));
+    group.bench_function("log/store_at_label", |b| {
+        b.to_async(&runtime)
+            .iter(|| log_store.store_at_label("bench:feed", distinct(&log_counter, KIB)))
+    });
+    group.bench_function("log/store_at_label_8_tasks", |b| {
+        b.to_async(&runtime)
+            .iter_custom(|iters| from_8_tasks(log_store.clone(), Arc::clone(&log_counter), iters))
+    });
+    let log_ref = runtime
+        .block_on(log_store.store(distinct(&log_counter, KIB)))
+        .unwrap();
+    group.bench_function("log/get/verified", |b| {
+        b.to_async(&runtime).iter(|| log_store.get(&log_ref))
     });
     group.bench_function("label_set", |b| {
         b.to_async(&runtime).iter(|| {
@@ -241,28 +267,44 @@ fn durable_writers(c: &mut Criterion, writers: u64) {
     group
         .throughput(Throughput::Elements(writers))
         .sample_size(10);
-    // One iteration: each writer stores one 1 KiB object.
-    group.bench_function("store/group_commit", |b| {
-        b.iter_custom(|iters| {
-            let started = Instant::now();
-            runtime.block_on(async {
-                let tasks: Vec<_> = (0..writers)
-                    .map(|_| {
-                        let (store, counter) = (store.clone(), counter.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..iters {
-                                store.store(distinct(&counter, KIB)).await.unwrap();
-                            }
+    // One iteration: each writer stores one 1 KiB object; on a local
+    // root, then on a log root (issue 32's engine).
+    let log_store = StoreRoot::at(
+        &format!("log:{}", dir.path().join("log").display()),
+        theater_store::Options {
+            durability: Durability::Synced,
+            ..theater_store::Options::default()
+        },
+    )
+    .unwrap()
+    .store("bench")
+    .unwrap();
+    for (name, store) in [
+        ("store/group_commit", &store),
+        ("log/group_commit", &log_store),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                runtime.block_on(async {
+                    let tasks: Vec<_> = (0..writers)
+                        .map(|_| {
+                            let (store, counter) = (store.clone(), counter.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..iters {
+                                    store.store(distinct(&counter, KIB)).await.unwrap();
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
-            });
-            started.elapsed()
-        })
-    });
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                });
+                started.elapsed()
+            })
+        });
+    }
     group.bench_function("floor/fsync_per_operation", |b| {
         b.iter_custom(|iters| {
             let started = Instant::now();

@@ -365,3 +365,47 @@ async fn handles_on_one_log_root_in_a_process_share_it_and_other_processes_are_r
         "the lock is let go with the last handle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_writers_on_a_log_root_are_all_answered_and_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let synced = Options {
+        durability: theater_store::Durability::Synced,
+        ..Options::default()
+    };
+    let at = format!("log:{}", dir.path().join("log").display());
+    let store = StoreRoot::at(&at, synced.clone())
+        .unwrap()
+        .store("synced")
+        .unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for n in 0..10 {
+                    let label = format!("w{writer}/{n}");
+                    let content = format!("{label} content").into_bytes();
+                    written.push((
+                        label.clone(),
+                        store.store_at_label(&label, content).await.unwrap(),
+                    ));
+                }
+                written
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    drop(store);
+    let reopened = StoreRoot::at(&at, synced).unwrap().store("synced").unwrap();
+    for (label, target) in &written {
+        assert_eq!(
+            reopened.get_by_label(label).await.unwrap().as_ref(),
+            Some(target)
+        );
+    }
+    assert_eq!(reopened.changes(0, 1000).await.unwrap().last_seq, 320);
+}

@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{ChainHead, ChangeRow};
-use crate::durability::Durability;
 use crate::error::{Result, StoreError};
 use crate::names::Digest;
 
@@ -120,7 +119,6 @@ pub(super) struct Journal {
     path: Arc<Path>,
     file: Arc<File>,
     end: u64,
-    synced: bool,
     /// Set when a failed write could not be undone: the file's tail is
     /// unknown, so nothing more is written until the root is reopened.
     broken: bool,
@@ -130,11 +128,7 @@ pub(super) struct Journal {
 impl Journal {
     /// Opens (creating if needed) the log in `dir`, replaying every intact
     /// change into `replay` in order. Blocking.
-    pub(super) fn open(
-        dir: &Path,
-        durability: Durability,
-        mut replay: impl FnMut(Vec<Step>),
-    ) -> Result<Journal> {
+    pub(super) fn open(dir: &Path, mut replay: impl FnMut(Vec<Step>)) -> Result<Journal> {
         let io = |action: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| crate::error::io_error(&"root", action, &path, source)
@@ -211,7 +205,6 @@ impl Journal {
             path: path.into(),
             file: Arc::new(file),
             end: end.max(MAGIC.len() as u64),
-            synced: durability == Durability::Synced,
             broken: false,
             _lock: lock,
         })
@@ -236,12 +229,14 @@ impl Journal {
     pub(super) fn batch(&self) -> Batch {
         Batch {
             base: self.end,
-            bytes: Vec::new(),
+            parts: Vec::new(),
+            len: 0,
         }
     }
 
-    /// Writes a change (durably, in synced mode). On failure the log is as
-    /// it was before, or (when that cannot be made so) refuses all writes.
+    /// Writes a change to the file (the OS's page cache: [`Journal::sync`]
+    /// makes it durable). On failure the log is as it was before, or (when
+    /// that cannot be made so) refuses all writes.
     pub(super) fn write(&mut self, batch: Batch, steps: &[Step]) -> Result<()> {
         let path = Arc::clone(&self.path);
         if self.broken {
@@ -253,20 +248,23 @@ impl Journal {
             ));
         }
         debug_assert_eq!(batch.base, self.end);
-        let mut bytes = batch.bytes;
+        let mut batch = batch;
         let mut payload = Vec::with_capacity(256);
         encode_steps(steps, &mut payload);
-        push_record(&mut bytes, COMMIT, &payload);
-        let written = self.file.write_all_at(&bytes, self.end).and_then(|()| {
-            if self.synced {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
+        push_record(batch.built(), COMMIT, &payload);
+        let mut at = self.end;
+        let written = batch.parts.iter().try_for_each(|part| {
+            let bytes = match part {
+                Part::Built(bytes) => bytes.as_slice(),
+                Part::Shared(bytes) => bytes.as_slice(),
+            };
+            self.file.write_all_at(bytes, at)?;
+            at += bytes.len() as u64;
+            Ok(())
         });
         match written {
             Ok(()) => {
-                self.end += bytes.len() as u64;
+                self.end = at;
                 Ok(())
             }
             Err(source) => {
@@ -281,6 +279,21 @@ impl Journal {
                 ))
             }
         }
+    }
+
+    /// Flushes everything written to the disk. A failure leaves what was
+    /// written in doubt, so the log then refuses all writes.
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        let synced = self.file.sync_data();
+        if synced.is_err() {
+            self.broken = true;
+        }
+        synced
+    }
+
+    /// The log file, for messages.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Replaces the log with one holding only what `write_live` writes
@@ -340,14 +353,45 @@ impl Journal {
 /// The records of one change, built before it is written.
 pub(super) struct Batch {
     base: u64,
-    bytes: Vec<u8>,
+    /// What to write, in order.
+    parts: Vec<Part>,
+    /// Bytes in the blobs added so far.
+    len: u64,
 }
+
+/// Bytes of a batch: records built for it, or a large blob's payload
+/// written from where it already is rather than copied.
+enum Part {
+    Built(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+/// Blobs up to this size are copied into the batch, so that a small
+/// change is one write; larger ones are written from where they are.
+const COPY_MAX: usize = 64 << 10;
 
 impl Batch {
     /// Adds a blob; returns the offset its bytes will have in the log.
-    pub(super) fn blob(&mut self, content: &[u8]) -> u64 {
-        push_record(&mut self.bytes, BLOB, content);
-        self.base + self.bytes.len() as u64 - content.len() as u64
+    pub(super) fn blob(&mut self, content: &Arc<Vec<u8>>) -> u64 {
+        if content.len() <= COPY_MAX {
+            push_record(self.built(), BLOB, content);
+        } else {
+            push_header(self.built(), BLOB, content);
+            self.parts.push(Part::Shared(Arc::clone(content)));
+        }
+        self.len += HEADER + content.len() as u64;
+        self.base + self.len - content.len() as u64
+    }
+
+    /// The records being built at the end of the batch.
+    fn built(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.parts.last(), Some(Part::Built(_))) {
+            self.parts.push(Part::Built(Vec::with_capacity(2048)));
+        }
+        match self.parts.last_mut() {
+            Some(Part::Built(bytes)) => bytes,
+            _ => unreachable!("a built part was just pushed"),
+        }
     }
 }
 
@@ -407,10 +451,14 @@ impl Rewriter<'_> {
 }
 
 fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    push_header(out, kind, payload);
+    out.extend_from_slice(payload);
+}
+
+fn push_header(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.push(kind);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -775,15 +823,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let replayed = |dir: &Path| {
             let mut seen = Vec::new();
-            let journal =
-                Journal::open(dir, Durability::Buffered, |steps| seen.push(steps)).unwrap();
+            let journal = Journal::open(dir, |steps| seen.push(steps)).unwrap();
             (journal, seen)
         };
         let (mut journal, seen) = replayed(dir.path());
         assert!(seen.is_empty());
         for _ in 0..2 {
             let mut batch = journal.batch();
-            let offset = batch.blob(b"hello");
+            let offset = batch.blob(&Arc::new(b"hello".to_vec()));
             journal.write(batch, &steps()).unwrap();
             assert_eq!(journal.slice(offset, 5).read().unwrap(), b"hello");
         }
@@ -805,12 +852,31 @@ mod tests {
     }
 
     #[test]
+    fn large_and_small_blobs_of_one_change_read_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), |_| {}).unwrap();
+        let large = Arc::new((0..200_000u32).map(|n| n as u8).collect::<Vec<u8>>());
+        let small = Arc::new(b"small".to_vec());
+        let mut batch = journal.batch();
+        let (at_small, at_large) = (batch.blob(&small), batch.blob(&large));
+        let at_after = batch.blob(&small);
+        journal.write(batch, &steps()).unwrap();
+        drop(journal);
+        let mut seen = Vec::new();
+        let journal = Journal::open(dir.path(), |steps| seen.push(steps)).unwrap();
+        assert_eq!(seen, vec![steps()]);
+        assert_eq!(journal.slice(at_small, 5).read().unwrap(), *small);
+        assert_eq!(journal.slice(at_large, 200_000).read().unwrap(), *large);
+        assert_eq!(journal.slice(at_after, 5).read().unwrap(), *small);
+    }
+
+    #[test]
     fn a_second_opener_is_refused_while_the_first_holds_the_root() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Journal::open(dir.path(), Durability::Buffered, |_| {}).unwrap();
-        let second = Journal::open(dir.path(), Durability::Buffered, |_| {}).unwrap_err();
+        let first = Journal::open(dir.path(), |_| {}).unwrap();
+        let second = Journal::open(dir.path(), |_| {}).unwrap_err();
         assert!(second.to_string().contains("another process"), "{second}");
         drop(first);
-        Journal::open(dir.path(), Durability::Buffered, |_| {}).unwrap();
+        Journal::open(dir.path(), |_| {}).unwrap();
     }
 }

@@ -121,8 +121,42 @@ pub(crate) struct MemEngine {
     /// The root's commit signal (see [`State::commits`]).
     commits: Arc<CommitSignal>,
     /// Whether each change waits for its log write to reach the disk
-    /// (a log root in synced mode), and so runs off the async executor.
+    /// (a log root in synced mode): such changes go through `flushes`.
     synced: bool,
+    /// Synced changes waiting for the thread that applies them in turn
+    /// and flushes the log once for all of them.
+    flushes: Arc<Mutex<Flushes>>,
+}
+
+/// Synced changes waiting to be applied, and whether a thread is at it.
+#[derive(Default)]
+struct Flushes {
+    waiting: Vec<(Change, tokio::sync::oneshot::Sender<Result<bool>>)>,
+    leading: bool,
+}
+
+impl std::fmt::Debug for Flushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flushes")
+            .field("waiting", &self.waiting.len())
+            .field("leading", &self.leading)
+            .finish()
+    }
+}
+
+/// Lets the next synced change take the lead if the thread leading
+/// panicked.
+struct StepDown<'a>(&'a Mutex<Flushes>);
+
+impl Drop for StepDown<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .leading = false;
+        }
+    }
 }
 
 impl MemEngine {
@@ -145,6 +179,7 @@ impl MemEngine {
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             commits,
             synced,
+            flushes: Arc::default(),
         }
     }
 
@@ -169,7 +204,7 @@ impl MemEngine {
             return Ok(Self::over(root, state, options));
         }
         let mut state = State::default();
-        let journal = Journal::open(&dir, options.durability, |steps| state.replay(steps))?;
+        let journal = Journal::open(&dir, |steps| state.replay(steps))?;
         state.compact_min = options.log_compact_min;
         state.compact_at = options.log_compact_min.max(2 * journal.len());
         state.journal = Some(journal);
@@ -207,11 +242,19 @@ impl MemEngine {
     }
 
     /// Applies one change as a transaction: all of it, or (refused) none.
-    /// A log root writes it to its log before anyone sees it.
     fn apply_now(&self, change: Change) -> Result<bool> {
         let mut state = self.state();
+        let outcome = self.apply_locked(&mut state, change);
+        self.commits.bump();
+        state.compact_if_worthwhile();
+        outcome
+    }
+
+    /// Applies one change under the root's lock. A log root writes it to
+    /// its log (not yet flushed) before the lock is let go.
+    fn apply_locked(&self, state: &mut State, change: Change) -> Result<bool> {
         let mut txn = Txn {
-            state: &mut state,
+            state,
             undo: Vec::new(),
             acting: None,
         };
@@ -224,9 +267,81 @@ impl MemEngine {
             txn.roll_back();
             return Err(failed);
         }
-        self.commits.bump();
-        state.compact_if_worthwhile();
         outcome
+    }
+
+    /// Applies synced changes: queued, then applied by one thread in turn
+    /// with everything else queued meanwhile, the log flushed once for
+    /// all of them before the lock is let go (so that nothing is seen
+    /// before it is durable) and before anyone is answered.
+    async fn apply_synced(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
+        let mut answers = Vec::with_capacity(changes.len());
+        let lead = {
+            let mut flushes = self
+                .flushes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for change in changes {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                flushes.waiting.push((change, answer));
+                answers.push(answered);
+            }
+            !std::mem::replace(&mut flushes.leading, true)
+        };
+        if lead {
+            let engine = self.clone();
+            tokio::task::spawn_blocking(move || engine.flush_waiting());
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answered in answers {
+            outcomes.push(answered.await.unwrap_or_else(|_| {
+                Err(StoreError::WriterStopped {
+                    root: PathBuf::from(&self.root),
+                })
+            }));
+        }
+        outcomes
+    }
+
+    /// The thread leading synced changes: takes what waits, until nothing
+    /// does.
+    fn flush_waiting(&self) {
+        let _step_down = StepDown(&self.flushes);
+        loop {
+            let batch = {
+                let mut flushes = self
+                    .flushes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if flushes.waiting.is_empty() {
+                    flushes.leading = false;
+                    return;
+                }
+                std::mem::take(&mut flushes.waiting)
+            };
+            let (changes, answers): (Vec<Change>, Vec<_>) = batch.into_iter().unzip();
+            let mut state = self.state();
+            let mut outcomes: Vec<Result<bool>> = changes
+                .into_iter()
+                .map(|change| self.apply_locked(&mut state, change))
+                .collect();
+            if outcomes.iter().any(Result::is_ok)
+                && let Some(journal) = state.journal.as_mut()
+                && let Err(failed) = journal.sync()
+            {
+                let path = journal.path().to_owned();
+                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                    let source = std::io::Error::new(failed.kind(), failed.to_string());
+                    *outcome = Err(crate::error::io_error(&"root", "flushing", &path, source));
+                }
+            }
+            self.commits.bump();
+            state.compact_if_worthwhile();
+            drop(state);
+            for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                let _ = answer.send(outcome);
+            }
+        }
     }
 }
 
@@ -1162,8 +1277,9 @@ impl StagingSink for MemorySink {
 #[async_trait::async_trait]
 impl Engine for MemEngine {
     fn settled(&self) -> Option<u64> {
-        // Reads take microseconds here: none is worth remembering.
-        None
+        // Every change bumps the count under the root's lock, so a read
+        // made after taking it is current for as long as it is unchanged.
+        Some(self.commits.current())
     }
 
     async fn changes(&self, store: &StoreId, since: u64, limit: usize) -> Result<ChangeLog> {
@@ -1254,22 +1370,15 @@ impl Engine for MemEngine {
 
     async fn apply(&self, change: Change) -> Result<bool> {
         if self.synced {
-            let engine = self.clone();
-            return crate::task::blocking(move || engine.apply_now(change)).await;
+            let mut outcomes = self.apply_synced(vec![change]).await;
+            return outcomes.pop().expect("one answer per change");
         }
         self.apply_now(change)
     }
 
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         if self.synced {
-            let engine = self.clone();
-            let applied = crate::task::blocking(move || {
-                Ok(changes
-                    .into_iter()
-                    .map(|change| engine.apply_now(change))
-                    .collect())
-            });
-            return applied.await.unwrap_or_else(|never| vec![Err(never)]);
+            return self.apply_synced(changes).await;
         }
         changes
             .into_iter()

@@ -858,6 +858,11 @@ impl Default for CommitSignal {
 
 impl CommitSignal {
     /// Moves the counter: something may have changed.
+    /// The count now.
+    pub(crate) fn current(&self) -> u64 {
+        *self.sender.borrow()
+    }
+
     pub(crate) fn bump(&self) {
         self.sender
             .send_modify(|count| *count = count.wrapping_add(1));
