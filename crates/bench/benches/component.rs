@@ -1,5 +1,6 @@
 //! Calls across the component boundary, timed inside a guest actor, and
-//! the cold start of an actor.
+//! the cold start of an actor. `THEATER_STORE_BENCH_ENGINE=log` runs them
+//! on log roots instead of local ones.
 
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,18 @@ impl Bench {
             .unwrap();
         let component = Component::new(&engine, BENCH_ACTOR).unwrap();
         let root_dir = tempfile::tempdir().unwrap();
+        // `THEATER_STORE_BENCH_ENGINE=log`: the same on a log root.
+        let root = if std::env::var("THEATER_STORE_BENCH_ENGINE").is_ok_and(|e| e == "log") {
+            let options = theater_store::Options {
+                durability,
+                ..theater_store::Options::default()
+            };
+            StoreRoot::at(&format!("log:{}", root_dir.path().display()), options).unwrap()
+        } else {
+            StoreRoot::with_durability(root_dir.path(), durability)
+        };
         Self {
-            root: StoreRoot::with_durability(root_dir.path(), durability),
+            root,
             engine,
             linker,
             component,

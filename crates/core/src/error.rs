@@ -296,6 +296,17 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// A log root (`log:DIR`) is open in another process, which has it to
+    /// itself while it runs.
+    #[error(
+        "store root {root} is open in another process: a log root belongs to one process at a \
+         time. Stop that process, or reach the root through it (for example its \
+         `theater-store serve`)"
+    )]
+    RootInUse {
+        /// The root string.
+        root: String,
+    },
     /// The root's background writer has stopped (the process is shutting down
     /// or the writer panicked).
     #[error("store root {root}: the index writer has stopped")]

@@ -141,14 +141,19 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io("opening the lock of", &lock_path))?;
-        lock.try_lock().map_err(|_| {
-            crate::error::io_error(
-                &"root",
-                "locking (another process has this log root open)",
-                &lock_path,
-                std::io::Error::from(std::io::ErrorKind::WouldBlock),
-            )
-        })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::RootInUse {
+                    root: format!("{SCHEME}{}", dir.display()),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(crate::error::io_error(
+                    &"root", "locking", &lock_path, source,
+                ));
+            }
+        }
         // A compaction cut short left its unfinished log: the old one is
         // still whole.
         let _ = std::fs::remove_file(dir.join(COMPACTING_FILE));
@@ -875,7 +880,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Journal::open(dir.path(), |_| {}).unwrap();
         let second = Journal::open(dir.path(), |_| {}).unwrap_err();
-        assert!(second.to_string().contains("another process"), "{second}");
+        assert!(matches!(second, StoreError::RootInUse { .. }), "{second}");
         drop(first);
         Journal::open(dir.path(), |_| {}).unwrap();
     }
