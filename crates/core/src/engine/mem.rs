@@ -525,10 +525,10 @@ impl State {
                         unscanned: true,
                     })?;
                 }
-                for (label, row) in &held.labels {
+                for (label, row) in held.labels.iter() {
                     rewriter.step(Step::Label {
                         store: store(),
-                        label: label.clone(),
+                        label: label.to_owned(),
                         row: Some(row.clone()),
                     })?;
                 }
@@ -555,7 +555,7 @@ impl State {
 #[derive(Clone, Debug, Default)]
 struct MemStore {
     created_at: i64,
-    labels: BTreeMap<String, ChainHead>,
+    labels: Labels,
     objects: BTreeMap<Digest, MemObject>,
     /// Objects whose links are not all recorded.
     unscanned: BTreeSet<Digest>,
@@ -1025,7 +1025,10 @@ impl Transaction for Txn<'_> {
     fn delete_labels(&mut self, store: &StoreId, limit: usize) -> Result<usize, Infallible> {
         let doomed: Vec<String> = self
             .store(store)
-            .map(|held| held.labels.keys().take(limit).cloned().collect())
+            .map(|held| {
+                let labels = held.labels.iter().take(limit);
+                labels.map(|(label, _)| label.to_owned()).collect()
+            })
             .unwrap_or_default();
         for label in &doomed {
             self.set_label_row(store, label, None);
@@ -1179,7 +1182,7 @@ impl Transaction for Txn<'_> {
 /// the count of plain labels per target; returns the old row.
 fn put_label_row(store: &mut MemStore, label: &str, row: Option<ChainHead>) -> Option<ChainHead> {
     let old = match row {
-        Some(row) => store.labels.insert(label.to_owned(), row),
+        Some(row) => store.labels.insert(label, row),
         None => store.labels.remove(label),
     };
     if let Some(old) = &old {
@@ -1602,9 +1605,60 @@ fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize
     };
     store
         .labels
-        .range::<str, _>((start, std::ops::Bound::Unbounded))
+        .from(start)
         .take_while(|(name, _)| name.starts_with(prefix))
         .take(limit)
-        .map(|(name, row)| (name.clone(), row.head))
+        .map(|(name, row)| (name.to_owned(), row.head))
         .collect()
+}
+
+/// A store's labels: each found by one hash lookup however many there
+/// are, and listed in byte order.
+#[derive(Clone, Debug, Default)]
+struct Labels {
+    rows: HashMap<Arc<str>, ChainHead>,
+    order: BTreeSet<Arc<str>>,
+}
+
+impl Labels {
+    fn get(&self, label: &str) -> Option<&ChainHead> {
+        self.rows.get(label)
+    }
+
+    /// Sets a label's row; returns the one it replaced.
+    fn insert(&mut self, label: &str, row: ChainHead) -> Option<ChainHead> {
+        if let Some(held) = self.rows.get_mut(label) {
+            return Some(std::mem::replace(held, row));
+        }
+        let name: Arc<str> = label.into();
+        self.order.insert(Arc::clone(&name));
+        self.rows.insert(name, row);
+        None
+    }
+
+    fn remove(&mut self, label: &str) -> Option<ChainHead> {
+        let row = self.rows.remove(label)?;
+        self.order.remove(label);
+        Some(row)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ChainHead> {
+        self.rows.values()
+    }
+
+    /// Every label and its row, in byte order.
+    fn iter(&self) -> impl Iterator<Item = (&str, &ChainHead)> {
+        self.from(std::ops::Bound::Unbounded)
+    }
+
+    /// The labels from `start` on, in byte order.
+    fn from(&self, start: std::ops::Bound<&str>) -> impl Iterator<Item = (&str, &ChainHead)> {
+        self.order
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .map(|name| (&**name, &self.rows[name]))
+    }
 }
