@@ -2940,3 +2940,44 @@ fn labels_are_listed_whole_and_in_order_across_pages() {
     );
     assert_eq!(env.json(&["labels", "s", "--prefix", "none/"]), json!([]));
 }
+
+#[test]
+fn a_log_root_is_written_read_and_kept_by_one_process_at_a_time() {
+    let env = Env::new();
+    let root = format!("log:{}", env.root().display());
+    let cmd = || {
+        let mut cmd = Command::cargo_bin("theater-store").unwrap();
+        cmd.arg("--root")
+            .arg(&root)
+            .env_remove("THEATER_STORE_ROOT");
+        cmd
+    };
+    // Like a local root: only commands that write create it.
+    cmd()
+        .args(["stores"])
+        .assert()
+        .code(3)
+        .stderr(contains("does not exist"));
+    assert!(!env.root().exists());
+    let input = env.file("note.txt", b"kept in one log");
+    cmd()
+        .args(["put", "docs", "--label", "note"])
+        .arg(&input)
+        .assert()
+        .success();
+    cmd()
+        .args(["cat", "docs", "--label", "note"])
+        .assert()
+        .success()
+        .stdout("kept in one log");
+    cmd().args(["verify"]).assert().success();
+    assert!(env.root().join("log").is_file());
+    // While one process holds it, another is told so.
+    let lock = std::fs::File::open(env.root().join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    cmd()
+        .args(["cat", "docs", "--label", "note"])
+        .assert()
+        .code(1)
+        .stderr(contains("is open in another process"));
+}

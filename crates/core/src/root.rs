@@ -160,7 +160,8 @@ impl StoreRoot {
             .clone()
     }
 
-    /// The root directory, for a local root.
+    /// The directory the root keeps its files in: a local root's, or a
+    /// log root's (`log:DIR`). `None` for memory and shared roots.
     pub fn path(&self) -> Option<&Path> {
         self.shared.location.as_ref()?.dir()
     }

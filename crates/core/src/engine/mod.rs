@@ -102,11 +102,11 @@ impl Location {
         Ok(Location::Dir(PathBuf::from(root)))
     }
 
-    /// The root directory, for a local root.
+    /// The directory the root keeps its files in: a local or log root's.
     pub(crate) fn dir(&self) -> Option<&std::path::Path> {
         match self {
-            Self::Dir(path) => Some(path),
-            Self::Memory(_) | Self::Log(_) => None,
+            Self::Dir(path) | Self::Log(path) => Some(path),
+            Self::Memory(_) => None,
             #[cfg(feature = "shared")]
             Self::Shared(_) => None,
         }
