@@ -364,6 +364,30 @@ async fn handles_on_one_log_root_in_a_process_share_it_and_other_processes_are_r
         lock.try_lock().is_ok(),
         "the lock is let go with the last handle"
     );
+    drop(lock);
+    // The directory is not mistaken for a local root, nor a local one for it.
+    let local = StoreRoot::new(dir.path().join("log"))
+        .store("shared")
+        .unwrap();
+    let refused = local.get_by_label("seen").await.unwrap_err();
+    assert!(refused.to_string().contains("open it as log:"), "{refused}");
+    let local = StoreRoot::new(dir.path().join("local"))
+        .store("shared")
+        .unwrap();
+    local
+        .store_at_label("here", b"local".to_vec())
+        .await
+        .unwrap();
+    let at = format!("log:{}", dir.path().join("local").display());
+    let refused = StoreRoot::at(&at, Options::default())
+        .unwrap()
+        .stores()
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("holds a local root"),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,13 @@ const COMMIT: u8 = 2;
 /// Kind, length and checksum.
 const HEADER: u64 = 13;
 
+/// Whether `dir` holds a log root (its log file begins as one does).
+pub(crate) fn is_log_root(dir: &Path) -> bool {
+    let mut magic = [0; 8];
+    File::open(dir.join(LOG_FILE))
+        .is_ok_and(|file| file.read_exact_at(&mut magic, 0).is_ok() && &magic == MAGIC)
+}
+
 /// One step of a change, as written to the log and replayed: each sets
 /// one piece of the state to the value the change left it with.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +140,15 @@ impl Journal {
             let path = path.to_owned();
             move |source| crate::error::io_error(&"root", action, &path, source)
         };
+        if dir.join("index.sqlite").exists() {
+            return Err(StoreError::InvalidRoot {
+                root: format!("{SCHEME}{}", dir.display()),
+                reason: format!(
+                    "{} holds a local root (index.sqlite): open it without {SCHEME}",
+                    dir.display()
+                ),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(io("creating the log root", dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()

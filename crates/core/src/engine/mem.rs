@@ -245,8 +245,10 @@ impl MemEngine {
     fn apply_now(&self, change: Change) -> Result<bool> {
         let mut state = self.state();
         let outcome = self.apply_locked(&mut state, change);
-        self.commits.bump();
-        state.compact_if_worthwhile();
+        if outcome.is_ok() {
+            self.commits.bump();
+            state.compact_if_worthwhile();
+        }
         outcome
     }
 
@@ -325,7 +327,8 @@ impl MemEngine {
                 .into_iter()
                 .map(|change| self.apply_locked(&mut state, change))
                 .collect();
-            if outcomes.iter().any(Result::is_ok)
+            let changed = outcomes.iter().any(Result::is_ok);
+            if changed
                 && let Some(journal) = state.journal.as_mut()
                 && let Err(failed) = journal.sync()
             {
@@ -335,8 +338,11 @@ impl MemEngine {
                     *outcome = Err(crate::error::io_error(&"root", "flushing", &path, source));
                 }
             }
-            self.commits.bump();
-            state.compact_if_worthwhile();
+            // Bumped even if the flush failed: what was applied is seen.
+            if changed {
+                self.commits.bump();
+                state.compact_if_worthwhile();
+            }
             drop(state);
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
                 let _ = answer.send(outcome);

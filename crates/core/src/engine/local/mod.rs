@@ -74,6 +74,16 @@ impl LocalEngine {
             path: path.to_owned(),
             source,
         })?;
+        if super::journal::is_log_root(path) {
+            return Err(StoreError::InvalidRoot {
+                root: path.display().to_string(),
+                reason: format!(
+                    "it holds a log root: open it as {}{}",
+                    super::journal::SCHEME,
+                    path.display()
+                ),
+            });
+        }
         let db = path.join("index.sqlite");
         refuse_a_lost_index(path, &db, options.durability)?;
         let changes = ChangeCounter::open(&path.join("index.changes"))
