@@ -181,7 +181,7 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io("opening", &path))?;
-        let len = file
+        let mut len = file
             .metadata()
             .map_err(io("reading the size of", &path))?
             .len();
@@ -191,6 +191,7 @@ impl Journal {
             file.write_all_at(MAGIC, 0).map_err(io("starting", &path))?;
             file.sync_all().map_err(io("starting", &path))?;
             sync_dir(dir).map_err(io("starting", &path))?;
+            len = MAGIC.len() as u64;
         } else {
             let mut magic = [0; 8];
             file.read_exact_at(&mut magic, 0)
@@ -202,11 +203,7 @@ impl Journal {
                 });
             }
         }
-        let end = replay_file(&file, &path, &mut replay)?;
-        let len = file
-            .metadata()
-            .map_err(io("reading the size of", &path))?
-            .len();
+        let end = replay_file(&file, &path, len, &mut replay)?;
         if end < len {
             keep_damaged_tail(dir, &file, end, len)
                 .map_err(io("moving aside the tail of", &path))?;
@@ -225,7 +222,7 @@ impl Journal {
             dir: dir.to_owned(),
             path: path.into(),
             file: Arc::new(file),
-            end: end.max(MAGIC.len() as u64),
+            end,
             broken: false,
             _lock: lock,
         })
@@ -258,18 +255,16 @@ impl Journal {
     /// Writes a change to the file (the OS's page cache: [`Journal::sync`]
     /// makes it durable). On failure the log is as it was before, or (when
     /// that cannot be made so) refuses all writes.
-    pub(super) fn write(&mut self, batch: Batch, steps: &[Step]) -> Result<()> {
-        let path = Arc::clone(&self.path);
+    pub(super) fn write(&mut self, mut batch: Batch, steps: &[Step]) -> Result<()> {
         if self.broken {
             return Err(crate::error::io_error(
                 &"root",
                 "writing (an earlier write failed and could not be undone; reopen the root)",
-                &path,
+                &self.path,
                 std::io::Error::other("the log's tail is unknown"),
             ));
         }
         debug_assert_eq!(batch.base, self.end);
-        let mut batch = batch;
         let mut payload = Vec::with_capacity(256);
         encode_steps(steps, &mut payload);
         push_record(batch.built(), COMMIT, &payload);
@@ -295,7 +290,7 @@ impl Journal {
                 Err(crate::error::io_error(
                     &"root",
                     "appending to",
-                    &path,
+                    &self.path,
                     source,
                 ))
             }
@@ -440,10 +435,11 @@ impl Rewriter<'_> {
 
     /// Writes `content` as a blob of the new log; returns its offset.
     pub(super) fn blob(&mut self, content: &[u8]) -> std::io::Result<u64> {
-        let mut record = Vec::with_capacity(content.len() + HEADER as usize);
-        push_record(&mut record, BLOB, content);
-        self.out.write_all(&record)?;
-        self.end += record.len() as u64;
+        let mut header = Vec::with_capacity(HEADER as usize);
+        push_header(&mut header, BLOB, content);
+        self.out.write_all(&header)?;
+        self.out.write_all(content)?;
+        self.end += HEADER + content.len() as u64;
         Ok(self.end - content.len() as u64)
     }
 
@@ -488,11 +484,13 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Reads every record of `file` from the start, handing each intact
 /// commit's steps to `replay`; returns where the intact records end.
-fn replay_file(file: &File, path: &Path, replay: &mut impl FnMut(Vec<Step>)) -> Result<u64> {
-    let len = file
-        .metadata()
-        .map_err(|source| crate::error::io_error(&"root", "reading", path, source))?
-        .len();
+/// `len` is the file's length.
+fn replay_file(
+    file: &File,
+    path: &Path,
+    len: u64,
+    replay: &mut impl FnMut(Vec<Step>),
+) -> Result<u64> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut skip = [0; 8];
     reader
@@ -531,18 +529,16 @@ fn replay_file(file: &File, path: &Path, replay: &mut impl FnMut(Vec<Step>)) -> 
         if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             return Ok(at);
         }
-        {
-            let Some(steps) = decode_steps(&payload) else {
-                return Err(StoreError::InvalidRoot {
-                    root: format!("{SCHEME}{}", path.parent().unwrap_or(path).display()),
-                    reason: format!(
-                        "{} holds a record at byte {at} that this build cannot read",
-                        path.display()
-                    ),
-                });
-            };
-            replay(steps);
-        }
+        let Some(steps) = decode_steps(&payload) else {
+            return Err(StoreError::InvalidRoot {
+                root: format!("{SCHEME}{}", path.parent().unwrap_or(path).display()),
+                reason: format!(
+                    "{} holds a record at byte {at} that this build cannot read",
+                    path.display()
+                ),
+            });
+        };
+        replay(steps);
         at += HEADER + size as u64;
     }
 }

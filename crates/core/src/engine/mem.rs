@@ -737,13 +737,18 @@ impl Txn<'_> {
             return Ok(());
         }
         let mut batch = journal.batch();
-        let mut blobs: HashMap<(&str, Digest), u64> = HashMap::new();
+        // A change touches one store and an object or two as a rule:
+        // lists searched in turn cost less than maps here.
+        let mut blobs: Vec<(&str, Digest, u64)> = Vec::new();
         // Entries this transaction added to each store's change log, in
         // order: the newest of its log.
-        let mut logged: HashMap<&str, usize> = HashMap::new();
+        let mut logged: Vec<(&str, usize)> = Vec::new();
         for step in &self.undo {
             if let Undo::Logged(id) = step {
-                *logged.entry(id).or_default() += 1;
+                match logged.iter_mut().find(|(store, _)| store == id) {
+                    Some((_, count)) => *count += 1,
+                    None => logged.push((id, 1)),
+                }
             }
         }
         let mut steps = Vec::with_capacity(self.undo.len());
@@ -771,9 +776,19 @@ impl Txn<'_> {
                         object: object.map(|object| LoggedObject {
                             offset: match &object.body {
                                 Body::Logged(offset) => *offset,
-                                Body::Held(bytes) => *blobs
-                                    .entry((id.as_str(), *digest))
-                                    .or_insert_with(|| batch.blob(bytes)),
+                                Body::Held(bytes) => {
+                                    let written = blobs
+                                        .iter()
+                                        .find(|(store, at, _)| store == id && at == digest);
+                                    match written {
+                                        Some(&(.., offset)) => offset,
+                                        None => {
+                                            let offset = batch.blob(bytes);
+                                            blobs.push((id, *digest, offset));
+                                            offset
+                                        }
+                                    }
+                                }
                             },
                             size: object.size,
                             stored_at: object.stored_at,
@@ -787,7 +802,8 @@ impl Txn<'_> {
                     unscanned: found(id).is_some_and(|held| held.unscanned.contains(digest)),
                 },
                 Undo::Logged(id) => {
-                    let (Some(held), Some(newer)) = (found(id), logged.get_mut(id.as_str())) else {
+                    let newer = logged.iter_mut().find(|(store, _)| store == id);
+                    let (Some(held), Some((_, newer))) = (found(id), newer) else {
                         continue;
                     };
                     let entry = held.log[held.log.len() - *newer].clone();
@@ -807,7 +823,7 @@ impl Txn<'_> {
             });
         }
         journal.write(batch, &steps)?;
-        for ((id, digest), offset) in blobs {
+        for (id, digest, offset) in blobs {
             if let Some(object) = stores
                 .get_mut(id)
                 .and_then(|held| held.objects.get_mut(&digest))
@@ -1522,19 +1538,16 @@ impl Engine for MemEngine {
     }
 
     fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
-        let objects: Vec<(Digest, Readable)> = {
+        let (objects, bytes): (Vec<(Digest, Readable)>, u64) = {
             let state = self.state();
-            state
-                .stores
-                .get(store.as_str())
-                .map_or_else(Vec::new, |held| {
-                    held.objects
-                        .iter()
-                        .map(|(&digest, object)| (digest, state.readable(object)))
-                        .collect()
-                })
+            let held = state.stores.get(store.as_str());
+            held.map_or_else(Default::default, |held| {
+                let objects = held.objects.iter();
+                let objects = objects.map(|(&digest, object)| (digest, state.readable(object)));
+                (objects.collect(), held.stats.bytes)
+            })
         };
-        progress.start(self.read(store, |held| held.stats.bytes));
+        progress.start(bytes);
         let mut scan = Scan::default();
         for (digest, readable) in objects {
             let bytes = readable.bytes(store)?;
