@@ -4,7 +4,9 @@
 //!
 //! The engines write the log: each label row that changes gets the
 //! store's next sequence number in the transaction that changes it (see
-//! `engine::ChangeRow`). Watching needs no table polling: a watcher reads
+//! `engine::ChangeRow`). One change that moves several labels at once
+//! (`set_labels`, a sync) numbers them consecutively, in an order the
+//! engine picks. Watching needs no table polling: a watcher reads
 //! what is new, then waits on the engine's commit signal, which moves
 //! within milliseconds of any commit by any process or host.
 
