@@ -409,45 +409,67 @@ async fn handles_on_one_log_root_in_a_process_share_it_and_other_processes_are_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synced_writers_on_a_log_root_are_all_answered_and_all_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let synced = Options {
-        durability: theater_store::Durability::Synced,
-        ..Options::default()
-    };
-    let at = format!("log:{}", dir.path().join("log").display());
-    let store = StoreRoot::at(&at, synced.clone())
-        .unwrap()
-        .store("synced")
-        .unwrap();
-    let writers: Vec<_> = (0..32)
-        .map(|writer| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut written = Vec::new();
-                for n in 0..10 {
-                    let label = format!("w{writer}/{n}");
-                    let content = format!("{label} content").into_bytes();
-                    written.push((
-                        label.clone(),
-                        store.store_at_label(&label, content).await.unwrap(),
-                    ));
-                }
-                written
+async fn writers_at_once_on_a_log_root_are_all_answered_and_all_kept() {
+    for durability in [
+        theater_store::Durability::Buffered,
+        theater_store::Durability::Synced,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            durability,
+            ..Options::default()
+        };
+        let at = format!("log:{}", dir.path().join("log").display());
+        // Two handles on the root: a writer that finds the lock taken by
+        // the other's leaves its change to be applied by whoever holds it.
+        let handles: Vec<ContentStore> = (0..2)
+            .map(|_| {
+                let root = StoreRoot::at(&at, options.clone()).unwrap();
+                root.store("many").unwrap()
             })
-        })
-        .collect();
-    let mut written = Vec::new();
-    for writer in writers {
-        written.extend(writer.await.unwrap());
+            .collect();
+        let writers: Vec<_> = (0..32)
+            .map(|writer| {
+                let store = handles[writer % 2].clone();
+                tokio::spawn(async move {
+                    let mut written = Vec::new();
+                    for n in 0..10 {
+                        let label = format!("w{writer}/{n}");
+                        let content = format!("{label} content").into_bytes();
+                        written.push((
+                            label.clone(),
+                            store.store_at_label(&label, content).await.unwrap(),
+                        ));
+                    }
+                    written
+                })
+            })
+            .collect();
+        // A reader holding the lock in between lets queued changes through
+        // too.
+        let reader = {
+            let store = handles[0].clone();
+            tokio::spawn(async move {
+                while store.last_change().await.unwrap() < 320 {
+                    store.list_labels_page("w", None, 10).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut written = Vec::new();
+        for writer in writers {
+            written.extend(writer.await.unwrap());
+        }
+        reader.await.unwrap();
+        drop(handles);
+        let reopened = StoreRoot::at(&at, options).unwrap().store("many").unwrap();
+        for (label, target) in &written {
+            assert_eq!(
+                reopened.get_by_label(label).await.unwrap().as_ref(),
+                Some(target),
+                "{label} ({durability:?})"
+            );
+        }
+        assert_eq!(reopened.changes(0, 1000).await.unwrap().last_seq, 320);
     }
-    drop(store);
-    let reopened = StoreRoot::at(&at, synced).unwrap().store("synced").unwrap();
-    for (label, target) in &written {
-        assert_eq!(
-            reopened.get_by_label(label).await.unwrap().as_ref(),
-            Some(target)
-        );
-    }
-    assert_eq!(reopened.changes(0, 1000).await.unwrap().last_seq, 320);
 }

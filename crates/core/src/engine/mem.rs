@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::SystemTime;
 
 use super::apply::{self, HeldObject, Transaction};
@@ -120,12 +121,91 @@ pub(crate) struct MemEngine {
     refresh_after: i64,
     /// The root's commit signal (see [`State::commits`]).
     commits: Arc<CommitSignal>,
+    /// Changes that found the root's lock taken (see [`State::queued`]).
+    queued: Arc<Queued>,
     /// Whether each change waits for its log write to reach the disk
     /// (a log root in synced mode): such changes go through `flushes`.
     synced: bool,
     /// Synced changes waiting for the thread that applies them in turn
     /// and flushes the log once for all of them.
     flushes: Arc<Mutex<Flushes>>,
+}
+
+/// Buffered changes that found the root's lock taken, left for whoever
+/// lets it go next to apply (flat combining): a writer that meets another
+/// never sleeps on the lock, and one holder applies what queued up in a
+/// row, while the others' threads go on with other tasks.
+#[derive(Default)]
+struct Queued {
+    changes: Mutex<Vec<QueuedChange>>,
+    /// Whether `changes` may hold something: looked at, without its lock,
+    /// each time the root's lock is let go.
+    any: AtomicBool,
+}
+
+/// One queued change, with its handle's refresh window and its answer.
+struct QueuedChange {
+    change: Change,
+    refresh_after: i64,
+    answer: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+impl Queued {
+    fn push(&self, queued: QueuedChange) {
+        let mut changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        changes.push(queued);
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> Vec<QueuedChange> {
+        let mut changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.any.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *changes)
+    }
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("any", &self.any)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The root's lock, held. Letting it go applies the changes that queued
+/// up meanwhile (see [`Queued`]), whatever the holder was doing.
+struct Locked<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+    engine: &'a MemEngine,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if !std::thread::panicking() {
+            self.engine.apply_queued();
+        }
+    }
 }
 
 /// Synced changes waiting to be applied, and whether a thread is at it.
@@ -166,21 +246,25 @@ impl MemEngine {
     }
 
     fn over(root: String, state: Arc<Mutex<State>>, options: &Options) -> Self {
-        let (commits, synced) = {
+        let (commits, queued, synced) = {
             let held = state
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let synced = held.journal.is_some() && options.durability == Durability::Synced;
-            (Arc::clone(&held.commits), synced)
+            (Arc::clone(&held.commits), Arc::clone(&held.queued), synced)
         };
-        Self {
+        let engine = Self {
             root,
             state,
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             commits,
+            queued,
             synced,
             flushes: Arc::default(),
-        }
+        };
+        // Another handle's writes may have queued while the lock was held.
+        engine.apply_queued();
+        engine
     }
 
     /// Opens (creating if needed) the log root in `dir`: the state other
@@ -213,10 +297,80 @@ impl MemEngine {
         Ok(Self::over(root, state, options))
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn state(&self) -> Locked<'_> {
+        Locked {
+            guard: Some(
+                self.state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            ),
+            engine: self,
+        }
+    }
+
+    /// The root's lock if it is free now.
+    fn try_state(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Applies a buffered change now if the root's lock is free, or else
+    /// queues it for the lock's holder.
+    async fn apply_combined(&self, change: Change) -> Result<bool> {
+        if let Some(guard) = self.try_state() {
+            let mut state = Locked {
+                guard: Some(guard),
+                engine: self,
+            };
+            return self.apply_then_settle(&mut state, change, self.refresh_after);
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queued.push(QueuedChange {
+            change,
+            refresh_after: self.refresh_after,
+            answer,
+        });
+        // The holder may have let go since, before it saw this change.
+        self.apply_queued();
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::WriterStopped {
+                root: PathBuf::from(&self.root),
+            })
+        })
+    }
+
+    /// Applies the queued changes, in turn, while the root's lock is free
+    /// to take; leaves them to its holder when it is not. A change queued
+    /// (then the lock tried) and the lock let go (then the queue looked
+    /// at) are ordered by the fences: one side always sees the other.
+    fn apply_queued(&self) {
+        loop {
+            fence(Ordering::SeqCst);
+            if !self.queued.any.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(mut state) = self.try_state() else {
+                return;
+            };
+            let mut answers = Vec::new();
+            let mut changed = false;
+            for queued in self.queued.take() {
+                let outcome = self.apply_locked(&mut state, queued.change, queued.refresh_after);
+                changed |= outcome.is_ok();
+                answers.push((queued.answer, outcome));
+            }
+            if changed {
+                self.commits.bump();
+                state.compact_if_worthwhile();
+            }
+            drop(state);
+            for (answer, outcome) in answers {
+                let _ = answer.send(outcome);
+            }
+        }
     }
 
     /// Runs `read` over one store (an empty one if it is not registered).
@@ -243,8 +397,18 @@ impl MemEngine {
 
     /// Applies one change as a transaction: all of it, or (refused) none.
     fn apply_now(&self, change: Change) -> Result<bool> {
-        let mut state = self.state();
-        let outcome = self.apply_locked(&mut state, change);
+        self.apply_then_settle(&mut self.state(), change, self.refresh_after)
+    }
+
+    /// [`MemEngine::apply_locked`], then the commit signal moved and the
+    /// log compacted if it is time.
+    fn apply_then_settle(
+        &self,
+        state: &mut State,
+        change: Change,
+        refresh_after: i64,
+    ) -> Result<bool> {
+        let outcome = self.apply_locked(state, change, refresh_after);
         if outcome.is_ok() {
             self.commits.bump();
             state.compact_if_worthwhile();
@@ -254,13 +418,13 @@ impl MemEngine {
 
     /// Applies one change under the root's lock. A log root writes it to
     /// its log (not yet flushed) before the lock is let go.
-    fn apply_locked(&self, state: &mut State, change: Change) -> Result<bool> {
+    fn apply_locked(&self, state: &mut State, change: Change, refresh_after: i64) -> Result<bool> {
         let mut txn = Txn {
             state,
             undo: Vec::new(),
             acting: None,
         };
-        let Ok(outcome) = apply::apply(&mut txn, change, self.refresh_after);
+        let Ok(outcome) = apply::apply(&mut txn, change, refresh_after);
         if outcome.is_err() {
             txn.roll_back();
             return outcome;
@@ -325,7 +489,7 @@ impl MemEngine {
             let mut state = self.state();
             let mut outcomes: Vec<Result<bool>> = changes
                 .into_iter()
-                .map(|change| self.apply_locked(&mut state, change))
+                .map(|change| self.apply_locked(&mut state, change, self.refresh_after))
                 .collect();
             let changed = outcomes.iter().any(Result::is_ok);
             if changed
@@ -357,6 +521,8 @@ struct State {
     stores: BTreeMap<String, MemStore>,
     /// Bumped by every change to the root, through any of its engines.
     commits: Arc<CommitSignal>,
+    /// Buffered changes waiting for the lock's holder (see [`Queued`]).
+    queued: Arc<Queued>,
     /// A log root's file, where every change is written.
     journal: Option<Journal>,
     /// The log's size past which compacting it is next considered.
@@ -1398,7 +1564,7 @@ impl Engine for MemEngine {
             let mut outcomes = self.apply_synced(vec![change]).await;
             return outcomes.pop().expect("one answer per change");
         }
-        self.apply_now(change)
+        self.apply_combined(change).await
     }
 
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
@@ -1679,5 +1845,45 @@ impl Labels {
         self.order
             .range::<str, _>((start, std::ops::Bound::Unbounded))
             .map(|name| (&**name, &self.rows[name]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that finds the root's lock taken waits without holding a
+    /// thread, and is applied as soon as the lock is let go, even by a
+    /// holder that only read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_meeting_a_held_lock_is_applied_when_it_is_let_go() {
+        let root = find_or_make(SCHEME, "").unwrap();
+        let engine = MemEngine::open(&root, &Options::default());
+        let store = StoreId::parse("queued").unwrap();
+        let content = Arc::new(b"written while the lock was held".to_vec());
+        let digest = Digest::of(&content);
+        let change = Change::AddObject {
+            store: store.clone(),
+            digest,
+            size: content.len() as u64,
+            links: Links::of(&content, digest),
+            staged: Staged::Inline(content),
+            label: Some("kept".to_owned()),
+        };
+        let reading = engine.state();
+        let writer = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.apply(change).await }
+        });
+        while !engine.queued.any.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished(), "the write waits for the lock");
+        drop(reading);
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        let applied = answered.expect("letting the lock go applies the queued write");
+        assert!(applied.unwrap().unwrap(), "the object is new");
+        let target = engine.label_target(&store, "kept").await.unwrap();
+        assert_eq!(target, Some(digest));
     }
 }

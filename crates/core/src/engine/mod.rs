@@ -857,12 +857,12 @@ impl Default for CommitSignal {
 }
 
 impl CommitSignal {
-    /// Moves the counter: something may have changed.
     /// The count now.
     pub(crate) fn current(&self) -> u64 {
         *self.sender.borrow()
     }
 
+    /// Moves the counter: something may have changed.
     pub(crate) fn bump(&self) {
         self.sender
             .send_modify(|count| *count = count.wrapping_add(1));
