@@ -2,7 +2,8 @@
 //! for unit tests of code built on the store, where a disk is beside the
 //! point. Everything is in one map behind one lock; a change runs as a
 //! transaction over it, with an undo log that puts back what a refused
-//! change had already done.
+//! change had already done. A write that finds the lock taken is queued
+//! for the holder to apply ([`Queued`]).
 //!
 //! A named root lives until the process exits, so that opening the same
 //! name again finds it; `mem:` alone opens a fresh root, gone once its last
@@ -318,7 +319,9 @@ impl MemEngine {
     }
 
     /// Applies a buffered change now if the root's lock is free, or else
-    /// queues it for the lock's holder.
+    /// queues it for the lock's holder. A queued change is applied even if
+    /// its caller stops waiting, as a write already handed to a writer
+    /// thread would be.
     async fn apply_combined(&self, change: Change) -> Result<bool> {
         if let Some(guard) = self.try_state() {
             let mut state = Locked {
