@@ -550,6 +550,7 @@ pub(crate) struct ReplacedTargets {
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub(crate) labels: Vec<LabelRow>,
+    /// In digest order (exports search it).
     pub(crate) objects: Vec<ObjectRow>,
 }
 
