@@ -101,15 +101,20 @@ const ANONYMOUS: &str = "anonymous-";
 /// life, anonymous ones while a handle is open.
 fn registry() -> MutexGuard<'static, HashMap<String, Held>> {
     static ROOTS: OnceLock<Mutex<HashMap<String, Held>>> = OnceLock::new();
-    ROOTS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock(ROOTS.get_or_init(Mutex::default))
 }
 
 enum Held {
     Named(Arc<Mutex<State>>),
     Anonymous(Weak<Mutex<State>>),
+}
+
+/// Takes `mutex` even if a thread panicked holding it: a panic fails its
+/// own call, not every later one.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A memory root, or a log root, opened by one [`crate::StoreRoot`].
@@ -153,19 +158,13 @@ struct QueuedChange {
 
 impl Queued {
     fn push(&self, queued: QueuedChange) {
-        let mut changes = self
-            .changes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut changes = lock(&self.changes);
         changes.push(queued);
         self.any.store(true, Ordering::SeqCst);
     }
 
     fn take(&self) -> Vec<QueuedChange> {
-        let mut changes = self
-            .changes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut changes = lock(&self.changes);
         self.any.store(false, Ordering::SeqCst);
         std::mem::take(&mut *changes)
     }
@@ -232,10 +231,7 @@ struct StepDown<'a>(&'a Mutex<Flushes>);
 impl Drop for StepDown<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .leading = false;
+            lock(self.0).leading = false;
         }
     }
 }
@@ -248,9 +244,7 @@ impl MemEngine {
 
     fn over(root: String, state: Arc<Mutex<State>>, options: &Options) -> Self {
         let (commits, queued, synced) = {
-            let held = state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let held = lock(&state);
             let synced = held.journal.is_some() && options.durability == Durability::Synced;
             (Arc::clone(&held.commits), Arc::clone(&held.queued), synced)
         };
@@ -280,10 +274,7 @@ impl MemEngine {
             crate::error::io_error(&"root", "finding the log root", dir, source)
         })?;
         let root = format!("{}{}", journal::SCHEME, dir.display());
-        let mut roots = ROOTS
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut roots = lock(ROOTS.get_or_init(Mutex::default));
         roots.retain(|_, state| state.strong_count() > 0);
         if let Some(state) = roots.get(&dir).and_then(Weak::upgrade) {
             return Ok(Self::over(root, state, options));
@@ -300,11 +291,7 @@ impl MemEngine {
 
     fn state(&self) -> Locked<'_> {
         Locked {
-            guard: Some(
-                self.state
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            ),
+            guard: Some(lock(&self.state)),
             engine: self,
         }
     }
@@ -358,17 +345,16 @@ impl MemEngine {
             let Some(mut state) = self.try_state() else {
                 return;
             };
-            let mut answers = Vec::new();
-            let mut changed = false;
-            for queued in self.queued.take() {
-                let outcome = self.apply_locked(&mut state, queued.change, queued.refresh_after);
-                changed |= outcome.is_ok();
-                answers.push((queued.answer, outcome));
-            }
-            if changed {
-                self.commits.bump();
-                state.compact_if_worthwhile();
-            }
+            let answers: Vec<_> = self
+                .queued
+                .take()
+                .into_iter()
+                .map(|queued| {
+                    let applied =
+                        self.apply_then_settle(&mut state, queued.change, queued.refresh_after);
+                    (queued.answer, applied)
+                })
+                .collect();
             drop(state);
             for (answer, outcome) in answers {
                 let _ = answer.send(outcome);
@@ -403,8 +389,7 @@ impl MemEngine {
         self.apply_then_settle(&mut self.state(), change, self.refresh_after)
     }
 
-    /// [`MemEngine::apply_locked`], then the commit signal moved and the
-    /// log compacted if it is time.
+    /// [`MemEngine::apply_locked`], then [`MemEngine::settle`].
     fn apply_then_settle(
         &self,
         state: &mut State,
@@ -413,10 +398,16 @@ impl MemEngine {
     ) -> Result<bool> {
         let outcome = self.apply_locked(state, change, refresh_after);
         if outcome.is_ok() {
-            self.commits.bump();
-            state.compact_if_worthwhile();
+            self.settle(state);
         }
         outcome
+    }
+
+    /// After a change: the commit signal moved, and the log compacted if
+    /// it is time.
+    fn settle(&self, state: &mut State) {
+        self.commits.bump();
+        state.compact_if_worthwhile();
     }
 
     /// Applies one change under the root's lock. A log root writes it to
@@ -446,10 +437,7 @@ impl MemEngine {
     async fn apply_synced(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         let mut answers = Vec::with_capacity(changes.len());
         let lead = {
-            let mut flushes = self
-                .flushes
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut flushes = lock(&self.flushes);
             for change in changes {
                 let (answer, answered) = tokio::sync::oneshot::channel();
                 flushes.waiting.push((change, answer));
@@ -478,10 +466,7 @@ impl MemEngine {
         let _step_down = StepDown(&self.flushes);
         loop {
             let batch = {
-                let mut flushes = self
-                    .flushes
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut flushes = lock(&self.flushes);
                 if flushes.waiting.is_empty() {
                     flushes.leading = false;
                     return;
@@ -507,8 +492,7 @@ impl MemEngine {
             }
             // Bumped even if the flush failed: what was applied is seen.
             if changed {
-                self.commits.bump();
-                state.compact_if_worthwhile();
+                self.settle(&mut state);
             }
             drop(state);
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
