@@ -6,6 +6,7 @@
 //! index, never on the filesystem; refs become paths only as parsed digests.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +21,11 @@ pub const MAX_STORE_ID_BYTES: usize = 128;
 /// A validated store id: 1 to [`MAX_STORE_ID_BYTES`] characters from
 /// `[A-Za-z0-9._-]`, starting with a letter or digit. UUIDs and names such as
 /// `my-store-id` qualify; `..`, `/etc` and empty strings do not.
+///
+/// Shared, not copied: every change and every step of a write names its
+/// store, and a clone is a count raised rather than an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StoreId(String);
+pub struct StoreId(Arc<str>);
 
 impl StoreId {
     /// Checks `id` and wraps it.
@@ -47,7 +51,7 @@ impl StoreId {
         {
             return refuse("only letters, digits, '.', '_' and '-' are allowed");
         }
-        Ok(Self(id.to_owned()))
+        Ok(Self(id.into()))
     }
 
     /// One of the store's own stores (the event chains), named outside
@@ -56,12 +60,12 @@ impl StoreId {
     pub(crate) fn reserved(name: impl Into<String>) -> Self {
         let name = name.into();
         debug_assert!(name.starts_with('_'));
-        Self(name)
+        Self(name.into())
     }
 
     /// A fresh random id (UUID v4).
     pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
+        Self(uuid::Uuid::new_v4().to_string().into())
     }
 
     /// The id as text.

@@ -9,9 +9,9 @@
 //! - a **commit**: the steps of one change ([`Step`]), referring to the
 //!   blobs written before it.
 //!
-//! A change's blobs and commit go to the file in one write, so a change is
-//! in the log whole or not at all: replay stops at the first commit that
-//! is short or fails its checksum (a write cut off by a crash), moves the
+//! A change's commit goes to the file after its blobs, so a change is in
+//! the log whole or not at all: replay stops at the first commit that is
+//! short or fails its checksum (a write cut off by a crash), moves the
 //! bytes from there on aside into `damaged/` and cuts the log there.
 //! Blobs are skipped, not checked, on replay: an object's bytes check
 //! themselves by their digest when read or verified, so a damaged object
@@ -32,6 +32,7 @@
 //! other theater-store processes out): touching a mapped page past the
 //! file's end would stop this process.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -69,44 +70,52 @@ pub(crate) fn is_log_root(dir: &Path) -> bool {
 }
 
 /// One step of a change, as written to the log and replayed: each sets
-/// one piece of the state to the value the change left it with.
+/// one piece of the state to the value the change left it with. Written
+/// from borrowed state (nothing is copied to write a change) and read back
+/// owned.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) enum Step {
+pub(super) enum Step<'a> {
     /// The store was registered.
-    MakeStore { store: String, created_at: i64 },
+    MakeStore {
+        store: Cow<'a, str>,
+        created_at: i64,
+    },
     /// The store was forgotten, with everything in it.
-    DropStore { store: String },
+    DropStore { store: Cow<'a, str> },
     /// A label's row (`None`: removed).
     Label {
-        store: String,
-        label: String,
-        row: Option<ChainHead>,
+        store: Cow<'a, str>,
+        label: Cow<'a, str>,
+        row: Option<Cow<'a, ChainHead>>,
     },
     /// An object (`None`: removed).
     Object {
-        store: String,
+        store: Cow<'a, str>,
         digest: Digest,
-        object: Option<LoggedObject>,
+        object: Option<LoggedObject<'a>>,
     },
     /// Whether an object awaits a scan for links.
     Unscanned {
-        store: String,
+        store: Cow<'a, str>,
         digest: Digest,
         unscanned: bool,
     },
     /// An entry appended to the store's change log.
-    Logged { store: String, entry: ChangeRow },
+    Logged {
+        store: Cow<'a, str>,
+        entry: Cow<'a, ChangeRow>,
+    },
     /// The store's change log trimmed through this sequence.
-    Trimmed { store: String, through: u64 },
+    Trimmed { store: Cow<'a, str>, through: u64 },
 }
 
 /// An object as the log records it: its bytes are the blob at `offset`.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct LoggedObject {
+pub(super) struct LoggedObject<'a> {
     pub(super) offset: u64,
     pub(super) size: u64,
     pub(super) stored_at: i64,
-    pub(super) links: Option<Vec<u8>>,
+    pub(super) links: Option<Cow<'a, [u8]>>,
 }
 
 /// Where one object's bytes are in a log file, to be read without the
@@ -147,6 +156,8 @@ pub(super) struct Journal {
     allocated: u64,
     /// The mapped part of the file that records are copied into.
     tail: Option<Tail>,
+    /// The last batch's buffers, emptied, for the next one to fill.
+    spare: Option<(Vec<u8>, Vec<u8>)>,
     /// Set when a failed write could not be undone: the file's tail is
     /// unknown, so nothing more is written until the root is reopened.
     broken: bool,
@@ -156,7 +167,7 @@ pub(super) struct Journal {
 impl Journal {
     /// Opens (creating if needed) the log in `dir`, replaying every intact
     /// change into `replay` in order. Blocking.
-    pub(super) fn open(dir: &Path, mut replay: impl FnMut(Vec<Step>)) -> Result<Journal> {
+    pub(super) fn open(dir: &Path, mut replay: impl FnMut(Vec<Step<'static>>)) -> Result<Journal> {
         let io = |action: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| crate::error::io_error(&"root", action, &path, source)
@@ -255,6 +266,7 @@ impl Journal {
             end,
             allocated: end,
             tail: None,
+            spare: None,
             broken: false,
             _lock: lock,
         })
@@ -275,19 +287,24 @@ impl Journal {
         }
     }
 
-    /// A change to be written: blobs first, then its commit.
-    pub(super) fn batch(&self) -> Batch {
+    /// A change to be written: its blobs, then a commit of its steps.
+    pub(super) fn batch(&mut self) -> Batch {
+        let (blobs, steps) = self
+            .spare
+            .take()
+            .unwrap_or_else(|| (Vec::with_capacity(2048), Vec::with_capacity(512)));
         Batch {
             base: self.end,
-            parts: Vec::new(),
-            len: 0,
+            blobs,
+            shared: Vec::new(),
+            steps,
         }
     }
 
     /// Writes a change to the file (the OS's page cache: [`Journal::sync`]
     /// makes it durable). On failure the log is as it was before, or (when
     /// that cannot be made so) refuses all writes.
-    pub(super) fn write(&mut self, mut batch: Batch, steps: &[Step]) -> Result<()> {
+    pub(super) fn write(&mut self, batch: Batch) -> Result<()> {
         if self.broken {
             return Err(crate::error::io_error(
                 &"root",
@@ -297,19 +314,36 @@ impl Journal {
             ));
         }
         debug_assert_eq!(batch.base, self.end);
-        let mut payload = Vec::with_capacity(256);
-        encode_steps(steps, &mut payload);
-        push_record(batch.built(), COMMIT, &payload);
+        let Batch {
+            mut blobs,
+            shared,
+            mut steps,
+            ..
+        } = batch;
+        let commit = header(COMMIT, &steps);
         let mut at = self.end;
-        let written = batch.parts.iter().try_for_each(|part| {
-            let bytes = match part {
-                Part::Built(bytes) => bytes.as_slice(),
-                Part::Shared(bytes) => bytes.as_slice(),
-            };
-            self.copy_in(bytes, at)?;
+        let mut copy = |journal: &mut Self, bytes: &[u8]| {
+            journal.copy_in(bytes, at)?;
             at += bytes.len() as u64;
-            Ok(())
-        });
+            std::io::Result::Ok(())
+        };
+        // The small records, with each large blob's payload where its
+        // header left room for it; then the commit.
+        let mut written = Ok(());
+        let mut from = 0;
+        for (place, content) in &shared {
+            written = written
+                .and_then(|()| copy(self, &blobs[from..*place]))
+                .and_then(|()| copy(self, content));
+            from = *place;
+        }
+        written = written
+            .and_then(|()| copy(self, &blobs[from..]))
+            .and_then(|()| copy(self, &commit))
+            .and_then(|()| copy(self, &steps));
+        blobs.clear();
+        steps.clear();
+        self.spare = Some((blobs, steps));
         match written {
             Ok(()) => {
                 self.end = at;
@@ -496,46 +530,42 @@ impl std::fmt::Debug for Tail {
 
 /// The records of one change, built before it is written.
 pub(super) struct Batch {
+    /// Where the log ends before the change.
     base: u64,
-    /// What to write, in order.
-    parts: Vec<Part>,
-    /// Bytes in the blobs added so far.
-    len: u64,
-}
-
-/// Bytes of a batch: records built for it, or a large blob's payload
-/// written from where it already is rather than copied.
-enum Part {
-    Built(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+    /// The blob records, except large blobs' payloads.
+    blobs: Vec<u8>,
+    /// Large blobs' payloads, written from where they are rather than
+    /// copied, each with the place in `blobs` it goes after.
+    shared: Vec<(usize, Arc<Vec<u8>>)>,
+    /// The change's steps, encoded: the commit's payload.
+    steps: Vec<u8>,
 }
 
 /// Blobs up to this size are copied into the batch, so that a small
-/// change is one write; larger ones are written from where they are.
+/// change is one copy; larger ones are written from where they are.
 const COPY_MAX: usize = 64 << 10;
 
 impl Batch {
     /// Adds a blob; returns the offset its bytes will have in the log.
     pub(super) fn blob(&mut self, content: &Arc<Vec<u8>>) -> u64 {
+        let written: u64 = self
+            .shared
+            .iter()
+            .map(|(_, bytes)| bytes.len() as u64)
+            .sum();
+        push_header(&mut self.blobs, BLOB, content);
+        let offset = self.base + self.blobs.len() as u64 + written;
         if content.len() <= COPY_MAX {
-            push_record(self.built(), BLOB, content);
+            self.blobs.extend_from_slice(content);
         } else {
-            push_header(self.built(), BLOB, content);
-            self.parts.push(Part::Shared(Arc::clone(content)));
+            self.shared.push((self.blobs.len(), Arc::clone(content)));
         }
-        self.len += HEADER + content.len() as u64;
-        self.base + self.len - content.len() as u64
+        offset
     }
 
-    /// The records being built at the end of the batch.
-    fn built(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.parts.last(), Some(Part::Built(_))) {
-            self.parts.push(Part::Built(Vec::with_capacity(2048)));
-        }
-        match self.parts.last_mut() {
-            Some(Part::Built(bytes)) => bytes,
-            _ => unreachable!("a built part was just pushed"),
-        }
+    /// Adds a step to the change's commit.
+    pub(super) fn step(&mut self, step: Step<'_>) {
+        encode_step(&step, &mut self.steps);
     }
 }
 
@@ -545,7 +575,8 @@ pub(super) struct Rewriter<'a> {
     old: Slice,
     out: std::io::BufWriter<&'a File>,
     end: u64,
-    steps: Vec<Step>,
+    /// Steps encoded since the last commit written.
+    steps: Vec<u8>,
 }
 
 impl Rewriter<'_> {
@@ -563,18 +594,16 @@ impl Rewriter<'_> {
 
     /// Writes `content` as a blob of the new log; returns its offset.
     pub(super) fn blob(&mut self, content: &[u8]) -> std::io::Result<u64> {
-        let mut header = Vec::with_capacity(HEADER as usize);
-        push_header(&mut header, BLOB, content);
-        self.out.write_all(&header)?;
+        self.out.write_all(&header(BLOB, content))?;
         self.out.write_all(content)?;
         self.end += HEADER + content.len() as u64;
         Ok(self.end - content.len() as u64)
     }
 
     /// Adds a step, written in commits of about a megabyte.
-    pub(super) fn step(&mut self, step: Step) -> std::io::Result<()> {
-        self.steps.push(step);
-        if self.steps.len() >= 4096 {
+    pub(super) fn step(&mut self, step: Step<'_>) -> std::io::Result<()> {
+        encode_step(&step, &mut self.steps);
+        if self.steps.len() >= 1 << 20 {
             self.flush_steps()?;
         }
         Ok(())
@@ -584,26 +613,25 @@ impl Rewriter<'_> {
         if self.steps.is_empty() {
             return Ok(());
         }
-        let mut payload = Vec::new();
-        encode_steps(&self.steps, &mut payload);
+        self.out.write_all(&header(COMMIT, &self.steps))?;
+        self.out.write_all(&self.steps)?;
+        self.end += HEADER + self.steps.len() as u64;
         self.steps.clear();
-        let mut record = Vec::with_capacity(payload.len() + HEADER as usize);
-        push_record(&mut record, COMMIT, &payload);
-        self.out.write_all(&record)?;
-        self.end += record.len() as u64;
         Ok(())
     }
 }
 
-fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    push_header(out, kind, payload);
-    out.extend_from_slice(payload);
+fn push_header(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.extend_from_slice(&header(kind, payload));
 }
 
-fn push_header(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    out.push(kind);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+/// A record's header: its kind, its payload's length and checksum.
+fn header(kind: u8, payload: &[u8]) -> [u8; HEADER as usize] {
+    let mut header = [0; HEADER as usize];
+    header[0] = kind;
+    header[1..9].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[9..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -617,7 +645,7 @@ fn replay_file(
     file: &File,
     path: &Path,
     len: u64,
-    replay: &mut impl FnMut(Vec<Step>),
+    replay: &mut impl FnMut(Vec<Step<'static>>),
 ) -> Result<u64> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut skip = [0; 8];
@@ -704,9 +732,9 @@ fn keep_damaged_tail(dir: &Path, file: &File, from: u64, to: u64) -> std::io::Re
 // The steps' encoding: integers little-endian, strings and byte strings
 // prefixed by their length, options by a 0/1 byte.
 
-fn encode_steps(steps: &[Step], out: &mut Vec<u8>) {
+fn encode_step(step: &Step<'_>, out: &mut Vec<u8>) {
     let mut put = Encoder(out);
-    for step in steps {
+    {
         match step {
             Step::MakeStore { store, created_at } => {
                 put.u8(1);
@@ -806,33 +834,33 @@ impl Encoder<'_> {
 
 /// The steps of a commit's payload; `None` if it is not one this build
 /// wrote (its checksum held, so it is not damage).
-fn decode_steps(payload: &[u8]) -> Option<Vec<Step>> {
+fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
     let mut get = Decoder(payload);
     let mut steps = Vec::new();
     while !get.0.is_empty() {
         let step = match get.u8()? {
             1 => Step::MakeStore {
-                store: get.string()?,
+                store: Cow::Owned(get.string()?),
                 created_at: get.u64()? as i64,
             },
             2 => Step::DropStore {
-                store: get.string()?,
+                store: Cow::Owned(get.string()?),
             },
             3 => Step::Label {
-                store: get.string()?,
-                label: get.string()?,
+                store: Cow::Owned(get.string()?),
+                label: Cow::Owned(get.string()?),
                 row: match get.flag()? {
                     false => None,
-                    true => Some(ChainHead {
+                    true => Some(Cow::Owned(ChainHead {
                         head: get.digest()?,
                         length: get.option(Decoder::u64)?,
                         open: get.option(Decoder::bytes)?,
                         sealed: get.option(Decoder::digest)?,
-                    }),
+                    })),
                 },
             },
             4 => Step::Object {
-                store: get.string()?,
+                store: Cow::Owned(get.string()?),
                 digest: get.digest()?,
                 object: match get.flag()? {
                     false => None,
@@ -840,28 +868,28 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step>> {
                         offset: get.u64()?,
                         size: get.u64()?,
                         stored_at: get.u64()? as i64,
-                        links: get.option(Decoder::bytes)?,
+                        links: get.option(Decoder::bytes)?.map(Cow::Owned),
                     }),
                 },
             },
             5 => Step::Unscanned {
-                store: get.string()?,
+                store: Cow::Owned(get.string()?),
                 digest: get.digest()?,
                 unscanned: get.flag()?,
             },
             6 => Step::Logged {
-                store: get.string()?,
-                entry: ChangeRow {
+                store: Cow::Owned(get.string()?),
+                entry: Cow::Owned(ChangeRow {
                     seq: get.u64()?,
                     label: get.string()?,
                     old: get.option(Decoder::digest)?,
                     new: get.option(Decoder::digest)?,
                     at: get.u64()? as i64,
                     actor: get.option(Decoder::string)?,
-                },
+                }),
             },
             7 => Step::Trimmed {
-                store: get.string()?,
+                store: Cow::Owned(get.string()?),
                 through: get.u64()?,
             },
             _ => return None,
@@ -917,7 +945,7 @@ impl Decoder<'_> {
 mod tests {
     use super::*;
 
-    fn steps() -> Vec<Step> {
+    fn steps() -> Vec<Step<'static>> {
         let digest = Digest::of(b"x");
         vec![
             Step::MakeStore {
@@ -927,12 +955,12 @@ mod tests {
             Step::Label {
                 store: "s".into(),
                 label: "a".into(),
-                row: Some(ChainHead {
+                row: Some(Cow::Owned(ChainHead {
                     head: digest,
                     length: Some(3),
                     open: Some(vec![1, 2]),
                     sealed: None,
-                }),
+                })),
             },
             Step::Object {
                 store: "s".into(),
@@ -951,14 +979,14 @@ mod tests {
             },
             Step::Logged {
                 store: "s".into(),
-                entry: ChangeRow {
+                entry: Cow::Owned(ChangeRow {
                     seq: 1,
                     label: "a".into(),
                     old: None,
                     new: Some(digest),
                     at: 7,
                     actor: Some("actor".into()),
-                },
+                }),
             },
             Step::Trimmed {
                 store: "s".into(),
@@ -968,10 +996,20 @@ mod tests {
         ]
     }
 
+    /// Writes a change of `steps()` with the blobs already in `batch`.
+    fn write(journal: &mut Journal, mut batch: Batch) {
+        for step in steps() {
+            batch.step(step);
+        }
+        journal.write(batch).unwrap();
+    }
+
     #[test]
     fn steps_read_back_as_written() {
         let mut payload = Vec::new();
-        encode_steps(&steps(), &mut payload);
+        for step in steps() {
+            encode_step(&step, &mut payload);
+        }
         assert_eq!(decode_steps(&payload), Some(steps()));
         // Cut anywhere, a payload does not decode (a checksum would have
         // caught it first; this is the second line of defence).
@@ -994,7 +1032,7 @@ mod tests {
         for _ in 0..2 {
             let mut batch = journal.batch();
             let offset = batch.blob(&Arc::new(b"hello".to_vec()));
-            journal.write(batch, &steps()).unwrap();
+            write(&mut journal, batch);
             assert_eq!(journal.slice(offset, 5).read().unwrap(), b"hello");
         }
         let whole = journal.len();
@@ -1034,7 +1072,7 @@ mod tests {
         for _ in 0..2 {
             let mut batch = journal.batch();
             batch.blob(&Arc::new(b"hello".to_vec()));
-            journal.write(batch, &steps()).unwrap();
+            write(&mut journal, batch);
         }
         let crashed = crashed_copy(&journal, dir.path());
         let mut seen = Vec::new();
@@ -1059,7 +1097,7 @@ mod tests {
         for _ in 0..2 {
             let mut batch = journal.batch();
             batch.blob(&Arc::new(b"hello".to_vec()));
-            journal.write(batch, &steps()).unwrap();
+            write(&mut journal, batch);
             ends.push(journal.len());
         }
         let crashed = crashed_copy(&journal, dir.path());
@@ -1096,7 +1134,7 @@ mod tests {
         );
         let mut batch = journal.batch();
         let at = batch.blob(&large);
-        journal.write(batch, &steps()).unwrap();
+        write(&mut journal, batch);
         let size = large.len() as u64;
         assert_eq!(journal.slice(at, size).read().unwrap(), *large);
         drop(journal);
@@ -1115,7 +1153,7 @@ mod tests {
         let mut batch = journal.batch();
         let (at_small, at_large) = (batch.blob(&small), batch.blob(&large));
         let at_after = batch.blob(&small);
-        journal.write(batch, &steps()).unwrap();
+        write(&mut journal, batch);
         drop(journal);
         let mut seen = Vec::new();
         let journal = Journal::open(dir.path(), |steps| seen.push(steps)).unwrap();

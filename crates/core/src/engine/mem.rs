@@ -10,6 +10,7 @@
 //! handle is dropped. Content is never written anywhere, so nothing here
 //! survives the process, and streamed content is held whole in memory.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -531,21 +532,23 @@ impl State {
     }
 
     /// Applies the steps of one logged change (replaying the log).
-    fn replay(&mut self, steps: Vec<Step>) {
+    fn replay(&mut self, steps: Vec<Step<'static>>) {
         for step in steps {
             match step {
                 Step::MakeStore { store, created_at } => {
-                    self.stores.entry(store).or_insert_with(|| MemStore {
-                        created_at,
-                        ..MemStore::default()
-                    });
+                    self.stores
+                        .entry(store.into_owned())
+                        .or_insert_with(|| MemStore {
+                            created_at,
+                            ..MemStore::default()
+                        });
                 }
                 Step::DropStore { store } => {
-                    self.stores.remove(&store);
+                    self.stores.remove(store.as_ref());
                 }
                 Step::Label { store, label, row } => {
                     if let Some(held) = self.replayed_store(store, row.is_some()) {
-                        put_label_row(held, &label, row);
+                        put_label_row(held, &label, row.map(Cow::into_owned));
                     }
                 }
                 Step::Object {
@@ -558,7 +561,7 @@ impl State {
                             body: Body::Logged(logged.offset),
                             size: logged.size,
                             stored_at: logged.stored_at,
-                            links: logged.links,
+                            links: logged.links.map(Cow::into_owned),
                         });
                         put_object(held, digest, object);
                     }
@@ -568,7 +571,7 @@ impl State {
                     digest,
                     unscanned,
                 } => {
-                    if let Some(held) = self.stores.get_mut(&store) {
+                    if let Some(held) = self.stores.get_mut(store.as_ref()) {
                         if unscanned {
                             held.unscanned.insert(digest);
                         } else {
@@ -581,11 +584,11 @@ impl State {
                         held.change_seq = entry.seq;
                         held.stats.changes += 1;
                         held.stats.change_footprint += change_footprint(entry.label.len());
-                        held.log.push_back(entry);
+                        held.log.push_back(entry.into_owned());
                     }
                 }
                 Step::Trimmed { store, through } => {
-                    if let Some(held) = self.stores.get_mut(&store) {
+                    if let Some(held) = self.stores.get_mut(store.as_ref()) {
                         while let Some(oldest) = held.log.front()
                             && oldest.seq <= through
                         {
@@ -603,11 +606,11 @@ impl State {
 
     /// The store a replayed step changes: registered if `make`, else
     /// `None` when it is not there.
-    fn replayed_store(&mut self, store: String, make: bool) -> Option<&mut MemStore> {
+    fn replayed_store(&mut self, store: Cow<str>, make: bool) -> Option<&mut MemStore> {
         if make {
-            Some(self.stores.entry(store).or_default())
+            Some(self.stores.entry(store.into_owned()).or_default())
         } else {
-            self.stores.get_mut(&store)
+            self.stores.get_mut(store.as_ref())
         }
     }
 
@@ -649,7 +652,7 @@ impl State {
         let moved = journal.compact(|rewriter| {
             let mut moved = Vec::with_capacity(stores.len());
             for (id, held) in stores.iter() {
-                let store = || id.clone();
+                let store = || Cow::Borrowed(id.as_str());
                 rewriter.step(Step::MakeStore {
                     store: store(),
                     created_at: held.created_at,
@@ -672,7 +675,7 @@ impl State {
                             offset,
                             size: object.size,
                             stored_at: object.stored_at,
-                            links: object.links.clone(),
+                            links: object.links.as_deref().map(Cow::Borrowed),
                         }),
                     })?;
                 }
@@ -687,14 +690,14 @@ impl State {
                 for (label, row) in held.labels.iter() {
                     rewriter.step(Step::Label {
                         store: store(),
-                        label: label.to_owned(),
-                        row: Some(row.clone()),
+                        label: Cow::Borrowed(label),
+                        row: Some(Cow::Borrowed(row)),
                     })?;
                 }
                 for entry in &held.log {
                     rewriter.step(Step::Logged {
                         store: store(),
-                        entry: entry.clone(),
+                        entry: Cow::Borrowed(entry),
                     })?;
                 }
             }
@@ -782,20 +785,20 @@ impl Readable {
 /// One step of a transaction, undone by putting the old value back.
 enum Undo {
     /// The store was registered by this transaction.
-    Store(String),
+    Store(StoreId),
     /// The store was forgotten by this transaction.
-    Dropped(String, MemStore),
+    Dropped(StoreId, MemStore),
     /// A label's row before.
-    Label(String, String, Option<ChainHead>),
+    Label(StoreId, String, Option<ChainHead>),
     /// An object before.
-    Object(String, Digest, Option<MemObject>),
+    Object(StoreId, Digest, Option<MemObject>),
     /// Whether an object awaited a scan for links before.
-    Unscanned(String, Digest, bool),
+    Unscanned(StoreId, Digest, bool),
     /// A change log entry was added.
-    Logged(String),
+    Logged(StoreId),
     /// Change log entries were trimmed (oldest first), and where the
     /// trimmed mark stood before.
-    Trimmed(String, Vec<ChangeRow>, u64),
+    Trimmed(StoreId, Vec<ChangeRow>, u64),
 }
 
 /// A change in progress over the locked state.
@@ -829,7 +832,7 @@ impl Txn<'_> {
             ..MemStore::default()
         };
         self.state.stores.insert(store.to_string(), created);
-        self.undo.push(Undo::Store(store.to_string()));
+        self.undo.push(Undo::Store(store.clone()));
         true
     }
 
@@ -845,11 +848,8 @@ impl Txn<'_> {
         let old = put_label_row(held, label, row);
         let new = held.labels.get(label).map(|row| row.head);
         let moved = old.as_ref().map(|row| row.head) != new;
-        self.undo.push(Undo::Label(
-            store.to_string(),
-            label.to_owned(),
-            old.clone(),
-        ));
+        self.undo
+            .push(Undo::Label(store.clone(), label.to_owned(), old.clone()));
         if moved && super::logs_changes(store) {
             held.change_seq += 1;
             held.stats.changes += 1;
@@ -862,7 +862,7 @@ impl Txn<'_> {
                 at: unix_now(),
                 actor: self.acting.clone(),
             });
-            self.undo.push(Undo::Logged(store.to_string()));
+            self.undo.push(Undo::Logged(store.clone()));
         }
     }
 
@@ -875,7 +875,7 @@ impl Txn<'_> {
             return;
         };
         let old = put_object(held, digest, object);
-        self.undo.push(Undo::Object(store.to_string(), digest, old));
+        self.undo.push(Undo::Object(store.clone(), digest, old));
     }
 
     /// Writes what this transaction changed to the root's log (for a log
@@ -894,39 +894,32 @@ impl Txn<'_> {
         let mut batch = journal.batch();
         // A change touches one store and an object or two as a rule:
         // lists searched in turn cost less than maps here.
-        let mut blobs: Vec<(&str, Digest, u64)> = Vec::new();
-        // Entries this transaction added to each store's change log, in
-        // order: the newest of its log.
-        let mut logged: Vec<(&str, usize)> = Vec::new();
-        for step in &self.undo {
-            if let Undo::Logged(id) = step {
-                match logged.iter_mut().find(|(store, _)| store == id) {
-                    Some((_, count)) => *count += 1,
-                    None => logged.push((id, 1)),
-                }
-            }
+        let mut blobs: Vec<(&StoreId, Digest, u64)> = Vec::new();
+        fn name(id: &StoreId) -> Cow<'_, str> {
+            Cow::Borrowed(id.as_str())
         }
-        let mut steps = Vec::with_capacity(self.undo.len());
-        for step in &self.undo {
-            let found = |id: &String| stores.get(id);
-            steps.push(match step {
+        for (at, step) in self.undo.iter().enumerate() {
+            let found = |id: &StoreId| stores.get(id.as_str());
+            let step = match step {
                 Undo::Store(id) => match found(id) {
                     Some(held) => Step::MakeStore {
-                        store: id.clone(),
+                        store: name(id),
                         created_at: held.created_at,
                     },
                     None => continue,
                 },
-                Undo::Dropped(id, _) => Step::DropStore { store: id.clone() },
+                Undo::Dropped(id, _) => Step::DropStore { store: name(id) },
                 Undo::Label(id, label, _) => Step::Label {
-                    store: id.clone(),
-                    label: label.clone(),
-                    row: found(id).and_then(|held| held.labels.get(label).cloned()),
+                    store: name(id),
+                    label: Cow::Borrowed(label),
+                    row: found(id)
+                        .and_then(|held| held.labels.get(label))
+                        .map(Cow::Borrowed),
                 },
                 Undo::Object(id, digest, _) => {
                     let object = found(id).and_then(|held| held.objects.get(digest));
                     Step::Object {
-                        store: id.clone(),
+                        store: name(id),
                         digest: *digest,
                         object: object.map(|object| LoggedObject {
                             offset: match &object.body {
@@ -934,7 +927,7 @@ impl Txn<'_> {
                                 Body::Held(bytes) => {
                                     let written = blobs
                                         .iter()
-                                        .find(|(store, at, _)| store == id && at == digest);
+                                        .find(|(store, at, _)| *store == id && at == digest);
                                     match written {
                                         Some(&(.., offset)) => offset,
                                         None => {
@@ -947,40 +940,45 @@ impl Txn<'_> {
                             },
                             size: object.size,
                             stored_at: object.stored_at,
-                            links: object.links.clone(),
+                            links: object.links.as_deref().map(Cow::Borrowed),
                         }),
                     }
                 }
                 Undo::Unscanned(id, digest, _) => Step::Unscanned {
-                    store: id.clone(),
+                    store: name(id),
                     digest: *digest,
                     unscanned: found(id).is_some_and(|held| held.unscanned.contains(digest)),
                 },
                 Undo::Logged(id) => {
-                    let newer = logged.iter_mut().find(|(store, _)| store == id);
-                    let (Some(held), Some((_, newer))) = (found(id), newer) else {
+                    let Some(held) = found(id) else {
                         continue;
                     };
-                    let entry = held.log[held.log.len() - *newer].clone();
-                    *newer -= 1;
+                    // The entries this transaction added to a store's log
+                    // are the newest of it, in order.
+                    let newer = self.undo[at..]
+                        .iter()
+                        .filter(|later| matches!(later, Undo::Logged(store) if store == id))
+                        .count();
+                    let entry = &held.log[held.log.len() - newer];
                     Step::Logged {
-                        store: id.clone(),
-                        entry,
+                        store: name(id),
+                        entry: Cow::Borrowed(entry),
                     }
                 }
                 Undo::Trimmed(id, ..) => match found(id) {
                     Some(held) => Step::Trimmed {
-                        store: id.clone(),
+                        store: name(id),
                         through: held.changes_trimmed,
                     },
                     None => continue,
                 },
-            });
+            };
+            batch.step(step);
         }
-        journal.write(batch, &steps)?;
+        journal.write(batch)?;
         for (id, digest, offset) in blobs {
             if let Some(object) = stores
-                .get_mut(id)
+                .get_mut(id.as_str())
                 .and_then(|held| held.objects.get_mut(&digest))
             {
                 object.body = Body::Logged(offset);
@@ -994,23 +992,23 @@ impl Txn<'_> {
         for step in self.undo.into_iter().rev() {
             match step {
                 Undo::Store(id) => {
-                    self.state.stores.remove(&id);
+                    self.state.stores.remove(id.as_str());
                 }
                 Undo::Dropped(id, store) => {
-                    self.state.stores.insert(id, store);
+                    self.state.stores.insert(id.to_string(), store);
                 }
                 Undo::Label(id, label, row) => {
-                    if let Some(held) = self.state.stores.get_mut(&id) {
+                    if let Some(held) = self.state.stores.get_mut(id.as_str()) {
                         put_label_row(held, &label, row);
                     }
                 }
                 Undo::Object(id, digest, object) => {
-                    if let Some(held) = self.state.stores.get_mut(&id) {
+                    if let Some(held) = self.state.stores.get_mut(id.as_str()) {
                         put_object(held, digest, object);
                     }
                 }
                 Undo::Logged(id) => {
-                    if let Some(held) = self.state.stores.get_mut(&id)
+                    if let Some(held) = self.state.stores.get_mut(id.as_str())
                         && let Some(entry) = held.log.pop_back()
                     {
                         held.change_seq -= 1;
@@ -1019,7 +1017,7 @@ impl Txn<'_> {
                     }
                 }
                 Undo::Trimmed(id, entries, was) => {
-                    if let Some(held) = self.state.stores.get_mut(&id) {
+                    if let Some(held) = self.state.stores.get_mut(id.as_str()) {
                         for entry in entries.into_iter().rev() {
                             held.stats.changes += 1;
                             held.stats.change_footprint += change_footprint(entry.label.len());
@@ -1029,7 +1027,7 @@ impl Txn<'_> {
                     }
                 }
                 Undo::Unscanned(id, digest, was) => {
-                    if let Some(held) = self.state.stores.get_mut(&id) {
+                    if let Some(held) = self.state.stores.get_mut(id.as_str()) {
                         if was {
                             held.unscanned.insert(digest);
                         } else {
@@ -1167,8 +1165,7 @@ impl Transaction for Txn<'_> {
         } else {
             held.unscanned.remove(&digest)
         };
-        self.undo
-            .push(Undo::Unscanned(store.to_string(), digest, was));
+        self.undo.push(Undo::Unscanned(store.clone(), digest, was));
         Ok(())
     }
 
@@ -1294,8 +1291,7 @@ impl Transaction for Txn<'_> {
         if trimmed.is_empty() {
             return Ok(false);
         }
-        self.undo
-            .push(Undo::Trimmed(store.to_string(), trimmed, was));
+        self.undo.push(Undo::Trimmed(store.clone(), trimmed, was));
         Ok(true)
     }
 
@@ -1308,7 +1304,7 @@ impl Transaction for Txn<'_> {
             held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
         });
         if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
-            self.undo.push(Undo::Dropped(store.to_string(), removed));
+            self.undo.push(Undo::Dropped(store.clone(), removed));
         }
         Ok(Ok(empty))
     }
