@@ -150,6 +150,11 @@ struct Queued {
     any: AtomicBool,
 }
 
+/// How often a writer tries the root's lock, and how long it pauses in
+/// between (in spin-loop hints), before it queues its change.
+const SPIN_TRIES: usize = 64;
+const SPIN_PAUSES: usize = 4;
+
 /// One queued change, with its handle's refresh window and its answer.
 struct QueuedChange {
     change: Change,
@@ -306,12 +311,27 @@ impl MemEngine {
         }
     }
 
+    /// The root's lock if it is free now or comes free within about a
+    /// change's apply (a few microseconds): a short wait on another core
+    /// costs less than queueing, whose answer wakes a parked thread.
+    fn try_state_soon(&self) -> Option<MutexGuard<'_, State>> {
+        for _ in 0..SPIN_TRIES {
+            if let Some(guard) = self.try_state() {
+                return Some(guard);
+            }
+            for _ in 0..SPIN_PAUSES {
+                std::hint::spin_loop();
+            }
+        }
+        self.try_state()
+    }
+
     /// Applies a buffered change now if the root's lock is free, or else
     /// queues it for the lock's holder. A queued change is applied even if
     /// its caller stops waiting, as a write already handed to a writer
     /// thread would be.
     async fn apply_combined(&self, change: Change) -> Result<bool> {
-        if let Some(guard) = self.try_state() {
+        if let Some(guard) = self.try_state_soon() {
             let mut state = Locked {
                 guard: Some(guard),
                 engine: self,
