@@ -568,7 +568,7 @@ impl State {
                 }
                 Step::Label { store, label, row } => {
                     if let Some(held) = self.replayed_store(store, row.is_some()) {
-                        put_label_row(held, &label, row.map(Cow::into_owned));
+                        put_label_row(held, &label, row.map(|row| Row::from(row.into_owned())));
                     }
                 }
                 Step::Object {
@@ -711,7 +711,7 @@ impl State {
                     rewriter.step(Step::Label {
                         store: store(),
                         label: Cow::Borrowed(label),
-                        row: Some(Cow::Borrowed(row)),
+                        row: Some(row.chain_head()),
                     })?;
                 }
                 for entry in &held.log {
@@ -807,9 +807,9 @@ enum Undo {
     /// The store was registered by this transaction.
     Store(StoreId),
     /// The store was forgotten by this transaction.
-    Dropped(StoreId, MemStore),
+    Dropped(StoreId, Box<MemStore>),
     /// A label's row before.
-    Label(StoreId, String, Option<ChainHead>),
+    Label(StoreId, String, Option<Row>),
     /// An object before.
     Object(StoreId, Digest, Option<MemObject>),
     /// Whether an object awaited a scan for links before.
@@ -834,7 +834,7 @@ impl Txn<'_> {
         self.state.stores.get(store.as_str())
     }
 
-    fn label(&self, store: &StoreId, label: &str) -> Option<&ChainHead> {
+    fn label(&self, store: &StoreId, label: &str) -> Option<&Row> {
         self.store(store)?.labels.get(label)
     }
 
@@ -865,9 +865,9 @@ impl Txn<'_> {
         let Some(held) = self.state.stores.get_mut(store.as_str()) else {
             return;
         };
-        let old = put_label_row(held, label, row);
-        let new = held.labels.get(label).map(|row| row.head);
-        let moved = old.as_ref().map(|row| row.head) != new;
+        let old = put_label_row(held, label, row.map(Row::from));
+        let new = held.labels.get(label).map(Row::head);
+        let moved = old.as_ref().map(Row::head) != new;
         self.undo
             .push(Undo::Label(store.clone(), label.to_owned(), old.clone()));
         if moved && super::logs_changes(store) {
@@ -877,7 +877,7 @@ impl Txn<'_> {
             held.log.push_back(ChangeRow {
                 seq: held.change_seq,
                 label: label.to_owned(),
-                old: old.map(|row| row.head),
+                old: old.map(|row| row.head()),
                 new,
                 at: unix_now(),
                 actor: self.acting.clone(),
@@ -934,7 +934,7 @@ impl Txn<'_> {
                     label: Cow::Borrowed(label),
                     row: found(id)
                         .and_then(|held| held.labels.get(label))
-                        .map(Cow::Borrowed),
+                        .map(Row::chain_head),
                 },
                 Undo::Object(id, digest, _) => {
                     let object = found(id).and_then(|held| held.objects.get(digest));
@@ -1015,7 +1015,7 @@ impl Txn<'_> {
                     self.state.stores.remove(id.as_str());
                 }
                 Undo::Dropped(id, store) => {
-                    self.state.stores.insert(id.to_string(), store);
+                    self.state.stores.insert(id.to_string(), *store);
                 }
                 Undo::Label(id, label, row) => {
                     if let Some(held) = self.state.stores.get_mut(id.as_str()) {
@@ -1073,11 +1073,13 @@ impl Transaction for Txn<'_> {
     }
 
     fn label_target(&mut self, store: &StoreId, label: &str) -> Result<Option<Digest>, Infallible> {
-        Ok(self.label(store, label).map(|row| row.head))
+        Ok(self.label(store, label).map(Row::head))
     }
 
     fn chain_tip(&mut self, store: &StoreId, label: &str) -> Result<Option<ChainHead>, Infallible> {
-        Ok(self.label(store, label).cloned())
+        Ok(self
+            .label(store, label)
+            .map(|row| row.chain_head().into_owned()))
     }
 
     fn has_object(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Infallible> {
@@ -1198,7 +1200,7 @@ impl Transaction for Txn<'_> {
         let row = match self.label(store, label) {
             Some(row) => ChainHead {
                 head: target,
-                ..row.clone()
+                ..row.chain_head().into_owned()
             },
             None => ChainHead {
                 head: target,
@@ -1324,7 +1326,7 @@ impl Transaction for Txn<'_> {
             held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
         });
         if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
-            self.undo.push(Undo::Dropped(store.clone(), removed));
+            self.undo.push(Undo::Dropped(store.clone(), Box::new(removed)));
         }
         Ok(Ok(empty))
     }
@@ -1373,7 +1375,7 @@ impl Transaction for Txn<'_> {
 
 /// Writes or removes a label's row in `store`, keeping its totals and
 /// the count of plain labels per target; returns the old row.
-fn put_label_row(store: &mut MemStore, label: &str, row: Option<ChainHead>) -> Option<ChainHead> {
+fn put_label_row(store: &mut MemStore, label: &str, row: Option<Row>) -> Option<Row> {
     let old = match row {
         Some(row) => store.labels.insert(label, row),
         None => store.labels.remove(label),
@@ -1381,15 +1383,15 @@ fn put_label_row(store: &mut MemStore, label: &str, row: Option<ChainHead>) -> O
     if let Some(old) = &old {
         store.stats.labels -= 1;
         store.stats.label_footprint -= label_footprint(label.len());
-        if old.length.is_none() {
-            release_target(&mut store.held_by_labels, old.head);
+        if old.is_plain() {
+            release_target(&mut store.held_by_labels, old.head());
         }
     }
     if let Some(new) = store.labels.get(label) {
         store.stats.labels += 1;
         store.stats.label_footprint += label_footprint(label.len());
-        if new.length.is_none() {
-            *store.held_by_labels.entry(new.head).or_default() += 1;
+        if new.is_plain() {
+            *store.held_by_labels.entry(new.head()).or_default() += 1;
         }
     }
     old
@@ -1606,11 +1608,15 @@ impl Engine for MemEngine {
     }
 
     async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
-        Ok(self.read(store, |held| held.labels.get(label).map(|row| row.head)))
+        Ok(self.read(store, |held| held.labels.get(label).map(Row::head)))
     }
 
     async fn chain_tip(&self, store: &StoreId, label: &str) -> Result<Option<ChainHead>> {
-        Ok(self.read(store, |held| held.labels.get(label).cloned()))
+        Ok(self.read(store, |held| {
+            held.labels
+                .get(label)
+                .map(|row| row.chain_head().into_owned())
+        }))
     }
 
     async fn labels_page(
@@ -1653,7 +1659,7 @@ impl Engine for MemEngine {
 
     fn target_snapshot(&self, store: &StoreId) -> Result<TargetSnapshot> {
         Ok(self.read(store, |held| TargetSnapshot {
-            targets: held.labels.values().map(|row| row.head).collect(),
+            targets: held.labels.heads().collect(),
             objects: object_rows(held),
         }))
     }
@@ -1805,7 +1811,7 @@ fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize
         .from(start)
         .take_while(|(name, _)| name.starts_with(prefix))
         .take(limit)
-        .map(|(name, row)| (name.to_owned(), row.head))
+        .map(|(name, row)| (name.to_owned(), row.head()))
         .collect()
 }
 
@@ -1813,17 +1819,71 @@ fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize
 /// are, and listed in byte order.
 #[derive(Clone, Debug, Default)]
 struct Labels {
-    rows: HashMap<Arc<str>, ChainHead>,
+    rows: HashMap<Arc<str>, Row>,
     order: BTreeSet<Arc<str>>,
 }
 
+/// A label's row as a memory root keeps it: a plain label (the most of
+/// them) as its target alone, a chain head with the rest boxed. A map
+/// entry is then 56 bytes rather than 128: less memory, and fewer cache
+/// lines for a lookup among a million labels.
+#[derive(Clone, Debug)]
+enum Row {
+    Plain(Digest),
+    Chain(Box<ChainHead>),
+}
+
+impl Row {
+    fn head(&self) -> Digest {
+        match self {
+            Self::Plain(head) => *head,
+            Self::Chain(row) => row.head,
+        }
+    }
+
+    /// Whether the label is a plain one (set by a label write, not by an
+    /// append), which keeps its target from collection.
+    fn is_plain(&self) -> bool {
+        match self {
+            Self::Plain(_) => true,
+            Self::Chain(row) => row.length.is_none(),
+        }
+    }
+
+    fn chain_head(&self) -> Cow<'_, ChainHead> {
+        match self {
+            Self::Plain(head) => Cow::Owned(ChainHead {
+                head: *head,
+                length: None,
+                open: None,
+                sealed: None,
+            }),
+            Self::Chain(row) => Cow::Borrowed(row),
+        }
+    }
+}
+
+impl From<ChainHead> for Row {
+    fn from(row: ChainHead) -> Self {
+        match row {
+            ChainHead {
+                head,
+                length: None,
+                open: None,
+                sealed: None,
+            } => Self::Plain(head),
+            row => Self::Chain(Box::new(row)),
+        }
+    }
+}
+
 impl Labels {
-    fn get(&self, label: &str) -> Option<&ChainHead> {
+    fn get(&self, label: &str) -> Option<&Row> {
         self.rows.get(label)
     }
 
     /// Sets a label's row; returns the one it replaced.
-    fn insert(&mut self, label: &str, row: ChainHead) -> Option<ChainHead> {
+    fn insert(&mut self, label: &str, row: Row) -> Option<Row> {
         if let Some(held) = self.rows.get_mut(label) {
             return Some(std::mem::replace(held, row));
         }
@@ -1833,7 +1893,7 @@ impl Labels {
         None
     }
 
-    fn remove(&mut self, label: &str) -> Option<ChainHead> {
+    fn remove(&mut self, label: &str) -> Option<Row> {
         let row = self.rows.remove(label)?;
         self.order.remove(label);
         Some(row)
@@ -1843,17 +1903,18 @@ impl Labels {
         self.rows.is_empty()
     }
 
-    fn values(&self) -> impl Iterator<Item = &ChainHead> {
-        self.rows.values()
+    /// Every label's target, in no order.
+    fn heads(&self) -> impl Iterator<Item = Digest> {
+        self.rows.values().map(Row::head)
     }
 
     /// Every label and its row, in byte order.
-    fn iter(&self) -> impl Iterator<Item = (&str, &ChainHead)> {
+    fn iter(&self) -> impl Iterator<Item = (&str, &Row)> {
         self.from(std::ops::Bound::Unbounded)
     }
 
     /// The labels from `start` on, in byte order.
-    fn from(&self, start: std::ops::Bound<&str>) -> impl Iterator<Item = (&str, &ChainHead)> {
+    fn from(&self, start: std::ops::Bound<&str>) -> impl Iterator<Item = (&str, &Row)> {
         self.order
             .range::<str, _>((start, std::ops::Bound::Unbounded))
             .map(|name| (&**name, &self.rows[name]))
