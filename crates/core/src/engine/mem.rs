@@ -1326,7 +1326,8 @@ impl Transaction for Txn<'_> {
             held.objects.is_empty() && held.labels.is_empty() && held.created_at < cutoff
         });
         if empty && let Some(removed) = self.state.stores.remove(store.as_str()) {
-            self.undo.push(Undo::Dropped(store.clone(), Box::new(removed)));
+            self.undo
+                .push(Undo::Dropped(store.clone(), Box::new(removed)));
         }
         Ok(Ok(empty))
     }
