@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
-use super::{ChainHead, ChangeRow};
+use super::ChainHead;
 use crate::error::{Result, StoreError};
 use crate::names::Digest;
 
@@ -103,10 +103,21 @@ pub(super) enum Step<'a> {
     /// An entry appended to the store's change log.
     Logged {
         store: Cow<'a, str>,
-        entry: Cow<'a, ChangeRow>,
+        entry: LoggedChange<'a>,
     },
     /// The store's change log trimmed through this sequence.
     Trimmed { store: Cow<'a, str>, through: u64 },
+}
+
+/// A change log entry as the log records it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct LoggedChange<'a> {
+    pub(super) seq: u64,
+    pub(super) label: Cow<'a, str>,
+    pub(super) old: Option<Digest>,
+    pub(super) new: Option<Digest>,
+    pub(super) at: i64,
+    pub(super) actor: Option<Cow<'a, str>>,
 }
 
 /// An object as the log records it: its bytes are the blob at `offset`.
@@ -879,14 +890,14 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
             },
             6 => Step::Logged {
                 store: Cow::Owned(get.string()?),
-                entry: Cow::Owned(ChangeRow {
+                entry: LoggedChange {
                     seq: get.u64()?,
-                    label: get.string()?,
+                    label: Cow::Owned(get.string()?),
                     old: get.option(Decoder::digest)?,
                     new: get.option(Decoder::digest)?,
                     at: get.u64()? as i64,
-                    actor: get.option(Decoder::string)?,
-                }),
+                    actor: get.option(Decoder::string)?.map(Cow::Owned),
+                },
             },
             7 => Step::Trimmed {
                 store: Cow::Owned(get.string()?),
@@ -979,14 +990,14 @@ mod tests {
             },
             Step::Logged {
                 store: "s".into(),
-                entry: Cow::Owned(ChangeRow {
+                entry: LoggedChange {
                     seq: 1,
                     label: "a".into(),
                     old: None,
                     new: Some(digest),
                     at: 7,
                     actor: Some("actor".into()),
-                }),
+                },
             },
             Step::Trimmed {
                 store: "s".into(),

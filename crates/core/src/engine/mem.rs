@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::SystemTime;
 
 use super::apply::{self, HeldObject, Transaction};
-use super::journal::{self, Journal, LoggedObject, Step};
+use super::journal::{self, Journal, LoggedChange, LoggedObject, Step};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
     ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
@@ -604,7 +604,7 @@ impl State {
                         held.change_seq = entry.seq;
                         held.stats.changes += 1;
                         held.stats.change_footprint += change_footprint(entry.label.len());
-                        held.log.push_back(entry.into_owned());
+                        held.log.push_back(Entry::from(entry));
                     }
                 }
                 Step::Trimmed { store, through } => {
@@ -717,7 +717,7 @@ impl State {
                 for entry in &held.log {
                     rewriter.step(Step::Logged {
                         store: store(),
-                        entry: Cow::Borrowed(entry),
+                        entry: entry.logged(),
                     })?;
                 }
             }
@@ -748,7 +748,7 @@ struct MemStore {
     held_by_labels: HashMap<Digest, u64>,
     stats: StoreStats,
     /// The change log's entries kept, oldest first.
-    log: VecDeque<ChangeRow>,
+    log: VecDeque<Entry>,
     /// The newest sequence given, and the newest one trimmed.
     change_seq: u64,
     changes_trimmed: u64,
@@ -762,6 +762,57 @@ struct MemObject {
     size: u64,
     stored_at: i64,
     links: Option<Vec<u8>>,
+}
+
+/// A change log entry as a memory root keeps it: the label's name shared
+/// with its row, the actor's with the transaction that acted.
+#[derive(Clone, Debug)]
+struct Entry {
+    seq: u64,
+    label: Arc<str>,
+    old: Option<Digest>,
+    new: Option<Digest>,
+    at: i64,
+    actor: Option<Arc<str>>,
+}
+
+impl Entry {
+    /// The entry as the engines answer it.
+    fn row(&self) -> ChangeRow {
+        ChangeRow {
+            seq: self.seq,
+            label: self.label.to_string(),
+            old: self.old,
+            new: self.new,
+            at: self.at,
+            actor: self.actor.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// The entry as the log records it, borrowed.
+    fn logged(&self) -> LoggedChange<'_> {
+        LoggedChange {
+            seq: self.seq,
+            label: Cow::Borrowed(&self.label),
+            old: self.old,
+            new: self.new,
+            at: self.at,
+            actor: self.actor.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+impl From<LoggedChange<'_>> for Entry {
+    fn from(logged: LoggedChange<'_>) -> Self {
+        Self {
+            seq: logged.seq,
+            label: Arc::from(logged.label),
+            old: logged.old,
+            new: logged.new,
+            at: logged.at,
+            actor: logged.actor.map(Arc::from),
+        }
+    }
 }
 
 /// Where an object's bytes are.
@@ -809,7 +860,7 @@ enum Undo {
     /// The store was forgotten by this transaction.
     Dropped(StoreId, Box<MemStore>),
     /// A label's row before.
-    Label(StoreId, String, Option<Row>),
+    Label(StoreId, Arc<str>, Option<Row>),
     /// An object before.
     Object(StoreId, Digest, Option<MemObject>),
     /// Whether an object awaited a scan for links before.
@@ -818,7 +869,7 @@ enum Undo {
     Logged(StoreId),
     /// Change log entries were trimmed (oldest first), and where the
     /// trimmed mark stood before.
-    Trimmed(StoreId, Vec<ChangeRow>, u64),
+    Trimmed(StoreId, Vec<Entry>, u64),
 }
 
 /// A change in progress over the locked state.
@@ -826,7 +877,7 @@ struct Txn<'a> {
     state: &'a mut State,
     undo: Vec<Undo>,
     /// Who makes the changes now being applied (see `act_as`).
-    acting: Option<String>,
+    acting: Option<Arc<str>>,
 }
 
 impl Txn<'_> {
@@ -866,17 +917,22 @@ impl Txn<'_> {
             return;
         };
         let old = put_label_row(held, label, row.map(Row::from));
-        let new = held.labels.get(label).map(Row::head);
+        // The name as the label's row holds it, shared by the undo step
+        // and the change log entry rather than copied for each.
+        let (name, new) = match held.labels.get_named(label) {
+            Some((name, row)) => (Arc::clone(name), Some(row.head())),
+            None => (Arc::from(label), None),
+        };
         let moved = old.as_ref().map(Row::head) != new;
         self.undo
-            .push(Undo::Label(store.clone(), label.to_owned(), old.clone()));
+            .push(Undo::Label(store.clone(), Arc::clone(&name), old.clone()));
         if moved && super::logs_changes(store) {
             held.change_seq += 1;
             held.stats.changes += 1;
             held.stats.change_footprint += change_footprint(label.len());
-            held.log.push_back(ChangeRow {
+            held.log.push_back(Entry {
                 seq: held.change_seq,
-                label: label.to_owned(),
+                label: name,
                 old: old.map(|row| row.head()),
                 new,
                 at: unix_now(),
@@ -931,7 +987,7 @@ impl Txn<'_> {
                 Undo::Dropped(id, _) => Step::DropStore { store: name(id) },
                 Undo::Label(id, label, _) => Step::Label {
                     store: name(id),
-                    label: Cow::Borrowed(label),
+                    label: Cow::Borrowed(&**label),
                     row: found(id)
                         .and_then(|held| held.labels.get(label))
                         .map(Row::chain_head),
@@ -979,10 +1035,9 @@ impl Txn<'_> {
                         .iter()
                         .filter(|later| matches!(later, Undo::Logged(store) if store == id))
                         .count();
-                    let entry = &held.log[held.log.len() - newer];
                     Step::Logged {
                         store: name(id),
-                        entry: Cow::Borrowed(entry),
+                        entry: held.log[held.log.len() - newer].logged(),
                     }
                 }
                 Undo::Trimmed(id, ..) => match found(id) {
@@ -1284,7 +1339,7 @@ impl Transaction for Txn<'_> {
     }
 
     fn act_as(&mut self, _store: &StoreId, actor: Option<&str>) -> Result<(), Infallible> {
-        self.acting = actor.map(str::to_owned);
+        self.acting = actor.map(Arc::from);
         Ok(())
     }
 
@@ -1490,7 +1545,13 @@ impl Engine for MemEngine {
                 .front()
                 .map_or(0, |oldest| since.saturating_sub(oldest.seq - 1) as usize);
             ChangeLog {
-                entries: held.log.iter().skip(skip).take(limit).cloned().collect(),
+                entries: held
+                    .log
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(Entry::row)
+                    .collect(),
                 last: held.change_seq,
                 trimmed_through: held.changes_trimmed,
             }
@@ -1506,8 +1567,8 @@ impl Engine for MemEngine {
         Ok(self.read(store, |held| {
             held.log
                 .iter()
-                .find(|row| row.seq > seq && row.label == label)
-                .cloned()
+                .find(|entry| entry.seq > seq && &*entry.label == label)
+                .map(Entry::row)
         }))
     }
 
@@ -1522,9 +1583,9 @@ impl Engine for MemEngine {
             held.log
                 .iter()
                 .rev()
-                .filter(|row| row.seq < before && row.label == label)
+                .filter(|entry| entry.seq < before && &*entry.label == label)
                 .take(limit)
-                .cloned()
+                .map(Entry::row)
                 .collect()
         }))
     }
@@ -1881,6 +1942,11 @@ impl From<ChainHead> for Row {
 impl Labels {
     fn get(&self, label: &str) -> Option<&Row> {
         self.rows.get(label)
+    }
+
+    /// The label's row with its name as kept.
+    fn get_named(&self, label: &str) -> Option<(&Arc<str>, &Row)> {
+        self.rows.get_key_value(label)
     }
 
     /// Sets a label's row; returns the one it replaced.
