@@ -103,21 +103,23 @@ pub(super) enum Step<'a> {
     /// An entry appended to the store's change log.
     Logged {
         store: Cow<'a, str>,
-        entry: LoggedChange<'a>,
+        entry: Cow<'a, ChangeEntry>,
     },
     /// The store's change log trimmed through this sequence.
     Trimmed { store: Cow<'a, str>, through: u64 },
 }
 
-/// A change log entry as the log records it.
+/// A change log entry, as the log records it and as a memory or log
+/// root keeps it: the label's name shared with its row, the actor's with
+/// the transaction that acted.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct LoggedChange<'a> {
+pub(super) struct ChangeEntry {
     pub(super) seq: u64,
-    pub(super) label: Cow<'a, str>,
+    pub(super) label: Arc<str>,
     pub(super) old: Option<Digest>,
     pub(super) new: Option<Digest>,
     pub(super) at: i64,
-    pub(super) actor: Option<Cow<'a, str>>,
+    pub(super) actor: Option<Arc<str>>,
 }
 
 /// An object as the log records it: its bytes are the blob at `offset`.
@@ -333,25 +335,19 @@ impl Journal {
         } = batch;
         let commit = header(COMMIT, &steps);
         let mut at = self.end;
-        let mut copy = |journal: &mut Self, bytes: &[u8]| {
-            journal.copy_in(bytes, at)?;
-            at += bytes.len() as u64;
-            std::io::Result::Ok(())
-        };
         // The small records, with each large blob's payload where its
         // header left room for it; then the commit.
-        let mut written = Ok(());
-        let mut from = 0;
-        for (place, content) in &shared {
-            written = written
-                .and_then(|()| copy(self, &blobs[from..*place]))
-                .and_then(|()| copy(self, content));
-            from = *place;
-        }
-        written = written
-            .and_then(|()| copy(self, &blobs[from..]))
-            .and_then(|()| copy(self, &commit))
-            .and_then(|()| copy(self, &steps));
+        let written = (|| {
+            let mut from = 0;
+            for (place, content) in &shared {
+                self.copy_in(&blobs[from..*place], &mut at)?;
+                self.copy_in(content, &mut at)?;
+                from = *place;
+            }
+            self.copy_in(&blobs[from..], &mut at)?;
+            self.copy_in(&commit, &mut at)?;
+            self.copy_in(&steps, &mut at)
+        })();
         blobs.clear();
         steps.clear();
         self.spare = Some((blobs, steps));
@@ -380,19 +376,19 @@ impl Journal {
     }
 
     /// Copies `bytes` into the file at `at`, past the records, growing
-    /// the mapped tail as needed.
-    fn copy_in(&mut self, mut bytes: &[u8], mut at: u64) -> std::io::Result<()> {
+    /// the mapped tail as needed; moves `at` past them.
+    fn copy_in(&mut self, mut bytes: &[u8], at: &mut u64) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let tail = match self.tail.take() {
-                Some(tail) if tail.covers(at) => tail,
-                _ => self.map_tail(at, bytes.len() as u64)?,
+                Some(tail) if tail.covers(*at) => tail,
+                _ => self.map_tail(*at, bytes.len() as u64)?,
             };
             let tail = self.tail.insert(tail);
-            let from = usize::try_from(at - tail.start).map_err(std::io::Error::other)?;
+            let from = usize::try_from(*at - tail.start).map_err(std::io::Error::other)?;
             let count = bytes.len().min(tail.map.len() - from);
             tail.map[from..from + count].copy_from_slice(&bytes[..count]);
             bytes = &bytes[count..];
-            at += count as u64;
+            *at += count as u64;
         }
         Ok(())
     }
@@ -890,14 +886,14 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
             },
             6 => Step::Logged {
                 store: Cow::Owned(get.string()?),
-                entry: LoggedChange {
+                entry: Cow::Owned(ChangeEntry {
                     seq: get.u64()?,
-                    label: Cow::Owned(get.string()?),
+                    label: get.string()?.into(),
                     old: get.option(Decoder::digest)?,
                     new: get.option(Decoder::digest)?,
                     at: get.u64()? as i64,
-                    actor: get.option(Decoder::string)?.map(Cow::Owned),
-                },
+                    actor: get.option(Decoder::string)?.map(Arc::from),
+                }),
             },
             7 => Step::Trimmed {
                 store: Cow::Owned(get.string()?),
@@ -990,14 +986,14 @@ mod tests {
             },
             Step::Logged {
                 store: "s".into(),
-                entry: LoggedChange {
+                entry: Cow::Owned(ChangeEntry {
                     seq: 1,
                     label: "a".into(),
                     old: None,
                     new: Some(digest),
                     at: 7,
                     actor: Some("actor".into()),
-                },
+                }),
             },
             Step::Trimmed {
                 store: "s".into(),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::SystemTime;
 
 use super::apply::{self, HeldObject, Transaction};
-use super::journal::{self, Journal, LoggedChange, LoggedObject, Step};
+use super::journal::{self, ChangeEntry, Journal, LoggedObject, Step};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
     ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
@@ -604,7 +604,7 @@ impl State {
                         held.change_seq = entry.seq;
                         held.stats.changes += 1;
                         held.stats.change_footprint += change_footprint(entry.label.len());
-                        held.log.push_back(Entry::from(entry));
+                        held.log.push_back(entry.into_owned());
                     }
                 }
                 Step::Trimmed { store, through } => {
@@ -717,7 +717,7 @@ impl State {
                 for entry in &held.log {
                     rewriter.step(Step::Logged {
                         store: store(),
-                        entry: entry.logged(),
+                        entry: Cow::Borrowed(entry),
                     })?;
                 }
             }
@@ -748,7 +748,7 @@ struct MemStore {
     held_by_labels: HashMap<Digest, u64>,
     stats: StoreStats,
     /// The change log's entries kept, oldest first.
-    log: VecDeque<Entry>,
+    log: VecDeque<ChangeEntry>,
     /// The newest sequence given, and the newest one trimmed.
     change_seq: u64,
     changes_trimmed: u64,
@@ -764,54 +764,15 @@ struct MemObject {
     links: Option<Vec<u8>>,
 }
 
-/// A change log entry as a memory root keeps it: the label's name shared
-/// with its row, the actor's with the transaction that acted.
-#[derive(Clone, Debug)]
-struct Entry {
-    seq: u64,
-    label: Arc<str>,
-    old: Option<Digest>,
-    new: Option<Digest>,
-    at: i64,
-    actor: Option<Arc<str>>,
-}
-
-impl Entry {
-    /// The entry as the engines answer it.
-    fn row(&self) -> ChangeRow {
-        ChangeRow {
-            seq: self.seq,
-            label: self.label.to_string(),
-            old: self.old,
-            new: self.new,
-            at: self.at,
-            actor: self.actor.as_deref().map(str::to_owned),
-        }
-    }
-
-    /// The entry as the log records it, borrowed.
-    fn logged(&self) -> LoggedChange<'_> {
-        LoggedChange {
-            seq: self.seq,
-            label: Cow::Borrowed(&self.label),
-            old: self.old,
-            new: self.new,
-            at: self.at,
-            actor: self.actor.as_deref().map(Cow::Borrowed),
-        }
-    }
-}
-
-impl From<LoggedChange<'_>> for Entry {
-    fn from(logged: LoggedChange<'_>) -> Self {
-        Self {
-            seq: logged.seq,
-            label: Arc::from(logged.label),
-            old: logged.old,
-            new: logged.new,
-            at: logged.at,
-            actor: logged.actor.map(Arc::from),
-        }
+/// A change log entry as the engines answer it.
+fn change_row(entry: &ChangeEntry) -> ChangeRow {
+    ChangeRow {
+        seq: entry.seq,
+        label: entry.label.to_string(),
+        old: entry.old,
+        new: entry.new,
+        at: entry.at,
+        actor: entry.actor.as_deref().map(str::to_owned),
     }
 }
 
@@ -869,7 +830,7 @@ enum Undo {
     Logged(StoreId),
     /// Change log entries were trimmed (oldest first), and where the
     /// trimmed mark stood before.
-    Trimmed(StoreId, Vec<Entry>, u64),
+    Trimmed(StoreId, Vec<ChangeEntry>, u64),
 }
 
 /// A change in progress over the locked state.
@@ -930,7 +891,7 @@ impl Txn<'_> {
             held.change_seq += 1;
             held.stats.changes += 1;
             held.stats.change_footprint += change_footprint(label.len());
-            held.log.push_back(Entry {
+            held.log.push_back(ChangeEntry {
                 seq: held.change_seq,
                 label: name,
                 old: old.map(|row| row.head()),
@@ -1037,7 +998,7 @@ impl Txn<'_> {
                         .count();
                     Step::Logged {
                         store: name(id),
-                        entry: held.log[held.log.len() - newer].logged(),
+                        entry: Cow::Borrowed(&held.log[held.log.len() - newer]),
                     }
                 }
                 Undo::Trimmed(id, ..) => match found(id) {
@@ -1550,7 +1511,7 @@ impl Engine for MemEngine {
                     .iter()
                     .skip(skip)
                     .take(limit)
-                    .map(Entry::row)
+                    .map(change_row)
                     .collect(),
                 last: held.change_seq,
                 trimmed_through: held.changes_trimmed,
@@ -1568,7 +1529,7 @@ impl Engine for MemEngine {
             held.log
                 .iter()
                 .find(|entry| entry.seq > seq && &*entry.label == label)
-                .map(Entry::row)
+                .map(change_row)
         }))
     }
 
@@ -1585,7 +1546,7 @@ impl Engine for MemEngine {
                 .rev()
                 .filter(|entry| entry.seq < before && &*entry.label == label)
                 .take(limit)
-                .map(Entry::row)
+                .map(change_row)
                 .collect()
         }))
     }
