@@ -6,12 +6,14 @@
 //!
 //! The store is filled by 8 writers (`store_at_label`, buffered, each
 //! label `item/NNNNNNNN` naming distinct content). Then, one task at a
-//! time: 2,000 more `store_at_label`s; 10,000 `get_by_label`s and
-//! verified `get`s of scattered labels, each named once, so neither is
-//! answered from the read cache (and the bytes those writes handed the
-//! kernel, from `/proc/self/io`: log frames and checkpoints; a log root
-//! copies into a mapping of its file instead, with no `write` calls, and
-//! shows `mapped`: its bytes per object are the disk column); the same
+//! time: 2,000 more `store_at_label`s (and the bytes those writes handed
+//! the kernel, from `/proc/self/io`: log frames and checkpoints; a log
+//! root copies into a mapping of its file instead, with no `write` calls,
+//! and shows `mapped`: its bytes per object are the disk column); 10,000
+//! `get_by_label`s and verified `get`s of scattered labels, each named
+//! once, so neither is answered from the read cache, timed in five slices
+//! with the median slice reported (a pause of the machine inside one
+//! slice then does not move the figure); the same
 //! reads again, warm (answered from the read cache); `verify`,
 //! `gc --dry-run`, a real gc
 //! (which finds nothing to remove, but looks at everything), and an
@@ -32,6 +34,10 @@ use theater_store_bench::env_number;
 const WRITERS: usize = 8;
 const PROBES: usize = 10_000;
 const MORE_WRITES: usize = 2_000;
+/// The first reads are timed in this many slices of the probes, and the
+/// median slice reported: a pause of this shared machine inside one
+/// slice then does not move the figure.
+const SLICES: usize = 5;
 /// The root of many stores: this many stores, holding this many objects
 /// in all.
 const MANY_STORES: usize = 1_000;
@@ -87,6 +93,12 @@ fn scattered(n: usize, count: usize) -> impl Iterator<Item = usize> {
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The middle one of `figures`.
+fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
 }
 
 fn micros_each(took: Duration, count: usize) -> f64 {
@@ -179,17 +191,25 @@ fn main() {
             filled += MORE_WRITES;
 
             let probes: Vec<usize> = scattered(filled, PROBES).collect();
-            let started = Instant::now();
             let mut refs: Vec<ContentRef> = Vec::with_capacity(probes.len());
-            for &i in &probes {
-                refs.push(store.get_by_label(&label(i)).await.unwrap().unwrap());
+            let mut slices = Vec::new();
+            for slice in probes.chunks(PROBES / SLICES) {
+                let started = Instant::now();
+                for &i in slice {
+                    refs.push(store.get_by_label(&label(i)).await.unwrap().unwrap());
+                }
+                slices.push(micros_each(started.elapsed(), slice.len()));
             }
-            let label_each = micros_each(started.elapsed(), probes.len());
-            let started = Instant::now();
-            for (content_ref, &i) in refs.iter().zip(&probes) {
-                assert_eq!(store.get(content_ref).await.unwrap(), content(i));
+            let label_each = median(slices);
+            let mut slices = Vec::new();
+            for (refs, probes) in refs.chunks(PROBES / SLICES).zip(probes.chunks(PROBES / SLICES)) {
+                let started = Instant::now();
+                for (content_ref, &i) in refs.iter().zip(probes) {
+                    assert_eq!(store.get(content_ref).await.unwrap(), content(i));
+                }
+                slices.push(micros_each(started.elapsed(), refs.len()));
             }
-            let get_each = micros_each(started.elapsed(), refs.len());
+            let get_each = median(slices);
 
             // Again, now that the read cache holds them (nothing changed).
             let started = Instant::now();

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
+use smol_str::SmolStr;
 
 use super::ChainHead;
 use crate::error::{Result, StoreError};
@@ -110,12 +111,13 @@ pub(super) enum Step<'a> {
 }
 
 /// A change log entry, as the log records it and as a memory or log
-/// root keeps it: the label's name shared with its row, the actor's with
-/// the transaction that acted.
+/// root keeps it: the label's name as its row holds it (inline when
+/// short, else shared), the actor's shared with the transaction that
+/// acted.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct ChangeEntry {
     pub(super) seq: u64,
-    pub(super) label: Arc<str>,
+    pub(super) label: SmolStr,
     pub(super) old: Option<Digest>,
     pub(super) new: Option<Digest>,
     pub(super) at: i64,

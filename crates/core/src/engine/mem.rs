@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::SystemTime;
 
+use smol_str::SmolStr;
+
 use super::apply::{self, HeldObject, Transaction};
+use super::huge_pages::BigMap;
 use super::journal::{self, ChangeEntry, Journal, LoggedObject, Step};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
@@ -740,12 +743,12 @@ struct MemStore {
     labels: Labels,
     /// By digest, hashed: a write and a read each look one up, and at a
     /// million objects a B-tree's descent cost a put 10%. Listings sort.
-    objects: HashMap<Digest, MemObject>,
+    objects: BigMap<Digest, MemObject>,
     /// Objects whose links are not all recorded.
     unscanned: BTreeSet<Digest>,
     /// How many plain labels (not chain heads) point at each object: such
     /// a label keeps its target from collection.
-    held_by_labels: HashMap<Digest, u64>,
+    held_by_labels: BigMap<Digest, u64>,
     stats: StoreStats,
     /// The change log's entries kept, oldest first.
     log: VecDeque<ChangeEntry>,
@@ -821,7 +824,7 @@ enum Undo {
     /// The store was forgotten by this transaction.
     Dropped(StoreId, Box<MemStore>),
     /// A label's row before.
-    Label(StoreId, Arc<str>, Option<Row>),
+    Label(StoreId, SmolStr, Option<Row>),
     /// An object before.
     Object(StoreId, Digest, Option<MemObject>),
     /// Whether an object awaited a scan for links before.
@@ -878,15 +881,15 @@ impl Txn<'_> {
             return;
         };
         let old = put_label_row(held, label, row.map(Row::from));
-        // The name as the label's row holds it, shared by the undo step
-        // and the change log entry rather than copied for each.
+        // The name as the label's row holds it: the undo step and the
+        // change log entry copy it if short, share it if long.
         let (name, new) = match held.labels.get_named(label) {
-            Some((name, row)) => (Arc::clone(name), Some(row.head())),
-            None => (Arc::from(label), None),
+            Some((name, row)) => (name.clone(), Some(row.head())),
+            None => (SmolStr::new(label), None),
         };
         let moved = old.as_ref().map(Row::head) != new;
         self.undo
-            .push(Undo::Label(store.clone(), Arc::clone(&name), old.clone()));
+            .push(Undo::Label(store.clone(), name.clone(), old.clone()));
         if moved && super::logs_changes(store) {
             held.change_seq += 1;
             held.stats.changes += 1;
@@ -1414,7 +1417,7 @@ fn put_label_row(store: &mut MemStore, label: &str, row: Option<Row>) -> Option<
     old
 }
 
-fn release_target(held: &mut HashMap<Digest, u64>, target: Digest) {
+fn release_target(held: &mut BigMap<Digest, u64>, target: Digest) {
     if let Some(count) = held.get_mut(&target) {
         *count -= 1;
         if *count == 0 {
@@ -1839,11 +1842,13 @@ fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize
 }
 
 /// A store's labels: each found by one hash lookup however many there
-/// are, and listed in byte order.
+/// are, and listed in byte order. A name of up to 23 bytes (most labels)
+/// is kept inside the map's entry, so that finding a label among a
+/// million reads no other memory to compare its name.
 #[derive(Clone, Debug, Default)]
 struct Labels {
-    rows: HashMap<Arc<str>, Row>,
-    order: BTreeSet<Arc<str>>,
+    rows: BigMap<SmolStr, Row>,
+    order: BTreeSet<SmolStr>,
 }
 
 /// A label's row as a memory root keeps it: a plain label (the most of
@@ -1906,7 +1911,7 @@ impl Labels {
     }
 
     /// The label's row with its name as kept.
-    fn get_named(&self, label: &str) -> Option<(&Arc<str>, &Row)> {
+    fn get_named(&self, label: &str) -> Option<(&SmolStr, &Row)> {
         self.rows.get_key_value(label)
     }
 
@@ -1915,8 +1920,8 @@ impl Labels {
         if let Some(held) = self.rows.get_mut(label) {
             return Some(std::mem::replace(held, row));
         }
-        let name: Arc<str> = label.into();
-        self.order.insert(Arc::clone(&name));
+        let name = SmolStr::new(label);
+        self.order.insert(name.clone());
         self.rows.insert(name, row);
         None
     }

@@ -10,6 +10,7 @@
 //! module knows which it has.
 
 mod apply;
+mod huge_pages;
 mod journal;
 mod layout;
 mod local;
