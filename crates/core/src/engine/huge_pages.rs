@@ -1,11 +1,13 @@
 //! Where a memory or log root keeps its big maps. A table of 2 MiB or
-//! more gets its own mapping on a 2 MiB boundary, and the kernel is
-//! asked to back it with huge pages (`MADV_HUGEPAGE`, honoured when
-//! transparent huge pages are in `madvise` or `always` mode). With 4 KiB
-//! pages, finding one label among a million also walked the page table
-//! on every memory read it made; a million labels' table spans a few
-//! dozen huge pages, which the TLB holds. Smaller tables come from the
-//! global allocator as usual.
+//! more gets its own mapping starting on a 2 MiB boundary, and the
+//! kernel is asked to back it with huge pages (`MADV_HUGEPAGE`, honoured
+//! when transparent huge pages are in `madvise` or `always` mode). With
+//! 4 KiB pages, finding one label among a million also walked the page
+//! table on every memory read it made; a million labels' table spans a
+//! few dozen huge pages, which the TLB holds. The mapping is not rounded
+//! up to whole huge pages: its last part, short of one, stays in small
+//! pages, so a table just past a boundary costs no more memory than
+//! before. Smaller tables come from the global allocator as usual.
 
 use std::alloc::Layout;
 use std::hash::RandomState;
@@ -26,25 +28,34 @@ const HUGE_PAGE: usize = 2 << 20;
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct HugePages;
 
-/// The mapping a layout gets: whole huge pages, or `None` for one small
-/// enough for the global allocator.
+/// The mapping a layout gets: its size in whole pages, or `None` for one
+/// small enough for the global allocator.
 fn mapped_size(layout: Layout) -> Option<usize> {
     (layout.size() >= HUGE_PAGE && layout.align() <= HUGE_PAGE)
-        .then(|| layout.size().next_multiple_of(HUGE_PAGE))
+        .then(|| layout.size().next_multiple_of(page_size()))
+}
+
+/// The size of the system's pages.
+fn page_size() -> usize {
+    // SAFETY: `sysconf` only reads a system setting.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
 }
 
 // SAFETY: every block handed out is either the global allocator's, given
 // back to it with the same layout, or a private anonymous mapping of
-// `mapped_size(layout)` bytes on a huge page boundary (so aligned for any
-// layout that reaches it), unmapped whole with the same size. Blocks are
-// never shared between calls, and copying `HugePages` shares no state.
+// `mapped_size(layout)` bytes starting on a huge page boundary (so
+// aligned for any layout that reaches it), unmapped whole with the same
+// size. Blocks are never shared between calls, and copying `HugePages`
+// shares no state.
 unsafe impl Allocator for HugePages {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let Some(size) = mapped_size(layout) else {
             return Global.allocate(layout);
         };
         // Map one huge page more than needed, then give back the ends
-        // that fall outside the aligned block.
+        // that fall outside the aligned block (both whole pages, as the
+        // mapping's start, the boundary and `size` are).
         let reserved = size + HUGE_PAGE;
         // SAFETY: a fresh private anonymous mapping touches no memory of
         // ours.
@@ -119,13 +130,13 @@ mod tests {
     }
 
     #[test]
-    fn a_block_is_aligned_and_sized_to_whole_huge_pages() {
+    fn a_block_starts_on_a_huge_page_and_ends_at_the_next_page() {
         let layout = Layout::from_size_align(HUGE_PAGE + 1, 64).unwrap();
         let block = HugePages.allocate(layout).unwrap();
-        assert_eq!(block.len(), 2 * HUGE_PAGE);
+        assert_eq!(block.len(), HUGE_PAGE + page_size());
         let start = block.cast::<u8>();
         assert_eq!(start.as_ptr() as usize % HUGE_PAGE, 0);
-        // SAFETY: the block is ours, writable and `2 * HUGE_PAGE` long.
+        // SAFETY: the block is ours, writable and `block.len()` long.
         unsafe {
             start.as_ptr().write_bytes(0xa5, block.len());
             assert_eq!(*start.as_ptr().add(block.len() - 1), 0xa5);
