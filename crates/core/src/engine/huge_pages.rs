@@ -111,7 +111,7 @@ mod tests {
     use super::*;
 
     /// A map grown well past a huge page keeps every entry through its
-    /// table's moves, and its table sits on a huge page boundary.
+    /// table's moves to bigger mappings and back to a smaller one.
     #[test]
     fn a_big_map_keeps_its_entries_on_aligned_huge_pages() {
         let mut map: BigMap<u64, [u64; 4]> = BigMap::default();

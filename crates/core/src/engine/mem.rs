@@ -1853,8 +1853,9 @@ struct Labels {
 
 /// A label's row as a memory root keeps it: a plain label (the most of
 /// them) as its target alone, a chain head with the rest boxed. A map
-/// entry is then 56 bytes rather than 128: less memory, and fewer cache
-/// lines for a lookup among a million labels.
+/// entry, with a short name inline, is then 64 bytes rather than 128
+/// and a name elsewhere: less memory, and one cache line for a lookup
+/// among a million labels.
 #[derive(Clone, Debug)]
 enum Row {
     Plain(Digest),
