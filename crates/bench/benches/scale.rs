@@ -17,8 +17,9 @@
 //! reads again, warm (answered from the read cache); `verify`,
 //! `gc --dry-run`, a real gc
 //! (which finds nothing to remove, but looks at everything), and an
-//! export of the whole store into a sink. Then a second root of 1,000
-//! stores of 100 objects each, every store verified and collected.
+//! export of the whole store into a sink. Then the root is let go and
+//! opened again (a log root replays its log), and a second root of 1,000
+//! stores of 100 objects each made, every store verified and collected.
 //!
 //! Run: `cargo bench -p theater-store-bench --bench scale`
 //! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000;
@@ -273,8 +274,32 @@ fn main() {
             );
             decade *= 10;
         }
-        many_stores().await;
     });
+    reopen(&runtime, dir.path(), root, store, filled);
+    runtime.block_on(many_stores());
+}
+
+/// Lets go of the whole store, opens its root again and reads one label:
+/// what an operator's first command after a restart waits for (a log
+/// root replays its log here).
+fn reopen(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    root: StoreRoot,
+    store: ContentStore,
+    filled: usize,
+) {
+    drop(store);
+    drop(root);
+    let started = Instant::now();
+    let root = bench_root(&dir.join("root"));
+    let store = root.store("scale").unwrap();
+    let found = runtime.block_on(store.get_by_label(&label(filled - 1)));
+    assert!(found.unwrap().is_some());
+    eprintln!(
+        "{filled} objects: opened again and read one label in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 /// One root of many small stores (one per actor, say), every store

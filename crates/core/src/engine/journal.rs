@@ -73,7 +73,7 @@ pub(crate) fn is_log_root(dir: &Path) -> bool {
 /// One step of a change, as written to the log and replayed: each sets
 /// one piece of the state to the value the change left it with. Written
 /// from borrowed state (nothing is copied to write a change) and read back
-/// owned.
+/// borrowed from the record (replaying copies only what the state keeps).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Step<'a> {
     /// The store was registered.
@@ -182,7 +182,7 @@ pub(super) struct Journal {
 impl Journal {
     /// Opens (creating if needed) the log in `dir`, replaying every intact
     /// change into `replay` in order. Blocking.
-    pub(super) fn open(dir: &Path, mut replay: impl FnMut(Vec<Step<'static>>)) -> Result<Journal> {
+    pub(super) fn open(dir: &Path, mut replay: impl FnMut(Vec<Step<'_>>)) -> Result<Journal> {
         let io = |action: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| crate::error::io_error(&"root", action, &path, source)
@@ -654,7 +654,7 @@ fn replay_file(
     file: &File,
     path: &Path,
     len: u64,
-    replay: &mut impl FnMut(Vec<Step<'static>>),
+    replay: &mut impl FnMut(Vec<Step<'_>>),
 ) -> Result<u64> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut skip = [0; 8];
@@ -843,21 +843,21 @@ impl Encoder<'_> {
 
 /// The steps of a commit's payload; `None` if it is not one this build
 /// wrote (its checksum held, so it is not damage).
-fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
+fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'_>>> {
     let mut get = Decoder(payload);
     let mut steps = Vec::new();
     while !get.0.is_empty() {
         let step = match get.u8()? {
             1 => Step::MakeStore {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
                 created_at: get.u64()? as i64,
             },
             2 => Step::DropStore {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
             },
             3 => Step::Label {
-                store: Cow::Owned(get.string()?),
-                label: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
+                label: Cow::Borrowed(get.text()?),
                 row: match get.flag()? {
                     false => None,
                     true => Some(Cow::Owned(ChainHead {
@@ -869,7 +869,7 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
                 },
             },
             4 => Step::Object {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
                 digest: get.digest()?,
                 object: match get.flag()? {
                     false => None,
@@ -882,23 +882,23 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
                 },
             },
             5 => Step::Unscanned {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
                 digest: get.digest()?,
                 unscanned: get.flag()?,
             },
             6 => Step::Logged {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
                 entry: Cow::Owned(ChangeEntry {
                     seq: get.u64()?,
-                    label: get.string()?.into(),
+                    label: SmolStr::new(get.text()?),
                     old: get.option(Decoder::digest)?,
                     new: get.option(Decoder::digest)?,
                     at: get.u64()? as i64,
-                    actor: get.option(Decoder::string)?.map(Arc::from),
+                    actor: get.option(Decoder::text)?.map(Arc::from),
                 }),
             },
             7 => Step::Trimmed {
-                store: Cow::Owned(get.string()?),
+                store: Cow::Borrowed(get.text()?),
                 through: get.u64()?,
             },
             _ => return None,
@@ -910,8 +910,8 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'static>>> {
 
 struct Decoder<'a>(&'a [u8]);
 
-impl Decoder<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -936,8 +936,11 @@ impl Decoder<'_> {
         let len = usize::try_from(self.u64()?).ok()?;
         Some(self.take(len)?.to_vec())
     }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?).ok()
+    /// A string, borrowed from the record: replaying a step copies only
+    /// what the state keeps.
+    fn text(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.u64()?).ok()?;
+        std::str::from_utf8(self.take(len)?).ok()
     }
     fn digest(&mut self) -> Option<Digest> {
         Digest::from_slice(self.take(32)?)
@@ -953,6 +956,16 @@ impl Decoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Steps as the log encodes them: replayed steps borrow the record
+    /// they were read from, so the tests keep and compare their bytes.
+    fn encoded(steps: &[Step<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for step in steps {
+            encode_step(step, &mut out);
+        }
+        out
+    }
 
     fn steps() -> Vec<Step<'static>> {
         let digest = Digest::of(b"x");
@@ -1033,7 +1046,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let replayed = |dir: &Path| {
             let mut seen = Vec::new();
-            let journal = Journal::open(dir, |steps| seen.push(steps)).unwrap();
+            let journal = Journal::open(dir, |steps| seen.push(encoded(&steps))).unwrap();
             (journal, seen)
         };
         let (mut journal, seen) = replayed(dir.path());
@@ -1053,7 +1066,7 @@ mod tests {
             .unwrap();
         log.set_len(whole - 3).unwrap();
         let (journal, seen) = replayed(dir.path());
-        assert_eq!(seen, vec![steps()]);
+        assert_eq!(seen, vec![encoded(&steps())]);
         assert!(journal.len() < whole - 3);
         let kept = std::fs::read_dir(dir.path().join("damaged"))
             .unwrap()
@@ -1085,8 +1098,8 @@ mod tests {
         }
         let crashed = crashed_copy(&journal, dir.path());
         let mut seen = Vec::new();
-        let reopened = Journal::open(crashed.path(), |steps| seen.push(steps)).unwrap();
-        assert_eq!(seen, vec![steps(), steps()]);
+        let reopened = Journal::open(crashed.path(), |steps| seen.push(encoded(&steps))).unwrap();
+        assert_eq!(seen, vec![encoded(&steps()); 2]);
         assert_eq!(reopened.len(), journal.len());
         assert!(!crashed.path().join("damaged").exists());
         let log = crashed.path().join(LOG_FILE);
@@ -1117,8 +1130,8 @@ mod tests {
             .unwrap();
         log.write_all_at(&[0; 3], ends[1] - 3).unwrap();
         let mut seen = Vec::new();
-        let reopened = Journal::open(crashed.path(), |steps| seen.push(steps)).unwrap();
-        assert_eq!(seen, vec![steps()]);
+        let reopened = Journal::open(crashed.path(), |steps| seen.push(encoded(&steps))).unwrap();
+        assert_eq!(seen, vec![encoded(&steps())]);
         // Cut where the second change's commit begins (its blob, unread on
         // replay, is kept: nothing refers to it).
         let cut = reopened.len();
@@ -1148,8 +1161,8 @@ mod tests {
         assert_eq!(journal.slice(at, size).read().unwrap(), *large);
         drop(journal);
         let mut seen = Vec::new();
-        let journal = Journal::open(dir.path(), |steps| seen.push(steps)).unwrap();
-        assert_eq!(seen, vec![steps()]);
+        let journal = Journal::open(dir.path(), |steps| seen.push(encoded(&steps))).unwrap();
+        assert_eq!(seen, vec![encoded(&steps())]);
         assert_eq!(journal.slice(at, size).read().unwrap(), *large);
     }
 
@@ -1165,8 +1178,8 @@ mod tests {
         write(&mut journal, batch);
         drop(journal);
         let mut seen = Vec::new();
-        let journal = Journal::open(dir.path(), |steps| seen.push(steps)).unwrap();
-        assert_eq!(seen, vec![steps()]);
+        let journal = Journal::open(dir.path(), |steps| seen.push(encoded(&steps))).unwrap();
+        assert_eq!(seen, vec![encoded(&steps())]);
         assert_eq!(journal.slice(at_small, 5).read().unwrap(), *small);
         assert_eq!(journal.slice(at_large, 200_000).read().unwrap(), *large);
         assert_eq!(journal.slice(at_after, 5).read().unwrap(), *small);

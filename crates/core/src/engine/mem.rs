@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::SystemTime;
 
+use hashbrown::hash_map::EntryRef;
 use smol_str::SmolStr;
 
 use super::apply::{self, HeldObject, Transaction};
@@ -555,7 +556,7 @@ impl State {
     }
 
     /// Applies the steps of one logged change (replaying the log).
-    fn replay(&mut self, steps: Vec<Step<'static>>) {
+    fn replay(&mut self, steps: Vec<Step<'_>>) {
         for step in steps {
             match step {
                 Step::MakeStore { store, created_at } => {
@@ -710,7 +711,7 @@ impl State {
                         unscanned: true,
                     })?;
                 }
-                for (label, row) in held.labels.iter() {
+                for (label, row) in held.labels.unordered() {
                     rewriter.step(Step::Label {
                         store: store(),
                         label: Cow::Borrowed(label),
@@ -880,13 +881,11 @@ impl Txn<'_> {
         let Some(held) = self.state.stores.get_mut(store.as_str()) else {
             return;
         };
-        let old = put_label_row(held, label, row.map(Row::from));
+        let new = row.as_ref().map(|row| row.head);
+        let (old, held_name) = put_label_row(held, label, row.map(Row::from));
         // The name as the label's row holds it: the undo step and the
         // change log entry copy it if short, share it if long.
-        let (name, new) = match held.labels.get_named(label) {
-            Some((name, row)) => (name.clone(), Some(row.head())),
-            None => (SmolStr::new(label), None),
-        };
+        let name = held_name.unwrap_or_else(|| SmolStr::new(label));
         let moved = old.as_ref().map(Row::head) != new;
         self.undo
             .push(Undo::Label(store.clone(), name.clone(), old.clone()));
@@ -1241,7 +1240,7 @@ impl Transaction for Txn<'_> {
         let doomed: Vec<String> = self
             .store(store)
             .map(|held| {
-                let labels = held.labels.iter().take(limit);
+                let labels = held.labels.unordered().take(limit);
                 labels.map(|(label, _)| label.to_owned()).collect()
             })
             .unwrap_or_default();
@@ -1394,11 +1393,20 @@ impl Transaction for Txn<'_> {
 }
 
 /// Writes or removes a label's row in `store`, keeping its totals and
-/// the count of plain labels per target; returns the old row.
-fn put_label_row(store: &mut MemStore, label: &str, row: Option<Row>) -> Option<Row> {
-    let old = match row {
-        Some(row) => store.labels.insert(label, row),
-        None => store.labels.remove(label),
+/// the count of plain labels per target. Returns the row it replaced,
+/// and the name as the map holds it when the label is set.
+fn put_label_row(
+    store: &mut MemStore,
+    label: &str,
+    row: Option<Row>,
+) -> (Option<Row>, Option<SmolStr>) {
+    let new = row.as_ref().map(|row| (row.is_plain(), row.head()));
+    let (old, name) = match row {
+        Some(row) => {
+            let (old, name) = store.labels.insert(label, row);
+            (old, Some(name))
+        }
+        None => (store.labels.remove(label), None),
     };
     if let Some(old) = &old {
         store.stats.labels -= 1;
@@ -1407,14 +1415,14 @@ fn put_label_row(store: &mut MemStore, label: &str, row: Option<Row>) -> Option<
             release_target(&mut store.held_by_labels, old.head());
         }
     }
-    if let Some(new) = store.labels.get(label) {
+    if let Some((plain, head)) = new {
         store.stats.labels += 1;
         store.stats.label_footprint += label_footprint(label.len());
-        if new.is_plain() {
-            *store.held_by_labels.entry(new.head()).or_default() += 1;
+        if plain {
+            *store.held_by_labels.entry(head).or_default() += 1;
         }
     }
-    old
+    (old, name)
 }
 
 fn release_target(held: &mut BigMap<Digest, u64>, target: Digest) {
@@ -1848,7 +1856,11 @@ fn labels_page(store: &MemStore, prefix: &str, after: Option<&str>, limit: usize
 #[derive(Clone, Debug, Default)]
 struct Labels {
     rows: BigMap<SmolStr, Row>,
-    order: BTreeSet<SmolStr>,
+    /// The names in byte order, sorted at the first listing and kept
+    /// from then on. Until then a new label costs no ordered insert: a
+    /// log root replaying a million of them, or writers that never list,
+    /// pay for no order they do not use.
+    order: OnceLock<BTreeSet<SmolStr>>,
 }
 
 /// A label's row as a memory root keeps it: a plain label (the most of
@@ -1911,25 +1923,32 @@ impl Labels {
         self.rows.get(label)
     }
 
-    /// The label's row with its name as kept.
-    fn get_named(&self, label: &str) -> Option<(&SmolStr, &Row)> {
-        self.rows.get_key_value(label)
-    }
-
-    /// Sets a label's row; returns the one it replaced.
-    fn insert(&mut self, label: &str, row: Row) -> Option<Row> {
-        if let Some(held) = self.rows.get_mut(label) {
-            return Some(std::mem::replace(held, row));
+    /// Sets a label's row; returns the one it replaced and the name as
+    /// kept.
+    fn insert(&mut self, label: &str, row: Row) -> (Option<Row>, SmolStr) {
+        match self.rows.entry_ref(label) {
+            EntryRef::Occupied(mut held) => {
+                let old = std::mem::replace(held.get_mut(), row);
+                (Some(old), held.key().clone())
+            }
+            EntryRef::Vacant(vacant) => {
+                let name = vacant
+                    .insert_entry_with_key(SmolStr::new(label), row)
+                    .key()
+                    .clone();
+                if let Some(order) = self.order.get_mut() {
+                    order.insert(name.clone());
+                }
+                (None, name)
+            }
         }
-        let name = SmolStr::new(label);
-        self.order.insert(name.clone());
-        self.rows.insert(name, row);
-        None
     }
 
     fn remove(&mut self, label: &str) -> Option<Row> {
         let row = self.rows.remove(label)?;
-        self.order.remove(label);
+        if let Some(order) = self.order.get_mut() {
+            order.remove(label);
+        }
         Some(row)
     }
 
@@ -1942,14 +1961,17 @@ impl Labels {
         self.rows.values().map(Row::head)
     }
 
-    /// Every label and its row, in byte order.
-    fn iter(&self) -> impl Iterator<Item = (&str, &Row)> {
-        self.from(std::ops::Bound::Unbounded)
+    /// Every label and its row, in no order.
+    fn unordered(&self) -> impl Iterator<Item = (&str, &Row)> {
+        self.rows.iter().map(|(name, row)| (name.as_str(), row))
     }
 
     /// The labels from `start` on, in byte order.
     fn from(&self, start: std::ops::Bound<&str>) -> impl Iterator<Item = (&str, &Row)> {
-        self.order
+        let order = self
+            .order
+            .get_or_init(|| self.rows.keys().cloned().collect());
+        order
             .range::<str, _>((start, std::ops::Bound::Unbounded))
             .map(|name| (&**name, &self.rows[name]))
     }
