@@ -1240,7 +1240,9 @@ impl Transaction for Txn<'_> {
         let doomed: Vec<String> = self
             .store(store)
             .map(|held| {
-                let labels = held.labels.unordered().take(limit);
+                // In byte order, as the other engines remove them: the
+                // change log records the removals in this order.
+                let labels = held.labels.from(std::ops::Bound::Unbounded).take(limit);
                 labels.map(|(label, _)| label.to_owned()).collect()
             })
             .unwrap_or_default();
