@@ -20,6 +20,8 @@
 //! export of the whole store into a sink. Then the root is let go and
 //! opened again (a log root replays its log), and a second root of 1,000
 //! stores of 100 objects each made, every store verified and collected.
+//! Last, 10,000 and then 100,000 labels are set in one transaction and
+//! removed in another.
 //!
 //! Run: `cargo bench -p theater-store-bench --bench scale`
 //! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000;
@@ -43,6 +45,8 @@ const SLICES: usize = 5;
 /// in all.
 const MANY_STORES: usize = 1_000;
 const MANY_STORES_OBJECTS: usize = 100_000;
+/// The sizes of the label batches written in one transaction each.
+const BATCHES: [usize; 2] = [10_000, 100_000];
 
 fn label(i: usize) -> String {
     format!("item/{i:08}")
@@ -277,6 +281,7 @@ fn main() {
     });
     reopen(&runtime, dir.path(), root, store, filled);
     runtime.block_on(many_stores());
+    runtime.block_on(large_transactions());
 }
 
 /// Lets go of the whole store, opens its root again and reads one label:
@@ -355,4 +360,37 @@ async fn many_stores() {
         gc.as_secs_f64(),
         micros_each(gc, MANY_STORES_OBJECTS),
     );
+}
+
+/// Many labels set in one transaction (`set_labels`, as a sync or a
+/// restore writes them), then all removed in another
+/// (`compare_and_swap_labels`): work per label that grows with the
+/// batch, rather than with the store, shows here as a per-label cost
+/// that grows from the small batch to the large one.
+async fn large_transactions() {
+    for batch in BATCHES {
+        let dir = tempfile::tempdir().unwrap();
+        let root = bench_root(&dir.path().join("root"));
+        let store = root.store("batches").unwrap();
+        let target = store.store(content(0)).await.unwrap();
+        let labels: Vec<(String, Option<ContentRef>)> = (0..batch)
+            .map(|i| (label(i), Some(target.clone())))
+            .collect();
+        let started = Instant::now();
+        store.set_labels(&labels).await.unwrap();
+        let set = started.elapsed();
+        let moves: Vec<_> = labels
+            .into_iter()
+            .map(|(label, target)| (label, target, None))
+            .collect();
+        let started = Instant::now();
+        assert!(store.compare_and_swap_labels(&moves).await.unwrap());
+        let removed = started.elapsed();
+        assert!(store.list_labels().await.unwrap().is_empty());
+        eprintln!(
+            "{batch} labels in one transaction: set {:.2} µs a label, removed {:.2} µs a label",
+            micros_each(set, batch),
+            micros_each(removed, batch),
+        );
+    }
 }

@@ -99,6 +99,55 @@ async fn every_label_write_is_logged_once_with_what_it_replaced() {
 }
 
 #[tokio::test]
+async fn a_batchs_changes_read_the_same_after_the_root_is_opened_again() {
+    if common::memory_engine() {
+        return; // nothing outlives the process's root
+    }
+    let (dir, root) = common::temp_root();
+    let store = root.store("batches").unwrap();
+    let a = store.store_at_label("single", b"a".to_vec()).await.unwrap();
+    let b = store.store(b"b".to_vec()).await.unwrap();
+    // One transaction of many label changes, then another that moves
+    // some of them and removes others: each change keeps its own entry,
+    // in order, with what it replaced.
+    let batch: Vec<(String, Option<ContentRef>)> = (0..40)
+        .map(|i| (format!("batch/{i:02}"), Some(a.clone())))
+        .collect();
+    store.set_labels(&batch).await.unwrap();
+    let moves_back: Vec<_> = (0..40)
+        .step_by(3)
+        .map(|i| {
+            let target = (i % 2 == 0).then(|| b.clone());
+            (format!("batch/{i:02}"), Some(a.clone()), target)
+        })
+        .collect();
+    assert!(store.compare_and_swap_labels(&moves_back).await.unwrap());
+    let before = all_changes(&store).await;
+    assert_eq!(before.len(), 1 + 40 + moves_back.len());
+    let seqs: Vec<u64> = before.iter().map(|change| change.seq).collect();
+    assert_eq!(seqs, (1..=before.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        moves(&before[41..]),
+        moves_back
+            .iter()
+            .map(|(label, from, to)| (label.clone(), from.clone(), to.clone()))
+            .collect::<Vec<_>>()
+    );
+    let labels_before = store.list_labels().await.unwrap();
+
+    let root_string = common::root_string_for(&root, dir.path(), "again");
+    drop(store);
+    drop(root);
+    let root = StoreRoot::at(&root_string, Options::default()).unwrap();
+    let store = root.store("batches").unwrap();
+    let after = all_changes(&store).await;
+    assert_eq!(moves(&after), moves(&before));
+    let seqs_after: Vec<u64> = after.iter().map(|change| change.seq).collect();
+    assert_eq!(seqs_after, seqs);
+    assert_eq!(store.list_labels().await.unwrap(), labels_before);
+}
+
+#[tokio::test]
 async fn a_page_starts_after_its_sequence_and_says_where_the_log_ends() {
     let (_dir, root) = common::temp_root();
     let store = root.store("paged").unwrap();

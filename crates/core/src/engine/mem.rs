@@ -937,7 +937,20 @@ impl Txn<'_> {
         fn name(id: &StoreId) -> Cow<'_, str> {
             Cow::Borrowed(id.as_str())
         }
-        for (at, step) in self.undo.iter().enumerate() {
+        // The entries this transaction added to a store's change log are
+        // the newest of it, in order: counted once per store here, so
+        // that a transaction of many label changes finds each entry in
+        // constant time.
+        let mut unwritten_entries: Vec<(&StoreId, usize)> = Vec::new();
+        for step in &self.undo {
+            if let Undo::Logged(id) = step {
+                match unwritten_entries.iter_mut().find(|(store, _)| *store == id) {
+                    Some((_, count)) => *count += 1,
+                    None => unwritten_entries.push((id, 1)),
+                }
+            }
+        }
+        for step in &self.undo {
             let found = |id: &StoreId| stores.get(id.as_str());
             let step = match step {
                 Undo::Store(id) => match found(id) {
@@ -989,15 +1002,16 @@ impl Txn<'_> {
                     unscanned: found(id).is_some_and(|held| held.unscanned.contains(digest)),
                 },
                 Undo::Logged(id) => {
+                    let Some((_, unwritten)) =
+                        unwritten_entries.iter_mut().find(|(store, _)| *store == id)
+                    else {
+                        continue;
+                    };
+                    let newer = *unwritten;
+                    *unwritten -= 1;
                     let Some(held) = found(id) else {
                         continue;
                     };
-                    // The entries this transaction added to a store's log
-                    // are the newest of it, in order.
-                    let newer = self.undo[at..]
-                        .iter()
-                        .filter(|later| matches!(later, Undo::Logged(store) if store == id))
-                        .count();
                     Step::Logged {
                         store: name(id),
                         entry: Cow::Borrowed(&held.log[held.log.len() - newer]),
