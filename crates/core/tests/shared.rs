@@ -1,10 +1,11 @@
 //! The shared engine's own behaviour, beyond the suites every engine runs:
-//! its read cache. (Built only with the `shared` feature.)
+//! its read cache, and bringing an older schema up. (Built only with the
+//! `shared` feature.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use theater_store::{ContentRef, Options, StoreRoot};
+use theater_store::{CHANGE_OVERHEAD_BYTES, ContentRef, LABEL_OVERHEAD_BYTES, Options, StoreRoot};
 use theater_store_testing::Services;
 
 /// A fresh shared root, and another root string for it with a cache of
@@ -136,4 +137,93 @@ async fn content_over_64_mib_is_uploaded_in_parts() {
     // Stored again: already there, so nothing is uploaded twice.
     let again = writer.store("large").unwrap().store(content).await.unwrap();
     assert_eq!(again, stored);
+}
+
+/// Version 7's way of filing change log entries: a trigger per label row
+/// that updates its store's row, and totals triggers that log nothing.
+const SCHEMA_7_LOG_TRIGGERS: &str = r#"
+DROP TRIGGER theater_labels_retargeted ON theater_labels;
+CREATE OR REPLACE FUNCTION theater_labels_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE theater_stores s SET label_count = s.label_count + n.count,
+        label_footprint = s.label_footprint + n.footprint
+    FROM (SELECT store, count(*) AS count, sum(2 * octet_length(name) + 200) AS footprint
+          FROM added GROUP BY store) n
+    WHERE s.id = n.store;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION theater_label_logged() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    next_seq bigint;
+BEGIN
+    UPDATE theater_stores SET change_seq = change_seq + 1, change_count = change_count + 1,
+        change_footprint = change_footprint + octet_length(NEW.name) + 128
+    WHERE id = NEW.store RETURNING change_seq INTO next_seq;
+    INSERT INTO theater_changes (store, seq, label, old, new, at, actor)
+    VALUES (NEW.store, next_seq, NEW.name, NULL, NEW.target,
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER theater_label_logged AFTER INSERT ON theater_labels
+    FOR EACH ROW EXECUTE FUNCTION theater_label_logged();
+UPDATE theater_meta SET value = 7 WHERE key = 'schema_version';
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_7_is_brought_up_and_logs_each_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::shared();
+    services.configure_environment();
+    let root_string = services.new_root(&dir.path().join("cache"));
+    let (address, _) = root_string.split_once('?').unwrap();
+    let (_, database) = address.rsplit_once('/').unwrap();
+    let root = StoreRoot::at(&root_string, Options::default()).unwrap();
+    let store = root.store("docs").unwrap();
+    let first = store.store_at_label("a", b"one".to_vec()).await.unwrap();
+    // A host of the version before files the next entry its own way.
+    services.psql(database, SCHEMA_7_LOG_TRIGGERS);
+    let second = store.store_at_label("b", b"two".to_vec()).await.unwrap();
+    drop(store);
+    drop(root);
+
+    // Opening the root brings the database up: the row trigger is gone,
+    // and the log goes on from where that host left it, each change once.
+    let root = StoreRoot::at(&root_string, Options::default()).unwrap();
+    let store = root.store("docs").unwrap();
+    store.label("c", &first).await.unwrap();
+    store.replace_at_label("a", &second).await.unwrap();
+    store.remove_label("b").await.unwrap();
+    let changes = store.changes(0, 100).await.unwrap().changes;
+    let logged: Vec<(u64, &str, Option<&ContentRef>, Option<&ContentRef>)> = changes
+        .iter()
+        .map(|c| (c.seq, c.label.as_str(), c.old.as_ref(), c.new.as_ref()))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (1, "a", None, Some(&first)),
+            (2, "b", None, Some(&second)),
+            (3, "c", None, Some(&first)),
+            (4, "a", Some(&first), Some(&second)),
+            (5, "b", Some(&second), None),
+        ]
+    );
+    // The totals agree with what was written: two labels of one byte,
+    // five entries naming one.
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.labels, stats.label_footprint),
+        (2, 2 * (2 + LABEL_OVERHEAD_BYTES))
+    );
+    assert_eq!(
+        (stats.changes, stats.change_footprint),
+        (5, 5 * (1 + CHANGE_OVERHEAD_BYTES))
+    );
+    assert_eq!(
+        services.psql(
+            database,
+            "SELECT value FROM theater_meta WHERE key = 'schema_version'"
+        ),
+        "8"
+    );
 }

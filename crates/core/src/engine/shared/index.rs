@@ -26,8 +26,9 @@ use crate::stats::{
 /// keeps a change log per store, written by a trigger on labels; version
 /// 6 indexes it by label, for history and reads at a past point; version
 /// 7 adds the functions that check a write against a quota in its own
-/// statement.)
-pub(super) const SCHEMA_VERSION: i64 = 7;
+/// statement; version 8 files change log entries once per statement
+/// rather than once per label row.)
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// The first version that records links: objects from before it are
 /// marked as not yet scanned for them when a database is brought up to it.
@@ -42,15 +43,25 @@ const SCHEMA_LOCK: i64 = 0x7468_6561_7465_7221;
 
 /// The schema, created idempotently.
 fn schema() -> String {
-    let cost = |name: &str| {
-        format!(
-            "CASE WHEN octet_length({name}) > {LABEL_SPILL_BYTES} THEN {LABEL_SPILLED_COST} \
-             ELSE 2 * octet_length({name}) + {LABEL_OVERHEAD_BYTES} END"
-        )
-    };
-    let label_cost = cost("l.name");
     let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     let object_overhead = crate::stats::OBJECT_OVERHEAD_BYTES;
+    let labels_added = label_statement_trigger(
+        "theater_labels_added",
+        "SELECT store, name, NULL::bytea AS old, target AS new FROM added",
+        Some('+'),
+    );
+    let labels_removed = label_statement_trigger(
+        "theater_labels_removed",
+        "SELECT store, name, target AS old, NULL::bytea AS new FROM removed",
+        Some('-'),
+    );
+    let labels_retargeted = label_statement_trigger(
+        "theater_labels_retargeted",
+        "SELECT store, name, o.target AS old, n.target AS new
+         FROM new_rows n JOIN old_rows o USING (store, name)
+         WHERE o.target IS DISTINCT FROM n.target",
+        None,
+    );
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS theater_meta (key text PRIMARY KEY, value bigint NOT NULL);
@@ -126,29 +137,6 @@ CREATE OR REPLACE TRIGGER theater_objects_added AFTER INSERT ON theater_objects
 CREATE OR REPLACE TRIGGER theater_objects_removed AFTER DELETE ON theater_objects
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_objects_removed();
 
-CREATE OR REPLACE FUNCTION theater_labels_added() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE theater_stores s SET label_count = s.label_count + n.count,
-        label_footprint = s.label_footprint + n.footprint
-    FROM (SELECT store, count(*) AS count, sum({label_cost}) AS footprint
-          FROM added l GROUP BY store) n
-    WHERE s.id = n.store;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE FUNCTION theater_labels_removed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE theater_stores s SET label_count = s.label_count - n.count,
-        label_footprint = s.label_footprint - n.footprint
-    FROM (SELECT store, count(*) AS count, sum({label_cost}) AS footprint
-          FROM removed l GROUP BY store) n
-    WHERE s.id = n.store;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_added();
-CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
-    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
-
 -- The change log (version 5): each label row that changes in a store
 -- that is not reserved gets the store's next sequence number, taken from
 -- its row under the row's lock in the same transaction (never a clock),
@@ -169,43 +157,24 @@ CREATE TABLE IF NOT EXISTS theater_changes (
     PRIMARY KEY (store, seq)
 );
 CREATE INDEX IF NOT EXISTS theater_changes_by_label ON theater_changes (store, label, seq);
-CREATE OR REPLACE FUNCTION theater_label_logged() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    r_store text;
-    r_name text;
-    r_old bytea;
-    r_new bytea;
-    next_seq bigint;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        r_store := OLD.store; r_name := OLD.name; r_old := OLD.target; r_new := NULL;
-    ELSIF TG_OP = 'INSERT' THEN
-        r_store := NEW.store; r_name := NEW.name; r_old := NULL; r_new := NEW.target;
-    ELSE
-        IF OLD.target = NEW.target THEN
-            RETURN NULL;
-        END IF;
-        r_store := NEW.store; r_name := NEW.name; r_old := OLD.target; r_new := NEW.target;
-    END IF;
-    IF left(r_store, 1) = '_' THEN
-        RETURN NULL;
-    END IF;
-    UPDATE theater_stores SET change_seq = change_seq + 1, change_count = change_count + 1,
-        change_footprint = change_footprint + octet_length(r_name) + {change_overhead}
-    WHERE id = r_store RETURNING change_seq INTO next_seq;
-    IF next_seq IS NULL THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO theater_changes (store, seq, label, old, new, at, actor)
-    VALUES (r_store, next_seq, r_name, r_old, r_new,
-        (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
-        nullif(current_setting('theater.actor', true), ''));
-    PERFORM pg_notify('theater_changes', r_store);
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER theater_label_logged
-    AFTER INSERT OR DELETE OR UPDATE OF target ON theater_labels
-    FOR EACH ROW EXECUTE FUNCTION theater_label_logged();
+-- Label totals and change log entries move once per statement (version
+-- 8): each store's row is updated once however many labels the
+-- statement wrote, and its entries numbered after the store's last in
+-- (store, name) order. (A trigger per row updated the store's row once
+-- per label, and PostgreSQL walks every version a transaction left of a
+-- row to update it again: quadratic in the labels of one transaction.)
+DROP TRIGGER IF EXISTS theater_label_logged ON theater_labels;
+DROP FUNCTION IF EXISTS theater_label_logged();
+{labels_added}
+{labels_removed}
+{labels_retargeted}
+CREATE OR REPLACE TRIGGER theater_labels_added AFTER INSERT ON theater_labels
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_added();
+CREATE OR REPLACE TRIGGER theater_labels_removed AFTER DELETE ON theater_labels
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_removed();
+CREATE OR REPLACE TRIGGER theater_labels_retargeted AFTER UPDATE ON theater_labels
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION theater_labels_retargeted();
 CREATE OR REPLACE FUNCTION theater_changes_trimmed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE theater_stores s SET change_count = s.change_count - n.count,
@@ -393,6 +362,66 @@ BEGIN
     RETURN ARRAY[answer, theater_quota_after(p_store, b, p_bytes, p_objects)];
 END $$;
 "#
+    )
+}
+
+/// The function of a statement-level trigger on `theater_labels`: for
+/// the rows `moves` selects (`store, name, old, new`, one per label the
+/// statement changed), it moves each store's label totals by `sign`
+/// (`+` added, `-` removed, `None` for labels pointed elsewhere), and in
+/// stores that are not reserved files one change log entry per label,
+/// numbered after the store's last under its row's lock, then wakes the
+/// listeners at commit. One update of each store's row per statement.
+fn label_statement_trigger(function: &str, moves: &str, sign: Option<char>) -> String {
+    let label_cost = label_cost("l.name");
+    let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
+    let totals = match sign {
+        Some(sign) => format!(
+            "label_count = s.label_count {sign} n.count,
+            label_footprint = s.label_footprint {sign} n.footprint,"
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    notified bigint;
+BEGIN
+    WITH m AS ({moves}),
+    n AS (
+        SELECT store, count(*) AS count, sum({label_cost}) AS footprint,
+            CASE WHEN left(store, 1) = '_' THEN 0 ELSE count(*) END AS logged,
+            CASE WHEN left(store, 1) = '_' THEN 0
+                ELSE sum(octet_length(l.name) + {change_overhead}) END AS log_footprint
+        FROM m l GROUP BY store
+    ),
+    s AS (
+        UPDATE theater_stores s SET {totals}
+            change_seq = s.change_seq + n.logged,
+            change_count = s.change_count + n.logged,
+            change_footprint = s.change_footprint + n.log_footprint
+        FROM n WHERE s.id = n.store
+        RETURNING s.id, n.logged, s.change_seq - n.logged AS base
+    ),
+    filed AS (
+        INSERT INTO theater_changes (store, seq, label, old, new, at, actor)
+        SELECT l.store, s.base + row_number() OVER (PARTITION BY l.store ORDER BY l.name),
+            l.name, l.old, l.new, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+            nullif(current_setting('theater.actor', true), '')
+        FROM m l JOIN s ON s.id = l.store WHERE s.logged > 0
+    )
+    SELECT count(pg_notify('{CHANGES_CHANNEL}', id)) INTO notified FROM s WHERE logged > 0;
+    RETURN NULL;
+END $$;"#
+    )
+}
+
+/// What a label of this name (the SQL expression `name`) counts against
+/// its store's quota, as the local engine counts it.
+fn label_cost(name: &str) -> String {
+    format!(
+        "CASE WHEN octet_length({name}) > {LABEL_SPILL_BYTES} THEN {LABEL_SPILLED_COST} \
+         ELSE 2 * octet_length({name}) + {LABEL_OVERHEAD_BYTES} END"
     )
 }
 
