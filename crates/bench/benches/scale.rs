@@ -25,14 +25,17 @@
 //!
 //! Run: `cargo bench -p theater-store-bench --bench scale`
 //! (`THEATER_STORE_BENCH_SCALE_MAX`, default 1,000,000;
-//! `THEATER_STORE_BENCH_ENGINE=log` for log roots instead of local ones).
+//! `THEATER_STORE_BENCH_ENGINE=log` for log roots instead of local ones,
+//! `shared` for shared roots on private PostgreSQL and S3 servers, whose
+//! disk and bytes written are the servers' and not shown).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use theater_store::{ContentRef, ContentStore, Durability, GcOptions, StoreRoot};
+use theater_store::{ContentRef, ContentStore, Durability, GcOptions, Options, StoreRoot};
 use theater_store_bench::env_number;
+use theater_store_testing::Services;
 
 const WRITERS: usize = 8;
 const PROBES: usize = 10_000;
@@ -134,25 +137,51 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// Whether the bench runs on log roots.
-fn on_log_root() -> bool {
-    std::env::var("THEATER_STORE_BENCH_ENGINE").is_ok_and(|engine| engine == "log")
+/// The engine the bench runs on (`THEATER_STORE_BENCH_ENGINE`).
+#[derive(Clone, Copy, PartialEq)]
+enum BenchEngine {
+    Local,
+    Log,
+    Shared,
 }
 
-/// A buffered root at `path`: a local one, or a log one when
-/// `THEATER_STORE_BENCH_ENGINE=log`.
-fn bench_root(path: &Path) -> StoreRoot {
-    if on_log_root() {
-        let root = format!("log:{}", path.display());
-        return StoreRoot::at(&root, theater_store::Options::default()).unwrap();
+fn bench_engine() -> BenchEngine {
+    match std::env::var("THEATER_STORE_BENCH_ENGINE").as_deref() {
+        Ok("log") => BenchEngine::Log,
+        Ok("shared") => BenchEngine::Shared,
+        _ => BenchEngine::Local,
     }
-    StoreRoot::with_durability(path, Durability::Buffered)
+}
+
+/// The root string of a fresh root kept under `path` (a shared root's
+/// read cache is there; its index and objects are on the servers).
+fn new_root_string(path: &Path) -> String {
+    match bench_engine() {
+        BenchEngine::Local => path.display().to_string(),
+        BenchEngine::Log => format!("log:{}", path.display()),
+        BenchEngine::Shared => {
+            let services = Services::shared();
+            services.configure_environment();
+            services.new_root(&path.join("cache"))
+        }
+    }
+}
+
+/// The root `root` names, its writes buffered.
+fn open_root(root: &str) -> StoreRoot {
+    let options = Options {
+        durability: Durability::Buffered,
+        ..Options::default()
+    };
+    StoreRoot::at(root, options).unwrap()
 }
 
 fn main() {
     let max: usize = env_number("THEATER_STORE_BENCH_SCALE_MAX", 1_000_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let root = bench_root(&dir.path().join("root"));
+    let root_string = new_root_string(&dir.path().join("root"));
+    let root = open_root(&root_string);
     let store = root.store("scale").unwrap();
     eprintln!(
         "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
@@ -189,9 +218,10 @@ fn main() {
                 store.store_at_label(&label(i), content(i)).await.unwrap();
             }
             let put_each = micros_each(started.elapsed(), MORE_WRITES);
-            let put_bytes = match on_log_root() {
-                true => "mapped".to_owned(),
-                false => ((bytes_written() - written) / MORE_WRITES as u64).to_string(),
+            let put_bytes = match bench_engine() {
+                BenchEngine::Log => "mapped".to_owned(),
+                BenchEngine::Shared => "remote".to_owned(),
+                BenchEngine::Local => ((bytes_written() - written) / MORE_WRITES as u64).to_string(),
             };
             filled += MORE_WRITES;
 
@@ -254,7 +284,10 @@ fn main() {
                 .unwrap();
             let export = started.elapsed();
 
-            let per_object = disk_bytes(&dir.path().join("root")) / filled as u64;
+            let per_object = match bench_engine() {
+                BenchEngine::Shared => "remote".to_owned(),
+                _ => (disk_bytes(&dir.path().join("root")) / filled as u64).to_string(),
+            };
             let each = |took: Duration| micros_each(took, filled);
             eprintln!(
                 "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
@@ -279,7 +312,7 @@ fn main() {
             decade *= 10;
         }
     });
-    reopen(&runtime, dir.path(), root, store, filled);
+    reopen(&runtime, &root_string, root, store, filled);
     runtime.block_on(many_stores());
     runtime.block_on(large_transactions());
 }
@@ -289,7 +322,7 @@ fn main() {
 /// root replays its log here).
 fn reopen(
     runtime: &tokio::runtime::Runtime,
-    dir: &Path,
+    root_string: &str,
     root: StoreRoot,
     store: ContentStore,
     filled: usize,
@@ -297,7 +330,7 @@ fn reopen(
     drop(store);
     drop(root);
     let started = Instant::now();
-    let root = bench_root(&dir.join("root"));
+    let root = open_root(root_string);
     let store = root.store("scale").unwrap();
     let found = runtime.block_on(store.get_by_label(&label(filled - 1)));
     assert!(found.unwrap().is_some());
@@ -313,7 +346,7 @@ fn reopen(
 /// cost far above the single store's.
 async fn many_stores() {
     let dir = tempfile::tempdir().unwrap();
-    let root = bench_root(&dir.path().join("root"));
+    let root = open_root(&new_root_string(&dir.path().join("root")));
     let per_store = MANY_STORES_OBJECTS / MANY_STORES;
     with_writers(|writer| {
         let root = root.clone();
@@ -370,7 +403,7 @@ async fn many_stores() {
 async fn large_transactions() {
     for batch in BATCHES {
         let dir = tempfile::tempdir().unwrap();
-        let root = bench_root(&dir.path().join("root"));
+        let root = open_root(&new_root_string(&dir.path().join("root")));
         let store = root.store("batches").unwrap();
         let target = store.store(content(0)).await.unwrap();
         let labels: Vec<(String, Option<ContentRef>)> = (0..batch)

@@ -45,6 +45,15 @@ const LABELS_PER_TRANSACTION: usize = 1000;
 /// store keeps under a kilobyte there).
 const MAX_OPEN_SEGMENT_BYTES: usize = 64 << 10;
 
+/// An export asks the engine for the bytes of this many small objects
+/// at once: a round trip per object made a shared root's export cost
+/// about 110 µs an object.
+const EXPORT_READ_TOGETHER: usize = 256;
+/// The largest object an export asks for with others (engines keep
+/// inline only objects under their inline threshold, 16 KiB by
+/// default), so that a batch holds at most 16 MiB.
+const EXPORT_READ_TOGETHER_MAX: u64 = 64 << 10;
+
 const OBJECT: u8 = b'O';
 const LABEL: u8 = b'L';
 const CHAIN: u8 = b'C';
@@ -379,14 +388,40 @@ fn export_section<W: Write>(
         ..PackageSummary::default()
     };
     let mut vanished = BTreeSet::new();
-    for &(digest, size) in &selected {
-        let (Some(object), Some(size)) = (engine.open_object(id, digest)?, size) else {
-            vanished.insert(digest);
-            continue;
-        };
-        writer.object(id, digest, size, object, progress)?;
-        summary.objects += 1;
-        summary.bytes += size;
+    let small = |size: Option<u64>| size.is_some_and(|size| size <= EXPORT_READ_TOGETHER_MAX);
+    for batch in selected.chunks(EXPORT_READ_TOGETHER) {
+        // The batch's small objects that the index holds inline, read
+        // together (one round trip on a shared root, one read
+        // transaction on a local one); the rest one at a time. Either way
+        // the writer hashes what it writes against the digest.
+        let together: Vec<Digest> = batch
+            .iter()
+            .filter(|(_, size)| small(*size))
+            .map(|(digest, _)| *digest)
+            .collect();
+        let mut inline = match together.is_empty() {
+            true => Vec::new(),
+            false => handle.block_on(engine.read_inline_many(id, &together))?,
+        }
+        .into_iter();
+        for &(digest, size) in batch {
+            let held_inline = if small(size) {
+                inline.next().flatten()
+            } else {
+                None
+            };
+            let object = match held_inline {
+                Some(bytes) => Some(Box::new(io::Cursor::new(bytes)) as Box<dyn Read + Send>),
+                None => engine.open_object(id, digest)?,
+            };
+            let (Some(object), Some(size)) = (object, size) else {
+                vanished.insert(digest);
+                continue;
+            };
+            writer.object(id, digest, size, object, progress)?;
+            summary.objects += 1;
+            summary.bytes += size;
+        }
     }
     summary.vanished = vanished.iter().map(|&digest| digest.into()).collect();
     let write_error = write_failed(id);

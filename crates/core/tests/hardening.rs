@@ -141,7 +141,9 @@ async fn export_skips_unlabelled_content_a_concurrent_collection_removes() {
     let (_dir, root) = temp_root();
     let source = root.store("exported").unwrap();
     let kept = source.store_at_label("keep", "labelled").await.unwrap();
-    for i in 0..30 {
+    // More than an export reads at once (256 small objects), so that the
+    // collection runs before it reads the later ones.
+    for i in 0..600 {
         source.store(format!("unlabelled {i}")).await.unwrap();
     }
     let runtime = tokio::runtime::Handle::current();
