@@ -136,7 +136,6 @@ fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Whether the bench runs on log roots.
 /// The engine the bench runs on (`THEATER_STORE_BENCH_ENGINE`).
 #[derive(Clone, Copy, PartialEq)]
 enum BenchEngine {
@@ -145,6 +144,7 @@ enum BenchEngine {
     Shared,
 }
 
+/// `log`, `shared`, or (unset or anything else) local.
 fn bench_engine() -> BenchEngine {
     match std::env::var("THEATER_STORE_BENCH_ENGINE").as_deref() {
         Ok("log") => BenchEngine::Log,
