@@ -137,7 +137,7 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// The engine the bench runs on (`THEATER_STORE_BENCH_ENGINE`).
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum BenchEngine {
     Local,
     Log,

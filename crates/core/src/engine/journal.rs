@@ -932,15 +932,18 @@ impl<'a> Decoder<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn bytes(&mut self) -> Option<Vec<u8>> {
+    /// A length-prefixed run of bytes, borrowed from the record.
+    fn sized(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.u64()?).ok()?;
-        Some(self.take(len)?.to_vec())
+        self.take(len)
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        Some(self.sized()?.to_vec())
     }
     /// A string, borrowed from the record: replaying a step copies only
     /// what the state keeps.
     fn text(&mut self) -> Option<&'a str> {
-        let len = usize::try_from(self.u64()?).ok()?;
-        std::str::from_utf8(self.take(len)?).ok()
+        std::str::from_utf8(self.sized()?).ok()
     }
     fn digest(&mut self) -> Option<Digest> {
         Digest::from_slice(self.take(32)?)

@@ -373,14 +373,18 @@ END $$;
 /// numbered after the store's last under its row's lock, then wakes the
 /// listeners at commit. One update of each store's row per statement.
 fn label_statement_trigger(function: &str, moves: &str, sign: Option<char>) -> String {
-    let label_cost = label_cost("l.name");
     let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
-    let totals = match sign {
-        Some(sign) => format!(
-            "label_count = s.label_count {sign} n.count,
+    // Labels pointed elsewhere leave the totals as they are: no footprint
+    // to add up.
+    let (totals, label_cost) = match sign {
+        Some(sign) => (
+            format!(
+                "label_count = s.label_count {sign} n.count,
             label_footprint = s.label_footprint {sign} n.footprint,"
+            ),
+            label_cost("l.name"),
         ),
-        None => String::new(),
+        None => (String::new(), "0".to_owned()),
     };
     format!(
         r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
