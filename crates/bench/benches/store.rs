@@ -523,6 +523,35 @@ fn streaming(c: &mut Criterion) {
             total
         })
     });
+    // The same on a log root, where content this large is a file of its
+    // own beside the log, streamed in through a temporary file.
+    let log_store = StoreRoot::at(
+        &format!("log:{}", dir.path().join("log").display()),
+        theater_store::Options::default(),
+    )
+    .unwrap()
+    .store("bench")
+    .unwrap();
+    runtime
+        .block_on(log_store.store_at_label("anchor", b"keeps the store".to_vec()))
+        .unwrap();
+    group.bench_function("log/store_reader", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                runtime.block_on(async {
+                    let file = tokio::fs::File::open(&input).await.unwrap();
+                    log_store.store_reader(file).await.unwrap()
+                });
+                total += started.elapsed();
+                runtime
+                    .block_on(log_store.collect_garbage(sweep, Arc::new(())))
+                    .unwrap();
+            }
+            total
+        })
+    });
     group.bench_function("floor/blake3", |b| b.iter(|| blake3::hash(&content)));
     let plain = dir.path().join("plain.bin");
     group.bench_function("floor/file_write", |b| {
@@ -558,6 +587,16 @@ fn streaming(c: &mut Criterion) {
         b.iter(|| {
             runtime
                 .block_on(store.read_range(&content_ref, middle, 4096))
+                .unwrap()
+        })
+    });
+    let log_ref = runtime
+        .block_on(log_store.store_at_label("kept", content.clone()))
+        .unwrap();
+    group.bench_function("log/warm", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(log_store.read_range(&log_ref, middle, 4096))
                 .unwrap()
         })
     });

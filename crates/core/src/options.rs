@@ -82,6 +82,13 @@ pub struct Options {
     /// with only the live state, writers waiting meanwhile. Default:
     /// 64 MiB.
     pub log_compact_min: u64,
+    /// Log roots: content larger than this many bytes is kept in a file of
+    /// its own beside the log (with its outboard, as on a local root)
+    /// rather than in the log: it streams in through a temporary file
+    /// instead of memory, reads by range without being read whole, and
+    /// compaction never copies it. 0 keeps every object in a file.
+    /// Default: 64 KiB.
+    pub log_file_threshold: usize,
 }
 
 impl Options {
@@ -108,6 +115,7 @@ impl Default for Options {
             space_reserve: 16 << 20,
             import_memory_bytes: 64 << 20,
             log_compact_min: 64 << 20,
+            log_file_threshold: 64 << 10,
         }
     }
 }

@@ -40,12 +40,22 @@ impl Rng {
 }
 
 /// The bytes of the `n`th piece of content: sizes from 0 to about 40 KiB,
-/// on both sides of the inline threshold (16 KiB): rows and files alike.
+/// on both sides of the inline threshold (16 KiB), which [`options`] makes
+/// a log root's file threshold too: rows (or records) and files alike.
 fn content(n: u64) -> Vec<u8> {
     let size = (n * 7919) % 40_000;
     let mut bytes = format!("content {n};").into_bytes();
     bytes.resize(bytes.len() + size as usize, (n % 251) as u8);
     bytes
+}
+
+/// The root's options: content over 16 KiB in files on either engine.
+fn options(durability: Durability) -> Options {
+    Options {
+        durability,
+        log_file_threshold: Options::default().inline_threshold,
+        ..Options::default()
+    }
 }
 
 fn label(i: u64) -> String {
@@ -73,11 +83,7 @@ async fn crash_child() {
         .append(true)
         .open(std::env::var("CRASH_LOG").unwrap())
         .unwrap();
-    let options = Options {
-        durability,
-        ..Options::default()
-    };
-    let root = StoreRoot::at(&root, options).unwrap();
+    let root = StoreRoot::at(&root, options(durability)).unwrap();
     let store = root.store("crash").unwrap();
     let chain = root.event_chain("crash").unwrap();
     let mut rng = Rng(seed | 1);
@@ -383,7 +389,7 @@ async fn writes_survive_sigkill_at_random_moments() {
         root
     };
     let open = || {
-        let root = StoreRoot::at(&root, Options::default()).unwrap();
+        let root = StoreRoot::at(&root, options(Durability::Buffered)).unwrap();
         (
             root.store("crash").unwrap(),
             root.event_chain("crash").unwrap(),

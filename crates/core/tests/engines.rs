@@ -473,3 +473,140 @@ async fn writers_at_once_on_a_log_root_are_all_answered_and_all_kept() {
         assert_eq!(reopened.changes(0, 1000).await.unwrap().last_seq, 320);
     }
 }
+
+/// A log root that keeps no history past a collection, compacted whenever
+/// it is more than half dead.
+fn log_root_without_history(dir: &std::path::Path) -> StoreRoot {
+    let options = Options {
+        log_compact_min: 0,
+        change_retention: Duration::ZERO,
+        change_retention_min: 0,
+        ..Options::default()
+    };
+    StoreRoot::at(&format!("log:{}", dir.join("log").display()), options).unwrap()
+}
+
+/// Every file under a log root's store's `objects/`.
+fn object_files(dir: &std::path::Path, store: &str) -> Vec<std::path::PathBuf> {
+    let objects = dir.join("log").join("stores").join(store).join("objects");
+    let Ok(shards) = std::fs::read_dir(objects) else {
+        return Vec::new();
+    };
+    shards
+        .flat_map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect()
+}
+
+/// Bytes that do not repeat, so that nothing compresses or dedups them.
+fn unrepeated(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_log_roots_large_content_stays_out_of_its_log_and_goes_with_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = unrepeated(3 << 20, 7);
+    let big_ref = {
+        let root = log_root_without_history(dir.path());
+        let store = root.store("large").unwrap();
+        let stored = store
+            .store_reader_at_label("big", std::io::Cursor::new(big.clone()))
+            .await
+            .unwrap();
+        // Enough small changes to make the log worth compacting, twice.
+        for n in 0..300 {
+            store
+                .store_at_label("small", format!("small {n}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let range = store.read_range(&stored, 2 << 20, 100).await.unwrap();
+        assert_eq!(range, big[2 << 20..(2 << 20) + 100]);
+        stored
+    };
+    let log_len = std::fs::metadata(log_file(dir.path())).unwrap().len();
+    assert!(log_len < 1 << 20, "the log holds {log_len} bytes");
+    assert_eq!(object_files(dir.path(), "large").len(), 1);
+
+    // Opened again: the object is where its file is.
+    let root = log_root_without_history(dir.path());
+    let store = root.store("large").unwrap();
+    assert_eq!(
+        store.get_by_label("big").await.unwrap(),
+        Some(big_ref.clone())
+    );
+    assert_eq!(store.get(&big_ref).await.unwrap(), big);
+    assert!(
+        store
+            .verify(std::sync::Arc::new(()))
+            .await
+            .unwrap()
+            .is_clean()
+    );
+
+    // Unlabelled and collected: its file (and outboard) go too.
+    store.remove_label("big").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    let report = store
+        .collect_garbage(options, std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    // The big object and the 299 small ones labels moved off.
+    assert_eq!(report.objects_removed, 300);
+    assert!(report.bytes_freed > big.len() as u64);
+    assert!(!store.exists(&big_ref).await.unwrap());
+    assert!(object_files(dir.path(), "large").is_empty());
+    drop((store, root));
+    let reopened = log_root_without_history(dir.path()).store("large").unwrap();
+    assert!(!reopened.exists(&big_ref).await.unwrap());
+    assert_eq!(reopened.stats().await.unwrap().objects, 1);
+}
+
+#[tokio::test]
+async fn a_file_a_log_root_renamed_in_but_never_committed_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = log_root_without_history(dir.path());
+    let store = root.store("leftover").unwrap();
+    store
+        .store_at_label("kept", b"kept".to_vec())
+        .await
+        .unwrap();
+    // As a write killed between its file's rename and its commit leaves.
+    let lost = unrepeated(100 << 10, 3);
+    let hash = ContentRef::for_content(&lost).hash().to_owned();
+    let shard = dir
+        .path()
+        .join("log/stores/leftover/objects")
+        .join(&hash[..2]);
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join(&hash[2..]), &lost).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    let report = store
+        .collect_garbage(options, std::sync::Arc::new(()))
+        .await
+        .unwrap();
+    assert_eq!(report.unindexed_files_removed, 1);
+    assert!(object_files(dir.path(), "leftover").is_empty());
+    assert_eq!(
+        store.get_by_label("kept").await.unwrap(),
+        Some(ContentRef::for_content(b"kept"))
+    );
+}

@@ -124,14 +124,28 @@ pub(super) struct ChangeEntry {
     pub(super) actor: Option<Arc<str>>,
 }
 
-/// An object as the log records it: its bytes are the blob at `offset`.
+/// An object as the log records it.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct LoggedObject<'a> {
-    pub(super) offset: u64,
+    pub(super) bytes: BytesAt,
     pub(super) size: u64,
     pub(super) stored_at: i64,
     pub(super) links: Option<Cow<'a, [u8]>>,
 }
+
+/// Where a logged object's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BytesAt {
+    /// The blob at this offset of the log.
+    Blob(u64),
+    /// A file of their own beside the log (large content, see
+    /// `Options::log_file_threshold`).
+    File,
+}
+
+/// How [`BytesAt::File`] is written where a blob's offset would be: no
+/// record can start at the last byte a file may have.
+const IN_FILE: u64 = u64::MAX;
 
 /// Where one object's bytes are in a log file, to be read without the
 /// root's lock held.
@@ -776,7 +790,10 @@ fn encode_step(step: &Step<'_>, out: &mut Vec<u8>) {
                 put.digest(*digest);
                 put.flag(object.is_some());
                 if let Some(object) = object {
-                    put.u64(object.offset);
+                    put.u64(match object.bytes {
+                        BytesAt::Blob(offset) => offset,
+                        BytesAt::File => IN_FILE,
+                    });
                     put.u64(object.size);
                     put.u64(object.stored_at as u64);
                     put.option(object.links.as_deref(), |put, links| put.bytes(links));
@@ -874,7 +891,10 @@ fn decode_steps(payload: &[u8]) -> Option<Vec<Step<'_>>> {
                 object: match get.flag()? {
                     false => None,
                     true => Some(LoggedObject {
-                        offset: get.u64()?,
+                        bytes: match get.u64()? {
+                            IN_FILE => BytesAt::File,
+                            offset => BytesAt::Blob(offset),
+                        },
                         size: get.u64()?,
                         stored_at: get.u64()? as i64,
                         links: get.option(Decoder::bytes)?.map(Cow::Owned),
@@ -991,10 +1011,20 @@ mod tests {
                 store: "s".into(),
                 digest,
                 object: Some(LoggedObject {
-                    offset: 21,
+                    bytes: BytesAt::Blob(21),
                     size: 1,
                     stored_at: -5,
                     links: None,
+                }),
+            },
+            Step::Object {
+                store: "s".into(),
+                digest,
+                object: Some(LoggedObject {
+                    bytes: BytesAt::File,
+                    size: 5 << 20,
+                    stored_at: 7,
+                    links: Some(Cow::Owned(vec![9])),
                 }),
             },
             Step::Unscanned {

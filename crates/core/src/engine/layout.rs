@@ -22,11 +22,12 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::steps::{Step, record};
-use super::{Staged, StagingSink};
+use super::{ObjectSource, QuarantinedBytes, Scan, Staged, StagingSink};
 use crate::durability::Durability;
 use crate::error::{Result, io_error};
 use crate::names::{Digest, StoreId};
-use crate::tree::TreeHasher;
+use crate::task::Progress;
+use crate::tree::{RandomAccess, TreeHasher};
 
 /// File-level access to the objects of every store under one root.
 #[derive(Clone, Debug)]
@@ -42,6 +43,14 @@ impl ObjectFiles {
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
         Self {
             stores_dir: root.join("stores"),
+            durability,
+        }
+    }
+
+    /// The same files, written with another durability.
+    pub(crate) fn with_durability(&self, durability: Durability) -> Self {
+        Self {
+            stores_dir: self.stores_dir.clone(),
             durability,
         }
     }
@@ -498,6 +507,184 @@ impl ObjectFiles {
         Ok(moved)
     }
 
+    /// An object's file opened for reading, with its outboard when one of
+    /// the right size is kept (else it is rebuilt on first read); `None`
+    /// when the file is gone.
+    pub(crate) fn open_source(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        size: u64,
+    ) -> Result<Option<ObjectSource>> {
+        let data = match self.open_file(store, digest) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                let path = self.object_path(store, digest);
+                return Err(io_error(store, "reading object", &path, source));
+            }
+        };
+        let outboard = self
+            .open_outboard(store, digest, crate::tree::outboard_len(size))
+            .map(|file| Box::new(file) as Box<dyn RandomAccess>);
+        let data = Box::new(data);
+        Ok(Some(ObjectSource::File { data, outboard }))
+    }
+
+    /// An object's file, to be read through; `None` when it is gone.
+    pub(crate) fn open_reader(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<Box<dyn Read + Send>>> {
+        match self.open_file(store, digest) {
+            Ok(file) => Ok(Some(Box::new(file))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => {
+                let path = self.object_path(store, digest);
+                Err(io_error(store, "reading object", &path, source))
+            }
+        }
+    }
+
+    /// Hashes an object's file into a staged outboard beside a new
+    /// temporary path; the digest the bytes have and that path, or `None`
+    /// when the file is gone.
+    pub(crate) fn build_outboard(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+    ) -> Result<Option<(Digest, PathBuf)>> {
+        let path = self.object_path(store, digest);
+        let staged = self.new_temp_path(store);
+        let outboard_path = staged_outboard(&staged);
+        let built = self.create_temp_at(&outboard_path).and_then(|outboard| {
+            let (actual, outboard) = hash_tree(&path, io::BufWriter::new(outboard))?;
+            outboard
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?;
+            Ok(actual)
+        });
+        match built {
+            Ok(actual) => Ok(Some((actual, staged))),
+            Err(error) => {
+                remove_staged(&staged);
+                if error.kind() == io::ErrorKind::NotFound && !path.exists() {
+                    return Ok(None);
+                }
+                Err(io_error(store, "building outboard", &path, error))
+            }
+        }
+    }
+
+    /// Re-hashes every file under the store's `objects/` into `scan`:
+    /// intact ones `indexed` claims, unindexed ones, damaged ones, and
+    /// things that are not objects at all. A kept outboard found wrong is
+    /// removed and noted.
+    pub(crate) fn scan_files(
+        &self,
+        store: &StoreId,
+        files: Vec<ObjectFile>,
+        indexed: &dyn Fn(&Digest) -> bool,
+        scan: &mut Scan,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        for file in files {
+            let digest = match file.digest {
+                Some(digest) if file.metadata.is_file() => digest,
+                _ => {
+                    scan.stray.push(file.path);
+                    continue;
+                }
+            };
+            // A file that vanished since the listing was removed by a
+            // concurrent collection: nothing to check.
+            if let Some((actual, outboard)) = self.hash_with_outboard(store, &file.path)? {
+                if actual == digest && !self.outboard_agrees(store, digest, &outboard) {
+                    scan.damaged_outboards.push(digest);
+                }
+                scan.tally(
+                    digest,
+                    file.metadata.len(),
+                    actual,
+                    indexed(&digest),
+                    progress,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Object files of `store` no index row claims, last modified before
+    /// `cutoff`.
+    pub(crate) fn unindexed(
+        &self,
+        store: &StoreId,
+        cutoff: std::time::SystemTime,
+        indexed: impl Fn(&Digest) -> bool,
+    ) -> Result<Vec<Digest>> {
+        Ok(self
+            .object_files(store)?
+            .into_iter()
+            .filter(|file| file.metadata.modified().is_ok_and(|at| at < cutoff))
+            .filter_map(|file| file.digest)
+            .filter(|digest| !indexed(digest))
+            .collect())
+    }
+
+    /// Finishes or undoes the removals a collection left (files moved
+    /// aside, see [`ObjectFiles::doom_object`]): a file whose object is no
+    /// longer `held` is deleted, one whose object is held is put back.
+    /// Returns how many were deleted and put back.
+    pub(crate) fn finish_removals(
+        &self,
+        store: &StoreId,
+        mut held: impl FnMut(Digest) -> Result<bool>,
+    ) -> Result<(u64, u64)> {
+        let (mut deleted, mut restored) = (0, 0);
+        for (digest, path) in self.doomed_files(store)? {
+            let held = held(digest)?;
+            if held && self.restore_doomed(store, digest) {
+                restored += 1;
+            } else if !held && fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok((deleted, restored))
+    }
+
+    /// What quarantine moved aside in `store`, as the engine reports it.
+    pub(crate) fn quarantined_bytes(&self, store: &StoreId) -> Result<Vec<QuarantinedBytes>> {
+        let found = self.quarantined(store)?;
+        Ok(found.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    /// Deletes what quarantine moved aside in `store` before `cutoff`;
+    /// returns how many pieces went.
+    pub(crate) fn purge_quarantine(
+        &self,
+        store: &StoreId,
+        cutoff: std::time::SystemTime,
+    ) -> Result<u64> {
+        let mut purged = 0;
+        for ((_, _, moved_at), path) in self.quarantined(store)? {
+            if moved_at >= cutoff {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => purged += 1,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(io_error(store, "purging quarantine", &path, source)),
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Whether content is written durably before it is published.
+    pub(crate) fn is_synced(&self) -> bool {
+        self.durability == Durability::Synced
+    }
+
     /// Creates a new temporary file at `path` (in a store's `tmp/`).
     pub(crate) fn create_temp_at(&self, path: &Path) -> io::Result<File> {
         self.create_with_parents(path)
@@ -561,6 +748,16 @@ pub(crate) fn remove_files(paths: &[PathBuf]) -> u64 {
         .iter()
         .filter(|path| fs::remove_file(path).is_ok())
         .count() as u64
+}
+
+/// Keeps an outboard computed while content was staged beside the
+/// staged file (content staged in memory needs none).
+pub(crate) fn attach_outboard(staged: &Staged, outboard: &[u8]) {
+    if let Staged::File(path) = staged
+        && !outboard.is_empty()
+    {
+        let _ = fs::write(staged_outboard(path), outboard);
+    }
 }
 
 /// Where the outboard of the staged object at `staged` is written.

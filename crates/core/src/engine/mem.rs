@@ -9,6 +9,10 @@
 //! name again finds it; `mem:` alone opens a fresh root, gone once its last
 //! handle is dropped. Content is never written anywhere, so nothing here
 //! survives the process, and streamed content is held whole in memory.
+//!
+//! A log root (`log:DIR`) keeps the same state, writes every change to its
+//! log (`journal.rs`) and keeps large content in files of its own beside
+//! it (`layout.rs`, see [`Options::log_file_threshold`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -24,13 +28,14 @@ use smol_str::SmolStr;
 
 use super::apply::{self, HeldObject, Transaction};
 use super::huge_pages::BigMap;
-use super::journal::{self, ChangeEntry, Journal, LoggedObject, Step};
+use super::journal::{self, BytesAt, ChangeEntry, Journal, LoggedObject, Step};
+use super::layout::{self, ObjectFiles, spill_sink};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
     ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
 };
 use crate::durability::Durability;
-use crate::error::{Result, StoreError};
+use crate::error::{Result, StoreError, io_error};
 use crate::links::Links;
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
@@ -140,6 +145,9 @@ pub(crate) struct MemEngine {
     /// Synced changes waiting for the thread that applies them in turn
     /// and flushes the log once for all of them.
     flushes: Arc<Mutex<Flushes>>,
+    /// A log root's files for large content (with this handle's
+    /// durability), and the size above which content goes there.
+    files: Option<(ObjectFiles, usize)>,
 }
 
 /// Buffered changes that found the root's lock taken, left for whoever
@@ -253,10 +261,19 @@ impl MemEngine {
     }
 
     fn over(root: String, state: Arc<Mutex<State>>, options: &Options) -> Self {
-        let (commits, queued, synced) = {
+        let (commits, queued, synced, files) = {
             let held = lock(&state);
             let synced = held.journal.is_some() && options.durability == Durability::Synced;
-            (Arc::clone(&held.commits), Arc::clone(&held.queued), synced)
+            let files = held.files.as_ref().map(|files| {
+                let own = files.with_durability(options.durability);
+                (own, options.log_file_threshold)
+            });
+            (
+                Arc::clone(&held.commits),
+                Arc::clone(&held.queued),
+                synced,
+                files,
+            )
         };
         let engine = Self {
             root,
@@ -266,6 +283,7 @@ impl MemEngine {
             queued,
             synced,
             flushes: Arc::default(),
+            files,
         };
         // Another handle's writes may have queued while the lock was held.
         engine.apply_queued();
@@ -294,6 +312,7 @@ impl MemEngine {
         state.compact_min = options.log_compact_min;
         state.compact_at = options.log_compact_min.max(2 * journal.len());
         state.journal = Some(journal);
+        state.files = Some(ObjectFiles::new(&dir, options.durability));
         let state = Arc::new(Mutex::new(state));
         roots.insert(dir, Arc::downgrade(&state));
         Ok(Self::over(root, state, options))
@@ -406,7 +425,25 @@ impl MemEngine {
                 .and_then(|held| held.objects.get(&digest));
             object.map(|object| state.readable(object))
         };
-        readable.map(|readable| readable.bytes(store)).transpose()
+        Ok(readable
+            .map(|readable| readable.bytes(store, digest))
+            .transpose()?
+            .flatten())
+    }
+
+    /// The size of an object kept in a file of its own; `None` for one
+    /// in memory or the log, or not held.
+    fn size_in_file(&self, store: &StoreId, digest: Digest) -> Option<u64> {
+        self.read(store, |held| {
+            let object = held.objects.get(&digest)?;
+            (object.kept() == Kept::InFile).then_some(object.size)
+        })
+    }
+
+    /// The log root's files of large content: `None` on a memory root,
+    /// which keeps none.
+    fn layout(&self) -> Option<&ObjectFiles> {
+        self.files.as_ref().map(|(layout, _)| layout)
     }
 
     /// Applies one change as a transaction: all of it, or (refused) none.
@@ -442,6 +479,7 @@ impl MemEngine {
             state,
             undo: Vec::new(),
             acting: None,
+            files: self.layout(),
         };
         let Ok(outcome) = apply::apply(&mut txn, change, refresh_after);
         if outcome.is_err() {
@@ -537,6 +575,8 @@ struct State {
     queued: Arc<Queued>,
     /// A log root's file, where every change is written.
     journal: Option<Journal>,
+    /// A log root's files of large content, for reading them.
+    files: Option<ObjectFiles>,
     /// The log's size past which compacting it is next considered.
     compact_at: u64,
     /// The least size at which a log is compacted (`Options::log_compact_min`).
@@ -552,6 +592,9 @@ impl State {
                 Readable::Logged(journal.slice(*offset, object.size))
             }
             (Body::Logged(_), None) => unreachable!("only a log root logs bodies"),
+            (Body::File, _) => {
+                Readable::File(self.files.clone().expect("only a log root keeps files"))
+            }
         }
     }
 
@@ -582,7 +625,10 @@ impl State {
                 } => {
                     if let Some(held) = self.replayed_store(store, object.is_some()) {
                         let object = object.map(|logged| MemObject {
-                            body: Body::Logged(logged.offset),
+                            body: match logged.bytes {
+                                BytesAt::Blob(offset) => Body::Logged(offset),
+                                BytesAt::File => Body::File,
+                            },
                             size: logged.size,
                             stored_at: logged.stored_at,
                             links: logged.links.map(Cow::into_owned),
@@ -648,12 +694,22 @@ impl State {
         if journal.len() < self.compact_at {
             return;
         }
+        // What the log would hold live: content in files is not in it.
         let live: u64 = self
             .stores
             .values()
             .map(|held| {
                 let stats = held.stats;
-                stats.bytes + stats.label_footprint + stats.change_footprint + stats.objects * 64
+                let in_files: u64 = held
+                    .objects
+                    .values()
+                    .filter(|object| matches!(object.body, Body::File))
+                    .map(|object| object.size)
+                    .sum();
+                stats.bytes - in_files
+                    + stats.label_footprint
+                    + stats.change_footprint
+                    + stats.objects * 64
             })
             .sum();
         if journal.len() > 2 * live
@@ -688,15 +744,16 @@ impl State {
                 let mut offsets = Vec::with_capacity(held.objects.len());
                 for (&digest, object) in &held.objects {
                     let offset = match &object.body {
-                        Body::Logged(offset) => rewriter.copy_blob(*offset, object.size)?,
-                        Body::Held(bytes) => rewriter.blob(bytes)?,
+                        Body::Logged(offset) => Some(rewriter.copy_blob(*offset, object.size)?),
+                        Body::Held(bytes) => Some(rewriter.blob(bytes)?),
+                        Body::File => None,
                     };
                     offsets.push(offset);
                     rewriter.step(Step::Object {
                         store: store(),
                         digest,
                         object: Some(LoggedObject {
-                            offset,
+                            bytes: offset.map_or(BytesAt::File, BytesAt::Blob),
                             size: object.size,
                             stored_at: object.stored_at,
                             links: object.links.as_deref().map(Cow::Borrowed),
@@ -730,7 +787,9 @@ impl State {
         // The objects' bytes are where the new log has them.
         for (held, offsets) in stores.values_mut().zip(moved) {
             for (object, offset) in held.objects.values_mut().zip(offsets) {
-                object.body = Body::Logged(offset);
+                if let Some(offset) = offset {
+                    object.body = Body::Logged(offset);
+                }
             }
         }
         Ok(())
@@ -788,9 +847,28 @@ enum Body {
     Held(Arc<Vec<u8>>),
     /// In a log root's file, at this offset.
     Logged(u64),
+    /// In a file of its own beside a log root's log (`layout.rs`).
+    File,
+}
+
+/// Where a held object's bytes are, as a change needs to know to rewrite
+/// or remove them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// In memory or in the log.
+    Inline,
+    /// In a file of its own beside the log.
+    InFile,
 }
 
 impl MemObject {
+    fn kept(&self) -> Kept {
+        match self.body {
+            Body::File => Kept::InFile,
+            Body::Held(_) | Body::Logged(_) => Kept::Inline,
+        }
+    }
+
     fn held(bytes: Arc<Vec<u8>>, stored_at: i64, links: Option<Vec<u8>>) -> Self {
         Self {
             size: bytes.len() as u64,
@@ -805,15 +883,19 @@ impl MemObject {
 enum Readable {
     Held(Arc<Vec<u8>>),
     Logged(journal::Slice),
+    /// In the object's file, read whole.
+    File(ObjectFiles),
 }
 
 impl Readable {
-    fn bytes(self, store: &StoreId) -> Result<Vec<u8>> {
+    /// The bytes; `None` when the object's file is gone.
+    fn bytes(self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
         match self {
-            Self::Held(bytes) => Ok(Arc::unwrap_or_clone(bytes)),
-            Self::Logged(slice) => slice.read().map_err(|source| {
+            Self::Held(bytes) => Ok(Some(Arc::unwrap_or_clone(bytes))),
+            Self::Logged(slice) => slice.read().map(Some).map_err(|source| {
                 crate::error::io_error(store, "reading content from", slice.path(), source)
             }),
+            Self::File(files) => files.read(store, digest),
         }
     }
 }
@@ -835,6 +917,10 @@ enum Undo {
     /// Change log entries were trimmed (oldest first), and where the
     /// trimmed mark stood before.
     Trimmed(StoreId, Vec<ChangeEntry>, u64),
+    /// A file was renamed into place for an object new to its store.
+    Published(StoreId, Digest),
+    /// An object's file was moved aside for its removal.
+    Doomed(StoreId, Digest),
 }
 
 /// A change in progress over the locked state.
@@ -843,6 +929,9 @@ struct Txn<'a> {
     undo: Vec<Undo>,
     /// Who makes the changes now being applied (see `act_as`).
     acting: Option<Arc<str>>,
+    /// A log root's files of large content, with the durability of the
+    /// handle applying the change.
+    files: Option<&'a ObjectFiles>,
 }
 
 impl Txn<'_> {
@@ -974,20 +1063,21 @@ impl Txn<'_> {
                         store: name(id),
                         digest: *digest,
                         object: object.map(|object| LoggedObject {
-                            offset: match &object.body {
-                                Body::Logged(offset) => *offset,
+                            bytes: match &object.body {
+                                Body::File => BytesAt::File,
+                                Body::Logged(offset) => BytesAt::Blob(*offset),
                                 Body::Held(bytes) => {
                                     let written = blobs
                                         .iter()
                                         .find(|(store, at, _)| *store == id && at == digest);
-                                    match written {
+                                    BytesAt::Blob(match written {
                                         Some(&(.., offset)) => offset,
                                         None => {
                                             let offset = batch.blob(bytes);
                                             blobs.push((id, *digest, offset));
                                             offset
                                         }
-                                    }
+                                    })
                                 }
                             },
                             size: object.size,
@@ -1024,6 +1114,8 @@ impl Txn<'_> {
                     },
                     None => continue,
                 },
+                // Files are in place already; the object's step says so.
+                Undo::Published(..) | Undo::Doomed(..) => continue,
             };
             batch.step(step);
         }
@@ -1087,8 +1179,46 @@ impl Txn<'_> {
                         }
                     }
                 }
+                Undo::Published(id, digest) => {
+                    if let Some(files) = self.files {
+                        // A leftover would only wait for gc's sweep.
+                        let _ = files.remove_object(&id, digest);
+                    }
+                }
+                Undo::Doomed(id, digest) => {
+                    if let Some(files) = self.files {
+                        files.restore_doomed(&id, digest);
+                    }
+                }
             }
         }
+    }
+
+    /// Renames a staged file into place as object `digest` (made durable
+    /// in synced mode before the change's commit is); on failure the
+    /// staged file is removed.
+    fn publish(
+        &mut self,
+        files: &ObjectFiles,
+        store: &StoreId,
+        digest: Digest,
+        staged: &Path,
+        new: bool,
+    ) -> Result<()> {
+        let published = files.publish(store, staged, digest).and_then(|shard| {
+            if new {
+                self.undo.push(Undo::Published(store.clone(), digest));
+            }
+            match files.is_synced() {
+                true => layout::sync_dir(&shard),
+                false => Ok(()),
+            }
+        });
+        published.map_err(|source| {
+            layout::remove_staged(staged);
+            let at = files.object_path(store, digest);
+            io_error(store, "publishing object", &at, source)
+        })
     }
 }
 
@@ -1097,8 +1227,9 @@ impl Txn<'_> {
 /// answers.
 impl Transaction for Txn<'_> {
     type Fault = Infallible;
-    /// Bytes are always held in memory, beside the row.
-    type Place = ();
+    /// Whether the bytes are in a file of their own (a log root's large
+    /// content) rather than in memory or the log.
+    type Place = Kept;
 
     fn ensure_store(&mut self, store: &StoreId) -> Result<bool, Infallible> {
         Ok(self.register(store))
@@ -1122,16 +1253,19 @@ impl Transaction for Txn<'_> {
         &mut self,
         store: &StoreId,
         digest: Digest,
-    ) -> Result<Option<HeldObject<()>>, Infallible> {
+    ) -> Result<Option<HeldObject<Kept>>, Infallible> {
         let held = self.object_row(store, digest);
         Ok(held.map(|object| HeldObject {
             stored_at: object.stored_at,
-            place: (),
+            place: object.kept(),
         }))
     }
 
-    fn bytes_present(&mut self, _store: &StoreId, _digest: Digest, _place: ()) -> bool {
-        true
+    fn bytes_present(&mut self, store: &StoreId, digest: Digest, place: Kept) -> bool {
+        match (place, self.files) {
+            (Kept::InFile, Some(files)) => files.is_present(store, digest),
+            _ => true,
+        }
     }
 
     fn held_by_label(&mut self, store: &StoreId, digest: Digest) -> Result<bool, Infallible> {
@@ -1160,30 +1294,68 @@ impl Transaction for Txn<'_> {
         &mut self,
         store: &StoreId,
         digest: Digest,
-        _size: u64,
+        size: u64,
         staged: Staged,
         links: &Links,
-        held: Option<()>,
+        held: Option<Kept>,
     ) -> Result<Result<()>, Infallible> {
-        let bytes = match staged_bytes(staged, store) {
-            Ok(bytes) => bytes,
-            Err(refused) => return Ok(Err(refused)),
-        };
         let links = match held {
-            Some(()) => self
+            Some(_) => self
                 .object_row(store, digest)
                 .and_then(|object| object.links.clone()),
             None => links.column(),
         };
-        self.set_object(
-            store,
-            digest,
-            Some(MemObject::held(bytes, unix_now(), links)),
-        );
+        // `None`: the bytes stay where they are, only the age is new.
+        let body = match (self.files, staged, held) {
+            (Some(_), Staged::File(path), Some(Kept::Inline)) => {
+                // Held in the log (written under a larger threshold): the
+                // file is not needed.
+                layout::remove_staged(&path);
+                None
+            }
+            (Some(files), Staged::File(path), _) => {
+                // Renamed over a held file: a damaged or lost one heals.
+                if let Err(refused) = self.publish(files, store, digest, &path, held.is_none()) {
+                    return Ok(Err(refused));
+                }
+                Some(Body::File)
+            }
+            (Some(files), Staged::Inline(bytes), Some(Kept::InFile)) => {
+                // Held as a file (under a smaller threshold): an intact
+                // file stays; a lost or damaged one gives way to the bytes.
+                match files.is_intact(store, digest) {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        let _ = files.quarantine(store, digest);
+                        Some(Body::Held(bytes))
+                    }
+                    Err(refused) => return Ok(Err(refused)),
+                }
+            }
+            (_, staged, _) => match staged_bytes(staged, store) {
+                Ok(bytes) => Some(Body::Held(bytes)),
+                Err(refused) => return Ok(Err(refused)),
+            },
+        };
+        let body = match body.or_else(|| Some(self.object_row(store, digest)?.body.clone())) {
+            Some(body) => body,
+            None => unreachable!("bytes kept where they are belong to a held object"),
+        };
+        let object = MemObject {
+            body,
+            size,
+            stored_at: unix_now(),
+            links,
+        };
+        self.set_object(store, digest, Some(object));
         Ok(Ok(()))
     }
 
-    fn discard(&mut self, _staged: Staged) {}
+    fn discard(&mut self, staged: Staged) {
+        if let Staged::File(path) = staged {
+            layout::remove_staged(&path);
+        }
+    }
 
     fn refresh_targets(
         &mut self,
@@ -1311,10 +1483,25 @@ impl Transaction for Txn<'_> {
         &mut self,
         store: &StoreId,
         digest: Digest,
-        _place: (),
+        place: Kept,
     ) -> Result<Result<()>, Infallible> {
         self.set_object(store, digest, None);
-        Ok(Ok(()))
+        let (Kept::InFile, Some(files)) = (place, self.files) else {
+            return Ok(Ok(()));
+        };
+        // Moved aside, not deleted: the removal's commit may still fail,
+        // and the collection deletes it once the commit is written
+        // (`Engine::finish_removals`).
+        match files.doom_object(store, digest) {
+            Ok(()) => {
+                self.undo.push(Undo::Doomed(store.clone(), digest));
+                Ok(Ok(()))
+            }
+            Err(source) => {
+                let path = files.object_path(store, digest);
+                Ok(Err(io_error(store, "removing object", &path, source)))
+            }
+        }
     }
 
     fn act_as(&mut self, _store: &StoreId, actor: Option<&str>) -> Result<(), Infallible> {
@@ -1363,48 +1550,99 @@ impl Transaction for Txn<'_> {
             self.undo
                 .push(Undo::Dropped(store.clone(), Box::new(removed)));
         }
+        if empty
+            && let Some(files) = self.files
+            && let Err(refused) = files.remove_store_files(store)
+        {
+            return Ok(Err(refused));
+        }
         Ok(Ok(empty))
     }
 
+    /// verify found the object damaged a while ago; the same bytes may
+    /// have been stored since, which healed them, so they are checked
+    /// again here, under the root's lock. Damaged bytes in the log are
+    /// forgotten (compaction drops them); a damaged file is moved aside
+    /// into the store's `quarantine/`.
     fn quarantine(&mut self, store: &StoreId, digest: Digest) -> Result<Result<bool>, Infallible> {
-        let intact = match self.object_row(store, digest) {
-            None => true,
-            Some(object) => {
-                let readable = self.state.readable(object);
-                match readable.bytes(store) {
-                    Ok(bytes) => Digest::of(&bytes) == digest,
-                    Err(failed) => return Ok(Err(failed)),
-                }
-            }
+        let Some(object) = self.object_row(store, digest) else {
+            return Ok(Ok(false));
         };
-        if !intact {
-            self.set_object(store, digest, None);
+        if let (Kept::InFile, Some(files)) = (object.kept(), self.files) {
+            match files.is_intact(store, digest) {
+                Ok(true) => return Ok(Ok(false)),
+                Ok(false) => {}
+                Err(refused) => return Ok(Err(refused)),
+            }
+            if let Err(source) = files.quarantine(store, digest)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                let path = files.object_path(store, digest);
+                return Ok(Err(io_error(store, "quarantining object", &path, source)));
+            }
+        } else {
+            let readable = self.state.readable(object);
+            match readable.bytes(store, digest) {
+                Ok(Some(bytes)) if Digest::of(&bytes) == digest => return Ok(Ok(false)),
+                Ok(_) => {}
+                Err(failed) => return Ok(Err(failed)),
+            }
         }
-        Ok(Ok(!intact))
+        self.set_object(store, digest, None);
+        Ok(Ok(true))
     }
 
-    /// Nothing is ever stored here outside the index.
+    /// A log root's object file no object claims (a crash between its
+    /// rename and its change's commit), once old enough.
     fn remove_unindexed(
         &mut self,
-        _store: &StoreId,
-        _digest: Digest,
-        _cutoff: SystemTime,
+        store: &StoreId,
+        digest: Digest,
+        cutoff: SystemTime,
     ) -> Result<Result<bool>, Infallible> {
-        Ok(Ok(false))
+        let Some(files) = self.files else {
+            return Ok(Ok(false));
+        };
+        let path = files.object_path(store, digest);
+        let old_enough = std::fs::symlink_metadata(&path)
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| modified < cutoff);
+        if !old_enough {
+            return Ok(Ok(false));
+        }
+        Ok(files
+            .remove_object(store, digest)
+            .map(|()| true)
+            .map_err(|source| io_error(store, "removing unindexed object", &path, source)))
     }
 
-    /// No outboards are kept: content is read from memory whole.
-    fn keep_outboard(&mut self, _store: &StoreId, _digest: Digest, _place: (), _staged: &Path) {}
+    /// Only a log root's files have outboards; the rest is read whole.
+    fn keep_outboard(&mut self, store: &StoreId, digest: Digest, place: Kept, staged: &Path) {
+        if let (Kept::InFile, Some(files)) = (place, self.files)
+            && files.is_present(store, digest)
+        {
+            files.place_outboard(store, staged, digest);
+        }
+    }
 
-    fn index_file(
-        &mut self,
-        _store: &StoreId,
-        _digest: Digest,
-    ) -> Result<Result<bool>, Infallible> {
-        Ok(Err(StoreError::InvalidRoot {
-            root: SCHEME.into(),
-            reason: "a memory root keeps no content files to re-index".into(),
-        }))
+    fn index_file(&mut self, store: &StoreId, digest: Digest) -> Result<Result<bool>, Infallible> {
+        let Some(files) = self.files else {
+            return Ok(Err(StoreError::InvalidRoot {
+                root: SCHEME.into(),
+                reason: "a memory root keeps no content files to re-index".into(),
+            }));
+        };
+        let Ok(metadata) = std::fs::metadata(files.object_path(store, digest)) else {
+            return Ok(Ok(false));
+        };
+        let object = MemObject {
+            body: Body::File,
+            size: metadata.len(),
+            stored_at: unix_now(),
+            links: None,
+        };
+        self.set_object(store, digest, Some(object));
+        Ok(Ok(true))
     }
 }
 
@@ -1582,37 +1820,54 @@ impl Engine for MemEngine {
         self.commits.subscribe()
     }
 
-    fn stages_to_file(&self, _size: usize) -> bool {
-        false
+    fn stages_to_file(&self, size: usize) -> bool {
+        self.files
+            .as_ref()
+            .is_some_and(|(_, threshold)| size > *threshold)
     }
 
-    fn stage(&self, _store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
-        Ok(Staged::Inline(content))
+    fn stage(&self, store: &StoreId, content: Arc<Vec<u8>>) -> Result<Staged> {
+        match self.layout() {
+            Some(files) if self.stages_to_file(content.len()) => {
+                files.write_temp(store, &content).map(Staged::File)
+            }
+            _ => Ok(Staged::Inline(content)),
+        }
     }
 
-    fn attach_outboard(&self, _staged: &Staged, _outboard: &[u8]) {}
+    fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
+        layout::attach_outboard(staged, outboard);
+    }
 
-    fn staging_sink(&self, _store: &StoreId) -> Box<dyn StagingSink> {
-        Box::new(MemorySink(Vec::new()))
+    fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
+        match &self.files {
+            Some((files, threshold)) => spill_sink(store, files.clone(), *threshold),
+            None => Box::new(MemorySink(Vec::new())),
+        }
     }
 
     fn open_source(&self, store: &StoreId, digest: Digest) -> Result<Option<(u64, ObjectSource)>> {
+        if let (Some(files), Some(size)) = (self.layout(), self.size_in_file(store, digest)) {
+            let source = files.open_source(store, digest, size)?;
+            return Ok(source.map(|source| (size, source)));
+        }
         let bytes = self.object_bytes(store, digest)?;
         Ok(bytes.map(|bytes| (bytes.len() as u64, ObjectSource::Inline(bytes))))
     }
 
-    fn build_outboard(
-        &self,
-        _store: &StoreId,
-        _digest: Digest,
-    ) -> Result<Option<(Digest, PathBuf)>> {
-        // Only content kept in a file has an outboard; none is here.
-        Ok(None)
+    fn build_outboard(&self, store: &StoreId, digest: Digest) -> Result<Option<(Digest, PathBuf)>> {
+        // Only content kept in a file has an outboard.
+        match self.layout() {
+            Some(files) if self.size_in_file(store, digest).is_some() => {
+                files.build_outboard(store, digest)
+            }
+            _ => Ok(None),
+        }
     }
 
     fn discard(&self, staged: Staged) {
         if let Staged::File(path) = staged {
-            super::layout::remove_staged(&path);
+            layout::remove_staged(&path);
         }
     }
 
@@ -1768,12 +2023,16 @@ impl Engine for MemEngine {
     }
 
     fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
+        // Objects in memory or the log; those in files are found by
+        // listing the files, as on a local root.
         let (objects, bytes): (Vec<(Digest, Readable)>, u64) = {
             let state = self.state();
             let held = state.stores.get(store.as_str());
             held.map_or_else(Default::default, |held| {
                 let objects = held.objects.iter();
-                let objects = objects.map(|(&digest, object)| (digest, state.readable(object)));
+                let objects = objects
+                    .filter(|(_, object)| object.kept() == Kept::Inline)
+                    .map(|(&digest, object)| (digest, state.readable(object)));
                 (objects.collect(), held.stats.bytes)
             })
         };
@@ -1781,54 +2040,91 @@ impl Engine for MemEngine {
         objects.sort_unstable_by_key(|(digest, _)| *digest);
         progress.start(bytes);
         let mut scan = Scan::default();
+        if let Some(files) = self.layout() {
+            let listed = files.object_files(store)?;
+            let indexed =
+                |digest: &Digest| self.read(store, |held| held.objects.contains_key(digest));
+            files.scan_files(store, listed, &indexed, &mut scan, progress)?;
+        }
         for (digest, readable) in objects {
-            let bytes = readable.bytes(store)?;
-            scan.objects_checked += 1;
-            scan.bytes_checked += bytes.len() as u64;
-            progress.advance(bytes.len() as u64);
-            if Digest::of(&bytes) == digest {
-                scan.intact.push(digest);
-            } else {
-                scan.corrupt.push(digest);
-            }
+            let bytes = readable.bytes(store, digest)?.unwrap_or_default();
+            let actual = Digest::of(&bytes);
+            scan.tally(digest, bytes.len() as u64, actual, true, progress);
         }
         Ok(scan)
     }
 
     fn is_present(&self, store: &StoreId, digest: Digest) -> Result<bool> {
-        Ok(self.read(store, |held| held.objects.contains_key(&digest)))
+        let held = self.read(store, |held| held.objects.get(&digest).map(MemObject::kept));
+        Ok(match (held, self.layout()) {
+            (None, _) => false,
+            (Some(Kept::InFile), Some(files)) => {
+                files.is_present(store, digest) || files.restore_doomed(store, digest)
+            }
+            (Some(_), _) => true,
+        })
     }
 
-    fn unindexed(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<Vec<Digest>> {
-        Ok(Vec::new())
+    fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
+        let Some(files) = self.layout() else {
+            return Ok(Vec::new());
+        };
+        let held: BTreeSet<Digest> =
+            self.read(store, |held| held.objects.keys().copied().collect());
+        files.unindexed(store, cutoff, |digest| held.contains(digest))
     }
 
-    fn stale_staging(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<Vec<PathBuf>> {
-        Ok(Vec::new())
+    fn stale_staging(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<PathBuf>> {
+        match self.layout() {
+            Some(files) => files.stale_temp_files(store, cutoff),
+            None => Ok(Vec::new()),
+        }
     }
 
-    fn remove_staging(&self, _leftovers: &[PathBuf]) -> u64 {
-        0
+    fn remove_staging(&self, leftovers: &[PathBuf]) -> u64 {
+        layout::remove_files(leftovers)
     }
 
     fn store_dir_ids(&self) -> std::io::Result<Vec<String>> {
-        Ok(Vec::new())
+        match self.layout() {
+            Some(files) => files.store_dir_ids(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
+        let Some(files) = self.layout() else {
+            return Ok((0, 0));
+        };
+        files.finish_removals(store, |digest| {
+            Ok(self.read(store, |held| held.objects.contains_key(&digest)))
+        })
     }
 
     fn check_integrity(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
 
-    fn quarantined(&self, _store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
-        // Memory never damages bytes; nothing is ever moved aside.
-        Ok(Vec::new())
+    /// Only a log root's files are moved aside; damaged bytes in memory
+    /// or the log are forgotten.
+    fn quarantined(&self, store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
+        match self.layout() {
+            Some(files) => files.quarantined_bytes(store),
+            None => Ok(Vec::new()),
+        }
     }
 
-    fn purge_quarantine(&self, _store: &StoreId, _cutoff: SystemTime) -> Result<u64> {
-        Ok(0)
+    fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64> {
+        match self.layout() {
+            Some(files) => files.purge_quarantine(store, cutoff),
+            None => Ok(0),
+        }
     }
 
     fn open_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Box<dyn Read + Send>>> {
+        if let (Some(files), Some(_)) = (self.layout(), self.size_in_file(store, digest)) {
+            return files.open_reader(store, digest);
+        }
         let bytes = self.object_bytes(store, digest)?;
         Ok(bytes.map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn Read + Send>))
     }

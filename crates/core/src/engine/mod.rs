@@ -585,6 +585,30 @@ pub(crate) struct Scan {
     pub(crate) damaged_outboards: Vec<Digest>,
 }
 
+impl Scan {
+    /// Counts one object re-hashed: `actual` is what its `size` bytes hash
+    /// to, `indexed` whether a row claims it.
+    pub(crate) fn tally(
+        &mut self,
+        digest: Digest,
+        size: u64,
+        actual: Digest,
+        indexed: bool,
+        progress: &dyn Progress,
+    ) {
+        self.objects_checked += 1;
+        self.bytes_checked += size;
+        progress.advance(size);
+        if actual != digest {
+            self.corrupt.push(digest);
+        } else if indexed {
+            self.intact.push(digest);
+        } else {
+            self.unindexed.push(digest);
+        }
+    }
+}
+
 /// A place to write new content into while it is read from a stream (a
 /// streamed write, an import). It keeps small content in memory and moves
 /// to a file once the content outgrows the inline threshold. Writing fills

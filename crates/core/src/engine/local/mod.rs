@@ -29,12 +29,11 @@ use writer::Writer;
 use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink, TargetSnapshot};
 use crate::engine::READ_ON_CALLER_MAX;
 use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, LinkRow, ReplacedTargets};
-use crate::error::{BoxError, Result, StoreError, io_error};
+use crate::error::{BoxError, Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::options::Options;
 use crate::stats::StoreStats;
 use crate::task::Progress;
-use crate::tree::{self, RandomAccess};
 
 /// The opened parts of a local root.
 #[derive(Debug)]
@@ -159,23 +158,11 @@ impl LocalEngine {
 #[async_trait::async_trait]
 impl Engine for LocalEngine {
     fn quarantined(&self, store: &StoreId) -> Result<Vec<super::QuarantinedBytes>> {
-        let found = self.layout.quarantined(store)?;
-        Ok(found.into_iter().map(|(entry, _)| entry).collect())
+        self.layout.quarantined_bytes(store)
     }
 
     fn purge_quarantine(&self, store: &StoreId, cutoff: SystemTime) -> Result<u64> {
-        let mut purged = 0;
-        for ((_, _, moved_at), path) in self.layout.quarantined(store)? {
-            if moved_at >= cutoff {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => purged += 1,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(io_error(store, "purging quarantine", &path, source)),
-            }
-        }
-        Ok(purged)
+        self.layout.purge_quarantine(store, cutoff)
     }
 
     fn stages_to_file(&self, size: usize) -> bool {
@@ -190,11 +177,7 @@ impl Engine for LocalEngine {
     }
 
     fn attach_outboard(&self, staged: &Staged, outboard: &[u8]) {
-        if let Staged::File(path) = staged
-            && !outboard.is_empty()
-        {
-            let _ = std::fs::write(layout::staged_outboard(path), outboard);
-        }
+        layout::attach_outboard(staged, outboard);
     }
 
     fn staging_sink(&self, store: &StoreId) -> Box<dyn StagingSink> {
@@ -213,47 +196,15 @@ impl Engine for LocalEngine {
         match (place, inline) {
             (Place::Inline(_), Some(bytes)) => Ok(Some((size, ObjectSource::Inline(bytes)))),
             (Place::Inline(_) | Place::InlineMissing(_), _) => Ok(None),
-            (Place::File, _) => {
-                let path = self.layout.object_path(store, digest);
-                let data = match self.layout.open_file(store, digest) {
-                    Ok(file) => file,
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(source) => return Err(io_error(store, "reading object", &path, source)),
-                };
-                let outboard = self
-                    .layout
-                    .open_outboard(store, digest, tree::outboard_len(size))
-                    .map(|file| Box::new(file) as Box<dyn RandomAccess>);
-                let data = Box::new(data);
-                Ok(Some((size, ObjectSource::File { data, outboard })))
-            }
+            (Place::File, _) => Ok(self
+                .layout
+                .open_source(store, digest, size)?
+                .map(|source| (size, source))),
         }
     }
 
     fn build_outboard(&self, store: &StoreId, digest: Digest) -> Result<Option<(Digest, PathBuf)>> {
-        let path = self.layout.object_path(store, digest);
-        let staged = self.layout.new_temp_path(store);
-        let outboard_path = layout::staged_outboard(&staged);
-        let built = self
-            .layout
-            .create_temp_at(&outboard_path)
-            .and_then(|outboard| {
-                let (actual, outboard) = layout::hash_tree(&path, io::BufWriter::new(outboard))?;
-                outboard
-                    .into_inner()
-                    .map_err(io::IntoInnerError::into_error)?;
-                Ok(actual)
-            });
-        match built {
-            Ok(actual) => Ok(Some((actual, staged))),
-            Err(error) => {
-                layout::remove_staged(&staged);
-                if error.kind() == io::ErrorKind::NotFound && !path.exists() {
-                    return Ok(None);
-                }
-                Err(io_error(store, "building outboard", &path, error))
-            }
-        }
+        self.layout.build_outboard(store, digest)
     }
 
     fn discard(&self, staged: Staged) {
@@ -472,43 +423,21 @@ impl Engine for LocalEngine {
         progress.start(file_bytes + stats.bytes.saturating_sub(indexed_file_bytes));
 
         let mut scan = Scan::default();
-        let mut unindexed = Vec::new();
-        let mut tally = |scan: &mut Scan, digest: Digest, size: u64, actual: Digest| {
-            scan.objects_checked += 1;
-            scan.bytes_checked += size;
-            progress.advance(size);
-            if actual != digest {
-                scan.corrupt.push(digest);
-            } else if indexed(&digest) {
-                scan.intact.push(digest);
-            } else {
-                unindexed.push(digest);
-            }
-        };
-        for file in files {
-            let digest = match file.digest {
-                Some(digest) if file.metadata.is_file() => digest,
-                _ => {
-                    scan.stray.push(file.path);
-                    continue;
-                }
-            };
-            // A file that vanished since the listing was removed by a
-            // concurrent collection: nothing to check.
-            if let Some((actual, outboard)) = self.layout.hash_with_outboard(store, &file.path)? {
-                if actual == digest && !self.layout.outboard_agrees(store, digest, &outboard) {
-                    scan.damaged_outboards.push(digest);
-                }
-                tally(&mut scan, digest, file.metadata.len(), actual);
-            }
-        }
+        self.layout
+            .scan_files(store, files, &indexed, &mut scan, progress)?;
         self.read("reading inline objects", |db| {
             sql::for_each_inline(db, store, |digest, bytes| {
-                tally(&mut scan, digest, bytes.len() as u64, Digest::of(bytes));
+                let actual = Digest::of(bytes);
+                scan.tally(
+                    digest,
+                    bytes.len() as u64,
+                    actual,
+                    indexed(&digest),
+                    progress,
+                );
                 Ok::<_, rusqlite::Error>(())
             })
         })?;
-        scan.unindexed = unindexed;
         Ok(scan)
     }
 
@@ -527,28 +456,13 @@ impl Engine for LocalEngine {
     /// row is gone is deleted, one whose row remains is put back. Returns
     /// how many were deleted and put back.
     fn finish_removals(&self, store: &StoreId) -> Result<(u64, u64)> {
-        let (mut deleted, mut restored) = (0, 0);
-        for (digest, path) in self.layout.doomed_files(store)? {
-            let held = self.read("looking up object", |db| sql::has_object(db, store, digest))?;
-            if held && self.layout.restore_doomed(store, digest) {
-                restored += 1;
-            } else if !held && std::fs::remove_file(&path).is_ok() {
-                deleted += 1;
-            }
-        }
-        Ok((deleted, restored))
+        self.layout.finish_removals(store, |digest| {
+            self.read("looking up object", |db| sql::has_object(db, store, digest))
+        })
     }
 
     fn unindexed(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<Digest>> {
-        let indexed = self.indexed(store)?;
-        Ok(self
-            .layout
-            .object_files(store)?
-            .into_iter()
-            .filter(|file| file.metadata.modified().is_ok_and(|at| at < cutoff))
-            .filter_map(|file| file.digest)
-            .filter(|digest| !indexed(digest))
-            .collect())
+        self.layout.unindexed(store, cutoff, self.indexed(store)?)
     }
 
     fn stale_staging(&self, store: &StoreId, cutoff: SystemTime) -> Result<Vec<PathBuf>> {
@@ -596,14 +510,7 @@ impl Engine for LocalEngine {
             Some((Place::Inline(_), inline)) => {
                 Ok(inline.map(|bytes| Box::new(io::Cursor::new(bytes)) as Box<dyn Read + Send>))
             }
-            Some((Place::File, _)) => {
-                let path = self.layout.object_path(store, digest);
-                match self.layout.open_file(store, digest) {
-                    Ok(file) => Ok(Some(Box::new(file))),
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(source) => Err(io_error(store, "reading object", &path, source)),
-                }
-            }
+            Some((Place::File, _)) => self.layout.open_reader(store, digest),
         }
     }
 }
