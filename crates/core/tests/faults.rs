@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use theater_store::{ContentRef, GcOptions, Options, StoreError, StoreRoot};
 
+mod common;
+
 /// Runs the ignored test `name` of this binary as a child, wrapped by
 /// `wrapper` (a command and its arguments that end by running the child).
 fn run_child(name: &str, root: &Path, wrapper: &[&str]) -> std::process::Output {
@@ -817,15 +819,29 @@ async fn no_single_flipped_byte_or_deleted_file_of_a_crashed_root_loses_data_sil
     );
 }
 
+/// The root the killed-gc test works on: a local root, or a log root when
+/// the suite runs on the log engine, with the local root's inline
+/// threshold as its file threshold so that gc removes files on either.
+async fn gc_root(path: &Path) -> StoreRoot {
+    if common::log_engine() {
+        let options = Options {
+            log_file_threshold: Options::default().inline_threshold,
+            ..Options::default()
+        };
+        return StoreRoot::at(&format!("log:{}", path.display()), options).unwrap();
+    }
+    StoreRoot::open(path, theater_store::Durability::Buffered)
+        .await
+        .unwrap()
+}
+
 /// The child: collects garbage in the root at `FAULT_ROOT`, to be killed
 /// part way by the parent.
 #[tokio::test]
 #[ignore = "run as a child process by a_killed_gc_leaves_nothing_that_looks_lost"]
 async fn gc_child() {
     let path = std::env::var("FAULT_ROOT").unwrap();
-    let root = StoreRoot::open(path, theater_store::Durability::Buffered)
-        .await
-        .unwrap();
+    let root = gc_root(Path::new(&path)).await;
     let options = GcOptions {
         grace: Duration::ZERO,
         dry_run: false,
@@ -847,9 +863,7 @@ fn a_killed_gc_leaves_nothing_that_looks_lost() {
         // Unlabelled objects in files of their own (over the inline
         // threshold) for gc to take, and labelled ones it must keep.
         let kept = runtime.block_on(async {
-            let root = StoreRoot::open(&path, theater_store::Durability::Buffered)
-                .await
-                .unwrap();
+            let root = gc_root(&path).await;
             let store = root.store("s").unwrap();
             for i in 0..400 {
                 let garbage = format!("garbage {i} ").repeat(2_000).into_bytes();
@@ -878,9 +892,7 @@ fn a_killed_gc_leaves_nothing_that_looks_lost() {
         let _ = child.kill();
         let _ = child.wait();
         runtime.block_on(async {
-            let root = StoreRoot::open(&path, theater_store::Durability::Buffered)
-                .await
-                .unwrap();
+            let root = gc_root(&path).await;
             let store = root.store("s").unwrap();
             // Whatever the kill interrupted, nothing looks lost...
             let report = store.verify(Arc::new(())).await.unwrap();
