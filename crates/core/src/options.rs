@@ -86,8 +86,9 @@ pub struct Options {
     /// its own beside the log (with its outboard, as on a local root)
     /// rather than in the log: it streams in through a temporary file
     /// instead of memory, reads by range without being read whole, and
-    /// compaction never copies it. 0 keeps every object in a file.
-    /// Default: 64 KiB.
+    /// compaction never copies it. Smaller content is appended to the log,
+    /// which costs no file to be made. 0 keeps every object in a file.
+    /// Default: 1 MiB.
     pub log_file_threshold: usize,
 }
 
@@ -115,7 +116,7 @@ impl Default for Options {
             space_reserve: 16 << 20,
             import_memory_bytes: 64 << 20,
             log_compact_min: 64 << 20,
-            log_file_threshold: 64 << 10,
+            log_file_threshold: 1 << 20,
         }
     }
 }

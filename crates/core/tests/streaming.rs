@@ -409,7 +409,7 @@ async fn collected_content_takes_its_outboard_with_it() {
     let (_dir, root) = temp_root();
     let store = root.store("collected").unwrap();
     store.store(b"anchor".to_vec()).await.unwrap();
-    let stored = store.store(content(MIB, 8)).await.unwrap();
+    let stored = store.store(content(2 * MIB, 8)).await.unwrap();
     let outboard = outboard_path(&root, &store, &stored);
     assert!(outboard.is_file());
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
