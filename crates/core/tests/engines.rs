@@ -201,10 +201,12 @@ async fn contents(store: &ContentStore) -> String {
 }
 
 /// The log root of [`roots`], compacted whenever it is more than half
-/// dead.
+/// dead, its content over the local root's inline threshold in files (as
+/// on the local root).
 fn log_root(dir: &std::path::Path) -> StoreRoot {
     let options = Options {
         log_compact_min: 0,
+        log_file_threshold: Options::default().inline_threshold,
         ..Options::default()
     };
     StoreRoot::at(&format!("log:{}", dir.join("log").display()), options).unwrap()
