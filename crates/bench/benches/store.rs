@@ -22,6 +22,18 @@ fn store_in(dir: &Path, durability: Durability) -> ContentStore {
         .unwrap()
 }
 
+/// A store on a log root (`log:DIR/log`, issue 32's engine).
+fn log_store_in(dir: &Path, durability: Durability) -> ContentStore {
+    let options = theater_store::Options {
+        durability,
+        ..theater_store::Options::default()
+    };
+    StoreRoot::at(&format!("log:{}", dir.join("log").display()), options)
+        .unwrap()
+        .store("bench")
+        .unwrap()
+}
+
 /// The floor: BLAKE3, write a temporary file, rename it into place; in
 /// durable mode also fsync the file and the directory.
 fn raw_write(dir: &Path, content: &[u8], durable: bool) {
@@ -128,13 +140,7 @@ fn small_objects(c: &mut Criterion) {
     });
     // The same writes and reads on a log root (`log:DIR`, issue 32's
     // engine), against the same floor below.
-    let log_store = StoreRoot::at(
-        &format!("log:{}", dir.path().join("log").display()),
-        theater_store::Options::default(),
-    )
-    .unwrap()
-    .store("bench")
-    .unwrap();
+    let log_store = log_store_in(dir.path(), Durability::Buffered);
     let log_counter = Arc::new(AtomicU64::new(1 << 42));
     group.bench_function("log/store_at_label", |b| {
         b.to_async(&runtime)
@@ -269,16 +275,7 @@ fn durable_writers(c: &mut Criterion, writers: u64) {
         .sample_size(10);
     // One iteration: each writer stores one 1 KiB object; on a local
     // root, then on a log root (issue 32's engine).
-    let log_store = StoreRoot::at(
-        &format!("log:{}", dir.path().join("log").display()),
-        theater_store::Options {
-            durability: Durability::Synced,
-            ..theater_store::Options::default()
-        },
-    )
-    .unwrap()
-    .store("bench")
-    .unwrap();
+    let log_store = log_store_in(dir.path(), Durability::Synced);
     for (name, store) in [
         ("store/group_commit", &store),
         ("log/group_commit", &log_store),
@@ -506,51 +503,32 @@ fn streaming(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(20))
         .throughput(Throughput::Bytes(GIB as u64));
     // Each stored copy is collected (untimed), so every store is a new write.
+    let stream_in = |store: &ContentStore, iters: u64| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let started = Instant::now();
+            runtime.block_on(async {
+                let file = tokio::fs::File::open(&input).await.unwrap();
+                store.store_reader(file).await.unwrap()
+            });
+            total += started.elapsed();
+            runtime
+                .block_on(store.collect_garbage(sweep, Arc::new(())))
+                .unwrap();
+        }
+        total
+    };
     group.bench_function("store_reader", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                runtime.block_on(async {
-                    let file = tokio::fs::File::open(&input).await.unwrap();
-                    store.store_reader(file).await.unwrap()
-                });
-                total += started.elapsed();
-                runtime
-                    .block_on(store.collect_garbage(sweep, Arc::new(())))
-                    .unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| stream_in(&store, iters))
     });
     // The same on a log root, where content this large is a file of its
     // own beside the log, streamed in through a temporary file.
-    let log_store = StoreRoot::at(
-        &format!("log:{}", dir.path().join("log").display()),
-        theater_store::Options::default(),
-    )
-    .unwrap()
-    .store("bench")
-    .unwrap();
+    let log_store = log_store_in(dir.path(), Durability::Buffered);
     runtime
         .block_on(log_store.store_at_label("anchor", b"keeps the store".to_vec()))
         .unwrap();
     group.bench_function("log/store_reader", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                runtime.block_on(async {
-                    let file = tokio::fs::File::open(&input).await.unwrap();
-                    log_store.store_reader(file).await.unwrap()
-                });
-                total += started.elapsed();
-                runtime
-                    .block_on(log_store.collect_garbage(sweep, Arc::new(())))
-                    .unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| stream_in(&log_store, iters))
     });
     group.bench_function("floor/blake3", |b| b.iter(|| blake3::hash(&content)));
     let plain = dir.path().join("plain.bin");

@@ -14,7 +14,7 @@ use theater_store::{ContentRef, ContentStore, GcOptions, Options, StoreRoot};
 
 mod common;
 
-use common::{CONTENTS, LABELS};
+use common::{CONTENTS, LABELS, unrepeated};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -500,17 +500,16 @@ fn object_files(dir: &std::path::Path, store: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// Bytes that do not repeat, so that nothing compresses or dedups them.
-fn unrepeated(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+/// Collects every object no label reaches, however new.
+async fn collect_now(store: &ContentStore) -> theater_store::GcReport {
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    store
+        .collect_garbage(options, std::sync::Arc::new(()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -558,14 +557,7 @@ async fn a_log_roots_large_content_stays_out_of_its_log_and_goes_with_gc() {
     // Unlabelled and collected: its file (and outboard) go too.
     store.remove_label("big").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let options = GcOptions {
-        grace: Duration::ZERO,
-        ..GcOptions::default()
-    };
-    let report = store
-        .collect_garbage(options, std::sync::Arc::new(()))
-        .await
-        .unwrap();
+    let report = collect_now(&store).await;
     // The big object and the 299 small ones labels moved off.
     assert_eq!(report.objects_removed, 300);
     assert!(report.bytes_freed > big.len() as u64);
@@ -596,15 +588,7 @@ async fn a_file_a_log_root_renamed_in_but_never_committed_is_collected() {
     std::fs::create_dir_all(&shard).unwrap();
     std::fs::write(shard.join(&hash[2..]), &lost).unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-
-    let options = GcOptions {
-        grace: Duration::ZERO,
-        ..GcOptions::default()
-    };
-    let report = store
-        .collect_garbage(options, std::sync::Arc::new(()))
-        .await
-        .unwrap();
+    let report = collect_now(&store).await;
     assert_eq!(report.unindexed_files_removed, 1);
     assert!(object_files(dir.path(), "leftover").is_empty());
     assert_eq!(

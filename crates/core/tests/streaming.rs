@@ -4,24 +4,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{object_path, temp_root};
+use common::{object_path, temp_root, unrepeated as content};
 use theater_store::{ContentRef, ContentStore, StoreError, StoreRoot};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const MIB: usize = 1 << 20;
-
-/// Deterministic, non-repeating bytes.
-fn content(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// A reader that yields `bytes` in uneven pieces, as a socket would.
 struct Uneven {

@@ -615,6 +615,26 @@ impl ObjectFiles {
         Ok(())
     }
 
+    /// Deletes an object file no index row claims (and its outboard), if
+    /// last modified before `cutoff`; returns whether it did.
+    pub(crate) fn remove_unindexed(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<bool> {
+        let path = self.object_path(store, digest);
+        let old_enough = fs::symlink_metadata(&path)
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| modified < cutoff);
+        if !old_enough {
+            return Ok(false);
+        }
+        self.remove_object(store, digest)
+            .map(|()| true)
+            .map_err(|source| io_error(store, "removing unindexed object", &path, source))
+    }
+
     /// Object files of `store` no index row claims, last modified before
     /// `cutoff`.
     pub(crate) fn unindexed(

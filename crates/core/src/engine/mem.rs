@@ -1600,20 +1600,10 @@ impl Transaction for Txn<'_> {
         digest: Digest,
         cutoff: SystemTime,
     ) -> Result<Result<bool>, Infallible> {
-        let Some(files) = self.files else {
-            return Ok(Ok(false));
-        };
-        let path = files.object_path(store, digest);
-        let old_enough = std::fs::symlink_metadata(&path)
-            .and_then(|metadata| metadata.modified())
-            .is_ok_and(|modified| modified < cutoff);
-        if !old_enough {
-            return Ok(Ok(false));
-        }
-        Ok(files
-            .remove_object(store, digest)
-            .map(|()| true)
-            .map_err(|source| io_error(store, "removing unindexed object", &path, source)))
+        Ok(match self.files {
+            Some(files) => files.remove_unindexed(store, digest, cutoff),
+            None => Ok(false),
+        })
     }
 
     /// Only a log root's files have outboards; the rest is read whole.

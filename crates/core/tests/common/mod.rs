@@ -93,6 +93,20 @@ pub fn temp_root_with(options: theater_store::Options) -> (TempDir, StoreRoot) {
     (dir, root)
 }
 
+/// `size` deterministic bytes that do not repeat, so that nothing
+/// dedups them.
+pub fn unrepeated(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// Where the store keeps an object's file, for tests that damage it.
 pub fn object_path(root: &StoreRoot, store: &ContentStore, content_ref: &ContentRef) -> PathBuf {
     let hash = content_ref.hash();

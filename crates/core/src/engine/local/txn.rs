@@ -295,18 +295,7 @@ impl Transaction for LocalTxn<'_> {
         digest: Digest,
         cutoff: SystemTime,
     ) -> rusqlite::Result<Result<bool>> {
-        let path = self.layout.object_path(store, digest);
-        let old_enough = std::fs::symlink_metadata(&path)
-            .and_then(|metadata| metadata.modified())
-            .is_ok_and(|modified| modified < cutoff);
-        if !old_enough {
-            return Ok(Ok(false));
-        }
-        Ok(self
-            .layout
-            .remove_object(store, digest)
-            .map(|()| true)
-            .map_err(|source| io_error(store, "removing unindexed object", &path, source)))
+        Ok(self.layout.remove_unindexed(store, digest, cutoff))
     }
 
     fn keep_outboard(&mut self, store: &StoreId, digest: Digest, place: Place, staged: &Path) {
