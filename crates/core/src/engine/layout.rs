@@ -9,13 +9,16 @@
 //! keeps directories small (256 of them, each with 1/256 of the objects).
 //!
 //! Only content above the root's inline threshold gets a file; smaller
-//! content lives in the index (`sql.rs`). A file object over 16 KiB has its
+//! content lives in the index (`sql.rs`). A log root keeps the same layout
+//! under its directory for content above its file threshold (`mem.rs`),
+//! and smaller content in its log. A file object over 16 KiB has its
 //! BLAKE3 outboard (`crate::tree`) at `outboards/<2 hex>/<62 hex>`. The
 //! outboard is derived data: it is staged beside its object as
 //! `tmp/<name>.obao`, moved into place with it, removed with it, never
 //! fsync'd, and rebuilt from the object whenever it is missing or wrong. Only the index writer renames
 //! files into `objects/` or deletes them, and only while it holds the
-//! index's write lock; see `writer.rs`.
+//! index's write lock (see `writer.rs`); on a log root, only a change
+//! applied under the root's lock.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
