@@ -417,12 +417,24 @@ impl MemEngine {
 
     /// An object's bytes, read without the root's lock held.
     fn object_bytes(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+        self.object_bytes_kept(store, digest, &[Kept::Inline, Kept::InFile])
+    }
+
+    /// [`MemEngine::object_bytes`] of an object kept in one of the `kept`
+    /// ways; `None` for one kept otherwise.
+    fn object_bytes_kept(
+        &self,
+        store: &StoreId,
+        digest: Digest,
+        kept: &[Kept],
+    ) -> Result<Option<Vec<u8>>> {
         let readable = {
             let state = self.state();
             let object = state
                 .stores
                 .get(store.as_str())
-                .and_then(|held| held.objects.get(&digest));
+                .and_then(|held| held.objects.get(&digest))
+                .filter(|object| kept.contains(&object.kept()));
             object.map(|object| state.readable(object))
         };
         Ok(readable
@@ -1896,9 +1908,10 @@ impl Engine for MemEngine {
         store: &StoreId,
         digests: &[Digest],
     ) -> Result<Vec<Option<Vec<u8>>>> {
+        // Content in a file of its own is for the caller to stream.
         digests
             .iter()
-            .map(|&digest| self.object_bytes(store, digest))
+            .map(|&digest| self.object_bytes_kept(store, digest, &[Kept::Inline]))
             .collect()
     }
 
@@ -2318,5 +2331,38 @@ mod tests {
         assert!(applied.unwrap().unwrap(), "the object is new");
         let target = engine.label_target(&store, "kept").await.unwrap();
         assert_eq!(target, Some(digest));
+    }
+
+    /// Bulk readers (export, sync) get the bytes of content in the log
+    /// read together, and stream content kept in a file on their own, so
+    /// that a copy of a log root holds no large object whole in memory.
+    #[tokio::test]
+    async fn reads_together_leave_content_in_files_to_be_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            log_file_threshold: 1024,
+            ..Options::default()
+        };
+        let engine = MemEngine::open_log(dir.path(), &options).unwrap();
+        let store = StoreId::parse("bulk").unwrap();
+        let mut digests = Vec::new();
+        for content in [vec![1u8; 1024], vec![2u8; 1025]] {
+            let digest = Digest::of(&content);
+            let staged = engine.stage(&store, Arc::new(content.clone())).unwrap();
+            let change = Change::AddObject {
+                store: store.clone(),
+                digest,
+                size: content.len() as u64,
+                links: Links::of(&content, digest),
+                staged,
+                label: None,
+            };
+            assert!(engine.apply(change).await.unwrap());
+            digests.push(digest);
+        }
+        let read = engine.read_inline_many(&store, &digests).await.unwrap();
+        assert_eq!(read, vec![Some(vec![1u8; 1024]), None]);
+        let whole = engine.read_object(&store, digests[1]).await.unwrap();
+        assert_eq!(whole, Some(vec![2u8; 1025]), "still read whole when asked");
     }
 }
