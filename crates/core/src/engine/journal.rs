@@ -457,6 +457,11 @@ impl Journal {
         &self.path
     }
 
+    /// The root's directory, which holds the log.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Replaces the log with one holding only what `write_live` writes
     /// through the [`Rewriter`] (the live state), then reads from it.
     /// Returns what `write_live` returned (the objects' new offsets).

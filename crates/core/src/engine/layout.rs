@@ -50,14 +50,6 @@ impl ObjectFiles {
         }
     }
 
-    /// The same files, written with another durability.
-    pub(crate) fn with_durability(&self, durability: Durability) -> Self {
-        Self {
-            stores_dir: self.stores_dir.clone(),
-            durability,
-        }
-    }
-
     pub(crate) fn store_dir(&self, store: &StoreId) -> PathBuf {
         self.stores_dir.join(store_dir_name(store.as_str()))
     }

@@ -264,8 +264,8 @@ impl MemEngine {
         let (commits, queued, synced, files) = {
             let held = lock(&state);
             let synced = held.journal.is_some() && options.durability == Durability::Synced;
-            let files = held.files.as_ref().map(|files| {
-                let own = files.with_durability(options.durability);
+            let files = held.journal.as_ref().map(|journal| {
+                let own = ObjectFiles::new(journal.dir(), options.durability);
                 (own, options.log_file_threshold)
             });
             (
@@ -312,7 +312,6 @@ impl MemEngine {
         state.compact_min = options.log_compact_min;
         state.compact_at = options.log_compact_min.max(2 * journal.len());
         state.journal = Some(journal);
-        state.files = Some(ObjectFiles::new(&dir, options.durability));
         let state = Arc::new(Mutex::new(state));
         roots.insert(dir, Arc::downgrade(&state));
         Ok(Self::over(root, state, options))
@@ -438,7 +437,7 @@ impl MemEngine {
             object.map(|object| state.readable(object))
         };
         Ok(readable
-            .map(|readable| readable.bytes(store, digest))
+            .map(|readable| readable.bytes(store, digest, self.layout()))
             .transpose()?
             .flatten())
     }
@@ -587,8 +586,6 @@ struct State {
     queued: Arc<Queued>,
     /// A log root's file, where every change is written.
     journal: Option<Journal>,
-    /// A log root's files of large content, for reading them.
-    files: Option<ObjectFiles>,
     /// The log's size past which compacting it is next considered.
     compact_at: u64,
     /// The least size at which a log is compacted (`Options::log_compact_min`).
@@ -604,9 +601,7 @@ impl State {
                 Readable::Logged(journal.slice(*offset, object.size))
             }
             (Body::Logged(_), None) => unreachable!("only a log root logs bodies"),
-            (Body::File, _) => {
-                Readable::File(self.files.clone().expect("only a log root keeps files"))
-            }
+            (Body::File, _) => Readable::File,
         }
     }
 
@@ -895,19 +890,27 @@ impl MemObject {
 enum Readable {
     Held(Arc<Vec<u8>>),
     Logged(journal::Slice),
-    /// In the object's file, read whole.
-    File(ObjectFiles),
+    /// In the object's file (of the log root's `files`), read whole.
+    File,
 }
 
 impl Readable {
     /// The bytes; `None` when the object's file is gone.
-    fn bytes(self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>> {
+    fn bytes(
+        self,
+        store: &StoreId,
+        digest: Digest,
+        files: Option<&ObjectFiles>,
+    ) -> Result<Option<Vec<u8>>> {
         match self {
             Self::Held(bytes) => Ok(Some(Arc::unwrap_or_clone(bytes))),
             Self::Logged(slice) => slice.read().map(Some).map_err(|source| {
                 crate::error::io_error(store, "reading content from", slice.path(), source)
             }),
-            Self::File(files) => files.read(store, digest),
+            Self::File => match files {
+                Some(files) => files.read(store, digest),
+                None => unreachable!("only a log root keeps files"),
+            },
         }
     }
 }
@@ -1349,9 +1352,13 @@ impl Transaction for Txn<'_> {
                 Err(refused) => return Ok(Err(refused)),
             },
         };
-        let body = match body.or_else(|| Some(self.object_row(store, digest)?.body.clone())) {
+        let body = match body {
             Some(body) => body,
-            None => unreachable!("bytes kept where they are belong to a held object"),
+            None => self
+                .object_row(store, digest)
+                .expect("bytes kept where they are belong to a held object")
+                .body
+                .clone(),
         };
         let object = MemObject {
             body,
@@ -1594,7 +1601,7 @@ impl Transaction for Txn<'_> {
             }
         } else {
             let readable = self.state.readable(object);
-            match readable.bytes(store, digest) {
+            match readable.bytes(store, digest, self.files) {
                 Ok(Some(bytes)) if Digest::of(&bytes) == digest => return Ok(Ok(false)),
                 Ok(_) => {}
                 Err(failed) => return Ok(Err(failed)),
@@ -2050,7 +2057,9 @@ impl Engine for MemEngine {
             files.scan_files(store, listed, &indexed, &mut scan, progress)?;
         }
         for (digest, readable) in objects {
-            let bytes = readable.bytes(store, digest)?.unwrap_or_default();
+            let bytes = readable
+                .bytes(store, digest, self.layout())?
+                .unwrap_or_default();
             let actual = Digest::of(&bytes);
             scan.tally(digest, bytes.len() as u64, actual, true, progress);
         }
