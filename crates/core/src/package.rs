@@ -401,7 +401,8 @@ fn export_section<W: Write>(
             .collect();
         let mut inline = match together.is_empty() {
             true => Vec::new(),
-            false => handle.block_on(engine.read_inline_many(id, &together))?,
+            // Bounded already: at most a batch of small objects.
+            false => handle.block_on(engine.read_inline_many(id, &together, u64::MAX))?,
         }
         .into_iter();
         for &(digest, size) in batch {

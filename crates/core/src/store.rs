@@ -634,14 +634,21 @@ impl ContentStore {
 
     /// The verified content of each ref whose object is small enough to
     /// be kept in the index, read together; `None` for the others, to be
-    /// read one by one. Not remembered: this is for bulk copies.
-    pub(crate) async fn get_many_small(&self, refs: &[ContentRef]) -> Result<Vec<Option<Vec<u8>>>> {
+    /// read one by one. Answers only a prefix of `refs` once their content
+    /// passes `budget` bytes (see
+    /// [`crate::engine::Engine::read_inline_many`]): ask again for the
+    /// rest. Not remembered: this is for bulk copies.
+    pub(crate) async fn get_many_small(
+        &self,
+        refs: &[ContentRef],
+        budget: u64,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let digests = refs
             .iter()
             .map(ContentRef::digest)
             .collect::<Result<Vec<_>>>()?;
         let engine = self.root.engine().await?;
-        let found = engine.read_inline_many(&self.id, &digests).await?;
+        let found = engine.read_inline_many(&self.id, &digests, budget).await?;
         digests
             .into_iter()
             .zip(found)

@@ -1007,29 +1007,36 @@ async fn copy_batch(
     // Small content waits here to be stored together, up to a bound.
     let mut held: Vec<(ContentRef, Vec<u8>)> = Vec::new();
     let mut held_bytes = 0;
-    let inline = source.get_many_small(&batch).await?;
-    for (content_ref, inline) in batch.into_iter().zip(inline) {
-        let read = match inline {
-            Some(content) => AtMost::Content(content),
-            None => source.get_at_most(&content_ref, COPY_WHOLE_MAX).await?,
-        };
-        match read {
-            AtMost::Content(content) => {
-                held_bytes += content.len() as u64;
-                bytes += content.len() as u64;
-                held.push((content_ref, content));
-                if held_bytes >= BATCH_BYTES {
-                    objects += store_held(target, std::mem::take(&mut held)).await?;
-                    held_bytes = 0;
+    let mut rest = &batch[..];
+    while !rest.is_empty() {
+        // Content kept inline, read together up to the same bound (an
+        // index may keep objects of up to 1 MiB inline).
+        let inline = source.get_many_small(rest, BATCH_BYTES).await?;
+        let answered;
+        (answered, rest) = rest.split_at(inline.len());
+        for (content_ref, inline) in answered.iter().zip(inline) {
+            let read = match inline {
+                Some(content) => AtMost::Content(content),
+                None => source.get_at_most(content_ref, COPY_WHOLE_MAX).await?,
+            };
+            match read {
+                AtMost::Content(content) => {
+                    held_bytes += content.len() as u64;
+                    bytes += content.len() as u64;
+                    held.push((content_ref.clone(), content));
+                    if held_bytes >= BATCH_BYTES {
+                        objects += store_held(target, std::mem::take(&mut held)).await?;
+                        held_bytes = 0;
+                    }
                 }
-            }
-            AtMost::TooLarge { size } => {
-                let stored = target
-                    .store_reader(source.reader(&content_ref).await?)
-                    .await?;
-                check_copy(target, &content_ref, &stored)?;
-                bytes += size;
-                objects += 1;
+                AtMost::TooLarge { size } => {
+                    let stored = target
+                        .store_reader(source.reader(content_ref).await?)
+                        .await?;
+                    check_copy(target, content_ref, &stored)?;
+                    bytes += size;
+                    objects += 1;
+                }
             }
         }
     }

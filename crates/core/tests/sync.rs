@@ -384,6 +384,45 @@ async fn a_copied_root_does_not_take_deletions_from_a_record_it_does_not_share()
     );
 }
 
+/// An index may keep objects of up to 1 MiB inline; a sync reads them a
+/// bounded amount at a time (a few batches here), not a batch of 256
+/// objects at once, and still copies every one of them.
+#[tokio::test]
+async fn inline_content_past_a_reads_budget_is_copied_whole_in_rounds() {
+    let (dir, a) = common::temp_root_with(theater_store::Options {
+        inline_threshold: theater_store::Options::MAX_INLINE_THRESHOLD,
+        ..theater_store::Options::default()
+    });
+    let b = StoreRoot::new(dir.path().join("b"));
+    let source = a.store("docs").unwrap();
+    let mut expected = Vec::new();
+    for i in 0..30u64 {
+        // Large inline objects with small ones and a missing-inline
+        // (file) one between them, so that rounds end anywhere.
+        let size = match i % 3 {
+            0 => (1 << 20) - 1,
+            1 => 100 + i as usize,
+            _ if i == 5 => (1 << 20) + 1,
+            _ => 700 << 10,
+        };
+        let content = common::unrepeated(size, i);
+        let label = format!("doc:{i:02}");
+        source
+            .store_at_label(&label, content.clone())
+            .await
+            .unwrap();
+        expected.push((label, content));
+    }
+    let report = sync(&a, &b, &SyncOptions::default()).await;
+    assert_eq!(report.objects_copied, 30, "{report:?}");
+    assert!(report.converged(), "{report:?}");
+    let target = b.store("docs").unwrap();
+    for (label, content) in expected {
+        let copied = target.get_content_by_label(&label).await.unwrap();
+        assert!(copied.as_ref() == Some(&content), "{label} copied whole");
+    }
+}
+
 #[tokio::test]
 async fn a_sync_by_prefix_carries_what_the_labels_reach_through_content() {
     let (_dir, a, b) = two_roots();

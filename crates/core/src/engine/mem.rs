@@ -32,7 +32,8 @@ use super::journal::{self, BytesAt, ChangeEntry, Journal, LoggedObject, Step};
 use super::layout::{self, ObjectFiles, spill_sink};
 use super::{
     ChainHead, Change, ChangeLog, ChangeRow, CommitSignal, Engine, LabelRow, LinkRow, ObjectRow,
-    ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, unix_now,
+    ObjectSource, ReplacedTargets, Scan, Snapshot, Staged, StagingSink, TargetSnapshot,
+    read_within, unix_now,
 };
 use crate::durability::Durability;
 use crate::error::{Result, StoreError, io_error};
@@ -1914,12 +1915,12 @@ impl Engine for MemEngine {
         &self,
         store: &StoreId,
         digests: &[Digest],
+        budget: u64,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         // Content in a file of its own is for the caller to stream.
-        digests
-            .iter()
-            .map(|&digest| self.object_bytes_kept(store, digest, &[Kept::Inline]))
-            .collect()
+        read_within(digests, budget, |digest| {
+            self.object_bytes_kept(store, digest, &[Kept::Inline])
+        })
     }
 
     async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {
@@ -2369,8 +2370,16 @@ mod tests {
             assert!(engine.apply(change).await.unwrap());
             digests.push(digest);
         }
-        let read = engine.read_inline_many(&store, &digests).await.unwrap();
+        let read = engine
+            .read_inline_many(&store, &digests, u64::MAX)
+            .await
+            .unwrap();
         assert_eq!(read, vec![Some(vec![1u8; 1024]), None]);
+        // A budget the first answer fills leaves the rest to the next call.
+        let read = engine.read_inline_many(&store, &digests, 1000).await;
+        assert_eq!(read.unwrap(), vec![Some(vec![1u8; 1024])]);
+        let read = engine.read_inline_many(&store, &digests[1..], 0).await;
+        assert_eq!(read.unwrap(), vec![None], "one answer at least");
         let whole = engine.read_object(&store, digests[1]).await.unwrap();
         assert_eq!(whole, Some(vec![2u8; 1025]), "still read whole when asked");
     }

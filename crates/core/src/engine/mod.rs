@@ -462,6 +462,26 @@ pub(crate) fn logs_changes(store: &StoreId) -> bool {
     !store.as_str().starts_with('_')
 }
 
+/// Reads `digests` in order with `read` for [`Engine::read_inline_many`],
+/// stopping after the answer that brings the bytes read to `budget`.
+pub(crate) fn read_within<E>(
+    digests: &[Digest],
+    budget: u64,
+    mut read: impl FnMut(Digest) -> std::result::Result<Option<Vec<u8>>, E>,
+) -> std::result::Result<Vec<Option<Vec<u8>>>, E> {
+    let mut found = Vec::new();
+    let mut bytes = 0;
+    for &digest in digests {
+        if bytes >= budget && !found.is_empty() {
+            break;
+        }
+        let answer = read(digest)?;
+        bytes += answer.as_ref().map_or(0, |content| content.len() as u64);
+        found.push(answer);
+    }
+    Ok(found)
+}
+
 /// A label and its target.
 pub(crate) type LabelRow = (String, Digest);
 
@@ -706,12 +726,18 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     async fn read_object(&self, store: &StoreId, digest: Digest) -> Result<Option<Vec<u8>>>;
 
     /// The bytes of each object that the index holds inline, read
-    /// together, not yet verified; `None` for any other (not indexed, or
-    /// in a file), for the caller to read on its own.
+    /// together, not yet verified, in the order asked; `None` for any
+    /// other (not indexed, or in a file), for the caller to read on its
+    /// own. Answers only a prefix of `digests` when their bytes pass
+    /// `budget`: it stops after the answer that brings the bytes read to
+    /// `budget` (one answer at least), so that a bulk copy holds bounded
+    /// memory whatever the inline threshold; the caller asks again for
+    /// the rest.
     async fn read_inline_many(
         &self,
         store: &StoreId,
         digests: &[Digest],
+        budget: u64,
     ) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// What `label` points at.

@@ -26,7 +26,9 @@ use reserve::SpaceReserve;
 use sql::{Place, Readers, index_error};
 use writer::Writer;
 
-use super::{Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink, TargetSnapshot};
+use super::{
+    Change, Engine, ObjectSource, Scan, Snapshot, Staged, StagingSink, TargetSnapshot, read_within,
+};
 use crate::engine::READ_ON_CALLER_MAX;
 use crate::engine::{ChainHead, ChangeLog, ChangeRow, LabelRow, LinkRow, ReplacedTargets};
 use crate::error::{BoxError, Result, StoreError};
@@ -300,18 +302,17 @@ impl Engine for LocalEngine {
         &self,
         store: &StoreId,
         digests: &[Digest],
+        budget: u64,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         self.read("reading objects", |db| {
             // One read transaction for all of them.
             let transaction = db.unchecked_transaction()?;
-            let mut found = Vec::with_capacity(digests.len());
-            for &digest in digests {
-                found.push(match sql::object_content(&transaction, store, digest)? {
+            read_within(digests, budget, |digest| {
+                Ok(match sql::object_content(&transaction, store, digest)? {
                     Some((Place::Inline(_), bytes)) => bytes,
                     _ => None,
-                });
-            }
-            Ok(found)
+                })
+            })
         })
     }
 

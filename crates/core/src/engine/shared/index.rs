@@ -994,20 +994,60 @@ pub(super) async fn inline_many(
     client: &impl GenericClient,
     store: &StoreId,
     digests: &[Digest],
+    budget: u64,
 ) -> Result<Vec<Option<Vec<u8>>>, tokio_postgres::Error> {
     let keys: Vec<&[u8]> = digests.iter().map(|digest| &digest.0[..]).collect();
-    let statement = client
-        .prepare_cached(
-            "SELECT digest, inline FROM theater_objects
-             WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL",
-        )
-        .await?;
-    let rows = client.query(&statement, &[&store.as_str(), &keys]).await?;
+    let rows = if budget == u64::MAX {
+        let statement = client
+            .prepare_cached(
+                "SELECT digest, inline FROM theater_objects
+                 WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL",
+            )
+            .await?;
+        client.query(&statement, &[&store.as_str(), &keys]).await?
+    } else {
+        // Only the objects, in digest order, whose bytes before them stay
+        // under the budget: sizes are summed first (from the row, without
+        // the content), then the content of those is read.
+        let statement = client
+            .prepare_cached(
+                "SELECT digest, inline FROM theater_objects
+                 WHERE store = $1 AND inline IS NOT NULL AND digest = ANY(ARRAY(
+                     SELECT digest FROM (
+                         SELECT digest,
+                                (sum(size) OVER (ORDER BY digest) - size)::bigint AS before
+                         FROM theater_objects
+                         WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL
+                     ) sized
+                     WHERE before = 0 OR before < $3))",
+            )
+            .await?;
+        let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+        client
+            .query(&statement, &[&store.as_str(), &keys, &budget])
+            .await?
+    };
     let mut found: std::collections::HashMap<Digest, Vec<u8>> = rows
         .iter()
         .filter_map(|row| Some((digest_column(row, 0)?, row.get(1))))
         .collect();
-    Ok(digests.iter().map(|digest| found.remove(digest)).collect())
+    let bytes: u64 = found.values().map(|content| content.len() as u64).sum();
+    let answered = match found.keys().max() {
+        // The budget was reached: what comes after the last object read
+        // in digest order waits for the next call (callers ask in digest
+        // order; asked otherwise, an object left out is answered `None`,
+        // which has it read on its own).
+        Some(&last) if bytes >= budget => digests
+            .iter()
+            .take_while(|&&digest| digest <= last)
+            .count()
+            .max(1),
+        _ => digests.len(),
+    };
+    Ok(digests[..answered]
+        .iter()
+        .map(|digest| found.remove(digest))
+        .collect())
 }
 
 /// A label's target, with what a chain's head keeps beside it.

@@ -14,23 +14,34 @@ use crate::error::{Result, StoreError};
 use crate::names::{Digest, StoreId};
 use crate::task::Progress;
 
+/// How many objects a scan asks the index about at once.
+const SCAN_INLINE_ROWS: usize = 4096;
+/// About how many bytes of inline content a scan holds at once, whatever
+/// the store's size.
+const SCAN_INLINE_BYTES: u64 = 8 << 20;
+
 impl SharedEngine {
     pub(crate) fn scan(&self, store: &StoreId, progress: &dyn Progress) -> Result<Scan> {
         let store_id = store.clone();
-        let (rows, inline, listed) = self.block(|inner| async move {
+        let (rows, listed) = self.block(|inner| async move {
             let client = inner.client().await?;
             let rows = index::object_rows(&client, &store_id).await;
             let rows = inner.index(rows, "listing objects")?;
-            let digests: Vec<Digest> = rows.iter().map(|row| row.digest).collect();
-            let inline = index::inline_many(&client, &store_id, &digests).await;
-            let inline = inner.index(inline, "reading inline objects")?;
             let listed = inner.objects.list(&store_id).await;
             let listed = inner.object_store(listed, "listing objects")?;
-            Ok::<_, StoreError>((rows, inline, listed))
+            Ok::<_, StoreError>((rows, listed))
         })?;
         let indexed: std::collections::BTreeSet<Digest> =
             rows.iter().map(|row| row.digest).collect();
-        let inline_bytes: u64 = inline.iter().flatten().map(|b| b.len() as u64).sum();
+        let in_objects: std::collections::HashSet<Digest> =
+            listed.iter().filter_map(|(digest, ..)| *digest).collect();
+        // What the index holds inline: every indexed object that is not
+        // in the object store (those lost from both are found elsewhere).
+        let inline_bytes: u64 = rows
+            .iter()
+            .filter(|row| !in_objects.contains(&row.digest))
+            .map(|row| row.size)
+            .sum();
         let listed_bytes: u64 = listed.iter().map(|(_, _, size, _)| size).sum();
         progress.start(inline_bytes + listed_bytes);
         let mut scan = Scan::default();
@@ -46,9 +57,32 @@ impl SharedEngine {
                 scan.unindexed.push(digest);
             }
         };
-        for (row, bytes) in rows.iter().zip(&inline) {
-            if let Some(bytes) = bytes {
-                tally(&mut scan, row.digest, bytes.len() as u64, Digest::of(bytes));
+        // Inline content read a bounded amount at a time (a store of a
+        // million small objects is a gigabyte of it), in rounds of rows
+        // whose sizes fill the bound.
+        let mut round: Vec<Digest> = Vec::new();
+        let mut round_bytes = 0;
+        let inline_rows = rows.iter().filter(|row| !in_objects.contains(&row.digest));
+        let mut inline_rows = inline_rows.peekable();
+        while let Some(row) = inline_rows.next() {
+            round.push(row.digest);
+            round_bytes += row.size;
+            let full = round.len() >= SCAN_INLINE_ROWS || round_bytes >= SCAN_INLINE_BYTES;
+            if !full && inline_rows.peek().is_some() {
+                continue;
+            }
+            let (store_id, asked) = (store.clone(), std::mem::take(&mut round));
+            round_bytes = 0;
+            let inline = self.block(|inner| async move {
+                let client = inner.client().await?;
+                let inline = index::inline_many(&client, &store_id, &asked, u64::MAX).await;
+                let inline = inner.index(inline, "reading inline objects")?;
+                Ok::<_, StoreError>(asked.into_iter().zip(inline).collect::<Vec<_>>())
+            })?;
+            for (digest, bytes) in inline {
+                if let Some(bytes) = bytes {
+                    tally(&mut scan, digest, bytes.len() as u64, Digest::of(&bytes));
+                }
             }
         }
         for (digest, key, size, _) in listed {

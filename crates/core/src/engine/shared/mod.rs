@@ -341,8 +341,9 @@ impl Engine for SharedEngine {
         &self,
         store: &StoreId,
         digests: &[Digest],
+        budget: u64,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        SharedEngine::read_inline_many(self, store, digests).await
+        SharedEngine::read_inline_many(self, store, digests, budget).await
     }
 
     async fn label_target(&self, store: &StoreId, label: &str) -> Result<Option<Digest>> {

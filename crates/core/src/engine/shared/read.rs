@@ -50,10 +50,11 @@ impl SharedEngine {
         &self,
         store: &StoreId,
         digests: &[Digest],
+        budget: u64,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let (store, digests) = (store.clone(), digests.to_vec());
         self.query("reading objects", move |client| async move {
-            index::inline_many(&client, &store, &digests).await
+            index::inline_many(&client, &store, &digests, budget).await
         })
         .await
     }
