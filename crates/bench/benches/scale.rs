@@ -16,8 +16,9 @@
 //! slice then does not move the figure); the same
 //! reads again, warm (answered from the read cache); `verify`,
 //! `gc --dry-run`, a real gc
-//! (which finds nothing to remove, but looks at everything), and an
-//! export of the whole store into a sink. Then the root is let go and
+//! (which finds nothing to remove, but looks at everything), an export
+//! of the whole store into a sink, and a first sync of it into an empty
+//! root of the same kind. Then the root is let go and
 //! opened again (a log root replays its log), and a second root of 1,000
 //! stores of 100 objects each made, every store verified and collected.
 //! Last, 10,000 and then 100,000 labels are set in one transaction and
@@ -33,7 +34,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use theater_store::{ContentRef, ContentStore, Durability, GcOptions, Options, StoreRoot};
+use theater_store::{
+    ContentRef, ContentStore, Durability, GcOptions, Options, StoreRoot, SyncOptions,
+};
 use theater_store_bench::env_number;
 use theater_store_testing::Services;
 
@@ -184,7 +187,7 @@ fn main() {
     let root = open_root(&root_string);
     let store = root.store("scale").unwrap();
     eprintln!(
-        "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
+        "{:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>7}",
         "objects",
         "fill µs",
         "put µs",
@@ -200,6 +203,8 @@ fn main() {
         "gc s",
         "µs/obj",
         "export s",
+        "µs/obj",
+        "sync s",
         "µs/obj",
         "B/obj"
     );
@@ -288,9 +293,25 @@ fn main() {
                 BenchEngine::Shared => "remote".to_owned(),
                 _ => (disk_bytes(&dir.path().join("root")) / filled as u64).to_string(),
             };
+
+            // A first sync of the whole store into an empty root of the
+            // same kind: every label moved, every object copied.
+            let target_dir = dir.path().join(format!("sync-{filled}"));
+            let target = open_root(&new_root_string(&target_dir));
+            let started = Instant::now();
+            let report = root
+                .sync_store_to(&target, "scale", &SyncOptions::default(), Arc::new(()))
+                .await
+                .unwrap();
+            let sync = started.elapsed();
+            assert_eq!(report.objects_copied as usize, filled);
+            assert_eq!(report.labels_moved as usize, filled);
+            drop(target);
+            std::fs::remove_dir_all(&target_dir).unwrap();
+
             let each = |took: Duration| micros_each(took, filled);
             eprintln!(
-                "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
+                "{:>9} | {:>8.1} {:>8.1} {:>8} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>8.2} {:>6.2} | {:>7}",
                 filled,
                 fill_each,
                 put_each,
@@ -307,6 +328,8 @@ fn main() {
                 each(gc),
                 export.as_secs_f64(),
                 each(export),
+                sync.as_secs_f64(),
+                each(sync),
                 per_object
             );
             decade *= 10;

@@ -6,6 +6,15 @@
 //! list in byte order. Writes that must be atomic and fast are server-side
 //! functions, one round trip each: adding an object (with its label) and
 //! writing a label, conditional or not.
+//!
+//! Statements that look rows up by many keys at once take each key on its
+//! own (`unnest` of the keys, then a `LATERAL` lookup with `LIMIT 1`),
+//! never `key = ANY($keys)`. For the latter PostgreSQL may plan a scan of
+//! the whole store, filtered, when its statistics were taken while the
+//! store was small, and a cached plan keeps that: each batch then scans
+//! more than the one before (a sync of 80,000 labels into a new root took
+//! 44 s). The lookup form leaves the planner nothing else, at the same
+//! cost per key.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -784,8 +793,11 @@ pub(super) async fn set_labels(
         .collect();
     let lock_targets = client
         .prepare_cached(
-            "SELECT digest FROM theater_objects WHERE store = $1 AND digest = ANY($2)
-             FOR SHARE",
+            "SELECT found.digest FROM unnest($2::bytea[]) AS asked(digest)
+             CROSS JOIN LATERAL (
+                 SELECT digest FROM theater_objects
+                 WHERE store = $1 AND digest = asked.digest LIMIT 1 FOR SHARE
+             ) found",
         )
         .await?;
     let held = client
@@ -804,8 +816,11 @@ pub(super) async fn set_labels(
     if let Some(expected) = expected {
         let lock_labels = client
             .prepare_cached(
-                "SELECT name, target FROM theater_labels WHERE store = $1 AND name = ANY($2)
-                 FOR UPDATE",
+                "SELECT found.name, found.target FROM unnest($2::text[]) AS asked(name)
+                 CROSS JOIN LATERAL (
+                     SELECT name, target FROM theater_labels
+                     WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
+                 ) found",
             )
             .await?;
         let current = client
@@ -853,8 +868,17 @@ pub(super) async fn set_labels(
     }
     if !removed.is_empty() {
         let removed_names: Vec<&str> = removed.iter().map(|(name, _)| name.as_str()).collect();
+        // The rows are found and locked one by one, then removed by their
+        // place (which a locked row keeps).
         let delete = client
-            .prepare_cached("DELETE FROM theater_labels WHERE store = $1 AND name = ANY($2)")
+            .prepare_cached(
+                "DELETE FROM theater_labels WHERE ctid = ANY(ARRAY(
+                     SELECT found.ctid FROM unnest($2::text[]) AS asked(name)
+                     CROSS JOIN LATERAL (
+                         SELECT ctid FROM theater_labels
+                         WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
+                     ) found))",
+            )
             .await?;
         client
             .execute(&delete, &[&store.as_str(), &removed_names])
@@ -997,11 +1021,16 @@ pub(super) async fn inline_many(
     budget: u64,
 ) -> Result<Vec<Option<Vec<u8>>>, tokio_postgres::Error> {
     let keys: Vec<&[u8]> = digests.iter().map(|digest| &digest.0[..]).collect();
+    // Rows looked up one key at a time (see the module's docs).
     let rows = if budget == u64::MAX {
         let statement = client
             .prepare_cached(
-                "SELECT digest, inline FROM theater_objects
-                 WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL",
+                "SELECT found.digest, found.inline FROM unnest($2::bytea[]) AS asked(digest)
+                 CROSS JOIN LATERAL (
+                     SELECT digest, inline FROM theater_objects
+                     WHERE store = $1 AND digest = asked.digest AND inline IS NOT NULL
+                     LIMIT 1
+                 ) found",
             )
             .await?;
         client.query(&statement, &[&store.as_str(), &keys]).await?
@@ -1011,15 +1040,24 @@ pub(super) async fn inline_many(
         // the content), then the content of those is read.
         let statement = client
             .prepare_cached(
-                "SELECT digest, inline FROM theater_objects
-                 WHERE store = $1 AND inline IS NOT NULL AND digest = ANY(ARRAY(
+                "SELECT found.digest, found.inline FROM unnest(ARRAY(
                      SELECT digest FROM (
-                         SELECT digest,
-                                (sum(size) OVER (ORDER BY digest) - size)::bigint AS before
-                         FROM theater_objects
-                         WHERE store = $1 AND digest = ANY($2) AND inline IS NOT NULL
-                     ) sized
-                     WHERE before = 0 OR before < $3))",
+                         SELECT sized.digest,
+                                (sum(sized.size) OVER (ORDER BY sized.digest)
+                                    - sized.size)::bigint AS before
+                         FROM unnest($2::bytea[]) AS asked(digest)
+                         CROSS JOIN LATERAL (
+                             SELECT digest, size FROM theater_objects
+                             WHERE store = $1 AND digest = asked.digest
+                               AND inline IS NOT NULL
+                             LIMIT 1
+                         ) sized
+                     ) ordered
+                     WHERE before = 0 OR before < $3)) AS kept(digest)
+                 CROSS JOIN LATERAL (
+                     SELECT digest, inline FROM theater_objects
+                     WHERE store = $1 AND digest = kept.digest LIMIT 1
+                 ) found",
             )
             .await?;
         let budget = i64::try_from(budget).unwrap_or(i64::MAX);
@@ -1593,6 +1631,13 @@ fn stats_columns(row: &Row, first: usize) -> StoreStats {
 /// Up to `limit` entries of a store's change log after `since`, with the
 /// log's bounds. The bounds are read after the page, so a trim between
 /// the two shows as trimmed rather than as a silent gap.
+///
+/// A store's sequence numbers have no gaps (each change takes the next
+/// under its store's row lock; a trim removes only the oldest), so the
+/// page is the range after `since`, bounded on both sides: read through
+/// the rest of the log and sorted, as PostgreSQL plans it when its
+/// statistics say the log is short, it made reading a long log page by
+/// page quadratic.
 pub(super) async fn changes(
     client: &impl GenericClient,
     store: &StoreId,
@@ -1602,13 +1647,19 @@ pub(super) async fn changes(
     let page = client
         .prepare_cached(
             "SELECT seq, label, old, new, at, actor FROM theater_changes
-             WHERE store = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+             WHERE store = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3",
         )
         .await?;
+    let through = since.saturating_add(limit as u64);
     let rows = client
         .query(
             &page,
-            &[&store.as_str(), &to_i64(since), &to_i64(limit as u64)],
+            &[
+                &store.as_str(),
+                &to_i64(since),
+                &to_i64(limit as u64),
+                &to_i64(through),
+            ],
         )
         .await?;
     let entries = rows.iter().map(change_row).collect();
