@@ -35,8 +35,8 @@ impl SharedEngine {
             rows.iter().map(|row| row.digest).collect();
         let in_objects: std::collections::HashSet<Digest> =
             listed.iter().filter_map(|(digest, ..)| *digest).collect();
-        // What the index holds inline: every indexed object that is not
-        // in the object store (those lost from both are found elsewhere).
+        // What the index holds inline, near enough for progress: the
+        // indexed objects that are not in the object store.
         let inline_bytes: u64 = rows
             .iter()
             .filter(|row| !in_objects.contains(&row.digest))
@@ -58,17 +58,18 @@ impl SharedEngine {
             }
         };
         // Inline content read a bounded amount at a time (a store of a
-        // million small objects is a gigabyte of it), in rounds of rows
-        // whose sizes fill the bound.
+        // million small objects is a gigabyte of it): every row is asked
+        // about, in rounds whose inline sizes fill the bound.
         let mut round: Vec<Digest> = Vec::new();
         let mut round_bytes = 0;
-        let inline_rows = rows.iter().filter(|row| !in_objects.contains(&row.digest));
-        let mut inline_rows = inline_rows.peekable();
-        while let Some(row) = inline_rows.next() {
+        let mut all_rows = rows.iter().peekable();
+        while let Some(row) = all_rows.next() {
             round.push(row.digest);
-            round_bytes += row.size;
+            if !in_objects.contains(&row.digest) {
+                round_bytes += row.size;
+            }
             let full = round.len() >= SCAN_INLINE_ROWS || round_bytes >= SCAN_INLINE_BYTES;
-            if !full && inline_rows.peek().is_some() {
+            if !full && all_rows.peek().is_some() {
                 continue;
             }
             let (store_id, asked) = (store.clone(), std::mem::take(&mut round));
