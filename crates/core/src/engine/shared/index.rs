@@ -775,6 +775,68 @@ pub(super) async fn add_objects(
         .collect())
 }
 
+/// Locks the objects of store `$1` among digests `$2` in share mode;
+/// answers those held.
+const LOCK_TARGETS: &str = "SELECT found.digest FROM unnest($2::bytea[]) AS asked(digest)
+     CROSS JOIN LATERAL (
+         SELECT digest FROM theater_objects
+         WHERE store = $1 AND digest = asked.digest LIMIT 1 FOR SHARE
+     ) found";
+
+/// Locks the labels of store `$1` among names `$2` for update; answers
+/// those there with their targets.
+const LOCK_LABELS: &str = "SELECT found.name, found.target FROM unnest($2::text[]) AS asked(name)
+     CROSS JOIN LATERAL (
+         SELECT name, target FROM theater_labels
+         WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
+     ) found";
+
+/// Removes the labels of store `$1` named in `$2`: each row is found and
+/// locked on its own, then removed by its place (which a locked row
+/// keeps).
+const DELETE_LABELS: &str = "DELETE FROM theater_labels WHERE ctid = ANY(ARRAY(
+     SELECT found.ctid FROM unnest($2::text[]) AS asked(name)
+     CROSS JOIN LATERAL (
+         SELECT ctid FROM theater_labels
+         WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
+     ) found))";
+
+/// The inline content of the objects of store `$1` among digests `$2`.
+const INLINE_MANY: &str =
+    "SELECT found.digest, found.inline FROM unnest($2::bytea[]) AS asked(digest)
+     CROSS JOIN LATERAL (
+         SELECT digest, inline FROM theater_objects
+         WHERE store = $1 AND digest = asked.digest AND inline IS NOT NULL
+         LIMIT 1
+     ) found";
+
+/// [`INLINE_MANY`] within a budget of `$3` bytes: only the objects, in
+/// digest order, whose bytes before them stay under it. Sizes are summed
+/// first (from the `size` column: a window over the content itself would
+/// buffer it, past `work_mem`, into a temporary file), then the content
+/// of those is read.
+const INLINE_WITHIN: &str = "SELECT found.digest, found.inline FROM unnest(ARRAY(
+         SELECT digest FROM (
+             SELECT sized.digest,
+                    (sum(sized.size) OVER (ORDER BY sized.digest) - sized.size)::bigint AS before
+             FROM unnest($2::bytea[]) AS asked(digest)
+             CROSS JOIN LATERAL (
+                 SELECT digest, size FROM theater_objects
+                 WHERE store = $1 AND digest = asked.digest AND inline IS NOT NULL
+                 LIMIT 1
+             ) sized
+         ) ordered
+         WHERE before = 0 OR before < $3)) AS kept(digest)
+     CROSS JOIN LATERAL (
+         SELECT digest, inline FROM theater_objects
+         WHERE store = $1 AND digest = kept.digest LIMIT 1
+     ) found";
+
+/// Up to `$3` change log entries of store `$1` after sequence `$2`, and
+/// at most through `$4` (`$2 + $3`).
+const CHANGES_PAGE: &str = "SELECT seq, label, old, new, at, actor FROM theater_changes
+     WHERE store = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3";
+
 /// Writes many labels of one store, all or nothing: each points at its
 /// target (or is removed, for `None`). With `expected` (one per label),
 /// only if every label still points at its expected value (`None`:
@@ -791,15 +853,7 @@ pub(super) async fn set_labels(
         .iter()
         .filter_map(|(_, target)| target.as_ref().map(|digest| &digest.0[..]))
         .collect();
-    let lock_targets = client
-        .prepare_cached(
-            "SELECT found.digest FROM unnest($2::bytea[]) AS asked(digest)
-             CROSS JOIN LATERAL (
-                 SELECT digest FROM theater_objects
-                 WHERE store = $1 AND digest = asked.digest LIMIT 1 FOR SHARE
-             ) found",
-        )
-        .await?;
+    let lock_targets = client.prepare_cached(LOCK_TARGETS).await?;
     let held = client
         .query(&lock_targets, &[&store.as_str(), &targets])
         .await?;
@@ -814,15 +868,7 @@ pub(super) async fn set_labels(
     let names: Vec<&str> = labels.iter().map(|(name, _)| name.as_str()).collect();
     let mut must_insert = std::collections::HashSet::new();
     if let Some(expected) = expected {
-        let lock_labels = client
-            .prepare_cached(
-                "SELECT found.name, found.target FROM unnest($2::text[]) AS asked(name)
-                 CROSS JOIN LATERAL (
-                     SELECT name, target FROM theater_labels
-                     WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
-                 ) found",
-            )
-            .await?;
+        let lock_labels = client.prepare_cached(LOCK_LABELS).await?;
         let current = client
             .query(&lock_labels, &[&store.as_str(), &names])
             .await?;
@@ -868,18 +914,7 @@ pub(super) async fn set_labels(
     }
     if !removed.is_empty() {
         let removed_names: Vec<&str> = removed.iter().map(|(name, _)| name.as_str()).collect();
-        // The rows are found and locked one by one, then removed by their
-        // place (which a locked row keeps).
-        let delete = client
-            .prepare_cached(
-                "DELETE FROM theater_labels WHERE ctid = ANY(ARRAY(
-                     SELECT found.ctid FROM unnest($2::text[]) AS asked(name)
-                     CROSS JOIN LATERAL (
-                         SELECT ctid FROM theater_labels
-                         WHERE store = $1 AND name = asked.name LIMIT 1 FOR UPDATE
-                     ) found))",
-            )
-            .await?;
+        let delete = client.prepare_cached(DELETE_LABELS).await?;
         client
             .execute(&delete, &[&store.as_str(), &removed_names])
             .await?;
@@ -1023,43 +1058,10 @@ pub(super) async fn inline_many(
     let keys: Vec<&[u8]> = digests.iter().map(|digest| &digest.0[..]).collect();
     // Rows looked up one key at a time (see the module's docs).
     let rows = if budget == u64::MAX {
-        let statement = client
-            .prepare_cached(
-                "SELECT found.digest, found.inline FROM unnest($2::bytea[]) AS asked(digest)
-                 CROSS JOIN LATERAL (
-                     SELECT digest, inline FROM theater_objects
-                     WHERE store = $1 AND digest = asked.digest AND inline IS NOT NULL
-                     LIMIT 1
-                 ) found",
-            )
-            .await?;
+        let statement = client.prepare_cached(INLINE_MANY).await?;
         client.query(&statement, &[&store.as_str(), &keys]).await?
     } else {
-        // Only the objects, in digest order, whose bytes before them stay
-        // under the budget: sizes are summed first (from the row, without
-        // the content), then the content of those is read.
-        let statement = client
-            .prepare_cached(
-                "SELECT found.digest, found.inline FROM unnest(ARRAY(
-                     SELECT digest FROM (
-                         SELECT sized.digest,
-                                (sum(sized.size) OVER (ORDER BY sized.digest)
-                                    - sized.size)::bigint AS before
-                         FROM unnest($2::bytea[]) AS asked(digest)
-                         CROSS JOIN LATERAL (
-                             SELECT digest, size FROM theater_objects
-                             WHERE store = $1 AND digest = asked.digest
-                               AND inline IS NOT NULL
-                             LIMIT 1
-                         ) sized
-                     ) ordered
-                     WHERE before = 0 OR before < $3)) AS kept(digest)
-                 CROSS JOIN LATERAL (
-                     SELECT digest, inline FROM theater_objects
-                     WHERE store = $1 AND digest = kept.digest LIMIT 1
-                 ) found",
-            )
-            .await?;
+        let statement = client.prepare_cached(INLINE_WITHIN).await?;
         let budget = i64::try_from(budget).unwrap_or(i64::MAX);
         client
             .query(&statement, &[&store.as_str(), &keys, &budget])
@@ -1644,12 +1646,7 @@ pub(super) async fn changes(
     since: u64,
     limit: usize,
 ) -> Result<ChangeLog, tokio_postgres::Error> {
-    let page = client
-        .prepare_cached(
-            "SELECT seq, label, old, new, at, actor FROM theater_changes
-             WHERE store = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3",
-        )
-        .await?;
+    let page = client.prepare_cached(CHANGES_PAGE).await?;
     let through = since.saturating_add(limit as u64);
     let rows = client
         .query(
@@ -1714,4 +1711,114 @@ fn digest_column(row: &Row, column: usize) -> Option<Digest> {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        CHANGES_PAGE, DELETE_LABELS, INLINE_MANY, INLINE_WITHIN, LOCK_LABELS, LOCK_TARGETS,
+    };
+
+    /// The statements that look rows up by many keys, planned against
+    /// statistics taken while the store held 20 rows when it holds 20,000
+    /// (a bulk load into a new root): each still seeks its keys, and a
+    /// page of the change log reads only its range. The form they
+    /// replaced, `key = ANY($keys)`, was planned there as a scan of the
+    /// whole store, filtered (what made a sync into a new shared root
+    /// quadratic).
+    #[test]
+    fn lookups_by_many_keys_seek_each_key_whatever_the_statistics() {
+        let services = theater_store_testing::Services::shared();
+        services.configure_environment();
+        let dir = tempfile::tempdir().unwrap();
+        let root_string = services.new_root(&dir.path().join("cache"));
+        let database = root_string
+            .split('/')
+            .nth(3)
+            .and_then(|path| path.split('?').next())
+            .unwrap()
+            .to_owned();
+        let root = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime
+            .block_on(root.store("s").unwrap().store_at_label("first", "x"))
+            .unwrap();
+
+        // Digests are the row number in 32 bytes, so that the calls below
+        // can name rows.
+        let rows = |from: u32, to: u32| {
+            format!(
+                "INSERT INTO theater_objects (store, digest, size, stored_at, inline)
+                   SELECT 's', decode(lpad(to_hex(g), 64, '0'), 'hex'), 1, 0, '\\x00'
+                   FROM generate_series({from}, {to}) g;
+                 INSERT INTO theater_labels (store, name, target)
+                   SELECT 's', 'l' || g, decode(lpad(to_hex(g), 64, '0'), 'hex')
+                   FROM generate_series({from}, {to}) g;"
+            )
+        };
+        let mut script = String::from(
+            "ALTER TABLE theater_objects SET (autovacuum_enabled = false);
+             ALTER TABLE theater_labels SET (autovacuum_enabled = false);
+             ALTER TABLE theater_changes SET (autovacuum_enabled = false);",
+        );
+        script += &rows(1, 20);
+        script += "ANALYZE theater_objects, theater_labels, theater_changes;";
+        script += &rows(21, 20_000);
+        // A batch's worth of keys from the middle of the store.
+        let keys = 5_000..5_256;
+        let names: Vec<String> = keys.clone().map(|key| format!("l{key}")).collect();
+        let digests: Vec<String> = keys.map(|key| format!("\\\\x{key:064x}")).collect();
+        let names = format!("'{{{}}}'", names.join(","));
+        let digests = format!("'{{{}}}'", digests.join(","));
+        let statements = [
+            ("lock_targets", LOCK_TARGETS, format!("'s', {digests}")),
+            ("lock_labels", LOCK_LABELS, format!("'s', {names}")),
+            ("delete_labels", DELETE_LABELS, format!("'s', {names}")),
+            ("inline_many", INLINE_MANY, format!("'s', {digests}")),
+            (
+                "inline_within",
+                INLINE_WITHIN,
+                format!("'s', {digests}, 8388608"),
+            ),
+            ("changes_page", CHANGES_PAGE, "'s', 0, 100, 100".to_owned()),
+        ];
+        for (name, sql, arguments) in &statements {
+            script += &format!(
+                "PREPARE {name} AS {sql};
+                 SELECT '== {name}';
+                 EXPLAIN EXECUTE {name}({arguments});"
+            );
+        }
+        let output = services.psql(&database, &script);
+
+        for (name, _, _) in &statements {
+            // Each line cut short: a plan shows the keys it was given.
+            let plan: Vec<&str> = output
+                .split(&format!("== {name}\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no plan for {name} in {output}"))
+                .lines()
+                .take_while(|line| !line.starts_with("== "))
+                .map(|line| line.get(..160).unwrap_or(line))
+                .collect();
+            let plan = plan.join("\n");
+            if *name == "changes_page" {
+                assert!(
+                    plan.contains("seq > ") && plan.contains("seq <= "),
+                    "{name} reads beyond its page:\n{plan}"
+                );
+                continue;
+            }
+            for line in plan
+                .lines()
+                .filter(|line| line.contains("Scan on theater_"))
+            {
+                let scan = line.trim_start_matches([' ', '-', '>']);
+                assert!(
+                    scan.starts_with("Index Scan") || scan.starts_with("Tid Scan"),
+                    "{name} scans instead of seeking each key:\n{plan}"
+                );
+            }
+        }
+    }
 }
