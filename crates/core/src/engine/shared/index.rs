@@ -11,10 +11,12 @@
 //! own (`unnest` of the keys, then a `LATERAL` lookup with `LIMIT 1`),
 //! never `key = ANY($keys)`. For the latter PostgreSQL may plan a scan of
 //! the whole store, filtered, when its statistics were taken while the
-//! store was small, and a cached plan keeps that: each batch then scans
-//! more than the one before (a sync of 80,000 labels into a new root took
-//! 44 s). The lookup form leaves the planner nothing else, at the same
-//! cost per key.
+//! store was small: each batch then reads more than the one before (a
+//! sync of 80,000 labels into a new root took 44 s). The lookup form is
+//! planned as a seek per key however stale the statistics, at the same
+//! cost per key. (A plan cached while a table held a single page can
+//! still scan it per key, until PostgreSQL's next analyze of the grown
+//! table replaces the plan.)
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -1636,10 +1638,10 @@ fn stats_columns(row: &Row, first: usize) -> StoreStats {
 ///
 /// A store's sequence numbers have no gaps (each change takes the next
 /// under its store's row lock; a trim removes only the oldest), so the
-/// page is the range after `since`, bounded on both sides: read through
-/// the rest of the log and sorted, as PostgreSQL plans it when its
-/// statistics say the log is short, it made reading a long log page by
-/// page quadratic.
+/// page is the range after `since`, bounded on both sides. Bounded only
+/// below, PostgreSQL planned it (its statistics saying the log was short)
+/// as a read of the whole rest of the log, sorted: reading a long log
+/// page by page was quadratic.
 pub(super) async fn changes(
     client: &impl GenericClient,
     store: &StoreId,
