@@ -163,6 +163,11 @@ struct Queued {
     any: AtomicBool,
 }
 
+/// How long opening a log root waits for this process's own last handle
+/// of it to finish closing its log (its last reference may be dropped on
+/// another thread) before calling the root in use.
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often a writer tries the root's lock, and how long it pauses in
 /// between (in spin-loop hints), before it queues its change.
 const SPIN_TRIES: usize = 64;
@@ -304,12 +309,31 @@ impl MemEngine {
         })?;
         let root = format!("{}{}", journal::SCHEME, dir.display());
         let mut roots = lock(ROOTS.get_or_init(Mutex::default));
-        roots.retain(|_, state| state.strong_count() > 0);
+        // Handles of this process let go of the root, but the last of them
+        // may still be closing its log on another thread. (Roots let go of
+        // stay listed, so that this is known, until there are many.)
+        let closing = roots
+            .get(&dir)
+            .is_some_and(|state| state.strong_count() == 0);
+        if roots.len() > 256 {
+            roots.retain(|path, state| *path == dir || state.strong_count() > 0);
+        }
         if let Some(state) = roots.get(&dir).and_then(Weak::upgrade) {
             return Ok(Self::over(root, state, options));
         }
-        let mut state = State::default();
-        let journal = Journal::open(&dir, |steps| state.replay(steps))?;
+        let waited_from = std::time::Instant::now();
+        let (mut state, journal) = loop {
+            let mut state = State::default();
+            match Journal::open(&dir, |steps| state.replay(steps)) {
+                Ok(journal) => break (state, journal),
+                Err(StoreError::RootInUse { .. })
+                    if closing && waited_from.elapsed() < CLOSING_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(error) => return Err(error),
+            }
+        };
         state.compact_min = options.log_compact_min;
         state.compact_at = options.log_compact_min.max(2 * journal.len());
         state.journal = Some(journal);
