@@ -15,8 +15,8 @@
 //! sync of 80,000 labels into a new root took 44 s). The lookup form is
 //! planned as a seek per key however stale the statistics, at the same
 //! cost per key. (A plan cached while a table held a single page can
-//! still scan it per key, until PostgreSQL's next analyze of the grown
-//! table replaces the plan.)
+//! still scan it per key; the engine analyzes a table each time it
+//! doubles, statistics.rs, which replaces such plans.)
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;

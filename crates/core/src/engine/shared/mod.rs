@@ -25,6 +25,7 @@ mod maintain;
 mod objects;
 mod publish;
 mod read;
+mod statistics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -76,6 +77,10 @@ struct Inner {
     /// Publications of one object in this process take turns: the first
     /// uploads, the others then find its row and upload nothing.
     publishing: std::sync::Mutex<HashMap<(StoreId, Digest), Turn>>,
+    /// Rows written since the last check of the tables' sizes, and
+    /// whether a check runs now (statistics.rs).
+    rows_written: std::sync::atomic::AtomicU64,
+    checking_statistics: std::sync::atomic::AtomicBool,
 }
 
 /// One object's turn to publish (see `Inner::publishing`).
@@ -148,6 +153,8 @@ impl SharedEngine {
             batch: options.shared_batch.max(1),
             refresh_after: i64::try_from(options.refresh_after.as_millis()).unwrap_or(i64::MAX),
             publishing: std::sync::Mutex::default(),
+            rows_written: std::sync::atomic::AtomicU64::new(0),
+            checking_statistics: std::sync::atomic::AtomicBool::new(false),
         });
         let engine = Self {
             inner,
@@ -307,13 +314,23 @@ impl Engine for SharedEngine {
     }
 
     async fn apply(&self, change: Change) -> Result<bool> {
-        self.run(|inner| async move { inner.apply(change).await })
-            .await
+        self.run(|inner| async move {
+            let rows = statistics::rows_added(&change);
+            let applied = inner.apply(change).await;
+            inner.wrote(rows);
+            applied
+        })
+        .await
     }
 
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
-        self.run(|inner| async move { inner.apply_all(changes).await })
-            .await
+        self.run(|inner| async move {
+            let rows = changes.iter().map(statistics::rows_added).sum();
+            let applied = inner.apply_all(changes).await;
+            inner.wrote(rows);
+            applied
+        })
+        .await
     }
 
     // The rest live beside the code of their job (read.rs, maintain.rs).
