@@ -124,9 +124,15 @@ impl Services {
     /// A root string for a fresh, empty root: a new database and a new
     /// prefix in the bucket, with its read cache in `cache`.
     pub fn new_root(&self, cache: &Path) -> String {
+        self.new_database_root(cache).0
+    }
+
+    /// [`Services::new_root`], with the name of its database, for tests
+    /// that look at (or tamper with) the database through [`Services::psql`].
+    pub fn new_database_root(&self, cache: &Path) -> (String, String) {
         let name = format!("t{}", uuid::Uuid::new_v4().simple());
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
-        self.root_string(&name, &name, cache)
+        (self.root_string(&name, &name, cache), name)
     }
 
     /// The root string of database `database` and prefix `prefix`.

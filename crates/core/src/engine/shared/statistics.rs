@@ -112,13 +112,7 @@ mod tests {
         let services = theater_store_testing::Services::shared();
         services.configure_environment();
         let dir = tempfile::tempdir().unwrap();
-        let root_string = services.new_root(&dir.path().join("cache"));
-        let database = root_string
-            .split('/')
-            .nth(3)
-            .and_then(|path| path.split('?').next())
-            .unwrap()
-            .to_owned();
+        let (root_string, database) = services.new_database_root(&dir.path().join("cache"));
         let root = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
         let store = root.store("bulk").unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
