@@ -38,15 +38,16 @@ use crate::stats::{
 /// 6 indexes it by label, for history and reads at a past point; version
 /// 7 adds the functions that check a write against a quota in its own
 /// statement; version 8 files change log entries once per statement
-/// rather than once per label row.)
-pub(super) const SCHEMA_VERSION: i64 = 8;
+/// rather than once per label row; version 9 leaves waking other hosts'
+/// watchers to the writing host, after its commit, `listen.rs`.)
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// The first version that records links: objects from before it are
 /// marked as not yet scanned for them when a database is brought up to it.
 const LINKS_SINCE: i64 = 4;
 
-/// The channel the change log's trigger notifies at commit (its payload:
-/// the store).
+/// The channel on which hosts announce that labels of a store moved (its
+/// payload: the store).
 pub(super) const CHANGES_CHANNEL: &str = "theater_changes";
 
 /// Serializes schema creation between hosts that open the root at once.
@@ -381,8 +382,11 @@ END $$;
 /// statement changed), it moves each store's label totals by `sign`
 /// (`+` added, `-` removed, `None` for labels pointed elsewhere), and in
 /// stores that are not reserved files one change log entry per label,
-/// numbered after the store's last under its row's lock, then wakes the
-/// listeners at commit. One update of each store's row per statement.
+/// numbered after the store's last under its row's lock. One update of
+/// each store's row per statement. (It sends no notification: a NOTIFY
+/// holds a lock on the whole database from before its transaction's
+/// commit until the commit is on disk, so every label write of every
+/// store would commit one after another; listen.rs announces instead.)
 fn label_statement_trigger(function: &str, moves: &str, sign: Option<char>) -> String {
     let change_overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
     // Labels pointed elsewhere leave the totals as they are: no footprint
@@ -400,7 +404,7 @@ fn label_statement_trigger(function: &str, moves: &str, sign: Option<char>) -> S
     format!(
         r#"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    notified bigint;
+    stores_moved bigint;
 BEGIN
     WITH m AS ({moves}),
     n AS (
@@ -425,7 +429,7 @@ BEGIN
             nullif(current_setting('theater.actor', true), '')
         FROM m l JOIN s ON s.id = l.store WHERE s.logged > 0
     )
-    SELECT count(pg_notify('{CHANGES_CHANNEL}', id)) INTO notified FROM s WHERE logged > 0;
+    SELECT count(*) INTO stores_moved FROM s;
     RETURN NULL;
 END $$;"#
     )
@@ -1545,6 +1549,23 @@ pub(super) async fn delete_labels(
             &[&store.as_str(), &i64::try_from(limit).unwrap_or(i64::MAX)],
         )
         .await
+}
+
+/// Announces on [`CHANGES_CHANNEL`] that labels of each of `stores`
+/// moved. The transaction does not wait for its commit to reach the disk:
+/// a notification is not kept anyway, and a NOTIFY holds a lock on the
+/// whole database until its commit is done.
+pub(super) async fn announce(
+    client: &impl GenericClient,
+    stores: &[&str],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT count(pg_notify('{CHANGES_CHANNEL}', s))
+             FROM set_config('synchronous_commit', 'off', true), unnest($1::text[]) s"
+        ))
+        .await?;
+    client.execute(&statement, &[&stores]).await.map(drop)
 }
 
 /// Forgets a store with nothing in it, created before `cutoff`.

@@ -56,9 +56,6 @@ use std::time::SystemTime;
 pub(crate) struct SharedEngine {
     inner: Arc<Inner>,
     runtime: Option<tokio::runtime::Runtime>,
-    /// Moved by this process's listener (listen.rs) on every commit any
-    /// host makes to a label.
-    commits: Arc<super::CommitSignal>,
     /// Set once the listener is started.
     listening: std::sync::OnceLock<()>,
 }
@@ -81,6 +78,11 @@ struct Inner {
     /// whether a check runs now (statistics.rs).
     rows_written: std::sync::atomic::AtomicU64,
     checking_statistics: std::sync::atomic::AtomicBool,
+    /// Stores whose label changes this host has yet to announce (listen.rs).
+    announcements: listen::Announcements,
+    /// Moved on every commit to a label: at once for this host's own,
+    /// by this process's listener for other hosts' (listen.rs).
+    commits: Arc<super::CommitSignal>,
 }
 
 /// One object's turn to publish (see `Inner::publishing`).
@@ -155,11 +157,12 @@ impl SharedEngine {
             publishing: std::sync::Mutex::default(),
             rows_written: std::sync::atomic::AtomicU64::new(0),
             checking_statistics: std::sync::atomic::AtomicBool::new(false),
+            announcements: listen::Announcements::default(),
+            commits: Arc::default(),
         });
         let engine = Self {
             inner,
             runtime: Some(runtime),
-            commits: Arc::default(),
             listening: std::sync::OnceLock::new(),
         };
         engine.block(|inner| async move { inner.connect().await })?;
@@ -316,8 +319,12 @@ impl Engine for SharedEngine {
     async fn apply(&self, change: Change) -> Result<bool> {
         self.run(|inner| async move {
             let rows = statistics::rows_added(&change);
+            let announced = listen::announced_store(&change).cloned();
             let applied = inner.apply(change).await;
             inner.wrote(rows);
+            if applied.is_ok() {
+                inner.announce(announced);
+            }
             applied
         })
         .await
@@ -326,8 +333,19 @@ impl Engine for SharedEngine {
     async fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<bool>> {
         self.run(|inner| async move {
             let rows = changes.iter().map(statistics::rows_added).sum();
+            let announced: Vec<Option<StoreId>> = changes
+                .iter()
+                .map(|change| listen::announced_store(change).cloned())
+                .collect();
             let applied = inner.apply_all(changes).await;
             inner.wrote(rows);
+            inner.announce(
+                announced
+                    .into_iter()
+                    .zip(&applied)
+                    .filter(|(_, applied)| applied.is_ok())
+                    .filter_map(|(store, _)| store),
+            );
             applied
         })
         .await

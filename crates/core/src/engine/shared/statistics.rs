@@ -104,7 +104,7 @@ pub(super) fn rows_added(change: &Change) -> u64 {
 #[cfg(test)]
 mod tests {
     /// A bulk load into a new root, with autovacuum off, leaves
-    /// PostgreSQL's statistics at least half the size the tables grew to:
+    /// PostgreSQL's statistics within a small factor of the tables' size:
     /// the engine analyzed them itself as they doubled. (Without it, the
     /// statistics stay those of the first rows, and so do the plans.)
     #[test]
@@ -154,7 +154,9 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let (labels, objects) = (estimate("theater_labels"), estimate("theater_objects"));
-            if labels >= (LABELS / 2) as f64 && objects >= (OBJECTS / 2) as f64 {
+            // Within twice the size at the last check, which may come up
+            // to CHECK_EVERY rows before the end: a quarter is the bound.
+            if labels >= (LABELS / 4) as f64 && objects >= (OBJECTS / 4) as f64 {
                 break;
             }
             assert!(
