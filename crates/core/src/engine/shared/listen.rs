@@ -32,10 +32,10 @@ use crate::names::StoreId;
 /// How often watchers read the log even without a notification.
 const CATCH_UP: Duration = Duration::from_secs(1);
 
-/// How long an announcement waits for more label changes to go with it:
-/// a writer then costs PostgreSQL one small transaction a window rather
-/// than one a write, and other hosts' watchers hear a few milliseconds
-/// later (this host's own, at once).
+/// The least time between two announcements of one host: what is written
+/// meanwhile goes out together in the next, so a busy writer costs
+/// PostgreSQL one small transaction a window rather than one a write. The
+/// first write after a quiet window is announced at once.
 const ANNOUNCE_GATHER: Duration = Duration::from_millis(5);
 
 /// How long to wait before connecting again after the connection failed.
@@ -132,8 +132,6 @@ impl Inner {
         let inner = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                // Writes that follow within the window go out together.
-                tokio::time::sleep(ANNOUNCE_GATHER).await;
                 let stores: Vec<StoreId> =
                     std::mem::take(&mut *inner.announcements.pending.lock().expect("not poisoned"))
                         .into_iter()
@@ -158,6 +156,8 @@ impl Inner {
                 if let Err(error) = inner.send_announcement(&stores).await {
                     tracing::debug!(root = %inner.location.display, %error, "announcing label changes");
                 }
+                // Writes that follow within the window go out together.
+                tokio::time::sleep(ANNOUNCE_GATHER).await;
             }
         });
     }
