@@ -711,16 +711,14 @@ fn change_feed(c: &mut Criterion) {
         // write (2 ms apart), so that the wake-up is timed rather than a
         // read that finds the change anyway.
         let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let watcher = runtime.block_on(async {
-            let since = watched.last_change().await.unwrap();
-            let mut watch = watched.watch("bench:notify", since);
-            tokio::spawn(async move {
-                while let Some(Ok(_)) = watch.next().await {
-                    if heard.send(Instant::now()).is_err() {
-                        break;
-                    }
+        let since = runtime.block_on(watched.last_change()).unwrap();
+        let mut watch = watched.watch("bench:notify", since);
+        let watcher = runtime.spawn(async move {
+            while let Some(Ok(_)) = watch.next().await {
+                if heard.send(Instant::now()).is_err() {
+                    break;
                 }
-            })
+            }
         });
         let mut latencies = Vec::new();
         group.bench_function(name, |b| {
