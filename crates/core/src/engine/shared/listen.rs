@@ -10,8 +10,8 @@
 //! The announcement is not made inside the write's own transaction: a
 //! NOTIFY holds a lock on the whole database from before its commit
 //! until the commit is on disk, so writes to different stores, from every
-//! host, would commit one after another (8 writers on 8 stores: 1,664–
-//! 1,880 puts a second with the NOTIFY in the write, 2,540–2,725 without).
+//! host, would commit one after another (8 writers on 8 stores: 2,144–
+//! 2,485 puts a second with the NOTIFY in the write, 3,033–3,180 now).
 //! Announcements made while one is on its way go out together in the
 //! next, in a transaction that does not wait for the disk.
 

@@ -66,7 +66,7 @@ impl Inner {
 
     /// Analyzes each growing table that doubled since its last analyze;
     /// returns the tables analyzed.
-    pub(super) async fn analyze_outgrown(&self) -> Result<Vec<String>> {
+    async fn analyze_outgrown(&self) -> Result<Vec<String>> {
         let client = self.client().await?;
         let tables: Vec<&str> = GROWING_TABLES.to_vec();
         let outgrown = client.query(OUTGROWN, &[&tables]).await;
