@@ -224,6 +224,16 @@ async fn a_database_of_schema_7_is_brought_up_and_logs_each_change_once() {
             database,
             "SELECT value FROM theater_meta WHERE key = 'schema_version'"
         ),
-        "8"
+        "9"
+    );
+    // Version 9: no label write notifies inside its own transaction (the
+    // writing host announces after its commit).
+    assert_eq!(
+        services.psql(
+            database,
+            "SELECT count(*) FROM pg_proc
+             WHERE proname LIKE 'theater%' AND prosrc LIKE '%pg_notify%'"
+        ),
+        "0"
     );
 }
