@@ -38,6 +38,9 @@ const CATCH_UP: Duration = Duration::from_secs(1);
 /// first write after a quiet window is announced at once.
 const ANNOUNCE_GATHER: Duration = Duration::from_millis(5);
 
+/// How long an engine being closed waits for its last announcements.
+const LAST_ANNOUNCEMENTS: Duration = Duration::from_millis(250);
+
 /// How long to wait before connecting again after the connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -107,8 +110,11 @@ async fn listen(config: tokio_postgres::Config, signal: Weak<CommitSignal>) {
 #[derive(Debug, Default)]
 pub(super) struct Announcements {
     pending: Mutex<BTreeSet<StoreId>>,
-    /// Whether a task is sending them now.
+    /// Whether a task is sending them now (or waiting out its window).
     sending: AtomicBool,
+    /// Whether stores taken from `pending` are on their way now (set
+    /// under `pending`'s lock, as they are taken).
+    on_the_wire: AtomicBool,
 }
 
 impl Inner {
@@ -132,10 +138,14 @@ impl Inner {
         let inner = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let stores: Vec<StoreId> =
-                    std::mem::take(&mut *inner.announcements.pending.lock().expect("not poisoned"))
-                        .into_iter()
-                        .collect();
+                let stores: Vec<StoreId> = {
+                    let mut pending = inner.announcements.pending.lock().expect("not poisoned");
+                    inner
+                        .announcements
+                        .on_the_wire
+                        .store(!pending.is_empty(), Ordering::Release);
+                    std::mem::take(&mut *pending).into_iter().collect()
+                };
                 if stores.is_empty() {
                     inner.announcements.sending.store(false, Ordering::Release);
                     // A store added since the take, whose caller saw this
@@ -156,10 +166,31 @@ impl Inner {
                 if let Err(error) = inner.send_announcement(&stores).await {
                     tracing::debug!(root = %inner.location.display, %error, "announcing label changes");
                 }
+                inner
+                    .announcements
+                    .on_the_wire
+                    .store(false, Ordering::Release);
                 // Writes that follow within the window go out together.
                 tokio::time::sleep(ANNOUNCE_GATHER).await;
             }
         });
+    }
+
+    /// Waits, blocking, until what this host has yet to announce is sent,
+    /// for [`LAST_ANNOUNCEMENTS`] at most: called as the engine closes, so
+    /// that the last writes of a short-lived process (a CLI command, an
+    /// actor's run) wake other hosts' watchers now rather than at their
+    /// next read of the log.
+    pub(super) fn finish_announcing(&self) {
+        let deadline = std::time::Instant::now() + LAST_ANNOUNCEMENTS;
+        while std::time::Instant::now() < deadline {
+            let pending = self.announcements.pending.lock().expect("not poisoned");
+            if pending.is_empty() && !self.announcements.on_the_wire.load(Ordering::Acquire) {
+                return;
+            }
+            drop(pending);
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     async fn send_announcement(&self, stores: &[StoreId]) -> Result<()> {
@@ -189,7 +220,8 @@ mod tests {
     use tokio_postgres::AsyncMessage;
 
     /// A label write is announced on the channel every host listens on,
-    /// naming its store; content stored without a label is not.
+    /// naming its store, even when its root closes right after; content
+    /// stored without a label is not.
     #[test]
     fn label_writes_are_announced_to_other_hosts_by_store() {
         let services = theater_store_testing::Services::shared();
@@ -239,6 +271,19 @@ mod tests {
                 .expect("no announcement within 30 s of a label write")
                 .unwrap();
             assert_eq!(first, "b-watched");
+
+            // A root closed right after its write (a CLI command ending)
+            // still announces it before its engine stops.
+            let closing = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
+            let store = closing.store("c-closing").unwrap();
+            store.store_at_label("day", "two").await.unwrap();
+            drop(store);
+            drop(closing);
+            let next = tokio::time::timeout(std::time::Duration::from_secs(30), announced.recv())
+                .await
+                .expect("no announcement of a write made just before its root closed")
+                .unwrap();
+            assert_eq!(next, "c-closing");
         });
     }
 }

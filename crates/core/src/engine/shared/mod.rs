@@ -105,6 +105,8 @@ where
 
 impl Drop for SharedEngine {
     fn drop(&mut self) {
+        // The last writes' announcements run on the runtime about to stop.
+        self.inner.finish_announcing();
         // Dropped from inside some async task, a runtime must not block.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
