@@ -1751,11 +1751,13 @@ mod tests {
     /// quadratic).
     #[test]
     fn lookups_by_many_keys_seek_each_key_whatever_the_statistics() {
-        let services = theater_store_testing::Services::shared();
-        services.configure_environment();
-        let dir = tempfile::tempdir().unwrap();
-        let (root_string, database) = services.new_database_root(&dir.path().join("cache"));
-        let root = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
+        let super::super::TestRoot {
+            services,
+            database,
+            root,
+            _cache,
+            ..
+        } = super::super::TestRoot::new();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime
             .block_on(root.store("s").unwrap().store_at_label("first", "x"))

@@ -224,11 +224,13 @@ mod tests {
     /// stored without a label is not.
     #[test]
     fn label_writes_are_announced_to_other_hosts_by_store() {
-        let services = theater_store_testing::Services::shared();
-        services.configure_environment();
-        let dir = tempfile::tempdir().unwrap();
-        let (root_string, database) = services.new_database_root(&dir.path().join("cache"));
-        let root = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
+        let super::super::TestRoot {
+            services,
+            root_string,
+            database,
+            root,
+            _cache,
+        } = super::super::TestRoot::new();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             // Another host's listener, as a bare connection.

@@ -482,3 +482,32 @@ impl Engine for SharedEngine {
         SharedEngine::check_integrity(self)
     }
 }
+
+/// A fresh shared root on the test services, with what this engine's unit
+/// tests need to look at its database.
+#[cfg(test)]
+struct TestRoot {
+    services: &'static theater_store_testing::Services,
+    root_string: String,
+    database: String,
+    root: crate::StoreRoot,
+    _cache: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestRoot {
+    fn new() -> Self {
+        let services = theater_store_testing::Services::shared();
+        services.configure_environment();
+        let cache = tempfile::tempdir().unwrap();
+        let (root_string, database) = services.new_database_root(&cache.path().join("cache"));
+        let root = crate::StoreRoot::at(&root_string, Options::default()).unwrap();
+        Self {
+            services,
+            root_string,
+            database,
+            root,
+            _cache: cache,
+        }
+    }
+}

@@ -109,11 +109,13 @@ mod tests {
     /// statistics stay those of the first rows, and so do the plans.)
     #[test]
     fn a_bulk_load_keeps_the_statistics_within_twice_the_tables_size() {
-        let services = theater_store_testing::Services::shared();
-        services.configure_environment();
-        let dir = tempfile::tempdir().unwrap();
-        let (root_string, database) = services.new_database_root(&dir.path().join("cache"));
-        let root = crate::StoreRoot::at(&root_string, crate::Options::default()).unwrap();
+        let super::super::TestRoot {
+            services,
+            database,
+            root,
+            _cache,
+            ..
+        } = super::super::TestRoot::new();
         let store = root.store("bulk").unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let first = runtime
