@@ -887,17 +887,24 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
 
 /// The counter behind [`Engine::commits`]. An engine bumps it itself on
 /// commits it sees (the memory engine, notifications from PostgreSQL), or
-/// hands it a probe of a count other processes move (the local engine's
-/// shared commit count), which a thread of its own polls every
-/// millisecond while anyone is watching.
+/// hands it a count other processes move (the local engine's shared
+/// commit count), which a thread of its own reads and waits on while
+/// anyone is watching.
 #[derive(Debug)]
 pub(crate) struct CommitSignal {
     sender: Arc<tokio::sync::watch::Sender<u64>>,
     poller: std::sync::OnceLock<()>,
 }
 
-/// How often a probed count is read while someone watches.
-const COMMIT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long the thread sleeps between looks while no one watches.
+const UNWATCHED_NAP: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The least time between two moves of a waited-on count: the first
+/// commit after a quiet spell wakes watchers at once, and under a steady
+/// stream of commits they wake at most this often, each time reading
+/// what all those commits wrote, so that a watcher does not cost every
+/// write a wake-up and a read of its own.
+const LEAST_GAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Default for CommitSignal {
     fn default() -> Self {
@@ -920,12 +927,15 @@ impl CommitSignal {
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    /// A receiver, starting (once) a thread that polls `probe` while any
-    /// receiver is held and copies what it reads into the counter. The
-    /// thread ends when the signal is dropped.
-    pub(crate) fn subscribe_polling(
+    /// A receiver, starting (once) a thread that, while any receiver is
+    /// held, reads `probe`, copies it into the counter, then calls
+    /// `wait_past` with what it read, which returns once the count may
+    /// have moved (or after a while, so that the thread notices when no
+    /// one watches any more). The thread ends when the signal is dropped.
+    pub(crate) fn subscribe_waiting(
         &self,
         probe: impl Fn() -> u64 + Send + 'static,
+        wait_past: impl Fn(u64) + Send + 'static,
     ) -> tokio::sync::watch::Receiver<u64> {
         let receiver = self.sender.subscribe();
         self.poller.get_or_init(|| {
@@ -933,20 +943,20 @@ impl CommitSignal {
             std::thread::Builder::new()
                 .name("theater-store-commit-watch".into())
                 .spawn(move || {
+                    let mut moved = std::time::Instant::now();
                     while let Some(sender) = sender.upgrade() {
                         if sender.receiver_count() == 0 {
                             drop(sender);
-                            std::thread::sleep(COMMIT_POLL * 50);
+                            std::thread::sleep(UNWATCHED_NAP);
                             continue;
                         }
                         let now = probe();
-                        sender.send_if_modified(|count| {
-                            let moved = *count != now;
-                            *count = now;
-                            moved
-                        });
+                        if move_to(&sender, now) {
+                            moved = std::time::Instant::now();
+                        }
                         drop(sender);
-                        std::thread::sleep(COMMIT_POLL);
+                        wait_past(now);
+                        std::thread::sleep(LEAST_GAP.saturating_sub(moved.elapsed()));
                     }
                 })
                 .expect("spawning the commit watch thread");
@@ -958,6 +968,16 @@ impl CommitSignal {
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.sender.subscribe()
     }
+}
+
+/// Sets the counter to a probed count, waking receivers only if it moved;
+/// returns whether it did.
+fn move_to(sender: &tokio::sync::watch::Sender<u64>, now: u64) -> bool {
+    sender.send_if_modified(|count| {
+        let moved = *count != now;
+        *count = now;
+        moved
+    })
 }
 
 /// Milliseconds since the Unix epoch: the unit of `stored_at`.

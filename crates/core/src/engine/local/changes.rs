@@ -19,6 +19,10 @@
 //! into the database file, so that a root opened with its log missing can
 //! tell whether commits went with it ([`ChangeCounter::unfolded`]).
 //!
+//! A seventh word counts the threads waiting for the count to move
+//! ([`ChangeCounter::wait_past`]), so that a commit wakes them (a futex on
+//! the mapped word, on Linux) only while someone waits.
+//!
 //! Like SQLite's write-ahead log, this needs every process on one machine:
 //! a root on a network file system shared between machines is not
 //! supported by either.
@@ -27,10 +31,11 @@ use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use memmap2::MmapMut;
 
-/// The file's length: one cache line, of which two words are used.
+/// The file's length: one cache line of eight words (see the module doc).
 const FILE_BYTES: u64 = 64;
 
 /// A log end (salt, frames) as one ordered word: a later generation (its
@@ -88,6 +93,63 @@ impl ChangeCounter {
         self.word(1)
     }
 
+    /// Threads waiting in [`ChangeCounter::wait_past`], in any process.
+    fn waiters(&self) -> &AtomicU64 {
+        self.word(6)
+    }
+
+    /// The half of `finished` that moves with every commit: a futex is a
+    /// 32-bit word.
+    #[cfg(target_os = "linux")]
+    fn finished_low_half(&self) -> *const u32 {
+        let low = if cfg!(target_endian = "little") { 0 } else { 4 };
+        // SAFETY: word 1 is in bounds (the map is FILE_BYTES long) and
+        // 8-byte aligned, so its low half is in bounds and 4-byte aligned.
+        unsafe { self.map.as_ptr().add(8 + low).cast::<u32>() }
+    }
+
+    /// Blocks until the count of finished commits is no longer `seen`, or
+    /// `timeout` has passed. A commit by any process wakes it at once on
+    /// Linux; elsewhere it wakes after at most a millisecond and the
+    /// caller reads again.
+    pub(crate) fn wait_past(&self, seen: u64, timeout: Duration) {
+        self.waiters().fetch_add(1, Ordering::SeqCst);
+        // Counted as waiting before this read: a commit finishing after it
+        // sees the waiter and wakes it, and one before it is seen here.
+        if self.finished_count() == seen {
+            #[cfg(target_os = "linux")]
+            // SAFETY: the word lives as long as `self.map`, which outlives
+            // the call; the kernel only reads it and compares.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.finished_low_half(),
+                    libc::FUTEX_WAIT,
+                    seen as u32,
+                    &libc::timespec {
+                        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                        tv_nsec: timeout.subsec_nanos().into(),
+                    },
+                );
+            }
+            #[cfg(not(target_os = "linux"))]
+            std::thread::sleep(timeout.min(Duration::from_millis(1)));
+        }
+        // Saturating: a process opening the root alone may have reset the
+        // count under a thread of a root handle being closed.
+        let _ = self
+            .waiters()
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                count.checked_sub(1)
+            });
+    }
+
+    /// Forgets waiters counted by processes that died waiting. Only for a
+    /// process holding the root alone: no other has a thread waiting.
+    pub(crate) fn forget_waiters(&self) {
+        self.waiters().store(0, Ordering::SeqCst);
+    }
+
     /// Records that a checkpoint took the whole log, as it ended at `end`
     /// (read with [`ChangeCounter::acknowledged_log_end`] before the
     /// checkpoint began), into the database file.
@@ -142,6 +204,18 @@ impl ChangeCounter {
     /// succeeded or not.
     pub(crate) fn finish(&self, ticket: Ticket) {
         self.finished().fetch_max(ticket.0, Ordering::SeqCst);
+        #[cfg(target_os = "linux")]
+        if self.waiters().load(Ordering::SeqCst) > 0 {
+            // SAFETY: as in `wait_past`; waking needs no value.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.finished_low_half(),
+                    libc::FUTEX_WAKE,
+                    i32::MAX,
+                );
+            }
+        }
     }
 
     /// Commits finished so far, in any process: it moves with every commit.
@@ -161,7 +235,53 @@ impl ChangeCounter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::ChangeCounter;
+
+    /// A watching process sleeps on the count; another process's commit
+    /// must wake it, not the end of its wait.
+    #[test]
+    fn a_commit_through_another_mapping_wakes_a_thread_waiting_on_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.changes");
+        let (watching, writing) = (
+            ChangeCounter::open(&path).unwrap(),
+            ChangeCounter::open(&path).unwrap(),
+        );
+        // Already moved: no wait at all.
+        let seen = watching.finished_count();
+        let ticket = writing.start();
+        writing.finish(ticket);
+        let started = Instant::now();
+        watching.wait_past(seen, Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(30));
+
+        let long = Duration::from_secs(60);
+        for _ in 0..3 {
+            let seen = watching.finished_count();
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let ticket = writing.start();
+                    writing.finish(ticket);
+                });
+                while watching.finished_count() == seen {
+                    watching.wait_past(seen, long);
+                }
+            });
+            let waited = started.elapsed();
+            if cfg!(target_os = "linux") {
+                assert!(waited < long / 2, "woken by the timeout after {waited:?}");
+            }
+        }
+        // Every waiter left: commits stop waking anyone.
+        assert_eq!(
+            watching.waiters().load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+    }
 
     #[test]
     fn a_commit_in_flight_or_abandoned_unsettles_every_process_until_a_later_one_finishes() {

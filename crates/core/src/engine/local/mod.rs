@@ -56,6 +56,11 @@ pub(crate) struct LocalEngine {
     root: PathBuf,
 }
 
+/// The longest a watching thread waits on the shared commit count before
+/// reading it again: commits of processes that wake no one (older builds,
+/// systems other than Linux) reach watchers within it.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Where findings about the index's own damage are kept for `verify`.
 const DAMAGE_FILE: &str = "index.damage";
 
@@ -286,9 +291,11 @@ impl Engine for LocalEngine {
     }
 
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
-        let count = Arc::clone(&self.changes);
-        self.commits
-            .subscribe_polling(move || count.finished_count())
+        let (count, waited) = (Arc::clone(&self.changes), Arc::clone(&self.changes));
+        self.commits.subscribe_waiting(
+            move || count.finished_count(),
+            move |seen| waited.wait_past(seen, COMMIT_WAIT),
+        )
     }
 
     async fn object_size(&self, store: &StoreId, digest: Digest) -> Result<Option<u64>> {
@@ -538,6 +545,7 @@ fn check_log_before_opening(path: &Path, changes: &ChangeCounter) -> Result<File
         .open(&lock_path)
         .map_err(|source| io("opening the index lock", source))?;
     if lock.try_lock().is_ok() {
+        changes.forget_waiters();
         let log = path.join("index.sqlite-wal");
         let damage = wal::check(&log, changes.acknowledged_log_end())
             .map_err(|source| io("checking the index log", source))?;
