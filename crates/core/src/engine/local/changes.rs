@@ -239,25 +239,30 @@ mod tests {
 
     use super::ChangeCounter;
 
+    /// Two mappings of one count, as two processes have it (the directory
+    /// keeps the file alive).
+    fn two_mappings() -> (tempfile::TempDir, ChangeCounter, ChangeCounter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.changes");
+        let one = ChangeCounter::open(&path).unwrap();
+        let other = ChangeCounter::open(&path).unwrap();
+        (dir, one, other)
+    }
+
     /// A watching process sleeps on the count; another process's commit
     /// must wake it, not the end of its wait.
     #[test]
     fn a_commit_through_another_mapping_wakes_a_thread_waiting_on_the_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.changes");
-        let (watching, writing) = (
-            ChangeCounter::open(&path).unwrap(),
-            ChangeCounter::open(&path).unwrap(),
-        );
+        let (_dir, watching, writing) = two_mappings();
+        let long = Duration::from_secs(60);
         // Already moved: no wait at all.
         let seen = watching.finished_count();
         let ticket = writing.start();
         writing.finish(ticket);
         let started = Instant::now();
-        watching.wait_past(seen, Duration::from_secs(60));
-        assert!(started.elapsed() < Duration::from_secs(30));
+        watching.wait_past(seen, long);
+        assert!(started.elapsed() < long / 2);
 
-        let long = Duration::from_secs(60);
         for _ in 0..3 {
             let seen = watching.finished_count();
             let started = Instant::now();
@@ -285,12 +290,7 @@ mod tests {
 
     #[test]
     fn a_commit_in_flight_or_abandoned_unsettles_every_process_until_a_later_one_finishes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.changes");
-        let (one, other) = (
-            ChangeCounter::open(&path).unwrap(),
-            ChangeCounter::open(&path).unwrap(),
-        );
+        let (_dir, one, other) = two_mappings();
         let before = one.settled().unwrap();
         let ticket = other.start();
         assert_eq!(one.settled(), None, "a commit is in flight");
