@@ -1751,16 +1751,10 @@ mod tests {
     /// quadratic).
     #[test]
     fn lookups_by_many_keys_seek_each_key_whatever_the_statistics() {
-        let super::super::TestRoot {
-            services,
-            database,
-            root,
-            _cache,
-            ..
-        } = super::super::TestRoot::new();
+        let test = super::super::TestRoot::new();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime
-            .block_on(root.store("s").unwrap().store_at_label("first", "x"))
+            .block_on(test.root.store("s").unwrap().store_at_label("first", "x"))
             .unwrap();
 
         // Digests are the row number in 32 bytes, so that the calls below
@@ -1808,7 +1802,7 @@ mod tests {
                  EXPLAIN EXECUTE {name}({arguments});"
             );
         }
-        let output = services.psql(&database, &script);
+        let output = test.psql(&script);
 
         for (name, _, _) in &statements {
             // Each line cut short: a plan shows the keys it was given.

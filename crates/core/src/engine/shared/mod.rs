@@ -510,4 +510,9 @@ impl TestRoot {
             _cache: cache,
         }
     }
+
+    /// Runs `sql` in the root's database; its output.
+    fn psql(&self, sql: &str) -> String {
+        self.services.psql(&self.database, sql)
+    }
 }

@@ -109,20 +109,13 @@ mod tests {
     /// statistics stay those of the first rows, and so do the plans.)
     #[test]
     fn a_bulk_load_keeps_the_statistics_within_twice_the_tables_size() {
-        let super::super::TestRoot {
-            services,
-            database,
-            root,
-            _cache,
-            ..
-        } = super::super::TestRoot::new();
-        let store = root.store("bulk").unwrap();
+        let test = super::super::TestRoot::new();
+        let store = test.root.store("bulk").unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let first = runtime
             .block_on(store.store_at_label("first", "x"))
             .unwrap();
-        services.psql(
-            &database,
+        test.psql(
             "ALTER TABLE theater_objects SET (autovacuum_enabled = false);
              ALTER TABLE theater_labels SET (autovacuum_enabled = false);
              ANALYZE theater_objects, theater_labels;",
@@ -144,14 +137,12 @@ mod tests {
 
         // The last check runs in the background after the last write.
         let estimate = |table: &str| -> f64 {
-            services
-                .psql(
-                    &database,
-                    &format!("SELECT reltuples FROM pg_class WHERE relname = '{table}'"),
-                )
-                .trim()
-                .parse()
-                .unwrap()
+            test.psql(&format!(
+                "SELECT reltuples FROM pg_class WHERE relname = '{table}'"
+            ))
+            .trim()
+            .parse()
+            .unwrap()
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
