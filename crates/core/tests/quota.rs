@@ -99,6 +99,90 @@ async fn footprint_added_is_what_the_totals_grew_by() {
     assert_eq!(store.footprint_added(), 0);
 }
 
+/// A write refused for the quota is rolled back after its totals were
+/// read; the next check must not start from them (it would see the store
+/// shrink and let a write past the quota through), and must count what
+/// the store grew by from what it really held.
+#[tokio::test]
+async fn a_refused_write_leaves_no_totals_for_the_next_check() {
+    let (_dir, root) = temp_root();
+    let store = root.store("checked").unwrap();
+    let bounded = store.by_actor("writer").within_quota(quota(20_000, 100));
+    bounded
+        .store_at_label("small", vec![1u8; 3_000])
+        .await
+        .unwrap();
+    let before = store.stats().await.unwrap();
+    let big = bounded.store_at_label("big", vec![2u8; 20_000]).await;
+    assert!(
+        matches!(big, Err(StoreError::QuotaExceeded { .. })),
+        "{big:?}"
+    );
+    // Smaller than the refused write, still past the quota.
+    let past = bounded.store_at_label("past", vec![3u8; 10_000]).await;
+    assert!(
+        matches!(past, Err(StoreError::QuotaExceeded { .. })),
+        "{past:?}"
+    );
+    assert_eq!(store.stats().await.unwrap(), before);
+    bounded
+        .store_at_label("fits", vec![4u8; 500])
+        .await
+        .unwrap();
+    let after = store.stats().await.unwrap();
+    let first = after.footprint() - before.footprint();
+    assert!(first > 500, "the content and its overhead: {first}");
+    assert_eq!(
+        bounded.footprint_added(),
+        after.footprint() - StoreStats::default().footprint(),
+        "counted from what the store held"
+    );
+}
+
+/// Another root handle (as another process has) writing between two
+/// checked writes: the second check reads the store's totals again, so
+/// the writer is not charged for the other's write.
+#[tokio::test]
+async fn a_write_through_another_handle_is_not_charged_to_a_checked_writer() {
+    if common::kept_by_this_process() {
+        return; // A memory or log root is one process's alone.
+    }
+    let (dir, root) = temp_root();
+    let other = StoreRoot::at(
+        &common::root_string_for(&root, dir.path(), "other"),
+        Options::default(),
+    )
+    .unwrap();
+    let store = root.store("metered").unwrap();
+    let bounded = store
+        .by_actor("metered")
+        .within_quota(quota(1 << 30, 1_000));
+    bounded
+        .store_at_label("mine", vec![1u8; 1_000])
+        .await
+        .unwrap();
+    let mine = bounded.footprint_added();
+    let before_other = store.stats().await.unwrap();
+    other
+        .store("metered")
+        .unwrap()
+        .store_at_label("theirs", vec![2u8; 50_000])
+        .await
+        .unwrap();
+    let after_other = store.stats().await.unwrap();
+    assert!(after_other.footprint() > before_other.footprint() + 50_000);
+    bounded
+        .store_at_label("mine-too", vec![3u8; 1_000])
+        .await
+        .unwrap();
+    let end = store.stats().await.unwrap();
+    assert_eq!(
+        bounded.footprint_added(),
+        mine + (end.footprint() - after_other.footprint()),
+        "charged for its own writes only"
+    );
+}
+
 #[tokio::test]
 async fn writes_that_free_space_pass_in_a_store_over_its_quota() {
     let (_dir, root) = temp_root();
