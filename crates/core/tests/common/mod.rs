@@ -585,8 +585,19 @@ pub fn restore_events(
     }
 }
 
-fn index_db(root: &StoreRoot) -> rusqlite::Connection {
-    rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap()
+/// A connection to a local root's index, as a hand editing it would open
+/// one. The change log's triggers ask the writing connection who acts
+/// (`theater_actor(store)`); this one answers no one.
+pub fn index_db(root: &StoreRoot) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
+    db.create_scalar_function(
+        "theater_actor",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |_| Ok(None::<String>),
+    )
+    .unwrap();
+    db
 }
 
 /// Contents the model and cross-engine property tests draw from: small

@@ -255,6 +255,11 @@ async fn no_statement_scans_what_it_should_seek() {
 
     let db = dir.path().join("index.sqlite");
     let connection = Connection::open(&db).unwrap();
+    // Statements that fire the log's triggers plan only where they can
+    // ask who acts.
+    super::sql::Acting::default()
+        .answer_on(&connection)
+        .unwrap();
     let seen: BTreeSet<String> = SEEN
         .lock()
         .unwrap()

@@ -12,9 +12,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::durability::Durability;
@@ -304,20 +305,46 @@ pub(crate) fn replaced_targets(
     })
 }
 
-/// Names `actor` (`None`: no one) as the maker of the label changes
-/// written to `store` from now on in this transaction: the log's triggers
-/// read it from the store's row (`stores.acting`), so an entry is written
-/// once, complete. A store not yet registered gets it when it is
-/// ([`ensure_store`]).
-pub(crate) fn act_as(
-    connection: &Connection,
-    store: &StoreId,
-    actor: Option<&str>,
-) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached("UPDATE stores SET acting = ?2 WHERE id = ?1")?
-        .execute(params![store.as_str(), actor])?;
-    Ok(())
+/// Who makes the label changes the writer's open transaction writes, as
+/// the change log's triggers ask for it (`theater_actor(store)`, see
+/// [`migration_v14`]): an actor and its store, or no one. Kept in memory
+/// beside the connection rather than in a row, so that naming an actor
+/// writes nothing.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Acting(Arc<Mutex<Option<ActorOf>>>);
+
+/// An actor, and the store whose changes it makes.
+type ActorOf = (StoreId, Arc<str>);
+
+impl Acting {
+    /// Names `actor` (`None`: no one) as the maker of the label changes
+    /// written to `store` from now on.
+    pub(crate) fn set(&self, store: &StoreId, actor: Option<&str>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            actor.map(|actor| (store.clone(), Arc::from(actor)));
+    }
+
+    /// Answers the triggers' `theater_actor(store)` on `connection` from
+    /// this one. Every connection that writes labels needs the function
+    /// (SQLite resolves it when a statement that fires the triggers is
+    /// prepared), so [`open_connection`] gives each one that answers no
+    /// one; the writer's answers with what it sets.
+    pub(crate) fn answer_on(&self, connection: &Connection) -> rusqlite::Result<()> {
+        let acting = self.clone();
+        connection.create_scalar_function(
+            "theater_actor",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,
+            move |context| {
+                let store = context.get_raw(0).as_str().ok();
+                let acting = acting.0.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(acting
+                    .as_ref()
+                    .filter(|(of, _)| Some(of.as_str()) == store)
+                    .map(|(_, actor)| actor.to_string()))
+            },
+        )
+    }
 }
 
 /// Version 10: the change log indexed by label (`changes_by_label`), so
@@ -358,7 +385,7 @@ const LOG_TAIL_BYTES: usize = 2048;
 ///   JSONB array), beside its totals and log end (`log_seq`,
 ///   `log_total`), a row every put writes anyway, and are filed into
 ///   `changes` together once they pass [`LOG_TAIL_BYTES`]. Who makes a
-///   change is read from the row too (`acting`, see [`act_as`]).
+///   change was read from the row too (`acting`, until [`migration_v14`]).
 /// - A label's history is a chain (see [`History`]): each entry names the
 ///   label's entry before it (`prev`) and the label's row its newest
 ///   (`labels.log_seq`), a row the change writes anyway. Only every
@@ -371,35 +398,6 @@ const LOG_TAIL_BYTES: usize = 2048;
 ///
 /// Readers of the log read the row and the table ([`tail_rows`]).
 fn migration_v12() -> String {
-    let now = NOW_MS;
-    let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
-    let log = |when: &str, row: &str, old: &str, new: &str, prev: &str, depth: &str| {
-        let fires = logged_label_change(when, row);
-        // A label that is still there remembers its newest entry and how
-        // far down its chain that is.
-        let remembered = if row == "NEW" {
-            format!(
-                "
-    UPDATE labels SET log_seq = (SELECT log_seq FROM stores WHERE id = NEW.store),
-        log_depth = {depth}
-    WHERE store = NEW.store AND name = NEW.name;"
-            )
-        } else {
-            String::new()
-        };
-        format!(
-            "{fires} BEGIN
-    UPDATE stores SET
-        log_seq = log_seq + 1,
-        log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
-        log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
-            log_seq + 1, {row}.name, {old}, {new}, {now}, acting,
-            log_total + length(CAST({row}.name AS BLOB)) + {overhead}, {prev},
-            CASE WHEN {depth} % {MARK_EVERY} = 0 THEN 1 END))
-    WHERE id = {row}.store;{remembered}
-END;"
-        )
-    };
     let newest = |column: &str, otherwise: &str| {
         format!(
             "coalesce((SELECT {column} FROM changes WHERE store = stores.id
@@ -457,9 +455,7 @@ CREATE INDEX changes_marks ON changes (store, label, seq) WHERE mark IS NOT NULL
 DROP TRIGGER label_set_logged;
 DROP TRIGGER label_moved_logged;
 DROP TRIGGER label_removed_logged;
-CREATE TRIGGER label_set_logged {set}
-CREATE TRIGGER label_moved_logged {moved}
-CREATE TRIGGER label_removed_logged {removed}
+{logged}
 CREATE TRIGGER log_tail_filed AFTER UPDATE OF log_tail ON stores
 WHEN length(NEW.log_tail) >= {LOG_TAIL_BYTES} BEGIN
     {file_into} SELECT NEW.id, {columns} FROM jsonb_each(NEW.log_tail) AS e;
@@ -468,6 +464,50 @@ END;
 ",
         seq = newest("seq", "changes_trimmed"),
         total = newest("total", "trimmed_total"),
+        logged = logged_label_triggers(|_| "acting".to_owned()),
+        file_into = file_into_changes!(),
+        columns = tail_columns!(),
+    )
+}
+
+/// The change log's three triggers on `labels` as schema 12 made them
+/// (see [`migration_v12`]), with `actor` giving the expression for who
+/// made a change, from the trigger's row (`NEW` or `OLD`).
+fn logged_label_triggers(actor: impl Fn(&str) -> String) -> String {
+    let now = NOW_MS;
+    let overhead = crate::stats::CHANGE_OVERHEAD_BYTES;
+    let log = |when: &str, row: &str, old: &str, new: &str, prev: &str, depth: &str| {
+        let actor = actor(row);
+        let fires = logged_label_change(when, row);
+        // A label that is still there remembers its newest entry and how
+        // far down its chain that is.
+        let remembered = if row == "NEW" {
+            format!(
+                "
+    UPDATE labels SET log_seq = (SELECT log_seq FROM stores WHERE id = NEW.store),
+        log_depth = {depth}
+    WHERE store = NEW.store AND name = NEW.name;"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{fires} BEGIN
+    UPDATE stores SET
+        log_seq = log_seq + 1,
+        log_total = log_total + length(CAST({row}.name AS BLOB)) + {overhead},
+        log_tail = jsonb_insert(coalesce(log_tail, jsonb_array()), '$[#]', jsonb_array(
+            log_seq + 1, {row}.name, {old}, {new}, {now}, {actor},
+            log_total + length(CAST({row}.name AS BLOB)) + {overhead}, {prev},
+            CASE WHEN {depth} % {MARK_EVERY} = 0 THEN 1 END))
+    WHERE id = {row}.store;{remembered}
+END;"
+        )
+    };
+    format!(
+        "CREATE TRIGGER label_set_logged {set}
+CREATE TRIGGER label_moved_logged {moved}
+CREATE TRIGGER label_removed_logged {removed}",
         // A chain starts at depth 0 (marked) when its label is made, and
         // at a change of a label from before schema 12.
         set = log("INSERT", "NEW", "NULL", "hex(NEW.hash)", "NULL", "0"),
@@ -487,8 +527,23 @@ END;
             "OLD.log_seq",
             "coalesce(OLD.log_depth + 1, 0)"
         ),
-        file_into = file_into_changes!(),
-        columns = tail_columns!(),
+    )
+}
+
+/// Version 14: who makes a change is asked of the writer's connection
+/// (`theater_actor(store)`, see [`Acting`]) rather than read from the
+/// store's row (`stores.acting`, dropped), which an actor's write had to
+/// set before its change and clear after: two row writes per write.
+fn migration_v14() -> String {
+    format!(
+        "
+DROP TRIGGER label_set_logged;
+DROP TRIGGER label_moved_logged;
+DROP TRIGGER label_removed_logged;
+{logged}
+ALTER TABLE stores DROP COLUMN acting;
+",
+        logged = logged_label_triggers(|row| format!("theater_actor({row}.store)")),
     )
 }
 
@@ -536,6 +591,7 @@ const MIGRATIONS: &[fn() -> String] = &[
     migration_v11,
     migration_v12,
     migration_v13,
+    migration_v14,
 ];
 
 /// The schema version this build writes.
@@ -558,6 +614,7 @@ pub(crate) fn open_connection(
     #[cfg(test)]
     let connection = super::plans::watched(connection, db);
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    Acting::default().answer_on(&connection)?;
     // Plan each statement once. Without this, SQLite (built with STAT4)
     // re-parses and re-plans a cached statement whenever a bound value
     // changes, which tripled the cost of a point read.
@@ -799,18 +856,11 @@ pub(crate) fn chain_tip(
         .optional()
 }
 
-/// Registers `store`, with `acting` as the maker of its changes (see
-/// [`act_as`]) when the row is new; returns whether it was.
-pub(crate) fn ensure_store(
-    connection: &Connection,
-    store: &StoreId,
-    acting: Option<&str>,
-) -> rusqlite::Result<bool> {
+/// Registers `store`; returns whether it was new.
+pub(crate) fn ensure_store(connection: &Connection, store: &StoreId) -> rusqlite::Result<bool> {
     let inserted = connection
-        .prepare_cached(
-            "INSERT OR IGNORE INTO stores (id, created_at, acting) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![store.as_str(), unix_now(), acting])?;
+        .prepare_cached("INSERT OR IGNORE INTO stores (id, created_at) VALUES (?1, ?2)")?
+        .execute(params![store.as_str(), unix_now()])?;
     Ok(inserted == 1)
 }
 
@@ -2028,6 +2078,55 @@ mod tests {
     }
 
     #[test]
+    fn an_index_of_schema_13_keeps_who_made_its_changes_and_asks_the_connection_after() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA_V1).unwrap();
+        for migration in &MIGRATIONS[..12] {
+            db.execute_batch(&migration()).unwrap();
+        }
+        db.execute(
+            "INSERT INTO stores (id, created_at, acting) VALUES ('s', 0, 'bob')",
+            [],
+        )
+        .unwrap();
+        set(&db, "s", "k", 1);
+        db.execute_batch(&migration_v14()).unwrap();
+        let acting = Acting::default();
+        acting.answer_on(&db).unwrap();
+        let store = StoreId::parse("s").unwrap();
+        acting.set(&store, Some("carol"));
+        set(&db, "s", "k", 2);
+        // Named for another store: no one, here.
+        acting.set(&StoreId::parse("other").unwrap(), Some("dave"));
+        set(&db, "s", "k", 3);
+        acting.set(&store, None);
+        set(&db, "s", "k", 4);
+        let actors: Vec<Option<String>> = db
+            .prepare(concat!(
+                "SELECT actor FROM (",
+                tail_rows!(),
+                ") ORDER BY seq"
+            ))
+            .unwrap()
+            .query_map(["s"], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            actors,
+            [Some("bob".to_owned()), Some("carol".to_owned()), None, None]
+        );
+        let columns: i64 = db
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('stores') WHERE name = 'acting'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 0, "the row no longer says who acts");
+    }
+
+    #[test]
     fn an_index_of_schema_11_keeps_its_log_and_goes_on_from_where_it_ended() {
         let db = Connection::open_in_memory().unwrap();
         db.execute_batch(SCHEMA_V1).unwrap();
@@ -2047,7 +2146,12 @@ mod tests {
         assert_eq!(log_end(&db, &store).unwrap(), (5, before[4].3));
         // Enough changes that the row's tail is filed at least twice.
         for i in 0..40u8 {
-            act_as(&db, &store, (i == 39).then_some("alice")).unwrap();
+            // Schema 12 reads who acts from the store's row.
+            db.execute(
+                "UPDATE stores SET acting = ?1 WHERE id = 's'",
+                [(i == 39).then_some("alice")],
+            )
+            .unwrap();
             set(&db, "s", "moving", 100 + i);
         }
         let actor: Option<String> = db

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use rusqlite::Connection;
 
-use super::sql::{self, Place};
+use super::sql::{self, Acting, Place};
 use crate::engine::apply::{self, HeldObject, Transaction};
 use crate::engine::layout::{ObjectFiles, remove_staged};
 use crate::engine::{ChainHead, Change, Staged};
@@ -25,6 +25,7 @@ use crate::stats::StoreStats;
 /// refused after the rename), so a refused write leaves nothing behind.
 pub(super) fn apply_in(
     db: &Connection,
+    acting: &Acting,
     layout: &ObjectFiles,
     refresh_after: i64,
     change: Change,
@@ -35,7 +36,7 @@ pub(super) fn apply_in(
         layout,
         touched,
         published: Vec::new(),
-        acting: None,
+        acting,
     };
     let applied = apply::apply(&mut txn, change, refresh_after)?;
     if applied.is_err() {
@@ -54,9 +55,9 @@ struct LocalTxn<'a> {
     /// Files renamed into place for objects new to their store, which a
     /// refusal later in the change takes away again.
     published: Vec<(StoreId, Digest)>,
-    /// Who makes the change being applied, and to which store (see
-    /// [`Transaction::act_as`]).
-    acting: Option<(StoreId, String)>,
+    /// Who makes the change being applied, as the log's triggers ask
+    /// (see [`Transaction::act_as`]).
+    acting: &'a Acting,
 }
 
 impl Transaction for LocalTxn<'_> {
@@ -64,12 +65,7 @@ impl Transaction for LocalTxn<'_> {
     type Place = Place;
 
     fn ensure_store(&mut self, store: &StoreId) -> rusqlite::Result<bool> {
-        let acting = self
-            .acting
-            .as_ref()
-            .filter(|(of, _)| of == store)
-            .map(|(_, actor)| actor.as_str());
-        sql::ensure_store(self.db, store, acting)
+        sql::ensure_store(self.db, store)
     }
 
     fn label_target(&mut self, store: &StoreId, label: &str) -> rusqlite::Result<Option<Digest>> {
@@ -232,8 +228,8 @@ impl Transaction for LocalTxn<'_> {
     }
 
     fn act_as(&mut self, store: &StoreId, actor: Option<&str>) -> rusqlite::Result<()> {
-        self.acting = actor.map(|actor| (store.clone(), actor.to_owned()));
-        sql::act_as(self.db, store, actor)
+        self.acting.set(store, actor);
+        Ok(())
     }
 
     fn trim_changes(

@@ -37,7 +37,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::changes::ChangeCounter;
-use super::sql::{self, index_error};
+use super::sql::{self, Acting, index_error};
 use super::txn::apply_in;
 use crate::durability::Durability;
 use crate::engine::layout::{ObjectFiles, remove_staged, sync_dir};
@@ -84,6 +84,8 @@ struct Publisher {
     checkpoints: mpsc::SyncSender<()>,
     /// Told about every commit, so that readers know when to forget.
     changes: Arc<ChangeCounter>,
+    /// Who makes the change being applied, for the log's triggers.
+    acting: Acting,
 }
 
 /// Commits between two background checkpoints: a few pages each, so about
@@ -109,6 +111,8 @@ impl Writer {
         // fsyncs) is the writer's slowest step; a thread of its own does it
         // beside the writes instead of inside one of them.
         record_log_ends(&mut connection, db, Arc::clone(&changes))?;
+        let acting = Acting::default();
+        acting.answer_on(&connection)?;
         let checkpointer = sql::open_connection(db, options.durability, false)?;
         let (checkpoints, due) = mpsc::sync_channel(1);
         let counter = Arc::clone(&changes);
@@ -134,6 +138,7 @@ impl Writer {
             commits: std::cell::Cell::new(0),
             checkpoints,
             changes,
+            acting,
         }));
         let thread_publisher = Arc::clone(&publisher);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -355,7 +360,14 @@ impl Publisher {
             Ok(()) => {}
         }
         let mut touched = BTreeSet::new();
-        let outcome = match apply_in(db, &self.layout, self.refresh_after, change, &mut touched) {
+        let outcome = match apply_in(
+            db,
+            &self.acting,
+            &self.layout,
+            self.refresh_after,
+            change,
+            &mut touched,
+        ) {
             Ok(Ok(applied)) => commit(db, &self.changes).map(|()| {
                 self.committed();
                 Ok(applied)
@@ -383,6 +395,7 @@ impl Publisher {
     fn commit_some(&mut self, batch: &mut std::iter::Peekable<impl Iterator<Item = Job>>) {
         let mut replies = Vec::new();
         let (db, root, layout) = (&self.connection, &self.root, &self.layout);
+        let acting = &self.acting;
         let refresh_after = self.refresh_after;
         let (durability, max_time) = (self.durability, self.max_transaction_time);
         let changes = &self.changes;
@@ -402,7 +415,8 @@ impl Publisher {
                 let Job { change, reply } = job;
                 replies.push(reply);
                 sql::run_cached(db, "SAVEPOINT change")?;
-                let result = match apply_in(db, layout, refresh_after, change, &mut touched) {
+                let result = match apply_in(db, acting, layout, refresh_after, change, &mut touched)
+                {
                     Ok(Ok(applied)) => Ok(applied),
                     Ok(Err(refused)) => {
                         sql::run_cached(db, "ROLLBACK TO change")?;
