@@ -142,7 +142,7 @@ pub(crate) trait Transaction {
         place: Self::Place,
     ) -> Result<Result<()>, Self::Fault>;
     /// Names `actor` (`None`: no one) as the maker of the change log
-    /// entries this transaction writes to `store` (registered) from now on.
+    /// entries this transaction writes to `store` from now on.
     fn act_as(&mut self, store: &StoreId, actor: Option<&str>) -> Result<(), Self::Fault>;
     /// Drops change log entries made before `before`, keeping the newest
     /// `keep_last`; returns whether any went.
