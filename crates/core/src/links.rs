@@ -96,26 +96,79 @@ impl<'a> LinkScanner<'a> {
         }
     }
 
-    /// Reads the next piece of content.
+    /// Reads the next piece of content, looking at about one byte in 64
+    /// of content that holds no long hex run: a run of 64 digits starting
+    /// anywhere in `[at, at + 64)` covers byte `at + 63`, so where that
+    /// byte is not a hex digit the whole window is skipped. A run that
+    /// reaches the piece's end is carried into the next one.
     pub(crate) fn update(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            let value = HEX_VALUES[usize::from(byte)];
-            if value == NOT_HEX {
-                if self.run > 0 {
-                    self.end_run();
-                }
+        let is_hex = |at: usize| HEX_VALUES[usize::from(bytes[at])] != NOT_HEX;
+        let mut at = 0;
+        // A run the last piece ended in goes on until a non-hex byte.
+        if self.run > 0 {
+            while at < bytes.len() && is_hex(at) {
+                self.push_digit(bytes[at]);
+                at += 1;
+            }
+            if at == bytes.len() {
+                return;
+            }
+            self.end_run();
+            at += 1;
+        }
+        // Every run starting before `at` has been dealt with, and the byte
+        // before `at` (if any) is not a hex digit.
+        while at + REF_DIGITS <= bytes.len() {
+            let probe = at + REF_DIGITS - 1;
+            if !is_hex(probe) {
+                at = probe + 1;
                 continue;
             }
-            if self.run < REF_DIGITS {
-                let slot = &mut self.current[self.run / 2];
-                if self.run.is_multiple_of(2) {
-                    *slot = value << 4;
-                } else {
-                    *slot |= value;
-                }
+            let start = (at..probe)
+                .rev()
+                .find(|&i| !is_hex(i))
+                .map_or(at, |i| i + 1);
+            let end = (probe..bytes.len())
+                .find(|&i| !is_hex(i))
+                .unwrap_or(bytes.len());
+            if end == bytes.len() {
+                self.carry(&bytes[start..]);
+                return;
             }
-            self.run = self.run.saturating_add(1);
+            if end - start == REF_DIGITS {
+                self.carry(&bytes[start..end]);
+                self.end_run();
+            }
+            at = end + 1;
         }
+        // Fewer than 64 bytes left: only a run reaching the end matters,
+        // since the next piece may continue it.
+        let start = (at..bytes.len())
+            .rev()
+            .find(|&i| !is_hex(i))
+            .map_or(at, |i| i + 1);
+        self.carry(&bytes[start..]);
+    }
+
+    /// Starts a run with `digits` (all hex).
+    fn carry(&mut self, digits: &[u8]) {
+        for &digit in digits {
+            self.push_digit(digit);
+        }
+    }
+
+    /// Adds a hex digit to the current run.
+    fn push_digit(&mut self, byte: u8) {
+        let value = HEX_VALUES[usize::from(byte)];
+        if self.run < REF_DIGITS {
+            let slot = &mut self.current[self.run / 2];
+            if self.run.is_multiple_of(2) {
+                *slot = value << 4;
+            } else {
+                *slot |= value;
+            }
+        }
+        self.run = self.run.saturating_add(1);
     }
 
     fn end_run(&mut self) {
@@ -167,36 +220,10 @@ impl Links {
         Some(targets_column(&self.targets))
     }
 
-    /// The links in `content`, whose digest is `own`: what a
-    /// [`LinkScanner`] fed the whole content finds, but looking at about
-    /// one byte in 64 of text that holds no long hex run. A run of 64
-    /// digits starting anywhere in `[at, at + 64)` covers byte `at + 63`,
-    /// so where that byte is not a hex digit the whole window is skipped.
+    /// The links in `content`, whose digest is `own`.
     pub(crate) fn of(content: &[u8], own: Digest) -> Self {
-        let is_hex = |at: usize| HEX_VALUES[usize::from(content[at])] != NOT_HEX;
         let mut scanner = LinkScanner::new();
-        // Every run starting before `at` has been dealt with, and the byte
-        // before `at` (if any) is not a hex digit.
-        let mut at = 0;
-        while at + REF_DIGITS <= content.len() {
-            let probe = at + REF_DIGITS - 1;
-            if !is_hex(probe) {
-                at = probe + 1;
-                continue;
-            }
-            let start = (at..probe)
-                .rev()
-                .find(|&i| !is_hex(i))
-                .map_or(at, |i| i + 1);
-            let end = (probe..content.len())
-                .find(|&i| !is_hex(i))
-                .unwrap_or(content.len());
-            if end - start == REF_DIGITS {
-                // The run, and the non-hex byte that ends it, if any.
-                scanner.update(&content[start..(end + 1).min(content.len())]);
-            }
-            at = end + 1;
-        }
+        scanner.update(content);
         scanner.finish(own)
     }
 }
@@ -299,9 +326,22 @@ mod tests {
         }
     }
 
+    /// The rule read byte by byte: every run of exactly 64 hex digits.
+    fn every_run_of_64(content: &[u8]) -> BTreeSet<Digest> {
+        content
+            .split(|&byte| HEX_VALUES[usize::from(byte)] == NOT_HEX)
+            .filter(|run| run.len() == REF_DIGITS)
+            .map(|run| {
+                let text = std::str::from_utf8(run).unwrap().to_ascii_lowercase();
+                Digest(*blake3::Hash::from_hex(text).unwrap().as_bytes())
+            })
+            .collect()
+    }
+
     #[test]
-    fn skipping_through_content_finds_what_reading_every_byte_finds() {
-        // Hex-heavy content with runs of every length around 64.
+    fn skipping_through_content_in_pieces_finds_what_reading_every_byte_finds() {
+        // Hex-heavy content with runs of every length around 64, fed whole
+        // and in pieces of random lengths.
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -312,7 +352,7 @@ mod tests {
         for case in 0..300 {
             let mut content = Vec::new();
             while content.len() < 2_000 {
-                let run = (next() % 80) as usize;
+                let run = (next() % 140) as usize;
                 let digits = b"0123456789abcdefABCDEF";
                 content.extend((0..run).map(|_| digits[(next() % 22) as usize]));
                 content.push(b" -x\n"[(next() % 4) as usize]);
@@ -320,10 +360,21 @@ mod tests {
             if case % 2 == 0 {
                 content.pop(); // Ending inside a run.
             }
-            let mut scanner = LinkScanner::new();
-            scanner.update(&content);
             let own = Digest::of(b"x");
-            assert_eq!(Links::of(&content, own), scanner.finish(own), "case {case}");
+            let expected: Vec<Digest> = every_run_of_64(&content).into_iter().collect();
+            assert_eq!(Links::of(&content, own).targets, expected, "case {case}");
+            let mut scanner = LinkScanner::new();
+            let mut rest = &content[..];
+            while !rest.is_empty() {
+                let piece = ((next() % 200) as usize).min(rest.len());
+                scanner.update(&rest[..piece]);
+                rest = &rest[piece..];
+            }
+            assert_eq!(
+                scanner.finish(own).targets,
+                expected,
+                "case {case} in pieces"
+            );
         }
     }
 
