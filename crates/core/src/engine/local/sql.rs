@@ -341,7 +341,7 @@ impl Acting {
                 Ok(acting
                     .as_ref()
                     .filter(|(of, _)| Some(of.as_str()) == store)
-                    .map(|(_, actor)| actor.to_string()))
+                    .map(|(_, actor)| Arc::clone(actor)))
             },
         )
     }
