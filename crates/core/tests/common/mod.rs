@@ -588,7 +588,7 @@ pub fn restore_events(
 /// A connection to a local root's index, as a hand editing it would open
 /// one. The change log's triggers ask the writing connection who acts
 /// (`theater_actor(store)`); this one answers no one.
-pub fn index_db(root: &StoreRoot) -> rusqlite::Connection {
+fn index_db(root: &StoreRoot) -> rusqlite::Connection {
     let db = rusqlite::Connection::open(root.path().unwrap().join("index.sqlite")).unwrap();
     db.create_scalar_function(
         "theater_actor",
