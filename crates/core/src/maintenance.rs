@@ -750,7 +750,7 @@ impl ContentStore {
             &doomed,
             &mut referrers,
             &graph,
-            (cutoff_millis, log_end),
+            log_end,
             &*progress,
         )
         .await?;
@@ -883,7 +883,8 @@ impl ContentStore {
 
 /// Removes `rows`' objects (referrers first), [`GC_CHUNK`] per queue, each
 /// only if none of its `referrers` is still held, no label points at it
-/// and it was last stored before `cutoff` (checked by the writer).
+/// and it was not stored again since `rows` were listed (checked by the
+/// writer).
 /// Returns how many went and their bytes. Progress is in objects.
 async fn remove_objects(
     engine: &dyn Engine,
@@ -891,7 +892,7 @@ async fn remove_objects(
     rows: &[ObjectRow],
     referrers: &mut HashMap<Digest, Vec<Digest>>,
     graph: &LinkGraph,
-    (cutoff, mut log_end): (i64, u64),
+    mut log_end: u64,
     progress: &dyn Progress,
 ) -> Result<(u64, u64)> {
     let (mut removed, mut freed) = (0, 0);
@@ -910,7 +911,7 @@ async fn remove_objects(
                     store: store.clone(),
                     digest: row.digest,
                     referrers: referrers.get(&row.digest).cloned().unwrap_or_default(),
-                    cutoff,
+                    listed_stored_at: row.stored_at,
                     log_end,
                 })
                 .collect();
@@ -1053,7 +1054,8 @@ impl StoreRoot {
         let engine = self.engine().await?;
         let store_id = store.store_id().clone();
         // Labels first, in chunks; then every object (none is labelled any
-        // more, and the cutoff lies in the future); then the empty store.
+        // more; one stored again meanwhile stays, whatever its age); then
+        // the empty store.
         loop {
             let change = Change::RemoveLabels {
                 store: store_id.clone(),
@@ -1063,7 +1065,6 @@ impl StoreRoot {
                 break;
             }
         }
-        let forever = i64::MAX;
         let rows = blocking({
             let (engine, store_id) = (Arc::clone(&engine), store_id.clone());
             move || {
@@ -1086,7 +1087,7 @@ impl StoreRoot {
             &rows,
             &mut referrers,
             &graph,
-            (forever, log_end),
+            log_end,
             &(),
         )
         .await?;
@@ -1097,7 +1098,7 @@ impl StoreRoot {
         .await?;
         let change = Change::RemoveEmptyStore {
             store: store_id,
-            cutoff: forever,
+            cutoff: i64::MAX,
         };
         engine.apply(change).await?;
         Ok(report)

@@ -270,7 +270,7 @@ pub(crate) fn apply<T: Transaction>(
             store,
             digest,
             referrers,
-            cutoff,
+            listed_stored_at,
             log_end,
         } => {
             // Every check the collection's listing relied on, again, under
@@ -289,9 +289,9 @@ pub(crate) fn apply<T: Transaction>(
             // A logged store's labels moved since the collection's listing
             // only if its log did (checked above; a store removed and made
             // again starts its log over, but then holds only objects
-            // stored since, which the cutoff keeps). A reserved store
-            // keeps no log, so its labels are asked.
-            if held.stored_at >= cutoff
+            // stored since, whose age differs). A reserved store keeps no
+            // log, so its labels are asked.
+            if held.stored_at != listed_stored_at
                 || (!logs_changes(&store) && txn.held_by_label(&store, digest)?)
                 || txn.awaits_scan(&store)?
             {
@@ -504,5 +504,91 @@ fn not_found(store: &StoreId, digest: Digest) -> StoreError {
     StoreError::NotFound {
         store: store.to_string(),
         reference: digest.to_hex(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::engine::{Change, Engine, Location, Staged, open};
+    use crate::links::Links;
+    use crate::names::{Digest, StoreId};
+    use crate::options::Options;
+
+    async fn add(
+        engine: &dyn Engine,
+        store: &StoreId,
+        content: &[u8],
+        label: Option<&str>,
+    ) -> Digest {
+        let digest = Digest::of(content);
+        let change = Change::AddObject {
+            store: store.clone(),
+            digest,
+            size: content.len() as u64,
+            links: Links::of(content, digest),
+            staged: Staged::Inline(Arc::new(content.to_vec())),
+            label: label.map(str::to_owned),
+        };
+        engine.apply(change).await.unwrap();
+        digest
+    }
+
+    /// A collection listed an old, unreachable object; then a write named
+    /// it from new labelled content, with a clock read before the
+    /// collection's cutoff (a host whose clock is behind, or a write slow
+    /// to commit), so the object's new age is still older than the cutoff.
+    /// Its removal is refused all the same: the age moved since the
+    /// listing. An object nothing touched goes.
+    #[tokio::test]
+    async fn an_object_linked_since_a_collection_listed_it_stays_whatever_the_clocks_say() {
+        let dir = tempfile::tempdir().unwrap();
+        #[allow(unused_mut)] // Only a build with the shared engine adds one.
+        let mut roots = vec![
+            dir.path().join("local").display().to_string(),
+            "mem:linked-since-listed".to_owned(),
+            format!("log:{}", dir.path().join("log").display()),
+        ];
+        #[cfg(feature = "shared")]
+        {
+            let services = theater_store_testing::Services::shared();
+            services.configure_environment();
+            roots.push(services.new_database_root(&dir.path().join("cache")).0);
+        }
+        for root in roots {
+            let mut options = Options {
+                refresh_after: Duration::ZERO,
+                ..Options::default()
+            };
+            let engine = open(&Location::parse(&root, &mut options).unwrap(), &options).unwrap();
+            let store = StoreId::parse("listed").unwrap();
+            let old = add(&*engine, &store, b"old", None).await;
+            let untouched = add(&*engine, &store, b"untouched", None).await;
+            std::thread::sleep(Duration::from_millis(3));
+            let listing = engine.snapshot(&store, "").unwrap().objects;
+            let listed_at = |digest| {
+                let row = listing.iter().find(|row| row.digest == digest);
+                row.unwrap().stored_at
+            };
+            let naming = format!("names {}", old.to_hex());
+            add(&*engine, &store, naming.as_bytes(), Some("head")).await;
+            // The collection read the log after the label moved, as its
+            // retries do, so only the age can keep the object.
+            let log_end = engine.changes(&store, 0, 0).await.unwrap().last;
+            for (digest, kept) in [(old, true), (untouched, false)] {
+                let removal = Change::RemoveObject {
+                    store: store.clone(),
+                    digest,
+                    referrers: Vec::new(),
+                    listed_stored_at: listed_at(digest),
+                    log_end,
+                };
+                let removed = engine.apply(removal).await.unwrap();
+                assert_eq!(removed, !kept, "{root}: {}", digest.to_hex());
+                assert_eq!(engine.has_object(&store, digest).await.unwrap(), kept);
+            }
+        }
     }
 }

@@ -231,19 +231,22 @@ pub(crate) enum Change {
     /// Delete an object if none of `referrers` is still held, no label
     /// points at it, no object of the store awaits a scan for links, the
     /// store's change log still ends at `log_end` (no entry made since the
-    /// collection read it can name the object), and it was last stored
-    /// before `cutoff` (unix milliseconds). Returns
-    /// whether it did. `referrers` are the objects whose content linked
-    /// to it when the collection listed them; garbage collection removes
-    /// them first, so a whole unreachable structure goes in one pass, and
-    /// one of them that was labelled or stored again meanwhile keeps what
-    /// it names. (A link written since the listing refreshed the target's
-    /// age, see `AddObject`.)
+    /// collection read it can name the object), and its age is still
+    /// `listed_stored_at`, the one the collection's listing saw (unix
+    /// milliseconds). Returns whether it did. `referrers` are the objects
+    /// whose content linked to it when the collection listed them;
+    /// garbage collection removes them first, so a whole unreachable
+    /// structure goes in one pass, and one of them that was labelled or
+    /// stored again meanwhile keeps what it names. A link written since
+    /// the listing refreshed the target's age (see `AddObject`), which
+    /// keeps it: the age is compared for equality, not against the
+    /// collection's cutoff, because a writer reads the clock before it
+    /// commits, and a collection may start in between.
     RemoveObject {
         store: StoreId,
         digest: Digest,
         referrers: Vec<Digest>,
-        cutoff: i64,
+        listed_stored_at: i64,
         log_end: u64,
     },
     /// Delete stored bytes that no index row claims, if they were last
@@ -357,13 +360,13 @@ impl Change {
                 store,
                 digest,
                 referrers,
-                cutoff,
+                listed_stored_at,
                 log_end,
             } => Self::RemoveObject {
                 store: store.clone(),
                 digest: *digest,
                 referrers: referrers.clone(),
-                cutoff: *cutoff,
+                listed_stored_at: *listed_stored_at,
                 log_end: *log_end,
             },
             Self::RemoveUnindexed {

@@ -294,11 +294,18 @@ impl Inner {
                 store,
                 digest,
                 referrers,
-                cutoff,
+                listed_stored_at,
                 log_end,
             } => {
-                self.remove_object(client, &store, digest, &referrers, cutoff, log_end)
-                    .await
+                self.remove_object(
+                    client,
+                    &store,
+                    digest,
+                    &referrers,
+                    listed_stored_at,
+                    log_end,
+                )
+                .await
             }
             Change::RemoveUnindexed {
                 store,
@@ -498,22 +505,29 @@ impl Inner {
     }
 
     /// Garbage collection of one object: the row goes first (only if still
-    /// old and unlabelled), then the bytes, all under the exclusive lock.
+    /// as old as listed and unlabelled), then the bytes, all under the
+    /// exclusive lock.
     pub(super) async fn remove_object(
         &self,
         client: &mut deadpool_postgres::Object,
         store: &StoreId,
         digest: Digest,
         referrers: &[Digest],
-        cutoff: i64,
+        listed_stored_at: i64,
         log_end: u64,
     ) -> Result<bool> {
         self.exclusively(client, store, digest, async |client| {
             let transaction = client.transaction().await;
             let transaction = self.index(transaction, "starting a transaction")?;
-            let removed =
-                index::remove_unreachable(&transaction, store, digest, referrers, cutoff, log_end)
-                    .await;
+            let removed = index::remove_unreachable(
+                &transaction,
+                store,
+                digest,
+                referrers,
+                listed_stored_at,
+                log_end,
+            )
+            .await;
             let removed = self.index(removed, "removing object")?;
             let committed = transaction.commit().await;
             self.index(committed, "committing")?;

@@ -1473,10 +1473,11 @@ pub(super) async fn stores(
         .collect())
 }
 
-/// Deletes an object row if it is older than `cutoff`, no plain label
-/// points at it, none of `referrers` (what linked to it when the
-/// collection listed objects) is still held, and no object of the store
-/// awaits a scan for links. The row is locked first, in a statement of
+/// Deletes an object row if its age is still `listed_stored_at` (the
+/// collection's listing saw it so; a store or a link since refreshed it),
+/// no plain label points at it, none of `referrers` (what linked to it
+/// when the collection listed objects) is still held, and no object of
+/// the store awaits a scan for links. The row is locked first, in a statement of
 /// its own, so that a label write holding it in share mode, or a linked
 /// write refreshing its age, finishes first and the check, in a later
 /// statement, sees it. Returns the deleted row's inline-ness
@@ -1486,7 +1487,7 @@ pub(super) async fn remove_unreachable(
     store: &StoreId,
     digest: Digest,
     referrers: &[Digest],
-    cutoff: i64,
+    listed_stored_at: i64,
     log_end: u64,
 ) -> Result<Option<bool>, tokio_postgres::Error> {
     let referrers: Vec<&[u8]> = referrers.iter().map(|digest| &digest.0[..]).collect();
@@ -1501,7 +1502,7 @@ pub(super) async fn remove_unreachable(
     let row = client
         .query_opt(
             "DELETE FROM theater_objects o WHERE o.store = $1 AND o.digest = $2
-               AND o.stored_at < $3
+               AND o.stored_at = $3
                AND COALESCE((SELECT change_seq FROM theater_stores WHERE id = $1), 0) = $5
                AND NOT EXISTS (SELECT 1 FROM theater_labels l
                                WHERE l.store = $1 AND l.target = $2 AND l.chain_length IS NULL)
@@ -1512,7 +1513,7 @@ pub(super) async fn remove_unreachable(
             &[
                 &store.as_str(),
                 &&digest.0[..],
-                &cutoff,
+                &listed_stored_at,
                 &referrers,
                 &i64::try_from(log_end).unwrap_or(i64::MAX),
             ],
