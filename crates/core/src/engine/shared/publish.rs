@@ -62,6 +62,10 @@ impl Inner {
         let held = self.index(held, "looking up object")?;
         self.upload_unless_held(store, digest, staged, held, times.1)
             .await?;
+        // The object's age is when its row is written, not when its upload
+        // began: a long upload must not start its life already past the
+        // grace period.
+        let times = self.now_and_fresh_after();
         // Not sent together: the row's statement may need preparing first,
         // which would let the unlock overtake it.
         let added = index::add_object(client, store, digest, size, None, label, links, times).await;
@@ -104,7 +108,7 @@ impl Inner {
         label: Option<&str>,
         links: &Links,
     ) -> Result<bool> {
-        let (now, fresh_after) = self.now_and_fresh_after();
+        let (_, fresh_after) = self.now_and_fresh_after();
         let locked = transaction
             .execute(
                 "SELECT 1 FROM pg_advisory_xact_lock_shared($1)",
@@ -116,17 +120,10 @@ impl Inner {
         let held = self.index(held, "looking up object")?;
         self.upload_unless_held(store, digest, staged, held, fresh_after)
             .await?;
-        let added = index::add_object(
-            transaction,
-            store,
-            digest,
-            size,
-            None,
-            label,
-            links,
-            (now, fresh_after),
-        )
-        .await;
+        // Aged from its row, as in `publish_file_alone`.
+        let times = self.now_and_fresh_after();
+        let added =
+            index::add_object(transaction, store, digest, size, None, label, links, times).await;
         self.index(added, "indexing object")
     }
 }
