@@ -4,10 +4,9 @@
 //! listing. Access, limits and quotas are [`TheaterCtx`]'s, as for
 //! `theater:simple/store`; errors become the interface's typed `error`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use theater_store::ContentReader;
 use theater_store::{ContentRef, ContentStore, ContentWriter, ErrorKind, Event, StoreError};
-use tokio::io::AsyncReadExt;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{
     DynInputStream, DynPollable, InputStream, Pollable, StreamError, StreamResult,
@@ -221,12 +220,10 @@ fn spent(store: &ContentStore) -> HostError {
     })
 }
 
-/// How much a [`ContentStream`] takes from its reader at a time.
-const STREAM_PIECE: usize = 256 << 10;
-
-/// Stored content as a `wasi:io` input-stream. Reads hand out what the
-/// [`ContentReader`] has verified, directly: no task or channel between
-/// the guest and the reader, which reads ahead on its own.
+/// Stored content as a `wasi:io` input-stream. Reads hand out the
+/// buffers the [`ContentReader`] verified, without copying them: no task,
+/// channel or copy between the guest and the reader, which reads ahead on
+/// its own. The one copy left is into the guest's memory.
 struct ContentStream {
     reader: ContentReader,
     /// The actor's open-stream slot, given back when the guest drops the
@@ -255,10 +252,9 @@ impl Pollable for ContentStream {
         if !self.ready.is_empty() || self.end.is_some() {
             return;
         }
-        let mut piece = BytesMut::with_capacity(STREAM_PIECE);
-        match self.reader.read_buf(&mut piece).await {
-            Ok(0) => self.end = Some(StreamError::Closed),
-            Ok(_) => self.ready = piece.freeze(),
+        match self.reader.next_piece().await {
+            Ok(None) => self.end = Some(StreamError::Closed),
+            Ok(Some(piece)) => self.ready = Bytes::from_owner(piece),
             // A damaged group: its message names the store and the ref.
             Err(error) => {
                 let message = match error.into_inner() {
