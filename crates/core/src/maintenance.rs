@@ -884,8 +884,7 @@ impl ContentStore {
 /// Removes `rows`' objects (referrers first), [`GC_CHUNK`] per queue, each
 /// only if none of its `referrers` is still held, no label points at it
 /// and it was not stored again since `rows` were listed (checked by the
-/// writer).
-/// Returns how many went and their bytes. Progress is in objects.
+/// writer). Returns how many went and their bytes. Progress is in objects.
 async fn remove_objects(
     engine: &dyn Engine,
     store: &StoreId,

@@ -1477,10 +1477,10 @@ pub(super) async fn stores(
 /// collection's listing saw it so; a store or a link since refreshed it),
 /// no plain label points at it, none of `referrers` (what linked to it
 /// when the collection listed objects) is still held, and no object of
-/// the store awaits a scan for links. The row is locked first, in a statement of
-/// its own, so that a label write holding it in share mode, or a linked
-/// write refreshing its age, finishes first and the check, in a later
-/// statement, sees it. Returns the deleted row's inline-ness
+/// the store awaits a scan for links. The row is locked first, in a
+/// statement of its own, so that a label write holding it in share mode,
+/// or a linked write refreshing its age, finishes first and the check, in
+/// a later statement, sees it. Returns the deleted row's inline-ness
 /// (`Some(true)`: its bytes were inline), or `None`.
 pub(super) async fn remove_unreachable(
     client: &impl GenericClient,
