@@ -569,7 +569,7 @@ mod tests {
             let store = StoreId::parse("listed").unwrap();
             let old = add(&*engine, &store, b"old", None).await;
             let untouched = add(&*engine, &store, b"untouched", None).await;
-            std::thread::sleep(Duration::from_millis(3));
+            tokio::time::sleep(Duration::from_millis(3)).await;
             let listing = engine.snapshot(&store, "").unwrap().objects;
             let listed_at = |digest| {
                 let row = listing.iter().find(|row| row.digest == digest);
