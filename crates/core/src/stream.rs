@@ -673,6 +673,26 @@ enum Source {
     },
 }
 
+impl Source {
+    /// A file object of `size` bytes; an outboard read from a file keeps
+    /// the blocks it read for the reader's later windows.
+    fn file(
+        data: Box<dyn tree::RandomAccess>,
+        outboard: Box<dyn tree::RandomAccess>,
+        size: u64,
+    ) -> Self {
+        let in_memory = outboard.slice(0, 0).is_some();
+        Source::File {
+            data,
+            outboard: if in_memory {
+                outboard
+            } else {
+                Box::new(tree::CachedBlocks::new(outboard, size))
+            },
+        }
+    }
+}
+
 impl Opened {
     async fn open(store: &ContentStore, digest: Digest) -> Result<Self> {
         let engine = store.root().engine().await?;
@@ -701,7 +721,7 @@ impl Opened {
                 Source::Inline(bytes)
             }
             ObjectSource::File { data, outboard } => match outboard {
-                Some(outboard) => Source::File { data, outboard },
+                Some(outboard) => Source::file(data, outboard, size),
                 None if tree::outboard_len(size) == 0 => Source::File {
                     data,
                     outboard: Box::new(Vec::new()),
@@ -741,7 +761,7 @@ impl Opened {
                 },
             )) => Ok(Self {
                 size,
-                source: Arc::new(Source::File { data, outboard }),
+                source: Arc::new(Source::file(data, outboard, size)),
                 ..self
             }),
             _ => Err(crate::store::absent(&*self.engine, &self.store, digest).await),

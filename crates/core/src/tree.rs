@@ -14,8 +14,10 @@
 //! geometry (which nodes a range needs, where each pair sits) is
 //! `bao-tree`'s; hashing is BLAKE3's own subtree API.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
@@ -70,6 +72,79 @@ impl RandomAccess for Vec<u8> {
     fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         self.get(start..start.checked_add(len)?)
+    }
+}
+
+/// An outboard read from a file, with its most recently read 4 KiB blocks
+/// kept for every read of one reader. Windows of a long read need the
+/// same few pairs above them (the tree's upper levels, at the outboard's
+/// end in post order): kept, a window costs one or two block reads of the
+/// outboard instead of about eight.
+pub(crate) struct CachedBlocks {
+    inner: Box<dyn RandomAccess>,
+    /// The outboard's length: where its last (short) block ends.
+    len: u64,
+    /// Blocks by their start, oldest first.
+    blocks: Mutex<VecDeque<(u64, Arc<[u8]>)>>,
+}
+
+impl CachedBlocks {
+    const BLOCK: u64 = 4096;
+    /// 256 KiB of pairs: the upper levels of any tree, and the pairs below
+    /// the last few windows.
+    const KEPT: usize = 64;
+
+    /// `inner` holds the outboard of content of `size` bytes.
+    pub(crate) fn new(inner: Box<dyn RandomAccess>, size: u64) -> Self {
+        Self {
+            inner,
+            len: outboard_len(size),
+            blocks: Mutex::default(),
+        }
+    }
+
+    /// The block starting at `start`, read if it is not kept.
+    fn block(&self, start: u64) -> io::Result<Arc<[u8]>> {
+        let kept = |blocks: &VecDeque<(u64, Arc<[u8]>)>| {
+            blocks
+                .iter()
+                .find(|(at, _)| *at == start)
+                .map(|(_, block)| Arc::clone(block))
+        };
+        if let Some(block) = kept(&self.blocks.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(block);
+        }
+        let mut block = vec![0u8; (self.len - start).min(Self::BLOCK) as usize];
+        self.inner.read_exact_at(&mut block, start)?;
+        let block: Arc<[u8]> = block.into();
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if kept(&blocks).is_none() {
+            if blocks.len() == Self::KEPT {
+                blocks.pop_front();
+            }
+            blocks.push_back((start, Arc::clone(&block)));
+        }
+        Ok(block)
+    }
+}
+
+impl RandomAccess for CachedBlocks {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|end| *end <= self.len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let mut at = offset;
+        while at < end {
+            let start = at - at % Self::BLOCK;
+            let block = self.block(start)?;
+            let from = (at - start) as usize;
+            let take = (block.len() - from).min((end - at) as usize);
+            let filled = (at - offset) as usize;
+            buf[filled..filled + take].copy_from_slice(&block[from..from + take]);
+            at += take as u64;
+        }
+        Ok(())
     }
 }
 
@@ -468,5 +543,84 @@ mod tests {
             read(&bytes, &outboard, 0..10),
             Err(ReadFault::Mismatch)
         ));
+    }
+
+    /// Bytes read piece by piece, counting the reads that reach them.
+    struct Counted(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl RandomAccess for Counted {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_exact_at(buf, offset)
+        }
+    }
+
+    #[test]
+    fn a_cached_outboard_reads_as_its_file_does_and_fetches_each_block_once() {
+        // 70 MiB: an outboard whose last block is short.
+        let size = 70u64 << 20;
+        let len = outboard_len(size);
+        assert_ne!(len % CachedBlocks::BLOCK, 0);
+        let outboard: Vec<u8> = (0..len).map(|i| (i * 31 + i / 4096) as u8).collect();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cached = CachedBlocks::new(Box::new(Counted(outboard.clone(), reads.clone())), size);
+        let spans = [
+            (0, 64),
+            (4032, 128),
+            (len - 64, 64),
+            (len - 5000, 5000),
+            (8192, 4096),
+        ];
+        for _ in 0..3 {
+            for (offset, want) in spans {
+                let mut buf = vec![0u8; want];
+                cached.read_exact_at(&mut buf, offset).unwrap();
+                let offset = offset as usize;
+                assert_eq!(buf, outboard[offset..offset + want], "{offset}+{want}");
+            }
+        }
+        // Blocks 0, 1, 2 and the last two, each read once in three passes.
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 5);
+        for (offset, want) in [(len - 63, 64), (len, 1), (u64::MAX - 10, 64)] {
+            let mut buf = vec![0u8; want];
+            let error = cached.read_exact_at(&mut buf, offset).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                io::ErrorKind::UnexpectedEof,
+                "{offset}+{want}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_read_through_a_cached_outboard_are_verified_as_before() {
+        let bytes = content(40 * GROUP_BYTES + 333);
+        let (digest, outboard) = hashed(&bytes, 4096);
+        let size = bytes.len() as u64;
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cached = CachedBlocks::new(Box::new(Counted(outboard.clone(), reads)), size);
+        let group = GROUP_BYTES as u64;
+        for range in [0..size, 3 * group + 5..17 * group, size - 10..size] {
+            let mut out = Vec::new();
+            read_verified(
+                digest,
+                size,
+                &bytes,
+                &cached,
+                range.clone(),
+                &mut |_, piece| {
+                    out.extend_from_slice(piece);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(out, bytes[range.start as usize..range.end as usize]);
+        }
+        // A pair flipped in the file is still caught through the cache.
+        let mut damaged = outboard.clone();
+        damaged[70] ^= 1;
+        let cached = CachedBlocks::new(Box::new(damaged), size);
+        let result = read_verified(digest, size, &bytes, &cached, 0..size, &mut |_, _| Ok(()));
+        assert!(matches!(result, Err(ReadFault::Mismatch)));
     }
 }
