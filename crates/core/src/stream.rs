@@ -52,6 +52,9 @@ const READ_WINDOW: u64 = 256 << 10;
 /// How many windows a [`ContentReader`] verifies ahead of its reader.
 const READ_AHEAD: usize = 8;
 
+/// How many windows one blocking task reads and verifies in a row.
+const WINDOWS_PER_TASK: usize = 4;
+
 /// Hashes new content and stages it as it streams in. Blocking.
 pub(crate) struct StagingWriter {
     store: StoreId,
@@ -908,9 +911,30 @@ fn corrupted(store: &StoreId, digest: Digest, actual: Digest) -> StoreError {
     }
 }
 
-/// A window being read and verified: a task of its own, so that windows
-/// ahead progress while the reader waits on the first.
-type Pending = tokio::task::JoinHandle<(Opened, Result<Vec<u8>>)>;
+/// A window being read and verified ahead of the reader.
+enum Pending {
+    /// One of the windows a blocking task reads one after another (see
+    /// [`ContentReader::schedule`]); its bytes or its fault arrive here.
+    Batched {
+        range: Range<u64>,
+        result: tokio::sync::oneshot::Receiver<Result<Vec<u8>, ReadFault>>,
+    },
+    /// Read on the path that tells damaged content from a failed read and
+    /// rebuilds a wrong outboard ([`Opened::read`]): inline content, and a
+    /// window whose batched read failed or was never made.
+    Full(tokio::task::JoinHandle<(Opened, Result<Vec<u8>>)>),
+}
+
+impl Pending {
+    /// Stops the window's read where it can: a full read's task is
+    /// aborted; a batch stops at its next send, which fails once every
+    /// receiver is gone.
+    fn abort(self) {
+        if let Pending::Full(task) = self {
+            task.abort();
+        }
+    }
+}
 
 impl Drop for ContentReader {
     fn drop(&mut self) {
@@ -991,27 +1015,90 @@ impl ContentReader {
             if next >= self.end {
                 return Poll::Ready(Ok(false));
             }
-            while self.ahead.len() < self.read_ahead && self.scheduled_to < self.end {
-                let start = self.scheduled_to;
-                let end = (start + READ_WINDOW).min(self.end);
-                let window = tokio::spawn(self.opened.clone().read(start..end));
-                self.ahead.push_back(window);
-                self.scheduled_to = end;
-            }
+            self.schedule();
             let front = self.ahead.front_mut().expect("a window is scheduled");
-            let finished = ready!(Pin::new(front).poll(cx));
+            let bytes = match front {
+                Pending::Batched { range, result } => match ready!(Pin::new(result).poll(cx)) {
+                    Ok(Ok(bytes)) => bytes,
+                    // A fault, or a batch that stopped at an earlier one:
+                    // read this window again on the full path.
+                    Ok(Err(_)) | Err(_) => {
+                        let again = tokio::spawn(self.opened.clone().read(range.clone()));
+                        *front = Pending::Full(again);
+                        continue;
+                    }
+                },
+                Pending::Full(task) => {
+                    let finished = ready!(Pin::new(task).poll(cx));
+                    let (opened, result) = finished
+                        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+                    // The object may have been reopened (its outboard rebuilt).
+                    self.opened = opened;
+                    result.map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?
+                }
+            };
             self.ahead.pop_front();
-            let (opened, result) =
-                finished.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
-            // The object may have been reopened (its outboard rebuilt).
-            self.opened = opened;
-            let bytes =
-                result.map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
             self.position = next;
             let finished = std::mem::replace(&mut self.buffer, bytes);
             self.opened.recycle(finished);
             self.consumed = 0;
         }
+    }
+
+    /// Starts reading the windows ahead that fit within `read_ahead`. The
+    /// windows of a file go to blocking tasks in batches of up to
+    /// [`WINDOWS_PER_TASK`] (fewer when fewer windows are kept ahead, so
+    /// that two batches still overlap), each reading its windows in order
+    /// and handing each over as soon as it is verified: a blocking thread
+    /// is woken per batch rather than per window. A batch waits until
+    /// there is room for all of it, unless nothing at all is ahead.
+    fn schedule(&mut self) {
+        let batch = WINDOWS_PER_TASK.min(self.read_ahead.div_ceil(2));
+        loop {
+            let room = self.read_ahead - self.ahead.len();
+            if self.scheduled_to >= self.end || room == 0 {
+                return;
+            }
+            if room < batch && !self.ahead.is_empty() {
+                return;
+            }
+            if matches!(*self.opened.source, Source::Inline(_)) {
+                let (start, end) = self.next_window();
+                let window = tokio::spawn(self.opened.clone().read(start..end));
+                self.ahead.push_back(Pending::Full(window));
+                continue;
+            }
+            let mut windows = Vec::with_capacity(batch);
+            while windows.len() < batch.min(room) && self.scheduled_to < self.end {
+                let (start, end) = self.next_window();
+                let (sender, result) = tokio::sync::oneshot::channel();
+                windows.push((start..end, sender));
+                self.ahead.push_back(Pending::Batched {
+                    range: start..end,
+                    result,
+                });
+            }
+            let opened = self.opened.clone();
+            tokio::task::spawn_blocking(move || {
+                for (range, sender) in windows {
+                    let read = opened.read_file(range);
+                    let failed = read.is_err();
+                    // The reader is gone, or a window failed: the windows
+                    // after it are read again on the full path, if at all.
+                    if sender.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The next window to schedule, as `(start, end)`.
+    fn next_window(&mut self) -> (u64, u64) {
+        let start = self.scheduled_to;
+        let end = (start + READ_WINDOW).min(self.end);
+        self.scheduled_to = end;
+        (start, end)
     }
 
     /// The next verified piece, up to 256 KiB, handed over without a copy
