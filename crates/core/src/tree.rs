@@ -84,15 +84,17 @@ pub(crate) struct CachedBlocks {
     inner: Box<dyn RandomAccess>,
     /// The outboard's length: where its last (short) block ends.
     len: u64,
-    /// Blocks by their start, oldest first.
+    /// Blocks by their start, least recently used first.
     blocks: Mutex<VecDeque<(u64, Arc<[u8]>)>>,
 }
 
 impl CachedBlocks {
     const BLOCK: u64 = 4096;
-    /// 256 KiB of pairs: the upper levels of any tree, and the pairs below
-    /// the last few windows.
-    const KEPT: usize = 64;
+    /// 64 KiB of pairs. Kept least recently used last out, 16 blocks are
+    /// enough for a read front to back to fetch each block of the outboard
+    /// once (simulated for 1 GiB: 1,024 reads, the outboard's size in
+    /// blocks; 8 blocks take 4,167).
+    const KEPT: usize = 16;
 
     /// `inner` holds the outboard of content of `size` bytes.
     pub(crate) fn new(inner: Box<dyn RandomAccess>, size: u64) -> Self {
@@ -103,22 +105,24 @@ impl CachedBlocks {
         }
     }
 
-    /// The block starting at `start`, read if it is not kept.
+    /// The block starting at `start`, read if it is not kept; either way
+    /// it becomes the most recently used.
     fn block(&self, start: u64) -> io::Result<Arc<[u8]>> {
-        let kept = |blocks: &VecDeque<(u64, Arc<[u8]>)>| {
-            blocks
-                .iter()
-                .find(|(at, _)| *at == start)
-                .map(|(_, block)| Arc::clone(block))
+        let used = |blocks: &mut VecDeque<(u64, Arc<[u8]>)>| {
+            let at = blocks.iter().position(|(at, _)| *at == start)?;
+            let kept = blocks.remove(at)?;
+            let block = Arc::clone(&kept.1);
+            blocks.push_back(kept);
+            Some(block)
         };
-        if let Some(block) = kept(&self.blocks.lock().unwrap_or_else(|e| e.into_inner())) {
+        if let Some(block) = used(&mut self.blocks.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(block);
         }
         let mut block = vec![0u8; (self.len - start).min(Self::BLOCK) as usize];
         self.inner.read_exact_at(&mut block, start)?;
         let block: Arc<[u8]> = block.into();
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        if kept(&blocks).is_none() {
+        if used(&mut blocks).is_none() {
             if blocks.len() == Self::KEPT {
                 blocks.pop_front();
             }
@@ -590,6 +594,25 @@ mod tests {
                 "{offset}+{want}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_front_to_back_fetches_each_outboard_block_once() {
+        // 64 MiB: an outboard of 64 blocks (the last one short), about
+        // four times what is kept.
+        let bytes = vec![7u8; 64 << 20];
+        let (digest, outboard) = hashed(&bytes, 1 << 20);
+        assert!(outboard.len() as u64 > 3 * CachedBlocks::KEPT as u64 * CachedBlocks::BLOCK);
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let size = bytes.len() as u64;
+        let cached = CachedBlocks::new(Box::new(Counted(outboard.clone(), reads.clone())), size);
+        let window = 256 << 10;
+        for start in (0..size).step_by(window) {
+            let range = start..(start + window as u64).min(size);
+            read_verified(digest, size, &bytes, &cached, range, &mut |_, _| Ok(())).unwrap();
+        }
+        let blocks = outboard.len().div_ceil(CachedBlocks::BLOCK as usize);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), blocks);
     }
 
     #[test]
