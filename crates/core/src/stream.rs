@@ -1055,7 +1055,9 @@ impl ContentReader {
     fn schedule(&mut self) {
         let batch = WINDOWS_PER_TASK.min(self.read_ahead.div_ceil(2));
         loop {
-            let room = self.read_ahead - self.ahead.len();
+            // More may be ahead than `read_ahead` allows, if it was lowered
+            // while reading.
+            let room = self.read_ahead.saturating_sub(self.ahead.len());
             if self.scheduled_to >= self.end || room == 0 {
                 return;
             }

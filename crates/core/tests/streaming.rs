@@ -278,6 +278,28 @@ async fn pieces_hand_over_the_verified_windows_after_whatever_was_read() {
 }
 
 #[tokio::test]
+async fn a_reader_reads_on_when_its_read_ahead_changes_midway() {
+    let (_dir, root) = temp_root();
+    let store = root.store("ahead").unwrap();
+    let bytes = content(6 * MIB, 9);
+    let stored = store.store(bytes.clone()).await.unwrap();
+    let mut reader = store.reader(&stored).await.unwrap();
+    let mut out = vec![0u8; MIB / 2];
+    reader.read_exact(&mut out).await.unwrap();
+    // Eight windows are ahead by now; keep one from here on, then more.
+    let mut reader = reader.with_read_ahead(1);
+    let mut middle = vec![0u8; 2 * MIB];
+    reader.read_exact(&mut middle).await.unwrap();
+    out.extend_from_slice(&middle);
+    let mut reader = reader.with_read_ahead(16);
+    reader.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out == bytes,
+        "content read across read-ahead changes differs"
+    );
+}
+
+#[tokio::test]
 async fn a_reader_seeks() {
     let (_dir, root) = temp_root();
     let store = root.store("seeks").unwrap();
