@@ -275,7 +275,8 @@ impl From<io::Error> for ReadFault {
 /// checking every byte against the digest through the outboard's hash
 /// pairs. `emit` gets each verified piece, in order, with its offset; no
 /// byte of a group is emitted before the whole group has been checked.
-/// The range must lie within the content.
+/// The range must lie within the content. The outboard is read one pair
+/// (64 bytes) at a time: one in a file belongs in a [`CachedBlocks`].
 pub(crate) fn read_verified(
     digest: Digest,
     size: u64,
@@ -295,7 +296,6 @@ pub(crate) fn read_verified(
     // Only for sources read piece by piece.
     let mut buffer = Vec::new();
     let mut pair = [0u8; 64];
-    let mut pairs = PairBlocks::default();
     for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
         match item {
             BaoChunk::Parent {
@@ -309,7 +309,7 @@ pub(crate) fn read_verified(
                     .post_order_offset(node)
                     .expect("parents above the groups are in the outboard")
                     .value();
-                pairs.read(outboard, at * 64, &mut pair)?;
+                outboard.read_exact_at(&mut pair, at * 64)?;
                 let (left_hash, right_hash) = pair.split_at(32);
                 let left_hash: ChainingValue = left_hash.try_into().expect("32 bytes");
                 let right_hash: ChainingValue = right_hash.try_into().expect("32 bytes");
@@ -364,52 +364,6 @@ pub(crate) fn read_verified(
         }
     }
     Ok(())
-}
-
-/// The outboard blocks a read has fetched. The pairs below a run of
-/// groups sit next to each other in post order, so reading 4 KiB blocks
-/// turns 64 reads of 64 bytes per MiB into a handful.
-#[derive(Default)]
-struct PairBlocks {
-    blocks: Vec<(u64, Vec<u8>)>,
-}
-
-impl PairBlocks {
-    const BLOCK: u64 = 4096;
-    const KEPT: usize = 16;
-
-    fn read(
-        &mut self,
-        outboard: &dyn RandomAccess,
-        offset: u64,
-        pair: &mut [u8; 64],
-    ) -> io::Result<()> {
-        let start = offset - offset % Self::BLOCK;
-        let at = (offset - start) as usize;
-        if let Some((_, block)) = self.blocks.iter().find(|(s, _)| *s == start)
-            && let Some(bytes) = block.get(at..at + 64)
-        {
-            pair.copy_from_slice(bytes);
-            return Ok(());
-        }
-        // The last block of an outboard may be short: fetch only what is
-        // there, going by the pair's own end.
-        let mut block = vec![0u8; Self::BLOCK as usize];
-        match outboard.read_exact_at(&mut block, start) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                block.truncate(at + 64);
-                outboard.read_exact_at(&mut block, start)?;
-            }
-            Err(error) => return Err(error),
-        }
-        pair.copy_from_slice(&block[at..at + 64]);
-        if self.blocks.len() == Self::KEPT {
-            self.blocks.remove(0);
-        }
-        self.blocks.push((start, block));
-        Ok(())
-    }
 }
 
 #[cfg(test)]
