@@ -75,7 +75,7 @@ impl RandomAccess for Vec<u8> {
     }
 }
 
-/// An outboard read from a file, with its most recently read 4 KiB blocks
+/// An outboard read from a file, with its most recently used 4 KiB blocks
 /// kept for every read of one reader. Windows of a long read need the
 /// same few pairs above them (the tree's upper levels, at the outboard's
 /// end in post order): kept, a window costs one or two block reads of the
@@ -90,9 +90,9 @@ pub(crate) struct CachedBlocks {
 
 impl CachedBlocks {
     const BLOCK: u64 = 4096;
-    /// 64 KiB of pairs. Kept least recently used last out, 16 blocks are
-    /// enough for a read front to back to fetch each block of the outboard
-    /// once (simulated for 1 GiB: 1,024 reads, the outboard's size in
+    /// 64 KiB of pairs. With the least recently used block dropped first,
+    /// 16 blocks are enough for a read front to back to fetch each block
+    /// of the outboard once (simulated for 1 GiB: 1,024 reads, the outboard's size in
     /// blocks; 8 blocks take 4,167).
     const KEPT: usize = 16;
 
